@@ -1,0 +1,1 @@
+//! tug-netns: container networking through netlink.

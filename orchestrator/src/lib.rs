@@ -1,0 +1,1 @@
+//! tugboat: the orchestrator.

@@ -1,1 +1,4 @@
-//! tugboat: the orchestrator.
+//! tugboat: the orchestrator's library: spec files, the store, the scheduler, the controllers,
+//! the HTTP API and its client. The `tugboat` binary only parses arguments and calls in here.
+
+pub mod spec;

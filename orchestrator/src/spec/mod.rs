@@ -1,0 +1,343 @@
+//! The spec file: what a person writes to describe services (docs/spec.md).
+//!
+//! Types here are the desired state as written; [`validate`] checks what serde cannot, and
+//! [`file`] reads a YAML or JSON file into a [`SpecFile`] with errors that name the file,
+//! line and field.
+
+pub mod file;
+pub mod locate;
+pub mod units;
+pub mod validate;
+
+pub use file::{parse_spec_file, SpecFileError};
+pub use units::{Cpu, Memory, Port};
+pub use validate::{validate_services, SpecError};
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A whole spec file: services by name, in the spirit of compose.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecFile {
+    pub services: BTreeMap<String, ServiceSpec>,
+}
+
+/// One service: a template for identical instances, and how many of them to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub resources: ResourcesSpec,
+    #[serde(default = "one")]
+    pub replicas: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeSpec>,
+    #[serde(default)]
+    pub health: HealthSpec,
+    #[serde(default)]
+    pub restart: RestartSpec,
+    #[serde(default)]
+    pub update: UpdateSpec,
+    #[serde(default)]
+    pub placement: PlacementSpec,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Requests are what the scheduler reserves; limits are what the runtime enforces.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesSpec {
+    #[serde(default)]
+    pub requests: ResourceAmounts,
+    #[serde(default)]
+    pub limits: ResourceAmounts,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceAmounts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Cpu>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Memory>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+/// A container port, optionally published on the host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    pub container: Port,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<Port>,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeKind {
+    /// A path on the host, bind-mounted.
+    Bind,
+    /// A named volume that lives on one node.
+    Volume,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSpec {
+    #[serde(rename = "type")]
+    pub kind: VolumeKind,
+    pub source: String,
+    pub target: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<ProbeSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<ProbeSpec>,
+}
+
+/// One health check. Exactly one of `exec`, `http`, `tcp` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpProbe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpProbe>,
+    #[serde(default = "default_interval")]
+    pub interval_seconds: u32,
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: u32,
+    #[serde(default)]
+    pub initial_delay_seconds: u32,
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: u32,
+    #[serde(default = "one")]
+    pub success_threshold: u32,
+}
+
+fn default_interval() -> u32 {
+    10
+}
+fn default_timeout() -> u32 {
+    1
+}
+fn default_failure_threshold() -> u32 {
+    3
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProbe {
+    pub port: Port,
+    #[serde(default = "root_path")]
+    pub path: String,
+}
+
+fn root_path() -> String {
+    "/".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpProbe {
+    pub port: Port,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// What the agent does when a container exits; `limit` only with `on-failure`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartSpec {
+    #[serde(default)]
+    pub policy: RestartPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// How a change of the template rolls out.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSpec {
+    #[serde(default = "one")]
+    pub max_surge: u32,
+    #[serde(default)]
+    pub max_unavailable: u32,
+    /// A rollout with no new instance becoming ready for this long is rolled back.
+    #[serde(default = "default_progress_deadline")]
+    pub progress_deadline_seconds: u32,
+}
+
+fn default_progress_deadline() -> u32 {
+    600
+}
+
+impl Default for UpdateSpec {
+    fn default() -> Self {
+        UpdateSpec {
+            max_surge: 1,
+            max_unavailable: 0,
+            progress_deadline_seconds: default_progress_deadline(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScoringStrategy {
+    /// Fill the fullest node that fits: fewer nodes busy.
+    #[default]
+    Binpack,
+    /// Prefer the emptiest node.
+    Spread,
+    /// Prefer the node whose CPU and memory use stay closest to each other.
+    Balanced,
+}
+
+/// Where a service may run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementSpec {
+    /// Node labels that must match exactly.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<Constraint>,
+    /// Run on nodes that already run these services.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub affinity: Vec<AffinityRule>,
+    /// Avoid nodes that already run these services (name the service itself to spread replicas).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub anti_affinity: Vec<AffinityRule>,
+    /// Spread instances evenly across the values of this node label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<String>,
+    #[serde(default)]
+    pub strategy: ScoringStrategy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConstraintOperator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+/// A rule on one node label, in the style of Kubernetes node selectors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Constraint {
+    pub key: String,
+    pub operator: ConstraintOperator,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+impl std::fmt::Display for Constraint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.operator {
+            ConstraintOperator::In if self.values.len() == 1 => {
+                write!(f, "{}={}", self.key, self.values[0])
+            }
+            ConstraintOperator::In => write!(f, "{} in ({})", self.key, self.values.join(",")),
+            ConstraintOperator::NotIn => {
+                write!(f, "{} not in ({})", self.key, self.values.join(","))
+            }
+            ConstraintOperator::Exists => write!(f, "{} exists", self.key),
+            ConstraintOperator::DoesNotExist => write!(f, "{} does not exist", self.key),
+        }
+    }
+}
+
+/// Affinity to another service. `required: false` only prefers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AffinityRule {
+    pub service: String,
+    #[serde(default = "yes")]
+    pub required: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl ServiceSpec {
+    /// A minimal spec, for tests and examples.
+    pub fn new(image: &str) -> ServiceSpec {
+        ServiceSpec {
+            image: image.into(),
+            command: vec![],
+            args: vec![],
+            env: BTreeMap::new(),
+            resources: ResourcesSpec::default(),
+            replicas: 1,
+            ports: vec![],
+            volumes: vec![],
+            health: HealthSpec::default(),
+            restart: RestartSpec::default(),
+            update: UpdateSpec::default(),
+            placement: PlacementSpec::default(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// A hash of everything that defines an instance (all but replicas): instances made from
+    /// an older template are replaced by a rollout; a change of replicas alone is a scale.
+    pub fn template_hash(&self) -> String {
+        let mut template = self.clone();
+        template.replicas = 0;
+        let bytes = serde_json::to_vec(&template).expect("a spec always serializes");
+        // FNV-1a, 64 bits: stable across runs and versions, unlike std's hasher.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in bytes {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{hash:016x}")
+    }
+}

@@ -1,0 +1,473 @@
+//! Checks that serde cannot make: names, ranges, combinations and references between services.
+
+use super::{ConstraintOperator, ProbeSpec, RestartPolicy, ServiceSpec, VolumeKind};
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+
+/// Largest replica count one service may ask for.
+pub const MAX_REPLICAS: u32 = 10_000;
+/// Most pids one instance may ask for (the kernel's own ceiling).
+pub const MAX_PIDS: u32 = 4_194_304;
+
+/// One problem in a spec, at a field path like `services.web.ports[0].published`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SpecError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// A DNS label (RFC 1123): 1-63 of a-z, 0-9 and '-', starting and ending with a letter or digit.
+pub fn is_dns_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+const DNS_LABEL_RULE: &str =
+    "1-63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit";
+
+fn is_label_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 253
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
+}
+
+struct Checker {
+    errors: Vec<SpecError>,
+}
+
+impl Checker {
+    fn fail(&mut self, path: String, message: impl Into<String>) {
+        self.errors.push(SpecError {
+            path,
+            message: message.into(),
+        });
+    }
+}
+
+/// Validate a set of services that will be stored together. `known` answers whether a service
+/// that is not in `services` already exists (affinity rules may name it).
+pub fn validate_services(
+    services: &BTreeMap<String, ServiceSpec>,
+    known: &dyn Fn(&str) -> bool,
+) -> Result<(), Vec<SpecError>> {
+    let mut c = Checker { errors: vec![] };
+    if services.is_empty() {
+        c.fail(
+            "services".into(),
+            "no services: a spec file needs at least one entry under `services`",
+        );
+    }
+    let exists = |name: &str| services.contains_key(name) || known(name);
+    for (name, spec) in services {
+        let base = format!("services.{name}");
+        if !is_dns_label(name) {
+            c.fail(
+                base.clone(),
+                format!("service name `{name}` is not a DNS label: use {DNS_LABEL_RULE}"),
+            );
+        }
+        check_service(&mut c, &base, spec, &exists);
+    }
+    if c.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(c.errors)
+    }
+}
+
+fn check_service(c: &mut Checker, base: &str, spec: &ServiceSpec, exists: &dyn Fn(&str) -> bool) {
+    if spec.image.trim().is_empty() || spec.image.contains(char::is_whitespace) {
+        c.fail(
+            format!("{base}.image"),
+            "image must be a non-empty reference without spaces, like `registry/app:1.2`",
+        );
+    }
+    if spec.replicas > MAX_REPLICAS {
+        c.fail(
+            format!("{base}.replicas"),
+            format!(
+                "{} replicas is too many: allowed 0 to {MAX_REPLICAS}",
+                spec.replicas
+            ),
+        );
+    }
+    for key in spec.env.keys() {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            c.fail(
+                format!("{base}.env.{key}"),
+                "environment variable names must be non-empty and contain no '=' or NUL",
+            );
+        }
+    }
+    check_resources(c, base, spec);
+    check_ports(c, base, spec);
+    check_volumes(c, base, spec);
+    for (kind, probe) in [
+        ("liveness", &spec.health.liveness),
+        ("readiness", &spec.health.readiness),
+    ] {
+        if let Some(probe) = probe {
+            check_probe(c, &format!("{base}.health.{kind}"), probe);
+        }
+    }
+    if spec.restart.limit.is_some() && spec.restart.policy != RestartPolicy::OnFailure {
+        c.fail(
+            format!("{base}.restart.limit"),
+            "`limit` is only allowed with `policy: on-failure`",
+        );
+    }
+    if spec.update.max_surge == 0 && spec.update.max_unavailable == 0 {
+        c.fail(
+            format!("{base}.update"),
+            "max_surge and max_unavailable cannot both be 0: a rollout could never make progress",
+        );
+    }
+    if spec.update.progress_deadline_seconds == 0 {
+        c.fail(
+            format!("{base}.update.progress_deadline_seconds"),
+            "must be at least 1 second",
+        );
+    }
+    check_placement(c, base, spec, exists);
+    for key in spec.labels.keys() {
+        if !is_label_key(key) {
+            c.fail(
+                format!("{base}.labels.{key}"),
+                "label keys use letters, digits, '-', '_', '.' and '/'",
+            );
+        }
+    }
+}
+
+fn check_resources(c: &mut Checker, base: &str, spec: &ServiceSpec) {
+    let r = &spec.resources;
+    let path = format!("{base}.resources");
+    for (which, amounts) in [("requests", &r.requests), ("limits", &r.limits)] {
+        if let Some(pids) = amounts.pids {
+            if pids == 0 || pids > MAX_PIDS {
+                c.fail(
+                    format!("{path}.{which}.pids"),
+                    format!("{pids} pids: allowed 1 to {MAX_PIDS}"),
+                );
+            }
+        }
+        if let Some(memory) = amounts.memory {
+            if memory.0 < (4 << 20) {
+                c.fail(
+                    format!("{path}.{which}.memory"),
+                    format!("{memory} bytes is too little for a container: at least 4Mi"),
+                );
+            }
+        }
+    }
+    if let (Some(req), Some(lim)) = (r.requests.cpu, r.limits.cpu) {
+        if req > lim {
+            c.fail(
+                format!("{path}.requests.cpu"),
+                format!("request {req} is above the limit {lim}: requests must be <= limits"),
+            );
+        }
+    }
+    if let (Some(req), Some(lim)) = (r.requests.memory, r.limits.memory) {
+        if req > lim {
+            c.fail(
+                format!("{path}.requests.memory"),
+                format!("request {req} is above the limit {lim}: requests must be <= limits"),
+            );
+        }
+    }
+    if let (Some(req), Some(lim)) = (r.requests.pids, r.limits.pids) {
+        if req > lim {
+            c.fail(
+                format!("{path}.requests.pids"),
+                format!("request {req} is above the limit {lim}: requests must be <= limits"),
+            );
+        }
+    }
+}
+
+fn check_ports(c: &mut Checker, base: &str, spec: &ServiceSpec) {
+    let mut published = HashSet::new();
+    for (i, port) in spec.ports.iter().enumerate() {
+        if let Some(host) = port.published {
+            if !published.insert((host, port.protocol)) {
+                c.fail(
+                    format!("{base}.ports[{i}].published"),
+                    format!(
+                        "host port {host}/{:?} is published twice in this service",
+                        port.protocol
+                    )
+                    .to_lowercase(),
+                );
+            }
+        }
+    }
+}
+
+fn check_volumes(c: &mut Checker, base: &str, spec: &ServiceSpec) {
+    let mut targets = HashSet::new();
+    for (i, volume) in spec.volumes.iter().enumerate() {
+        let path = format!("{base}.volumes[{i}]");
+        match volume.kind {
+            VolumeKind::Bind if !volume.source.starts_with('/') => {
+                c.fail(
+                    format!("{path}.source"),
+                    format!(
+                        "bind source `{}` must be an absolute host path",
+                        volume.source
+                    ),
+                );
+            }
+            VolumeKind::Volume if !is_dns_label(&volume.source) => {
+                c.fail(
+                    format!("{path}.source"),
+                    format!(
+                        "volume name `{}` is not valid: use {DNS_LABEL_RULE}",
+                        volume.source
+                    ),
+                );
+            }
+            _ => {}
+        }
+        if !volume.target.starts_with('/') {
+            c.fail(
+                format!("{path}.target"),
+                format!(
+                    "target `{}` must be an absolute path in the container",
+                    volume.target
+                ),
+            );
+        }
+        if !targets.insert(volume.target.as_str()) {
+            c.fail(
+                format!("{path}.target"),
+                format!("target `{}` is mounted twice", volume.target),
+            );
+        }
+    }
+}
+
+fn check_probe(c: &mut Checker, path: &str, probe: &ProbeSpec) {
+    let kinds = usize::from(probe.exec.is_some())
+        + usize::from(probe.http.is_some())
+        + usize::from(probe.tcp.is_some());
+    if kinds != 1 {
+        c.fail(
+            path.to_string(),
+            format!("a probe has exactly one of `exec`, `http`, `tcp`; this one has {kinds}"),
+        );
+    }
+    if let Some(exec) = &probe.exec {
+        if exec.is_empty() {
+            c.fail(
+                format!("{path}.exec"),
+                "exec needs a command, like [\"/bin/check\"]",
+            );
+        }
+    }
+    if let Some(http) = &probe.http {
+        if !http.path.starts_with('/') {
+            c.fail(
+                format!("{path}.http.path"),
+                "HTTP probe path must start with '/'",
+            );
+        }
+    }
+    for (field, value, max) in [
+        ("interval_seconds", probe.interval_seconds, 3600),
+        ("timeout_seconds", probe.timeout_seconds, 3600),
+        ("failure_threshold", probe.failure_threshold, 1000),
+        ("success_threshold", probe.success_threshold, 1000),
+    ] {
+        if value == 0 || value > max {
+            c.fail(
+                format!("{path}.{field}"),
+                format!("{value} is out of range: allowed 1 to {max}"),
+            );
+        }
+    }
+    if probe.timeout_seconds > probe.interval_seconds {
+        c.fail(
+            format!("{path}.timeout_seconds"),
+            "timeout must not be longer than the interval",
+        );
+    }
+}
+
+fn check_placement(c: &mut Checker, base: &str, spec: &ServiceSpec, exists: &dyn Fn(&str) -> bool) {
+    let p = &spec.placement;
+    let path = format!("{base}.placement");
+    for (i, constraint) in p.constraints.iter().enumerate() {
+        let needs_values = matches!(
+            constraint.operator,
+            ConstraintOperator::In | ConstraintOperator::NotIn
+        );
+        if needs_values && constraint.values.is_empty() {
+            c.fail(
+                format!("{path}.constraints[{i}].values"),
+                format!("{:?} needs at least one value", constraint.operator),
+            );
+        }
+        if !needs_values && !constraint.values.is_empty() {
+            c.fail(
+                format!("{path}.constraints[{i}].values"),
+                format!("{:?} takes no values", constraint.operator),
+            );
+        }
+        if !is_label_key(&constraint.key) {
+            c.fail(
+                format!("{path}.constraints[{i}].key"),
+                "label keys use letters, digits, '-', '_', '.' and '/'",
+            );
+        }
+    }
+    let mut affine = HashSet::new();
+    for (i, rule) in p.affinity.iter().enumerate() {
+        if !exists(&rule.service) {
+            c.fail(
+                format!("{path}.affinity[{i}].service"),
+                format!(
+                    "unknown service `{}`: name a service in this file or one already running",
+                    rule.service
+                ),
+            );
+        }
+        affine.insert(rule.service.as_str());
+    }
+    for (i, rule) in p.anti_affinity.iter().enumerate() {
+        if !exists(&rule.service) {
+            c.fail(
+                format!("{path}.anti_affinity[{i}].service"),
+                format!(
+                    "unknown service `{}`: name a service in this file or one already running",
+                    rule.service
+                ),
+            );
+        }
+        if affine.contains(rule.service.as_str()) {
+            c.fail(
+                format!("{path}.anti_affinity[{i}].service"),
+                format!("`{}` is in both affinity and anti_affinity", rule.service),
+            );
+        }
+    }
+    if let Some(label) = &p.spread {
+        if !is_label_key(label) {
+            c.fail(format!("{path}.spread"), "spread names a node label key");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{AffinityRule, Constraint, Cpu, Port, PortSpec, Protocol};
+
+    fn one(name: &str, spec: ServiceSpec) -> BTreeMap<String, ServiceSpec> {
+        BTreeMap::from([(name.to_string(), spec)])
+    }
+
+    fn errors(services: &BTreeMap<String, ServiceSpec>) -> Vec<String> {
+        validate_services(services, &|_| false)
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_plain_service_is_valid() {
+        assert!(errors(&one("web", ServiceSpec::new("nginx:1"))).is_empty());
+    }
+
+    #[test]
+    fn names_must_be_dns_labels() {
+        for bad in ["Web", "-web", "web_1", "", &"a".repeat(64)] {
+            let e = errors(&one(bad, ServiceSpec::new("nginx")));
+            assert!(
+                e.iter().any(|m| m.contains("not a DNS label")),
+                "{bad}: {e:?}"
+            );
+        }
+        assert!(is_dns_label("web-1"));
+    }
+
+    #[test]
+    fn requests_above_limits_are_rejected() {
+        let mut spec = ServiceSpec::new("nginx");
+        spec.resources.requests.cpu = Some(Cpu(2000));
+        spec.resources.limits.cpu = Some(Cpu(1000));
+        let e = errors(&one("web", spec));
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].starts_with("services.web.resources.requests.cpu: request 2 is above the limit 1"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn duplicate_published_ports_are_rejected() {
+        let mut spec = ServiceSpec::new("nginx");
+        let port = PortSpec {
+            container: Port(80),
+            published: Some(Port(8080)),
+            protocol: Protocol::Tcp,
+        };
+        spec.ports = vec![port.clone(), port];
+        let e = errors(&one("web", spec));
+        assert!(e[0].starts_with("services.web.ports[1].published"), "{e:?}");
+    }
+
+    #[test]
+    fn affinity_must_name_a_known_service() {
+        let mut spec = ServiceSpec::new("nginx");
+        spec.placement.affinity = vec![AffinityRule {
+            service: "db".into(),
+            required: true,
+        }];
+        let services = one("web", spec);
+        let e = errors(&services);
+        assert!(e[0].contains("unknown service `db`"), "{e:?}");
+        assert!(validate_services(&services, &|name| name == "db").is_ok());
+    }
+
+    #[test]
+    fn constraint_operators_check_their_values() {
+        let mut spec = ServiceSpec::new("nginx");
+        spec.placement.constraints = vec![
+            Constraint {
+                key: "zone".into(),
+                operator: ConstraintOperator::In,
+                values: vec![],
+            },
+            Constraint {
+                key: "gpu".into(),
+                operator: ConstraintOperator::Exists,
+                values: vec!["x".into()],
+            },
+        ];
+        assert_eq!(errors(&one("web", spec)).len(), 2);
+    }
+
+    #[test]
+    fn surge_and_unavailable_cannot_both_be_zero() {
+        let mut spec = ServiceSpec::new("nginx");
+        spec.update.max_surge = 0;
+        assert!(errors(&one("web", spec))[0].contains("cannot both be 0"));
+    }
+}

@@ -2,3 +2,4 @@
 //! the HTTP API and its client. The `tugboat` binary only parses arguments and calls in here.
 
 pub mod spec;
+pub mod store;

@@ -1,5 +1,7 @@
 //! tugboat: the orchestrator's library: spec files, the store, the scheduler, the controllers,
 //! the HTTP API and its client. The `tugboat` binary only parses arguments and calls in here.
 
+pub mod model;
+pub mod scheduler;
 pub mod spec;
 pub mod store;

@@ -1,0 +1,279 @@
+//! The objects the control plane stores: services, instances, nodes and events.
+
+use crate::spec::{Protocol, ServiceSpec, VolumeKind};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Store key prefixes; an etcd backend would put these under a cluster prefix.
+pub const SERVICES: &str = "/services/";
+pub const INSTANCES: &str = "/instances/";
+pub const NODES: &str = "/nodes/";
+pub const EVENTS: &str = "/events/";
+
+pub fn service_key(name: &str) -> String {
+    format!("{SERVICES}{name}")
+}
+pub fn instance_key(service: &str, id: &str) -> String {
+    format!("{INSTANCES}{service}/{id}")
+}
+pub fn node_key(name: &str) -> String {
+    format!("{NODES}{name}")
+}
+
+/// Milliseconds since the Unix epoch: the controllers' clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// CPU, memory and pids: what a node has and what instances reserve.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub pids: u64,
+}
+
+impl Resources {
+    pub fn new(cpu_millis: u64, memory_bytes: u64, pids: u64) -> Resources {
+        Resources {
+            cpu_millis,
+            memory_bytes,
+            pids,
+        }
+    }
+    pub fn add(&mut self, other: &Resources) {
+        self.cpu_millis += other.cpu_millis;
+        self.memory_bytes += other.memory_bytes;
+        self.pids += other.pids;
+    }
+    pub fn sub(&mut self, other: &Resources) {
+        self.cpu_millis = self.cpu_millis.saturating_sub(other.cpu_millis);
+        self.memory_bytes = self.memory_bytes.saturating_sub(other.memory_bytes);
+        self.pids = self.pids.saturating_sub(other.pids);
+    }
+    /// What a service's instances reserve: its requests (limits when no request is given).
+    pub fn requested_by(spec: &ServiceSpec) -> Resources {
+        let r = &spec.resources;
+        Resources {
+            cpu_millis: r.requests.cpu.or(r.limits.cpu).map_or(0, |c| c.0),
+            memory_bytes: r.requests.memory.or(r.limits.memory).map_or(0, |m| m.0),
+            pids: u64::from(r.requests.pids.or(r.limits.pids).unwrap_or(0)),
+        }
+    }
+}
+
+/// A service as stored: the spec plus what the controllers keep about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    pub name: String,
+    pub spec: ServiceSpec,
+    /// Raised on every change of the spec (scale included).
+    pub generation: u64,
+    pub created_at_ms: u64,
+    /// Earlier templates, newest last, for `rollout undo` and automatic rollback.
+    #[serde(default)]
+    pub history: Vec<TemplateRevision>,
+    #[serde(default)]
+    pub rollout: Rollout,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TemplateRevision {
+    pub template_hash: String,
+    pub spec: ServiceSpec,
+}
+
+/// Templates kept per service.
+pub const HISTORY_LIMIT: usize = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutState {
+    #[default]
+    Complete,
+    Progressing,
+    /// The rollout failed and the previous template was restored.
+    RolledBack,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Rollout {
+    pub state: RolloutState,
+    /// The template being rolled out (or restored).
+    pub template_hash: String,
+    pub started_at_ms: u64,
+    /// Last time a new instance became ready; the progress deadline counts from here.
+    pub last_progress_ms: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+impl Service {
+    pub fn new(name: &str, spec: ServiceSpec, now_ms: u64) -> Service {
+        let hash = spec.template_hash();
+        Service {
+            name: name.into(),
+            spec,
+            generation: 1,
+            created_at_ms: now_ms,
+            history: vec![],
+            rollout: Rollout {
+                state: RolloutState::Progressing,
+                template_hash: hash,
+                started_at_ms: now_ms,
+                last_progress_ms: now_ms,
+                message: String::new(),
+            },
+        }
+    }
+
+    /// Replace the spec. A new template starts a rollout and keeps the old one in history.
+    pub fn replace_spec(&mut self, spec: ServiceSpec, now_ms: u64) {
+        let old_hash = self.spec.template_hash();
+        let new_hash = spec.template_hash();
+        if old_hash != new_hash {
+            self.history.retain(|t| t.template_hash != old_hash);
+            self.history.push(TemplateRevision {
+                template_hash: old_hash,
+                spec: self.spec.clone(),
+            });
+            if self.history.len() > HISTORY_LIMIT {
+                self.history.remove(0);
+            }
+            self.rollout = Rollout {
+                state: RolloutState::Progressing,
+                template_hash: new_hash,
+                started_at_ms: now_ms,
+                last_progress_ms: now_ms,
+                message: String::new(),
+            };
+        }
+        self.spec = spec;
+        self.generation += 1;
+    }
+
+    /// The previous template with the current replica count, for undo and rollback.
+    pub fn previous_spec(&self) -> Option<ServiceSpec> {
+        let mut spec = self.history.last()?.spec.clone();
+        spec.replicas = self.spec.replicas;
+        Some(spec)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstancePhase {
+    /// Waiting for a node.
+    Pending,
+    /// Assigned to a node; the agent has not reported it running yet.
+    Scheduled,
+    Running,
+    /// The agent gave up on it (after its restart policy).
+    Failed,
+    /// Its node was lost.
+    Lost,
+}
+
+/// One running copy of a service's template, on one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: String,
+    pub service: String,
+    pub template_hash: String,
+    /// The template it runs (replicas unused): the agent needs nothing else.
+    pub spec: ServiceSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    pub phase: InstancePhase,
+    #[serde(default)]
+    pub ready: bool,
+    /// Why it is not placed, per node class, while pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_reason: Option<String>,
+    pub created_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_since_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub restarts: u32,
+}
+
+impl Instance {
+    pub fn key(&self) -> String {
+        instance_key(&self.service, &self.id)
+    }
+    /// Host ports it holds on its node.
+    pub fn published_ports(&self) -> impl Iterator<Item = (Protocol, u16)> + '_ {
+        self.spec
+            .ports
+            .iter()
+            .filter_map(|p| p.published.map(|h| (p.protocol, h.0)))
+    }
+    pub fn named_volumes(&self) -> impl Iterator<Item = &str> + '_ {
+        self.spec
+            .volumes
+            .iter()
+            .filter(|v| v.kind == VolumeKind::Volume)
+            .map(|v| v.source.as_str())
+    }
+    /// Holds resources on a node (placed and not finished).
+    pub fn holds_resources(&self) -> bool {
+        self.node.is_some()
+            && matches!(
+                self.phase,
+                InstancePhase::Scheduled | InstancePhase::Running
+            )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeStatus {
+    Ready,
+    /// Missed heartbeats for longer than the not-ready grace: no new placements.
+    NotReady,
+    /// Silent past the lost grace: its instances are replaced elsewhere.
+    Lost,
+}
+
+/// A host with an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub capacity: Resources,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    pub status: NodeStatus,
+    pub registered_at_ms: u64,
+    /// Last heartbeat seen by the server (kept in memory; stored on status changes only).
+    #[serde(default)]
+    pub last_heartbeat_ms: u64,
+    /// Named volumes that exist on this node.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+}
+
+/// Something that happened, for `describe` and `GET /v1/events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub time_ms: u64,
+    pub kind: ObjectKind,
+    pub name: String,
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectKind {
+    Service,
+    Instance,
+    Node,
+}

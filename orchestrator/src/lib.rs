@@ -1,7 +1,10 @@
 //! tugboat: the orchestrator's library: spec files, the store, the scheduler, the controllers,
 //! the HTTP API and its client. The `tugboat` binary only parses arguments and calls in here.
 
+pub mod controllers;
+pub mod controlplane;
 pub mod model;
+pub mod objects;
 pub mod scheduler;
 pub mod spec;
 pub mod store;

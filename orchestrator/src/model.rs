@@ -134,7 +134,8 @@ impl Service {
         let old_hash = self.spec.template_hash();
         let new_hash = spec.template_hash();
         if old_hash != new_hash {
-            self.history.retain(|t| t.template_hash != old_hash);
+            self.history
+                .retain(|t| t.template_hash != old_hash && t.template_hash != new_hash);
             self.history.push(TemplateRevision {
                 template_hash: old_hash,
                 spec: self.spec.clone(),
@@ -152,6 +153,29 @@ impl Service {
         }
         self.spec = spec;
         self.generation += 1;
+    }
+
+    /// A failed rollout: swap back to the previous template (keeping the replica count). The
+    /// failed template goes to history, so an undo after a rollback tries it again.
+    pub fn roll_back(&mut self, reason: &str, now_ms: u64) -> bool {
+        let Some(previous) = self.history.pop() else {
+            return false;
+        };
+        let failed = std::mem::replace(&mut self.spec, previous.spec);
+        self.spec.replicas = failed.replicas;
+        self.history.push(TemplateRevision {
+            template_hash: failed.template_hash(),
+            spec: failed,
+        });
+        self.generation += 1;
+        self.rollout = Rollout {
+            state: RolloutState::RolledBack,
+            template_hash: previous.template_hash,
+            started_at_ms: now_ms,
+            last_progress_ms: now_ms,
+            message: format!("rolled back: {reason}"),
+        };
+        true
     }
 
     /// The previous template with the current replica count, for undo and rollback.

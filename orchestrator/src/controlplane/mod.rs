@@ -1,0 +1,189 @@
+//! The control plane's operations on typed objects: what the HTTP API calls, and what the
+//! controllers share with it (store, scheduler, heartbeats, events).
+
+mod agents;
+mod services;
+mod views;
+
+pub use agents::{InstanceStatusReport, NodeRegistration, ReportedPhase};
+pub use views::{ObjectChange, WatchBatch, WatchKind};
+
+use crate::controllers::NodeTimers;
+use crate::model::{Event, ObjectKind, EVENTS};
+use crate::objects::{Batch, ObjectError};
+use crate::scheduler::Scheduler;
+use crate::spec::SpecError;
+use crate::store::{Store, StoreError};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Timers of the control plane. Tests shorten them.
+#[derive(Debug, Clone, Copy)]
+pub struct Timers {
+    pub nodes: NodeTimers,
+    /// Controllers run at least this often (and whenever the store changes).
+    pub reconcile_interval: Duration,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Timers {
+            nodes: NodeTimers::default(),
+            reconcile_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Events kept in the store; older ones are pruned.
+pub const EVENTS_KEPT: usize = 2000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    #[error("{kind} `{name}` not found")]
+    NotFound { kind: &'static str, name: String },
+    #[error("{kind} `{name}` already exists; use PUT to replace it")]
+    AlreadyExists { kind: &'static str, name: String },
+    #[error("invalid spec: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<SpecError>),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Object(#[from] ObjectError),
+}
+
+pub type Result<T> = std::result::Result<T, ControlPlaneError>;
+
+pub struct ControlPlane {
+    pub store: Arc<dyn Store>,
+    pub scheduler: Scheduler,
+    pub timers: Timers,
+    /// Last heartbeat per node, in memory only: heartbeats do not wear the disk.
+    heartbeats: Mutex<HashMap<String, u64>>,
+    ids: Mutex<u64>,
+    event_seq: AtomicU64,
+}
+
+impl ControlPlane {
+    pub fn new(store: Arc<dyn Store>, scheduler: Scheduler, timers: Timers) -> ControlPlane {
+        let seed =
+            crate::model::now_ms() ^ (u64::from(std::process::id()) << 32) ^ 0x9e37_79b9_7f4a_7c15;
+        ControlPlane {
+            store,
+            scheduler,
+            timers,
+            heartbeats: Mutex::new(HashMap::new()),
+            ids: Mutex::new(seed | 1),
+            event_seq: AtomicU64::new(0),
+        }
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    /// A fresh instance id: `<service>-<template>-<random>`.
+    pub fn new_instance_id(&self, service: &str, template_hash: &str) -> String {
+        let mut state = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        // xorshift64: ids need to be unique, not secret.
+        let mut x = *state;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *state = x;
+        let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        let suffix: String = (0..5)
+            .map(|i| alphabet[((x >> (i * 6)) % 36) as usize] as char)
+            .collect();
+        format!(
+            "{service}-{}-{suffix}",
+            &template_hash[..template_hash.len().min(5)]
+        )
+    }
+
+    pub fn heartbeats(&self) -> HashMap<String, u64> {
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn record_heartbeat(&self, node: &str, at_ms: u64) {
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.into(), at_ms);
+    }
+
+    pub(crate) fn forget_heartbeat(&self, node: &str) {
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(node);
+    }
+
+    /// Add an event to a batch.
+    pub fn event(
+        &self,
+        batch: &mut Batch,
+        kind: ObjectKind,
+        name: &str,
+        reason: &str,
+        message: String,
+    ) {
+        let time_ms = crate::model::now_ms();
+        let seq = self.event_seq.fetch_add(1, Ordering::Relaxed);
+        let event = Event {
+            time_ms,
+            kind,
+            name: name.into(),
+            reason: reason.into(),
+            message,
+        };
+        batch.put(format!("{EVENTS}{time_ms:013}-{seq:08}"), &event);
+    }
+
+    /// Delete the oldest events beyond [`EVENTS_KEPT`].
+    pub async fn prune_events(&self) -> Result<()> {
+        let listing = self.store.list(EVENTS).await?;
+        if listing.items.len() <= EVENTS_KEPT {
+            return Ok(());
+        }
+        let mut batch = Batch::default();
+        for kv in &listing.items[..listing.items.len() - EVENTS_KEPT] {
+            batch.delete(kv.key.clone());
+        }
+        batch.commit(self.store()).await?;
+        Ok(())
+    }
+}
+
+/// The service name inside an instance id (`web-api-1a2b3-x9y8z` -> `web-api`).
+pub fn service_of_instance(id: &str) -> Option<&str> {
+    let mut parts = id.rsplitn(3, '-');
+    let (_, _, service) = (parts.next()?, parts.next()?, parts.next()?);
+    (!service.is_empty()).then_some(service)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn instance_ids_name_their_service() {
+        let cp = super::ControlPlane::new(
+            std::sync::Arc::new(crate::store::EmbeddedStore::in_memory()),
+            Default::default(),
+            Default::default(),
+        );
+        let a = cp.new_instance_id("web-api", "0123456789");
+        let b = cp.new_instance_id("web-api", "0123456789");
+        assert_ne!(a, b);
+        assert!(a.starts_with("web-api-01234-"), "{a}");
+        assert_eq!(super::service_of_instance(&a), Some("web-api"));
+        assert_eq!(super::service_of_instance("nodash"), None);
+    }
+}

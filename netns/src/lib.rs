@@ -1,1 +1,48 @@
 //! tug-netns: container networking through netlink.
+//!
+//! [`Network`] is one bridge and subnet on a host; [`Network::attach`] gives a container a
+//! veth pair, an address from the on-disk [`alloc::Allocator`], a default route and its
+//! published ports; [`Network::detach`] takes them away. Cross-host reachability is in
+//! [`peers`]. Everything goes through netlink ([`rtnl::Rtnl`]); the [`ops::NetOps`] trait
+//! has a recording fake ([`fake::Recorder`]) for tests without root.
+pub mod alloc;
+pub mod cni;
+pub mod fake;
+pub mod firewall;
+pub mod network;
+pub mod nft;
+pub mod ops;
+pub mod peers;
+pub mod rtnl;
+
+pub use network::{AttachRequest, Attachment, Network, NetworkConfig, NetworkError};
+pub use ops::NetnsRef;
+pub use peers::{Peer, VxlanConfig};
+
+use serde::{Deserialize, Serialize};
+
+/// Transport protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// IANA protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+}
+
+/// A host port forwarded to a container port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PortMapping {
+    pub protocol: Protocol,
+    pub host_port: u16,
+    pub container_port: u16,
+}

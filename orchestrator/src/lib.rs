@@ -1,10 +1,13 @@
 //! tugboat: the orchestrator's library: spec files, the store, the scheduler, the controllers,
 //! the HTTP API and its client. The `tugboat` binary only parses arguments and calls in here.
 
+pub mod api;
+pub mod client;
 pub mod controllers;
 pub mod controlplane;
 pub mod model;
 pub mod objects;
 pub mod scheduler;
+pub mod server;
 pub mod spec;
 pub mod store;

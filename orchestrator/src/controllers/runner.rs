@@ -186,7 +186,13 @@ async fn reconcile_services(
                 ServiceAction::Delete { id, reason } => {
                     if let Some(instance) = mine.iter().find(|i| i.object.id == id) {
                         batch.delete(instance.object.key());
-                        cp.event(&mut batch, ObjectKind::Instance, &id, "removed", reason);
+                        cp.event(
+                            &mut batch,
+                            ObjectKind::Service,
+                            name,
+                            "instance-removed",
+                            format!("removed {id}: {reason}"),
+                        );
                     }
                 }
                 ServiceAction::Progress { at_ms } => updated.rollout.last_progress_ms = at_ms,

@@ -6,7 +6,11 @@ mod services;
 mod views;
 
 pub use agents::{InstanceStatusReport, NodeRegistration, ReportedPhase};
-pub use views::{ObjectChange, WatchBatch, WatchKind};
+pub use services::ApplyOutcome;
+pub use views::{
+    InstanceDescription, Listed, NodeDescription, ObjectChange, ServiceDescription, WatchBatch,
+    WatchKind,
+};
 
 use crate::controllers::NodeTimers;
 use crate::model::{Event, ObjectKind, EVENTS};

@@ -1,0 +1,237 @@
+//! The HTTP API under /v1: JSON in and out, bearer-token auth, bounded bodies. Requests are
+//! parsed into [`ApiRequest`] first; [`handle`] works on that type only.
+
+pub mod error;
+pub mod request;
+pub mod routes;
+
+pub use error::{ApiError, ErrorBody};
+pub use request::{ApiRequest, CreateServiceBody, ScaleBody};
+pub use routes::{routes, Route, RouteId};
+
+use crate::controlplane::ControlPlane;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query, RawPathParams, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter};
+use axum::{Json, Router};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Largest request body accepted (a spec file of many services fits with room to spare).
+pub const MAX_BODY_BYTES: usize = 4 << 20;
+
+pub struct ApiState {
+    pub control: Arc<ControlPlane>,
+    /// None: authentication explicitly disabled.
+    pub token: Option<String>,
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.token else {
+        return Ok(());
+    };
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(given) if constant_time_eq(given.trim().as_bytes(), token.as_bytes()) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token: send `Authorization: Bearer <token>`; the token is in <data-dir>/token \
+             (tugboat reads it with --token, TUGBOAT_TOKEN or --data-dir)"
+                .into(),
+        )),
+    }
+}
+
+fn method_filter(method: &axum::http::Method) -> MethodFilter {
+    match method.as_str() {
+        "GET" => MethodFilter::GET,
+        "POST" => MethodFilter::POST,
+        "PUT" => MethodFilter::PUT,
+        "PATCH" => MethodFilter::PATCH,
+        "DELETE" => MethodFilter::DELETE,
+        other => unreachable!("no route uses {other}"),
+    }
+}
+
+/// The router, built from [`routes()`].
+pub fn router(state: Arc<ApiState>) -> Router {
+    let mut router = Router::new();
+    for route in routes() {
+        let id = route.id;
+        let handler = move |State(state): State<Arc<ApiState>>,
+                            headers: HeaderMap,
+                            params: RawPathParams,
+                            query: Result<Query<HashMap<String, String>>, QueryRejection>,
+                            body: Result<Bytes, BytesRejection>| async move {
+            let path: HashMap<String, String> = params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let query = match query {
+                Ok(q) => q.0,
+                Err(e) => {
+                    return ApiError::bad_request(format!("malformed query string: {e}"))
+                        .into_response()
+                }
+            };
+            dispatch(&state, id, &headers, &path, &query, body).await
+        };
+        router = router.route(route.path, on(method_filter(&route.method), handler));
+    }
+    router
+        .fallback(|| async {
+            ApiError::not_found(
+                "no such endpoint; the API is described in docs/api.yaml (paths under /v1)".into(),
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this path does not take that method; see docs/api.yaml".into(),
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(refuse_large_bodies))
+        .with_state(state)
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!(
+            "request body is larger than the {} MiB limit",
+            MAX_BODY_BYTES >> 20
+        ),
+    )
+}
+
+/// Refuse a body whose declared length is over the limit before reading any of it; bodies
+/// without a length are cut off by [`DefaultBodyLimit`] as they stream in.
+async fn refuse_large_bodies(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return too_large().into_response();
+    }
+    next.run(request).await
+}
+
+async fn dispatch(
+    state: &ApiState,
+    id: RouteId,
+    headers: &HeaderMap,
+    path: &HashMap<String, String>,
+    query: &HashMap<String, String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if id != RouteId::Healthz {
+        if let Err(e) = authorize(state, headers) {
+            return e.into_response();
+        }
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            let status = rejection.status();
+            if status == StatusCode::PAYLOAD_TOO_LARGE {
+                return too_large().into_response();
+            }
+            return ApiError::new(
+                status,
+                "bad_body",
+                format!("cannot read the request body: {rejection}"),
+            )
+            .into_response();
+        }
+    };
+    match ApiRequest::parse(id, path, query, &body) {
+        Ok(request) => match handle(&state.control, request).await {
+            Ok((status, value)) => (status, Json(value)).into_response(),
+            Err(e) => e.into_response(),
+        },
+        Err(e) => e.into_response(),
+    }
+}
+
+fn json<T: Serialize>(value: T) -> serde_json::Value {
+    serde_json::to_value(value).expect("API responses always serialize")
+}
+
+/// Carry out one typed request.
+pub async fn handle(
+    cp: &ControlPlane,
+    request: ApiRequest,
+) -> Result<(StatusCode, serde_json::Value), ApiError> {
+    let ok = |v| Ok((StatusCode::OK, v));
+    match request {
+        ApiRequest::Healthz => ok(serde_json::json!({"status": "ok"})),
+        ApiRequest::Apply(file) => ok(json(cp.apply(file).await?)),
+        ApiRequest::ListServices => ok(json(cp.list_services().await?)),
+        ApiRequest::CreateService(body) => Ok((
+            StatusCode::CREATED,
+            json(cp.create_service(&body.name, body.spec).await?),
+        )),
+        ApiRequest::GetService { name } => ok(json(cp.describe_service(&name).await?)),
+        ApiRequest::ReplaceService { name, spec } => {
+            ok(json(cp.replace_service(&name, spec).await?))
+        }
+        ApiRequest::ScaleService { name, replicas } => {
+            ok(json(cp.scale_service(&name, replicas).await?))
+        }
+        ApiRequest::DeleteService { name } => {
+            cp.delete_service(&name).await?;
+            ok(serde_json::json!({"deleted": name}))
+        }
+        ApiRequest::RolloutStatus { name } => ok(json(cp.rollout_status(&name).await?)),
+        ApiRequest::RolloutUndo { name } => ok(json(cp.undo_rollout(&name).await?)),
+        ApiRequest::ListInstances { service, node } => ok(json(
+            cp.list_instances(service.as_deref(), node.as_deref())
+                .await?,
+        )),
+        ApiRequest::GetInstance { id } => ok(json(cp.describe_instance(&id).await?)),
+        ApiRequest::DeleteInstance { id } => {
+            cp.delete_instance(&id).await?;
+            ok(serde_json::json!({"deleted": id}))
+        }
+        ApiRequest::ReportInstanceStatus { id, report } => {
+            ok(json(cp.report_instance_status(&id, report).await?))
+        }
+        ApiRequest::ListNodes => ok(json(cp.list_nodes().await?)),
+        ApiRequest::RegisterNode(registration) => ok(json(cp.register_node(registration).await?)),
+        ApiRequest::GetNode { name } => ok(json(cp.describe_node(&name).await?)),
+        ApiRequest::DeleteNode { name } => {
+            cp.delete_node(&name).await?;
+            ok(serde_json::json!({"deleted": name}))
+        }
+        ApiRequest::Heartbeat { name } => ok(json(cp.heartbeat(&name).await?)),
+        ApiRequest::ListEvents { kind, name } => {
+            ok(json(cp.list_events(kind, name.as_deref()).await?))
+        }
+        ApiRequest::Watch {
+            kind,
+            from,
+            timeout,
+            node,
+        } => ok(json(cp.watch(kind, from, timeout, node.as_deref()).await?)),
+    }
+}

@@ -1,0 +1,69 @@
+//! Every route of the HTTP API, in one table: the router is built from it, and a test checks
+//! it against docs/api.yaml.
+
+use axum::http::Method;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteId {
+    Healthz,
+    Apply,
+    ListServices,
+    CreateService,
+    GetService,
+    ReplaceService,
+    ScaleService,
+    DeleteService,
+    RolloutStatus,
+    RolloutUndo,
+    ListInstances,
+    GetInstance,
+    DeleteInstance,
+    ReportInstanceStatus,
+    ListNodes,
+    RegisterNode,
+    GetNode,
+    DeleteNode,
+    Heartbeat,
+    ListEvents,
+    Watch,
+}
+
+pub struct Route {
+    pub method: Method,
+    /// axum path syntax: `{name}` is a parameter (the same syntax as OpenAPI).
+    pub path: &'static str,
+    pub id: RouteId,
+}
+
+macro_rules! routes {
+    ($(($method:ident, $path:literal, $id:ident)),* $(,)?) => {
+        /// The API's routes.
+        pub fn routes() -> Vec<Route> {
+            vec![$(Route { method: Method::$method, path: $path, id: RouteId::$id }),*]
+        }
+    };
+}
+
+routes![
+    (GET, "/v1/healthz", Healthz),
+    (POST, "/v1/apply", Apply),
+    (GET, "/v1/services", ListServices),
+    (POST, "/v1/services", CreateService),
+    (GET, "/v1/services/{name}", GetService),
+    (PUT, "/v1/services/{name}", ReplaceService),
+    (PATCH, "/v1/services/{name}", ScaleService),
+    (DELETE, "/v1/services/{name}", DeleteService),
+    (GET, "/v1/services/{name}/rollout", RolloutStatus),
+    (POST, "/v1/services/{name}/rollout/undo", RolloutUndo),
+    (GET, "/v1/instances", ListInstances),
+    (GET, "/v1/instances/{id}", GetInstance),
+    (DELETE, "/v1/instances/{id}", DeleteInstance),
+    (PUT, "/v1/instances/{id}/status", ReportInstanceStatus),
+    (GET, "/v1/nodes", ListNodes),
+    (POST, "/v1/nodes", RegisterNode),
+    (GET, "/v1/nodes/{name}", GetNode),
+    (DELETE, "/v1/nodes/{name}", DeleteNode),
+    (POST, "/v1/nodes/{name}/heartbeat", Heartbeat),
+    (GET, "/v1/events", ListEvents),
+    (GET, "/v1/watch/{kind}", Watch),
+];

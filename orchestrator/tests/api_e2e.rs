@@ -1,0 +1,351 @@
+//! The API end to end over HTTP on 127.0.0.1, with simulated nodes.
+
+mod common;
+
+use common::{eventually, ready_count, TestCluster};
+use std::io::{Read, Write};
+use std::time::Duration;
+use tugboat::client::{ApiClient, ClientError};
+use tugboat::model::{InstancePhase, RolloutState};
+use tugboat::spec::parse_spec_file;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+const SHOP: &str = r#"
+services:
+  db:
+    image: postgres:16
+    resources:
+      requests: {cpu: 500m, memory: 1Gi}
+  web:
+    image: shop/web:1
+    replicas: 3
+    ports:
+      - {container: 80, published: 8080}
+    resources:
+      requests: {cpu: 0.25, memory: 256Mi}
+    placement:
+      affinity: []
+      anti_affinity: [{service: db, required: false}]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_scale_and_why_pending() {
+    let cluster = TestCluster::start(&[
+        ("n1", &[("zone", "east")]),
+        ("n2", &[("zone", "west")]),
+        ("n3", &[("zone", "west")]),
+    ])
+    .await;
+    let client = &cluster.client;
+    let file = parse_spec_file("shop.yaml", SHOP, &|_| false).unwrap();
+    let outcome = client.apply(&file).await.unwrap();
+    assert_eq!(outcome.services["web"], "created");
+    eventually("3 web and 1 db ready", WAIT, || async {
+        let web = cluster.instances("web").await;
+        let db = cluster.instances("db").await;
+        (ready_count(&web) == 3 && web.len() == 3 && ready_count(&db) == 1).then_some(())
+    })
+    .await;
+    // Published port 8080: one web per node.
+    let web = cluster.instances("web").await;
+    let nodes: std::collections::HashSet<_> = web.iter().map(|i| i.node.clone().unwrap()).collect();
+    assert_eq!(nodes.len(), 3);
+    // Applying the same file again changes nothing.
+    assert_eq!(
+        client.apply(&file).await.unwrap().services["web"],
+        "unchanged"
+    );
+
+    // Scale up past what the port allows: the 4th stays pending, and says why.
+    client.scale("web", 4).await.unwrap();
+    let pending = eventually("a pending web instance with a reason", WAIT, || async {
+        cluster
+            .instances("web")
+            .await
+            .into_iter()
+            .find(|i| i.phase == InstancePhase::Pending && i.pending_reason.is_some())
+    })
+    .await;
+    assert_eq!(
+        pending.pending_reason.as_deref(),
+        Some("3 nodes: host port 8080/tcp in use")
+    );
+    let described = client.describe_service("web").await.unwrap();
+    assert!(
+        described
+            .events
+            .iter()
+            .any(|e| e.reason == "unschedulable" && e.message.contains("8080")),
+        "{:?}",
+        described.events
+    );
+
+    // A new node takes it.
+    let mut cluster = cluster;
+    cluster
+        .add_node(
+            "n4",
+            &[],
+            tugboat::model::Resources::new(4000, 8 * common::GI, 0),
+        )
+        .await;
+    eventually("4 web ready", WAIT, || async {
+        (ready_count(&cluster.instances("web").await) == 4).then_some(())
+    })
+    .await;
+
+    // Scale down.
+    cluster.client.scale("web", 1).await.unwrap();
+    eventually("1 web left", WAIT, || async {
+        let web = cluster.instances("web").await;
+        (web.len() == 1 && ready_count(&web) == 1).then_some(())
+    })
+    .await;
+    let service = cluster
+        .client
+        .describe_service("web")
+        .await
+        .unwrap()
+        .service;
+    assert_eq!(service.spec.replicas, 1);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_is_lost_and_its_instances_move() {
+    let cluster = TestCluster::start(&[("n1", &[]), ("n2", &[]), ("n3", &[])]).await;
+    let file = parse_spec_file(
+        "s.yaml",
+        "services:\n  web:\n    image: web:1\n    replicas: 2\n    placement:\n      anti_affinity: [{service: web}]\n",
+        &|_| false,
+    )
+    .unwrap();
+    cluster.client.apply(&file).await.unwrap();
+    let victim = eventually("2 web ready", WAIT, || async {
+        let web = cluster.instances("web").await;
+        (ready_count(&web) == 2).then(|| web[0].node.clone().unwrap())
+    })
+    .await;
+    cluster
+        .node(&victim)
+        .silent
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    eventually("the silent node marked lost", WAIT, || async {
+        let nodes = cluster.client.nodes().await.unwrap().items;
+        nodes
+            .iter()
+            .any(|n| n.name == victim && n.status == tugboat::model::NodeStatus::Lost)
+            .then_some(())
+    })
+    .await;
+    eventually("2 web ready, none on the lost node", WAIT, || async {
+        let web = cluster.instances("web").await;
+        (web.len() == 2
+            && ready_count(&web) == 2
+            && web
+                .iter()
+                .all(|i| i.node.as_deref() != Some(victim.as_str())))
+        .then_some(())
+    })
+    .await;
+    let events = cluster.client.describe_service("web").await.unwrap().events;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.contains(&format!("node {victim} was lost"))),
+        "{events:?}"
+    );
+    cluster.stop().await;
+}
+
+async fn rolling_cluster(replicas: u32) -> TestCluster {
+    let cluster = TestCluster::start(&[("n1", &[]), ("n2", &[]), ("n3", &[])]).await;
+    let text = format!(
+        "services:\n  web:\n    image: web:1\n    replicas: {replicas}\n    update:\n      max_surge: 1\n      max_unavailable: 0\n      progress_deadline_seconds: 5\n"
+    );
+    cluster
+        .client
+        .apply(&parse_spec_file("s.yaml", &text, &|_| false).unwrap())
+        .await
+        .unwrap();
+    eventually("first rollout complete", WAIT, || async {
+        let rollout = cluster.client.rollout_status("web").await.unwrap();
+        (rollout.state == RolloutState::Complete
+            && ready_count(&cluster.instances("web").await) == replicas as usize)
+            .then_some(())
+    })
+    .await;
+    cluster
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_keeps_capacity_and_completes() {
+    let cluster = rolling_cluster(3).await;
+    let mut spec = cluster
+        .client
+        .describe_service("web")
+        .await
+        .unwrap()
+        .service
+        .spec;
+    spec.image = "web:2".into();
+    let service = cluster.client.replace_service("web", &spec).await.unwrap();
+    let new_hash = service.rollout.template_hash.clone();
+    eventually("rollout to web:2 complete", WAIT, || async {
+        let web = cluster.instances("web").await;
+        // max_unavailable 0 and max_surge 1, at every observation.
+        let alive = web
+            .iter()
+            .filter(|i| !matches!(i.phase, InstancePhase::Failed | InstancePhase::Lost))
+            .count();
+        assert!(ready_count(&web) >= 3, "capacity dropped: {web:?}");
+        assert!(alive <= 4, "surged past 1: {alive}");
+        let rollout = cluster.client.rollout_status("web").await.unwrap();
+        (rollout.state == RolloutState::Complete
+            && web.iter().all(|i| i.template_hash == new_hash && i.ready)
+            && web.len() == 3)
+            .then_some(())
+    })
+    .await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_rollout_rolls_back_by_itself_and_undo_works() {
+    let cluster = rolling_cluster(2).await;
+    let old_hash = cluster
+        .client
+        .rollout_status("web")
+        .await
+        .unwrap()
+        .template_hash;
+    let mut spec = cluster
+        .client
+        .describe_service("web")
+        .await
+        .unwrap()
+        .service
+        .spec;
+    spec.image = "web:broken".into();
+    cluster.client.replace_service("web", &spec).await.unwrap();
+    let rollout = eventually("the rollout rolled back", WAIT, || async {
+        let rollout = cluster.client.rollout_status("web").await.unwrap();
+        let web = cluster.instances("web").await;
+        (rollout.state == RolloutState::RolledBack
+            && web.len() == 2
+            && web.iter().all(|i| i.template_hash == old_hash && i.ready))
+        .then_some(rollout)
+    })
+    .await;
+    assert!(rollout.message.contains("failed"), "{}", rollout.message);
+    let service = cluster
+        .client
+        .describe_service("web")
+        .await
+        .unwrap()
+        .service;
+    assert_eq!(service.spec.image, "web:1");
+    // Undo goes to the previous template (the broken one), undo again comes back.
+    let service = cluster.client.rollout_undo("web").await.unwrap();
+    assert_eq!(service.spec.image, "web:broken");
+    eventually("rolled back again", WAIT, || async {
+        let rollout = cluster.client.rollout_status("web").await.unwrap();
+        (rollout.state == RolloutState::RolledBack && rollout.template_hash == old_hash)
+            .then_some(())
+    })
+    .await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_validation_and_limits() {
+    let cluster = TestCluster::start(&[]).await;
+    let addr = cluster.server.addr.to_string();
+    // No token, wrong token: 401 with a hint; health needs none.
+    for token in [None, Some("wrong".to_string())] {
+        let err = ApiClient::new(&addr, token).services().await.unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Api { status: 401, message, .. } if message.contains("<data-dir>/token")),
+            "{err}"
+        );
+    }
+    let health: serde_json::Value = ApiClient::new(&addr, None)
+        .call(reqwest::Method::GET, "/v1/healthz", None)
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+
+    // An invalid file: 422 with every problem, and nothing stored (web is fine, bad is not).
+    let body = serde_json::json!({"services": {
+        "web": {"image": "web:1"},
+        "bad": {"image": "x", "placement": {"affinity": [{"service": "nope"}]}, "replicas": 3}
+    }});
+    let err = cluster
+        .client
+        .call::<serde_json::Value>(reqwest::Method::POST, "/v1/apply", Some(body))
+        .await
+        .unwrap_err();
+    match &err {
+        ClientError::Api {
+            status: 422,
+            details,
+            ..
+        } => {
+            assert_eq!(details.len(), 1);
+            assert_eq!(
+                details[0].path,
+                "services.bad.placement.affinity[0].service"
+            );
+        }
+        other => panic!("expected 422, got {other}"),
+    }
+    assert!(cluster.client.services().await.unwrap().items.is_empty());
+
+    // Unknown fields and wrong types in a body: 400 naming the field.
+    let body = serde_json::json!({"replicas": "three"});
+    let err = cluster
+        .client
+        .call::<serde_json::Value>(reqwest::Method::PATCH, "/v1/services/web", Some(body))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Api { status: 400, message, .. } if message.contains("replicas: invalid type")),
+        "{err}"
+    );
+    let err = cluster.client.scale("nothere", 2).await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Api { status: 404, message, .. } if message == "service `nothere` not found"),
+        "{err}"
+    );
+    let err = cluster
+        .client
+        .call::<serde_json::Value>(reqwest::Method::GET, "/v1/instances?colour=red", None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Api { status: 400, message, .. } if message.contains("allowed: service, node")),
+        "{err}"
+    );
+
+    // A 100 MB body is refused before it is read.
+    let mut stream = std::net::TcpStream::connect(cluster.server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let token = cluster.server.token.clone().unwrap();
+    let head = format!(
+        "POST /v1/apply HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        100 << 20
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut response = vec![0u8; 4096];
+    let n = stream.read(&mut response).unwrap();
+    let response = String::from_utf8_lossy(&response[..n]);
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(
+        response.contains("larger than the 4 MiB limit"),
+        "{response}"
+    );
+    cluster.stop().await;
+}

@@ -2,11 +2,13 @@
 //! the HTTP API and its client. The `tugboat` binary only parses arguments and calls in here.
 
 pub mod api;
+pub mod cli_config;
 pub mod client;
 pub mod controllers;
 pub mod controlplane;
 pub mod model;
 pub mod objects;
+pub mod output;
 pub mod scheduler;
 pub mod server;
 pub mod spec;

@@ -1,1 +1,266 @@
-fn main() {}
+//! `tugboat`: parses arguments and calls the library.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tugboat::client::ApiClient;
+use tugboat::model::now_ms;
+use tugboat::output::{self, OutputFormat};
+use tugboat::server::{ServerConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
+
+#[derive(Parser)]
+#[command(
+    name = "tugboat",
+    version,
+    about = "Tug's orchestrator: control plane server and client"
+)]
+struct Cli {
+    /// Server address (host:port or http:// URL).
+    #[arg(long, global = true, env = "TUGBOAT_ADDR")]
+    addr: Option<String>,
+    /// Bearer token (default: from the config file, then <data-dir>/token).
+    #[arg(long, global = true, env = "TUGBOAT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Client config file with `addr:` and `token:` (default ~/.config/tugboat/config.yaml).
+    #[arg(long, global = true, env = "TUGBOAT_CONFIG")]
+    config: Option<PathBuf>,
+    /// The server's data directory (store, token).
+    #[arg(long, global = true, env = "TUGBOAT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
+    output: OutputFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane: store, controllers, HTTP API.
+    Server {
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        /// Serve without authentication. Only for a trusted loopback.
+        #[arg(long)]
+        insecure_no_auth: bool,
+    },
+    /// Create or update the services of a spec file (YAML or JSON), all or nothing.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// List services, instances or nodes.
+    Get {
+        kind: Kind,
+        /// Only instances of this service.
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Show one object with its recent events (and why it is pending).
+    Describe { kind: Kind, name: String },
+    /// Delete a service (and its instances), an instance (it is replaced) or a node.
+    Delete { kind: Kind, name: String },
+    /// Set a service's replica count.
+    Scale { service: String, replicas: u32 },
+    /// Rollout status, or undo (back to the previous template).
+    Rollout {
+        action: RolloutAction,
+        service: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Kind {
+    #[value(alias = "service", alias = "svc")]
+    Services,
+    #[value(alias = "instance")]
+    Instances,
+    #[value(alias = "node")]
+    Nodes,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RolloutAction {
+    Status,
+    Undo,
+}
+
+fn client(cli: &Cli) -> Result<ApiClient> {
+    let (path, required) = match &cli.config {
+        Some(path) => (Some(path.clone()), true),
+        None => (tugboat::cli_config::default_config_path(), false),
+    };
+    let config = match path {
+        Some(path) => tugboat::cli_config::read_config_file(&path, required)?,
+        None => Default::default(),
+    };
+    let (addr, token) =
+        tugboat::cli_config::resolve(cli.addr.clone(), cli.token.clone(), &config, &cli.data_dir);
+    Ok(ApiClient::new(&addr, token))
+}
+
+fn print_data<T: serde::Serialize>(
+    value: &T,
+    format: OutputFormat,
+    table: impl FnOnce() -> String,
+) {
+    match format {
+        OutputFormat::Table => print!("{}", table()),
+        other => print!("{}", output::render_data(value, other)),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let now = now_ms();
+    match &cli.command {
+        Command::Server {
+            listen,
+            insecure_no_auth,
+        } => {
+            let mut config = ServerConfig::new(&cli.data_dir, *listen);
+            config.auth = !insecure_no_auth;
+            let server = tugboat::server::start(config)
+                .await
+                .context("starting the server")?;
+            eprintln!(
+                "tugboat server listening on http://{} (data dir {}, auth {})",
+                server.addr,
+                cli.data_dir.display(),
+                if server.token.is_some() {
+                    "on: token in <data-dir>/token"
+                } else {
+                    "OFF"
+                }
+            );
+            let stop = server.shutdown_handle();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                let _ = stop.send(true);
+            });
+            server.wait().await;
+        }
+        Command::Apply { file } => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let api = client(&cli)?;
+            let known: std::collections::HashSet<String> = match api.services().await {
+                Ok(list) => list.items.into_iter().map(|s| s.name).collect(),
+                Err(_) => Default::default(),
+            };
+            let spec = tugboat::spec::parse_spec_file(&file.display().to_string(), &text, &|n| {
+                known.contains(n)
+            })?;
+            let outcome = api.apply(&spec).await?;
+            print_data(&outcome, cli.output, || {
+                outcome
+                    .services
+                    .iter()
+                    .map(|(name, what)| format!("service/{name} {what}\n"))
+                    .collect()
+            });
+        }
+        Command::Get { kind, service } => {
+            let api = client(&cli)?;
+            match kind {
+                Kind::Services => {
+                    let services = api.services().await?;
+                    let instances = api.instances(None).await?.items;
+                    print_data(&services, cli.output, || {
+                        output::services_table(&services.items, &instances)
+                    });
+                }
+                Kind::Instances => {
+                    let list = api.instances(service.as_deref()).await?;
+                    print_data(&list, cli.output, || {
+                        output::instances_table(&list.items, now)
+                    });
+                }
+                Kind::Nodes => {
+                    let list = api.nodes().await?;
+                    print_data(&list, cli.output, || output::nodes_table(&list.items, now));
+                }
+            }
+        }
+        Command::Describe { kind, name } => {
+            let api = client(&cli)?;
+            match kind {
+                Kind::Services => {
+                    let d = api.describe_service(name).await?;
+                    print_data(&d, cli.output, || output::describe_service(&d, now));
+                }
+                Kind::Instances => {
+                    let d: tugboat::controlplane::InstanceDescription = api
+                        .call(reqwest::Method::GET, &format!("/v1/instances/{name}"), None)
+                        .await?;
+                    print_data(&d, cli.output, || output::describe_instance(&d, now));
+                }
+                Kind::Nodes => {
+                    let d: tugboat::controlplane::NodeDescription = api
+                        .call(reqwest::Method::GET, &format!("/v1/nodes/{name}"), None)
+                        .await?;
+                    print_data(&d, cli.output, || output::describe_node(&d, now));
+                }
+            }
+        }
+        Command::Delete { kind, name } => {
+            let path = match kind {
+                Kind::Services => format!("/v1/services/{name}"),
+                Kind::Instances => format!("/v1/instances/{name}"),
+                Kind::Nodes => format!("/v1/nodes/{name}"),
+            };
+            let api = client(&cli)?;
+            let answer: serde_json::Value = api.call(reqwest::Method::DELETE, &path, None).await?;
+            print_data(&answer, cli.output, || format!("deleted {name}\n"));
+        }
+        Command::Scale { service, replicas } => {
+            let updated = client(&cli)?.scale(service, *replicas).await?;
+            print_data(&updated, cli.output, || {
+                format!("service/{service} scaled to {replicas}\n")
+            });
+        }
+        Command::Rollout { action, service } => {
+            let api = client(&cli)?;
+            let rollout = match action {
+                RolloutAction::Status => api.rollout_status(service).await?,
+                RolloutAction::Undo => api.rollout_undo(service).await?.rollout,
+            };
+            print_data(&rollout, cli.output, || {
+                let state = format!("{:?}", rollout.state).to_lowercase();
+                let note = if rollout.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", rollout.message)
+                };
+                format!(
+                    "service/{service} rollout {state} (template {}){note}\n",
+                    rollout.template_hash
+                )
+            });
+            if matches!(action, RolloutAction::Status)
+                && rollout.state == tugboat::model::RolloutState::RolledBack
+            {
+                bail!("the last rollout of {service} failed and was rolled back");
+            }
+        }
+    }
+    Ok(())
+}

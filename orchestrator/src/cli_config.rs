@@ -1,0 +1,95 @@
+//! Where the command line finds the server and its token: flags, then the environment
+//! (TUGBOAT_ADDR, TUGBOAT_TOKEN, handled by clap), then a config file, then the token file
+//! in the data dir, then the defaults.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// `~/.config/tugboat/config.yaml` (or --config): `addr:` and `token:` (or `token_file:`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfigFile {
+    pub addr: Option<String>,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientConfigError {
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+}
+
+pub fn default_config_path() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|home| Path::new(&home).join(".config/tugboat/config.yaml"))
+}
+
+pub fn read_config_file(
+    path: &Path,
+    required: bool,
+) -> Result<ClientConfigFile, ClientConfigError> {
+    let err = |message: String| ClientConfigError::File {
+        path: path.into(),
+        message,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_yaml_ng::from_str(&text).map_err(|e| err(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+            Ok(ClientConfigFile::default())
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+/// The address and token to use.
+pub fn resolve(
+    flag_addr: Option<String>,
+    flag_token: Option<String>,
+    config: &ClientConfigFile,
+    data_dir: &Path,
+) -> (String, Option<String>) {
+    let addr = flag_addr
+        .or_else(|| config.addr.clone())
+        .unwrap_or_else(|| crate::server::DEFAULT_LISTEN.to_string());
+    let token = flag_token
+        .or_else(|| config.token.clone())
+        .or_else(|| {
+            config
+                .token_file
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+        })
+        .or_else(|| std::fs::read_to_string(data_dir.join(crate::server::TOKEN_FILE)).ok())
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty());
+    (addr, token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_the_file_which_beats_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "from-data-dir\n").unwrap();
+        let file = ClientConfigFile {
+            addr: Some("10.0.0.1:7480".into()),
+            token: Some("from-file".into()),
+            token_file: None,
+        };
+        assert_eq!(
+            resolve(Some("a:1".into()), Some("t".into()), &file, dir.path()),
+            ("a:1".into(), Some("t".into()))
+        );
+        assert_eq!(
+            resolve(None, None, &file, dir.path()),
+            ("10.0.0.1:7480".into(), Some("from-file".into()))
+        );
+        let (addr, token) = resolve(None, None, &ClientConfigFile::default(), dir.path());
+        assert_eq!(
+            (addr.as_str(), token.as_deref()),
+            ("127.0.0.1:7480", Some("from-data-dir"))
+        );
+    }
+}

@@ -1,0 +1,237 @@
+//! What the command line prints: tables and descriptions for people, JSON or YAML for tools.
+
+use crate::controlplane::{InstanceDescription, NodeDescription, ServiceDescription};
+use crate::model::{Event, Instance, InstancePhase, Node, Service};
+use crate::spec::{Cpu, Memory};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+    Yaml,
+}
+
+/// Serialize for `--output json|yaml`.
+pub fn render_data<T: Serialize>(value: &T, format: OutputFormat) -> String {
+    match format {
+        OutputFormat::Yaml => {
+            serde_yaml_ng::to_string(value).unwrap_or_else(|e| format!("cannot render YAML: {e}"))
+        }
+        _ => {
+            serde_json::to_string_pretty(value)
+                .unwrap_or_else(|e| format!("cannot render JSON: {e}"))
+                + "\n"
+        }
+    }
+}
+
+/// Columns padded to their widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        padded.join("  ").trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        out += &line(row.clone());
+    }
+    out
+}
+
+fn ago(now_ms: u64, then_ms: u64) -> String {
+    let s = now_ms.saturating_sub(then_ms) / 1000;
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        _ => format!("{}h", s / 3600),
+    }
+}
+
+pub fn services_table(services: &[Service], instances: &[Instance]) -> String {
+    let rows: Vec<Vec<String>> = services
+        .iter()
+        .map(|s| {
+            let mine: Vec<&Instance> = instances.iter().filter(|i| i.service == s.name).collect();
+            let ready = mine.iter().filter(|i| i.ready).count();
+            vec![
+                s.name.clone(),
+                s.spec.image.clone(),
+                format!("{ready}/{}", s.spec.replicas),
+                format!("{:?}", s.rollout.state).to_lowercase(),
+                s.generation.to_string(),
+            ]
+        })
+        .collect();
+    table(&["NAME", "IMAGE", "READY", "ROLLOUT", "GENERATION"], &rows)
+}
+
+fn phase(i: &Instance) -> String {
+    format!("{:?}", i.phase).to_lowercase()
+}
+
+pub fn instances_table(instances: &[Instance], now_ms: u64) -> String {
+    let rows: Vec<Vec<String>> = instances
+        .iter()
+        .map(|i| {
+            vec![
+                i.id.clone(),
+                i.service.clone(),
+                i.node.clone().unwrap_or_else(|| "-".into()),
+                phase(i),
+                if i.ready { "yes" } else { "no" }.into(),
+                ago(now_ms, i.created_at_ms),
+                i.pending_reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "SERVICE",
+            "NODE",
+            "PHASE",
+            "READY",
+            "AGE",
+            "WHY PENDING",
+        ],
+        &rows,
+    )
+}
+
+pub fn nodes_table(nodes: &[Node], now_ms: u64) -> String {
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            vec![
+                n.name.clone(),
+                format!("{:?}", n.status).to_lowercase(),
+                Cpu(n.capacity.cpu_millis).to_string(),
+                Memory(n.capacity.memory_bytes).to_string(),
+                ago(now_ms, n.last_heartbeat_ms),
+                labels.join(","),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "STATUS",
+            "CPU",
+            "MEMORY",
+            "LAST HEARTBEAT",
+            "LABELS",
+        ],
+        &rows,
+    )
+}
+
+fn events_text(events: &[Event], now_ms: u64) -> String {
+    if events.is_empty() {
+        return "Events: none\n".into();
+    }
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            vec![
+                ago(now_ms, e.time_ms),
+                e.name.clone(),
+                e.reason.clone(),
+                e.message.clone(),
+            ]
+        })
+        .collect();
+    format!(
+        "Events:\n{}",
+        table(&["AGE", "OBJECT", "REASON", "MESSAGE"], &rows)
+    )
+}
+
+pub fn describe_service(d: &ServiceDescription, now_ms: u64) -> String {
+    let s = &d.service;
+    let mut out = format!(
+        "Service:     {}\nImage:       {}\nReplicas:    {} ({} ready)\nGeneration:  {}\nRollout:     {:?} template {}{}\n",
+        s.name,
+        s.spec.image,
+        s.spec.replicas,
+        d.instances.iter().filter(|i| i.ready).count(),
+        s.generation,
+        s.rollout.state,
+        s.rollout.template_hash,
+        if s.rollout.message.is_empty() { String::new() } else { format!(" ({})", s.rollout.message) },
+    );
+    let pending: Vec<&Instance> = d
+        .instances
+        .iter()
+        .filter(|i| i.phase == InstancePhase::Pending)
+        .collect();
+    if let Some(first) = pending.first() {
+        out += &format!(
+            "Pending:     {} instance(s): {}\n",
+            pending.len(),
+            first
+                .pending_reason
+                .as_deref()
+                .unwrap_or("not scheduled yet")
+        );
+    }
+    out += &format!("\nInstances:\n{}\n", instances_table(&d.instances, now_ms));
+    out + &events_text(&d.events, now_ms)
+}
+
+pub fn describe_instance(d: &InstanceDescription, now_ms: u64) -> String {
+    let i = &d.instance;
+    let mut out = format!(
+        "Instance:    {}\nService:     {}\nTemplate:    {}\nImage:       {}\nNode:        {}\nPhase:       {}\nReady:       {}\n",
+        i.id,
+        i.service,
+        i.template_hash,
+        i.spec.image,
+        i.node.as_deref().unwrap_or("-"),
+        phase(i),
+        i.ready
+    );
+    if let Some(why) = &i.pending_reason {
+        out += &format!("Why pending: {why}\n");
+    }
+    if !i.message.is_empty() {
+        out += &format!("Message:     {}\n", i.message);
+    }
+    out + "\n" + &events_text(&d.events, now_ms)
+}
+
+pub fn describe_node(d: &NodeDescription, now_ms: u64) -> String {
+    let n = &d.node;
+    let out = format!(
+        "Node:        {}\nStatus:      {:?}\nCapacity:    cpu {}, memory {}, pids {}\nHeartbeat:   {} ago\nLabels:      {:?}\n\nInstances:\n{}\n",
+        n.name,
+        n.status,
+        Cpu(n.capacity.cpu_millis),
+        Memory(n.capacity.memory_bytes),
+        n.capacity.pids,
+        ago(now_ms, n.last_heartbeat_ms),
+        n.labels,
+        instances_table(&d.instances, now_ms)
+    );
+    out + &events_text(&d.events, now_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tables_align_columns() {
+        let t = super::table(&["A", "LONGER"], &[vec!["xxxx".into(), "y".into()]]);
+        assert_eq!(t, "A     LONGER\nxxxx  y\n");
+    }
+}

@@ -326,18 +326,20 @@ impl<N: NetOps> Network<N> {
             .await
             .map_err(net.op_err("find bridge"))?;
         net.check_overlap_with_routes(existing).await?;
-        let previous = net.read_record();
-        let created_bridge = match existing {
-            Some(_) => previous.map(|r| r.created_bridge).unwrap_or(false),
+        let created_now = match existing {
+            Some(_) => false,
             None => {
                 let bridge = net.cfg.bridge.clone();
-                net.ops
-                    .add_bridge(&bridge, net.cfg.mtu)
-                    .await
-                    .map_err(net.op_err(format!("create bridge {bridge}")))?;
-                true
+                match net.ops.add_bridge(&bridge, net.cfg.mtu).await {
+                    Ok(()) => true,
+                    // Another process (agent and CNI plugin at once) made it first.
+                    Err(e) if e.errno() == Some(libc::EEXIST) => false,
+                    Err(e) => return Err(net.op_err(format!("create bridge {bridge}"))(e)),
+                }
             }
         };
+        // Once tug made the bridge, teardown may delete it, whoever opens the network later.
+        let created_bridge = created_now || net.read_record().is_some_and(|r| r.created_bridge);
         net.write_record(created_bridge)?;
         let bridge = net.cfg.bridge.clone();
         let index = net

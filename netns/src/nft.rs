@@ -395,7 +395,9 @@ fn describe(op: &Op) -> String {
 }
 
 fn encode_op(op: &Op, seq: u32, family: u8) -> Vec<u8> {
-    let base = NLM_F_REQUEST | NLM_F_ACK;
+    // No NLM_F_ACK: the kernel reports failures anyway, and per-message ACKs of a large
+    // batch can overflow the socket's receive buffer.
+    let base = NLM_F_REQUEST;
     match op {
         Op::AddTable(name) => {
             let mut m = Msg::new(
@@ -488,6 +490,7 @@ pub fn encode_batch(batch: &Batch, seq: u32) -> Vec<u8> {
 pub struct Socket {
     fd: OwnedFd,
     seq: u32,
+    sndbuf: usize,
 }
 
 impl Socket {
@@ -520,11 +523,36 @@ impl Socket {
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
+        // ACKs without a copy of the request; never block forever on a lost reply.
+        setsockopt(&fd, libc::SOL_NETLINK, libc::NETLINK_CAP_ACK, &1i32)?;
+        let timeout = libc::timeval {
+            tv_sec: 10,
+            tv_usec: 0,
+        };
+        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &timeout)?;
         let seq = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(1);
-        Ok(Socket { fd, seq })
+        let mut sndbuf: i32 = 0;
+        let mut len = std::mem::size_of::<i32>() as u32;
+        // SAFETY: sndbuf and len are valid out-parameters of the sizes given.
+        let r = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                &mut sndbuf as *mut i32 as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        // The kernel reports twice what it accounts; keep to half of it.
+        let sndbuf = if r == 0 {
+            sndbuf.max(0) as usize / 2
+        } else {
+            0
+        };
+        Ok(Socket { fd, seq, sndbuf })
     }
 
     fn send(&self, bytes: &[u8]) -> io::Result<()> {
@@ -624,6 +652,14 @@ impl Socket {
         let n = batch.ops.len() as u32;
         let seq = self.next_seq(n + 1);
         let bytes = encode_batch(batch, seq);
+        // A batch must arrive in one datagram; netlink refuses one larger than the send
+        // buffer, so grow it (as nft does) for large batches.
+        if bytes.len() + 4096 > self.sndbuf {
+            let want = (bytes.len() + 4096) as i32;
+            setsockopt(&self.fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, &want)
+                .or_else(|_| setsockopt(&self.fd, libc::SOL_SOCKET, libc::SO_SNDBUF, &want))?;
+            self.sndbuf = bytes.len() + 4096;
+        }
         self.send(&bytes)?;
         // A GETGEN request after the batch: its ACK is the last reply we wait for, so the
         // batch's own replies (sent before it) have all been read.
@@ -701,6 +737,23 @@ impl Socket {
             Err(e) => Err(e),
         }
     }
+}
+
+fn setsockopt<T>(fd: &OwnedFd, level: i32, name: i32, value: &T) -> io::Result<()> {
+    // SAFETY: value points to a T of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value as *const T as *const libc::c_void,
+            std::mem::size_of::<T>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn find_str_attr(mut attrs: &[u8], want: u16) -> Option<String> {

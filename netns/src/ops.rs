@@ -178,7 +178,7 @@ pub trait NetOps: Sized {
     async fn add_address(&self, index: u32, addr: Ipv4Network) -> Result<(), OpError>;
     /// Addresses on a link.
     async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Network>, OpError>;
-    /// IPv4 routes in the main table whose output device is not `except_dev`.
+    /// IPv4 routes of the main table, as (destination, output interface).
     async fn routes(&self) -> Result<Vec<(Ipv4Network, Option<u32>)>, OpError>;
     /// Adds a route (no error if the same route exists).
     async fn add_route(&self, route: &Route) -> Result<(), OpError>;

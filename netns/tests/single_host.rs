@@ -424,3 +424,61 @@ fn container_given_by_pid() {
     teardown(&w.host, &w.cfg);
     w.watch.check();
 }
+
+#[test]
+fn reopening_after_a_reboot_like_flush_restores_published_ports() {
+    need_root!();
+    let w = World::new(true);
+    let mut r = AttachRequest::new("web", w.c1.reference());
+    r.ports = vec![port(Protocol::Tcp, 8080, 80)];
+    attach(&w.host, &w.cfg, r).unwrap();
+    // The kernel forgets the NAT table (as after a reboot or `nft flush ruleset`)...
+    let table = tug_netns::firewall::table_name("n1");
+    w.host.block_on(move || async move {
+        use tug_netns::ops::NetOps;
+        let ops = Rtnl::current().unwrap();
+        let mut b = tug_netns::nft::Batch::new(tug_netns::nft::FAMILY_IPV4);
+        b.push(tug_netns::nft::Op::DelTable(table));
+        ops.nft(&b).await.unwrap();
+    });
+    // ...and opening the network (what a restarted agent does) puts it back from the leases.
+    let cfg = w.cfg.clone();
+    w.host
+        .block_on(move || async move { Network::open(cfg).await.map(|_| ()) })
+        .unwrap();
+    let seen = tcp_probe(&w.c1, sa("0.0.0.0:80"), &w.remote, sa("192.168.77.1:8080")).unwrap();
+    assert_eq!(seen.ip(), Ipv4Addr::new(192, 168, 77, 2));
+    teardown(&w.host, &w.cfg);
+    w.watch.check();
+}
+
+#[test]
+fn hundreds_of_published_ports_apply_as_one_transaction() {
+    need_root!();
+    let w = World::new(true);
+    let mut r = AttachRequest::new("many", w.c1.reference());
+    r.ports = (0..600)
+        .map(|i| port(Protocol::Udp, 20000 + i, 53))
+        .collect();
+    attach(&w.host, &w.cfg, r).unwrap();
+    let table = tug_netns::firewall::table_name("n1");
+    let t = table.clone();
+    let count = w.host.block_on(move || async move {
+        Rtnl::current()
+            .unwrap()
+            .nft_rule_count(&t, "ports")
+            .unwrap()
+    });
+    assert_eq!(count, 600);
+    udp_probe(&w.c1, sa("0.0.0.0:53"), &w.remote, sa("192.168.77.1:20599")).unwrap();
+    detach(&w.host, &w.cfg, "many").unwrap();
+    let count = w.host.block_on(move || async move {
+        Rtnl::current()
+            .unwrap()
+            .nft_rule_count(&table, "ports")
+            .unwrap()
+    });
+    assert_eq!(count, 0);
+    teardown(&w.host, &w.cfg);
+    w.watch.check();
+}

@@ -164,7 +164,18 @@ pub fn tcp_probe(
     client: &Ns,
     target: SocketAddrV4,
 ) -> io::Result<SocketAddr> {
-    let listener = server.run(move || TcpListener::bind(bind))?;
+    // The previous probe's server socket may still be closing (LAST_ACK) for a moment.
+    let listener = server.run(move || {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            match TcpListener::bind(bind) {
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < end => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                r => return r,
+            }
+        }
+    })?;
     listener.set_nonblocking(true)?;
     let srv = std::thread::spawn(move || -> io::Result<SocketAddr> {
         let end = Instant::now() + DEADLINE;

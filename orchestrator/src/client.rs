@@ -13,11 +13,8 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the tugboat server at {addr}: {source} (is `tugboat server` running? set --addr or TUGBOAT_ADDR)")]
-    Unreachable {
-        addr: String,
-        source: reqwest::Error,
-    },
+    #[error("cannot reach the tugboat server at {addr}: {cause} (is `tugboat server` running? set --addr or TUGBOAT_ADDR)")]
+    Unreachable { addr: String, cause: String },
     #[error("{message}")]
     Api {
         status: u16,
@@ -36,6 +33,20 @@ impl ClientError {
             ClientError::Unreachable { .. } => None,
         }
     }
+}
+
+/// An error and its causes, innermost last: "error sending request: ...: Connection refused".
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text = format!("{text}: {part}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// A list with the revision to watch from (+1).
@@ -81,20 +92,17 @@ impl ApiClient {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                addr: self.base.clone(),
-                source,
-            })?;
+        let response = request.send().await.map_err(|e| ClientError::Unreachable {
+            addr: self.base.clone(),
+            cause: error_chain(&e),
+        })?;
         let status = response.status().as_u16();
         let bytes = response
             .bytes()
             .await
-            .map_err(|source| ClientError::Unreachable {
+            .map_err(|e| ClientError::Unreachable {
                 addr: self.base.clone(),
-                source,
+                cause: error_chain(&e),
             })?;
         if (200..300).contains(&status) {
             return serde_json::from_slice(&bytes).map_err(|_| ClientError::Decode {

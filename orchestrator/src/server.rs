@@ -17,6 +17,38 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/tugboat";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7480";
 pub const STORE_FILE: &str = "store.log";
 pub const TOKEN_FILE: &str = "token";
+pub const LOCK_FILE: &str = "lock";
+
+/// Hold an exclusive lock on `<data_dir>/lock` for as long as the file stays open: two
+/// servers on one store would each believe their memory is the truth.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, ServerError> {
+    use std::os::fd::AsRawFd;
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| ServerError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let error = std::io::Error::last_os_error();
+        return Err(match error.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => ServerError::Locked {
+                path: data_dir.into(),
+            },
+            _ => ServerError::DataDir {
+                path,
+                source: error,
+            },
+        });
+    }
+    Ok(file)
+}
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -56,6 +88,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("data dir {path} is in use by another tugboat server (it holds {path}/lock); stop it or use another --data-dir")]
+    Locked { path: PathBuf },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -103,6 +137,8 @@ pub struct RunningServer {
     pub control: Arc<ControlPlane>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Released when the server is dropped.
+    _lock: std::fs::File,
 }
 
 impl RunningServer {
@@ -130,6 +166,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         path: config.data_dir.clone(),
         source,
     })?;
+    let lock = lock_data_dir(&config.data_dir)?;
     let store = EmbeddedStore::open(&config.data_dir.join(STORE_FILE), config.store.clone())?;
     let token = if config.auth {
         Some(load_or_create_token(&config.data_dir)?)
@@ -177,5 +214,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         control,
         shutdown,
         tasks: vec![http, controllers],
+        _lock: lock,
     })
 }

@@ -349,3 +349,75 @@ async fn auth_validation_and_limits() {
     );
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_then_watch_over_http_misses_nothing_and_old_revisions_say_410() {
+    use tugboat::controlplane::WatchKind;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tugboat::server::ServerConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap());
+    config.store.history_events = 30;
+    let server = tugboat::server::start(config).await.unwrap();
+    let client = ApiClient::new(&server.addr.to_string(), server.token.clone());
+    client
+        .create_service("a", &tugboat::spec::ServiceSpec::new("a:1"))
+        .await
+        .unwrap();
+    let listed = client.services().await.unwrap();
+    // A change between the list and the watch.
+    client
+        .create_service("b", &tugboat::spec::ServiceSpec::new("b:1"))
+        .await
+        .unwrap();
+    let batch = client
+        .watch(
+            WatchKind::Services,
+            listed.revision + 1,
+            Duration::from_secs(5),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(batch.changes.len(), 1, "{batch:?}");
+    assert_eq!(batch.changes[0].key, "/services/b");
+    assert_eq!(batch.changes[0].object["spec"]["image"], "b:1");
+    // Nothing new: an empty answer at the timeout that does not move the revision past anything.
+    let quiet = client
+        .watch(
+            WatchKind::Services,
+            batch.revision + 1,
+            Duration::from_secs(0),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(quiet.changes.is_empty());
+    assert_eq!(quiet.revision, batch.revision);
+    // A delete is seen too.
+    client.delete_service("a").await.unwrap();
+    let batch = client
+        .watch(
+            WatchKind::Services,
+            quiet.revision + 1,
+            Duration::from_secs(5),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (batch.changes[0].kind, batch.changes[0].key.as_str()),
+        (tugboat::store::EventKind::Delete, "/services/a")
+    );
+    // History is bounded: a watch from too far back is told to list again.
+    for replicas in 0..40 {
+        client.scale("b", replicas % 3).await.unwrap();
+    }
+    let err = client
+        .watch(WatchKind::Services, 1, Duration::from_secs(0), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Api { status: 410, code, .. } if code == "compacted"),
+        "{err}"
+    );
+    server.shutdown().await;
+}

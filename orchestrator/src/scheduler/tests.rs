@@ -346,3 +346,85 @@ fn sampling_still_finds_the_one_feasible_node() {
         "big"
     );
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    fn request_strategy() -> impl Strategy<Value = (String, ServiceSpec)> {
+        (
+            0u64..4,
+            0u64..3000,
+            0u64..4,
+            prop::option::of(8000u16..8003),
+            prop::bool::ANY,
+        )
+            .prop_map(|(service, cpu, mem_gi, port, one_per_node)| {
+                let name = format!("s{service}");
+                let mut s = spec(cpu, mem_gi);
+                if let Some(port) = port {
+                    s.ports = vec![PortSpec {
+                        container: Port(80),
+                        published: Some(Port(port)),
+                        protocol: Protocol::Tcp,
+                    }];
+                }
+                if one_per_node {
+                    s.placement.anti_affinity = vec![AffinityRule {
+                        service: name.clone(),
+                        required: true,
+                    }];
+                }
+                (name, s)
+            })
+    }
+
+    proptest! {
+        /// Plans made on a stale snapshot, committed on the live state that already took other
+        /// placements: whatever the commit accepts never overcommits a node, never doubles a
+        /// host port, never breaks a required anti-affinity.
+        #[test]
+        fn committed_placements_never_overcommit(
+            capacities in prop::collection::vec((1u64..8, 1u64..16), 1..8),
+            early in prop::collection::vec(request_strategy(), 0..20),
+            late in prop::collection::vec(request_strategy(), 0..40),
+        ) {
+            let scheduler = all_nodes();
+            let nodes: Vec<NodeState> = capacities.iter().enumerate().map(|(i, (c, m))| node(&format!("n{i}"), *c, *m, &[])).collect();
+            let mut live = ClusterState::new(nodes);
+            let mut snapshot = live.clone();
+            let mut accepted: Vec<(usize, PlacementRequest)> = vec![];
+            for (name, s) in &early {
+                let req = request(name, s);
+                if let Ok(p) = scheduler.place(&mut live, &req) {
+                    accepted.push((p.node_index, req));
+                }
+            }
+            for (name, s) in &late {
+                let req = request(name, s);
+                if let Ok(plan) = scheduler.place(&mut snapshot, &req) {
+                    if scheduler.commit(&mut live, &req, plan.node_index).is_ok() {
+                        accepted.push((plan.node_index, req));
+                    }
+                }
+            }
+            for (i, n) in live.nodes.iter().enumerate() {
+                let mine: Vec<&PlacementRequest> = accepted.iter().filter(|(at, _)| *at == i).map(|(_, r)| r).collect();
+                let cpu: u64 = mine.iter().map(|r| r.resources.cpu_millis).sum();
+                let memory: u64 = mine.iter().map(|r| r.resources.memory_bytes).sum();
+                prop_assert!(cpu <= n.capacity.cpu_millis && memory <= n.capacity.memory_bytes, "node {} overcommitted", n.name);
+                let mut ports = HashMap::new();
+                for port in mine.iter().flat_map(|r| r.host_ports.iter()) {
+                    *ports.entry(*port).or_insert(0) += 1;
+                }
+                prop_assert!(ports.values().all(|n| *n == 1), "a host port twice on {}", n.name);
+                // Anti-affinity binds the instance that has the rule, at the time it is placed.
+                for (k, r) in mine.iter().enumerate().filter(|(_, r)| !r.placement.anti_affinity.is_empty()) {
+                    let before = mine[..k].iter().filter(|o| o.service == r.service).count();
+                    prop_assert_eq!(before, 0, "anti-affinity broken on {}", n.name);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The `tugboat` binary against a server on 127.0.0.1, and the server's data dir across
+//! restarts.
+
+mod common;
+
+use common::{eventually, ready_count, TestCluster};
+use std::process::Command;
+use std::time::Duration;
+use tugboat::server::{start, ServerConfig, ServerError};
+
+struct Output {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn tugboat(args: Vec<String>, envs: Vec<(&'static str, String)>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(env!("CARGO_BIN_EXE_tugboat"))
+            .args(&args)
+            .env_remove("TUGBOAT_ADDR")
+            .env_remove("TUGBOAT_TOKEN")
+            .env("HOME", "/nonexistent")
+            .envs(envs)
+            .output()
+            .unwrap();
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_applies_scales_and_explains() {
+    let cluster =
+        TestCluster::start(&[("n1", &[("zone", "east")]), ("n2", &[("zone", "west")])]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shop.yaml");
+    std::fs::write(&file, "services:\n  web:\n    image: web:1\n    replicas: 2\n    placement:\n      constraints:\n        - {key: zone, operator: In, values: [east, west]}\n").unwrap();
+    let addr = cluster.server.addr.to_string();
+    let token = cluster.server.token.clone().unwrap();
+    let base = |rest: &[&str]| -> Vec<String> {
+        let mut v = vec![
+            "--addr".to_string(),
+            addr.clone(),
+            "--token".to_string(),
+            token.clone(),
+        ];
+        v.extend(rest.iter().map(|s| s.to_string()));
+        v
+    };
+
+    let out = tugboat(base(&["apply", "-f", file.to_str().unwrap()]), vec![]).await;
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "service/web created\n"),
+        "{}",
+        out.stderr
+    );
+    eventually("2 web ready", Duration::from_secs(20), || async {
+        (ready_count(&cluster.instances("web").await) == 2).then_some(())
+    })
+    .await;
+
+    // JSON output parses; the token can come from the environment.
+    let out = tugboat(
+        vec!["get".into(), "services".into(), "-o".into(), "json".into()],
+        vec![
+            ("TUGBOAT_ADDR", addr.clone()),
+            ("TUGBOAT_TOKEN", token.clone()),
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let listed: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(listed["items"][0]["name"], "web");
+    let out = tugboat(base(&["get", "nodes", "-o", "yaml"]), vec![]).await;
+    assert!(out.stdout.contains("name: n1"), "{}", out.stdout);
+
+    let out = tugboat(base(&["scale", "web", "3"]), vec![]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // Only two nodes in the zones... and three fit, so all run; make one impossible instead.
+    std::fs::write(&file, "services:\n  web:\n    image: web:1\n    replicas: 3\n    placement:\n      constraints:\n        - {key: zone, operator: In, values: [east, west]}\n  gpu:\n    image: ml:1\n    placement:\n      constraints:\n        - {key: gpu, operator: Exists}\n").unwrap();
+    let out = tugboat(base(&["apply", "-f", file.to_str().unwrap()]), vec![]).await;
+    assert_eq!(
+        out.stdout, "service/gpu created\nservice/web unchanged\n",
+        "{}",
+        out.stderr
+    );
+    let why = eventually(
+        "gpu pending with a reason",
+        Duration::from_secs(20),
+        || async {
+            let out = tugboat(base(&["describe", "service", "gpu"]), vec![]).await;
+            out.stdout
+                .contains("2 nodes: constraint gpu exists")
+                .then_some(out.stdout)
+        },
+    )
+    .await;
+    assert!(
+        why.contains("Pending:     1 instance(s): 2 nodes: constraint gpu exists"),
+        "{why}"
+    );
+    let out = tugboat(base(&["get", "instances", "--service", "gpu"]), vec![]).await;
+    assert!(
+        out.stdout.contains("WHY PENDING") && out.stdout.contains("constraint gpu exists"),
+        "{}",
+        out.stdout
+    );
+
+    let out = tugboat(base(&["rollout", "status", "web"]), vec![]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.starts_with("service/web rollout complete"),
+        "{}",
+        out.stdout
+    );
+
+    // A bad file: exit 1, file:line: field: what is allowed; nothing stored.
+    std::fs::write(
+        &file,
+        "services:\n  api:\n    image: api:1\n    ports:\n      - {container: 0}\n",
+    )
+    .unwrap();
+    let out = tugboat(base(&["apply", "-f", file.to_str().unwrap()]), vec![]).await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains("shop.yaml:5: services.api.ports[0].container: port 0 is out of range"),
+        "{}",
+        out.stderr
+    );
+    let out = tugboat(base(&["describe", "service", "api"]), vec![]).await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("service `api` not found"),
+        "{}",
+        out.stderr
+    );
+
+    let out = tugboat(base(&["delete", "service", "gpu"]), vec![]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = tugboat(
+        vec![
+            "--addr".into(),
+            addr.clone(),
+            "get".into(),
+            "services".into(),
+        ],
+        vec![],
+    )
+    .await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("bearer token"), "{}", out.stderr);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_keeps_state_and_token_across_restarts_and_serves_one_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || ServerConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap());
+    let server = start(config()).await.unwrap();
+    let token = server.token.clone().unwrap();
+    assert!(
+        matches!(start(config()).await, Err(ServerError::Locked { .. })),
+        "a second server on the same data dir"
+    );
+    let client = tugboat::client::ApiClient::new(&server.addr.to_string(), Some(token.clone()));
+    client
+        .create_service("web", &tugboat::spec::ServiceSpec::new("web:1"))
+        .await
+        .unwrap();
+    server.shutdown().await;
+
+    let server = start(config()).await.unwrap();
+    assert_eq!(server.token.as_deref(), Some(token.as_str()));
+    let client = tugboat::client::ApiClient::new(&server.addr.to_string(), Some(token));
+    assert_eq!(client.services().await.unwrap().items[0].name, "web");
+    // The token can also be read from the data dir by the command line.
+    let out = tugboat(
+        vec![
+            "--addr".into(),
+            server.addr.to_string(),
+            "--data-dir".into(),
+            dir.path().display().to_string(),
+            "get".into(),
+            "services".into(),
+        ],
+        vec![],
+    )
+    .await;
+    assert!(out.stdout.contains("web"), "{} {}", out.stdout, out.stderr);
+    server.shutdown().await;
+}

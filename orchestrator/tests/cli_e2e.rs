@@ -197,3 +197,54 @@ async fn a_data_dir_keeps_state_and_token_across_restarts_and_serves_one_server(
     assert!(out.stdout.contains("web"), "{} {}", out.stdout, out.stderr);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_gives_known_nodes_a_fresh_grace_period() {
+    use tugboat::model::{Node, NodeStatus, Resources};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // A node last heard of ten minutes ago, as a server that was down for a while left it.
+        let store = tugboat::store::EmbeddedStore::open(
+            &dir.path().join(tugboat::server::STORE_FILE),
+            Default::default(),
+        )
+        .unwrap();
+        let long_ago = tugboat::model::now_ms() - 600_000;
+        let node = Node {
+            name: "n1".into(),
+            labels: Default::default(),
+            capacity: Resources::new(1000, 1 << 30, 0),
+            address: None,
+            status: NodeStatus::Ready,
+            registered_at_ms: long_ago,
+            last_heartbeat_ms: long_ago,
+            volumes: vec![],
+        };
+        store
+            .commit_now(
+                vec![],
+                vec![tugboat::store::Operation::Put {
+                    key: "/nodes/n1".into(),
+                    value: serde_json::to_vec(&node).unwrap(),
+                }],
+            )
+            .unwrap();
+    }
+    let mut config = ServerConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap());
+    config.timers = common::test_timers();
+    let started = std::time::Instant::now();
+    let server = start(config).await.unwrap();
+    let client = tugboat::client::ApiClient::new(&server.addr.to_string(), server.token.clone());
+    let status = || async { client.nodes().await.unwrap().items[0].status };
+    // Within the not-ready grace (400 ms) it stays ready, though many passes have run...
+    while started.elapsed() < Duration::from_millis(300) {
+        assert_eq!(status().await, NodeStatus::Ready);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // ...and with no heartbeat it is lost after the lost grace.
+    eventually("n1 lost", Duration::from_secs(10), || async {
+        (status().await == NodeStatus::Lost).then_some(())
+    })
+    .await;
+    server.shutdown().await;
+}

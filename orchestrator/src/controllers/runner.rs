@@ -315,6 +315,9 @@ pub async fn schedule_pending(cp: &ControlPlane) -> Result<()> {
 /// few ms) and at least every `reconcile_interval`.
 pub async fn run_controllers(cp: Arc<ControlPlane>, mut shutdown: watch::Receiver<bool>) {
     let interval = cp.timers.reconcile_interval;
+    if let Err(e) = cp.seed_heartbeats().await {
+        eprintln!("tugboat: controllers: cannot read nodes: {e}");
+    }
     loop {
         let mut watcher = match cp.store.watch("/", 0).await {
             Ok(w) => Some(w),

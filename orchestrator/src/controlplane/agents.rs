@@ -93,6 +93,17 @@ impl ControlPlane {
         Ok(node)
     }
 
+    /// At start, give every known node a fresh grace period: heartbeats live in memory, and a
+    /// restarted server must not declare its whole cluster lost.
+    pub async fn seed_heartbeats(&self) -> Result<()> {
+        let (nodes, _) = objects::list::<Node>(self.store(), crate::model::NODES).await?;
+        let now = now_ms();
+        for node in nodes {
+            self.record_heartbeat(&node.object.name, now);
+        }
+        Ok(())
+    }
+
     pub async fn get_node(&self, name: &str) -> Result<Versioned<Node>> {
         let mut node = objects::get::<Node>(self.store(), &node_key(name))
             .await?

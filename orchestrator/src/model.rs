@@ -225,6 +225,9 @@ pub struct Instance {
     pub exit_code: Option<i32>,
     #[serde(default)]
     pub restarts: u32,
+    /// When the agent reported it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_at_ms: Option<u64>,
 }
 
 impl Instance {

@@ -37,6 +37,7 @@ fn instance(n: usize, template: &str, phase: InstancePhase, ready: bool, created
         message: String::new(),
         exit_code: None,
         restarts: 0,
+        failed_at_ms: (phase == InstancePhase::Failed).then_some(0),
     }
 }
 
@@ -94,13 +95,15 @@ fn ready(i: &Instance) -> bool {
 
 proptest! {
     #[test]
-    fn one_pass_respects_surge_and_availability(service in service(), instances in instances()) {
-        let actions = reconcile_service(&service, &instances, 10);
+    fn one_pass_respects_surge_and_availability(service in service(), instances in instances(), delay in 0u64..20) {
+        let now = 10;
+        let actions = reconcile_service(&service, &instances, now, delay);
+        let cooling = |i: &Instance| i.phase == InstancePhase::Failed && now < delay;
         let spec = &service.spec;
         let deleted: Vec<&str> = actions.iter().filter_map(|a| match a { ServiceAction::Delete { id, .. } => Some(id.as_str()), _ => None }).collect();
         let unique: HashSet<&str> = deleted.iter().copied().collect();
         prop_assert_eq!(unique.len(), deleted.len(), "an instance deleted twice");
-        for i in instances.iter().filter(|i| !alive(i)) {
+        for i in instances.iter().filter(|i| !alive(i) && !cooling(i)) {
             prop_assert!(unique.contains(i.id.as_str()), "dead instance {} kept", i.id);
         }
         let rolled_back = actions.iter().any(|a| matches!(a, ServiceAction::RollBack { .. }));
@@ -112,7 +115,12 @@ proptest! {
             prop_assert!(!creates, "created while rolling back");
             return Ok(());
         }
-        let alive_before = instances.iter().filter(|i| alive(i)).count();
+        // A failed instance that is cooling down still holds its slot.
+        let alive_before = instances.iter().filter(|i| alive(i) || cooling(i)).count();
+        let created_any = actions.iter().any(|a| matches!(a, ServiceAction::Create { .. }));
+        let cooling_new = instances.iter().filter(|i| cooling(i) && i.template_hash == NEW).count();
+        let alive_new = instances.iter().filter(|i| alive(i) && i.template_hash == NEW).count();
+        prop_assert!(!created_any || alive_new + cooling_new < spec.replicas as usize, "replaced a cooling instance early");
         let created: u32 = actions.iter().map(|a| match a { ServiceAction::Create { count } => *count, _ => 0 }).sum();
         let ceiling = (spec.replicas + spec.update.max_surge) as usize;
         prop_assert!(created == 0 || alive_before + created as usize <= ceiling, "created {created} over {alive_before} alive, ceiling {ceiling}");
@@ -135,7 +143,7 @@ proptest! {
         let ceiling = instances.iter().filter(|i| alive(i)).count().max((spec.replicas + spec.update.max_surge) as usize);
         for step in 0..60u64 {
             let now = 10 + step;
-            let actions = reconcile_service(&service, &instances, now);
+            let actions = reconcile_service(&service, &instances, now, 0);
             for action in actions {
                 match action {
                     ServiceAction::Create { count } => {
@@ -208,6 +216,27 @@ proptest! {
 }
 
 #[test]
+fn a_failed_instance_is_replaced_only_after_its_delay() {
+    let mut spec = ServiceSpec::new("x");
+    spec.replicas = 2;
+    let mut service = Service::new("web", spec, 0);
+    service.rollout.template_hash = NEW.into();
+    service.rollout.state = RolloutState::Complete;
+    let mut failed = instance(1, NEW, InstancePhase::Failed, false, 0);
+    failed.failed_at_ms = Some(1_000);
+    let instances = vec![instance(0, NEW, InstancePhase::Running, true, 0), failed];
+    assert_eq!(
+        reconcile_service(&service, &instances, 5_999, 5_000),
+        vec![]
+    );
+    let actions = reconcile_service(&service, &instances, 6_000, 5_000);
+    assert!(
+        matches!(&actions[..], [ServiceAction::Delete { id, .. }, ServiceAction::Create { count: 1 }] if id == "i1"),
+        "{actions:?}"
+    );
+}
+
+#[test]
 fn a_stalled_rollout_rolls_back_after_its_deadline() {
     let mut spec = ServiceSpec::new("x");
     spec.update.progress_deadline_seconds = 5;
@@ -221,10 +250,10 @@ fn a_stalled_rollout_rolls_back_after_its_deadline() {
         instance(1, OLD, InstancePhase::Running, true, 0),
         instance(2, NEW, InstancePhase::Running, false, 0),
     ];
-    assert!(!reconcile_service(&service, &instances, 5_000)
+    assert!(!reconcile_service(&service, &instances, 5_000, 0)
         .iter()
         .any(|a| matches!(a, ServiceAction::RollBack { .. })));
-    let actions = reconcile_service(&service, &instances, 5_001);
+    let actions = reconcile_service(&service, &instances, 5_001, 0);
     assert!(
         matches!(&actions[..], [ServiceAction::RollBack { reason }] if reason.contains("within 5s")),
         "{actions:?}"

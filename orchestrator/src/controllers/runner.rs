@@ -147,7 +147,12 @@ async fn reconcile_services(
         let name = service.object.name.as_str();
         let mine = by_service.get(name).cloned().unwrap_or_default();
         let plain: Vec<Instance> = mine.iter().map(|v| v.object.clone()).collect();
-        let actions = reconcile_service(&service.object, &plain, now);
+        let actions = reconcile_service(
+            &service.object,
+            &plain,
+            now,
+            cp.timers.replace_failed_after.as_millis() as u64,
+        );
         if actions.is_empty() {
             continue;
         }
@@ -172,6 +177,7 @@ async fn reconcile_services(
                             message: String::new(),
                             exit_code: None,
                             restarts: 0,
+                            failed_at_ms: None,
                         };
                         batch.put_if(instance.key(), 0, &instance);
                     }

@@ -52,19 +52,27 @@ fn removal_order(a: &&Instance, b: &&Instance) -> std::cmp::Ordering {
         .then(a.id.cmp(&b.id))
 }
 
+/// `replace_failed_after_ms`: a failed instance keeps its slot this long before it is removed
+/// and replaced (a crash loop is paced, not spun).
 pub fn reconcile_service(
     service: &Service,
     instances: &[Instance],
     now_ms: u64,
+    replace_failed_after_ms: u64,
 ) -> Vec<ServiceAction> {
     let mut actions = vec![];
+    let cooling = |i: &Instance| {
+        i.phase == InstancePhase::Failed
+            && i.failed_at_ms
+                .is_some_and(|at| now_ms < at.saturating_add(replace_failed_after_ms))
+    };
     let spec = &service.spec;
     let current = service.rollout.template_hash.as_str();
     let replicas = spec.replicas as usize;
     let surge = spec.update.max_surge as usize;
     let unavailable = spec.update.max_unavailable as usize;
 
-    for dead in instances.iter().filter(|i| is_dead(i)) {
+    for dead in instances.iter().filter(|i| is_dead(i) && !cooling(i)) {
         let reason = match dead.phase {
             InstancePhase::Lost => format!("node {} was lost", dead.node.as_deref().unwrap_or("?")),
             _ => format!(
@@ -102,7 +110,11 @@ pub fn reconcile_service(
         }
     }
 
-    let alive: Vec<&Instance> = instances.iter().filter(|i| !is_dead(i)).collect();
+    // Cooling failed instances hold their slot (no replacement yet) but are not available.
+    let alive: Vec<&Instance> = instances
+        .iter()
+        .filter(|i| !is_dead(i) || cooling(i))
+        .collect();
     let mut new: Vec<&Instance> = alive
         .iter()
         .copied()

@@ -223,6 +223,9 @@ impl ControlPlane {
             instance.message = report.message.clone();
             instance.exit_code = report.exit_code;
             instance.restarts = report.restarts;
+            if report.phase == ReportedPhase::Failed {
+                instance.failed_at_ms = instance.failed_at_ms.or(Some(now));
+            }
             if instance == current.object {
                 return Ok(instance);
             }

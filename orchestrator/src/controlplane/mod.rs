@@ -29,6 +29,8 @@ pub struct Timers {
     pub nodes: NodeTimers,
     /// Controllers run at least this often (and whenever the store changes).
     pub reconcile_interval: Duration,
+    /// A failed instance is replaced this long after it failed, so a crash loop does not spin.
+    pub replace_failed_after: Duration,
 }
 
 impl Default for Timers {
@@ -36,6 +38,7 @@ impl Default for Timers {
         Timers {
             nodes: NodeTimers::default(),
             reconcile_interval: Duration::from_secs(1),
+            replace_failed_after: Duration::from_secs(5),
         }
     }
 }

@@ -45,6 +45,7 @@ pub fn test_timers() -> Timers {
             lost_after_ms: 1000,
         },
         reconcile_interval: Duration::from_millis(50),
+        replace_failed_after: Duration::from_millis(200),
     }
 }
 

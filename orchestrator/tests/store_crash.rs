@@ -107,7 +107,7 @@ fn kill_9_never_loses_an_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.log");
     let mut rng = fastrand::Rng::with_seed(std::process::id() as u64);
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(150);
     let mut last_acked = 0u64;
     for round in 0..12 {
         assert!(Instant::now() < deadline, "crash rounds took too long");
@@ -124,7 +124,7 @@ fn kill_9_never_loses_an_acknowledged_write() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let kill_after = rng.u64(0..400);
+        let kill_after = rng.u64(0..200);
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut acks = 0;
         while acks < kill_after {

@@ -5,7 +5,7 @@ use super::service::{reconcile_service, ServiceAction};
 use crate::model::{
     Instance, InstancePhase, Node, NodeStatus, Resources, RolloutState, Service, TemplateRevision,
 };
-use crate::spec::ServiceSpec;
+use crate::spec::{ServiceSpec, UpdateCount};
 use proptest::prelude::*;
 use std::collections::{HashMap, HashSet};
 
@@ -65,8 +65,17 @@ fn service() -> impl Strategy<Value = Service> {
             }
             let mut spec = ServiceSpec::new("x");
             spec.replicas = replicas;
-            spec.update.max_surge = surge;
-            spec.update.max_unavailable = unavailable;
+            // Absolute or percentage, both exercised.
+            spec.update.max_surge = if surge == 2 {
+                UpdateCount::Percent(30)
+            } else {
+                UpdateCount::Absolute(surge)
+            };
+            spec.update.max_unavailable = if unavailable == 2 {
+                UpdateCount::Percent(50)
+            } else {
+                UpdateCount::Absolute(unavailable)
+            };
             spec.update.progress_deadline_seconds = 1000;
             let mut service = Service::new("web", spec.clone(), 0);
             service.rollout.template_hash = NEW.into();
@@ -122,11 +131,12 @@ proptest! {
         let alive_new = instances.iter().filter(|i| alive(i) && i.template_hash == NEW).count();
         prop_assert!(!created_any || alive_new + cooling_new < spec.replicas as usize, "replaced a cooling instance early");
         let created: u32 = actions.iter().map(|a| match a { ServiceAction::Create { count } => *count, _ => 0 }).sum();
-        let ceiling = (spec.replicas + spec.update.max_surge) as usize;
+        let (surge, unavailable) = spec.update.bounds(spec.replicas);
+        let ceiling = (spec.replicas + surge) as usize;
         prop_assert!(created == 0 || alive_before + created as usize <= ceiling, "created {created} over {alive_before} alive, ceiling {ceiling}");
         let ready_before = instances.iter().filter(|i| alive(i) && ready(i)).count();
         let ready_after = instances.iter().filter(|i| alive(i) && ready(i) && !unique.contains(i.id.as_str())).count();
-        let floor = (spec.replicas.saturating_sub(spec.update.max_unavailable) as usize).min(ready_before);
+        let floor = (spec.replicas.saturating_sub(unavailable) as usize).min(ready_before);
         // Scale-down of surplus new instances may go below the floor only when there are more than replicas.
         let new_alive = instances.iter().filter(|i| alive(i) && i.template_hash == NEW).count();
         if new_alive <= spec.replicas as usize {
@@ -140,7 +150,7 @@ proptest! {
         let mut instances = instances;
         let mut next_id = 100;
         let spec = service.spec.clone();
-        let ceiling = instances.iter().filter(|i| alive(i)).count().max((spec.replicas + spec.update.max_surge) as usize);
+        let ceiling = instances.iter().filter(|i| alive(i)).count().max((spec.replicas + spec.update.bounds(spec.replicas).0) as usize);
         for step in 0..60u64 {
             let now = 10 + step;
             let actions = reconcile_service(&service, &instances, now, 0);

@@ -69,8 +69,8 @@ pub fn reconcile_service(
     let spec = &service.spec;
     let current = service.rollout.template_hash.as_str();
     let replicas = spec.replicas as usize;
-    let surge = spec.update.max_surge as usize;
-    let unavailable = spec.update.max_unavailable as usize;
+    let (surge, unavailable) = spec.update.bounds(spec.replicas);
+    let (surge, unavailable) = (surge as usize, unavailable as usize);
 
     for dead in instances.iter().filter(|i| is_dead(i) && !cooling(i)) {
         let reason = match dead.phase {

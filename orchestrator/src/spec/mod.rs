@@ -10,7 +10,7 @@ pub mod units;
 pub mod validate;
 
 pub use file::{parse_spec_file, SpecFileError};
-pub use units::{Cpu, Memory, Port};
+pub use units::{Cpu, Memory, Port, UpdateCount};
 pub use validate::{validate_services, SpecError};
 
 use serde::{Deserialize, Serialize};
@@ -202,13 +202,34 @@ pub struct RestartSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSpec {
-    #[serde(default = "one")]
-    pub max_surge: u32,
-    #[serde(default)]
-    pub max_unavailable: u32,
+    #[serde(default = "one_instance")]
+    pub max_surge: UpdateCount,
+    #[serde(default = "no_instance")]
+    pub max_unavailable: UpdateCount,
     /// A rollout with no new instance becoming ready for this long is rolled back.
     #[serde(default = "default_progress_deadline")]
     pub progress_deadline_seconds: u32,
+}
+
+fn one_instance() -> UpdateCount {
+    UpdateCount::Absolute(1)
+}
+fn no_instance() -> UpdateCount {
+    UpdateCount::Absolute(0)
+}
+
+impl UpdateSpec {
+    /// (max surge, max unavailable) in instances for `replicas`. Should both come to 0 (a
+    /// percentage of few replicas), one may be unavailable, or no rollout could progress.
+    pub fn bounds(&self, replicas: u32) -> (u32, u32) {
+        let surge = self.max_surge.resolve(replicas, true);
+        let unavailable = self.max_unavailable.resolve(replicas, false);
+        if surge == 0 && unavailable == 0 {
+            (0, 1)
+        } else {
+            (surge, unavailable)
+        }
+    }
 }
 
 fn default_progress_deadline() -> u32 {
@@ -218,8 +239,8 @@ fn default_progress_deadline() -> u32 {
 impl Default for UpdateSpec {
     fn default() -> Self {
         UpdateSpec {
-            max_surge: 1,
-            max_unavailable: 0,
+            max_surge: one_instance(),
+            max_unavailable: no_instance(),
             progress_deadline_seconds: default_progress_deadline(),
         }
     }

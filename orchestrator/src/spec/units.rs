@@ -221,8 +221,100 @@ impl<'de> Deserialize<'de> for Port {
     }
 }
 
+/// A count of instances for rolling updates: absolute (`1`) or a share of replicas (`"25%"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateCount {
+    Absolute(u32),
+    Percent(u32),
+}
+
+const COUNT_EXPECTED: &str =
+    "a number of instances (1) or a percentage of replicas from \"0%\" to \"100%\"";
+
+impl UpdateCount {
+    pub fn is_zero(self) -> bool {
+        matches!(self, UpdateCount::Absolute(0) | UpdateCount::Percent(0))
+    }
+    /// Instances for `replicas`; a percentage rounds up (surge) or down (unavailable).
+    pub fn resolve(self, replicas: u32, round_up: bool) -> u32 {
+        match self {
+            UpdateCount::Absolute(n) => n,
+            UpdateCount::Percent(p) => {
+                let scaled = u64::from(replicas) * u64::from(p);
+                (if round_up {
+                    scaled.div_ceil(100)
+                } else {
+                    scaled / 100
+                }) as u32
+            }
+        }
+    }
+    fn parse(text: &str) -> Result<UpdateCount, String> {
+        let text = text.trim();
+        let bad = || format!("`{text}` is not {COUNT_EXPECTED}");
+        match text.strip_suffix('%') {
+            Some(p) => {
+                let p: u32 = p.trim().parse().map_err(|_| bad())?;
+                if p > 100 {
+                    return Err(bad());
+                }
+                Ok(UpdateCount::Percent(p))
+            }
+            None => text.parse().map(UpdateCount::Absolute).map_err(|_| bad()),
+        }
+    }
+    fn from_f64(v: f64) -> Result<UpdateCount, String> {
+        if v < 0.0 || v.fract() != 0.0 || v > f64::from(u32::MAX) {
+            return Err(format!("{v} is not {COUNT_EXPECTED}"));
+        }
+        Ok(UpdateCount::Absolute(v as u32))
+    }
+}
+
+impl fmt::Display for UpdateCount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpdateCount::Absolute(n) => write!(f, "{n}"),
+            UpdateCount::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl Serialize for UpdateCount {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            UpdateCount::Absolute(n) => s.serialize_u32(*n),
+            UpdateCount::Percent(_) => s.serialize_str(&self.to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for UpdateCount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(QuantityVisitor {
+            expected: COUNT_EXPECTED,
+            from_f64: UpdateCount::from_f64,
+            from_str: UpdateCount::parse,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn update_counts() {
+        assert_eq!(UpdateCount::parse("25%").unwrap().resolve(10, true), 3);
+        assert_eq!(UpdateCount::parse("25%").unwrap().resolve(10, false), 2);
+        assert_eq!(UpdateCount::parse("2").unwrap().resolve(10, false), 2);
+        assert!(UpdateCount::parse("101%").is_err());
+        assert!(UpdateCount::from_f64(-1.0).is_err());
+        let json: UpdateCount = serde_json::from_str("\"50%\"").unwrap();
+        assert_eq!(
+            (json, serde_json::to_string(&json).unwrap()),
+            (UpdateCount::Percent(50), "\"50%\"".to_string())
+        );
+    }
+
     use super::*;
 
     #[test]

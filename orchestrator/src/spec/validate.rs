@@ -130,7 +130,7 @@ fn check_service(c: &mut Checker, base: &str, spec: &ServiceSpec, exists: &dyn F
             "`limit` is only allowed with `policy: on-failure`",
         );
     }
-    if spec.update.max_surge == 0 && spec.update.max_unavailable == 0 {
+    if spec.update.max_surge.is_zero() && spec.update.max_unavailable.is_zero() {
         c.fail(
             format!("{base}.update"),
             "max_surge and max_unavailable cannot both be 0: a rollout could never make progress",
@@ -467,7 +467,7 @@ mod tests {
     #[test]
     fn surge_and_unavailable_cannot_both_be_zero() {
         let mut spec = ServiceSpec::new("nginx");
-        spec.update.max_surge = 0;
+        spec.update.max_surge = crate::spec::UpdateCount::Percent(0);
         assert!(errors(&one("web", spec))[0].contains("cannot both be 0"));
     }
 }

@@ -3,6 +3,7 @@
 //!
 //!   cargo bench -p tug-netns --bench attach            # full run
 //!   cargo bench -p tug-netns --bench attach -- quick   # fewer samples
+//!   cargo bench -p tug-netns --bench attach -- quick levels=500
 //!
 //! Measures, with medians:
 //! 1. attach and detach of one container through the library (allocation, veth made inside
@@ -101,7 +102,15 @@ fn main() {
     }
     let quick = std::env::args().any(|a| a == "quick");
     let samples = if quick { 30 } else { 200 };
-    let levels: &[usize] = if quick { &[10, 100] } else { &[10, 100, 500] };
+    let custom: Option<Vec<usize>> = std::env::args()
+        .find_map(|a| a.strip_prefix("levels=").map(String::from))
+        .map(|l| {
+            l.split(',')
+                .map(|n| n.parse().expect("levels=N,N,..."))
+                .collect()
+        });
+    let default_levels: &[usize] = if quick { &[10, 100] } else { &[10, 100, 500] };
+    let levels: &[usize] = custom.as_deref().unwrap_or(default_levels);
     let extra = if quick { 10 } else { 30 };
 
     let data = std::env::temp_dir().join(format!("tug-netns-bench-{}", std::process::id()));

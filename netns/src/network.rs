@@ -639,6 +639,7 @@ impl<N: NetOps> Network<N> {
             peer_name: req.ifname.clone(),
             mtu: self.cfg.mtu,
             peer_mac: mac,
+            hairpin: !req.ports.is_empty(),
         };
         self.ops
             .add_veth(&spec, ns)

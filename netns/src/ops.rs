@@ -65,9 +65,7 @@ impl Netns {
             });
         }
         const NSFS_MAGIC: i64 = 0x6e736673;
-        const PROC_SUPER_MAGIC: i64 = 0x9fa0;
-        let magic = st.f_type as i64;
-        if magic != NSFS_MAGIC && magic != PROC_SUPER_MAGIC {
+        if st.f_type as i64 != NSFS_MAGIC {
             return Err(OpError::Netns {
                 path,
                 source: io::Error::new(io::ErrorKind::InvalidInput, "not a namespace file"),
@@ -89,6 +87,9 @@ pub struct VethSpec {
     pub peer_name: String,
     pub mtu: u32,
     pub peer_mac: [u8; 6],
+    /// Let frames leave by the bridge port they came in on (a container reaching its own
+    /// published port through the host's address).
+    pub hairpin: bool,
 }
 
 /// An IPv4 route.

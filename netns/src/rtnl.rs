@@ -9,14 +9,15 @@ use std::sync::{Arc, Mutex};
 use futures_util::TryStreamExt;
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::{InfoData, InfoVeth};
+use netlink_packet_route::link::{InfoData, InfoPortKind, InfoVeth};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{
-    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan,
+    RouteMessageBuilder,
 };
 
 use crate::nft;
@@ -195,13 +196,34 @@ impl NetOps for Rtnl {
             .controller(spec.bridge_index)
             .up()
             .build();
-        self.handle.link().add(msg).execute().await.map_err(nl(
-            "add veth",
+        let target = || {
             format!(
                 "{} (peer {} in {})",
                 spec.host_name, spec.peer_name, peer_ns.reference
-            ),
-        ))
+            )
+        };
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(nl("add veth", target()))?;
+        if spec.hairpin {
+            // The kernel ignores bridge-port attributes in the creating message, so this
+            // is a second one, addressed by name.
+            let port = LinkMessageBuilder::<LinkBridgePort>::default()
+                .name(spec.host_name.clone())
+                .set_port_kind(InfoPortKind::Bridge)
+                .hairpin(true)
+                .build();
+            self.handle
+                .link()
+                .set_port(port)
+                .execute()
+                .await
+                .map_err(nl("set hairpin on", target()))?;
+        }
+        Ok(())
     }
 
     async fn add_vxlan(&self, spec: &VxlanSpec) -> Result<(), OpError> {

@@ -161,6 +161,8 @@ fn published_ports_reach_the_container_from_everywhere() {
     let seen = tcp_probe(&w.c1, sa("0.0.0.0:80"), &w.c2, sa("192.168.77.1:8080")).unwrap();
     assert_ne!(seen.ip(), web);
     tcp_probe(&w.c1, sa("0.0.0.0:80"), &w.c2, sa("10.88.0.1:8080")).unwrap();
+    // ...and the container itself, through its own published port.
+    tcp_probe(&w.c1, sa("0.0.0.0:80"), &w.c1, sa("192.168.77.1:8080")).unwrap();
 
     // Detach unpublishes: the remote host can no longer get in.
     detach(&w.host, &w.cfg, "web").unwrap();

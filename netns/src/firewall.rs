@@ -6,7 +6,11 @@
 //! ```text
 //! chain prerouting  { type nat hook prerouting priority -100; fib daddr type local jump ports }
 //! chain output      { type nat hook output priority -100;     fib daddr type local jump ports }
-//! chain ports       { meta l4proto tcp th dport 8080 dnat to 10.88.0.2:80 ... }
+//! map tcp-ports     { type inet_service : verdict; elements = { 8080 : jump c-tv1234... } }
+//! map udp-ports     { ... }
+//! chain ports       { meta l4proto tcp th dport vmap @tcp-ports
+//!                     meta l4proto udp th dport vmap @udp-ports }
+//! chain c-<veth>    { meta l4proto tcp th dport 8080 dnat to 10.88.0.2:80 ... }  # per container
 //! chain postrouting { type nat hook postrouting priority 100;
 //!     ct status dnat ip saddr SUBNET oifname BRIDGE masquerade      # hairpin
 //!     ip saddr 127.0.0.0/8 oifname BRIDGE masquerade                # host's 127.0.0.1:port
@@ -14,9 +18,10 @@
 //! }
 //! ```
 //!
-//! The `ports` chain is rewritten whole (flush + add, one transaction) from the persisted
-//! leases every time a container's published ports change: the kernel then always matches
-//! the lease file, whatever happened before (a crash, a second detach).
+//! Publishing a container's ports adds its chain and its map elements; unpublishing deletes
+//! them by key: both cost the same whatever else is published. When the kernel disagrees
+//! with the leases (a crash between the lease and the rules, a flushed ruleset),
+//! [`resync`] rebuilds the whole table from the leases in one transaction.
 
 use std::net::Ipv4Addr;
 
@@ -44,6 +49,28 @@ pub fn table_name(network: &str) -> String {
 }
 
 const PORTS: &str = "ports";
+const TCP_MAP: &str = "tcp-ports";
+const UDP_MAP: &str = "udp-ports";
+
+fn map_of(p: crate::Protocol) -> &'static str {
+    match p {
+        crate::Protocol::Tcp => TCP_MAP,
+        crate::Protocol::Udp => UDP_MAP,
+    }
+}
+
+/// The chain holding one container's DNAT rules.
+pub fn container_chain(host_veth: &str) -> String {
+    format!("c-{host_veth}")
+}
+
+/// One container's published ports, as the rules need them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub host_veth: String,
+    pub ip: Ipv4Addr,
+    pub ports: Vec<PortMapping>,
+}
 
 fn base(table: &str, name: &str, hook: Hook, priority: i32) -> Op {
     Op::AddChain(Chain {
@@ -133,11 +160,47 @@ pub fn setup(spec: &FirewallSpec) -> Batch {
     b.push(base(t, "prerouting", Hook::Prerouting, -100));
     b.push(base(t, "output", Hook::Output, -100));
     b.push(base(t, "postrouting", Hook::Postrouting, 100));
-    for chain in ["prerouting", "output", "postrouting"] {
+    for (i, map) in [TCP_MAP, UDP_MAP].iter().enumerate() {
+        b.push(Op::AddVerdictMap {
+            table: t.into(),
+            name: map.to_string(),
+            id: i as u32 + 1,
+            key_len: 2,
+        });
+    }
+    for chain in [PORTS, "prerouting", "output", "postrouting"] {
         b.push(Op::FlushChain {
             table: t.into(),
             chain: chain.into(),
         });
+    }
+    for (i, (proto, map)) in [(6u8, TCP_MAP), (17u8, UDP_MAP)].iter().enumerate() {
+        b.push(rule(
+            t,
+            PORTS,
+            vec![
+                Expr::Meta {
+                    key: MetaKey::L4Proto,
+                    dreg: REG_1,
+                },
+                Expr::Cmp {
+                    sreg: REG_1,
+                    op: CmpOp::Eq,
+                    data: vec![*proto],
+                },
+                Expr::Payload {
+                    base: PayloadBase::Transport,
+                    offset: 2,
+                    len: 2,
+                    dreg: REG_1,
+                },
+                Expr::VerdictMap {
+                    set: map.to_string(),
+                    set_id: i as u32 + 1,
+                    sreg: REG_1,
+                },
+            ],
+        ));
     }
     for chain in ["prerouting", "output"] {
         let mut e = fib_local();
@@ -183,18 +246,33 @@ pub fn setup(spec: &FirewallSpec) -> Batch {
     b
 }
 
-/// Rewrites the `ports` chain to exactly `published` (mapping, container address).
-pub fn ports(spec: &FirewallSpec, published: &[(PortMapping, Ipv4Addr)]) -> Batch {
-    let t = spec.table.as_str();
+/// Publishes one container's ports: its chain with a DNAT rule per port, and one map
+/// element per port jumping to that chain. Re-publishing the same set is harmless.
+pub fn publish(spec: &FirewallSpec, p: &Published) -> Batch {
     let mut b = Batch::new(FAMILY_IPV4);
+    push_publish(&mut b, spec, p);
+    b
+}
+
+fn push_publish(b: &mut Batch, spec: &FirewallSpec, p: &Published) {
+    if p.ports.is_empty() {
+        return;
+    }
+    let t = spec.table.as_str();
+    let chain = container_chain(&p.host_veth);
+    b.push(Op::AddChain(Chain {
+        table: t.into(),
+        name: chain.clone(),
+        base: None,
+    }));
     b.push(Op::FlushChain {
         table: t.into(),
-        chain: PORTS.into(),
+        chain: chain.clone(),
     });
-    for (m, ip) in published {
+    for m in &p.ports {
         b.push(rule(
             t,
-            PORTS,
+            &chain,
             vec![
                 Expr::Meta {
                     key: MetaKey::L4Proto,
@@ -218,7 +296,7 @@ pub fn ports(spec: &FirewallSpec, published: &[(PortMapping, Ipv4Addr)]) -> Batc
                 },
                 Expr::Immediate {
                     dreg: REG_1,
-                    data: ip.octets().to_vec(),
+                    data: p.ip.octets().to_vec(),
                 },
                 Expr::Immediate {
                     dreg: REG_2,
@@ -231,6 +309,69 @@ pub fn ports(spec: &FirewallSpec, published: &[(PortMapping, Ipv4Addr)]) -> Batc
                 },
             ],
         ));
+    }
+    for proto in [crate::Protocol::Tcp, crate::Protocol::Udp] {
+        let elements: Vec<(Vec<u8>, Verdict)> = p
+            .ports
+            .iter()
+            .filter(|m| m.protocol == proto)
+            .map(|m| {
+                (
+                    m.host_port.to_be_bytes().to_vec(),
+                    Verdict::Jump(chain.clone()),
+                )
+            })
+            .collect();
+        if !elements.is_empty() {
+            b.push(Op::AddElements {
+                table: t.into(),
+                set: map_of(proto).into(),
+                elements,
+            });
+        }
+    }
+}
+
+/// Unpublishes one container's ports: its map elements, then its chain. Fails (ENOENT)
+/// when they are not all there; the caller then uses [`resync`].
+pub fn unpublish(spec: &FirewallSpec, p: &Published) -> Batch {
+    let t = spec.table.as_str();
+    let mut b = Batch::new(FAMILY_IPV4);
+    if p.ports.is_empty() {
+        return b;
+    }
+    for proto in [crate::Protocol::Tcp, crate::Protocol::Udp] {
+        let keys: Vec<Vec<u8>> = p
+            .ports
+            .iter()
+            .filter(|m| m.protocol == proto)
+            .map(|m| m.host_port.to_be_bytes().to_vec())
+            .collect();
+        if !keys.is_empty() {
+            b.push(Op::DelElements {
+                table: t.into(),
+                set: map_of(proto).into(),
+                keys,
+            });
+        }
+    }
+    b.push(Op::DelChain {
+        table: t.into(),
+        chain: container_chain(&p.host_veth),
+    });
+    b
+}
+
+/// Rebuilds the whole table from `published`, atomically: whatever was there (stale
+/// container chains, a flushed ruleset) is replaced.
+pub fn resync(spec: &FirewallSpec, published: &[Published]) -> Batch {
+    let mut b = Batch::new(FAMILY_IPV4);
+    // "add; delete; add" so the delete never fails for a missing table.
+    b.push(Op::AddTable(spec.table.clone()));
+    b.push(Op::DelTable(spec.table.clone()));
+    b.ops.extend(setup(spec).ops);
+    for p in published {
+        push_publish(&mut b, spec, p);
     }
     b
 }
@@ -267,8 +408,25 @@ mod tests {
             .collect()
     }
 
+    fn web() -> Published {
+        let m = |p, h, c| PortMapping {
+            protocol: p,
+            host_port: h,
+            container_port: c,
+        };
+        Published {
+            host_veth: "tv0001".into(),
+            ip: Ipv4Addr::new(10, 88, 0, 2),
+            ports: vec![
+                m(Protocol::Tcp, 8080, 80),
+                m(Protocol::Udp, 5353, 53),
+                m(Protocol::Tcp, 8443, 443),
+            ],
+        }
+    }
+
     #[test]
-    fn setup_creates_table_before_chains_and_flushes_before_adding_rules() {
+    fn setup_creates_table_chains_and_maps_before_flushing_and_rules() {
         let b = setup(&spec(true));
         assert_eq!(b.ops[0], Op::AddTable("tug-n1".into()));
         let first_flush = b
@@ -281,16 +439,20 @@ mod tests {
             .iter()
             .position(|o| matches!(o, Op::AddRule(_)))
             .unwrap();
-        let last_chain = b
+        let last_def = b
             .ops
             .iter()
-            .rposition(|o| matches!(o, Op::AddChain(_)))
+            .rposition(|o| matches!(o, Op::AddChain(_) | Op::AddVerdictMap { .. }))
             .unwrap();
-        assert!(last_chain < first_flush && first_flush < first_rule);
-        assert!(!b
-            .ops
-            .iter()
-            .any(|o| matches!(o, Op::FlushChain { chain, .. } if chain == "ports")));
+        assert!(last_def < first_flush && first_flush < first_rule);
+        let ports = rules_in(&b, "ports");
+        assert_eq!(ports.len(), 2);
+        assert!(
+            matches!(ports[0].last(), Some(Expr::VerdictMap { set, .. }) if set == "tcp-ports")
+        );
+        assert!(
+            matches!(ports[1].last(), Some(Expr::VerdictMap { set, .. }) if set == "udp-ports")
+        );
     }
 
     #[test]
@@ -314,27 +476,12 @@ mod tests {
     }
 
     #[test]
-    fn ports_chain_is_flushed_then_one_dnat_rule_per_mapping() {
-        let m = |p, h, c| PortMapping {
-            protocol: p,
-            host_port: h,
-            container_port: c,
-        };
-        let b = ports(
-            &spec(true),
-            &[
-                (m(Protocol::Tcp, 8080, 80), Ipv4Addr::new(10, 88, 0, 2)),
-                (m(Protocol::Udp, 5353, 53), Ipv4Addr::new(10, 88, 0, 3)),
-            ],
-        );
-        assert!(matches!(&b.ops[0], Op::FlushChain { chain, .. } if chain == "ports"));
-        let r = rules_in(&b, "ports");
-        assert_eq!(r.len(), 2);
-        assert!(r[0].contains(&Expr::Cmp {
-            sreg: REG_1,
-            op: CmpOp::Eq,
-            data: vec![6]
-        }));
+    fn publish_adds_chain_then_rules_then_elements_per_protocol() {
+        let b = publish(&spec(true), &web());
+        assert!(matches!(&b.ops[0], Op::AddChain(c) if c.name == "c-tv0001" && c.base.is_none()));
+        assert!(matches!(&b.ops[1], Op::FlushChain { chain, .. } if chain == "c-tv0001"));
+        let r = rules_in(&b, "c-tv0001");
+        assert_eq!(r.len(), 3);
         assert!(r[0].contains(&Expr::Immediate {
             dreg: REG_1,
             data: vec![10, 88, 0, 2]
@@ -344,11 +491,60 @@ mod tests {
             op: CmpOp::Eq,
             data: vec![17]
         }));
-        assert!(r[1].contains(&Expr::Cmp {
-            sreg: REG_1,
-            op: CmpOp::Eq,
-            data: 5353u16.to_be_bytes().to_vec()
-        }));
-        assert!(ports(&spec(true), &[]).ops.len() == 1);
+        let jump = Verdict::Jump("c-tv0001".into());
+        let tail: Vec<&Op> = b.ops.iter().skip(5).collect();
+        assert_eq!(
+            tail,
+            vec![
+                &Op::AddElements {
+                    table: "tug-n1".into(),
+                    set: "tcp-ports".into(),
+                    elements: vec![
+                        (vec![0x1f, 0x90], jump.clone()),
+                        (vec![0x20, 0xfb], jump.clone())
+                    ],
+                },
+                &Op::AddElements {
+                    table: "tug-n1".into(),
+                    set: "udp-ports".into(),
+                    elements: vec![(5353u16.to_be_bytes().to_vec(), jump)],
+                },
+            ]
+        );
+        assert!(publish(
+            &spec(true),
+            &Published {
+                ports: vec![],
+                ..web()
+            }
+        )
+        .ops
+        .is_empty());
+    }
+
+    #[test]
+    fn unpublish_deletes_elements_before_the_chain_they_jump_to() {
+        let b = unpublish(&spec(true), &web());
+        assert_eq!(b.ops.len(), 3);
+        assert!(
+            matches!(&b.ops[0], Op::DelElements { set, keys, .. } if set == "tcp-ports" && keys.len() == 2)
+        );
+        assert!(matches!(&b.ops[1], Op::DelElements { set, .. } if set == "udp-ports"));
+        assert_eq!(
+            b.ops[2],
+            Op::DelChain {
+                table: "tug-n1".into(),
+                chain: "c-tv0001".into()
+            }
+        );
+    }
+
+    #[test]
+    fn resync_replaces_the_table_then_publishes_everyone() {
+        let b = resync(&spec(true), &[web()]);
+        assert_eq!(b.ops[0], Op::AddTable("tug-n1".into()));
+        assert_eq!(b.ops[1], Op::DelTable("tug-n1".into()));
+        assert_eq!(b.ops[2], Op::AddTable("tug-n1".into()));
+        assert_eq!(rules_in(&b, "c-tv0001").len(), 3);
     }
 }

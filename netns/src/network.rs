@@ -371,18 +371,16 @@ impl<N: NetOps> Network<N> {
             .sysctl(&format!("ipv4/conf/{bridge}/route_localnet"), "1")
             .await
             .map_err(net.op_err("allow published ports on 127.0.0.1"))?;
-        net.ops
-            .nft(&firewall::setup(&net.fw))
-            .await
-            .map_err(net.op_err("install nat rules"))?;
-        // Re-assert published ports from the leases (after a reboot the chain is empty).
-        let leases = net.alloc.snapshot().map_err(net.alloc_err())?;
-        let published = published(&leases, None);
-        if !published.is_empty() {
+        // The NAT table, rebuilt from the leases (after a reboot it is gone; after a crash
+        // it may hold a half-published container). Under the lock, so no attach in another
+        // process publishes in between.
+        {
+            let book = net.alloc.lock().map_err(net.alloc_err())?;
+            let published = published(book.leases());
             net.ops
-                .nft(&firewall::ports(&net.fw, &published))
+                .nft(&firewall::resync(&net.fw, &published))
                 .await
-                .map_err(net.op_err("restore published ports"))?;
+                .map_err(net.op_err("install nat rules"))?;
         }
         Ok(net)
     }
@@ -592,9 +590,7 @@ impl<N: NetOps> Network<N> {
         book.commit().map_err(self.alloc_err())?;
         let lease = book.get(id).cloned().expect("just leased");
         let mac = req.mac.unwrap_or_else(|| mac_for(ip));
-        let published = published(book.leases(), None);
-
-        let result = self.plumb(req, &ns, &host_veth, ip, mac, &published).await;
+        let result = self.plumb(req, &ns, &host_veth, ip, mac).await;
         match result {
             Ok(()) => Ok(self.attachment(id, &lease, Some(mac))),
             Err(cause) => {
@@ -602,13 +598,9 @@ impl<N: NetOps> Network<N> {
                 if let Err(e) = self.ops.del_link(&host_veth).await {
                     leftovers.push(format!("veth {host_veth}: {e}"));
                 }
+                // Publishing is the last step and one transaction: if it failed nothing of it
+                // was applied, and if an earlier step failed it never ran.
                 book.release(id);
-                if !req.ports.is_empty() {
-                    let rest = published_from(book.leases());
-                    if let Err(e) = self.ops.nft(&firewall::ports(&self.fw, &rest)).await {
-                        leftovers.push(format!("published ports of {id}: {e}"));
-                    }
-                }
                 if let Err(e) = book.commit() {
                     leftovers.push(format!("lease of {ip}: {e}"));
                 }
@@ -631,7 +623,6 @@ impl<N: NetOps> Network<N> {
         host_veth: &str,
         ip: Ipv4Addr,
         mac: [u8; 6],
-        published: &[(PortMapping, Ipv4Addr)],
     ) -> Result<(), NetworkError> {
         let spec = VethSpec {
             host_name: host_veth.to_string(),
@@ -677,8 +668,13 @@ impl<N: NetOps> Network<N> {
         };
         inside.add_route(&default).await.map_err(netns_err)?;
         if !req.ports.is_empty() {
+            let p = firewall::Published {
+                host_veth: host_veth.to_string(),
+                ip,
+                ports: req.ports.clone(),
+            };
             self.ops
-                .nft(&firewall::ports(&self.fw, published))
+                .nft(&firewall::publish(&self.fw, &p))
                 .await
                 .map_err(self.op_err(format!("publish ports of {}", req.container_id)))?;
         }
@@ -703,11 +699,25 @@ impl<N: NetOps> Network<N> {
         if let Some(lease) = lease {
             book.release(container_id);
             if !lease.ports.is_empty() {
-                let rest = published_from(book.leases());
-                self.ops
-                    .nft(&firewall::ports(&self.fw, &rest))
+                let p = firewall::Published {
+                    host_veth: host_veth.clone(),
+                    ip: lease.ip,
+                    ports: lease.ports.clone(),
+                };
+                if self
+                    .ops
+                    .nft(&firewall::unpublish(&self.fw, &p))
                     .await
-                    .map_err(self.op_err(format!("unpublish ports of {container_id}")))?;
+                    .is_err()
+                {
+                    // Not (all) there: the attach died before publishing, or the ruleset
+                    // was changed behind our back. Make the kernel match the leases.
+                    let rest = published(book.leases());
+                    self.ops
+                        .nft(&firewall::resync(&self.fw, &rest))
+                        .await
+                        .map_err(self.op_err(format!("unpublish ports of {container_id}")))?;
+                }
             }
             book.commit().map_err(self.alloc_err())?;
         }
@@ -820,21 +830,17 @@ fn read_record(path: &Path) -> Option<NetworkRecord> {
         .and_then(|b| serde_json::from_slice(&b).ok())
 }
 
-fn published(
-    leases: &std::collections::BTreeMap<String, Lease>,
-    skip: Option<&str>,
-) -> Vec<(PortMapping, Ipv4Addr)> {
+fn published(leases: &std::collections::BTreeMap<String, Lease>) -> Vec<firewall::Published> {
     leases
         .iter()
-        .filter(|(id, _)| Some(id.as_str()) != skip)
-        .flat_map(|(_, l)| l.ports.iter().map(move |p| (*p, l.ip)))
+        .filter(|(_, l)| !l.ports.is_empty())
+        // attach writes ports and host_veth in the same lease update
+        .map(|(_, l)| firewall::Published {
+            host_veth: l.host_veth.clone(),
+            ip: l.ip,
+            ports: l.ports.clone(),
+        })
         .collect()
-}
-
-fn published_from(
-    leases: &std::collections::BTreeMap<String, Lease>,
-) -> Vec<(PortMapping, Ipv4Addr)> {
-    published(leases, None)
 }
 
 #[cfg(test)]
@@ -1005,7 +1011,9 @@ mod tests {
         rt().block_on(net.detach("web")).unwrap();
         let calls = fake.calls();
         assert_eq!(calls[0], Call::DelLink(a.host_veth.clone()));
-        assert!(matches!(&calls[1], Call::Nft(b) if b.ops.len() == 1));
+        assert!(
+            matches!(&calls[1], Call::Nft(b) if matches!(b.ops.last(), Some(Op::DelChain { .. })))
+        );
         fake.clear_log();
         rt().block_on(net.detach("web")).unwrap();
         assert_eq!(fake.calls(), vec![Call::DelLink(a.host_veth)]);

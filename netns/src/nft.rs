@@ -25,8 +25,14 @@ const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_DELCHAIN: u16 = 5;
+const NFT_MSG_GETCHAIN: u16 = 4;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_DELRULE: u16 = 8;
+const NFT_MSG_NEWSET: u16 = 9;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_GETSETELEM: u16 = 13;
+const NFT_MSG_DELSETELEM: u16 = 14;
 const NFT_MSG_GETGEN: u16 = 16;
 
 const NLM_F_REQUEST: u16 = 0x1;
@@ -145,6 +151,12 @@ pub enum Expr {
         reg_proto: Option<u32>,
     },
     Masquerade,
+    /// Look `sreg` up in a verdict map (`vmap`): the matching element's verdict applies.
+    VerdictMap {
+        set: String,
+        set_id: u32,
+        sreg: u32,
+    },
 }
 
 /// A rule: a chain and its expressions.
@@ -169,7 +181,32 @@ pub enum Op {
         table: String,
         chain: String,
     },
+    /// Delete a chain and its rules (nothing may still jump to it).
+    DelChain {
+        table: String,
+        chain: String,
+    },
     AddRule(Rule),
+    /// Create a verdict map (key of `key_len` bytes -> verdict) if missing. `id` names it
+    /// within the transaction for rules that use it.
+    AddVerdictMap {
+        table: String,
+        name: String,
+        id: u32,
+        key_len: u32,
+    },
+    /// Add elements `key -> verdict` to a verdict map.
+    AddElements {
+        table: String,
+        set: String,
+        elements: Vec<(Vec<u8>, Verdict)>,
+    },
+    /// Delete elements by key (error ENOENT if one is missing).
+    DelElements {
+        table: String,
+        set: String,
+        keys: Vec<Vec<u8>>,
+    },
 }
 
 /// An atomic transaction: all ops apply, or none.
@@ -288,6 +325,21 @@ fn nft_type(msg: u16) -> u16 {
     (NFNL_SUBSYS_NFTABLES << 8) | msg
 }
 
+/// NFTA_DATA_VERDICT { code, chain }.
+fn encode_verdict(m: &mut Msg, v: &Verdict) {
+    m.begin(2); // NFTA_DATA_VERDICT
+    let (code, chain): (i32, Option<&str>) = match v {
+        Verdict::Accept => (1, None),
+        Verdict::Return => (-5, None),
+        Verdict::Jump(c) => (-3, Some(c)),
+    };
+    m.be32(1, code as u32);
+    if let Some(c) = chain {
+        m.str(2, c);
+    }
+    m.end();
+}
+
 fn encode_expr(m: &mut Msg, e: &Expr) {
     m.begin(1); // NFTA_LIST_ELEM
     let name = match e {
@@ -300,6 +352,7 @@ fn encode_expr(m: &mut Msg, e: &Expr) {
         Expr::FibDaddrType { .. } => "fib",
         Expr::Nat { .. } => "nat",
         Expr::Masquerade => "masq",
+        Expr::VerdictMap { .. } => "lookup",
     };
     m.str(1, name); // NFTA_EXPR_NAME
     m.begin(2); // NFTA_EXPR_DATA
@@ -343,17 +396,7 @@ fn encode_expr(m: &mut Msg, e: &Expr) {
         Expr::Verdict(v) => {
             m.be32(1, REG_VERDICT);
             m.begin(2); // NFTA_IMMEDIATE_DATA
-            m.begin(2); // NFTA_DATA_VERDICT
-            let (code, chain): (i32, Option<&str>) = match v {
-                Verdict::Accept => (1, None),
-                Verdict::Return => (-5, None),
-                Verdict::Jump(c) => (-3, Some(c)),
-            };
-            m.be32(1, code as u32);
-            if let Some(c) = chain {
-                m.str(2, c);
-            }
-            m.end();
+            encode_verdict(m, v);
             m.end();
         }
         Expr::CtStatus { dreg } => {
@@ -378,6 +421,12 @@ fn encode_expr(m: &mut Msg, e: &Expr) {
             }
         }
         Expr::Masquerade => {}
+        Expr::VerdictMap { set, set_id, sreg } => {
+            m.str(1, set); // NFTA_LOOKUP_SET
+            m.be32(2, *sreg); // NFTA_LOOKUP_SREG
+            m.be32(3, REG_VERDICT); // NFTA_LOOKUP_DREG
+            m.be32(4, *set_id); // NFTA_LOOKUP_SET_ID
+        }
     }
     m.end();
     m.end();
@@ -390,7 +439,19 @@ fn describe(op: &Op) -> String {
         Op::DelTable(t) => format!("delete table {t}"),
         Op::AddChain(c) => format!("add chain {} {}", c.table, c.name),
         Op::FlushChain { table, chain } => format!("flush chain {table} {chain}"),
+        Op::DelChain { table, chain } => format!("delete chain {table} {chain}"),
         Op::AddRule(r) => format!("add rule to {} {}: {:?}", r.table, r.chain, r.exprs),
+        Op::AddVerdictMap { table, name, .. } => format!("add map {table} {name}"),
+        Op::AddElements {
+            table,
+            set,
+            elements,
+        } => {
+            format!("add elements to {table} {set}: {elements:?}")
+        }
+        Op::DelElements { table, set, keys } => {
+            format!("delete elements from {table} {set}: {keys:?}")
+        }
     }
 }
 
@@ -449,6 +510,68 @@ fn encode_op(op: &Op, seq: u32, family: u8) -> Vec<u8> {
             m.begin(4); // NFTA_RULE_EXPRESSIONS
             for e in &r.exprs {
                 encode_expr(&mut m, e);
+            }
+            m.end();
+            m.finish()
+        }
+        Op::DelChain { table, chain } => {
+            let mut m = Msg::new(nft_type(NFT_MSG_DELCHAIN), base, seq, family, 0);
+            m.str(1, table);
+            m.str(3, chain);
+            m.finish()
+        }
+        Op::AddVerdictMap {
+            table,
+            name,
+            id,
+            key_len,
+        } => {
+            let mut m = Msg::new(
+                nft_type(NFT_MSG_NEWSET),
+                base | NLM_F_CREATE,
+                seq,
+                family,
+                0,
+            );
+            m.str(1, table); // NFTA_SET_TABLE
+            m.str(2, name); // NFTA_SET_NAME
+            m.be32(3, 0x8); // NFTA_SET_FLAGS: NFT_SET_MAP
+            m.be32(4, 13); // NFTA_SET_KEY_TYPE: inet_service (for nft's display only)
+            m.be32(5, *key_len); // NFTA_SET_KEY_LEN
+            m.be32(6, 0xffff_ff00); // NFTA_SET_DATA_TYPE: NFT_DATA_VERDICT
+            m.be32(10, *id); // NFTA_SET_ID
+            m.finish()
+        }
+        Op::AddElements {
+            table,
+            set,
+            elements,
+        } => {
+            let flags = base | NLM_F_CREATE;
+            let mut m = Msg::new(nft_type(NFT_MSG_NEWSETELEM), flags, seq, family, 0);
+            m.str(1, table); // NFTA_SET_ELEM_LIST_TABLE
+            m.str(2, set); // NFTA_SET_ELEM_LIST_SET
+            m.begin(3); // NFTA_SET_ELEM_LIST_ELEMENTS
+            for (key, verdict) in elements {
+                m.begin(1); // NFTA_LIST_ELEM
+                m.data(1, key); // NFTA_SET_ELEM_KEY
+                m.begin(2); // NFTA_SET_ELEM_DATA
+                encode_verdict(&mut m, verdict);
+                m.end();
+                m.end();
+            }
+            m.end();
+            m.finish()
+        }
+        Op::DelElements { table, set, keys } => {
+            let mut m = Msg::new(nft_type(NFT_MSG_DELSETELEM), base, seq, family, 0);
+            m.str(1, table);
+            m.str(2, set);
+            m.begin(3);
+            for key in keys {
+                m.begin(1);
+                m.data(1, key);
+                m.end();
             }
             m.end();
             m.finish()
@@ -729,6 +852,33 @@ impl Socket {
             .collect())
     }
 
+    /// Names of the chains of a table (empty when the table is missing).
+    pub fn list_chains(&mut self, family: u8, table: &str) -> Result<Vec<String>, NftError> {
+        match self.dump(NFT_MSG_GETCHAIN, family, &[]) {
+            Ok(msgs) => Ok(msgs
+                .iter()
+                .filter(|p| find_str_attr(&p[4..], 1).as_deref() == Some(table))
+                .filter_map(|p| find_str_attr(&p[4..], 3))
+                .collect()),
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Number of elements in a set or map (0 when it is missing).
+    pub fn count_elements(
+        &mut self,
+        family: u8,
+        table: &str,
+        set: &str,
+    ) -> Result<usize, NftError> {
+        match self.dump(NFT_MSG_GETSETELEM, family, &[(1, table), (2, set)]) {
+            Ok(msgs) => Ok(msgs.iter().map(|p| count_list_elems(&p[4..])).sum()),
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Number of rules in a chain (0 when the table or chain is missing).
     pub fn count_rules(&mut self, family: u8, table: &str, chain: &str) -> Result<usize, NftError> {
         match self.dump(NFT_MSG_GETRULE, family, &[(1, table), (2, chain)]) {
@@ -754,6 +904,32 @@ fn setsockopt<T>(fd: &OwnedFd, level: i32, name: i32, value: &T) -> io::Result<(
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Counts NFTA_LIST_ELEMs inside the NFTA_SET_ELEM_LIST_ELEMENTS attribute.
+fn count_list_elems(mut attrs: &[u8]) -> usize {
+    while attrs.len() >= 4 {
+        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
+        if len < 4 || len > attrs.len() {
+            return 0;
+        }
+        if kind == 3 {
+            let mut inner = &attrs[4..len];
+            let mut n = 0;
+            while inner.len() >= 4 {
+                let l = u16::from_ne_bytes([inner[0], inner[1]]) as usize;
+                if l < 4 || l > inner.len() {
+                    break;
+                }
+                n += 1;
+                inner = &inner[((l + 3) & !3).min(inner.len())..];
+            }
+            return n;
+        }
+        attrs = &attrs[((len + 3) & !3).min(attrs.len())..];
+    }
+    0
 }
 
 fn find_str_attr(mut attrs: &[u8], want: u16) -> Option<String> {

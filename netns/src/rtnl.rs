@@ -108,6 +108,16 @@ impl Rtnl {
         self.with_nft(|s| s.list_tables(family))
     }
 
+    /// Chains of a table in this namespace (empty when the table is missing).
+    pub fn nft_chains(&self, table: &str) -> Result<Vec<String>, OpError> {
+        self.with_nft(|s| s.list_chains(nft::FAMILY_IPV4, table))
+    }
+
+    /// Elements of a set or map (0 when it does not exist).
+    pub fn nft_element_count(&self, table: &str, set: &str) -> Result<usize, OpError> {
+        self.with_nft(|s| s.count_elements(nft::FAMILY_IPV4, table, set))
+    }
+
     /// Rules in a chain (0 when it does not exist).
     pub fn nft_rule_count(&self, table: &str, chain: &str) -> Result<usize, OpError> {
         self.with_nft(|s| s.count_rules(nft::FAMILY_IPV4, table, chain))

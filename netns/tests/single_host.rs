@@ -166,16 +166,7 @@ fn published_ports_reach_the_container_from_everywhere() {
 
     // Detach unpublishes: the remote host can no longer get in.
     detach(&w.host, &w.cfg, "web").unwrap();
-    let counts = {
-        let table = tug_netns::firewall::table_name("n1");
-        w.host.block_on(move || async move {
-            Rtnl::current()
-                .unwrap()
-                .nft_rule_count(&table, "ports")
-                .unwrap()
-        })
-    };
-    assert_eq!(counts, 0);
+    assert_eq!(common::nat_footprint(&w.host, "n1"), (vec![], 0));
     teardown(&w.host, &w.cfg);
     w.watch.check();
 }
@@ -218,13 +209,8 @@ fn without_masquerade_egress_keeps_the_container_address() {
 
 /// Kernel-side evidence of a container: host veths, addresses and published-port rules.
 fn footprint(w: &World) -> (Vec<String>, String, usize, String) {
-    let table = tug_netns::firewall::table_name("n1");
-    let rules = w.host.block_on(move || async move {
-        Rtnl::current()
-            .unwrap()
-            .nft_rule_count(&table, "ports")
-            .unwrap()
-    });
+    let (chains, elements) = common::nat_footprint(&w.host, "n1");
+    let rules = chains.len() * 1000 + elements;
     let text = std::fs::read_to_string(w.state_dir().join("leases.json")).unwrap_or_default();
     let leases = serde_json::from_str::<serde_json::Value>(&text)
         .map(|v| v["leases"].to_string())
@@ -464,23 +450,19 @@ fn hundreds_of_published_ports_apply_as_one_transaction() {
         .collect();
     attach(&w.host, &w.cfg, r).unwrap();
     let table = tug_netns::firewall::table_name("n1");
-    let t = table.clone();
+    let chain =
+        tug_netns::firewall::container_chain(&tug_netns::network::host_veth_name("n1", "many"));
     let count = w.host.block_on(move || async move {
         Rtnl::current()
             .unwrap()
-            .nft_rule_count(&t, "ports")
+            .nft_rule_count(&table, &chain)
             .unwrap()
     });
     assert_eq!(count, 600);
+    assert_eq!(common::nat_footprint(&w.host, "n1").1, 600);
     udp_probe(&w.c1, sa("0.0.0.0:53"), &w.remote, sa("192.168.77.1:20599")).unwrap();
     detach(&w.host, &w.cfg, "many").unwrap();
-    let count = w.host.block_on(move || async move {
-        Rtnl::current()
-            .unwrap()
-            .nft_rule_count(&table, "ports")
-            .unwrap()
-    });
-    assert_eq!(count, 0);
+    assert_eq!(common::nat_footprint(&w.host, "n1"), (vec![], 0));
     teardown(&w.host, &w.cfg);
     w.watch.check();
 }

@@ -318,3 +318,20 @@ pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// What published ports leave in a network's table: per-container chains and map elements.
+pub fn nat_footprint(host: &Ns, network: &str) -> (Vec<String>, usize) {
+    let table = tug_netns::firewall::table_name(network);
+    host.block_on(move || async move {
+        let ops = tug_netns::rtnl::Rtnl::current().unwrap();
+        let chains: Vec<String> = ops
+            .nft_chains(&table)
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.starts_with("c-"))
+            .collect();
+        let elements = ops.nft_element_count(&table, "tcp-ports").unwrap()
+            + ops.nft_element_count(&table, "udp-ports").unwrap();
+        (chains, elements)
+    })
+}

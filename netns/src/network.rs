@@ -692,33 +692,35 @@ impl<N: NetOps> Network<N> {
             .map(|l| l.host_veth.clone())
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| host_veth_name(&self.cfg.name, container_id));
+        // Ports first, so nothing is forwarded to an interface that is going away.
+        if let Some(lease) = lease.as_ref().filter(|l| !l.ports.is_empty()) {
+            let p = firewall::Published {
+                host_veth: host_veth.clone(),
+                ip: lease.ip,
+                ports: lease.ports.clone(),
+            };
+            if self
+                .ops
+                .nft(&firewall::unpublish(&self.fw, &p))
+                .await
+                .is_err()
+            {
+                // Not (all) there: the attach died before publishing, or the ruleset was
+                // changed behind our back. Make the kernel match the other leases.
+                let mut rest = book.leases().clone();
+                rest.remove(container_id);
+                self.ops
+                    .nft(&firewall::resync(&self.fw, &published(&rest)))
+                    .await
+                    .map_err(self.op_err(format!("unpublish ports of {container_id}")))?;
+            }
+        }
         self.ops
             .del_link(&host_veth)
             .await
             .map_err(self.op_err(format!("delete veth {host_veth}")))?;
-        if let Some(lease) = lease {
+        if lease.is_some() {
             book.release(container_id);
-            if !lease.ports.is_empty() {
-                let p = firewall::Published {
-                    host_veth: host_veth.clone(),
-                    ip: lease.ip,
-                    ports: lease.ports.clone(),
-                };
-                if self
-                    .ops
-                    .nft(&firewall::unpublish(&self.fw, &p))
-                    .await
-                    .is_err()
-                {
-                    // Not (all) there: the attach died before publishing, or the ruleset
-                    // was changed behind our back. Make the kernel match the leases.
-                    let rest = published(book.leases());
-                    self.ops
-                        .nft(&firewall::resync(&self.fw, &rest))
-                        .await
-                        .map_err(self.op_err(format!("unpublish ports of {container_id}")))?;
-                }
-            }
             book.commit().map_err(self.alloc_err())?;
         }
         Ok(())
@@ -1002,7 +1004,7 @@ mod tests {
     }
 
     #[test]
-    fn detach_deletes_veth_then_rewrites_ports_and_is_idempotent() {
+    fn detach_unpublishes_then_deletes_the_veth_and_is_idempotent() {
         let d = tempfile::tempdir().unwrap();
         let fake = Recorder::new("host");
         let net = open(d.path(), &fake);
@@ -1010,10 +1012,10 @@ mod tests {
         fake.clear_log();
         rt().block_on(net.detach("web")).unwrap();
         let calls = fake.calls();
-        assert_eq!(calls[0], Call::DelLink(a.host_veth.clone()));
         assert!(
-            matches!(&calls[1], Call::Nft(b) if matches!(b.ops.last(), Some(Op::DelChain { .. })))
+            matches!(&calls[0], Call::Nft(b) if matches!(b.ops.last(), Some(Op::DelChain { .. })))
         );
+        assert_eq!(calls[1], Call::DelLink(a.host_veth.clone()));
         fake.clear_log();
         rt().block_on(net.detach("web")).unwrap();
         assert_eq!(fake.calls(), vec![Call::DelLink(a.host_veth)]);

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use ipnetwork::Ipv4Network;
 
 use crate::nft;
-use crate::ops::{NetOps, Netns, OpError, Route, VethSpec, VxlanSpec};
+use crate::ops::{NetOps, Netns, OpError, Route, RouteEntry, VethSpec, VxlanSpec};
 
 /// One recorded call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +45,8 @@ struct World {
     next_index: u32,
     /// veth host end (namespace, name) -> its peer (namespace, name)
     pairs: BTreeMap<(String, String), (String, String)>,
+    /// what `routes()` reports
+    routes: Vec<RouteEntry>,
     fail: Option<FailFn>,
 }
 
@@ -92,6 +94,11 @@ impl Recorder {
     /// Links that exist, as (namespace, name).
     pub fn links(&self) -> Vec<(String, String)> {
         self.world.lock().unwrap().links.keys().cloned().collect()
+    }
+
+    /// Sets what `routes()` reports (the host's existing routes).
+    pub fn set_routes(&self, routes: Vec<RouteEntry>) {
+        self.world.lock().unwrap().routes = routes;
     }
 
     /// Pretends a link exists (a namespace's `lo`, a pre-existing bridge).
@@ -206,8 +213,8 @@ impl NetOps for Recorder {
         Ok(Vec::new())
     }
 
-    async fn routes(&self) -> Result<Vec<(Ipv4Network, Option<u32>)>, OpError> {
-        Ok(Vec::new())
+    async fn routes(&self) -> Result<Vec<RouteEntry>, OpError> {
+        Ok(self.world.lock().unwrap().routes.clone())
     }
 
     async fn add_route(&self, route: &Route) -> Result<(), OpError> {

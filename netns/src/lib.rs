@@ -17,7 +17,7 @@ pub mod rtnl;
 
 pub use network::{AttachRequest, Attachment, Network, NetworkConfig, NetworkError};
 pub use ops::NetnsRef;
-pub use peers::{Peer, VxlanConfig};
+pub use peers::{Link, Peer, PeerMode, VxlanConfig};
 
 use serde::{Deserialize, Serialize};
 

@@ -445,7 +445,8 @@ impl<N: NetOps> Network<N> {
             .routes()
             .await
             .map_err(self.op_err("list routes"))?;
-        for (dst, oif) in routes {
+        for r in routes {
+            let (dst, oif) = (r.destination, r.dev);
             if dst.prefix() == 0 || (bridge.is_some() && oif == bridge) {
                 continue;
             }
@@ -808,6 +809,7 @@ impl<N: NetOps> Network<N> {
             }
             _ => {}
         }
+        self.clear_peers().await?;
         let vx = crate::peers::vxlan_name(&self.cfg.name);
         self.ops
             .del_link(&vx)

@@ -103,6 +103,14 @@ pub struct Route {
     pub onlink: bool,
 }
 
+/// A route as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub destination: Ipv4Network,
+    pub gateway: Option<Ipv4Addr>,
+    pub dev: Option<u32>,
+}
+
 /// A VXLAN device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VxlanSpec {
@@ -179,8 +187,8 @@ pub trait NetOps: Sized {
     async fn add_address(&self, index: u32, addr: Ipv4Network) -> Result<(), OpError>;
     /// Addresses on a link.
     async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Network>, OpError>;
-    /// IPv4 routes of the main table, as (destination, output interface).
-    async fn routes(&self) -> Result<Vec<(Ipv4Network, Option<u32>)>, OpError>;
+    /// IPv4 routes of the main table.
+    async fn routes(&self) -> Result<Vec<RouteEntry>, OpError>;
     /// Adds a route (no error if the same route exists).
     async fn add_route(&self, route: &Route) -> Result<(), OpError>;
     /// Deletes a route; `Ok(false)` when there was none.

@@ -229,3 +229,219 @@ impl<N: NetOps> Network<N> {
         Ok(())
     }
 }
+
+/// How to reach a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Link {
+    HostGw,
+    Vxlan,
+}
+
+/// How [`Network::set_peers`] chooses the link for each peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerMode {
+    HostGw,
+    Vxlan(VxlanConfig),
+    /// host-gw for peers whose host address is on a directly connected subnet, VXLAN for
+    /// the others.
+    Auto(VxlanConfig),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct PeerFile {
+    peers: Vec<(Peer, Link)>,
+}
+
+impl<N: NetOps> Network<N> {
+    fn peers_path(&self) -> std::path::PathBuf {
+        self.config()
+            .data_dir
+            .join(&self.config().name)
+            .join("peers.json")
+    }
+
+    fn read_peers(&self) -> PeerFile {
+        std::fs::read(self.peers_path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn write_peers(&self, file: &PeerFile) -> Result<(), NetworkError> {
+        let path = self.peers_path();
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let bytes = serde_json::to_vec_pretty(file).expect("peers serialise");
+        std::fs::write(&tmp, bytes)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|source| NetworkError::Alloc {
+                network: self.config().name.clone(),
+                source: crate::alloc::AllocError::Io {
+                    action: "write",
+                    path,
+                    source,
+                },
+            })
+    }
+
+    /// host-gw when `host_addr` is on a directly connected subnet of this host (a route
+    /// without a gateway covers it), VXLAN otherwise.
+    pub async fn link_for(&self, peer: &Peer) -> Result<Link, NetworkError> {
+        let routes = self
+            .ops()
+            .routes()
+            .await
+            .map_err(self.peer_err("list routes".into()))?;
+        let direct = routes.iter().any(|r| {
+            r.destination.prefix() > 0
+                && r.gateway.is_none()
+                && r.destination.contains(peer.host_addr)
+                && r.dev != Some(self.bridge_index())
+        });
+        Ok(if direct { Link::HostGw } else { Link::Vxlan })
+    }
+
+    /// Makes this host reach exactly `peers`: adds what is missing, removes peers (or
+    /// links) set before and no longer wanted. The set is remembered in the network's data
+    /// dir, so this is the one call an agent repeats whenever the node list changes.
+    pub async fn set_peers(
+        &self,
+        peers: &[Peer],
+        mode: &PeerMode,
+    ) -> Result<Vec<(Peer, Link)>, NetworkError> {
+        let mut wanted = Vec::with_capacity(peers.len());
+        for p in peers {
+            self.check_peer(p)?;
+            let link = match mode {
+                PeerMode::HostGw => Link::HostGw,
+                PeerMode::Vxlan(_) => Link::Vxlan,
+                PeerMode::Auto(_) => self.link_for(p).await?,
+            };
+            wanted.push((*p, link));
+        }
+        let before = self.read_peers();
+        for (p, link) in &before.peers {
+            if !wanted.contains(&(*p, *link)) {
+                match link {
+                    Link::HostGw => self.remove_host_gw_peer(p).await?,
+                    Link::Vxlan => self.remove_overlay_peer(p).await?,
+                }
+            }
+        }
+        if wanted.iter().any(|(_, l)| *l == Link::Vxlan) {
+            let vx = match mode {
+                PeerMode::Vxlan(v) | PeerMode::Auto(v) => v,
+                PeerMode::HostGw => unreachable!("host-gw mode chose no VXLAN peer"),
+            };
+            self.ensure_overlay(vx).await?;
+        }
+        for (p, link) in &wanted {
+            match link {
+                Link::HostGw => self.add_host_gw_peer(p).await?,
+                Link::Vxlan => self.add_overlay_peer(p).await?,
+            }
+        }
+        self.write_peers(&PeerFile {
+            peers: wanted.clone(),
+        })?;
+        Ok(wanted)
+    }
+
+    /// Removes the host-gw routes set by [`Network::set_peers`] (VXLAN routes go with the
+    /// overlay device). Used by teardown.
+    pub(crate) async fn clear_peers(&self) -> Result<(), NetworkError> {
+        for (p, link) in self.read_peers().peers {
+            if link == Link::HostGw {
+                self.remove_host_gw_peer(&p).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::{Call, Recorder};
+    use crate::ops::RouteEntry;
+    use crate::NetworkConfig;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+    }
+
+    fn peer(i: u8, host: [u8; 4]) -> Peer {
+        Peer {
+            subnet: format!("10.244.{i}.0/24").parse().unwrap(),
+            host_addr: host.into(),
+        }
+    }
+
+    #[test]
+    fn auto_uses_host_gw_on_a_shared_link_and_vxlan_beyond_it() {
+        let d = tempfile::tempdir().unwrap();
+        let fake = Recorder::new("host");
+        fake.set_routes(vec![
+            RouteEntry {
+                destination: "0.0.0.0/0".parse().unwrap(),
+                gateway: Some([192, 168, 1, 254].into()),
+                dev: Some(9),
+            },
+            RouteEntry {
+                destination: "192.168.1.0/24".parse().unwrap(),
+                gateway: None,
+                dev: Some(9),
+            },
+        ]);
+        let cfg = NetworkConfig::new("n", "10.244.1.0/24".parse().unwrap(), d.path());
+        let net = rt()
+            .block_on(Network::open_with(fake.clone(), cfg))
+            .unwrap();
+        let near = peer(2, [192, 168, 1, 2]);
+        let far = peer(3, [172, 16, 0, 3]);
+        let vx = VxlanConfig::new(7, [192, 168, 1, 1].into());
+        fake.clear_log();
+        let got = rt()
+            .block_on(net.set_peers(&[near, far], &PeerMode::Auto(vx)))
+            .unwrap();
+        assert_eq!(got, vec![(near, Link::HostGw), (far, Link::Vxlan)]);
+        let calls = fake.calls();
+        assert!(calls.contains(&Call::AddVxlan(vxlan_name("n"))));
+        assert!(calls.contains(&Call::AddFdb([172, 16, 0, 3].into())));
+        assert!(calls
+            .iter()
+            .any(|c| matches!(c, Call::AddRoute(r) if r.gateway == Some([192, 168, 1, 2].into()))));
+
+        // Dropping a peer removes it, and only it; repeating is a no-op apart from re-adds.
+        fake.clear_log();
+        rt().block_on(net.set_peers(&[far], &PeerMode::Auto(vx)))
+            .unwrap();
+        let calls = fake.calls();
+        assert!(calls
+            .iter()
+            .any(|c| matches!(c, Call::DelRoute(r) if r.destination == near.subnet)));
+        assert!(!calls.iter().any(|c| matches!(c, Call::DelFdb(_))));
+    }
+
+    #[test]
+    fn a_peer_overlapping_our_subnet_is_refused_before_any_change() {
+        let d = tempfile::tempdir().unwrap();
+        let fake = Recorder::new("host");
+        let cfg = NetworkConfig::new("n", "10.244.1.0/24".parse().unwrap(), d.path());
+        let net = rt()
+            .block_on(Network::open_with(fake.clone(), cfg))
+            .unwrap();
+        fake.clear_log();
+        let bad = Peer {
+            subnet: "10.244.0.0/16".parse().unwrap(),
+            host_addr: [192, 168, 1, 2].into(),
+        };
+        let e = rt()
+            .block_on(net.set_peers(&[peer(2, [192, 168, 1, 2]), bad], &PeerMode::HostGw))
+            .unwrap_err();
+        assert!(e.to_string().contains("10.244.0.0/16"), "{e}");
+        assert!(fake.calls().is_empty());
+    }
+}

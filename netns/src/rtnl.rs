@@ -21,7 +21,7 @@ use rtnetlink::{
 };
 
 use crate::nft;
-use crate::ops::{NetOps, Netns, OpError, Route, VethSpec, VxlanSpec};
+use crate::ops::{NetOps, Netns, OpError, Route, RouteEntry, VethSpec, VxlanSpec};
 
 /// Netlink operations bound to one network namespace.
 #[derive(Clone)]
@@ -297,18 +297,20 @@ impl NetOps for Rtnl {
         Ok(out)
     }
 
-    async fn routes(&self) -> Result<Vec<(Ipv4Network, Option<u32>)>, OpError> {
+    async fn routes(&self) -> Result<Vec<RouteEntry>, OpError> {
         let req = RouteMessageBuilder::<Ipv4Addr>::new().build();
         let mut s = self.handle.route().get(req).execute();
         let mut out = Vec::new();
         while let Some(m) = s.try_next().await.map_err(nl("list routes", "ipv4"))? {
             let mut dst = Ipv4Addr::UNSPECIFIED;
             let mut oif = None;
+            let mut gateway = None;
             let mut table = m.header.table as u32;
             for a in &m.attributes {
                 match a {
                     RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = *ip,
                     RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
                     RouteAttribute::Table(t) => table = *t,
                     _ => {}
                 }
@@ -316,8 +318,12 @@ impl NetOps for Rtnl {
             if table != 254 {
                 continue;
             }
-            if let Ok(n) = Ipv4Network::new(dst, m.header.destination_prefix_length) {
-                out.push((n, oif));
+            if let Ok(destination) = Ipv4Network::new(dst, m.header.destination_prefix_length) {
+                out.push(RouteEntry {
+                    destination,
+                    gateway,
+                    dev: oif,
+                });
             }
         }
         Ok(out)

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use common::{Ns, RootWatch};
 use ipnetwork::Ipv4Network;
 use tug_netns::nft::Batch;
-use tug_netns::ops::{NetOps, Netns, OpError, Route, VethSpec, VxlanSpec};
+use tug_netns::ops::{NetOps, Netns, OpError, Route, RouteEntry, VethSpec, VxlanSpec};
 use tug_netns::rtnl::Rtnl;
 use tug_netns::{AttachRequest, Network, NetworkConfig, PortMapping, Protocol};
 
@@ -69,7 +69,7 @@ impl NetOps for Crashing {
     async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Network>, OpError> {
         self.inner.addresses(index).await
     }
-    async fn routes(&self) -> Result<Vec<(Ipv4Network, Option<u32>)>, OpError> {
+    async fn routes(&self) -> Result<Vec<RouteEntry>, OpError> {
         self.inner.routes().await
     }
     async fn add_route(&self, route: &Route) -> Result<(), OpError> {

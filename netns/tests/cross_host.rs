@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use common::{tcp_probe, Ns, RootWatch};
 use tug_netns::peers::vxlan_name;
-use tug_netns::{AttachRequest, Network, NetworkConfig, Peer, VxlanConfig};
+use tug_netns::{AttachRequest, Link, Network, NetworkConfig, Peer, PeerMode, VxlanConfig};
 
 struct Host {
     ns: Ns,
@@ -57,7 +57,7 @@ fn host(data: &std::path::Path, i: u8, underlay: Ipv4Addr) -> Host {
 /// `overlay` (VXLAN) or host-gw.
 fn connect_all(hosts: &[Host], overlay: bool) {
     let all: Vec<Peer> = hosts.iter().map(Host::peer).collect();
-    for h in hosts {
+    for (i, h) in hosts.iter().enumerate() {
         let cfg = h.cfg.clone();
         let req = AttachRequest::new("app", h.container.reference());
         let me = h.peer();
@@ -66,10 +66,18 @@ fn connect_all(hosts: &[Host], overlay: bool) {
         h.ns.block_on(move || async move {
             let net = Network::open(cfg).await.unwrap();
             net.attach(&req).await.unwrap();
+            let vx = VxlanConfig::new(4242, local);
+            if i == 0 {
+                // The first host uses the declarative call and lets it choose the link.
+                let want = if overlay { Link::Vxlan } else { Link::HostGw };
+                for _ in 0..2 {
+                    let got = net.set_peers(&others, &PeerMode::Auto(vx)).await.unwrap();
+                    assert!(got.iter().all(|(_, l)| *l == want), "{got:?}");
+                }
+                return;
+            }
             if overlay {
-                net.ensure_overlay(&VxlanConfig::new(4242, local))
-                    .await
-                    .unwrap();
+                net.ensure_overlay(&vx).await.unwrap();
             }
             for p in &others {
                 if overlay {
@@ -142,6 +150,9 @@ fn host_gw_routes_between_three_hosts_on_one_switch() {
     for h in &hosts {
         h.teardown();
     }
+    // set_peers remembered its routes, and teardown took them away.
+    let left = hosts[0].ns.ip(&["route"]);
+    assert!(!left.contains("10.244."), "{left}");
     watch.check();
 }
 

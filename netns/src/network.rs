@@ -297,6 +297,8 @@ impl<N: NetOps> Network<N> {
         if !(576..=65535).contains(&cfg.mtu) {
             return Err(invalid(format!("mtu {} is out of range", cfg.mtu)));
         }
+        let state_dir = cfg.data_dir.join(&cfg.name);
+        let new_state_dir = !state_dir.exists();
         let alloc =
             Allocator::new(&cfg.data_dir, &cfg.name, cfg.subnet, gateway).map_err(|source| {
                 NetworkError::Alloc {
@@ -319,13 +321,27 @@ impl<N: NetOps> Network<N> {
             fw,
             bridge_index: 0,
         };
-        net.check_overlap_with_networks()?;
-        let existing = net
-            .ops
-            .link_index(&net.cfg.bridge)
-            .await
-            .map_err(net.op_err("find bridge"))?;
-        net.check_overlap_with_routes(existing).await?;
+        let checked = async {
+            net.check_overlap_with_networks()?;
+            let existing = net
+                .ops
+                .link_index(&net.cfg.bridge)
+                .await
+                .map_err(net.op_err("find bridge"))?;
+            net.check_overlap_with_routes(existing).await?;
+            Ok(existing)
+        }
+        .await;
+        let existing = match checked {
+            Ok(existing) => existing,
+            Err(e) => {
+                // Refused before anything was made: leave no empty state dir behind either.
+                if new_state_dir {
+                    let _ = std::fs::remove_dir_all(&state_dir);
+                }
+                return Err(e);
+            }
+        };
         let created_now = match existing {
             Some(_) => false,
             None => {
@@ -546,6 +562,7 @@ impl<N: NetOps> Network<N> {
         let id = req.container_id.as_str();
         let host_veth = host_veth_name(&self.cfg.name, id);
         let mut book = self.alloc.lock().map_err(self.alloc_err())?;
+        let mut previous_ip = None;
         if let Some(lease) = book.get(id).cloned() {
             if self
                 .ops
@@ -556,8 +573,11 @@ impl<N: NetOps> Network<N> {
             {
                 return Ok(self.attachment(id, &lease, req.mac));
             }
-            // A lease without its veth: an attach that crashed half-way. Start again.
+            // A lease without its veth: an attach that crashed half-way, or a container
+            // whose namespace died (taking the veth with it) and is now restarted. Start
+            // again, on the same address unless another one is asked for.
             book.release(id);
+            previous_ip = Some(lease.ip);
         }
         for p in &req.ports {
             let clash = book
@@ -580,7 +600,9 @@ impl<N: NetOps> Network<N> {
                 });
             }
         }
-        let ip = book.allocate(id, req.ip).map_err(self.alloc_err())?;
+        let ip = book
+            .allocate(id, req.ip.or(previous_ip))
+            .map_err(self.alloc_err())?;
         book.update(id, |l| {
             l.ports = req.ports.clone();
             l.ifname = req.ifname.clone();

@@ -308,7 +308,7 @@ fn bad_input_is_refused_by_name_and_leaves_nothing() {
         .unwrap_err();
     assert!(e.to_string().contains("192.168.77.0/24"), "{e}");
     assert!(w.host.links_of_kind("bridge") == vec!["tug-n1".to_string()]);
-    assert!(!w.cfg.data_dir.join("n2").join("network.json").exists());
+    assert!(!w.cfg.data_dir.join("n2").exists() && !w.cfg.data_dir.join("n3").exists());
 
     teardown(&w.host, &w.cfg);
     w.watch.check();
@@ -327,6 +327,30 @@ fn detach_is_idempotent_and_survives_a_vanished_container() {
     detach(&w.host, &w.cfg, "c1").unwrap();
     detach(&w.host, &w.cfg, "never-attached").unwrap();
     assert_eq!(w.host.links_of_kind("veth"), vec!["uplink".to_string()]);
+
+    // The container's namespace dies and the container is started again with the same id
+    // in a new one: it gets its old address back.
+    let first = Ns::new("c3a");
+    let a1 = attach(
+        &w.host,
+        &w.cfg,
+        AttachRequest::new("again", first.reference()),
+    )
+    .unwrap();
+    drop(first);
+    common::eventually("the dead namespace's veth to go", || {
+        !w.host.links_of_kind("veth").contains(&a1.host_veth)
+    });
+    let second = Ns::new("c3b");
+    let a2 = attach(
+        &w.host,
+        &w.cfg,
+        AttachRequest::new("again", second.reference()),
+    )
+    .unwrap();
+    assert_eq!(a2.address, a1.address);
+    assert!(second.addresses().contains(&a1.address.to_string()));
+    detach(&w.host, &w.cfg, "again").unwrap();
 
     // The container's namespace goes away before detach.
     let c3 = Ns::new("c3");

@@ -394,7 +394,7 @@ fn container_given_by_pid() {
         .output()
         .is_err()
     {
-        eprintln!("SKIP container_given_by_pid: needs util-linux unshare");
+        common::skip("container_given_by_pid", "needs util-linux unshare");
         return;
     }
     let w = World::new(true);

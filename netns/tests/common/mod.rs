@@ -23,20 +23,26 @@ pub fn is_root() -> bool {
 macro_rules! need_root {
     () => {
         if !common::is_root() {
-            eprintln!(
-                "SKIP {}: needs root (network namespaces, veths, nftables)",
-                module_path!()
+            common::skip(
+                std::thread::current().name().unwrap_or(module_path!()),
+                "needs root (network namespaces, veths, nftables)",
             );
             return;
         }
         if std::process::Command::new("ip").arg("-V").output().is_err() {
-            eprintln!(
-                "SKIP {}: needs iproute2's `ip` to make test namespaces",
-                module_path!()
+            common::skip(
+                std::thread::current().name().unwrap_or(module_path!()),
+                "needs iproute2's `ip` to make test namespaces",
             );
             return;
         }
     };
+}
+
+/// Says why a test is skipped, on the real stderr (libtest's capture would hide an
+/// `eprintln!` of a passing test).
+pub fn skip(test: &str, why: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

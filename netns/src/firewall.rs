@@ -1,5 +1,5 @@
 //! Which nftables rules a network needs. Pure functions from a network's description to
-//! [`nft::Batch`]es; applying them is the [`crate::ops::NetOps`] implementation's job.
+//! [`crate::nft::Batch`]es; applying them is the [`crate::ops::NetOps`] implementation's job.
 //!
 //! Each network owns one table `ip tug-<network>`:
 //!

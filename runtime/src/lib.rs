@@ -1,1 +1,20 @@
-pub mod x {}
+//! tug-runtime: a daemonless OCI container runtime.
+//!
+//! The library does the work; the `tug` binary parses arguments and calls [`Runtime`].
+//! See docs/ARCHITECTURE.md for the process model.
+
+pub mod cgroups;
+pub mod channel;
+mod clone;
+pub mod container;
+pub mod features;
+pub mod hooks;
+mod init;
+pub mod rootfs;
+pub mod signal;
+pub mod spec;
+pub mod state;
+pub mod syscall;
+
+pub use container::{CreateOptions, Error, Listed, Runtime};
+pub use state::Status;

@@ -1,0 +1,374 @@
+//! Cgroups: one manager trait, the choice of v1 or v2 made once by probing the host.
+//!
+//! [`FsCgroup`] drives cgroupfs through cgroups-rs, which probes the host: a pure v2 host
+//! (cgroup2 at /sys/fs/cgroup) gets v2; a hybrid host (controllers on v1 hierarchies, a
+//! cgroup2 mount with few or none) and a legacy host get v1. [`RecordingCgroup`] is the test
+//! double for the container logic.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use cgroups_rs::manager::{FsManager, Manager};
+use cgroups_rs::{CgroupPid, FreezerState};
+use oci_spec::runtime::{LinuxDeviceCgroup, LinuxResources};
+
+use crate::rootfs::CgroupMounts;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cgroup {path}: {what}: {message}")]
+pub struct CgroupError {
+    pub path: String,
+    pub what: &'static str,
+    pub message: String,
+}
+
+/// What the container lifecycle needs from a cgroup.
+pub trait CgroupManager {
+    /// The path below each hierarchy's root, e.g. `/tug/<id>`.
+    fn path(&self) -> &str;
+    /// Creates the cgroup (idempotent) and applies the limits.
+    fn create(&mut self, resources: Option<&LinuxResources>) -> Result<(), CgroupError>;
+    /// Changes limits of an existing cgroup.
+    fn update(&mut self, resources: &LinuxResources) -> Result<(), CgroupError>;
+    /// A directory fd for clone3's CLONE_INTO_CGROUP, where the host offers it (v2).
+    fn clone_into_fd(&self) -> Option<OwnedFd>;
+    /// Moves a process into the cgroup.
+    fn add_process(&mut self, pid: i32) -> Result<(), CgroupError>;
+    /// The processes in the cgroup.
+    fn pids(&self) -> Result<Vec<i32>, CgroupError>;
+    fn freeze(&self, frozen: bool) -> Result<(), CgroupError>;
+    /// Removes the cgroup (and tug's own empty parent), if it exists.
+    fn destroy(&mut self) -> Result<(), CgroupError>;
+    /// Where the `cgroup` mount type finds the container's cgroup on the host.
+    fn mounts(&self) -> CgroupMounts;
+    fn is_v2(&self) -> bool;
+}
+
+/// The default cgroup path of a container with no `linux.cgroupsPath`.
+pub fn default_path(id: &str) -> String {
+    format!("/tug/{id}")
+}
+
+/// The parent directory tug makes for containers that give no cgroupsPath.
+const TUG_PARENT: &str = "tug";
+
+/// True on a pure cgroup v2 host.
+pub fn host_is_v2() -> bool {
+    cgroups_rs::fs::hierarchies::is_cgroup2_unified_mode()
+}
+
+/// cgroupfs through cgroups-rs.
+pub struct FsCgroup {
+    path: String,
+    mgr: FsManager,
+}
+
+impl FsCgroup {
+    pub fn new(path: &str) -> Result<FsCgroup, CgroupError> {
+        // cgroups-rs joins this onto each hierarchy's mount point: it must be relative.
+        let rel = path.trim_start_matches('/');
+        let mgr = FsManager::new(rel).map_err(|e| err(path, "probe the host", e))?;
+        Ok(FsCgroup {
+            path: path.to_string(),
+            mgr,
+        })
+    }
+
+    fn hierarchy_dirs(&self) -> Vec<(String, PathBuf)> {
+        hierarchy_dirs(self.mgr.mounts(), &self.path)
+    }
+
+    fn devices_dir(&self) -> Option<PathBuf> {
+        let mp = self.mgr.mounts().get("devices")?;
+        Some(Path::new(mp).join(self.path.trim_start_matches('/')))
+    }
+
+    fn set(&mut self, resources: &LinuxResources) -> Result<(), CgroupError> {
+        let mut r = resources.clone();
+        let devices = r.devices().clone();
+        // Device rules are written below: cgroups-rs turns a missing major/minor into 0.
+        r.set_devices(None);
+        self.mgr
+            .set(&r)
+            .map_err(|e| err(&self.path, "apply limits", e))?;
+        if let Some(dir) = self.devices_dir() {
+            let rules = devices.unwrap_or_default();
+            for rule in rules.iter().chain(default_device_rules().iter()) {
+                let (file, line) = device_rule_line(rule);
+                fs::write(dir.join(file), &line).map_err(|e| CgroupError {
+                    path: self.path.clone(),
+                    what: "write device rule",
+                    message: format!("{line}: {e}"),
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn err(path: &str, what: &'static str, e: impl std::fmt::Display) -> CgroupError {
+    CgroupError {
+        path: path.to_string(),
+        what,
+        message: e.to_string(),
+    }
+}
+
+/// (name under /sys/fs/cgroup, container directory) per mounted v1 hierarchy.
+pub fn hierarchy_dirs(
+    mounts: &std::collections::HashMap<String, String>,
+    path: &str,
+) -> Vec<(String, PathBuf)> {
+    let mut by_mount: BTreeMap<&str, ()> = BTreeMap::new();
+    for mp in mounts.values() {
+        by_mount.insert(mp.as_str(), ());
+    }
+    by_mount
+        .keys()
+        .filter_map(|mp| {
+            let name = Path::new(mp).file_name()?.to_string_lossy().into_owned();
+            Some((name, Path::new(mp).join(path.trim_start_matches('/'))))
+        })
+        .collect()
+}
+
+/// The device rules every container gets after the config's, as runc allows them.
+pub fn default_device_rules() -> Vec<LinuxDeviceCgroup> {
+    let rule = |typ: &str, major: Option<i64>, minor: Option<i64>, access: &str| {
+        let v = serde_json::json!({"allow": true, "type": typ, "major": major, "minor": minor, "access": access});
+        serde_json::from_value::<LinuxDeviceCgroup>(v).expect("static rule")
+    };
+    vec![
+        rule("c", None, None, "m"),
+        rule("b", None, None, "m"),
+        rule("c", Some(1), Some(3), "rwm"),
+        rule("c", Some(1), Some(5), "rwm"),
+        rule("c", Some(1), Some(7), "rwm"),
+        rule("c", Some(1), Some(8), "rwm"),
+        rule("c", Some(1), Some(9), "rwm"),
+        rule("c", Some(5), Some(0), "rwm"),
+        rule("c", Some(5), Some(1), "rwm"),
+        rule("c", Some(5), Some(2), "rwm"),
+        rule("c", Some(136), None, "rwm"),
+    ]
+}
+
+/// The devices.allow or devices.deny line for a rule, e.g. `c 1:3 rwm` or `a`.
+pub fn device_rule_line(rule: &LinuxDeviceCgroup) -> (&'static str, String) {
+    let file = if rule.allow() {
+        "devices.allow"
+    } else {
+        "devices.deny"
+    };
+    let typ = rule
+        .typ()
+        .map(|t| t.as_str().to_string())
+        .unwrap_or_else(|| "a".into());
+    let num = |n: Option<i64>| n.map(|n| n.to_string()).unwrap_or_else(|| "*".into());
+    let access = rule.access().clone().unwrap_or_else(|| "rwm".into());
+    let line = if typ == "a" && rule.major().is_none() && rule.minor().is_none() {
+        format!("a *:* {access}")
+    } else {
+        format!("{typ} {}:{} {access}", num(rule.major()), num(rule.minor()))
+    };
+    (file, line)
+}
+
+impl CgroupManager for FsCgroup {
+    fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn create(&mut self, resources: Option<&LinuxResources>) -> Result<(), CgroupError> {
+        // add_proc creates the directories; an empty create goes through the same path.
+        if !self.mgr.exists() {
+            let cg = cgroups_rs::fs::Cgroup::new(
+                cgroups_rs::fs::hierarchies::auto(),
+                self.path.trim_start_matches('/'),
+            )
+            .map_err(|e| err(&self.path, "create", e))?;
+            drop(cg);
+        }
+        if let Some(r) = resources {
+            self.set(r)?;
+        }
+        Ok(())
+    }
+
+    fn update(&mut self, resources: &LinuxResources) -> Result<(), CgroupError> {
+        self.set(resources)
+    }
+
+    fn clone_into_fd(&self) -> Option<OwnedFd> {
+        if !self.mgr.v2() {
+            return None;
+        }
+        let dir = Path::new(cgroups_rs::fs::hierarchies::UNIFIED_MOUNTPOINT)
+            .join(self.path.trim_start_matches('/'));
+        nix::fcntl::open(
+            &dir,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()
+    }
+
+    fn add_process(&mut self, pid: i32) -> Result<(), CgroupError> {
+        self.mgr
+            .add_proc(CgroupPid::from(pid as u64))
+            .map_err(|e| err(&self.path, "add process", e))
+    }
+
+    fn pids(&self) -> Result<Vec<i32>, CgroupError> {
+        // Read cgroup.procs of a hierarchy every host has: pids on v1, the directory on v2.
+        let file = if self.mgr.v2() {
+            Path::new(cgroups_rs::fs::hierarchies::UNIFIED_MOUNTPOINT)
+                .join(self.path.trim_start_matches('/'))
+                .join("cgroup.procs")
+        } else {
+            let dirs = self.hierarchy_dirs();
+            let dir = dirs
+                .iter()
+                .find(|(n, _)| n == "pids")
+                .or_else(|| dirs.iter().find(|(n, _)| n == "memory"))
+                .or(dirs.first())
+                .map(|(_, d)| d.clone())
+                .ok_or_else(|| err(&self.path, "list processes", "no cgroup hierarchy mounted"))?;
+            dir.join("cgroup.procs")
+        };
+        match fs::read_to_string(&file) {
+            Ok(s) => Ok(s.lines().filter_map(|l| l.trim().parse().ok()).collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
+            Err(e) => Err(err(&self.path, "list processes", e)),
+        }
+    }
+
+    fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
+        let state = if frozen {
+            FreezerState::Frozen
+        } else {
+            FreezerState::Thawed
+        };
+        self.mgr
+            .freeze(state)
+            .map_err(|e| err(&self.path, "freeze", e))
+    }
+
+    fn destroy(&mut self) -> Result<(), CgroupError> {
+        let dirs: Vec<PathBuf> = if self.mgr.v2() {
+            vec![Path::new(cgroups_rs::fs::hierarchies::UNIFIED_MOUNTPOINT)
+                .join(self.path.trim_start_matches('/'))]
+        } else {
+            self.hierarchy_dirs().into_iter().map(|(_, d)| d).collect()
+        };
+        // An exiting process can keep a cgroup busy for a moment after it is reaped.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        for dir in &dirs {
+            loop {
+                match fs::remove_dir(dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY)
+                            && std::time::Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    Err(e) => {
+                        return Err(err(&self.path, "remove", format!("{}: {e}", dir.display())))
+                    }
+                }
+            }
+            // tug's own parent goes when its last container does; others' parents stay.
+            if let Some(parent) = dir.parent() {
+                if parent.file_name().is_some_and(|n| n == TUG_PARENT)
+                    && self.path.starts_with(&format!("/{TUG_PARENT}/"))
+                {
+                    let _ = fs::remove_dir(parent);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn mounts(&self) -> CgroupMounts {
+        if self.mgr.v2() {
+            CgroupMounts {
+                unified: Some(
+                    Path::new(cgroups_rs::fs::hierarchies::UNIFIED_MOUNTPOINT)
+                        .join(self.path.trim_start_matches('/')),
+                ),
+                v1: vec![],
+            }
+        } else {
+            CgroupMounts {
+                unified: None,
+                v1: self.hierarchy_dirs(),
+            }
+        }
+    }
+
+    fn is_v2(&self) -> bool {
+        self.mgr.v2()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn v1_hierarchies_are_listed_once_each() {
+        let mut m = HashMap::new();
+        m.insert("cpu".to_string(), "/sys/fs/cgroup/cpu,cpuacct".to_string());
+        m.insert(
+            "cpuacct".to_string(),
+            "/sys/fs/cgroup/cpu,cpuacct".to_string(),
+        );
+        m.insert("memory".to_string(), "/sys/fs/cgroup/memory".to_string());
+        m.insert(
+            "name=systemd".to_string(),
+            "/sys/fs/cgroup/systemd".to_string(),
+        );
+        let d = hierarchy_dirs(&m, "/tug/c1");
+        assert_eq!(
+            d,
+            vec![
+                (
+                    "cpu,cpuacct".to_string(),
+                    PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/tug/c1")
+                ),
+                (
+                    "memory".to_string(),
+                    PathBuf::from("/sys/fs/cgroup/memory/tug/c1")
+                ),
+                (
+                    "systemd".to_string(),
+                    PathBuf::from("/sys/fs/cgroup/systemd/tug/c1")
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn device_rules_use_wildcards() {
+        let deny: LinuxDeviceCgroup =
+            serde_json::from_value(serde_json::json!({"allow": false, "access": "rwm"})).unwrap();
+        assert_eq!(
+            device_rule_line(&deny),
+            ("devices.deny", "a *:* rwm".to_string())
+        );
+        let lines: Vec<_> = default_device_rules()
+            .iter()
+            .map(|r| device_rule_line(r).1)
+            .collect();
+        assert!(lines.contains(&"c *:* m".to_string()));
+        assert!(lines.contains(&"c 1:3 rwm".to_string()));
+        assert!(lines.contains(&"c 136:* rwm".to_string()));
+    }
+}

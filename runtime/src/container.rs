@@ -1,0 +1,650 @@
+//! The container lifecycle: create, start, state, kill, delete, run, list.
+//!
+//! Each command is one function over the state directory `<root>/<id>/`. Commands that change a
+//! container hold an exclusive flock on that directory, so two `tug` processes never interleave.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::fcntl::{open, OFlag};
+use nix::sched::CloneFlags;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::stat::Mode;
+use nix::unistd::Pid;
+use oci_spec::runtime::LinuxNamespaceType;
+
+use crate::cgroups::{self, CgroupError, CgroupManager, FsCgroup};
+use crate::channel::{Channel, InitMsg, ParentMsg};
+use crate::clone::{clone_child, single_threaded, Forked};
+use crate::hooks::{self, HookError};
+use crate::init::{self, InitConfig};
+use crate::signal::BadSignal;
+use crate::spec::{Bundle, SpecError};
+use crate::state::{
+    check_transition, now_rfc3339, process_alive, process_start_time, validate_id, write_atomic,
+    ContainerState, Operation, StateError, Status,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Hook(#[from] HookError),
+    #[error(transparent)]
+    Signal(#[from] BadSignal),
+    #[error("container {id}: {message}")]
+    Init { id: String, message: String },
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+    #[error("{0}")]
+    Usage(String),
+    #[error("{error}; cleanup could not undo: {leftovers}")]
+    CleanupFailed {
+        error: Box<Error>,
+        leftovers: String,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// Options of `create` and `run`, with runc's names.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    pub bundle: PathBuf,
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    pub no_pivot: bool,
+    pub preserve_fds: u32,
+}
+
+/// A container as `list` reports it.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub state: ContainerState,
+    pub status: Status,
+}
+
+/// The runtime: a state root and the operations on containers under it.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    root: PathBuf,
+}
+
+/// Undoes a half-made container; disarmed once create succeeds.
+struct Undo {
+    dir: PathBuf,
+    cgroup: Option<Box<dyn CgroupManager>>,
+    child: Option<i32>,
+    armed: bool,
+}
+
+impl Undo {
+    fn run(mut self, error: Error) -> Error {
+        let mut left = Vec::new();
+        if let Some(pid) = self.child.take() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
+        }
+        if let Some(mut cg) = self.cgroup.take() {
+            if let Err(e) = cg.destroy() {
+                left.push(e.to_string());
+            }
+        }
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            if e.kind() != io::ErrorKind::NotFound {
+                left.push(format!("state dir {}: {e}", self.dir.display()));
+            }
+        }
+        self.armed = false;
+        if left.is_empty() {
+            error
+        } else {
+            Error::CleanupFailed {
+                error: Box::new(error),
+                leftovers: left.join("; "),
+            }
+        }
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        debug_assert!(
+            !self.armed || std::thread::panicking(),
+            "Undo dropped while armed"
+        );
+    }
+}
+
+/// An exclusive flock on a container's state directory, released on drop.
+struct DirLock(fs::File);
+
+fn lock_dir(dir: &Path, id: &str) -> Result<DirLock, Error> {
+    let f = fs::File::open(dir).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            Error::State(StateError::NotFound(id.to_string()))
+        } else {
+            io_err(format!("open {}", dir.display()))(e)
+        }
+    })?;
+    // SAFETY: flock on an fd we own; released when the file is closed.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) } != 0 {
+        return Err(io_err(format!("lock {}", dir.display()))(
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(DirLock(f))
+}
+
+/// The status a container is in now, from its saved state and its process.
+pub fn live_status(st: &ContainerState) -> Status {
+    match (st.pid, st.pid_start_time) {
+        (Some(pid), Some(t)) if process_alive(pid, t) => match st.status {
+            Status::Creating => Status::Creating,
+            Status::Created => Status::Created,
+            Status::Paused => Status::Paused,
+            _ => Status::Running,
+        },
+        (Some(_), _) => Status::Stopped,
+        (None, _) => st.status,
+    }
+}
+
+fn ns_flag(t: LinuxNamespaceType) -> CloneFlags {
+    match t {
+        LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+        LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+        LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+        LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+        LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
+        LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+        LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+        LinuxNamespaceType::Time => CloneFlags::from_bits_retain(libc::CLONE_NEWTIME),
+    }
+}
+
+impl Runtime {
+    pub fn new(root: impl Into<PathBuf>) -> Runtime {
+        Runtime { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    /// Loads a container's saved state.
+    pub fn load(&self, id: &str) -> Result<ContainerState, Error> {
+        validate_id(id)?;
+        let dir = self.dir(id);
+        if !dir.is_dir() {
+            return Err(StateError::NotFound(id.to_string()).into());
+        }
+        Ok(ContainerState::load(&dir)?)
+    }
+
+    /// The OCI state document of a container.
+    pub fn state(&self, id: &str) -> Result<serde_json::Value, Error> {
+        let st = self.load(id)?;
+        Ok(st.to_oci(live_status(&st)))
+    }
+
+    /// Creates a container from a bundle; its init waits for [`Runtime::start`].
+    ///
+    /// Must be called from a single-threaded process (the `tug` binary is one).
+    pub fn create(&self, id: &str, opts: &CreateOptions) -> Result<ContainerState, Error> {
+        validate_id(id)?;
+        let bundle = Bundle::load(&opts.bundle)?;
+        let terminal = bundle
+            .spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        match (terminal, &opts.console_socket) {
+            (true, None) => {
+                return Err(Error::Usage(format!(
+                    "{}: process.terminal is true: give --console-socket to receive the terminal",
+                    bundle.config_path().display()
+                )))
+            }
+            (false, Some(s)) => {
+                return Err(Error::Usage(format!(
+                    "--console-socket {} was given but {} has process.terminal false",
+                    s.display(),
+                    bundle.config_path().display()
+                )))
+            }
+            _ => {}
+        }
+        if !single_threaded() {
+            return Err(Error::Usage(
+                "create must be called from a single-threaded process".into(),
+            ));
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .map_err(io_err(format!("state root {}", self.root.display())))?;
+        let dir = self.dir(id);
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(StateError::Exists(id.to_string()).into())
+            }
+            Err(e) => return Err(io_err(format!("state dir {}", dir.display()))(e)),
+        }
+        let mut undo = Undo {
+            dir: dir.clone(),
+            cgroup: None,
+            child: None,
+            armed: true,
+        };
+        let result = lock_dir(&dir, id).and_then(|lock| {
+            let lock_fd = std::os::fd::AsRawFd::as_raw_fd(&lock.0);
+            self.create_inner(id, &bundle, opts, &dir, &mut undo, lock_fd)
+                .map(|s| (s, lock))
+        });
+        match result {
+            Ok((st, _lock)) => {
+                undo.armed = false;
+                Ok(st)
+            }
+            Err(e) => Err(undo.run(e)),
+        }
+    }
+
+    fn create_inner(
+        &self,
+        id: &str,
+        bundle: &Bundle,
+        opts: &CreateOptions,
+        dir: &Path,
+        undo: &mut Undo,
+        lock_fd: std::os::fd::RawFd,
+    ) -> Result<ContainerState, Error> {
+        let spec = &bundle.spec;
+        let linux = spec.linux().as_ref().expect("validated");
+        let cgroup_path = linux
+            .cgroups_path()
+            .as_ref()
+            .map(|p| {
+                let s = p.to_string_lossy().into_owned();
+                if s.starts_with('/') {
+                    s
+                } else {
+                    format!("/{s}")
+                }
+            })
+            .unwrap_or_else(|| cgroups::default_path(id));
+        let mut st = ContainerState {
+            oci_version: spec.version().clone(),
+            id: id.to_string(),
+            status: Status::Creating,
+            pid: None,
+            pid_start_time: None,
+            bundle: bundle.dir.clone(),
+            rootfs: bundle.rootfs.clone(),
+            created: now_rfc3339(),
+            annotations: spec.annotations().clone().unwrap_or_default(),
+            cgroup_path: cgroup_path.clone(),
+            owner: String::new(),
+            hooks: spec.hooks().clone(),
+        };
+        st.save(dir)?;
+
+        let fifo_path = dir.join("exec.fifo");
+        nix::unistd::mkfifo(&fifo_path, Mode::from_bits_truncate(0o600))
+            .map_err(|e| io_err(format!("mkfifo {}", fifo_path.display()))(e.into()))?;
+        let fifo = open(&fifo_path, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|e| io_err(format!("open {}", fifo_path.display()))(e.into()))?;
+
+        let mut cg: Box<dyn CgroupManager> = Box::new(FsCgroup::new(&cgroup_path)?);
+        let created = cg.create(linux.resources().as_ref());
+        undo.cgroup = Some(cg);
+        created?;
+        let cg = undo.cgroup.as_mut().expect("just set");
+
+        let mut clone_flags = CloneFlags::empty();
+        let mut join = Vec::new();
+        let mut pid_ns: Option<OwnedFd> = None;
+        let mut new_cgroup_ns = false;
+        for ns in linux.namespaces().iter().flatten() {
+            let flag = ns_flag(ns.typ());
+            match ns.path() {
+                None if ns.typ() == LinuxNamespaceType::Cgroup => new_cgroup_ns = true,
+                None => clone_flags |= flag,
+                Some(p) => {
+                    let fd = open(
+                        p.as_path(),
+                        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .map_err(|e| io_err(format!("namespace {}", p.display()))(e.into()))?;
+                    if ns.typ() == LinuxNamespaceType::Pid {
+                        pid_ns = Some(fd);
+                    } else {
+                        join.push((fd, flag));
+                    }
+                }
+            }
+        }
+
+        let console = match &opts.console_socket {
+            Some(path) => {
+                let s = std::os::unix::net::UnixStream::connect(path)
+                    .map_err(io_err(format!("--console-socket {}", path.display())))?;
+                Some(OwnedFd::from(s))
+            }
+            None => None,
+        };
+
+        let (parent_ch, init_ch) = Channel::pair().map_err(io_err("socketpair"))?;
+        let own_pid_ns = match &pid_ns {
+            Some(target) => {
+                let own = open(
+                    "/proc/self/ns/pid",
+                    OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| io_err("open /proc/self/ns/pid")(e.into()))?;
+                nix::sched::setns(target.as_fd(), CloneFlags::CLONE_NEWPID)
+                    .map_err(|e| io_err("join pid namespace")(e.into()))?;
+                Some(own)
+            }
+            None => None,
+        };
+        let cgroup_fd = cg.clone_into_fd();
+        let parent_pid = std::process::id() as i32;
+        let forked = clone_child(
+            clone_flags.bits() as u64,
+            cgroup_fd.as_ref().map(|f| f.as_fd()),
+        );
+        if let Some(own) = &own_pid_ns {
+            let _ = nix::sched::setns(own.as_fd(), CloneFlags::CLONE_NEWPID);
+        }
+        let (pid, placed) = match forked.map_err(io_err("clone the container's init"))? {
+            (Forked::Child, _) => {
+                drop(parent_ch);
+                // The parent's flock must not live on in init, or `start` would wait forever.
+                // SAFETY: closing our copy of an fd the parent keeps open.
+                unsafe { libc::close(lock_fd) };
+                init::run(InitConfig {
+                    bundle,
+                    channel: init_ch,
+                    fifo,
+                    join,
+                    new_cgroup_ns,
+                    cgroup_mounts: cg.mounts(),
+                    no_pivot: opts.no_pivot,
+                    console,
+                    preserve_fds: opts.preserve_fds,
+                    parent_pid,
+                })
+            }
+            (Forked::Parent { child }, placed) => (child, placed),
+        };
+        undo.child = Some(pid);
+        drop((init_ch, fifo, join, console, cgroup_fd));
+
+        if !placed {
+            cg.add_process(pid)?;
+        }
+        st.pid = Some(pid);
+        st.pid_start_time = process_start_time(pid);
+        let state_json = st.to_oci(Status::Creating).to_string();
+        parent_ch
+            .send(&ParentMsg::CgroupJoined {
+                state: state_json.clone(),
+            })
+            .map_err(|e| init_error(id, &parent_ch, e))?;
+        loop {
+            match parent_ch.recv::<InitMsg>() {
+                Ok(InitMsg::RunHooks) => {
+                    if let Some(h) = spec.hooks() {
+                        hooks::run_hooks(
+                            "prestart",
+                            h.prestart().as_deref().unwrap_or(&[]),
+                            &state_json,
+                        )?;
+                        hooks::run_hooks(
+                            "createRuntime",
+                            h.create_runtime().as_deref().unwrap_or(&[]),
+                            &state_json,
+                        )?;
+                    }
+                    parent_ch
+                        .send(&ParentMsg::HooksDone)
+                        .map_err(|e| init_error(id, &parent_ch, e))?;
+                }
+                Ok(InitMsg::Ready) => break,
+                Ok(InitMsg::Error(message)) => {
+                    return Err(Error::Init {
+                        id: id.to_string(),
+                        message,
+                    })
+                }
+                Err(e) => {
+                    return Err(Error::Init {
+                        id: id.to_string(),
+                        message: format!("init exited during setup ({e})"),
+                    })
+                }
+            }
+        }
+
+        st.status = Status::Created;
+        st.save(dir)?;
+        if let Some(pf) = &opts.pid_file {
+            write_atomic(pf, pid.to_string().as_bytes())?;
+        }
+        Ok(st)
+    }
+
+    /// Lets a created container's init exec the user's process.
+    pub fn start(&self, id: &str) -> Result<(), Error> {
+        validate_id(id)?;
+        let dir = self.dir(id);
+        let _lock = lock_dir(&dir, id)?;
+        let mut st = ContainerState::load(&dir)?;
+        check_transition(id, live_status(&st), Operation::Start)?;
+        let fifo_path = dir.join("exec.fifo");
+        let fifo = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&fifo_path)
+            .map_err(|e| Error::Init {
+                id: id.to_string(),
+                message: format!("init is not waiting on {}: {e}", fifo_path.display()),
+            })?;
+        (&fifo)
+            .write_all(&[0])
+            .map_err(io_err(format!("write {}", fifo_path.display())))?;
+        drop(fifo);
+        let _ = fs::remove_file(&fifo_path);
+        st.status = Status::Running;
+        st.save(&dir)?;
+        if let Some(h) = st.hooks.as_ref().and_then(|h| h.poststart().clone()) {
+            let state_json = st.to_oci(Status::Running).to_string();
+            for e in hooks::run_hooks_lenient("poststart", &h, &state_json) {
+                tracing::warn!("{e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a signal to the container's init, or with `all` to every process in its cgroup.
+    pub fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<(), Error> {
+        let st = self.load(id)?;
+        let status = live_status(&st);
+        check_transition(id, status, Operation::Kill)?;
+        if all {
+            let cg = FsCgroup::new(&st.cgroup_path)?;
+            for pid in cg.pids()? {
+                let _ = kill(Pid::from_raw(pid), signal);
+            }
+            return Ok(());
+        }
+        let pid = st.pid.expect("a live container has a pid");
+        kill(Pid::from_raw(pid), signal)
+            .map_err(|e| io_err(format!("signal {signal} to container {id} (pid {pid})"))(e.into()))
+    }
+
+    /// Removes a container: its processes (with `force`), cgroup and state.
+    pub fn delete(&self, id: &str, force: bool) -> Result<(), Error> {
+        validate_id(id)?;
+        let dir = self.dir(id);
+        let _lock = lock_dir(&dir, id)?;
+        let st = ContainerState::load(&dir)?;
+        let status = live_status(&st);
+        let op = if force {
+            Operation::ForceDelete
+        } else {
+            Operation::Delete
+        };
+        check_transition(id, status, op)?;
+        let mut cg = FsCgroup::new(&st.cgroup_path)?;
+        if status != Status::Stopped {
+            if let Some(pid) = st.pid {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                if status == Status::Paused {
+                    let _ = cg.freeze(false);
+                }
+            }
+        }
+        // Whatever else is left in the cgroup (a container sharing the host's pid namespace).
+        for pid in cg.pids().unwrap_or_default() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        if let Some(pid) = st.pid {
+            if status != Status::Stopped && !hooks::wait_exit(pid, Duration::from_secs(10)) {
+                return Err(Error::Init {
+                    id: id.to_string(),
+                    message: format!("pid {pid} did not exit after SIGKILL"),
+                });
+            }
+        }
+        cg.destroy()?;
+        if let Some(h) = st.hooks.as_ref().and_then(|h| h.poststop().clone()) {
+            let state_json = st.to_oci(Status::Stopped).to_string();
+            for e in hooks::run_hooks_lenient("poststop", &h, &state_json) {
+                tracing::warn!("{e}");
+            }
+        }
+        fs::remove_dir_all(&dir).map_err(io_err(format!("remove {}", dir.display())))?;
+        Ok(())
+    }
+
+    /// Every container under the root, sorted by id.
+    pub fn list(&self) -> Result<Vec<Listed>, Error> {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(io_err(format!("read {}", self.root.display()))(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !path.is_dir() {
+                continue;
+            }
+            match ContainerState::load(&path) {
+                Ok(state) => {
+                    let status = live_status(&state);
+                    out.push(Listed { state, status });
+                }
+                Err(e) => tracing::warn!("skipping {}: {e}", path.display()),
+            }
+        }
+        out.sort_by(|a, b| a.state.id.cmp(&b.state.id));
+        Ok(out)
+    }
+
+    /// `run`: create and start; in the foreground, wait for the process, forward signals to
+    /// it, delete the container and return its exit code (128+n when killed by signal n).
+    pub fn run(&self, id: &str, opts: &CreateOptions, detach: bool) -> Result<i32, Error> {
+        if detach {
+            self.create(id, opts)?;
+            if let Err(e) = self.start(id) {
+                let _ = self.delete(id, true);
+                return Err(e);
+            }
+            return Ok(0);
+        }
+        let forwarded = forwarded_signals();
+        forwarded
+            .thread_block()
+            .map_err(|e| io_err("block signals")(e.into()))?;
+        let st = self.create(id, opts)?;
+        let pid = Pid::from_raw(st.pid.expect("created"));
+        if let Err(e) = self.start(id) {
+            let _ = self.delete(id, true);
+            return Err(e);
+        }
+        let code = loop {
+            let sig = forwarded
+                .wait()
+                .map_err(|e| io_err("wait for signals")(e.into()))?;
+            if sig != Signal::SIGCHLD {
+                let _ = kill(pid, sig);
+                continue;
+            }
+            use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, c)) => break c,
+                Ok(WaitStatus::Signaled(_, s, _)) => break 128 + s as i32,
+                Ok(_) => continue,
+                Err(e) => return Err(io_err("wait for the container")(e.into())),
+            }
+        };
+        self.delete(id, true)?;
+        Ok(code)
+    }
+}
+
+/// The error for a failed send to init: init's own report when it sent one before exiting.
+fn init_error(id: &str, ch: &Channel, send_error: io::Error) -> Error {
+    let message = match ch.recv::<InitMsg>() {
+        Ok(InitMsg::Error(m)) => m,
+        _ => format!("init exited during setup (sending to it: {send_error})"),
+    };
+    Error::Init {
+        id: id.to_string(),
+        message,
+    }
+}
+
+/// The signals foreground `run` passes on to the container, plus SIGCHLD.
+fn forwarded_signals() -> nix::sys::signal::SigSet {
+    let mut set = nix::sys::signal::SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+        Signal::SIGCONT,
+    ] {
+        set.add(s);
+    }
+    set
+}

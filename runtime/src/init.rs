@@ -1,0 +1,434 @@
+//! The container's init: runs in the cloned child, sets the container up, waits for `start`,
+//! then becomes the container's process with execve.
+//!
+//! Every failure before `start` is sent to the parent as [`InitMsg::Error`] with its context;
+//! the parent then kills this process and undoes what it made.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::sched::CloneFlags;
+use oci_spec::runtime::{LinuxCapabilities, Process, Spec};
+
+use crate::channel::{Channel, InitMsg, ParentMsg};
+use crate::hooks;
+use crate::rootfs::{self, CgroupMounts};
+use crate::spec::Bundle;
+use crate::syscall::{LinuxSyscall, Syscall};
+
+/// What the parent hands the child across the clone.
+pub struct InitConfig<'a> {
+    pub bundle: &'a Bundle,
+    pub channel: Channel,
+    /// exec.fifo opened read-write: init blocks reading it until `tug start` writes.
+    pub fifo: OwnedFd,
+    /// Namespaces to join (all but pid, which the parent joins for its children).
+    pub join: Vec<(OwnedFd, CloneFlags)>,
+    pub new_cgroup_ns: bool,
+    pub cgroup_mounts: CgroupMounts,
+    pub no_pivot: bool,
+    /// Connected console socket, when process.terminal is true.
+    pub console: Option<OwnedFd>,
+    /// Extra fds (3..3+n) passed to the container, as runc's --preserve-fds.
+    pub preserve_fds: u32,
+    pub parent_pid: i32,
+}
+
+/// Runs init and never returns.
+pub fn run(cfg: InitConfig) -> ! {
+    let err = match setup(&cfg) {
+        Ok(prepared) => match wait_and_exec(&cfg, prepared) {
+            Ok(never) => match never {},
+            Err(e) => {
+                // After Ready the parent may be gone: say it on the container's stderr too.
+                eprintln!("tug: {e}");
+                e
+            }
+        },
+        Err(e) => e,
+    };
+    let _ = cfg.channel.send(&InitMsg::Error(err));
+    // SAFETY: _exit ends this child without running the parent's atexit handlers.
+    unsafe { libc::_exit(127) }
+}
+
+struct Prepared {
+    program: CString,
+    args: Vec<CString>,
+    env: Vec<CString>,
+    state_json: String,
+}
+
+fn setup(cfg: &InitConfig) -> Result<Prepared, String> {
+    let sys = LinuxSyscall;
+    let spec = &cfg.bundle.spec;
+    let process = spec.process().as_ref().ok_or("config has no process")?;
+
+    // Die with the parent while the container is being made; cleared once it is ready.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // In a new pid namespace the parent is outside it and getppid() is 0.
+    let ppid = nix::unistd::getppid().as_raw();
+    if ppid != cfg.parent_pid && ppid != 0 {
+        return Err("tug exited while creating the container".into());
+    }
+
+    let state_json = match cfg.channel.recv::<ParentMsg>() {
+        Ok(ParentMsg::CgroupJoined { state }) => state,
+        Ok(other) => return Err(format!("protocol: expected CgroupJoined, got {other:?}")),
+        Err(e) => return Err(format!("waiting for the parent: {e}")),
+    };
+
+    for (fd, flags) in &cfg.join {
+        sys.setns(std::os::fd::AsFd::as_fd(fd), *flags)
+            .map_err(|e| format!("join {flags:?} namespace: {e}"))?;
+    }
+    if cfg.new_cgroup_ns {
+        sys.unshare(CloneFlags::CLONE_NEWCGROUP)
+            .map_err(|e| format!("unshare cgroup namespace: {e}"))?;
+    }
+    if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
+        sys.sethostname(h)
+            .map_err(|e| format!("hostname {h}: {e}"))?;
+    }
+    if let Some(d) = spec.domainname().as_deref().filter(|d| !d.is_empty()) {
+        sys.setdomainname(d)
+            .map_err(|e| format!("domainname {d}: {e}"))?;
+    }
+    if let Some(adj) = process.oom_score_adj() {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|e| format!("process.oomScoreAdj {adj}: {e}"))?;
+    }
+
+    rootfs::prepare(
+        &sys,
+        spec,
+        &cfg.bundle.rootfs,
+        &cfg.bundle.dir,
+        &cfg.cgroup_mounts,
+    )
+    .map_err(|e| e.to_string())?;
+
+    let hooks = spec.hooks().as_ref();
+    let has_runtime_hooks = hooks.is_some_and(|h| {
+        h.prestart().as_ref().is_some_and(|v| !v.is_empty())
+            || h.create_runtime().as_ref().is_some_and(|v| !v.is_empty())
+    });
+    if has_runtime_hooks {
+        cfg.channel
+            .send(&InitMsg::RunHooks)
+            .map_err(|e| format!("asking for hooks: {e}"))?;
+        match cfg.channel.recv::<ParentMsg>() {
+            Ok(ParentMsg::HooksDone) => {}
+            Ok(other) => return Err(format!("protocol: expected HooksDone, got {other:?}")),
+            Err(e) => return Err(format!("waiting for hooks: {e}")),
+        }
+    }
+    if let Some(list) = hooks.and_then(|h| h.create_container().as_ref()) {
+        hooks::run_hooks("createContainer", list, &state_json).map_err(|e| e.to_string())?;
+    }
+
+    rootfs::pivot(&sys, &cfg.bundle.rootfs, cfg.no_pivot).map_err(|e| e.to_string())?;
+    rootfs::finalize(&sys, spec).map_err(|e| e.to_string())?;
+
+    let cwd = process.cwd();
+    sys.chdir(cwd)
+        .map_err(|e| format!("process.cwd {}: {e}", cwd.display()))?;
+
+    let mut env: Vec<String> = process.env().clone().unwrap_or_default();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", home_of(process.user().uid())));
+    }
+    let args = process.args().clone().unwrap_or_default();
+    let program = find_executable(&args[0], &env)?;
+
+    set_rlimits(process)?;
+
+    if let Some(console) = &cfg.console {
+        setup_terminal(console, process)?;
+    }
+
+    let to_c = |s: &str| CString::new(s).map_err(|_| format!("\"{s}\" contains a NUL byte"));
+    Ok(Prepared {
+        program: to_c(&program.to_string_lossy())?,
+        args: args.iter().map(|a| to_c(a)).collect::<Result<_, _>>()?,
+        env: env.iter().map(|a| to_c(a)).collect::<Result<_, _>>()?,
+        state_json,
+    })
+}
+
+fn wait_and_exec(cfg: &InitConfig, p: Prepared) -> Result<std::convert::Infallible, String> {
+    cfg.channel
+        .send(&InitMsg::Ready)
+        .map_err(|e| format!("reporting ready: {e}"))?;
+    // SAFETY: prctl with integer arguments; the container now outlives `tug create`.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
+
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(&cfg.fifo, &mut byte) {
+            Ok(_) => break,
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(format!("waiting for start on exec.fifo: {e}")),
+        }
+    }
+
+    let spec: &Spec = &cfg.bundle.spec;
+    let process = spec.process().as_ref().ok_or("config has no process")?;
+    if let Some(list) = spec
+        .hooks()
+        .as_ref()
+        .and_then(|h| h.start_container().as_ref())
+    {
+        hooks::run_hooks("startContainer", list, &p.state_json).map_err(|e| e.to_string())?;
+    }
+
+    become_user(process)?;
+    if process.no_new_privileges() == Some(true) {
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(format!(
+                "process.noNewPrivileges: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    if let Some(mask) = process.user().umask() {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+    }
+    reset_signals();
+    close_fds_on_exec(3 + cfg.preserve_fds);
+    let e = nix::unistd::execve(&p.program, &p.args, &p.env).unwrap_err();
+    Err(format!("exec {}: {e}", p.program.to_string_lossy()))
+}
+
+/// Finds `name` the way execvp does, but in the container's PATH.
+fn find_executable(name: &str, env: &[String]) -> Result<PathBuf, String> {
+    let check = |p: &Path| -> Result<(), String> {
+        let m =
+            std::fs::metadata(p).map_err(|e| format!("process.args[0] {}: {e}", p.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        if m.is_dir() || m.permissions().mode() & 0o111 == 0 {
+            return Err(format!(
+                "process.args[0] {}: not an executable file",
+                p.display()
+            ));
+        }
+        Ok(())
+    };
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        check(&p)?;
+        return Ok(p);
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let p = Path::new(dir).join(name);
+        if check(&p).is_ok() {
+            return Ok(p);
+        }
+    }
+    Err(format!(
+        "process.args[0] \"{name}\": executable file not found in $PATH ({path})"
+    ))
+}
+
+fn home_of(uid: u32) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() >= 6 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[5].to_string())
+            })
+        })
+        .unwrap_or_else(|| "/".to_string())
+}
+
+fn set_rlimits(process: &Process) -> Result<(), String> {
+    for r in process.rlimits().iter().flatten() {
+        let name = serde_json::to_value(r.typ())
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let resource = rlimit_resource(&name).ok_or(format!("process.rlimits: unknown {name}"))?;
+        let lim = libc::rlimit {
+            rlim_cur: r.soft(),
+            rlim_max: r.hard(),
+        };
+        // SAFETY: setrlimit with a valid resource and struct.
+        if unsafe { libc::setrlimit(resource, &lim) } != 0 {
+            return Err(format!(
+                "process.rlimits {name}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
+    Some(match name {
+        "RLIMIT_AS" => libc::RLIMIT_AS,
+        "RLIMIT_CORE" => libc::RLIMIT_CORE,
+        "RLIMIT_CPU" => libc::RLIMIT_CPU,
+        "RLIMIT_DATA" => libc::RLIMIT_DATA,
+        "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
+        "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
+        "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
+        "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
+        "RLIMIT_NICE" => libc::RLIMIT_NICE,
+        "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
+        "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
+        "RLIMIT_RSS" => libc::RLIMIT_RSS,
+        "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
+        "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
+        "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
+        "RLIMIT_STACK" => libc::RLIMIT_STACK,
+        _ => return None,
+    })
+}
+
+/// Converts the config's capability names into the caps crate's set.
+fn cap_set(list: &Option<oci_spec::runtime::Capabilities>) -> caps::CapsHashSet {
+    list.iter()
+        .flatten()
+        .filter_map(|c| caps::to_canonical(&c.to_string()).parse().ok())
+        .collect()
+}
+
+/// Drops the bounding set, switches to the config's user and sets the other capability sets.
+fn become_user(process: &Process) -> Result<(), String> {
+    use caps::CapSet;
+    let fallback = LinuxCapabilities::default();
+    let c = process.capabilities().as_ref().unwrap_or(&fallback);
+    let bounding = cap_set(c.bounding());
+    for cap in caps::runtime::thread_all_supported() {
+        if !bounding.contains(&cap) {
+            caps::drop(None, CapSet::Bounding, cap)
+                .map_err(|e| format!("process.capabilities.bounding: drop {cap}: {e}"))?;
+        }
+    }
+    let user = process.user();
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1) };
+    let groups: Vec<nix::unistd::Gid> = user
+        .additional_gids()
+        .iter()
+        .flatten()
+        .map(|g| nix::unistd::Gid::from_raw(*g))
+        .collect();
+    nix::unistd::setgroups(&groups).map_err(|e| format!("process.user.additionalGids: {e}"))?;
+    let gid = nix::unistd::Gid::from_raw(user.gid());
+    nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("process.user.gid {gid}: {e}"))?;
+    let uid = nix::unistd::Uid::from_raw(user.uid());
+    nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("process.user.uid {uid}: {e}"))?;
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0) };
+
+    let sets = [
+        (CapSet::Effective, cap_set(c.effective()), "effective"),
+        (CapSet::Inheritable, cap_set(c.inheritable()), "inheritable"),
+        (CapSet::Permitted, cap_set(c.permitted()), "permitted"),
+    ];
+    for (set, value, name) in sets {
+        caps::set(None, set, &value).map_err(|e| format!("process.capabilities.{name}: {e}"))?;
+    }
+    for cap in cap_set(c.ambient()) {
+        caps::raise(None, CapSet::Ambient, cap)
+            .map_err(|e| format!("process.capabilities.ambient: {cap}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A pty for the container: the master goes to the console socket, the slave becomes stdio.
+fn setup_terminal(console: &OwnedFd, process: &Process) -> Result<(), String> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let size = process.console_size().map(|b| nix::pty::Winsize {
+        ws_row: b.height() as u16,
+        ws_col: b.width() as u16,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    });
+    let pty = nix::pty::openpty(size.as_ref(), None).map_err(|e| format!("open pty: {e}"))?;
+    let fds = [pty.master.as_raw_fd()];
+    let iov = [std::io::IoSlice::new(b"/dev/ptmx")];
+    sendmsg::<()>(
+        console.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| format!("send pty to console socket: {e}"))?;
+    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    // SAFETY: TIOCSCTTY on a pty slave we own.
+    if unsafe { libc::ioctl(pty.slave.as_raw_fd(), libc::TIOCSCTTY, 0) } != 0 {
+        return Err(format!(
+            "make pty the controlling terminal: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    for target in 0..3 {
+        // SAFETY: dup2 onto the standard fds.
+        if unsafe { libc::dup2(pty.slave.as_raw_fd(), target) } < 0 {
+            return Err(format!(
+                "dup pty to fd {target}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Undoes what tug did to signal state: the blocked mask of `run`, Rust's ignored SIGPIPE.
+fn reset_signals() {
+    // SAFETY: resetting dispositions and the mask of this single-threaded process.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Marks every fd from `first` up close-on-exec, so nothing of tug's leaks into the container.
+fn close_fds_on_exec(first: u32) {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn executables_are_found_in_the_container_path() {
+        let env = vec!["PATH=/nonexistent:/bin".to_string()];
+        assert_eq!(
+            find_executable("sh", &env).unwrap(),
+            PathBuf::from("/bin/sh")
+        );
+        let e = find_executable("no-such-program-tug", &env).unwrap_err();
+        assert!(e.contains("not found in $PATH"), "{e}");
+        let e = find_executable("/etc/passwd", &env).unwrap_err();
+        assert!(e.contains("not an executable"), "{e}");
+    }
+
+    #[test]
+    fn rlimit_names_map() {
+        assert_eq!(rlimit_resource("RLIMIT_NOFILE"), Some(libc::RLIMIT_NOFILE));
+        assert_eq!(rlimit_resource("RLIMIT_BOGUS"), None);
+    }
+}

@@ -1,0 +1,355 @@
+//! The system calls that set up a container's filesystem and namespaces, behind a trait.
+//!
+//! [`LinuxSyscall`] makes the real calls. [`RecordingSyscall`] records them, so the ordering
+//! logic in [`crate::rootfs`] is unit-tested without root.
+
+use std::cell::RefCell;
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+use nix::sys::stat::{Mode, SFlag};
+
+pub trait Syscall {
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> io::Result<()>;
+    fn umount2(&self, target: &Path, flags: MntFlags) -> io::Result<()>;
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> io::Result<()>;
+    fn chdir(&self, path: &Path) -> io::Result<()>;
+    fn chroot(&self, path: &Path) -> io::Result<()>;
+    fn mkdir_all(&self, path: &Path) -> io::Result<()>;
+    /// Creates an empty file (and its parents) when nothing is at `path`.
+    fn touch(&self, path: &Path) -> io::Result<()>;
+    fn mknod(&self, path: &Path, kind: SFlag, perm: Mode, dev: u64) -> io::Result<()>;
+    fn chown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()>;
+    fn symlink(&self, original: &Path, link: &Path) -> io::Result<()>;
+    fn write_file(&self, path: &Path, contents: &str) -> io::Result<()>;
+    fn sethostname(&self, name: &str) -> io::Result<()>;
+    fn setdomainname(&self, name: &str) -> io::Result<()>;
+    fn setns(&self, fd: BorrowedFd<'_>, nstype: CloneFlags) -> io::Result<()>;
+    fn unshare(&self, flags: CloneFlags) -> io::Result<()>;
+    /// Whether `path` exists and is a directory (following symlinks).
+    fn is_dir(&self, path: &Path) -> bool;
+    fn exists(&self, path: &Path) -> bool;
+}
+
+/// The real thing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinuxSyscall;
+
+fn errno(e: nix::Error) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+impl Syscall for LinuxSyscall {
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> io::Result<()> {
+        nix::mount::mount(source, target, fstype, flags, data).map_err(errno)
+    }
+
+    fn umount2(&self, target: &Path, flags: MntFlags) -> io::Result<()> {
+        nix::mount::umount2(target, flags).map_err(errno)
+    }
+
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> io::Result<()> {
+        nix::unistd::pivot_root(new_root, put_old).map_err(errno)
+    }
+
+    fn chdir(&self, path: &Path) -> io::Result<()> {
+        nix::unistd::chdir(path).map_err(errno)
+    }
+
+    fn chroot(&self, path: &Path) -> io::Result<()> {
+        nix::unistd::chroot(path).map_err(errno)
+    }
+
+    fn mkdir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+
+    fn touch(&self, path: &Path) -> io::Result<()> {
+        if std::fs::symlink_metadata(path).is_ok() {
+            return Ok(());
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map(drop)
+    }
+
+    fn mknod(&self, path: &Path, kind: SFlag, perm: Mode, dev: u64) -> io::Result<()> {
+        nix::sys::stat::mknod(path, kind, perm, dev).map_err(errno)
+    }
+
+    fn chown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+    }
+
+    fn symlink(&self, original: &Path, link: &Path) -> io::Result<()> {
+        std::os::unix::fs::symlink(original, link)
+    }
+
+    fn write_file(&self, path: &Path, contents: &str) -> io::Result<()> {
+        std::fs::write(path, contents)
+    }
+
+    fn sethostname(&self, name: &str) -> io::Result<()> {
+        nix::unistd::sethostname(name).map_err(errno)
+    }
+
+    fn setdomainname(&self, name: &str) -> io::Result<()> {
+        // SAFETY: the pointer and length describe `name`, which outlives the call.
+        let r = unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    fn setns(&self, fd: BorrowedFd<'_>, nstype: CloneFlags) -> io::Result<()> {
+        nix::sched::setns(fd, nstype).map_err(errno)
+    }
+
+    fn unshare(&self, flags: CloneFlags) -> io::Result<()> {
+        nix::sched::unshare(flags).map_err(errno)
+    }
+
+    fn is_dir(&self, path: &Path) -> bool {
+        path.is_dir()
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        std::fs::symlink_metadata(path).is_ok()
+    }
+}
+
+/// One recorded call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    Mount {
+        source: Option<PathBuf>,
+        target: PathBuf,
+        fstype: Option<String>,
+        flags: MsFlags,
+        data: Option<String>,
+    },
+    Umount(PathBuf),
+    PivotRoot(PathBuf, PathBuf),
+    Chdir(PathBuf),
+    Chroot(PathBuf),
+    MkdirAll(PathBuf),
+    Touch(PathBuf),
+    Mknod(PathBuf, u64),
+    Chown(PathBuf, u32, u32),
+    Symlink(PathBuf, PathBuf),
+    WriteFile(PathBuf, String),
+    Sethostname(String),
+    Setdomainname(String),
+    Setns(i32, CloneFlags),
+    Unshare(CloneFlags),
+}
+
+/// Records every call and succeeds. Paths listed in `dirs` are directories, in `files` files.
+#[derive(Debug, Default)]
+pub struct RecordingSyscall {
+    pub calls: RefCell<Vec<Call>>,
+    pub dirs: Vec<PathBuf>,
+    pub files: Vec<PathBuf>,
+}
+
+impl RecordingSyscall {
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.borrow().clone()
+    }
+
+    fn push(&self, c: Call) -> io::Result<()> {
+        self.calls.borrow_mut().push(c);
+        Ok(())
+    }
+
+    /// Targets of the mount calls, in order.
+    pub fn mount_targets(&self) -> Vec<PathBuf> {
+        self.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Mount { target, .. } => Some(target),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn owned(p: Option<&Path>) -> Option<PathBuf> {
+    p.map(Path::to_path_buf)
+}
+
+impl Syscall for RecordingSyscall {
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> io::Result<()> {
+        self.push(Call::Mount {
+            source: owned(source),
+            target: target.to_path_buf(),
+            fstype: fstype.map(str::to_string),
+            flags,
+            data: data.map(str::to_string),
+        })
+    }
+    fn umount2(&self, target: &Path, _flags: MntFlags) -> io::Result<()> {
+        self.push(Call::Umount(target.into()))
+    }
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> io::Result<()> {
+        self.push(Call::PivotRoot(new_root.into(), put_old.into()))
+    }
+    fn chdir(&self, path: &Path) -> io::Result<()> {
+        self.push(Call::Chdir(path.into()))
+    }
+    fn chroot(&self, path: &Path) -> io::Result<()> {
+        self.push(Call::Chroot(path.into()))
+    }
+    fn mkdir_all(&self, path: &Path) -> io::Result<()> {
+        self.push(Call::MkdirAll(path.into()))
+    }
+    fn touch(&self, path: &Path) -> io::Result<()> {
+        self.push(Call::Touch(path.into()))
+    }
+    fn mknod(&self, path: &Path, _kind: SFlag, _perm: Mode, dev: u64) -> io::Result<()> {
+        self.push(Call::Mknod(path.into(), dev))
+    }
+    fn chown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+        self.push(Call::Chown(path.into(), uid, gid))
+    }
+    fn symlink(&self, original: &Path, link: &Path) -> io::Result<()> {
+        self.push(Call::Symlink(original.into(), link.into()))
+    }
+    fn write_file(&self, path: &Path, contents: &str) -> io::Result<()> {
+        self.push(Call::WriteFile(path.into(), contents.into()))
+    }
+    fn sethostname(&self, name: &str) -> io::Result<()> {
+        self.push(Call::Sethostname(name.into()))
+    }
+    fn setdomainname(&self, name: &str) -> io::Result<()> {
+        self.push(Call::Setdomainname(name.into()))
+    }
+    fn setns(&self, fd: BorrowedFd<'_>, nstype: CloneFlags) -> io::Result<()> {
+        self.push(Call::Setns(fd.as_raw_fd(), nstype))
+    }
+    fn unshare(&self, flags: CloneFlags) -> io::Result<()> {
+        self.push(Call::Unshare(flags))
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        self.dirs.iter().any(|d| d == path)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        self.is_dir(path) || self.files.iter().any(|f| f == path)
+    }
+}
+
+/// Joins `unsafe_path` onto `root` so that the result stays inside `root`, resolving symlinks
+/// in the existing part as if `root` were `/` (the idea of filepath-securejoin).
+pub fn secure_join(root: &Path, unsafe_path: &Path) -> io::Result<PathBuf> {
+    use std::path::Component;
+    let mut resolved = PathBuf::new();
+    let mut pending: Vec<std::ffi::OsString> = unsafe_path
+        .components()
+        .rev()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_os_string()),
+            Component::ParentDir => Some(OsStr::new("..").to_os_string()),
+            _ => None,
+        })
+        .collect();
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate = resolved.join(&part);
+        let full = root.join(&candidate);
+        match std::fs::symlink_metadata(&full) {
+            Ok(m) if m.file_type().is_symlink() => {
+                links += 1;
+                if links > 255 {
+                    return Err(io::Error::from_raw_os_error(libc::ELOOP));
+                }
+                let target = std::fs::read_link(&full)?;
+                if target.is_absolute() {
+                    resolved = PathBuf::new();
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(s) => pending.push(s.to_os_string()),
+                        Component::ParentDir => pending.push("..".into()),
+                        _ => {}
+                    }
+                }
+            }
+            _ => resolved = candidate,
+        }
+    }
+    Ok(root.join(resolved))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secure_join_stays_inside_root() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::os::unix::fs::symlink("/", root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../../..", root.join("etc/up")).unwrap();
+        assert_eq!(
+            secure_join(root, Path::new("/../../x")).unwrap(),
+            root.join("x")
+        );
+        assert_eq!(
+            secure_join(root, Path::new("/abs/etc")).unwrap(),
+            root.join("etc")
+        );
+        assert_eq!(
+            secure_join(root, Path::new("/etc/up/tmp")).unwrap(),
+            root.join("tmp")
+        );
+        assert_eq!(
+            secure_join(root, Path::new("/a/b")).unwrap(),
+            root.join("a/b")
+        );
+    }
+
+    #[test]
+    fn symlink_loops_end() {
+        let d = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("loop", d.path().join("loop")).unwrap();
+        assert!(secure_join(d.path(), Path::new("/loop/x")).is_err());
+    }
+}

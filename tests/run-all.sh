@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command: formatting, lints with warnings denied, then every test (root tests run
+# for real when this runs as root, as CI does).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tests/install-deps.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo build --workspace
+cargo test --workspace -- --test-threads=2

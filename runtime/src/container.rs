@@ -148,6 +148,26 @@ fn lock_dir(dir: &Path, id: &str) -> Result<DirLock, Error> {
     Ok(DirLock(f))
 }
 
+/// The fifo whose end of file tells `start` that init has exec'd the user's process.
+const EXEC_DONE: &str = "exec.done";
+
+/// Reads `done` (opened non-blocking) to its end in blocking mode; returns what was written.
+fn wait_for_exec(done: &fs::File) -> io::Result<String> {
+    use std::io::Read;
+    let flags = nix::fcntl::fcntl(done, nix::fcntl::FcntlArg::F_GETFL)?;
+    let flags = OFlag::from_bits_retain(flags) & !OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(done, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    let mut text = String::new();
+    let mut f = done;
+    loop {
+        match f.read_to_string(&mut text) {
+            Ok(_) => return Ok(text),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The status a container is in now, from its saved state and its process.
 pub fn live_status(st: &ContainerState) -> Status {
     match (st.pid, st.pid_start_time) {
@@ -314,6 +334,11 @@ impl Runtime {
             .map_err(|e| io_err(format!("mkfifo {}", fifo_path.display()))(e.into()))?;
         let fifo = open(&fifo_path, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
             .map_err(|e| io_err(format!("open {}", fifo_path.display()))(e.into()))?;
+        let done_path = dir.join(EXEC_DONE);
+        nix::unistd::mkfifo(&done_path, Mode::from_bits_truncate(0o600))
+            .map_err(|e| io_err(format!("mkfifo {}", done_path.display()))(e.into()))?;
+        let exec_done = open(&done_path, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|e| io_err(format!("open {}", done_path.display()))(e.into()))?;
 
         let mut cg: Box<dyn CgroupManager> = Box::new(FsCgroup::new(&cgroup_path)?);
         let created = cg.create(linux.resources().as_ref());
@@ -389,6 +414,7 @@ impl Runtime {
                     bundle,
                     channel: init_ch,
                     fifo,
+                    exec_done,
                     join,
                     new_cgroup_ns,
                     cgroup_mounts: cg.mounts(),
@@ -401,7 +427,7 @@ impl Runtime {
             (Forked::Parent { child }, placed) => (child, placed),
         };
         undo.child = Some(pid);
-        drop((init_ch, fifo, join, console, cgroup_fd));
+        drop((init_ch, fifo, exec_done, join, console, cgroup_fd));
 
         if !placed {
             cg.add_process(pid)?;
@@ -464,6 +490,13 @@ impl Runtime {
         let _lock = lock_dir(&dir, id)?;
         let mut st = ContainerState::load(&dir)?;
         check_transition(id, live_status(&st), Operation::Start)?;
+        // Open exec.done before the go byte, so its end of file means init has exec'd.
+        let done_path = dir.join(EXEC_DONE);
+        let done = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&done_path)
+            .ok();
         let fifo_path = dir.join("exec.fifo");
         let fifo = fs::OpenOptions::new()
             .write(true)
@@ -478,6 +511,21 @@ impl Runtime {
             .map_err(io_err(format!("write {}", fifo_path.display())))?;
         drop(fifo);
         let _ = fs::remove_file(&fifo_path);
+        if let Some(done) = done {
+            // Blocks until init's copy closes: at its exec, or when it dies. Anything written
+            // is init's error (a startContainer hook or the exec failed).
+            let failure =
+                wait_for_exec(&done).map_err(io_err(format!("read {}", done_path.display())))?;
+            let _ = fs::remove_file(&done_path);
+            if !failure.is_empty() {
+                st.status = Status::Stopped;
+                st.save(&dir)?;
+                return Err(Error::Init {
+                    id: id.to_string(),
+                    message: failure,
+                });
+            }
+        }
         st.status = Status::Running;
         st.save(&dir)?;
         if let Some(h) = st.hooks.as_ref().and_then(|h| h.poststart().clone()) {
@@ -504,6 +552,32 @@ impl Runtime {
         let pid = st.pid.expect("a live container has a pid");
         kill(Pid::from_raw(pid), signal)
             .map_err(|e| io_err(format!("signal {signal} to container {id} (pid {pid})"))(e.into()))
+    }
+
+    /// Freezes every process of a running container (cgroup freezer, v1 or v2).
+    pub fn pause(&self, id: &str) -> Result<(), Error> {
+        self.set_frozen(id, Operation::Pause, true)
+    }
+
+    /// Thaws a paused container.
+    pub fn resume(&self, id: &str) -> Result<(), Error> {
+        self.set_frozen(id, Operation::Resume, false)
+    }
+
+    fn set_frozen(&self, id: &str, op: Operation, frozen: bool) -> Result<(), Error> {
+        validate_id(id)?;
+        let dir = self.dir(id);
+        let _lock = lock_dir(&dir, id)?;
+        let mut st = ContainerState::load(&dir)?;
+        check_transition(id, live_status(&st), op)?;
+        FsCgroup::new(&st.cgroup_path)?.freeze(frozen)?;
+        st.status = if frozen {
+            Status::Paused
+        } else {
+            Status::Running
+        };
+        st.save(&dir)?;
+        Ok(())
     }
 
     /// Removes a container: its processes (with `force`), cgroup and state.

@@ -23,6 +23,9 @@ pub struct InitConfig<'a> {
     pub channel: Channel,
     /// exec.fifo opened read-write: init blocks reading it until `tug start` writes.
     pub fifo: OwnedFd,
+    /// exec.done opened read-write: closed by the exec (so `tug start` knows the process
+    /// runs), or given an error message if init fails after start.
+    pub exec_done: OwnedFd,
     /// Namespaces to join (all but pid, which the parent joins for its children).
     pub join: Vec<(OwnedFd, CloneFlags)>,
     pub new_cgroup_ns: bool,
@@ -41,8 +44,8 @@ pub fn run(cfg: InitConfig) -> ! {
         Ok(prepared) => match wait_and_exec(&cfg, prepared) {
             Ok(never) => match never {},
             Err(e) => {
-                // After Ready the parent may be gone: say it on the container's stderr too.
-                eprintln!("tug: {e}");
+                // After Ready the parent is gone: `tug start` reads the error from exec.done.
+                let _ = nix::unistd::write(&cfg.exec_done, e.as_bytes());
                 e
             }
         },
@@ -159,11 +162,13 @@ fn setup(cfg: &InitConfig) -> Result<Prepared, String> {
 }
 
 fn wait_and_exec(cfg: &InitConfig, p: Prepared) -> Result<std::convert::Infallible, String> {
+    // The container outlives `tug create`, which may exit as soon as it reads Ready: clear
+    // the death signal first, or a quick parent kills the init it has just made.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
     cfg.channel
         .send(&InitMsg::Ready)
         .map_err(|e| format!("reporting ready: {e}"))?;
-    // SAFETY: prctl with integer arguments; the container now outlives `tug create`.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
 
     let mut byte = [0u8; 1];
     loop {

@@ -113,6 +113,10 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Freeze every process of a running container.
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
     /// Print what this runtime supports, as JSON.
     Features,
 }
@@ -161,6 +165,8 @@ fn run(cli: Cli) -> Result<u8> {
             rt.kill(&id, sig, all)?;
         }
         Command::Delete { id, force } => rt.delete(&id, force)?,
+        Command::Pause { id } => rt.pause(&id)?,
+        Command::Resume { id } => rt.resume(&id)?,
         Command::Run { create, detach } => {
             let code = rt.run(&create.id, &create.options(), detach)?;
             return Ok(code.clamp(0, 255) as u8);

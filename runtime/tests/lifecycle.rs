@@ -1,145 +1,252 @@
-//! Root tests: real namespaces, cgroups and mounts on a busybox bundle.
+//! Root tests: the container lifecycle on a real busybox bundle (namespaces, mounts, hooks).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn skip() -> Option<&'static str> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root");
-    }
-    if !Path::new("/bin/busybox").exists() {
-        return Some("needs busybox-static at /bin/busybox");
-    }
-    None
-}
+use common::{id, no_cgroup_left, show, Env};
+use serde_json::json;
 
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new(args: &[&str], hostname: &str) -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("bundle/rootfs");
-        for d in ["bin", "proc", "sys", "dev", "tmp"] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
-        }
-        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-        for a in ["sh", "hostname", "sleep", "cat", "pwd", "env"] {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
-        }
-        let mut spec = serde_json::to_value(tug_runtime::spec::default_spec()).unwrap();
-        spec["process"]["args"] = serde_json::json!(args);
-        spec["process"]["env"] = serde_json::json!(["PATH=/bin", "TUGVAR=yes"]);
-        spec["process"]["cwd"] = serde_json::json!("/tmp");
-        spec["hostname"] = serde_json::json!(hostname);
-        std::fs::write(
-            dir.path().join("bundle/config.json"),
-            serde_json::to_string(&spec).unwrap(),
-        )
-        .unwrap();
-        Env { dir }
-    }
-    fn bundle(&self) -> PathBuf {
-        self.dir.path().join("bundle")
-    }
-    /// Runs tug; stdio goes through files, since a created container keeps tug's stdio open.
-    fn tug(&self, args: &[&str]) -> std::process::Output {
-        let out = tempfile::NamedTempFile::new().unwrap();
-        let err = tempfile::NamedTempFile::new().unwrap();
-        let status = Command::new(env!("CARGO_BIN_EXE_tug"))
-            .arg("--root")
-            .arg(self.dir.path().join("state"))
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .stdout(out.reopen().unwrap())
-            .stderr(err.reopen().unwrap())
-            .status()
-            .unwrap();
-        std::process::Output {
-            status,
-            stdout: std::fs::read(out.path()).unwrap(),
-            stderr: std::fs::read(err.path()).unwrap(),
-        }
-    }
-}
-
-fn id(name: &str) -> String {
-    format!("tugt{}-{name}", std::process::id())
-}
-
-fn no_cgroup_left(id: &str) {
-    for h in ["memory", "pids", "cpu", "devices", "freezer"] {
-        let p = Path::new("/sys/fs/cgroup").join(h).join("tug").join(id);
-        assert!(!p.exists(), "{} left behind", p.display());
-    }
+#[test]
+fn run_passes_exit_code_hostname_env_cwd_user() {
+    skip_unless_root!("run_passes_exit_code_hostname_env_cwd_user");
+    let mut env = Env::new(&[
+        "sh",
+        "-c",
+        "echo $(hostname) $TUGVAR $(pwd) $(id -u) $(id -g) $(id -G); exit 7",
+    ]);
+    env.edit(|s| {
+        s["hostname"] = json!("boxy");
+        s["process"]["cwd"] = json!("/tmp");
+        s["process"]["user"] = json!({"uid": 1000, "gid": 1001, "additionalGids": [20, 30]});
+    });
+    let id = id("run");
+    let out = env.run(&id);
+    assert_eq!(out.status.code(), Some(7), "{}", show(&out));
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (head, groups) = line.split_at(line.find(" 1000 1001 ").unwrap() + 11);
+    assert_eq!(head, "boxy yes /tmp 1000 1001 ");
+    let mut groups: Vec<&str> = groups.split_whitespace().collect();
+    groups.sort();
+    assert_eq!(groups, ["1001", "20", "30"], "{line}");
+    assert!(!env.state_root().join(&id).exists());
+    no_cgroup_left(&id);
 }
 
 #[test]
-fn run_passes_exit_code_hostname_env_cwd() {
-    if let Some(why) = skip() {
-        eprintln!("SKIP run_passes_exit_code_hostname_env_cwd: {why}");
-        return;
-    }
-    let env = Env::new(
-        &["sh", "-c", "echo $(hostname) $TUGVAR $(pwd); exit 7"],
-        "boxy",
+fn a_killed_process_exits_128_plus_signal() {
+    skip_unless_root!("a_killed_process_exits_128_plus_signal");
+    let env = std::sync::Arc::new(Env::new(&["sleep", "100"]));
+    let id = id("sig");
+    let runner = {
+        let (env, id) = (env.clone(), id.clone());
+        std::thread::spawn(move || env.run(&id))
+    };
+    common::wait_for(
+        "the container to run",
+        std::time::Duration::from_secs(20),
+        || env.state_root().join(&id).exists() && env.status(&id) == "running",
     );
-    let id = id("run");
-    let b = env.bundle();
-    let out = env.tug(&["run", &id, "--bundle", b.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(7), "{out:?}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "boxy yes /tmp");
-    assert!(!env.dir.path().join("state").join(&id).exists());
+    env.ok(&["kill", &id, "KILL"]);
+    let out = runner.join().unwrap();
+    assert_eq!(out.status.code(), Some(128 + 9), "{}", show(&out));
     no_cgroup_left(&id);
 }
 
 #[test]
 fn create_start_kill_delete() {
-    if let Some(why) = skip() {
-        eprintln!("SKIP create_start_kill_delete: {why}");
-        return;
-    }
-    let env = Env::new(&["sleep", "100"], "c");
+    skip_unless_root!("create_start_kill_delete");
+    let env = Env::new(&["sleep", "100"]);
     let id = id("life");
+    env.create(&id);
+    assert_eq!(env.status(&id), "created");
     let b = env.bundle();
-    let out = env.tug(&["create", &id, "--bundle", b.to_str().unwrap()]);
-    assert!(out.status.success(), "{out:?}");
-    let state: serde_json::Value =
-        serde_json::from_slice(&env.tug(&["state", &id]).stdout).unwrap();
-    assert_eq!(state["status"], "created");
     let again = env.tug(&["create", &id, "--bundle", b.to_str().unwrap()]);
-    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
-    assert!(env.tug(&["start", &id]).status.success());
-    let state: serde_json::Value =
-        serde_json::from_slice(&env.tug(&["state", &id]).stdout).unwrap();
-    assert_eq!(state["status"], "running");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already exists"),
+        "{}",
+        show(&again)
+    );
+    env.ok(&["start", &id]);
+    assert_eq!(env.status(&id), "running");
     let del = env.tug(&["delete", &id]);
     assert!(
         String::from_utf8_lossy(&del.stderr).contains("--force"),
-        "{del:?}"
+        "{}",
+        show(&del)
     );
-    assert!(env.tug(&["kill", &id, "KILL"]).status.success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let s: serde_json::Value =
-            serde_json::from_slice(&env.tug(&["state", &id]).stdout).unwrap();
-        if s["status"] == "stopped" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never stopped");
+    env.ok(&["kill", &id, "KILL"]);
+    env.wait_status(&id, "stopped");
+    let kill = env.tug(&["kill", &id, "TERM"]);
+    assert!(!kill.status.success(), "kill of a stopped container");
+    env.ok(&["delete", &id]);
+    no_cgroup_left(&id);
+    let gone = env.tug(&["state", &id]);
+    assert!(
+        !gone.status.success() && String::from_utf8_lossy(&gone.stderr).contains(&id),
+        "{}",
+        show(&gone)
+    );
+}
+
+#[test]
+fn kill_and_delete_in_every_state() {
+    skip_unless_root!("kill_and_delete_in_every_state");
+    let env = Env::new(&["sleep", "100"]);
+    // created: kill stops it, delete removes it.
+    let c = id("every-created");
+    env.create(&c);
+    env.ok(&["kill", &c, "KILL"]);
+    env.wait_status(&c, "stopped");
+    env.ok(&["delete", &c]);
+    // created: delete --force without a kill.
+    let cf = id("every-created-force");
+    env.create(&cf);
+    let out = env.tug(&["delete", "--force", &cf]);
+    assert!(out.status.success(), "{}", show(&out));
+    // running: delete --force.
+    let r = id("every-running");
+    env.create(&r);
+    env.ok(&["start", &r]);
+    let out = env.tug(&["delete", "--force", &r]);
+    assert!(out.status.success(), "{}", show(&out));
+    // paused: kill by signal name and number, then delete --force.
+    let p = id("every-paused");
+    env.create(&p);
+    env.ok(&["start", &p]);
+    env.ok(&["pause", &p]);
+    assert_eq!(env.status(&p), "paused");
+    let start = env.tug(&["start", &p]);
+    assert!(!start.status.success(), "start of a paused container");
+    let out = env.tug(&["kill", &p, "9"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let out = env.tug(&["delete", "--force", &p]);
+    assert!(out.status.success(), "{}", show(&out));
+    // a bad signal name is refused and named.
+    let b = id("every-badsig");
+    env.create(&b);
+    let out = env.tug(&["kill", &b, "SIGNOPE"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("SIGNOPE"),
+        "{}",
+        show(&out)
+    );
+    env.ok(&["delete", "--force", &b]);
+    for id in [c, cf, r, p, b] {
+        no_cgroup_left(&id);
+        assert!(!env.state_root().join(&id).exists(), "{id} state left");
     }
-    assert!(env.tug(&["delete", &id]).status.success());
+}
+
+#[test]
+fn readonly_rootfs_and_masked_paths_hold() {
+    skip_unless_root!("readonly_rootfs_and_masked_paths_hold");
+    let script = "touch /newfile 2>/dev/null && echo root-writable; \
+                  echo x > /proc/sys/kernel/domainname 2>/dev/null && echo sys-writable; \
+                  echo timer_list=$(cat /proc/timer_list | wc -c); \
+                  echo firmware=$(ls /sys/firmware | wc -l); \
+                  touch /scratch/f && echo scratch-writable";
+    let mut env = Env::new(&["sh", "-c", script]);
+    std::fs::create_dir(env.rootfs().join("scratch")).unwrap();
+    env.edit(|s| {
+        s["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
+            "options": ["nosuid", "nodev"]
+        }));
+    });
+    assert_eq!(env.spec["root"]["readonly"], true);
+    // The masked file has content on the host, so reading nothing inside means the mask held.
+    assert!(!std::fs::read("/proc/timer_list").unwrap().is_empty());
+    let id = id("ro");
+    let out = env.run(&id);
+    assert!(out.status.success(), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("root-writable"), "{text}");
+    assert!(!text.contains("sys-writable"), "{text}");
+    assert!(text.contains("timer_list=0"), "{text}");
+    assert!(text.contains("firmware=0"), "{text}");
+    assert!(text.contains("scratch-writable"), "{text}");
+    assert!(!env.rootfs().join("newfile").exists());
+}
+
+#[test]
+fn hooks_run_in_order_with_the_state() {
+    skip_unless_root!("hooks_run_in_order_with_the_state");
+    let mut env = Env::new(&["true"]);
+    let logdir = env.dir.path().join("hooklog");
+    std::fs::create_dir(&logdir).unwrap();
+    std::fs::create_dir(env.rootfs().join("hooklog")).unwrap();
+    let host_log = logdir.join("log");
+    // startContainer runs inside the container: it sees the log through a bind mount.
+    let hook = |name: &str, log: &str| {
+        json!({"path": "/bin/busybox",
+               "args": ["busybox", "sh", "-c", format!("echo \"{name} $(cat)\" >> {log}")]})
+    };
+    let h = host_log.to_str().unwrap().to_string();
+    env.edit(|s| {
+        s["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/hooklog", "type": "bind", "source": logdir, "options": ["rbind"]
+        }));
+        s["hooks"] = json!({
+            "prestart": [hook("prestart", &h)],
+            "createRuntime": [hook("createRuntime", &h)],
+            "createContainer": [hook("createContainer", &h)],
+            "startContainer": [hook("startContainer", "/hooklog/log")],
+            "poststart": [hook("poststart", &h)],
+            "poststop": [hook("poststop", &h)],
+        });
+    });
+    let id = id("hooks");
+    env.create(&id);
+    env.ok(&["start", &id]);
+    env.wait_status(&id, "stopped");
+    env.ok(&["delete", &id]);
+    let log = std::fs::read_to_string(&host_log).unwrap();
+    let names: Vec<&str> = log
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "prestart",
+            "createRuntime",
+            "createContainer",
+            "startContainer",
+            "poststart",
+            "poststop"
+        ],
+        "{log}"
+    );
+    for line in log.lines() {
+        let state: serde_json::Value =
+            serde_json::from_str(line.split_once(' ').unwrap().1).unwrap();
+        assert_eq!(state["id"], id.as_str(), "{line}");
+        assert_eq!(state["bundle"], env.bundle().to_str().unwrap(), "{line}");
+    }
+    no_cgroup_left(&id);
+}
+
+#[test]
+fn a_failing_hook_fails_create_and_leaves_nothing() {
+    skip_unless_root!("a_failing_hook_fails_create_and_leaves_nothing");
+    let mut env = Env::new(&["true"]);
+    env.edit(|s| {
+        s["hooks"] =
+            json!({"createRuntime": [{"path": "/bin/busybox", "args": ["busybox", "false"]}]});
+    });
+    let id = id("badhook");
+    let b = env.bundle();
+    let out = env.tug(&["create", &id, "--bundle", b.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("createRuntime"), "{err}");
+    assert!(!env.state_root().join(&id).exists());
     no_cgroup_left(&id);
 }
 
 #[test]
 fn bad_config_leaves_nothing() {
-    if let Some(why) = skip() {
-        eprintln!("SKIP bad_config_leaves_nothing: {why}");
-        return;
-    }
-    let env = Env::new(&["no-such-program"], "c");
+    skip_unless_root!("bad_config_leaves_nothing");
+    let env = Env::new(&["no-such-program"]);
     let id = id("bad");
     let b = env.bundle();
     let out = env.tug(&["create", &id, "--bundle", b.to_str().unwrap()]);
@@ -149,6 +256,28 @@ fn bad_config_leaves_nothing() {
         err.contains("process.args[0]") && err.contains("no-such-program"),
         "{err}"
     );
-    assert!(!env.dir.path().join("state").join(&id).exists());
+    assert!(!env.state_root().join(&id).exists());
+    no_cgroup_left(&id);
+}
+
+#[test]
+fn a_failing_start_container_hook_fails_start() {
+    skip_unless_root!("a_failing_start_container_hook_fails_start");
+    let mut env = Env::new(&["sleep", "100"]);
+    env.edit(|s| {
+        s["hooks"] =
+            json!({"startContainer": [{"path": "/bin/busybox", "args": ["busybox", "false"]}]});
+    });
+    let id = id("badstart");
+    env.create(&id);
+    let out = env.tug(&["start", &id]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("startContainer"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(env.status(&id), "stopped");
+    env.ok(&["delete", &id]);
     no_cgroup_left(&id);
 }

@@ -1,0 +1,23 @@
+//! tug-image: the OCI image store of a Tug host.
+//!
+//! [`ImageStore`] keeps verified blobs by digest, one unpacked directory per layer shared by
+//! every image that has it, and named references; it imports OCI layouts and archives,
+//! pulls from registries, and mounts an overlay rootfs per instance. See docs/images.md.
+
+pub mod content;
+pub mod digest;
+pub mod error;
+pub mod import;
+pub mod lock;
+pub mod oci;
+pub mod reference;
+pub mod rootfs;
+pub mod store;
+pub mod unpack;
+
+pub use digest::Digest;
+pub use error::Error;
+pub use oci::Platform;
+pub use reference::Reference;
+pub use rootfs::{Mounter, NixMounter};
+pub use store::{Image, ImageConfig, ImageDetails, ImageStore, PruneReport, Rootfs};

@@ -1,0 +1,298 @@
+//! Instance root filesystems: an overlay mount whose lower layers are the image's shared
+//! unpacked layers and whose upper and work dirs belong to the instance.
+//!
+//! `<data_dir>/rootfs/<instance>/` holds `image.json` (the manifest digest and layer dirs,
+//! written before the mount so garbage collection never removes a layer in use), `upper/`,
+//! `work/` and `merged/` (the mount point, the bundle's `root.path`).
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+use crate::store::{write_atomic, Image, ImageStore, Rootfs};
+
+/// The kernel reads legacy mount options from one page.
+pub const MAX_MOUNT_OPTIONS: usize = 4095;
+
+/// The mount syscalls, behind a trait so the option building and ordering are tested
+/// without root.
+pub trait Mounter {
+    fn mount_overlay(&self, target: &Path, options: &str) -> nix::Result<()>;
+    fn unmount(&self, target: &Path, detach: bool) -> nix::Result<()>;
+    fn is_mounted(&self, target: &Path) -> bool;
+}
+
+/// The real thing: `mount(2)` and `umount2(2)`, `/proc/self/mountinfo`.
+pub struct NixMounter;
+
+impl Mounter for NixMounter {
+    fn mount_overlay(&self, target: &Path, options: &str) -> nix::Result<()> {
+        mount(
+            Some("overlay"),
+            target,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(options),
+        )
+    }
+
+    fn unmount(&self, target: &Path, detach: bool) -> nix::Result<()> {
+        let flags = if detach {
+            MntFlags::MNT_DETACH
+        } else {
+            MntFlags::empty()
+        };
+        umount2(target, flags)
+    }
+
+    fn is_mounted(&self, target: &Path) -> bool {
+        mount_points()
+            .map(|points| points.iter().any(|p| p == target))
+            .unwrap_or(false)
+    }
+}
+
+/// Mount points of this mount namespace, with mountinfo's octal escapes decoded.
+pub fn mount_points() -> io::Result<Vec<PathBuf>> {
+    use std::os::unix::ffi::OsStringExt;
+    let text = fs::read("/proc/self/mountinfo")?;
+    let mut out = Vec::new();
+    for line in text.split(|&b| b == b'\n') {
+        let Some(field) = line.split(|&b| b == b' ').nth(4) else {
+            continue;
+        };
+        let mut decoded = Vec::with_capacity(field.len());
+        let mut i = 0;
+        while i < field.len() {
+            if field[i] == b'\\'
+                && i + 3 < field.len()
+                && field[i + 1..i + 4]
+                    .iter()
+                    .all(|c| (b'0'..=b'7').contains(c))
+            {
+                let v =
+                    (field[i + 1] - b'0') * 64 + (field[i + 2] - b'0') * 8 + (field[i + 3] - b'0');
+                decoded.push(v);
+                i += 4;
+            } else {
+                decoded.push(field[i]);
+                i += 1;
+            }
+        }
+        out.push(PathBuf::from(std::ffi::OsString::from_vec(decoded)));
+    }
+    Ok(out)
+}
+
+/// What `image.json` records for one instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RootfsRecord {
+    pub instance: String,
+    pub reference: String,
+    pub manifest: Digest,
+    pub layers: Vec<PathBuf>,
+}
+
+/// Every instance rootfs recorded under `<data_dir>/rootfs`.
+pub fn records(data_dir: &Path) -> Result<Vec<RootfsRecord>> {
+    let dir = data_dir.join("rootfs");
+    let rd = match fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut out = Vec::new();
+    for ent in rd {
+        let p = ent.at(&dir)?.path().join("image.json");
+        match fs::read(&p) {
+            Ok(data) => {
+                if let Ok(r) = serde_json::from_slice(&data) {
+                    out.push(r);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(p, e)),
+        }
+    }
+    Ok(out)
+}
+
+fn check_instance_id(id: &str) -> Result<()> {
+    let bad = |reason: &str| Error::InvalidInstanceId {
+        id: id.to_string(),
+        reason: reason.to_string(),
+    };
+    if id.is_empty() || id.len() > 128 {
+        return Err(bad("must be 1 to 128 characters"));
+    }
+    if id == "." || id == ".." {
+        return Err(bad("not a directory name"));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(bad("only letters, digits, '-', '_' and '.' are allowed"));
+    }
+    Ok(())
+}
+
+/// The overlay options for `layers` (lowest first): overlay lists the top layer first.
+pub fn overlay_options(layers: &[PathBuf], upper: &Path, work: &Path) -> Result<String> {
+    for p in layers.iter().map(PathBuf::as_path).chain([upper, work]) {
+        let s = p.to_string_lossy();
+        if s.contains(',') || s.contains(':') || s.contains('\\') {
+            return Err(Error::io(
+                p,
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "overlay paths may not contain ',', ':' or '\\'",
+                ),
+            ));
+        }
+    }
+    let lower: Vec<String> = layers
+        .iter()
+        .rev()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    Ok(format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        upper.display(),
+        work.display()
+    ))
+}
+
+impl ImageStore {
+    fn rootfs_dir(&self, instance_id: &str) -> PathBuf {
+        self.data_dir.join("rootfs").join(instance_id)
+    }
+
+    /// Mount the instance's rootfs (idempotent: an existing mount is returned unchanged).
+    pub fn prepare_rootfs(&self, image: &Image, instance_id: &str) -> Result<Rootfs> {
+        check_instance_id(instance_id)?;
+        let dir = self.rootfs_dir(instance_id);
+        let merged = dir.join("merged");
+        if self.mounter.is_mounted(&merged) {
+            return Ok(Rootfs { path: merged });
+        }
+        let _g = self.shared_lock()?;
+        let upper = dir.join("upper");
+        let work = dir.join("work");
+        for d in [&upper, &work, &merged] {
+            fs::create_dir_all(d).at(d)?;
+        }
+        let manifest: Digest = image.digest.parse()?;
+        let record = RootfsRecord {
+            instance: instance_id.to_string(),
+            reference: image.reference.clone(),
+            manifest,
+            layers: image.layers.clone(),
+        };
+        write_atomic(
+            &dir.join("image.json"),
+            &serde_json::to_vec_pretty(&record).expect("record serialises"),
+            &dir,
+        )?;
+        for l in &image.layers {
+            if !l.is_dir() {
+                return Err(Error::io(
+                    l,
+                    io::Error::new(io::ErrorKind::NotFound, "unpacked layer is missing"),
+                ));
+            }
+        }
+        let mut lower = image.layers.clone();
+        if lower.is_empty() {
+            // Overlay needs one lower dir; an image with no layers gets an empty one.
+            let empty = dir.join("empty");
+            fs::create_dir_all(&empty).at(&empty)?;
+            lower.push(empty);
+        }
+        let options = overlay_options(&lower, &upper, &work)?;
+        if options.len() > MAX_MOUNT_OPTIONS {
+            return Err(Error::TooManyLayers {
+                path: merged,
+                len: options.len(),
+                limit: MAX_MOUNT_OPTIONS,
+            });
+        }
+        self.mounter
+            .mount_overlay(&merged, &options)
+            .map_err(|source| Error::Mount {
+                path: merged.clone(),
+                op: "mount overlay",
+                source,
+            })?;
+        Ok(Rootfs { path: merged })
+    }
+
+    /// Unmount and delete the instance's rootfs (idempotent).
+    pub fn remove_rootfs(&self, instance_id: &str) -> Result<()> {
+        check_instance_id(instance_id)?;
+        let dir = self.rootfs_dir(instance_id);
+        let merged = dir.join("merged");
+        // A mount may be stacked more than once (an earlier crash); a busy one is detached.
+        let mut tries = 0;
+        while self.mounter.is_mounted(&merged) {
+            tries += 1;
+            match self.mounter.unmount(&merged, false) {
+                Ok(()) => {}
+                Err(nix::errno::Errno::EBUSY) if tries < 8 => self
+                    .mounter
+                    .unmount(&merged, true)
+                    .map_err(|source| Error::Mount {
+                    path: merged.clone(),
+                    op: "unmount (detach)",
+                    source,
+                })?,
+                Err(source) => {
+                    return Err(Error::Mount {
+                        path: merged.clone(),
+                        op: "unmount",
+                        source,
+                    })
+                }
+            }
+            if tries > 8 {
+                break;
+            }
+        }
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(dir, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_list_top_layer_first() {
+        let layers = vec![PathBuf::from("/l/bottom"), PathBuf::from("/l/top")];
+        let o = overlay_options(&layers, Path::new("/r/u"), Path::new("/r/w")).unwrap();
+        assert_eq!(o, "lowerdir=/l/top:/l/bottom,upperdir=/r/u,workdir=/r/w");
+        assert!(
+            overlay_options(&[PathBuf::from("/a:b")], Path::new("/u"), Path::new("/w")).is_err()
+        );
+    }
+
+    #[test]
+    fn instance_ids() {
+        for ok in ["abc", "svc-1_a.2"] {
+            check_instance_id(ok).unwrap();
+        }
+        for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(200)] {
+            assert!(check_instance_id(bad).is_err(), "{bad}");
+        }
+    }
+}

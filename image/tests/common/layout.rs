@@ -164,3 +164,54 @@ pub fn tug_arch() -> &'static str {
         other => other,
     }
 }
+
+/// An OCI layout whose `tag` names an image index with two platforms: this host's arch
+/// and `other`. Each image has one layer holding a file `platform` with its arch.
+/// Returns the host image's manifest digest.
+pub fn write_platform_index(dir: &Path, tag: &str) -> String {
+    fs::create_dir_all(dir).unwrap();
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let mut entries = Vec::new();
+    let mut host_digest = String::new();
+    for arch in [tug_arch(), "other"] {
+        let tar = layer_tar(&[Item::File("platform", arch.as_bytes(), 0o644)]);
+        let (ld, ls) = write_blob(dir, &gzip(&tar));
+        let config = serde_json::json!({
+            "architecture": arch, "os": "linux",
+            "config": {"Cmd": ["/bin/sh"]},
+            "rootfs": {"type": "layers", "diff_ids": [sha256(&tar)]},
+        });
+        let (cd, cs) = write_blob(dir, &serde_json::to_vec(&config).unwrap());
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": ld, "size": ls}],
+        });
+        let (md, ms) = write_blob(dir, &serde_json::to_vec(&manifest).unwrap());
+        if arch == tug_arch() {
+            host_digest = md.clone();
+        }
+        entries.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": md, "size": ms,
+            "platform": {"architecture": arch, "os": "linux"},
+        }));
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    });
+    let (idx, isz) = write_blob(dir, &serde_json::to_vec(&index).unwrap());
+    let top = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": idx, "size": isz,
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }],
+    });
+    fs::write(dir.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    host_digest
+}

@@ -5,6 +5,7 @@
 //! pulls from registries, and mounts an overlay rootfs per instance. See docs/images.md.
 
 pub mod auth;
+pub mod cli;
 pub mod content;
 pub mod digest;
 pub mod error;

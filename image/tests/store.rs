@@ -286,3 +286,52 @@ impl Drop for RootfsGuard<'_> {
         self.0.remove_rootfs(self.1).unwrap();
     }
 }
+
+#[tokio::test]
+async fn cli_commands_run_against_the_store() {
+    use tug_image::cli::{run, ImageCommand};
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("app");
+    write_layout(&layout, &two_layer_spec("localhost/app:1"));
+    let data = work.path().join("data");
+    run(
+        ImageCommand::Import {
+            path: layout,
+            name: Some("localhost/renamed:2".into()),
+            platform: None,
+        },
+        &data,
+    )
+    .await
+    .unwrap();
+    for format in ["table", "json"] {
+        run(
+            ImageCommand::Ls {
+                format: format.into(),
+                quiet: false,
+            },
+            &data,
+        )
+        .await
+        .unwrap();
+    }
+    run(
+        ImageCommand::Inspect {
+            reference: "localhost/renamed:2".into(),
+        },
+        &data,
+    )
+    .await
+    .unwrap();
+    let err = run(
+        ImageCommand::Rm {
+            references: vec!["localhost/nope:1".into()],
+        },
+        &data,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("localhost/nope:1"), "{err}");
+    run(ImageCommand::Prune, &data).await.unwrap();
+    assert!(ImageStore::open(&data).unwrap().list().unwrap().is_empty());
+}

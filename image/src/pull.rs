@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::stream::{self, StreamExt, TryStreamExt};
+use futures_util::stream::{self, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::auth;
@@ -167,14 +167,17 @@ impl ImageStore {
             n => n,
         };
         let client = &client;
-        let outcomes: Vec<Option<u64>> = stream::iter(jobs)
+        // Every layer runs to its end (done or failed) before an error is returned, so
+        // no unpacker is left working in the background.
+        let results: Vec<Result<Option<u64>>> = stream::iter(jobs)
             .map(|(desc, diff_id)| {
                 let sink = sink.clone();
                 async move { self.fetch_layer(client, &sink, desc, diff_id).await }
             })
             .buffer_unordered(concurrency)
-            .try_collect()
-            .await?;
+            .collect()
+            .await;
+        let outcomes: Vec<Option<u64>> = results.into_iter().collect::<Result<_>>()?;
         let mut layers_present = 0;
         for o in outcomes {
             match o {

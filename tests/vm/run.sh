@@ -1,0 +1,254 @@
+#!/usr/bin/env bash
+# The pure cgroup v2 stage: boots Debian's own kernel under qemu with every controller left to
+# cgroup v2 (cgroup_no_v1=all), the host's / shared in read-only over 9p, and runs test
+# binaries of the workspace inside it (built here, run only there). Output streams to this
+# terminal; the exit status is non-zero when a test binary fails or the VM dies.
+#
+#   tests/vm/run.sh [NAME[:FILTER[,FILTER...]]]...
+#
+# NAME is a test target of the package(s) in TUG_VM_PACKAGES (default tug-runtime), e.g.
+# `lifecycle` or `cgroups:memory,pids`. With no NAME: lifecycle and cgroups.
+#
+# Environment: TUG_VM_CACHE (kernel cache, default /var/cache/tug-vm), TUG_VM_ACCEL
+# (auto|kvm|tcg, default auto), TUG_VM_CPUS (2), TUG_VM_MEM (MiB, 1024), TUG_VM_TIMEOUT
+# (seconds for the whole VM, 2700), TUG_VM_JOB_TIMEOUT (seconds per test binary, 1500),
+# TUG_VM_TEST_THREADS (1), TUG_VM_PACKAGES (tug-runtime), TUG_VM_PROVISION (1: also run
+# vagrant/provision.sh in offline mode inside the VM; 0: do not).
+#
+# Nothing is installed on the host: the kernel package is fetched with `apt-get download`
+# and unpacked into the cache; the VM has no network device; qemu runs as a child of this
+# script and is killed by its pid on exit; the temp dir is removed.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+repo=$(pwd)
+here=$repo/tests/vm
+
+cache=${TUG_VM_CACHE:-/var/cache/tug-vm}
+accel=${TUG_VM_ACCEL:-auto}
+cpus=${TUG_VM_CPUS:-2}
+mem=${TUG_VM_MEM:-1024}
+vm_timeout=${TUG_VM_TIMEOUT:-2700}
+job_timeout=${TUG_VM_JOB_TIMEOUT:-1500}
+threads=${TUG_VM_TEST_THREADS:-1}
+packages=${TUG_VM_PACKAGES:-tug-runtime}
+provision=${TUG_VM_PROVISION:-1}
+
+log() { echo "tests/vm: $*"; }
+skip() {
+  log "SKIP the cgroup v2 VM stage: $*"
+  exit 0
+}
+
+# --- can qemu run at all? (the only reason to skip) ---
+command -v qemu-system-x86_64 >/dev/null || skip "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
+[ "$(uname -m)" = x86_64 ] || skip "this stage boots an amd64 kernel and needs an x86_64 host"
+qemu-system-x86_64 -accel help 2>/dev/null | grep -qx tcg ||
+  skip "qemu-system-x86_64 has no software emulation (tcg)"
+for tool in cpio dpkg-deb apt-get jq timeout; do
+  command -v "$tool" >/dev/null || { log "missing $tool (bash tests/install-deps.sh)"; exit 1; }
+done
+busybox=$(command -v busybox) || { log "missing busybox (busybox-static)"; exit 1; }
+if ldd "$busybox" >/dev/null 2>&1; then
+  log "$busybox is dynamically linked; the initramfs needs busybox-static"
+  exit 1
+fi
+
+start_all=$(date +%s)
+tmp=$(mktemp -d /tmp/tug-vm.XXXXXX)
+qpid=
+cleanup() {
+  if [ -n "$qpid" ] && kill -0 "$qpid" 2>/dev/null; then
+    kill "$qpid" 2>/dev/null || true
+    wait "$qpid" 2>/dev/null || true
+  fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- the kernel: Debian's linux-image-amd64, unpacked into the cache, never installed ---
+kernel_pkg() {
+  apt-cache depends linux-image-amd64 2>/dev/null |
+    awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }'
+}
+fetch_kernel() {
+  local pkg=$1 dir=$cache/$1 work kver
+  [ -f "$dir/.complete" ] && return 0
+  log "fetching $pkg into $dir (apt-get download + dpkg-deb -x, not installed)"
+  mkdir -p "$cache"
+  work=$(mktemp -d "$cache/.fetch.XXXXXX")
+  # (apt warns that it downloads as root, unsandboxed, into a root-owned dir: expected.)
+  (cd "$work" && apt-get download -qq "$pkg") 2>"$work/err" || sed 's/^/  /' "$work/err"
+  local deb
+  deb=$(find "$work" -maxdepth 1 -name "${pkg}_*.deb" | head -n1)
+  if [ -z "$deb" ]; then
+    rm -rf "$work"
+    return 1
+  fi
+  mkdir "$work/root"
+  dpkg-deb -x "$deb" "$work/root"
+  rm -f "$deb"
+  kver=$(ls "$work/root/lib/modules")
+  # No depmod on the host (kmod is not needed there): busybox makes modules.dep.
+  busybox depmod -b "$work/root" "$kver"
+  touch "$work/root/.complete"
+  rm -rf "$dir"
+  mv "$work/root" "$dir"
+  rm -rf "$work"
+  # Keep only the current kernel in the cache.
+  find "$cache" -mindepth 1 -maxdepth 1 ! -name "$pkg" -exec rm -rf {} +
+}
+pkg=$(kernel_pkg)
+if [ -z "$pkg" ]; then
+  apt-get update -qq || true
+  pkg=$(kernel_pkg)
+fi
+if [ -z "$pkg" ] || ! fetch_kernel "$pkg"; then
+  # Offline: fall back to whatever kernel is cached.
+  pkg=$(find "$cache" -mindepth 2 -maxdepth 2 -name .complete -printf '%h\n' 2>/dev/null |
+    head -n1 | xargs -r basename)
+  [ -n "$pkg" ] || { log "cannot fetch a linux-image-*-amd64 package and none is cached in $cache"; exit 1; }
+  log "could not fetch the current kernel package; using the cached $pkg"
+fi
+kdir=$cache/$pkg
+kver=$(ls "$kdir/lib/modules")
+vmlinuz=$kdir/boot/vmlinuz-$kver
+moddir=$kdir/lib/modules/$kver
+log "kernel $kver from $pkg"
+
+# --- the test binaries: built here, run only inside ---
+pkg_args=()
+for p in $packages; do pkg_args+=(-p "$p"); done
+log "building test binaries: cargo test ${pkg_args[*]} --no-run"
+cargo test "${pkg_args[@]}" --no-run --message-format=json >"$tmp/build.json"
+declare -A exe cwd_of
+while IFS=$'\t' read -r name path manifest; do
+  exe[$name]=$path
+  cwd_of[$name]=$(dirname "$manifest")
+done < <(jq -r 'select(.reason == "compiler-artifact" and .executable != null
+                        and .profile.test == true and (.target.kind | index("test")))
+                | [.target.name, .executable, .manifest_path] | @tsv' "$tmp/build.json")
+
+out=$tmp/out
+mkdir "$out"
+: >"$out/jobs"
+jobs=()
+if [ $# -eq 0 ]; then
+  for name in lifecycle cgroups; do
+    if [ -n "${exe[$name]:-}" ]; then
+      jobs+=("$name")
+    else
+      log "SKIP test target $name: not in ${packages} (yet)"
+    fi
+  done
+else
+  jobs=("$@")
+fi
+[ ${#jobs[@]} -gt 0 ] || { log "no test target to run"; exit 1; }
+for job in "${jobs[@]}"; do
+  name=${job%%:*}
+  filters=
+  [ "$job" != "$name" ] && filters=${job#*:}
+  if [[ ! $name =~ ^[A-Za-z0-9_-]+$ || ! $filters =~ ^[A-Za-z0-9_:,-]*$ ]]; then
+    log "bad test spec '$job' (NAME[:FILTER[,FILTER...]])"
+    exit 1
+  fi
+  [ -n "${exe[$name]:-}" ] || { log "no test target '$name' in: ${!exe[*]}"; exit 1; }
+  [[ "${exe[$name]}${cwd_of[$name]}" != *' '* ]] || { log "paths with spaces are not supported"; exit 1; }
+  echo "$name $job_timeout ${cwd_of[$name]} ${exe[$name]} --test-threads=$threads --nocapture ${filters//,/ }" >>"$out/jobs"
+done
+if [ "$provision" = 1 ]; then
+  echo "provision 600 $repo /bin/bash $here/provision-check.sh" >>"$out/jobs"
+fi
+
+# --- the initramfs: busybox, the virtio/9p modules and tests/vm/init ---
+ir=$tmp/initramfs
+mkdir -p "$ir/bin" "$ir/dev" "$ir/proc" "$ir/sys" "$ir/lib/modules/$kver"
+cp "$busybox" "$ir/bin/busybox"
+cp "$here/init" "$ir/init"
+chmod 0755 "$ir/init"
+want=$(awk -F: '$1 ~ /\/(virtio_pci|9pnet_virtio|9p)\.ko$/ { print $1; print $2 }' "$moddir/modules.dep" | tr ' ' '\n' | sort -u)
+for m in $want; do
+  mkdir -p "$ir/lib/modules/$kver/$(dirname "$m")"
+  cp "$moddir/$m" "$ir/lib/modules/$kver/$m"
+  grep "^$m:" "$moddir/modules.dep" >>"$ir/lib/modules/$kver/modules.dep"
+done
+cat >"$ir/tug-vm.env" <<EOF
+TUG_VM_KVER=$kver
+TUG_VM_MODULES=$moddir
+TUG_VM_GUEST=$here/guest.sh
+EOF
+(cd "$ir" && find . | cpio -o -H newc --quiet) >"$tmp/initrd"
+
+# --- the scratch disk for /tmp inside (sparse; ext4 made here, where it is fast) ---
+disk_args=()
+if command -v mkfs.ext4 >/dev/null; then
+  truncate -s 4G "$tmp/scratch.img"
+  mkfs.ext4 -q -F -E lazy_itable_init=1,lazy_journal_init=1 "$tmp/scratch.img"
+  disk_args=(-drive "file=$tmp/scratch.img,format=raw,if=virtio,cache=unsafe")
+else
+  log "no mkfs.ext4: /tmp inside is a tmpfs and block-device tests will skip"
+fi
+
+# --- boot ---
+if [ "$accel" = auto ]; then
+  accel=tcg
+  # KVM only where it is usable; on the development machines /dev/kvm is there but cannot boot
+  # a stock kernel, so TUG_VM_ACCEL=kvm is an explicit choice.
+  if [ -w /dev/kvm ] && [ -n "${TUG_VM_TRY_KVM:-}" ]; then accel=kvm; fi
+fi
+case $accel in
+  kvm) accel_args=(-accel kvm -cpu host) ;;
+  tcg) accel_args=(-accel "tcg,thread=multi" -cpu max) ;;
+  *) log "TUG_VM_ACCEL must be auto, kvm or tcg"; exit 1 ;;
+esac
+append="console=ttyS0 panic=-1 quiet loglevel=4 rdinit=/init cgroup_no_v1=all systemd.unified_cgroup_hierarchy=1"
+log "booting ($accel, $cpus cpu(s), ${mem} MiB); jobs: ${jobs[*]}$([ "$provision" = 1 ] && echo ' provision')"
+boot_start=$(date +%s)
+qemu-system-x86_64 -nodefaults -no-user-config -machine q35 "${accel_args[@]}" \
+  -smp "$cpus" -m "$mem" -display none -no-reboot -nic none \
+  -chardev stdio,id=con,signal=off -serial chardev:con \
+  "${disk_args[@]}" \
+  -kernel "$vmlinuz" -initrd "$tmp/initrd" -append "$append" \
+  -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+  -virtfs "local,path=$out,mount_tag=tugout,security_model=none,multidevs=remap" \
+  </dev/null &
+qpid=$!
+# A watchdog: the VM is killed (by its pid) if it outlives TUG_VM_TIMEOUT.
+( sleep "$vm_timeout"; kill "$qpid" 2>/dev/null && echo "tests/vm: VM killed after ${vm_timeout}s" ) &
+watchdog=$!
+qrc=0
+wait "$qpid" || qrc=$?
+qpid=
+kill "$watchdog" 2>/dev/null || true
+wait "$watchdog" 2>/dev/null || true
+vm_secs=$(($(date +%s) - boot_start))
+
+# --- results ---
+fail=0
+if [ ! -f "$out/finished" ]; then
+  log "the VM did not finish its jobs (qemu exit $qrc)"
+  fail=1
+fi
+for job in "${jobs[@]}" $([ "$provision" = 1 ] && echo provision); do
+  name=${job%%:*}
+  rc=$(cat "$out/$name.rc" 2>/dev/null || echo none)
+  log "$name: exit $rc"
+  [ "$rc" = 0 ] || fail=1
+done
+if [ -s "$out/cgroups-left" ]; then
+  log "cgroups left behind in the VM:"
+  sed 's/^/  /' "$out/cgroups-left"
+  fail=1
+fi
+if [ -s "$out/mounts-left" ]; then
+  log "mounts left behind in the VM:"
+  sed 's/^/  /' "$out/mounts-left"
+  fail=1
+fi
+log "VM ran ${vm_secs}s; stage took $(($(date +%s) - start_all))s in all"
+if [ "$fail" != 0 ]; then
+  log "FAILED"
+  exit 1
+fi
+log "passed"

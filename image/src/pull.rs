@@ -380,3 +380,18 @@ impl Read for ChannelReader {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The agent spawns pulls on a multi-threaded runtime: the future must be `Send`.
+    #[allow(dead_code)]
+    fn pull_future_is_send(store: &ImageStore, opts: &PullOptions) {
+        fn send<T: Send>(_: &T) {}
+        let f = store.pull("x", opts);
+        send(&f);
+        fn sync<T: Send + Sync>() {}
+        sync::<ImageStore>();
+    }
+}

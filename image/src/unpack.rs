@@ -439,8 +439,11 @@ impl<'a> Unpacker<'a> {
         }
         for (key, value) in &pax.xattrs {
             if let Err(e) = set_xattr(&dest, key, value) {
+                // Unsupported by this filesystem, not allowed to us, or a user.* xattr
+                // on a symlink (which Linux refuses): skipped, as tar does.
                 let skip = e.raw_os_error() == Some(libc::EOPNOTSUPP)
-                    || (!self.as_root && e.raw_os_error() == Some(libc::EPERM));
+                    || (e.raw_os_error() == Some(libc::EPERM)
+                        && (!self.as_root || kind == T::Symlink));
                 if !skip {
                     return Err(self.refuse(
                         &raw_path,

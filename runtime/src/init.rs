@@ -77,19 +77,9 @@ fn setup(cfg: &InitConfig) -> Result<Prepared, String> {
         return Err("tug exited while creating the container".into());
     }
 
-    let state_json = match cfg.channel.recv::<ParentMsg>() {
-        Ok(ParentMsg::CgroupJoined { state }) => state,
-        Ok(other) => return Err(format!("protocol: expected CgroupJoined, got {other:?}")),
-        Err(e) => return Err(format!("waiting for the parent: {e}")),
-    };
-
     for (fd, flags) in &cfg.join {
         sys.setns(std::os::fd::AsFd::as_fd(fd), *flags)
             .map_err(|e| format!("join {flags:?} namespace: {e}"))?;
-    }
-    if cfg.new_cgroup_ns {
-        sys.unshare(CloneFlags::CLONE_NEWCGROUP)
-            .map_err(|e| format!("unshare cgroup namespace: {e}"))?;
     }
     if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
         sys.sethostname(h)
@@ -112,6 +102,21 @@ fn setup(cfg: &InitConfig) -> Result<Prepared, String> {
         &cfg.cgroup_mounts,
     )
     .map_err(|e| e.to_string())?;
+
+    // The parent moves this process into its cgroup while the mounts above are made: on a v1
+    // host the first cgroup.procs write of a burst waits for an RCU grace period (~10 ms), and
+    // this way init does not sit idle through it. Nothing above forks or runs the user's code.
+    let state_json = match cfg.channel.recv::<ParentMsg>() {
+        Ok(ParentMsg::CgroupJoined { state }) => state,
+        Ok(other) => return Err(format!("protocol: expected CgroupJoined, got {other:?}")),
+        Err(e) => return Err(format!("waiting for the parent: {e}")),
+    };
+
+    // Unshared only now, so the container's cgroup is the root of its cgroup namespace.
+    if cfg.new_cgroup_ns {
+        sys.unshare(CloneFlags::CLONE_NEWCGROUP)
+            .map_err(|e| format!("unshare cgroup namespace: {e}"))?;
+    }
 
     let hooks = spec.hooks().as_ref();
     let has_runtime_hooks = hooks.is_some_and(|h| {
@@ -343,9 +348,12 @@ fn become_user(process: &Process) -> Result<(), String> {
     for (set, value, name) in sets {
         caps::set(None, set, &value).map_err(|e| format!("process.capabilities.{name}: {e}"))?;
     }
+    // An ambient capability must also be permitted and inheritable; runc's default spec
+    // lists some that are not inheritable, and runc only warns, so tug does the same.
     for cap in cap_set(c.ambient()) {
-        caps::raise(None, CapSet::Ambient, cap)
-            .map_err(|e| format!("process.capabilities.ambient: {cap}: {e}"))?;
+        if let Err(e) = caps::raise(None, CapSet::Ambient, cap) {
+            tracing::warn!("process.capabilities.ambient: cannot raise {cap}: {e}");
+        }
     }
     Ok(())
 }

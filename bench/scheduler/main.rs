@@ -126,6 +126,7 @@ fn build_services(count: u64, rng: &mut Rng) -> Vec<(String, ServiceSpec)> {
                     container: Port(8080),
                     published: Some(Port(20000 + (i % 1000) as u16)),
                     protocol: Protocol::Tcp,
+                    mode: Default::default(),
                 }),
                 6 if i > 0 => spec.placement.affinity.push(AffinityRule {
                     service: format!("svc-{}", i - 1),

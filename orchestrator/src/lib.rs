@@ -1,6 +1,7 @@
 //! tugboat: the orchestrator's library: spec files, the store, the scheduler, the controllers,
-//! the HTTP API and its client. The `tugboat` binary only parses arguments and calls in here.
+//! the HTTP API and its client, and the agent. The `tugboat` binary only parses arguments and calls in here.
 
+pub mod agent;
 pub mod api;
 pub mod cli_config;
 pub mod client;
@@ -13,3 +14,4 @@ pub mod scheduler;
 pub mod server;
 pub mod spec;
 pub mod store;
+pub mod up;

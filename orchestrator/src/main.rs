@@ -68,6 +68,53 @@ enum Command {
         action: RolloutAction,
         service: String,
     },
+    /// Run this host's instances for the server at --addr (data in --data-dir).
+    Agent {
+        #[arg(long)]
+        node: String,
+        /// Node label, `key=value`; repeat for more.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// This node's container subnet.
+        #[arg(long, default_value = "10.88.0.0/24")]
+        subnet: String,
+        /// Unpacked images (`<dir>/<name>/<tag>/rootfs`); default <data-dir>/images.
+        #[arg(long)]
+        images: Option<PathBuf>,
+    },
+    /// Server and agent in one process: apply a spec file, say where it answers; Ctrl-C
+    /// stops everything.
+    Up {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        #[arg(long, default_value = "local")]
+        node: String,
+        /// Unpacked images (`<dir>/<name>/<tag>/rootfs`); default <data-dir>/images.
+        #[arg(long)]
+        images: Option<PathBuf>,
+    },
+    /// The per-container monitor (started by the agent).
+    #[command(hide = true)]
+    Monitor {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long)]
+        runtime_root: PathBuf,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 1 << 20)]
+        log_max_bytes: u64,
+    },
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("label `{s}` is not key=value"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -84,6 +131,14 @@ enum Kind {
 enum RolloutAction {
     Status,
     Undo,
+}
+
+fn images_for(
+    dir: Option<&std::path::Path>,
+    data_dir: &std::path::Path,
+) -> std::sync::Arc<dyn tugboat::agent::images::ImageSource> {
+    let dir = dir.map_or_else(|| data_dir.join("images"), |d| d.to_path_buf());
+    std::sync::Arc::new(tugboat::agent::images::DirImages::new(&dir))
 }
 
 fn client(cli: &Cli) -> Result<ApiClient> {
@@ -113,6 +168,24 @@ fn print_data<T: serde::Serialize>(
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // The monitor must stay single-threaded: it runs before any async runtime exists.
+    if let Command::Monitor {
+        id,
+        bundle,
+        runtime_root,
+        dir,
+        log_max_bytes,
+    } = &cli.command
+    {
+        let args = tugboat::agent::monitor::MonitorArgs {
+            id: id.clone(),
+            bundle: bundle.clone(),
+            runtime_root: runtime_root.clone(),
+            dir: dir.clone(),
+            log_max_bytes: *log_max_bytes,
+        };
+        return std::process::ExitCode::from(tugboat::agent::monitor::run(&args) as u8);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -261,6 +334,37 @@ async fn run(cli: Cli) -> Result<()> {
                 bail!("the last rollout of {service} failed and was rolled back");
             }
         }
+        Command::Agent {
+            node,
+            labels,
+            subnet,
+            images,
+        } => {
+            let mut config = tugboat::agent::AgentConfig::new(node, &cli.data_dir);
+            config.labels = labels.iter().cloned().collect();
+            config.subnet = subnet
+                .parse()
+                .with_context(|| format!("--subnet {subnet}"))?;
+            let images = images_for(images.as_deref(), &cli.data_dir);
+            tugboat::agent::run_until_signal(config, client(&cli)?, images).await?;
+        }
+        Command::Up {
+            file,
+            listen,
+            node,
+            images,
+        } => {
+            let config = tugboat::up::UpConfig {
+                file: file.clone(),
+                data_dir: cli.data_dir.clone(),
+                listen: *listen,
+                node: node.clone(),
+                images: images_for(images.as_deref(), &cli.data_dir),
+                adjust_agent: |_| {},
+            };
+            tugboat::up::up(config, tugboat::up::interrupted()).await?;
+        }
+        Command::Monitor { .. } => unreachable!("handled before the async runtime starts"),
     }
     Ok(())
 }

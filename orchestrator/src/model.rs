@@ -239,7 +239,7 @@ impl Instance {
         self.spec
             .ports
             .iter()
-            .filter_map(|p| p.published.map(|h| (p.protocol, h.0)))
+            .filter_map(|p| p.host_port().map(|h| (p.protocol, h)))
     }
     pub fn named_volumes(&self) -> impl Iterator<Item = &str> + '_ {
         self.spec

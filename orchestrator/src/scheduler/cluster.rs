@@ -23,7 +23,7 @@ impl PlacementRequest {
             host_ports: spec
                 .ports
                 .iter()
-                .filter_map(|p| p.published.map(|h| (p.protocol, h.0)))
+                .filter_map(|p| p.host_port().map(|h| (p.protocol, h)))
                 .collect(),
             named_volumes: spec
                 .volumes

@@ -143,6 +143,7 @@ fn published_ports_are_exclusive_per_node_and_protocol() {
         container: Port(80),
         published: Some(Port(8080)),
         protocol: Protocol::Tcp,
+        mode: Default::default(),
     }];
     scheduler.place(&mut cluster, &request("web", &s)).unwrap();
     let why = scheduler.plan(&cluster, &request("web", &s)).unwrap_err();
@@ -368,6 +369,7 @@ mod properties {
                         container: Port(80),
                         published: Some(Port(port)),
                         protocol: Protocol::Tcp,
+                        mode: Default::default(),
                     }];
                 }
                 if one_per_node {

@@ -52,6 +52,42 @@ pub struct ServiceSpec {
     pub placement: PlacementSpec,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// How the agent stops an instance.
+    #[serde(default, skip_serializing_if = "StopSpec::is_default")]
+    pub stop: StopSpec,
+}
+
+/// Stopping an instance: `signal` to its main process, then SIGKILL to all its processes
+/// after `grace_seconds`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopSpec {
+    #[serde(default = "default_stop_signal")]
+    pub signal: String,
+    #[serde(default = "default_grace")]
+    pub grace_seconds: u32,
+}
+
+fn default_stop_signal() -> String {
+    "TERM".into()
+}
+fn default_grace() -> u32 {
+    10
+}
+
+impl Default for StopSpec {
+    fn default() -> Self {
+        StopSpec {
+            signal: default_stop_signal(),
+            grace_seconds: default_grace(),
+        }
+    }
+}
+
+impl StopSpec {
+    pub fn is_default(&self) -> bool {
+        *self == StopSpec::default()
+    }
 }
 
 fn one() -> u32 {
@@ -98,6 +134,33 @@ pub struct PortSpec {
     pub published: Option<Port>,
     #[serde(default)]
     pub protocol: Protocol,
+    /// `host` (default): the instance's own port on its node, exclusive per node.
+    /// `ingress`: the service's port on every node, balanced over its ready instances.
+    #[serde(default, skip_serializing_if = "PublishMode::is_host")]
+    pub mode: PublishMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    #[default]
+    Host,
+    Ingress,
+}
+
+impl PublishMode {
+    pub fn is_host(&self) -> bool {
+        *self == PublishMode::Host
+    }
+}
+
+impl PortSpec {
+    /// The host port this instance holds on its node (host mode only).
+    pub fn host_port(&self) -> Option<u16> {
+        self.published
+            .filter(|_| self.mode == PublishMode::Host)
+            .map(|p| p.0)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -344,6 +407,7 @@ impl ServiceSpec {
             update: UpdateSpec::default(),
             placement: PlacementSpec::default(),
             labels: BTreeMap::new(),
+            stop: StopSpec::default(),
         }
     }
 

@@ -90,6 +90,15 @@ pub fn validate_services(
 }
 
 fn check_service(c: &mut Checker, base: &str, spec: &ServiceSpec, exists: &dyn Fn(&str) -> bool) {
+    if tug_runtime::signal::parse_signal(&spec.stop.signal).is_err() {
+        c.fail(
+            format!("{base}.stop.signal"),
+            format!(
+                "`{}` is not a signal: use a name like TERM, INT, QUIT or a number",
+                spec.stop.signal
+            ),
+        );
+    }
     if spec.image.trim().is_empty() || spec.image.contains(char::is_whitespace) {
         c.fail(
             format!("{base}.image"),
@@ -427,6 +436,7 @@ mod tests {
             container: Port(80),
             published: Some(Port(8080)),
             protocol: Protocol::Tcp,
+            mode: Default::default(),
         };
         spec.ports = vec![port.clone(), port];
         let e = errors(&one("web", spec));

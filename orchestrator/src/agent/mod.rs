@@ -1,0 +1,472 @@
+//! `tugboat agent`: runs the cluster's instances on one host.
+//!
+//! It registers the node (capacity read from the host, labels from flags), heartbeats,
+//! lists then watches the instances assigned to it, and runs one supervisor task per
+//! instance ([`instance`]): ordered idempotent steps, then a per-container monitor process
+//! ([`monitor`]) that is the container's parent, so containers outlive the agent. A restarted
+//! agent finds its instances under `<data-dir>/instances/` and re-attaches to their monitors.
+//! Services get virtual addresses, names and a balancer ([`services`]).
+
+pub mod bundle;
+pub mod images;
+pub mod instance;
+pub mod monitor;
+pub mod netns_file;
+pub mod probes;
+pub mod services;
+
+use crate::client::ApiClient;
+use crate::controlplane::{NodeRegistration, WatchKind};
+use crate::model::{Instance, InstancePhase, Resources};
+use crate::spec::PublishMode;
+use images::ImageSource;
+use instance::StopMode;
+use ipnetwork::Ipv4Network;
+use services::ServiceTable;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tug_netns::{Network, NetworkConfig};
+
+/// How an agent is set up.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node: String,
+    pub labels: BTreeMap<String, String>,
+    /// Instances, volumes, the runtime's state, network state.
+    pub data_dir: PathBuf,
+    /// This node's container subnet.
+    pub subnet: Ipv4Network,
+    /// Where services get their virtual addresses.
+    pub service_range: Ipv4Network,
+    /// The network's name (and so its bridge, `tug-<name>`).
+    pub network: String,
+    /// The `tugboat` binary that runs monitors (default: this process's executable).
+    pub monitor_exe: PathBuf,
+    pub log_max_bytes: u64,
+    pub heartbeat: Duration,
+    /// The address other nodes reach this one at (reported to the server).
+    pub address: Option<String>,
+}
+
+impl AgentConfig {
+    pub fn new(node: &str, data_dir: &Path) -> AgentConfig {
+        AgentConfig {
+            node: node.into(),
+            labels: BTreeMap::new(),
+            data_dir: data_dir.into(),
+            subnet: "10.88.0.0/24".parse().expect("a subnet"),
+            service_range: "10.89.0.0/24".parse().expect("a subnet"),
+            network: "tugboat".into(),
+            monitor_exe: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
+            log_max_bytes: 1 << 20,
+            heartbeat: Duration::from_secs(2),
+            address: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("node {node}: data dir {path}: {source}")]
+    DataDir {
+        node: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("node {node}: {source}")]
+    Network {
+        node: String,
+        #[source]
+        source: tug_netns::NetworkError,
+    },
+    #[error("node {node}: {message}")]
+    Service { node: String, message: String },
+}
+
+/// What every instance supervisor shares.
+pub struct NodeContext {
+    pub node: String,
+    pub data_dir: PathBuf,
+    pub client: ApiClient,
+    pub images: Arc<dyn ImageSource>,
+    pub network: Network,
+    /// Network calls one at a time: the network's file lock is taken per call, and two
+    /// calls waiting on it from one process would block the async runtime's threads.
+    pub net_lock: tokio::sync::Mutex<()>,
+    pub services: Arc<ServiceTable>,
+    pub runtime_root: PathBuf,
+    pub monitor_exe: PathBuf,
+    pub log_max_bytes: u64,
+}
+
+impl NodeContext {
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.data_dir.join("volumes")
+    }
+}
+
+/// The host's CPUs (in millicores) and memory.
+pub fn host_capacity() -> Resources {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024);
+    Resources::new(cpus * 1000, memory, 0)
+}
+
+struct Running {
+    stop: watch::Sender<StopMode>,
+    task: JoinHandle<()>,
+}
+
+/// A running agent.
+pub struct Agent {
+    ctx: Arc<NodeContext>,
+    config: AgentConfig,
+    instances: HashMap<String, Running>,
+}
+
+impl Agent {
+    /// Opens the node's network and service table; registers nothing yet.
+    pub async fn open(
+        config: AgentConfig,
+        client: ApiClient,
+        images: Arc<dyn ImageSource>,
+    ) -> Result<Agent, AgentError> {
+        let node = config.node.clone();
+        for dir in ["instances", "volumes", "runtime", "net"] {
+            let path = config.data_dir.join(dir);
+            std::fs::create_dir_all(&path).map_err(|source| AgentError::DataDir {
+                node: node.clone(),
+                path,
+                source,
+            })?;
+        }
+        let mut net =
+            NetworkConfig::new(&config.network, config.subnet, config.data_dir.join("net"));
+        net.cluster_cidr = Some(config.service_range);
+        let network = Network::open(net)
+            .await
+            .map_err(|source| AgentError::Network {
+                node: node.clone(),
+                source,
+            })?;
+        let services =
+            ServiceTable::open(config.service_range, &config.data_dir.join("services.json"));
+        let ctx = Arc::new(NodeContext {
+            node,
+            data_dir: config.data_dir.clone(),
+            client,
+            images,
+            network,
+            net_lock: tokio::sync::Mutex::new(()),
+            services,
+            runtime_root: config.data_dir.join("runtime"),
+            monitor_exe: config.monitor_exe.clone(),
+            log_max_bytes: config.log_max_bytes,
+        });
+        Ok(Agent {
+            ctx,
+            config,
+            instances: HashMap::new(),
+        })
+    }
+
+    pub fn context(&self) -> &Arc<NodeContext> {
+        &self.ctx
+    }
+
+    fn registration(&self) -> NodeRegistration {
+        let volumes = std::fs::read_dir(self.ctx.volumes_dir())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        NodeRegistration {
+            name: self.config.node.clone(),
+            labels: self.config.labels.clone(),
+            capacity: host_capacity(),
+            address: self.config.address.clone(),
+            volumes,
+        }
+    }
+
+    /// Registers (retrying until the server answers), then runs until `shutdown` is set:
+    /// `true` stops every instance and removes the network, `false` leaves them running.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<Option<bool>>) {
+        let client = self.ctx.client.clone();
+        loop {
+            match client.register_node(&self.registration()).await {
+                Ok(_) => break,
+                Err(e) => eprintln!("tugboat agent: register {}: {e}", self.config.node),
+            }
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    let stop_all = shutdown.borrow().unwrap_or(false);
+                    return self.finish(stop_all).await;
+                }
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        self.adopt_local();
+        let heartbeat = tokio::spawn(heartbeat_loop(
+            client.clone(),
+            self.registration(),
+            self.config.heartbeat,
+        ));
+        let services = tokio::spawn(service_loop(self.ctx.clone()));
+        let mut from = 0;
+        loop {
+            let requested = *shutdown.borrow();
+            if let Some(stop_all) = requested {
+                heartbeat.abort();
+                services.abort();
+                let _ = services.await;
+                return self.finish(stop_all).await;
+            }
+            let changes = if from == 0 {
+                match client.assigned_instances(&self.config.node).await {
+                    Ok(list) => {
+                        from = list.revision + 1;
+                        self.sync_assigned(list.items);
+                        continue;
+                    }
+                    Err(_) => None,
+                }
+            } else {
+                let watch = client.watch(
+                    WatchKind::Instances,
+                    from,
+                    Duration::from_secs(20),
+                    Some(&self.config.node),
+                );
+                tokio::select! {
+                    _ = shutdown.changed() => continue,
+                    r = watch => match r {
+                        Ok(batch) => {
+                            from = batch.revision + 1;
+                            Some(batch.changes)
+                        }
+                        Err(e) if e.status() == Some(410) => {
+                            from = 0;
+                            continue;
+                        }
+                        Err(_) => None,
+                    }
+                }
+            };
+            match changes {
+                Some(changes) => {
+                    for change in changes {
+                        let id = change
+                            .key
+                            .rsplit('/')
+                            .next()
+                            .unwrap_or_default()
+                            .to_string();
+                        match serde_json::from_value::<Instance>(change.object) {
+                            Ok(instance) => self.apply(instance),
+                            Err(_) => self.stop(&id),
+                        }
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        _ = shutdown.changed() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+            self.instances.retain(|_, r| !r.task.is_finished());
+        }
+    }
+
+    /// Instances found on disk from an earlier run: supervised again (re-attached).
+    fn adopt_local(&mut self) {
+        let Ok(dirs) = std::fs::read_dir(self.ctx.data_dir.join("instances")) else {
+            return;
+        };
+        for dir in dirs.flatten() {
+            let paths = instance::InstancePaths { dir: dir.path() };
+            if let Some(instance) = monitor::read_json::<Instance>(&paths.record()) {
+                self.start(instance);
+            }
+        }
+    }
+
+    /// The full list of assigned instances: start the new ones, stop the ones not in it.
+    fn sync_assigned(&mut self, assigned: Vec<Instance>) {
+        let wanted: std::collections::HashSet<String> =
+            assigned.iter().map(|i| i.id.clone()).collect();
+        let gone: Vec<String> = self
+            .instances
+            .keys()
+            .filter(|id| !wanted.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.stop(&id);
+        }
+        for instance in assigned {
+            self.apply(instance);
+        }
+    }
+
+    fn apply(&mut self, instance: Instance) {
+        let ours = instance.node.as_deref() == Some(self.config.node.as_str());
+        let active = matches!(
+            instance.phase,
+            InstancePhase::Scheduled | InstancePhase::Running
+        );
+        if !ours || !active {
+            if instance.phase != InstancePhase::Failed || !ours {
+                self.stop(&instance.id);
+            }
+            return;
+        }
+        if !self.instances.contains_key(&instance.id) {
+            self.start(instance);
+        }
+    }
+
+    fn start(&mut self, instance: Instance) {
+        if let Some(r) = self.instances.get(&instance.id) {
+            if !r.task.is_finished() {
+                return;
+            }
+        }
+        let (stop, rx) = watch::channel(StopMode::Run);
+        let id = instance.id.clone();
+        let task = tokio::spawn(instance::supervise(self.ctx.clone(), instance, rx));
+        self.instances.insert(id, Running { stop, task });
+    }
+
+    fn stop(&mut self, id: &str) {
+        if let Some(r) = self.instances.get(id) {
+            let _ = r.stop.send(StopMode::Stop);
+        }
+    }
+
+    async fn finish(self, stop_all: bool) {
+        let mode = if stop_all {
+            StopMode::Stop
+        } else {
+            StopMode::Detach
+        };
+        let mut tasks = vec![];
+        for (_, r) in self.instances {
+            let _ = r.stop.send(mode);
+            tasks.push(r.task);
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        self.ctx.services.stop();
+        if stop_all {
+            let _ = std::fs::remove_file(self.ctx.data_dir.join("services.json"));
+            match Arc::try_unwrap(self.ctx) {
+                Ok(ctx) => {
+                    if let Err(e) = ctx.network.teardown().await {
+                        eprintln!("tugboat agent: removing the network: {e}");
+                    }
+                }
+                Err(_) => eprintln!("tugboat agent: the network is still in use; not removed"),
+            }
+        }
+    }
+}
+
+/// `tugboat agent`: runs until SIGINT or SIGTERM, then leaves the instances running for the
+/// next agent to re-attach to.
+pub async fn run_until_signal(
+    config: AgentConfig,
+    client: ApiClient,
+    images: Arc<dyn ImageSource>,
+) -> Result<(), AgentError> {
+    let agent = Agent::open(config, client, images).await?;
+    let (stop, rx) = watch::channel(None);
+    let task = tokio::spawn(agent.run(rx));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| AgentError::Service {
+            node: "agent".into(),
+            message: format!("signal handler: {e}"),
+        })?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    let _ = stop.send(Some(false));
+    let _ = task.await;
+    Ok(())
+}
+
+async fn heartbeat_loop(client: ApiClient, registration: NodeRegistration, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = client.heartbeat(&registration.name).await {
+            if e.status() == Some(404) {
+                let _ = client.register_node(&registration).await;
+            }
+        }
+    }
+}
+
+/// Keeps every service's address, balancer and name current.
+async fn service_loop(ctx: Arc<NodeContext>) {
+    loop {
+        if let Ok(list) = ctx.client.services().await {
+            let mut added = false;
+            for service in list.items {
+                let Ok((address, new)) = ctx.services.address_of(&service.name) else {
+                    continue;
+                };
+                if new || !ctx.services.has_address_on_bridge(&service.name) {
+                    let net = ipnetwork::Ipv4Network::new(address, 32).expect("a /32");
+                    use tug_netns::ops::NetOps;
+                    let _net = ctx.net_lock.lock().await;
+                    if ctx
+                        .network
+                        .ops()
+                        .add_address(ctx.network.bridge_index(), net)
+                        .await
+                        .is_ok()
+                    {
+                        ctx.services.mark_on_bridge(&service.name);
+                    }
+                    added = true;
+                }
+                for port in &service.spec.ports {
+                    if port.protocol != crate::spec::Protocol::Tcp {
+                        continue;
+                    }
+                    let target = port.container.0;
+                    let mut addrs = vec![std::net::SocketAddr::from((address, target))];
+                    if let (Some(p), PublishMode::Ingress) = (port.published, port.mode) {
+                        addrs.push(std::net::SocketAddr::from(([0, 0, 0, 0], p.0)));
+                    }
+                    for addr in addrs {
+                        if let Err(e) = ctx.services.listen(&service.name, addr, target).await {
+                            eprintln!("tugboat agent: {e}");
+                        }
+                    }
+                }
+            }
+            if added {
+                ctx.services.refresh_hosts_files();
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

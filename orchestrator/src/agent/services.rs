@@ -1,0 +1,353 @@
+//! Services on the node's network: a stable virtual address per service, a name for it in
+//! every container's /etc/hosts, and a small TCP balancer on that address.
+//!
+//! Each service gets an address from the service range (default 10.89.0.0/24), kept in
+//! `<data-dir>/services.json` so it never changes for the life of the node. The address is
+//! added (as a /32) to the node's bridge, so containers reach it through their default
+//! route and the host reaches it directly. On each of the service's container ports the
+//! agent listens on that address and passes every connection to the next ready instance
+//! (round robin); an instance whose readiness probe fails is taken out at once. Names: the
+//! agent writes every instance's /etc/hosts (a file bind-mounted into the container) with the
+//! names and addresses of all services, and rewrites it in place when a service appears.
+
+use ipnetwork::Ipv4Network;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// One instance of a service as the balancer sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: Ipv4Addr,
+    pub ready: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("service range {range} is full: no address left for service {service}")]
+    RangeFull { range: Ipv4Network, service: String },
+    #[error("service {service}: {path}: {source}")]
+    State {
+        service: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("service {service}: cannot listen on {addr}: {source}")]
+    Listen {
+        service: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Service name -> virtual address (persisted).
+    vips: BTreeMap<String, Ipv4Addr>,
+    /// Service -> instance id -> endpoint.
+    endpoints: HashMap<String, BTreeMap<String, Endpoint>>,
+    /// Balancers running, by the address they listen on.
+    listeners: HashMap<SocketAddr, tokio::task::JoinHandle<()>>,
+    /// /etc/hosts files of instances: id -> (path, own address).
+    hosts_files: BTreeMap<String, (PathBuf, Ipv4Addr)>,
+    /// Services whose address was put on the bridge by this process.
+    on_bridge: std::collections::HashSet<String>,
+}
+
+/// The node's services: addresses, endpoints, balancers, hosts files.
+pub struct ServiceTable {
+    range: Ipv4Network,
+    file: PathBuf,
+    inner: Mutex<Inner>,
+    next: AtomicUsize,
+}
+
+impl ServiceTable {
+    /// Loads the saved addresses from `file`.
+    pub fn open(range: Ipv4Network, file: &Path) -> Arc<ServiceTable> {
+        let vips = std::fs::read(file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Arc::new(ServiceTable {
+            range,
+            file: file.into(),
+            inner: Mutex::new(Inner {
+                vips,
+                ..Default::default()
+            }),
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The service's address, allocated (and saved) on first use.
+    pub fn address_of(&self, service: &str) -> Result<(Ipv4Addr, bool), ServiceError> {
+        let mut inner = self.lock();
+        if let Some(a) = inner.vips.get(service) {
+            return Ok((*a, false));
+        }
+        let used: std::collections::HashSet<Ipv4Addr> = inner.vips.values().copied().collect();
+        let free = self
+            .range
+            .iter()
+            .skip(1)
+            .filter(|a| *a != self.range.broadcast())
+            .find(|a| !used.contains(a))
+            .ok_or_else(|| ServiceError::RangeFull {
+                range: self.range,
+                service: service.into(),
+            })?;
+        inner.vips.insert(service.into(), free);
+        let tmp = self.file.with_extension("tmp");
+        let bytes = serde_json::to_vec_pretty(&inner.vips).expect("addresses serialize");
+        std::fs::write(&tmp, bytes)
+            .and_then(|_| std::fs::rename(&tmp, &self.file))
+            .map_err(|source| ServiceError::State {
+                service: service.into(),
+                path: self.file.clone(),
+                source,
+            })?;
+        Ok((free, true))
+    }
+
+    pub fn has_address_on_bridge(&self, service: &str) -> bool {
+        self.lock().on_bridge.contains(service)
+    }
+
+    pub fn mark_on_bridge(&self, service: &str) {
+        self.lock().on_bridge.insert(service.into());
+    }
+
+    /// Every service and its address.
+    pub fn addresses(&self) -> BTreeMap<String, Ipv4Addr> {
+        self.lock().vips.clone()
+    }
+
+    /// Starts a balancer on `addr` for `service` (to its instances' `port`) unless one runs:
+    /// on the service's virtual address, or on the host for an ingress port.
+    pub async fn listen(
+        self: &Arc<Self>,
+        service: &str,
+        addr: SocketAddr,
+        port: u16,
+    ) -> Result<(), ServiceError> {
+        let key = addr;
+        if self
+            .lock()
+            .listeners
+            .get(&key)
+            .is_some_and(|t| !t.is_finished())
+        {
+            return Ok(());
+        }
+        let socket = tokio::net::TcpSocket::new_v4().map_err(|source| ServiceError::Listen {
+            service: service.into(),
+            addr,
+            source,
+        })?;
+        let _ = socket.set_reuseaddr(true);
+        let listener = socket
+            .bind(addr)
+            .and_then(|_| socket.listen(1024))
+            .map_err(|source| ServiceError::Listen {
+                service: service.into(),
+                addr,
+                source,
+            })?;
+        let table = self.clone();
+        let name = service.to_string();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else {
+                    continue;
+                };
+                let Some(target) = table.pick(&name) else {
+                    drop(conn);
+                    continue;
+                };
+                tokio::spawn(relay(conn, SocketAddr::from((target, port))));
+            }
+        });
+        self.lock().listeners.insert(key, task);
+        Ok(())
+    }
+
+    /// The next ready endpoint of `service`, round robin.
+    pub fn pick(&self, service: &str) -> Option<Ipv4Addr> {
+        let inner = self.lock();
+        let ready: Vec<Ipv4Addr> = inner
+            .endpoints
+            .get(service)?
+            .values()
+            .filter(|e| e.ready)
+            .map(|e| e.address)
+            .collect();
+        if ready.is_empty() {
+            return None;
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        Some(ready[n % ready.len()])
+    }
+
+    pub fn set_endpoint(&self, service: &str, instance: &str, endpoint: Endpoint) {
+        self.lock()
+            .endpoints
+            .entry(service.into())
+            .or_default()
+            .insert(instance.into(), endpoint);
+    }
+
+    pub fn remove_endpoint(&self, service: &str, instance: &str) {
+        let mut inner = self.lock();
+        if let Some(e) = inner.endpoints.get_mut(service) {
+            e.remove(instance);
+        }
+        inner.hosts_files.remove(instance);
+    }
+
+    /// Ready endpoints per service (for status and tests).
+    pub fn ready_endpoints(&self, service: &str) -> Vec<Ipv4Addr> {
+        self.lock()
+            .endpoints
+            .get(service)
+            .map(|m| m.values().filter(|e| e.ready).map(|e| e.address).collect())
+            .unwrap_or_default()
+    }
+
+    /// The text of an instance's /etc/hosts.
+    pub fn hosts_text(&self, hostname: &str, own: Ipv4Addr) -> String {
+        let mut text = format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n{own}\t{hostname}\n");
+        for (name, addr) in self.lock().vips.iter() {
+            text.push_str(&format!("{addr}\t{name}\n"));
+        }
+        text
+    }
+
+    /// Writes an instance's /etc/hosts and keeps it current from now on.
+    pub fn register_hosts_file(
+        &self,
+        instance: &str,
+        path: &Path,
+        own: Ipv4Addr,
+    ) -> std::io::Result<()> {
+        write_in_place(
+            path,
+            &self.hosts_text(&super::bundle::hostname(instance), own),
+        )?;
+        self.lock()
+            .hosts_files
+            .insert(instance.into(), (path.into(), own));
+        Ok(())
+    }
+
+    /// Rewrites every instance's /etc/hosts (after a new service got its address). The file
+    /// is bind-mounted: it is rewritten in place, never replaced.
+    pub fn refresh_hosts_files(&self) {
+        let files: Vec<(String, PathBuf, Ipv4Addr)> = self
+            .lock()
+            .hosts_files
+            .iter()
+            .map(|(id, (p, a))| (id.clone(), p.clone(), *a))
+            .collect();
+        for (id, path, own) in files {
+            let _ = write_in_place(&path, &self.hosts_text(&super::bundle::hostname(&id), own));
+        }
+    }
+
+    /// Stops every balancer.
+    pub fn stop(&self) {
+        for (_, task) in self.lock().listeners.drain() {
+            task.abort();
+        }
+    }
+}
+
+fn write_in_place(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+async fn relay(mut inbound: tokio::net::TcpStream, target: SocketAddr) {
+    let connect = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        tokio::net::TcpStream::connect(target),
+    )
+    .await;
+    if let Ok(Ok(mut outbound)) = connect {
+        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_stable_and_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("services.json");
+        let range: Ipv4Network = "10.89.0.0/24".parse().unwrap();
+        let table = ServiceTable::open(range, &file);
+        let (a, new) = table.address_of("catalog").unwrap();
+        assert!(new);
+        let (b, _) = table.address_of("cart").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(table.address_of("catalog").unwrap(), (a, false));
+        let again = ServiceTable::open(range, &file);
+        assert_eq!(again.address_of("catalog").unwrap(), (a, false));
+        assert!(again
+            .hosts_text("front-1", "10.88.0.2".parse().unwrap())
+            .contains(&format!("{a}\tcatalog\n")));
+    }
+
+    #[test]
+    fn only_ready_endpoints_get_traffic() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = ServiceTable::open("10.89.0.0/24".parse().unwrap(), &dir.path().join("s"));
+        let a: Ipv4Addr = "10.88.0.2".parse().unwrap();
+        let b: Ipv4Addr = "10.88.0.3".parse().unwrap();
+        table.set_endpoint(
+            "web",
+            "w1",
+            Endpoint {
+                address: a,
+                ready: true,
+            },
+        );
+        table.set_endpoint(
+            "web",
+            "w2",
+            Endpoint {
+                address: b,
+                ready: false,
+            },
+        );
+        assert_eq!(table.pick("web"), Some(a));
+        assert_eq!(table.pick("web"), Some(a));
+        table.set_endpoint(
+            "web",
+            "w2",
+            Endpoint {
+                address: b,
+                ready: true,
+            },
+        );
+        let picks: std::collections::HashSet<_> =
+            (0..4).filter_map(|_| table.pick("web")).collect();
+        assert_eq!(picks.len(), 2);
+        table.remove_endpoint("web", "w1");
+        table.remove_endpoint("web", "w2");
+        assert_eq!(table.pick("web"), None);
+    }
+}

@@ -1,0 +1,175 @@
+//! `tugboat up`: the control plane and an agent in one process, on one host, with the
+//! embedded store: apply a spec file, wait until it is ready, say where it answers, and on
+//! Ctrl-C stop every instance and remove the network.
+
+use crate::agent::images::ImageSource;
+use crate::agent::{Agent, AgentConfig};
+use crate::client::ApiClient;
+use crate::model::InstancePhase;
+use crate::server::{ServerConfig, ServerError};
+use crate::spec::SpecFile;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecFileError),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error(transparent)]
+    Agent(#[from] crate::agent::AgentError),
+    #[error("applying {path}: {source}")]
+    Apply {
+        path: PathBuf,
+        source: crate::client::ClientError,
+    },
+}
+
+pub struct UpConfig {
+    pub file: PathBuf,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub node: String,
+    pub images: Arc<dyn ImageSource>,
+    /// Adjusts the agent's settings (subnet, timers, ...).
+    pub adjust_agent: fn(&mut AgentConfig),
+}
+
+/// What `up` prints once the services are ready.
+pub fn summary(server: SocketAddr, data_dir: &Path, spec: &SpecFile) -> String {
+    let mut text = String::new();
+    for (name, service) in &spec.services {
+        for port in &service.ports {
+            if let Some(host) = port.published {
+                text.push_str(&format!("{name}: http://127.0.0.1:{}/\n", host.0));
+            }
+        }
+    }
+    text.push_str(&format!(
+        "control plane: http://{server} - look with:\n  tugboat --addr {server} --data-dir {} get instances\n",
+        data_dir.join("server").display()
+    ));
+    text.push_str("Ctrl-C stops everything.\n");
+    text
+}
+
+/// Runs until `stop` completes. Prints progress and the summary to stderr/stdout.
+pub async fn up(config: UpConfig, stop: impl Future<Output = ()>) -> Result<(), UpError> {
+    let text = std::fs::read_to_string(&config.file).map_err(|source| UpError::Read {
+        path: config.file.clone(),
+        source,
+    })?;
+    let spec = crate::spec::parse_spec_file(&config.file.display().to_string(), &text, &|_| false)?;
+    let server_dir = config.data_dir.join("server");
+    let server = crate::server::start(ServerConfig::new(&server_dir, config.listen)).await?;
+    let client = ApiClient::new(&server.addr.to_string(), server.token.clone());
+    let mut agent_config = AgentConfig::new(&config.node, &config.data_dir.join("agent"));
+    agent_config.address = Some("127.0.0.1".into());
+    (config.adjust_agent)(&mut agent_config);
+    let agent = match Agent::open(agent_config, client.clone(), config.images.clone()).await {
+        Ok(agent) => agent,
+        Err(e) => {
+            server.shutdown().await;
+            return Err(e.into());
+        }
+    };
+    let (agent_stop, agent_rx) = tokio::sync::watch::channel(None);
+    let agent_task = tokio::spawn(agent.run(agent_rx));
+    let result = async {
+        client.apply(&spec).await.map_err(|source| UpError::Apply {
+            path: config.file.clone(),
+            source,
+        })?;
+        Ok::<_, UpError>(())
+    }
+    .await;
+    if result.is_ok() {
+        let announce = async {
+            report_progress(&client, &spec).await;
+            print!("{}", summary(server.addr, &config.data_dir, &spec));
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            _ = announce => {}
+            _ = stop => {}
+        }
+    }
+    eprintln!("tugboat up: stopping every instance");
+    let _ = agent_stop.send(Some(true));
+    let _ = agent_task.await;
+    server.shutdown().await;
+    result
+}
+
+/// Waits until every service has its replicas ready, printing what is not yet.
+async fn report_progress(client: &ApiClient, spec: &SpecFile) {
+    let started = Instant::now();
+    let mut last = String::new();
+    loop {
+        if let Ok(list) = client.instances(None).await {
+            let mut waiting = vec![];
+            for (name, service) in &spec.services {
+                let ready = list
+                    .items
+                    .iter()
+                    .filter(|i| &i.service == name && i.phase == InstancePhase::Running && i.ready)
+                    .count();
+                if ready < service.replicas as usize {
+                    let why = list
+                        .items
+                        .iter()
+                        .filter(|i| &i.service == name && !i.ready)
+                        .map(|i| {
+                            i.pending_reason
+                                .clone()
+                                .unwrap_or_else(|| i.message.clone())
+                        })
+                        .find(|m| !m.is_empty())
+                        .unwrap_or_default();
+                    waiting.push(format!("{name} {ready}/{} {why}", service.replicas));
+                }
+            }
+            if waiting.is_empty() {
+                eprintln!(
+                    "tugboat up: all services ready in {:.1}s",
+                    started.elapsed().as_secs_f32()
+                );
+                return;
+            }
+            let line = waiting.join("; ");
+            if line != last {
+                eprintln!("tugboat up: waiting: {line}");
+                last = line;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn interrupted() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let term = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

@@ -323,7 +323,11 @@ impl<'a> Unpacker<'a> {
             } else if name.starts_with(b".wh..wh.") {
                 // aufs bookkeeping (e.g. .wh..wh.plnk): nothing to apply.
             } else {
-                let hidden = parent.join(OsStr::from_bytes(&name[WHITEOUT_PREFIX.len()..]));
+                let hidden_name = &name[WHITEOUT_PREFIX.len()..];
+                if hidden_name.is_empty() || hidden_name == b"." || hidden_name == b".." {
+                    return Err(self.refuse(&raw_path, "whiteout of an empty, `.` or `..` name"));
+                }
+                let hidden = parent.join(OsStr::from_bytes(hidden_name));
                 self.remove_existing(&hidden, &raw_path)?;
                 mknod(
                     &hidden,

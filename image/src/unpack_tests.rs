@@ -141,6 +141,16 @@ fn tar_slip_corpus_is_refused_entry_by_entry() {
             "../.wh.secret",
         ),
         (
+            "whiteout of dot-dot (would remove the layer's parent)",
+            tar_of(|b| raw_entry(b, T::Regular, b".wh..", b"", b"")),
+            ".wh..",
+        ),
+        (
+            "whiteout of an empty name",
+            tar_of(|b| raw_entry(b, T::Regular, b"etc/.wh.", b"", b"")),
+            "etc/.wh.",
+        ),
+        (
             "whiteout through a symlink",
             tar_of(|b| {
                 raw_entry(b, T::Symlink, b"s", &out_abs, b"");

@@ -39,8 +39,9 @@ pub enum Error {
     #[error("blob {digest} is missing from the content store")]
     BlobMissing { digest: String },
 
-    /// A tar entry that was refused or could not be applied.
-    #[error("layer {layer}: tar entry {entry:?}: {reason}")]
+    /// A tar entry that was refused or could not be applied. `layer` names the tarball:
+    /// `layer sha256:...` for a layer blob, `archive PATH` for an imported archive.
+    #[error("{layer}: tar entry {entry:?}: {reason}")]
     TarEntry {
         layer: String,
         entry: String,
@@ -48,7 +49,7 @@ pub enum Error {
     },
 
     /// A tarball that is not a readable tar stream (truncated, corrupt, bad compression).
-    #[error("layer {layer}: bad tar stream: {source}")]
+    #[error("{layer}: bad tar stream: {source}")]
     TarStream {
         layer: String,
         #[source]

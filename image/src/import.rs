@@ -157,7 +157,7 @@ impl ImageStore {
 
     fn import_archive(&self, path: &Path, opts: &ImportOptions) -> Result<Vec<Image>> {
         let file = File::open(path).at(path)?;
-        let name = path.display().to_string();
+        let name = format!("archive {}", path.display());
         let stream_err = |source: io::Error| Error::TarStream {
             layer: name.clone(),
             source,

@@ -35,6 +35,19 @@ fn lock(path: &Path, op: libc::c_int) -> Result<LockGuard> {
     }
 }
 
+/// Take `path`'s lock exclusively if no one holds it; `None` if someone does.
+pub fn try_exclusive(path: &Path) -> Result<Option<LockGuard>> {
+    match lock(path, libc::LOCK_EX | libc::LOCK_NB) {
+        Ok(g) => Ok(Some(g)),
+        Err(crate::error::Error::Io { source, .. })
+            if source.raw_os_error() == Some(libc::EWOULDBLOCK) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Take `path`'s lock exclusively, waiting for other holders.
 pub fn exclusive(path: &Path) -> Result<LockGuard> {
     lock(path, libc::LOCK_EX)

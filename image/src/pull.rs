@@ -324,9 +324,9 @@ fn unpack_into_place<R: Read>(
         inner: reader,
         writer,
     };
-    let unpacked = unpack::unpack_layer(&mut tee, &tmp, &blob.to_string())?;
+    let unpacked = unpack::unpack_layer(&mut tee, &tmp, &format!("layer {blob}"))?;
     io::copy(&mut tee, &mut io::sink()).map_err(|source| Error::TarStream {
-        layer: blob.to_string(),
+        layer: format!("layer {blob}"),
         source,
     })?;
     if let Some(w) = tee.writer.take() {

@@ -161,6 +161,9 @@ impl ImageStore {
         data_dir: &Path,
         mounter: Box<dyn Mounter + Send + Sync>,
     ) -> Result<ImageStore> {
+        // Absolute and without symlinks: mount points are compared with mountinfo's.
+        fs::create_dir_all(data_dir).at(data_dir)?;
+        let data_dir = &fs::canonicalize(data_dir).at(data_dir)?;
         let root = data_dir.join("images");
         let content = ContentStore::open(&root)?;
         for d in ["layers/sha256", "layers/sha512"] {
@@ -169,12 +172,36 @@ impl ImageStore {
         }
         let rootfs = data_dir.join("rootfs");
         fs::create_dir_all(&rootfs).at(&rootfs)?;
-        Ok(ImageStore {
+        let store = ImageStore {
             data_dir: data_dir.to_path_buf(),
             root,
             content,
             mounter,
-        })
+        };
+        store.clean_tmp_if_idle()?;
+        Ok(store)
+    }
+
+    /// Delete what interrupted writes left in `tmp/`, if no one is writing now.
+    fn clean_tmp_if_idle(&self) -> Result<()> {
+        let Some(_g) = lock::try_exclusive(&self.root.join("lock"))? else {
+            return Ok(());
+        };
+        self.clear_tmp()
+    }
+
+    fn clear_tmp(&self) -> Result<()> {
+        let tmp = self.content.tmp_dir();
+        for ent in fs::read_dir(&tmp).at(&tmp)? {
+            let p = ent.at(&tmp)?.path();
+            let r = if p.is_dir() {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+            r.at(&p)?;
+        }
+        Ok(())
     }
 
     /// The content store (blobs by digest).
@@ -293,7 +320,7 @@ impl ImageStore {
         fs::create_dir(&tmp).at(&tmp)?;
         let cleanup = RemoveOnDrop(Some(tmp.clone()));
         let file = self.content.open_blob(blob)?;
-        let unpacked = unpack::unpack_layer(file, &tmp, &blob.to_string())?;
+        let unpacked = unpack::unpack_layer(file, &tmp, &format!("layer {blob}"))?;
         if &unpacked.diff_id != diff_id {
             return Err(Error::DigestMismatch {
                 what: format!("uncompressed layer {blob} (diff id)"),
@@ -564,16 +591,7 @@ impl ImageStore {
                 }
             }
         }
-        let tmp = self.content.tmp_dir();
-        for ent in fs::read_dir(&tmp).at(&tmp)? {
-            let p = ent.at(&tmp)?.path();
-            let r = if p.is_dir() {
-                fs::remove_dir_all(&p)
-            } else {
-                fs::remove_file(&p)
-            };
-            r.at(&p)?;
-        }
+        self.clear_tmp()?;
         Ok(report)
     }
 }

@@ -335,3 +335,44 @@ async fn cli_commands_run_against_the_store() {
     run(ImageCommand::Prune, &data).await.unwrap();
     assert!(ImageStore::open(&data).unwrap().list().unwrap().is_empty());
 }
+
+#[test]
+fn zstd_and_plain_layers_import_and_leftovers_are_cleaned_at_open() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    for compression in ["zstd", "none"] {
+        let layout = work.path().join(compression);
+        let mut spec = two_layer_spec("localhost/c:1");
+        spec.compression = compression;
+        let md = write_layout(&layout, &spec);
+        let store = ImageStore::open(&data).unwrap();
+        let img = store.import(&layout).unwrap().remove(0);
+        assert_eq!(img.digest, md);
+        assert_eq!(fs::read(img.layers[1].join("bin/tool")).unwrap(), b"v2");
+    }
+    // What a crashed writer left in tmp/ goes at the next open, when no one writes.
+    fs::write(data.join("images/tmp/blob.999999.0"), b"half").unwrap();
+    fs::create_dir(data.join("images/tmp/layer.999999.1")).unwrap();
+    let _store = ImageStore::open(&data).unwrap();
+    assert_eq!(count(&data.join("images/tmp")), 0);
+    // A relative data dir names the same store (mount points are compared absolute).
+    let here = std::env::current_dir().unwrap();
+    let rel = pathdiff(&data, &here);
+    let store = ImageStore::open(&rel).unwrap();
+    assert_eq!(store.list().unwrap().len(), 1);
+}
+
+/// `target` relative to `base` (both absolute).
+fn pathdiff(target: &Path, base: &Path) -> PathBuf {
+    let t: Vec<_> = target.components().collect();
+    let b: Vec<_> = base.components().collect();
+    let common = t.iter().zip(&b).take_while(|(a, b)| a == b).count();
+    let mut out = PathBuf::new();
+    for _ in common..b.len() {
+        out.push("..");
+    }
+    for c in &t[common..] {
+        out.push(c);
+    }
+    out
+}

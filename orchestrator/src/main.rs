@@ -78,7 +78,8 @@ enum Command {
         /// This node's container subnet.
         #[arg(long, default_value = "10.88.0.0/24")]
         subnet: String,
-        /// Unpacked images (`<dir>/<name>/<tag>/rootfs`); default <data-dir>/images.
+        /// Use unpacked images (`<dir>/<name>/<tag>/rootfs`) instead of the image store
+        /// under --data-dir.
         #[arg(long)]
         images: Option<PathBuf>,
     },
@@ -91,9 +92,12 @@ enum Command {
         listen: SocketAddr,
         #[arg(long, default_value = "local")]
         node: String,
-        /// Unpacked images (`<dir>/<name>/<tag>/rootfs`); default <data-dir>/images.
+        /// Use unpacked images (`<dir>/<name>/<tag>/rootfs`) instead of the image store.
         #[arg(long)]
         images: Option<PathBuf>,
+        /// Import an OCI layout or archive into the image store first; repeatable.
+        #[arg(long)]
+        import: Vec<PathBuf>,
     },
     /// The per-container monitor (started by the agent).
     #[command(hide = true)]
@@ -131,14 +135,6 @@ enum Kind {
 enum RolloutAction {
     Status,
     Undo,
-}
-
-fn images_for(
-    dir: Option<&std::path::Path>,
-    data_dir: &std::path::Path,
-) -> std::sync::Arc<dyn tugboat::agent::images::ImageSource> {
-    let dir = dir.map_or_else(|| data_dir.join("images"), |d| d.to_path_buf());
-    std::sync::Arc::new(tugboat::agent::images::DirImages::new(&dir))
 }
 
 fn client(cli: &Cli) -> Result<ApiClient> {
@@ -345,7 +341,8 @@ async fn run(cli: Cli) -> Result<()> {
             config.subnet = subnet
                 .parse()
                 .with_context(|| format!("--subnet {subnet}"))?;
-            let images = images_for(images.as_deref(), &cli.data_dir);
+            let images =
+                tugboat::agent::images::open_source(&cli.data_dir, images.as_deref(), &[])?;
             tugboat::agent::run_until_signal(config, client(&cli)?, images).await?;
         }
         Command::Up {
@@ -353,13 +350,18 @@ async fn run(cli: Cli) -> Result<()> {
             listen,
             node,
             images,
+            import,
         } => {
             let config = tugboat::up::UpConfig {
                 file: file.clone(),
                 data_dir: cli.data_dir.clone(),
                 listen: *listen,
                 node: node.clone(),
-                images: images_for(images.as_deref(), &cli.data_dir),
+                images: tugboat::agent::images::open_source(
+                    &cli.data_dir,
+                    images.as_deref(),
+                    import,
+                )?,
                 adjust_agent: |_| {},
             };
             tugboat::up::up(config, tugboat::up::interrupted()).await?;

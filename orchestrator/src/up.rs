@@ -106,6 +106,10 @@ pub async fn up(config: UpConfig, stop: impl Future<Output = ()>) -> Result<(), 
         }
     }
     eprintln!("tugboat up: stopping every instance");
+    // The services go from the store too, so what it says stays true; volumes are kept.
+    for name in spec.services.keys() {
+        let _ = client.delete_service(name).await;
+    }
     let _ = agent_stop.send(Some(true));
     let _ = agent_task.await;
     server.shutdown().await;

@@ -1,7 +1,8 @@
 //! The agent's image step: find an image by reference and give an instance its rootfs.
 //!
-//! [`ImageSource`] is the seam: [`DirImages`] serves unpacked images from a directory (tests
-//! and hosts without an image store), and the image store (tug-image) is the real one.
+//! [`ImageSource`] is the seam: [`StoreImages`] is the image store (tug-image: OCI layouts and
+//! archives imported, registry pulls, an overlay rootfs per instance with its own writable
+//! layer); [`DirImages`] serves unpacked images from a directory (a test double).
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +28,8 @@ pub struct ResolvedImage {
     pub reference: String,
     pub id: String,
     pub defaults: ImageDefaults,
+    /// The store's record, when it came from the image store.
+    pub stored: Option<tug_image::Image>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +92,7 @@ impl ImageSource for DirImages {
             reference: reference.into(),
             id: dir.display().to_string(),
             defaults,
+            stored: None,
         })
     }
 
@@ -102,6 +106,141 @@ impl ImageSource for DirImages {
 
     fn remove_rootfs(&self, _instance: &str) -> Result<(), ImageError> {
         Ok(())
+    }
+}
+
+/// The image store: `<data-dir>/images` and `<data-dir>/rootfs` (tug-image).
+pub struct StoreImages {
+    store: tug_image::ImageStore,
+    /// Pulls run on this runtime (the agent's steps call in from blocking threads).
+    handle: tokio::runtime::Handle,
+}
+
+impl StoreImages {
+    /// Opens the store under `data_dir`. Must be called inside a tokio runtime.
+    pub fn open(data_dir: &Path) -> Result<StoreImages, ImageError> {
+        let store = tug_image::ImageStore::open(data_dir).map_err(|e| ImageError::Broken {
+            reference: "(store)".into(),
+            message: format!("image store under {}: {e}", data_dir.display()),
+        })?;
+        Ok(StoreImages {
+            store,
+            handle: tokio::runtime::Handle::current(),
+        })
+    }
+
+    pub fn store(&self) -> &tug_image::ImageStore {
+        &self.store
+    }
+
+    /// Imports an OCI layout directory or archive; returns the references imported.
+    pub fn import(&self, path: &Path) -> Result<Vec<String>, ImageError> {
+        self.store
+            .import(path)
+            .map(|images| images.into_iter().map(|i| i.reference).collect())
+            .map_err(|e| ImageError::Broken {
+                reference: path.display().to_string(),
+                message: e.to_string(),
+            })
+    }
+}
+
+/// The agent's image source: the store under `data_dir`, or unpacked images in
+/// `unpacked_dir` when one is given. `import` (OCI layouts or archives) go into the store
+/// first.
+pub fn open_source(
+    data_dir: &Path,
+    unpacked_dir: Option<&Path>,
+    import: &[PathBuf],
+) -> Result<std::sync::Arc<dyn ImageSource>, ImageError> {
+    if let Some(dir) = unpacked_dir {
+        return Ok(std::sync::Arc::new(DirImages::new(dir)));
+    }
+    let store = StoreImages::open(data_dir)?;
+    for path in import {
+        for reference in store.import(path)? {
+            eprintln!("imported {reference} from {}", path.display());
+        }
+    }
+    Ok(std::sync::Arc::new(store))
+}
+
+/// Does the reference name a registry host (`host.domain/...`, `host:port/...`,
+/// `localhost/...`)? Only those are pulled by the agent; short names must be imported.
+fn names_a_registry(reference: &str) -> bool {
+    match reference.split_once('/') {
+        Some((host, _)) => host.contains('.') || host.contains(':') || host == "localhost",
+        None => false,
+    }
+}
+
+impl ImageSource for StoreImages {
+    fn resolve(&self, reference: &str) -> Result<ResolvedImage, ImageError> {
+        let found = match self.store.resolve(reference) {
+            Ok(image) => Ok(image),
+            Err(tug_image::Error::NotFound { .. }) if names_a_registry(reference) => self
+                .handle
+                .block_on(async {
+                    tokio::time::timeout(
+                        std::time::Duration::from_secs(120),
+                        self.store.pull(reference, &tug_image::PullOptions::default()),
+                    )
+                    .await
+                })
+                .map_err(|_| ImageError::NotFound {
+                    reference: reference.into(),
+                    hint: "pull timed out after 120s".into(),
+                })?
+                .map_err(|e| ImageError::NotFound {
+                    reference: reference.into(),
+                    hint: format!("not in the local store and the pull failed: {e}"),
+                }),
+            Err(tug_image::Error::NotFound { .. }) => Err(ImageError::NotFound {
+                reference: reference.into(),
+                hint: "not in the local image store (tugboat image import or pull it first)"
+                    .into(),
+            }),
+            Err(e) => Err(ImageError::Broken {
+                reference: reference.into(),
+                message: e.to_string(),
+            }),
+        }?;
+        let c = &found.config;
+        Ok(ResolvedImage {
+            reference: reference.into(),
+            id: found.digest.clone(),
+            defaults: ImageDefaults {
+                entrypoint: c.entrypoint.clone(),
+                cmd: c.cmd.clone(),
+                env: c.env.clone(),
+                working_dir: c.working_dir.clone(),
+                user: c.user.clone(),
+            },
+            stored: Some(found),
+        })
+    }
+
+    fn prepare_rootfs(&self, image: &ResolvedImage, instance: &str) -> Result<PathBuf, ImageError> {
+        let stored = match &image.stored {
+            Some(s) => s.clone(),
+            None => self.resolve(&image.reference)?.stored.expect("the store sets it"),
+        };
+        self.store
+            .prepare_rootfs(&stored, instance)
+            .map(|r| r.path)
+            .map_err(|e| ImageError::Rootfs {
+                instance: instance.into(),
+                message: e.to_string(),
+            })
+    }
+
+    fn remove_rootfs(&self, instance: &str) -> Result<(), ImageError> {
+        self.store
+            .remove_rootfs(instance)
+            .map_err(|e| ImageError::Rootfs {
+                instance: instance.into(),
+                message: e.to_string(),
+            })
     }
 }
 
@@ -123,5 +262,14 @@ mod tests {
         .unwrap();
         let image = images.resolve("shop/web:1").unwrap();
         assert_eq!(image.defaults.cmd, ["httpd"]);
+    }
+
+    #[test]
+    fn only_references_with_a_registry_are_pulled() {
+        assert!(names_a_registry("ghcr.io/org/app:1"));
+        assert!(names_a_registry("127.0.0.1:5000/app"));
+        assert!(names_a_registry("localhost/app"));
+        assert!(!names_a_registry("shop/front:1"));
+        assert!(!names_a_registry("busybox"));
     }
 }

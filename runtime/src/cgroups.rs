@@ -76,6 +76,37 @@ impl FsCgroup {
         })
     }
 
+    /// What the kernel counts for this cgroup (cpu, memory, pids, blkio, hugetlb).
+    pub fn stats(&self) -> cgroups_rs::stats::CgroupStats {
+        self.mgr.stats()
+    }
+
+    /// How many processes the OOM killer has killed in this cgroup.
+    pub fn oom_kills(&self) -> u64 {
+        let (dir, file) = if self.mgr.v2() {
+            (
+                Path::new(cgroups_rs::fs::hierarchies::UNIFIED_MOUNTPOINT)
+                    .join(self.path.trim_start_matches('/')),
+                "memory.events",
+            )
+        } else {
+            match self
+                .hierarchy_dirs()
+                .into_iter()
+                .find(|(name, _)| name == "memory")
+            {
+                Some((_, d)) => (d, "memory.oom_control"),
+                None => return 0,
+            }
+        };
+        fs::read_to_string(dir.join(file))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     fn hierarchy_dirs(&self) -> Vec<(String, PathBuf)> {
         hierarchy_dirs(self.mgr.mounts(), &self.path)
     }

@@ -54,7 +54,7 @@ pub enum Error {
     },
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
     let what = what.into();
     move |source| Error::Io { what, source }
 }
@@ -671,22 +671,7 @@ impl Runtime {
             let _ = self.delete(id, true);
             return Err(e);
         }
-        let code = loop {
-            let sig = forwarded
-                .wait()
-                .map_err(|e| io_err("wait for signals")(e.into()))?;
-            if sig != Signal::SIGCHLD {
-                let _ = kill(pid, sig);
-                continue;
-            }
-            use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(_, c)) => break c,
-                Ok(WaitStatus::Signaled(_, s, _)) => break 128 + s as i32,
-                Ok(_) => continue,
-                Err(e) => return Err(io_err("wait for the container")(e.into())),
-            }
-        };
+        let code = wait_forwarding(&forwarded, pid)?;
         self.delete(id, true)?;
         Ok(code)
     }
@@ -705,7 +690,31 @@ fn init_error(id: &str, ch: &Channel, send_error: io::Error) -> Error {
 }
 
 /// The signals foreground `run` passes on to the container, plus SIGCHLD.
-fn forwarded_signals() -> nix::sys::signal::SigSet {
+/// Waits for `pid` (a child of this process) to exit, forwarding the signals in `forwarded`
+/// (which the caller has blocked) to it; returns its exit code, 128+n if killed by signal n.
+pub(crate) fn wait_forwarding(
+    forwarded: &nix::sys::signal::SigSet,
+    pid: Pid,
+) -> Result<i32, Error> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    loop {
+        let sig = forwarded
+            .wait()
+            .map_err(|e| io_err("wait for signals")(e.into()))?;
+        if sig != Signal::SIGCHLD {
+            let _ = kill(pid, sig);
+            continue;
+        }
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, c)) => return Ok(c),
+            Ok(WaitStatus::Signaled(_, s, _)) => return Ok(128 + s as i32),
+            Ok(_) => continue,
+            Err(e) => return Err(io_err(format!("wait for pid {pid}"))(e.into())),
+        }
+    }
+}
+
+pub(crate) fn forwarded_signals() -> nix::sys::signal::SigSet {
     let mut set = nix::sys::signal::SigSet::empty();
     for s in [
         Signal::SIGCHLD,

@@ -214,7 +214,7 @@ fn wait_and_exec(cfg: &InitConfig, p: Prepared) -> Result<std::convert::Infallib
 }
 
 /// Finds `name` the way execvp does, but in the container's PATH.
-fn find_executable(name: &str, env: &[String]) -> Result<PathBuf, String> {
+pub(crate) fn find_executable(name: &str, env: &[String]) -> Result<PathBuf, String> {
     let check = |p: &Path| -> Result<(), String> {
         let m =
             std::fs::metadata(p).map_err(|e| format!("process.args[0] {}: {e}", p.display()))?;
@@ -247,7 +247,7 @@ fn find_executable(name: &str, env: &[String]) -> Result<PathBuf, String> {
     ))
 }
 
-fn home_of(uid: u32) -> String {
+pub(crate) fn home_of(uid: u32) -> String {
     std::fs::read_to_string("/etc/passwd")
         .ok()
         .and_then(|s| {
@@ -259,7 +259,7 @@ fn home_of(uid: u32) -> String {
         .unwrap_or_else(|| "/".to_string())
 }
 
-fn set_rlimits(process: &Process) -> Result<(), String> {
+pub(crate) fn set_rlimits(process: &Process) -> Result<(), String> {
     for r in process.rlimits().iter().flatten() {
         let name = serde_json::to_value(r.typ())
             .ok()
@@ -312,7 +312,7 @@ fn cap_set(list: &Option<oci_spec::runtime::Capabilities>) -> caps::CapsHashSet 
 }
 
 /// Drops the bounding set, switches to the config's user and sets the other capability sets.
-fn become_user(process: &Process) -> Result<(), String> {
+pub(crate) fn become_user(process: &Process) -> Result<(), String> {
     use caps::CapSet;
     let fallback = LinuxCapabilities::default();
     let c = process.capabilities().as_ref().unwrap_or(&fallback);
@@ -359,7 +359,7 @@ fn become_user(process: &Process) -> Result<(), String> {
 }
 
 /// A pty for the container: the master goes to the console socket, the slave becomes stdio.
-fn setup_terminal(console: &OwnedFd, process: &Process) -> Result<(), String> {
+pub(crate) fn setup_terminal(console: &OwnedFd, process: &Process) -> Result<(), String> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     let size = process.console_size().map(|b| nix::pty::Winsize {
         ws_row: b.height() as u16,
@@ -399,7 +399,7 @@ fn setup_terminal(console: &OwnedFd, process: &Process) -> Result<(), String> {
 }
 
 /// Undoes what tug did to signal state: the blocked mask of `run`, Rust's ignored SIGPIPE.
-fn reset_signals() {
+pub(crate) fn reset_signals() {
     // SAFETY: resetting dispositions and the mask of this single-threaded process.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
@@ -410,7 +410,7 @@ fn reset_signals() {
 }
 
 /// Marks every fd from `first` up close-on-exec, so nothing of tug's leaks into the container.
-fn close_fds_on_exec(first: u32) {
+pub(crate) fn close_fds_on_exec(first: u32) {
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags.
     unsafe {
         libc::syscall(

@@ -117,8 +117,198 @@ enum Command {
     Pause { id: String },
     /// Thaw a paused container.
     Resume { id: String },
+    /// Run a new process in a running container.
+    Exec(ExecArgs),
+    /// List the processes of a container.
+    Ps {
+        id: String,
+        #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+    },
+    /// Print resource usage and OOM events of a container as JSON lines.
+    Events {
+        id: String,
+        /// Print the stats once and exit.
+        #[arg(long)]
+        stats: bool,
+        /// Time between stats events, e.g. 5s, 500ms.
+        #[arg(long, default_value = "5s")]
+        interval: String,
+    },
+    /// Change the resource limits of a container.
+    Update(UpdateArgs),
     /// Print what this runtime supports, as JSON.
     Features,
+}
+
+#[derive(clap::Args)]
+struct ExecArgs {
+    id: String,
+    /// The command and its arguments (unless --process is given).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+    /// An OCI process JSON file describing the process.
+    #[arg(short, long)]
+    process: Option<PathBuf>,
+    /// Allocate a terminal (its master goes to --console-socket).
+    #[arg(short, long)]
+    tty: bool,
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
+    /// Return once the process runs.
+    #[arg(short, long)]
+    detach: bool,
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    /// Set an environment variable (KEY=VALUE); repeatable.
+    #[arg(short, long)]
+    env: Vec<String>,
+    /// Working directory in the container.
+    #[arg(long)]
+    cwd: Option<PathBuf>,
+    /// uid[:gid]
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Additional group ids.
+    #[arg(short = 'g', long = "additional-gids")]
+    additional_gids: Vec<u32>,
+    /// Add a capability; repeatable.
+    #[arg(short, long)]
+    cap: Vec<String>,
+    #[arg(long)]
+    no_new_privs: bool,
+    #[arg(long, default_value_t = 0)]
+    preserve_fds: u32,
+    /// Accepted for runc compatibility; ignored.
+    #[arg(long)]
+    process_label: Option<String>,
+    /// Accepted for runc compatibility; ignored.
+    #[arg(long)]
+    apparmor: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct UpdateArgs {
+    id: String,
+    /// An OCI linux.resources JSON file ("-" for stdin is not supported).
+    #[arg(short = 'r', long)]
+    resources: Option<PathBuf>,
+    /// Memory limit in bytes (or with k, m, g).
+    #[arg(short, long)]
+    memory: Option<String>,
+    #[arg(long)]
+    memory_reservation: Option<String>,
+    /// Memory plus swap limit; -1 for unlimited.
+    #[arg(long)]
+    memory_swap: Option<String>,
+    #[arg(long)]
+    cpu_shares: Option<u64>,
+    #[arg(long)]
+    cpu_quota: Option<i64>,
+    #[arg(long)]
+    cpu_period: Option<u64>,
+    #[arg(long)]
+    cpuset_cpus: Option<String>,
+    #[arg(long)]
+    cpuset_mems: Option<String>,
+    #[arg(long)]
+    pids_limit: Option<i64>,
+}
+
+impl UpdateArgs {
+    fn resources(&self) -> Result<oci_spec::runtime::LinuxResources> {
+        use oci_spec::runtime::{LinuxCpu, LinuxPids};
+        let mut r = match &self.resources {
+            Some(p) => tug_runtime::inspect::resources_from_file(p)?,
+            None => Default::default(),
+        };
+        if self.memory.is_some() || self.memory_reservation.is_some() || self.memory_swap.is_some()
+        {
+            let mut m = (*r.memory()).unwrap_or_default();
+            if let Some(v) = &self.memory {
+                m.set_limit(Some(bytes("--memory", v)?));
+            }
+            if let Some(v) = &self.memory_reservation {
+                m.set_reservation(Some(bytes("--memory-reservation", v)?));
+            }
+            if let Some(v) = &self.memory_swap {
+                m.set_swap(Some(bytes("--memory-swap", v)?));
+            }
+            r.set_memory(Some(m));
+        }
+        let cpu_set = self.cpu_shares.is_some()
+            || self.cpu_quota.is_some()
+            || self.cpu_period.is_some()
+            || self.cpuset_cpus.is_some()
+            || self.cpuset_mems.is_some();
+        if cpu_set {
+            let mut c: LinuxCpu = r.cpu().clone().unwrap_or_default();
+            if self.cpu_shares.is_some() {
+                c.set_shares(self.cpu_shares);
+            }
+            if self.cpu_quota.is_some() {
+                c.set_quota(self.cpu_quota);
+            }
+            if self.cpu_period.is_some() {
+                c.set_period(self.cpu_period);
+            }
+            if self.cpuset_cpus.is_some() {
+                c.set_cpus(self.cpuset_cpus.clone());
+            }
+            if self.cpuset_mems.is_some() {
+                c.set_mems(self.cpuset_mems.clone());
+            }
+            r.set_cpu(Some(c));
+        }
+        if let Some(limit) = self.pids_limit {
+            let mut p = LinuxPids::default();
+            p.set_limit(limit);
+            r.set_pids(Some(p));
+        }
+        Ok(r)
+    }
+}
+
+/// "512m", "1g", "1048576", "-1".
+fn bytes(flag: &str, v: &str) -> Result<i64> {
+    let t = v.trim().to_ascii_lowercase();
+    if t == "-1" {
+        return Ok(-1);
+    }
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1i64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        Some('b') => (&t[..t.len() - 1], 1),
+        _ => (t.as_str(), 1),
+    };
+    let n: i64 = num
+        .parse()
+        .with_context(|| format!("{flag} {v}: not a size (use bytes or k, m, g)"))?;
+    n.checked_mul(mult)
+        .with_context(|| format!("{flag} {v}: too large"))
+}
+
+/// "5s", "500ms", "2m", or plain seconds.
+fn duration(flag: &str, v: &str) -> Result<std::time::Duration> {
+    let t = v.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .with_context(|| format!("{flag} {v}: not a duration (e.g. 5s, 500ms)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => bail!("{flag} {v}: unknown unit \"{unit}\" (use ms, s or m)"),
+    };
+    if secs <= 0.0 {
+        bail!("{flag} {v}: must be positive");
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 fn main() -> ExitCode {
@@ -202,6 +392,76 @@ fn run(cli: Cli) -> Result<u8> {
                     )?;
                 }
             }
+        }
+        Command::Exec(a) => {
+            let process = match &a.process {
+                Some(p) => tug_runtime::exec::process_from_file(p)?,
+                None => {
+                    let st = rt.load(&a.id)?;
+                    let bundle = tug_runtime::spec::Bundle::load(&st.bundle)?;
+                    let flags = tug_runtime::exec::ExecFlags {
+                        args: a.command.clone(),
+                        env: a.env.clone(),
+                        cwd: a.cwd.clone(),
+                        user: a.user.clone(),
+                        additional_gids: a.additional_gids.clone(),
+                        caps: a.cap.clone(),
+                        no_new_privs: a.no_new_privs,
+                        tty: a.tty,
+                    };
+                    tug_runtime::exec::process_from_flags(&bundle.spec, &flags)?
+                }
+            };
+            let opts = tug_runtime::exec::ExecOptions {
+                process,
+                console_socket: a.console_socket,
+                detach: a.detach,
+                pid_file: a.pid_file,
+                preserve_fds: a.preserve_fds,
+            };
+            let code = rt.exec(&a.id, &opts)?;
+            return Ok(code.clamp(0, 255) as u8);
+        }
+        Command::Ps { id, format } => {
+            let pids = rt.ps(&id)?;
+            if format == "json" {
+                writeln!(out, "{}", serde_json::to_string(&pids)?)?;
+            } else {
+                writeln!(out, "{:<8} CMD", "PID")?;
+                for pid in pids {
+                    let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .map(|b| {
+                            String::from_utf8_lossy(&b)
+                                .replace('\0', " ")
+                                .trim()
+                                .to_string()
+                        })
+                        .unwrap_or_default();
+                    writeln!(out, "{pid:<8} {cmd}")?;
+                }
+            }
+        }
+        Command::Events {
+            id,
+            stats,
+            interval,
+        } => {
+            if stats {
+                let data = rt.stats(&id)?;
+                let ev = tug_runtime::inspect::Event::Stats(data).to_json(&id);
+                writeln!(out, "{ev}")?;
+            } else {
+                let every = duration("--interval", &interval)?;
+                rt.events(&id, every, None, |ev| {
+                    let mut o = std::io::stdout().lock();
+                    writeln!(o, "{}", ev.to_json(&id))?;
+                    o.flush()
+                })?;
+            }
+        }
+        Command::Update(a) => {
+            let r = a.resources()?;
+            rt.update(&a.id, &r)?;
         }
         Command::Features => {
             writeln!(

@@ -46,6 +46,7 @@ pub enum Operation {
     Pause,
     Resume,
     Exec,
+    Update,
 }
 
 impl Operation {
@@ -57,6 +58,7 @@ impl Operation {
             Operation::Pause => "pause",
             Operation::Resume => "resume",
             Operation::Exec => "exec into",
+            Operation::Update => "update",
         }
     }
 }
@@ -100,6 +102,7 @@ pub fn check_transition(id: &str, status: Status, op: Operation) -> Result<(), S
         Pause => status == Running,
         Resume => status == Paused,
         Exec => matches!(status, Created | Running),
+        Update => matches!(status, Created | Running | Paused),
     };
     if allowed {
         return Ok(());

@@ -1,0 +1,373 @@
+//! `exec`: a new process in a running container, in every namespace and the cgroup of its
+//! init, with the capabilities, rlimits and user its process description gives.
+//!
+//! The parent joins the container's pid namespace (which only affects its children), clones,
+//! moves the child into the cgroup (or clones it there on v2), and tells it so; the child joins
+//! the other namespaces (mount last), prepares the process as init does and execs. The channel
+//! is close-on-exec: end of file means the exec happened, a message is the child's error.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{open, OFlag};
+use nix::sched::CloneFlags;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::stat::Mode;
+use nix::unistd::Pid;
+use oci_spec::runtime::{Capability, Process, Spec};
+
+use crate::cgroups::{CgroupManager, FsCgroup};
+use crate::channel::{Channel, InitMsg, ParentMsg};
+use crate::clone::{clone_child, single_threaded, Forked};
+use crate::container::{forwarded_signals, io_err, live_status, wait_forwarding, Error};
+use crate::init;
+use crate::state::{check_transition, write_atomic, Operation};
+use crate::Runtime;
+
+/// What `tug exec` runs.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    /// The whole process description (from `--process`, or built from flags by
+    /// [`process_from_flags`]).
+    pub process: Process,
+    pub console_socket: Option<PathBuf>,
+    pub detach: bool,
+    pub pid_file: Option<PathBuf>,
+    pub preserve_fds: u32,
+}
+
+/// Flags of `tug exec` that build a process from the container's own.
+#[derive(Debug, Clone, Default)]
+pub struct ExecFlags {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    /// `uid[:gid]`.
+    pub user: Option<String>,
+    pub additional_gids: Vec<u32>,
+    pub caps: Vec<String>,
+    pub no_new_privs: bool,
+    pub tty: bool,
+}
+
+/// The namespaces `exec` joins, in order: the mount namespace last, since joining it changes
+/// the root under which the others' /proc paths would be opened.
+const NAMESPACES: &[(&str, CloneFlags)] = &[
+    ("ipc", CloneFlags::CLONE_NEWIPC),
+    ("uts", CloneFlags::CLONE_NEWUTS),
+    ("net", CloneFlags::CLONE_NEWNET),
+    ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+    ("mnt", CloneFlags::CLONE_NEWNS),
+];
+
+/// Reads a `--process` file: an OCI process object; errors name the file and the field.
+pub fn process_from_file(path: &Path) -> Result<Process, Error> {
+    let text = fs::read(path).map_err(io_err(format!("--process {}", path.display())))?;
+    let de = &mut serde_json::Deserializer::from_slice(&text);
+    let process: Process = serde_path_to_error::deserialize(de).map_err(|e| {
+        Error::Usage(format!(
+            "--process {}: {}: {}",
+            path.display(),
+            e.path(),
+            e.inner()
+        ))
+    })?;
+    if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+        return Err(Error::Usage(format!(
+            "--process {}: args: at least one argument is needed",
+            path.display()
+        )));
+    }
+    Ok(process)
+}
+
+/// Builds the process of `tug exec ARGS...` from the container's own process and the flags,
+/// as runc does: its env plus `--env`, its cwd, user and capabilities unless overridden.
+pub fn process_from_flags(spec: &Spec, flags: &ExecFlags) -> Result<Process, Error> {
+    if flags.args.is_empty() {
+        return Err(Error::Usage(
+            "exec: give the command to run, or --process FILE".into(),
+        ));
+    }
+    let mut p = spec.process().clone().unwrap_or_default();
+    p.set_args(Some(flags.args.clone()));
+    let mut env = p.env().clone().unwrap_or_default();
+    for e in &flags.env {
+        let key = e.split('=').next().unwrap_or(e);
+        env.retain(|x| x.split('=').next() != Some(key));
+        env.push(e.clone());
+    }
+    p.set_env(Some(env));
+    if let Some(cwd) = &flags.cwd {
+        if !cwd.is_absolute() {
+            return Err(Error::Usage(format!(
+                "--cwd {}: must be an absolute path",
+                cwd.display()
+            )));
+        }
+        p.set_cwd(cwd.clone());
+    }
+    if let Some(u) = &flags.user {
+        let (uid, gid) = match u.split_once(':') {
+            Some((a, b)) => (a, Some(b)),
+            None => (u.as_str(), None),
+        };
+        let num = |s: &str, what: &str| {
+            s.parse::<u32>()
+                .map_err(|_| Error::Usage(format!("--user {u}: {what} \"{s}\" is not a number")))
+        };
+        let mut user = p.user().clone();
+        user.set_uid(num(uid, "uid")?);
+        user.set_gid(match gid {
+            Some(g) => num(g, "gid")?,
+            None => 0,
+        });
+        if !flags.additional_gids.is_empty() {
+            user.set_additional_gids(Some(flags.additional_gids.clone()));
+        }
+        p.set_user(user);
+    }
+    if !flags.caps.is_empty() {
+        let mut caps = p.capabilities().clone().unwrap_or_default();
+        for name in &flags.caps {
+            let upper = name.to_ascii_uppercase();
+            let full = if upper.starts_with("CAP_") {
+                upper
+            } else {
+                format!("CAP_{upper}")
+            };
+            let cap: Capability = serde_json::from_value(serde_json::Value::String(full))
+                .map_err(|_| Error::Usage(format!("--cap {name}: not a capability")))?;
+            let add = |s: &Option<oci_spec::runtime::Capabilities>| {
+                let mut s = s.clone().unwrap_or_default();
+                s.insert(cap);
+                Some(s)
+            };
+            caps.set_bounding(add(caps.bounding()));
+            caps.set_effective(add(caps.effective()));
+            caps.set_permitted(add(caps.permitted()));
+        }
+        p.set_capabilities(Some(caps));
+    }
+    if flags.no_new_privs {
+        p.set_no_new_privileges(Some(true));
+    }
+    p.set_terminal(Some(flags.tty));
+    Ok(p)
+}
+
+impl Runtime {
+    /// Runs a new process in a running container. In the foreground, waits for it (forwarding
+    /// signals) and returns its exit code; with `detach`, returns 0 once it has exec'd.
+    ///
+    /// Must be called from a single-threaded process (the `tug` binary is one).
+    pub fn exec(&self, id: &str, opts: &ExecOptions) -> Result<i32, Error> {
+        let st = self.load(id)?;
+        check_transition(id, live_status(&st), Operation::Exec)?;
+        let init_pid = st.pid.expect("a running container has a pid");
+        let process = &opts.process;
+        let args = process.args().clone().unwrap_or_default();
+        if args.is_empty() {
+            return Err(Error::Usage("exec: process.args is empty".into()));
+        }
+        if process.terminal() == Some(true) && opts.console_socket.is_none() {
+            return Err(Error::Usage(
+                "exec: a terminal (-t or process.terminal) needs --console-socket".into(),
+            ));
+        }
+        if !single_threaded() {
+            return Err(Error::Usage(
+                "exec must be called from a single-threaded process".into(),
+            ));
+        }
+
+        // Namespaces of the container that differ from ours.
+        let ns_fd = |name: &str| -> Result<OwnedFd, Error> {
+            let path = format!("/proc/{init_pid}/ns/{name}");
+            open(
+                path.as_str(),
+                OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| io_err(format!("container {id}: open {path}"))(e.into()))
+        };
+        let same = |name: &str| {
+            let a = fs::read_link(format!("/proc/{init_pid}/ns/{name}"));
+            let b = fs::read_link(format!("/proc/self/ns/{name}"));
+            matches!((a, b), (Ok(a), Ok(b)) if a == b)
+        };
+        let mut join = Vec::new();
+        for (name, flag) in NAMESPACES {
+            if !same(name) {
+                join.push((ns_fd(name)?, *flag));
+            }
+        }
+        let pid_ns = if same("pid") {
+            None
+        } else {
+            Some(ns_fd("pid")?)
+        };
+
+        let console = match &opts.console_socket {
+            Some(path) if process.terminal() == Some(true) => {
+                let s = std::os::unix::net::UnixStream::connect(path)
+                    .map_err(io_err(format!("--console-socket {}", path.display())))?;
+                Some(OwnedFd::from(s))
+            }
+            _ => None,
+        };
+
+        let mut cg = FsCgroup::new(&st.cgroup_path)?;
+        let cgroup_fd = cg.clone_into_fd();
+        let forwarded = forwarded_signals();
+        if !opts.detach {
+            forwarded
+                .thread_block()
+                .map_err(|e| io_err("block signals")(e.into()))?;
+        }
+        let (parent_ch, child_ch) = Channel::pair().map_err(io_err("socketpair"))?;
+        let own_pid_ns = match &pid_ns {
+            Some(target) => {
+                let own = open(
+                    "/proc/self/ns/pid",
+                    OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| io_err("open /proc/self/ns/pid")(e.into()))?;
+                nix::sched::setns(target.as_fd(), CloneFlags::CLONE_NEWPID)
+                    .map_err(|e| io_err(format!("container {id}: join pid namespace"))(e.into()))?;
+                Some(own)
+            }
+            None => None,
+        };
+        let forked = clone_child(0, cgroup_fd.as_ref().map(|f| f.as_fd()));
+        if let Some(own) = &own_pid_ns {
+            let _ = nix::sched::setns(own.as_fd(), CloneFlags::CLONE_NEWPID);
+        }
+        let (pid, placed) = match forked.map_err(io_err("clone the exec process"))? {
+            (Forked::Child, _) => {
+                drop(parent_ch);
+                child(ChildConfig {
+                    channel: child_ch,
+                    join,
+                    console,
+                    process,
+                    preserve_fds: opts.preserve_fds,
+                    forwarded: (!opts.detach).then_some(forwarded),
+                })
+            }
+            (Forked::Parent { child }, placed) => (child, placed),
+        };
+        drop((child_ch, join, console, cgroup_fd));
+        let fail = |e: Error| {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
+            e
+        };
+        if !placed {
+            cg.add_process(pid).map_err(|e| fail(e.into()))?;
+        }
+        parent_ch
+            .send(&ParentMsg::CgroupJoined {
+                state: String::new(),
+            })
+            .map_err(|e| fail(io_err("tell the exec process it joined")(e)))?;
+        // End of file: the exec closed the child's end. A message: it failed.
+        if let Ok(InitMsg::Error(message)) = parent_ch.recv::<InitMsg>() {
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
+            return Err(Error::Init {
+                id: id.to_string(),
+                message: format!("exec: {message}"),
+            });
+        }
+        if let Some(pf) = &opts.pid_file {
+            write_atomic(pf, pid.to_string().as_bytes())?;
+        }
+        if opts.detach {
+            return Ok(0);
+        }
+        wait_forwarding(&forwarded, Pid::from_raw(pid))
+    }
+}
+
+struct ChildConfig<'a> {
+    channel: Channel,
+    join: Vec<(OwnedFd, CloneFlags)>,
+    console: Option<OwnedFd>,
+    process: &'a Process,
+    preserve_fds: u32,
+    /// Signals the parent blocked (foreground), to unblock before exec.
+    forwarded: Option<nix::sys::signal::SigSet>,
+}
+
+fn child(cfg: ChildConfig) -> ! {
+    let err = match prepare_and_exec(&cfg) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    let _ = cfg.channel.send(&InitMsg::Error(err));
+    // SAFETY: _exit ends this child without running the parent's atexit handlers.
+    unsafe { libc::_exit(127) }
+}
+
+fn prepare_and_exec(cfg: &ChildConfig) -> Result<std::convert::Infallible, String> {
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    match cfg.channel.recv::<ParentMsg>() {
+        Ok(ParentMsg::CgroupJoined { .. }) => {}
+        Ok(other) => return Err(format!("protocol: expected CgroupJoined, got {other:?}")),
+        Err(e) => return Err(format!("waiting for the parent: {e}")),
+    }
+    for (fd, flag) in &cfg.join {
+        nix::sched::setns(fd.as_fd(), *flag).map_err(|e| format!("join {flag:?}: {e}"))?;
+    }
+    let process = cfg.process;
+    let cwd = process.cwd();
+    nix::unistd::chdir(cwd).map_err(|e| format!("process.cwd {}: {e}", cwd.display()))?;
+    let mut env: Vec<String> = process.env().clone().unwrap_or_default();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", init::home_of(process.user().uid())));
+    }
+    let args = process.args().clone().unwrap_or_default();
+    let program = init::find_executable(&args[0], &env)?;
+    init::set_rlimits(process)?;
+    if let Some(console) = &cfg.console {
+        init::setup_terminal(console, process)?;
+    }
+    if let Some(adj) = process.oom_score_adj() {
+        fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|e| format!("process.oomScoreAdj {adj}: {e}"))?;
+    }
+    init::become_user(process)?;
+    if process.no_new_privileges() == Some(true) {
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(format!(
+                "process.noNewPrivileges: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    if let Some(mask) = process.user().umask() {
+        nix::sys::stat::umask(Mode::from_bits_truncate(mask));
+    }
+    let to_c = |s: &str| CString::new(s).map_err(|_| format!("\"{s}\" contains a NUL byte"));
+    let c_program = to_c(&program.to_string_lossy())?;
+    let c_args = args
+        .iter()
+        .map(|a| to_c(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let c_env = env.iter().map(|a| to_c(a)).collect::<Result<Vec<_>, _>>()?;
+    init::reset_signals();
+    if let Some(set) = &cfg.forwarded {
+        let _ = set.thread_unblock();
+    }
+    init::close_fds_on_exec(3 + cfg.preserve_fds);
+    // The process outlives `tug exec --detach`.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
+    let e = nix::unistd::execve(&c_program, &c_args, &c_env).unwrap_err();
+    Err(format!("exec {}: {e}", program.display()))
+}

@@ -28,6 +28,21 @@ pub(crate) struct RegistryClient {
     authorization: Mutex<Option<String>>,
 }
 
+/// An error with its causes (reqwest's own message hides them: "error sending request").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 fn registry_error(reference: &str, reason: impl Into<String>) -> Error {
     Error::Registry {
         reference: reference.to_string(),
@@ -101,10 +116,18 @@ impl RegistryClient {
             if let Some(auth) = self.authorization.lock().await.clone() {
                 req = req.header(reqwest::header::AUTHORIZATION, auth);
             }
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| self.err(format!("GET {url}: {e}")))?;
+            let resp = req.send().await.map_err(|e| {
+                let msg = chain(&e);
+                let tls = msg.to_ascii_lowercase();
+                let hint = if self.base.starts_with("https:")
+                    && (tls.contains("corrupt message") || tls.contains("invalidcontenttype"))
+                {
+                    " (the registry seems to speak plain http: mark it insecure to allow that)"
+                } else {
+                    ""
+                };
+                self.err(format!("GET {url}: {msg}{hint}"))
+            })?;
             if resp.status() == reqwest::StatusCode::UNAUTHORIZED && attempt == 0 {
                 let challenge = resp
                     .headers()
@@ -174,7 +197,7 @@ impl RegistryClient {
                 let resp = req
                     .send()
                     .await
-                    .map_err(|e| self.err(format!("token request to {realm}: {e}")))?;
+                    .map_err(|e| self.err(format!("token request to {realm}: {}", chain(&e))))?;
                 if !resp.status().is_success() {
                     return Err(self.err(format!(
                         "token request to {realm}: {}",
@@ -204,7 +227,7 @@ impl RegistryClient {
         while let Some(chunk) = resp
             .chunk()
             .await
-            .map_err(|e| self.err(format!("{what}: {e}")))?
+            .map_err(|e| self.err(format!("{what}: {}", chain(&e))))?
         {
             data.extend_from_slice(&chunk);
             if data.len() as u64 > MAX_DOCUMENT {
@@ -272,6 +295,6 @@ impl RegistryClient {
     ) -> Result<Option<Bytes>> {
         resp.chunk()
             .await
-            .map_err(|e| self.err(format!("blob {digest}: {e}")))
+            .map_err(|e| self.err(format!("blob {digest}: {}", chain(&e))))
     }
 }

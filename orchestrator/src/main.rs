@@ -113,6 +113,12 @@ enum Command {
         #[arg(long, default_value_t = 1 << 20)]
         log_max_bytes: u64,
     },
+    /// The node's service proxy (started by the agent).
+    #[command(hide = true)]
+    Proxy {
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -181,6 +187,9 @@ fn main() -> std::process::ExitCode {
             log_max_bytes: *log_max_bytes,
         };
         return std::process::ExitCode::from(tugboat::agent::monitor::run(&args) as u8);
+    }
+    if let Command::Proxy { dir } = &cli.command {
+        return std::process::ExitCode::from(tugboat::agent::proxy::run(dir) as u8);
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -366,7 +375,9 @@ async fn run(cli: Cli) -> Result<()> {
             };
             tugboat::up::up(config, tugboat::up::interrupted()).await?;
         }
-        Command::Monitor { .. } => unreachable!("handled before the async runtime starts"),
+        Command::Monitor { .. } | Command::Proxy { .. } => {
+            unreachable!("handled before the async runtime starts")
+        }
     }
     Ok(())
 }

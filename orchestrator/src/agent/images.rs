@@ -183,7 +183,8 @@ impl ImageSource for StoreImages {
                 .block_on(async {
                     tokio::time::timeout(
                         std::time::Duration::from_secs(120),
-                        self.store.pull(reference, &tug_image::PullOptions::default()),
+                        self.store
+                            .pull(reference, &tug_image::PullOptions::default()),
                     )
                     .await
                 })
@@ -197,8 +198,7 @@ impl ImageSource for StoreImages {
                 }),
             Err(tug_image::Error::NotFound { .. }) => Err(ImageError::NotFound {
                 reference: reference.into(),
-                hint: "not in the local image store (tugboat image import or pull it first)"
-                    .into(),
+                hint: "not in the local image store (tugboat image import or pull it first)".into(),
             }),
             Err(e) => Err(ImageError::Broken {
                 reference: reference.into(),
@@ -223,7 +223,10 @@ impl ImageSource for StoreImages {
     fn prepare_rootfs(&self, image: &ResolvedImage, instance: &str) -> Result<PathBuf, ImageError> {
         let stored = match &image.stored {
             Some(s) => s.clone(),
-            None => self.resolve(&image.reference)?.stored.expect("the store sets it"),
+            None => self
+                .resolve(&image.reference)?
+                .stored
+                .expect("the store sets it"),
         };
         self.store
             .prepare_rootfs(&stored, instance)

@@ -13,6 +13,7 @@ pub mod instance;
 pub mod monitor;
 pub mod netns_file;
 pub mod probes;
+pub mod proxy;
 pub mod services;
 
 use crate::client::ApiClient;
@@ -373,8 +374,9 @@ impl Agent {
         for t in tasks {
             let _ = t.await;
         }
-        self.ctx.services.stop();
         if stop_all {
+            let dir = self.ctx.data_dir.clone();
+            let _ = tokio::task::spawn_blocking(move || proxy::stop(&dir)).await;
             let _ = std::fs::remove_file(self.ctx.data_dir.join("services.json"));
             match Arc::try_unwrap(self.ctx) {
                 Ok(ctx) => {
@@ -423,50 +425,70 @@ async fn heartbeat_loop(client: ApiClient, registration: NodeRegistration, every
     }
 }
 
-/// Keeps every service's address, balancer and name current.
+/// Keeps every service's address, name and proxy entry current, and the proxy running.
 async fn service_loop(ctx: Arc<NodeContext>) {
+    let mut tick: u64 = 0;
     loop {
-        if let Ok(list) = ctx.client.services().await {
-            let mut added = false;
-            for service in list.items {
-                let Ok((address, new)) = ctx.services.address_of(&service.name) else {
-                    continue;
-                };
-                if new || !ctx.services.has_address_on_bridge(&service.name) {
-                    let net = ipnetwork::Ipv4Network::new(address, 32).expect("a /32");
-                    use tug_netns::ops::NetOps;
-                    let _net = ctx.net_lock.lock().await;
-                    if ctx
-                        .network
-                        .ops()
-                        .add_address(ctx.network.bridge_index(), net)
-                        .await
-                        .is_ok()
-                    {
-                        ctx.services.mark_on_bridge(&service.name);
-                    }
-                    added = true;
-                }
-                for port in &service.spec.ports {
-                    if port.protocol != crate::spec::Protocol::Tcp {
-                        continue;
-                    }
-                    let target = port.container.0;
-                    let mut addrs = vec![std::net::SocketAddr::from((address, target))];
-                    if let (Some(p), PublishMode::Ingress) = (port.published, port.mode) {
-                        addrs.push(std::net::SocketAddr::from(([0, 0, 0, 0], p.0)));
-                    }
-                    for addr in addrs {
-                        if let Err(e) = ctx.services.listen(&service.name, addr, target).await {
-                            eprintln!("tugboat agent: {e}");
-                        }
-                    }
-                }
-            }
-            if added {
-                ctx.services.refresh_hosts_files();
+        if tick % 5 == 0 {
+            refresh_services(&ctx).await;
+        }
+        tick += 1;
+        let table = ctx.services.proxy_table();
+        if let Err(e) = proxy::write_table(&ctx.data_dir, &table) {
+            eprintln!("tugboat agent: proxy table: {e}");
+        }
+        if !proxy::running(&ctx.data_dir) {
+            let (exe, dir) = (ctx.monitor_exe.clone(), ctx.data_dir.clone());
+            let started = tokio::task::spawn_blocking(move || proxy::spawn(&exe, &dir)).await;
+            if let Ok(Err(e)) = started {
+                eprintln!("tugboat agent: {e}");
             }
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Services from the server: an address each (on the bridge), and what the proxy listens on.
+async fn refresh_services(ctx: &NodeContext) {
+    let Ok(list) = ctx.client.services().await else {
+        return;
+    };
+    let mut added = false;
+    let mut listeners = BTreeMap::new();
+    for service in list.items {
+        let Ok((address, new)) = ctx.services.address_of(&service.name) else {
+            continue;
+        };
+        if new || !ctx.services.has_address_on_bridge(&service.name) {
+            let net = ipnetwork::Ipv4Network::new(address, 32).expect("a /32");
+            use tug_netns::ops::NetOps;
+            let _net = ctx.net_lock.lock().await;
+            if ctx
+                .network
+                .ops()
+                .add_address(ctx.network.bridge_index(), net)
+                .await
+                .is_ok()
+            {
+                ctx.services.mark_on_bridge(&service.name);
+            }
+            added = true;
+        }
+        for port in &service.spec.ports {
+            if port.protocol != crate::spec::Protocol::Tcp {
+                continue;
+            }
+            let target = port.container.0;
+            let vip = std::net::SocketAddr::from((address, target));
+            listeners.insert(vip, (service.name.clone(), target));
+            if let (Some(p), PublishMode::Ingress) = (port.published, port.mode) {
+                let host = std::net::SocketAddr::from(([0, 0, 0, 0], p.0));
+                listeners.insert(host, (service.name.clone(), target));
+            }
+        }
+    }
+    ctx.services.set_listeners(listeners);
+    if added {
+        ctx.services.refresh_hosts_files();
     }
 }

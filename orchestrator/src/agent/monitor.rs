@@ -138,7 +138,7 @@ pub fn spawn(exe: &Path, args: &MonitorArgs) -> io::Result<()> {
 }
 
 /// Takes the exclusive lock on `path`; `None` when another process holds it.
-fn take_lock(path: &Path) -> io::Result<Option<fs::File>> {
+pub fn take_lock(path: &Path) -> io::Result<Option<fs::File>> {
     let file = fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -8,7 +8,6 @@
 use std::io;
 use std::path::Path;
 
-
 /// Is `path` a mounted network namespace?
 pub fn is_netns(path: &Path) -> bool {
     match nix::sys::statfs::statfs(path) {

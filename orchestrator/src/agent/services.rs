@@ -4,17 +4,18 @@
 //! Each service gets an address from the service range (default 10.89.0.0/24), kept in
 //! `<data-dir>/services.json` so it never changes for the life of the node. The address is
 //! added (as a /32) to the node's bridge, so containers reach it through their default
-//! route and the host reaches it directly. On each of the service's container ports the
-//! agent listens on that address and passes every connection to the next ready instance
-//! (round robin); an instance whose readiness probe fails is taken out at once. Names: the
-//! agent writes every instance's /etc/hosts (a file bind-mounted into the container) with the
-//! names and addresses of all services, and rewrites it in place when a service appears.
+//! route and the host reaches it directly. On each of the service's container ports (and on
+//! its ingress ports, on the host) the node's proxy ([`super::proxy`]) listens and passes
+//! every connection to the next ready instance; this table says what it serves, and an
+//! instance whose readiness probe fails is taken out of it at once. Names: the agent writes
+//! every instance's /etc/hosts (a file bind-mounted into the container) with the names and
+//! addresses of all services, and rewrites it in place when a service appears.
 
+use super::proxy::{ProxyListener, ProxyTable};
 use ipnetwork::Ipv4Network;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// One instance of a service as the balancer sees it.
@@ -34,12 +35,6 @@ pub enum ServiceError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("service {service}: cannot listen on {addr}: {source}")]
-    Listen {
-        service: String,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
 }
 
 #[derive(Default)]
@@ -48,8 +43,8 @@ struct Inner {
     vips: BTreeMap<String, Ipv4Addr>,
     /// Service -> instance id -> endpoint.
     endpoints: HashMap<String, BTreeMap<String, Endpoint>>,
-    /// Balancers running, by the address they listen on.
-    listeners: HashMap<SocketAddr, tokio::task::JoinHandle<()>>,
+    /// What the proxy listens on: address -> (service, instances' port).
+    listeners: BTreeMap<SocketAddr, (String, u16)>,
     /// /etc/hosts files of instances: id -> (path, own address).
     hosts_files: BTreeMap<String, (PathBuf, Ipv4Addr)>,
     /// Services whose address was put on the bridge by this process.
@@ -61,7 +56,6 @@ pub struct ServiceTable {
     range: Ipv4Network,
     file: PathBuf,
     inner: Mutex<Inner>,
-    next: AtomicUsize,
 }
 
 impl ServiceTable {
@@ -78,7 +72,6 @@ impl ServiceTable {
                 vips,
                 ..Default::default()
             }),
-            next: AtomicUsize::new(0),
         })
     }
 
@@ -129,70 +122,37 @@ impl ServiceTable {
         self.lock().vips.clone()
     }
 
-    /// Starts a balancer on `addr` for `service` (to its instances' `port`) unless one runs:
-    /// on the service's virtual address, or on the host for an ingress port.
-    pub async fn listen(
-        self: &Arc<Self>,
-        service: &str,
-        addr: SocketAddr,
-        port: u16,
-    ) -> Result<(), ServiceError> {
-        let key = addr;
-        if self
-            .lock()
+    /// Has the proxy listen on `addr` for `service` (to its instances' `port`): the
+    /// service's virtual address, or a host address for an ingress port.
+    pub fn listen(&self, service: &str, addr: SocketAddr, port: u16) {
+        self.lock()
             .listeners
-            .get(&key)
-            .is_some_and(|t| !t.is_finished())
-        {
-            return Ok(());
-        }
-        let socket = tokio::net::TcpSocket::new_v4().map_err(|source| ServiceError::Listen {
-            service: service.into(),
-            addr,
-            source,
-        })?;
-        let _ = socket.set_reuseaddr(true);
-        let listener = socket
-            .bind(addr)
-            .and_then(|_| socket.listen(1024))
-            .map_err(|source| ServiceError::Listen {
-                service: service.into(),
-                addr,
-                source,
-            })?;
-        let table = self.clone();
-        let name = service.to_string();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((conn, _)) = listener.accept().await else {
-                    continue;
-                };
-                let Some(target) = table.pick(&name) else {
-                    drop(conn);
-                    continue;
-                };
-                tokio::spawn(relay(conn, SocketAddr::from((target, port))));
-            }
-        });
-        self.lock().listeners.insert(key, task);
-        Ok(())
+            .insert(addr, (service.to_string(), port));
     }
 
-    /// The next ready endpoint of `service`, round robin.
-    pub fn pick(&self, service: &str) -> Option<Ipv4Addr> {
+    /// Replaces everything the proxy listens on.
+    pub fn set_listeners(&self, listeners: BTreeMap<SocketAddr, (String, u16)>) {
+        self.lock().listeners = listeners;
+    }
+
+    /// What the proxy should serve now.
+    pub fn proxy_table(&self) -> ProxyTable {
         let inner = self.lock();
-        let ready: Vec<Ipv4Addr> = inner
-            .endpoints
-            .get(service)?
-            .values()
-            .filter(|e| e.ready)
-            .map(|e| e.address)
+        let listeners = inner
+            .listeners
+            .iter()
+            .map(|(addr, (service, port))| ProxyListener {
+                service: service.clone(),
+                listen: *addr,
+                target_port: *port,
+                endpoints: inner
+                    .endpoints
+                    .get(service)
+                    .map(|m| m.values().filter(|e| e.ready).map(|e| e.address).collect())
+                    .unwrap_or_default(),
+            })
             .collect();
-        if ready.is_empty() {
-            return None;
-        }
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        Some(ready[n % ready.len()])
+        ProxyTable { listeners }
     }
 
     pub fn set_endpoint(&self, service: &str, instance: &str, endpoint: Endpoint) {
@@ -259,13 +219,6 @@ impl ServiceTable {
             let _ = write_in_place(&path, &self.hosts_text(&super::bundle::hostname(&id), own));
         }
     }
-
-    /// Stops every balancer.
-    pub fn stop(&self) {
-        for (_, task) in self.lock().listeners.drain() {
-            task.abort();
-        }
-    }
 }
 
 fn write_in_place(path: &Path, text: &str) -> std::io::Result<()> {
@@ -276,17 +229,6 @@ fn write_in_place(path: &Path, text: &str) -> std::io::Result<()> {
         .truncate(true)
         .open(path)?;
     f.write_all(text.as_bytes())
-}
-
-async fn relay(mut inbound: tokio::net::TcpStream, target: SocketAddr) {
-    let connect = tokio::time::timeout(
-        std::time::Duration::from_secs(3),
-        tokio::net::TcpStream::connect(target),
-    )
-    .await;
-    if let Ok(Ok(mut outbound)) = connect {
-        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-    }
 }
 
 #[cfg(test)]
@@ -317,37 +259,16 @@ mod tests {
         let table = ServiceTable::open("10.89.0.0/24".parse().unwrap(), &dir.path().join("s"));
         let a: Ipv4Addr = "10.88.0.2".parse().unwrap();
         let b: Ipv4Addr = "10.88.0.3".parse().unwrap();
-        table.set_endpoint(
-            "web",
-            "w1",
-            Endpoint {
-                address: a,
-                ready: true,
-            },
-        );
-        table.set_endpoint(
-            "web",
-            "w2",
-            Endpoint {
-                address: b,
-                ready: false,
-            },
-        );
-        assert_eq!(table.pick("web"), Some(a));
-        assert_eq!(table.pick("web"), Some(a));
-        table.set_endpoint(
-            "web",
-            "w2",
-            Endpoint {
-                address: b,
-                ready: true,
-            },
-        );
-        let picks: std::collections::HashSet<_> =
-            (0..4).filter_map(|_| table.pick("web")).collect();
-        assert_eq!(picks.len(), 2);
+        table.listen("web", "10.89.0.1:80".parse().unwrap(), 80);
+        let endpoints = |t: &ServiceTable| t.proxy_table().listeners[0].endpoints.clone();
+        let at = |address, ready| Endpoint { address, ready };
+        table.set_endpoint("web", "w1", at(a, true));
+        table.set_endpoint("web", "w2", at(b, false));
+        assert_eq!(endpoints(&table), [a]);
+        table.set_endpoint("web", "w2", at(b, true));
+        assert_eq!(endpoints(&table), [a, b]);
         table.remove_endpoint("web", "w1");
         table.remove_endpoint("web", "w2");
-        assert_eq!(table.pick("web"), None);
+        assert!(endpoints(&table).is_empty());
     }
 }

@@ -1,0 +1,286 @@
+//! The node's service proxy: `tugboat proxy`, a small detached process that balances TCP
+//! connections to services over their ready instances.
+//!
+//! It is not part of the agent so that traffic keeps flowing while the agent is stopped,
+//! crashed or upgraded (as containers keep running under their monitors). The agent writes
+//! the table (`proxy.json`: for each listening address, the service, its instances' port and
+//! its ready instances) by temp file and rename whenever it changes; the proxy reads it when
+//! its modification time changes (every 100 ms) and opens or closes listeners to match.
+//! Connections go to the next ready instance, round robin. The proxy holds `proxy.lock` for
+//! its life (the agent's liveness check); it exits when the table file is removed.
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const TABLE_FILE: &str = "proxy.json";
+pub const LOCK_FILE: &str = "proxy.lock";
+
+/// What the proxy serves.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyTable {
+    pub listeners: Vec<ProxyListener>,
+}
+
+/// One listening address: a service's virtual address and port, or an ingress host port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyListener {
+    pub service: String,
+    pub listen: SocketAddr,
+    /// The instances' port.
+    pub target_port: u16,
+    /// Ready instances.
+    pub endpoints: Vec<Ipv4Addr>,
+}
+
+/// Starts the proxy for the table in `dir` (returns once it has detached).
+pub fn spawn(exe: &Path, dir: &Path) -> io::Result<()> {
+    let status = std::process::Command::new(exe)
+        .arg("proxy")
+        .arg("--dir")
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "the service proxy failed to start ({status})"
+        )))
+    }
+}
+
+/// Is a proxy serving `dir`?
+pub fn running(dir: &Path) -> bool {
+    super::monitor::lock_held(&dir.join(LOCK_FILE))
+}
+
+/// Writes the table if it differs from what is there.
+pub fn write_table(dir: &Path, table: &ProxyTable) -> io::Result<bool> {
+    let path = dir.join(TABLE_FILE);
+    if super::monitor::read_json::<ProxyTable>(&path).as_ref() == Some(table) {
+        return Ok(false);
+    }
+    super::monitor::write_json(&path, table)?;
+    Ok(true)
+}
+
+/// Stops the proxy: removes the table and waits (up to 5 s) for it to exit.
+pub fn stop(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(TABLE_FILE));
+    for _ in 0..100 {
+        if !running(dir) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_file(dir.join(LOCK_FILE));
+}
+
+/// `tugboat proxy --dir DIR`: detaches, then serves until the table file goes away.
+pub fn run(dir: &Path) -> i32 {
+    let lock = match super::monitor::take_lock(&dir.join(LOCK_FILE)) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => return 0,
+        Err(e) => {
+            eprintln!("tugboat proxy: {e}");
+            return 1;
+        }
+    };
+    // SAFETY: single-threaded here; no runtime exists yet.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Parent { .. }) => return 0,
+        Ok(nix::unistd::ForkResult::Child) => {}
+        Err(e) => {
+            eprintln!("tugboat proxy: fork: {e}");
+            return 1;
+        }
+    }
+    let _lock = lock;
+    let _ = nix::unistd::setsid();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(_) => std::process::exit(1),
+    };
+    runtime.block_on(serve(dir.to_path_buf()));
+    std::process::exit(0);
+}
+
+struct Balancer {
+    task: tokio::task::JoinHandle<()>,
+    endpoints: Arc<Mutex<(Vec<Ipv4Addr>, u16)>>,
+}
+
+async fn serve(dir: PathBuf) {
+    let path = dir.join(TABLE_FILE);
+    let mut balancers: HashMap<SocketAddr, Balancer> = HashMap::new();
+    let mut seen: Option<std::time::SystemTime> = None;
+    let mut table = ProxyTable::default();
+    let mut retry_at = std::time::Instant::now();
+    loop {
+        let modified = match std::fs::metadata(&path) {
+            Ok(m) => m.modified().ok(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+            Err(_) => None,
+        };
+        let changed = modified != seen;
+        if changed {
+            if let Some(t) = super::monitor::read_json::<ProxyTable>(&path) {
+                table = t;
+                seen = modified;
+            }
+        }
+        if changed || std::time::Instant::now() >= retry_at {
+            apply(&table, &mut balancers);
+            retry_at = std::time::Instant::now() + Duration::from_secs(1);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (_, b) in balancers {
+        b.task.abort();
+    }
+}
+
+fn apply(table: &ProxyTable, balancers: &mut HashMap<SocketAddr, Balancer>) {
+    let wanted: HashMap<SocketAddr, &ProxyListener> =
+        table.listeners.iter().map(|l| (l.listen, l)).collect();
+    balancers.retain(|addr, b| {
+        let keep = wanted.contains_key(addr) && !b.task.is_finished();
+        if !keep {
+            b.task.abort();
+        }
+        keep
+    });
+    for (addr, l) in wanted {
+        if let Some(b) = balancers.get(&addr) {
+            *b.endpoints.lock().unwrap_or_else(|p| p.into_inner()) =
+                (l.endpoints.clone(), l.target_port);
+            continue;
+        }
+        let Ok(listener) = bind(addr) else { continue };
+        let endpoints = Arc::new(Mutex::new((l.endpoints.clone(), l.target_port)));
+        let task = tokio::spawn(accept_loop(listener, endpoints.clone()));
+        balancers.insert(addr, Balancer { task, endpoints });
+    }
+}
+
+fn bind(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    endpoints: Arc<Mutex<(Vec<Ipv4Addr>, u16)>>,
+) {
+    let next = AtomicUsize::new(0);
+    loop {
+        let Ok((conn, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let target = {
+            let guard = endpoints.lock().unwrap_or_else(|p| p.into_inner());
+            let (list, port) = &*guard;
+            pick(list, &next).map(|ip| SocketAddr::from((ip, *port)))
+        };
+        match target {
+            Some(target) => {
+                tokio::spawn(relay(conn, target));
+            }
+            None => drop(conn),
+        }
+    }
+}
+
+/// The next endpoint, round robin.
+pub fn pick(endpoints: &[Ipv4Addr], next: &AtomicUsize) -> Option<Ipv4Addr> {
+    if endpoints.is_empty() {
+        return None;
+    }
+    let n = next.fetch_add(1, Ordering::Relaxed);
+    Some(endpoints[n % endpoints.len()])
+}
+
+async fn relay(mut inbound: tokio::net::TcpStream, target: SocketAddr) {
+    let connect = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::net::TcpStream::connect(target),
+    )
+    .await;
+    if let Ok(Ok(mut outbound)) = connect {
+        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_robin_over_endpoints() {
+        let next = AtomicUsize::new(0);
+        let a: Ipv4Addr = "10.88.0.2".parse().unwrap();
+        let b: Ipv4Addr = "10.88.0.3".parse().unwrap();
+        assert_eq!(pick(&[], &next), None);
+        let picks: Vec<_> = (0..4).filter_map(|_| pick(&[a, b], &next)).collect();
+        assert_eq!(picks, [a, b, a, b]);
+    }
+
+    #[tokio::test]
+    async fn the_proxy_follows_its_table() {
+        let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = backend.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut c, _) = backend.accept().await.unwrap();
+                use tokio::io::AsyncWriteExt;
+                let _ = c.write_all(b"hello").await;
+            }
+        });
+        let front = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listen = front.local_addr().unwrap();
+        drop(front);
+        let dir = tempfile::tempdir().unwrap();
+        let table = ProxyTable {
+            listeners: vec![ProxyListener {
+                service: "web".into(),
+                listen,
+                target_port: port,
+                endpoints: vec![Ipv4Addr::LOCALHOST],
+            }],
+        };
+        assert!(write_table(dir.path(), &table).unwrap());
+        assert!(!write_table(dir.path(), &table).unwrap());
+        let served = tokio::spawn(serve(dir.path().to_path_buf()));
+        let mut answer = String::new();
+        for _ in 0..100 {
+            if let Ok(mut c) = tokio::net::TcpStream::connect(listen).await {
+                use tokio::io::AsyncReadExt;
+                let _ = c.read_to_string(&mut answer).await;
+                if !answer.is_empty() {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(answer, "hello");
+        std::fs::remove_file(dir.path().join(TABLE_FILE)).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), served)
+            .await
+            .expect("the proxy stops when its table goes")
+            .unwrap();
+    }
+}

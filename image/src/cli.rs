@@ -121,6 +121,7 @@ pub async fn run(cmd: ImageCommand, data_dir: &Path) -> Result<()> {
                     Progress::Auto
                 },
                 max_concurrent_downloads: 0,
+                download_retries: None,
             };
             let image = store.pull(&reference, &opts).await?;
             out(&format!("{} {}", image.reference, image.digest))?;

@@ -104,6 +104,15 @@ impl LayerProgress {
         }
     }
 
+    /// Something worth saying mid-download (a resume).
+    pub fn note(&mut self, msg: &str) {
+        match self {
+            LayerProgress::Bar(b) => b.set_message(msg.to_string()),
+            LayerProgress::Line { name, .. } => eprintln!("{name}: {msg}"),
+            LayerProgress::Quiet => {}
+        }
+    }
+
     pub fn finish(&mut self, msg: &str) {
         match self {
             LayerProgress::Bar(b) => b.finish_with_message(msg.to_string()),

@@ -37,6 +37,16 @@ pub struct PullOptions {
     pub progress: Progress,
     /// Layers downloaded at once (0: 3).
     pub max_concurrent_downloads: usize,
+    /// How often a broken layer download is resumed from where it stopped (with an HTTP
+    /// range request) before the pull fails; `None`: 4.
+    pub download_retries: Option<u32>,
+}
+
+/// A layer download that receives nothing for this long is broken (and resumed).
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn opts_retries(r: Option<u32>) -> u32 {
+    r.unwrap_or(4)
 }
 
 /// What a pull did.
@@ -172,7 +182,11 @@ impl ImageStore {
         let results: Vec<Result<Option<u64>>> = stream::iter(jobs)
             .map(|(desc, diff_id)| {
                 let sink = sink.clone();
-                async move { self.fetch_layer(client, &sink, desc, diff_id).await }
+                let retries = opts.download_retries;
+                async move {
+                    self.fetch_layer(client, &sink, desc, diff_id, retries)
+                        .await
+                }
             })
             .buffer_unordered(concurrency)
             .collect()
@@ -209,6 +223,7 @@ impl ImageStore {
         sink: &Sink,
         desc: Descriptor,
         diff_id: Digest,
+        retries: Option<u32>,
     ) -> Result<Option<u64>> {
         let dest = self.layer_path(&diff_id);
         if dest.is_dir() {
@@ -260,9 +275,32 @@ impl ImageStore {
         });
         let mut fetched = 0u64;
         let mut failure = None;
+        // Bytes to drop from the front of the current response (a resumed download whose
+        // registry ignored the range and sent everything again).
+        let mut skip = 0u64;
+        let mut resumes = 0;
+        let max_resumes = opts_retries(retries);
         loop {
-            match client.chunk(&mut resp, &desc.digest).await {
-                Ok(Some(chunk)) => {
+            let next =
+                match tokio::time::timeout(IDLE_TIMEOUT, client.chunk(&mut resp, &desc.digest))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::Registry {
+                        reference: desc.digest.to_string(),
+                        reason: format!("no data for {} s", IDLE_TIMEOUT.as_secs()),
+                    }),
+                };
+            let broken = match next {
+                Ok(Some(mut chunk)) => {
+                    if skip > 0 {
+                        let k = (skip as usize).min(chunk.len());
+                        let _ = chunk.split_to(k);
+                        skip -= k as u64;
+                        if chunk.is_empty() {
+                            continue;
+                        }
+                    }
                     fetched += chunk.len() as u64;
                     progress.add(chunk.len() as u64);
                     if fetched > desc.size {
@@ -276,17 +314,37 @@ impl ImageStore {
                     if tx.send(Ok(chunk)).await.is_err() {
                         break; // the unpacker stopped; its error says why
                     }
+                    continue;
                 }
-                Ok(None) => break,
+                Ok(None) if fetched >= desc.size => break,
+                Ok(None) => Error::Registry {
+                    reference: desc.digest.to_string(),
+                    reason: format!("connection closed after {fetched} of {} bytes", desc.size),
+                },
+                Err(e) => e,
+            };
+            // A broken download resumes where it stopped; what was received is already
+            // in the unpacker and the blob file.
+            if resumes >= max_resumes {
+                failure = Some(broken);
+                break;
+            }
+            resumes += 1;
+            progress.note(&format!("resuming at byte {fetched} ({broken})"));
+            tokio::time::sleep(std::time::Duration::from_millis(250 << resumes)).await;
+            match client.blob_from(&desc.digest, fetched).await {
+                Ok((r, s)) => {
+                    resp = r;
+                    skip = s;
+                }
                 Err(e) => {
-                    let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
                     failure = Some(e);
                     break;
                 }
             }
         }
-        if failure.is_some() {
-            let _ = tx.send(Err(io::Error::other("download failed"))).await;
+        if let Some(e) = &failure {
+            let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
         }
         drop(tx);
         let result = unpacker.await.expect("unpack task");

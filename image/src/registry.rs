@@ -107,11 +107,14 @@ impl RegistryClient {
     }
 
     /// GET with the current authorization; on a 401, follow its challenge once and retry.
-    async fn get(&self, url: &str, accept: Option<&str>) -> Result<reqwest::Response> {
+    async fn get(&self, url: &str, accept: Option<&str>, from: u64) -> Result<reqwest::Response> {
         for attempt in 0..2 {
             let mut req = self.http.get(url);
             if let Some(a) = accept {
                 req = req.header(reqwest::header::ACCEPT, a);
+            }
+            if from > 0 {
+                req = req.header(reqwest::header::RANGE, format!("bytes={from}-"));
             }
             if let Some(auth) = self.authorization.lock().await.clone() {
                 req = req.header(reqwest::header::AUTHORIZATION, auth);
@@ -244,7 +247,7 @@ impl RegistryClient {
             "{}/v2/{}/manifests/{}",
             self.base, self.repository, tag_or_digest
         );
-        let resp = self.get(&url, Some(MANIFEST_ACCEPT)).await?;
+        let resp = self.get(&url, Some(MANIFEST_ACCEPT), 0).await?;
         let media_type = resp
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -284,7 +287,31 @@ impl RegistryClient {
     /// A blob as a streaming response.
     pub async fn blob(&self, digest: &Digest) -> Result<reqwest::Response> {
         let url = format!("{}/v2/{}/blobs/{}", self.base, self.repository, digest);
-        self.get(&url, None).await
+        self.get(&url, None, 0).await
+    }
+
+    /// The rest of a blob from byte `from` on. Returns the response and how many bytes
+    /// at its front to drop: 0 if the registry honoured the range (206), `from` if it sent
+    /// the whole blob again (200).
+    pub async fn blob_from(&self, digest: &Digest, from: u64) -> Result<(reqwest::Response, u64)> {
+        let url = format!("{}/v2/{}/blobs/{}", self.base, self.repository, digest);
+        let resp = self.get(&url, None, from).await?;
+        if resp.status() != reqwest::StatusCode::PARTIAL_CONTENT {
+            return Ok((resp, from));
+        }
+        let start = resp
+            .headers()
+            .get(reqwest::header::CONTENT_RANGE)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|v| v.strip_prefix("bytes "))
+            .and_then(|v| v.split('-').next())
+            .and_then(|v| v.parse::<u64>().ok());
+        if start != Some(from) {
+            return Err(self.err(format!(
+                "blob {digest}: asked for bytes from {from}, got range {start:?}"
+            )));
+        }
+        Ok((resp, 0))
     }
 
     /// The next chunk of a blob response.

@@ -108,10 +108,11 @@ async fn interrupted_or_corrupt_downloads_leave_nothing() {
 
     for fault in [Fault::Truncate, Fault::Corrupt] {
         *reg.faults.lock().unwrap() = fault;
-        let err = store
-            .pull(&reference, &opts(&reg.addr, None))
-            .await
-            .unwrap_err();
+        let o = PullOptions {
+            download_retries: Some(1),
+            ..opts(&reg.addr, None)
+        };
+        let err = store.pull(&reference, &o).await.unwrap_err();
         assert!(
             matches!(
                 err,
@@ -166,4 +167,28 @@ async fn interrupted_or_corrupt_downloads_leave_nothing() {
         2
     );
     assert_eq!(fs::read_dir(data2.join("images/tmp")).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_download_resumes_where_it_stopped() {
+    let work = tempfile::tempdir().unwrap();
+    let md = layout(&work.path().join("layout"));
+    for fault in [Fault::TruncateOnce, Fault::TruncateOnceNoRange] {
+        let reg = FakeRegistry::start(&work.path().join("layout"), AuthMode::None).await;
+        *reg.faults.lock().unwrap() = fault;
+        let data = work.path().join(format!("data-{fault:?}"));
+        let store = ImageStore::open(&data).unwrap();
+        let img = store
+            .pull(&format!("{}/tug/app:1", reg.addr), &opts(&reg.addr, None))
+            .await
+            .unwrap();
+        assert_eq!(img.digest, md, "{fault:?}");
+        assert_eq!(
+            fs::read(img.layers[0].join("big")).unwrap().len(),
+            400_000,
+            "{fault:?}"
+        );
+        // config, small layer, big layer cut, big layer resumed
+        assert_eq!(reg.blob_gets.load(Ordering::SeqCst), 4, "{fault:?}");
+    }
 }

@@ -28,6 +28,10 @@ pub enum Fault {
     Truncate,
     /// One byte of each blob over 64 KiB is changed.
     Corrupt,
+    /// The first GET of each blob over 64 KiB stops half-way; later GETs honour `Range`.
+    TruncateOnce,
+    /// As `TruncateOnce`, but later GETs ignore `Range` and send the whole blob.
+    TruncateOnceNoRange,
 }
 
 pub struct FakeRegistry {
@@ -44,6 +48,7 @@ impl Drop for FakeRegistry {
 }
 
 struct State {
+    truncated: Mutex<std::collections::HashSet<String>>,
     layout: PathBuf,
     tags: HashMap<String, (String, String)>,
     auth: AuthMode,
@@ -73,6 +78,7 @@ impl FakeRegistry {
         let blob_gets = Arc::new(AtomicUsize::new(0));
         let faults = Arc::new(Mutex::new(Fault::None));
         let state = Arc::new(State {
+            truncated: Mutex::new(Default::default()),
             layout: layout.to_path_buf(),
             tags,
             auth,
@@ -211,9 +217,31 @@ async fn serve(mut sock: TcpStream, st: Arc<State>) -> std::io::Result<()> {
     }
     // Faults hit only large blobs (layers), not configs.
     if kind == "blobs" && body.len() > 64 * 1024 {
-        let fault = *st.faults.lock().unwrap();
+        let mut fault = *st.faults.lock().unwrap();
+        if matches!(fault, Fault::TruncateOnce | Fault::TruncateOnceNoRange) {
+            let first = st.truncated.lock().unwrap().insert(digest.clone());
+            if first {
+                fault = Fault::Truncate;
+            } else if fault == Fault::TruncateOnce {
+                if let Some(from) = headers
+                    .get("range")
+                    .and_then(|r| r.strip_prefix("bytes="))
+                    .and_then(|r| r.trim_end_matches('-').parse::<usize>().ok())
+                {
+                    let total = body.len();
+                    let range = format!("bytes {from}-{}/{total}", total - 1);
+                    let head = format!(
+                        "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: {range}\r\nConnection: close\r\n\r\n",
+                        total - from
+                    );
+                    sock.write_all(head.as_bytes()).await?;
+                    sock.write_all(&body[from..]).await?;
+                    return sock.shutdown().await;
+                }
+            }
+        }
         match fault {
-            Fault::None => {}
+            Fault::None | Fault::TruncateOnce | Fault::TruncateOnceNoRange => {}
             Fault::Corrupt => {
                 let mid = body.len() / 2;
                 body[mid] ^= 0x01;

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod content;
 pub mod digest;
 pub mod error;
+mod gc;
 pub mod import;
 pub mod lock;
 pub mod oci;

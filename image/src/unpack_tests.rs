@@ -12,6 +12,12 @@ use super::*;
 mod layout;
 use layout::{gzip, layer_tar, sha256, zstd, Item};
 
+/// Said straight to stderr: libtest captures `eprintln!` of passing tests.
+fn skip(what: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP {what}");
+}
+
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
@@ -325,9 +331,7 @@ fn truncated_tarballs_are_errors() {
 #[test]
 fn whiteouts_become_overlay_whiteouts() {
     if !is_root() {
-        eprintln!(
-            "SKIP whiteouts_become_overlay_whiteouts: needs root (mknod 0:0, trusted xattrs)"
-        );
+        skip("whiteouts_become_overlay_whiteouts: needs root (mknod 0:0, trusted xattrs)");
         return;
     }
     let tarball = layer_tar(&[
@@ -370,7 +374,7 @@ fn get_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
 #[test]
 fn devices_owners_and_xattrs() {
     if !is_root() {
-        eprintln!("SKIP devices_owners_and_xattrs: needs root (mknod, chown, trusted xattrs)");
+        skip("devices_owners_and_xattrs: needs root (mknod, chown, trusted xattrs)");
         return;
     }
     let mut b = tar::Builder::new(Vec::new());

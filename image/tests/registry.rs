@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::tools::{busybox_layout, is_root, run, Registry};
+use common::tools::{busybox_layout, is_root, run, skip, Registry};
 use tug_image::{Error, ImageStore, Platform, Progress, PullOptions};
 
 fn opts(reg: &Registry) -> PullOptions {
@@ -137,7 +137,7 @@ fn tug_binary() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_a_container_from_a_pulled_image() {
     if !is_root() {
-        eprintln!("SKIP run_a_container_from_a_pulled_image: needs root (overlay mount, tug run)");
+        skip("run_a_container_from_a_pulled_image: needs root (overlay mount, tug run)");
         return;
     }
     let reg = Registry::start();

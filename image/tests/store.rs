@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use common::layout::{layer_tar, sha256, write_layout, ImageSpec, Item};
+use common::tools::skip;
 use tug_image::{Error, ImageStore, Mounter};
 
 fn two_layer_spec<'a>(ref_name: &'a str) -> ImageSpec<'a> {
@@ -240,7 +241,7 @@ fn prune_keeps_in_use_and_rm_removes() {
 #[test]
 fn real_overlay_rootfs_as_root() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP real_overlay_rootfs_as_root: needs root to mount overlayfs");
+        skip("real_overlay_rootfs_as_root: needs root to mount overlayfs");
         return;
     }
     let work = tempfile::tempdir().unwrap();

@@ -149,3 +149,10 @@ pub fn busybox_layout(dir: &Path) -> String {
         },
     )
 }
+
+/// Say why a test does not run. Straight to stderr: libtest captures `eprintln!` of
+/// passing tests, which would make a skip look like a pass.
+pub fn skip(what: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP {what}");
+}

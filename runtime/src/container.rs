@@ -228,6 +228,18 @@ impl Runtime {
     ///
     /// Must be called from a single-threaded process (the `tug` binary is one).
     pub fn create(&self, id: &str, opts: &CreateOptions) -> Result<ContainerState, Error> {
+        self.create_with(id, opts, None)
+    }
+
+    /// `create`, where `own_console` (one end of a socket pair the caller keeps the other end
+    /// of) receives the terminal of a `process.terminal` container that has no
+    /// `--console-socket`; it is unused otherwise.
+    fn create_with(
+        &self,
+        id: &str,
+        opts: &CreateOptions,
+        own_console: Option<OwnedFd>,
+    ) -> Result<ContainerState, Error> {
         validate_id(id)?;
         let bundle = Bundle::load(&opts.bundle)?;
         let terminal = bundle
@@ -237,7 +249,7 @@ impl Runtime {
             .and_then(|p| p.terminal())
             .unwrap_or(false);
         match (terminal, &opts.console_socket) {
-            (true, None) => {
+            (true, None) if own_console.is_none() => {
                 return Err(Error::Usage(format!(
                     "{}: process.terminal is true: give --console-socket to receive the terminal",
                     bundle.config_path().display()
@@ -278,7 +290,8 @@ impl Runtime {
         };
         let result = lock_dir(&dir, id).and_then(|lock| {
             let lock_fd = std::os::fd::AsRawFd::as_raw_fd(&lock.0);
-            self.create_inner(id, &bundle, opts, &dir, &mut undo, lock_fd)
+            let console = if terminal { own_console } else { None };
+            self.create_inner(id, &bundle, opts, &mut undo, lock_fd, console)
                 .map(|s| (s, lock))
         });
         match result {
@@ -295,10 +308,12 @@ impl Runtime {
         id: &str,
         bundle: &Bundle,
         opts: &CreateOptions,
-        dir: &Path,
         undo: &mut Undo,
         lock_fd: std::os::fd::RawFd,
+        own_console: Option<OwnedFd>,
     ) -> Result<ContainerState, Error> {
+        let dir_buf = undo.dir.clone();
+        let dir: &Path = &dir_buf;
         let spec = &bundle.spec;
         let linux = spec.linux().as_ref().expect("validated");
         let cgroup_path = linux
@@ -372,12 +387,12 @@ impl Runtime {
         }
 
         let console = match &opts.console_socket {
+            None => own_console,
             Some(path) => {
                 let s = std::os::unix::net::UnixStream::connect(path)
                     .map_err(io_err(format!("--console-socket {}", path.display())))?;
                 Some(OwnedFd::from(s))
             }
-            None => None,
         };
 
         let (parent_ch, init_ch) = Channel::pair().map_err(io_err("socketpair"))?;
@@ -665,11 +680,37 @@ impl Runtime {
         forwarded
             .thread_block()
             .map_err(|e| io_err("block signals")(e.into()))?;
-        let st = self.create(id, opts)?;
+        // A terminal with no --console-socket comes to tug, which relays it (runc does too).
+        let (ours, theirs) = match &opts.console_socket {
+            None => {
+                let (a, b) =
+                    std::os::unix::net::UnixStream::pair().map_err(io_err("socketpair"))?;
+                (Some(OwnedFd::from(a)), Some(OwnedFd::from(b)))
+            }
+            Some(_) => (None, None),
+        };
+        let st = self.create_with(id, opts, theirs)?;
         let pid = Pid::from_raw(st.pid.expect("created"));
+        let master = match &ours {
+            Some(sock) if st_wants_terminal(&opts.bundle) => match crate::tty::receive_master(sock)
+            {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    let _ = self.delete(id, true);
+                    return Err(io_err("receive the container's terminal")(e));
+                }
+            },
+            _ => None,
+        };
+        drop(ours);
         if let Err(e) = self.start(id) {
             let _ = self.delete(id, true);
             return Err(e);
+        }
+        if let Some(master) = master {
+            let code = crate::tty::relay(master, pid, &forwarded);
+            self.delete(id, true)?;
+            return code.map_err(io_err("relay the terminal"));
         }
         let code = wait_forwarding(&forwarded, pid)?;
         self.delete(id, true)?;
@@ -690,6 +731,14 @@ fn init_error(id: &str, ch: &Channel, send_error: io::Error) -> Error {
 }
 
 /// The signals foreground `run` passes on to the container, plus SIGCHLD.
+/// Whether the bundle's process asks for a terminal (read again: create has validated it).
+fn st_wants_terminal(bundle: &Path) -> bool {
+    Bundle::load(bundle)
+        .ok()
+        .and_then(|b| b.spec.process().as_ref().and_then(|p| p.terminal()))
+        .unwrap_or(false)
+}
+
 /// Waits for `pid` (a child of this process) to exit, forwarding the signals in `forwarded`
 /// (which the caller has blocked) to it; returns its exit code, 128+n if killed by signal n.
 pub(crate) fn wait_forwarding(

@@ -172,9 +172,11 @@ impl Runtime {
         if args.is_empty() {
             return Err(Error::Usage("exec: process.args is empty".into()));
         }
-        if process.terminal() == Some(true) && opts.console_socket.is_none() {
+        let terminal = process.terminal() == Some(true);
+        if terminal && opts.console_socket.is_none() && opts.detach {
             return Err(Error::Usage(
-                "exec: a terminal (-t or process.terminal) needs --console-socket".into(),
+                "exec --detach with a terminal (-t or process.terminal) needs --console-socket"
+                    .into(),
             ));
         }
         if !single_threaded() {
@@ -210,11 +212,19 @@ impl Runtime {
             Some(ns_fd("pid")?)
         };
 
+        // With a terminal and no --console-socket, tug receives the pty and relays it.
+        let mut ours = None;
         let console = match &opts.console_socket {
-            Some(path) if process.terminal() == Some(true) => {
+            Some(path) if terminal => {
                 let s = std::os::unix::net::UnixStream::connect(path)
                     .map_err(io_err(format!("--console-socket {}", path.display())))?;
                 Some(OwnedFd::from(s))
+            }
+            None if terminal => {
+                let (a, b) =
+                    std::os::unix::net::UnixStream::pair().map_err(io_err("socketpair"))?;
+                ours = Some(OwnedFd::from(a));
+                Some(OwnedFd::from(b))
             }
             _ => None,
         };
@@ -287,6 +297,12 @@ impl Runtime {
         }
         if opts.detach {
             return Ok(0);
+        }
+        if let Some(sock) = ours {
+            let master = crate::tty::receive_master(&sock)
+                .map_err(|e| fail(io_err("receive the exec's terminal")(e)))?;
+            return crate::tty::relay(master, Pid::from_raw(pid), &forwarded)
+                .map_err(io_err("relay the terminal"));
         }
         wait_forwarding(&forwarded, Pid::from_raw(pid))
     }

@@ -349,10 +349,10 @@ pub(crate) fn become_user(process: &Process) -> Result<(), String> {
         caps::set(None, set, &value).map_err(|e| format!("process.capabilities.{name}: {e}"))?;
     }
     // An ambient capability must also be permitted and inheritable; runc's default spec
-    // lists some that are not inheritable, and runc only warns, so tug does the same.
+    // lists some that are not inheritable, and runc goes on, so tug does the same.
     for cap in cap_set(c.ambient()) {
         if let Err(e) = caps::raise(None, CapSet::Ambient, cap) {
-            tracing::warn!("process.capabilities.ambient: cannot raise {cap}: {e}");
+            tracing::debug!("process.capabilities.ambient: cannot raise {cap}: {e}");
         }
     }
     Ok(())

@@ -17,6 +17,7 @@ pub mod signal;
 pub mod spec;
 pub mod state;
 pub mod syscall;
+pub mod tty;
 
 pub use container::{CreateOptions, Error, Listed, Runtime};
 pub use state::Status;

@@ -255,3 +255,24 @@ fn events_stats_grow_with_load() {
     env.ok(&["delete", "--force", &id]);
     no_cgroup_left(&id);
 }
+
+#[test]
+fn exec_t_relays_a_terminal() {
+    skip_unless_root!("exec_t_relays_a_terminal");
+    let env = Env::new(&["sleep", "100"]);
+    let id = running(&env, "exect");
+    let cmd = format!(
+        "{} --root {} exec -t {id} sh -c 'tty; exit 4'",
+        env!("CARGO_BIN_EXE_tug"),
+        env.state_root().display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{}", show(&out));
+    assert!(text.contains("/dev/pts/"), "{text}");
+    env.ok(&["delete", "--force", &id]);
+}

@@ -281,3 +281,39 @@ fn a_failing_start_container_hook_fails_start() {
     env.ok(&["delete", &id]);
     no_cgroup_left(&id);
 }
+
+#[test]
+fn run_relays_a_terminal_when_there_is_no_console_socket() {
+    skip_unless_root!("run_relays_a_terminal_when_there_is_no_console_socket");
+    let mut env = Env::new(&["sh"]);
+    env.edit(|s| s["process"]["terminal"] = json!(true));
+    let id = id("tty");
+    let b = env.bundle();
+    // script(1) gives tug a terminal and types what it reads from its stdin into it.
+    let cmd = format!(
+        "{} --root {} run --bundle {} {id}",
+        env!("CARGO_BIN_EXE_tug"),
+        env.state_root().display(),
+        b.display()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"tty\necho $((6*7))\nexit 7\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(7), "{text}");
+    assert!(text.contains("/dev/pts/"), "{text}");
+    assert!(text.contains("42"), "{text}");
+    assert!(!env.state_root().join(&id).exists());
+    no_cgroup_left(&id);
+}

@@ -96,6 +96,8 @@ def main():
         rts = [Runtime("tug", tug, f"{state}/tug"),
                Runtime("crun", shutil.which("crun"), f"{state}/crun"),
                Runtime("runc", shutil.which("runc"), f"{state}/runc")]
+        if len(sys.argv) > 3:
+            rts.append(Runtime("tug-static", sys.argv[3], f"{state}/tug-static"))
         true_b, sleep_b = f"{work}/true", f"{work}/sleep"
         make_bundle(true_b, ["/bin/true"])
         make_bundle(sleep_b, ["/bin/sleep", "1000"])
@@ -117,7 +119,7 @@ def report(rts, true_b, sleep_b):
     cpu = {r.name: [] for r in rts}
     rss = {r.name: [] for r in rts}
     for i in range(n):
-        order = rts[i % 3:] + rts[:i % 3]
+        order = rts[i % len(rts):] + rts[:i % len(rts)]
         for r in order:
             rc, w, c, m = r.run(true_b, f"tb{os.getpid()}-{i}")
             check(rc, f"{r.name} run")
@@ -131,17 +133,19 @@ def report(rts, true_b, sleep_b):
         print(f"| {r.name} | {ms(med(wall[r.name]))} | {ms(med(cpu[r.name]))} | "
               f"{med(rss[r.name]):.0f} | {max(rss[r.name])} |")
     print()
-    for other in ("crun", "runc"):
-        print(f"- tug / {other}, paired median ratio: wall {paired(wall['tug'], wall[other]):.2f}, "
-              f"CPU {paired(cpu['tug'], cpu[other]):.2f}, "
-              f"peak RSS {paired(rss['tug'], rss[other]):.2f}")
+    for ours in [r.name for r in rts if r.name.startswith("tug")]:
+        for other in ("crun", "runc"):
+            print(f"- {ours} / {other}, paired median ratio: "
+                  f"wall {paired(wall[ours], wall[other]):.2f}, "
+                  f"CPU {paired(cpu[ours], cpu[other]):.2f}, "
+                  f"peak RSS {paired(rss[ours], rss[other]):.2f}")
     print()
 
     # 2. create, start, delete, each timed.
     steps = {(r.name, s): [] for r in rts for s in ("create", "start", "delete")}
     m = max(n // 2, 10)
     for i in range(m):
-        order = rts[i % 3:] + rts[:i % 3]
+        order = rts[i % len(rts):] + rts[:i % len(rts)]
         for r in order:
             cid = f"tc{os.getpid()}-{i}"
             rc, w, _, _ = r.cmd("create", "--bundle", true_b, cid)
@@ -174,7 +178,7 @@ def report(rts, true_b, sleep_b):
     seq = {r.name: [] for r in rts}
     conc = {r.name: [] for r in rts}
     for i in range(5):
-        order = rts[i % 3:] + rts[:i % 3]
+        order = rts[i % len(rts):] + rts[:i % len(rts)]
         for r in order:
             t0 = time.perf_counter()
             for j in range(100):

@@ -16,9 +16,14 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 cargo build --release -p tug-runtime
 tug="$PWD/target/release/tug"
+# The same code linked statically (glibc, static-pie): measured beside the default build.
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p tug-runtime \
+  --target x86_64-unknown-linux-gnu
+tug_static=$(mktemp)
+strip -o "$tug_static" target/x86_64-unknown-linux-gnu/release/tug
 empty=$(mktemp)
 launcher=$(mktemp)
-trap 'rm -f "$empty" "$launcher"' EXIT
+trap 'rm -f "$empty" "$launcher" "${tug_static:-}"' EXIT
 gcc -O2 -static -o "$launcher" bench/runtime/maxrss.c
 echo "Date: $(date -u +%Y-%m-%d), machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), Linux $(uname -r)"
 echo "tug $(git rev-parse --short HEAD), $(runc --version | head -1), $(crun --version | head -1)"
@@ -28,5 +33,5 @@ unshare -m bash -c '
   if [ -e /sys/fs/cgroup/unified/cgroup.controllers ]; then
     mount --bind "$1" /sys/fs/cgroup/unified/cgroup.controllers
   fi
-  exec python3 bench/runtime/bench.py "$2" "$3"
-' _ "$empty" "$tug" "$launcher"
+  exec python3 bench/runtime/bench.py "$2" "$3" "$4"
+' _ "$empty" "$tug" "$launcher" "$tug_static"

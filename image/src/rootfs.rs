@@ -208,7 +208,16 @@ impl ImageStore {
                 ));
             }
         }
-        let mut lower = image.layers.clone();
+        // A layer repeated in an image (it happens: `RUN true` twice) would be the same
+        // lower dir twice, which overlay refuses; its topmost place alone gives the same
+        // tree, since the copies below it can only show what it shows itself.
+        let mut lower: Vec<PathBuf> = Vec::new();
+        for l in image.layers.iter().rev() {
+            if !lower.contains(l) {
+                lower.push(l.clone());
+            }
+        }
+        lower.reverse();
         if lower.is_empty() {
             // Overlay needs one lower dir; an image with no layers gets an empty one.
             let empty = dir.join("empty");

@@ -154,3 +154,64 @@ fn broken_archives_leave_nothing() {
     assert!(matches!(err, Error::InvalidDocument { .. }), "{err}");
     assert!(err.to_string().contains("junk.tar"), "{err}");
 }
+
+/// The layout old `docker save` writes: `<id>/layer.tar` per layer, a repeated layer as a
+/// symlink to the first copy, `<config>.json`, `manifest.json` and `repositories`.
+#[test]
+fn legacy_docker_save_with_a_linked_layer() {
+    use common::layout::{layer_tar, sha256, Item};
+    let layer = layer_tar(&[Item::File("hello", b"hi", 0o644)]);
+    let d = sha256(&layer);
+    let config = serde_json::json!({
+        "architecture": common::layout::tug_arch(), "os": "linux",
+        "config": {"Entrypoint": ["/hello"]},
+        "rootfs": {"type": "layers", "diff_ids": [d, d]},
+    });
+    let config = serde_json::to_vec(&config).unwrap();
+    let manifest = serde_json::json!([{
+        "Config": "cfg.json",
+        "RepoTags": ["legacy/app:7"],
+        "Layers": ["aaa/layer.tar", "bbb/layer.tar"],
+    }]);
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, data).unwrap();
+    };
+    add("aaa/VERSION", b"1.0");
+    add("aaa/layer.tar", &layer);
+    add("cfg.json", &config);
+    add("manifest.json", &serde_json::to_vec(&manifest).unwrap());
+    add("repositories", br#"{"legacy/app":{"7":"aaa"}}"#);
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    b.append_link(&mut h, "bbb/layer.tar", "../aaa/layer.tar")
+        .unwrap();
+    let archive = b.into_inner().unwrap();
+
+    let work = tempfile::tempdir().unwrap();
+    let path = work.path().join("saved.tar");
+    fs::write(&path, archive).unwrap();
+    let store = ImageStore::open(&work.path().join("data")).unwrap();
+    let imgs = store.import(&path).unwrap();
+    assert_eq!(imgs.len(), 1);
+    assert_eq!(imgs[0].reference, "docker.io/legacy/app:7");
+    assert_eq!(imgs[0].layers.len(), 2);
+    assert_eq!(imgs[0].layers[0], imgs[0].layers[1]);
+    assert_eq!(imgs[0].config.entrypoint, vec!["/hello"]);
+    assert_eq!(fs::read(imgs[0].layers[0].join("hello")).unwrap(), b"hi");
+    assert_eq!(store.resolve("legacy/app:7").unwrap(), imgs[0]);
+
+    if !nix::unistd::geteuid().is_root() {
+        common::tools::skip("legacy_docker_save_with_a_linked_layer (mount part): needs root");
+        return;
+    }
+    // The repeated layer is one lower dir of the overlay.
+    let rootfs = store.prepare_rootfs(&imgs[0], "legacy").unwrap();
+    let hello = fs::read(rootfs.path.join("hello"));
+    store.remove_rootfs("legacy").unwrap();
+    assert_eq!(hello.unwrap(), b"hi");
+}

@@ -105,6 +105,16 @@ impl ImageStore {
                 }
             }
         }
+        // Short links (rootfs.rs) whose layer is gone.
+        let links = self.root.join("l");
+        if let Ok(rd) = fs::read_dir(&links) {
+            for ent in rd {
+                let p = ent.at(&links)?.path();
+                if fs::metadata(&p).is_err() {
+                    fs::remove_file(&p).at(&p)?;
+                }
+            }
+        }
         self.clear_tmp()?;
         Ok(report)
     }

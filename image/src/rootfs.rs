@@ -224,7 +224,16 @@ impl ImageStore {
             fs::create_dir_all(&empty).at(&empty)?;
             lower.push(empty);
         }
-        let options = overlay_options(&lower, &upper, &work)?;
+        let mut options = overlay_options(&lower, &upper, &work)?;
+        if options.len() > MAX_MOUNT_OPTIONS {
+            // Too long for one page: name the layers through short links instead, as
+            // Docker's overlay2 does (`images/l/<12 hex>` -> `../layers/<alg>/<hex>`).
+            let short: Vec<PathBuf> = lower
+                .iter()
+                .map(|l| self.short_layer_link(l))
+                .collect::<Result<_>>()?;
+            options = overlay_options(&short, &upper, &work)?;
+        }
         if options.len() > MAX_MOUNT_OPTIONS {
             return Err(Error::TooManyLayers {
                 path: merged,
@@ -240,6 +249,45 @@ impl ImageStore {
                 source,
             })?;
         Ok(Rootfs { path: merged })
+    }
+
+    /// A short path for a layer dir of this store: a symlink `images/l/<12 hex>`. Paths
+    /// that are not this store's layers, or whose short name is taken, stay as they are.
+    fn short_layer_link(&self, layer: &Path) -> Result<PathBuf> {
+        let layers_root = self.root.join("layers");
+        let Ok(rel) = layer.strip_prefix(&layers_root) else {
+            return Ok(layer.to_path_buf());
+        };
+        let (Some(alg), Some(hex)) = (
+            rel.parent().and_then(|p| p.to_str()),
+            rel.file_name().and_then(|h| h.to_str()),
+        ) else {
+            return Ok(layer.to_path_buf());
+        };
+        if hex.len() < 12 {
+            return Ok(layer.to_path_buf());
+        }
+        let links = self.root.join("l");
+        fs::create_dir_all(&links).at(&links)?;
+        let prefix = if alg == "sha256" { "" } else { "5" };
+        let link = links.join(format!("{prefix}{}", &hex[..12]));
+        let target = Path::new("../layers").join(alg).join(hex);
+        for _ in 0..2 {
+            match fs::read_link(&link) {
+                Ok(t) if t == target => return Ok(link),
+                Ok(_) => return Ok(layer.to_path_buf()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    match std::os::unix::fs::symlink(&target, &link) {
+                        Ok(()) => return Ok(link),
+                        // Made by someone else meanwhile: look again.
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                        Err(e) => return Err(Error::io(&link, e)),
+                    }
+                }
+                Err(e) => return Err(Error::io(&link, e)),
+            }
+        }
+        Ok(layer.to_path_buf())
     }
 
     /// Unmount and delete the instance's rootfs (idempotent).

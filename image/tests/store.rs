@@ -377,3 +377,56 @@ fn pathdiff(target: &Path, base: &Path) -> PathBuf {
     }
     out
 }
+
+#[test]
+fn many_layers_mount_through_short_links() {
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("deep");
+    let names: Vec<String> = (0..60).map(|i| format!("f{i}")).collect();
+    let layers: Vec<Vec<u8>> = names
+        .iter()
+        .map(|n| {
+            layer_tar(&[
+                Item::File(n, n.as_bytes(), 0o644),
+                Item::File("top", n.as_bytes(), 0o644),
+            ])
+        })
+        .collect();
+    write_layout(
+        &layout,
+        &ImageSpec {
+            layers,
+            ref_name: "localhost/deep:1",
+            ..ImageSpec::default()
+        },
+    );
+    let data = work.path().join("data");
+    let rec = Recorder::default();
+    let store = ImageStore::open_with_mounter(&data, Box::new(rec.clone())).unwrap();
+    let img = store.import(&layout).unwrap().remove(0);
+    store.prepare_rootfs(&img, "deep").unwrap();
+    let call = rec.calls.lock().unwrap()[0].clone();
+    assert!(call.len() < 4096 + 200, "{}", call.len());
+    assert!(call.contains("/images/l/"), "{call}");
+    store.remove_rootfs("deep").unwrap();
+    drop(store);
+
+    if !nix::unistd::geteuid().is_root() {
+        skip("many_layers_mount_through_short_links (mount part): needs root");
+    } else {
+        let store = ImageStore::open(&data).unwrap();
+        let rootfs = store.prepare_rootfs(&img, "deep").unwrap();
+        let guard = RootfsGuard(&store, "deep");
+        assert_eq!(fs::read(rootfs.path.join("f0")).unwrap(), b"f0");
+        assert_eq!(fs::read(rootfs.path.join("f59")).unwrap(), b"f59");
+        assert_eq!(fs::read(rootfs.path.join("top")).unwrap(), b"f59");
+        drop(guard);
+    }
+    let store = ImageStore::open(&data).unwrap();
+    store.prune(&HashSet::new()).unwrap();
+    assert_eq!(
+        count(&data.join("images/l")),
+        0,
+        "links of removed layers go"
+    );
+}

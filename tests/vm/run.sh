@@ -129,6 +129,11 @@ done < <(jq -r 'select(.reason == "compiler-artifact" and .executable != null
                         and .profile.test == true and (.target.kind | index("test")))
                 | [.target.name, .executable, .manifest_path] | @tsv' "$tmp/build.json")
 
+if [ "$provision" = 1 ]; then
+  # provision-check.sh installs these into the VM's /usr/local/bin.
+  cargo build -q -p tugboat -p tug-runtime --bins
+fi
+
 out=$tmp/out
 mkdir "$out"
 : >"$out/jobs"

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# A job of the cgroup v2 VM (tests/vm/run.sh), run inside it: vagrant/provision.sh as it runs
+# on the cluster's server node, but offline (no apt, no build: the binaries built on the
+# host) and without systemd, in a private mount namespace where /usr/local/bin, /etc/default,
+# /etc/systemd/system, /var/lib and /root are empty tmpfs. Then:
+#   - what it installed is there, with the modes it should have;
+#   - `systemd-analyze verify` accepts the two units as installed;
+#   - both services start from their units' own Environment=, EnvironmentFile= and
+#     ExecStart= lines (read here the way systemd reads them, as no systemd runs in the VM);
+#   - the server answers the client with the provisioned config, and the agent's node
+#     registers with the provisioned labels.
+# Not covered: apt-get, rustup and the build in a box, systemctl, a private network of
+# three VMs (vagrant/README.md says how to try those).
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+if [ -z "${TUG_VM_PROVISION_NS:-}" ]; then
+  exec unshare -m --propagation private env TUG_VM_PROVISION_NS=1 bash "$0" "$@"
+fi
+[ -f /run/tug-vm/jobs ] || { echo "provision-check: runs only inside the VM of tests/vm/run.sh"; exit 1; }
+mkdir -p /var/lib
+for d in /usr/local/bin /etc/default /etc/systemd/system /root; do
+  mount -t tmpfs -o mode=0755 tmpfs "$d"
+done
+chmod 0700 /root
+export HOME=/root
+
+fails=0
+check() {
+  if "${@:2}"; then echo "ok   $1"; else echo "FAIL $1"; fails=$((fails + 1)); fi
+}
+
+token=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+echo "--- vagrant/provision.sh (server role, offline, no systemctl)"
+TUG_ROLE=server TUG_NODE=vmnode TUG_SERVER_ADDR=http://127.0.0.1:7480 TUG_TOKEN=$token \
+  TUG_SUBNET=10.88.1.0/24 TUG_LABELS="zone=vm disk=ssd" TUG_SRC=$repo \
+  TUG_BIN_DIR=$repo/target/debug TUG_PROVISION_OFFLINE=1 TUG_PROVISION_START=0 \
+  bash "$repo/vagrant/provision.sh"
+
+echo "--- what it installed"
+mode() { [ "$(stat -c %a "$1")" = "$2" ]; }
+check "tugboat and tug in /usr/local/bin" test -x /usr/local/bin/tugboat -a -x /usr/local/bin/tug
+check "the units in /etc/systemd/system" test -f /etc/systemd/system/tugboat-server.service \
+  -a -f /etc/systemd/system/tugboat-agent.service
+check "the token file, mode 600" mode /var/lib/tugboat/token 600
+check "the token file holds the token" grep -qx "$token" /var/lib/tugboat/token
+check "the agent's settings, mode 600" mode /etc/default/tugboat-agent 600
+check "the shop's images" test -d /var/lib/tugboat/images/shop_front/1/rootfs
+check "the client config, mode 600" mode /root/.config/tugboat/config.yaml 600
+echo "--- systemd-analyze verify"
+check "systemd-analyze verify accepts the units" \
+  systemd-analyze verify /etc/systemd/system/tugboat-server.service /etc/systemd/system/tugboat-agent.service
+
+# Starts a unit's ExecStart the way systemd would: Environment= lines, then EnvironmentFile=
+# (KEY=VALUE lines), %H, ${VAR} as one word and $VAR split on whitespace. Enough for our units.
+start_unit() {
+  local unit=/etc/systemd/system/$1 log=$2 line file exec word
+  local -a argv=()
+  exec=$(sed -n 's/^ExecStart=//p' "$unit")
+  (
+    while IFS= read -r line; do
+      case $line in
+        Environment=*) export "${line#Environment=}" ;;
+        EnvironmentFile=*)
+          file=${line#EnvironmentFile=}
+          file=${file#-}
+          [ -f "$file" ] || continue
+          while IFS= read -r kv; do
+            case $kv in '' | '#'*) ;; *) export "${kv?}" ;; esac
+          done <"$file"
+          ;;
+      esac
+    done < <(grep -E '^(Environment|EnvironmentFile)=' "$unit" | sed "s/%H/$(hostname)/g")
+    for word in $exec; do
+      if [[ $word =~ ^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$ ]]; then
+        argv+=("${!BASH_REMATCH[1]}")
+      elif [[ $word =~ ^\$([A-Za-z_][A-Za-z0-9_]*)$ ]]; then
+        # shellcheck disable=SC2206 # split on purpose, as systemd splits $VAR
+        argv+=(${!BASH_REMATCH[1]})
+      else
+        argv+=("$word")
+      fi
+    done
+    echo "starting $1: ${argv[*]}"
+    exec "${argv[@]}" >"$log" 2>&1
+  ) &
+}
+
+pids=()
+stop_all() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  pids=()
+}
+trap stop_all EXIT
+
+wait_for() { # what seconds command...
+  local what=$1 deadline=$(($(date +%s) + $2))
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    if [ "$(date +%s)" -ge $deadline ]; then echo "timed out waiting for $what"; return 1; fi
+    sleep 1
+  done
+}
+
+# The client, bounded: a call that hangs counts as a failed try.
+tb() { timeout 20 /usr/local/bin/tugboat "$@"; }
+
+echo "--- the services, started from their units"
+start_unit tugboat-server.service /tmp/server.log
+pids+=($!)
+check "the server answers the provisioned client config" \
+  wait_for "the server" 120 tb get nodes
+if /usr/local/bin/tugboat agent --help >/dev/null 2>&1; then
+  start_unit tugboat-agent.service /tmp/agent.log
+  pids+=($!)
+  node_up() { tb get nodes | grep -q vmnode; }
+  check "the agent's node registers" wait_for "node vmnode" 180 node_up
+  tb get nodes || true
+  labels() { tb -o json get nodes | grep -q '"zone": *"vm"'; }
+  check "the node has the provisioned labels" labels
+else
+  echo "SKIP the agent: this tugboat has no 'agent' subcommand yet"
+fi
+stop_all
+if [ "$fails" != 0 ]; then
+  for f in /tmp/server.log /tmp/agent.log; do
+    [ -f "$f" ] && { echo "--- $f"; tail -n 40 "$f"; }
+  done
+  echo "provision-check: $fails check(s) failed"
+  exit 1
+fi
+echo "provision-check: all passed"

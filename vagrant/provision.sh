@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Provisions one node of the Vagrant cluster (vagrant/Vagrantfile): packages, the tug and
+# tugboat binaries, the shop's images, settings, systemd units; then starts the services.
+#
+# Settings (the Vagrantfile passes them):
+#   TUG_ROLE         server (tugboat server + an agent) or agent
+#   TUG_NODE         this node's name (default: the hostname)
+#   TUG_SERVER_ADDR  the server's URL, e.g. http://192.168.56.10:7480
+#   TUG_TOKEN        the cluster's token (the server uses it; agents and clients send it)
+#   TUG_SUBNET       this node's container subnet (one per node), e.g. 10.88.1.0/24
+#   TUG_LABELS       node labels, space-separated key=value
+#   TUG_SRC          the Tug source tree (default /tug, the Vagrantfile's synced folder)
+#   TUG_BIN_DIR      take tug and tugboat from here instead of building them; by default
+#                    $TUG_SRC/vagrant/bin if binaries there run, else a build in the VM
+# For the test in tests/vm (no network, no systemd as PID 1):
+#   TUG_PROVISION_OFFLINE=1  no apt-get, no rustup, no build (TUG_BIN_DIR is then required)
+#   TUG_PROVISION_START=0    install and enable nothing with systemctl; start nothing
+set -euo pipefail
+
+role=${TUG_ROLE:?TUG_ROLE must be server or agent}
+node=${TUG_NODE:-$(hostname)}
+server_addr=${TUG_SERVER_ADDR:-http://127.0.0.1:7480}
+token=${TUG_TOKEN:-}
+subnet=${TUG_SUBNET:-10.88.0.0/24}
+labels=${TUG_LABELS:-}
+src=${TUG_SRC:-/tug}
+bin_dir=${TUG_BIN_DIR:-}
+offline=${TUG_PROVISION_OFFLINE:-0}
+start=${TUG_PROVISION_START:-1}
+data_dir=/var/lib/tugboat
+
+say() { echo "provision[$node]: $*"; }
+case $role in server | agent) ;; *) say "TUG_ROLE must be server or agent, not '$role'"; exit 1 ;; esac
+[ -f "$src/Cargo.toml" ] || { say "no Tug source tree at $src (TUG_SRC)"; exit 1; }
+
+# --- packages ---
+if [ "$offline" != 1 ]; then
+  say "installing packages"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends ca-certificates curl gcc libc6-dev pkg-config \
+    busybox-static iproute2 nftables file rsync >/dev/null
+fi
+
+# --- binaries: given, synced in, or built here ---
+runs() { [ -x "$1/tugboat" ] && [ -x "$1/tug" ] && "$1/tugboat" --help >/dev/null 2>&1; }
+if [ -z "$bin_dir" ] && runs "$src/vagrant/bin"; then
+  bin_dir=$src/vagrant/bin
+fi
+if [ -z "$bin_dir" ]; then
+  [ "$offline" != 1 ] || { say "TUG_PROVISION_OFFLINE=1 needs TUG_BIN_DIR"; exit 1; }
+  # The workspace needs Rust 1.85; Debian 12's is older, so rustup's stable when needed.
+  export PATH=/root/.cargo/bin:$PATH
+  if ! cargo --version 2>/dev/null | awk '{ split($2, v, "."); exit !(v[1] > 1 || v[2] >= 85) }'; then
+    say "installing Rust (rustup, minimal profile)"
+    curl -sSf https://sh.rustup.rs | sh -s -- -y -q --profile minimal --default-toolchain stable
+  fi
+  say "building tug and tugboat (release, no LTO: a few minutes)"
+  # A target dir in the VM: the synced tree may be read-only or shared by the three nodes.
+  (cd "$src" && CARGO_TARGET_DIR=/var/cache/tug-build CARGO_PROFILE_RELEASE_LTO=false \
+    CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 cargo build -q --release --locked -p tugboat -p tug-runtime)
+  bin_dir=/var/cache/tug-build/release
+fi
+runs "$bin_dir" || { say "$bin_dir/tugboat and $bin_dir/tug must exist and run"; exit 1; }
+say "installing tug and tugboat from $bin_dir into /usr/local/bin"
+install -m 0755 "$bin_dir/tugboat" "$bin_dir/tug" /usr/local/bin/
+
+# --- data: the shop's images, the token ---
+install -d -m 0700 "$data_dir"
+say "building the shop's images into $data_dir/images"
+bash "$src/examples/build-images.sh" "$data_dir/image-build" >/dev/null
+ln -sfn image-build/dir "$data_dir/images"
+if [ "$role" = server ] && [ -n "$token" ]; then
+  # The server uses a token file that is there at its first start.
+  (umask 077 && echo "$token" >"$data_dir/token")
+fi
+
+# --- settings and units ---
+install -d -m 0755 /etc/default /etc/systemd/system
+if [ "$role" = server ]; then
+  cat >/etc/default/tugboat-server <<EOF
+# Written by vagrant/provision.sh.
+TUGBOAT_LISTEN=0.0.0.0:7480
+TUGBOAT_DATA_DIR=$data_dir
+EOF
+  install -m 0644 "$src/deploy/systemd/tugboat-server.service" /etc/systemd/system/
+fi
+agent_args="--subnet $subnet"
+for l in $labels; do agent_args+=" --label $l"; done
+(
+  umask 077
+  cat >/etc/default/tugboat-agent <<EOF
+# Written by vagrant/provision.sh.
+TUGBOAT_ADDR=$server_addr
+TUGBOAT_NODE=$node
+TUGBOAT_DATA_DIR=$data_dir
+TUGBOAT_AGENT_ARGS=$agent_args
+EOF
+  [ -z "$token" ] || echo "TUGBOAT_TOKEN=$token" >>/etc/default/tugboat-agent
+)
+install -m 0644 "$src/deploy/systemd/tugboat-agent.service" /etc/systemd/system/
+# The client's settings, so that `tugboat get nodes` works for root and the vagrant user.
+for home in /root /home/vagrant; do
+  [ -d "$home" ] || continue
+  install -d -m 0700 "$home/.config" "$home/.config/tugboat"
+  (umask 077 && printf 'addr: %s\ntoken: %s\n' "$server_addr" "$token" >"$home/.config/tugboat/config.yaml")
+  owner=$(stat -c %U:%G "$home")
+  chown -R "$owner" "$home/.config/tugboat"
+done
+
+# --- start ---
+if [ "$start" = 1 ]; then
+  systemctl daemon-reload
+  units=(tugboat-agent.service)
+  [ "$role" = server ] && units=(tugboat-server.service tugboat-agent.service)
+  systemctl enable -q "${units[@]}"
+  # restart, not start: a second provision brings new binaries and settings into effect.
+  systemctl restart "${units[@]}"
+  say "started ${units[*]}"
+fi
+say "done"

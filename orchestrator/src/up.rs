@@ -93,8 +93,10 @@ pub async fn up(config: UpConfig, stop: impl Future<Output = ()>) -> Result<(), 
     }
     .await;
     if result.is_ok() {
+        let agent_dir = config.data_dir.join("agent");
         let announce = async {
             report_progress(&client, &spec).await;
+            wait_served(&agent_dir, &spec).await;
             print!("{}", summary(server.addr, &config.data_dir, &spec));
             use std::io::Write;
             let _ = std::io::stdout().flush();
@@ -114,6 +116,43 @@ pub async fn up(config: UpConfig, stop: impl Future<Output = ()>) -> Result<(), 
     let _ = agent_task.await;
     server.shutdown().await;
     result
+}
+
+/// Waits (up to 30 s) until the node's proxy serves every service with ready instances and
+/// the published ports take connections: what `up` prints must answer.
+async fn wait_served(agent_dir: &Path, spec: &SpecFile) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ports: Vec<u16> = spec
+        .services
+        .values()
+        .flat_map(|s| s.ports.iter().filter_map(|p| p.published.map(|h| h.0)))
+        .collect();
+    while Instant::now() < deadline {
+        let table: Option<crate::agent::proxy::ProxyTable> =
+            crate::agent::monitor::read_json(&agent_dir.join(crate::agent::proxy::TABLE_FILE));
+        let served = table.is_some_and(|t| {
+            spec.services
+                .iter()
+                .filter(|(_, s)| s.replicas > 0 && !s.ports.is_empty())
+                .all(|(name, _)| {
+                    t.listeners
+                        .iter()
+                        .any(|l| &l.service == name && !l.endpoints.is_empty())
+                })
+        });
+        let mut open = true;
+        for port in &ports {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], *port));
+            open &= tokio::net::TcpStream::connect(addr).await.is_ok();
+        }
+        if served && open && crate::agent::proxy::running(agent_dir) {
+            // The proxy reads its table every 100 ms.
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("tugboat up: the service proxy is not serving everything yet");
 }
 
 /// Waits until every service has its replicas ready, printing what is not yet.

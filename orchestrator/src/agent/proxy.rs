@@ -20,6 +20,8 @@ use std::time::Duration;
 
 pub const TABLE_FILE: &str = "proxy.json";
 pub const LOCK_FILE: &str = "proxy.lock";
+/// The proxy's pid, for people and tests.
+pub const PID_FILE: &str = "proxy.pid";
 
 /// What the proxy serves.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +84,7 @@ pub fn stop(dir: &Path) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = std::fs::remove_file(dir.join(LOCK_FILE));
+    let _ = std::fs::remove_file(dir.join(PID_FILE));
 }
 
 /// `tugboat proxy --dir DIR`: detaches, then serves until the table file goes away.
@@ -105,6 +108,7 @@ pub fn run(dir: &Path) -> i32 {
     }
     let _lock = lock;
     let _ = nix::unistd::setsid();
+    let _ = std::fs::write(dir.join(PID_FILE), std::process::id().to_string());
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

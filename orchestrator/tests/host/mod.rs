@@ -1,0 +1,346 @@
+//! A host for root tests of the agent: a network namespace of the test's own (`tgb<pid>x<n>`),
+//! a data dir, and `tugboat up` running inside that namespace. Everything the test makes
+//! is removed on drop: the process, the monitors and proxy it started, mounts under the data
+//! dir, the instances' cgroups, the namespace.
+#![allow(dead_code)]
+
+use std::io::{BufRead, Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tugboat::client::ApiClient;
+
+pub const API: &str = "127.0.0.1:7480";
+pub const SHOP: &str = "127.0.0.1:8080";
+
+/// Why this machine cannot run the test, if it cannot.
+pub fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (namespaces, cgroups, mounts)".into());
+    }
+    if !Path::new("/bin/busybox").exists() {
+        return Some("needs busybox-static (tests/install-deps.sh)".into());
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Some("needs iproute2 to make the test's network namespace".into());
+    }
+    None
+}
+
+#[macro_export]
+macro_rules! skip_unless_possible {
+    ($name:expr) => {
+        if let Some(reason) = host::skip_reason() {
+            eprintln!("SKIPPED {}: {}", $name, reason);
+            return;
+        }
+    };
+}
+
+/// The shop's images, built once per test run (examples/build-images.sh).
+pub fn shop_images() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("shop-images");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/build-images.sh");
+        let done = Command::new("bash")
+            .arg(&script)
+            .arg(&out)
+            .output()
+            .expect("run build-images.sh");
+        assert!(
+            done.status.success(),
+            "build-images.sh failed: {}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        out
+    })
+}
+
+pub fn shop_spec() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop.yaml")
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+pub struct TestHost {
+    pub netns: String,
+    pub dir: PathBuf,
+    ns_file: std::fs::File,
+    up: Option<Child>,
+    pub output: Arc<Mutex<String>>,
+}
+
+fn run(cmd: &[&str]) {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TestHost {
+    pub fn new() -> TestHost {
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let netns = format!("tgb{}x{n}", std::process::id());
+        run(&["ip", "netns", "add", &netns]);
+        run(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
+        let ns_file = std::fs::File::open(format!("/run/netns/{netns}")).unwrap();
+        let dir = PathBuf::from(format!("/tmp/{netns}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TestHost {
+            netns,
+            dir,
+            ns_file,
+            up: None,
+            output: Arc::new(Mutex::new(String::new())),
+        }
+    }
+
+    /// Runs `f` on a thread inside the test's network namespace (sockets it makes and
+    /// processes it starts live there).
+    pub fn in_netns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let fd = self.ns_file.as_raw_fd();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                // SAFETY: setns of this thread only, on a namespace fd we hold open.
+                let rc = unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
+    /// Runs an async body against the API inside the namespace.
+    pub fn api<T: Send, F: std::future::Future<Output = T>>(
+        &self,
+        f: impl FnOnce(ApiClient) -> F + Send,
+    ) -> T {
+        let token = std::fs::read_to_string(self.dir.join("server/token"))
+            .map(|t| t.trim().to_string())
+            .ok();
+        self.in_netns(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(f(ApiClient::new(API, token)))
+        })
+    }
+
+    /// `tugboat up -f SPEC` in the namespace; returns once it printed where the shop answers.
+    pub fn start_up(&mut self, spec: &Path) {
+        let images = shop_images();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tugboat"));
+        cmd.arg("up")
+            .arg("-f")
+            .arg(spec)
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .arg("--listen")
+            .arg(API)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for svc in ["front", "catalog", "cart", "orders", "payments"] {
+            cmd.arg("--import")
+                .arg(images.join(format!("oci/shop-{svc}")));
+        }
+        let mut child = self.in_netns(|| cmd.spawn().expect("spawn tugboat up"));
+        let out = self.output.clone();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        for stream in [Box::new(stdout) as Box<dyn Read + Send>, Box::new(stderr)] {
+            let out = out.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stream)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    out.lock().unwrap().push_str(&format!("{line}\n"));
+                }
+            });
+        }
+        self.up = Some(child);
+    }
+
+    pub fn wait_for_output(&self, text: &str, limit: Duration) {
+        let shown = self.output.clone();
+        wait_for(
+            &format!("`{text}` from tugboat up"),
+            limit,
+            || shown.lock().unwrap().contains(text),
+            || shown.lock().unwrap().clone(),
+        );
+    }
+
+    pub fn up_pid(&self) -> Option<u32> {
+        self.up.as_ref().map(|c| c.id())
+    }
+
+    /// kill -9 of `tugboat up` (server and agent).
+    pub fn kill_up(&mut self) {
+        if let Some(mut child) = self.up.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Ctrl-C to `tugboat up`; waits for it to exit (60 s, then SIGKILL).
+    pub fn stop_up(&mut self) -> bool {
+        let Some(mut child) = self.up.take() else {
+            return true;
+        };
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// GET through the shop's front (the ingress port) from inside the namespace.
+    pub fn get(&self, path: &str) -> Result<String, String> {
+        let path = path.to_string();
+        self.in_netns(move || http_get(SHOP, &path))
+    }
+
+    /// The agent's instance directories.
+    pub fn instance_dirs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.dir.join("agent/instances"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Live monitor processes of this host's instances (by pid from monitor.json and cmdline).
+    pub fn monitor_pids(&self) -> Vec<i32> {
+        let mut pids = vec![];
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(" monitor ")
+                && cmdline.contains(&format!("{}/", self.dir.display()))
+            {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    fn proxy_pids(&self) -> Vec<i32> {
+        let mut pids = vec![];
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(" proxy ") && cmdline.contains(&self.dir.display().to_string()) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        let clean = self.stop_up();
+        // Whatever is left of what this host started: monitors (and so containers) and
+        // the proxy, then mounts, cgroups, the namespace.
+        for pid in self.monitor_pids().into_iter().chain(self.proxy_pids()) {
+            // SAFETY: signals to processes this test's tugboat started (matched by data dir).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let ids: Vec<String> = self
+            .instance_dirs()
+            .iter()
+            .filter_map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        let runtime = tug_runtime::Runtime::new(self.dir.join("agent/runtime"));
+        for id in &ids {
+            let _ = runtime.delete(id, true);
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let prefix = format!("{}/", self.dir.display());
+        let mut ours: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| p.starts_with(&prefix))
+            .collect();
+        ours.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in ours {
+            let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+        }
+        for id in &ids {
+            for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+                let _ = std::fs::remove_dir(hierarchy.path().join("tug").join(id));
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if !clean && !std::thread::panicking() {
+            panic!(
+                "tugboat up did not stop cleanly on Ctrl-C:\n{}",
+                self.output.lock().unwrap()
+            );
+        }
+    }
+}
+
+/// A plain HTTP/1.0 GET; the body of a 200 answer, else an error with what came back.
+pub fn http_get(addr: &str, path: &str) -> Result<String, String> {
+    let mut conn =
+        std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer)
+        .map_err(|e| format!("read {addr}{path}: {e}"))?;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") {
+        Ok(body.to_string())
+    } else {
+        Err(format!(
+            "GET {path}: {}",
+            answer.lines().next().unwrap_or("no answer")
+        ))
+    }
+}
+
+/// Polls `done` every 100 ms; panics with `what` and `show()` after `limit`.
+pub fn wait_for(
+    what: &str,
+    limit: Duration,
+    mut done: impl FnMut() -> bool,
+    show: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}\n{}",
+            show()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,240 @@
+//! Root tests of the agent with the shop example: `tugboat up` in a network namespace of the
+//! test's own, real containers (tug), real networking (tug-netns), real images (tug-image).
+
+mod host;
+
+use host::{wait_for, TestHost};
+use std::time::Duration;
+use tugboat::model::{Instance, InstancePhase};
+
+const START: Duration = Duration::from_secs(120);
+
+fn ready(list: &[Instance], service: &str) -> usize {
+    list.iter()
+        .filter(|i| i.service == service && i.phase == InstancePhase::Running && i.ready)
+        .count()
+}
+
+fn instances(host: &TestHost) -> Vec<Instance> {
+    host.api(|c| async move { c.instances(None).await.map(|l| l.items).unwrap_or_default() })
+}
+
+fn show(host: &TestHost) -> String {
+    let list = instances(host);
+    let table = tugboat::output::instances_table(&list, tugboat::model::now_ms());
+    format!(
+        "{table}\n--- tugboat up said:\n{}",
+        host.output.lock().unwrap()
+    )
+}
+
+fn started_shop() -> TestHost {
+    let mut host = TestHost::new();
+    host.start_up(&host::shop_spec());
+    host.wait_for_output("front: http://127.0.0.1:8080/", START);
+    host
+}
+
+/// A purchase through the front: each service answers with its name and instance.
+fn buy(host: &TestHost, user: &str) -> Result<String, String> {
+    host.get(&format!("/cgi-bin/buy?user={user}&sku=tea"))
+}
+
+#[test]
+fn a_purchase_through_the_front_reaches_every_service() {
+    skip_unless_possible!("a_purchase_through_the_front_reaches_every_service");
+    let host = started_shop();
+    let page = host.get("/").expect("the front page");
+    assert!(
+        page.contains("tea: 4 EUR") && page.contains("coffee"),
+        "{page}"
+    );
+    let answer = buy(&host, "alice").unwrap();
+    for line in [
+        "front: front-",
+        "catalog: catalog-",
+        "cart: cart-",
+        "orders: orders-",
+        "payments: payments-",
+    ] {
+        assert!(answer.contains(line), "no `{line}` in:\n{answer}");
+    }
+    assert!(answer.contains("items=tea"), "{answer}");
+    // The cart lives in a named volume: a second purchase sees the first.
+    let again = buy(&host, "alice").unwrap();
+    assert!(again.contains("items=tea tea"), "{again}");
+    // Limits reached the cgroup.
+    let front = instances(&host)
+        .into_iter()
+        .find(|i| i.service == "front")
+        .unwrap();
+    let limit = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory/tug/{}/memory.limit_in_bytes",
+        front.id
+    ))
+    .or_else(|_| std::fs::read_to_string(format!("/sys/fs/cgroup/tug/{}/memory.max", front.id)))
+    .unwrap();
+    assert_eq!(limit.trim(), (32u64 << 20).to_string());
+}
+
+#[test]
+fn scale_two_five_one() {
+    skip_unless_possible!("scale_two_five_one");
+    let host = started_shop();
+    for n in [5u32, 1] {
+        host.api(|c| async move { c.scale("catalog", n).await.unwrap() });
+        wait_for(
+            &format!("{n} catalog instances ready and running"),
+            START,
+            || {
+                let list = instances(&host);
+                let dirs = host
+                    .instance_dirs()
+                    .iter()
+                    .filter(|d| {
+                        d.file_name()
+                            .unwrap()
+                            .to_string_lossy()
+                            .starts_with("catalog-")
+                    })
+                    .count();
+                ready(&list, "catalog") == n as usize
+                    && list.iter().filter(|i| i.service == "catalog").count() == n as usize
+                    && dirs == n as usize
+            },
+            || show(&host),
+        );
+        assert!(buy(&host, "scaler").is_ok());
+    }
+    assert_eq!(host.monitor_pids().len(), 2 + 1 + 2 + 1 + 2);
+}
+
+#[test]
+fn a_killed_container_comes_back() {
+    skip_unless_possible!("a_killed_container_comes_back");
+    let host = started_shop();
+    let victim = instances(&host)
+        .into_iter()
+        .find(|i| i.service == "payments")
+        .unwrap();
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            host.dir
+                .join("agent/instances")
+                .join(&victim.id)
+                .join("monitor.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let pid = record["container_pid"].as_i64().unwrap() as i32;
+    // SAFETY: the container's init, started by this test's tugboat.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_for(
+        "the killed payments instance to run again",
+        START,
+        || {
+            instances(&host)
+                .iter()
+                .any(|i| i.id == victim.id && i.restarts >= 1 && i.ready)
+        },
+        || show(&host),
+    );
+    wait_for(
+        "a purchase to succeed",
+        START,
+        || buy(&host, "k").is_ok(),
+        || show(&host),
+    );
+}
+
+#[test]
+fn the_shop_answers_while_the_agent_is_dead_and_nothing_runs_twice_after() {
+    skip_unless_possible!("the_shop_answers_while_the_agent_is_dead_and_nothing_runs_twice_after");
+    let mut host = started_shop();
+    let before: Vec<String> = {
+        let mut ids: Vec<String> = instances(&host).into_iter().map(|i| i.id).collect();
+        ids.sort();
+        ids
+    };
+    host.kill_up();
+    let answer = buy(&host, "during").expect("the shop answers with the agent down");
+    assert!(answer.contains("payments: "), "{answer}");
+    host.output.lock().unwrap().clear();
+    host.start_up(&host::shop_spec());
+    host.wait_for_output("front: http://127.0.0.1:8080/", START);
+    wait_for(
+        "every instance ready again",
+        START,
+        || instances(&host).iter().filter(|i| i.ready).count() == 9,
+        || show(&host),
+    );
+    let mut after: Vec<String> = instances(&host).into_iter().map(|i| i.id).collect();
+    after.sort();
+    assert_eq!(
+        before, after,
+        "the restarted agent re-attached to the same instances"
+    );
+    assert_eq!(host.monitor_pids().len(), 9, "one monitor per instance");
+    let containers = tug_runtime::Runtime::new(host.dir.join("agent/runtime"))
+        .list()
+        .unwrap();
+    assert_eq!(containers.len(), 9, "one container per instance");
+    assert!(buy(&host, "after").is_ok());
+}
+
+#[test]
+fn a_rolling_update_of_the_front_fails_no_request() {
+    skip_unless_possible!("a_rolling_update_of_the_front_fails_no_request");
+    let host = started_shop();
+    let old: Vec<String> = instances(&host)
+        .into_iter()
+        .filter(|i| i.service == "front")
+        .map(|i| i.id)
+        .collect();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (ok, failures) = std::thread::scope(|s| {
+        let client = s.spawn(|| {
+            let (mut ok, mut failures) = (0, vec![]);
+            // Bounded: at most 2,000 requests or 120 s.
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst)
+                && ok + failures.len() < 2000
+                && std::time::Instant::now() < deadline
+            {
+                match host.get("/") {
+                    Ok(page) if page.contains("tea: 4 EUR") => ok += 1,
+                    Ok(page) => failures.push(format!("bad page: {page}")),
+                    Err(e) => failures.push(e),
+                }
+            }
+            (ok, failures)
+        });
+        host.api(|c| async move {
+            let mut spec = c.describe_service("front").await.unwrap().service.spec;
+            spec.env.insert("VERSION".into(), "2".into());
+            c.replace_service("front", &spec).await.unwrap();
+        });
+        wait_for(
+            "the rollout of front to complete",
+            START,
+            || {
+                let list = instances(&host);
+                let fronts: Vec<&Instance> = list.iter().filter(|i| i.service == "front").collect();
+                fronts.len() == 2 && fronts.iter().all(|i| i.ready && !old.contains(&i.id))
+            },
+            || show(&host),
+        );
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        client.join().unwrap()
+    });
+    eprintln!("rolling update: {ok} requests through the front, none failed");
+    assert!(ok > 10, "only {ok} requests went through");
+    assert!(
+        failures.is_empty(),
+        "{} failed of {}: {:?}",
+        failures.len(),
+        ok + failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+}

@@ -386,6 +386,9 @@ impl Runtime {
             }
         }
 
+        // A user namespace joined by path comes first: it decides what the others may do.
+        join.sort_by_key(|(_, f)| *f != CloneFlags::CLONE_NEWUSER);
+
         let console = match &opts.console_socket {
             None => own_console,
             Some(path) => {
@@ -432,6 +435,7 @@ impl Runtime {
                     exec_done,
                     join,
                     new_cgroup_ns,
+                    new_user_ns: clone_flags.contains(CloneFlags::CLONE_NEWUSER),
                     cgroup_mounts: cg.mounts(),
                     no_pivot: opts.no_pivot,
                     console,
@@ -444,6 +448,9 @@ impl Runtime {
         undo.child = Some(pid);
         drop((init_ch, fifo, exec_done, join, console, cgroup_fd));
 
+        if clone_flags.contains(CloneFlags::CLONE_NEWUSER) {
+            write_id_maps(pid, linux)?;
+        }
         if !placed {
             cg.add_process(pid)?;
         }
@@ -731,6 +738,24 @@ fn init_error(id: &str, ch: &Channel, send_error: io::Error) -> Error {
 }
 
 /// The signals foreground `run` passes on to the container, plus SIGCHLD.
+/// Writes the user namespace's uid and gid maps of a just-cloned init.
+fn write_id_maps(pid: i32, linux: &oci_spec::runtime::Linux) -> Result<(), Error> {
+    let lines = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        maps.iter()
+            .flatten()
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect::<String>()
+    };
+    for (file, text) in [
+        ("uid_map", lines(linux.uid_mappings())),
+        ("gid_map", lines(linux.gid_mappings())),
+    ] {
+        let path = format!("/proc/{pid}/{file}");
+        fs::write(&path, text).map_err(io_err(format!("write {path}")))?;
+    }
+    Ok(())
+}
+
 /// Whether the bundle's process asks for a terminal (read again: create has validated it).
 fn st_wants_terminal(bundle: &Path) -> bool {
     Bundle::load(bundle)

@@ -52,9 +52,10 @@ pub struct ExecFlags {
     pub tty: bool,
 }
 
-/// The namespaces `exec` joins, in order: the mount namespace last, since joining it changes
-/// the root under which the others' /proc paths would be opened.
+/// The namespaces `exec` joins, in order: the user namespace first (it owns the others), the
+/// mount namespace last.
 const NAMESPACES: &[(&str, CloneFlags)] = &[
+    ("user", CloneFlags::CLONE_NEWUSER),
     ("ipc", CloneFlags::CLONE_NEWIPC),
     ("uts", CloneFlags::CLONE_NEWUTS),
     ("net", CloneFlags::CLONE_NEWNET),

@@ -29,6 +29,8 @@ pub struct InitConfig<'a> {
     /// Namespaces to join (all but pid, which the parent joins for its children).
     pub join: Vec<(OwnedFd, CloneFlags)>,
     pub new_cgroup_ns: bool,
+    /// The container has its own user namespace: init waits for its id maps before anything.
+    pub new_user_ns: bool,
     pub cgroup_mounts: CgroupMounts,
     pub no_pivot: bool,
     /// Connected console socket, when process.terminal is true.
@@ -56,6 +58,14 @@ pub fn run(cfg: InitConfig) -> ! {
     unsafe { libc::_exit(127) }
 }
 
+fn wait_joined(cfg: &InitConfig) -> Result<String, String> {
+    match cfg.channel.recv::<ParentMsg>() {
+        Ok(ParentMsg::CgroupJoined { state }) => Ok(state),
+        Ok(other) => Err(format!("protocol: expected CgroupJoined, got {other:?}")),
+        Err(e) => Err(format!("waiting for the parent: {e}")),
+    }
+}
+
 struct Prepared {
     program: CString,
     args: Vec<CString>,
@@ -77,6 +87,16 @@ fn setup(cfg: &InitConfig) -> Result<Prepared, String> {
         return Err("tug exited while creating the container".into());
     }
 
+    // In a new user namespace nothing can be done as root until the parent has written the
+    // id maps (it does so before CgroupJoined); then become the namespace's root.
+    let mut joined = None;
+    if cfg.new_user_ns {
+        joined = Some(wait_joined(cfg)?);
+        nix::unistd::setresgid(0.into(), 0.into(), 0.into())
+            .map_err(|e| format!("become gid 0 in the user namespace: {e}"))?;
+        nix::unistd::setresuid(0.into(), 0.into(), 0.into())
+            .map_err(|e| format!("become uid 0 in the user namespace: {e}"))?;
+    }
     for (fd, flags) in &cfg.join {
         sys.setns(std::os::fd::AsFd::as_fd(fd), *flags)
             .map_err(|e| format!("join {flags:?} namespace: {e}"))?;
@@ -106,10 +126,9 @@ fn setup(cfg: &InitConfig) -> Result<Prepared, String> {
     // The parent moves this process into its cgroup while the mounts above are made: on a v1
     // host the first cgroup.procs write of a burst waits for an RCU grace period (~10 ms), and
     // this way init does not sit idle through it. Nothing above forks or runs the user's code.
-    let state_json = match cfg.channel.recv::<ParentMsg>() {
-        Ok(ParentMsg::CgroupJoined { state }) => state,
-        Ok(other) => return Err(format!("protocol: expected CgroupJoined, got {other:?}")),
-        Err(e) => return Err(format!("waiting for the parent: {e}")),
+    let state_json = match joined {
+        Some(state) => state,
+        None => wait_joined(cfg)?,
     };
 
     // Unshared only now, so the container's cgroup is the root of its cgroup namespace.

@@ -101,7 +101,8 @@ impl Checker<'_> {
 }
 
 /// Namespace types this runtime can create or join today.
-const SUPPORTED_NAMESPACES: [LinuxNamespaceType; 6] = [
+const SUPPORTED_NAMESPACES: [LinuxNamespaceType; 7] = [
+    LinuxNamespaceType::User,
     LinuxNamespaceType::Pid,
     LinuxNamespaceType::Network,
     LinuxNamespaceType::Ipc,
@@ -109,6 +110,65 @@ const SUPPORTED_NAMESPACES: [LinuxNamespaceType; 6] = [
     LinuxNamespaceType::Mount,
     LinuxNamespaceType::Cgroup,
 ];
+
+/// Mappings must be non-empty, must not overlap on either side, and must lie inside the
+/// host ids this process may map (its own /proc/self/uid_map: everything for root on the
+/// host, less in a nested user namespace).
+fn check_mappings(
+    c: &Checker<'_>,
+    field: &str,
+    maps: &[oci_spec::runtime::LinuxIdMapping],
+) -> Result<(), SpecError> {
+    let own = if field.starts_with("linux.uid") {
+        "/proc/self/uid_map"
+    } else {
+        "/proc/self/gid_map"
+    };
+    let ranges: Vec<(u64, u64)> = fs::read_to_string(own)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            (v.len() == 3).then(|| (v[0], v[0] + v[2]))
+        })
+        .collect();
+    for (i, m) in maps.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        let (cid, hid, size) = (
+            u64::from(m.container_id()),
+            u64::from(m.host_id()),
+            u64::from(m.size()),
+        );
+        if size == 0 {
+            return c.fail(format!("{f}.size"), "must be at least 1");
+        }
+        if cid + size > 1 << 32 || hid + size > 1 << 32 {
+            return c.fail(f, "the range goes past the largest id (4294967295)");
+        }
+        if !ranges.iter().any(|&(lo, hi)| hid >= lo && hid + size <= hi) {
+            return c.fail(
+                format!("{f}.hostID"),
+                format!(
+                    "host ids {hid}..{} are not all mappable here (see {own})",
+                    hid + size - 1
+                ),
+            );
+        }
+        for (j, n) in maps.iter().enumerate().take(i) {
+            let overlap = |a: u64, b: u64| a < b + u64::from(n.size()) && b < a + size;
+            if overlap(cid, u64::from(n.container_id())) {
+                return c.fail(format!("{f}.containerID"), format!("overlaps {field}[{j}]"));
+            }
+            if overlap(hid, u64::from(n.host_id())) {
+                return c.fail(format!("{f}.hostID"), format!("overlaps {field}[{j}]"));
+            }
+        }
+    }
+    Ok(())
+}
 
 const PROPAGATIONS: [&str; 9] = [
     "",
@@ -289,13 +349,26 @@ pub fn validate(config: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf, Sp
     {
         return c.fail("domainname", "setting a domainname needs a uts namespace");
     }
-    if linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
-        || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty())
-    {
-        return c.fail(
-            "linux.uidMappings",
-            "user namespace mappings are not supported by tug yet",
-        );
+    let new_user_ns = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none());
+    for (field, maps) in [
+        ("linux.uidMappings", linux.uid_mappings()),
+        ("linux.gidMappings", linux.gid_mappings()),
+    ] {
+        let maps = maps.as_deref().unwrap_or(&[]);
+        if new_user_ns && maps.is_empty() {
+            return c.fail(field, "a new user namespace needs mappings");
+        }
+        if !new_user_ns && !maps.is_empty() {
+            return c.fail(
+                field,
+                "mappings need a new user namespace (a \"user\" entry without a path in linux.namespaces)",
+            );
+        }
+        check_mappings(&c, field, maps)?;
     }
     if linux.seccomp().is_some() {
         return c.fail("linux.seccomp", "seccomp is not supported by tug yet");

@@ -1,0 +1,134 @@
+//! Root tests: user namespaces. The container's root is a mapped host uid: it owns its files
+//! and is nobody special outside.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+
+use common::{id, no_cgroup_left, show, Env};
+use serde_json::json;
+
+const HOST_BASE: u32 = 300_000;
+
+fn chown_tree(dir: &std::path::Path, uid: u32, gid: u32) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = entry.path();
+        let _ = std::os::unix::fs::lchown(&p, Some(uid), Some(gid));
+        if entry.file_type().unwrap().is_dir() {
+            chown_tree(&p, uid, gid);
+        }
+    }
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid)).unwrap();
+}
+
+fn userns_env(args: &[&str]) -> Env {
+    let mut env = Env::new(args);
+    env.edit(|s| {
+        s["root"]["readonly"] = json!(false);
+        s["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "user"}));
+        s["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": HOST_BASE, "size": 65536}]);
+        s["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": HOST_BASE, "size": 65536}]);
+    });
+    chown_tree(&env.rootfs(), HOST_BASE, HOST_BASE);
+    // The bundle dir itself must be reachable by the mapped root.
+    std::fs::set_permissions(
+        env.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    env
+}
+
+#[test]
+fn mapped_root_owns_its_files_and_is_nobody_outside() {
+    skip_unless_root!("mapped_root_owns_its_files_and_is_nobody_outside");
+    let env = userns_env(&["sh", "-c", "id -u; touch /tmp/made-inside; sleep 100"]);
+    let id = id("userns");
+    env.create(&id);
+    env.ok(&["start", &id]);
+    let made = env.rootfs().join("tmp/made-inside");
+    common::wait_for(
+        "the file to be made",
+        std::time::Duration::from_secs(10),
+        || made.exists(),
+    );
+    let meta = std::fs::metadata(&made).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (HOST_BASE, HOST_BASE));
+    // Outside, the container's root is the mapped host uid, not root.
+    let pid = common::init_pid(&env, &id);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid_line
+            .split_whitespace()
+            .skip(1)
+            .all(|u| u == HOST_BASE.to_string()),
+        "{uid_line}"
+    );
+    // Inside, it is uid 0 and sees the mapping.
+    let out = env.ok(&["exec", &id, "cat", "/proc/self/uid_map"]);
+    let map: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        map,
+        ["0", &HOST_BASE.to_string(), "65536"],
+        "{}",
+        show(&out)
+    );
+    let out = env.ok(&["exec", &id, "id", "-u"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
+    env.ok(&["delete", "--force", &id]);
+    no_cgroup_left(&id);
+}
+
+#[test]
+fn bad_mappings_are_refused_and_leave_nothing() {
+    skip_unless_root!("bad_mappings_are_refused_and_leave_nothing");
+    let cases = [
+        (
+            json!([{"containerID": 0, "hostID": 400000, "size": 1000},
+                   {"containerID": 500, "hostID": 500000, "size": 10}]),
+            "linux.uidMappings[1].containerID",
+        ),
+        (
+            json!([{"containerID": 0, "hostID": 400000, "size": 0}]),
+            "linux.uidMappings[0].size",
+        ),
+        (
+            json!([{"containerID": 0, "hostID": 4294967000u64, "size": 65536}]),
+            "linux.uidMappings[0]",
+        ),
+    ];
+    for (i, (maps, field)) in cases.into_iter().enumerate() {
+        let mut env = userns_env(&["true"]);
+        env.edit(|s| s["linux"]["uidMappings"] = maps.clone());
+        let id = id(&format!("badmap{i}"));
+        let b = env.bundle();
+        let out = env.tug(&["create", &id, "--bundle", b.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(field),
+            "{field}: {}",
+            show(&out)
+        );
+        assert!(!env.state_root().join(&id).exists());
+        no_cgroup_left(&id);
+    }
+    // Mappings without a user namespace.
+    let mut env = Env::new(&["true"]);
+    env.edit(|s| {
+        s["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": HOST_BASE, "size": 1}]);
+    });
+    let b = env.bundle();
+    let out = env.tug(&["create", &id("nouserns"), "--bundle", b.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("linux.uidMappings"),
+        "{}",
+        show(&out)
+    );
+}

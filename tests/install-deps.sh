@@ -16,3 +16,17 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
+# The cgroup v2 VM stage (tests/vm/run.sh) and the Vagrant check (tests/vm/vagrant-validate.sh).
+# Without recommends: vagrant-libvirt's would bring libguestfs and a kernel package.
+vm=()
+command -v qemu-system-x86_64 >/dev/null || vm+=(qemu-system-x86)
+command -v cpio >/dev/null || vm+=(cpio)
+command -v jq >/dev/null || vm+=(jq)
+command -v mkfs.ext4 >/dev/null || vm+=(e2fsprogs)
+command -v systemd-analyze >/dev/null || vm+=(systemd)
+command -v shellcheck >/dev/null || vm+=(shellcheck)
+command -v vagrant >/dev/null || vm+=(vagrant vagrant-libvirt)
+if [ ${#vm[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${vm[@]}"
+fi

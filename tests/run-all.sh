@@ -8,3 +8,6 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace
 cargo test --workspace -- --test-threads=2
+# Pure cgroup v2: the runtime's root tests and the Vagrant provisioning inside a qemu VM.
+bash tests/vm/run.sh
+bash tests/vm/vagrant-validate.sh

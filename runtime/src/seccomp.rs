@@ -297,6 +297,43 @@ pub fn compile(seccomp: &LinuxSeccomp) -> Result<Program, SeccompError> {
     Ok(Program { insns, flags })
 }
 
+/// The `linux.seccomp` object of `tug features` (runc's format): what [`compile`] takes, and
+/// the filter flags this kernel accepts.
+pub fn features() -> serde_json::Value {
+    let archs: Vec<&str> = [ArchTable::NATIVE, ArchTable::COMPAT]
+        .into_iter()
+        .flatten()
+        .map(ArchTable::name)
+        .collect();
+    let flags = [
+        ("SECCOMP_FILTER_FLAG_TSYNC", libc::SECCOMP_FILTER_FLAG_TSYNC),
+        ("SECCOMP_FILTER_FLAG_LOG", libc::SECCOMP_FILTER_FLAG_LOG),
+        (
+            "SECCOMP_FILTER_FLAG_SPEC_ALLOW",
+            libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW,
+        ),
+    ];
+    let supported: Vec<&str> = flags
+        .iter()
+        .filter(|(_, bit)| flag_available(*bit))
+        .map(|(name, _)| *name)
+        .collect();
+    serde_json::json!({
+        "enabled": ArchTable::NATIVE.is_some(),
+        "actions": [
+            "SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS",
+            "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG", "SCMP_ACT_TRACE", "SCMP_ACT_TRAP"
+        ],
+        "operators": [
+            "SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE", "SCMP_CMP_LT",
+            "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"
+        ],
+        "archs": archs,
+        "knownFlags": flags.iter().map(|(name, _)| *name).collect::<Vec<_>>(),
+        "supportedFlags": supported,
+    })
+}
+
 /// The return value of an OCI action; `errno_ret` only with ERRNO and TRACE.
 fn action_value(
     action: LinuxSeccompAction,

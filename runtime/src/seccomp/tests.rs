@@ -98,6 +98,27 @@ fn notify_and_bad_errno_values_name_their_field() {
 }
 
 #[test]
+fn features_list_what_compile_takes() {
+    let f = features();
+    assert_eq!(f["enabled"], json!(true));
+    for action in f["actions"].as_array().unwrap() {
+        let p = profile(json!({"defaultAction": "SCMP_ACT_ALLOW",
+                               "syscalls": [{"names": ["getcwd"], "action": action}]}));
+        compile(&p).unwrap();
+    }
+    let flags = f["supportedFlags"].clone();
+    assert!(!flags.as_array().unwrap().is_empty(), "{f}");
+    compile(&profile(
+        json!({"defaultAction": "SCMP_ACT_ALLOW", "flags": flags}),
+    ))
+    .unwrap();
+    assert!(f["archs"]
+        .as_array()
+        .unwrap()
+        .contains(&json!(native().name())));
+}
+
+#[test]
 fn an_unknown_action_fails_parsing_at_its_field() {
     let text = r#"{"defaultAction": "SCMP_ACT_ALLOW",
         "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"},

@@ -68,6 +68,12 @@ enum Command {
         action: RolloutAction,
         service: String,
     },
+    /// CPU, memory and pids of each instance, from its cgroup (as its agent reported).
+    Top {
+        /// Only instances of this service.
+        #[arg(long)]
+        service: Option<String>,
+    },
     /// Run this host's instances for the server at --addr (data in --data-dir).
     Agent {
         #[arg(long)]
@@ -338,6 +344,10 @@ async fn run(cli: Cli) -> Result<()> {
             {
                 bail!("the last rollout of {service} failed and was rolled back");
             }
+        }
+        Command::Top { service } => {
+            let list = client(&cli)?.instances(service.as_deref()).await?;
+            print_data(&list, cli.output, || output::top_table(&list.items, now));
         }
         Command::Agent {
             node,

@@ -228,6 +228,19 @@ pub struct Instance {
     /// When the agent reported it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_at_ms: Option<u64>,
+    /// Resource use as last reported by its agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<InstanceStats>,
+}
+
+/// What an instance uses, from its cgroup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStats {
+    /// CPU used over the last interval, in millicores.
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub pids: u64,
+    pub at_ms: u64,
 }
 
 impl Instance {

@@ -91,7 +91,11 @@ pub fn instances_table(instances: &[Instance], now_ms: u64) -> String {
                 phase(i),
                 if i.ready { "yes" } else { "no" }.into(),
                 ago(now_ms, i.created_at_ms),
-                i.pending_reason.clone().unwrap_or_default(),
+                i.restarts.to_string(),
+                i.pending_reason
+                    .clone()
+                    .or_else(|| (!i.ready).then(|| i.message.clone()))
+                    .unwrap_or_default(),
             ]
         })
         .collect();
@@ -103,8 +107,41 @@ pub fn instances_table(instances: &[Instance], now_ms: u64) -> String {
             "PHASE",
             "READY",
             "AGE",
-            "WHY PENDING",
+            "RESTARTS",
+            "WHY PENDING OR NOT READY",
         ],
+        &rows,
+    )
+}
+
+/// `tugboat top`: what each instance uses, as its agent last reported.
+pub fn top_table(instances: &[Instance], now_ms: u64) -> String {
+    let rows: Vec<Vec<String>> = instances
+        .iter()
+        .filter(|i| i.node.is_some())
+        .map(|i| match i.stats {
+            Some(s) => vec![
+                i.id.clone(),
+                i.service.clone(),
+                i.node.clone().unwrap_or_default(),
+                Cpu(s.cpu_millis).to_string(),
+                Memory(s.memory_bytes).to_string(),
+                s.pids.to_string(),
+                ago(now_ms, s.at_ms),
+            ],
+            None => vec![
+                i.id.clone(),
+                i.service.clone(),
+                i.node.clone().unwrap_or_default(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ],
+        })
+        .collect();
+    table(
+        &["ID", "SERVICE", "NODE", "CPU", "MEMORY", "PIDS", "MEASURED"],
         &rows,
     )
 }

@@ -75,6 +75,28 @@ fn a_purchase_through_the_front_reaches_every_service() {
     .or_else(|_| std::fs::read_to_string(format!("/sys/fs/cgroup/tug/{}/memory.max", front.id)))
     .unwrap();
     assert_eq!(limit.trim(), (32u64 << 20).to_string());
+    // Stats from the cgroups reach the server, and `tugboat top` shows them.
+    wait_for(
+        "memory use of every instance reported",
+        START,
+        || {
+            let list = instances(&host);
+            list.len() == 9
+                && list
+                    .iter()
+                    .all(|i| i.stats.is_some_and(|s| s.memory_bytes > 0 && s.pids > 0))
+        },
+        || show(&host),
+    );
+    let token = std::fs::read_to_string(host.dir.join("server/token")).unwrap();
+    let top = host.in_netns(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tugboat"))
+            .args(["--addr", host::API, "--token", token.trim(), "top"])
+            .output()
+            .unwrap()
+    });
+    let top = String::from_utf8_lossy(&top.stdout).to_string();
+    assert!(top.contains("MEMORY") && top.contains(&front.id), "{top}");
 }
 
 #[test]

@@ -112,6 +112,9 @@ struct Supervisor {
     next_liveness: Instant,
     next_readiness: Instant,
     last_report: Option<InstanceStatusReport>,
+    /// Last cgroup reading and when it was taken; stats go out every 10 s.
+    usage: Option<(super::stats::Usage, Instant)>,
+    stats_due: Instant,
 }
 
 /// Runs an instance until `stop` says so (or the server says it is no longer ours), then
@@ -142,6 +145,8 @@ pub async fn supervise(
         next_liveness: now,
         next_readiness: now,
         last_report: None,
+        usage: None,
+        stats_due: now,
     };
     let mut phase = s.start().await;
     loop {
@@ -477,6 +482,25 @@ impl Supervisor {
             && self.message == "running"
     }
 
+    /// CPU (over the time since the last reading), memory and pids from the cgroup.
+    fn read_stats(&mut self) -> Option<crate::model::InstanceStats> {
+        let usage = super::stats::read_usage(Path::new("/sys/fs/cgroup"), self.id())?;
+        let now = Instant::now();
+        let cpu_millis = match self.usage {
+            Some((before, at)) => {
+                super::stats::cpu_millis(&before, &usage, now.duration_since(at).as_millis() as u64)
+            }
+            None => 0,
+        };
+        self.usage = Some((usage, now));
+        Some(crate::model::InstanceStats {
+            cpu_millis,
+            memory_bytes: usage.memory_bytes,
+            pids: usage.pids,
+            at_ms: crate::model::now_ms(),
+        })
+    }
+
     /// Sends the status when it changed. Returns the HTTP status of a refused report.
     async fn report(&mut self, phase: &Phase) -> Option<u16> {
         let report = InstanceStatusReport {
@@ -490,7 +514,13 @@ impl Supervisor {
             message: self.message.clone(),
             exit_code: self.exit_code,
             restarts: self.state.restarts,
+            stats: self.last_report.as_ref().and_then(|r| r.stats),
         };
+        let mut report = report;
+        if Instant::now() >= self.stats_due {
+            self.stats_due = Instant::now() + Duration::from_secs(10);
+            report.stats = self.read_stats();
+        }
         if self.last_report.as_ref() == Some(&report) {
             return None;
         }

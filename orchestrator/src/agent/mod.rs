@@ -15,6 +15,7 @@ pub mod netns_file;
 pub mod probes;
 pub mod proxy;
 pub mod services;
+pub mod stats;
 
 use crate::client::ApiClient;
 use crate::controlplane::{NodeRegistration, WatchKind};

@@ -178,6 +178,7 @@ async fn reconcile_services(
                             exit_code: None,
                             restarts: 0,
                             failed_at_ms: None,
+                            stats: None,
                         };
                         batch.put_if(instance.key(), 0, &instance);
                     }

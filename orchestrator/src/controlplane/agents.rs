@@ -48,6 +48,9 @@ pub struct InstanceStatusReport {
     pub exit_code: Option<i32>,
     #[serde(default)]
     pub restarts: u32,
+    /// Resource use read from the instance's cgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<crate::model::InstanceStats>,
 }
 
 impl ControlPlane {
@@ -223,6 +226,9 @@ impl ControlPlane {
             instance.message = report.message.clone();
             instance.exit_code = report.exit_code;
             instance.restarts = report.restarts;
+            if report.stats.is_some() {
+                instance.stats = report.stats;
+            }
             if report.phase == ReportedPhase::Failed {
                 instance.failed_at_ms = instance.failed_at_ms.or(Some(now));
             }

@@ -172,6 +172,7 @@ async fn run_simulated_agent(client: ApiClient, node: String, silent: Arc<Atomic
                 },
                 exit_code: broken.then_some(1),
                 restarts: 0,
+                stats: None,
             };
             if client.report_status(&instance.id, &report).await.is_ok() {
                 reported.insert(instance.id);

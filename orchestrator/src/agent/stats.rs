@@ -1,0 +1,99 @@
+//! What an instance uses, read from its cgroup (`/tug/<id>`, as the bundle sets it): cgroup
+//! v2 files when the unified hierarchy has the controllers, else the v1 hierarchies (hybrid
+//! hosts). The root is a parameter so tests lay out a fake tree in a temp dir.
+
+use std::path::Path;
+
+/// Counters at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// CPU time used since the cgroup was made, in nanoseconds.
+    pub cpu_ns: u64,
+    pub memory_bytes: u64,
+    pub pids: u64,
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Reads the instance's cgroup under `root` (normally /sys/fs/cgroup).
+pub fn read_usage(root: &Path, id: &str) -> Option<Usage> {
+    let v2 = root.join("tug").join(id);
+    if v2.join("memory.current").exists() {
+        let cpu_us = std::fs::read_to_string(v2.join("cpu.stat"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("usage_usec "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            });
+        return Some(Usage {
+            cpu_ns: cpu_us.unwrap_or(0) * 1000,
+            memory_bytes: read_u64(&v2.join("memory.current")).unwrap_or(0),
+            pids: read_u64(&v2.join("pids.current")).unwrap_or(0),
+        });
+    }
+    let v1 = |controller: &str, file: &str| {
+        read_u64(&root.join(controller).join("tug").join(id).join(file))
+    };
+    let memory = v1("memory", "memory.usage_in_bytes")?;
+    let cpu = v1("cpu,cpuacct", "cpuacct.usage").or_else(|| v1("cpuacct", "cpuacct.usage"));
+    Some(Usage {
+        cpu_ns: cpu.unwrap_or(0),
+        memory_bytes: memory,
+        pids: v1("pids", "pids.current").unwrap_or(0),
+    })
+}
+
+/// CPU in millicores between two readings `elapsed_ms` apart.
+pub fn cpu_millis(before: &Usage, after: &Usage, elapsed_ms: u64) -> u64 {
+    if elapsed_ms == 0 {
+        return 0;
+    }
+    after.cpu_ns.saturating_sub(before.cpu_ns) / 1000 / elapsed_ms
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_and_v2_trees_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = dir.path().join("v1");
+        for (c, f, v) in [
+            ("memory", "memory.usage_in_bytes", "1048576"),
+            ("cpu,cpuacct", "cpuacct.usage", "2000000000"),
+            ("pids", "pids.current", "3"),
+        ] {
+            let d = v1.join(c).join("tug/web-1");
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join(f), v).unwrap();
+        }
+        let u = read_usage(&v1, "web-1").unwrap();
+        assert_eq!(
+            u,
+            Usage {
+                cpu_ns: 2_000_000_000,
+                memory_bytes: 1 << 20,
+                pids: 3
+            }
+        );
+        let v2 = dir.path().join("v2/tug/web-1");
+        std::fs::create_dir_all(&v2).unwrap();
+        std::fs::write(v2.join("memory.current"), "4096\n").unwrap();
+        std::fs::write(v2.join("cpu.stat"), "usage_usec 500\nuser_usec 400\n").unwrap();
+        let u = read_usage(&dir.path().join("v2"), "web-1").unwrap();
+        assert_eq!(u.cpu_ns, 500_000);
+        assert_eq!(u.memory_bytes, 4096);
+        assert!(read_usage(dir.path(), "nothing").is_none());
+        // 1 s of CPU over 2 s is half a core.
+        let before = Usage::default();
+        let after = Usage {
+            cpu_ns: 1_000_000_000,
+            ..Default::default()
+        };
+        assert_eq!(cpu_millis(&before, &after, 2000), 500);
+    }
+}

@@ -38,6 +38,7 @@ fn instance(n: usize, template: &str, phase: InstancePhase, ready: bool, created
         exit_code: None,
         restarts: 0,
         failed_at_ms: (phase == InstancePhase::Failed).then_some(0),
+        stats: None,
     }
 }
 

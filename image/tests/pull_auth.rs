@@ -192,3 +192,77 @@ async fn a_broken_download_resumes_where_it_stopped() {
         assert_eq!(reg.blob_gets.load(Ordering::SeqCst), 4, "{fault:?}");
     }
 }
+
+/// A pull killed (SIGKILL) in the middle of a layer leaves nothing that looks complete:
+/// no image, no layer dir, no blob of that layer; the next open clears its temp files and
+/// the next pull succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_pull_leaves_nothing_complete() {
+    let work = tempfile::tempdir().unwrap();
+    let md = layout(&work.path().join("layout"));
+    let big_diff = common::layout::sha256(&big_layer());
+    let reg = FakeRegistry::start(&work.path().join("layout"), AuthMode::None).await;
+    *reg.faults.lock().unwrap() = Fault::Slow;
+    let reference = format!("{}/tug/app:1", reg.addr);
+    let data = work.path().join("data");
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tug-image"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["pull", "-q", "--insecure-registry", &reg.addr, &reference])
+        .spawn()
+        .unwrap();
+    // Wait until the big layer is part-way in its temp file, then kill.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let partial = fs::read_dir(data.join("images/tmp"))
+            .map(|rd| {
+                rd.flatten().any(|e| {
+                    e.metadata()
+                        .map(|m| m.is_file() && m.len() > 16 * 1024)
+                        .unwrap_or(false)
+                })
+            })
+            .unwrap_or(false);
+        if partial {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pull never got going"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the pull ended too early"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let store = ImageStore::open(&data).unwrap();
+    assert!(store.list().unwrap().is_empty());
+    assert!(!data
+        .join("images/layers")
+        .join(big_diff.replace(':', "/"))
+        .exists());
+    for d in fs::read_dir(data.join("images/blobs/sha256")).unwrap() {
+        let size = d.unwrap().metadata().unwrap().len();
+        assert!(
+            size < 64 * 1024,
+            "a part of the big layer was taken for a blob"
+        );
+    }
+    assert_eq!(
+        fs::read_dir(data.join("images/tmp")).unwrap().count(),
+        0,
+        "cleared at open"
+    );
+
+    *reg.faults.lock().unwrap() = Fault::None;
+    let img = store
+        .pull(&reference, &opts(&reg.addr, None))
+        .await
+        .unwrap();
+    assert_eq!(img.digest, md);
+}

@@ -32,6 +32,8 @@ pub enum Fault {
     TruncateOnce,
     /// As `TruncateOnce`, but later GETs ignore `Range` and send the whole blob.
     TruncateOnceNoRange,
+    /// Blobs over 64 KiB are sent 8 KiB at a time, 50 ms apart.
+    Slow,
 }
 
 pub struct FakeRegistry {
@@ -240,8 +242,20 @@ async fn serve(mut sock: TcpStream, st: Arc<State>) -> std::io::Result<()> {
                 }
             }
         }
+        if fault == Fault::Slow {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            sock.write_all(head.as_bytes()).await?;
+            for piece in body.chunks(8192) {
+                sock.write_all(piece).await?;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            return sock.shutdown().await;
+        }
         match fault {
-            Fault::None | Fault::TruncateOnce | Fault::TruncateOnceNoRange => {}
+            Fault::None | Fault::TruncateOnce | Fault::TruncateOnceNoRange | Fault::Slow => {}
             Fault::Corrupt => {
                 let mid = body.len() / 2;
                 body[mid] ^= 0x01;

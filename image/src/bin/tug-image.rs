@@ -1,6 +1,6 @@
 //! `tugboat image ...` without tugboat: the same `ImageCommand`s, for trying the store out.
 //!
-//! cargo run -p tug-image --example tug-image -- --data-dir /tmp/d pull 127.0.0.1:5000/app:1 --insecure-registry 127.0.0.1:5000
+//! cargo run -p tug-image --bin tug-image -- --data-dir /tmp/d pull 127.0.0.1:5000/app:1 --insecure-registry 127.0.0.1:5000
 
 use std::path::PathBuf;
 

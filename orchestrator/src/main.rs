@@ -88,6 +88,9 @@ enum Command {
         /// under --data-dir.
         #[arg(long)]
         images: Option<PathBuf>,
+        /// Import an OCI layout or archive into the image store first; repeatable.
+        #[arg(long)]
+        import: Vec<PathBuf>,
     },
     /// Server and agent in one process: apply a spec file, say where it answers; Ctrl-C
     /// stops everything.
@@ -354,6 +357,7 @@ async fn run(cli: Cli) -> Result<()> {
             labels,
             subnet,
             images,
+            import,
         } => {
             let mut config = tugboat::agent::AgentConfig::new(node, &cli.data_dir);
             config.labels = labels.iter().cloned().collect();
@@ -361,7 +365,7 @@ async fn run(cli: Cli) -> Result<()> {
                 .parse()
                 .with_context(|| format!("--subnet {subnet}"))?;
             let images =
-                tugboat::agent::images::open_source(&cli.data_dir, images.as_deref(), &[])?;
+                tugboat::agent::images::open_source(&cli.data_dir, images.as_deref(), import)?;
             tugboat::agent::run_until_signal(config, client(&cli)?, images).await?;
         }
         Command::Up {

@@ -453,12 +453,15 @@ impl Supervisor {
             None => true,
             Some(spec) => {
                 if now >= self.next_readiness {
+                    // Until it first passes, probe every 250 ms: an instance is ready as
+                    // soon as it answers, not an interval later.
                     let interval = if self.readiness.passing {
-                        spec.interval_seconds.max(1)
+                        Duration::from_secs(u64::from(spec.interval_seconds.max(1)))
                     } else {
-                        1
+                        Duration::from_millis(250)
+                            .min(Duration::from_secs(u64::from(spec.interval_seconds.max(1))))
                     };
-                    self.next_readiness = now + Duration::from_secs(u64::from(interval));
+                    self.next_readiness = now + interval;
                     let r = probe(spec, address).await;
                     self.readiness.record(spec, r);
                 }

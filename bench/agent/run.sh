@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Agent benchmarks (as root): from `apply` of 100 instances of a small image to all 100
+# ready, and resident memory of server, agent, proxy and a monitor at idle with the shop.
+# Runs inside a network namespace it makes and deletes; touches nothing else on the host.
+# Usage: bench/agent/run.sh   (TUGBOAT=path to the binary; default target/release/tugboat)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+bin=${TUGBOAT:-$root/target/release/tugboat}
+[ -x "$bin" ] || { echo "build it first: cargo build --release -p tugboat" >&2; exit 1; }
+ns=tugbench$$
+dir=/tmp/tugbench$$
+api=127.0.0.1:7480
+in_ns() { nsenter --net=/run/netns/$ns "$@"; }
+pids=()
+cleanup() {
+  set +e
+  if [ -f "$dir/server/token" ]; then
+    for s in web front catalog cart orders payments; do
+      in_ns curl -s -o /dev/null -X DELETE -H "Authorization: Bearer $(cat $dir/server/token)" http://$api/v1/services/$s
+    done
+    for _ in $(seq 1 200); do
+      [ -z "$(ls -A $dir/agent/instances 2>/dev/null)" ] && break; sleep 0.1
+    done
+  fi
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  rm -f "$dir/agent/proxy.json"; sleep 0.3
+  ip netns del $ns 2>/dev/null
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+mkdir -p "$dir"
+bash "$root/examples/build-images.sh" "$dir/build" >/dev/null
+ip netns add $ns
+ip -n $ns link set lo up
+in_ns "$bin" server --data-dir "$dir/server" --listen $api 2>"$dir/server.log" &
+pids+=($!); server=$!
+for _ in $(seq 1 100); do [ -f "$dir/server/token" ] && break; sleep 0.05; done
+token=$(cat "$dir/server/token")
+imports=()
+for d in "$dir"/build/oci/*; do imports+=(--import "$d"); done
+in_ns "$bin" --addr $api --token "$token" --data-dir "$dir/agent" agent --node bench "${imports[@]}" 2>"$dir/agent.log" &
+pids+=($!); agent=$!
+cli() { in_ns "$bin" --addr $api --token "$token" "$@"; }
+ready_count() {
+  in_ns curl -s -H "Authorization: Bearer $token" "http://$api/v1/instances?service=$1" |
+    python3 -c 'import json,sys; print(sum(1 for i in json.load(sys.stdin)["items"] if i.get("ready")))'
+}
+for _ in $(seq 1 100); do cli get nodes 2>/dev/null | grep -q bench && break; sleep 0.1; done
+
+start=$(date +%s.%N)
+cli apply -f "$root/bench/agent/hundred.yaml" >/dev/null
+while [ "$(ready_count web)" -lt 100 ]; do sleep 0.05; done
+end=$(date +%s.%N)
+echo "100 instances: apply to all ready: $(python3 -c "print(f'{$end-$start:.2f}')") s"
+cli delete service web >/dev/null
+for _ in $(seq 1 600); do [ -z "$(ls -A $dir/agent/instances)" ] && break; sleep 0.1; done
+
+cli apply -f "$root/examples/shop.yaml" >/dev/null
+while [ "$(cli get instances | grep -c ' yes ')" -lt 9 ]; do sleep 0.2; done
+sleep 30
+rss() { awk '/VmRSS/ {print $2/1024 " MB"}' /proc/$1/status; }
+proxy=$(cat "$dir/agent/proxy.pid")
+monitor=$(pgrep -f "tugboat monitor .*$dir/" | head -1)
+echo "idle with the shop (9 instances), resident memory:"
+echo "  server  $(rss $server)"
+echo "  agent   $(rss $agent)"
+echo "  proxy   $(rss $proxy)"
+echo "  monitor $(rss $monitor) (one per container)"

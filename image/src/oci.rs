@@ -226,3 +226,81 @@ pub fn choose_platform<'a>(
                 .join(", "),
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(arch: &str, variant: Option<&str>, n: u8) -> Descriptor {
+        Descriptor {
+            media_type: MT_DOCKER_MANIFEST.into(),
+            digest: Digest::sha256_of(&[n]),
+            size: 1,
+            platform: Some(Platform {
+                architecture: arch.into(),
+                os: "linux".into(),
+                variant: variant.map(str::to_string),
+            }),
+            annotations: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn platform_choice() {
+        let index = Index {
+            schema_version: 2,
+            media_type: Some(MT_DOCKER_LIST.into()),
+            manifests: vec![
+                desc("unknown", None, 0),
+                desc("amd64", None, 1),
+                desc("arm", Some("v6"), 2),
+                desc("arm", Some("v7"), 3),
+                desc("arm64", Some("v8"), 4),
+            ],
+        };
+        let pick = |p: &str| {
+            choose_platform("r", &index, &Platform::parse(p).unwrap()).map(|d| d.digest.clone())
+        };
+        assert_eq!(pick("linux/amd64").unwrap(), Digest::sha256_of(&[1]));
+        assert_eq!(pick("linux/arm/v7").unwrap(), Digest::sha256_of(&[3]));
+        // No variant asked: the first arm entry; arm64 without a variant matches v8.
+        assert_eq!(pick("linux/arm").unwrap(), Digest::sha256_of(&[2]));
+        assert_eq!(pick("linux/arm64").unwrap(), Digest::sha256_of(&[4]));
+        match pick("linux/s390x") {
+            Err(Error::NoMatchingPlatform { available, .. }) => {
+                assert!(available.contains("linux/arm/v7"), "{available}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Platform::parse("linux").is_none());
+        assert!(Platform::parse("a/b/c/d").is_none());
+    }
+
+    #[test]
+    fn documents_by_media_type_or_shape() {
+        let list = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[]}"#;
+        assert!(matches!(parse_document("x", list), Ok(Document::Index(_))));
+        let bare_index = br#"{"schemaVersion":2,"manifests":[]}"#;
+        assert!(matches!(
+            parse_document("x", bare_index),
+            Ok(Document::Index(_))
+        ));
+        let d = Digest::sha256_of(b"c");
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"{MT_DOCKER_CONFIG}","digest":"{d}","size":1}},"layers":[]}}"#
+        );
+        assert!(matches!(
+            parse_document("x", manifest.as_bytes()),
+            Ok(Document::Manifest(_))
+        ));
+        let helm = br#"{"schemaVersion":2,"mediaType":"application/vnd.cncf.helm.chart.v1"}"#;
+        assert!(matches!(
+            parse_document("x", helm),
+            Err(Error::UnsupportedMediaType { .. })
+        ));
+        assert!(matches!(
+            parse_document("x", b"not json"),
+            Err(Error::InvalidDocument { .. })
+        ));
+    }
+}

@@ -1,19 +1,50 @@
 #!/usr/bin/env bash
-# The main job for now: build tug and run a container from a busybox bundle.
+# The main job: build tugboat, build the shop's images, run `tugboat up -f examples/shop.yaml`
+# inside a network namespace of its own (the host's network is not touched), buy something
+# through the front, show what runs, then stop it all and leave the host clean.
+# With a terminal, it waits for Enter before stopping (look around meanwhile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/install-deps.sh
-cargo build --release -p tug-runtime
-bundle=$(mktemp -d /tmp/tug-demo.XXXXXX)
-trap 'rm -rf "$bundle"' EXIT
-mkdir -p "$bundle/rootfs/bin" "$bundle/rootfs/proc" "$bundle/rootfs/sys" "$bundle/rootfs/dev" "$bundle/rootfs/tmp"
-cp "$(command -v busybox)" "$bundle/rootfs/bin/busybox"
-for a in sh echo hostname id ls cat; do ln -sf busybox "$bundle/rootfs/bin/$a"; done
-./target/release/tug spec --bundle "$bundle"
-python3 - "$bundle/config.json" <<'PY'
-import json, sys
-p = sys.argv[1]; c = json.load(open(p))
-c["process"]["args"] = ["sh", "-c", "echo hello from container $(hostname); id; ls /"]
-json.dump(c, open(p, "w"), indent=2)
-PY
-./target/release/tug --root /run/tug-demo run "demo-$$" --bundle "$bundle"
+cargo build --release -p tugboat
+bin=$PWD/target/release/tugboat
+ns=tugdemo$$
+data=/tmp/tugdemo$$
+up_pid=
+cleanup() {
+  set +e
+  if [ -n "$up_pid" ] && kill -0 "$up_pid" 2>/dev/null; then
+    kill -INT "$up_pid"; wait "$up_pid"
+  fi
+  ip netns del "$ns" 2>/dev/null
+  rm -rf "$data"
+}
+trap cleanup EXIT
+bash examples/build-images.sh "$data/build"
+ip netns add "$ns"
+ip -n "$ns" link set lo up
+in_ns() { nsenter --net="/run/netns/$ns" "$@"; }
+imports=()
+for d in "$data"/build/oci/*; do imports+=(--import "$d"); done
+in_ns "$bin" up -f examples/shop.yaml --data-dir "$data" "${imports[@]}" > "$data/up.out" &
+up_pid=$!
+for _ in $(seq 1 600); do
+  grep -q 'front: http' "$data/up.out" 2>/dev/null && break
+  kill -0 "$up_pid" 2>/dev/null || { echo "tugboat up exited" >&2; exit 1; }
+  sleep 0.2
+done
+cat "$data/up.out"
+echo "--- the front page (inside network namespace $ns):"
+in_ns curl -s http://127.0.0.1:8080/
+echo "--- a purchase through the front reaches catalog, cart, orders and payments:"
+in_ns curl -s "http://127.0.0.1:8080/cgi-bin/buy?user=demo&sku=tea"
+echo "--- what runs:"
+in_ns "$bin" --addr 127.0.0.1:7480 --data-dir "$data/server" get instances
+in_ns "$bin" --addr 127.0.0.1:7480 --data-dir "$data/server" top
+if [ -t 0 ]; then
+  echo "--- the shop answers inside the namespace: nsenter --net=/run/netns/$ns curl http://127.0.0.1:8080/"
+  read -r -p "press Enter to stop it " _
+fi
+echo "--- stopping (Ctrl-C to tugboat up)"
+kill -INT "$up_pid"; wait "$up_pid"; up_pid=
+echo "stopped; no container, mount or cgroup of the demo is left"

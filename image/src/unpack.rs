@@ -143,6 +143,7 @@ struct Pax {
     gid: Option<u64>,
     mtime: Option<i64>,
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    sparse: bool,
 }
 
 fn parse_pax(data: &[u8]) -> std::result::Result<Pax, String> {
@@ -168,6 +169,7 @@ fn parse_pax(data: &[u8]) -> std::result::Result<Pax, String> {
                 let secs = v.split('.').next().unwrap_or("");
                 pax.mtime = secs.parse().ok();
             }
+            _ if key.starts_with(b"GNU.sparse.") => pax.sparse = true,
             _ => {
                 if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
                     pax.xattrs.push((name.to_vec(), value.to_vec()));
@@ -283,6 +285,10 @@ impl<'a> Unpacker<'a> {
                 return Err(self.refuse(&raw_path, "PAX size differs from the header size"));
             }
         }
+        // Sparse files would need their map applied to the data; layers do not use them.
+        if pax.sparse || kind == tar::EntryType::GNUSparse {
+            return Err(self.refuse(&raw_path, "sparse files are not supported"));
+        }
         self.entries += 1;
         let rel = clean_entry_path(&raw_path).map_err(|r| self.refuse(&raw_path, r))?;
 
@@ -364,7 +370,7 @@ impl<'a> Unpacker<'a> {
                     mtime,
                 });
             }
-            T::Regular | T::Continuous | T::GNUSparse => {
+            T::Regular | T::Continuous => {
                 self.remove_existing(&dest, &raw_path)?;
                 let mut file = OpenOptions::new()
                     .write(true)

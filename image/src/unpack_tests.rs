@@ -208,6 +208,20 @@ fn tar_slip_corpus_is_refused_entry_by_entry() {
             "../../pax-evil",
         ),
         (
+            "GNU sparse file (its data would be written unexpanded)",
+            tar_of(|b| raw_entry(b, T::GNUSparse, b"sparse", b"", b"")),
+            "sparse",
+        ),
+        (
+            "PAX sparse file",
+            tar_of(|b| {
+                let rec = b"22 GNU.sparse.major=1\n";
+                raw_entry(b, T::XHeader, b"PaxHeader/s", b"", rec);
+                raw_entry(b, T::Regular, b"s", b"", b"");
+            }),
+            "s",
+        ),
+        (
             "GNU long name with dot-dot",
             tar_of(|b| {
                 raw_entry(

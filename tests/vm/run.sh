@@ -9,11 +9,15 @@
 # NAME is a test target of the package(s) in TUG_VM_PACKAGES (default tug-runtime), e.g.
 # `lifecycle` or `cgroups:memory,pids`. With no NAME: lifecycle and cgroups.
 #
-# Environment: TUG_VM_CACHE (kernel cache, default /var/cache/tug-vm), TUG_VM_ACCEL
-# (auto|kvm|tcg, default auto), TUG_VM_CPUS (2), TUG_VM_MEM (MiB, 1024), TUG_VM_TIMEOUT
-# (seconds for the whole VM, 2700), TUG_VM_JOB_TIMEOUT (seconds per test binary, 1500),
-# TUG_VM_TEST_THREADS (1), TUG_VM_PACKAGES (tug-runtime), TUG_VM_PROVISION (1: also run
-# vagrant/provision.sh in offline mode inside the VM; 0: do not).
+# Environment:
+#   TUG_VM_CACHE         kernel cache (default /var/cache/tug-vm)
+#   TUG_VM_ACCEL         auto (default: KVM if a probe boot with it works, else TCG), kvm, tcg
+#   TUG_VM_CPUS          vCPUs (2); TUG_VM_MEM: MiB (1024)
+#   TUG_VM_TIMEOUT       seconds for the whole VM (2700)
+#   TUG_VM_JOB_TIMEOUT   seconds per test binary (1500)
+#   TUG_VM_TEST_THREADS  --test-threads inside (1)
+#   TUG_VM_PACKAGES      packages whose test targets can be named (tug-runtime)
+#   TUG_VM_PROVISION     1 (default): also run tests/vm/provision-check.sh inside; 0: do not
 #
 # Nothing is installed on the host: the kernel package is fetched with `apt-get download`
 # and unpacked into the cache; the VM has no network device; qemu runs as a child of this
@@ -116,40 +120,27 @@ vmlinuz=$kdir/boot/vmlinuz-$kver
 moddir=$kdir/lib/modules/$kver
 log "kernel $kver from $pkg"
 
-# --- the test binaries: built here, run only inside ---
+# --- the test binaries: built here (only those asked for), run only inside ---
 pkg_args=()
 for p in $packages; do pkg_args+=(-p "$p"); done
-log "building test binaries: cargo test ${pkg_args[*]} --no-run"
-cargo test "${pkg_args[@]}" --no-run --message-format=json >"$tmp/build.json"
-declare -A exe cwd_of
-while IFS=$'\t' read -r name path manifest; do
-  exe[$name]=$path
-  cwd_of[$name]=$(dirname "$manifest")
-done < <(jq -r 'select(.reason == "compiler-artifact" and .executable != null
-                        and .profile.test == true and (.target.kind | index("test")))
-                | [.target.name, .executable, .manifest_path] | @tsv' "$tmp/build.json")
-
-if [ "$provision" = 1 ]; then
-  # provision-check.sh installs these into the VM's /usr/local/bin.
-  cargo build -q -p tugboat -p tug-runtime --bins
-fi
-
-out=$tmp/out
-mkdir "$out"
-: >"$out/jobs"
+mapfile -t targets < <(cargo metadata -q --no-deps --format-version 1 |
+  jq -r --arg pkgs "$packages" '.packages[] | select(.name as $n | $pkgs | split(" ") | index($n))
+                                | .targets[] | select(.kind | index("test")) | .name')
+has_target() { printf '%s\n' "${targets[@]}" | grep -qx "$1"; }
 jobs=()
 if [ $# -eq 0 ]; then
   for name in lifecycle cgroups; do
-    if [ -n "${exe[$name]:-}" ]; then
+    if has_target "$name"; then
       jobs+=("$name")
     else
-      log "SKIP test target $name: not in ${packages} (yet)"
+      log "SKIP test target $name: not in $packages (yet)"
     fi
   done
 else
   jobs=("$@")
 fi
 [ ${#jobs[@]} -gt 0 ] || { log "no test target to run"; exit 1; }
+test_args=()
 for job in "${jobs[@]}"; do
   name=${job%%:*}
   filters=
@@ -158,7 +149,31 @@ for job in "${jobs[@]}"; do
     log "bad test spec '$job' (NAME[:FILTER[,FILTER...]])"
     exit 1
   fi
-  [ -n "${exe[$name]:-}" ] || { log "no test target '$name' in: ${!exe[*]}"; exit 1; }
+  has_target "$name" || { log "no test target '$name' in $packages: ${targets[*]}"; exit 1; }
+  test_args+=(--test "$name")
+done
+log "building: cargo test ${pkg_args[*]} ${test_args[*]} --no-run"
+cargo test "${pkg_args[@]}" "${test_args[@]}" --no-run --message-format=json >"$tmp/build.json"
+declare -A exe cwd_of
+while IFS=$'\t' read -r name path manifest; do
+  exe[$name]=$path
+  cwd_of[$name]=$(dirname "$manifest")
+done < <(jq -r 'select(.reason == "compiler-artifact" and .executable != null
+                        and .profile.test == true and (.target.kind | index("test")))
+                | [.target.name, .executable, .manifest_path] | @tsv' "$tmp/build.json")
+if [ "$provision" = 1 ]; then
+  # provision-check.sh installs these into the VM's /usr/local/bin.
+  log "building: cargo build -p tugboat -p tug-runtime --bins"
+  cargo build -q -p tugboat -p tug-runtime --bins
+fi
+
+out=$tmp/out
+mkdir "$out"
+: >"$out/jobs"
+for job in "${jobs[@]}"; do
+  name=${job%%:*}
+  filters=
+  [ "$job" != "$name" ] && filters=${job#*:}
   [[ "${exe[$name]}${cwd_of[$name]}" != *' '* ]] || { log "paths with spaces are not supported"; exit 1; }
   echo "$name $job_timeout ${cwd_of[$name]} ${exe[$name]} --test-threads=$threads --nocapture ${filters//,/ }" >>"$out/jobs"
 done
@@ -196,11 +211,19 @@ else
 fi
 
 # --- boot ---
+# KVM where it can boot this kernel: a probe boots the initramfs alone (init prints a marker
+# and powers off: about a second with KVM). On the development machines /dev/kvm is there but
+# cannot boot a stock kernel (qemu stops at once: "failed to set MSR 0x10a"), so TCG is used.
+kvm_boots() {
+  [ -r /dev/kvm ] && [ -w /dev/kvm ] || return 1
+  timeout -k 5 "${TUG_VM_KVM_PROBE_SECONDS:-20}" qemu-system-x86_64 -nodefaults -no-user-config \
+    -machine q35 -accel kvm -cpu host -m 256 -display none -no-reboot -nic none \
+    -serial "file:$tmp/kvm-probe.log" -kernel "$vmlinuz" -initrd "$tmp/initrd" \
+    -append "console=ttyS0 panic=-1 quiet rdinit=/init tug_vm_probe=1" </dev/null >/dev/null 2>&1 || true
+  grep -q TUG-VM-PROBE-OK "$tmp/kvm-probe.log" 2>/dev/null
+}
 if [ "$accel" = auto ]; then
-  accel=tcg
-  # KVM only where it is usable; on the development machines /dev/kvm is there but cannot boot
-  # a stock kernel, so TUG_VM_ACCEL=kvm is an explicit choice.
-  if [ -w /dev/kvm ] && [ -n "${TUG_VM_TRY_KVM:-}" ]; then accel=kvm; fi
+  if kvm_boots; then accel=kvm; else accel=tcg; fi
 fi
 case $accel in
   kvm) accel_args=(-accel kvm -cpu host) ;;
@@ -210,7 +233,8 @@ esac
 append="console=ttyS0 panic=-1 quiet loglevel=4 rdinit=/init cgroup_no_v1=all systemd.unified_cgroup_hierarchy=1"
 log "booting ($accel, $cpus cpu(s), ${mem} MiB); jobs: ${jobs[*]}$([ "$provision" = 1 ] && echo ' provision')"
 boot_start=$(date +%s)
-qemu-system-x86_64 -nodefaults -no-user-config -machine q35 "${accel_args[@]}" \
+# timeout ends qemu after TUG_VM_TIMEOUT, and passes on the TERM of cleanup().
+timeout -k 10 "$vm_timeout" qemu-system-x86_64 -nodefaults -no-user-config -machine q35 "${accel_args[@]}" \
   -smp "$cpus" -m "$mem" -display none -no-reboot -nic none \
   -chardev stdio,id=con,signal=off -serial chardev:con \
   "${disk_args[@]}" \
@@ -219,14 +243,10 @@ qemu-system-x86_64 -nodefaults -no-user-config -machine q35 "${accel_args[@]}" \
   -virtfs "local,path=$out,mount_tag=tugout,security_model=none,multidevs=remap" \
   </dev/null &
 qpid=$!
-# A watchdog: the VM is killed (by its pid) if it outlives TUG_VM_TIMEOUT.
-( sleep "$vm_timeout"; kill "$qpid" 2>/dev/null && echo "tests/vm: VM killed after ${vm_timeout}s" ) &
-watchdog=$!
 qrc=0
 wait "$qpid" || qrc=$?
 qpid=
-kill "$watchdog" 2>/dev/null || true
-wait "$watchdog" 2>/dev/null || true
+[ "$qrc" != 124 ] || log "the VM was stopped after TUG_VM_TIMEOUT=${vm_timeout}s"
 vm_secs=$(($(date +%s) - boot_start))
 
 # --- results ---

@@ -365,10 +365,12 @@ impl Runtime {
         let mut join = Vec::new();
         let mut pid_ns: Option<OwnedFd> = None;
         let mut new_cgroup_ns = false;
+        let mut new_time_ns = false;
         for ns in linux.namespaces().iter().flatten() {
             let flag = ns_flag(ns.typ());
             match ns.path() {
                 None if ns.typ() == LinuxNamespaceType::Cgroup => new_cgroup_ns = true,
+                None if ns.typ() == LinuxNamespaceType::Time => new_time_ns = true,
                 None => clone_flags |= flag,
                 Some(p) => {
                     let fd = open(
@@ -413,6 +415,9 @@ impl Runtime {
             }
             None => None,
         };
+        if new_time_ns {
+            enter_time_ns_for_children(linux)?;
+        }
         let cgroup_fd = cg.clone_into_fd();
         let parent_pid = std::process::id() as i32;
         let forked = clone_child(
@@ -738,6 +743,26 @@ fn init_error(id: &str, ch: &Channel, send_error: io::Error) -> Error {
 }
 
 /// The signals foreground `run` passes on to the container, plus SIGCHLD.
+/// A new time namespace with the configured clock offsets, for the children of this process
+/// (the container's init): offsets can only be set before a process is in the namespace.
+fn enter_time_ns_for_children(linux: &oci_spec::runtime::Linux) -> Result<(), Error> {
+    nix::sched::unshare(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME))
+        .map_err(|e| io_err("unshare the time namespace")(e.into()))?;
+    let mut text = String::new();
+    for (clock, o) in linux.time_offsets().iter().flatten() {
+        text += &format!(
+            "{clock} {} {}\n",
+            o.secs().unwrap_or(0),
+            o.nanosecs().unwrap_or(0)
+        );
+    }
+    if !text.is_empty() {
+        fs::write("/proc/self/timens_offsets", text)
+            .map_err(io_err("linux.timeOffsets: write /proc/self/timens_offsets"))?;
+    }
+    Ok(())
+}
+
 /// Writes the user namespace's uid and gid maps of a just-cloned init.
 fn write_id_maps(pid: i32, linux: &oci_spec::runtime::Linux) -> Result<(), Error> {
     let lines = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {

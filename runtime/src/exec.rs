@@ -357,7 +357,10 @@ fn prepare_and_exec(cfg: &ChildConfig) -> Result<std::convert::Infallible, Strin
         fs::write("/proc/self/oom_score_adj", adj.to_string())
             .map_err(|e| format!("process.oomScoreAdj {adj}: {e}"))?;
     }
+    crate::procattr::apply_io_priority(process)?;
+    crate::procattr::apply_scheduler(process)?;
     init::become_user(process)?;
+    crate::procattr::apply_lsm(process)?;
     if process.no_new_privileges() == Some(true) {
         // SAFETY: prctl with integer arguments.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {

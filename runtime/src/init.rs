@@ -213,7 +213,12 @@ fn wait_and_exec(cfg: &InitConfig, p: Prepared) -> Result<std::convert::Infallib
         hooks::run_hooks("startContainer", list, &p.state_json).map_err(|e| e.to_string())?;
     }
 
+    // Before the capabilities go: a real-time scheduler needs CAP_SYS_NICE.
+    crate::procattr::apply_personality(spec.linux().as_ref())?;
+    crate::procattr::apply_io_priority(process)?;
+    crate::procattr::apply_scheduler(process)?;
     become_user(process)?;
+    crate::procattr::apply_lsm(process)?;
     if process.no_new_privileges() == Some(true) {
         // SAFETY: prctl with integer arguments.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {

@@ -12,6 +12,7 @@ pub mod features;
 pub mod hooks;
 mod init;
 pub mod inspect;
+pub mod procattr;
 pub mod rootfs;
 pub mod signal;
 pub mod spec;

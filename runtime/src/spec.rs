@@ -101,8 +101,9 @@ impl Checker<'_> {
 }
 
 /// Namespace types this runtime can create or join today.
-const SUPPORTED_NAMESPACES: [LinuxNamespaceType; 7] = [
+const SUPPORTED_NAMESPACES: [LinuxNamespaceType; 8] = [
     LinuxNamespaceType::User,
+    LinuxNamespaceType::Time,
     LinuxNamespaceType::Pid,
     LinuxNamespaceType::Network,
     LinuxNamespaceType::Ipc,
@@ -248,25 +249,8 @@ pub fn validate(config: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf, Sp
             );
         }
     }
-    if process
-        .apparmor_profile()
-        .as_deref()
-        .is_some_and(|p| !p.is_empty())
-    {
-        return c.fail(
-            "process.apparmorProfile",
-            "AppArmor is not supported by tug yet",
-        );
-    }
-    if process
-        .selinux_label()
-        .as_deref()
-        .is_some_and(|p| !p.is_empty())
-    {
-        return c.fail(
-            "process.selinuxLabel",
-            "SELinux is not supported by tug yet",
-        );
+    if let Err((field, message)) = crate::procattr::check(process) {
+        return c.fail(field, message);
     }
 
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
@@ -354,6 +338,33 @@ pub fn validate(config: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf, Sp
         .iter()
         .flatten()
         .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none());
+    let new_time_ns = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|n| n.typ() == LinuxNamespaceType::Time && n.path().is_none());
+    if let Some(offsets) = linux.time_offsets().as_ref().filter(|o| !o.is_empty()) {
+        if !new_time_ns {
+            return c.fail(
+                "linux.timeOffsets",
+                "offsets need a new time namespace (a \"time\" entry without a path)",
+            );
+        }
+        for (clock, o) in offsets {
+            if clock != "monotonic" && clock != "boottime" {
+                return c.fail(
+                    format!("linux.timeOffsets.{clock}"),
+                    "only \"monotonic\" and \"boottime\" clocks have offsets",
+                );
+            }
+            if o.nanosecs().unwrap_or(0) >= 1_000_000_000 {
+                return c.fail(
+                    format!("linux.timeOffsets.{clock}.nanosecs"),
+                    "must be below 1000000000",
+                );
+            }
+        }
+    }
     for (field, maps) in [
         ("linux.uidMappings", linux.uid_mappings()),
         ("linux.gidMappings", linux.gid_mappings()),

@@ -317,3 +317,29 @@ fn run_relays_a_terminal_when_there_is_no_console_socket() {
     assert!(!env.state_root().join(&id).exists());
     no_cgroup_left(&id);
 }
+
+#[test]
+fn a_console_socket_that_does_not_exist_is_named_and_leaves_nothing() {
+    skip_unless_root!("a_console_socket_that_does_not_exist_is_named_and_leaves_nothing");
+    let mut env = Env::new(&["sh"]);
+    env.edit(|s| s["process"]["terminal"] = json!(true));
+    let id = id("nosock");
+    let b = env.bundle();
+    let sock = env.dir.path().join("no-such.sock");
+    let out = env.tug(&[
+        "create",
+        &id,
+        "--bundle",
+        b.to_str().unwrap(),
+        "--console-socket",
+        sock.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no-such.sock"),
+        "{}",
+        show(&out)
+    );
+    assert!(!env.state_root().join(&id).exists());
+    no_cgroup_left(&id);
+}

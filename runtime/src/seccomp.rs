@@ -15,12 +15,17 @@
 //!   arm on aarch64) gets one when `architectures` lists it. Any other arch, and x32 syscalls on
 //!   x86_64, get SECCOMP_RET_KILL_PROCESS. Listed arches the host cannot run are ignored.
 //! - Syscall names: a name tug does not know for any listed arch is an error naming
-//!   `linux.seccomp.syscalls[i].names[j]`. It is skipped instead when the profile lists an arch
-//!   tug has no table for (the name may be that arch's), or when the rule only allows and the
-//!   default does not (an allow-list naming a syscall newer than tug's table: skipping it
-//!   leaves that syscall at the stricter default).
+//!   `linux.seccomp.syscalls[i].names[j]` when the default action lets syscalls through
+//!   (ALLOW, LOG): a misspelt deny rule must not silently allow. It is skipped when the
+//!   profile lists an arch tug has no table for (the name may be that arch's), and when the
+//!   default denies: engines' allow-lists (podman's, docker's) name other arches' syscalls
+//!   (pciconfig_iobase, ...) and ones newer than tug's table, and such a syscall stays denied.
 //! - Several conditions on the same argument make one rule per condition (any may match), as
 //!   runc does; otherwise a rule's conditions must all hold.
+//! - A syscall given two unconditional actions (podman's profile allows setns in its list and
+//!   denies it again for a container without CAP_SYS_ADMIN) gets the stricter, in the kernel's
+//!   order (KILL_PROCESS, KILL_THREAD, TRAP, ERRNO, TRACE, LOG, ALLOW); of two of one kind,
+//!   the first.
 //! - errnoRet is taken with SCMP_ACT_ERRNO and SCMP_ACT_TRACE (EPERM when absent) and refused
 //!   with other actions. SCMP_ACT_NOTIFY and listenerPath are refused: tug has no seccomp agent
 //!   support yet.
@@ -167,6 +172,10 @@ pub fn compile(seccomp: &LinuxSeccomp) -> Result<Program, SeccompError> {
     )?;
     used.push((default, "linux.seccomp.defaultAction".to_string()));
     let flags = filter_flags(seccomp)?;
+    let default_denies = !matches!(
+        seccomp.default_action(),
+        LinuxSeccompAction::ScmpActAllow | LinuxSeccompAction::ScmpActLog
+    );
 
     // The arches the profile lists: which get a section, and whether unknown names may be
     // another arch's.
@@ -187,7 +196,7 @@ pub fn compile(seccomp: &LinuxSeccomp) -> Result<Program, SeccompError> {
 
     // Per section, per syscall number: conditional rules in order, then the unconditional
     // action with the field that set it.
-    type Entry = (Vec<bpf::Rule>, Option<(u32, String)>);
+    type Entry = (Vec<bpf::Rule>, Option<u32>);
     let mut entries: Vec<BTreeMap<u32, Entry>> = vec![BTreeMap::new(); sections.len()];
     for (i, sc) in seccomp.syscalls().iter().flatten().enumerate() {
         let field = format!("linux.seccomp.syscalls[{i}]");
@@ -210,18 +219,10 @@ pub fn compile(seccomp: &LinuxSeccomp) -> Result<Program, SeccompError> {
                 known = true;
                 let entry = entries[s].entry(nr).or_default();
                 if rules.is_empty() {
-                    match &entry.1 {
-                        Some((a, _)) if *a == action => {}
-                        Some((_, first)) => {
-                            return Err(SeccompError::Invalid {
-                                field: format!("{field}.names[{j}]"),
-                                message: format!(
-                                    "\"{name}\" already has another action in {first}"
-                                ),
-                            })
-                        }
-                        None => entry.1 = Some((action, format!("{field}.names[{j}]"))),
-                    }
+                    entry.1 = Some(match entry.1 {
+                        Some(earlier) if precedence(earlier) <= precedence(action) => earlier,
+                        _ => action,
+                    });
                 } else {
                     entry.0.extend(rules.iter().map(|conds| bpf::Rule {
                         conds: conds.clone(),
@@ -230,9 +231,7 @@ pub fn compile(seccomp: &LinuxSeccomp) -> Result<Program, SeccompError> {
                 }
             }
             known |= tables.iter().any(|t| t.lookup(name).is_some());
-            let allow_only = sc.action() == LinuxSeccompAction::ScmpActAllow
-                && seccomp.default_action() != LinuxSeccompAction::ScmpActAllow;
-            if !known && !untabled && !allow_only {
+            if !known && !untabled && !default_denies {
                 return Err(SeccompError::UnknownSyscall {
                     field: format!("{field}.names[{j}]"),
                     name: name.clone(),
@@ -260,7 +259,7 @@ pub fn compile(seccomp: &LinuxSeccomp) -> Result<Program, SeccompError> {
                 syscalls: entries
                     .into_iter()
                     .filter_map(|(nr, (rules, uncond))| {
-                        let fallback = uncond.map_or(default, |(a, _)| a);
+                        let fallback = uncond.unwrap_or(default);
                         let rules: Vec<bpf::Rule> =
                             rules.into_iter().filter(|r| r.action != fallback).collect();
                         (!rules.is_empty() || fallback != default).then_some(bpf::Syscall {
@@ -464,6 +463,21 @@ fn flag_available(bit: libc::c_ulong) -> bool {
         )
     };
     r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EFAULT)
+}
+
+/// The kernel's order of actions, strictest first: when two filters disagree it takes the
+/// strictest, and so does tug when a profile gives one syscall two unconditional actions.
+fn precedence(value: u32) -> u8 {
+    match value & libc::SECCOMP_RET_ACTION_FULL {
+        libc::SECCOMP_RET_KILL_PROCESS => 0,
+        libc::SECCOMP_RET_KILL_THREAD => 1,
+        libc::SECCOMP_RET_TRAP => 2,
+        libc::SECCOMP_RET_ERRNO => 3,
+        libc::SECCOMP_RET_USER_NOTIF => 4,
+        libc::SECCOMP_RET_TRACE => 5,
+        libc::SECCOMP_RET_LOG => 6,
+        _ => 7,
+    }
 }
 
 /// Whether two return values are the same action (whatever their errno or trace data).

@@ -156,27 +156,48 @@ fn unknown_syscall_names_name_their_field_unless_another_arch_may_have_them() {
     .unwrap();
     assert_eq!(verdict(&p, "getpid", [0; 6]), ALLOW);
 
-    // An allow-list naming a syscall tug does not know leaves it at the default.
+    // When the default denies (engines' allow-lists), unknown names are skipped: they stay
+    // denied. podman's profile names pciconfig_iobase, which x86 does not have.
     let p = compile(&profile(json!({
         "defaultAction": "SCMP_ACT_ERRNO",
-        "syscalls": [{"names": ["read", "some_future_call"], "action": "SCMP_ACT_ALLOW"}],
+        "defaultErrnoRet": 38,
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [
+            {"names": ["mount", "pciconfig_iobase"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+            {"names": ["read", "some_future_call"], "action": "SCMP_ACT_ALLOW"},
+        ],
     })))
     .unwrap();
     assert_eq!(verdict(&p, "read", [0; 6]), ALLOW);
+    assert_eq!(verdict(&p, "mount", [0; 6]), errno(1));
+    assert_eq!(verdict(&p, "write", [0; 6]), errno(38));
+    let mut log = bad.clone();
+    log["defaultAction"] = json!("SCMP_ACT_LOG");
+    assert_eq!(
+        compile(&profile(log)).unwrap_err().field(),
+        "linux.seccomp.syscalls[1].names[1]"
+    );
 }
 
 #[test]
-fn conflicting_actions_and_bad_argument_indexes_name_their_field() {
-    let e = compile_err(json!({
-        "defaultAction": "SCMP_ACT_ALLOW",
+fn two_actions_for_one_syscall_give_the_stricter() {
+    let p = compile(&profile(json!({
+        "defaultAction": "SCMP_ACT_ERRNO",
         "syscalls": [
-            {"names": ["read", "write"], "action": "SCMP_ACT_LOG"},
-            {"names": ["getpid", "write"], "action": "SCMP_ACT_ERRNO"},
+            {"names": ["read", "setns", "write"], "action": "SCMP_ACT_ALLOW"},
+            {"names": ["setns", "write"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+            {"names": ["write"], "action": "SCMP_ACT_ERRNO", "errnoRet": 5},
+            {"names": ["read"], "action": "SCMP_ACT_LOG"},
         ],
-    }));
-    assert_eq!(e.field(), "linux.seccomp.syscalls[1].names[1]");
-    assert!(e.to_string().contains("syscalls[0].names[1]"), "{e}");
+    })))
+    .unwrap();
+    assert_eq!(verdict(&p, "setns", [0; 6]), errno(1));
+    assert_eq!(verdict(&p, "write", [0; 6]), errno(1));
+    assert_eq!(verdict(&p, "read", [0; 6]), libc::SECCOMP_RET_LOG);
+}
 
+#[test]
+fn bad_argument_indexes_name_their_field() {
     let e = compile_err(json!({
         "defaultAction": "SCMP_ACT_ALLOW",
         "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ERRNO",

@@ -124,9 +124,19 @@ impl FsCgroup {
         self.mgr
             .set(&r)
             .map_err(|e| err(&self.path, "apply limits", e))?;
-        if let Some(dir) = self.devices_dir() {
-            let rules = devices.unwrap_or_default();
-            for rule in rules.iter().chain(default_device_rules().iter()) {
+        let rules: Vec<LinuxDeviceCgroup> = devices
+            .unwrap_or_default()
+            .into_iter()
+            .chain(default_device_rules())
+            .collect();
+        if self.mgr.v2() {
+            // No devices controller on v2: an eBPF program enforces the same rules.
+            let dir = Path::new(cgroups_rs::fs::hierarchies::UNIFIED_MOUNTPOINT)
+                .join(self.path.trim_start_matches('/'));
+            crate::devices_bpf::attach(&dir, &rules)
+                .map_err(|e| err(&self.path, "device rules", e))?;
+        } else if let Some(dir) = self.devices_dir() {
+            for rule in &rules {
                 let (file, line) = device_rule_line(rule);
                 fs::write(dir.join(file), &line).map_err(|e| CgroupError {
                     path: self.path.clone(),
@@ -222,9 +232,9 @@ impl CgroupManager for FsCgroup {
             .map_err(|e| err(&self.path, "create", e))?;
             drop(cg);
         }
-        if let Some(r) = resources {
-            self.set(r)?;
-        }
+        // Device rules apply even when config.json gives no resources.
+        let none = LinuxResources::default();
+        self.set(resources.unwrap_or(&none))?;
         Ok(())
     }
 

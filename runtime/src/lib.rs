@@ -7,6 +7,7 @@ pub mod cgroups;
 pub mod channel;
 mod clone;
 pub mod container;
+pub mod devices_bpf;
 pub mod exec;
 pub mod features;
 pub mod hooks;

@@ -226,3 +226,77 @@ fn pause_freezes_and_resume_thaws() {
     env.ok(&["delete", "--force", &id]);
     no_cgroup_left(&id);
 }
+
+#[test]
+fn device_rules_hold() {
+    skip_unless_root!("device_rules_hold");
+    // With CAP_MKNOD the only thing between the container and a device is the cgroup's rules
+    // (the devices controller on v1, tug's eBPF program on v2).
+    // The disk under the temp dir exists, so reading it can only fail by the rules.
+    let Some((major, minor)) = disk_of(std::path::Path::new("/tmp")) else {
+        eprintln!("SKIP device_rules_hold: /tmp is not on a plain block device");
+        return;
+    };
+    let script = format!(
+        "mknod /tmp/null2 c 1 3 && head -c 1 /tmp/null2 && echo null-ok; \
+         mknod /tmp/blk b {major} {minor} && (head -c 1 /tmp/blk >/dev/null 2>&1 || echo blk-denied); \
+         mknod /tmp/mem c 1 1 && (head -c 1 /tmp/mem >/dev/null 2>&1 || echo mem-denied)"
+    );
+    let mut env = Env::new(&["sh", "-c", &script]);
+    std::os::unix::fs::symlink("busybox", env.rootfs().join("bin/mknod")).unwrap();
+    env.edit(|s| {
+        s["root"]["readonly"] = json!(false);
+        let caps = json!(["CAP_MKNOD", "CAP_DAC_OVERRIDE"]);
+        s["process"]["capabilities"] =
+            json!({"bounding": caps, "effective": caps, "permitted": caps});
+    });
+    let id = id("devices");
+    let out = env.run(&id);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("null-ok"), "{}", show(&out));
+    assert!(text.contains("blk-denied"), "{}", show(&out));
+    assert!(text.contains("mem-denied"), "{}", show(&out));
+    no_cgroup_left(&id);
+}
+
+#[test]
+fn the_v2_device_program_loads_and_decides() {
+    skip_unless_root!("the_v2_device_program_loads_and_decides");
+    // A cgroup2 directory exists on pure v2 and on hybrid hosts (the unified mount).
+    let Some((base, _)) = common::cgroup_mounts()
+        .into_iter()
+        .find(|(_, o)| o.is_empty())
+    else {
+        eprintln!("SKIP the_v2_device_program_loads_and_decides: no cgroup2 mount");
+        return;
+    };
+    let dir = base.join(id("bpf"));
+    std::fs::create_dir(&dir).unwrap();
+    let rules: Vec<oci_spec::runtime::LinuxDeviceCgroup> =
+        serde_json::from_value(json!([{"allow": false, "access": "rwm"}])).unwrap();
+    let rules: Vec<_> = rules
+        .into_iter()
+        .chain(tug_runtime::cgroups::default_device_rules())
+        .collect();
+    tug_runtime::devices_bpf::attach(&dir, &rules).unwrap();
+    let procs = dir.join("cgroup.procs");
+    let out = std::process::Command::new("/bin/busybox")
+        .args([
+            "sh",
+            "-c",
+            &format!(
+                "echo $$ > {}; head -c 1 /dev/null && echo null-ok; \
+                 head -c 1 /dev/mem >/dev/null 2>&1 || echo mem-denied",
+                procs.display()
+            ),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    std::fs::remove_dir(&dir).unwrap();
+    assert!(
+        text.contains("null-ok") && text.contains("mem-denied"),
+        "{}",
+        show(&out)
+    );
+}

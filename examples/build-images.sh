@@ -34,7 +34,7 @@ for svc in front catalog cart orders payments; do
   echo ok > "$root/www/healthz"
   chmod -R a+rX "$root/www"
   cat > "$out/dir/shop_$svc/1/config.json" <<JSON
-{"entrypoint": ["/bin/httpd", "-f", "-p", "80", "-h", "/www"], "cmd": [],
+{"entrypoint": ["/bin/httpd", "-f", "-v", "-p", "80", "-h", "/www"], "cmd": [],
  "env": ["PATH=/bin", "SHOP_SERVICE=$svc"], "working_dir": "/www"}
 JSON
 
@@ -47,7 +47,7 @@ JSON
   layer=$(sha "$out/tmp/layer.tar.gz"); layer_size=$(stat -c %s "$out/tmp/layer.tar.gz")
   mv "$out/tmp/layer.tar.gz" "$oci/blobs/sha256/$layer"
   cat > "$out/tmp/config.json" <<JSON
-{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/bin/httpd","-f","-p","80","-h","/www"],"Env":["PATH=/bin","SHOP_SERVICE=$svc"],"WorkingDir":"/www","ExposedPorts":{"80/tcp":{}},"Labels":{"org.opencontainers.image.title":"shop-$svc"}},"rootfs":{"type":"layers","diff_ids":["sha256:$diff_id"]},"history":[{"created_by":"examples/build-images.sh"}]}
+{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/bin/httpd","-f","-v","-p","80","-h","/www"],"Env":["PATH=/bin","SHOP_SERVICE=$svc"],"WorkingDir":"/www","ExposedPorts":{"80/tcp":{}},"Labels":{"org.opencontainers.image.title":"shop-$svc"}},"rootfs":{"type":"layers","diff_ids":["sha256:$diff_id"]},"history":[{"created_by":"examples/build-images.sh"}]}
 JSON
   config=$(sha "$out/tmp/config.json"); config_size=$(stat -c %s "$out/tmp/config.json")
   mv "$out/tmp/config.json" "$oci/blobs/sha256/$config"

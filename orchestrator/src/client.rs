@@ -78,6 +78,57 @@ impl ApiClient {
         ApiClient { base, token, http }
     }
 
+    /// The bearer token this client sends.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// Streams an instance's log into `out` (until its end, or forever with `follow`).
+    pub async fn logs(
+        &self,
+        id: &str,
+        follow: bool,
+        tail: Option<u64>,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<(), ClientError> {
+        let mut request = self
+            .http
+            .get(format!("{}/v1/instances/{id}/logs", self.base))
+            .query(&[("follow", follow.to_string())]);
+        if let Some(n) = tail {
+            request = request.query(&[("tail", n.to_string())]);
+        }
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
+            addr: self.base.clone(),
+            cause: error_chain(&e),
+        };
+        let mut response = request.send().await.map_err(unreachable)?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            let bytes = response.bytes().await.map_err(unreachable)?;
+            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(e) => ClientError::Api {
+                    status,
+                    code: e.error.code,
+                    message: e.error.message,
+                    details: e.error.details,
+                },
+                Err(_) => ClientError::Decode {
+                    status,
+                    body: String::from_utf8_lossy(&bytes).into_owned(),
+                },
+            });
+        }
+        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+            let _ = out.write_all(&chunk);
+            let _ = out.flush();
+        }
+        Ok(())
+    }
+
     /// Send a request; the JSON answer or a typed error.
     pub async fn call<T: DeserializeOwned>(
         &self,

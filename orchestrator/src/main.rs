@@ -68,6 +68,16 @@ enum Command {
         action: RolloutAction,
         service: String,
     },
+    /// An instance's output (stdout and stderr), from its node's agent.
+    Logs {
+        instance: String,
+        /// Keep printing what it writes.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<u64>,
+    },
     /// CPU, memory and pids of each instance, from its cgroup (as its agent reported).
     Top {
         /// Only instances of this service.
@@ -84,6 +94,9 @@ enum Command {
         /// This node's container subnet.
         #[arg(long, default_value = "10.88.0.0/24")]
         subnet: String,
+        /// Where the agent's own API (instance logs) listens.
+        #[arg(long, default_value = "127.0.0.1:7481")]
+        api_listen: SocketAddr,
         /// Use unpacked images (`<dir>/<name>/<tag>/rootfs`) instead of the image store
         /// under --data-dir.
         #[arg(long)]
@@ -348,6 +361,15 @@ async fn run(cli: Cli) -> Result<()> {
                 bail!("the last rollout of {service} failed and was rolled back");
             }
         }
+        Command::Logs {
+            instance,
+            follow,
+            tail,
+        } => {
+            client(&cli)?
+                .logs(instance, *follow, *tail, &mut std::io::stdout())
+                .await?;
+        }
         Command::Top { service } => {
             let list = client(&cli)?.instances(service.as_deref()).await?;
             print_data(&list, cli.output, || output::top_table(&list.items, now));
@@ -356,17 +378,21 @@ async fn run(cli: Cli) -> Result<()> {
             node,
             labels,
             subnet,
+            api_listen,
             images,
             import,
         } => {
+            let api = client(&cli)?;
             let mut config = tugboat::agent::AgentConfig::new(node, &cli.data_dir);
+            config.api_listen = Some(*api_listen);
+            config.token = api.token().map(str::to_string);
             config.labels = labels.iter().cloned().collect();
             config.subnet = subnet
                 .parse()
                 .with_context(|| format!("--subnet {subnet}"))?;
             let images =
                 tugboat::agent::images::open_source(&cli.data_dir, images.as_deref(), import)?;
-            tugboat::agent::run_until_signal(config, client(&cli)?, images).await?;
+            tugboat::agent::run_until_signal(config, api, images).await?;
         }
         Command::Up {
             file,

@@ -298,6 +298,9 @@ pub struct Node {
     /// Named volumes that exist on this node.
     #[serde(default)]
     pub volumes: Vec<String>,
+    /// The agent's own API (instance logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_url: Option<String>,
 }
 
 /// Something that happened, for `describe` and `GET /v1/events`.

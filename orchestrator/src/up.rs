@@ -74,6 +74,8 @@ pub async fn up(config: UpConfig, stop: impl Future<Output = ()>) -> Result<(), 
     let client = ApiClient::new(&server.addr.to_string(), server.token.clone());
     let mut agent_config = AgentConfig::new(&config.node, &config.data_dir.join("agent"));
     agent_config.address = Some("127.0.0.1".into());
+    agent_config.api_listen = Some(([127, 0, 0, 1], 0).into());
+    agent_config.token = server.token.clone();
     (config.adjust_agent)(&mut agent_config);
     let agent = match Agent::open(agent_config, client.clone(), config.images.clone()).await {
         Ok(agent) => agent,

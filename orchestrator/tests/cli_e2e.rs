@@ -219,6 +219,7 @@ async fn a_restarted_server_gives_known_nodes_a_fresh_grace_period() {
             registered_at_ms: long_ago,
             last_heartbeat_ms: long_ago,
             volumes: vec![],
+            agent_url: None,
         };
         store
             .commit_now(

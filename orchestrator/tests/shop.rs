@@ -97,6 +97,37 @@ fn a_purchase_through_the_front_reaches_every_service() {
     });
     let top = String::from_utf8_lossy(&top.stdout).to_string();
     assert!(top.contains("MEMORY") && top.contains(&front.id), "{top}");
+    // The front's output (httpd -v logs each request) through the API, from its agent.
+    let fronts: Vec<String> = instances(&host)
+        .into_iter()
+        .filter(|i| i.service == "front")
+        .map(|i| i.id)
+        .collect();
+    let logs: String = fronts
+        .iter()
+        .map(|id| {
+            let out = host.in_netns(|| {
+                std::process::Command::new(env!("CARGO_BIN_EXE_tugboat"))
+                    .args([
+                        "--addr",
+                        host::API,
+                        "--token",
+                        token.trim(),
+                        "logs",
+                        id,
+                        "--tail",
+                        "50",
+                    ])
+                    .output()
+                    .unwrap()
+            });
+            String::from_utf8_lossy(&out.stdout).to_string()
+        })
+        .collect();
+    assert!(
+        logs.contains("response:200"),
+        "no request in the fronts' logs:\n{logs}"
+    );
 }
 
 #[test]

@@ -10,8 +10,10 @@
 pub mod bundle;
 pub mod images;
 pub mod instance;
+pub mod logs;
 pub mod monitor;
 pub mod netns_file;
+pub mod node_api;
 pub mod probes;
 pub mod proxy;
 pub mod services;
@@ -52,6 +54,10 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// The address other nodes reach this one at (reported to the server).
     pub address: Option<String>,
+    /// Where the agent's own API (instance logs) listens; none: not served.
+    pub api_listen: Option<std::net::SocketAddr>,
+    /// The cluster's bearer token, required by the agent's API.
+    pub token: Option<String>,
 }
 
 impl AgentConfig {
@@ -67,6 +73,8 @@ impl AgentConfig {
             log_max_bytes: 1 << 20,
             heartbeat: Duration::from_secs(2),
             address: None,
+            api_listen: None,
+            token: None,
         }
     }
 }
@@ -136,6 +144,8 @@ pub struct Agent {
     ctx: Arc<NodeContext>,
     config: AgentConfig,
     instances: HashMap<String, Running>,
+    /// The agent's API, with the URL the server reaches it at.
+    api: Option<(tokio::net::TcpListener, String)>,
 }
 
 impl Agent {
@@ -177,10 +187,33 @@ impl Agent {
             monitor_exe: config.monitor_exe.clone(),
             log_max_bytes: config.log_max_bytes,
         });
+        let api = match config.api_listen {
+            Some(addr) => {
+                let listener =
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| AgentError::Service {
+                            node: config.node.clone(),
+                            message: format!("agent API on {addr}: {e}"),
+                        })?;
+                let local = listener.local_addr().map_err(|e| AgentError::Service {
+                    node: config.node.clone(),
+                    message: format!("agent API on {addr}: {e}"),
+                })?;
+                let host = if local.ip().is_unspecified() {
+                    config.address.clone().unwrap_or_else(|| "127.0.0.1".into())
+                } else {
+                    local.ip().to_string()
+                };
+                Some((listener, format!("http://{host}:{}", local.port())))
+            }
+            None => None,
+        };
         Ok(Agent {
             ctx,
             config,
             instances: HashMap::new(),
+            api,
         })
     }
 
@@ -202,6 +235,7 @@ impl Agent {
             capacity: host_capacity(),
             address: self.config.address.clone(),
             volumes,
+            agent_url: self.api.as_ref().map(|(_, url)| url.clone()),
         }
     }
 
@@ -209,8 +243,18 @@ impl Agent {
     /// `true` stops every instance and removes the network, `false` leaves them running.
     pub async fn run(mut self, mut shutdown: watch::Receiver<Option<bool>>) {
         let client = self.ctx.client.clone();
+        let registration = self.registration();
+        let api = self.api.take().map(|(listener, _)| {
+            let state = Arc::new(node_api::NodeApiState {
+                data_dir: self.ctx.data_dir.clone(),
+                token: self.config.token.clone(),
+            });
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, node_api::router(state)).await;
+            })
+        });
         loop {
-            match client.register_node(&self.registration()).await {
+            match client.register_node(&registration).await {
                 Ok(_) => break,
                 Err(e) => eprintln!("tugboat agent: register {}: {e}", self.config.node),
             }
@@ -225,7 +269,7 @@ impl Agent {
         self.adopt_local();
         let heartbeat = tokio::spawn(heartbeat_loop(
             client.clone(),
-            self.registration(),
+            registration,
             self.config.heartbeat,
         ));
         let services = tokio::spawn(service_loop(self.ctx.clone()));
@@ -236,6 +280,9 @@ impl Agent {
                 heartbeat.abort();
                 services.abort();
                 let _ = services.await;
+                if let Some(api) = &api {
+                    api.abort();
+                }
                 return self.finish(stop_all).await;
             }
             let changes = if from == 0 {

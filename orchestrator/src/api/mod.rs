@@ -165,12 +165,77 @@ async fn dispatch(
         }
     };
     match ApiRequest::parse(id, path, query, &body) {
+        Ok(ApiRequest::InstanceLogs { id, follow, tail }) => {
+            match forward_logs(state, &id, follow, tail).await {
+                Ok(response) => response,
+                Err(e) => e.into_response(),
+            }
+        }
         Ok(request) => match handle(&state.control, request).await {
             Ok((status, value)) => (status, Json(value)).into_response(),
             Err(e) => e.into_response(),
         },
         Err(e) => e.into_response(),
     }
+}
+
+/// An instance's log, streamed from the agent of its node.
+async fn forward_logs(
+    state: &ApiState,
+    id: &str,
+    follow: bool,
+    tail: Option<u64>,
+) -> Result<Response, ApiError> {
+    let instance = state.control.get_instance(id).await?.object;
+    let unavailable =
+        |why: String| ApiError::new(StatusCode::BAD_GATEWAY, "agent_unreachable", why);
+    let node = instance.node.ok_or_else(|| {
+        ApiError::bad_request(format!("instance `{id}` is not placed on a node yet"))
+    })?;
+    let url = state
+        .control
+        .get_node(&node)
+        .await?
+        .object
+        .agent_url
+        .ok_or_else(|| {
+            unavailable(format!(
+                "node {node} does not serve logs (its agent has no API address)"
+            ))
+        })?;
+    let mut request = reqwest::Client::new()
+        .get(format!("{url}/v1/instances/{id}/logs"))
+        .query(&[("follow", follow.to_string())]);
+    if let Some(n) = tail {
+        request = request.query(&[("tail", n.to_string())]);
+    }
+    if let Some(token) = &state.token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| unavailable(format!("agent of node {node} at {url}: {e}")))?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        return Err(ApiError::new(
+            StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
+            "agent_error",
+            format!("agent of node {node}: {}", text.trim()),
+        ));
+    }
+    let stream = futures_util::stream::unfold(response, |mut r| async move {
+        match r.chunk().await {
+            Ok(Some(bytes)) => Some((Ok::<_, std::io::Error>(bytes), r)),
+            _ => None,
+        }
+    });
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "text/plain")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 fn json<T: Serialize>(value: T) -> serde_json::Value {
@@ -213,6 +278,9 @@ pub async fn handle(
             cp.delete_instance(&id).await?;
             ok(serde_json::json!({"deleted": id}))
         }
+        ApiRequest::InstanceLogs { .. } => Err(ApiError::bad_request(
+            "logs are streamed: call the HTTP API (GET /v1/instances/ID/logs)".into(),
+        )),
         ApiRequest::ReportInstanceStatus { id, report } => {
             ok(json(cp.report_instance_status(&id, report).await?))
         }

@@ -63,6 +63,12 @@ pub enum ApiRequest {
     DeleteInstance {
         id: String,
     },
+    /// Streamed from the instance's agent, not answered with JSON.
+    InstanceLogs {
+        id: String,
+        follow: bool,
+        tail: Option<u64>,
+    },
     ReportInstanceStatus {
         id: String,
         report: InstanceStatusReport,
@@ -200,6 +206,23 @@ impl ApiRequest {
             }
             RouteId::GetInstance => ApiRequest::GetInstance { id: id() },
             RouteId::DeleteInstance => ApiRequest::DeleteInstance { id: id() },
+            RouteId::InstanceLogs => {
+                let q = Query::new(query, &["follow", "tail"])?;
+                let follow = match q.text("follow").as_deref() {
+                    None | Some("false" | "0") => false,
+                    Some("true" | "1") => true,
+                    Some(other) => {
+                        return Err(ApiError::bad_request(format!(
+                            "query parameter `follow` is true or false, got `{other}`"
+                        )))
+                    }
+                };
+                ApiRequest::InstanceLogs {
+                    id: id(),
+                    follow,
+                    tail: q.number("tail")?,
+                }
+            }
             RouteId::ReportInstanceStatus => ApiRequest::ReportInstanceStatus {
                 id: id(),
                 report: body(bytes)?,
@@ -258,7 +281,7 @@ impl ApiRequest {
         }
         if !matches!(
             route,
-            RouteId::ListInstances | RouteId::ListEvents | RouteId::Watch
+            RouteId::ListInstances | RouteId::ListEvents | RouteId::Watch | RouteId::InstanceLogs
         ) {
             no_query()?;
         }

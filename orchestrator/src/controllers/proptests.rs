@@ -203,6 +203,7 @@ proptest! {
             registered_at_ms: 0,
             last_heartbeat_ms: 0,
             volumes: vec![],
+            agent_url: None,
         }).collect();
         let heartbeats: HashMap<String, u64> = silences.iter().enumerate().map(|(n, s)| (format!("n{n}"), now - s)).collect();
         let instances: Vec<Instance> = placements.iter().enumerate().map(|(k, (n, phase))| {

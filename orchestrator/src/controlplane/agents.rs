@@ -22,6 +22,9 @@ pub struct NodeRegistration {
     pub address: Option<String>,
     #[serde(default)]
     pub volumes: Vec<String>,
+    /// The agent's own API (instance logs), e.g. `http://10.0.0.5:7481`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +75,7 @@ impl ControlPlane {
             registered_at_ms: existing.as_ref().map_or(now, |e| e.object.registered_at_ms),
             last_heartbeat_ms: now,
             volumes: registration.volumes,
+            agent_url: registration.agent_url,
         };
         let mut batch = Batch::default();
         batch.put_if(

@@ -80,6 +80,7 @@ impl TestCluster {
             capacity,
             address: Some("127.0.0.1".into()),
             volumes: vec![],
+            agent_url: None,
         };
         self.client.register_node(&registration).await.unwrap();
         let silent = Arc::new(AtomicBool::new(false));

@@ -397,6 +397,7 @@ fn unpack_into_place<R: Read>(
             actual: unpacked.diff_id.to_string(),
         });
     }
+    unpack::sync_filesystem(&tmp)?;
     std::fs::rename(&tmp, dest).at(dest)?;
     cleanup.disarm();
     Ok(())

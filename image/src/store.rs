@@ -328,6 +328,7 @@ impl ImageStore {
                 actual: unpacked.diff_id.to_string(),
             });
         }
+        unpack::sync_filesystem(&tmp)?;
         fs::rename(&tmp, &dest).at(&dest)?;
         cleanup.disarm();
         Ok(dest)

@@ -78,6 +78,11 @@ enum Command {
         #[arg(long)]
         tail: Option<u64>,
     },
+    /// Named volumes of this node (under --data-dir): list, or remove one no instance uses.
+    Volume {
+        #[command(subcommand)]
+        action: VolumeAction,
+    },
     /// CPU, memory and pids of each instance, from its cgroup (as its agent reported).
     Top {
         /// Only instances of this service.
@@ -157,6 +162,12 @@ enum Kind {
     Instances,
     #[value(alias = "node")]
     Nodes,
+}
+
+#[derive(Subcommand)]
+enum VolumeAction {
+    Ls,
+    Rm { name: String },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -370,6 +381,17 @@ async fn run(cli: Cli) -> Result<()> {
                 .logs(instance, *follow, *tail, &mut std::io::stdout())
                 .await?;
         }
+        Command::Volume { action } => match action {
+            VolumeAction::Ls => {
+                for (name, users) in tugboat::agent::volumes::list(&cli.data_dir) {
+                    println!("{name}\t{}", users.join(","));
+                }
+            }
+            VolumeAction::Rm { name } => {
+                let path = tugboat::agent::volumes::remove(&cli.data_dir, name)?;
+                println!("removed volume {name} ({})", path.display());
+            }
+        },
         Command::Top { service } => {
             let list = client(&cli)?.instances(service.as_deref()).await?;
             print_data(&list, cli.output, || output::top_table(&list.items, now));

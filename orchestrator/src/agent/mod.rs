@@ -18,6 +18,7 @@ pub mod probes;
 pub mod proxy;
 pub mod services;
 pub mod stats;
+pub mod volumes;
 
 use crate::client::ApiClient;
 use crate::controlplane::{NodeRegistration, WatchKind};

@@ -84,6 +84,41 @@ async fn pull_pull_again_prune() {
     assert_eq!(report.layers, 2);
 }
 
+/// Two processes pulling the same image into one store at once: both succeed, and the
+/// store holds one copy of each layer and no leftovers.
+#[test]
+fn two_processes_pull_at_once() {
+    let reg = Registry::start();
+    let work = tempfile::Builder::new().prefix("tugimg").tempdir().unwrap();
+    let layout = work.path().join("layout");
+    let manifest = busybox_layout(&layout);
+    reg.push(&layout, "latest", "tug/twice:1", false);
+    let data = work.path().join("data");
+    let reference = format!("{}/tug/twice:1", reg.addr);
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_tug-image"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["pull", "-q", "--insecure-registry", &reg.addr, &reference])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&manifest));
+    }
+    let store = ImageStore::open(&data).unwrap();
+    assert_eq!(store.list().unwrap().len(), 1);
+    let count = |p: &str| std::fs::read_dir(data.join(p)).unwrap().count();
+    assert_eq!(count("images/layers/sha256"), 2);
+    assert_eq!(count("images/tmp"), 0);
+    // index-less image: manifest, config, two layers
+    assert_eq!(count("images/blobs/sha256"), 4);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_chooses_the_platform_from_an_index() {
     let reg = Registry::start();

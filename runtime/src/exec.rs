@@ -66,14 +66,8 @@ const NAMESPACES: &[(&str, CloneFlags)] = &[
 /// Reads a `--process` file: an OCI process object; errors name the file and the field.
 pub fn process_from_file(path: &Path) -> Result<Process, Error> {
     let text = fs::read(path).map_err(io_err(format!("--process {}", path.display())))?;
-    let de = &mut serde_json::Deserializer::from_slice(&text);
-    let process: Process = serde_path_to_error::deserialize(de).map_err(|e| {
-        Error::Usage(format!(
-            "--process {}: {}: {}",
-            path.display(),
-            e.path(),
-            e.inner()
-        ))
+    let process: Process = crate::jsonpath::from_slice(&text).map_err(|(field, message)| {
+        Error::Usage(format!("--process {}: {field}: {message}", path.display()))
     })?;
     if process.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err(Error::Usage(format!(
@@ -168,6 +162,8 @@ impl Runtime {
         let st = self.load(id)?;
         check_transition(id, live_status(&st), Operation::Exec)?;
         let init_pid = st.pid.expect("a running container has a pid");
+        // The container's seccomp filter applies to what is exec'd into it, as in runc.
+        let seccomp = crate::spec::Bundle::load(&st.bundle)?.seccomp;
         let process = &opts.process;
         let args = process.args().clone().unwrap_or_default();
         if args.is_empty() {
@@ -267,6 +263,7 @@ impl Runtime {
                     process,
                     preserve_fds: opts.preserve_fds,
                     forwarded: (!opts.detach).then_some(forwarded),
+                    seccomp: seccomp.as_ref(),
                 })
             }
             (Forked::Parent { child }, placed) => (child, placed),
@@ -317,6 +314,8 @@ struct ChildConfig<'a> {
     preserve_fds: u32,
     /// Signals the parent blocked (foreground), to unblock before exec.
     forwarded: Option<nix::sys::signal::SigSet>,
+    /// The container's linux.seccomp, compiled by the parent.
+    seccomp: Option<&'a crate::seccomp::Program>,
 }
 
 fn child(cfg: ChildConfig) -> ! {
@@ -359,9 +358,14 @@ fn prepare_and_exec(cfg: &ChildConfig) -> Result<std::convert::Infallible, Strin
     }
     crate::procattr::apply_io_priority(process)?;
     crate::procattr::apply_scheduler(process)?;
+    // As in init: without no_new_privs the filter goes on while the capabilities are held.
+    let nnp = process.no_new_privileges() == Some(true);
+    if let (false, Some(p)) = (nnp, cfg.seccomp) {
+        crate::seccomp::install(p).map_err(|e| e.to_string())?;
+    }
     init::become_user(process)?;
     crate::procattr::apply_lsm(process)?;
-    if process.no_new_privileges() == Some(true) {
+    if nnp {
         // SAFETY: prctl with integer arguments.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
             return Err(format!(
@@ -388,6 +392,9 @@ fn prepare_and_exec(cfg: &ChildConfig) -> Result<std::convert::Infallible, Strin
     // The process outlives `tug exec --detach`.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
+    if let (true, Some(p)) = (nnp, cfg.seccomp) {
+        crate::seccomp::install(p).map_err(|e| e.to_string())?;
+    }
     let e = nix::unistd::execve(&c_program, &c_args, &c_env).unwrap_err();
     Err(format!("exec {}: {e}", program.display()))
 }

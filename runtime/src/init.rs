@@ -217,9 +217,15 @@ fn wait_and_exec(cfg: &InitConfig, p: Prepared) -> Result<std::convert::Infallib
     crate::procattr::apply_personality(spec.linux().as_ref())?;
     crate::procattr::apply_io_priority(process)?;
     crate::procattr::apply_scheduler(process)?;
+    // A filter needs no_new_privs or CAP_SYS_ADMIN: without no_new_privs it goes on while
+    // init still has its capabilities (as in runc), and then also filters become_user.
+    let nnp = process.no_new_privileges() == Some(true);
+    if let (false, Some(p)) = (nnp, &cfg.bundle.seccomp) {
+        crate::seccomp::install(p).map_err(|e| e.to_string())?;
+    }
     become_user(process)?;
     crate::procattr::apply_lsm(process)?;
-    if process.no_new_privileges() == Some(true) {
+    if nnp {
         // SAFETY: prctl with integer arguments.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
             return Err(format!(
@@ -233,6 +239,9 @@ fn wait_and_exec(cfg: &InitConfig, p: Prepared) -> Result<std::convert::Infallib
     }
     reset_signals();
     close_fds_on_exec(3 + cfg.preserve_fds);
+    if let (true, Some(p)) = (nnp, &cfg.bundle.seccomp) {
+        crate::seccomp::install(p).map_err(|e| e.to_string())?;
+    }
     let e = nix::unistd::execve(&p.program, &p.args, &p.env).unwrap_err();
     Err(format!("exec {}: {e}", p.program.to_string_lossy()))
 }

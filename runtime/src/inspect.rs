@@ -102,14 +102,8 @@ impl Runtime {
 /// Reads `-r resources.json` (an OCI linux.resources object); errors name the file and field.
 pub fn resources_from_file(path: &Path) -> Result<LinuxResources, Error> {
     let text = std::fs::read(path).map_err(io_err(format!("-r {}", path.display())))?;
-    let de = &mut serde_json::Deserializer::from_slice(&text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        Error::Usage(format!(
-            "-r {}: {}: {}",
-            path.display(),
-            e.path(),
-            e.inner()
-        ))
+    crate::jsonpath::from_slice(&text).map_err(|(field, message)| {
+        Error::Usage(format!("-r {}: {field}: {message}", path.display()))
     })
 }
 

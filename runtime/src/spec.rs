@@ -23,6 +23,12 @@ pub enum SpecError {
         field: String,
         message: String,
     },
+    /// Not a `source`: the message already holds it, and `tug` prints error chains.
+    #[error("{path}: {error}")]
+    Seccomp {
+        path: PathBuf,
+        error: crate::seccomp::SeccompError,
+    },
 }
 
 /// A validated config.json with the paths it names resolved against its bundle.
@@ -33,6 +39,8 @@ pub struct Bundle {
     pub spec: Spec,
     /// Absolute path of the root filesystem.
     pub rootfs: PathBuf,
+    /// linux.seccomp compiled for this host, for init to install.
+    pub seccomp: Option<crate::seccomp::Program>,
 }
 
 impl Bundle {
@@ -49,7 +57,22 @@ impl Bundle {
         })?;
         let spec = parse(&config, &bytes)?;
         let rootfs = validate(&config, &dir, &spec)?;
-        Ok(Bundle { dir, spec, rootfs })
+        let seccomp = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().as_ref())
+            .map(crate::seccomp::compile)
+            .transpose()
+            .map_err(|error| SpecError::Seccomp {
+                path: config.clone(),
+                error,
+            })?;
+        Ok(Bundle {
+            dir,
+            spec,
+            rootfs,
+            seccomp,
+        })
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -59,9 +82,7 @@ impl Bundle {
 
 /// Parses config.json text; a type error names the JSON path of the field.
 pub fn parse(path: &Path, bytes: &[u8]) -> Result<Spec, SpecError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|err| {
-        let field = err.path().to_string();
+    crate::jsonpath::from_slice(bytes).map_err(|(field, message)| {
         let field = if field == "." {
             "(document)".to_string()
         } else {
@@ -70,7 +91,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Spec, SpecError> {
         SpecError::Invalid {
             path: path.to_path_buf(),
             field,
-            message: err.into_inner().to_string(),
+            message,
         }
     })
 }
@@ -381,9 +402,6 @@ pub fn validate(config: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf, Sp
         }
         check_mappings(&c, field, maps)?;
     }
-    if linux.seccomp().is_some() {
-        return c.fail("linux.seccomp", "seccomp is not supported by tug yet");
-    }
     if let Some(p) = linux.rootfs_propagation() {
         if !PROPAGATIONS.contains(&p.as_str()) {
             return c.fail(
@@ -491,6 +509,9 @@ pub fn default_spec() -> Spec {
     spec.set_hostname(Some("tug".to_string()));
     if let Some(p) = spec.process_mut() {
         p.set_terminal(Some(false));
+    }
+    if let Some(l) = spec.linux_mut() {
+        l.set_seccomp(Some(crate::seccomp::default_profile()));
     }
     spec
 }

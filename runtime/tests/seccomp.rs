@@ -1,0 +1,197 @@
+//! Root tests: linux.seccomp in a real busybox container.
+
+mod common;
+
+use common::{id, no_cgroup_left, show, Env};
+use serde_json::{json, Value};
+
+/// Runs `script` with busybox's sh in a container whose config `edit` changes; returns the
+/// exit code and what the script printed (stderr folded into stdout).
+fn run_sh(name: &str, script: &str, edit: impl FnOnce(&mut Value)) -> (Option<i32>, String) {
+    let mut env = Env::new(&["sh", "-c", &format!("exec 2>&1; {script}")]);
+    env.edit(|s| {
+        s["root"]["readonly"] = json!(false);
+        edit(s);
+    });
+    let id = id(name);
+    let out = env.run(&id);
+    assert!(!env.state_root().join(&id).exists(), "{}", show(&out));
+    no_cgroup_left(&id);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    (out.status.code(), format!("{text}{}", show(&out)))
+}
+
+fn block_mkdir(errno: u32) -> Value {
+    json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_AARCH64"],
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO",
+                      "errnoRet": errno}],
+    })
+}
+
+#[test]
+fn a_blocked_syscall_fails_with_the_configured_errno() {
+    skip_unless_root!("a_blocked_syscall_fails_with_the_configured_errno");
+    // With no_new_privs the filter goes on right before execve; without, before init drops
+    // its capabilities: both must reach the container's process.
+    for (nnp, errno, message) in [
+        (true, 1, "Operation not permitted"),
+        (false, 38, "Function not implemented"),
+    ] {
+        let (code, out) = run_sh(
+            &format!("mkdir{errno}"),
+            "/bin/busybox mkdir /tmp/x; echo rc=$?; touch /tmp/y && echo touched",
+            |s| {
+                s["process"]["noNewPrivileges"] = json!(nnp);
+                s["linux"]["seccomp"] = block_mkdir(errno);
+            },
+        );
+        assert_eq!(code, Some(0), "{out}");
+        assert!(out.contains(message), "nnp {nnp}: {out}");
+        assert!(out.contains("rc=1"), "{out}");
+        assert!(out.contains("touched"), "{out}");
+    }
+}
+
+#[test]
+fn an_argument_condition_blocks_only_matching_calls() {
+    skip_unless_root!("an_argument_condition_blocks_only_matching_calls");
+    // chmod to 0700 is refused (chmod has the mode in arg 1, fchmodat in arg 2); 0755 is not.
+    let rule = |names: &[&str], index: u32| {
+        json!({"names": names, "action": "SCMP_ACT_ERRNO", "errnoRet": 13,
+               "args": [{"index": index, "value": 0o700, "op": "SCMP_CMP_EQ"}]})
+    };
+    let (code, out) = run_sh(
+        "chmod",
+        "touch /tmp/f; /bin/busybox chmod 700 /tmp/f; echo first=$?; \
+         /bin/busybox chmod 755 /tmp/f; echo second=$?",
+        |s| {
+            s["linux"]["seccomp"] = json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [rule(&["chmod"], 1), rule(&["fchmodat", "fchmodat2"], 2)],
+            });
+        },
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("Permission denied"), "{out}");
+    assert!(out.contains("first=1"), "{out}");
+    assert!(out.contains("second=0"), "{out}");
+}
+
+#[test]
+fn the_default_profile_blocks_mount_even_with_cap_sys_admin() {
+    skip_unless_root!("the_default_profile_blocks_mount_even_with_cap_sys_admin");
+    let profile = serde_json::to_value(tug_runtime::seccomp::default_profile()).unwrap();
+    let with_sys_admin = |s: &mut Value| {
+        for set in ["bounding", "effective", "permitted"] {
+            let caps = &mut s["process"]["capabilities"][set];
+            if let Some(list) = caps.as_array_mut() {
+                list.push(json!("CAP_SYS_ADMIN"));
+            } else {
+                *caps = json!(["CAP_SYS_ADMIN"]);
+            }
+        }
+    };
+    let script = "mount -t tmpfs none /tmp; echo rc=$?";
+    // Without a filter the mount succeeds, so the refusal below is the filter's.
+    let (_, out) = run_sh("nofilter", script, |s| {
+        with_sys_admin(s);
+        if let Some(linux) = s["linux"].as_object_mut() {
+            linux.remove("seccomp");
+        }
+    });
+    assert!(out.contains("rc=0"), "{out}");
+    let (code, out) = run_sh("default", script, |s| {
+        with_sys_admin(s);
+        s["linux"]["seccomp"] = profile.clone();
+    });
+    assert_eq!(code, Some(0), "{out}");
+    // busybox mount words EPERM as "permission denied (are you root?)".
+    assert!(out.contains("permission denied"), "{out}");
+    assert!(out.contains("rc=1"), "{out}");
+
+    let mut env = Env::new(&["true"]);
+    env.edit(|s| s["linux"]["seccomp"] = profile.clone());
+    let out = env.run(&id("true"));
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+}
+
+#[test]
+fn a_bad_profile_fails_create_naming_the_field_and_leaves_nothing() {
+    skip_unless_root!("a_bad_profile_fails_create_naming_the_field_and_leaves_nothing");
+    let bad_name = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [
+            {"names": ["read"], "action": "SCMP_ACT_LOG"},
+            {"names": ["mkdir", "nosuchcall"], "action": "SCMP_ACT_ERRNO"},
+        ],
+    });
+    let bad_action = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_SOMETIMES"}],
+    });
+    let notify = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}],
+    });
+    for (name, profile, field, word) in [
+        (
+            "badname",
+            bad_name,
+            "linux.seccomp.syscalls[1].names[1]",
+            "nosuchcall",
+        ),
+        (
+            "badaction",
+            bad_action,
+            "linux.seccomp.syscalls[0].action",
+            "SCMP_ACT_SOMETIMES",
+        ),
+        (
+            "notify",
+            notify,
+            "linux.seccomp.syscalls[0].action",
+            "SCMP_ACT_NOTIFY",
+        ),
+    ] {
+        let mut env = Env::new(&["true"]);
+        env.edit(|s| s["linux"]["seccomp"] = profile);
+        let id = id(name);
+        let b = env.bundle();
+        let out = env.tug(&["create", &id, "--bundle", b.to_str().unwrap()]);
+        assert!(!out.status.success(), "{}", show(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(field) && err.contains(word), "{}", show(&out));
+        assert!(
+            !env.state_root().join(&id).exists(),
+            "state dir of {id} left"
+        );
+        no_cgroup_left(&id);
+    }
+}
+
+#[test]
+fn an_exec_gets_the_containers_filter() {
+    skip_unless_root!("an_exec_gets_the_containers_filter");
+    let mut env = Env::new(&["sleep", "100"]);
+    env.edit(|s| {
+        s["root"]["readonly"] = json!(false);
+        s["linux"]["seccomp"] = block_mkdir(1);
+    });
+    let id = id("exec");
+    env.create(&id);
+    env.ok(&["start", &id]);
+    let out = env.tug(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "/bin/busybox mkdir /tmp/x 2>&1; echo rc=$?",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    env.ok(&["delete", "--force", &id]);
+    assert!(text.contains("Operation not permitted"), "{}", show(&out));
+    assert!(text.contains("rc=1"), "{}", show(&out));
+    no_cgroup_left(&id);
+}

@@ -325,3 +325,27 @@ impl RegistryClient {
             .map_err(|e| self.err(format!("blob {digest}: {}", chain(&e))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_hub_and_insecure_hosts() {
+        let r = Reference::parse("busybox").unwrap();
+        let c = RegistryClient::new(&r, false, None).unwrap();
+        assert_eq!(c.base, "https://registry-1.docker.io");
+        assert_eq!(c.repository, "library/busybox");
+        let r = Reference::parse("127.0.0.1:5000/a/b:1").unwrap();
+        let c = RegistryClient::new(&r, true, None).unwrap();
+        assert_eq!(c.base, "http://127.0.0.1:5000");
+        assert_eq!(c.repository, "a/b");
+    }
+
+    #[test]
+    fn causes_are_kept() {
+        let inner = std::io::Error::other("connection reset");
+        let outer = Error::io("/x", inner);
+        assert_eq!(chain(&outer), "/x: connection reset");
+    }
+}

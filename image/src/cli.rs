@@ -36,6 +36,9 @@ pub enum ImageCommand {
         /// Print nothing but errors.
         #[arg(short, long)]
         quiet: bool,
+        /// Keep layers only unpacked, not also as blobs (saves flash; each still verified).
+        #[arg(long)]
+        no_layer_blobs: bool,
     },
     /// Import an OCI layout directory, an oci-archive or a docker-archive (gzip/zstd ok).
     Import {
@@ -46,6 +49,9 @@ pub enum ImageCommand {
         /// The platform to choose from a multi-platform image (default: this host's).
         #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
         platform: Option<String>,
+        /// Keep layers only unpacked, not also as blobs (saves flash).
+        #[arg(long)]
+        no_layer_blobs: bool,
     },
     /// List local images.
     Ls {
@@ -110,7 +116,9 @@ pub async fn run(cmd: ImageCommand, data_dir: &Path) -> Result<()> {
             auth_file,
             platform: p,
             quiet,
+            no_layer_blobs,
         } => {
+            let store = store.keep_layer_blobs(!no_layer_blobs);
             let opts = PullOptions {
                 insecure_registries,
                 auth_file,
@@ -130,7 +138,9 @@ pub async fn run(cmd: ImageCommand, data_dir: &Path) -> Result<()> {
             path,
             name,
             platform: p,
+            no_layer_blobs,
         } => {
+            let store = store.keep_layer_blobs(!no_layer_blobs);
             let opts = ImportOptions {
                 platform: platform(&p)?,
                 name,

@@ -80,6 +80,17 @@ impl ContentStore {
         BlobWriter::new(self, Some((expected.clone(), size)), expected.algorithm())
     }
 
+    /// A writer that only checks the bytes against `expected` and keeps nothing: for
+    /// layer blobs of a store that does not keep them once unpacked.
+    pub fn verifier(&self, expected: &Digest, size: Option<u64>) -> BlobWriter {
+        BlobWriter {
+            store: self.clone(),
+            expected: Some((expected.clone(), size)),
+            inner: Some(HashingWriter::new(Target::Discard, expected.algorithm())),
+            tmp: PathBuf::new(),
+        }
+    }
+
     /// A writer for a blob whose digest is computed from its content (sha256).
     pub fn writer_unverified(&self) -> Result<BlobWriter> {
         BlobWriter::new(self, None, Algorithm::Sha256)
@@ -186,12 +197,35 @@ impl ContentStore {
     }
 }
 
+/// Where a [`BlobWriter`]'s bytes go.
+enum Target {
+    File(io::BufWriter<File>),
+    /// Hashed and counted only ([`ContentStore::verifier`]).
+    Discard,
+}
+
+impl Write for Target {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Target::File(f) => f.write(buf),
+            Target::Discard => Ok(buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Target::File(f) => f.flush(),
+            Target::Discard => Ok(()),
+        }
+    }
+}
+
 /// A blob being written. Nothing is visible under `blobs/` until [`BlobWriter::commit`]
 /// has verified it; dropping it uncommitted deletes the temp file.
 pub struct BlobWriter {
     store: ContentStore,
     expected: Option<(Digest, Option<u64>)>,
-    inner: Option<HashingWriter<io::BufWriter<File>>>,
+    inner: Option<HashingWriter<Target>>,
     tmp: PathBuf,
 }
 
@@ -211,7 +245,7 @@ impl BlobWriter {
             store: store.clone(),
             expected,
             inner: Some(HashingWriter::new(
-                io::BufWriter::with_capacity(256 * 1024, file),
+                Target::File(io::BufWriter::with_capacity(256 * 1024, file)),
                 algorithm,
             )),
             tmp,
@@ -223,13 +257,11 @@ impl BlobWriter {
         self.inner.as_ref().map(|w| w.count()).unwrap_or(0)
     }
 
-    /// Verify, sync and move the blob into place. Returns its digest and size.
+    /// Verify, sync and move the blob into place (a verifier only verifies). Returns its
+    /// digest and size.
     pub fn commit(mut self) -> Result<(Digest, u64)> {
         let inner = self.inner.take().expect("commit once");
-        let (buf, actual, size) = inner.finish();
-        let file = buf
-            .into_inner()
-            .map_err(|e| Error::io(&self.tmp, e.into_error()))?;
+        let (target, actual, size) = inner.finish();
         if let Some((expected, want_size)) = &self.expected {
             if let Some(want) = want_size {
                 if *want != size {
@@ -248,6 +280,12 @@ impl BlobWriter {
                 });
             }
         }
+        let file = match target {
+            Target::File(buf) => buf
+                .into_inner()
+                .map_err(|e| Error::io(&self.tmp, e.into_error()))?,
+            Target::Discard => return Ok((actual, size)),
+        };
         file.sync_all().at(&self.tmp)?;
         drop(file);
         let dest = self.store.path(&actual);
@@ -269,7 +307,9 @@ impl Write for BlobWriter {
 impl Drop for BlobWriter {
     fn drop(&mut self) {
         // Uncommitted or failed commit: the temp file goes (a no-op after the rename).
-        let _ = fs::remove_file(&self.tmp);
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.tmp);
+        }
     }
 }
 

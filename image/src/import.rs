@@ -143,7 +143,15 @@ impl ImageStore {
                 });
             };
             self.fetch(source, &manifest.config)?;
-            for l in &manifest.layers {
+            let config = self.content.read_document(&manifest.config.digest)?;
+            let diff_ids: Vec<Digest> = serde_json::from_slice::<oci::ImageConfiguration>(&config)
+                .map(|c| c.rootfs.diff_ids)
+                .unwrap_or_default();
+            for (i, l) in manifest.layers.iter().enumerate() {
+                // A layer already unpacked needs no blob: nothing is copied twice.
+                if diff_ids.get(i).is_some_and(|d| self.layer_path(d).is_dir()) {
+                    continue;
+                }
                 self.fetch(source, l)?;
             }
             images.push(self.commit_image(

@@ -259,7 +259,11 @@ impl ImageStore {
         progress.start();
         let mut resp = client.blob(&desc.digest).await?;
         let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(64);
-        let writer = self.content.writer(&desc.digest, Some(desc.size))?;
+        let writer = if self.keep_layer_blobs {
+            self.content.writer(&desc.digest, Some(desc.size))?
+        } else {
+            self.content.verifier(&desc.digest, Some(desc.size))
+        };
         let (blob, tmp_root, dest2, diff) = (
             desc.digest.clone(),
             self.content.tmp_dir(),

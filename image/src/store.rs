@@ -133,6 +133,7 @@ pub struct ImageStore {
     pub(crate) root: PathBuf,
     pub(crate) content: ContentStore,
     pub(crate) mounter: Box<dyn Mounter + Send + Sync>,
+    pub(crate) keep_layer_blobs: bool,
 }
 
 impl std::fmt::Debug for ImageStore {
@@ -177,9 +178,19 @@ impl ImageStore {
             root,
             content,
             mounter,
+            keep_layer_blobs: true,
         };
         store.clean_tmp_if_idle()?;
         Ok(store)
+    }
+
+    /// Whether layer blobs (the compressed tarballs) stay in the store once unpacked
+    /// (default: yes). Without them a host with little flash stores each layer once, as
+    /// its unpacked directory; a pull still verifies every blob on the way through, and
+    /// nothing is downloaded again while the layer directory exists.
+    pub fn keep_layer_blobs(mut self, keep: bool) -> Self {
+        self.keep_layer_blobs = keep;
+        self
     }
 
     /// Delete what interrupted writes left in `tmp/`, if no one is writing now.
@@ -393,6 +404,13 @@ impl ImageStore {
             None => manifest.to_string(),
         };
         let image = self.image_from(name.clone(), manifest)?;
+        if !self.keep_layer_blobs {
+            // Every layer is unpacked now; nothing needs their blobs (a concurrent import
+            // of another image with the same layer finds the layer dir and skips the blob).
+            for l in &self.load_manifest(manifest)?.manifest.layers {
+                self.content.remove(&l.digest)?;
+            }
+        }
         let record = RefRecord {
             digest: manifest.clone(),
             index: index.cloned(),

@@ -266,3 +266,61 @@ async fn a_killed_pull_leaves_nothing_complete() {
         .unwrap();
     assert_eq!(img.digest, md);
 }
+
+/// A store that does not keep layer blobs: pulls verify them on the way and keep only the
+/// unpacked layers; pulling or importing again fetches and copies nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_layer_blobs() {
+    let work = tempfile::tempdir().unwrap();
+    let layout_dir = work.path().join("layout");
+    let md = layout(&layout_dir);
+    let reg = FakeRegistry::start(&layout_dir, AuthMode::None).await;
+    let reference = format!("{}/tug/app:1", reg.addr);
+    let data = work.path().join("data");
+    let store = ImageStore::open(&data).unwrap().keep_layer_blobs(false);
+    let blobs = || {
+        fs::read_dir(data.join("images/blobs/sha256"))
+            .unwrap()
+            .count()
+    };
+
+    let img = store
+        .pull(&reference, &opts(&reg.addr, None))
+        .await
+        .unwrap();
+    assert_eq!(img.digest, md);
+    assert_eq!(blobs(), 2, "manifest and config only");
+    assert!(img.layers[0].join("big").is_file());
+
+    let before = reg.blob_gets.load(Ordering::SeqCst);
+    store
+        .pull(&reference, &opts(&reg.addr, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        reg.blob_gets.load(Ordering::SeqCst),
+        before,
+        "nothing fetched again"
+    );
+
+    // A corrupt layer is still refused: it is verified though not kept.
+    *reg.faults.lock().unwrap() = Fault::Corrupt;
+    let fresh = ImageStore::open(&work.path().join("fresh"))
+        .unwrap()
+        .keep_layer_blobs(false);
+    let o = PullOptions {
+        download_retries: Some(0),
+        ..opts(&reg.addr, None)
+    };
+    let err = fresh.pull(&reference, &o).await.unwrap_err();
+    assert!(
+        matches!(err, Error::DigestMismatch { .. } | Error::TarStream { .. }),
+        "{err}"
+    );
+    assert!(fresh.list().unwrap().is_empty());
+
+    // Import of the same image: no layer blob copied in.
+    let imported = store.import(&layout_dir).unwrap();
+    assert_eq!(imported[0].digest, md);
+    assert_eq!(blobs(), 2);
+}

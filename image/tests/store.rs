@@ -300,6 +300,7 @@ async fn cli_commands_run_against_the_store() {
             path: layout,
             name: Some("localhost/renamed:2".into()),
             platform: None,
+            no_layer_blobs: false,
         },
         &data,
     )

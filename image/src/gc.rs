@@ -115,6 +115,13 @@ impl ImageStore {
                 }
             }
         }
+        // Per-digest lock files: every writer takes them under the shared store lock, so
+        // with the exclusive one held no one holds or waits on any of them.
+        let locks = self.root.join("locks");
+        for ent in fs::read_dir(&locks).at(&locks)? {
+            let p = ent.at(&locks)?.path();
+            fs::remove_file(&p).at(&p)?;
+        }
         self.clear_tmp()?;
         Ok(report)
     }

@@ -215,7 +215,8 @@ impl ImageStore {
         Ok(())
     }
 
-    /// The content store (blobs by digest).
+    /// The content store (blobs by digest), for reading. Writes belong to pull and
+    /// import, which hold the store lock that keeps garbage collection out meanwhile.
     pub fn content(&self) -> &ContentStore {
         &self.content
     }

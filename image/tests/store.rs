@@ -210,6 +210,11 @@ fn rootfs_steps_are_idempotent_and_protect_layers() {
     assert_eq!(report.blobs, 4);
     assert!(store.list().unwrap().is_empty());
     assert_eq!(count(&data.join("images/blobs/sha256")), 0);
+    assert_eq!(
+        count(&data.join("images/locks")),
+        0,
+        "lock files do not pile up"
+    );
 }
 
 #[test]

@@ -15,12 +15,20 @@ use crate::rootfs;
 use crate::store::{ImageStore, PruneReport};
 
 impl ImageStore {
-    /// Remove a reference, then everything no other image or instance rootfs needs.
+    /// Remove a reference, then everything no other image or instance rootfs needs. Given
+    /// a digest (or a prefix of one) rather than a name, every name of that image goes.
     pub fn remove(&self, reference: &str) -> Result<()> {
         let refs = self.read_refs()?;
-        let (name, _) = self.lookup(&refs, reference)?;
+        let (name, record) = self.lookup(&refs, reference)?;
+        let by_name = refs.images.contains_key(reference)
+            || crate::reference::Reference::parse(reference)
+                .is_ok_and(|r| refs.images.contains_key(&r.to_string()));
         self.update_refs(|refs| {
-            refs.images.remove(&name);
+            if by_name {
+                refs.images.remove(&name);
+            } else {
+                refs.images.retain(|_, r| r.digest != record.digest);
+            }
         })?;
         self.collect_garbage(&HashSet::new())?;
         Ok(())

@@ -234,7 +234,21 @@ fn prune_keeps_in_use_and_rm_removes() {
     assert_eq!(report.images, vec!["localhost/b:1".to_string()]);
     assert_eq!(report.layers, 1, "only b's own layer goes");
     assert_eq!(store.resolve("localhost/a:1").unwrap().digest, ma);
+    // A second name for a: rm by name removes one name, rm by digest every name.
+    store
+        .import_with(
+            &a,
+            &tug_image::ImportOptions {
+                name: Some("localhost/a-too:2".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
     store.remove("localhost/a:1").unwrap();
+    assert_eq!(store.resolve("localhost/a-too:2").unwrap().digest, ma);
+    store.import(&a).unwrap();
+    assert_eq!(store.list().unwrap().len(), 2);
+    store.remove(&ma).unwrap();
     assert!(store.list().unwrap().is_empty());
     assert!(matches!(
         store.remove("localhost/a:1"),

@@ -46,6 +46,106 @@ pub trait CgroupManager {
     fn is_v2(&self) -> bool;
 }
 
+/// A container without a cgroup: rootless tug on a host that delegates none to the user.
+/// It takes no limits; pause and stats are refused.
+pub struct NoCgroup;
+
+const NO_CGROUP: &str =
+    "no cgroup (a rootless container on a host that delegates none to this user)";
+
+impl CgroupManager for NoCgroup {
+    fn path(&self) -> &str {
+        ""
+    }
+    fn create(&mut self, resources: Option<&LinuxResources>) -> Result<(), CgroupError> {
+        match resources.and_then(limit_asked) {
+            Some(field) => Err(CgroupError {
+                path: String::new(),
+                what: "apply limits",
+                message: format!(
+                    "linux.resources.{field} needs a cgroup, and there is {NO_CGROUP}"
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+    fn update(&mut self, _: &LinuxResources) -> Result<(), CgroupError> {
+        Err(CgroupError {
+            path: String::new(),
+            what: "update",
+            message: NO_CGROUP.into(),
+        })
+    }
+    fn clone_into_fd(&self) -> Option<OwnedFd> {
+        None
+    }
+    fn add_process(&mut self, _: i32) -> Result<(), CgroupError> {
+        Ok(())
+    }
+    fn pids(&self) -> Result<Vec<i32>, CgroupError> {
+        Err(CgroupError {
+            path: String::new(),
+            what: "list processes",
+            message: NO_CGROUP.into(),
+        })
+    }
+    fn freeze(&self, _: bool) -> Result<(), CgroupError> {
+        Err(CgroupError {
+            path: String::new(),
+            what: "freeze",
+            message: NO_CGROUP.into(),
+        })
+    }
+    fn destroy(&mut self) -> Result<(), CgroupError> {
+        Ok(())
+    }
+    fn mounts(&self) -> CgroupMounts {
+        CgroupMounts::default()
+    }
+    fn is_v2(&self) -> bool {
+        host_is_v2()
+    }
+}
+
+/// The first limit `resources` asks for, by its field name (device rules are not limits).
+pub fn limit_asked(r: &LinuxResources) -> Option<&'static str> {
+    if r.memory().is_some() {
+        Some("memory")
+    } else if r.cpu().is_some() {
+        Some("cpu")
+    } else if r.pids().is_some() {
+        Some("pids")
+    } else if r.block_io().is_some() {
+        Some("blockIO")
+    } else if r.hugepage_limits().as_ref().is_some_and(|h| !h.is_empty()) {
+        Some("hugepageLimits")
+    } else {
+        None
+    }
+}
+
+/// The manager of a container's saved cgroup path ("" for none).
+pub fn open(path: &str) -> Result<Box<dyn CgroupManager>, CgroupError> {
+    if path.is_empty() {
+        Ok(Box::new(NoCgroup))
+    } else {
+        Ok(Box::new(FsCgroup::new(path)?))
+    }
+}
+
+/// Whether this process may make cgroups (root, or a user the host delegates them to).
+pub fn can_make_cgroups() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    let root = if host_is_v2() {
+        PathBuf::from(cgroups_rs::fs::hierarchies::UNIFIED_MOUNTPOINT)
+    } else {
+        PathBuf::from("/sys/fs/cgroup/memory")
+    };
+    nix::unistd::access(&root, nix::unistd::AccessFlags::W_OK).is_ok()
+}
+
 /// The default cgroup path of a container with no `linux.cgroupsPath`.
 pub fn default_path(id: &str) -> String {
     format!("/tug/{id}")

@@ -328,6 +328,12 @@ impl Runtime {
                 }
             })
             .unwrap_or_else(|| cgroups::default_path(id));
+        // Rootless without a delegated cgroup: no cgroup, and "" in the state says so.
+        let cgroup_path = if cgroups::can_make_cgroups() {
+            cgroup_path
+        } else {
+            String::new()
+        };
         let mut st = ContainerState {
             oci_version: spec.version().clone(),
             id: id.to_string(),
@@ -355,7 +361,7 @@ impl Runtime {
         let exec_done = open(&done_path, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
             .map_err(|e| io_err(format!("open {}", done_path.display()))(e.into()))?;
 
-        let mut cg: Box<dyn CgroupManager> = Box::new(FsCgroup::new(&cgroup_path)?);
+        let mut cg: Box<dyn CgroupManager> = cgroups::open(&cgroup_path)?;
         let created = cg.create(linux.resources().as_ref());
         undo.cgroup = Some(cg);
         created?;
@@ -570,6 +576,12 @@ impl Runtime {
         let status = live_status(&st);
         check_transition(id, status, Operation::Kill)?;
         if all {
+            if st.cgroup_path.is_empty() {
+                // No cgroup to list: the init and, in its own pid namespace, all with it.
+                let pid = st.pid.expect("a live container has a pid");
+                let _ = kill(Pid::from_raw(pid), signal);
+                return Ok(());
+            }
             let cg = FsCgroup::new(&st.cgroup_path)?;
             for pid in cg.pids()? {
                 let _ = kill(Pid::from_raw(pid), signal);
@@ -597,7 +609,7 @@ impl Runtime {
         let _lock = lock_dir(&dir, id)?;
         let mut st = ContainerState::load(&dir)?;
         check_transition(id, live_status(&st), op)?;
-        FsCgroup::new(&st.cgroup_path)?.freeze(frozen)?;
+        cgroups::open(&st.cgroup_path)?.freeze(frozen)?;
         st.status = if frozen {
             Status::Paused
         } else {
@@ -620,7 +632,7 @@ impl Runtime {
             Operation::Delete
         };
         check_transition(id, status, op)?;
-        let mut cg = FsCgroup::new(&st.cgroup_path)?;
+        let mut cg = cgroups::open(&st.cgroup_path)?;
         if status != Status::Stopped {
             if let Some(pid) = st.pid {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
@@ -765,6 +777,14 @@ fn enter_time_ns_for_children(linux: &oci_spec::runtime::Linux) -> Result<(), Er
 
 /// Writes the user namespace's uid and gid maps of a just-cloned init.
 fn write_id_maps(pid: i32, linux: &oci_spec::runtime::Linux) -> Result<(), Error> {
+    if !nix::unistd::geteuid().is_root() {
+        return crate::rootless::write_maps(
+            pid,
+            linux.uid_mappings().as_deref().unwrap_or(&[]),
+            linux.gid_mappings().as_deref().unwrap_or(&[]),
+        )
+        .map_err(|message| Error::Usage(format!("user namespace of pid {pid}: {message}")));
+    }
     let lines = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
         maps.iter()
             .flatten()

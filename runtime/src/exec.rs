@@ -18,7 +18,6 @@ use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 use oci_spec::runtime::{Capability, Process, Spec};
 
-use crate::cgroups::{CgroupManager, FsCgroup};
 use crate::channel::{Channel, InitMsg, ParentMsg};
 use crate::clone::{clone_child, single_threaded, Forked};
 use crate::container::{forwarded_signals, io_err, live_status, wait_forwarding, Error};
@@ -226,7 +225,7 @@ impl Runtime {
             _ => None,
         };
 
-        let mut cg = FsCgroup::new(&st.cgroup_path)?;
+        let mut cg = crate::cgroups::open(&st.cgroup_path)?;
         let cgroup_fd = cg.clone_into_fd();
         let forwarded = forwarded_signals();
         if !opts.detach {

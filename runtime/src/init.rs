@@ -365,7 +365,11 @@ pub(crate) fn become_user(process: &Process) -> Result<(), String> {
         .flatten()
         .map(|g| nix::unistd::Gid::from_raw(*g))
         .collect();
-    nix::unistd::setgroups(&groups).map_err(|e| format!("process.user.additionalGids: {e}"))?;
+    // A rootless user namespace with one mapping has setgroups denied: no groups is all it has.
+    let denied = std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny");
+    if !(groups.is_empty() && denied) {
+        nix::unistd::setgroups(&groups).map_err(|e| format!("process.user.additionalGids: {e}"))?;
+    }
     let gid = nix::unistd::Gid::from_raw(user.gid());
     nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("process.user.gid {gid}: {e}"))?;
     let uid = nix::unistd::Uid::from_raw(user.uid());

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use oci_spec::runtime::LinuxResources;
 use serde_json::{json, Value};
 
-use crate::cgroups::{CgroupManager, FsCgroup};
+use crate::cgroups::FsCgroup;
 use crate::container::{io_err, live_status, Error};
 use crate::state::{check_transition, Operation, Status};
 use crate::Runtime;
@@ -40,7 +40,7 @@ impl Runtime {
                 message: "is stopped: it has no processes".into(),
             });
         }
-        let mut pids = FsCgroup::new(&st.cgroup_path)?.pids()?;
+        let mut pids = crate::cgroups::open(&st.cgroup_path)?.pids()?;
         pids.sort_unstable();
         Ok(pids)
     }
@@ -52,6 +52,12 @@ impl Runtime {
             return Err(Error::Init {
                 id: id.to_string(),
                 message: "is stopped: it has no stats".into(),
+            });
+        }
+        if st.cgroup_path.is_empty() {
+            return Err(Error::Init {
+                id: id.to_string(),
+                message: "has no cgroup, so no stats (rootless without a delegated cgroup)".into(),
             });
         }
         Ok(stats_json(&FsCgroup::new(&st.cgroup_path)?))
@@ -67,6 +73,12 @@ impl Runtime {
         mut emit: impl FnMut(Event) -> std::io::Result<()>,
     ) -> Result<(), Error> {
         let st = self.load(id)?;
+        if st.cgroup_path.is_empty() {
+            return Err(Error::Init {
+                id: id.to_string(),
+                message: "has no cgroup, so no events (rootless without a delegated cgroup)".into(),
+            });
+        }
         let cg = FsCgroup::new(&st.cgroup_path)?;
         let started = Instant::now();
         let tick = interval.min(Duration::from_millis(250));
@@ -94,7 +106,7 @@ impl Runtime {
     pub fn update(&self, id: &str, resources: &LinuxResources) -> Result<(), Error> {
         let st = self.load(id)?;
         check_transition(id, live_status(&st), Operation::Update)?;
-        FsCgroup::new(&st.cgroup_path)?.update(resources)?;
+        crate::cgroups::open(&st.cgroup_path)?.update(resources)?;
         Ok(())
     }
 }

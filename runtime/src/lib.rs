@@ -16,6 +16,7 @@ pub mod inspect;
 pub mod jsonpath;
 pub mod procattr;
 pub mod rootfs;
+pub mod rootless;
 pub mod seccomp;
 pub mod signal;
 pub mod spec;

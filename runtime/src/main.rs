@@ -14,9 +14,9 @@ use tug_runtime::{CreateOptions, Runtime};
 #[derive(Parser)]
 #[command(name = "tug", version, about = "A daemonless OCI container runtime")]
 struct Cli {
-    /// Directory for container state.
-    #[arg(long, global = true, default_value = "/run/tug")]
-    root: PathBuf,
+    /// Directory for container state (default /run/tug; $XDG_RUNTIME_DIR/tug when not root).
+    #[arg(long, global = true)]
+    root: Option<PathBuf>,
     /// Write logs to this file instead of stderr.
     #[arg(long, global = true)]
     log: Option<PathBuf>,
@@ -331,7 +331,14 @@ fn run(cli: Cli) -> Result<u8> {
     if cli.systemd_cgroup {
         bail!("--systemd-cgroup: tug does not manage cgroups through systemd yet; drop the flag to use cgroupfs");
     }
-    let rt = Runtime::new(&cli.root);
+    let root = cli.root.clone().unwrap_or_else(|| {
+        if nix::unistd::geteuid().is_root() {
+            PathBuf::from("/run/tug")
+        } else {
+            tug_runtime::rootless::default_root()
+        }
+    });
+    let rt = Runtime::new(&root);
     let mut out = std::io::stdout().lock();
     match cli.command {
         Command::Spec { bundle } => {

@@ -141,22 +141,44 @@ fn check_mappings(
     field: &str,
     maps: &[oci_spec::runtime::LinuxIdMapping],
 ) -> Result<(), SpecError> {
-    let own = if field.starts_with("linux.uid") {
-        "/proc/self/uid_map"
+    let uid = field.starts_with("linux.uid");
+    let (ranges, own): (Vec<(u64, u64)>, &str) = if nix::unistd::geteuid().is_root() {
+        let own = if uid {
+            "/proc/self/uid_map"
+        } else {
+            "/proc/self/gid_map"
+        };
+        let ranges = fs::read_to_string(own)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let v: Vec<u64> = l
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                (v.len() == 3).then(|| (v[0], v[0] + v[2]))
+            })
+            .collect();
+        (ranges, own)
     } else {
-        "/proc/self/gid_map"
+        // Rootless: our own id, and the ranges /etc/subuid (subgid) gives us.
+        let (id, file) = if uid {
+            (u64::from(nix::unistd::geteuid().as_raw()), "/etc/subuid")
+        } else {
+            (u64::from(nix::unistd::getegid().as_raw()), "/etc/subgid")
+        };
+        let mut ranges = vec![(id, id + 1)];
+        ranges.extend(crate::rootless::sub_ids(
+            file,
+            nix::unistd::geteuid().as_raw(),
+        ));
+        let own = if uid {
+            "your uid and /etc/subuid"
+        } else {
+            "your gid and /etc/subgid"
+        };
+        (ranges, own)
     };
-    let ranges: Vec<(u64, u64)> = fs::read_to_string(own)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let v: Vec<u64> = l
-                .split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            (v.len() == 3).then(|| (v[0], v[0] + v[2]))
-        })
-        .collect();
     for (i, m) in maps.iter().enumerate() {
         let f = format!("{field}[{i}]");
         let (cid, hid, size) = (
@@ -385,6 +407,15 @@ pub fn validate(config: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf, Sp
                 );
             }
         }
+    }
+    if !nix::unistd::geteuid().is_root() && !new_user_ns {
+        return c.fail(
+            "linux.namespaces",
+            format!(
+                "tug runs as uid {} (rootless): the container needs a new user namespace",
+                nix::unistd::geteuid()
+            ),
+        );
     }
     for (field, maps) in [
         ("linux.uidMappings", linux.uid_mappings()),

@@ -406,6 +406,19 @@ impl Runtime {
             }
         };
 
+        // Idmapped bind mounts: a user namespace per mount, made here where tug is still in
+        // the host's namespaces.
+        let mut idmaps = Vec::new();
+        for (i, m) in spec.mounts().iter().flatten().enumerate() {
+            let uids = m.uid_mappings().as_deref().unwrap_or(&[]);
+            if uids.is_empty() {
+                continue;
+            }
+            let gids = m.gid_mappings().as_deref().unwrap_or(&[]);
+            let fd = crate::rootless::userns_fd(uids, gids)
+                .map_err(|message| Error::Usage(format!("mounts[{i}].uidMappings: {message}")))?;
+            idmaps.push((i, fd));
+        }
         let (parent_ch, init_ch) = Channel::pair().map_err(io_err("socketpair"))?;
         let own_pid_ns = match &pid_ns {
             Some(target) => {
@@ -447,6 +460,7 @@ impl Runtime {
                     join,
                     new_cgroup_ns,
                     new_user_ns: clone_flags.contains(CloneFlags::CLONE_NEWUSER),
+                    idmaps,
                     cgroup_mounts: cg.mounts(),
                     no_pivot: opts.no_pivot,
                     console,

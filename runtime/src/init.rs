@@ -31,6 +31,8 @@ pub struct InitConfig<'a> {
     pub new_cgroup_ns: bool,
     /// The container has its own user namespace: init waits for its id maps before anything.
     pub new_user_ns: bool,
+    /// User namespaces for idmapped bind mounts: (index in `mounts`, namespace fd).
+    pub idmaps: Vec<(usize, OwnedFd)>,
     pub cgroup_mounts: CgroupMounts,
     pub no_pivot: bool,
     /// Connected console socket, when process.terminal is true.
@@ -114,12 +116,13 @@ fn setup(cfg: &InitConfig) -> Result<Prepared, String> {
             .map_err(|e| format!("process.oomScoreAdj {adj}: {e}"))?;
     }
 
-    rootfs::prepare(
+    rootfs::prepare_with(
         &sys,
         spec,
         &cfg.bundle.rootfs,
         &cfg.bundle.dir,
         &cfg.cgroup_mounts,
+        &cfg.idmaps,
     )
     .map_err(|e| e.to_string())?;
 

@@ -128,6 +128,18 @@ pub fn prepare(
     bundle: &Path,
     cgroups: &CgroupMounts,
 ) -> Result<(), RootfsError> {
+    prepare_with(sys, spec, rootfs, bundle, cgroups, &[])
+}
+
+/// [`prepare`], with user namespaces for the idmapped bind mounts: (index in `mounts`, fd).
+pub fn prepare_with(
+    sys: &dyn Syscall,
+    spec: &Spec,
+    rootfs: &Path,
+    bundle: &Path,
+    cgroups: &CgroupMounts,
+    idmaps: &[(usize, std::os::fd::OwnedFd)],
+) -> Result<(), RootfsError> {
     let linux = spec.linux().as_ref();
     let root_prop = linux
         .and_then(|l| l.rootfs_propagation().as_deref())
@@ -153,13 +165,17 @@ pub fn prepare(
 
     let mut dev_mounted = false;
     let mut dev_is_bind = false;
-    for m in spec.mounts().iter().flatten() {
+    for (i, m) in spec.mounts().iter().flatten().enumerate() {
         let o = parse_options(m.options().as_deref().unwrap_or(&[]));
+        let idmap = idmaps
+            .iter()
+            .find(|(j, _)| *j == i)
+            .map(|(_, fd)| std::os::fd::AsFd::as_fd(fd));
         if m.destination() == Path::new("/dev") {
             dev_mounted = true;
             dev_is_bind = is_bind(m, &o);
         }
-        mount_entry(sys, m, &o, rootfs, bundle, cgroups)?;
+        mount_entry(sys, m, &o, rootfs, bundle, cgroups, idmap)?;
     }
 
     if !dev_is_bind {
@@ -176,6 +192,7 @@ fn mount_entry(
     rootfs: &Path,
     bundle: &Path,
     cgroups: &CgroupMounts,
+    idmap: Option<std::os::fd::BorrowedFd<'_>>,
 ) -> Result<(), RootfsError> {
     let dest = ctx(
         secure_join(rootfs, m.destination()),
@@ -191,17 +208,26 @@ fn mount_entry(
             ctx(sys.touch(&dest), "create mount point", &dest)?;
         }
         let bind_flags = o.flags & (MsFlags::MS_BIND | MsFlags::MS_REC);
-        ctx(
-            sys.mount(
-                Some(&source),
+        if let Some(userns) = idmap {
+            let recursive = bind_flags.contains(MsFlags::MS_REC);
+            ctx(
+                sys.bind_idmapped(&source, &dest, userns, recursive),
+                "idmapped bind-mount",
                 &dest,
-                Some("bind"),
-                bind_flags | MsFlags::MS_BIND,
-                None,
-            ),
-            "bind-mount",
-            &dest,
-        )?;
+            )?;
+        } else {
+            ctx(
+                sys.mount(
+                    Some(&source),
+                    &dest,
+                    Some("bind"),
+                    bind_flags | MsFlags::MS_BIND,
+                    None,
+                ),
+                "bind-mount",
+                &dest,
+            )?;
+        }
         // A bind mount ignores the other flags; a remount applies them.
         let rest = o.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
         if !rest.is_empty() {

@@ -83,3 +83,48 @@ pub fn write_maps(
     }
     Ok(())
 }
+
+/// A user namespace with these mappings, held by an fd (for idmapped mounts): a child is
+/// cloned into a new user namespace, its maps are written, its namespace is opened, and it
+/// is let go.
+pub fn userns_fd(
+    uids: &[LinuxIdMapping],
+    gids: &[LinuxIdMapping],
+) -> Result<std::os::fd::OwnedFd, String> {
+    use crate::clone::{clone_child, Forked};
+    let (r, w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let flags = nix::sched::CloneFlags::CLONE_NEWUSER.bits() as u64;
+    match clone_child(flags, None).map_err(|e| format!("clone a user namespace: {e}"))? {
+        (Forked::Child, _) => {
+            drop(w);
+            let mut b = [0u8; 1];
+            let _ = nix::unistd::read(&r, &mut b);
+            // SAFETY: _exit ends this child without running the parent's atexit handlers.
+            unsafe { libc::_exit(0) }
+        }
+        (Forked::Parent { child }, _) => {
+            drop(r);
+            let result = (|| {
+                if nix::unistd::geteuid().is_root() {
+                    let line = |m: &LinuxIdMapping| {
+                        format!("{} {} {}\n", m.container_id(), m.host_id(), m.size())
+                    };
+                    for (file, maps) in [("uid_map", uids), ("gid_map", gids)] {
+                        let path = format!("/proc/{child}/{file}");
+                        std::fs::write(&path, maps.iter().map(line).collect::<String>())
+                            .map_err(|e| format!("write {path}: {e}"))?;
+                    }
+                } else {
+                    write_maps(child, uids, gids)?;
+                }
+                let ns = format!("/proc/{child}/ns/user");
+                std::fs::File::open(&ns)
+                    .map(std::os::fd::OwnedFd::from)
+                    .map_err(|e| format!("open {ns}: {e}"))
+            })();
+            drop(w);
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None);
+            result
+        }
+    }
+}

@@ -141,7 +141,7 @@ fn check_mappings(
     field: &str,
     maps: &[oci_spec::runtime::LinuxIdMapping],
 ) -> Result<(), SpecError> {
-    let uid = field.starts_with("linux.uid");
+    let uid = field.contains("uidMappings");
     let (ranges, own): (Vec<(u64, u64)>, &str) = if nix::unistd::geteuid().is_root() {
         let own = if uid {
             "/proc/self/uid_map"
@@ -504,6 +504,26 @@ fn validate_mount(c: &Checker, i: usize, m: &Mount, bundle: &Path) -> Result<(),
             format!("mounts[{i}].type"),
             "is required unless the mount is a bind mount",
         );
+    }
+    let (uids, gids) = (
+        m.uid_mappings().as_deref().unwrap_or(&[]),
+        m.gid_mappings().as_deref().unwrap_or(&[]),
+    );
+    if !uids.is_empty() || !gids.is_empty() {
+        if !is_bind {
+            return c.fail(
+                format!("mounts[{i}].uidMappings"),
+                "idmapped mounts are only for bind mounts",
+            );
+        }
+        if uids.is_empty() || gids.is_empty() {
+            return c.fail(
+                format!("mounts[{i}].uidMappings"),
+                "an idmapped mount needs both uidMappings and gidMappings",
+            );
+        }
+        check_mappings(c, &format!("mounts[{i}].uidMappings"), uids)?;
+        check_mappings(c, &format!("mounts[{i}].gidMappings"), gids)?;
     }
     Ok(())
 }

@@ -37,6 +37,15 @@ pub trait Syscall {
     fn setdomainname(&self, name: &str) -> io::Result<()>;
     fn setns(&self, fd: BorrowedFd<'_>, nstype: CloneFlags) -> io::Result<()>;
     fn unshare(&self, flags: CloneFlags) -> io::Result<()>;
+    /// Bind-mounts `source` on `target` with its ids mapped through the user namespace
+    /// `userns` (an idmapped mount: open_tree, mount_setattr, move_mount).
+    fn bind_idmapped(
+        &self,
+        source: &Path,
+        target: &Path,
+        userns: BorrowedFd<'_>,
+        recursive: bool,
+    ) -> io::Result<()>;
     /// Whether `path` exists and is a directory (following symlinks).
     fn is_dir(&self, path: &Path) -> bool;
     fn exists(&self, path: &Path) -> bool;
@@ -135,6 +144,85 @@ impl Syscall for LinuxSyscall {
         nix::sched::unshare(flags).map_err(errno)
     }
 
+    fn bind_idmapped(
+        &self,
+        source: &Path,
+        target: &Path,
+        userns: BorrowedFd<'_>,
+        recursive: bool,
+    ) -> io::Result<()> {
+        use std::ffi::CString;
+        use std::os::fd::{FromRawFd, OwnedFd};
+        use std::os::unix::ffi::OsStrExt;
+        const OPEN_TREE_CLONE: libc::c_uint = 1;
+        const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+        const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+        #[repr(C)]
+        struct MountAttr {
+            attr_set: u64,
+            attr_clr: u64,
+            propagation: u64,
+            userns_fd: u64,
+        }
+        let c = |p: &Path| {
+            CString::new(p.as_os_str().as_bytes())
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+        };
+        let (src, dst, empty) = (c(source)?, c(target)?, CString::default());
+        let rec = if recursive {
+            libc::AT_RECURSIVE as libc::c_uint
+        } else {
+            0
+        };
+        let check = |r: libc::c_long| {
+            if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(r)
+            }
+        };
+        // SAFETY: open_tree with a valid path; the fd it returns is ours.
+        let tree = check(unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                src.as_ptr(),
+                OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | rec,
+            )
+        })?;
+        // SAFETY: the kernel gave us this fd.
+        let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_IDMAP,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: userns.as_raw_fd() as u64,
+        };
+        // SAFETY: mount_setattr on our detached tree with an attr of the size we pass.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                tree.as_raw_fd(),
+                empty.as_ptr(),
+                libc::AT_EMPTY_PATH as libc::c_uint | rec,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        })?;
+        // SAFETY: move_mount of our detached tree onto a path.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                tree.as_raw_fd(),
+                empty.as_ptr(),
+                libc::AT_FDCWD,
+                dst.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        })?;
+        Ok(())
+    }
+
     fn is_dir(&self, path: &Path) -> bool {
         path.is_dir()
     }
@@ -168,6 +256,7 @@ pub enum Call {
     Setdomainname(String),
     Setns(i32, CloneFlags),
     Unshare(CloneFlags),
+    IdmappedBind(PathBuf, PathBuf),
 }
 
 /// Records every call and succeeds. Paths listed in `dirs` are directories, in `files` files.
@@ -262,6 +351,15 @@ impl Syscall for RecordingSyscall {
     }
     fn unshare(&self, flags: CloneFlags) -> io::Result<()> {
         self.push(Call::Unshare(flags))
+    }
+    fn bind_idmapped(
+        &self,
+        source: &Path,
+        target: &Path,
+        _userns: BorrowedFd<'_>,
+        _recursive: bool,
+    ) -> io::Result<()> {
+        self.push(Call::IdmappedBind(source.into(), target.into()))
     }
     fn is_dir(&self, path: &Path) -> bool {
         self.dirs.iter().any(|d| d == path)

@@ -132,3 +132,54 @@ fn bad_mappings_are_refused_and_leave_nothing() {
         show(&out)
     );
 }
+
+#[test]
+fn an_idmapped_bind_mount_shows_files_under_mapped_owners() {
+    skip_unless_root!("an_idmapped_bind_mount_shows_files_under_mapped_owners");
+    let mut env = Env::new(&["sh", "-c", "stat -c %u:%g /data/owned-by-root"]);
+    std::os::unix::fs::symlink("busybox", env.rootfs().join("bin/stat")).unwrap();
+    let data = env.dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("owned-by-root"), "x").unwrap();
+    std::fs::create_dir(env.rootfs().join("data")).unwrap();
+    env.edit(|s| {
+        s["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/data", "type": "bind", "source": data, "options": ["rbind", "ro"],
+            "uidMappings": [{"containerID": 0, "hostID": 1234, "size": 1}],
+            "gidMappings": [{"containerID": 0, "hostID": 5678, "size": 1}]
+        }));
+    });
+    let id = id("idmap");
+    let out = env.run(&id);
+    if String::from_utf8_lossy(&out.stderr).contains("idmapped bind-mount")
+        && String::from_utf8_lossy(&out.stderr).contains("Invalid argument")
+    {
+        eprintln!("SKIP an_idmapped_bind_mount_shows_files_under_mapped_owners: the temp dir's filesystem has no idmapped mounts: {}", show(&out));
+        return;
+    }
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    // On disk the file is 0:0; through the mount it is what 0 maps to.
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1234:5678");
+    let meta = std::fs::metadata(data.join("owned-by-root")).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (0, 0),
+        "the file on disk is unchanged"
+    );
+    no_cgroup_left(&id);
+
+    // An idmapped mount that is not a bind mount is refused by field.
+    env.edit(|s| {
+        let mounts = s["mounts"].as_array_mut().unwrap();
+        let last = mounts.last_mut().unwrap();
+        last["type"] = json!("tmpfs");
+        last["options"] = json!([]);
+    });
+    let b = env.bundle();
+    let out = env.tug(&["create", &id, "--bundle", b.to_str().unwrap()]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("uidMappings"),
+        "{}",
+        show(&out)
+    );
+}

@@ -28,6 +28,7 @@ bin_dir=${TUG_BIN_DIR:-}
 offline=${TUG_PROVISION_OFFLINE:-0}
 start=${TUG_PROVISION_START:-1}
 data_dir=/var/lib/tugboat
+shop_images=/var/lib/tug-shop-images
 
 say() { echo "provision[$node]: $*"; }
 case $role in server | agent) ;; *) say "TUG_ROLE must be server or agent, not '$role'"; exit 1 ;; esac
@@ -67,9 +68,10 @@ install -m 0755 "$bin_dir/tugboat" "$bin_dir/tug" /usr/local/bin/
 
 # --- data: the shop's images, the token ---
 install -d -m 0700 "$data_dir"
-say "building the shop's images into $data_dir/images"
-bash "$src/examples/build-images.sh" "$data_dir/image-build" >/dev/null
-ln -sfn image-build/dir "$data_dir/images"
+# The shop's images as OCI layouts; the agent imports them into its image store
+# (<data-dir>/images) when it starts (--import, below).
+say "building the shop's images into $shop_images"
+bash "$src/examples/build-images.sh" "$shop_images" >/dev/null
 if [ "$role" = server ] && [ -n "$token" ]; then
   # The server uses a token file that is there at its first start.
   (umask 077 && echo "$token" >"$data_dir/token")
@@ -87,6 +89,7 @@ EOF
 fi
 agent_args="--subnet $subnet"
 for l in $labels; do agent_args+=" --label $l"; done
+for d in "$shop_images"/oci/*; do agent_args+=" --import $d"; done
 (
   umask 077
   cat >/etc/default/tugboat-agent <<EOF

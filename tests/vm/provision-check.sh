@@ -17,8 +17,7 @@ if [ -z "${TUG_VM_PROVISION_NS:-}" ]; then
   exec unshare -m --propagation private env TUG_VM_PROVISION_NS=1 bash "$0" "$@"
 fi
 [ -f /run/tug-vm/jobs ] || { echo "provision-check: runs only inside the VM of tests/vm/run.sh"; exit 1; }
-mkdir -p /var/lib
-for d in /usr/local/bin /etc/default /etc/systemd/system /root; do
+for d in /usr/local/bin /etc/default /etc/systemd/system /root /var; do
   mount -t tmpfs -o mode=0755 tmpfs "$d"
 done
 chmod 0700 /root
@@ -44,7 +43,7 @@ check "the units in /etc/systemd/system" test -f /etc/systemd/system/tugboat-ser
 check "the token file, mode 600" mode /var/lib/tugboat/token 600
 check "the token file holds the token" grep -qx "$token" /var/lib/tugboat/token
 check "the agent's settings, mode 600" mode /etc/default/tugboat-agent 600
-check "the shop's images" test -d /var/lib/tugboat/images/shop_front/1/rootfs
+check "the shop's images" test -f /var/lib/tug-shop-images/oci/shop-front/index.json
 check "the client config, mode 600" mode /root/.config/tugboat/config.yaml 600
 echo "--- systemd-analyze verify"
 check "systemd-analyze verify accepts the units" \
@@ -119,6 +118,17 @@ if /usr/local/bin/tugboat agent --help >/dev/null 2>&1; then
   tb get nodes || true
   labels() { tb -o json get nodes | grep -q '"zone": *"vm"'; }
   check "the node has the provisioned labels" labels
+  if [ "${TUG_VM_SHOP:-0}" = 1 ]; then
+    # Optional (TUG_VM_SHOP=1 tests/vm/run.sh): the shop on this one node, all replicas ready.
+    echo "--- examples/shop.yaml on the provisioned node"
+    tb apply -f "$repo/examples/shop.yaml"
+    shop_ready() {
+      tb -o json get instances |
+        jq -e 'length > 0 and all(.[]; .phase == "running" and .ready == true)' >/dev/null
+    }
+    check "every shop instance runs and is ready" wait_for "the shop" 420 shop_ready
+    tb get instances || true
+  fi
 else
   echo "SKIP the agent: this tugboat has no 'agent' subcommand yet"
 fi

@@ -126,25 +126,35 @@ fn setup(cfg: &InitConfig) -> Result<Prepared, String> {
     )
     .map_err(|e| e.to_string())?;
 
-    // The parent moves this process into its cgroup while the mounts above are made: on a v1
-    // host the first cgroup.procs write of a burst waits for an RCU grace period (~10 ms), and
-    // this way init does not sit idle through it. Nothing above forks or runs the user's code.
-    let state_json = match joined {
-        Some(state) => state,
-        None => wait_joined(cfg)?,
+    // The parent moves this process into its cgroup while init makes its mounts (and, with no
+    // hooks to run, pivots too): on a v1 host the first cgroup.procs write of a burst waits
+    // for an RCU grace period (~10 ms), and this way init does not sit idle through it.
+    // Nothing before the join forks or runs the user's code.
+    let mut state_json = joined;
+    let join_cgroup = |state_json: &mut Option<String>| -> Result<(), String> {
+        if state_json.is_none() {
+            *state_json = Some(wait_joined(cfg)?);
+        }
+        // Unshared only once joined, so the container's cgroup is its namespace's root.
+        if cfg.new_cgroup_ns {
+            sys.unshare(CloneFlags::CLONE_NEWCGROUP)
+                .map_err(|e| format!("unshare cgroup namespace: {e}"))?;
+        }
+        Ok(())
     };
-
-    // Unshared only now, so the container's cgroup is the root of its cgroup namespace.
-    if cfg.new_cgroup_ns {
-        sys.unshare(CloneFlags::CLONE_NEWCGROUP)
-            .map_err(|e| format!("unshare cgroup namespace: {e}"))?;
-    }
-
     let hooks = spec.hooks().as_ref();
     let has_runtime_hooks = hooks.is_some_and(|h| {
         h.prestart().as_ref().is_some_and(|v| !v.is_empty())
             || h.create_runtime().as_ref().is_some_and(|v| !v.is_empty())
     });
+    let create_container = hooks
+        .and_then(|h| h.create_container().as_ref())
+        .filter(|l| !l.is_empty());
+    let joined_early = has_runtime_hooks || create_container.is_some();
+    if joined_early {
+        // Hooks get the state with the pid, and run with the container in its cgroup.
+        join_cgroup(&mut state_json)?;
+    }
     if has_runtime_hooks {
         cfg.channel
             .send(&InitMsg::RunHooks)
@@ -155,8 +165,9 @@ fn setup(cfg: &InitConfig) -> Result<Prepared, String> {
             Err(e) => return Err(format!("waiting for hooks: {e}")),
         }
     }
-    if let Some(list) = hooks.and_then(|h| h.create_container().as_ref()) {
-        hooks::run_hooks("createContainer", list, &state_json).map_err(|e| e.to_string())?;
+    if let Some(list) = create_container {
+        let state = state_json.as_deref().unwrap_or_default();
+        hooks::run_hooks("createContainer", list, state).map_err(|e| e.to_string())?;
     }
 
     rootfs::pivot(&sys, &cfg.bundle.rootfs, cfg.no_pivot).map_err(|e| e.to_string())?;
@@ -178,6 +189,11 @@ fn setup(cfg: &InitConfig) -> Result<Prepared, String> {
     if let Some(console) = &cfg.console {
         setup_terminal(console, process)?;
     }
+
+    if !joined_early {
+        join_cgroup(&mut state_json)?;
+    }
+    let state_json = state_json.unwrap_or_default();
 
     let to_c = |s: &str| CString::new(s).map_err(|_| format!("\"{s}\" contains a NUL byte"));
     Ok(Prepared {

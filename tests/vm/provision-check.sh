@@ -124,10 +124,16 @@ if /usr/local/bin/tugboat agent --help >/dev/null 2>&1; then
     tb apply -f "$repo/examples/shop.yaml"
     shop_ready() {
       tb -o json get instances |
-        jq -e 'length > 0 and all(.[]; .phase == "running" and .ready == true)' >/dev/null
+        jq -e '.items | length > 0 and all(.[]; .phase == "running" and .ready == true)' >/dev/null
     }
-    check "every shop instance runs and is ready" wait_for "the shop" 420 shop_ready
+    check "every shop instance runs and is ready" wait_for "the shop" 600 shop_ready
     tb get instances || true
+    # Containers outlive their agent: delete the services first, so that nothing is left.
+    for svc in front catalog cart orders payments; do tb delete service "$svc" || true; done
+    shop_gone() { tb -o json get instances | jq -e '.items | length == 0' >/dev/null; }
+    check "deleting the shop's services stops every instance" wait_for "no instances" 300 shop_gone
+    no_containers() { [ -z "$(find /sys/fs/cgroup/tug -mindepth 1 -type d 2>/dev/null)" ]; }
+    check "no container cgroup is left" wait_for "no container cgroups" 120 no_containers
   fi
 else
   echo "SKIP the agent: this tugboat has no 'agent' subcommand yet"

@@ -2,13 +2,15 @@
 # A job of the cgroup v2 VM (tests/vm/run.sh), run inside it: vagrant/provision.sh as it runs
 # on the cluster's server node, but offline (no apt, no build: the binaries built on the
 # host) and without systemd, in a private mount namespace where /usr/local/bin, /etc/default,
-# /etc/systemd/system, /var/lib and /root are empty tmpfs. Then:
+# /etc/systemd/system, /var and /root are empty tmpfs. Then:
 #   - what it installed is there, with the modes it should have;
 #   - `systemd-analyze verify` accepts the two units as installed;
 #   - both services start from their units' own Environment=, EnvironmentFile= and
 #     ExecStart= lines (read here the way systemd reads them, as no systemd runs in the VM);
 #   - the server answers the client with the provisioned config, and the agent's node
-#     registers with the provisioned labels.
+#     registers with the provisioned labels;
+#   - examples/shop.yaml runs on that node (images imported by the provisioned agent) until
+#     every instance is ready, and deleting its services leaves no container cgroup.
 # Not covered: apt-get, rustup and the build in a box, systemctl, a private network of
 # three VMs (vagrant/README.md says how to try those).
 set -euo pipefail
@@ -118,8 +120,8 @@ if /usr/local/bin/tugboat agent --help >/dev/null 2>&1; then
   tb get nodes || true
   labels() { tb -o json get nodes | grep -q '"zone": *"vm"'; }
   check "the node has the provisioned labels" labels
-  if [ "${TUG_VM_SHOP:-0}" = 1 ]; then
-    # Optional (TUG_VM_SHOP=1 tests/vm/run.sh): the shop on this one node, all replicas ready.
+  if [ "${TUG_VM_SHOP:-1}" = 1 ]; then
+    # The shop on this one node, every replica ready (TUG_VM_SHOP=0 tests/vm/run.sh: not).
     echo "--- examples/shop.yaml on the provisioned node"
     tb apply -f "$repo/examples/shop.yaml"
     shop_ready() {

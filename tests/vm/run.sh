@@ -18,7 +18,7 @@
 #   TUG_VM_TEST_THREADS  --test-threads inside (1)
 #   TUG_VM_PACKAGES      packages whose test targets can be named (tug-runtime)
 #   TUG_VM_PROVISION     1 (default): also run tests/vm/provision-check.sh inside; 0: do not
-#   TUG_VM_SHOP          1: provision-check.sh also applies examples/shop.yaml (default 0)
+#   TUG_VM_SHOP          1 (default): provision-check.sh also runs examples/shop.yaml; 0: not
 #
 # Nothing is installed on the host: the kernel package is fetched with `apt-get download`
 # and unpacked into the cache; the VM has no network device; qemu runs as a child of this
@@ -179,7 +179,7 @@ for job in "${jobs[@]}"; do
   echo "$name $job_timeout ${cwd_of[$name]} ${exe[$name]} --test-threads=$threads --nocapture ${filters//,/ }" >>"$out/jobs"
 done
 if [ "$provision" = 1 ]; then
-  echo "provision 900 $repo /usr/bin/env TUG_VM_SHOP=${TUG_VM_SHOP:-0} /bin/bash $here/provision-check.sh" >>"$out/jobs"
+  echo "provision 900 $repo /usr/bin/env TUG_VM_SHOP=${TUG_VM_SHOP:-1} /bin/bash $here/provision-check.sh" >>"$out/jobs"
 fi
 
 # --- the initramfs: busybox, the virtio/9p modules and tests/vm/init ---

@@ -11,6 +11,8 @@ ns=tugbench$$
 dir=/tmp/tugbench$$
 api=127.0.0.1:7480
 in_ns() { nsenter --net=/run/netns/$ns "$@"; }
+# nsenter execs the command: $! is then the tugboat process itself.
+spawn_in_ns() { nsenter --net=/run/netns/$ns "$@" & }
 pids=()
 cleanup() {
   set +e
@@ -32,13 +34,13 @@ mkdir -p "$dir"
 bash "$root/examples/build-images.sh" "$dir/build" >/dev/null
 ip netns add $ns
 ip -n $ns link set lo up
-in_ns "$bin" server --data-dir "$dir/server" --listen $api 2>"$dir/server.log" &
+spawn_in_ns "$bin" server --data-dir "$dir/server" --listen $api 2>"$dir/server.log"
 pids+=($!); server=$!
 for _ in $(seq 1 100); do [ -f "$dir/server/token" ] && break; sleep 0.05; done
 token=$(cat "$dir/server/token")
 imports=()
 for d in "$dir"/build/oci/*; do imports+=(--import "$d"); done
-in_ns "$bin" --addr $api --token "$token" --data-dir "$dir/agent" agent --node bench "${imports[@]}" 2>"$dir/agent.log" &
+spawn_in_ns "$bin" --addr $api --token "$token" --data-dir "$dir/agent" agent --node bench "${imports[@]}" 2>"$dir/agent.log"
 pids+=($!); agent=$!
 cli() { in_ns "$bin" --addr $api --token "$token" "$@"; }
 ready_count() {
@@ -46,6 +48,24 @@ ready_count() {
     python3 -c 'import json,sys; print(sum(1 for i in json.load(sys.stdin)["items"] if i.get("ready")))'
 }
 for _ in $(seq 1 100); do cli get nodes 2>/dev/null | grep -q bench && break; sleep 0.1; done
+
+cli apply -f "$root/examples/shop.yaml" >/dev/null
+while [ "$(cli get instances | grep -c ' yes ')" -lt 9 ]; do sleep 0.2; done
+sleep 30
+rss() {
+  printf '%s (private %s)' "$(awk '/VmRSS/ {printf "%.1f MB", $2/1024}' /proc/$1/status)" \
+    "$(awk '/^Private_(Clean|Dirty)/ {s += $2} END {printf "%.1f MB", s/1024}' /proc/$1/smaps_rollup)"
+}
+proxy=$(cat "$dir/agent/proxy.pid")
+monitor=$(pgrep -f "tugboat monitor .*$dir/" | head -1)
+echo "idle with the shop (9 instances), resident memory:"
+echo "  server  $(rss $server)"
+echo "  agent   $(rss $agent)"
+echo "  proxy   $(rss $proxy)"
+echo "  monitor $(rss $monitor) (one per container)"
+ps -o pid,rss,args -p "$server,$agent,$proxy,$monitor" | cut -c1-100
+for svc in front catalog cart orders payments; do cli delete service $svc >/dev/null; done
+for _ in $(seq 1 600); do [ -z "$(ls -A $dir/agent/instances)" ] && break; sleep 0.1; done
 
 start=$(date +%s.%N)
 cli apply -f "$root/bench/agent/hundred.yaml" >/dev/null
@@ -55,14 +75,3 @@ echo "100 instances: apply to all ready: $(python3 -c "print(f'{$end-$start:.2f}
 cli delete service web >/dev/null
 for _ in $(seq 1 600); do [ -z "$(ls -A $dir/agent/instances)" ] && break; sleep 0.1; done
 
-cli apply -f "$root/examples/shop.yaml" >/dev/null
-while [ "$(cli get instances | grep -c ' yes ')" -lt 9 ]; do sleep 0.2; done
-sleep 30
-rss() { awk '/VmRSS/ {print $2/1024 " MB"}' /proc/$1/status; }
-proxy=$(cat "$dir/agent/proxy.pid")
-monitor=$(pgrep -f "tugboat monitor .*$dir/" | head -1)
-echo "idle with the shop (9 instances), resident memory:"
-echo "  server  $(rss $server)"
-echo "  agent   $(rss $agent)"
-echo "  proxy   $(rss $proxy)"
-echo "  monitor $(rss $monitor) (one per container)"

@@ -224,7 +224,13 @@ fn main() -> std::process::ExitCode {
     if let Command::Proxy { dir } = &cli.command {
         return std::process::ExitCode::from(tugboat::agent::proxy::run(dir) as u8);
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Few blocking threads: the agent's steps are short, and hundreds of threads (one per
+    // starting instance) would each keep a malloc arena.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -10,7 +10,7 @@
 # `lifecycle` or `cgroups:memory,pids`. With no NAME: lifecycle and cgroups.
 #
 # Environment:
-#   TUG_VM_CACHE         kernel cache (default /var/cache/tug-vm)
+#   TUG_VM_CACHE         kernel cache (default /var/cache/tug-vm; not under /run)
 #   TUG_VM_ACCEL         auto (default: KVM if a probe boot with it works, else TCG), kvm, tcg
 #   TUG_VM_CPUS          vCPUs (2); TUG_VM_MEM: MiB (1024)
 #   TUG_VM_TIMEOUT       seconds for the whole VM (2700)
@@ -101,8 +101,12 @@ fetch_kernel() {
   mv "$work/root" "$dir"
   rm -rf "$work"
   # Keep only the current kernel in the cache.
-  find "$cache" -mindepth 1 -maxdepth 1 ! -name "$pkg" -exec rm -rf {} +
+  find "$cache" -mindepth 1 -maxdepth 1 ! -name "$pkg" ! -name .lock -exec rm -rf {} +
 }
+# One fetch at a time: two runs at once share the cache.
+mkdir -p "$cache"
+exec 9>"$cache/.lock"
+flock 9
 pkg=$(kernel_pkg)
 if [ -z "$pkg" ]; then
   apt-get update -qq || true
@@ -115,6 +119,7 @@ if [ -z "$pkg" ] || ! fetch_kernel "$pkg"; then
   [ -n "$pkg" ] || { log "cannot fetch a linux-image-*-amd64 package and none is cached in $cache"; exit 1; }
   log "could not fetch the current kernel package; using the cached $pkg"
 fi
+exec 9>&-
 kdir=$cache/$pkg
 kver=$(ls "$kdir/lib/modules")
 vmlinuz=$kdir/boot/vmlinuz-$kver
@@ -217,10 +222,11 @@ fi
 # cannot boot a stock kernel (qemu stops at once: "failed to set MSR 0x10a"), so TCG is used.
 kvm_boots() {
   [ -r /dev/kvm ] && [ -w /dev/kvm ] || return 1
-  timeout -k 5 "${TUG_VM_KVM_PROBE_SECONDS:-20}" qemu-system-x86_64 -nodefaults -no-user-config \
+  # (in a subshell, so that bash's report of qemu's abort goes to /dev/null as well)
+  (timeout -k 5 "${TUG_VM_KVM_PROBE_SECONDS:-20}" qemu-system-x86_64 -nodefaults -no-user-config \
     -machine q35 -accel kvm -cpu host -m 256 -display none -no-reboot -nic none \
     -serial "file:$tmp/kvm-probe.log" -kernel "$vmlinuz" -initrd "$tmp/initrd" \
-    -append "console=ttyS0 panic=-1 quiet rdinit=/init tug_vm_probe=1" </dev/null >/dev/null 2>&1 || true
+    -append "console=ttyS0 panic=-1 quiet rdinit=/init tug_vm_probe=1" </dev/null; true) >/dev/null 2>&1
   grep -q TUG-VM-PROBE-OK "$tmp/kvm-probe.log" 2>/dev/null
 }
 if [ "$accel" = auto ]; then

@@ -156,6 +156,8 @@ for job in "${jobs[@]}"; do
     exit 1
   fi
   has_target "$name" || { log "no test target '$name' in $packages: ${targets[*]}"; exit 1; }
+  [[ " ${test_args[*]} " != *" $name "* ]] ||
+    { log "'$name' named twice: give its filters once, joined by commas"; exit 1; }
   test_args+=(--test "$name")
 done
 log "building: cargo test ${pkg_args[*]} ${test_args[*]} --no-run"

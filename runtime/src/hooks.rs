@@ -87,7 +87,12 @@ pub fn wait_exit(pid: i32, timeout: Duration) -> bool {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
-        return false;
+        return match std::io::Error::last_os_error().raw_os_error() {
+            // Already exited and reaped (a quick init or subreaper got there first).
+            Some(libc::ESRCH) => true,
+            // No pidfd here (old kernel): watch /proc instead.
+            _ => poll_proc_gone(pid, timeout),
+        };
     }
     // SAFETY: the fd was just returned to us and is owned here.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
@@ -111,9 +116,49 @@ pub fn wait_exit(pid: i32, timeout: Duration) -> bool {
     }
 }
 
+/// Waits for /proc/PID to go or to be a zombie.
+fn poll_proc_gone(pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return true,
+            Ok(s)
+                if s.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z')) =>
+            {
+                return true
+            }
+            Ok(_) => {}
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_already_reaped_counts_as_exited() {
+        let mut child = std::process::Command::new("/bin/true").spawn().unwrap();
+        let pid = child.id() as i32;
+        child.wait().unwrap();
+        assert!(wait_exit(pid, Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn a_running_process_is_waited_for_until_the_timeout() {
+        let mut child = std::process::Command::new("/bin/sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        assert!(!wait_exit(child.id() as i32, Duration::from_millis(50)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
 
     fn hook(json: serde_json::Value) -> Hook {
         serde_json::from_value(json).unwrap()

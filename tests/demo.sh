@@ -26,7 +26,8 @@ ip -n "$ns" link set lo up
 in_ns() { nsenter --net="/run/netns/$ns" "$@"; }
 imports=()
 for d in "$data"/build/oci/*; do imports+=(--import "$d"); done
-in_ns "$bin" up -f examples/shop.yaml --data-dir "$data" "${imports[@]}" > "$data/up.out" &
+# nsenter execs tugboat: $! is tugboat up itself, which Ctrl-C (SIGINT) stops cleanly.
+nsenter --net="/run/netns/$ns" "$bin" up -f examples/shop.yaml --data-dir "$data" "${imports[@]}" > "$data/up.out" &
 up_pid=$!
 for _ in $(seq 1 600); do
   grep -q 'front: http' "$data/up.out" 2>/dev/null && break

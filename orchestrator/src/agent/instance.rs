@@ -521,8 +521,11 @@ impl Supervisor {
         };
         let mut report = report;
         if Instant::now() >= self.stats_due {
-            self.stats_due = Instant::now() + Duration::from_secs(10);
-            report.stats = self.read_stats();
+            // Until the cgroup exists (the container is starting), try again next time.
+            if let Some(stats) = self.read_stats() {
+                self.stats_due = Instant::now() + Duration::from_secs(10);
+                report.stats = Some(stats);
+            }
         }
         if self.last_report.as_ref() == Some(&report) {
             return None;

@@ -7,6 +7,7 @@ set -u
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root TMPDIR=/tmp LANG=C.UTF-8 RUST_BACKTRACE=1
 out=/run/tug-vm
+repo=${1:-}
 
 off() {
   sync
@@ -38,11 +39,20 @@ echo "$modprobe" >/proc/sys/kernel/modprobe
 if $modprobe virtio_blk && $modprobe ext4; then
   i=0
   while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+  # The repository, if it lives under /tmp (init mounted its share there), moves aside while
+  # the disk covers /tmp and comes back on top of it: a 9p share mounts only once.
+  case "$repo" in
+    /tmp/*) mkdir -p /run/tug-vm-repo && mount --move "$repo" /run/tug-vm-repo ;;
+  esac
   if mount -t ext4 /dev/vda /tmp; then
     chmod 1777 /tmp
   else
     echo "tug-vm: cannot mount the scratch disk; /tmp stays a tmpfs"
   fi
+fi
+if mountpoint -q /run/tug-vm-repo 2>/dev/null || grep -q " /run/tug-vm-repo " /proc/mounts; then
+  mkdir -p "$repo" && mount --move /run/tug-vm-repo "$repo" ||
+    echo "tug-vm: cannot put the repository back at $repo"
 fi
 
 # Every controller the kernel has, for the children of the root cgroup.
@@ -68,5 +78,5 @@ done <"$out/jobs"
 
 # What the tests left behind: a cgroup under the root or a mount under /tmp.
 find /sys/fs/cgroup -mindepth 1 -type d >"$out/cgroups-left"
-awk '$2 ~ "^/tmp/"' /proc/mounts >"$out/mounts-left"
+awk -v repo="$repo" '$2 ~ "^/tmp/" && $2 != repo' /proc/mounts >"$out/mounts-left"
 echo finished >"$out/finished"

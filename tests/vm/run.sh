@@ -205,6 +205,7 @@ cat >"$ir/tug-vm.env" <<EOF
 TUG_VM_KVER=$kver
 TUG_VM_MODULES=$moddir
 TUG_VM_GUEST=$here/guest.sh
+TUG_VM_REPO=$repo
 EOF
 (cd "$ir" && find . | cpio -o -H newc --quiet) >"$tmp/initrd"
 
@@ -249,6 +250,7 @@ timeout -k 10 "$vm_timeout" qemu-system-x86_64 -nodefaults -no-user-config -mach
   "${disk_args[@]}" \
   -kernel "$vmlinuz" -initrd "$tmp/initrd" -append "$append" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+  -virtfs "local,path=$repo,mount_tag=tugrepo,security_model=none,readonly=on,multidevs=remap" \
   -virtfs "local,path=$out,mount_tag=tugout,security_model=none,multidevs=remap" \
   </dev/null &
 qpid=$!

@@ -291,3 +291,33 @@ fn a_rolling_update_of_the_front_fails_no_request() {
         &failures[..failures.len().min(5)]
     );
 }
+
+#[test]
+fn an_agent_killed_while_instances_start_runs_each_exactly_once_after() {
+    skip_unless_possible!("an_agent_killed_while_instances_start_runs_each_exactly_once_after");
+    let mut host = TestHost::new();
+    host.start_up(&host::shop_spec());
+    wait_for(
+        "instances to be starting",
+        START,
+        || host.instance_dirs().len() >= 4,
+        || host.output.lock().unwrap().clone(),
+    );
+    host.kill_up();
+    host.output.lock().unwrap().clear();
+    host.start_up(&host::shop_spec());
+    host.wait_for_output("front: http://127.0.0.1:8080/", START);
+    wait_for(
+        "all 9 instances ready",
+        START,
+        || instances(&host).iter().filter(|i| i.ready).count() == 9,
+        || show(&host),
+    );
+    assert_eq!(host.monitor_pids().len(), 9, "one monitor per instance");
+    let containers = tug_runtime::Runtime::new(host.dir.join("agent/runtime"))
+        .list()
+        .unwrap();
+    assert_eq!(containers.len(), 9, "one container per instance");
+    assert_eq!(instances(&host).len(), 9);
+    assert!(buy(&host, "once").is_ok());
+}

@@ -327,6 +327,19 @@ impl<N: NetOps> Network<N> {
                 lease.ifname
             )));
         }
+        // The last step of an attach: without it (a crash just before), the container has
+        // an address and no way out.
+        let default = Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("0.0.0.0/0");
+        let routes = inside.routes().await.map_err(netns_err)?;
+        if !routes
+            .iter()
+            .any(|r| r.destination == default && r.gateway == Some(self.gateway))
+        {
+            return Err(broken(format!(
+                "no default route via {} in {netns}",
+                self.gateway
+            )));
+        }
         Ok(self.attachment(container_id, lease, None))
     }
 

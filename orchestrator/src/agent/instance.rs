@@ -269,6 +269,11 @@ impl Supervisor {
             list.into_iter()
                 .find(|a| a.container_id == self.instance.id)
         });
+        // An attach cut short (agent killed half-way) leaves a lease and a veth that
+        // `attach` takes as done: check the inside, and start over when it is not whole.
+        if attached.is_some() && ctx.network.check(self.id(), &request.netns).await.is_err() {
+            let _ = ctx.network.detach(self.id()).await;
+        }
         if attached.is_none() {
             for m in &request.ports {
                 host_port_free(m).map_err(|e| {

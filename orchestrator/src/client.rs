@@ -129,6 +129,20 @@ impl ApiClient {
         Ok(())
     }
 
+    /// Runs a command in an instance (through the server and the instance's agent).
+    pub async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+    ) -> Result<crate::agent::nsexec::ExecResult, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/instances/{id}/exec"),
+            Some(serde_json::json!({ "command": command })),
+        )
+        .await
+    }
+
     /// Send a request; the JSON answer or a typed error.
     pub async fn call<T: DeserializeOwned>(
         &self,

@@ -68,6 +68,12 @@ enum Command {
         action: RolloutAction,
         service: String,
     },
+    /// Run a command in an instance (not interactive: its output and exit code).
+    Exec {
+        instance: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// An instance's output (stdout and stderr), from its node's agent.
     Logs {
         instance: String,
@@ -139,6 +145,16 @@ enum Command {
         dir: PathBuf,
         #[arg(long, default_value_t = 1 << 20)]
         log_max_bytes: u64,
+    },
+    /// Run a command in a container's namespaces (the agent's exec helper).
+    #[command(hide = true)]
+    Nsexec {
+        #[arg(long)]
+        pid: i32,
+        #[arg(long)]
+        id: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
     },
     /// The node's service proxy (started by the agent).
     #[command(hide = true)]
@@ -220,6 +236,10 @@ fn main() -> std::process::ExitCode {
             log_max_bytes: *log_max_bytes,
         };
         return std::process::ExitCode::from(tugboat::agent::monitor::run(&args) as u8);
+    }
+    if let Command::Nsexec { pid, id, command } = &cli.command {
+        let code = tugboat::agent::nsexec::run(*pid, id, command);
+        return std::process::ExitCode::from(code.clamp(0, 255) as u8);
     }
     if let Command::Proxy { dir } = &cli.command {
         return std::process::ExitCode::from(tugboat::agent::proxy::run(dir) as u8);
@@ -378,6 +398,14 @@ async fn run(cli: Cli) -> Result<()> {
                 bail!("the last rollout of {service} failed and was rolled back");
             }
         }
+        Command::Exec { instance, command } => {
+            let result = client(&cli)?.exec(instance, command).await?;
+            print!("{}", result.stdout);
+            eprint!("{}", result.stderr);
+            if result.exit_code != 0 {
+                std::process::exit(result.exit_code.clamp(1, 255));
+            }
+        }
         Command::Logs {
             instance,
             follow,
@@ -443,7 +471,7 @@ async fn run(cli: Cli) -> Result<()> {
             };
             tugboat::up::up(config, tugboat::up::interrupted()).await?;
         }
-        Command::Monitor { .. } | Command::Proxy { .. } => {
+        Command::Monitor { .. } | Command::Proxy { .. } | Command::Nsexec { .. } => {
             unreachable!("handled before the async runtime starts")
         }
     }

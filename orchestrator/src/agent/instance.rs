@@ -438,6 +438,35 @@ impl Supervisor {
         }
     }
 
+    /// One probe: HTTP and TCP from the agent, exec inside the container.
+    async fn probe(&self, spec: &ProbeSpec, address: Ipv4Addr) -> Result<(), String> {
+        let Some(command) = &spec.exec else {
+            return probe(spec, address).await;
+        };
+        let limit = Duration::from_secs(u64::from(spec.timeout_seconds.max(1)));
+        let result = super::nsexec::exec_in(
+            &self.ctx.monitor_exe,
+            &self.paths.dir,
+            self.id(),
+            command,
+            limit,
+        )
+        .await?;
+        if result.exit_code == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "exec {}: exit code {}{}",
+                command.join(" "),
+                result.exit_code,
+                match result.stderr.lines().last() {
+                    Some(line) => format!(": {line}"),
+                    None => String::new(),
+                }
+            ))
+        }
+    }
+
     async fn run_probes(&mut self) {
         let Some(address) = self.address else { return };
         let now = Instant::now();
@@ -446,7 +475,7 @@ impl Supervisor {
             if now >= self.next_liveness {
                 self.next_liveness =
                     now + Duration::from_secs(u64::from(spec.interval_seconds.max(1)));
-                let r = probe(spec, address).await;
+                let r = self.probe(spec, address).await;
                 if !self.liveness.record(spec, r) {
                     // Kill it: the exit path restarts it and says why.
                     let runtime = tug_runtime::Runtime::new(&self.ctx.runtime_root);
@@ -467,7 +496,7 @@ impl Supervisor {
                             .min(Duration::from_secs(u64::from(spec.interval_seconds.max(1))))
                     };
                     self.next_readiness = now + interval;
-                    let r = probe(spec, address).await;
+                    let r = self.probe(spec, address).await;
                     self.readiness.record(spec, r);
                 }
                 self.readiness.passing

@@ -14,6 +14,7 @@ pub mod logs;
 pub mod monitor;
 pub mod netns_file;
 pub mod node_api;
+pub mod nsexec;
 pub mod probes;
 pub mod proxy;
 pub mod services;
@@ -249,6 +250,7 @@ impl Agent {
             let state = Arc::new(node_api::NodeApiState {
                 data_dir: self.ctx.data_dir.clone(),
                 token: self.config.token.clone(),
+                exe: self.ctx.monitor_exe.clone(),
             });
             tokio::spawn(async move {
                 let _ = axum::serve(listener, node_api::router(state)).await;

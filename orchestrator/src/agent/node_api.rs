@@ -1,5 +1,6 @@
 //! The agent's own small HTTP API, for what only the node has: an instance's log
-//! (`GET /v1/instances/{id}/logs?follow=true&tail=N`). Same bearer token as the server's;
+//! (`GET /v1/instances/{id}/logs?follow=true&tail=N`) and running a command in it
+//! (`POST /v1/instances/{id}/exec` with `{"command": [...]}`). Same bearer token as the server's;
 //! the server forwards `tugboat logs` here (the node's `agent_url`).
 
 use super::logs::LogReader;
@@ -13,12 +14,58 @@ use std::sync::Arc;
 pub struct NodeApiState {
     pub data_dir: PathBuf,
     pub token: Option<String>,
+    /// The `tugboat` binary (for the exec helper).
+    pub exe: PathBuf,
 }
 
 pub fn router(state: Arc<NodeApiState>) -> axum::Router {
     axum::Router::new()
         .route("/v1/instances/{id}/logs", axum::routing::get(logs))
+        .route("/v1/instances/{id}/exec", axum::routing::post(exec))
         .with_state(state)
+}
+
+/// The body of an exec request.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ExecRequest {
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+}
+
+fn authorized(state: &NodeApiState, headers: &HeaderMap) -> bool {
+    let Some(token) = &state.token else {
+        return true;
+    };
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    given.map(str::trim) == Some(token.as_str())
+}
+
+async fn exec(
+    State(state): State<Arc<NodeApiState>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    axum::Json(request): axum::Json<ExecRequest>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
+    }
+    if tug_runtime::state::validate_id(&id).is_err() || request.command.is_empty() {
+        return (
+            StatusCode::BAD_REQUEST,
+            "bad instance id or empty command\n",
+        )
+            .into_response();
+    }
+    let dir = state.data_dir.join("instances").join(&id);
+    let limit = std::time::Duration::from_secs(request.timeout_seconds.unwrap_or(60).min(3600));
+    match super::nsexec::exec_in(&state.exe, &dir, &id, &request.command, limit).await {
+        Ok(result) => axum::Json(result).into_response(),
+        Err(e) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
+    }
 }
 
 /// `follow` and `tail` from a query string (`follow=true|1`, `tail=N`).
@@ -54,14 +101,8 @@ async fn logs(
     UrlPath(id): UrlPath<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(token) = &state.token {
-        let given = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given.map(str::trim) != Some(token.as_str()) {
-            return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
-        }
+    if !authorized(&state, &headers) {
+        return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
     }
     if tug_runtime::state::validate_id(&id).is_err() {
         return (StatusCode::BAD_REQUEST, "bad instance id\n").into_response();

@@ -1,6 +1,6 @@
 //! Health probes run by the agent against an instance's address: HTTP (a 2xx or 3xx answer)
-//! and TCP (a connection). Exec probes need `tug exec`, which the runtime does not have yet:
-//! they fail with a message that says so.
+//! and TCP (a connection). Exec probes run inside the container (the supervisor calls
+//! [`super::nsexec`]); here they are refused.
 
 use crate::spec::ProbeSpec;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -19,7 +19,7 @@ pub async fn probe(spec: &ProbeSpec, address: Ipv4Addr) -> Result<(), String> {
                 .map(|_| ())
                 .map_err(|e| format!("tcp {address}:{}: {e}", tcp.port.0))
         } else {
-            Err("exec probes are not supported yet (the runtime has no exec)".into())
+            Err("exec probes run inside the container, not from here".into())
         }
     };
     match tokio::time::timeout(timeout, work).await {

@@ -165,6 +165,10 @@ async fn dispatch(
         }
     };
     match ApiRequest::parse(id, path, query, &body) {
+        Ok(ApiRequest::InstanceExec { id, body }) => match forward_exec(state, &id, body).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        },
         Ok(ApiRequest::InstanceLogs { id, follow, tail }) => {
             match forward_logs(state, &id, follow, tail).await {
                 Ok(response) => response,
@@ -177,6 +181,64 @@ async fn dispatch(
         },
         Err(e) => e.into_response(),
     }
+}
+
+/// The agent API's URL for an instance: the `agent_url` of its node.
+async fn agent_url_of(state: &ApiState, id: &str) -> Result<(String, String), ApiError> {
+    let instance = state.control.get_instance(id).await?.object;
+    let node = instance.node.ok_or_else(|| {
+        ApiError::bad_request(format!("instance `{id}` is not placed on a node yet"))
+    })?;
+    let url = state
+        .control
+        .get_node(&node)
+        .await?
+        .object
+        .agent_url
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "agent_unreachable",
+                format!("node {node} has no agent API address"),
+            )
+        })?;
+    Ok((node, url))
+}
+
+/// Runs a command in an instance, through the agent of its node.
+async fn forward_exec(
+    state: &ApiState,
+    id: &str,
+    body: serde_json::Value,
+) -> Result<Response, ApiError> {
+    let (node, url) = agent_url_of(state, id).await?;
+    let mut request = reqwest::Client::new()
+        .post(format!("{url}/v1/instances/{id}/exec"))
+        .json(&body);
+    if let Some(token) = &state.token {
+        request = request.bearer_auth(token);
+    }
+    let unavailable =
+        |why: String| ApiError::new(StatusCode::BAD_GATEWAY, "agent_unreachable", why);
+    let response = request
+        .send()
+        .await
+        .map_err(|e| unavailable(format!("agent of node {node} at {url}: {e}")))?;
+    let status = response.status();
+    let text = response
+        .text()
+        .await
+        .map_err(|e| unavailable(format!("agent of node {node}: {e}")))?;
+    if !status.is_success() {
+        return Err(ApiError::new(
+            StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
+            "exec_failed",
+            format!("instance `{id}` on node {node}: {}", text.trim()),
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| unavailable(format!("agent of node {node} answered {e}")))?;
+    Ok((StatusCode::OK, Json(value)).into_response())
 }
 
 /// An instance's log, streamed from the agent of its node.
@@ -278,6 +340,10 @@ pub async fn handle(
             cp.delete_instance(&id).await?;
             ok(serde_json::json!({"deleted": id}))
         }
+        ApiRequest::InstanceExec { .. } => Err(ApiError::bad_request(
+            "exec is run by the instance's agent: call the HTTP API (POST /v1/instances/ID/exec)"
+                .into(),
+        )),
         ApiRequest::InstanceLogs { .. } => Err(ApiError::bad_request(
             "logs are streamed: call the HTTP API (GET /v1/instances/ID/logs)".into(),
         )),

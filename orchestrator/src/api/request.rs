@@ -63,6 +63,11 @@ pub enum ApiRequest {
     DeleteInstance {
         id: String,
     },
+    /// Run by the instance's agent.
+    InstanceExec {
+        id: String,
+        body: serde_json::Value,
+    },
     /// Streamed from the instance's agent, not answered with JSON.
     InstanceLogs {
         id: String,
@@ -206,6 +211,10 @@ impl ApiRequest {
             }
             RouteId::GetInstance => ApiRequest::GetInstance { id: id() },
             RouteId::DeleteInstance => ApiRequest::DeleteInstance { id: id() },
+            RouteId::InstanceExec => ApiRequest::InstanceExec {
+                id: id(),
+                body: body(bytes)?,
+            },
             RouteId::InstanceLogs => {
                 let q = Query::new(query, &["follow", "tail"])?;
                 let follow = match q.text("follow").as_deref() {
@@ -275,6 +284,7 @@ impl ApiRequest {
                 | RouteId::ScaleService
                 | RouteId::ReportInstanceStatus
                 | RouteId::RegisterNode
+                | RouteId::InstanceExec
         );
         if !takes_body {
             no_body(bytes)?;

@@ -42,6 +42,11 @@ in_ns curl -s "http://127.0.0.1:8080/cgi-bin/buy?user=demo&sku=tea"
 echo "--- what runs:"
 in_ns "$bin" --addr 127.0.0.1:7480 --data-dir "$data/server" get instances
 in_ns "$bin" --addr 127.0.0.1:7480 --data-dir "$data/server" top
+front=$(in_ns "$bin" --addr 127.0.0.1:7480 --data-dir "$data/server" get instances --service front | awk 'NR==2 {print $1}')
+echo "--- tugboat logs --tail 3 $front (its requests):"
+in_ns "$bin" --addr 127.0.0.1:7480 --data-dir "$data/server" logs --tail 3 "$front"
+echo "--- tugboat exec $front -- cat /etc/hosts (service names, kept current by the agent):"
+in_ns "$bin" --addr 127.0.0.1:7480 --data-dir "$data/server" exec "$front" -- cat /etc/hosts
 if [ -t 0 ]; then
   echo "--- the shop answers inside the namespace: nsenter --net=/run/netns/$ns curl http://127.0.0.1:8080/"
   read -r -p "press Enter to stop it " _

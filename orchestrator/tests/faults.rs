@@ -24,6 +24,15 @@ services:
     health:
       readiness: {http: {port: 80, path: /nope}, interval_seconds: 1}
     stop: {grace_seconds: 1}
+  unlive:
+    image: shop/catalog:1
+    health:
+      liveness: {http: {port: 80, path: /nope}, interval_seconds: 1, failure_threshold: 1}
+    stop: {grace_seconds: 1}
+  quits:
+    image: shop/catalog:1
+    command: [sh, -c, "echo bye; exit 3"]
+    restart: {policy: never}
 "#;
 
 #[test]
@@ -43,6 +52,8 @@ fn faults_are_reported_in_words() {
         ),
         ("taken", "host port 9090/tcp is already in use"),
         ("neverready", "readiness probe: http"),
+        ("unlive", "liveness probe failed"),
+        ("quits", "exited with code 3; restart policy never gives up"),
     ];
     for (service, words) in expected {
         wait_for(
@@ -75,6 +86,17 @@ fn faults_are_reported_in_words() {
         never.items[0].message.contains("status 404"),
         "{:?}",
         never.items[0].message
+    );
+    // A liveness probe that fails restarts the container in place.
+    wait_for(
+        "unlive to be restarted by its liveness probe",
+        Duration::from_secs(120),
+        || {
+            host.api(|c| async move { c.instances(Some("unlive")).await })
+                .map(|l| l.items.iter().any(|i| i.restarts >= 1))
+                .unwrap_or(false)
+        },
+        || host.output.lock().unwrap().clone(),
     );
     // `up` keeps saying what it waits for, and why.
     let said = host.output.lock().unwrap().clone();

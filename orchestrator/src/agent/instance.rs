@@ -412,10 +412,12 @@ impl Supervisor {
                 until: Instant::now() + wait,
             }
         } else {
-            self.fail(format!(
-                "{what}; restart policy {:?} gives up",
-                restart.policy
-            ))
+            let policy = match restart.policy {
+                RestartPolicy::Always => "always",
+                RestartPolicy::OnFailure => "on-failure",
+                RestartPolicy::Never => "never",
+            };
+            self.fail(format!("{what}; restart policy {policy} gives up"))
         }
     }
 

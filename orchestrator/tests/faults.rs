@@ -29,6 +29,10 @@ services:
     health:
       liveness: {http: {port: 80, path: /nope}, interval_seconds: 1, failure_threshold: 1}
     stop: {grace_seconds: 1}
+  direct:
+    image: shop/catalog:1
+    ports:
+      - {container: 80, published: 9191}
   quits:
     image: shop/catalog:1
     command: [sh, -c, "echo bye; exit 3"]
@@ -78,6 +82,16 @@ fn faults_are_reported_in_words() {
             },
         );
     }
+    // Beside the faults, a host-mode published port works from the host.
+    wait_for(
+        "direct's published port 9191 to answer",
+        Duration::from_secs(120),
+        || {
+            host.in_netns(|| host::http_get("127.0.0.1:9191", "/healthz"))
+                .is_ok()
+        },
+        || host.output.lock().unwrap().clone(),
+    );
     let never = host
         .api(|c| async move { c.instances(Some("neverready")).await })
         .unwrap();

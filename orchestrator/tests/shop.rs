@@ -128,6 +128,45 @@ fn a_purchase_through_the_front_reaches_every_service() {
         logs.contains("response:200"),
         "no request in the fronts' logs:\n{logs}"
     );
+    // exec through the API: names resolve inside the container; the exit code comes back.
+    let exec = host.in_netns(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tugboat"))
+            .args([
+                "--addr",
+                host::API,
+                "--token",
+                token.trim(),
+                "exec",
+                &front.id,
+                "--",
+            ])
+            .args(["sh", "-c", "grep catalog /etc/hosts; hostname; exit 3"])
+            .output()
+            .unwrap()
+    });
+    let said = String::from_utf8_lossy(&exec.stdout).to_string();
+    assert_eq!(exec.status.code(), Some(3), "{said}");
+    assert!(
+        said.contains("catalog") && said.contains(&front.id),
+        "{said}"
+    );
+    // The host reaches a service at its virtual address too.
+    let vips: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&std::fs::read(host.dir.join("agent/services.json")).unwrap())
+            .unwrap();
+    let catalog = format!("{}:80", vips["catalog"]);
+    let products = host
+        .in_netns(|| host::http_get(&catalog, "/cgi-bin/products"))
+        .unwrap();
+    assert!(products.starts_with("catalog: catalog-"), "{products}");
+    // The cart's exec liveness probe ran inside it (it touches a file in its volume).
+    let alive = host.dir.join("agent/volumes/carts/.alive");
+    wait_for(
+        "the cart's exec probe",
+        START,
+        || alive.exists(),
+        || show(&host),
+    );
 }
 
 #[test]

@@ -84,6 +84,11 @@ enum Command {
         #[arg(long)]
         tail: Option<u64>,
     },
+    /// Images of this node (the store under --data-dir): pull, import, ls, rm, prune, inspect.
+    Image {
+        #[command(subcommand)]
+        action: tug_image::cli::ImageCommand,
+    },
     /// Named volumes of this node (under --data-dir): list, or remove one no instance uses.
     Volume {
         #[command(subcommand)]
@@ -415,6 +420,7 @@ async fn run(cli: Cli) -> Result<()> {
                 .logs(instance, *follow, *tail, &mut std::io::stdout())
                 .await?;
         }
+        Command::Image { action } => tug_image::cli::run(action.clone(), &cli.data_dir).await?,
         Command::Volume { action } => match action {
             VolumeAction::Ls => {
                 for (name, users) in tugboat::agent::volumes::list(&cli.data_dir) {

@@ -13,6 +13,8 @@ struct Podman {
     rootfs: PathBuf,
     /// cgroup dirs podman makes for its own use that were not there before the test.
     cgroups_before: Vec<PathBuf>,
+    /// Whether tug's default state root (podman gives tug no --root) was there before.
+    run_tug_before: bool,
 }
 
 fn libpod_cgroups() -> Vec<PathBuf> {
@@ -38,6 +40,7 @@ impl Podman {
             dir,
             rootfs,
             cgroups_before: libpod_cgroups(),
+            run_tug_before: std::path::Path::new("/run/tug").exists(),
         }
     }
 
@@ -99,6 +102,10 @@ impl Drop for Podman {
         mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
         for m in mounts {
             let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        }
+        if !self.run_tug_before {
+            // Empty once podman has removed its containers; left alone otherwise.
+            let _ = std::fs::remove_dir("/run/tug");
         }
         // conmon processes leave their cgroup a moment after the container is removed.
         for p in libpod_cgroups() {

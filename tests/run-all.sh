@@ -7,7 +7,11 @@ bash tests/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace
+leaks=$(mktemp)
+trap 'rm -f "$leaks"' EXIT
+bash tests/leak-check.sh snapshot "$leaks"
 cargo test --workspace -- --test-threads=2
+bash tests/leak-check.sh compare "$leaks"
 # Pure cgroup v2: the runtime's root tests and the Vagrant provisioning inside a qemu VM.
 bash tests/vm/run.sh
 bash tests/vm/vagrant-validate.sh

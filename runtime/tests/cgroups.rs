@@ -270,7 +270,15 @@ fn the_v2_device_program_loads_and_decides() {
         eprintln!("SKIP the_v2_device_program_loads_and_decides: no cgroup2 mount");
         return;
     };
-    let dir = base.join(id("bpf"));
+    /// The test's own cgroup, removed however the test ends (a failed load or assert too).
+    struct TempCgroup(std::path::PathBuf);
+    impl Drop for TempCgroup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let cgroup = TempCgroup(base.join(id("bpf")));
+    let dir = cgroup.0.clone();
     std::fs::create_dir(&dir).unwrap();
     let rules: Vec<oci_spec::runtime::LinuxDeviceCgroup> =
         serde_json::from_value(json!([{"allow": false, "access": "rwm"}])).unwrap();
@@ -293,7 +301,9 @@ fn the_v2_device_program_loads_and_decides() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    std::fs::remove_dir(&dir).unwrap();
+    // The shell has exited, so its cgroup is empty and goes now.
+    drop(cgroup);
+    assert!(!dir.exists(), "{} left behind", dir.display());
     assert!(
         text.contains("null-ok") && text.contains("mem-denied"),
         "{}",

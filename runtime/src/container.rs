@@ -228,18 +228,18 @@ impl Runtime {
     ///
     /// Must be called from a single-threaded process (the `tug` binary is one).
     pub fn create(&self, id: &str, opts: &CreateOptions) -> Result<ContainerState, Error> {
-        self.create_with(id, opts, None)
+        self.create_with(id, opts, None).map(|(st, _)| st)
     }
 
     /// `create`, where `own_console` (one end of a socket pair the caller keeps the other end
     /// of) receives the terminal of a `process.terminal` container that has no
-    /// `--console-socket`; it is unused otherwise.
+    /// `--console-socket`; it is unused otherwise. Also says whether there is a terminal.
     fn create_with(
         &self,
         id: &str,
         opts: &CreateOptions,
         own_console: Option<OwnedFd>,
-    ) -> Result<ContainerState, Error> {
+    ) -> Result<(ContainerState, bool), Error> {
         validate_id(id)?;
         let bundle = Bundle::load(&opts.bundle)?;
         let terminal = bundle
@@ -297,7 +297,7 @@ impl Runtime {
         match result {
             Ok((st, _lock)) => {
                 undo.armed = false;
-                Ok(st)
+                Ok((st, terminal))
             }
             Err(e) => Err(undo.run(e)),
         }
@@ -474,7 +474,12 @@ impl Runtime {
         drop((init_ch, fifo, exec_done, join, console, cgroup_fd));
 
         if clone_flags.contains(CloneFlags::CLONE_NEWUSER) {
-            write_id_maps(pid, linux)?;
+            crate::rootless::write_maps(
+                pid,
+                linux.uid_mappings().as_deref().unwrap_or(&[]),
+                linux.gid_mappings().as_deref().unwrap_or(&[]),
+            )
+            .map_err(|message| Error::Usage(format!("user namespace of pid {pid}: {message}")))?;
         }
         if !placed {
             cg.add_process(pid)?;
@@ -727,11 +732,10 @@ impl Runtime {
             }
             Some(_) => (None, None),
         };
-        let st = self.create_with(id, opts, theirs)?;
+        let (st, terminal) = self.create_with(id, opts, theirs)?;
         let pid = Pid::from_raw(st.pid.expect("created"));
         let master = match &ours {
-            Some(sock) if st_wants_terminal(&opts.bundle) => match crate::tty::receive_master(sock)
-            {
+            Some(sock) if terminal => match crate::tty::receive_master(sock) {
                 Ok(m) => Some(m),
                 Err(e) => {
                     let _ = self.delete(id, true);
@@ -787,40 +791,6 @@ fn enter_time_ns_for_children(linux: &oci_spec::runtime::Linux) -> Result<(), Er
             .map_err(io_err("linux.timeOffsets: write /proc/self/timens_offsets"))?;
     }
     Ok(())
-}
-
-/// Writes the user namespace's uid and gid maps of a just-cloned init.
-fn write_id_maps(pid: i32, linux: &oci_spec::runtime::Linux) -> Result<(), Error> {
-    if !nix::unistd::geteuid().is_root() {
-        return crate::rootless::write_maps(
-            pid,
-            linux.uid_mappings().as_deref().unwrap_or(&[]),
-            linux.gid_mappings().as_deref().unwrap_or(&[]),
-        )
-        .map_err(|message| Error::Usage(format!("user namespace of pid {pid}: {message}")));
-    }
-    let lines = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
-        maps.iter()
-            .flatten()
-            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
-            .collect::<String>()
-    };
-    for (file, text) in [
-        ("uid_map", lines(linux.uid_mappings())),
-        ("gid_map", lines(linux.gid_mappings())),
-    ] {
-        let path = format!("/proc/{pid}/{file}");
-        fs::write(&path, text).map_err(io_err(format!("write {path}")))?;
-    }
-    Ok(())
-}
-
-/// Whether the bundle's process asks for a terminal (read again: create has validated it).
-fn st_wants_terminal(bundle: &Path) -> bool {
-    Bundle::load(bundle)
-        .ok()
-        .and_then(|b| b.spec.process().as_ref().and_then(|p| p.terminal()))
-        .unwrap_or(false)
 }
 
 /// Waits for `pid` (a child of this process) to exit, forwarding the signals in `forwarded`

@@ -40,26 +40,36 @@ pub fn default_root() -> PathBuf {
     }
 }
 
-/// Writes the id maps of `pid`'s new user namespace as an unprivileged user.
+/// Writes the id maps of `pid`'s new user namespace: directly as root; as another user,
+/// directly for a mapping of their own ids only, else through newuidmap/newgidmap.
 pub fn write_maps(
     pid: i32,
     uids: &[LinuxIdMapping],
     gids: &[LinuxIdMapping],
 ) -> Result<(), String> {
+    let write = |file: &str, text: String| {
+        let path = format!("/proc/{pid}/{file}");
+        std::fs::write(&path, text).map_err(|e| format!("write {path}: {e}"))
+    };
+    let lines = |maps: &[LinuxIdMapping]| {
+        maps.iter()
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect::<String>()
+    };
+    if nix::unistd::geteuid().is_root() {
+        write("uid_map", lines(uids))?;
+        return write("gid_map", lines(gids));
+    }
     let own_only = |maps: &[LinuxIdMapping], id: u32| {
         maps.len() == 1 && maps[0].host_id() == id && maps[0].size() == 1
     };
     let euid = nix::unistd::geteuid().as_raw();
     let egid = nix::unistd::getegid().as_raw();
     if own_only(uids, euid) && own_only(gids, egid) {
-        let write = |file: &str, text: String| {
-            let path = format!("/proc/{pid}/{file}");
-            std::fs::write(&path, text).map_err(|e| format!("write {path}: {e}"))
-        };
+        // An unprivileged writer must deny setgroups before it may write gid_map.
         write("setgroups", "deny".into())?;
-        write("uid_map", format!("{} {euid} 1\n", uids[0].container_id()))?;
-        write("gid_map", format!("{} {egid} 1\n", gids[0].container_id()))?;
-        return Ok(());
+        write("uid_map", lines(uids))?;
+        return write("gid_map", lines(gids));
     }
     for (helper, maps) in [("newuidmap", uids), ("newgidmap", gids)] {
         let mut cmd = Command::new(helper);
@@ -105,18 +115,7 @@ pub fn userns_fd(
         (Forked::Parent { child }, _) => {
             drop(r);
             let result = (|| {
-                if nix::unistd::geteuid().is_root() {
-                    let line = |m: &LinuxIdMapping| {
-                        format!("{} {} {}\n", m.container_id(), m.host_id(), m.size())
-                    };
-                    for (file, maps) in [("uid_map", uids), ("gid_map", gids)] {
-                        let path = format!("/proc/{child}/{file}");
-                        std::fs::write(&path, maps.iter().map(line).collect::<String>())
-                            .map_err(|e| format!("write {path}: {e}"))?;
-                    }
-                } else {
-                    write_maps(child, uids, gids)?;
-                }
+                write_maps(child, uids, gids)?;
                 let ns = format!("/proc/{child}/ns/user");
                 std::fs::File::open(&ns)
                     .map(std::os::fd::OwnedFd::from)

@@ -51,22 +51,26 @@ fn an_unprivileged_user_runs_a_container() {
     });
     let id = id("rootless");
     let b = env.bundle();
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            "--",
-        ])
-        .arg(env!("CARGO_BIN_EXE_tug"))
-        .arg("--root")
-        .arg(&state)
-        .args(["run", "--bundle", b.to_str().unwrap(), &id])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    // tug as nobody, with its state in a dir nobody owns.
+    let run_as_nobody = || {
+        Command::new("setpriv")
+            .args([
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                "--",
+            ])
+            .arg(env!("CARGO_BIN_EXE_tug"))
+            .arg("--root")
+            .arg(&state)
+            .args(["run", "--bundle", b.to_str().unwrap(), &id])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run_as_nobody();
     assert_eq!(out.status.code(), Some(3), "{}", show(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
@@ -82,22 +86,7 @@ fn an_unprivileged_user_runs_a_container() {
 
     // Limits need a cgroup, which the host does not delegate to nobody: refused by field.
     env.edit(|s| s["linux"]["resources"] = json!({"memory": {"limit": 1 << 26}}));
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            "--",
-        ])
-        .arg(env!("CARGO_BIN_EXE_tug"))
-        .arg("--root")
-        .arg(&state)
-        .args(["run", "--bundle", b.to_str().unwrap(), &id])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = run_as_nobody();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("linux.resources.memory"),

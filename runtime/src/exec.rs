@@ -28,13 +28,27 @@ use crate::Runtime;
 /// What `tug exec` runs.
 #[derive(Debug, Clone, Default)]
 pub struct ExecOptions {
-    /// The whole process description (from `--process`, or built from flags by
-    /// [`process_from_flags`]).
-    pub process: Process,
+    /// What to run: a whole process description, or flags on top of the container's own.
+    pub process: ExecProcess,
     pub console_socket: Option<PathBuf>,
     pub detach: bool,
     pub pid_file: Option<PathBuf>,
     pub preserve_fds: u32,
+}
+
+/// What `exec` runs.
+#[derive(Debug, Clone)]
+pub enum ExecProcess {
+    /// A whole OCI process (`--process FILE`, see [`process_from_file`]).
+    Full(Box<Process>),
+    /// The container's own process with these changes (see [`process_from_flags`]).
+    Flags(ExecFlags),
+}
+
+impl Default for ExecProcess {
+    fn default() -> Self {
+        ExecProcess::Flags(ExecFlags::default())
+    }
 }
 
 /// Flags of `tug exec` that build a process from the container's own.
@@ -161,9 +175,18 @@ impl Runtime {
         let st = self.load(id)?;
         check_transition(id, live_status(&st), Operation::Exec)?;
         let init_pid = st.pid.expect("a running container has a pid");
-        // The container's seccomp filter applies to what is exec'd into it, as in runc.
-        let seccomp = crate::spec::Bundle::load(&st.bundle)?.seccomp;
-        let process = &opts.process;
+        // The container's config, read once: its seccomp filter applies to what is exec'd into
+        // it, as in runc, and its process is the base of one given by flags.
+        let bundle = crate::spec::Bundle::load(&st.bundle)?;
+        let built;
+        let process = match &opts.process {
+            ExecProcess::Full(p) => p,
+            ExecProcess::Flags(flags) => {
+                built = process_from_flags(&bundle.spec, flags)?;
+                &built
+            }
+        };
+        let seccomp = bundle.seccomp;
         let args = process.args().clone().unwrap_or_default();
         if args.is_empty() {
             return Err(Error::Usage("exec: process.args is empty".into()));

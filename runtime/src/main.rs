@@ -401,23 +401,19 @@ fn run(cli: Cli) -> Result<u8> {
             }
         }
         Command::Exec(a) => {
+            use tug_runtime::exec::{ExecFlags, ExecProcess};
             let process = match &a.process {
-                Some(p) => tug_runtime::exec::process_from_file(p)?,
-                None => {
-                    let st = rt.load(&a.id)?;
-                    let bundle = tug_runtime::spec::Bundle::load(&st.bundle)?;
-                    let flags = tug_runtime::exec::ExecFlags {
-                        args: a.command.clone(),
-                        env: a.env.clone(),
-                        cwd: a.cwd.clone(),
-                        user: a.user.clone(),
-                        additional_gids: a.additional_gids.clone(),
-                        caps: a.cap.clone(),
-                        no_new_privs: a.no_new_privs,
-                        tty: a.tty,
-                    };
-                    tug_runtime::exec::process_from_flags(&bundle.spec, &flags)?
-                }
+                Some(p) => ExecProcess::Full(Box::new(tug_runtime::exec::process_from_file(p)?)),
+                None => ExecProcess::Flags(ExecFlags {
+                    args: a.command.clone(),
+                    env: a.env.clone(),
+                    cwd: a.cwd.clone(),
+                    user: a.user.clone(),
+                    additional_gids: a.additional_gids.clone(),
+                    caps: a.cap.clone(),
+                    no_new_privs: a.no_new_privs,
+                    tty: a.tty,
+                }),
             };
             let opts = tug_runtime::exec::ExecOptions {
                 process,

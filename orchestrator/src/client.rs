@@ -35,6 +35,22 @@ impl ClientError {
     }
 }
 
+/// The typed error of a non-2xx answer: the API's error body, or the text as it came.
+fn error_from(status: u16, bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(e) => ClientError::Api {
+            status,
+            code: e.error.code,
+            message: e.error.message,
+            details: e.error.details,
+        },
+        Err(_) => ClientError::Decode {
+            status,
+            body: String::from_utf8_lossy(bytes).into_owned(),
+        },
+    }
+}
+
 /// An error and its causes, innermost last: "error sending request: ...: Connection refused".
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
@@ -143,6 +159,39 @@ impl ApiClient {
         .await
     }
 
+    /// Opens an exec stream to an instance ([`crate::execstream`]): the upgraded connection.
+    pub async fn exec_stream(
+        &self,
+        id: &str,
+        request: &crate::execstream::ExecRequest,
+    ) -> Result<reqwest::Upgraded, ClientError> {
+        let mut http = self
+            .http
+            .post(format!("{}/v1/instances/{id}/exec", self.base))
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, crate::execstream::PROTOCOL)
+            .json(request);
+        if let Some(token) = &self.token {
+            http = http.bearer_auth(token);
+        }
+        let response = http.send().await.map_err(|e| ClientError::Unreachable {
+            addr: self.base.clone(),
+            cause: error_chain(&e),
+        })?;
+        let status = response.status().as_u16();
+        if status != 101 {
+            let body = response.bytes().await.unwrap_or_default();
+            return Err(error_from(status, &body));
+        }
+        response
+            .upgrade()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                addr: self.base.clone(),
+                cause: format!("exec stream: {}", error_chain(&e)),
+            })
+    }
+
     /// Send a request; the JSON answer or a typed error.
     pub async fn call<T: DeserializeOwned>(
         &self,
@@ -175,18 +224,7 @@ impl ApiClient {
                 body: String::from_utf8_lossy(&bytes).into_owned(),
             });
         }
-        match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(e) => Err(ClientError::Api {
-                status,
-                code: e.error.code,
-                message: e.error.message,
-                details: e.error.details,
-            }),
-            Err(_) => Err(ClientError::Decode {
-                status,
-                body: String::from_utf8_lossy(&bytes).into_owned(),
-            }),
-        }
+        Err(error_from(status, &bytes))
     }
 
     fn body<T: Serialize>(value: &T) -> Option<serde_json::Value> {

@@ -7,6 +7,7 @@ pub mod cli_config;
 pub mod client;
 pub mod controllers;
 pub mod controlplane;
+pub mod execstream;
 pub mod model;
 pub mod objects;
 pub mod output;

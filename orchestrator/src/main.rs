@@ -68,8 +68,15 @@ enum Command {
         action: RolloutAction,
         service: String,
     },
-    /// Run a command in an instance (not interactive: its output and exit code).
+    /// Run a command in an instance; its exit code is tugboat's. With -i its input is
+    /// tugboat's, with -t it runs on a terminal (for a shell: `exec -it ID -- sh`).
     Exec {
+        /// Pass stdin to the command.
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Run the command on a terminal (a pty); this terminal is put in raw mode.
+        #[arg(short = 't', long)]
+        tty: bool,
         instance: String,
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -155,9 +162,13 @@ enum Command {
     #[command(hide = true)]
     Nsexec {
         #[arg(long)]
-        pid: i32,
+        runtime_root: PathBuf,
         #[arg(long)]
         id: String,
+        #[arg(long)]
+        tty: bool,
+        #[arg(long)]
+        console_fd: Option<i32>,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -242,8 +253,21 @@ fn main() -> std::process::ExitCode {
         };
         return std::process::ExitCode::from(tugboat::agent::monitor::run(&args) as u8);
     }
-    if let Command::Nsexec { pid, id, command } = &cli.command {
-        let code = tugboat::agent::nsexec::run(*pid, id, command);
+    if let Command::Nsexec {
+        runtime_root,
+        id,
+        tty,
+        console_fd,
+        command,
+    } = &cli.command
+    {
+        let code = tugboat::agent::nsexec::run(&tugboat::agent::nsexec::HelperArgs {
+            runtime_root: runtime_root.clone(),
+            id: id.clone(),
+            tty: *tty,
+            console_fd: *console_fd,
+            command: command.clone(),
+        });
         return std::process::ExitCode::from(code.clamp(0, 255) as u8);
     }
     if let Command::Proxy { dir } = &cli.command {
@@ -403,7 +427,34 @@ async fn run(cli: Cli) -> Result<()> {
                 bail!("the last rollout of {service} failed and was rolled back");
             }
         }
-        Command::Exec { instance, command } => {
+        Command::Exec {
+            interactive,
+            tty,
+            instance,
+            command,
+        } if *interactive || *tty => {
+            let size = if *tty {
+                tugboat::execstream::terminal_size()
+            } else {
+                None
+            };
+            let request = tugboat::execstream::ExecRequest {
+                command: command.clone(),
+                tty: *tty,
+                stdin: *interactive,
+                rows: size.map(|s| s.0),
+                cols: size.map(|s| s.1),
+                ..Default::default()
+            };
+            let stream = client(&cli)?.exec_stream(instance, &request).await?;
+            let code = tugboat::execstream::attach(stream, *tty, *interactive)
+                .await
+                .with_context(|| format!("exec in instance {instance}"))?;
+            std::process::exit(code.clamp(0, 255));
+        }
+        Command::Exec {
+            instance, command, ..
+        } => {
             let result = client(&cli)?.exec(instance, command).await?;
             print!("{}", result.stdout);
             eprint!("{}", result.stderr);

@@ -31,6 +31,10 @@ pub struct ExecOptions {
     /// What to run: a whole process description, or flags on top of the container's own.
     pub process: ExecProcess,
     pub console_socket: Option<PathBuf>,
+    /// A connected socket to send the terminal's master to, instead of a path to connect
+    /// to (for a caller that holds the other end, like tugboat's agent). Taken over
+    /// `console_socket` when both are set.
+    pub console_fd: Option<std::sync::Arc<OwnedFd>>,
     pub detach: bool,
     pub pid_file: Option<PathBuf>,
     pub preserve_fds: u32,
@@ -192,7 +196,7 @@ impl Runtime {
             return Err(Error::Usage("exec: process.args is empty".into()));
         }
         let terminal = process.terminal() == Some(true);
-        if terminal && opts.console_socket.is_none() && opts.detach {
+        if terminal && opts.console_socket.is_none() && opts.console_fd.is_none() && opts.detach {
             return Err(Error::Usage(
                 "exec --detach with a terminal (-t or process.terminal) needs --console-socket"
                     .into(),
@@ -233,13 +237,18 @@ impl Runtime {
 
         // With a terminal and no --console-socket, tug receives the pty and relays it.
         let mut ours = None;
-        let console = match &opts.console_socket {
-            Some(path) if terminal => {
+        let console = match (&opts.console_fd, &opts.console_socket) {
+            (Some(fd), _) if terminal => Some(
+                fd.as_fd()
+                    .try_clone_to_owned()
+                    .map_err(io_err("the console fd"))?,
+            ),
+            (None, Some(path)) if terminal => {
                 let s = std::os::unix::net::UnixStream::connect(path)
                     .map_err(io_err(format!("--console-socket {}", path.display())))?;
                 Some(OwnedFd::from(s))
             }
-            None if terminal => {
+            (None, None) if terminal => {
                 let (a, b) =
                     std::os::unix::net::UnixStream::pair().map_err(io_err("socketpair"))?;
                 ours = Some(OwnedFd::from(a));

@@ -418,6 +418,7 @@ fn run(cli: Cli) -> Result<u8> {
             let opts = tug_runtime::exec::ExecOptions {
                 process,
                 console_socket: a.console_socket,
+                console_fd: None,
                 detach: a.detach,
                 pid_file: a.pid_file,
                 preserve_fds: a.preserve_fds,

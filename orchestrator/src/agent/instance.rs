@@ -446,14 +446,13 @@ impl Supervisor {
             return probe(spec, address).await;
         };
         let limit = Duration::from_secs(u64::from(spec.timeout_seconds.max(1)));
-        let result = super::nsexec::exec_in(
-            &self.ctx.monitor_exe,
-            &self.paths.dir,
-            self.id(),
-            command,
-            limit,
-        )
-        .await?;
+        let target = super::nsexec::ExecTarget {
+            exe: self.ctx.monitor_exe.clone(),
+            runtime_root: self.ctx.runtime_root.clone(),
+            dir: self.paths.dir.clone(),
+            id: self.id().to_string(),
+        };
+        let result = super::nsexec::exec_in(&target, command, limit).await?;
         if result.exit_code == 0 {
             Ok(())
         } else {

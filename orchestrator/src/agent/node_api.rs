@@ -25,13 +25,7 @@ pub fn router(state: Arc<NodeApiState>) -> axum::Router {
         .with_state(state)
 }
 
-/// The body of an exec request.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct ExecRequest {
-    pub command: Vec<String>,
-    #[serde(default)]
-    pub timeout_seconds: Option<u64>,
-}
+pub use crate::execstream::ExecRequest;
 
 fn authorized(state: &NodeApiState, headers: &HeaderMap) -> bool {
     let Some(token) = &state.token else {
@@ -44,15 +38,54 @@ fn authorized(state: &NodeApiState, headers: &HeaderMap) -> bool {
     given.map(str::trim) == Some(token.as_str())
 }
 
+/// The upgrade a request asks for, taken from its extensions (hyper puts it there).
+pub struct Upgrade(pub Option<hyper::upgrade::OnUpgrade>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Upgrade {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Upgrade(parts.extensions.remove()))
+    }
+}
+
+/// Whether a request asks for the exec stream (`Upgrade: tugboat-exec`).
+pub fn wants_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(crate::execstream::PROTOCOL))
+}
+
+/// The 101 answer that switches a connection to the exec stream.
+pub fn switching() -> Response {
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(axum::http::header::CONNECTION, "upgrade")
+        .header(axum::http::header::UPGRADE, crate::execstream::PROTOCOL)
+        .body(axum::body::Body::empty())
+        .expect("a valid response")
+}
+
 async fn exec(
     State(state): State<Arc<NodeApiState>>,
     headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
-    axum::Json(request): axum::Json<ExecRequest>,
+    Upgrade(upgrade): Upgrade,
+    body: axum::body::Bytes,
 ) -> Response {
     if !authorized(&state, &headers) {
         return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
     }
+    let request: ExecRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("exec request body: {e}\n")).into_response()
+        }
+    };
     if tug_runtime::state::validate_id(&id).is_err() || request.command.is_empty() {
         return (
             StatusCode::BAD_REQUEST,
@@ -60,9 +93,28 @@ async fn exec(
         )
             .into_response();
     }
-    let dir = state.data_dir.join("instances").join(&id);
+    let target = super::nsexec::target_under(&state.exe, &state.data_dir, &id);
+    if wants_stream(&headers) {
+        let Some(upgrade) = upgrade else {
+            return (
+                StatusCode::BAD_REQUEST,
+                "this connection cannot be upgraded to an exec stream\n",
+            )
+                .into_response();
+        };
+        if let Err(e) = target.check_running() {
+            return (StatusCode::CONFLICT, format!("{e}\n")).into_response();
+        }
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let io = hyper_util::rt::TokioIo::new(upgraded);
+                super::nsexec::stream(target, request, io).await;
+            }
+        });
+        return switching();
+    }
     let limit = std::time::Duration::from_secs(request.timeout_seconds.unwrap_or(60).min(3600));
-    match super::nsexec::exec_in(&state.exe, &dir, &id, &request.command, limit).await {
+    match super::nsexec::exec_in(&target, &request.command, limit).await {
         Ok(result) => axum::Json(result).into_response(),
         Err(e) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
     }

@@ -74,6 +74,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
                             headers: HeaderMap,
                             params: RawPathParams,
                             query: Result<Query<HashMap<String, String>>, QueryRejection>,
+                            upgrade: crate::agent::node_api::Upgrade,
                             body: Result<Bytes, BytesRejection>| async move {
             let path: HashMap<String, String> = params
                 .iter()
@@ -86,7 +87,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
                         .into_response()
                 }
             };
-            dispatch(&state, id, &headers, &path, &query, body).await
+            dispatch(&state, id, &headers, &path, &query, upgrade, body).await
         };
         router = router.route(route.path, on(method_filter(&route.method), handler));
     }
@@ -142,6 +143,7 @@ async fn dispatch(
     headers: &HeaderMap,
     path: &HashMap<String, String>,
     query: &HashMap<String, String>,
+    upgrade: crate::agent::node_api::Upgrade,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if id != RouteId::Healthz {
@@ -165,6 +167,14 @@ async fn dispatch(
         }
     };
     match ApiRequest::parse(id, path, query, &body) {
+        Ok(ApiRequest::InstanceExec { id, body })
+            if crate::agent::node_api::wants_stream(headers) =>
+        {
+            match forward_exec_stream(state, &id, body, upgrade.0).await {
+                Ok(response) => response,
+                Err(e) => e.into_response(),
+            }
+        }
         Ok(ApiRequest::InstanceExec { id, body }) => match forward_exec(state, &id, body).await {
             Ok(response) => response,
             Err(e) => e.into_response(),
@@ -239,6 +249,54 @@ async fn forward_exec(
     let value: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| unavailable(format!("agent of node {node} answered {e}")))?;
     Ok((StatusCode::OK, Json(value)).into_response())
+}
+
+/// An exec stream ([`crate::execstream`]): the same upgrade asked of the instance's agent,
+/// then the two connections spliced together.
+async fn forward_exec_stream(
+    state: &ApiState,
+    id: &str,
+    body: serde_json::Value,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Result<Response, ApiError> {
+    let upgrade = upgrade.ok_or_else(|| {
+        ApiError::bad_request("this connection cannot be upgraded to an exec stream".into())
+    })?;
+    let (node, url) = agent_url_of(state, id).await?;
+    let mut request = reqwest::Client::new()
+        .post(format!("{url}/v1/instances/{id}/exec"))
+        .header(axum::http::header::CONNECTION, "upgrade")
+        .header(axum::http::header::UPGRADE, crate::execstream::PROTOCOL)
+        .json(&body);
+    if let Some(token) = &state.token {
+        request = request.bearer_auth(token);
+    }
+    let unavailable =
+        |why: String| ApiError::new(StatusCode::BAD_GATEWAY, "agent_unreachable", why);
+    let response = request
+        .send()
+        .await
+        .map_err(|e| unavailable(format!("agent of node {node} at {url}: {e}")))?;
+    let status = response.status();
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        let text = response.text().await.unwrap_or_default();
+        return Err(ApiError::new(
+            StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
+            "exec_failed",
+            format!("instance `{id}` on node {node}: {}", text.trim()),
+        ));
+    }
+    let mut agent = response
+        .upgrade()
+        .await
+        .map_err(|e| unavailable(format!("agent of node {node}: exec stream: {e}")))?;
+    tokio::spawn(async move {
+        if let Ok(client) = upgrade.await {
+            let mut client = hyper_util::rt::TokioIo::new(client);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut agent).await;
+        }
+    });
+    Ok(crate::agent::node_api::switching())
 }
 
 /// An instance's log, streamed from the agent of its node.

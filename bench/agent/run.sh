@@ -25,10 +25,26 @@ cleanup() {
     done
   fi
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  if [ -d "$dir/podman" ]; then
+    "${P[@]}" rm -f -a -t 0 >/dev/null 2>&1
+    "${P[@]}" system reset -f >/dev/null 2>&1
+    # podman's cgroupfs parent, if this run made it (conmon leaves it a moment later).
+    if [ "$libpod_before" = 0 ]; then
+      for _ in $(seq 1 50); do
+        for h in /sys/fs/cgroup/*/libpod_parent; do
+          [ -d "$h" ] || continue
+          rmdir "$h/conmon" 2>/dev/null; rmdir "$h" 2>/dev/null
+        done
+        ls -d /sys/fs/cgroup/*/libpod_parent >/dev/null 2>&1 || break
+        sleep 0.2
+      done
+    fi
+  fi
   rm -f "$dir/agent/proxy.json"; sleep 0.3
   ip netns del $ns 2>/dev/null
   rm -rf "$dir"
 }
+libpod_before=$(ls -d /sys/fs/cgroup/*/libpod_parent >/dev/null 2>&1 && echo 1 || echo 0)
 trap cleanup EXIT
 mkdir -p "$dir"
 bash "$root/examples/build-images.sh" "$dir/build" >/dev/null
@@ -67,8 +83,26 @@ ps -o pid,rss,args -p "$server,$agent,$proxy,$monitor" | cut -c1-100
 for svc in front catalog cart orders payments; do cli delete service $svc >/dev/null; done
 for _ in $(seq 1 600); do [ -z "$(ls -A $dir/agent/instances)" ] && break; sleep 0.1; done
 
-# ROUNDS (default 5) applies of the hundred, each from nothing: every time and the median.
-times=()
+# ROUNDS (default 5) applies of the hundred, each from nothing, each paired with 100
+# `podman run -d` (runc, --network none, 4 at a time) of the same image in the same round:
+# every time, the medians and the median of the paired ratios. PODMAN=0 leaves podman out.
+podman_ok=0
+if [ "${PODMAN:-1}" = 1 ] && command -v podman >/dev/null && command -v runc >/dev/null; then
+  P=(podman --root "$dir/podman/root" --runroot "$dir/podman/run" --cgroup-manager cgroupfs
+     --events-backend file --storage-driver overlay)
+  if "${P[@]}" pull -q "oci:$dir/build/oci/shop-catalog" >/dev/null 2>&1 &&
+     "${P[@]}" tag "$("${P[@]}" images -q | head -1)" shop-catalog:1; then
+    podman_ok=1
+  else
+    echo "podman could not load the image: no comparison"
+  fi
+fi
+podman_hundred() {
+  seq 1 100 | xargs -P 4 -I{} "${P[@]}" run -d --network none --runtime runc \
+    --ulimit nofile=20000:20000 --ulimit nproc=32768:32768 --name bench{} shop-catalog:1 >/dev/null
+  while [ "$("${P[@]}" ps -q --filter status=running | wc -l)" -lt 100 ]; do sleep 0.05; done
+}
+times=(); ptimes=(); ratios=()
 for round in $(seq 1 "${ROUNDS:-5}"); do
   start=$(date +%s.%N)
   cli apply -f "$root/bench/agent/hundred.yaml" >/dev/null
@@ -76,9 +110,23 @@ for round in $(seq 1 "${ROUNDS:-5}"); do
   end=$(date +%s.%N)
   t=$(python3 -c "print(f'{$end-$start:.2f}')")
   times+=("$t")
-  echo "100 instances, round $round: apply to all ready: $t s"
   cli delete service web >/dev/null
   for _ in $(seq 1 600); do [ -z "$(ls -A $dir/agent/instances)" ] && break; sleep 0.1; done
+  line="100 instances, round $round: tugboat apply to all ready $t s"
+  if [ $podman_ok = 1 ]; then
+    start=$(date +%s.%N)
+    podman_hundred
+    end=$(date +%s.%N)
+    p=$(python3 -c "print(f'{$end-$start:.2f}')")
+    ptimes+=("$p"); ratios+=("$(python3 -c "print(f'{$t/$p:.3f}')")")
+    "${P[@]}" rm -f -a -t 0 >/dev/null 2>&1
+    line="$line; podman run -d x100 to all running $p s; ratio ${ratios[-1]}"
+  fi
+  echo "$line"
 done
-echo "100 instances: apply to all ready, median of ${#times[@]}: $(printf '%s\n' "${times[@]}" | sort -n | python3 -c 'import sys,statistics; print(statistics.median(float(l) for l in sys.stdin))') s"
-
+median() { printf '%s\n' "$@" | python3 -c 'import sys,statistics; print(statistics.median(float(l) for l in sys.stdin))'; }
+echo "100 instances: tugboat apply to all ready, median of ${#times[@]}: $(median "${times[@]}") s"
+if [ $podman_ok = 1 ]; then
+  echo "100 podman run -d (runc, no network, no probe), median: $(median "${ptimes[@]}") s"
+  echo "paired ratio tugboat/podman, median: $(median "${ratios[@]}")"
+fi

@@ -47,8 +47,12 @@ echo "--- tugboat logs --tail 3 $front (its requests):"
 in_ns "$bin" --addr 127.0.0.1:7480 --data-dir "$data/server" logs --tail 3 "$front"
 echo "--- tugboat exec $front -- cat /etc/hosts (service names, kept current by the agent):"
 in_ns "$bin" --addr 127.0.0.1:7480 --data-dir "$data/server" exec "$front" -- cat /etc/hosts
+echo "--- tugboat exec -i $front -- sh (its stdin passed on; -it gives a terminal):"
+echo 'echo "I am $(hostname), serving $SHOP_SERVICE"' |
+  in_ns "$bin" --addr 127.0.0.1:7480 --data-dir "$data/server" exec -i "$front" -- sh
 if [ -t 0 ]; then
   echo "--- the shop answers inside the namespace: nsenter --net=/run/netns/$ns curl http://127.0.0.1:8080/"
+  echo "--- a shell in it: nsenter --net=/run/netns/$ns $bin --addr 127.0.0.1:7480 --data-dir $data/server exec -it $front -- sh"
   read -r -p "press Enter to stop it " _
 fi
 echo "--- stopping (Ctrl-C to tugboat up)"

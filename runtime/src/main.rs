@@ -311,13 +311,31 @@ fn duration(flag: &str, v: &str) -> Result<std::time::Duration> {
     Ok(std::time::Duration::from_secs_f64(secs))
 }
 
+/// An error and its causes on one line, each cause once: many errors already hold their
+/// source in their own text ("config.json: cannot read: No such file"), and `{:#}` would
+/// repeat it.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logger::init(cli.log.as_deref(), cli.log_format == "json", cli.debug);
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let msg = format!("{e:#}");
+            let msg = error_text(&e);
             tracing::error!("{msg}");
             if !logger::to_stderr() {
                 eprintln!("tug: {msg}");

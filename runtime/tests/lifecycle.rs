@@ -261,6 +261,26 @@ fn bad_config_leaves_nothing() {
 }
 
 #[test]
+fn a_bundle_without_config_is_named_once_and_leaves_nothing() {
+    skip_unless_root!("a_bundle_without_config_is_named_once_and_leaves_nothing");
+    let env = Env::new(&["true"]);
+    let id = id("noconf");
+    let empty = tempfile::tempdir().unwrap();
+    let out = env.tug(&["create", &id, "--bundle", empty.path().to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let config = empty.path().join("config.json");
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("{}: cannot read", config.display())),
+        "{err}"
+    );
+    // The cause once, not once per level of the error chain.
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert!(!env.state_root().join(&id).exists());
+    no_cgroup_left(&id);
+}
+
+#[test]
 fn a_failing_start_container_hook_fails_start() {
     skip_unless_root!("a_failing_start_container_hook_fails_start");
     let mut env = Env::new(&["sleep", "100"]);

@@ -231,6 +231,10 @@ pub struct Instance {
     /// Resource use as last reported by its agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<InstanceStats>,
+    /// Its container address on its node, as last reported by the agent: where other
+    /// nodes' service proxies send its share of the traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 /// What an instance uses, from its cgroup.
@@ -290,6 +294,10 @@ pub struct Node {
     pub capacity: Resources,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// Its container subnet: other nodes route it via `address`. No two live nodes share
+    /// addresses of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<ipnetwork::Ipv4Network>,
     pub status: NodeStatus,
     pub registered_at_ms: u64,
     /// Last heartbeat seen by the server (kept in memory; stored on status changes only).

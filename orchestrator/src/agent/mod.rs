@@ -5,7 +5,9 @@
 //! instance ([`instance`]): ordered idempotent steps, then a per-container monitor process
 //! ([`monitor`]) that is the container's parent, so containers outlive the agent. A restarted
 //! agent finds its instances under `<data-dir>/instances/` and re-attaches to their monitors.
-//! Services get virtual addresses, names and a balancer ([`services`]).
+//! Services get virtual addresses, names and a balancer ([`services`]) whose endpoints
+//! include the ready instances of other nodes, which are reached by host-gw routes to
+//! their container subnets ([`remote`]).
 
 pub mod bundle;
 pub mod images;
@@ -17,6 +19,7 @@ pub mod node_api;
 pub mod nsexec;
 pub mod probes;
 pub mod proxy;
+pub mod remote;
 pub mod services;
 pub mod stats;
 pub mod volumes;
@@ -236,6 +239,7 @@ impl Agent {
             labels: self.config.labels.clone(),
             capacity: host_capacity(),
             address: self.config.address.clone(),
+            subnet: Some(self.config.subnet),
             volumes,
             agent_url: self.api.as_ref().map(|(_, url)| url.clone()),
         }
@@ -476,12 +480,15 @@ async fn heartbeat_loop(client: ApiClient, registration: NodeRegistration, every
     }
 }
 
-/// Keeps every service's address, name and proxy entry current, and the proxy running.
+/// Keeps every service's address, name and proxy entry current, and the proxy running;
+/// and the other nodes' endpoints and routes ([`remote`]).
 async fn service_loop(ctx: Arc<NodeContext>) {
     let mut tick: u64 = 0;
+    let mut view = remote::RemoteView::default();
     loop {
         if tick % 5 == 0 {
             refresh_services(&ctx).await;
+            refresh_remote(&ctx, &mut view).await;
         }
         tick += 1;
         let table = ctx.services.proxy_table();
@@ -496,6 +503,46 @@ async fn service_loop(ctx: Arc<NodeContext>) {
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The other nodes from the server: their ready instances become endpoints of this node's
+/// proxy, their subnets get routes. See [`remote`] for what happens without the server.
+async fn refresh_remote(ctx: &NodeContext, view: &mut remote::RemoteView) {
+    let answer = async {
+        let nodes = ctx.client.nodes().await?.items;
+        let instances = ctx.client.instances(None).await?.items;
+        Ok::<_, crate::client::ClientError>((nodes, instances))
+    }
+    .await;
+    let (nodes, instances) = match answer {
+        Ok(a) => a,
+        Err(_) => {
+            if view.stale(std::time::Instant::now()) {
+                ctx.services
+                    .set_remote_endpoints(remote::RemoteEndpoints::new());
+            }
+            return;
+        }
+    };
+    view.last_heard = Some(std::time::Instant::now());
+    ctx.services
+        .set_remote_endpoints(remote::remote_endpoints(&ctx.node, &nodes, &instances));
+    let (peers, problems) = remote::peers(&ctx.node, ctx.network.config().subnet, &nodes);
+    if view.routed.as_ref() == Some(&peers) {
+        return;
+    }
+    for problem in problems {
+        eprintln!("tugboat agent: {}: {problem}", ctx.node);
+    }
+    let _net = ctx.net_lock.lock().await;
+    match ctx
+        .network
+        .set_peers(&peers, &tug_netns::PeerMode::HostGw)
+        .await
+    {
+        Ok(_) => view.routed = Some(peers),
+        Err(e) => eprintln!("tugboat agent: {}: routes to other nodes: {e}", ctx.node),
     }
 }
 

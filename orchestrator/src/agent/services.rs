@@ -10,6 +10,10 @@
 //! instance whose readiness probe fails is taken out of it at once. Names: the agent writes
 //! every instance's /etc/hosts (a file bind-mounted into the container) with the names and
 //! addresses of all services, and rewrites it in place when a service appears.
+//!
+//! The balancer's endpoints are this node's ready instances (set by their supervisors, so a
+//! failed readiness probe counts at once) plus the ready instances on other nodes, which the
+//! agent learns from the server ([`super::remote`]) and replaces wholesale on each refresh.
 
 use super::proxy::{ProxyListener, ProxyTable};
 use ipnetwork::Ipv4Network;
@@ -41,14 +45,38 @@ pub enum ServiceError {
 struct Inner {
     /// Service name -> virtual address (persisted).
     vips: BTreeMap<String, Ipv4Addr>,
-    /// Service -> instance id -> endpoint.
+    /// Service -> instance id -> endpoint: this node's instances, from their supervisors.
     endpoints: HashMap<String, BTreeMap<String, Endpoint>>,
+    /// Service -> instance id -> address: ready instances on other nodes, from the server.
+    remote: BTreeMap<String, BTreeMap<String, Ipv4Addr>>,
     /// What the proxy listens on: address -> (service, instances' port).
     listeners: BTreeMap<SocketAddr, (String, u16)>,
     /// /etc/hosts files of instances: id -> (path, own address).
     hosts_files: BTreeMap<String, (PathBuf, Ipv4Addr)>,
     /// Services whose address was put on the bridge by this process.
     on_bridge: std::collections::HashSet<String>,
+}
+
+impl Inner {
+    /// The service's ready endpoints: local ones first, then remote ones, each once.
+    fn ready(&self, service: &str) -> Vec<Ipv4Addr> {
+        let mut out: Vec<Ipv4Addr> = self
+            .endpoints
+            .get(service)
+            .map(|m| m.values().filter(|e| e.ready).map(|e| e.address).collect())
+            .unwrap_or_default();
+        for address in self
+            .remote
+            .get(service)
+            .into_iter()
+            .flat_map(|m| m.values())
+        {
+            if !out.contains(address) {
+                out.push(*address);
+            }
+        }
+        out
+    }
 }
 
 /// The node's services: addresses, endpoints, balancers, hosts files.
@@ -145,14 +173,15 @@ impl ServiceTable {
                 service: service.clone(),
                 listen: *addr,
                 target_port: *port,
-                endpoints: inner
-                    .endpoints
-                    .get(service)
-                    .map(|m| m.values().filter(|e| e.ready).map(|e| e.address).collect())
-                    .unwrap_or_default(),
+                endpoints: inner.ready(service),
             })
             .collect();
         ProxyTable { listeners }
+    }
+
+    /// Replaces the endpoints on other nodes: service -> instance id -> address.
+    pub fn set_remote_endpoints(&self, remote: BTreeMap<String, BTreeMap<String, Ipv4Addr>>) {
+        self.lock().remote = remote;
     }
 
     pub fn set_endpoint(&self, service: &str, instance: &str, endpoint: Endpoint) {
@@ -171,13 +200,10 @@ impl ServiceTable {
         inner.hosts_files.remove(instance);
     }
 
-    /// Ready endpoints per service (for status and tests).
+    /// Ready endpoints of a service, this node's first, then other nodes' (for status and
+    /// tests).
     pub fn ready_endpoints(&self, service: &str) -> Vec<Ipv4Addr> {
-        self.lock()
-            .endpoints
-            .get(service)
-            .map(|m| m.values().filter(|e| e.ready).map(|e| e.address).collect())
-            .unwrap_or_default()
+        self.lock().ready(service)
     }
 
     /// The text of an instance's /etc/hosts.
@@ -269,6 +295,39 @@ mod tests {
         assert_eq!(endpoints(&table), [a, b]);
         table.remove_endpoint("web", "w1");
         table.remove_endpoint("web", "w2");
+        assert!(endpoints(&table).is_empty());
+    }
+
+    #[test]
+    fn remote_endpoints_join_the_local_ones_and_are_replaced_wholesale() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = ServiceTable::open("10.89.0.0/24".parse().unwrap(), &dir.path().join("s"));
+        let local: Ipv4Addr = "10.88.1.2".parse().unwrap();
+        let remote: Ipv4Addr = "10.88.2.2".parse().unwrap();
+        table.listen("web", "10.89.0.1:80".parse().unwrap(), 80);
+        let endpoints = |t: &ServiceTable| t.proxy_table().listeners[0].endpoints.clone();
+        table.set_endpoint(
+            "web",
+            "w1",
+            Endpoint {
+                address: local,
+                ready: true,
+            },
+        );
+        let one = |id: &str, a| BTreeMap::from([(id.to_string(), a)]);
+        table.set_remote_endpoints(BTreeMap::from([("web".to_string(), one("w2", remote))]));
+        assert_eq!(endpoints(&table), [local, remote]);
+        // A local readiness failure counts at once, whatever the server last said.
+        table.set_endpoint(
+            "web",
+            "w1",
+            Endpoint {
+                address: local,
+                ready: false,
+            },
+        );
+        assert_eq!(endpoints(&table), [remote]);
+        table.set_remote_endpoints(BTreeMap::new());
         assert!(endpoints(&table).is_empty());
     }
 }

@@ -179,6 +179,7 @@ async fn reconcile_services(
                             restarts: 0,
                             failed_at_ms: None,
                             stats: None,
+                            address: None,
                         };
                         batch.put_if(instance.key(), 0, &instance);
                     }

@@ -10,6 +10,10 @@ pub const INSTANCES: &str = "/instances/";
 pub const NODES: &str = "/nodes/";
 pub const EVENTS: &str = "/events/";
 
+/// Where services get their virtual addresses unless configured otherwise (server and
+/// agents must agree).
+pub const DEFAULT_SERVICE_RANGE: &str = "10.89.0.0/24";
+
 pub fn service_key(name: &str) -> String {
     format!("{SERVICES}{name}")
 }
@@ -77,6 +81,10 @@ pub struct Service {
     pub history: Vec<TemplateRevision>,
     #[serde(default)]
     pub rollout: Rollout,
+    /// Its virtual address, the same on every node: given by the service controller from
+    /// the service range, kept for the service's life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -126,6 +134,7 @@ impl Service {
                 last_progress_ms: now_ms,
                 message: String::new(),
             },
+            address: None,
         }
     }
 

@@ -230,21 +230,29 @@ fn a_service_on_one_host_answers_from_the_other() {
     let shopper = ready_on(&instances(&a), "shopper", "a").unwrap().clone();
     let answer = format!("catalog: {}", tugboat::agent::bundle::hostname(&catalog.id));
 
-    // (a) A's host side, at the service's virtual address on A.
-    let mut vip = None;
+    // (a) A's host side, at the service's virtual address: the server gave it, and both
+    // nodes use it.
+    let vip = a
+        .api(|c| async move { c.services().await })
+        .expect("services")
+        .items
+        .into_iter()
+        .find(|s| s.name == "catalog")
+        .and_then(|s| s.address)
+        .expect("catalog has its virtual address once its instance is ready");
+    let saved = |host: &TestHost| {
+        std::fs::read(host.dir.join("agent/services.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<BTreeMap<String, std::net::Ipv4Addr>>(&b).ok())
+            .and_then(|m| m.get("catalog").copied())
+    };
     wait_for(
-        "catalog's virtual address on A",
+        &format!("catalog at {vip} on both nodes"),
         START,
-        || {
-            vip = std::fs::read(a.dir.join("agent/services.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<BTreeMap<String, String>>(&b).ok())
-                .and_then(|m| m.get("catalog").cloned());
-            vip.is_some()
-        },
+        || saved(&a) == Some(vip) && saved(&b) == Some(vip),
         || show(&a, &b),
     );
-    let target = format!("{}:80", vip.unwrap());
+    let target = format!("{vip}:80");
     let last = std::cell::RefCell::new(String::new());
     wait_for(
         &format!("{answer} from {target} on A's host"),

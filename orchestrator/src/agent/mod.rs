@@ -49,7 +49,8 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// This node's container subnet.
     pub subnet: Ipv4Network,
-    /// Where services get their virtual addresses.
+    /// Where services have their virtual addresses (the server gives them; the network
+    /// does not masquerade traffic to this range).
     pub service_range: Ipv4Network,
     /// The network's name (and so its bridge, `tug-<name>`).
     pub network: String,
@@ -72,7 +73,9 @@ impl AgentConfig {
             labels: BTreeMap::new(),
             data_dir: data_dir.into(),
             subnet: "10.88.0.0/24".parse().expect("a subnet"),
-            service_range: "10.89.0.0/24".parse().expect("a subnet"),
+            service_range: crate::model::DEFAULT_SERVICE_RANGE
+                .parse()
+                .expect("a subnet"),
             network: "tugboat".into(),
             monitor_exe: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
             log_max_bytes: 1 << 20,
@@ -178,8 +181,7 @@ impl Agent {
                 node: node.clone(),
                 source,
             })?;
-        let services =
-            ServiceTable::open(config.service_range, &config.data_dir.join("services.json"));
+        let services = ServiceTable::open(&config.data_dir.join("services.json"));
         let ctx = Arc::new(NodeContext {
             node,
             data_dir: config.data_dir.clone(),
@@ -546,32 +548,45 @@ async fn refresh_remote(ctx: &NodeContext, view: &mut remote::RemoteView) {
     }
 }
 
-/// Services from the server: an address each (on the bridge), and what the proxy listens on.
+/// Services from the server: their addresses (on the bridge), and what the proxy listens
+/// on. A service the controller has not given an address yet is left for the next round.
 async fn refresh_services(ctx: &NodeContext) {
     let Ok(list) = ctx.client.services().await else {
         return;
     };
-    let mut added = false;
+    let addresses: BTreeMap<String, std::net::Ipv4Addr> = list
+        .items
+        .iter()
+        .filter_map(|s| s.address.map(|a| (s.name.clone(), a)))
+        .collect();
+    if let Err(e) = ctx.services.set_addresses(addresses.clone()) {
+        eprintln!("tugboat agent: {}: {e}", ctx.node);
+    }
+    for (name, address) in &addresses {
+        if ctx.services.has_address_on_bridge(name) {
+            continue;
+        }
+        let net = ipnetwork::Ipv4Network::new(*address, 32).expect("a /32");
+        use tug_netns::ops::NetOps;
+        let _net = ctx.net_lock.lock().await;
+        match ctx
+            .network
+            .ops()
+            .add_address(ctx.network.bridge_index(), net)
+            .await
+        {
+            Ok(()) => ctx.services.mark_on_bridge(name),
+            Err(e) => eprintln!(
+                "tugboat agent: {}: address {address} of service {name} on the bridge: {e}",
+                ctx.node
+            ),
+        }
+    }
     let mut listeners = BTreeMap::new();
-    for service in list.items {
-        let Ok((address, new)) = ctx.services.address_of(&service.name) else {
+    for service in &list.items {
+        let Some(address) = service.address else {
             continue;
         };
-        if new || !ctx.services.has_address_on_bridge(&service.name) {
-            let net = ipnetwork::Ipv4Network::new(address, 32).expect("a /32");
-            use tug_netns::ops::NetOps;
-            let _net = ctx.net_lock.lock().await;
-            if ctx
-                .network
-                .ops()
-                .add_address(ctx.network.bridge_index(), net)
-                .await
-                .is_ok()
-            {
-                ctx.services.mark_on_bridge(&service.name);
-            }
-            added = true;
-        }
         for port in &service.spec.ports {
             if port.protocol != crate::spec::Protocol::Tcp {
                 continue;
@@ -586,7 +601,4 @@ async fn refresh_services(ctx: &NodeContext) {
         }
     }
     ctx.services.set_listeners(listeners);
-    if added {
-        ctx.services.refresh_hosts_files();
-    }
 }

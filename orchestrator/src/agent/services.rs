@@ -1,9 +1,10 @@
 //! Services on the node's network: a stable virtual address per service, a name for it in
 //! every container's /etc/hosts, and a small TCP balancer on that address.
 //!
-//! Each service gets an address from the service range (default 10.89.0.0/24), kept in
-//! `<data-dir>/services.json` so it never changes for the life of the node. The address is
-//! added (as a /32) to the node's bridge, so containers reach it through their default
+//! Each service has an address from the service range (default 10.89.0.0/24), given by the
+//! server's service controller, so it is the same on every node and for the service's life.
+//! The agent keeps the last list in `<data-dir>/services.json` (names keep resolving while
+//! the server is away). The address is added (as a /32) to the node's bridge, so containers reach it through their default
 //! route and the host reaches it directly. On each of the service's container ports (and on
 //! its ingress ports, on the host) the node's proxy ([`super::proxy`]) listens and passes
 //! every connection to the next ready instance; this table says what it serves, and an
@@ -16,7 +17,6 @@
 //! agent learns from the server ([`super::remote`]) and replaces wholesale on each refresh.
 
 use super::proxy::{ProxyListener, ProxyTable};
-use ipnetwork::Ipv4Network;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -31,11 +31,8 @@ pub struct Endpoint {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    #[error("service range {range} is full: no address left for service {service}")]
-    RangeFull { range: Ipv4Network, service: String },
-    #[error("service {service}: {path}: {source}")]
-    State {
-        service: String,
+    #[error("saving the services' addresses to {path}: {source}")]
+    Save {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -81,20 +78,18 @@ impl Inner {
 
 /// The node's services: addresses, endpoints, balancers, hosts files.
 pub struct ServiceTable {
-    range: Ipv4Network,
     file: PathBuf,
     inner: Mutex<Inner>,
 }
 
 impl ServiceTable {
     /// Loads the saved addresses from `file`.
-    pub fn open(range: Ipv4Network, file: &Path) -> Arc<ServiceTable> {
+    pub fn open(file: &Path) -> Arc<ServiceTable> {
         let vips = std::fs::read(file)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         Arc::new(ServiceTable {
-            range,
             file: file.into(),
             inner: Mutex::new(Inner {
                 vips,
@@ -107,34 +102,37 @@ impl ServiceTable {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The service's address, allocated (and saved) on first use.
-    pub fn address_of(&self, service: &str) -> Result<(Ipv4Addr, bool), ServiceError> {
+    /// Takes the services' addresses from the server (service -> address; a service not
+    /// listed is gone). Returns the services whose address is new or moved: their address
+    /// must go on the bridge. When anything changed: saved, and every /etc/hosts rewritten.
+    pub fn set_addresses(
+        &self,
+        wanted: BTreeMap<String, Ipv4Addr>,
+    ) -> Result<Vec<String>, ServiceError> {
         let mut inner = self.lock();
-        if let Some(a) = inner.vips.get(service) {
-            return Ok((*a, false));
+        if inner.vips == wanted {
+            return Ok(vec![]);
         }
-        let used: std::collections::HashSet<Ipv4Addr> = inner.vips.values().copied().collect();
-        let free = self
-            .range
+        let changed: Vec<String> = wanted
             .iter()
-            .skip(1)
-            .filter(|a| *a != self.range.broadcast())
-            .find(|a| !used.contains(a))
-            .ok_or_else(|| ServiceError::RangeFull {
-                range: self.range,
-                service: service.into(),
-            })?;
-        inner.vips.insert(service.into(), free);
+            .filter(|(name, a)| inner.vips.get(*name) != Some(*a))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &changed {
+            inner.on_bridge.remove(name);
+        }
+        inner.vips = wanted;
         let tmp = self.file.with_extension("tmp");
         let bytes = serde_json::to_vec_pretty(&inner.vips).expect("addresses serialize");
         std::fs::write(&tmp, bytes)
             .and_then(|_| std::fs::rename(&tmp, &self.file))
-            .map_err(|source| ServiceError::State {
-                service: service.into(),
+            .map_err(|source| ServiceError::Save {
                 path: self.file.clone(),
                 source,
             })?;
-        Ok((free, true))
+        drop(inner);
+        self.refresh_hosts_files();
+        Ok(changed)
     }
 
     pub fn has_address_on_bridge(&self, service: &str) -> bool {
@@ -262,27 +260,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn addresses_are_stable_and_saved() {
+    fn the_servers_addresses_are_taken_saved_and_marked_for_the_bridge() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("services.json");
-        let range: Ipv4Network = "10.89.0.0/24".parse().unwrap();
-        let table = ServiceTable::open(range, &file);
-        let (a, new) = table.address_of("catalog").unwrap();
-        assert!(new);
-        let (b, _) = table.address_of("cart").unwrap();
-        assert_ne!(a, b);
-        assert_eq!(table.address_of("catalog").unwrap(), (a, false));
-        let again = ServiceTable::open(range, &file);
-        assert_eq!(again.address_of("catalog").unwrap(), (a, false));
+        let table = ServiceTable::open(&file);
+        let (a, b): (Ipv4Addr, Ipv4Addr) =
+            ("10.89.0.1".parse().unwrap(), "10.89.0.2".parse().unwrap());
+        let map = |pairs: &[(&str, Ipv4Addr)]| -> BTreeMap<String, Ipv4Addr> {
+            pairs.iter().map(|(n, a)| (n.to_string(), *a)).collect()
+        };
+        let changed = table
+            .set_addresses(map(&[("catalog", a), ("cart", b)]))
+            .unwrap();
+        assert_eq!(changed, ["cart", "catalog"]);
+        table.mark_on_bridge("catalog");
+        table.mark_on_bridge("cart");
+        assert!(table
+            .set_addresses(map(&[("catalog", a), ("cart", b)]))
+            .unwrap()
+            .is_empty());
+        // A restarted agent knows the names before the server answers.
+        let again = ServiceTable::open(&file);
         assert!(again
             .hosts_text("front-1", "10.88.0.2".parse().unwrap())
             .contains(&format!("{a}\tcatalog\n")));
+        // cart deleted, its address given to orders: orders moves onto the bridge, cart's
+        // name no longer resolves.
+        let changed = table
+            .set_addresses(map(&[("catalog", a), ("orders", b)]))
+            .unwrap();
+        assert_eq!(changed, ["orders"]);
+        assert!(!table.has_address_on_bridge("orders") && table.has_address_on_bridge("catalog"));
+        let hosts = table.hosts_text("front-1", "10.88.0.2".parse().unwrap());
+        assert!(
+            hosts.contains(&format!("{b}\torders\n")) && !hosts.contains("cart"),
+            "{hosts}"
+        );
     }
 
     #[test]
     fn only_ready_endpoints_get_traffic() {
         let dir = tempfile::tempdir().unwrap();
-        let table = ServiceTable::open("10.89.0.0/24".parse().unwrap(), &dir.path().join("s"));
+        let table = ServiceTable::open(&dir.path().join("s"));
         let a: Ipv4Addr = "10.88.0.2".parse().unwrap();
         let b: Ipv4Addr = "10.88.0.3".parse().unwrap();
         table.listen("web", "10.89.0.1:80".parse().unwrap(), 80);
@@ -301,7 +320,7 @@ mod tests {
     #[test]
     fn remote_endpoints_join_the_local_ones_and_are_replaced_wholesale() {
         let dir = tempfile::tempdir().unwrap();
-        let table = ServiceTable::open("10.89.0.0/24".parse().unwrap(), &dir.path().join("s"));
+        let table = ServiceTable::open(&dir.path().join("s"));
         let local: Ipv4Addr = "10.88.1.2".parse().unwrap();
         let remote: Ipv4Addr = "10.88.2.2".parse().unwrap();
         table.listen("web", "10.89.0.1:80".parse().unwrap(), 80);

@@ -3,8 +3,10 @@
 //! namespaces only). Host A runs `tugboat server` and agent `a` (subnet 10.88.1.0/24),
 //! host B runs agent `b` (10.88.2.0/24). A service pinned to B answers at its virtual
 //! address from A's host side and by name from a container on A: A's proxy balances over
-//! B's instance, reached through a host-gw route A's agent made from B's registration.
-//! The machine's root network namespace is never changed.
+//! B's instance, reached through a host-gw route A's agent made from B's registration. A
+//! service with an instance on each host is balanced over both, from either host. When B
+//! goes, A drops its route and its endpoints. The machine's root network namespace is
+//! never changed.
 
 mod host;
 
@@ -31,6 +33,16 @@ services:
     placement:
       constraints:
         - {key: host, operator: In, values: [b]}
+  menu:
+    image: shop/catalog:1
+    replicas: 2
+    ports:
+      - {container: 80}
+    health:
+      readiness: {http: {port: 80, path: /healthz}, interval_seconds: 1, failure_threshold: 1}
+    stop: {grace_seconds: 1}
+    placement:
+      anti_affinity: [{service: menu, required: true}]
   shopper:
     image: shop/front:1
     replicas: 1
@@ -85,14 +97,8 @@ impl Drop for Wire {
     }
 }
 
-fn agent_args(
-    host: &TestHost,
-    node: &str,
-    subnet: &str,
-    address: &str,
-    image: &str,
-) -> Vec<String> {
-    let image = shop_images().join("oci").join(image);
+fn agent_args(host: &TestHost, node: &str, subnet: &str, address: &str) -> Vec<String> {
+    let image = |name: &str| shop_images().join("oci").join(name).display().to_string();
     [
         "agent",
         "--addr",
@@ -110,7 +116,9 @@ fn agent_args(
         "--label",
         &format!("host={node}"),
         "--import",
-        &image.display().to_string(),
+        &image("shop-front"),
+        "--import",
+        &image("shop-catalog"),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -139,13 +147,9 @@ fn ready_on<'a>(list: &'a [Instance], service: &str, node: &str) -> Option<&'a I
 /// Everything the two hosts said, and the server's instances.
 fn show(a: &TestHost, b: &TestHost) -> String {
     let table = tugboat::output::instances_table(&instances(a), tugboat::model::now_ms());
-    let routes = Command::new("ip")
-        .args(["-n", &a.netns, "route"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
     format!(
-        "{table}\n--- routes on A:\n{routes}--- A said:\n{}--- B said:\n{}",
+        "{table}\n--- routes on A:\n{}--- A said:\n{}--- B said:\n{}",
+        routes(a),
         a.output.lock().unwrap(),
         b.output.lock().unwrap()
     )
@@ -173,9 +177,9 @@ fn a_service_on_one_host_answers_from_the_other() {
     a.spawn("server", &["server", "--listen", "0.0.0.0:7480", "--insecure-no-auth",
                         "--data-dir", &server_dir]);
     a.wait_for_output("server: tugboat server listening", START);
-    let args = agent_args(&a, "a", "10.88.1.0/24", "192.168.213.1", "shop-front");
+    let args = agent_args(&a, "a", "10.88.1.0/24", "192.168.213.1");
     spawn(&mut a, "agent-a", &args);
-    let args = agent_args(&b, "b", "10.88.2.0/24", "192.168.213.2", "shop-catalog");
+    let args = agent_args(&b, "b", "10.88.2.0/24", "192.168.213.2");
     spawn(&mut b, "agent-b", &args);
     wait_for(
         "nodes a and b registered",
@@ -285,6 +289,65 @@ fn a_service_on_one_host_answers_from_the_other() {
         || format!("last answer: {}\n{}", last.borrow(), show(&a, &b)),
     );
 
+    // (c) A service with an instance on each node: balanced over both, from either host.
+    let mut menus = vec![];
+    wait_for(
+        "a menu instance ready on each node",
+        START,
+        || {
+            let list = instances(&a);
+            menus = ["a", "b"]
+                .iter()
+                .filter_map(|n| ready_on(&list, "menu", n).cloned())
+                .collect();
+            menus.len() == 2
+        },
+        || show(&a, &b),
+    );
+    let menu_vip = a
+        .api(|c| async move { c.services().await })
+        .expect("services")
+        .items
+        .into_iter()
+        .find(|s| s.name == "menu")
+        .and_then(|s| s.address)
+        .expect("menu's virtual address");
+    for host in [&a, &b] {
+        let seen = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        let target = format!("{menu_vip}:80");
+        wait_for(
+            &format!(
+                "both menu instances answering at {target} on {}",
+                host.netns
+            ),
+            START,
+            || {
+                let target = target.clone();
+                let got = host
+                    .in_netns(move || http_get(&target, "/cgi-bin/products"))
+                    .unwrap_or_else(|e| e);
+                for m in &menus {
+                    if got.contains(&format!(
+                        "catalog: {}",
+                        tugboat::agent::bundle::hostname(&m.id)
+                    )) {
+                        seen.borrow_mut().insert(m.id.clone());
+                    }
+                }
+                *last.borrow_mut() = got;
+                seen.borrow().len() == 2
+            },
+            || {
+                format!(
+                    "seen {:?}, last answer: {}\n{}",
+                    seen.borrow(),
+                    last.borrow(),
+                    show(&a, &b)
+                )
+            },
+        );
+    }
+
     // B's instance gone: A's proxy drops it (the server no longer lists it as ready).
     assert_eq!(proxy_endpoints(&a, "catalog"), Some(vec![catalog_address]));
     a.api(|c| async move { c.scale("catalog", 0).await.map(|_| ()) })
@@ -295,4 +358,41 @@ fn a_service_on_one_host_answers_from_the_other() {
         || proxy_endpoints(&a, "catalog") == Some(vec![]),
         || show(&a, &b),
     );
+
+    // B goes (its agent stopped, the node deleted): A's route to B's subnet goes, and with
+    // it B's menu instance from A's proxy.
+    assert!(
+        routes(&a).contains("10.88.2.0/24 via 192.168.213.2"),
+        "{}",
+        routes(&a)
+    );
+    b.stop_spawned();
+    a.api(|c| async move {
+        c.call::<serde_json::Value>(reqwest::Method::DELETE, "/v1/nodes/b", None)
+            .await
+            .map(|_| ())
+    })
+    .expect("delete node b");
+    let menu_a = menus
+        .iter()
+        .find(|m| m.node.as_deref() == Some("a"))
+        .unwrap();
+    let menu_a: std::net::Ipv4Addr = menu_a.address.as_deref().unwrap().parse().unwrap();
+    wait_for(
+        "A's route to 10.88.2.0/24 and b's menu endpoint gone",
+        START,
+        || {
+            !routes(&a).contains("10.88.2.0/24")
+                && proxy_endpoints(&a, "menu") == Some(vec![menu_a])
+        },
+        || format!("routes on A:\n{}\n{}", routes(&a), show(&a, &b)),
+    );
+}
+
+fn routes(host: &TestHost) -> String {
+    Command::new("ip")
+        .args(["-n", &host.netns, "route"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }

@@ -289,6 +289,20 @@ fn a_service_on_one_host_answers_from_the_other() {
         || format!("last answer: {}\n{}", last.borrow(), show(&a, &b)),
     );
 
+    // And a command run in that container (busybox wget; its -T segfaults, so none).
+    let id = shopper.id.clone();
+    let got = a.api(|c| async move {
+        let command = ["wget", "-qO-", "http://catalog/cgi-bin/products"].map(String::from);
+        match c.exec(&id, &command).await {
+            Ok(r) => format!("exit {}: {}{}", r.exit_code, r.stdout, r.stderr),
+            Err(e) => e.to_string(),
+        }
+    });
+    assert!(
+        got.starts_with("exit 0: ") && got.contains(&answer),
+        "{got}"
+    );
+
     // (c) A service with an instance on each node: balanced over both, from either host.
     let mut menus = vec![];
     wait_for(

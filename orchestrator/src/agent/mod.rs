@@ -476,7 +476,11 @@ async fn heartbeat_loop(client: ApiClient, registration: NodeRegistration, every
         tokio::time::sleep(every).await;
         if let Err(e) = client.heartbeat(&registration.name).await {
             if e.status() == Some(404) {
-                let _ = client.register_node(&registration).await;
+                // Deleted meanwhile: register again (which may be refused, e.g. when another
+                // node took this node's subnet).
+                if let Err(e) = client.register_node(&registration).await {
+                    eprintln!("tugboat agent: register {}: {e}", registration.name);
+                }
             }
         }
     }

@@ -8,6 +8,8 @@
 #   TUG_SERVER_ADDR  the server's URL, e.g. http://192.168.56.10:7480
 #   TUG_TOKEN        the cluster's token (the server uses it; agents and clients send it)
 #   TUG_SUBNET       this node's container subnet (one per node), e.g. 10.88.1.0/24
+#   TUG_ADDRESS      this node's address on the cluster's network, e.g. 192.168.56.11: the
+#                    other nodes route its subnet via it, the server reaches its agent API
 #   TUG_LABELS       node labels, space-separated key=value
 #   TUG_SRC          the Tug source tree (default /tug, the Vagrantfile's synced folder)
 #   TUG_BIN_DIR      take tug and tugboat from here instead of building them; by default
@@ -22,6 +24,7 @@ node=${TUG_NODE:-$(hostname)}
 server_addr=${TUG_SERVER_ADDR:-http://127.0.0.1:7480}
 token=${TUG_TOKEN:-}
 subnet=${TUG_SUBNET:-10.88.0.0/24}
+address=${TUG_ADDRESS:-}
 labels=${TUG_LABELS:-}
 src=${TUG_SRC:-/tug}
 bin_dir=${TUG_BIN_DIR:-}
@@ -88,6 +91,7 @@ EOF
   install -m 0644 "$src/deploy/systemd/tugboat-server.service" /etc/systemd/system/
 fi
 agent_args="--subnet $subnet"
+[ -z "$address" ] || agent_args+=" --address $address --api-listen $address:7481"
 for l in $labels; do agent_args+=" --label $l"; done
 for d in "$shop_images"/oci/*; do agent_args+=" --import $d"; done
 (

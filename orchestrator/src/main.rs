@@ -114,9 +114,13 @@ enum Command {
         /// Node label, `key=value`; repeat for more.
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
-        /// This node's container subnet.
+        /// This node's container subnet; every node needs its own (the server refuses a
+        /// subnet that overlaps another node's).
         #[arg(long, default_value = "10.88.0.0/24")]
         subnet: String,
+        /// The address other nodes reach this one at: they route this node's subnet via it.
+        #[arg(long)]
+        address: Option<std::net::Ipv4Addr>,
         /// Where the agent's own API (instance logs) listens.
         #[arg(long, default_value = "127.0.0.1:7481")]
         api_listen: SocketAddr,
@@ -491,6 +495,7 @@ async fn run(cli: Cli) -> Result<()> {
             node,
             labels,
             subnet,
+            address,
             api_listen,
             images,
             import,
@@ -500,6 +505,7 @@ async fn run(cli: Cli) -> Result<()> {
             config.api_listen = Some(*api_listen);
             config.token = api.token().map(str::to_string);
             config.labels = labels.iter().cloned().collect();
+            config.address = address.map(|a| a.to_string());
             config.subnet = subnet
                 .parse()
                 .with_context(|| format!("--subnet {subnet}"))?;

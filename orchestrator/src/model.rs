@@ -10,6 +10,10 @@ pub const INSTANCES: &str = "/instances/";
 pub const NODES: &str = "/nodes/";
 pub const EVENTS: &str = "/events/";
 
+/// Where services get their virtual addresses unless configured otherwise (server and
+/// agents must agree).
+pub const DEFAULT_SERVICE_RANGE: &str = "10.89.0.0/24";
+
 pub fn service_key(name: &str) -> String {
     format!("{SERVICES}{name}")
 }
@@ -77,6 +81,10 @@ pub struct Service {
     pub history: Vec<TemplateRevision>,
     #[serde(default)]
     pub rollout: Rollout,
+    /// Its virtual address, the same on every node: given by the service controller from
+    /// the service range, kept for the service's life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -126,6 +134,7 @@ impl Service {
                 last_progress_ms: now_ms,
                 message: String::new(),
             },
+            address: None,
         }
     }
 
@@ -231,6 +240,10 @@ pub struct Instance {
     /// Resource use as last reported by its agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<InstanceStats>,
+    /// Its container address on its node, as last reported by the agent: where other
+    /// nodes' service proxies send its share of the traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 /// What an instance uses, from its cgroup.
@@ -290,6 +303,10 @@ pub struct Node {
     pub capacity: Resources,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// Its container subnet: other nodes route it via `address`. No two live nodes share
+    /// addresses of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<ipnetwork::Ipv4Network>,
     pub status: NodeStatus,
     pub registered_at_ms: u64,
     /// Last heartbeat seen by the server (kept in memory; stored on status changes only).

@@ -421,3 +421,55 @@ async fn list_then_watch_over_http_misses_nothing_and_old_revisions_say_410() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_subnet_overlaps_another_live_nodes_is_refused() {
+    use tugboat::controlplane::NodeRegistration;
+    let cluster = TestCluster::start(&[]).await;
+    let node = |name: &str, subnet: &str| NodeRegistration {
+        name: name.into(),
+        labels: Default::default(),
+        capacity: tugboat::model::Resources::new(1000, 1 << 30, 0),
+        address: Some("192.168.1.1".into()),
+        subnet: Some(subnet.parse().unwrap()),
+        volumes: vec![],
+        agent_url: None,
+    };
+    cluster
+        .client
+        .register_node(&node("a", "10.88.1.0/24"))
+        .await
+        .unwrap();
+    let e = cluster
+        .client
+        .register_node(&node("b", "10.88.0.0/16"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(409), "{e}");
+    let text = e.to_string();
+    for part in ["node b", "10.88.0.0/16", "node a", "10.88.1.0/24"] {
+        assert!(text.contains(part), "no `{part}` in: {text}");
+    }
+    // The same node again with its subnet, and another node with its own: fine.
+    cluster
+        .client
+        .register_node(&node("a", "10.88.1.0/24"))
+        .await
+        .unwrap();
+    cluster
+        .client
+        .register_node(&node("b", "10.88.2.0/24"))
+        .await
+        .unwrap();
+    let subnets: Vec<String> = cluster
+        .client
+        .nodes()
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|n| format!("{}={}", n.name, n.subnet.unwrap()))
+        .collect();
+    assert_eq!(subnets, ["a=10.88.1.0/24", "b=10.88.2.0/24"]);
+    cluster.stop().await;
+}

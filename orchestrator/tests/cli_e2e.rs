@@ -215,6 +215,7 @@ async fn a_restarted_server_gives_known_nodes_a_fresh_grace_period() {
             labels: Default::default(),
             capacity: Resources::new(1000, 1 << 30, 0),
             address: None,
+            subnet: None,
             status: NodeStatus::Ready,
             registered_at_ms: long_ago,
             last_heartbeat_ms: long_ago,

@@ -553,6 +553,7 @@ impl Supervisor {
             exit_code: self.exit_code,
             restarts: self.state.restarts,
             stats: self.last_report.as_ref().and_then(|r| r.stats),
+            address: self.address.map(|a| a.to_string()),
         };
         let mut report = report;
         if Instant::now() >= self.stats_due {

@@ -5,7 +5,9 @@
 //! instance ([`instance`]): ordered idempotent steps, then a per-container monitor process
 //! ([`monitor`]) that is the container's parent, so containers outlive the agent. A restarted
 //! agent finds its instances under `<data-dir>/instances/` and re-attaches to their monitors.
-//! Services get virtual addresses, names and a balancer ([`services`]).
+//! Services get virtual addresses, names and a balancer ([`services`]) whose endpoints
+//! include the ready instances of other nodes, which are reached by host-gw routes to
+//! their container subnets ([`remote`]).
 
 pub mod bundle;
 pub mod images;
@@ -17,6 +19,7 @@ pub mod node_api;
 pub mod nsexec;
 pub mod probes;
 pub mod proxy;
+pub mod remote;
 pub mod services;
 pub mod stats;
 pub mod volumes;
@@ -46,7 +49,8 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// This node's container subnet.
     pub subnet: Ipv4Network,
-    /// Where services get their virtual addresses.
+    /// Where services have their virtual addresses (the server gives them; the network
+    /// does not masquerade traffic to this range).
     pub service_range: Ipv4Network,
     /// The network's name (and so its bridge, `tug-<name>`).
     pub network: String,
@@ -69,7 +73,9 @@ impl AgentConfig {
             labels: BTreeMap::new(),
             data_dir: data_dir.into(),
             subnet: "10.88.0.0/24".parse().expect("a subnet"),
-            service_range: "10.89.0.0/24".parse().expect("a subnet"),
+            service_range: crate::model::DEFAULT_SERVICE_RANGE
+                .parse()
+                .expect("a subnet"),
             network: "tugboat".into(),
             monitor_exe: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
             log_max_bytes: 1 << 20,
@@ -175,8 +181,7 @@ impl Agent {
                 node: node.clone(),
                 source,
             })?;
-        let services =
-            ServiceTable::open(config.service_range, &config.data_dir.join("services.json"));
+        let services = ServiceTable::open(&config.data_dir.join("services.json"));
         let ctx = Arc::new(NodeContext {
             node,
             data_dir: config.data_dir.clone(),
@@ -236,6 +241,7 @@ impl Agent {
             labels: self.config.labels.clone(),
             capacity: host_capacity(),
             address: self.config.address.clone(),
+            subnet: Some(self.config.subnet),
             volumes,
             agent_url: self.api.as_ref().map(|(_, url)| url.clone()),
         }
@@ -470,18 +476,25 @@ async fn heartbeat_loop(client: ApiClient, registration: NodeRegistration, every
         tokio::time::sleep(every).await;
         if let Err(e) = client.heartbeat(&registration.name).await {
             if e.status() == Some(404) {
-                let _ = client.register_node(&registration).await;
+                // Deleted meanwhile: register again (which may be refused, e.g. when another
+                // node took this node's subnet).
+                if let Err(e) = client.register_node(&registration).await {
+                    eprintln!("tugboat agent: register {}: {e}", registration.name);
+                }
             }
         }
     }
 }
 
-/// Keeps every service's address, name and proxy entry current, and the proxy running.
+/// Keeps every service's address, name and proxy entry current, and the proxy running;
+/// and the other nodes' endpoints and routes ([`remote`]).
 async fn service_loop(ctx: Arc<NodeContext>) {
     let mut tick: u64 = 0;
+    let mut view = remote::RemoteView::default();
     loop {
         if tick % 5 == 0 {
             refresh_services(&ctx).await;
+            refresh_remote(&ctx, &mut view).await;
         }
         tick += 1;
         let table = ctx.services.proxy_table();
@@ -499,32 +512,85 @@ async fn service_loop(ctx: Arc<NodeContext>) {
     }
 }
 
-/// Services from the server: an address each (on the bridge), and what the proxy listens on.
+/// The other nodes from the server: their ready instances become endpoints of this node's
+/// proxy, their subnets get routes. See [`remote`] for what happens without the server.
+async fn refresh_remote(ctx: &NodeContext, view: &mut remote::RemoteView) {
+    let answer = async {
+        let nodes = ctx.client.nodes().await?.items;
+        let instances = ctx.client.instances(None).await?.items;
+        Ok::<_, crate::client::ClientError>((nodes, instances))
+    }
+    .await;
+    let (nodes, instances) = match answer {
+        Ok(a) => a,
+        Err(_) => {
+            if view.stale(std::time::Instant::now()) {
+                ctx.services
+                    .set_remote_endpoints(remote::RemoteEndpoints::new());
+            }
+            return;
+        }
+    };
+    view.last_heard = Some(std::time::Instant::now());
+    ctx.services
+        .set_remote_endpoints(remote::remote_endpoints(&ctx.node, &nodes, &instances));
+    let (peers, problems) = remote::peers(&ctx.node, ctx.network.config().subnet, &nodes);
+    if view.routed.as_ref() == Some(&peers) {
+        return;
+    }
+    for problem in problems {
+        eprintln!("tugboat agent: {}: {problem}", ctx.node);
+    }
+    let _net = ctx.net_lock.lock().await;
+    match ctx
+        .network
+        .set_peers(&peers, &tug_netns::PeerMode::HostGw)
+        .await
+    {
+        Ok(_) => view.routed = Some(peers),
+        Err(e) => eprintln!("tugboat agent: {}: routes to other nodes: {e}", ctx.node),
+    }
+}
+
+/// Services from the server: their addresses (on the bridge), and what the proxy listens
+/// on. A service the controller has not given an address yet is left for the next round.
 async fn refresh_services(ctx: &NodeContext) {
     let Ok(list) = ctx.client.services().await else {
         return;
     };
-    let mut added = false;
+    let addresses: BTreeMap<String, std::net::Ipv4Addr> = list
+        .items
+        .iter()
+        .filter_map(|s| s.address.map(|a| (s.name.clone(), a)))
+        .collect();
+    if let Err(e) = ctx.services.set_addresses(addresses.clone()) {
+        eprintln!("tugboat agent: {}: {e}", ctx.node);
+    }
+    for (name, address) in &addresses {
+        if ctx.services.has_address_on_bridge(name) {
+            continue;
+        }
+        let net = ipnetwork::Ipv4Network::new(*address, 32).expect("a /32");
+        use tug_netns::ops::NetOps;
+        let _net = ctx.net_lock.lock().await;
+        match ctx
+            .network
+            .ops()
+            .add_address(ctx.network.bridge_index(), net)
+            .await
+        {
+            Ok(()) => ctx.services.mark_on_bridge(name),
+            Err(e) => eprintln!(
+                "tugboat agent: {}: address {address} of service {name} on the bridge: {e}",
+                ctx.node
+            ),
+        }
+    }
     let mut listeners = BTreeMap::new();
-    for service in list.items {
-        let Ok((address, new)) = ctx.services.address_of(&service.name) else {
+    for service in &list.items {
+        let Some(address) = service.address else {
             continue;
         };
-        if new || !ctx.services.has_address_on_bridge(&service.name) {
-            let net = ipnetwork::Ipv4Network::new(address, 32).expect("a /32");
-            use tug_netns::ops::NetOps;
-            let _net = ctx.net_lock.lock().await;
-            if ctx
-                .network
-                .ops()
-                .add_address(ctx.network.bridge_index(), net)
-                .await
-                .is_ok()
-            {
-                ctx.services.mark_on_bridge(&service.name);
-            }
-            added = true;
-        }
         for port in &service.spec.ports {
             if port.protocol != crate::spec::Protocol::Tcp {
                 continue;
@@ -539,7 +605,4 @@ async fn refresh_services(ctx: &NodeContext) {
         }
     }
     ctx.services.set_listeners(listeners);
-    if added {
-        ctx.services.refresh_hosts_files();
-    }
 }

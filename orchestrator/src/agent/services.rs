@@ -1,18 +1,22 @@
 //! Services on the node's network: a stable virtual address per service, a name for it in
 //! every container's /etc/hosts, and a small TCP balancer on that address.
 //!
-//! Each service gets an address from the service range (default 10.89.0.0/24), kept in
-//! `<data-dir>/services.json` so it never changes for the life of the node. The address is
-//! added (as a /32) to the node's bridge, so containers reach it through their default
+//! Each service has an address from the service range (default 10.89.0.0/24), given by the
+//! server's service controller, so it is the same on every node and for the service's life.
+//! The agent keeps the last list in `<data-dir>/services.json` (names keep resolving while
+//! the server is away). The address is added (as a /32) to the node's bridge, so containers reach it through their default
 //! route and the host reaches it directly. On each of the service's container ports (and on
 //! its ingress ports, on the host) the node's proxy ([`super::proxy`]) listens and passes
 //! every connection to the next ready instance; this table says what it serves, and an
 //! instance whose readiness probe fails is taken out of it at once. Names: the agent writes
 //! every instance's /etc/hosts (a file bind-mounted into the container) with the names and
 //! addresses of all services, and rewrites it in place when a service appears.
+//!
+//! The balancer's endpoints are this node's ready instances (set by their supervisors, so a
+//! failed readiness probe counts at once) plus the ready instances on other nodes, which the
+//! agent learns from the server ([`super::remote`]) and replaces wholesale on each refresh.
 
 use super::proxy::{ProxyListener, ProxyTable};
-use ipnetwork::Ipv4Network;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -27,11 +31,8 @@ pub struct Endpoint {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    #[error("service range {range} is full: no address left for service {service}")]
-    RangeFull { range: Ipv4Network, service: String },
-    #[error("service {service}: {path}: {source}")]
-    State {
-        service: String,
+    #[error("saving the services' addresses to {path}: {source}")]
+    Save {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -41,8 +42,10 @@ pub enum ServiceError {
 struct Inner {
     /// Service name -> virtual address (persisted).
     vips: BTreeMap<String, Ipv4Addr>,
-    /// Service -> instance id -> endpoint.
+    /// Service -> instance id -> endpoint: this node's instances, from their supervisors.
     endpoints: HashMap<String, BTreeMap<String, Endpoint>>,
+    /// Service -> instance id -> address: ready instances on other nodes, from the server.
+    remote: BTreeMap<String, BTreeMap<String, Ipv4Addr>>,
     /// What the proxy listens on: address -> (service, instances' port).
     listeners: BTreeMap<SocketAddr, (String, u16)>,
     /// /etc/hosts files of instances: id -> (path, own address).
@@ -51,22 +54,42 @@ struct Inner {
     on_bridge: std::collections::HashSet<String>,
 }
 
+impl Inner {
+    /// The service's ready endpoints: local ones first, then remote ones, each once.
+    fn ready(&self, service: &str) -> Vec<Ipv4Addr> {
+        let mut out: Vec<Ipv4Addr> = self
+            .endpoints
+            .get(service)
+            .map(|m| m.values().filter(|e| e.ready).map(|e| e.address).collect())
+            .unwrap_or_default();
+        for address in self
+            .remote
+            .get(service)
+            .into_iter()
+            .flat_map(|m| m.values())
+        {
+            if !out.contains(address) {
+                out.push(*address);
+            }
+        }
+        out
+    }
+}
+
 /// The node's services: addresses, endpoints, balancers, hosts files.
 pub struct ServiceTable {
-    range: Ipv4Network,
     file: PathBuf,
     inner: Mutex<Inner>,
 }
 
 impl ServiceTable {
     /// Loads the saved addresses from `file`.
-    pub fn open(range: Ipv4Network, file: &Path) -> Arc<ServiceTable> {
+    pub fn open(file: &Path) -> Arc<ServiceTable> {
         let vips = std::fs::read(file)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         Arc::new(ServiceTable {
-            range,
             file: file.into(),
             inner: Mutex::new(Inner {
                 vips,
@@ -79,34 +102,37 @@ impl ServiceTable {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The service's address, allocated (and saved) on first use.
-    pub fn address_of(&self, service: &str) -> Result<(Ipv4Addr, bool), ServiceError> {
+    /// Takes the services' addresses from the server (service -> address; a service not
+    /// listed is gone). Returns the services whose address is new or moved: their address
+    /// must go on the bridge. When anything changed: saved, and every /etc/hosts rewritten.
+    pub fn set_addresses(
+        &self,
+        wanted: BTreeMap<String, Ipv4Addr>,
+    ) -> Result<Vec<String>, ServiceError> {
         let mut inner = self.lock();
-        if let Some(a) = inner.vips.get(service) {
-            return Ok((*a, false));
+        if inner.vips == wanted {
+            return Ok(vec![]);
         }
-        let used: std::collections::HashSet<Ipv4Addr> = inner.vips.values().copied().collect();
-        let free = self
-            .range
+        let changed: Vec<String> = wanted
             .iter()
-            .skip(1)
-            .filter(|a| *a != self.range.broadcast())
-            .find(|a| !used.contains(a))
-            .ok_or_else(|| ServiceError::RangeFull {
-                range: self.range,
-                service: service.into(),
-            })?;
-        inner.vips.insert(service.into(), free);
+            .filter(|(name, a)| inner.vips.get(*name) != Some(*a))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &changed {
+            inner.on_bridge.remove(name);
+        }
+        inner.vips = wanted;
         let tmp = self.file.with_extension("tmp");
         let bytes = serde_json::to_vec_pretty(&inner.vips).expect("addresses serialize");
         std::fs::write(&tmp, bytes)
             .and_then(|_| std::fs::rename(&tmp, &self.file))
-            .map_err(|source| ServiceError::State {
-                service: service.into(),
+            .map_err(|source| ServiceError::Save {
                 path: self.file.clone(),
                 source,
             })?;
-        Ok((free, true))
+        drop(inner);
+        self.refresh_hosts_files();
+        Ok(changed)
     }
 
     pub fn has_address_on_bridge(&self, service: &str) -> bool {
@@ -145,14 +171,15 @@ impl ServiceTable {
                 service: service.clone(),
                 listen: *addr,
                 target_port: *port,
-                endpoints: inner
-                    .endpoints
-                    .get(service)
-                    .map(|m| m.values().filter(|e| e.ready).map(|e| e.address).collect())
-                    .unwrap_or_default(),
+                endpoints: inner.ready(service),
             })
             .collect();
         ProxyTable { listeners }
+    }
+
+    /// Replaces the endpoints on other nodes: service -> instance id -> address.
+    pub fn set_remote_endpoints(&self, remote: BTreeMap<String, BTreeMap<String, Ipv4Addr>>) {
+        self.lock().remote = remote;
     }
 
     pub fn set_endpoint(&self, service: &str, instance: &str, endpoint: Endpoint) {
@@ -171,13 +198,10 @@ impl ServiceTable {
         inner.hosts_files.remove(instance);
     }
 
-    /// Ready endpoints per service (for status and tests).
+    /// Ready endpoints of a service, this node's first, then other nodes' (for status and
+    /// tests).
     pub fn ready_endpoints(&self, service: &str) -> Vec<Ipv4Addr> {
-        self.lock()
-            .endpoints
-            .get(service)
-            .map(|m| m.values().filter(|e| e.ready).map(|e| e.address).collect())
-            .unwrap_or_default()
+        self.lock().ready(service)
     }
 
     /// The text of an instance's /etc/hosts.
@@ -236,27 +260,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn addresses_are_stable_and_saved() {
+    fn the_servers_addresses_are_taken_saved_and_marked_for_the_bridge() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("services.json");
-        let range: Ipv4Network = "10.89.0.0/24".parse().unwrap();
-        let table = ServiceTable::open(range, &file);
-        let (a, new) = table.address_of("catalog").unwrap();
-        assert!(new);
-        let (b, _) = table.address_of("cart").unwrap();
-        assert_ne!(a, b);
-        assert_eq!(table.address_of("catalog").unwrap(), (a, false));
-        let again = ServiceTable::open(range, &file);
-        assert_eq!(again.address_of("catalog").unwrap(), (a, false));
+        let table = ServiceTable::open(&file);
+        let (a, b): (Ipv4Addr, Ipv4Addr) =
+            ("10.89.0.1".parse().unwrap(), "10.89.0.2".parse().unwrap());
+        let map = |pairs: &[(&str, Ipv4Addr)]| -> BTreeMap<String, Ipv4Addr> {
+            pairs.iter().map(|(n, a)| (n.to_string(), *a)).collect()
+        };
+        let changed = table
+            .set_addresses(map(&[("catalog", a), ("cart", b)]))
+            .unwrap();
+        assert_eq!(changed, ["cart", "catalog"]);
+        table.mark_on_bridge("catalog");
+        table.mark_on_bridge("cart");
+        assert!(table
+            .set_addresses(map(&[("catalog", a), ("cart", b)]))
+            .unwrap()
+            .is_empty());
+        // A restarted agent knows the names before the server answers.
+        let again = ServiceTable::open(&file);
         assert!(again
             .hosts_text("front-1", "10.88.0.2".parse().unwrap())
             .contains(&format!("{a}\tcatalog\n")));
+        // cart deleted, its address given to orders: orders moves onto the bridge, cart's
+        // name no longer resolves.
+        let changed = table
+            .set_addresses(map(&[("catalog", a), ("orders", b)]))
+            .unwrap();
+        assert_eq!(changed, ["orders"]);
+        assert!(!table.has_address_on_bridge("orders") && table.has_address_on_bridge("catalog"));
+        let hosts = table.hosts_text("front-1", "10.88.0.2".parse().unwrap());
+        assert!(
+            hosts.contains(&format!("{b}\torders\n")) && !hosts.contains("cart"),
+            "{hosts}"
+        );
     }
 
     #[test]
     fn only_ready_endpoints_get_traffic() {
         let dir = tempfile::tempdir().unwrap();
-        let table = ServiceTable::open("10.89.0.0/24".parse().unwrap(), &dir.path().join("s"));
+        let table = ServiceTable::open(&dir.path().join("s"));
         let a: Ipv4Addr = "10.88.0.2".parse().unwrap();
         let b: Ipv4Addr = "10.88.0.3".parse().unwrap();
         table.listen("web", "10.89.0.1:80".parse().unwrap(), 80);
@@ -269,6 +314,39 @@ mod tests {
         assert_eq!(endpoints(&table), [a, b]);
         table.remove_endpoint("web", "w1");
         table.remove_endpoint("web", "w2");
+        assert!(endpoints(&table).is_empty());
+    }
+
+    #[test]
+    fn remote_endpoints_join_the_local_ones_and_are_replaced_wholesale() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = ServiceTable::open(&dir.path().join("s"));
+        let local: Ipv4Addr = "10.88.1.2".parse().unwrap();
+        let remote: Ipv4Addr = "10.88.2.2".parse().unwrap();
+        table.listen("web", "10.89.0.1:80".parse().unwrap(), 80);
+        let endpoints = |t: &ServiceTable| t.proxy_table().listeners[0].endpoints.clone();
+        table.set_endpoint(
+            "web",
+            "w1",
+            Endpoint {
+                address: local,
+                ready: true,
+            },
+        );
+        let one = |id: &str, a| BTreeMap::from([(id.to_string(), a)]);
+        table.set_remote_endpoints(BTreeMap::from([("web".to_string(), one("w2", remote))]));
+        assert_eq!(endpoints(&table), [local, remote]);
+        // A local readiness failure counts at once, whatever the server last said.
+        table.set_endpoint(
+            "web",
+            "w1",
+            Endpoint {
+                address: local,
+                ready: false,
+            },
+        );
+        assert_eq!(endpoints(&table), [remote]);
+        table.set_remote_endpoints(BTreeMap::new());
         assert!(endpoints(&table).is_empty());
     }
 }

@@ -1,6 +1,7 @@
 //! Controllers: pure reconcilers ([`service`], [`node`]) and the loop that runs them
 //! against the store ([`runner`]).
 
+pub mod addresses;
 pub mod node;
 pub mod runner;
 pub mod service;

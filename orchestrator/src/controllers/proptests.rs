@@ -39,6 +39,7 @@ fn instance(n: usize, template: &str, phase: InstancePhase, ready: bool, created
         restarts: 0,
         failed_at_ms: (phase == InstancePhase::Failed).then_some(0),
         stats: None,
+        address: None,
     }
 }
 
@@ -199,6 +200,7 @@ proptest! {
             labels: Default::default(),
             capacity: Resources::default(),
             address: None,
+            subnet: None,
             status: NodeStatus::Ready,
             registered_at_ms: 0,
             last_heartbeat_ms: 0,

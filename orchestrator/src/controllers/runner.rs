@@ -48,6 +48,7 @@ pub async fn reconcile_once(cp: &ControlPlane) -> Result<()> {
     reconcile_node_health(cp, &nodes, &instances, now).await?;
     let (services, instances, _) = load(cp).await?;
     reconcile_services(cp, &services, &instances, now).await?;
+    assign_service_addresses(cp).await?;
     schedule_pending(cp).await?;
     cp.prune_events().await?;
     Ok(())
@@ -179,6 +180,7 @@ async fn reconcile_services(
                             restarts: 0,
                             failed_at_ms: None,
                             stats: None,
+                            address: None,
                         };
                         batch.put_if(instance.key(), 0, &instance);
                     }
@@ -229,6 +231,23 @@ async fn reconcile_services(
                 revision: service.revision,
             });
         }
+        commit_or_retry_later(cp, batch).await?;
+    }
+    Ok(())
+}
+
+/// Gives every service without one its virtual address (each write compare-and-swapped).
+async fn assign_service_addresses(cp: &ControlPlane) -> Result<()> {
+    let (services, _) = objects::list::<Service>(cp.store(), SERVICES).await?;
+    let plain: Vec<Service> = services.iter().map(|s| s.object.clone()).collect();
+    for (name, address) in super::addresses::assign(cp.service_range, &plain) {
+        let Some(current) = services.iter().find(|s| s.object.name == name) else {
+            continue;
+        };
+        let mut updated = current.object.clone();
+        updated.address = Some(address);
+        let mut batch = Batch::default();
+        batch.put_if(service_key(&name), current.revision, &updated);
         commit_or_retry_later(cp, batch).await?;
     }
     Ok(())

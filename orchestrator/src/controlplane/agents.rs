@@ -20,6 +20,9 @@ pub struct NodeRegistration {
     pub capacity: Resources,
     #[serde(default)]
     pub address: Option<String>,
+    /// The node's container subnet. Refused when it overlaps another live node's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<ipnetwork::Ipv4Network>,
     #[serde(default)]
     pub volumes: Vec<String>,
     /// The agent's own API (instance logs), e.g. `http://10.0.0.5:7481`.
@@ -54,6 +57,32 @@ pub struct InstanceStatusReport {
     /// Resource use read from the instance's cgroup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<crate::model::InstanceStats>,
+    /// The instance's container address on the node (once its network is set up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+/// Why `node` may not have `subnet`: it overlaps the subnet of another node that is not
+/// lost (whose containers still hold those addresses, and to which the other nodes route
+/// them). A lost node's subnet is free again: its instances are being replaced elsewhere.
+pub fn subnet_conflict(
+    node: &str,
+    subnet: ipnetwork::Ipv4Network,
+    nodes: &[Node],
+) -> Option<String> {
+    nodes
+        .iter()
+        .filter(|n| n.name != node && n.status != NodeStatus::Lost)
+        .find_map(|n| {
+            let theirs = n.subnet?;
+            theirs.overlaps(subnet).then(|| {
+                format!(
+                    "node {node}: container subnet {subnet} overlaps subnet {theirs} of node {}; \
+                     give each node its own subnet (tugboat agent --subnet)",
+                    n.name
+                )
+            })
+        })
 }
 
 impl ControlPlane {
@@ -64,6 +93,13 @@ impl ControlPlane {
                 registration.name
             )));
         }
+        if let Some(subnet) = registration.subnet {
+            let (nodes, _) = objects::list::<Node>(self.store(), crate::model::NODES).await?;
+            let others: Vec<Node> = nodes.into_iter().map(|n| n.object).collect();
+            if let Some(message) = subnet_conflict(&registration.name, subnet, &others) {
+                return Err(ControlPlaneError::Conflict(message));
+            }
+        }
         let now = now_ms();
         let existing = objects::get::<Node>(self.store(), &node_key(&registration.name)).await?;
         let node = Node {
@@ -71,6 +107,7 @@ impl ControlPlane {
             labels: registration.labels,
             capacity: registration.capacity,
             address: registration.address,
+            subnet: registration.subnet,
             status: NodeStatus::Ready,
             registered_at_ms: existing.as_ref().map_or(now, |e| e.object.registered_at_ms),
             last_heartbeat_ms: now,
@@ -233,6 +270,9 @@ impl ControlPlane {
             if report.stats.is_some() {
                 instance.stats = report.stats;
             }
+            if report.address.is_some() {
+                instance.address = report.address.clone();
+            }
             if report.phase == ReportedPhase::Failed {
                 instance.failed_at_ms = instance.failed_at_ms.or(Some(now));
             }
@@ -267,5 +307,49 @@ impl ControlPlane {
         Err(ControlPlaneError::Conflict(format!(
             "instance `{id}` kept changing; report again"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, subnet: &str, status: NodeStatus) -> Node {
+        Node {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            capacity: Resources::default(),
+            address: None,
+            subnet: Some(subnet.parse().unwrap()),
+            status,
+            registered_at_ms: 0,
+            last_heartbeat_ms: 0,
+            volumes: vec![],
+            agent_url: None,
+        }
+    }
+
+    #[test]
+    fn an_overlapping_subnet_names_both_nodes_and_subnets() {
+        let nodes = [
+            node("a", "10.88.1.0/24", NodeStatus::Ready),
+            node("gone", "10.88.3.0/24", NodeStatus::Lost),
+        ];
+        let e = subnet_conflict("b", "10.88.0.0/16".parse().unwrap(), &nodes).unwrap();
+        assert!(e.contains("node b") && e.contains("10.88.0.0/16"), "{e}");
+        assert!(e.contains("node a") && e.contains("10.88.1.0/24"), "{e}");
+        // Its own subnet again, a disjoint one, a lost node's: all fine.
+        assert_eq!(
+            subnet_conflict("a", "10.88.1.0/24".parse().unwrap(), &nodes),
+            None
+        );
+        assert_eq!(
+            subnet_conflict("b", "10.88.2.0/24".parse().unwrap(), &nodes),
+            None
+        );
+        assert_eq!(
+            subnet_conflict("b", "10.88.3.0/24".parse().unwrap(), &nodes),
+            None
+        );
     }
 }

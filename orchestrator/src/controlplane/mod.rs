@@ -70,6 +70,8 @@ pub struct ControlPlane {
     pub store: Arc<dyn Store>,
     pub scheduler: Scheduler,
     pub timers: Timers,
+    /// Where services get their virtual addresses.
+    pub service_range: ipnetwork::Ipv4Network,
     /// Last heartbeat per node, in memory only: heartbeats do not wear the disk.
     heartbeats: Mutex<HashMap<String, u64>>,
     ids: Mutex<u64>,
@@ -84,6 +86,9 @@ impl ControlPlane {
             store,
             scheduler,
             timers,
+            service_range: crate::model::DEFAULT_SERVICE_RANGE
+                .parse()
+                .expect("the default service range parses"),
             heartbeats: Mutex::new(HashMap::new()),
             ids: Mutex::new(seed | 1),
             event_seq: AtomicU64::new(0),
@@ -192,5 +197,45 @@ mod tests {
         assert!(a.starts_with("web-api-01234-"), "{a}");
         assert_eq!(super::service_of_instance(&a), Some("web-api"));
         assert_eq!(super::service_of_instance("nodash"), None);
+    }
+
+    #[tokio::test]
+    async fn created_services_get_distinct_addresses_that_updates_keep() {
+        use crate::spec::{ServiceSpec, SpecFile};
+        let cp = super::ControlPlane::new(
+            std::sync::Arc::new(crate::store::EmbeddedStore::in_memory()),
+            Default::default(),
+            Default::default(),
+        );
+        let file = |image: &str| SpecFile {
+            services: ["web", "db"]
+                .iter()
+                .map(|n| (n.to_string(), ServiceSpec::new(image)))
+                .collect(),
+        };
+        cp.apply(file("x:1")).await.unwrap();
+        let one = cp
+            .create_service("cache", ServiceSpec::new("c:1"))
+            .await
+            .unwrap();
+        cp.apply(file("x:2")).await.unwrap();
+        let addresses: Vec<_> = cp
+            .list_services()
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|s| (s.name, s.address))
+            .collect();
+        let ip = |a: &str| Some(a.parse().unwrap());
+        assert_eq!(
+            addresses,
+            [
+                ("cache".to_string(), ip("10.89.0.3")),
+                ("db".to_string(), ip("10.89.0.1")),
+                ("web".to_string(), ip("10.89.0.2")),
+            ]
+        );
+        assert_eq!(one.address, ip("10.89.0.3"));
     }
 }

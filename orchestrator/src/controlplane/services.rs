@@ -26,6 +26,28 @@ impl ControlPlane {
             .collect())
     }
 
+    /// Gives a new service its virtual address: the lowest free one, counting the known
+    /// services and those created in the same transaction (`also`). The service controller
+    /// repairs the rare clash of two concurrent creations, and gives one to a service
+    /// created while the range was full once an address is free.
+    fn give_address(
+        &self,
+        known: &BTreeMap<String, Versioned<Service>>,
+        also: &[Service],
+        service: &mut Service,
+    ) {
+        let mut all: Vec<Service> = known
+            .values()
+            .map(|v| v.object.clone())
+            .chain(also.iter().cloned())
+            .collect();
+        all.push(service.clone());
+        service.address = crate::controllers::addresses::assign(self.service_range, &all)
+            .into_iter()
+            .find(|(name, _)| *name == service.name)
+            .map(|(_, a)| a);
+    }
+
     async fn validate(
         &self,
         services: &BTreeMap<String, ServiceSpec>,
@@ -42,9 +64,15 @@ impl ControlPlane {
         let now = now_ms();
         let mut batch = Batch::default();
         let mut outcome = BTreeMap::new();
+        let mut created = vec![];
         for (name, spec) in file.services {
             let (service, revision, what) = match known.get(&name) {
-                None => (Service::new(&name, spec, now), 0, "created"),
+                None => {
+                    let mut service = Service::new(&name, spec, now);
+                    self.give_address(&known, &created, &mut service);
+                    created.push(service.clone());
+                    (service, 0, "created")
+                }
                 Some(existing) if existing.object.spec == spec => {
                     outcome.insert(name, "unchanged".into());
                     continue;
@@ -84,7 +112,8 @@ impl ControlPlane {
                 name: name.into(),
             });
         }
-        let service = Service::new(name, spec, now_ms());
+        let mut service = Service::new(name, spec, now_ms());
+        self.give_address(&known, &[], &mut service);
         let mut batch = Batch::default();
         batch.put_if(service_key(name), 0, &service);
         self.event(
@@ -108,7 +137,11 @@ impl ControlPlane {
                 service.replace_spec(spec, now_ms());
                 (service, existing.revision)
             }
-            None => (Service::new(name, spec, now_ms()), 0),
+            None => {
+                let mut service = Service::new(name, spec, now_ms());
+                self.give_address(&known, &[], &mut service);
+                (service, 0)
+            }
         };
         let mut batch = Batch::default();
         batch.put_if(service_key(name), revision, &service);

@@ -79,6 +79,7 @@ impl TestCluster {
                 .collect::<BTreeMap<_, _>>(),
             capacity,
             address: Some("127.0.0.1".into()),
+            subnet: None,
             volumes: vec![],
             agent_url: None,
         };
@@ -174,6 +175,7 @@ async fn run_simulated_agent(client: ApiClient, node: String, silent: Arc<Atomic
                 exit_code: broken.then_some(1),
                 restarts: 0,
                 stats: None,
+                address: None,
             };
             if client.report_status(&instance.id, &report).await.is_ok() {
                 reported.insert(instance.id);

@@ -1,7 +1,8 @@
 //! A host for root tests of the agent: a network namespace of the test's own (`tgb<pid>x<n>`),
-//! a data dir, and `tugboat up` running inside that namespace. Everything the test makes
-//! is removed on drop: the process, the monitors and proxy it started, mounts under the data
-//! dir, the instances' cgroups, the namespace.
+//! a data dir, and `tugboat up` (or a separate `tugboat server` and `tugboat agent`, see
+//! [`TestHost::spawn`]) running inside that namespace. Everything the test makes is removed
+//! on drop: the processes, the monitors and proxy they started, mounts under the data dir,
+//! the instances' cgroups, the namespace (and with it the veths and routes in it).
 #![allow(dead_code)]
 
 use std::io::{BufRead, Read, Write};
@@ -72,6 +73,8 @@ pub struct TestHost {
     pub dir: PathBuf,
     ns_file: std::fs::File,
     up: Option<Child>,
+    /// Other `tugboat` processes in the namespace (server, agent), by name.
+    procs: Vec<(String, Child)>,
     pub output: Arc<Mutex<String>>,
 }
 
@@ -99,6 +102,7 @@ impl TestHost {
             dir,
             ns_file,
             up: None,
+            procs: vec![],
             output: Arc::new(Mutex::new(String::new())),
         }
     }
@@ -154,21 +158,69 @@ impl TestHost {
                 .arg(images.join(format!("oci/shop-{svc}")));
         }
         let mut child = self.in_netns(|| cmd.spawn().expect("spawn tugboat up"));
-        let out = self.output.clone();
+        self.collect_output("", &mut child);
+        self.up = Some(child);
+    }
+
+    /// Copies the child's stdout and stderr, line by line, to `output` (after `prefix`).
+    fn collect_output(&self, prefix: &str, child: &mut Child) {
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
         for stream in [Box::new(stdout) as Box<dyn Read + Send>, Box::new(stderr)] {
-            let out = out.clone();
+            let out = self.output.clone();
+            let prefix = prefix.to_string();
             std::thread::spawn(move || {
                 for line in std::io::BufReader::new(stream)
                     .lines()
                     .map_while(Result::ok)
                 {
-                    out.lock().unwrap().push_str(&format!("{line}\n"));
+                    out.lock().unwrap().push_str(&format!("{prefix}{line}\n"));
                 }
             });
         }
-        self.up = Some(child);
+    }
+
+    /// `tugboat ARGS` in the namespace (a server, an agent), its output in `output` with
+    /// `name: ` before each line; stopped (SIGINT, then SIGKILL) on drop. Its HOME is the
+    /// host's dir, so no client config of the machine's user is read.
+    pub fn spawn(&mut self, name: &str, args: &[&str]) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tugboat"));
+        cmd.args(args)
+            .env("HOME", &self.dir)
+            .env_remove("TUGBOAT_ADDR")
+            .env_remove("TUGBOAT_TOKEN")
+            .env_remove("TUGBOAT_CONFIG")
+            .env_remove("TUGBOAT_DATA_DIR")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = self.in_netns(|| cmd.spawn().expect("spawn tugboat"));
+        self.collect_output(&format!("{name}: "), &mut child);
+        self.procs.push((name.to_string(), child));
+    }
+
+    /// Stops the processes of [`TestHost::spawn`], last started first: SIGINT, then
+    /// SIGKILL after 30 s. Returns whether all exited on SIGINT.
+    pub fn stop_spawned(&mut self) -> bool {
+        let mut clean = true;
+        while let Some((_, mut child)) = self.procs.pop() {
+            // SAFETY: a signal to our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut exited = false;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    exited = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if !exited {
+                clean = false;
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        clean
     }
 
     pub fn wait_for_output(&self, text: &str, limit: Duration) {
@@ -261,7 +313,7 @@ impl TestHost {
 
 impl Drop for TestHost {
     fn drop(&mut self) {
-        let clean = self.stop_up();
+        let clean = self.stop_up() & self.stop_spawned();
         // Whatever is left of what this host started: monitors (and so containers) and
         // the proxy, then mounts, cgroups, the namespace.
         for pid in self.monitor_pids().into_iter().chain(self.proxy_pids()) {
@@ -299,7 +351,7 @@ impl Drop for TestHost {
         let _ = std::fs::remove_dir_all(&self.dir);
         if !clean && !std::thread::panicking() {
             panic!(
-                "tugboat up did not stop cleanly on Ctrl-C:\n{}",
+                "tugboat (up, server or agent) did not stop cleanly on Ctrl-C:\n{}",
                 self.output.lock().unwrap()
             );
         }

@@ -65,6 +65,10 @@ pub struct LocalState {
     pub restarts: u32,
     #[serde(default)]
     pub address: Option<Ipv4Addr>,
+    /// Whether it was ready when last probed: a restarted agent serves it again at once
+    /// instead of taking it out of its service until the next probe passes.
+    #[serde(default)]
+    pub ready: bool,
 }
 
 /// Back-off before restart number `restarts` (1-based): 250 ms doubling to 10 s.
@@ -195,6 +199,9 @@ impl Supervisor {
         }
         if monitor_running(&self.paths.dir) {
             self.message = "running".into();
+            // Re-attached: ready as it was (the next probe, due now, confirms it).
+            self.readiness.passing = self.state.ready;
+            self.set_endpoint(self.state.ready);
             return Phase::Running {
                 since: Instant::now(),
             };
@@ -368,7 +375,11 @@ impl Supervisor {
         Phase::Failed
     }
 
-    fn set_endpoint(&self, ready: bool) {
+    fn set_endpoint(&mut self, ready: bool) {
+        if self.state.ready != ready {
+            self.state.ready = ready;
+            self.save_state();
+        }
         if let Some(address) = self.address {
             self.ctx.services.set_endpoint(
                 &self.instance.service,

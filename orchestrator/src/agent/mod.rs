@@ -359,6 +359,22 @@ impl Agent {
         for dir in dirs.flatten() {
             let paths = instance::InstancePaths { dir: dir.path() };
             if let Some(instance) = monitor::read_json::<Instance>(&paths.record()) {
+                // A container that kept running keeps its place in its service from the
+                // proxy's first table on, not only once its supervisor has re-attached.
+                let state: instance::LocalState =
+                    monitor::read_json(&paths.local_state()).unwrap_or_default();
+                if let (Some(address), true) =
+                    (state.address, instance::monitor_running(&paths.dir))
+                {
+                    self.ctx.services.set_endpoint(
+                        &instance.service,
+                        &instance.id,
+                        services::Endpoint {
+                            address,
+                            ready: state.ready,
+                        },
+                    );
+                }
                 self.start(instance);
             }
         }

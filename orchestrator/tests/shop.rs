@@ -4,6 +4,9 @@
 mod host;
 
 use host::{wait_for, TestHost};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tugboat::model::{Instance, InstancePhase};
 
@@ -253,6 +256,31 @@ fn the_shop_answers_while_the_agent_is_dead_and_nothing_runs_twice_after() {
     let answer = buy(&host, "during").expect("the shop answers with the agent down");
     assert!(answer.contains("payments: "), "{answer}");
     host.output.lock().unwrap().clear();
+    // Purchases go on through the restart: none may fail while the new agent re-attaches.
+    let stop = Arc::new(AtomicBool::new(false));
+    let buyer = {
+        let (netns, stop) = (host.netns.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(format!("/run/netns/{netns}")).unwrap();
+            // SAFETY: setns of this thread only, on a namespace fd we hold open.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            let (mut ok, mut failures) = (0, vec![]);
+            // Bounded: at most 2,000 purchases or 120 s.
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::SeqCst)
+                && ok + failures.len() < 2000
+                && std::time::Instant::now() < deadline
+            {
+                match host::http_get(host::SHOP, "/cgi-bin/buy?user=restart&sku=tea") {
+                    Ok(answer) if answer.contains("payments: ") => ok += 1,
+                    Ok(answer) => failures.push(format!("bad answer: {answer}")),
+                    Err(e) => failures.push(e),
+                }
+            }
+            (ok, failures)
+        })
+    };
     host.start_up(&host::shop_spec());
     host.wait_for_output("front: http://127.0.0.1:8080/", START);
     wait_for(
@@ -260,6 +288,17 @@ fn the_shop_answers_while_the_agent_is_dead_and_nothing_runs_twice_after() {
         START,
         || instances(&host).iter().filter(|i| i.ready).count() == 9,
         || show(&host),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failures) = buyer.join().unwrap();
+    assert!(ok > 5, "only {ok} purchases went through the restart");
+    assert!(
+        failures.is_empty(),
+        "{} of {} purchases failed while the agent restarted: {:?}",
+        failures.len(),
+        ok + failures.len(),
+        &failures[..failures.len().min(5)]
     );
     let mut after: Vec<String> = instances(&host).into_iter().map(|i| i.id).collect();
     after.sort();

@@ -533,7 +533,12 @@ async fn service_loop(ctx: Arc<NodeContext>) {
 async fn refresh_remote(ctx: &NodeContext, view: &mut remote::RemoteView) {
     let answer = async {
         let nodes = ctx.client.nodes().await?.items;
-        let instances = ctx.client.instances(None).await?.items;
+        // Alone (`tugboat up`, a one-node cluster): no instance list to fetch every second.
+        let instances = if nodes.iter().any(|n| n.name != ctx.node) {
+            ctx.client.instances(None).await?.items
+        } else {
+            vec![]
+        };
         Ok::<_, crate::client::ClientError>((nodes, instances))
     }
     .await;

@@ -121,6 +121,15 @@ enum Command {
         /// The address other nodes reach this one at: they route this node's subnet via it.
         #[arg(long)]
         address: Option<std::net::Ipv4Addr>,
+        /// How packets reach other nodes' containers: `host-gw` (routes via the other
+        /// nodes' addresses; the nodes share a link), `vxlan` (a VXLAN tunnel from
+        /// --address, UDP 4789; the nodes only need to reach each other) or `auto`
+        /// (host-gw where the other node is on a shared link, VXLAN elsewhere).
+        #[arg(long, value_enum, default_value = "host-gw")]
+        overlay: Overlay,
+        /// The VXLAN network identifier (with --overlay vxlan); the same on every node.
+        #[arg(long, default_value_t = 1)]
+        vni: u32,
         /// Where the agent's own API (instance logs) listens.
         #[arg(long, default_value = "127.0.0.1:7481")]
         api_listen: SocketAddr,
@@ -188,6 +197,14 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("label `{s}` is not key=value"))
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Overlay {
+    HostGw,
+    Vxlan,
+    /// host-gw to nodes on a shared link, VXLAN to the others.
+    Auto,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -496,6 +513,8 @@ async fn run(cli: Cli) -> Result<()> {
             labels,
             subnet,
             address,
+            overlay,
+            vni,
             api_listen,
             images,
             import,
@@ -509,6 +528,24 @@ async fn run(cli: Cli) -> Result<()> {
             config.subnet = subnet
                 .parse()
                 .with_context(|| format!("--subnet {subnet}"))?;
+            config.peer_mode = match (overlay, address) {
+                (Overlay::HostGw, _) => tug_netns::PeerMode::HostGw,
+                (Overlay::Vxlan | Overlay::Auto, Some(local)) => {
+                    if *vni == 0 || *vni >= 1 << 24 {
+                        bail!("--vni {vni}: a VXLAN network identifier is 1 to 16777215");
+                    }
+                    let vxlan = tug_netns::VxlanConfig::new(*vni, *local);
+                    match overlay {
+                        Overlay::Vxlan => tug_netns::PeerMode::Vxlan(vxlan),
+                        _ => tug_netns::PeerMode::Auto(vxlan),
+                    }
+                }
+                (Overlay::Vxlan | Overlay::Auto, None) => {
+                    bail!(
+                        "--overlay vxlan and auto need --address: the tunnel's source on this node"
+                    )
+                }
+            };
             let images =
                 tugboat::agent::images::open_source(&cli.data_dir, images.as_deref(), import)?;
             tugboat::agent::run_until_signal(config, api, images).await?;

@@ -5,8 +5,9 @@
 //! address from A's host side and by name from a container on A: A's proxy balances over
 //! B's instance, reached through a host-gw route A's agent made from B's registration. A
 //! service with an instance on each host is balanced over both, from either host. When B
-//! goes, A drops its route and its endpoints. The machine's root network namespace is
-//! never changed.
+//! goes, A drops its route and its endpoints. The same again with a VXLAN overlay between
+//! the hosts instead of host-gw routes. The machine's root network namespace is never
+//! changed.
 
 mod host;
 
@@ -97,7 +98,13 @@ impl Drop for Wire {
     }
 }
 
-fn agent_args(host: &TestHost, node: &str, subnet: &str, address: &str) -> Vec<String> {
+fn agent_args(
+    host: &TestHost,
+    node: &str,
+    subnet: &str,
+    address: &str,
+    overlay: &str,
+) -> Vec<String> {
     let image = |name: &str| shop_images().join("oci").join(name).display().to_string();
     [
         "agent",
@@ -111,6 +118,8 @@ fn agent_args(host: &TestHost, node: &str, subnet: &str, address: &str) -> Vec<S
         subnet,
         "--address",
         address,
+        "--overlay",
+        overlay,
         "--api-listen",
         &format!("{address}:7481"),
         "--label",
@@ -169,6 +178,16 @@ fn proxy_endpoints(host: &TestHost, service: &str) -> Option<Vec<std::net::Ipv4A
 #[test]
 fn a_service_on_one_host_answers_from_the_other() {
     skip_unless_possible!("a_service_on_one_host_answers_from_the_other");
+    two_hosts("host-gw");
+}
+
+#[test]
+fn a_service_on_one_host_answers_from_the_other_over_vxlan() {
+    skip_unless_possible!("a_service_on_one_host_answers_from_the_other_over_vxlan");
+    two_hosts("vxlan");
+}
+
+fn two_hosts(overlay: &str) {
     let mut a = TestHost::new();
     let mut b = TestHost::new();
     let _wire = Wire::new(&a, &b);
@@ -177,9 +196,9 @@ fn a_service_on_one_host_answers_from_the_other() {
     a.spawn("server", &["server", "--listen", "0.0.0.0:7480", "--insecure-no-auth",
                         "--data-dir", &server_dir]);
     a.wait_for_output("server: tugboat server listening", START);
-    let args = agent_args(&a, "a", "10.88.1.0/24", "192.168.213.1");
+    let args = agent_args(&a, "a", "10.88.1.0/24", "192.168.213.1", overlay);
     spawn(&mut a, "agent-a", &args);
-    let args = agent_args(&b, "b", "10.88.2.0/24", "192.168.213.2");
+    let args = agent_args(&b, "b", "10.88.2.0/24", "192.168.213.2", overlay);
     spawn(&mut b, "agent-b", &args);
     wait_for(
         "nodes a and b registered",
@@ -375,11 +394,25 @@ fn a_service_on_one_host_answers_from_the_other() {
 
     // B goes (its agent stopped, the node deleted): A's route to B's subnet goes, and with
     // it B's menu instance from A's proxy.
+    // host-gw: via B's address; VXLAN: via B's tunnel endpoint (its subnet's first address)
+    // on the VXLAN device, whose forwarding entry sends to B's address.
+    let route = match overlay {
+        "vxlan" => "10.88.2.0/24 via 10.88.2.0 dev tvx",
+        _ => "10.88.2.0/24 via 192.168.213.2",
+    };
     assert!(
-        routes(&a).contains("10.88.2.0/24 via 192.168.213.2"),
-        "{}",
+        routes(&a).contains(route),
+        "no `{route}` in:\n{}",
         routes(&a)
     );
+    if overlay == "vxlan" {
+        let fdb = Command::new("bridge")
+            .args(["-n", &a.netns, "fdb", "show"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        assert!(fdb.contains("dst 192.168.213.2"), "{fdb}");
+    }
     b.stop_spawned();
     a.api(|c| async move {
         c.call::<serde_json::Value>(reqwest::Method::DELETE, "/v1/nodes/b", None)

@@ -60,6 +60,8 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// The address other nodes reach this one at (reported to the server).
     pub address: Option<String>,
+    /// How packets reach other nodes' containers (host-gw routes, or a VXLAN overlay).
+    pub peer_mode: tug_netns::PeerMode,
     /// Where the agent's own API (instance logs) listens; none: not served.
     pub api_listen: Option<std::net::SocketAddr>,
     /// The cluster's bearer token, required by the agent's API.
@@ -81,6 +83,7 @@ impl AgentConfig {
             log_max_bytes: 1 << 20,
             heartbeat: Duration::from_secs(2),
             address: None,
+            peer_mode: tug_netns::PeerMode::HostGw,
             api_listen: None,
             token: None,
         }
@@ -119,6 +122,7 @@ pub struct NodeContext {
     pub runtime_root: PathBuf,
     pub monitor_exe: PathBuf,
     pub log_max_bytes: u64,
+    pub peer_mode: tug_netns::PeerMode,
 }
 
 impl NodeContext {
@@ -193,6 +197,7 @@ impl Agent {
             runtime_root: config.data_dir.join("runtime"),
             monitor_exe: config.monitor_exe.clone(),
             log_max_bytes: config.log_max_bytes,
+            peer_mode: config.peer_mode,
         });
         let api = match config.api_listen {
             Some(addr) => {
@@ -563,11 +568,7 @@ async fn refresh_remote(ctx: &NodeContext, view: &mut remote::RemoteView) {
         eprintln!("tugboat agent: {}: {problem}", ctx.node);
     }
     let _net = ctx.net_lock.lock().await;
-    match ctx
-        .network
-        .set_peers(&peers, &tug_netns::PeerMode::HostGw)
-        .await
-    {
+    match ctx.network.set_peers(&peers, &ctx.peer_mode).await {
         Ok(_) => view.routed = Some(peers),
         Err(e) => eprintln!("tugboat agent: {}: routes to other nodes: {e}", ctx.node),
     }

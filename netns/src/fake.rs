@@ -25,6 +25,7 @@ pub enum Call {
     AddVxlan(String),
     DelLink(String),
     AddAddress(String, Ipv4Network),
+    DelAddress(String, Ipv4Network),
     AddRoute(Route),
     DelRoute(Route),
     AddNeighbour(Ipv4Addr),
@@ -207,6 +208,12 @@ impl NetOps for Recorder {
     async fn add_address(&self, index: u32, addr: Ipv4Network) -> Result<(), OpError> {
         let name = self.name_of(index);
         self.record(Call::AddAddress(name, addr))
+    }
+
+    async fn del_address(&self, index: u32, addr: Ipv4Network) -> Result<bool, OpError> {
+        let name = self.name_of(index);
+        self.record(Call::DelAddress(name, addr))?;
+        Ok(true)
     }
 
     async fn addresses(&self, _index: u32) -> Result<Vec<Ipv4Network>, OpError> {

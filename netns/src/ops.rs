@@ -185,6 +185,8 @@ pub trait NetOps: Sized {
     async fn del_link(&self, name: &str) -> Result<bool, OpError>;
     /// Adds an address (no error if present).
     async fn add_address(&self, index: u32, addr: Ipv4Network) -> Result<(), OpError>;
+    /// Removes an address; `Ok(false)` when the link did not have it.
+    async fn del_address(&self, index: u32, addr: Ipv4Network) -> Result<bool, OpError>;
     /// Addresses on a link.
     async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Network>, OpError>;
     /// IPv4 routes of the main table.

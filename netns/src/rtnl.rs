@@ -277,6 +277,30 @@ impl NetOps for Rtnl {
         }
     }
 
+    async fn del_address(&self, index: u32, addr: Ipv4Network) -> Result<bool, OpError> {
+        let mut s = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let what = || format!("{addr} on link {index}");
+        while let Some(m) = s.try_next().await.map_err(nl("list addresses", index))? {
+            let matches = m.header.prefix_len == addr.prefix()
+                && m.attributes.iter().any(
+                    |a| matches!(a, AddressAttribute::Address(IpAddr::V4(ip)) if *ip == addr.ip()),
+                );
+            if matches {
+                return match self.handle.address().del(m).execute().await {
+                    Ok(()) => Ok(true),
+                    Err(e) if code(&e) == Some(libc::EADDRNOTAVAIL) => Ok(false),
+                    Err(e) => Err(nl("delete address", what())(e)),
+                };
+            }
+        }
+        Ok(false)
+    }
+
     async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Network>, OpError> {
         let mut s = self
             .handle

@@ -294,3 +294,55 @@ fn exec_through_the_api() {
         );
     }
 }
+
+/// The addresses on the node's bridge (`tug-tugboat`) inside the test's namespace.
+fn bridge_addresses(host: &TestHost) -> String {
+    Command::new("ip")
+        .args([
+            "-n",
+            &host.netns,
+            "-4",
+            "addr",
+            "show",
+            "dev",
+            "tug-tugboat",
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_deleted_services_address_leaves_the_bridge() {
+    skip_unless_possible!("a_deleted_services_address_leaves_the_bridge");
+    let (host, _id) = started();
+    let address = host
+        .api(|c| async move { c.services().await })
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|s| s.name == "box")
+        .and_then(|s| s.address)
+        .expect("box has an address");
+    let on_bridge = format!("inet {address}/32");
+    wait_for(
+        &format!("{address} on the bridge"),
+        Duration::from_secs(30),
+        || bridge_addresses(&host).contains(&on_bridge),
+        || bridge_addresses(&host),
+    );
+    host.api(|c| async move { c.delete_service("box").await })
+        .unwrap();
+    wait_for(
+        &format!("{address} off the bridge once box is deleted"),
+        Duration::from_secs(30),
+        || !bridge_addresses(&host).contains(&on_bridge),
+        || bridge_addresses(&host),
+    );
+    // The node's own address on the bridge stays.
+    assert!(
+        bridge_addresses(&host).contains("inet 10.88."),
+        "{}",
+        bridge_addresses(&host)
+    );
+}

@@ -512,9 +512,15 @@ async fn heartbeat_loop(client: ApiClient, registration: NodeRegistration, every
 async fn service_loop(ctx: Arc<NodeContext>) {
     let mut tick: u64 = 0;
     let mut view = remote::RemoteView::default();
+    // The service addresses the bridge was last cleaned against.
+    let mut swept = None;
     loop {
         if tick % 5 == 0 {
-            refresh_services(&ctx).await;
+            if let Some(wanted) = refresh_services(&ctx).await {
+                if swept.as_ref() != Some(&wanted) && sweep_addresses(&ctx, &wanted).await {
+                    swept = Some(wanted);
+                }
+            }
             refresh_remote(&ctx, &mut view).await;
         }
         tick += 1;
@@ -574,11 +580,43 @@ async fn refresh_remote(ctx: &NodeContext, view: &mut remote::RemoteView) {
     }
 }
 
+/// Takes the addresses of services that are gone off the bridge: every /32 of the service
+/// range on it that no service has now (also those left by an earlier agent). True when
+/// the bridge could be read.
+async fn sweep_addresses(
+    ctx: &NodeContext,
+    wanted: &std::collections::BTreeSet<std::net::Ipv4Addr>,
+) -> bool {
+    use tug_netns::ops::NetOps;
+    let Some(range) = ctx.network.config().cluster_cidr else {
+        return true;
+    };
+    let _net = ctx.net_lock.lock().await;
+    let bridge = ctx.network.bridge_index();
+    let Ok(on_bridge) = ctx.network.ops().addresses(bridge).await else {
+        return false;
+    };
+    for a in on_bridge {
+        if a.prefix() == 32 && range.contains(a.ip()) && !wanted.contains(&a.ip()) {
+            if let Err(e) = ctx.network.ops().del_address(bridge, a).await {
+                eprintln!(
+                    "tugboat agent: {}: removing {a} (a deleted service's) from the bridge: {e}",
+                    ctx.node
+                );
+            }
+        }
+    }
+    true
+}
+
 /// Services from the server: their addresses (on the bridge), and what the proxy listens
 /// on. A service the controller has not given an address yet is left for the next round.
-async fn refresh_services(ctx: &NodeContext) {
+/// Returns the addresses services have now (none when the server did not answer).
+async fn refresh_services(
+    ctx: &NodeContext,
+) -> Option<std::collections::BTreeSet<std::net::Ipv4Addr>> {
     let Ok(list) = ctx.client.services().await else {
-        return;
+        return None;
     };
     let addresses: BTreeMap<String, std::net::Ipv4Addr> = list
         .items
@@ -627,4 +665,5 @@ async fn refresh_services(ctx: &NodeContext) {
         }
     }
     ctx.services.set_listeners(listeners);
+    Some(addresses.into_values().collect())
 }

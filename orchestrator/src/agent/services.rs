@@ -121,6 +121,8 @@ impl ServiceTable {
         for name in &changed {
             inner.on_bridge.remove(name);
         }
+        // A deleted service's address leaves the bridge (the agent sweeps it off).
+        inner.on_bridge.retain(|name| wanted.contains_key(name));
         inner.vips = wanted;
         let tmp = self.file.with_extension("tmp");
         let bytes = serde_json::to_vec_pretty(&inner.vips).expect("addresses serialize");

@@ -66,6 +66,10 @@ impl NetOps for Crashing {
         self.spend("add_address")?;
         self.inner.add_address(index, addr).await
     }
+    async fn del_address(&self, index: u32, addr: Ipv4Network) -> Result<bool, OpError> {
+        self.spend("del_address")?;
+        self.inner.del_address(index, addr).await
+    }
     async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Network>, OpError> {
         self.inner.addresses(index).await
     }

@@ -39,7 +39,9 @@ pub trait CgroupManager {
     /// The processes in the cgroup.
     fn pids(&self) -> Result<Vec<i32>, CgroupError>;
     fn freeze(&self, frozen: bool) -> Result<(), CgroupError>;
-    /// Removes the cgroup (and tug's own empty parent), if it exists.
+    /// Removes the cgroup, if it exists. Its parent stays, as with runc: tug's own `tug`
+    /// parent is made once and shared by every container after (making and removing it
+    /// around each container cost 9 cgroup mkdirs and rmdirs per `run` on a v1 host).
     fn destroy(&mut self) -> Result<(), CgroupError>;
     /// Where the `cgroup` mount type finds the container's cgroup on the host.
     fn mounts(&self) -> CgroupMounts;
@@ -146,13 +148,11 @@ pub fn can_make_cgroups() -> bool {
     nix::unistd::access(&root, nix::unistd::AccessFlags::W_OK).is_ok()
 }
 
-/// The default cgroup path of a container with no `linux.cgroupsPath`.
+/// The default cgroup path of a container with no `linux.cgroupsPath`: under a `tug`
+/// parent, made with the first container and kept (like docker's `/docker`).
 pub fn default_path(id: &str) -> String {
     format!("/tug/{id}")
 }
-
-/// The parent directory tug makes for containers that give no cgroupsPath.
-const TUG_PARENT: &str = "tug";
 
 /// True on a pure cgroup v2 host.
 pub fn host_is_v2() -> bool {
@@ -422,14 +422,6 @@ impl CgroupManager for FsCgroup {
                     Err(e) => {
                         return Err(err(&self.path, "remove", format!("{}: {e}", dir.display())))
                     }
-                }
-            }
-            // tug's own parent goes when its last container does; others' parents stay.
-            if let Some(parent) = dir.parent() {
-                if parent.file_name().is_some_and(|n| n == TUG_PARENT)
-                    && self.path.starts_with(&format!("/{TUG_PARENT}/"))
-                {
-                    let _ = fs::remove_dir(parent);
                 }
             }
         }

@@ -89,7 +89,8 @@ def main():
     global LAUNCHER, RSS_FILE
     tug, LAUNCHER = sys.argv[1], sys.argv[2]
     work = tempfile.mkdtemp(prefix="tugbench")
-    # State where each runtime keeps it by default: /run, a tmpfs.
+    # State where each runtime keeps it by default: /run (a tmpfs on most hosts; on the
+    # machine of BENCHMARKS.md it is the root ext4, the same for every runtime).
     state = tempfile.mkdtemp(prefix="tugbench", dir="/run")
     RSS_FILE = f"{work}/maxrss"
     try:
@@ -97,7 +98,8 @@ def main():
                Runtime("crun", shutil.which("crun"), f"{state}/crun"),
                Runtime("runc", shutil.which("runc"), f"{state}/runc")]
         if len(sys.argv) > 3:
-            rts.append(Runtime("tug-static", sys.argv[3], f"{state}/tug-static"))
+            label = os.environ.get("STATIC_LABEL", "tug-static")
+            rts.append(Runtime(label, sys.argv[3], f"{state}/{label}"))
         true_b, sleep_b = f"{work}/true", f"{work}/sleep"
         make_bundle(true_b, ["/bin/true"])
         make_bundle(sleep_b, ["/bin/sleep", "1000"])

@@ -16,11 +16,19 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 cargo build --release -p tug-runtime
 tug="$PWD/target/release/tug"
-# The same code linked statically (glibc, static-pie): measured beside the default build.
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p tug-runtime \
-  --target x86_64-unknown-linux-gnu
+# The same code as one static binary, measured beside the default build: musl (static-pie)
+# where rustup can add the target, else glibc static-pie.
 tug_static=$(mktemp)
-strip -o "$tug_static" target/x86_64-unknown-linux-gnu/release/tug
+if rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 &&
+   cargo build --release -p tug-runtime --bin tug --target x86_64-unknown-linux-musl; then
+  export STATIC_LABEL=tug-musl
+  strip -o "$tug_static" target/x86_64-unknown-linux-musl/release/tug
+else
+  export STATIC_LABEL=tug-static
+  RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p tug-runtime \
+    --target x86_64-unknown-linux-gnu
+  strip -o "$tug_static" target/x86_64-unknown-linux-gnu/release/tug
+fi
 empty=$(mktemp)
 launcher=$(mktemp)
 trap 'rm -f "$empty" "$launcher" "${tug_static:-}"' EXIT

@@ -16,13 +16,14 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 cargo build --release -p tug-runtime
 tug="$PWD/target/release/tug"
-# The same code as one static binary, measured beside the default build: musl (static-pie)
-# where rustup can add the target, else glibc static-pie.
+# The same code as one static binary, measured beside the default build: the shipped static
+# build (musl static-pie, profile dist: opt-level z) where rustup can add the target, else
+# glibc static-pie.
 tug_static=$(mktemp)
 if rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 &&
-   cargo build --release -p tug-runtime --bin tug --target x86_64-unknown-linux-musl; then
+   cargo build --profile dist -p tug-runtime --bin tug --target x86_64-unknown-linux-musl; then
   export STATIC_LABEL=tug-musl
-  strip -o "$tug_static" target/x86_64-unknown-linux-musl/release/tug
+  strip -o "$tug_static" target/x86_64-unknown-linux-musl/dist/tug
 else
   export STATIC_LABEL=tug-static
   RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p tug-runtime \

@@ -7,6 +7,7 @@ crun accepts this hybrid cgroup host). Prints a markdown report.
 """
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -72,6 +73,15 @@ class Runtime:
         return json.loads(out.stdout)["status"] if out.returncode == 0 else None
 
 
+def round_order(rts, i):
+    """The runtimes in round i's order: shuffled (seeded, so runs repeat). A rotation put
+    each runtime after the same one in most rounds, and what a runtime leaves behind (runc's
+    delete: the kernel still tearing its cgroups down) slowed whoever came next."""
+    order = list(rts)
+    random.Random(i).shuffle(order)
+    return order
+
+
 def med(xs):
     return statistics.median(xs)
 
@@ -116,12 +126,12 @@ def check(rc, what):
 
 def report(rts, true_b, sleep_b):
     n = ROUNDS
-    # 1. run of /bin/true, rounds with the order rotated.
+    # 1. run of /bin/true, rounds in a shuffled order.
     wall = {r.name: [] for r in rts}
     cpu = {r.name: [] for r in rts}
     rss = {r.name: [] for r in rts}
     for i in range(n):
-        order = rts[i % len(rts):] + rts[:i % len(rts)]
+        order = round_order(rts, i)
         for r in order:
             rc, w, c, m = r.run(true_b, f"tb{os.getpid()}-{i}")
             check(rc, f"{r.name} run")
@@ -147,7 +157,7 @@ def report(rts, true_b, sleep_b):
     steps = {(r.name, s): [] for r in rts for s in ("create", "start", "delete")}
     m = max(n // 2, 10)
     for i in range(m):
-        order = rts[i % len(rts):] + rts[:i % len(rts)]
+        order = round_order(rts, i)
         for r in order:
             cid = f"tc{os.getpid()}-{i}"
             rc, w, _, _ = r.cmd("create", "--bundle", true_b, cid)
@@ -180,7 +190,7 @@ def report(rts, true_b, sleep_b):
     seq = {r.name: [] for r in rts}
     conc = {r.name: [] for r in rts}
     for i in range(5):
-        order = rts[i % len(rts):] + rts[:i % len(rts)]
+        order = round_order(rts, i)
         for r in order:
             t0 = time.perf_counter()
             for j in range(100):

@@ -381,8 +381,27 @@ fn two_hosts(overlay: &str) {
         );
     }
 
-    // B's instance gone: A's proxy drops it (the server no longer lists it as ready).
-    assert_eq!(proxy_endpoints(&a, "catalog"), Some(vec![catalog_address]));
+    if overlay == "host-gw" {
+        edge_cut_off(&a, &b, &menus, menu_vip);
+    }
+
+    // B's instance gone: A's proxy drops it (the server no longer lists it as ready). (After
+    // B was cut off, its catalog instance may have been replaced: the one ready now.)
+    let mut catalog_now = None;
+    wait_for(
+        "a catalog instance on b ready and in A's proxy",
+        START,
+        || {
+            catalog_now = ready_on(&instances(&a), "catalog", "b")
+                .and_then(|i| i.address.as_deref()?.parse::<std::net::Ipv4Addr>().ok());
+            catalog_now.is_some()
+                && proxy_endpoints(&a, "catalog") == Some(vec![catalog_now.unwrap()])
+        },
+        || show(&a, &b),
+    );
+    if overlay != "host-gw" {
+        assert_eq!(catalog_now, Some(catalog_address));
+    }
     a.api(|c| async move { c.scale("catalog", 0).await.map(|_| ()) })
         .expect("scale catalog to 0");
     wait_for(
@@ -433,6 +452,57 @@ fn two_hosts(overlay: &str) {
                 && proxy_endpoints(&a, "menu") == Some(vec![menu_a])
         },
         || format!("routes on A:\n{}\n{}", routes(&a), show(&a, &b)),
+    );
+}
+
+/// B loses its link (to the server and to A): every request at the menu's address from B
+/// answers, at once (the proxy passes over A's unreachable instance) and after
+/// [`tugboat::agent::remote::STALE_AFTER`], when B's proxy serves B's own instance only; with
+/// the link back, A's instance is an endpoint on B again.
+fn edge_cut_off(a: &TestHost, b: &TestHost, menus: &[Instance], menu_vip: std::net::Ipv4Addr) {
+    let own: std::net::Ipv4Addr = menus
+        .iter()
+        .find(|m| m.node.as_deref() == Some("b"))
+        .and_then(|m| m.address.as_deref())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let both = |eps: Option<Vec<std::net::Ipv4Addr>>| eps.is_some_and(|e| e.len() == 2);
+    assert!(
+        both(proxy_endpoints(b, "menu")),
+        "{:?}",
+        proxy_endpoints(b, "menu")
+    );
+    run(&["ip", "-n", &b.netns, "link", "set", "mhb", "down"]);
+    // At once, while A's instance is still an endpoint on B: the proxy passes over it.
+    let menu_answers = |n: usize| -> Vec<Result<String, String>> {
+        (0..n)
+            .map(|_| {
+                let target = format!("{menu_vip}:80");
+                b.in_netns(move || http_get(&target, "/cgi-bin/products"))
+            })
+            .filter(|r| !r.as_ref().is_ok_and(|t| t.starts_with("catalog: ")))
+            .collect()
+    };
+    let failed = menu_answers(10);
+    assert!(
+        failed.is_empty(),
+        "just cut off, B's menu failed: {failed:?}"
+    );
+    wait_for(
+        "B, cut off, to serve its own menu instance only",
+        tugboat::agent::remote::STALE_AFTER + Duration::from_secs(30),
+        || proxy_endpoints(b, "menu") == Some(vec![own]),
+        || format!("{:?}\n{}", proxy_endpoints(b, "menu"), show(a, b)),
+    );
+    let failed = menu_answers(20);
+    assert!(failed.is_empty(), "cut off, B's menu failed: {failed:?}");
+    run(&["ip", "-n", &b.netns, "link", "set", "mhb", "up"]);
+    wait_for(
+        "A's menu instance back among B's endpoints once the link is up",
+        START,
+        || both(proxy_endpoints(b, "menu")),
+        || format!("{:?}\n{}", proxy_endpoints(b, "menu"), show(a, b)),
     );
 }
 

@@ -6,7 +6,9 @@
 //! the table (`proxy.json`: for each listening address, the service, its instances' port and
 //! its ready instances) by temp file and rename whenever it changes; the proxy reads it when
 //! its modification time changes (every 100 ms) and opens or closes listeners to match.
-//! Connections go to the next ready instance, round robin. The proxy holds `proxy.lock` for
+//! Connections go to the next ready instance, round robin; when it does not take the
+//! connection (refused, unreachable, no answer in 2 s) the next one is tried, and the one
+//! that failed is passed over for 5 s. The proxy holds `proxy.lock` for
 //! its life (the agent's liveness check); it exits when the table file is removed.
 
 use serde::{Deserialize, Serialize};
@@ -185,47 +187,102 @@ fn bind(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
     socket.listen(1024)
 }
 
+/// How long an endpoint that refused or did not answer a connection is passed over.
+pub const DOWN_FOR: Duration = Duration::from_secs(5);
+/// How long one connection attempt to an endpoint may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Endpoints that failed a connection recently, and until when they are passed over.
+#[derive(Default)]
+pub struct Down(Mutex<HashMap<Ipv4Addr, std::time::Instant>>);
+
+impl Down {
+    fn mark(&self, ip: Ipv4Addr) {
+        let until = std::time::Instant::now() + DOWN_FOR;
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ip, until);
+    }
+
+    fn clear(&self, ip: Ipv4Addr) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&ip);
+    }
+
+    fn is_down(&self, ip: Ipv4Addr, now: std::time::Instant) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ip)
+            .is_some_and(|until| *until > now)
+    }
+}
+
+/// The endpoints to try for one connection, in order: round robin from the next one, those
+/// that failed lately last (still tried: they may be back, and the table may be all of them).
+pub fn candidates(endpoints: &[Ipv4Addr], next: &AtomicUsize, down: &Down) -> Vec<Ipv4Addr> {
+    if endpoints.is_empty() {
+        return vec![];
+    }
+    let start = next.fetch_add(1, Ordering::Relaxed) % endpoints.len();
+    let now = std::time::Instant::now();
+    let (mut up, mut failed) = (vec![], vec![]);
+    for ip in endpoints[start..].iter().chain(&endpoints[..start]) {
+        if down.is_down(*ip, now) {
+            failed.push(*ip);
+        } else {
+            up.push(*ip);
+        }
+    }
+    up.extend(failed);
+    up
+}
+
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     endpoints: Arc<Mutex<(Vec<Ipv4Addr>, u16)>>,
 ) {
     let next = AtomicUsize::new(0);
+    let down = Arc::new(Down::default());
     loop {
         let Ok((conn, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        let target = {
+        let (targets, port) = {
             let guard = endpoints.lock().unwrap_or_else(|p| p.into_inner());
             let (list, port) = &*guard;
-            pick(list, &next).map(|ip| SocketAddr::from((ip, *port)))
+            (candidates(list, &next, &down), *port)
         };
-        match target {
-            Some(target) => {
-                tokio::spawn(relay(conn, target));
-            }
-            None => drop(conn),
+        if targets.is_empty() {
+            drop(conn);
+            continue;
         }
+        tokio::spawn(relay(conn, targets, port, down.clone()));
     }
 }
 
-/// The next endpoint, round robin.
-pub fn pick(endpoints: &[Ipv4Addr], next: &AtomicUsize) -> Option<Ipv4Addr> {
-    if endpoints.is_empty() {
-        return None;
-    }
-    let n = next.fetch_add(1, Ordering::Relaxed);
-    Some(endpoints[n % endpoints.len()])
-}
-
-async fn relay(mut inbound: tokio::net::TcpStream, target: SocketAddr) {
-    let connect = tokio::time::timeout(
-        Duration::from_secs(3),
-        tokio::net::TcpStream::connect(target),
-    )
-    .await;
-    if let Ok(Ok(mut outbound)) = connect {
-        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+/// Connects to the first of `targets` that answers (an endpoint that fails is passed over
+/// for [`DOWN_FOR`]: an instance on a node that went away costs one failed attempt, not a
+/// failed request each time), then relays both ways.
+async fn relay(
+    mut inbound: tokio::net::TcpStream,
+    targets: Vec<Ipv4Addr>,
+    port: u16,
+    down: Arc<Down>,
+) {
+    for ip in targets {
+        let target = SocketAddr::from((ip, port));
+        let connect =
+            tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(target)).await;
+        match connect {
+            Ok(Ok(mut outbound)) => {
+                down.clear(ip);
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                return;
+            }
+            _ => down.mark(ip),
+        }
     }
 }
 
@@ -234,13 +291,52 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_robin_over_endpoints() {
+    fn round_robin_with_failed_endpoints_last() {
         let next = AtomicUsize::new(0);
+        let down = Down::default();
         let a: Ipv4Addr = "10.88.0.2".parse().unwrap();
         let b: Ipv4Addr = "10.88.0.3".parse().unwrap();
-        assert_eq!(pick(&[], &next), None);
-        let picks: Vec<_> = (0..4).filter_map(|_| pick(&[a, b], &next)).collect();
-        assert_eq!(picks, [a, b, a, b]);
+        let c: Ipv4Addr = "10.88.0.4".parse().unwrap();
+        assert!(candidates(&[], &next, &down).is_empty());
+        let firsts: Vec<_> = (0..3)
+            .map(|_| candidates(&[a, b, c], &next, &down)[0])
+            .collect();
+        assert_eq!(firsts, [a, b, c]);
+        down.mark(b);
+        for _ in 0..3 {
+            let order = candidates(&[a, b, c], &next, &down);
+            assert_eq!(order.len(), 3);
+            assert_ne!(order[0], b);
+            assert_eq!(order[2], b, "a failed endpoint is tried last");
+        }
+        down.clear(b);
+        assert!((0..3).any(|_| candidates(&[a, b, c], &next, &down)[0] == b));
+    }
+
+    #[tokio::test]
+    async fn a_dead_endpoint_costs_no_failed_connection() {
+        let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = backend.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut c, _) = backend.accept().await.unwrap();
+                use tokio::io::AsyncWriteExt;
+                let _ = c.write_all(b"hello").await;
+            }
+        });
+        let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listen = front.local_addr().unwrap();
+        // 127.0.0.2 has nothing on the port: refused, as an instance that just died.
+        let dead: Ipv4Addr = "127.0.0.2".parse().unwrap();
+        let endpoints = Arc::new(Mutex::new((vec![dead, Ipv4Addr::LOCALHOST], port)));
+        tokio::spawn(accept_loop(front, endpoints));
+        for i in 0..10 {
+            let mut c = tokio::net::TcpStream::connect(listen).await.unwrap();
+            let mut answer = String::new();
+            use tokio::io::AsyncReadExt;
+            let _ = c.read_to_string(&mut answer).await;
+            assert_eq!(answer, "hello", "connection {i}");
+        }
     }
 
     #[tokio::test]

@@ -287,13 +287,16 @@ impl Agent {
             self.config.heartbeat,
         ));
         let services = tokio::spawn(service_loop(self.ctx.clone()));
+        let remote = tokio::spawn(remote_loop(self.ctx.clone()));
         let mut from = 0;
         loop {
             let requested = *shutdown.borrow();
             if let Some(stop_all) = requested {
                 heartbeat.abort();
                 services.abort();
+                remote.abort();
                 let _ = services.await;
+                let _ = remote.await;
                 if let Some(api) = &api {
                     api.abort();
                 }
@@ -507,11 +510,9 @@ async fn heartbeat_loop(client: ApiClient, registration: NodeRegistration, every
     }
 }
 
-/// Keeps every service's address, name and proxy entry current, and the proxy running;
-/// and the other nodes' endpoints and routes ([`remote`]).
+/// Keeps every service's address, name and proxy entry current, and the proxy running.
 async fn service_loop(ctx: Arc<NodeContext>) {
     let mut tick: u64 = 0;
-    let mut view = remote::RemoteView::default();
     // The service addresses the bridge was last cleaned against.
     let mut swept = None;
     loop {
@@ -521,7 +522,6 @@ async fn service_loop(ctx: Arc<NodeContext>) {
                     swept = Some(wanted);
                 }
             }
-            refresh_remote(&ctx, &mut view).await;
         }
         tick += 1;
         let table = ctx.services.proxy_table();
@@ -541,32 +541,85 @@ async fn service_loop(ctx: Arc<NodeContext>) {
 
 /// The other nodes from the server: their ready instances become endpoints of this node's
 /// proxy, their subnets get routes. See [`remote`] for what happens without the server.
-async fn refresh_remote(ctx: &NodeContext, view: &mut remote::RemoteView) {
-    let answer = async {
-        let nodes = ctx.client.nodes().await?.items;
-        // Alone (`tugboat up`, a one-node cluster): no instance list to fetch every second.
-        let instances = if nodes.iter().any(|n| n.name != ctx.node) {
-            ctx.client.instances(None).await?.items
-        } else {
-            vec![]
-        };
-        Ok::<_, crate::client::ClientError>((nodes, instances))
-    }
-    .await;
-    let (nodes, instances) = match answer {
-        Ok(a) => a,
-        Err(_) => {
-            if view.stale(std::time::Instant::now()) {
-                ctx.services
-                    .set_remote_endpoints(remote::RemoteEndpoints::new());
+///
+/// Nodes are listed about every two seconds (a short list); instances are listed once, then
+/// followed by watching them (every change at once, nothing when nothing changes), and not
+/// at all while this node is alone in the cluster.
+async fn remote_loop(ctx: Arc<NodeContext>) {
+    let mut view = remote::RemoteView::default();
+    let mut known: HashMap<String, Instance> = HashMap::new();
+    let mut from = 0;
+    loop {
+        let nodes = match ctx.client.nodes().await {
+            Ok(list) => list.items,
+            Err(_) => {
+                if view.stale(std::time::Instant::now()) {
+                    ctx.services
+                        .set_remote_endpoints(remote::RemoteEndpoints::new());
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
             }
-            return;
+        };
+        view.last_heard = Some(std::time::Instant::now());
+        let alone = nodes.iter().all(|n| n.name == ctx.node);
+        if alone {
+            known.clear();
+            from = 0;
+        } else if from == 0 {
+            match ctx.client.instances(None).await {
+                Ok(list) => {
+                    known = list.items.into_iter().map(|i| (i.id.clone(), i)).collect();
+                    from = list.revision + 1;
+                }
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
         }
-    };
-    view.last_heard = Some(std::time::Instant::now());
-    ctx.services
-        .set_remote_endpoints(remote::remote_endpoints(&ctx.node, &nodes, &instances));
-    let (peers, problems) = remote::peers(&ctx.node, ctx.network.config().subnet, &nodes);
+        let instances: Vec<Instance> = known.values().cloned().collect();
+        ctx.services
+            .set_remote_endpoints(remote::remote_endpoints(&ctx.node, &nodes, &instances));
+        route_peers(&ctx, &mut view, &nodes).await;
+        if alone {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        let watched = ctx
+            .client
+            .watch(WatchKind::Instances, from, Duration::from_secs(2), None)
+            .await;
+        match watched {
+            Ok(batch) => {
+                from = batch.revision + 1;
+                for change in batch.changes {
+                    let id = change
+                        .key
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    match serde_json::from_value::<Instance>(change.object) {
+                        Ok(instance) => known.insert(id, instance),
+                        Err(_) => known.remove(&id),
+                    };
+                }
+            }
+            // Compacted past `from`: list again.
+            Err(e) if e.status() == Some(410) => from = 0,
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
+/// Routes to the other nodes' subnets, set when the set of peers changes.
+async fn route_peers(
+    ctx: &NodeContext,
+    view: &mut remote::RemoteView,
+    nodes: &[crate::model::Node],
+) {
+    let (peers, problems) = remote::peers(&ctx.node, ctx.network.config().subnet, nodes);
     if view.routed.as_ref() == Some(&peers) {
         return;
     }

@@ -1,11 +1,13 @@
 //! The other nodes, as this node's agent needs them: their ready instances (endpoints for
 //! this node's service proxy, next to its own) and their container subnets (routes).
 //!
-//! About every second the agent lists the nodes and the instances from the server:
+//! The agent lists the nodes about every two seconds and follows the instances with a watch
+//! (listed once, then every change as it happens; not at all while the node is alone):
 //!
 //! * Endpoints: every instance on another node that is running, ready and has reported its
 //!   address, on a node the server sees as ready. The list replaces the previous one, so an
-//!   instance the server no longer calls ready loses its traffic within a refresh. When the
+//!   instance the server no longer calls ready loses its traffic as soon as the change
+//!   arrives. When the
 //!   server does not answer for [`STALE_AFTER`], the remote endpoints are dropped (their
 //!   nodes may be as unreachable as the server is) and the node serves its own instances
 //!   only: an edge node whose uplink drops keeps answering with what it runs itself.

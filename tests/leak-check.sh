@@ -14,10 +14,7 @@ case "${1:-}" in
   snapshot) state | sort -u >"$2" ;;
   compare)
     # Only what Tug and its tests make: tug*, tgb* (tugboat tests), libpod* (podman test).
-    # tug's shared cgroup parent (`<hierarchy>/tug`, empty) is kept by design, as runc keeps
-    # the parents of the cgroups it removes; what is under it is not.
-    new=$(state | sort -u | comm -13 "$2" - | grep -E '/(tug|tgb|libpod)[^/]*(/|$)|^netns (tug|tgb)' |
-      grep -vE '^cgroup /sys/fs/cgroup(/[^/]+)?/tug$' || true)
+    new=$(state | sort -u | comm -13 "$2" - | grep -E '/(tug|tgb|libpod)[^/]*(/|$)|^netns (tug|tgb)' || true)
     if [ -n "$new" ]; then
       echo "leak check: the tests left these behind:" >&2
       echo "$new" >&2

@@ -39,9 +39,7 @@ pub trait CgroupManager {
     /// The processes in the cgroup.
     fn pids(&self) -> Result<Vec<i32>, CgroupError>;
     fn freeze(&self, frozen: bool) -> Result<(), CgroupError>;
-    /// Removes the cgroup, if it exists. Its parent stays, as with runc: tug's own `tug`
-    /// parent is made once and shared by every container after (making and removing it
-    /// around each container cost 9 cgroup mkdirs and rmdirs per `run` on a v1 host).
+    /// Removes the cgroup (and tug's own `tug` parent once empty), if it exists.
     fn destroy(&mut self) -> Result<(), CgroupError>;
     /// Where the `cgroup` mount type finds the container's cgroup on the host.
     fn mounts(&self) -> CgroupMounts;
@@ -148,11 +146,14 @@ pub fn can_make_cgroups() -> bool {
     nix::unistd::access(&root, nix::unistd::AccessFlags::W_OK).is_ok()
 }
 
-/// The default cgroup path of a container with no `linux.cgroupsPath`: under a `tug`
-/// parent, made with the first container and kept (like docker's `/docker`).
+/// The default cgroup path of a container with no `linux.cgroupsPath`.
 pub fn default_path(id: &str) -> String {
-    format!("/tug/{id}")
+    format!("/{TUG_PARENT}/{id}")
 }
+
+/// The parent directory tug makes for containers that give no cgroupsPath (and for
+/// tugboat's, which use it too); removed with its last container.
+const TUG_PARENT: &str = "tug";
 
 /// True on a pure cgroup v2 host.
 pub fn host_is_v2() -> bool {
@@ -324,6 +325,8 @@ impl CgroupManager for FsCgroup {
 
     fn create(&mut self, resources: Option<&LinuxResources>) -> Result<(), CgroupError> {
         // add_proc creates the directories; an empty create goes through the same path.
+        // (A delete removing the empty `tug` parent meanwhile is survived: the directories
+        // are made with create_dir_all, which makes a vanished parent again.)
         if !self.mgr.exists() {
             let cg = cgroups_rs::fs::Cgroup::new(
                 cgroups_rs::fs::hierarchies::auto(),
@@ -422,6 +425,15 @@ impl CgroupManager for FsCgroup {
                     Err(e) => {
                         return Err(err(&self.path, "remove", format!("{}: {e}", dir.display())))
                     }
+                }
+            }
+            // tug's own parent goes with its last container (busy while others remain);
+            // other parents (podman's, containerd's) are not tug's to remove.
+            if let Some(parent) = dir.parent() {
+                if parent.file_name().is_some_and(|n| n == TUG_PARENT)
+                    && self.path.starts_with(&format!("/{TUG_PARENT}/"))
+                {
+                    let _ = fs::remove_dir(parent);
                 }
             }
         }

@@ -310,3 +310,25 @@ fn the_v2_device_program_loads_and_decides() {
         show(&out)
     );
 }
+
+/// Containers made and deleted side by side: each delete may remove the shared, empty `tug`
+/// parent while another create is making its cgroup under it. Every create succeeds, and
+/// nothing of theirs is left.
+#[test]
+fn concurrent_creates_and_deletes_share_the_parent_safely() {
+    skip_unless_root!("concurrent_creates_and_deletes_share_the_parent_safely");
+    let env = Env::new(&["true"]);
+    std::thread::scope(|s| {
+        for t in 0..3 {
+            let env = &env;
+            s.spawn(move || {
+                for i in 0..25 {
+                    let cid = id(&format!("churn{t}-{i}"));
+                    env.create(&cid);
+                    env.ok(&["delete", "--force", &cid]);
+                    no_cgroup_left(&cid);
+                }
+            });
+        }
+    });
+}

@@ -212,19 +212,7 @@ fn a_killed_container_comes_back() {
         .into_iter()
         .find(|i| i.service == "payments")
         .unwrap();
-    let record: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            host.dir
-                .join("agent/instances")
-                .join(&victim.id)
-                .join("monitor.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let pid = record["container_pid"].as_i64().unwrap() as i32;
-    // SAFETY: the container's init, started by this test's tugboat.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    host.kill_container(&victim.id);
     wait_for(
         "the killed payments instance to run again",
         START,
@@ -295,10 +283,11 @@ fn the_shop_answers_while_the_agent_is_dead_and_nothing_runs_twice_after() {
     assert!(ok > 5, "only {ok} purchases went through the restart");
     assert!(
         failures.is_empty(),
-        "{} of {} purchases failed while the agent restarted: {:?}",
+        "{} of {} purchases failed while the agent restarted: {:?}\n{}",
         failures.len(),
         ok + failures.len(),
-        &failures[..failures.len().min(5)]
+        &failures[..failures.len().min(5)],
+        host.output.lock().unwrap()
     );
     let mut after: Vec<String> = instances(&host).into_iter().map(|i| i.id).collect();
     after.sort();

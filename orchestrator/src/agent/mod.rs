@@ -336,15 +336,9 @@ impl Agent {
             match changes {
                 Some(changes) => {
                     for change in changes {
-                        let id = change
-                            .key
-                            .rsplit('/')
-                            .next()
-                            .unwrap_or_default()
-                            .to_string();
-                        match serde_json::from_value::<Instance>(change.object) {
-                            Ok(instance) => self.apply(instance),
-                            Err(_) => self.stop(&id),
+                        match instance_change(change) {
+                            (_, Some(instance)) => self.apply(instance),
+                            (id, None) => self.stop(&id),
                         }
                     }
                 }
@@ -471,6 +465,17 @@ impl Agent {
     }
 }
 
+/// A watched instance change: its id, and the instance (none when it was deleted).
+fn instance_change(change: crate::controlplane::ObjectChange) -> (String, Option<Instance>) {
+    let id = change
+        .key
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    (id, serde_json::from_value(change.object).ok())
+}
+
 /// `tugboat agent`: runs until SIGINT or SIGTERM, then leaves the instances running for the
 /// next agent to re-attach to.
 pub async fn run_until_signal(
@@ -515,15 +520,23 @@ async fn service_loop(ctx: Arc<NodeContext>) {
     let mut tick: u64 = 0;
     // The service addresses the bridge was last cleaned against.
     let mut swept = None;
+    // Until the services are known, the proxy keeps the table it has (a restarted agent's
+    // first table would otherwise have no listeners, and requests would fail meanwhile).
+    let mut loaded = false;
     loop {
         if tick % 5 == 0 {
             if let Some(wanted) = refresh_services(&ctx).await {
+                loaded = true;
                 if swept.as_ref() != Some(&wanted) && sweep_addresses(&ctx, &wanted).await {
                     swept = Some(wanted);
                 }
             }
         }
         tick += 1;
+        if !loaded {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
         let table = ctx.services.proxy_table();
         if let Err(e) = proxy::write_table(&ctx.data_dir, &table) {
             eprintln!("tugboat agent: proxy table: {e}");
@@ -594,15 +607,9 @@ async fn remote_loop(ctx: Arc<NodeContext>) {
             Ok(batch) => {
                 from = batch.revision + 1;
                 for change in batch.changes {
-                    let id = change
-                        .key
-                        .rsplit('/')
-                        .next()
-                        .unwrap_or_default()
-                        .to_string();
-                    match serde_json::from_value::<Instance>(change.object) {
-                        Ok(instance) => known.insert(id, instance),
-                        Err(_) => known.remove(&id),
+                    match instance_change(change) {
+                        (id, Some(instance)) => known.insert(id, instance),
+                        (id, None) => known.remove(&id),
                     };
                 }
             }

@@ -125,18 +125,7 @@ impl ApiClient {
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
             let bytes = response.bytes().await.map_err(unreachable)?;
-            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(e) => ClientError::Api {
-                    status,
-                    code: e.error.code,
-                    message: e.error.message,
-                    details: e.error.details,
-                },
-                Err(_) => ClientError::Decode {
-                    status,
-                    body: String::from_utf8_lossy(&bytes).into_owned(),
-                },
-            });
+            return Err(error_from(status, &bytes));
         }
         while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
             let _ = out.write_all(&chunk);

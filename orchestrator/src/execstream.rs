@@ -171,35 +171,6 @@ pub fn terminal_size() -> Option<(u16, u16)> {
     (ok && ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
 }
 
-/// The local terminal in raw mode while this lives (when stdin is a terminal).
-struct RawMode(Option<nix::sys::termios::Termios>);
-
-impl RawMode {
-    fn enter() -> RawMode {
-        use nix::sys::termios;
-        let stdin = std::io::stdin();
-        let Ok(saved) = termios::tcgetattr(&stdin) else {
-            return RawMode(None);
-        };
-        let mut raw = saved.clone();
-        termios::cfmakeraw(&mut raw);
-        let _ = termios::tcsetattr(&stdin, termios::SetArg::TCSANOW, &raw);
-        RawMode(Some(saved))
-    }
-}
-
-impl Drop for RawMode {
-    fn drop(&mut self) {
-        if let Some(saved) = &self.0 {
-            let _ = nix::sys::termios::tcsetattr(
-                std::io::stdin(),
-                nix::sys::termios::SetArg::TCSANOW,
-                saved,
-            );
-        }
-    }
-}
-
 /// The client's side of an exec stream: this process's stdin (when `stdin`), terminal size
 /// changes (when `tty`) out; the command's output to stdout and stderr; returns its exit
 /// code. The terminal is in raw mode meanwhile and restored before this returns.
@@ -209,7 +180,7 @@ where
 {
     let (mut reader, mut writer) = tokio::io::split(io);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Frame>(16);
-    let _raw = (tty && stdin).then(RawMode::enter);
+    let _raw = (tty && stdin).then(tug_runtime::tty::RawMode::enter);
     if stdin {
         // A thread, not the async runtime's stdin: a read pending on it could not be
         // cancelled and would hold the process at exit.

@@ -11,7 +11,7 @@
 
 mod host;
 
-use host::{http_get, shop_images, wait_for, TestHost};
+use host::{http_get, run, shop_images, wait_for, TestHost};
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
@@ -52,15 +52,6 @@ services:
       constraints:
         - {key: host, operator: In, values: [a]}
 ";
-
-fn run(cmd: &[&str]) {
-    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// The veth pair between the two hosts' namespaces, made inside them (never in the root
 /// namespace). Deleted on drop (deleting one end removes both), before the namespaces go.

@@ -75,19 +75,7 @@ fn a_named_volume_outlives_restarts_and_updates_and_goes_only_by_volume_rm() {
     let first = keepers(&host).remove(0);
 
     // The container killed from outside comes back under its policy, with the same data.
-    let record: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            host.dir
-                .join("agent/instances")
-                .join(&first.id)
-                .join("monitor.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let pid = record["container_pid"].as_i64().unwrap() as i32;
-    // SAFETY: the container's init, started by this test's tugboat.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    host.kill_container(&first.id);
     wait_for(
         "keeper to start again",
         START,

@@ -37,13 +37,14 @@ pub fn receive_master(sock: &OwnedFd) -> io::Result<OwnedFd> {
     Err(io::Error::other("no terminal fd in the console message"))
 }
 
-/// Restores the local terminal's mode when dropped.
-struct RawMode {
+/// The local terminal (stdin) in raw mode; its mode is restored when dropped. Nothing
+/// happens when stdin is not a terminal.
+pub struct RawMode {
     saved: Option<Termios>,
 }
 
 impl RawMode {
-    fn enter() -> RawMode {
+    pub fn enter() -> RawMode {
         let stdin = io::stdin();
         let Ok(saved) = termios::tcgetattr(stdin.as_fd()) else {
             return RawMode { saved: None };

@@ -247,8 +247,9 @@ async fn pump<R: AsyncRead + Unpin>(
     }
 }
 
-/// Runs `request.command` in the instance and relays it over `io` until it exits; the last
-/// frame sent is its exit code. A client that goes away ends the command (SIGTERM, then
+/// Runs `request.command` in the instance (checked running by the caller, before it
+/// answered 101) and relays it over `io` until it exits; the last frame sent is its exit
+/// code. A client that goes away ends the command (SIGTERM, then
 /// SIGKILL after 5 s; with a terminal, the pty's hangup too).
 pub async fn stream<S>(target: ExecTarget, request: ExecRequest, io: S)
 where
@@ -271,13 +272,6 @@ where
             let _ = out.send(Frame::Error(text)).await;
         }
     };
-    if let Err(e) = target.check_running() {
-        fail(e).await;
-        drop(out_tx);
-        let _ = sender.await;
-        return;
-    }
-
     let mut cmd = target.helper(request.tty, &request.command);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut console = None;

@@ -290,6 +290,20 @@ async fn relay(
 mod tests {
     use super::*;
 
+    /// A backend on loopback that says "hello" to every connection; its port.
+    async fn hello_backend() -> u16 {
+        let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = backend.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut c, _) = backend.accept().await.unwrap();
+                use tokio::io::AsyncWriteExt;
+                let _ = c.write_all(b"hello").await;
+            }
+        });
+        port
+    }
+
     #[test]
     fn round_robin_with_failed_endpoints_last() {
         let next = AtomicUsize::new(0);
@@ -315,15 +329,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_dead_endpoint_costs_no_failed_connection() {
-        let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = backend.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            loop {
-                let (mut c, _) = backend.accept().await.unwrap();
-                use tokio::io::AsyncWriteExt;
-                let _ = c.write_all(b"hello").await;
-            }
-        });
+        let port = hello_backend().await;
         let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let listen = front.local_addr().unwrap();
         // 127.0.0.2 has nothing on the port: refused, as an instance that just died.
@@ -341,15 +347,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_proxy_follows_its_table() {
-        let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = backend.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            loop {
-                let (mut c, _) = backend.accept().await.unwrap();
-                use tokio::io::AsyncWriteExt;
-                let _ = c.write_all(b"hello").await;
-            }
-        });
+        let port = hello_backend().await;
         let front = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let listen = front.local_addr().unwrap();
         drop(front);

@@ -215,39 +215,63 @@ async fn agent_url_of(state: &ApiState, id: &str) -> Result<(String, String), Ap
     Ok((node, url))
 }
 
-/// Runs a command in an instance, through the agent of its node.
-async fn forward_exec(
+fn agent_unreachable(why: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_GATEWAY, "agent_unreachable", why)
+}
+
+/// Sends an exec request to the agent of the instance's node (asking for the exec stream
+/// when `stream`); the agent's answer when it is the expected one (101 for a stream, 2xx
+/// otherwise), else its status and text as an error naming the instance and node.
+async fn exec_on_agent(
     state: &ApiState,
     id: &str,
-    body: serde_json::Value,
-) -> Result<Response, ApiError> {
+    body: &serde_json::Value,
+    stream: bool,
+) -> Result<(String, reqwest::Response), ApiError> {
     let (node, url) = agent_url_of(state, id).await?;
     let mut request = reqwest::Client::new()
         .post(format!("{url}/v1/instances/{id}/exec"))
-        .json(&body);
+        .json(body);
+    if stream {
+        request = request
+            .header(axum::http::header::CONNECTION, "upgrade")
+            .header(axum::http::header::UPGRADE, crate::execstream::PROTOCOL);
+    }
     if let Some(token) = &state.token {
         request = request.bearer_auth(token);
     }
-    let unavailable =
-        |why: String| ApiError::new(StatusCode::BAD_GATEWAY, "agent_unreachable", why);
     let response = request
         .send()
         .await
-        .map_err(|e| unavailable(format!("agent of node {node} at {url}: {e}")))?;
+        .map_err(|e| agent_unreachable(format!("agent of node {node} at {url}: {e}")))?;
     let status = response.status();
-    let text = response
-        .text()
-        .await
-        .map_err(|e| unavailable(format!("agent of node {node}: {e}")))?;
-    if !status.is_success() {
+    let expected = if stream {
+        status == StatusCode::SWITCHING_PROTOCOLS
+    } else {
+        status.is_success()
+    };
+    if !expected {
+        let text = response.text().await.unwrap_or_default();
         return Err(ApiError::new(
             StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
             "exec_failed",
             format!("instance `{id}` on node {node}: {}", text.trim()),
         ));
     }
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| unavailable(format!("agent of node {node} answered {e}")))?;
+    Ok((node, response))
+}
+
+/// Runs a command in an instance, through the agent of its node.
+async fn forward_exec(
+    state: &ApiState,
+    id: &str,
+    body: serde_json::Value,
+) -> Result<Response, ApiError> {
+    let (node, response) = exec_on_agent(state, id, &body, false).await?;
+    let value: serde_json::Value = response
+        .json()
+        .await
+        .map_err(|e| agent_unreachable(format!("agent of node {node} answered {e}")))?;
     Ok((StatusCode::OK, Json(value)).into_response())
 }
 
@@ -262,34 +286,11 @@ async fn forward_exec_stream(
     let upgrade = upgrade.ok_or_else(|| {
         ApiError::bad_request("this connection cannot be upgraded to an exec stream".into())
     })?;
-    let (node, url) = agent_url_of(state, id).await?;
-    let mut request = reqwest::Client::new()
-        .post(format!("{url}/v1/instances/{id}/exec"))
-        .header(axum::http::header::CONNECTION, "upgrade")
-        .header(axum::http::header::UPGRADE, crate::execstream::PROTOCOL)
-        .json(&body);
-    if let Some(token) = &state.token {
-        request = request.bearer_auth(token);
-    }
-    let unavailable =
-        |why: String| ApiError::new(StatusCode::BAD_GATEWAY, "agent_unreachable", why);
-    let response = request
-        .send()
-        .await
-        .map_err(|e| unavailable(format!("agent of node {node} at {url}: {e}")))?;
-    let status = response.status();
-    if status != StatusCode::SWITCHING_PROTOCOLS {
-        let text = response.text().await.unwrap_or_default();
-        return Err(ApiError::new(
-            StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
-            "exec_failed",
-            format!("instance `{id}` on node {node}: {}", text.trim()),
-        ));
-    }
+    let (node, response) = exec_on_agent(state, id, &body, true).await?;
     let mut agent = response
         .upgrade()
         .await
-        .map_err(|e| unavailable(format!("agent of node {node}: exec stream: {e}")))?;
+        .map_err(|e| agent_unreachable(format!("agent of node {node}: exec stream: {e}")))?;
     tokio::spawn(async move {
         if let Ok(client) = upgrade.await {
             let mut client = hyper_util::rt::TokioIo::new(client);

@@ -78,7 +78,8 @@ pub struct TestHost {
     pub output: Arc<Mutex<String>>,
 }
 
-fn run(cmd: &[&str]) {
+/// Runs a setup command (`ip ...`), panicking with its stderr if it fails.
+pub fn run(cmd: &[&str]) {
     let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
     assert!(
         out.status.success(),
@@ -271,6 +272,24 @@ impl TestHost {
     }
 
     /// The agent's instance directories.
+    /// kill -9 of an instance's container (its init, from its monitor's record), as
+    /// something outside tugboat would.
+    pub fn kill_container(&self, id: &str) {
+        let record: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(
+                self.dir
+                    .join("agent/instances")
+                    .join(id)
+                    .join("monitor.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let pid = record["container_pid"].as_i64().unwrap() as i32;
+        // SAFETY: the container's init, started by this test's tugboat.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+
     pub fn instance_dirs(&self) -> Vec<PathBuf> {
         std::fs::read_dir(self.dir.join("agent/instances"))
             .map(|d| d.flatten().map(|e| e.path()).collect())

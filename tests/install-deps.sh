@@ -1,35 +1,100 @@
 #!/usr/bin/env bash
-# Installs what Tug's build, tests and demo need on a fresh Debian or Ubuntu machine (as root).
+# Installs what Tug needs on a fresh Debian or Ubuntu machine (as root), in groups:
+#
+#   bash tests/install-deps.sh          the build and the main job (tests/demo.sh)
+#   bash tests/install-deps.sh --tests  also what the test command uses (podman, a registry,
+#                                       skopeo/umoci, script(1)) and the cgroup v2 VM stage
+#                                       with the Vagrant check (qemu, cpio, shellcheck, vagrant)
+#
+# Every apt call waits for the dpkg lock (a fresh cloud VM's unattended-upgrades holds it for
+# minutes) instead of failing at once, and a failure names the packages and the group.
 set -euo pipefail
-need=()
-command -v busybox >/dev/null || need+=(busybox-static)
-command -v ip >/dev/null || need+=(iproute2)
-command -v unshare >/dev/null || need+=(util-linux)
-command -v cc >/dev/null || need+=(gcc libc6-dev)
-command -v cargo >/dev/null || need+=(cargo rustc)
-command -v podman >/dev/null || need+=(podman)
-command -v script >/dev/null || need+=(bsdutils)
-command -v docker-registry >/dev/null || need+=(docker-registry)
-command -v skopeo >/dev/null || need+=(skopeo)
-command -v umoci >/dev/null || need+=(umoci)
-command -v curl >/dev/null || need+=(curl)
-command -v nsenter >/dev/null || need+=(util-linux)
-command -v sha256sum >/dev/null || need+=(coreutils)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
-fi
+tests=false
+[ "${1:-}" = "--tests" ] && tests=true
+
+say() { echo "install-deps: $*" >&2; }
+updated=false
+# `apt-get update` has no lock timeout of its own: retry while another apt holds the lists.
+update() {
+  $updated && return 0
+  for _ in $(seq 1 60); do
+    if apt-get -o DPkg::Lock::Timeout=600 update -qq 2>/tmp/tug-apt-update.err; then
+      updated=true
+      return 0
+    fi
+    grep -qi 'lock' /tmp/tug-apt-update.err || { cat /tmp/tug-apt-update.err >&2; return 1; }
+    say "another apt holds the package lists; waiting"
+    sleep 10
+  done
+  return 1
+}
+# install GROUP PACKAGE...: installs without recommends, naming the group when it fails.
+install() {
+  local group=$1
+  shift
+  [ $# -gt 0 ] || return 0
+  say "installing for $group: $*"
+  update || { say "apt-get update failed (needed for $group: $*)"; exit 1; }
+  if ! DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+    --no-install-recommends "$@"; then
+    say "could not install $* (needed for $group)"
+    exit 1
+  fi
+}
+
+# The build and the main job.
+base=()
+command -v busybox >/dev/null || [ -x /bin/busybox ] || base+=(busybox-static)
+command -v ip >/dev/null || base+=(iproute2)
+command -v nsenter >/dev/null || base+=(util-linux)
+command -v cc >/dev/null || base+=(gcc libc6-dev)
+command -v cargo >/dev/null || base+=(cargo rustc)
+command -v curl >/dev/null || base+=(curl ca-certificates)
+command -v file >/dev/null || base+=(file)
+install "the build and the demo (required)" "${base[@]}"
+$tests || exit 0
+
+# The test command's root tests.
+t=()
+command -v podman >/dev/null || t+=(podman)
+command -v script >/dev/null || t+=(bsdutils)
+command -v docker-registry >/dev/null || t+=(docker-registry)
+command -v skopeo >/dev/null || t+=(skopeo)
+command -v umoci >/dev/null || t+=(umoci)
+command -v sha256sum >/dev/null || t+=(coreutils)
+install "the root tests (required by the test command)" "${t[@]}"
+
 # The cgroup v2 VM stage (tests/vm/run.sh) and the Vagrant check (tests/vm/vagrant-validate.sh).
-# Without recommends: vagrant-libvirt's would bring libguestfs and a kernel package.
+# qemu-system-x86 must match an installed qemu-utils: on a machine that has qemu-utils from
+# backports (Debian's qemu-utils 10 breaks qemu-system-common < 8), take qemu from the same
+# backports suite instead of removing the host's qemu-img.
+if ! command -v qemu-system-x86_64 >/dev/null; then
+  utils=$(dpkg-query -W -f '${Status} ${Version}' qemu-utils 2>/dev/null || true)
+  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+  if [[ $utils == "install ok installed "*bpo* ]] && [ -n "$codename" ] && grep -q '^ID=debian' /etc/os-release; then
+    version=${utils##* }
+    say "qemu-utils $version is from ${codename}-backports: qemu-system-x86 from there too"
+    parts=$(mktemp -d)
+    cp /etc/apt/sources.list.d/*.sources "$parts/" 2>/dev/null || true
+    cp /etc/apt/sources.list.d/*.list "$parts/" 2>/dev/null || true
+    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+      "$codename" > "$parts/tug-backports.sources"
+    apt-get -o DPkg::Lock::Timeout=600 -o Dir::Etc::sourceparts="$parts" update -qq ||
+      { say "apt-get update with ${codename}-backports failed (needed for the VM stage)"; exit 1; }
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -o Dir::Etc::sourceparts="$parts" \
+      install -y -qq --no-install-recommends -t "${codename}-backports" "qemu-system-x86=$version" "qemu-system-common=$version" "qemu-system-data=$version" ||
+      { say "could not install qemu-system-x86 $version (needed for the VM stage of the test command)"; exit 1; }
+    rm -rf "$parts"
+  else
+    install "the cgroup v2 VM stage of the test command" qemu-system-x86
+  fi
+fi
 vm=()
-command -v qemu-system-x86_64 >/dev/null || vm+=(qemu-system-x86)
 command -v cpio >/dev/null || vm+=(cpio)
 command -v jq >/dev/null || vm+=(jq)
 command -v mkfs.ext4 >/dev/null || vm+=(e2fsprogs)
 command -v systemd-analyze >/dev/null || vm+=(systemd)
 command -v shellcheck >/dev/null || vm+=(shellcheck)
+# Without recommends: vagrant-libvirt's would bring libguestfs and a kernel package.
 command -v vagrant >/dev/null || vm+=(vagrant vagrant-libvirt)
-if [ ${#vm[@]} -gt 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${vm[@]}"
-fi
+install "the VM stage and the Vagrant check of the test command" "${vm[@]}"

@@ -3,7 +3,7 @@
 # for real when this runs as root, as CI does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash tests/install-deps.sh
+bash tests/install-deps.sh --tests
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace

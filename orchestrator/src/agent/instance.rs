@@ -278,8 +278,20 @@ impl Supervisor {
         });
         // An attach cut short (agent killed half-way) leaves a lease and a veth that
         // `attach` takes as done: check the inside, and start over when it is not whole.
-        if attached.is_some() && ctx.network.check(self.id(), &request.netns).await.is_err() {
-            let _ = ctx.network.detach(self.id()).await;
+        // Only a check that found the attachment broken starts over: a netlink call that
+        // failed says nothing about the container, whose traffic a detach would cut.
+        if attached.is_some() {
+            match ctx.network.check(self.id(), &request.netns).await {
+                Err(tug_netns::NetworkError::Broken { .. }) => {
+                    let _ = ctx.network.detach(self.id()).await;
+                }
+                Err(e) => eprintln!(
+                    "tugboat agent: {}: checking the network of {} (kept as it is): {e}",
+                    ctx.node,
+                    self.id()
+                ),
+                Ok(_) => {}
+            }
         }
         if attached.is_none() {
             for m in &request.ports {

@@ -247,14 +247,44 @@ impl ServiceTable {
     }
 }
 
+/// Writes a bind-mounted /etc/hosts in place (it cannot be replaced by a rename: the
+/// container's mount holds the old inode), so that no reader ever sees it empty or cut:
+/// nothing is written when the text is the same (a restarted agent re-registers every
+/// instance's file, and truncating live files made containers' name lookups fail), and a
+/// changed text is written over the old one without truncating first. A shorter text is
+/// padded with a comment line to the old length instead of truncating the file.
 fn write_in_place(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
+        .read(true)
         .write(true)
-        .truncate(true)
+        .truncate(false)
         .open(path)?;
-    f.write_all(text.as_bytes())
+    let mut old = Vec::new();
+    f.read_to_end(&mut old)?;
+    let padded = hosts_padded(text, old.len());
+    if old == padded.as_bytes() {
+        return Ok(());
+    }
+    f.write_all_at(padded.as_bytes(), 0)
+}
+
+/// `text`, padded to at least `len` bytes with a comment line (hosts files ignore those).
+fn hosts_padded(text: &str, len: usize) -> String {
+    let mut out = text.to_string();
+    if out.len() < len {
+        let fill = len - out.len();
+        if fill == 1 {
+            out.push('\n');
+        } else {
+            out.push('#');
+            out.push_str(&" ".repeat(fill - 2));
+            out.push('\n');
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -298,6 +328,46 @@ mod tests {
             hosts.contains(&format!("{b}\torders\n")) && !hosts.contains("cart"),
             "{hosts}"
         );
+    }
+
+    #[test]
+    fn a_hosts_file_is_never_seen_empty_or_cut_and_is_left_alone_when_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts");
+        let long = "127.0.0.1\tlocalhost\n10.89.0.1\tcatalog\n10.89.0.2\tcart\n";
+        write_in_place(&path, long).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), long);
+        // The same text again (an agent restart): the file is not touched at all.
+        let inode = |p: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(p).unwrap();
+            (m.ino(), m.mtime_nsec(), m.mtime())
+        };
+        let before = inode(&path);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        write_in_place(&path, long).unwrap();
+        assert_eq!(
+            inode(&path),
+            before,
+            "an unchanged hosts file was rewritten"
+        );
+        // Shorter: the same inode, padded by a comment line, the names exactly the new ones.
+        let short = "127.0.0.1\tlocalhost\n10.89.0.1\tcatalog\n";
+        write_in_place(&path, short).unwrap();
+        let now = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(now.len(), long.len());
+        assert!(now.starts_with(short), "{now:?}");
+        let names: Vec<&str> = now
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .collect();
+        assert_eq!(names, ["127.0.0.1\tlocalhost", "10.89.0.1\tcatalog"]);
+        assert_eq!(inode(&path).0, before.0);
+        // And longer again.
+        write_in_place(&path, long).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), long);
+        // Padding of one byte is a newline.
+        assert_eq!(hosts_padded("a\n", 3), "a\n\n");
     }
 
     #[test]

@@ -721,7 +721,14 @@ mod tests {
     #[test]
     fn default_devices_and_links_are_made() {
         let sys = RecordingSyscall::default();
-        let spec = spec_with(serde_json::json!({}));
+        let mut spec = spec_with(serde_json::json!({}));
+        let fuse: LinuxDevice = serde_json::from_value(serde_json::json!(
+            {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 0o660}
+        ))
+        .unwrap();
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_devices(Some(vec![fuse]));
+        spec.set_linux(Some(linux));
         prepare(
             &sys,
             &spec,
@@ -735,9 +742,17 @@ mod tests {
             let want = Call::Mknod(
                 Path::new("/r").join(&p[1..]),
                 nix::sys::stat::makedev(ma, mi),
+                0o666,
             );
             assert!(calls.contains(&want), "{p}");
         }
+        // A device's fileMode is passed as given (the real mknod sets it umask-free).
+        let fuse = Call::Mknod(
+            "/r/dev/fuse".into(),
+            nix::sys::stat::makedev(10, 229),
+            0o660,
+        );
+        assert!(calls.contains(&fuse), "{calls:?}");
         assert!(calls.contains(&Call::Symlink("pts/ptmx".into(), "/r/dev/ptmx".into())));
     }
 

@@ -276,3 +276,43 @@ fn exec_t_relays_a_terminal() {
     assert!(text.contains("/dev/pts/"), "{text}");
     env.ok(&["delete", "--force", &id]);
 }
+
+#[test]
+fn exec_gets_the_containers_personality_and_time_offsets() {
+    skip_unless_root!("exec_gets_the_containers_personality_and_time_offsets");
+    let time_ns = std::path::Path::new("/proc/self/ns/time").exists();
+    let mut env = Env::new(&["sleep", "100"]);
+    std::os::unix::fs::symlink("busybox", env.rootfs().join("bin/uname")).unwrap();
+    const OFFSET: u64 = 10_000_000;
+    env.edit(|s| {
+        s["linux"]["personality"] = json!({"domain": "LINUX32"});
+        if time_ns {
+            s["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"type": "time"}));
+            s["linux"]["timeOffsets"] = json!({"boottime": {"secs": OFFSET, "nanosecs": 0}});
+        }
+    });
+    let id = running(&env, "execpers");
+    let out = env.ok(&["exec", &id, "sh", "-c", "uname -m; cat /proc/uptime"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let machine = lines.next().unwrap_or_default();
+    assert!(
+        machine.starts_with('i') && machine.ends_with("86"),
+        "LINUX32 personality: {text}"
+    );
+    if time_ns {
+        let uptime: f64 = lines
+            .next()
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no uptime in {text}"));
+        assert!(uptime >= OFFSET as f64, "boottime offset not seen: {text}");
+    } else {
+        eprintln!("no time namespaces on this kernel: offsets not checked");
+    }
+    env.ok(&["delete", "--force", &id]);
+    no_cgroup_left(&id);
+}

@@ -126,9 +126,13 @@ pub fn process_from_flags(spec: &Spec, flags: &ExecFlags) -> Result<Process, Err
             Some((a, b)) => (a, Some(b)),
             None => (u.as_str(), None),
         };
-        let num = |s: &str, what: &str| {
-            s.parse::<u32>()
-                .map_err(|_| Error::Usage(format!("--user {u}: {what} \"{s}\" is not a number")))
+        let num = |s: &str, what: &str| -> Result<u32, Error> {
+            let id = s
+                .parse::<u32>()
+                .map_err(|_| Error::Usage(format!("--user {u}: {what} \"{s}\" is not a number")))?;
+            crate::procattr::check_id(id, what)
+                .map_err(|m| Error::Usage(format!("--user {u}: {m}")))?;
+            Ok(id)
         };
         let mut user = p.user().clone();
         user.set_uid(num(uid, "uid")?);
@@ -136,6 +140,10 @@ pub fn process_from_flags(spec: &Spec, flags: &ExecFlags) -> Result<Process, Err
             Some(g) => num(g, "gid")?,
             None => 0,
         });
+        for g in &flags.additional_gids {
+            crate::procattr::check_id(*g, "gid")
+                .map_err(|m| Error::Usage(format!("--additional-gids {g}: {m}")))?;
+        }
         if !flags.additional_gids.is_empty() {
             user.set_additional_gids(Some(flags.additional_gids.clone()));
         }

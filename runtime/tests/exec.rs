@@ -316,3 +316,37 @@ fn exec_gets_the_containers_personality_and_time_offsets() {
     env.ok(&["delete", "--force", &id]);
     no_cgroup_left(&id);
 }
+
+#[test]
+fn exec_refuses_ids_outside_the_kernels_range() {
+    skip_unless_root!("exec_refuses_ids_outside_the_kernels_range");
+    let env = Env::new(&["sleep", "100"]);
+    let id = running(&env, "execids");
+    // 4294967295 is -1 to setuid ("unchanged"): the process would have run as root.
+    for user in ["4294967295", "1000:4294967295", "2147483648"] {
+        let out = env.tug(&["exec", "--user", user, &id, "id", "-u"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("--user") && err.contains("outside"),
+            "--user {user}: {}",
+            show(&out)
+        );
+    }
+    // The same in a --process file names the field.
+    let mut process = env.spec["process"].clone();
+    process["args"] = json!(["id", "-u"]);
+    process["user"]["uid"] = json!(4294967295u32);
+    let file = env.dir.path().join("process.json");
+    std::fs::write(&file, process.to_string()).unwrap();
+    let out = env.tug(&["exec", "--process", file.to_str().unwrap(), &id]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("process.user.uid"),
+        "{}",
+        show(&out)
+    );
+    let out = env.ok(&["exec", "--user", "2147483647", &id, "id", "-u"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2147483647");
+    env.ok(&["delete", "--force", &id]);
+    no_cgroup_left(&id);
+}

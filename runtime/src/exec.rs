@@ -37,6 +37,9 @@ pub struct ExecOptions {
     pub detach: bool,
     pub pid_file: Option<PathBuf>,
     pub preserve_fds: u32,
+    /// Exec into a paused container too (runc's `--ignore-paused`): the process is frozen
+    /// with the container and runs once it is resumed; `exec` waits for that.
+    pub ignore_paused: bool,
 }
 
 /// What `exec` runs.
@@ -185,7 +188,10 @@ impl Runtime {
     /// Must be called from a single-threaded process (the `tug` binary is one).
     pub fn exec(&self, id: &str, opts: &ExecOptions) -> Result<i32, Error> {
         let st = self.load(id)?;
-        check_transition(id, live_status(&st), Operation::Exec)?;
+        let status = live_status(&st);
+        if !(opts.ignore_paused && status == crate::Status::Paused) {
+            check_transition(id, status, Operation::Exec)?;
+        }
         let init_pid = st.pid.expect("a running container has a pid");
         // The container's config, read once: its seccomp filter applies to what is exec'd into
         // it, as in runc, and its process is the base of one given by flags.

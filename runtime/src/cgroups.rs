@@ -217,19 +217,20 @@ impl FsCgroup {
         Some(Path::new(mp).join(self.path.trim_start_matches('/')))
     }
 
-    fn set(&mut self, resources: &LinuxResources) -> Result<(), CgroupError> {
+    /// Applies the limits, and with `devices` the device rules of [`device_rules`]. An update
+    /// that gives no device rules leaves the container's as they are.
+    fn set(&mut self, resources: &LinuxResources, devices: bool) -> Result<(), CgroupError> {
         let mut r = resources.clone();
-        let devices = r.devices().clone();
+        let config_rules = r.devices().clone();
         // Device rules are written below: cgroups-rs turns a missing major/minor into 0.
         r.set_devices(None);
         self.mgr
             .set(&r)
             .map_err(|e| err(&self.path, "apply limits", e))?;
-        let rules: Vec<LinuxDeviceCgroup> = devices
-            .unwrap_or_default()
-            .into_iter()
-            .chain(default_device_rules())
-            .collect();
+        if !devices {
+            return Ok(());
+        }
+        let rules = device_rules(config_rules.as_deref().unwrap_or(&[]));
         if self.mgr.v2() {
             // No devices controller on v2: an eBPF program enforces the same rules.
             let dir = Path::new(cgroups_rs::fs::hierarchies::UNIFIED_MOUNTPOINT)
@@ -273,6 +274,20 @@ pub fn hierarchy_dirs(
             let name = Path::new(mp).file_name()?.to_string_lossy().into_owned();
             Some((name, Path::new(mp).join(path.trim_start_matches('/'))))
         })
+        .collect()
+}
+
+/// The device rules of a container, in order, for the v1 devices controller and the v2 eBPF
+/// program alike: deny everything, then the config's `linux.resources.devices`, then the
+/// devices every container gets ([`default_device_rules`]). As in runc: an empty list (what
+/// `tug spec` writes) still denies what is not allowed, and the defaults come after the
+/// config's rules, since configs from podman or docker begin with their own deny-all.
+pub fn device_rules(config: &[LinuxDeviceCgroup]) -> Vec<LinuxDeviceCgroup> {
+    let deny_all = serde_json::json!({"allow": false, "access": "rwm"});
+    let deny_all = serde_json::from_value::<LinuxDeviceCgroup>(deny_all).expect("static rule");
+    std::iter::once(deny_all)
+        .chain(config.iter().cloned())
+        .chain(default_device_rules())
         .collect()
 }
 
@@ -337,12 +352,13 @@ impl CgroupManager for FsCgroup {
         }
         // Device rules apply even when config.json gives no resources.
         let none = LinuxResources::default();
-        self.set(resources.unwrap_or(&none))?;
+        self.set(resources.unwrap_or(&none), true)?;
         Ok(())
     }
 
     fn update(&mut self, resources: &LinuxResources) -> Result<(), CgroupError> {
-        self.set(resources)
+        let devices = resources.devices().as_ref().is_some_and(|d| !d.is_empty());
+        self.set(resources, devices)
     }
 
     fn clone_into_fd(&self) -> Option<OwnedFd> {
@@ -515,5 +531,35 @@ mod tests {
         assert!(lines.contains(&"c *:* m".to_string()));
         assert!(lines.contains(&"c 1:3 rwm".to_string()));
         assert!(lines.contains(&"c 136:* rwm".to_string()));
+    }
+
+    #[test]
+    fn device_rules_start_from_deny_all_even_when_the_config_has_none() {
+        // What `tug spec` writes: no linux.resources.devices at all.
+        let rules = device_rules(&[]);
+        assert_eq!(
+            device_rule_line(&rules[0]),
+            ("devices.deny", "a *:* rwm".into())
+        );
+        assert_eq!(rules[1..].len(), default_device_rules().len());
+        // The config's rules come between the deny-all and the defaults, so a config that
+        // begins with its own deny-all (podman, docker) cannot take /dev/null away.
+        let fuse: LinuxDeviceCgroup = serde_json::from_value(serde_json::json!(
+            {"allow": true, "type": "c", "major": 10, "minor": 229, "access": "rw"}
+        ))
+        .unwrap();
+        let lines: Vec<String> = device_rules(std::slice::from_ref(&fuse))
+            .iter()
+            .map(|r| device_rule_line(r).1)
+            .collect();
+        assert_eq!(lines[0], "a *:* rwm");
+        assert_eq!(lines[1], "c 10:229 rw");
+        assert_eq!(
+            lines[2..],
+            default_device_rules()
+                .iter()
+                .map(|r| device_rule_line(r).1)
+                .collect::<Vec<_>>()[..]
+        );
     }
 }

@@ -293,4 +293,24 @@ mod tests {
         // With no rules at all, everything is denied.
         assert_eq!(verdict(&program(&[]), DEV_CHAR, ACC_READ, 1, 3), 0);
     }
+
+    #[test]
+    fn a_config_without_device_rules_gets_deny_all_and_the_defaults() {
+        // The list create hands to attach() on v2 (and writes to devices.* on v1).
+        let p = program(&crate::cgroups::device_rules(&[]));
+        // /dev/null, /dev/zero, /dev/tty, /dev/ptmx and the ptys work.
+        for (major, minor) in [(1, 3), (1, 5), (1, 9), (5, 0), (5, 2), (136, 4)] {
+            assert_eq!(
+                verdict(&p, DEV_CHAR, ACC_READ | ACC_WRITE, major, minor),
+                1,
+                "{major}:{minor}"
+            );
+        }
+        // A device node for /dev/kvm or /dev/fuse in the rootfs cannot be opened.
+        assert_eq!(verdict(&p, DEV_CHAR, ACC_READ | ACC_WRITE, 10, 232), 0);
+        assert_eq!(verdict(&p, DEV_CHAR, ACC_READ, 10, 229), 0);
+        assert_eq!(verdict(&p, DEV_BLOCK, ACC_READ, 8, 0), 0);
+        // mknod stays allowed, as in runc; opening is what the rules guard.
+        assert_eq!(verdict(&p, DEV_CHAR, ACC_MKNOD, 10, 232), 1);
+    }
 }

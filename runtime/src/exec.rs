@@ -6,7 +6,6 @@
 //! the other namespaces (mount last), prepares the process as init does and execs. The channel
 //! is close-on-exec: end of file means the exec happened, a message is the child's error.
 
-use std::ffi::CString;
 use std::fs;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -21,7 +20,7 @@ use oci_spec::runtime::{Capability, Process, Spec};
 use crate::channel::{Channel, InitMsg, ParentMsg};
 use crate::clone::{clone_child, single_threaded, Forked};
 use crate::container::{forwarded_signals, io_err, live_status, wait_forwarding, Error};
-use crate::init;
+use crate::finalize::{self, Finalize};
 use crate::state::{check_transition, write_atomic, Operation};
 use crate::Runtime;
 
@@ -38,6 +37,9 @@ pub struct ExecOptions {
     pub detach: bool,
     pub pid_file: Option<PathBuf>,
     pub preserve_fds: u32,
+    /// Exec into a paused container too (runc's `--ignore-paused`): the process is frozen
+    /// with the container and runs once it is resumed; `exec` waits for that.
+    pub ignore_paused: bool,
 }
 
 /// What `exec` runs.
@@ -77,6 +79,7 @@ const NAMESPACES: &[(&str, CloneFlags)] = &[
     ("uts", CloneFlags::CLONE_NEWUTS),
     ("net", CloneFlags::CLONE_NEWNET),
     ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+    ("time", CloneFlags::from_bits_retain(libc::CLONE_NEWTIME)),
     ("mnt", CloneFlags::CLONE_NEWNS),
 ];
 
@@ -126,9 +129,13 @@ pub fn process_from_flags(spec: &Spec, flags: &ExecFlags) -> Result<Process, Err
             Some((a, b)) => (a, Some(b)),
             None => (u.as_str(), None),
         };
-        let num = |s: &str, what: &str| {
-            s.parse::<u32>()
-                .map_err(|_| Error::Usage(format!("--user {u}: {what} \"{s}\" is not a number")))
+        let num = |s: &str, what: &str| -> Result<u32, Error> {
+            let id = s
+                .parse::<u32>()
+                .map_err(|_| Error::Usage(format!("--user {u}: {what} \"{s}\" is not a number")))?;
+            crate::procattr::check_id(id, what)
+                .map_err(|m| Error::Usage(format!("--user {u}: {m}")))?;
+            Ok(id)
         };
         let mut user = p.user().clone();
         user.set_uid(num(uid, "uid")?);
@@ -136,6 +143,10 @@ pub fn process_from_flags(spec: &Spec, flags: &ExecFlags) -> Result<Process, Err
             Some(g) => num(g, "gid")?,
             None => 0,
         });
+        for g in &flags.additional_gids {
+            crate::procattr::check_id(*g, "gid")
+                .map_err(|m| Error::Usage(format!("--additional-gids {g}: {m}")))?;
+        }
         if !flags.additional_gids.is_empty() {
             user.set_additional_gids(Some(flags.additional_gids.clone()));
         }
@@ -177,7 +188,10 @@ impl Runtime {
     /// Must be called from a single-threaded process (the `tug` binary is one).
     pub fn exec(&self, id: &str, opts: &ExecOptions) -> Result<i32, Error> {
         let st = self.load(id)?;
-        check_transition(id, live_status(&st), Operation::Exec)?;
+        let status = live_status(&st);
+        if !(opts.ignore_paused && status == crate::Status::Paused) {
+            check_transition(id, status, Operation::Exec)?;
+        }
         let init_pid = st.pid.expect("a running container has a pid");
         // The container's config, read once: its seccomp filter applies to what is exec'd into
         // it, as in runc, and its process is the base of one given by flags.
@@ -190,10 +204,14 @@ impl Runtime {
                 &built
             }
         };
-        let seccomp = bundle.seccomp;
         let args = process.args().clone().unwrap_or_default();
         if args.is_empty() {
             return Err(Error::Usage("exec: process.args is empty".into()));
+        }
+        // The checks config.json's process had at create: ids in range, capabilities that
+        // can be raised, an LSM the host has.
+        if let Err((field, message)) = crate::procattr::check(process) {
+            return Err(Error::Usage(format!("exec: {field}: {message}")));
         }
         let terminal = process.terminal() == Some(true);
         if terminal && opts.console_socket.is_none() && opts.console_fd.is_none() && opts.detach {
@@ -294,7 +312,8 @@ impl Runtime {
                     process,
                     preserve_fds: opts.preserve_fds,
                     forwarded: (!opts.detach).then_some(forwarded),
-                    seccomp: seccomp.as_ref(),
+                    seccomp: bundle.seccomp.as_ref(),
+                    linux: bundle.spec.linux().as_ref(),
                 })
             }
             (Forked::Parent { child }, placed) => (child, placed),
@@ -347,6 +366,8 @@ struct ChildConfig<'a> {
     forwarded: Option<nix::sys::signal::SigSet>,
     /// The container's linux.seccomp, compiled by the parent.
     seccomp: Option<&'a crate::seccomp::Program>,
+    /// The container's linux section (its personality applies to exec'd processes too).
+    linux: Option<&'a oci_spec::runtime::Linux>,
 }
 
 fn child(cfg: ChildConfig) -> ! {
@@ -367,65 +388,19 @@ fn prepare_and_exec(cfg: &ChildConfig) -> Result<std::convert::Infallible, Strin
         Ok(other) => return Err(format!("protocol: expected CgroupJoined, got {other:?}")),
         Err(e) => return Err(format!("waiting for the parent: {e}")),
     }
+    // Through the host's /proc, before the container's mount namespace hides it.
+    finalize::set_oom_score_adj(cfg.process)?;
     for (fd, flag) in &cfg.join {
         nix::sched::setns(fd.as_fd(), *flag).map_err(|e| format!("join {flag:?}: {e}"))?;
     }
-    let process = cfg.process;
-    let cwd = process.cwd();
-    nix::unistd::chdir(cwd).map_err(|e| format!("process.cwd {}: {e}", cwd.display()))?;
-    let mut env: Vec<String> = process.env().clone().unwrap_or_default();
-    if !env.iter().any(|e| e.starts_with("HOME=")) {
-        env.push(format!("HOME={}", init::home_of(process.user().uid())));
-    }
-    let args = process.args().clone().unwrap_or_default();
-    let program = init::find_executable(&args[0], &env)?;
-    init::set_rlimits(process)?;
-    if let Some(console) = &cfg.console {
-        init::setup_terminal(console, process)?;
-    }
-    if let Some(adj) = process.oom_score_adj() {
-        fs::write("/proc/self/oom_score_adj", adj.to_string())
-            .map_err(|e| format!("process.oomScoreAdj {adj}: {e}"))?;
-    }
-    crate::procattr::apply_io_priority(process)?;
-    crate::procattr::apply_scheduler(process)?;
-    // As in init: without no_new_privs the filter goes on while the capabilities are held.
-    let nnp = process.no_new_privileges() == Some(true);
-    if let (false, Some(p)) = (nnp, cfg.seccomp) {
-        crate::seccomp::install(p).map_err(|e| e.to_string())?;
-    }
-    init::become_user(process)?;
-    crate::procattr::apply_lsm(process)?;
-    if nnp {
-        // SAFETY: prctl with integer arguments.
-        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-            return Err(format!(
-                "process.noNewPrivileges: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-    }
-    if let Some(mask) = process.user().umask() {
-        nix::sys::stat::umask(Mode::from_bits_truncate(mask));
-    }
-    let to_c = |s: &str| CString::new(s).map_err(|_| format!("\"{s}\" contains a NUL byte"));
-    let c_program = to_c(&program.to_string_lossy())?;
-    let c_args = args
-        .iter()
-        .map(|a| to_c(a))
-        .collect::<Result<Vec<_>, _>>()?;
-    let c_env = env.iter().map(|a| to_c(a)).collect::<Result<Vec<_>, _>>()?;
-    init::reset_signals();
-    if let Some(set) = &cfg.forwarded {
-        let _ = set.thread_unblock();
-    }
-    init::close_fds_on_exec(3 + cfg.preserve_fds);
+    let command = finalize::finalize(&Finalize {
+        process: cfg.process,
+        linux: cfg.linux,
+        seccomp: cfg.seccomp,
+        console: cfg.console.as_ref(),
+    })?;
     // The process outlives `tug exec --detach`.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
-    if let (true, Some(p)) = (nnp, cfg.seccomp) {
-        crate::seccomp::install(p).map_err(|e| e.to_string())?;
-    }
-    let e = nix::unistd::execve(&c_program, &c_args, &c_env).unwrap_err();
-    Err(format!("exec {}: {e}", program.display()))
+    finalize::exec(&command, cfg.preserve_fds, cfg.forwarded.as_ref())
 }

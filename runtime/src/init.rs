@@ -4,14 +4,12 @@
 //! Every failure before `start` is sent to the parent as [`InitMsg::Error`] with its context;
 //! the parent then kills this process and undoes what it made.
 
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::OwnedFd;
 
 use nix::sched::CloneFlags;
-use oci_spec::runtime::{LinuxCapabilities, Process, Spec};
 
 use crate::channel::{Channel, InitMsg, ParentMsg};
+use crate::finalize::{self, Command, Finalize};
 use crate::hooks;
 use crate::rootfs::{self, CgroupMounts};
 use crate::spec::Bundle;
@@ -68,14 +66,12 @@ fn wait_joined(cfg: &InitConfig) -> Result<String, String> {
     }
 }
 
-struct Prepared {
-    program: CString,
-    args: Vec<CString>,
-    env: Vec<CString>,
+struct Prepared<'a> {
+    command: Command<'a>,
     state_json: String,
 }
 
-fn setup(cfg: &InitConfig) -> Result<Prepared, String> {
+fn setup<'a>(cfg: &'a InitConfig) -> Result<Prepared<'a>, String> {
     let sys = LinuxSyscall;
     let spec = &cfg.bundle.spec;
     let process = spec.process().as_ref().ok_or("config has no process")?;
@@ -111,10 +107,7 @@ fn setup(cfg: &InitConfig) -> Result<Prepared, String> {
         sys.setdomainname(d)
             .map_err(|e| format!("domainname {d}: {e}"))?;
     }
-    if let Some(adj) = process.oom_score_adj() {
-        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
-            .map_err(|e| format!("process.oomScoreAdj {adj}: {e}"))?;
-    }
+    finalize::set_oom_score_adj(process)?;
 
     rootfs::prepare_with(
         &sys,
@@ -173,33 +166,29 @@ fn setup(cfg: &InitConfig) -> Result<Prepared, String> {
     rootfs::pivot(&sys, &cfg.bundle.rootfs, cfg.no_pivot).map_err(|e| e.to_string())?;
     rootfs::finalize(&sys, spec).map_err(|e| e.to_string())?;
 
-    let cwd = process.cwd();
-    sys.chdir(cwd)
-        .map_err(|e| format!("process.cwd {}: {e}", cwd.display()))?;
-
-    let mut env: Vec<String> = process.env().clone().unwrap_or_default();
-    if !env.iter().any(|e| e.starts_with("HOME=")) {
-        env.push(format!("HOME={}", home_of(process.user().uid())));
-    }
-    let args = process.args().clone().unwrap_or_default();
-    let program = find_executable(&args[0], &env)?;
-
-    set_rlimits(process)?;
-
-    if let Some(console) = &cfg.console {
-        setup_terminal(console, process)?;
-    }
-
     if !joined_early {
         join_cgroup(&mut state_json)?;
     }
     let state_json = state_json.unwrap_or_default();
 
-    let to_c = |s: &str| CString::new(s).map_err(|_| format!("\"{s}\" contains a NUL byte"));
+    // User, capabilities, seccomp, LSM, personality, scheduler: everything that can fail
+    // fails here, so `create` reports it and `start` only runs hooks and execs.
+    let command = finalize::finalize(&Finalize {
+        process,
+        linux: spec.linux().as_ref(),
+        seccomp: cfg.bundle.seccomp.as_ref(),
+        console: cfg.console.as_ref(),
+    })?;
+    // A change of user clears the death signal; a parent that died meanwhile must not leave
+    // this init waiting on exec.fifo for ever.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    let ppid = nix::unistd::getppid().as_raw();
+    if ppid != cfg.parent_pid && ppid != 0 {
+        return Err("tug exited while creating the container".into());
+    }
     Ok(Prepared {
-        program: to_c(&program.to_string_lossy())?,
-        args: args.iter().map(|a| to_c(a)).collect::<Result<_, _>>()?,
-        env: env.iter().map(|a| to_c(a)).collect::<Result<_, _>>()?,
+        command,
         state_json,
     })
 }
@@ -222,277 +211,14 @@ fn wait_and_exec(cfg: &InitConfig, p: Prepared) -> Result<std::convert::Infallib
         }
     }
 
-    let spec: &Spec = &cfg.bundle.spec;
-    let process = spec.process().as_ref().ok_or("config has no process")?;
-    if let Some(list) = spec
+    if let Some(list) = cfg
+        .bundle
+        .spec
         .hooks()
         .as_ref()
         .and_then(|h| h.start_container().as_ref())
     {
         hooks::run_hooks("startContainer", list, &p.state_json).map_err(|e| e.to_string())?;
     }
-
-    // Before the capabilities go: a real-time scheduler needs CAP_SYS_NICE.
-    crate::procattr::apply_personality(spec.linux().as_ref())?;
-    crate::procattr::apply_io_priority(process)?;
-    crate::procattr::apply_scheduler(process)?;
-    // A filter needs no_new_privs or CAP_SYS_ADMIN: without no_new_privs it goes on while
-    // init still has its capabilities (as in runc), and then also filters become_user.
-    let nnp = process.no_new_privileges() == Some(true);
-    if let (false, Some(p)) = (nnp, &cfg.bundle.seccomp) {
-        crate::seccomp::install(p).map_err(|e| e.to_string())?;
-    }
-    become_user(process)?;
-    crate::procattr::apply_lsm(process)?;
-    if nnp {
-        // SAFETY: prctl with integer arguments.
-        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-            return Err(format!(
-                "process.noNewPrivileges: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-    }
-    if let Some(mask) = process.user().umask() {
-        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
-    }
-    reset_signals();
-    close_fds_on_exec(3 + cfg.preserve_fds);
-    if let (true, Some(p)) = (nnp, &cfg.bundle.seccomp) {
-        crate::seccomp::install(p).map_err(|e| e.to_string())?;
-    }
-    let e = nix::unistd::execve(&p.program, &p.args, &p.env).unwrap_err();
-    Err(format!("exec {}: {e}", p.program.to_string_lossy()))
-}
-
-/// Finds `name` the way execvp does, but in the container's PATH.
-pub(crate) fn find_executable(name: &str, env: &[String]) -> Result<PathBuf, String> {
-    let check = |p: &Path| -> Result<(), String> {
-        let m =
-            std::fs::metadata(p).map_err(|e| format!("process.args[0] {}: {e}", p.display()))?;
-        use std::os::unix::fs::PermissionsExt;
-        if m.is_dir() || m.permissions().mode() & 0o111 == 0 {
-            return Err(format!(
-                "process.args[0] {}: not an executable file",
-                p.display()
-            ));
-        }
-        Ok(())
-    };
-    if name.contains('/') {
-        let p = PathBuf::from(name);
-        check(&p)?;
-        return Ok(p);
-    }
-    let path = env
-        .iter()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-    for dir in path.split(':').filter(|d| !d.is_empty()) {
-        let p = Path::new(dir).join(name);
-        if check(&p).is_ok() {
-            return Ok(p);
-        }
-    }
-    Err(format!(
-        "process.args[0] \"{name}\": executable file not found in $PATH ({path})"
-    ))
-}
-
-pub(crate) fn home_of(uid: u32) -> String {
-    std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                (f.len() >= 6 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[5].to_string())
-            })
-        })
-        .unwrap_or_else(|| "/".to_string())
-}
-
-pub(crate) fn set_rlimits(process: &Process) -> Result<(), String> {
-    for r in process.rlimits().iter().flatten() {
-        let name = serde_json::to_value(r.typ())
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        let resource = rlimit_resource(&name).ok_or(format!("process.rlimits: unknown {name}"))?;
-        nix::sys::resource::setrlimit(resource, r.soft(), r.hard())
-            .map_err(|e| format!("process.rlimits {name}: {}", std::io::Error::from(e)))?;
-    }
-    Ok(())
-}
-
-fn rlimit_resource(name: &str) -> Option<nix::sys::resource::Resource> {
-    use nix::sys::resource::Resource;
-    Some(match name {
-        "RLIMIT_AS" => Resource::RLIMIT_AS,
-        "RLIMIT_CORE" => Resource::RLIMIT_CORE,
-        "RLIMIT_CPU" => Resource::RLIMIT_CPU,
-        "RLIMIT_DATA" => Resource::RLIMIT_DATA,
-        "RLIMIT_FSIZE" => Resource::RLIMIT_FSIZE,
-        "RLIMIT_LOCKS" => Resource::RLIMIT_LOCKS,
-        "RLIMIT_MEMLOCK" => Resource::RLIMIT_MEMLOCK,
-        "RLIMIT_MSGQUEUE" => Resource::RLIMIT_MSGQUEUE,
-        "RLIMIT_NICE" => Resource::RLIMIT_NICE,
-        "RLIMIT_NOFILE" => Resource::RLIMIT_NOFILE,
-        "RLIMIT_NPROC" => Resource::RLIMIT_NPROC,
-        "RLIMIT_RSS" => Resource::RLIMIT_RSS,
-        "RLIMIT_RTPRIO" => Resource::RLIMIT_RTPRIO,
-        "RLIMIT_RTTIME" => Resource::RLIMIT_RTTIME,
-        "RLIMIT_SIGPENDING" => Resource::RLIMIT_SIGPENDING,
-        "RLIMIT_STACK" => Resource::RLIMIT_STACK,
-        _ => return None,
-    })
-}
-
-/// Converts the config's capability names into the caps crate's set.
-fn cap_set(list: &Option<oci_spec::runtime::Capabilities>) -> caps::CapsHashSet {
-    list.iter()
-        .flatten()
-        .filter_map(|c| caps::to_canonical(&c.to_string()).parse().ok())
-        .collect()
-}
-
-/// Drops the bounding set, switches to the config's user and sets the other capability sets.
-pub(crate) fn become_user(process: &Process) -> Result<(), String> {
-    use caps::CapSet;
-    let fallback = LinuxCapabilities::default();
-    let c = process.capabilities().as_ref().unwrap_or(&fallback);
-    let bounding = cap_set(c.bounding());
-    for cap in caps::runtime::thread_all_supported() {
-        if !bounding.contains(&cap) {
-            caps::drop(None, CapSet::Bounding, cap)
-                .map_err(|e| format!("process.capabilities.bounding: drop {cap}: {e}"))?;
-        }
-    }
-    let user = process.user();
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1) };
-    let groups: Vec<nix::unistd::Gid> = user
-        .additional_gids()
-        .iter()
-        .flatten()
-        .map(|g| nix::unistd::Gid::from_raw(*g))
-        .collect();
-    // A rootless user namespace with one mapping has setgroups denied: no groups is all it has.
-    let denied = std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny");
-    if !(groups.is_empty() && denied) {
-        nix::unistd::setgroups(&groups).map_err(|e| format!("process.user.additionalGids: {e}"))?;
-    }
-    let gid = nix::unistd::Gid::from_raw(user.gid());
-    nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("process.user.gid {gid}: {e}"))?;
-    let uid = nix::unistd::Uid::from_raw(user.uid());
-    nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("process.user.uid {uid}: {e}"))?;
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0) };
-
-    let sets = [
-        (CapSet::Effective, cap_set(c.effective()), "effective"),
-        (CapSet::Inheritable, cap_set(c.inheritable()), "inheritable"),
-        (CapSet::Permitted, cap_set(c.permitted()), "permitted"),
-    ];
-    for (set, value, name) in sets {
-        caps::set(None, set, &value).map_err(|e| format!("process.capabilities.{name}: {e}"))?;
-    }
-    // An ambient capability must also be permitted and inheritable; runc's default spec
-    // lists some that are not inheritable, and runc goes on, so tug does the same.
-    for cap in cap_set(c.ambient()) {
-        if let Err(e) = caps::raise(None, CapSet::Ambient, cap) {
-            tracing::debug!("process.capabilities.ambient: cannot raise {cap}: {e}");
-        }
-    }
-    Ok(())
-}
-
-/// A pty for the container: the master goes to the console socket, the slave becomes stdio.
-pub(crate) fn setup_terminal(console: &OwnedFd, process: &Process) -> Result<(), String> {
-    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    let size = process.console_size().map(|b| nix::pty::Winsize {
-        ws_row: b.height() as u16,
-        ws_col: b.width() as u16,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    });
-    let pty = nix::pty::openpty(size.as_ref(), None).map_err(|e| format!("open pty: {e}"))?;
-    let fds = [pty.master.as_raw_fd()];
-    let iov = [std::io::IoSlice::new(b"/dev/ptmx")];
-    sendmsg::<()>(
-        console.as_raw_fd(),
-        &iov,
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::empty(),
-        None,
-    )
-    .map_err(|e| format!("send pty to console socket: {e}"))?;
-    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
-    // SAFETY: TIOCSCTTY on a pty slave we own.
-    if unsafe { libc::ioctl(pty.slave.as_raw_fd(), libc::TIOCSCTTY, 0) } != 0 {
-        return Err(format!(
-            "make pty the controlling terminal: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    for target in 0..3 {
-        // SAFETY: dup2 onto the standard fds.
-        if unsafe { libc::dup2(pty.slave.as_raw_fd(), target) } < 0 {
-            return Err(format!(
-                "dup pty to fd {target}: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Undoes what tug did to signal state: the blocked mask of `run`, Rust's ignored SIGPIPE.
-pub(crate) fn reset_signals() {
-    // SAFETY: resetting dispositions and the mask of this single-threaded process.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-    }
-}
-
-/// Marks every fd from `first` up close-on-exec, so nothing of tug's leaks into the container.
-pub(crate) fn close_fds_on_exec(first: u32) {
-    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags.
-    unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            first,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn executables_are_found_in_the_container_path() {
-        let env = vec!["PATH=/nonexistent:/bin".to_string()];
-        assert_eq!(
-            find_executable("sh", &env).unwrap(),
-            PathBuf::from("/bin/sh")
-        );
-        let e = find_executable("no-such-program-tug", &env).unwrap_err();
-        assert!(e.contains("not found in $PATH"), "{e}");
-        let e = find_executable("/etc/passwd", &env).unwrap_err();
-        assert!(e.contains("not an executable"), "{e}");
-    }
-
-    #[test]
-    fn rlimit_names_map() {
-        assert_eq!(
-            rlimit_resource("RLIMIT_NOFILE"),
-            Some(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        );
-        assert_eq!(rlimit_resource("RLIMIT_BOGUS"), None);
-    }
+    finalize::exec(&p.command, cfg.preserve_fds, None)
 }

@@ -10,6 +10,7 @@ pub mod container;
 pub mod devices_bpf;
 pub mod exec;
 pub mod features;
+mod finalize;
 pub mod hooks;
 mod init;
 pub mod inspect;

@@ -179,6 +179,9 @@ struct ExecArgs {
     no_new_privs: bool,
     #[arg(long, default_value_t = 0)]
     preserve_fds: u32,
+    /// Exec into a paused container too: the process runs once the container is resumed.
+    #[arg(long)]
+    ignore_paused: bool,
     /// Accepted for runc compatibility; ignored.
     #[arg(long)]
     process_label: Option<String>,
@@ -440,6 +443,7 @@ fn run(cli: Cli) -> Result<u8> {
                 detach: a.detach,
                 pid_file: a.pid_file,
                 preserve_fds: a.preserve_fds,
+                ignore_paused: a.ignore_paused,
             };
             let code = rt.exec(&a.id, &opts)?;
             return Ok(code.clamp(0, 255) as u8);

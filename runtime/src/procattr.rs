@@ -21,8 +21,36 @@ pub fn host_has_selinux() -> bool {
     Path::new(SELINUX_FS).exists()
 }
 
+/// The highest uid or gid a container process may have. Above it the kernel's setuid family
+/// reads the id as negative, and -1 (4294967295) means "leave unchanged": the process would
+/// go on as root.
+pub const MAX_ID: u32 = i32::MAX as u32;
+
+/// Refuses a uid or gid above [`MAX_ID`]; `what` names it in the message.
+pub fn check_id(id: u32, what: &str) -> Result<(), String> {
+    if id > MAX_ID {
+        return Err(format!("{what} {id} is outside 0..={MAX_ID}"));
+    }
+    Ok(())
+}
+
 /// Refuses, naming the field, what this host cannot give (checked before anything is made).
 pub fn check(process: &Process) -> Result<(), (String, String)> {
+    let user = process.user();
+    let ids = [
+        ("process.user.uid", user.uid()),
+        ("process.user.gid", user.gid()),
+    ];
+    let extra = user.additional_gids().iter().flatten().enumerate();
+    let extra = extra.map(|(i, g)| (format!("process.user.additionalGids[{i}]"), *g));
+    for (field, id) in ids
+        .map(|(f, id)| (f.to_string(), id))
+        .into_iter()
+        .chain(extra)
+    {
+        check_id(id, "id").map_err(|m| (field, m))?;
+    }
+    check_capabilities(process)?;
     if let Some(p) = process
         .apparmor_profile()
         .as_deref()
@@ -64,6 +92,40 @@ pub fn check(process: &Process) -> Result<(), (String, String)> {
             return Err((
                 "process.scheduler.policy".into(),
                 "SCHED_ISO is not in the Linux kernel".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses capabilities that could not be raised: the effective, permitted and inheritable
+/// sets must be within the bounding set (the kernel refuses an inheritable capability outside
+/// it, and drops an effective or permitted one at exec). Ambient capabilities outside the
+/// inheritable set stay a warning at exec, as in runc, whose default spec asks for them.
+fn check_capabilities(process: &Process) -> Result<(), (String, String)> {
+    let Some(c) = process.capabilities() else {
+        return Ok(());
+    };
+    let bounding = c.bounding().clone().unwrap_or_default();
+    for (name, set) in [
+        ("effective", c.effective()),
+        ("permitted", c.permitted()),
+        ("inheritable", c.inheritable()),
+    ] {
+        let mut outside: Vec<String> = set
+            .iter()
+            .flatten()
+            .filter(|cap| !bounding.contains(cap))
+            .map(|cap| format!("CAP_{cap}"))
+            .collect();
+        if !outside.is_empty() {
+            outside.sort();
+            return Err((
+                format!("process.capabilities.{name}"),
+                format!(
+                    "{} not in process.capabilities.bounding, so the process cannot have it",
+                    outside.join(", ")
+                ),
             ));
         }
     }
@@ -217,6 +279,26 @@ mod tests {
         assert_eq!(check(&p).unwrap_err().0, "process.ioPriority.priority");
         let p = process(serde_json::json!({"scheduler": {"policy": "SCHED_OTHER", "nice": 40}}));
         assert_eq!(check(&p).unwrap_err().0, "process.scheduler.nice");
+    }
+
+    #[test]
+    fn ids_above_i32_max_and_unraisable_capabilities_are_refused() {
+        let p = process(serde_json::json!({"user": {"uid": 4294967295u32, "gid": 0}}));
+        assert_eq!(check(&p).unwrap_err().0, "process.user.uid");
+        let p = process(serde_json::json!({"user": {"uid": 0, "gid": 2147483648u32}}));
+        assert_eq!(check(&p).unwrap_err().0, "process.user.gid");
+        let p = process(
+            serde_json::json!({"user": {"uid": 0, "gid": 0, "additionalGids": [1, 4294967295u32]}}),
+        );
+        assert_eq!(check(&p).unwrap_err().0, "process.user.additionalGids[1]");
+        let p = process(serde_json::json!({"user": {"uid": 2147483647u32, "gid": 2147483647u32}}));
+        assert!(check(&p).is_ok());
+        let p = process(serde_json::json!({"capabilities": {
+            "bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"],
+            "inheritable": ["CAP_SYS_ADMIN"]}}));
+        let (field, message) = check(&p).unwrap_err();
+        assert_eq!(field, "process.capabilities.inheritable");
+        assert!(message.contains("CAP_SYS_ADMIN"), "{message}");
     }
 
     #[test]

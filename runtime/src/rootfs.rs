@@ -185,6 +185,38 @@ pub fn prepare_with(
     Ok(())
 }
 
+/// Where a proc or sysfs mount goes (None for other types): its destination inside `rootfs`,
+/// which must be a directory or nothing yet. A symlink or a file there is refused, not
+/// followed: it would put /proc or /sys somewhere else in the container, as in the attacks
+/// runc guards against with the same rule. Checked when config.json is validated, and again
+/// right before the mount.
+pub fn special_mount_point(rootfs: &Path, m: &Mount) -> io::Result<Option<PathBuf>> {
+    let fstype = match m.typ().as_deref() {
+        Some(t @ ("proc" | "sysfs")) => t,
+        _ => return Ok(None),
+    };
+    let dest = m.destination();
+    let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else {
+        return secure_join(rootfs, dest).map(Some);
+    };
+    // Symlinks above the last component are resolved inside the rootfs; the last is not.
+    let full = secure_join(rootfs, parent)?.join(name);
+    let what = match std::fs::symlink_metadata(&full) {
+        Ok(md) if md.is_dir() => return Ok(Some(full)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Some(full)),
+        Err(e) => return Err(e),
+        Ok(md) if md.file_type().is_symlink() => match std::fs::read_link(&full) {
+            Ok(target) => format!("a symlink to {}", target.display()),
+            Err(_) => "a symlink".to_string(),
+        },
+        Ok(_) => "not a directory".to_string(),
+    };
+    Err(io::Error::other(format!(
+        "filesystem \"{fstype}\" must be mounted on ordinary directory, and {} in the rootfs is {what}",
+        dest.display()
+    )))
+}
+
 fn mount_entry(
     sys: &dyn Syscall,
     m: &Mount,
@@ -195,8 +227,10 @@ fn mount_entry(
     idmap: Option<std::os::fd::BorrowedFd<'_>>,
 ) -> Result<(), RootfsError> {
     let dest = ctx(
-        secure_join(rootfs, m.destination()),
-        "resolve mount destination",
+        special_mount_point(rootfs, m)
+            .transpose()
+            .unwrap_or_else(|| secure_join(rootfs, m.destination())),
+        "mount destination",
         m.destination(),
     )?;
     let data = (!o.data.is_empty()).then_some(o.data.as_str());
@@ -719,9 +753,50 @@ mod tests {
     }
 
     #[test]
+    fn proc_and_sysfs_only_go_on_a_directory_or_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir_all(root.join("real/proc")).unwrap();
+        std::os::unix::fs::symlink("/tmp", root.join("proc")).unwrap();
+        std::fs::write(root.join("sys"), "").unwrap();
+        std::os::unix::fs::symlink("/real", root.join("up")).unwrap();
+        let mount = |typ: &str, dest: &str| -> Mount {
+            serde_json::from_value(serde_json::json!({"type": typ, "destination": dest})).unwrap()
+        };
+        let e = special_mount_point(root, &mount("proc", "/proc")).unwrap_err();
+        assert!(
+            e.to_string().contains("ordinary directory") && e.to_string().contains("/tmp"),
+            "{e}"
+        );
+        let e = special_mount_point(root, &mount("sysfs", "/sys")).unwrap_err();
+        assert!(e.to_string().contains("not a directory"), "{e}");
+        // Missing is fine (it is made); a symlink above the last part resolves in the rootfs.
+        assert_eq!(
+            special_mount_point(root, &mount("proc", "/other")).unwrap(),
+            Some(root.join("other"))
+        );
+        assert_eq!(
+            special_mount_point(root, &mount("proc", "/up/proc")).unwrap(),
+            Some(root.join("real/proc"))
+        );
+        // Other types are not its business.
+        assert_eq!(
+            special_mount_point(root, &mount("tmpfs", "/proc")).unwrap(),
+            None
+        );
+    }
+
+    #[test]
     fn default_devices_and_links_are_made() {
         let sys = RecordingSyscall::default();
-        let spec = spec_with(serde_json::json!({}));
+        let mut spec = spec_with(serde_json::json!({}));
+        let fuse: LinuxDevice = serde_json::from_value(serde_json::json!(
+            {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 0o660}
+        ))
+        .unwrap();
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_devices(Some(vec![fuse]));
+        spec.set_linux(Some(linux));
         prepare(
             &sys,
             &spec,
@@ -735,9 +810,17 @@ mod tests {
             let want = Call::Mknod(
                 Path::new("/r").join(&p[1..]),
                 nix::sys::stat::makedev(ma, mi),
+                0o666,
             );
             assert!(calls.contains(&want), "{p}");
         }
+        // A device's fileMode is passed as given (the real mknod sets it umask-free).
+        let fuse = Call::Mknod(
+            "/r/dev/fuse".into(),
+            nix::sys::stat::makedev(10, 229),
+            0o660,
+        );
+        assert!(calls.contains(&fuse), "{calls:?}");
         assert!(calls.contains(&Call::Symlink("pts/ptmx".into(), "/r/dev/ptmx".into())));
     }
 

@@ -255,6 +255,15 @@ pub fn validate(config: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf, Sp
         }
         Err(e) => return c.fail("root.path", format!("{}: {e}", rootfs.display())),
     }
+    if fs::canonicalize(&rootfs).is_ok_and(|p| p == Path::new("/")) {
+        return c.fail(
+            "root.path",
+            format!(
+                "{} is the host's / (after following symlinks): a container needs a root filesystem of its own",
+                rootfs.display()
+            ),
+        );
+    }
 
     let Some(process) = spec.process() else {
         return c.fail("process", "is required");
@@ -298,6 +307,9 @@ pub fn validate(config: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf, Sp
 
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
         validate_mount(&c, i, m, bundle)?;
+        if let Err(e) = crate::rootfs::special_mount_point(&rootfs, m) {
+            return c.fail(format!("mounts[{i}].destination"), e.to_string());
+        }
     }
 
     if let Some(hooks) = spec.hooks() {

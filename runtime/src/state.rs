@@ -113,7 +113,7 @@ pub fn check_transition(id: &str, status: Status, op: Operation) -> Result<(), S
         (Delete, _) => "stop it first, or use --force",
         (Pause, _) => "only a running container can be paused",
         (Resume, _) => "only a paused container can be resumed",
-        (Exec, Paused) => "resume it first",
+        (Exec, Paused) => "resume it first, or exec with --ignore-paused",
         _ => "it is not running",
     };
     Err(StateError::IllegalTransition {

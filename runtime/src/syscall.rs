@@ -29,6 +29,7 @@ pub trait Syscall {
     fn mkdir_all(&self, path: &Path) -> io::Result<()>;
     /// Creates an empty file (and its parents) when nothing is at `path`.
     fn touch(&self, path: &Path) -> io::Result<()>;
+    /// Makes a device node with exactly the mode `perm` (the umask does not apply).
     fn mknod(&self, path: &Path, kind: SFlag, perm: Mode, dev: u64) -> io::Result<()>;
     fn chown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()>;
     fn symlink(&self, original: &Path, link: &Path) -> io::Result<()>;
@@ -107,7 +108,11 @@ impl Syscall for LinuxSyscall {
     }
 
     fn mknod(&self, path: &Path, kind: SFlag, perm: Mode, dev: u64) -> io::Result<()> {
-        nix::sys::stat::mknod(path, kind, perm, dev).map_err(errno)
+        // Exactly `perm`, whatever the caller's umask (init is single-threaded here).
+        let old = nix::sys::stat::umask(Mode::empty());
+        let r = nix::sys::stat::mknod(path, kind, perm, dev).map_err(errno);
+        nix::sys::stat::umask(old);
+        r
     }
 
     fn chown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
@@ -248,7 +253,8 @@ pub enum Call {
     Chroot(PathBuf),
     MkdirAll(PathBuf),
     Touch(PathBuf),
-    Mknod(PathBuf, u64),
+    /// Path, device number, mode.
+    Mknod(PathBuf, u64, u32),
     Chown(PathBuf, u32, u32),
     Symlink(PathBuf, PathBuf),
     WriteFile(PathBuf, String),
@@ -328,8 +334,8 @@ impl Syscall for RecordingSyscall {
     fn touch(&self, path: &Path) -> io::Result<()> {
         self.push(Call::Touch(path.into()))
     }
-    fn mknod(&self, path: &Path, _kind: SFlag, _perm: Mode, dev: u64) -> io::Result<()> {
-        self.push(Call::Mknod(path.into(), dev))
+    fn mknod(&self, path: &Path, _kind: SFlag, perm: Mode, dev: u64) -> io::Result<()> {
+        self.push(Call::Mknod(path.into(), dev, perm.bits()))
     }
     fn chown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
         self.push(Call::Chown(path.into(), uid, gid))

@@ -276,3 +276,116 @@ fn exec_t_relays_a_terminal() {
     assert!(text.contains("/dev/pts/"), "{text}");
     env.ok(&["delete", "--force", &id]);
 }
+
+#[test]
+fn exec_refuses_ids_outside_the_kernels_range() {
+    skip_unless_root!("exec_refuses_ids_outside_the_kernels_range");
+    let env = Env::new(&["sleep", "100"]);
+    let id = running(&env, "execids");
+    // 4294967295 is -1 to setuid ("unchanged"): the process would have run as root.
+    for user in ["4294967295", "1000:4294967295", "2147483648"] {
+        let out = env.tug(&["exec", "--user", user, &id, "id", "-u"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("--user") && err.contains("outside"),
+            "--user {user}: {}",
+            show(&out)
+        );
+    }
+    // The same in a --process file names the field.
+    let mut process = env.spec["process"].clone();
+    process["args"] = json!(["id", "-u"]);
+    process["user"]["uid"] = json!(4294967295u32);
+    let file = env.dir.path().join("process.json");
+    std::fs::write(&file, process.to_string()).unwrap();
+    let out = env.tug(&["exec", "--process", file.to_str().unwrap(), &id]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("process.user.uid"),
+        "{}",
+        show(&out)
+    );
+    let out = env.ok(&["exec", "--user", "2147483647", &id, "id", "-u"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2147483647");
+    env.ok(&["delete", "--force", &id]);
+    no_cgroup_left(&id);
+}
+
+#[test]
+fn exec_gets_the_containers_personality_and_time_offsets() {
+    skip_unless_root!("exec_gets_the_containers_personality_and_time_offsets");
+    let time_ns = std::path::Path::new("/proc/self/ns/time").exists();
+    let mut env = Env::new(&["sleep", "100"]);
+    std::os::unix::fs::symlink("busybox", env.rootfs().join("bin/uname")).unwrap();
+    const OFFSET: u64 = 10_000_000;
+    env.edit(|s| {
+        s["linux"]["personality"] = json!({"domain": "LINUX32"});
+        if time_ns {
+            s["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"type": "time"}));
+            s["linux"]["timeOffsets"] = json!({"boottime": {"secs": OFFSET, "nanosecs": 0}});
+        }
+    });
+    let id = running(&env, "execpers");
+    let out = env.ok(&["exec", &id, "sh", "-c", "uname -m; cat /proc/uptime"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let machine = lines.next().unwrap_or_default();
+    assert!(
+        machine.starts_with('i') && machine.ends_with("86"),
+        "LINUX32 personality: {text}"
+    );
+    if time_ns {
+        let uptime: f64 = lines
+            .next()
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no uptime in {text}"));
+        assert!(uptime >= OFFSET as f64, "boottime offset not seen: {text}");
+    } else {
+        eprintln!("no time namespaces on this kernel: offsets not checked");
+    }
+    env.ok(&["delete", "--force", &id]);
+    no_cgroup_left(&id);
+}
+
+#[test]
+fn exec_into_a_paused_container_needs_ignore_paused() {
+    skip_unless_root!("exec_into_a_paused_container_needs_ignore_paused");
+    let env = Env::new(&["sleep", "100"]);
+    let id = running(&env, "execpaused");
+    env.ok(&["pause", &id]);
+    let out = env.tug(&["exec", &id, "true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("paused") && err.contains("--ignore-paused"),
+        "{}",
+        show(&out)
+    );
+    // With the flag the exec is accepted; its process is frozen with the container and runs
+    // once it is resumed.
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tug"))
+        .arg("--root")
+        .arg(env.state_root())
+        .args(["exec", "--ignore-paused", &id, "echo", "ran"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let procs = || cgroup_read(&id, "pids", "cgroup.procs").lines().count();
+    wait_for(
+        "the exec'd process in the cgroup",
+        Duration::from_secs(10),
+        || procs() == 2,
+    );
+    assert_eq!(env.status(&id), "paused");
+    env.ok(&["resume", &id]);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ran");
+    env.ok(&["delete", "--force", &id]);
+    no_cgroup_left(&id);
+}

@@ -1,18 +1,12 @@
-//! tugboat: the orchestrator's library: spec files, the store, the scheduler, the controllers,
-//! the HTTP API and its client, and the agent. The `tugboat` binary only parses arguments and calls in here.
+//! tugboat: the `tugboat` binary's own parts (the CLI's config file and output, `tugboat up`)
+//! over the crates it is made of: `tugboat-api` (wire types, client), `tugboat-server` (the
+//! control plane) and `tugboat-agent` (the node side). They are re-exported under their
+//! usual names for the binary, the tests and the benchmarks.
 
-pub mod agent;
-pub mod api;
+pub use tugboat_agent as agent;
+pub use tugboat_api::{client, execstream, model, spec, wire};
+pub use tugboat_server::{controllers, controlplane, http, objects, scheduler, server, store};
+
 pub mod cli_config;
-pub mod client;
-pub mod controllers;
-pub mod controlplane;
-pub mod execstream;
-pub mod model;
-pub mod objects;
 pub mod output;
-pub mod scheduler;
-pub mod server;
-pub mod spec;
-pub mod store;
 pub mod up;

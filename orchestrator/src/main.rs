@@ -395,13 +395,13 @@ async fn run(cli: Cli) -> Result<()> {
                     print_data(&d, cli.output, || output::describe_service(&d, now));
                 }
                 Kind::Instances => {
-                    let d: tugboat::controlplane::InstanceDescription = api
+                    let d: tugboat::wire::InstanceDescription = api
                         .call(reqwest::Method::GET, &format!("/v1/instances/{name}"), None)
                         .await?;
                     print_data(&d, cli.output, || output::describe_instance(&d, now));
                 }
                 Kind::Nodes => {
-                    let d: tugboat::controlplane::NodeDescription = api
+                    let d: tugboat::wire::NodeDescription = api
                         .call(reqwest::Method::GET, &format!("/v1/nodes/{name}"), None)
                         .await?;
                     print_data(&d, cli.output, || output::describe_node(&d, now));

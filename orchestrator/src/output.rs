@@ -1,8 +1,8 @@
 //! What the command line prints: tables and descriptions for people, JSON or YAML for tools.
 
-use crate::controlplane::{InstanceDescription, NodeDescription, ServiceDescription};
 use crate::model::{Event, Instance, InstancePhase, Node, Service};
 use crate::spec::{Cpu, Memory};
+use crate::wire::{InstanceDescription, NodeDescription, ServiceDescription};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -3,7 +3,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use tugboat::api::routes;
+use tugboat::http::routes;
 
 fn documented() -> BTreeSet<(String, String)> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/api.yaml");

@@ -352,7 +352,7 @@ async fn auth_validation_and_limits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_then_watch_over_http_misses_nothing_and_old_revisions_say_410() {
-    use tugboat::controlplane::WatchKind;
+    use tugboat::wire::WatchKind;
     let dir = tempfile::tempdir().unwrap();
     let mut config = tugboat::server::ServerConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap());
     config.store.history_events = 30;
@@ -424,7 +424,7 @@ async fn list_then_watch_over_http_misses_nothing_and_old_revisions_say_410() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_subnet_overlaps_another_live_nodes_is_refused() {
-    use tugboat::controlplane::NodeRegistration;
+    use tugboat::wire::NodeRegistration;
     let cluster = TestCluster::start(&[]).await;
     let node = |name: &str, subnet: &str| NodeRegistration {
         name: name.into(),

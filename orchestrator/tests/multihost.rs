@@ -15,8 +15,8 @@ use host::{http_get, run, shop_images, wait_for, TestHost};
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
-use tugboat::controlplane::NodeRegistration;
 use tugboat::model::{Instance, InstancePhase, Resources};
+use tugboat::wire::NodeRegistration;
 
 const START: Duration = Duration::from_secs(120);
 const SERVER: &str = "192.168.213.1:7480";

@@ -10,11 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tugboat::client::ApiClient;
 use tugboat::controllers::NodeTimers;
-use tugboat::controlplane::{
-    InstanceStatusReport, NodeRegistration, ReportedPhase, Timers, WatchKind,
-};
+use tugboat::controlplane::Timers;
 use tugboat::model::{Instance, InstancePhase, Resources};
 use tugboat::server::{start, RunningServer, ServerConfig};
+use tugboat::wire::{InstanceStatusReport, NodeRegistration, ReportedPhase, WatchKind};
 
 pub const GI: u64 = 1 << 30;
 

@@ -1,0 +1,334 @@
+//! An instance's OCI config.json, built with oci-spec from its service spec and its image's
+//! config: the spec's command, args, env and resources win over the image's defaults.
+
+use super::images::ImageDefaults;
+use oci_spec::runtime::{
+    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, Spec, User, UserBuilder,
+};
+use std::path::{Path, PathBuf};
+use tugboat_api::spec::ServiceSpec;
+
+/// A bind mount into the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    pub source: PathBuf,
+    pub target: String,
+    pub read_only: bool,
+}
+
+/// Everything config.json is made from.
+#[derive(Debug, Clone)]
+pub struct BundleInputs<'a> {
+    pub instance: &'a str,
+    pub spec: &'a ServiceSpec,
+    pub image: &'a ImageDefaults,
+    pub rootfs: &'a Path,
+    pub netns: &'a Path,
+    pub binds: Vec<BindMount>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("instance {instance}: {message}")]
+    Invalid { instance: String, message: String },
+}
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The process arguments: Docker's rules. `command` replaces the image's entrypoint (and
+/// drops its cmd); `args` replace the image's cmd.
+pub fn process_args(spec: &ServiceSpec, image: &ImageDefaults) -> Vec<String> {
+    let (entry, cmd) = if spec.command.is_empty() {
+        (image.entrypoint.clone(), &image.cmd)
+    } else {
+        (spec.command.clone(), &Vec::new())
+    };
+    let args = if spec.args.is_empty() {
+        cmd.clone()
+    } else {
+        spec.args.clone()
+    };
+    entry.into_iter().chain(args).collect()
+}
+
+/// The environment: PATH, the image's, then the spec's (which win), then HOSTNAME.
+pub fn process_env(spec: &ServiceSpec, image: &ImageDefaults, hostname: &str) -> Vec<String> {
+    let mut env: Vec<(String, String)> = vec![];
+    let mut set = |entry: &str| {
+        let (k, v) = entry.split_once('=').unwrap_or((entry, ""));
+        env.retain(|(name, _)| name != k);
+        env.push((k.to_string(), v.to_string()));
+    };
+    set(DEFAULT_PATH);
+    for e in &image.env {
+        set(e);
+    }
+    for (k, v) in &spec.env {
+        set(&format!("{k}={v}"));
+    }
+    set(&format!("HOSTNAME={hostname}"));
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// `user` of an image config: `uid`, `uid:gid`, or a name looked up in the rootfs's
+/// /etc/passwd (and group in /etc/group).
+pub fn resolve_user(user: Option<&str>, rootfs: &Path) -> Result<(u32, u32), String> {
+    let Some(user) = user.filter(|u| !u.is_empty()) else {
+        return Ok((0, 0));
+    };
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let lookup = |file: &str, name: &str, field: usize| -> Option<(u32, Option<u32>)> {
+        let text = std::fs::read_to_string(rootfs.join(file)).ok()?;
+        text.lines().find_map(|line| {
+            let parts: Vec<&str> = line.split(':').collect();
+            if parts.first() != Some(&name) {
+                return None;
+            }
+            let id = parts.get(field)?.parse().ok()?;
+            Some((id, parts.get(3).and_then(|g| g.parse().ok())))
+        })
+    };
+    let (uid, primary) = match u.parse::<u32>() {
+        Ok(uid) => (uid, None),
+        Err(_) => lookup("etc/passwd", u, 2)
+            .ok_or_else(|| format!("user {u} is not in the image's /etc/passwd"))?,
+    };
+    let gid = match g {
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => {
+                lookup("etc/group", g, 2)
+                    .ok_or_else(|| format!("group {g} is not in the image's /etc/group"))?
+                    .0
+            }
+        },
+        None => primary.unwrap_or(0),
+    };
+    Ok((uid, gid))
+}
+
+fn bind(source: &Path, target: &str, read_only: bool) -> Mount {
+    let mut options = vec!["rbind".to_string()];
+    options.push(if read_only { "ro" } else { "rw" }.into());
+    MountBuilder::default()
+        .destination(PathBuf::from(target))
+        .typ("bind")
+        .source(source.to_path_buf())
+        .options(options)
+        .build()
+        .expect("a bind mount has every field")
+}
+
+/// The container's hostname: the instance id cut to 63 characters.
+pub fn hostname(instance: &str) -> String {
+    instance.chars().take(63).collect()
+}
+
+/// Builds the OCI spec.
+pub fn build_spec(inputs: &BundleInputs) -> Result<Spec, BundleError> {
+    let invalid = |message: String| BundleError::Invalid {
+        instance: inputs.instance.into(),
+        message,
+    };
+    let hostname = hostname(inputs.instance);
+    let args = process_args(inputs.spec, inputs.image);
+    if args.is_empty() {
+        return Err(invalid(
+            "nothing to run: the image has no entrypoint or cmd and the spec no command".into(),
+        ));
+    }
+    let (uid, gid) = resolve_user(inputs.image.user.as_deref(), inputs.rootfs).map_err(invalid)?;
+    let mut spec = Spec::default();
+    spec.set_version("1.2.0".into());
+    spec.set_hostname(Some(hostname.clone()));
+    let root = oci_spec::runtime::RootBuilder::default()
+        .path(inputs.rootfs.to_path_buf())
+        .readonly(false)
+        .build()
+        .expect("root has every field");
+    spec.set_root(Some(root));
+    let mut process = spec.process().clone().unwrap_or_default();
+    process.set_terminal(Some(false));
+    process.set_args(Some(args));
+    process.set_env(Some(process_env(inputs.spec, inputs.image, &hostname)));
+    let cwd = inputs
+        .image
+        .working_dir
+        .clone()
+        .filter(|d| d.starts_with('/'))
+        .unwrap_or_else(|| "/".into());
+    process.set_cwd(PathBuf::from(cwd));
+    let user: User = UserBuilder::default()
+        .uid(uid)
+        .gid(gid)
+        .build()
+        .expect("user has every field");
+    process.set_user(user);
+    spec.set_process(Some(process));
+
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for b in &inputs.binds {
+        mounts.retain(|m| m.destination() != Path::new(&b.target));
+        mounts.push(bind(&b.source, &b.target, b.read_only));
+    }
+    spec.set_mounts(Some(mounts));
+
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let namespaces = [
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+    ]
+    .into_iter()
+    .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+    .chain(std::iter::once(
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Network)
+            .path(inputs.netns.to_path_buf())
+            .build(),
+    ))
+    .collect::<Result<Vec<_>, _>>()
+    .expect("namespaces have every field");
+    linux.set_namespaces(Some(namespaces));
+    linux.set_cgroups_path(Some(PathBuf::from(format!("/tug/{}", inputs.instance))));
+    linux.set_resources(Some(resources(inputs.spec)));
+    spec.set_linux(Some(linux));
+    Ok(spec)
+}
+
+/// Limits become cgroup settings: memory limit, CPU quota over a 100 ms period, pids.
+fn resources(spec: &ServiceSpec) -> oci_spec::runtime::LinuxResources {
+    let limits = &spec.resources.limits;
+    let mut r = LinuxResourcesBuilder::default();
+    if let Some(memory) = limits.memory {
+        r = r.memory(
+            LinuxMemoryBuilder::default()
+                .limit(memory.0 as i64)
+                .build()
+                .expect("memory"),
+        );
+    }
+    if let Some(cpu) = limits.cpu {
+        let period: u64 = 100_000;
+        r = r.cpu(
+            LinuxCpuBuilder::default()
+                .period(period)
+                .quota((cpu.0 * period / 1000) as i64)
+                .build()
+                .expect("cpu"),
+        );
+    }
+    if let Some(pids) = limits.pids {
+        r = r.pids(
+            LinuxPidsBuilder::default()
+                .limit(i64::from(pids))
+                .build()
+                .expect("pids"),
+        );
+    }
+    r.build().expect("resources")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tugboat_api::spec::{Cpu, Memory};
+
+    fn image() -> ImageDefaults {
+        ImageDefaults {
+            entrypoint: vec!["/bin/app".into()],
+            cmd: vec!["--serve".into()],
+            env: vec!["A=image".into(), "B=image".into()],
+            working_dir: Some("/srv".into()),
+            user: None,
+        }
+    }
+
+    #[test]
+    fn spec_command_and_args_override_the_image() {
+        let mut spec = ServiceSpec::new("x");
+        assert_eq!(process_args(&spec, &image()), ["/bin/app", "--serve"]);
+        spec.args = vec!["--other".into()];
+        assert_eq!(process_args(&spec, &image()), ["/bin/app", "--other"]);
+        spec.command = vec!["/bin/sh".into()];
+        spec.args = vec![];
+        assert_eq!(process_args(&spec, &image()), ["/bin/sh"]);
+    }
+
+    #[test]
+    fn spec_env_wins_over_the_image() {
+        let mut spec = ServiceSpec::new("x");
+        spec.env.insert("B".into(), "spec".into());
+        let env = process_env(&spec, &image(), "h");
+        assert!(env.contains(&"A=image".to_string()));
+        assert!(env.contains(&"B=spec".to_string()));
+        assert!(env.contains(&"HOSTNAME=h".to_string()));
+        assert!(env.iter().any(|e| e.starts_with("PATH=")));
+    }
+
+    #[test]
+    fn limits_volumes_and_netns_reach_the_config() {
+        let mut spec = ServiceSpec::new("x");
+        spec.resources.limits.memory = Some(Memory(64 << 20));
+        spec.resources.limits.cpu = Some(Cpu(500));
+        spec.resources.limits.pids = Some(100);
+        let dir = tempfile::tempdir().unwrap();
+        let image = image();
+        let inputs = BundleInputs {
+            instance: "web-abc-12345",
+            spec: &spec,
+            image: &image,
+            rootfs: dir.path(),
+            netns: Path::new("/var/lib/x/netns"),
+            binds: vec![BindMount {
+                source: "/data/v".into(),
+                target: "/data".into(),
+                read_only: true,
+            }],
+        };
+        let json = serde_json::to_value(build_spec(&inputs).unwrap()).unwrap();
+        let res = &json["linux"]["resources"];
+        assert_eq!(res["memory"]["limit"], 64 << 20);
+        assert_eq!(res["cpu"]["quota"], 50_000);
+        assert_eq!(res["pids"]["limit"], 100);
+        assert_eq!(json["process"]["cwd"], "/srv");
+        let net = json["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["type"] == "network")
+            .unwrap()
+            .clone();
+        assert_eq!(net["path"], "/var/lib/x/netns");
+        let data = json["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/data")
+            .unwrap()
+            .clone();
+        assert_eq!(data["source"], "/data/v");
+        assert!(data["options"].as_array().unwrap().contains(&"ro".into()));
+    }
+
+    #[test]
+    fn users_are_looked_up_in_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nwww:x:33:34::/:/bin/sh\n",
+        )
+        .unwrap();
+        assert_eq!(resolve_user(Some("www"), dir.path()), Ok((33, 34)));
+        assert_eq!(resolve_user(Some("5:6"), dir.path()), Ok((5, 6)));
+        assert!(resolve_user(Some("nobody"), dir.path())
+            .unwrap_err()
+            .contains("nobody"));
+    }
+}

@@ -1,0 +1,705 @@
+//! One instance on this node: the ordered, idempotent steps that make it (image, rootfs,
+//! volumes, network namespace, network, /etc/hosts, config.json, monitor), then its
+//! supervision (exit and restart policy with back-off, probes, status reports), then its
+//! teardown. Every step can run again after an agent restart or a reboot: each checks what
+//! is there and makes only what is missing.
+
+use super::bundle::{build_spec, BindMount, BundleInputs};
+use super::monitor::{self, ExitRecord, MonitorArgs, MonitorRecord, EXIT_FILE, MONITOR_FILE};
+use super::probes::{probe, ProbeState};
+use super::services::Endpoint;
+use super::{netns_file, NodeContext};
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tug_netns::{AttachRequest, NetnsRef, PortMapping};
+use tugboat_api::model::Instance;
+use tugboat_api::spec::{ProbeSpec, RestartPolicy, VolumeKind};
+use tugboat_api::wire::{InstanceStatusReport, ReportedPhase};
+
+/// Where an instance's files live: `<data-dir>/instances/<id>/`.
+#[derive(Debug, Clone)]
+pub struct InstancePaths {
+    pub dir: PathBuf,
+}
+
+impl InstancePaths {
+    pub fn new(data_dir: &Path, id: &str) -> InstancePaths {
+        InstancePaths {
+            dir: data_dir.join("instances").join(id),
+        }
+    }
+    /// The instance as last received from the server.
+    pub fn record(&self) -> PathBuf {
+        self.dir.join("instance.json")
+    }
+    pub fn local_state(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+    pub fn netns(&self) -> PathBuf {
+        self.dir.join("netns")
+    }
+    pub fn hosts(&self) -> PathBuf {
+        self.dir.join("hosts")
+    }
+    pub fn bundle(&self) -> PathBuf {
+        self.dir.join("bundle")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.dir.join(monitor::LOG_FILE)
+    }
+    pub fn exit(&self) -> PathBuf {
+        self.dir.join(EXIT_FILE)
+    }
+    pub fn monitor(&self) -> PathBuf {
+        self.dir.join(MONITOR_FILE)
+    }
+}
+
+/// What the agent keeps about an instance across its own restarts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LocalState {
+    pub restarts: u32,
+    #[serde(default)]
+    pub address: Option<Ipv4Addr>,
+    /// Whether it was ready when last probed: a restarted agent serves it again at once
+    /// instead of taking it out of its service until the next probe passes.
+    #[serde(default)]
+    pub ready: bool,
+}
+
+/// Back-off before restart number `restarts` (1-based): 250 ms doubling to 10 s.
+pub fn backoff(restarts: u32) -> Duration {
+    let exp = restarts.saturating_sub(1).min(6);
+    Duration::from_millis(250u64 << exp).min(Duration::from_secs(10))
+}
+
+/// Whether the restart policy runs the container again after `exit`.
+pub fn should_restart(
+    policy: RestartPolicy,
+    limit: Option<u32>,
+    restarts: u32,
+    exit: &ExitRecord,
+) -> bool {
+    match policy {
+        RestartPolicy::Always => true,
+        RestartPolicy::Never => false,
+        RestartPolicy::OnFailure => !exit.succeeded() && limit.is_none_or(|l| restarts <= l),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Phase {
+    /// The monitor was started (or found) at this time.
+    Running {
+        since: Instant,
+    },
+    BackingOff {
+        until: Instant,
+    },
+    Failed,
+}
+
+struct Supervisor {
+    ctx: Arc<NodeContext>,
+    instance: Instance,
+    paths: InstancePaths,
+    state: LocalState,
+    address: Option<Ipv4Addr>,
+    message: String,
+    exit_code: Option<i32>,
+    liveness: ProbeState,
+    readiness: ProbeState,
+    next_liveness: Instant,
+    next_readiness: Instant,
+    last_report: Option<InstanceStatusReport>,
+    /// Last cgroup reading and when it was taken; stats go out every 10 s.
+    usage: Option<(super::stats::Usage, Instant)>,
+    stats_due: Instant,
+}
+
+/// Runs an instance until `stop` says so (or the server says it is no longer ours), then
+/// tears it down. `keep` (set by a detaching agent) leaves it running instead.
+pub async fn supervise(
+    ctx: Arc<NodeContext>,
+    instance: Instance,
+    mut stop: watch::Receiver<StopMode>,
+) {
+    let paths = InstancePaths::new(&ctx.data_dir, &instance.id);
+    let _ = std::fs::create_dir_all(&paths.dir);
+    let _ = monitor::write_json(&paths.record(), &instance);
+    let state: LocalState = monitor::read_json(&paths.local_state()).unwrap_or_default();
+    let now = Instant::now();
+    let mut s = Supervisor {
+        ctx,
+        instance,
+        paths,
+        state,
+        address: None,
+        message: "starting".into(),
+        exit_code: None,
+        liveness: ProbeState {
+            passing: true,
+            ..Default::default()
+        },
+        readiness: ProbeState::default(),
+        next_liveness: now,
+        next_readiness: now,
+        last_report: None,
+        usage: None,
+        stats_due: now,
+    };
+    let mut phase = s.start().await;
+    loop {
+        let mode = *stop.borrow();
+        if mode != StopMode::Run {
+            if mode == StopMode::Stop {
+                s.teardown().await;
+            }
+            return;
+        }
+        if s.report(&phase).await == Some(409) {
+            s.teardown().await;
+            return;
+        }
+        tokio::select! {
+            _ = stop.changed() => continue,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        phase = s.step(phase).await;
+    }
+}
+
+/// What the agent wants of an instance's supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    Run,
+    /// Stop and remove the container and everything made for it.
+    Stop,
+    /// Leave it running (the agent is going away; a new one re-attaches).
+    Detach,
+}
+
+impl Supervisor {
+    fn id(&self) -> &str {
+        &self.instance.id
+    }
+
+    fn save_state(&self) {
+        let _ = monitor::write_json(&self.paths.local_state(), &self.state);
+    }
+
+    /// At first: re-attach to a running monitor, take a finished one's exit, or start one.
+    async fn start(&mut self) -> Phase {
+        if let Err(message) = self.prepare().await {
+            return self.fail(message);
+        }
+        if monitor_running(&self.paths.dir) {
+            self.message = "running".into();
+            // Re-attached: ready as it was (the next probe, due now, confirms it).
+            self.readiness.passing = self.state.ready;
+            self.set_endpoint(self.state.ready);
+            return Phase::Running {
+                since: Instant::now(),
+            };
+        }
+        if self.paths.exit().exists() || self.paths.monitor().exists() {
+            // It ran and ended while no agent watched: the exit path decides.
+            return self.on_exit().await;
+        }
+        self.launch().await
+    }
+
+    /// Steps, in order; each is idempotent. Returns a reason in words on failure.
+    async fn prepare(&mut self) -> Result<(), String> {
+        let ctx = self.ctx.clone();
+        let spec = self.instance.spec.clone();
+        let id = self.id().to_string();
+        // Image and rootfs.
+        let images = ctx.images.clone();
+        let (image, rootfs) = tokio::task::spawn_blocking(move || {
+            let image = images.resolve(&spec.image).map_err(|e| e.to_string())?;
+            let rootfs = images
+                .prepare_rootfs(&image, &id)
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((image, rootfs))
+        })
+        .await
+        .map_err(|e| format!("image step: {e}"))??;
+        // Volumes.
+        let mut binds = vec![];
+        for v in &self.instance.spec.volumes {
+            let source = match v.kind {
+                VolumeKind::Bind => {
+                    let p = PathBuf::from(&v.source);
+                    if !p.exists() {
+                        return Err(format!(
+                            "volume source {} does not exist on node {}",
+                            v.source, ctx.node
+                        ));
+                    }
+                    p
+                }
+                VolumeKind::Volume => {
+                    let p = ctx.volumes_dir().join(&v.source);
+                    std::fs::create_dir_all(&p)
+                        .map_err(|e| format!("named volume {}: {}: {e}", v.source, p.display()))?;
+                    p
+                }
+            };
+            binds.push(BindMount {
+                source,
+                target: v.target.clone(),
+                read_only: v.read_only,
+            });
+        }
+        // Network namespace and network.
+        netns_file::ensure(&self.paths.netns()).map_err(|e| e.to_string())?;
+        let mut request = AttachRequest::new(self.id(), NetnsRef::Path(self.paths.netns()));
+        for p in &self.instance.spec.ports {
+            if let Some(host) = p.host_port() {
+                request.ports.push(PortMapping {
+                    protocol: match p.protocol {
+                        tugboat_api::spec::Protocol::Tcp => tug_netns::Protocol::Tcp,
+                        tugboat_api::spec::Protocol::Udp => tug_netns::Protocol::Udp,
+                    },
+                    host_port: host,
+                    container_port: p.container.0,
+                });
+            }
+        }
+        let _net = ctx.net_lock.lock().await;
+        let attached = ctx.network.attachments().ok().and_then(|list| {
+            list.into_iter()
+                .find(|a| a.container_id == self.instance.id)
+        });
+        // An attach cut short (agent killed half-way) leaves a lease and a veth that
+        // `attach` takes as done: check the inside, and start over when it is not whole.
+        // Only a check that found the attachment broken starts over: a netlink call that
+        // failed says nothing about the container, whose traffic a detach would cut.
+        if attached.is_some() {
+            match ctx.network.check(self.id(), &request.netns).await {
+                Err(tug_netns::NetworkError::Broken { .. }) => {
+                    let _ = ctx.network.detach(self.id()).await;
+                }
+                Err(e) => eprintln!(
+                    "tugboat agent: {}: checking the network of {} (kept as it is): {e}",
+                    ctx.node,
+                    self.id()
+                ),
+                Ok(_) => {}
+            }
+        }
+        if attached.is_none() {
+            for m in &request.ports {
+                host_port_free(m).map_err(|e| {
+                    let proto = match m.protocol {
+                        tug_netns::Protocol::Tcp => "tcp",
+                        tug_netns::Protocol::Udp => "udp",
+                    };
+                    format!(
+                        "host port {}/{proto} is already in use on node {}: {e}",
+                        m.host_port, ctx.node
+                    )
+                })?;
+            }
+        }
+        let attachment = ctx
+            .network
+            .attach(&request)
+            .await
+            .map_err(|e| e.to_string())?;
+        drop(_net);
+        let address = attachment.address.ip();
+        self.address = Some(address);
+        if self.state.address != Some(address) {
+            self.state.address = Some(address);
+            self.save_state();
+        }
+        // Names.
+        ctx.services
+            .register_hosts_file(self.id(), &self.paths.hosts(), address)
+            .map_err(|e| format!("{}: {e}", self.paths.hosts().display()))?;
+        binds.push(BindMount {
+            source: self.paths.hosts(),
+            target: "/etc/hosts".into(),
+            read_only: true,
+        });
+        // config.json.
+        let netns = self.paths.netns();
+        let inputs = BundleInputs {
+            instance: self.id(),
+            spec: &self.instance.spec,
+            image: &image.defaults,
+            rootfs: &rootfs,
+            netns: &netns,
+            binds,
+        };
+        let oci = build_spec(&inputs).map_err(|e| e.to_string())?;
+        let bundle = self.paths.bundle();
+        std::fs::create_dir_all(&bundle).map_err(|e| format!("{}: {e}", bundle.display()))?;
+        oci.save(bundle.join("config.json"))
+            .map_err(|e| format!("{}: {e}", bundle.display()))?;
+        Ok(())
+    }
+
+    /// Starts a monitor, which creates and starts the container.
+    async fn launch(&mut self) -> Phase {
+        if let Err(message) = self.prepare().await {
+            return self.fail(message);
+        }
+        let args = MonitorArgs {
+            id: self.id().to_string(),
+            bundle: self.paths.bundle(),
+            runtime_root: self.ctx.runtime_root.clone(),
+            dir: self.paths.dir.clone(),
+            log_max_bytes: self.ctx.log_max_bytes,
+        };
+        let _ = std::fs::remove_file(self.paths.monitor());
+        let exe = self.ctx.monitor_exe.clone();
+        let spawned = tokio::task::spawn_blocking(move || monitor::spawn(&exe, &args)).await;
+        match spawned {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return self.fail(format!("cannot start the monitor: {e}")),
+            Err(e) => return self.fail(format!("cannot start the monitor: {e}")),
+        }
+        self.message = "started".into();
+        self.readiness = ProbeState::default();
+        self.liveness = ProbeState {
+            passing: true,
+            ..Default::default()
+        };
+        let now = Instant::now();
+        let delay = |p: &Option<ProbeSpec>| {
+            now + Duration::from_secs(p.as_ref().map_or(0, |p| u64::from(p.initial_delay_seconds)))
+        };
+        self.next_liveness = delay(&self.instance.spec.health.liveness);
+        self.next_readiness = delay(&self.instance.spec.health.readiness);
+        Phase::Running { since: now }
+    }
+
+    fn fail(&mut self, message: String) -> Phase {
+        self.message = message;
+        self.set_endpoint(false);
+        Phase::Failed
+    }
+
+    fn set_endpoint(&mut self, ready: bool) {
+        if self.state.ready != ready {
+            self.state.ready = ready;
+            self.save_state();
+        }
+        if let Some(address) = self.address {
+            self.ctx.services.set_endpoint(
+                &self.instance.service,
+                self.id(),
+                Endpoint { address, ready },
+            );
+        }
+    }
+
+    /// The container ended (or its monitor is gone): restart policy and back-off.
+    async fn on_exit(&mut self) -> Phase {
+        let exit: ExitRecord = monitor::read_json(&self.paths.exit()).unwrap_or(ExitRecord {
+            code: None,
+            signal: None,
+            error: Some("its monitor is gone".into()),
+            finished_at_ms: tugboat_api::model::now_ms(),
+        });
+        let _ = std::fs::remove_file(self.paths.exit());
+        let _ = std::fs::remove_file(self.paths.monitor());
+        // A container whose monitor died is still there: remove it so none runs twice.
+        let runtime = tug_runtime::Runtime::new(&self.ctx.runtime_root);
+        if runtime.load(self.id()).is_ok() {
+            let _ = runtime.delete(self.id(), true);
+        }
+        self.set_endpoint(false);
+        self.exit_code = exit.code;
+        let what = match self.liveness.last_error.take() {
+            Some(e) if !self.liveness.passing => format!("liveness probe failed ({e})"),
+            _ => exit.describe(),
+        };
+        self.state.restarts += 1;
+        self.save_state();
+        let restart = &self.instance.spec.restart;
+        if exit.error.is_some() && self.state.restarts > 3 {
+            return self.fail(what);
+        }
+        if should_restart(restart.policy, restart.limit, self.state.restarts, &exit) {
+            let wait = backoff(self.state.restarts);
+            self.message = format!("{what}; restarting in {:.1}s", wait.as_secs_f32());
+            Phase::BackingOff {
+                until: Instant::now() + wait,
+            }
+        } else {
+            let policy = match restart.policy {
+                RestartPolicy::Always => "always",
+                RestartPolicy::OnFailure => "on-failure",
+                RestartPolicy::Never => "never",
+            };
+            self.fail(format!("{what}; restart policy {policy} gives up"))
+        }
+    }
+
+    async fn step(&mut self, phase: Phase) -> Phase {
+        match phase {
+            Phase::Failed => Phase::Failed,
+            Phase::BackingOff { until } if Instant::now() < until => phase,
+            Phase::BackingOff { .. } => self.launch().await,
+            Phase::Running { since } => {
+                if !monitor_running(&self.paths.dir) {
+                    return self.on_exit().await;
+                }
+                // A container that ran a while earns a fresh back-off.
+                if since.elapsed() > Duration::from_secs(30) && self.state.restarts > 0 {
+                    self.state.restarts = self.state.restarts.min(1);
+                }
+                self.run_probes().await;
+                phase
+            }
+        }
+    }
+
+    /// One probe: HTTP and TCP from the agent, exec inside the container.
+    async fn probe(&self, spec: &ProbeSpec, address: Ipv4Addr) -> Result<(), String> {
+        let Some(command) = &spec.exec else {
+            return probe(spec, address).await;
+        };
+        let limit = Duration::from_secs(u64::from(spec.timeout_seconds.max(1)));
+        let target = super::nsexec::ExecTarget {
+            exe: self.ctx.monitor_exe.clone(),
+            runtime_root: self.ctx.runtime_root.clone(),
+            dir: self.paths.dir.clone(),
+            id: self.id().to_string(),
+        };
+        let result = super::nsexec::exec_in(&target, command, limit).await?;
+        if result.exit_code == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "exec {}: exit code {}{}",
+                command.join(" "),
+                result.exit_code,
+                match result.stderr.lines().last() {
+                    Some(line) => format!(": {line}"),
+                    None => String::new(),
+                }
+            ))
+        }
+    }
+
+    async fn run_probes(&mut self) {
+        let Some(address) = self.address else { return };
+        let now = Instant::now();
+        let health = self.instance.spec.health.clone();
+        if let Some(spec) = &health.liveness {
+            if now >= self.next_liveness {
+                self.next_liveness =
+                    now + Duration::from_secs(u64::from(spec.interval_seconds.max(1)));
+                let r = self.probe(spec, address).await;
+                if !self.liveness.record(spec, r) {
+                    // Kill it: the exit path restarts it and says why.
+                    let runtime = tug_runtime::Runtime::new(&self.ctx.runtime_root);
+                    let _ = runtime.kill(self.id(), nix::sys::signal::Signal::SIGKILL, true);
+                }
+            }
+        }
+        let ready = match &health.readiness {
+            None => true,
+            Some(spec) => {
+                if now >= self.next_readiness {
+                    // Until it first passes, probe every 250 ms: an instance is ready as
+                    // soon as it answers, not an interval later.
+                    let interval = if self.readiness.passing {
+                        Duration::from_secs(u64::from(spec.interval_seconds.max(1)))
+                    } else {
+                        Duration::from_millis(250)
+                            .min(Duration::from_secs(u64::from(spec.interval_seconds.max(1))))
+                    };
+                    self.next_readiness = now + interval;
+                    let r = self.probe(spec, address).await;
+                    self.readiness.record(spec, r);
+                }
+                self.readiness.passing
+            }
+        };
+        self.set_endpoint(ready);
+        self.message = if ready {
+            "running".into()
+        } else {
+            match &self.readiness.last_error {
+                Some(e) => format!("not ready: readiness probe: {e}"),
+                None => "running; waiting for the readiness probe".into(),
+            }
+        };
+    }
+
+    fn ready(&self, phase: &Phase) -> bool {
+        matches!(phase, Phase::Running { .. })
+            && (self.instance.spec.health.readiness.is_none() || self.readiness.passing)
+            && self.message == "running"
+    }
+
+    /// CPU (over the time since the last reading), memory and pids from the cgroup.
+    fn read_stats(&mut self) -> Option<tugboat_api::model::InstanceStats> {
+        let usage = super::stats::read_usage(Path::new("/sys/fs/cgroup"), self.id())?;
+        let now = Instant::now();
+        let cpu_millis = match self.usage {
+            Some((before, at)) => {
+                super::stats::cpu_millis(&before, &usage, now.duration_since(at).as_millis() as u64)
+            }
+            None => 0,
+        };
+        self.usage = Some((usage, now));
+        Some(tugboat_api::model::InstanceStats {
+            cpu_millis,
+            memory_bytes: usage.memory_bytes,
+            pids: usage.pids,
+            at_ms: tugboat_api::model::now_ms(),
+        })
+    }
+
+    /// Sends the status when it changed. Returns the HTTP status of a refused report.
+    async fn report(&mut self, phase: &Phase) -> Option<u16> {
+        let report = InstanceStatusReport {
+            node: self.ctx.node.clone(),
+            phase: if *phase == Phase::Failed {
+                ReportedPhase::Failed
+            } else {
+                ReportedPhase::Running
+            },
+            ready: self.ready(phase),
+            message: self.message.clone(),
+            exit_code: self.exit_code,
+            restarts: self.state.restarts,
+            stats: self.last_report.as_ref().and_then(|r| r.stats),
+            address: self.address.map(|a| a.to_string()),
+        };
+        let mut report = report;
+        if Instant::now() >= self.stats_due {
+            // Until the cgroup exists (the container is starting), try again next time.
+            if let Some(stats) = self.read_stats() {
+                self.stats_due = Instant::now() + Duration::from_secs(10);
+                report.stats = Some(stats);
+            }
+        }
+        if self.last_report.as_ref() == Some(&report) {
+            return None;
+        }
+        match self.ctx.client.report_status(self.id(), &report).await {
+            Ok(_) => {
+                self.last_report = Some(report);
+                None
+            }
+            Err(e) => match e.status() {
+                Some(s @ (404 | 409)) => Some(if s == 404 { 409 } else { s }),
+                _ => None,
+            },
+        }
+    }
+
+    /// Stops the container (configured signal, grace period, then SIGKILL) and removes
+    /// everything made for the instance.
+    async fn teardown(&mut self) {
+        let id = self.id().to_string();
+        self.ctx
+            .services
+            .remove_endpoint(&self.instance.service, &id);
+        let runtime = tug_runtime::Runtime::new(&self.ctx.runtime_root);
+        if monitor_running(&self.paths.dir) {
+            let stop = &self.instance.spec.stop;
+            let signal = tug_runtime::signal::parse_signal(&stop.signal)
+                .unwrap_or(nix::sys::signal::Signal::SIGTERM);
+            let _ = runtime.kill(&id, signal, false);
+            let grace = Duration::from_secs(u64::from(stop.grace_seconds));
+            if !wait_until(grace, || !monitor_running(&self.paths.dir)).await {
+                let _ = runtime.kill(&id, nix::sys::signal::Signal::SIGKILL, true);
+                wait_until(Duration::from_secs(10), || {
+                    !monitor_running(&self.paths.dir)
+                })
+                .await;
+            }
+        }
+        if runtime.load(&id).is_ok() {
+            let _ = runtime.delete(&id, true);
+        }
+        {
+            let _net = self.ctx.net_lock.lock().await;
+            let _ = self.ctx.network.detach(&id).await;
+        }
+        let _ = netns_file::remove(&self.paths.netns());
+        let images = self.ctx.images.clone();
+        let rid = id.clone();
+        let _ = tokio::task::spawn_blocking(move || images.remove_rootfs(&rid)).await;
+        let _ = std::fs::remove_dir_all(&self.paths.dir);
+    }
+}
+
+/// Is a host port free for publishing? A listening socket of another program would be
+/// shadowed by the published port without anyone noticing.
+fn host_port_free(m: &PortMapping) -> std::io::Result<()> {
+    let addr = std::net::SocketAddr::from(([0, 0, 0, 0], m.host_port));
+    match m.protocol {
+        tug_netns::Protocol::Tcp => std::net::TcpListener::bind(addr).map(|_| ()),
+        tug_netns::Protocol::Udp => std::net::UdpSocket::bind(addr).map(|_| ()),
+    }
+}
+
+/// Polls `done` every 50 ms until it holds or `limit` passes.
+async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Is a monitor alive in `dir`? It holds `monitor.lock` for as long as it lives.
+pub fn monitor_running(dir: &Path) -> bool {
+    monitor::lock_held(&dir.join(monitor::LOCK_FILE))
+}
+
+/// The monitor's pid and the container's, if it runs.
+pub fn monitor_record(dir: &Path) -> Option<MonitorRecord> {
+    monitor::read_json(&dir.join(MONITOR_FILE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exit(code: i32) -> ExitRecord {
+        ExitRecord {
+            code: Some(code),
+            signal: None,
+            error: None,
+            finished_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn back_off_doubles_up_to_ten_seconds() {
+        assert_eq!(backoff(1), Duration::from_millis(250));
+        assert_eq!(backoff(2), Duration::from_millis(500));
+        assert_eq!(backoff(4), Duration::from_secs(2));
+        assert_eq!(backoff(50), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn restart_policies() {
+        use RestartPolicy::*;
+        assert!(should_restart(Always, None, 9, &exit(0)));
+        assert!(!should_restart(Never, None, 1, &exit(1)));
+        assert!(should_restart(OnFailure, Some(2), 2, &exit(1)));
+        assert!(!should_restart(OnFailure, Some(2), 3, &exit(1)));
+        assert!(!should_restart(OnFailure, None, 1, &exit(0)));
+    }
+}

@@ -1,0 +1,731 @@
+//! tugboat-agent: `tugboat agent`, which runs the cluster's instances on one host, with
+//! its helpers (the per-container monitor, the service proxy, the exec helper). It never
+//! depends on the server: both speak through `tugboat-api`.
+//!
+//! It registers the node (capacity read from the host, labels from flags), heartbeats,
+//! lists then watches the instances assigned to it, and runs one supervisor task per
+//! instance ([`instance`]): ordered idempotent steps, then a per-container monitor process
+//! ([`monitor`]) that is the container's parent, so containers outlive the agent. A restarted
+//! agent finds its instances under `<data-dir>/instances/` and re-attaches to their monitors.
+//! Services get virtual addresses, names and a balancer ([`services`]) whose endpoints
+//! include the ready instances of other nodes, which are reached by host-gw routes to
+//! their container subnets ([`remote`]).
+
+pub mod bundle;
+pub mod images;
+pub mod instance;
+pub mod logs;
+pub mod monitor;
+pub mod netns_file;
+pub mod node_api;
+pub mod nsexec;
+pub mod probes;
+pub mod proxy;
+pub mod remote;
+pub mod services;
+pub mod stats;
+pub mod volumes;
+
+use images::ImageSource;
+use instance::StopMode;
+use ipnetwork::Ipv4Network;
+use services::ServiceTable;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tug_netns::{Network, NetworkConfig};
+use tugboat_api::client::ApiClient;
+use tugboat_api::model::{Instance, InstancePhase, Resources};
+use tugboat_api::spec::PublishMode;
+use tugboat_api::wire::{NodeRegistration, WatchKind};
+
+/// How an agent is set up.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node: String,
+    pub labels: BTreeMap<String, String>,
+    /// Instances, volumes, the runtime's state, network state.
+    pub data_dir: PathBuf,
+    /// This node's container subnet.
+    pub subnet: Ipv4Network,
+    /// Where services have their virtual addresses (the server gives them; the network
+    /// does not masquerade traffic to this range).
+    pub service_range: Ipv4Network,
+    /// The network's name (and so its bridge, `tug-<name>`).
+    pub network: String,
+    /// The `tugboat` binary that runs monitors (default: this process's executable).
+    pub monitor_exe: PathBuf,
+    pub log_max_bytes: u64,
+    pub heartbeat: Duration,
+    /// The address other nodes reach this one at (reported to the server).
+    pub address: Option<String>,
+    /// How packets reach other nodes' containers (host-gw routes, or a VXLAN overlay).
+    pub peer_mode: tug_netns::PeerMode,
+    /// Where the agent's own API (instance logs) listens; none: not served.
+    pub api_listen: Option<std::net::SocketAddr>,
+    /// The cluster's bearer token, required by the agent's API.
+    pub token: Option<String>,
+}
+
+impl AgentConfig {
+    pub fn new(node: &str, data_dir: &Path) -> AgentConfig {
+        AgentConfig {
+            node: node.into(),
+            labels: BTreeMap::new(),
+            data_dir: data_dir.into(),
+            subnet: "10.88.0.0/24".parse().expect("a subnet"),
+            service_range: tugboat_api::model::DEFAULT_SERVICE_RANGE
+                .parse()
+                .expect("a subnet"),
+            network: "tugboat".into(),
+            monitor_exe: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
+            log_max_bytes: 1 << 20,
+            heartbeat: Duration::from_secs(2),
+            address: None,
+            peer_mode: tug_netns::PeerMode::HostGw,
+            api_listen: None,
+            token: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("node {node}: data dir {path}: {source}")]
+    DataDir {
+        node: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("node {node}: {source}")]
+    Network {
+        node: String,
+        #[source]
+        source: tug_netns::NetworkError,
+    },
+    #[error("node {node}: {message}")]
+    Service { node: String, message: String },
+}
+
+/// What every instance supervisor shares.
+pub struct NodeContext {
+    pub node: String,
+    pub data_dir: PathBuf,
+    pub client: ApiClient,
+    pub images: Arc<dyn ImageSource>,
+    pub network: Network,
+    /// Network calls one at a time: the network's file lock is taken per call, and two
+    /// calls waiting on it from one process would block the async runtime's threads.
+    pub net_lock: tokio::sync::Mutex<()>,
+    pub services: Arc<ServiceTable>,
+    pub runtime_root: PathBuf,
+    pub monitor_exe: PathBuf,
+    pub log_max_bytes: u64,
+    pub peer_mode: tug_netns::PeerMode,
+}
+
+impl NodeContext {
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.data_dir.join("volumes")
+    }
+}
+
+/// The host's CPUs (in millicores) and memory.
+pub fn host_capacity() -> Resources {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024);
+    Resources::new(cpus * 1000, memory, 0)
+}
+
+struct Running {
+    stop: watch::Sender<StopMode>,
+    task: JoinHandle<()>,
+}
+
+/// A running agent.
+pub struct Agent {
+    ctx: Arc<NodeContext>,
+    config: AgentConfig,
+    instances: HashMap<String, Running>,
+    /// The agent's API, with the URL the server reaches it at.
+    api: Option<(tokio::net::TcpListener, String)>,
+}
+
+impl Agent {
+    /// Opens the node's network and service table; registers nothing yet.
+    pub async fn open(
+        config: AgentConfig,
+        client: ApiClient,
+        images: Arc<dyn ImageSource>,
+    ) -> Result<Agent, AgentError> {
+        let node = config.node.clone();
+        for dir in ["instances", "volumes", "runtime", "net"] {
+            let path = config.data_dir.join(dir);
+            std::fs::create_dir_all(&path).map_err(|source| AgentError::DataDir {
+                node: node.clone(),
+                path,
+                source,
+            })?;
+        }
+        let mut net =
+            NetworkConfig::new(&config.network, config.subnet, config.data_dir.join("net"));
+        net.cluster_cidr = Some(config.service_range);
+        let network = Network::open(net)
+            .await
+            .map_err(|source| AgentError::Network {
+                node: node.clone(),
+                source,
+            })?;
+        let services = ServiceTable::open(&config.data_dir.join("services.json"));
+        let ctx = Arc::new(NodeContext {
+            node,
+            data_dir: config.data_dir.clone(),
+            client,
+            images,
+            network,
+            net_lock: tokio::sync::Mutex::new(()),
+            services,
+            runtime_root: config.data_dir.join("runtime"),
+            monitor_exe: config.monitor_exe.clone(),
+            log_max_bytes: config.log_max_bytes,
+            peer_mode: config.peer_mode,
+        });
+        let api = match config.api_listen {
+            Some(addr) => {
+                let listener =
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| AgentError::Service {
+                            node: config.node.clone(),
+                            message: format!("agent API on {addr}: {e}"),
+                        })?;
+                let local = listener.local_addr().map_err(|e| AgentError::Service {
+                    node: config.node.clone(),
+                    message: format!("agent API on {addr}: {e}"),
+                })?;
+                let host = if local.ip().is_unspecified() {
+                    config.address.clone().unwrap_or_else(|| "127.0.0.1".into())
+                } else {
+                    local.ip().to_string()
+                };
+                Some((listener, format!("http://{host}:{}", local.port())))
+            }
+            None => None,
+        };
+        Ok(Agent {
+            ctx,
+            config,
+            instances: HashMap::new(),
+            api,
+        })
+    }
+
+    pub fn context(&self) -> &Arc<NodeContext> {
+        &self.ctx
+    }
+
+    fn registration(&self) -> NodeRegistration {
+        let volumes = std::fs::read_dir(self.ctx.volumes_dir())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        NodeRegistration {
+            name: self.config.node.clone(),
+            labels: self.config.labels.clone(),
+            capacity: host_capacity(),
+            address: self.config.address.clone(),
+            subnet: Some(self.config.subnet),
+            volumes,
+            agent_url: self.api.as_ref().map(|(_, url)| url.clone()),
+        }
+    }
+
+    /// Registers (retrying until the server answers), then runs until `shutdown` is set:
+    /// `true` stops every instance and removes the network, `false` leaves them running.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<Option<bool>>) {
+        let client = self.ctx.client.clone();
+        let registration = self.registration();
+        let api = self.api.take().map(|(listener, _)| {
+            let state = Arc::new(node_api::NodeApiState {
+                data_dir: self.ctx.data_dir.clone(),
+                token: self.config.token.clone(),
+                exe: self.ctx.monitor_exe.clone(),
+            });
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, node_api::router(state)).await;
+            })
+        });
+        loop {
+            match client.register_node(&registration).await {
+                Ok(_) => break,
+                Err(e) => eprintln!("tugboat agent: register {}: {e}", self.config.node),
+            }
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    let stop_all = shutdown.borrow().unwrap_or(false);
+                    return self.finish(stop_all).await;
+                }
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        self.adopt_local();
+        let heartbeat = tokio::spawn(heartbeat_loop(
+            client.clone(),
+            registration,
+            self.config.heartbeat,
+        ));
+        let services = tokio::spawn(service_loop(self.ctx.clone()));
+        let remote = tokio::spawn(remote_loop(self.ctx.clone()));
+        let mut from = 0;
+        loop {
+            let requested = *shutdown.borrow();
+            if let Some(stop_all) = requested {
+                heartbeat.abort();
+                services.abort();
+                remote.abort();
+                let _ = services.await;
+                let _ = remote.await;
+                if let Some(api) = &api {
+                    api.abort();
+                }
+                return self.finish(stop_all).await;
+            }
+            let changes = if from == 0 {
+                match client.assigned_instances(&self.config.node).await {
+                    Ok(list) => {
+                        from = list.revision + 1;
+                        self.sync_assigned(list.items);
+                        continue;
+                    }
+                    Err(_) => None,
+                }
+            } else {
+                let watch = client.watch(
+                    WatchKind::Instances,
+                    from,
+                    Duration::from_secs(20),
+                    Some(&self.config.node),
+                );
+                tokio::select! {
+                    _ = shutdown.changed() => continue,
+                    r = watch => match r {
+                        Ok(batch) => {
+                            from = batch.revision + 1;
+                            Some(batch.changes)
+                        }
+                        Err(e) if e.status() == Some(410) => {
+                            from = 0;
+                            continue;
+                        }
+                        Err(_) => None,
+                    }
+                }
+            };
+            match changes {
+                Some(changes) => {
+                    for change in changes {
+                        match instance_change(change) {
+                            (_, Some(instance)) => self.apply(instance),
+                            (id, None) => self.stop(&id),
+                        }
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        _ = shutdown.changed() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+            self.instances.retain(|_, r| !r.task.is_finished());
+        }
+    }
+
+    /// Instances found on disk from an earlier run: supervised again (re-attached).
+    fn adopt_local(&mut self) {
+        let Ok(dirs) = std::fs::read_dir(self.ctx.data_dir.join("instances")) else {
+            return;
+        };
+        for dir in dirs.flatten() {
+            let paths = instance::InstancePaths { dir: dir.path() };
+            if let Some(instance) = monitor::read_json::<Instance>(&paths.record()) {
+                // A container that kept running keeps its place in its service from the
+                // proxy's first table on, not only once its supervisor has re-attached.
+                let state: instance::LocalState =
+                    monitor::read_json(&paths.local_state()).unwrap_or_default();
+                if let (Some(address), true) =
+                    (state.address, instance::monitor_running(&paths.dir))
+                {
+                    self.ctx.services.set_endpoint(
+                        &instance.service,
+                        &instance.id,
+                        services::Endpoint {
+                            address,
+                            ready: state.ready,
+                        },
+                    );
+                }
+                self.start(instance);
+            }
+        }
+    }
+
+    /// The full list of assigned instances: start the new ones, stop the ones not in it.
+    fn sync_assigned(&mut self, assigned: Vec<Instance>) {
+        let wanted: std::collections::HashSet<String> =
+            assigned.iter().map(|i| i.id.clone()).collect();
+        let gone: Vec<String> = self
+            .instances
+            .keys()
+            .filter(|id| !wanted.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.stop(&id);
+        }
+        for instance in assigned {
+            self.apply(instance);
+        }
+    }
+
+    fn apply(&mut self, instance: Instance) {
+        let ours = instance.node.as_deref() == Some(self.config.node.as_str());
+        let active = matches!(
+            instance.phase,
+            InstancePhase::Scheduled | InstancePhase::Running
+        );
+        if !ours || !active {
+            if instance.phase != InstancePhase::Failed || !ours {
+                self.stop(&instance.id);
+            }
+            return;
+        }
+        if !self.instances.contains_key(&instance.id) {
+            self.start(instance);
+        }
+    }
+
+    fn start(&mut self, instance: Instance) {
+        if let Some(r) = self.instances.get(&instance.id) {
+            if !r.task.is_finished() {
+                return;
+            }
+        }
+        let (stop, rx) = watch::channel(StopMode::Run);
+        let id = instance.id.clone();
+        let task = tokio::spawn(instance::supervise(self.ctx.clone(), instance, rx));
+        self.instances.insert(id, Running { stop, task });
+    }
+
+    fn stop(&mut self, id: &str) {
+        if let Some(r) = self.instances.get(id) {
+            let _ = r.stop.send(StopMode::Stop);
+        }
+    }
+
+    async fn finish(self, stop_all: bool) {
+        let mode = if stop_all {
+            StopMode::Stop
+        } else {
+            StopMode::Detach
+        };
+        let mut tasks = vec![];
+        for (_, r) in self.instances {
+            let _ = r.stop.send(mode);
+            tasks.push(r.task);
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        if stop_all {
+            let dir = self.ctx.data_dir.clone();
+            let _ = tokio::task::spawn_blocking(move || proxy::stop(&dir)).await;
+            let _ = std::fs::remove_file(self.ctx.data_dir.join("services.json"));
+            match Arc::try_unwrap(self.ctx) {
+                Ok(ctx) => {
+                    if let Err(e) = ctx.network.teardown().await {
+                        eprintln!("tugboat agent: removing the network: {e}");
+                    }
+                }
+                Err(_) => eprintln!("tugboat agent: the network is still in use; not removed"),
+            }
+        }
+    }
+}
+
+/// A watched instance change: its id, and the instance (none when it was deleted).
+fn instance_change(change: tugboat_api::wire::ObjectChange) -> (String, Option<Instance>) {
+    let id = change
+        .key
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    (id, serde_json::from_value(change.object).ok())
+}
+
+/// `tugboat agent`: runs until SIGINT or SIGTERM, then leaves the instances running for the
+/// next agent to re-attach to.
+pub async fn run_until_signal(
+    config: AgentConfig,
+    client: ApiClient,
+    images: Arc<dyn ImageSource>,
+) -> Result<(), AgentError> {
+    let agent = Agent::open(config, client, images).await?;
+    let (stop, rx) = watch::channel(None);
+    let task = tokio::spawn(agent.run(rx));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| AgentError::Service {
+            node: "agent".into(),
+            message: format!("signal handler: {e}"),
+        })?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    let _ = stop.send(Some(false));
+    let _ = task.await;
+    Ok(())
+}
+
+async fn heartbeat_loop(client: ApiClient, registration: NodeRegistration, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = client.heartbeat(&registration.name).await {
+            if e.status() == Some(404) {
+                // Deleted meanwhile: register again (which may be refused, e.g. when another
+                // node took this node's subnet).
+                if let Err(e) = client.register_node(&registration).await {
+                    eprintln!("tugboat agent: register {}: {e}", registration.name);
+                }
+            }
+        }
+    }
+}
+
+/// Keeps every service's address, name and proxy entry current, and the proxy running.
+async fn service_loop(ctx: Arc<NodeContext>) {
+    let mut tick: u64 = 0;
+    // The service addresses the bridge was last cleaned against.
+    let mut swept = None;
+    // Until the services are known, the proxy keeps the table it has (a restarted agent's
+    // first table would otherwise have no listeners, and requests would fail meanwhile).
+    let mut loaded = false;
+    loop {
+        if tick % 5 == 0 {
+            if let Some(wanted) = refresh_services(&ctx).await {
+                loaded = true;
+                if swept.as_ref() != Some(&wanted) && sweep_addresses(&ctx, &wanted).await {
+                    swept = Some(wanted);
+                }
+            }
+        }
+        tick += 1;
+        if !loaded {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        let table = ctx.services.proxy_table();
+        if let Err(e) = proxy::write_table(&ctx.data_dir, &table) {
+            eprintln!("tugboat agent: proxy table: {e}");
+        }
+        if !proxy::running(&ctx.data_dir) {
+            let (exe, dir) = (ctx.monitor_exe.clone(), ctx.data_dir.clone());
+            let started = tokio::task::spawn_blocking(move || proxy::spawn(&exe, &dir)).await;
+            if let Ok(Err(e)) = started {
+                eprintln!("tugboat agent: {e}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The other nodes from the server: their ready instances become endpoints of this node's
+/// proxy, their subnets get routes. See [`remote`] for what happens without the server.
+///
+/// Nodes are listed about every two seconds (a short list); instances are listed once, then
+/// followed by watching them (every change at once, nothing when nothing changes), and not
+/// at all while this node is alone in the cluster.
+async fn remote_loop(ctx: Arc<NodeContext>) {
+    let mut view = remote::RemoteView::default();
+    let mut known: HashMap<String, Instance> = HashMap::new();
+    let mut from = 0;
+    loop {
+        let nodes = match ctx.client.nodes().await {
+            Ok(list) => list.items,
+            Err(_) => {
+                if view.stale(std::time::Instant::now()) {
+                    ctx.services
+                        .set_remote_endpoints(remote::RemoteEndpoints::new());
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        view.last_heard = Some(std::time::Instant::now());
+        let alone = nodes.iter().all(|n| n.name == ctx.node);
+        if alone {
+            known.clear();
+            from = 0;
+        } else if from == 0 {
+            match ctx.client.instances(None).await {
+                Ok(list) => {
+                    known = list.items.into_iter().map(|i| (i.id.clone(), i)).collect();
+                    from = list.revision + 1;
+                }
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        }
+        let instances: Vec<Instance> = known.values().cloned().collect();
+        ctx.services
+            .set_remote_endpoints(remote::remote_endpoints(&ctx.node, &nodes, &instances));
+        route_peers(&ctx, &mut view, &nodes).await;
+        if alone {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        let watched = ctx
+            .client
+            .watch(WatchKind::Instances, from, Duration::from_secs(2), None)
+            .await;
+        match watched {
+            Ok(batch) => {
+                from = batch.revision + 1;
+                for change in batch.changes {
+                    match instance_change(change) {
+                        (id, Some(instance)) => known.insert(id, instance),
+                        (id, None) => known.remove(&id),
+                    };
+                }
+            }
+            // Compacted past `from`: list again.
+            Err(e) if e.status() == Some(410) => from = 0,
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
+/// Routes to the other nodes' subnets, set when the set of peers changes.
+async fn route_peers(
+    ctx: &NodeContext,
+    view: &mut remote::RemoteView,
+    nodes: &[tugboat_api::model::Node],
+) {
+    let (peers, problems) = remote::peers(&ctx.node, ctx.network.config().subnet, nodes);
+    if view.routed.as_ref() == Some(&peers) {
+        return;
+    }
+    for problem in problems {
+        eprintln!("tugboat agent: {}: {problem}", ctx.node);
+    }
+    let _net = ctx.net_lock.lock().await;
+    match ctx.network.set_peers(&peers, &ctx.peer_mode).await {
+        Ok(_) => view.routed = Some(peers),
+        Err(e) => eprintln!("tugboat agent: {}: routes to other nodes: {e}", ctx.node),
+    }
+}
+
+/// Takes the addresses of services that are gone off the bridge: every /32 of the service
+/// range on it that no service has now (also those left by an earlier agent). True when
+/// the bridge could be read.
+async fn sweep_addresses(
+    ctx: &NodeContext,
+    wanted: &std::collections::BTreeSet<std::net::Ipv4Addr>,
+) -> bool {
+    use tug_netns::ops::NetOps;
+    let Some(range) = ctx.network.config().cluster_cidr else {
+        return true;
+    };
+    let _net = ctx.net_lock.lock().await;
+    let bridge = ctx.network.bridge_index();
+    let Ok(on_bridge) = ctx.network.ops().addresses(bridge).await else {
+        return false;
+    };
+    for a in on_bridge {
+        if a.prefix() == 32 && range.contains(a.ip()) && !wanted.contains(&a.ip()) {
+            if let Err(e) = ctx.network.ops().del_address(bridge, a).await {
+                eprintln!(
+                    "tugboat agent: {}: removing {a} (a deleted service's) from the bridge: {e}",
+                    ctx.node
+                );
+            }
+        }
+    }
+    true
+}
+
+/// Services from the server: their addresses (on the bridge), and what the proxy listens
+/// on. A service the controller has not given an address yet is left for the next round.
+/// Returns the addresses services have now (none when the server did not answer).
+async fn refresh_services(
+    ctx: &NodeContext,
+) -> Option<std::collections::BTreeSet<std::net::Ipv4Addr>> {
+    let Ok(list) = ctx.client.services().await else {
+        return None;
+    };
+    let addresses: BTreeMap<String, std::net::Ipv4Addr> = list
+        .items
+        .iter()
+        .filter_map(|s| s.address.map(|a| (s.name.clone(), a)))
+        .collect();
+    if let Err(e) = ctx.services.set_addresses(addresses.clone()) {
+        eprintln!("tugboat agent: {}: {e}", ctx.node);
+    }
+    for (name, address) in &addresses {
+        if ctx.services.has_address_on_bridge(name) {
+            continue;
+        }
+        let net = ipnetwork::Ipv4Network::new(*address, 32).expect("a /32");
+        use tug_netns::ops::NetOps;
+        let _net = ctx.net_lock.lock().await;
+        match ctx
+            .network
+            .ops()
+            .add_address(ctx.network.bridge_index(), net)
+            .await
+        {
+            Ok(()) => ctx.services.mark_on_bridge(name),
+            Err(e) => eprintln!(
+                "tugboat agent: {}: address {address} of service {name} on the bridge: {e}",
+                ctx.node
+            ),
+        }
+    }
+    let mut listeners = BTreeMap::new();
+    for service in &list.items {
+        let Some(address) = service.address else {
+            continue;
+        };
+        for port in &service.spec.ports {
+            if port.protocol != tugboat_api::spec::Protocol::Tcp {
+                continue;
+            }
+            let target = port.container.0;
+            let vip = std::net::SocketAddr::from((address, target));
+            listeners.insert(vip, (service.name.clone(), target));
+            if let (Some(p), PublishMode::Ingress) = (port.published, port.mode) {
+                let host = std::net::SocketAddr::from(([0, 0, 0, 0], p.0));
+                listeners.insert(host, (service.name.clone(), target));
+            }
+        }
+    }
+    ctx.services.set_listeners(listeners);
+    Some(addresses.into_values().collect())
+}

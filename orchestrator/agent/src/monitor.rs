@@ -1,0 +1,433 @@
+//! The per-container monitor: `tugboat monitor`, a small process that is the container's
+//! parent instead of the agent.
+//!
+//! The agent starts it and returns at once (the monitor forks, the first process exits,
+//! the second calls `setsid` and becomes a child subreaper). The monitor creates and starts
+//! the container through `tug_runtime`, holds the read ends of its stdout and stderr and
+//! copies them into a size-capped log file that is rotated once, waits for the container's
+//! init, deletes the container (cgroup and runtime state) and writes the exit status to
+//! `exit.json`. The agent may stop, crash or be upgraded meanwhile: the container runs on,
+//! and a restarted agent finds `monitor.json` (the monitor's pid and start time) or
+//! `exit.json` in the instance directory.
+//!
+//! It runs before any async runtime exists: `Runtime::create` needs a single-threaded
+//! process.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The monitor's own record: written when it starts, so the agent can find it alive.
+pub const MONITOR_FILE: &str = "monitor.json";
+/// Written once, when the container has exited (or could not start).
+pub const EXIT_FILE: &str = "exit.json";
+/// The container's output.
+pub const LOG_FILE: &str = "container.log";
+/// Held (flock) by the monitor for as long as it lives: the agent's liveness check, and what
+/// keeps a second monitor of the same instance from starting.
+pub const LOCK_FILE: &str = "monitor.lock";
+
+/// What the agent passes to `tugboat monitor`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonitorArgs {
+    /// The container id (the instance id).
+    pub id: String,
+    pub bundle: PathBuf,
+    /// tug's state root.
+    pub runtime_root: PathBuf,
+    /// The instance directory: monitor.json, exit.json, container.log live here.
+    pub dir: PathBuf,
+    /// The log file is rotated (to `container.log.1`) when it grows past this.
+    pub log_max_bytes: u64,
+}
+
+impl MonitorArgs {
+    /// The command line after `tugboat monitor`.
+    pub fn to_args(&self) -> Vec<String> {
+        vec![
+            "--id".into(),
+            self.id.clone(),
+            "--bundle".into(),
+            self.bundle.display().to_string(),
+            "--runtime-root".into(),
+            self.runtime_root.display().to_string(),
+            "--dir".into(),
+            self.dir.display().to_string(),
+            "--log-max-bytes".into(),
+            self.log_max_bytes.to_string(),
+        ]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorRecord {
+    pub pid: i32,
+    pub start_time: u64,
+    /// The container's init, once created.
+    #[serde(default)]
+    pub container_pid: Option<i32>,
+}
+
+/// How the container ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    /// Exit code, or 128 + signal number when killed by a signal.
+    pub code: Option<i32>,
+    #[serde(default)]
+    pub signal: Option<i32>,
+    /// Set when the container could not be created or started.
+    #[serde(default)]
+    pub error: Option<String>,
+    pub finished_at_ms: u64,
+}
+
+impl ExitRecord {
+    /// In words, for the instance's status.
+    pub fn describe(&self) -> String {
+        match (&self.error, self.signal, self.code) {
+            (Some(e), _, _) => format!("could not start: {e}"),
+            (None, Some(s), _) => format!("killed by signal {s}"),
+            (None, None, Some(c)) => format!("exited with code {c}"),
+            _ => "exited".into(),
+        }
+    }
+    pub fn succeeded(&self) -> bool {
+        self.error.is_none() && self.code == Some(0)
+    }
+}
+
+/// Writes `value` as JSON to `path` through a temp file and a rename.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, serde_json::to_vec(value).map_err(io::Error::other)?)?;
+    fs::rename(&tmp, path)
+}
+
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
+    let bytes = fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Is the monitor of this record still the live process it was?
+pub fn monitor_alive(record: &MonitorRecord) -> bool {
+    tug_runtime::state::process_alive(record.pid, record.start_time)
+}
+
+/// Starts a monitor (from the agent). Returns once the monitor has detached; the container is
+/// then being created: watch `monitor.json` and `exit.json`.
+pub fn spawn(exe: &Path, args: &MonitorArgs) -> io::Result<()> {
+    let _ = fs::remove_file(args.dir.join(EXIT_FILE));
+    let status = std::process::Command::new(exe)
+        .arg("monitor")
+        .args(args.to_args())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "monitor for {} failed to detach ({status})",
+            args.id
+        )))
+    }
+}
+
+/// Takes the exclusive lock on `path`; `None` when another process holds it.
+pub fn take_lock(path: &Path) -> io::Result<Option<fs::File>> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    // SAFETY: flock on an fd we own (opened close-on-exec by std).
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    Ok(Some(file))
+}
+
+/// Does a live process hold the lock at `path`?
+pub fn lock_held(path: &Path) -> bool {
+    matches!(take_lock(path), Ok(None))
+}
+
+fn now_ms() -> u64 {
+    tugboat_api::model::now_ms()
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 fills two fds we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh fds from pipe2.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn dup_onto(fd: RawFd, target: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 onto a standard fd of this process.
+    if unsafe { libc::dup2(fd, target) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The monitor's body: `tugboat monitor ...`. Never returns to the caller in the detached
+/// child; the first process returns 0 at once.
+pub fn run(args: &MonitorArgs) -> i32 {
+    // Taken before the fork, so it is held by the time the agent's `spawn` returns; the
+    // detached child inherits it. Another live monitor of this instance: nothing to do.
+    let lock = match take_lock(&args.dir.join(LOCK_FILE)) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => return 0,
+        Err(e) => {
+            eprintln!("tugboat monitor: {e}");
+            return 1;
+        }
+    };
+    // First fork: the agent waits only for this process.
+    // SAFETY: the process is single-threaded here (no async runtime yet).
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Parent { .. }) => return 0,
+        Ok(nix::unistd::ForkResult::Child) => {}
+        Err(e) => {
+            eprintln!("tugboat monitor: fork: {e}");
+            return 1;
+        }
+    }
+    let _lock = lock;
+    let _ = nix::unistd::setsid();
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let code = match supervise(args) {
+        Ok(exit) => {
+            let _ = write_json(&args.dir.join(EXIT_FILE), &exit);
+            0
+        }
+        Err(e) => {
+            let exit = ExitRecord {
+                code: None,
+                signal: None,
+                error: Some(e),
+                finished_at_ms: now_ms(),
+            };
+            let _ = write_json(&args.dir.join(EXIT_FILE), &exit);
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn supervise(args: &MonitorArgs) -> Result<ExitRecord, String> {
+    let pid = std::process::id() as i32;
+    let mut record = MonitorRecord {
+        pid,
+        start_time: tug_runtime::state::process_start_time(pid).unwrap_or(0),
+        container_pid: None,
+    };
+    let record_path = args.dir.join(MONITOR_FILE);
+    write_json(&record_path, &record).map_err(|e| format!("{}: {e}", record_path.display()))?;
+
+    let runtime = tug_runtime::Runtime::new(&args.runtime_root);
+    // A container left by a monitor that died (kill -9, reboot) is removed first.
+    if runtime.load(&args.id).is_ok() {
+        let _ = runtime.delete(&args.id, true);
+    }
+    let (out_r, out_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (err_r, err_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+    let null = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("/dev/null: {e}"))?;
+    let redirect = |a: RawFd, b: RawFd, c: RawFd| -> Result<(), String> {
+        dup_onto(a, 0)
+            .and_then(|_| dup_onto(b, 1))
+            .and_then(|_| dup_onto(c, 2))
+            .map_err(|e| format!("dup2: {e}"))
+    };
+    redirect(null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd())?;
+    let opts = tug_runtime::CreateOptions {
+        bundle: args.bundle.clone(),
+        ..Default::default()
+    };
+    let created = runtime.create(&args.id, &opts);
+    redirect(null.as_raw_fd(), null.as_raw_fd(), null.as_raw_fd())?;
+    drop((out_w, err_w));
+    let state = created.map_err(|e| e.to_string())?;
+    let container_pid = state.pid.unwrap_or(0);
+    if let Err(e) = runtime.start(&args.id) {
+        let _ = runtime.delete(&args.id, true);
+        return Err(e.to_string());
+    }
+    record.container_pid = Some(container_pid);
+    let _ = write_json(&record_path, &record);
+
+    let log = LogWriter::open(args.dir.join(LOG_FILE), args.log_max_bytes);
+    let copier = std::thread::spawn(move || copy_output(out_r, err_r, log));
+
+    let (code, signal) = wait_for(container_pid);
+    let _ = copier.join();
+    if let Err(e) = runtime.delete(&args.id, true) {
+        eprintln!("tugboat monitor: delete {}: {e}", args.id);
+    }
+    Ok(ExitRecord {
+        code: Some(code),
+        signal,
+        error: None,
+        finished_at_ms: now_ms(),
+    })
+}
+
+/// Reaps children (we are a subreaper) until the container's init has exited.
+fn wait_for(pid: i32) -> (i32, Option<i32>) {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(-1), None) {
+            Ok(WaitStatus::Exited(p, c)) if p.as_raw() == pid => return (c, None),
+            Ok(WaitStatus::Signaled(p, s, _)) if p.as_raw() == pid => {
+                return (128 + s as i32, Some(s as i32))
+            }
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return (255, None),
+        }
+    }
+}
+
+/// A log file that is moved to `<name>.1` when it outgrows its cap.
+pub struct LogWriter {
+    path: PathBuf,
+    max: u64,
+    file: Option<fs::File>,
+    size: u64,
+}
+
+impl LogWriter {
+    pub fn open(path: PathBuf, max: u64) -> LogWriter {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .ok();
+        let size = file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map_or(0, |m| m.len());
+        LogWriter {
+            path,
+            max: max.max(1024),
+            file,
+            size,
+        }
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) {
+        if self.size + bytes.len() as u64 > self.max {
+            let rotated = self.path.with_extension("log.1");
+            let _ = fs::rename(&self.path, rotated);
+            self.file = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .ok();
+            self.size = 0;
+        }
+        if let Some(f) = self.file.as_mut() {
+            if f.write_all(bytes).is_ok() {
+                self.size += bytes.len() as u64;
+            }
+        }
+    }
+}
+
+/// Copies the container's stdout and stderr into the log until both are closed.
+fn copy_output(out: OwnedFd, err: OwnedFd, mut log: LogWriter) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut open = [Some(out), Some(err)];
+    let mut buf = [0u8; 16384];
+    while open.iter().any(Option::is_some) {
+        let mut fds: Vec<PollFd> = open
+            .iter()
+            .flatten()
+            .map(|fd| PollFd::new(std::os::fd::AsFd::as_fd(fd), PollFlags::POLLIN))
+            .collect();
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        let mut k = 0;
+        for slot in open.iter_mut() {
+            let Some(fd) = slot.as_ref() else { continue };
+            let is_ready = ready[k];
+            k += 1;
+            if !is_ready {
+                continue;
+            }
+            match nix::unistd::read(fd, &mut buf) {
+                Ok(0) => *slot = None,
+                Ok(n) => log.write(&buf[..n]),
+                Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::EAGAIN) => {}
+                Err(_) => *slot = None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_is_rotated_past_its_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOG_FILE);
+        let mut log = LogWriter::open(path.clone(), 1024);
+        for _ in 0..3 {
+            log.write(&[b'a'; 600]);
+        }
+        let current = fs::metadata(&path).unwrap().len();
+        let rotated = fs::metadata(dir.path().join("container.log.1"))
+            .unwrap()
+            .len();
+        assert_eq!(current, 600);
+        assert_eq!(rotated, 600);
+    }
+
+    #[test]
+    fn exit_records_say_what_happened() {
+        let e = ExitRecord {
+            code: Some(137),
+            signal: Some(9),
+            error: None,
+            finished_at_ms: 0,
+        };
+        assert_eq!(e.describe(), "killed by signal 9");
+        assert!(!e.succeeded());
+        let args = MonitorArgs {
+            id: "a".into(),
+            bundle: "/b".into(),
+            runtime_root: "/r".into(),
+            dir: "/d".into(),
+            log_max_bytes: 10,
+        };
+        assert_eq!(args.to_args()[1], "a");
+    }
+}

@@ -1,0 +1,143 @@
+//! The agent's own small HTTP API, for what only the node has: an instance's log
+//! (`GET /v1/instances/{id}/logs?follow=true&tail=N`) and running a command in it
+//! (`POST /v1/instances/{id}/exec` with `{"command": [...]}`). Same bearer token as the server's;
+//! the server forwards `tugboat logs` here (the node's `agent_url`).
+
+use super::logs::LogReader;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tugboat_api::execstream::{switching, wants_stream, Upgrade};
+
+pub struct NodeApiState {
+    pub data_dir: PathBuf,
+    pub token: Option<String>,
+    /// The `tugboat` binary (for the exec helper).
+    pub exe: PathBuf,
+}
+
+pub fn router(state: Arc<NodeApiState>) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/instances/{id}/logs", axum::routing::get(logs))
+        .route("/v1/instances/{id}/exec", axum::routing::post(exec))
+        .with_state(state)
+}
+
+pub use tugboat_api::execstream::ExecRequest;
+
+fn authorized(state: &NodeApiState, headers: &HeaderMap) -> bool {
+    let Some(token) = &state.token else {
+        return true;
+    };
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    given.map(str::trim) == Some(token.as_str())
+}
+
+async fn exec(
+    State(state): State<Arc<NodeApiState>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    Upgrade(upgrade): Upgrade,
+    body: axum::body::Bytes,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
+    }
+    let request: ExecRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("exec request body: {e}\n")).into_response()
+        }
+    };
+    if tug_runtime::state::validate_id(&id).is_err() || request.command.is_empty() {
+        return (
+            StatusCode::BAD_REQUEST,
+            "bad instance id or empty command\n",
+        )
+            .into_response();
+    }
+    let target = super::nsexec::target_under(&state.exe, &state.data_dir, &id);
+    if wants_stream(&headers) {
+        let Some(upgrade) = upgrade else {
+            return (
+                StatusCode::BAD_REQUEST,
+                "this connection cannot be upgraded to an exec stream\n",
+            )
+                .into_response();
+        };
+        if let Err(e) = target.check_running() {
+            return (StatusCode::CONFLICT, format!("{e}\n")).into_response();
+        }
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let io = hyper_util::rt::TokioIo::new(upgraded);
+                super::nsexec::stream(target, request, io).await;
+            }
+        });
+        return switching();
+    }
+    let limit = std::time::Duration::from_secs(request.timeout_seconds.unwrap_or(60).min(3600));
+    match super::nsexec::exec_in(&target, &request.command, limit).await {
+        Ok(result) => axum::Json(result).into_response(),
+        Err(e) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
+    }
+}
+
+/// `follow` and `tail` from a query string (`follow=true|1`, `tail=N`).
+pub fn log_options(query: &HashMap<String, String>) -> Result<(bool, Option<usize>), String> {
+    let follow = matches!(query.get("follow").map(String::as_str), Some("true" | "1"));
+    let tail = match query.get("tail") {
+        Some(t) => Some(
+            t.parse()
+                .map_err(|_| format!("tail must be a number of lines, got `{t}`"))?,
+        ),
+        None => None,
+    };
+    Ok((follow, tail))
+}
+
+/// A response that streams the log.
+pub fn stream_log(reader: LogReader) -> Response {
+    let stream = futures_util::stream::unfold(reader, |mut r| async move {
+        r.next_chunk()
+            .await
+            .map(|chunk| (Ok::<_, std::io::Error>(axum::body::Bytes::from(chunk)), r))
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+async fn logs(
+    State(state): State<Arc<NodeApiState>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
+    }
+    if tug_runtime::state::validate_id(&id).is_err() {
+        return (StatusCode::BAD_REQUEST, "bad instance id\n").into_response();
+    }
+    let dir = state.data_dir.join("instances").join(&id);
+    if !dir.is_dir() {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("instance {id} does not run on this node\n"),
+        )
+            .into_response();
+    }
+    match log_options(&query) {
+        Ok((follow, tail)) => stream_log(LogReader::new(&dir, tail, follow)),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
+}

@@ -1,0 +1,347 @@
+//! A typed client of the HTTP API: used by the `tugboat` command line, by tests, and by the
+//! agent (next issue) through the agent-facing calls at the end.
+
+use crate::model::{Instance, Node, Rollout, Service};
+use crate::spec::{ServiceSpec, SpecFile};
+use crate::wire::Revision;
+use crate::wire::{CreateServiceBody, ErrorBody, ScaleBody};
+use crate::wire::{InstanceStatusReport, NodeRegistration, WatchBatch, WatchKind};
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the tugboat server at {addr}: {cause} (is `tugboat server` running? set --addr or TUGBOAT_ADDR)")]
+    Unreachable { addr: String, cause: String },
+    #[error("{message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+        details: Vec<crate::spec::SpecError>,
+    },
+    #[error("unexpected response from the server ({status}): {body}")]
+    Decode { status: u16, body: String },
+}
+
+impl ClientError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } | ClientError::Decode { status, .. } => Some(*status),
+            ClientError::Unreachable { .. } => None,
+        }
+    }
+}
+
+/// The typed error of a non-2xx answer: the API's error body, or the text as it came.
+fn error_from(status: u16, bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(e) => ClientError::Api {
+            status,
+            code: e.error.code,
+            message: e.error.message,
+            details: e.error.details,
+        },
+        Err(_) => ClientError::Decode {
+            status,
+            body: String::from_utf8_lossy(bytes).into_owned(),
+        },
+    }
+}
+
+/// An error and its causes, innermost last: "error sending request: ...: Connection refused".
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text = format!("{text}: {part}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// A list with the revision to watch from (+1).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Listed<T> {
+    pub revision: Revision,
+    pub items: Vec<T>,
+}
+
+#[derive(Clone)]
+pub struct ApiClient {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    /// `addr` is `host:port` or a `http://` URL.
+    pub fn new(addr: &str, token: Option<String>) -> ApiClient {
+        let base = if addr.starts_with("http://") || addr.starts_with("https://") {
+            addr.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .expect("a plain HTTP client builds");
+        ApiClient { base, token, http }
+    }
+
+    /// The bearer token this client sends.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// Streams an instance's log into `out` (until its end, or forever with `follow`).
+    pub async fn logs(
+        &self,
+        id: &str,
+        follow: bool,
+        tail: Option<u64>,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<(), ClientError> {
+        let mut request = self
+            .http
+            .get(format!("{}/v1/instances/{id}/logs", self.base))
+            .query(&[("follow", follow.to_string())]);
+        if let Some(n) = tail {
+            request = request.query(&[("tail", n.to_string())]);
+        }
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
+            addr: self.base.clone(),
+            cause: error_chain(&e),
+        };
+        let mut response = request.send().await.map_err(unreachable)?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            let bytes = response.bytes().await.map_err(unreachable)?;
+            return Err(error_from(status, &bytes));
+        }
+        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+            let _ = out.write_all(&chunk);
+            let _ = out.flush();
+        }
+        Ok(())
+    }
+
+    /// Runs a command in an instance (through the server and the instance's agent).
+    pub async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+    ) -> Result<crate::execstream::ExecResult, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/instances/{id}/exec"),
+            Some(serde_json::json!({ "command": command })),
+        )
+        .await
+    }
+
+    /// Opens an exec stream to an instance ([`crate::execstream`]): the upgraded connection.
+    pub async fn exec_stream(
+        &self,
+        id: &str,
+        request: &crate::execstream::ExecRequest,
+    ) -> Result<reqwest::Upgraded, ClientError> {
+        let mut http = self
+            .http
+            .post(format!("{}/v1/instances/{id}/exec", self.base))
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, crate::execstream::PROTOCOL)
+            .json(request);
+        if let Some(token) = &self.token {
+            http = http.bearer_auth(token);
+        }
+        let response = http.send().await.map_err(|e| ClientError::Unreachable {
+            addr: self.base.clone(),
+            cause: error_chain(&e),
+        })?;
+        let status = response.status().as_u16();
+        if status != 101 {
+            let body = response.bytes().await.unwrap_or_default();
+            return Err(error_from(status, &body));
+        }
+        response
+            .upgrade()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                addr: self.base.clone(),
+                cause: format!("exec stream: {}", error_chain(&e)),
+            })
+    }
+
+    /// Send a request; the JSON answer or a typed error.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T, ClientError> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|e| ClientError::Unreachable {
+            addr: self.base.clone(),
+            cause: error_chain(&e),
+        })?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                addr: self.base.clone(),
+                cause: error_chain(&e),
+            })?;
+        if (200..300).contains(&status) {
+            return serde_json::from_slice(&bytes).map_err(|_| ClientError::Decode {
+                status,
+                body: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+        }
+        Err(error_from(status, &bytes))
+    }
+
+    fn body<T: Serialize>(value: &T) -> Option<serde_json::Value> {
+        Some(serde_json::to_value(value).expect("request bodies serialize"))
+    }
+
+    pub async fn apply(&self, file: &SpecFile) -> Result<crate::wire::ApplyOutcome, ClientError> {
+        self.call(Method::POST, "/v1/apply", Self::body(file)).await
+    }
+    pub async fn create_service(
+        &self,
+        name: &str,
+        spec: &ServiceSpec,
+    ) -> Result<Service, ClientError> {
+        let body = CreateServiceBody {
+            name: name.into(),
+            spec: spec.clone(),
+        };
+        self.call(Method::POST, "/v1/services", Self::body(&body))
+            .await
+    }
+    pub async fn replace_service(
+        &self,
+        name: &str,
+        spec: &ServiceSpec,
+    ) -> Result<Service, ClientError> {
+        self.call(
+            Method::PUT,
+            &format!("/v1/services/{name}"),
+            Self::body(spec),
+        )
+        .await
+    }
+    pub async fn scale(&self, name: &str, replicas: u32) -> Result<Service, ClientError> {
+        self.call(
+            Method::PATCH,
+            &format!("/v1/services/{name}"),
+            Self::body(&ScaleBody { replicas }),
+        )
+        .await
+    }
+    pub async fn delete_service(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::DELETE, &format!("/v1/services/{name}"), None)
+            .await
+    }
+    pub async fn services(&self) -> Result<Listed<Service>, ClientError> {
+        self.call(Method::GET, "/v1/services", None).await
+    }
+    pub async fn describe_service(
+        &self,
+        name: &str,
+    ) -> Result<crate::wire::ServiceDescription, ClientError> {
+        self.call(Method::GET, &format!("/v1/services/{name}"), None)
+            .await
+    }
+    pub async fn rollout_status(&self, name: &str) -> Result<Rollout, ClientError> {
+        self.call(Method::GET, &format!("/v1/services/{name}/rollout"), None)
+            .await
+    }
+    pub async fn rollout_undo(&self, name: &str) -> Result<Service, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/services/{name}/rollout/undo"),
+            None,
+        )
+        .await
+    }
+    pub async fn instances(&self, service: Option<&str>) -> Result<Listed<Instance>, ClientError> {
+        let path = service.map_or_else(
+            || "/v1/instances".to_string(),
+            |s| format!("/v1/instances?service={s}"),
+        );
+        self.call(Method::GET, &path, None).await
+    }
+    pub async fn nodes(&self) -> Result<Listed<Node>, ClientError> {
+        self.call(Method::GET, "/v1/nodes", None).await
+    }
+
+    // The agent-facing calls.
+
+    /// Register (or re-register after a restart) this node.
+    pub async fn register_node(
+        &self,
+        registration: &NodeRegistration,
+    ) -> Result<Node, ClientError> {
+        self.call(Method::POST, "/v1/nodes", Self::body(registration))
+            .await
+    }
+    /// Heartbeat; a 404 means "register again".
+    pub async fn heartbeat(&self, node: &str) -> Result<Node, ClientError> {
+        self.call(Method::POST, &format!("/v1/nodes/{node}/heartbeat"), None)
+            .await
+    }
+    /// Instances assigned to `node`, and the revision to watch from (+1).
+    pub async fn assigned_instances(&self, node: &str) -> Result<Listed<Instance>, ClientError> {
+        self.call(Method::GET, &format!("/v1/instances?node={node}"), None)
+            .await
+    }
+    /// Long-poll changes from revision `from` on. A 410 means "list again".
+    pub async fn watch(
+        &self,
+        kind: WatchKind,
+        from: Revision,
+        timeout: Duration,
+        node: Option<&str>,
+    ) -> Result<WatchBatch, ClientError> {
+        let kind = serde_json::to_value(kind).expect("kinds serialize");
+        let mut path = format!(
+            "/v1/watch/{}?revision={from}&timeout_seconds={}",
+            kind.as_str().unwrap_or_default(),
+            timeout.as_secs()
+        );
+        if let Some(node) = node {
+            path.push_str(&format!("&node={node}"));
+        }
+        self.call(Method::GET, &path, None).await
+    }
+    /// Report an instance's state; a 409 means "this instance is not yours any more: stop it".
+    pub async fn report_status(
+        &self,
+        id: &str,
+        report: &InstanceStatusReport,
+    ) -> Result<Instance, ClientError> {
+        self.call(
+            Method::PUT,
+            &format!("/v1/instances/{id}/status"),
+            Self::body(report),
+        )
+        .await
+    }
+}

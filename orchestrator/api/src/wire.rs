@@ -1,0 +1,179 @@
+//! What crosses the wire between the client, the server and the agents: the bodies of the
+//! HTTP API (docs/api.yaml) that are not objects of [`crate::model`] themselves. The server
+//! and the agent both depend on this crate and never on each other.
+
+use crate::model::{Event, Instance, Node, Resources, Service, EVENTS, INSTANCES, NODES, SERVICES};
+use crate::spec::{ServiceSpec, SpecError};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The store's logical clock: raised by one on every successful transaction.
+pub type Revision = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// What an agent tells about its host when it starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRegistration {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub capacity: Resources,
+    #[serde(default)]
+    pub address: Option<String>,
+    /// The node's container subnet. Refused when it overlaps another live node's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<ipnetwork::Ipv4Network>,
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// The agent's own API (instance logs), e.g. `http://10.0.0.5:7481`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportedPhase {
+    /// The container runs (restarts in place under its restart policy included).
+    Running,
+    /// The agent gave up: restart policy exhausted, image missing, ...
+    Failed,
+}
+
+/// An agent's report on one of its instances.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceStatusReport {
+    /// The reporting node; must be the node the instance is assigned to.
+    pub node: String,
+    pub phase: ReportedPhase,
+    #[serde(default)]
+    pub ready: bool,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub restarts: u32,
+    /// Resource use read from the instance's cgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<crate::model::InstanceStats>,
+    /// The instance's container address on the node (once its network is set up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+/// A consistent list and the revision to watch from (+1).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Listed<T> {
+    pub revision: Revision,
+    pub items: Vec<T>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchKind {
+    Services,
+    Instances,
+    Nodes,
+    Events,
+}
+
+impl WatchKind {
+    pub fn prefix(self) -> &'static str {
+        match self {
+            WatchKind::Services => SERVICES,
+            WatchKind::Instances => INSTANCES,
+            WatchKind::Nodes => NODES,
+            WatchKind::Events => EVENTS,
+        }
+    }
+    pub fn parse(text: &str) -> Option<WatchKind> {
+        Some(match text {
+            "services" => WatchKind::Services,
+            "instances" => WatchKind::Instances,
+            "nodes" => WatchKind::Nodes,
+            "events" => WatchKind::Events,
+            _ => return None,
+        })
+    }
+}
+
+/// One change seen by a watch. `object` is null for a delete.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ObjectChange {
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    pub key: String,
+    pub revision: Revision,
+    pub object: serde_json::Value,
+}
+
+/// Changes after a revision. Watch again from `revision + 1`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WatchBatch {
+    pub revision: Revision,
+    pub changes: Vec<ObjectChange>,
+}
+
+/// A service with its instances and recent events: `tugboat describe service NAME`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceDescription {
+    pub service: Service,
+    pub instances: Vec<Instance>,
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceDescription {
+    pub instance: Instance,
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeDescription {
+    pub node: Node,
+    pub instances: Vec<Instance>,
+    pub events: Vec<Event>,
+}
+
+/// What apply did to each service.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ApplyOutcome {
+    pub revision: Revision,
+    /// service name -> "created" | "updated" | "unchanged"
+    pub services: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateServiceBody {
+    pub name: String,
+    pub spec: ServiceSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleBody {
+    pub replicas: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<SpecError>,
+}

@@ -1,0 +1,373 @@
+//! The controller loop: fetch, call the pure reconcilers and the scheduler, apply. Nothing
+//! here decides anything; it only reads the store and writes back what was decided, with
+//! compare-and-swap so a concurrent API write makes the write fail and the next pass redo it.
+
+use super::node::{reconcile_nodes, NodeAction};
+use super::service::{reconcile_service, ServiceAction};
+use crate::controlplane::{ControlPlane, ControlPlaneError};
+use crate::objects::{self, Batch, Versioned};
+use crate::scheduler::{ClusterState, PlacementRequest};
+use crate::store::StoreError;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tugboat_api::model::{
+    node_key, now_ms, Instance, InstancePhase, Node, NodeStatus, ObjectKind, RolloutState, Service,
+};
+use tugboat_api::model::{service_key, INSTANCES, NODES, SERVICES};
+
+type Result<T> = std::result::Result<T, ControlPlaneError>;
+
+/// Commit a batch; a conflict only means "someone changed it, next pass".
+async fn commit_or_retry_later(cp: &ControlPlane, batch: Batch) -> Result<bool> {
+    match batch.commit(cp.store()).await {
+        Ok(_) => Ok(true),
+        Err(StoreError::Conflict { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn load(
+    cp: &ControlPlane,
+) -> Result<(
+    Vec<Versioned<Service>>,
+    Vec<Versioned<Instance>>,
+    Vec<Versioned<Node>>,
+)> {
+    let (services, _) = objects::list::<Service>(cp.store(), SERVICES).await?;
+    let (instances, _) = objects::list::<Instance>(cp.store(), INSTANCES).await?;
+    let (nodes, _) = objects::list::<Node>(cp.store(), NODES).await?;
+    Ok((services, instances, nodes))
+}
+
+/// One pass of every controller.
+pub async fn reconcile_once(cp: &ControlPlane) -> Result<()> {
+    let now = now_ms();
+    let (_, instances, nodes) = load(cp).await?;
+    reconcile_node_health(cp, &nodes, &instances, now).await?;
+    let (services, instances, _) = load(cp).await?;
+    reconcile_services(cp, &services, &instances, now).await?;
+    assign_service_addresses(cp).await?;
+    schedule_pending(cp).await?;
+    cp.prune_events().await?;
+    Ok(())
+}
+
+async fn reconcile_node_health(
+    cp: &ControlPlane,
+    nodes: &[Versioned<Node>],
+    instances: &[Versioned<Instance>],
+    now: u64,
+) -> Result<()> {
+    let plain_nodes: Vec<Node> = nodes.iter().map(|n| n.object.clone()).collect();
+    let plain_instances: Vec<Instance> = instances.iter().map(|i| i.object.clone()).collect();
+    let actions = reconcile_nodes(
+        &plain_nodes,
+        &cp.heartbeats(),
+        &plain_instances,
+        now,
+        cp.timers.nodes,
+    );
+    for action in actions {
+        let mut batch = Batch::default();
+        match action {
+            NodeAction::SetStatus {
+                node,
+                status,
+                silent_ms,
+            } => {
+                let Some(current) = nodes.iter().find(|n| n.object.name == node) else {
+                    continue;
+                };
+                let mut updated = current.object.clone();
+                updated.status = status;
+                updated.last_heartbeat_ms = now.saturating_sub(silent_ms);
+                batch.put_if(node_key(&node), current.revision, &updated);
+                let reason = match status {
+                    NodeStatus::Ready => "ready",
+                    NodeStatus::NotReady => "not-ready",
+                    NodeStatus::Lost => "lost",
+                };
+                cp.event(
+                    &mut batch,
+                    ObjectKind::Node,
+                    &node,
+                    reason,
+                    format!("no heartbeat for {} ms", silent_ms),
+                );
+            }
+            NodeAction::MarkLost { id, node, .. } => {
+                let Some(current) = instances.iter().find(|i| i.object.id == id) else {
+                    continue;
+                };
+                let mut updated = current.object.clone();
+                updated.phase = InstancePhase::Lost;
+                updated.ready = false;
+                updated.message = format!("node {node} lost");
+                batch.put_if(updated.key(), current.revision, &updated);
+                cp.event(
+                    &mut batch,
+                    ObjectKind::Instance,
+                    &id,
+                    "lost",
+                    format!("node {node} was lost"),
+                );
+            }
+        }
+        commit_or_retry_later(cp, batch).await?;
+    }
+    Ok(())
+}
+
+async fn reconcile_services(
+    cp: &ControlPlane,
+    services: &[Versioned<Service>],
+    instances: &[Versioned<Instance>],
+    now: u64,
+) -> Result<()> {
+    let mut by_service: HashMap<&str, Vec<&Versioned<Instance>>> = HashMap::new();
+    for instance in instances {
+        by_service
+            .entry(instance.object.service.as_str())
+            .or_default()
+            .push(instance);
+    }
+    // Instances whose service is gone.
+    let mut orphans = Batch::default();
+    for (name, list) in &by_service {
+        if !services.iter().any(|s| s.object.name == *name) {
+            for instance in list {
+                orphans.delete(instance.object.key());
+            }
+        }
+    }
+    commit_or_retry_later(cp, orphans).await?;
+
+    for service in services {
+        let name = service.object.name.as_str();
+        let mine = by_service.get(name).cloned().unwrap_or_default();
+        let plain: Vec<Instance> = mine.iter().map(|v| v.object.clone()).collect();
+        let actions = reconcile_service(
+            &service.object,
+            &plain,
+            now,
+            cp.timers.replace_failed_after.as_millis() as u64,
+        );
+        if actions.is_empty() {
+            continue;
+        }
+        let mut updated = service.object.clone();
+        let mut batch = Batch::default();
+        for action in actions {
+            match action {
+                ServiceAction::Create { count } => {
+                    let hash = updated.rollout.template_hash.clone();
+                    for _ in 0..count {
+                        let instance = Instance {
+                            id: cp.new_instance_id(name, &hash),
+                            service: name.into(),
+                            template_hash: hash.clone(),
+                            spec: updated.spec.clone(),
+                            node: None,
+                            phase: InstancePhase::Pending,
+                            ready: false,
+                            pending_reason: None,
+                            created_at_ms: now,
+                            ready_since_ms: None,
+                            message: String::new(),
+                            exit_code: None,
+                            restarts: 0,
+                            failed_at_ms: None,
+                            stats: None,
+                            address: None,
+                        };
+                        batch.put_if(instance.key(), 0, &instance);
+                    }
+                    cp.event(
+                        &mut batch,
+                        ObjectKind::Service,
+                        name,
+                        "instances-created",
+                        format!("created {count} instance(s)"),
+                    );
+                }
+                ServiceAction::Delete { id, reason } => {
+                    if let Some(instance) = mine.iter().find(|i| i.object.id == id) {
+                        batch.delete(instance.object.key());
+                        cp.event(
+                            &mut batch,
+                            ObjectKind::Service,
+                            name,
+                            "instance-removed",
+                            format!("removed {id}: {reason}"),
+                        );
+                    }
+                }
+                ServiceAction::Progress { at_ms } => updated.rollout.last_progress_ms = at_ms,
+                ServiceAction::Complete => {
+                    updated.rollout.state = RolloutState::Complete;
+                    cp.event(
+                        &mut batch,
+                        ObjectKind::Service,
+                        name,
+                        "rollout-complete",
+                        format!("template {} rolled out", updated.rollout.template_hash),
+                    );
+                }
+                ServiceAction::RollBack { reason } => {
+                    if updated.roll_back(&reason, now) {
+                        cp.event(&mut batch, ObjectKind::Service, name, "rolled-back", reason);
+                    }
+                }
+            }
+        }
+        if updated != service.object {
+            batch.put_if(service_key(name), service.revision, &updated);
+        } else {
+            // The decisions were made on this revision of the service: keep them tied to it.
+            batch.compares.push(crate::store::Compare::ModRevision {
+                key: service_key(name),
+                revision: service.revision,
+            });
+        }
+        commit_or_retry_later(cp, batch).await?;
+    }
+    Ok(())
+}
+
+/// Gives every service without one its virtual address (each write compare-and-swapped).
+async fn assign_service_addresses(cp: &ControlPlane) -> Result<()> {
+    let (services, _) = objects::list::<Service>(cp.store(), SERVICES).await?;
+    let plain: Vec<Service> = services.iter().map(|s| s.object.clone()).collect();
+    for (name, address) in super::addresses::assign(cp.service_range, &plain) {
+        let Some(current) = services.iter().find(|s| s.object.name == name) else {
+            continue;
+        };
+        let mut updated = current.object.clone();
+        updated.address = Some(address);
+        let mut batch = Batch::default();
+        batch.put_if(service_key(&name), current.revision, &updated);
+        commit_or_retry_later(cp, batch).await?;
+    }
+    Ok(())
+}
+
+/// Place pending instances: plan against a snapshot, then commit each plan against freshly
+/// read state with the same fit check, and write it with compare-and-swap.
+pub async fn schedule_pending(cp: &ControlPlane) -> Result<()> {
+    let (_, instances, nodes) = load(cp).await?;
+    let mut pending: Vec<&Versioned<Instance>> = instances
+        .iter()
+        .filter(|i| i.object.phase == InstancePhase::Pending)
+        .collect();
+    if pending.is_empty() {
+        return Ok(());
+    }
+    pending.sort_by_key(|i| (i.object.created_at_ms, i.object.id.clone()));
+    let node_list: Vec<Node> = nodes.iter().map(|n| n.object.clone()).collect();
+    let placed: Vec<Instance> = instances.iter().map(|i| i.object.clone()).collect();
+    let mut snapshot = ClusterState::from_store(&node_list, &placed);
+    let mut requests: HashMap<String, PlacementRequest> = HashMap::new();
+    let mut plans = vec![];
+    for instance in &pending {
+        let request = requests
+            .entry(instance.object.template_hash.clone())
+            .or_insert_with(|| {
+                PlacementRequest::for_service(&instance.object.service, &instance.object.spec)
+            });
+        plans.push(
+            cp.scheduler
+                .place(&mut snapshot, request)
+                .map_err(|why| why.to_string()),
+        );
+    }
+
+    // The applier: current state, same fit code.
+    let (_, instances_now, nodes_now) = load(cp).await?;
+    let node_list: Vec<Node> = nodes_now.iter().map(|n| n.object.clone()).collect();
+    let placed: Vec<Instance> = instances_now.iter().map(|i| i.object.clone()).collect();
+    let mut live = ClusterState::from_store(&node_list, &placed);
+    for (instance, plan) in pending.into_iter().zip(plans) {
+        let mut updated = instance.object.clone();
+        let mut batch = Batch::default();
+        let request = &requests[&instance.object.template_hash];
+        match plan {
+            Ok(placement) => {
+                let Some(index) = live.node_index(&placement.node) else {
+                    continue;
+                };
+                if let Err(why) = cp.scheduler.commit(&mut live, request, index) {
+                    // Stale plan: leave it pending; the next pass plans again.
+                    updated.pending_reason = Some(format!(
+                        "placement on {} refused at commit: {why}",
+                        placement.node
+                    ));
+                } else {
+                    updated.node = Some(placement.node.clone());
+                    updated.phase = InstancePhase::Scheduled;
+                    updated.pending_reason = None;
+                    cp.event(
+                        &mut batch,
+                        ObjectKind::Instance,
+                        &updated.id,
+                        "scheduled",
+                        format!("placed on {}", placement.node),
+                    );
+                }
+            }
+            Err(why) => {
+                if updated.pending_reason.as_deref() != Some(why.as_str()) {
+                    cp.event(
+                        &mut batch,
+                        ObjectKind::Instance,
+                        &updated.id,
+                        "unschedulable",
+                        why.clone(),
+                    );
+                }
+                updated.pending_reason = Some(why);
+            }
+        }
+        if updated != instance.object {
+            batch.put_if(updated.key(), instance.revision, &updated);
+            commit_or_retry_later(cp, batch).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Run the controllers until `shutdown` turns true: on every store change (at most every
+/// few ms) and at least every `reconcile_interval`.
+pub async fn run_controllers(cp: Arc<ControlPlane>, mut shutdown: watch::Receiver<bool>) {
+    let interval = cp.timers.reconcile_interval;
+    if let Err(e) = cp.seed_heartbeats().await {
+        eprintln!("tugboat: controllers: cannot read nodes: {e}");
+    }
+    loop {
+        let mut watcher = match cp.store.watch("/", 0).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                eprintln!("tugboat: controllers: cannot watch the store: {e}");
+                None
+            }
+        };
+        if let Err(e) = reconcile_once(&cp).await {
+            eprintln!("tugboat: controllers: {e}");
+        }
+        let changed = async {
+            match watcher.as_mut() {
+                Some(w) => drop(w.next().await),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = changed => tokio::time::sleep(Duration::from_millis(5).min(interval)).await,
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The service reconciler: desired service, its instances and the time in; actions out.
+//!
+//! One algorithm covers create, scale up and down, replacing dead instances and rolling
+//! updates: instances of the current template are "new", others "old". New ones are created
+//! while the total stays within replicas + max_surge; old ones are removed while the ready
+//! count stays at least replicas - max_unavailable. A new instance that fails, or no new
+//! instance getting ready within the progress deadline, rolls back to the previous template.
+
+use tugboat_api::model::{Instance, InstancePhase, RolloutState, Service};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceAction {
+    /// Create `count` instances of the service's current template.
+    Create {
+        count: u32,
+    },
+    Delete {
+        id: String,
+        reason: String,
+    },
+    /// The rollout made progress (a new instance got ready at this time).
+    Progress {
+        at_ms: u64,
+    },
+    /// The rollout is done: every instance runs the current template and is ready.
+    Complete,
+    /// Restore the previous template (the loop rewrites the spec; the next pass rolls).
+    RollBack {
+        reason: String,
+    },
+}
+
+fn is_dead(i: &Instance) -> bool {
+    matches!(i.phase, InstancePhase::Failed | InstancePhase::Lost)
+}
+
+fn is_ready(i: &Instance) -> bool {
+    i.phase == InstancePhase::Running && i.ready
+}
+
+/// Order in which to remove instances: the least useful first.
+fn removal_order(a: &&Instance, b: &&Instance) -> std::cmp::Ordering {
+    let rank = |i: &Instance| match i.phase {
+        InstancePhase::Pending => 0,
+        InstancePhase::Scheduled => 1,
+        _ if !i.ready => 2,
+        _ => 3,
+    };
+    rank(a)
+        .cmp(&rank(b))
+        .then(b.created_at_ms.cmp(&a.created_at_ms))
+        .then(a.id.cmp(&b.id))
+}
+
+/// `replace_failed_after_ms`: a failed instance keeps its slot this long before it is removed
+/// and replaced (a crash loop is paced, not spun).
+pub fn reconcile_service(
+    service: &Service,
+    instances: &[Instance],
+    now_ms: u64,
+    replace_failed_after_ms: u64,
+) -> Vec<ServiceAction> {
+    let mut actions = vec![];
+    let cooling = |i: &Instance| {
+        i.phase == InstancePhase::Failed
+            && i.failed_at_ms
+                .is_some_and(|at| now_ms < at.saturating_add(replace_failed_after_ms))
+    };
+    let spec = &service.spec;
+    let current = service.rollout.template_hash.as_str();
+    let replicas = spec.replicas as usize;
+    let (surge, unavailable) = spec.update.bounds(spec.replicas);
+    let (surge, unavailable) = (surge as usize, unavailable as usize);
+
+    for dead in instances.iter().filter(|i| is_dead(i) && !cooling(i)) {
+        let reason = match dead.phase {
+            InstancePhase::Lost => format!("node {} was lost", dead.node.as_deref().unwrap_or("?")),
+            _ => format!(
+                "failed: {}",
+                if dead.message.is_empty() {
+                    "no message"
+                } else {
+                    &dead.message
+                }
+            ),
+        };
+        actions.push(ServiceAction::Delete {
+            id: dead.id.clone(),
+            reason,
+        });
+    }
+
+    if service.rollout.state == RolloutState::Progressing && !service.history.is_empty() {
+        let failed_new = instances
+            .iter()
+            .find(|i| i.template_hash == current && i.phase == InstancePhase::Failed);
+        let deadline_ms = u64::from(spec.update.progress_deadline_seconds) * 1000;
+        let stalled = now_ms.saturating_sub(service.rollout.last_progress_ms) > deadline_ms;
+        let reason = match (failed_new, stalled) {
+            (Some(i), _) => Some(format!("new instance {} failed: {}", i.id, i.message)),
+            (None, true) => Some(format!(
+                "no new instance became ready within {}s",
+                spec.update.progress_deadline_seconds
+            )),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            actions.push(ServiceAction::RollBack { reason });
+            return actions;
+        }
+    }
+
+    // Cooling failed instances hold their slot (no replacement yet) but are not available.
+    let alive: Vec<&Instance> = instances
+        .iter()
+        .filter(|i| !is_dead(i) || cooling(i))
+        .collect();
+    let mut new: Vec<&Instance> = alive
+        .iter()
+        .copied()
+        .filter(|i| i.template_hash == current)
+        .collect();
+    let mut old: Vec<&Instance> = alive
+        .iter()
+        .copied()
+        .filter(|i| i.template_hash != current)
+        .collect();
+    let mut total = alive.len();
+    let mut available = alive.iter().filter(|i| is_ready(i)).count();
+    let min_available = replicas.saturating_sub(unavailable);
+
+    if new.len() < replicas {
+        let room = (replicas + surge).saturating_sub(total);
+        let count = (replicas - new.len()).min(room);
+        if count > 0 {
+            actions.push(ServiceAction::Create {
+                count: count as u32,
+            });
+            total += count;
+        }
+    } else if new.len() > replicas {
+        new.sort_by(removal_order);
+        for extra in &new[..new.len() - replicas] {
+            actions.push(ServiceAction::Delete {
+                id: extra.id.clone(),
+                reason: "scaled down".into(),
+            });
+            total -= 1;
+        }
+    }
+
+    old.sort_by(removal_order);
+    for instance in &old {
+        if is_ready(instance) {
+            if available <= min_available {
+                break;
+            }
+            available -= 1;
+        }
+        actions.push(ServiceAction::Delete {
+            id: instance.id.clone(),
+            reason: "replaced by the new template".into(),
+        });
+        total -= 1;
+    }
+    let _ = total;
+
+    if service.rollout.state != RolloutState::Complete {
+        let newest_ready = new
+            .iter()
+            .filter(|i| is_ready(i))
+            .filter_map(|i| i.ready_since_ms)
+            .max();
+        if let Some(at) = newest_ready.filter(|at| *at > service.rollout.last_progress_ms) {
+            actions.push(ServiceAction::Progress { at_ms: at });
+        }
+        let ready_new = new.iter().filter(|i| is_ready(i)).count();
+        if service.rollout.state == RolloutState::Progressing
+            && old.is_empty()
+            && ready_new == replicas
+            && new.len() == replicas
+        {
+            actions.push(ServiceAction::Complete);
+        }
+    }
+    actions
+}

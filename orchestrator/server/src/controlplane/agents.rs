@@ -1,0 +1,303 @@
+//! The agent-facing operations: register a node, heartbeat, report an instance's status.
+//! An agent then watches `/v1/watch/instances?node=NAME` for its assignments.
+
+use super::{service_of_instance, ControlPlane, ControlPlaneError, Result};
+use crate::objects::{self, Batch, Versioned};
+use tugboat_api::model::{
+    instance_key, node_key, now_ms, Instance, InstancePhase, Node, NodeStatus, ObjectKind,
+};
+use tugboat_api::wire::{InstanceStatusReport, NodeRegistration, ReportedPhase};
+
+/// Why `node` may not have `subnet`: it overlaps the subnet of another node that is not
+/// lost (whose containers still hold those addresses, and to which the other nodes route
+/// them). A lost node's subnet is free again: its instances are being replaced elsewhere.
+pub fn subnet_conflict(
+    node: &str,
+    subnet: ipnetwork::Ipv4Network,
+    nodes: &[Node],
+) -> Option<String> {
+    nodes
+        .iter()
+        .filter(|n| n.name != node && n.status != NodeStatus::Lost)
+        .find_map(|n| {
+            let theirs = n.subnet?;
+            theirs.overlaps(subnet).then(|| {
+                format!(
+                    "node {node}: container subnet {subnet} overlaps subnet {theirs} of node {}; \
+                     give each node its own subnet (tugboat agent --subnet)",
+                    n.name
+                )
+            })
+        })
+}
+
+impl ControlPlane {
+    pub async fn register_node(&self, registration: NodeRegistration) -> Result<Node> {
+        if !tugboat_api::spec::validate::is_dns_label(&registration.name) {
+            return Err(ControlPlaneError::BadRequest(format!(
+                "node name `{}` is not a DNS label (a-z, 0-9, '-', at most 63)",
+                registration.name
+            )));
+        }
+        if let Some(subnet) = registration.subnet {
+            let (nodes, _) = objects::list::<Node>(self.store(), tugboat_api::model::NODES).await?;
+            let others: Vec<Node> = nodes.into_iter().map(|n| n.object).collect();
+            if let Some(message) = subnet_conflict(&registration.name, subnet, &others) {
+                return Err(ControlPlaneError::Conflict(message));
+            }
+        }
+        let now = now_ms();
+        let existing = objects::get::<Node>(self.store(), &node_key(&registration.name)).await?;
+        let node = Node {
+            name: registration.name.clone(),
+            labels: registration.labels,
+            capacity: registration.capacity,
+            address: registration.address,
+            subnet: registration.subnet,
+            status: NodeStatus::Ready,
+            registered_at_ms: existing.as_ref().map_or(now, |e| e.object.registered_at_ms),
+            last_heartbeat_ms: now,
+            volumes: registration.volumes,
+            agent_url: registration.agent_url,
+        };
+        let mut batch = Batch::default();
+        batch.put_if(
+            node_key(&node.name),
+            existing.as_ref().map_or(0, |e| e.revision),
+            &node,
+        );
+        let what = if existing.is_some() {
+            "re-registered"
+        } else {
+            "registered"
+        };
+        self.event(
+            &mut batch,
+            ObjectKind::Node,
+            &node.name,
+            what,
+            format!("node {what}"),
+        );
+        batch.commit(self.store()).await?;
+        self.record_heartbeat(&node.name, now);
+        Ok(node)
+    }
+
+    /// At start, give every known node a fresh grace period: heartbeats live in memory, and a
+    /// restarted server must not declare its whole cluster lost.
+    pub async fn seed_heartbeats(&self) -> Result<()> {
+        let (nodes, _) = objects::list::<Node>(self.store(), tugboat_api::model::NODES).await?;
+        let now = now_ms();
+        for node in nodes {
+            self.record_heartbeat(&node.object.name, now);
+        }
+        Ok(())
+    }
+
+    pub async fn get_node(&self, name: &str) -> Result<Versioned<Node>> {
+        let mut node = objects::get::<Node>(self.store(), &node_key(name))
+            .await?
+            .ok_or_else(|| ControlPlaneError::NotFound {
+                kind: "node",
+                name: name.into(),
+            })?;
+        if let Some(at) = self.heartbeats().get(name) {
+            node.object.last_heartbeat_ms = node.object.last_heartbeat_ms.max(*at);
+        }
+        Ok(node)
+    }
+
+    /// A heartbeat. Kept in memory; a node that was not ready is made ready at once.
+    pub async fn heartbeat(&self, name: &str) -> Result<Node> {
+        let node = self.get_node(name).await?;
+        let now = now_ms();
+        self.record_heartbeat(name, now);
+        if node.object.status == NodeStatus::Ready {
+            return Ok(node.object);
+        }
+        let mut updated = node.object.clone();
+        updated.status = NodeStatus::Ready;
+        updated.last_heartbeat_ms = now;
+        let mut batch = Batch::default();
+        batch.put_if(node_key(name), node.revision, &updated);
+        self.event(
+            &mut batch,
+            ObjectKind::Node,
+            name,
+            "ready",
+            "heartbeats resumed".into(),
+        );
+        // A conflict means the node controller wrote it meanwhile; the next heartbeat retries.
+        match batch.commit(self.store()).await {
+            Ok(_) | Err(crate::store::StoreError::Conflict { .. }) => Ok(updated),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn delete_node(&self, name: &str) -> Result<()> {
+        self.get_node(name).await?;
+        let mut batch = Batch::default();
+        batch.delete(node_key(name));
+        self.event(
+            &mut batch,
+            ObjectKind::Node,
+            name,
+            "deleted",
+            "node removed; its instances will be replaced".into(),
+        );
+        batch.commit(self.store()).await?;
+        self.forget_heartbeat(name);
+        Ok(())
+    }
+
+    pub async fn get_instance(&self, id: &str) -> Result<Versioned<Instance>> {
+        let not_found = || ControlPlaneError::NotFound {
+            kind: "instance",
+            name: id.into(),
+        };
+        let service = service_of_instance(id).ok_or_else(not_found)?;
+        objects::get::<Instance>(self.store(), &instance_key(service, id))
+            .await?
+            .ok_or_else(not_found)
+    }
+
+    /// Delete one instance; its service controller replaces it.
+    pub async fn delete_instance(&self, id: &str) -> Result<()> {
+        let instance = self.get_instance(id).await?;
+        let mut batch = Batch::default();
+        batch.delete(instance.object.key());
+        self.event(
+            &mut batch,
+            ObjectKind::Instance,
+            id,
+            "deleted",
+            "deleted by request".into(),
+        );
+        batch.commit(self.store()).await?;
+        Ok(())
+    }
+
+    pub async fn report_instance_status(
+        &self,
+        id: &str,
+        report: InstanceStatusReport,
+    ) -> Result<Instance> {
+        for _ in 0..5 {
+            let current = self.get_instance(id).await?;
+            let mut instance = current.object.clone();
+            if instance.node.as_deref() != Some(report.node.as_str()) {
+                return Err(ControlPlaneError::Conflict(format!(
+                    "instance `{id}` is assigned to {}, not to {}: stop it",
+                    instance.node.as_deref().unwrap_or("no node"),
+                    report.node
+                )));
+            }
+            if matches!(instance.phase, InstancePhase::Lost | InstancePhase::Failed) {
+                return Err(ControlPlaneError::Conflict(format!(
+                    "instance `{id}` is {:?} and being replaced: stop it",
+                    instance.phase
+                )));
+            }
+            let now = now_ms();
+            let became_ready = report.ready && !instance.ready;
+            instance.phase = match report.phase {
+                ReportedPhase::Running => InstancePhase::Running,
+                ReportedPhase::Failed => InstancePhase::Failed,
+            };
+            instance.ready = report.ready && report.phase == ReportedPhase::Running;
+            instance.ready_since_ms = if instance.ready {
+                instance.ready_since_ms.or(Some(now))
+            } else {
+                None
+            };
+            instance.message = report.message.clone();
+            instance.exit_code = report.exit_code;
+            instance.restarts = report.restarts;
+            if report.stats.is_some() {
+                instance.stats = report.stats;
+            }
+            if report.address.is_some() {
+                instance.address = report.address.clone();
+            }
+            if report.phase == ReportedPhase::Failed {
+                instance.failed_at_ms = instance.failed_at_ms.or(Some(now));
+            }
+            if instance == current.object {
+                return Ok(instance);
+            }
+            let mut batch = Batch::default();
+            batch.put_if(instance.key(), current.revision, &instance);
+            if report.phase == ReportedPhase::Failed {
+                self.event(
+                    &mut batch,
+                    ObjectKind::Instance,
+                    id,
+                    "failed",
+                    format!("agent reports failure: {}", report.message),
+                );
+            } else if became_ready {
+                self.event(
+                    &mut batch,
+                    ObjectKind::Instance,
+                    id,
+                    "ready",
+                    format!("ready on {}", report.node),
+                );
+            }
+            match batch.commit(self.store()).await {
+                Ok(_) => return Ok(instance),
+                Err(crate::store::StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ControlPlaneError::Conflict(format!(
+            "instance `{id}` kept changing; report again"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use tugboat_api::model::Resources;
+
+    fn node(name: &str, subnet: &str, status: NodeStatus) -> Node {
+        Node {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            capacity: Resources::default(),
+            address: None,
+            subnet: Some(subnet.parse().unwrap()),
+            status,
+            registered_at_ms: 0,
+            last_heartbeat_ms: 0,
+            volumes: vec![],
+            agent_url: None,
+        }
+    }
+
+    #[test]
+    fn an_overlapping_subnet_names_both_nodes_and_subnets() {
+        let nodes = [
+            node("a", "10.88.1.0/24", NodeStatus::Ready),
+            node("gone", "10.88.3.0/24", NodeStatus::Lost),
+        ];
+        let e = subnet_conflict("b", "10.88.0.0/16".parse().unwrap(), &nodes).unwrap();
+        assert!(e.contains("node b") && e.contains("10.88.0.0/16"), "{e}");
+        assert!(e.contains("node a") && e.contains("10.88.1.0/24"), "{e}");
+        // Its own subnet again, a disjoint one, a lost node's: all fine.
+        assert_eq!(
+            subnet_conflict("a", "10.88.1.0/24".parse().unwrap(), &nodes),
+            None
+        );
+        assert_eq!(
+            subnet_conflict("b", "10.88.2.0/24".parse().unwrap(), &nodes),
+            None
+        );
+        assert_eq!(
+            subnet_conflict("b", "10.88.3.0/24".parse().unwrap(), &nodes),
+            None
+        );
+    }
+}

@@ -1,0 +1,235 @@
+//! The control plane's operations on typed objects: what the HTTP API calls, and what the
+//! controllers share with it (store, scheduler, heartbeats, events).
+
+mod agents;
+mod services;
+mod views;
+
+use crate::controllers::NodeTimers;
+use crate::objects::{Batch, ObjectError};
+use crate::scheduler::Scheduler;
+use crate::store::{Store, StoreError};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tugboat_api::model::{Event, ObjectKind, EVENTS};
+use tugboat_api::spec::SpecError;
+
+/// Timers of the control plane. Tests shorten them.
+#[derive(Debug, Clone, Copy)]
+pub struct Timers {
+    pub nodes: NodeTimers,
+    /// Controllers run at least this often (and whenever the store changes).
+    pub reconcile_interval: Duration,
+    /// A failed instance is replaced this long after it failed, so a crash loop does not spin.
+    pub replace_failed_after: Duration,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Timers {
+            nodes: NodeTimers::default(),
+            reconcile_interval: Duration::from_secs(1),
+            replace_failed_after: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Events kept in the store; older ones are pruned.
+pub const EVENTS_KEPT: usize = 2000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    #[error("{kind} `{name}` not found")]
+    NotFound { kind: &'static str, name: String },
+    #[error("{kind} `{name}` already exists; use PUT to replace it")]
+    AlreadyExists { kind: &'static str, name: String },
+    #[error("invalid spec: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<SpecError>),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Object(#[from] ObjectError),
+}
+
+pub type Result<T> = std::result::Result<T, ControlPlaneError>;
+
+pub struct ControlPlane {
+    pub store: Arc<dyn Store>,
+    pub scheduler: Scheduler,
+    pub timers: Timers,
+    /// Where services get their virtual addresses.
+    pub service_range: ipnetwork::Ipv4Network,
+    /// Last heartbeat per node, in memory only: heartbeats do not wear the disk.
+    heartbeats: Mutex<HashMap<String, u64>>,
+    ids: Mutex<u64>,
+    event_seq: AtomicU64,
+}
+
+impl ControlPlane {
+    pub fn new(store: Arc<dyn Store>, scheduler: Scheduler, timers: Timers) -> ControlPlane {
+        let seed = tugboat_api::model::now_ms()
+            ^ (u64::from(std::process::id()) << 32)
+            ^ 0x9e37_79b9_7f4a_7c15;
+        ControlPlane {
+            store,
+            scheduler,
+            timers,
+            service_range: tugboat_api::model::DEFAULT_SERVICE_RANGE
+                .parse()
+                .expect("the default service range parses"),
+            heartbeats: Mutex::new(HashMap::new()),
+            ids: Mutex::new(seed | 1),
+            event_seq: AtomicU64::new(0),
+        }
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    /// A fresh instance id: `<service>-<template>-<random>`.
+    pub fn new_instance_id(&self, service: &str, template_hash: &str) -> String {
+        let mut state = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        // xorshift64: ids need to be unique, not secret.
+        let mut x = *state;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *state = x;
+        let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        let suffix: String = (0..5)
+            .map(|i| alphabet[((x >> (i * 6)) % 36) as usize] as char)
+            .collect();
+        format!(
+            "{service}-{}-{suffix}",
+            &template_hash[..template_hash.len().min(5)]
+        )
+    }
+
+    pub fn heartbeats(&self) -> HashMap<String, u64> {
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn record_heartbeat(&self, node: &str, at_ms: u64) {
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.into(), at_ms);
+    }
+
+    pub(crate) fn forget_heartbeat(&self, node: &str) {
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(node);
+    }
+
+    /// Add an event to a batch.
+    pub fn event(
+        &self,
+        batch: &mut Batch,
+        kind: ObjectKind,
+        name: &str,
+        reason: &str,
+        message: String,
+    ) {
+        let time_ms = tugboat_api::model::now_ms();
+        let seq = self.event_seq.fetch_add(1, Ordering::Relaxed);
+        let event = Event {
+            time_ms,
+            kind,
+            name: name.into(),
+            reason: reason.into(),
+            message,
+        };
+        batch.put(format!("{EVENTS}{time_ms:013}-{seq:08}"), &event);
+    }
+
+    /// Delete the oldest events beyond [`EVENTS_KEPT`].
+    pub async fn prune_events(&self) -> Result<()> {
+        let listing = self.store.list(EVENTS).await?;
+        if listing.items.len() <= EVENTS_KEPT {
+            return Ok(());
+        }
+        let mut batch = Batch::default();
+        for kv in &listing.items[..listing.items.len() - EVENTS_KEPT] {
+            batch.delete(kv.key.clone());
+        }
+        batch.commit(self.store()).await?;
+        Ok(())
+    }
+}
+
+/// The service name inside an instance id (`web-api-1a2b3-x9y8z` -> `web-api`).
+pub fn service_of_instance(id: &str) -> Option<&str> {
+    let mut parts = id.rsplitn(3, '-');
+    let (_, _, service) = (parts.next()?, parts.next()?, parts.next()?);
+    (!service.is_empty()).then_some(service)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn instance_ids_name_their_service() {
+        let cp = super::ControlPlane::new(
+            std::sync::Arc::new(crate::store::EmbeddedStore::in_memory()),
+            Default::default(),
+            Default::default(),
+        );
+        let a = cp.new_instance_id("web-api", "0123456789");
+        let b = cp.new_instance_id("web-api", "0123456789");
+        assert_ne!(a, b);
+        assert!(a.starts_with("web-api-01234-"), "{a}");
+        assert_eq!(super::service_of_instance(&a), Some("web-api"));
+        assert_eq!(super::service_of_instance("nodash"), None);
+    }
+
+    #[tokio::test]
+    async fn created_services_get_distinct_addresses_that_updates_keep() {
+        use tugboat_api::spec::{ServiceSpec, SpecFile};
+        let cp = super::ControlPlane::new(
+            std::sync::Arc::new(crate::store::EmbeddedStore::in_memory()),
+            Default::default(),
+            Default::default(),
+        );
+        let file = |image: &str| SpecFile {
+            services: ["web", "db"]
+                .iter()
+                .map(|n| (n.to_string(), ServiceSpec::new(image)))
+                .collect(),
+        };
+        cp.apply(file("x:1")).await.unwrap();
+        let one = cp
+            .create_service("cache", ServiceSpec::new("c:1"))
+            .await
+            .unwrap();
+        cp.apply(file("x:2")).await.unwrap();
+        let addresses: Vec<_> = cp
+            .list_services()
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|s| (s.name, s.address))
+            .collect();
+        let ip = |a: &str| Some(a.parse().unwrap());
+        assert_eq!(
+            addresses,
+            [
+                ("cache".to_string(), ip("10.89.0.3")),
+                ("db".to_string(), ip("10.89.0.1")),
+                ("web".to_string(), ip("10.89.0.2")),
+            ]
+        );
+        assert_eq!(one.address, ip("10.89.0.3"));
+    }
+}

@@ -1,0 +1,166 @@
+//! Reads: lists, descriptions and watches.
+
+use super::{ControlPlane, Result};
+use crate::objects;
+use crate::store::{EventKind, Revision};
+use std::time::Duration;
+use tugboat_api::model::{Event, Instance, Node, Service, EVENTS, INSTANCES, NODES, SERVICES};
+use tugboat_api::wire::{
+    InstanceDescription, Listed, NodeDescription, ObjectChange, ServiceDescription, WatchBatch,
+    WatchKind,
+};
+
+/// Events shown by describe.
+const RECENT_EVENTS: usize = 20;
+
+impl ControlPlane {
+    pub async fn list_services(&self) -> Result<Listed<Service>> {
+        let (items, revision) = objects::list::<Service>(self.store(), SERVICES).await?;
+        Ok(Listed {
+            revision,
+            items: items.into_iter().map(|v| v.object).collect(),
+        })
+    }
+
+    pub async fn list_instances(
+        &self,
+        service: Option<&str>,
+        node: Option<&str>,
+    ) -> Result<Listed<Instance>> {
+        let prefix = service.map_or_else(|| INSTANCES.to_string(), |s| format!("{INSTANCES}{s}/"));
+        let (items, revision) = objects::list::<Instance>(self.store(), &prefix).await?;
+        let items = items
+            .into_iter()
+            .map(|v| v.object)
+            .filter(|i| node.is_none() || i.node.as_deref() == node)
+            .collect();
+        Ok(Listed { revision, items })
+    }
+
+    pub async fn list_nodes(&self) -> Result<Listed<Node>> {
+        let (items, revision) = objects::list::<Node>(self.store(), NODES).await?;
+        let heartbeats = self.heartbeats();
+        let items = items
+            .into_iter()
+            .map(|v| {
+                let mut node = v.object;
+                if let Some(at) = heartbeats.get(&node.name) {
+                    node.last_heartbeat_ms = node.last_heartbeat_ms.max(*at);
+                }
+                node
+            })
+            .collect();
+        Ok(Listed { revision, items })
+    }
+
+    pub async fn list_events(
+        &self,
+        kind: Option<tugboat_api::model::ObjectKind>,
+        name: Option<&str>,
+    ) -> Result<Listed<Event>> {
+        let (items, revision) = objects::list::<Event>(self.store(), EVENTS).await?;
+        let items = items
+            .into_iter()
+            .map(|v| v.object)
+            .filter(|e| kind.is_none_or(|k| e.kind == k) && name.is_none_or(|n| e.name == n))
+            .collect();
+        Ok(Listed { revision, items })
+    }
+
+    async fn recent_events(&self, filter: impl Fn(&Event) -> bool) -> Result<Vec<Event>> {
+        let mut events: Vec<Event> = self
+            .list_events(None, None)
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| filter(e))
+            .collect();
+        let skip = events.len().saturating_sub(RECENT_EVENTS);
+        Ok(events.split_off(skip))
+    }
+
+    pub async fn describe_service(&self, name: &str) -> Result<ServiceDescription> {
+        let service = self.get_service(name).await?.object;
+        let instances = self.list_instances(Some(name), None).await?.items;
+        let ids: std::collections::HashSet<&str> =
+            instances.iter().map(|i| i.id.as_str()).collect();
+        let events = self
+            .recent_events(|e| e.name == name || ids.contains(e.name.as_str()))
+            .await?;
+        Ok(ServiceDescription {
+            service,
+            instances,
+            events,
+        })
+    }
+
+    pub async fn describe_instance(&self, id: &str) -> Result<InstanceDescription> {
+        let instance = self.get_instance(id).await?.object;
+        let events = self.recent_events(|e| e.name == id).await?;
+        Ok(InstanceDescription { instance, events })
+    }
+
+    pub async fn describe_node(&self, name: &str) -> Result<NodeDescription> {
+        let node = self.get_node(name).await?.object;
+        let instances = self.list_instances(None, Some(name)).await?.items;
+        let events = self.recent_events(|e| e.name == name).await?;
+        Ok(NodeDescription {
+            node,
+            instances,
+            events,
+        })
+    }
+
+    /// Long-poll: changes of `kind` from revision `from` on, waiting up to `timeout`.
+    /// For instances, `node` keeps puts of instances on that node (deletes always pass: the
+    /// agent ignores ids it does not run).
+    pub async fn watch(
+        &self,
+        kind: WatchKind,
+        from: Revision,
+        timeout: Duration,
+        node: Option<&str>,
+    ) -> Result<WatchBatch> {
+        let from = from.max(1);
+        let mut watcher = self.store.watch(kind.prefix(), from).await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut seen = from - 1;
+        loop {
+            let events = match tokio::time::timeout_at(deadline, watcher.next()).await {
+                Ok(events) => events?,
+                Err(_) => {
+                    return Ok(WatchBatch {
+                        revision: seen,
+                        changes: vec![],
+                    })
+                }
+            };
+            let mut changes = vec![];
+            for event in events {
+                seen = seen.max(event.kv.mod_revision);
+                let object: serde_json::Value = if event.kind == EventKind::Put {
+                    serde_json::from_slice(&event.kv.value).unwrap_or(serde_json::Value::Null)
+                } else {
+                    serde_json::Value::Null
+                };
+                if let (Some(node), EventKind::Put) = (node, event.kind) {
+                    if object.get("node").and_then(|n| n.as_str()) != Some(node) {
+                        continue;
+                    }
+                }
+                changes.push(ObjectChange {
+                    kind: event.kind,
+                    key: event.kv.key,
+                    revision: event.kv.mod_revision,
+                    object,
+                });
+            }
+            if !changes.is_empty() {
+                return Ok(WatchBatch {
+                    revision: seen,
+                    changes,
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! The HTTP API under /v1: JSON in and out, bearer-token auth, bounded bodies. Requests are
+//! parsed into [`ApiRequest`] first; [`handle`] works on that type only.
+
+pub mod error;
+pub mod request;
+pub mod routes;
+
+pub use error::ApiError;
+pub use request::ApiRequest;
+pub use routes::{routes, Route, RouteId};
+
+use crate::controlplane::ControlPlane;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query, RawPathParams, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter};
+use axum::{Json, Router};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Largest request body accepted (a spec file of many services fits with room to spare).
+pub const MAX_BODY_BYTES: usize = 4 << 20;
+
+pub struct ApiState {
+    pub control: Arc<ControlPlane>,
+    /// None: authentication explicitly disabled.
+    pub token: Option<String>,
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.token else {
+        return Ok(());
+    };
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(given) if constant_time_eq(given.trim().as_bytes(), token.as_bytes()) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token: send `Authorization: Bearer <token>`; the token is in <data-dir>/token \
+             (tugboat reads it with --token, TUGBOAT_TOKEN or --data-dir)"
+                .into(),
+        )),
+    }
+}
+
+fn method_filter(method: &axum::http::Method) -> MethodFilter {
+    match method.as_str() {
+        "GET" => MethodFilter::GET,
+        "POST" => MethodFilter::POST,
+        "PUT" => MethodFilter::PUT,
+        "PATCH" => MethodFilter::PATCH,
+        "DELETE" => MethodFilter::DELETE,
+        other => unreachable!("no route uses {other}"),
+    }
+}
+
+/// The router, built from [`routes()`].
+pub fn router(state: Arc<ApiState>) -> Router {
+    let mut router = Router::new();
+    for route in routes() {
+        let id = route.id;
+        let handler = move |State(state): State<Arc<ApiState>>,
+                            headers: HeaderMap,
+                            params: RawPathParams,
+                            query: Result<Query<HashMap<String, String>>, QueryRejection>,
+                            upgrade: tugboat_api::execstream::Upgrade,
+                            body: Result<Bytes, BytesRejection>| async move {
+            let path: HashMap<String, String> = params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let query = match query {
+                Ok(q) => q.0,
+                Err(e) => {
+                    return ApiError::bad_request(format!("malformed query string: {e}"))
+                        .into_response()
+                }
+            };
+            dispatch(&state, id, &headers, &path, &query, upgrade, body).await
+        };
+        router = router.route(route.path, on(method_filter(&route.method), handler));
+    }
+    router
+        .fallback(|| async {
+            ApiError::not_found(
+                "no such endpoint; the API is described in docs/api.yaml (paths under /v1)".into(),
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this path does not take that method; see docs/api.yaml".into(),
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(refuse_large_bodies))
+        .with_state(state)
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!(
+            "request body is larger than the {} MiB limit",
+            MAX_BODY_BYTES >> 20
+        ),
+    )
+}
+
+/// Refuse a body whose declared length is over the limit before reading any of it; bodies
+/// without a length are cut off by [`DefaultBodyLimit`] as they stream in.
+async fn refuse_large_bodies(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return too_large().into_response();
+    }
+    next.run(request).await
+}
+
+async fn dispatch(
+    state: &ApiState,
+    id: RouteId,
+    headers: &HeaderMap,
+    path: &HashMap<String, String>,
+    query: &HashMap<String, String>,
+    upgrade: tugboat_api::execstream::Upgrade,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if id != RouteId::Healthz {
+        if let Err(e) = authorize(state, headers) {
+            return e.into_response();
+        }
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            let status = rejection.status();
+            if status == StatusCode::PAYLOAD_TOO_LARGE {
+                return too_large().into_response();
+            }
+            return ApiError::new(
+                status,
+                "bad_body",
+                format!("cannot read the request body: {rejection}"),
+            )
+            .into_response();
+        }
+    };
+    match ApiRequest::parse(id, path, query, &body) {
+        Ok(ApiRequest::InstanceExec { id, body })
+            if tugboat_api::execstream::wants_stream(headers) =>
+        {
+            match forward_exec_stream(state, &id, body, upgrade.0).await {
+                Ok(response) => response,
+                Err(e) => e.into_response(),
+            }
+        }
+        Ok(ApiRequest::InstanceExec { id, body }) => match forward_exec(state, &id, body).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        },
+        Ok(ApiRequest::InstanceLogs { id, follow, tail }) => {
+            match forward_logs(state, &id, follow, tail).await {
+                Ok(response) => response,
+                Err(e) => e.into_response(),
+            }
+        }
+        Ok(request) => match handle(&state.control, request).await {
+            Ok((status, value)) => (status, Json(value)).into_response(),
+            Err(e) => e.into_response(),
+        },
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The agent API's URL for an instance: the `agent_url` of its node.
+async fn agent_url_of(state: &ApiState, id: &str) -> Result<(String, String), ApiError> {
+    let instance = state.control.get_instance(id).await?.object;
+    let node = instance.node.ok_or_else(|| {
+        ApiError::bad_request(format!("instance `{id}` is not placed on a node yet"))
+    })?;
+    let url = state
+        .control
+        .get_node(&node)
+        .await?
+        .object
+        .agent_url
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "agent_unreachable",
+                format!("node {node} has no agent API address"),
+            )
+        })?;
+    Ok((node, url))
+}
+
+fn agent_unreachable(why: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_GATEWAY, "agent_unreachable", why)
+}
+
+/// Sends an exec request to the agent of the instance's node (asking for the exec stream
+/// when `stream`); the agent's answer when it is the expected one (101 for a stream, 2xx
+/// otherwise), else its status and text as an error naming the instance and node.
+async fn exec_on_agent(
+    state: &ApiState,
+    id: &str,
+    body: &serde_json::Value,
+    stream: bool,
+) -> Result<(String, reqwest::Response), ApiError> {
+    let (node, url) = agent_url_of(state, id).await?;
+    let mut request = reqwest::Client::new()
+        .post(format!("{url}/v1/instances/{id}/exec"))
+        .json(body);
+    if stream {
+        request = request
+            .header(axum::http::header::CONNECTION, "upgrade")
+            .header(
+                axum::http::header::UPGRADE,
+                tugboat_api::execstream::PROTOCOL,
+            );
+    }
+    if let Some(token) = &state.token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| agent_unreachable(format!("agent of node {node} at {url}: {e}")))?;
+    let status = response.status();
+    let expected = if stream {
+        status == StatusCode::SWITCHING_PROTOCOLS
+    } else {
+        status.is_success()
+    };
+    if !expected {
+        let text = response.text().await.unwrap_or_default();
+        return Err(ApiError::new(
+            StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
+            "exec_failed",
+            format!("instance `{id}` on node {node}: {}", text.trim()),
+        ));
+    }
+    Ok((node, response))
+}
+
+/// Runs a command in an instance, through the agent of its node.
+async fn forward_exec(
+    state: &ApiState,
+    id: &str,
+    body: serde_json::Value,
+) -> Result<Response, ApiError> {
+    let (node, response) = exec_on_agent(state, id, &body, false).await?;
+    let value: serde_json::Value = response
+        .json()
+        .await
+        .map_err(|e| agent_unreachable(format!("agent of node {node} answered {e}")))?;
+    Ok((StatusCode::OK, Json(value)).into_response())
+}
+
+/// An exec stream ([`tugboat_api::execstream`]): the same upgrade asked of the instance's agent,
+/// then the two connections spliced together.
+async fn forward_exec_stream(
+    state: &ApiState,
+    id: &str,
+    body: serde_json::Value,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Result<Response, ApiError> {
+    let upgrade = upgrade.ok_or_else(|| {
+        ApiError::bad_request("this connection cannot be upgraded to an exec stream".into())
+    })?;
+    let (node, response) = exec_on_agent(state, id, &body, true).await?;
+    let mut agent = response
+        .upgrade()
+        .await
+        .map_err(|e| agent_unreachable(format!("agent of node {node}: exec stream: {e}")))?;
+    tokio::spawn(async move {
+        if let Ok(client) = upgrade.await {
+            let mut client = hyper_util::rt::TokioIo::new(client);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut agent).await;
+        }
+    });
+    Ok(tugboat_api::execstream::switching())
+}
+
+/// An instance's log, streamed from the agent of its node.
+async fn forward_logs(
+    state: &ApiState,
+    id: &str,
+    follow: bool,
+    tail: Option<u64>,
+) -> Result<Response, ApiError> {
+    let instance = state.control.get_instance(id).await?.object;
+    let unavailable =
+        |why: String| ApiError::new(StatusCode::BAD_GATEWAY, "agent_unreachable", why);
+    let node = instance.node.ok_or_else(|| {
+        ApiError::bad_request(format!("instance `{id}` is not placed on a node yet"))
+    })?;
+    let url = state
+        .control
+        .get_node(&node)
+        .await?
+        .object
+        .agent_url
+        .ok_or_else(|| {
+            unavailable(format!(
+                "node {node} does not serve logs (its agent has no API address)"
+            ))
+        })?;
+    let mut request = reqwest::Client::new()
+        .get(format!("{url}/v1/instances/{id}/logs"))
+        .query(&[("follow", follow.to_string())]);
+    if let Some(n) = tail {
+        request = request.query(&[("tail", n.to_string())]);
+    }
+    if let Some(token) = &state.token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| unavailable(format!("agent of node {node} at {url}: {e}")))?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        return Err(ApiError::new(
+            StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
+            "agent_error",
+            format!("agent of node {node}: {}", text.trim()),
+        ));
+    }
+    let stream = futures_util::stream::unfold(response, |mut r| async move {
+        match r.chunk().await {
+            Ok(Some(bytes)) => Some((Ok::<_, std::io::Error>(bytes), r)),
+            _ => None,
+        }
+    });
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "text/plain")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+fn json<T: Serialize>(value: T) -> serde_json::Value {
+    serde_json::to_value(value).expect("API responses always serialize")
+}
+
+/// Carry out one typed request.
+pub async fn handle(
+    cp: &ControlPlane,
+    request: ApiRequest,
+) -> Result<(StatusCode, serde_json::Value), ApiError> {
+    let ok = |v| Ok((StatusCode::OK, v));
+    match request {
+        ApiRequest::Healthz => ok(serde_json::json!({"status": "ok"})),
+        ApiRequest::Apply(file) => ok(json(cp.apply(file).await?)),
+        ApiRequest::ListServices => ok(json(cp.list_services().await?)),
+        ApiRequest::CreateService(body) => Ok((
+            StatusCode::CREATED,
+            json(cp.create_service(&body.name, body.spec).await?),
+        )),
+        ApiRequest::GetService { name } => ok(json(cp.describe_service(&name).await?)),
+        ApiRequest::ReplaceService { name, spec } => {
+            ok(json(cp.replace_service(&name, spec).await?))
+        }
+        ApiRequest::ScaleService { name, replicas } => {
+            ok(json(cp.scale_service(&name, replicas).await?))
+        }
+        ApiRequest::DeleteService { name } => {
+            cp.delete_service(&name).await?;
+            ok(serde_json::json!({"deleted": name}))
+        }
+        ApiRequest::RolloutStatus { name } => ok(json(cp.rollout_status(&name).await?)),
+        ApiRequest::RolloutUndo { name } => ok(json(cp.undo_rollout(&name).await?)),
+        ApiRequest::ListInstances { service, node } => ok(json(
+            cp.list_instances(service.as_deref(), node.as_deref())
+                .await?,
+        )),
+        ApiRequest::GetInstance { id } => ok(json(cp.describe_instance(&id).await?)),
+        ApiRequest::DeleteInstance { id } => {
+            cp.delete_instance(&id).await?;
+            ok(serde_json::json!({"deleted": id}))
+        }
+        ApiRequest::InstanceExec { .. } => Err(ApiError::bad_request(
+            "exec is run by the instance's agent: call the HTTP API (POST /v1/instances/ID/exec)"
+                .into(),
+        )),
+        ApiRequest::InstanceLogs { .. } => Err(ApiError::bad_request(
+            "logs are streamed: call the HTTP API (GET /v1/instances/ID/logs)".into(),
+        )),
+        ApiRequest::ReportInstanceStatus { id, report } => {
+            ok(json(cp.report_instance_status(&id, report).await?))
+        }
+        ApiRequest::ListNodes => ok(json(cp.list_nodes().await?)),
+        ApiRequest::RegisterNode(registration) => ok(json(cp.register_node(registration).await?)),
+        ApiRequest::GetNode { name } => ok(json(cp.describe_node(&name).await?)),
+        ApiRequest::DeleteNode { name } => {
+            cp.delete_node(&name).await?;
+            ok(serde_json::json!({"deleted": name}))
+        }
+        ApiRequest::Heartbeat { name } => ok(json(cp.heartbeat(&name).await?)),
+        ApiRequest::ListEvents { kind, name } => {
+            ok(json(cp.list_events(kind, name.as_deref()).await?))
+        }
+        ApiRequest::Watch {
+            kind,
+            from,
+            timeout,
+            node,
+        } => ok(json(cp.watch(kind, from, timeout, node.as_deref()).await?)),
+    }
+}

@@ -1,0 +1,287 @@
+//! Each HTTP request is parsed into an [`ApiRequest`] before anything else happens.
+
+use super::error::ApiError;
+use super::routes::RouteId;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::time::Duration;
+use tugboat_api::model::ObjectKind;
+use tugboat_api::spec::{ServiceSpec, SpecFile};
+use tugboat_api::wire::{
+    CreateServiceBody, InstanceStatusReport, NodeRegistration, Revision, ScaleBody, WatchKind,
+};
+
+/// Longest a watch waits for a change.
+pub const MAX_WATCH: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApiRequest {
+    Healthz,
+    Apply(SpecFile),
+    ListServices,
+    CreateService(CreateServiceBody),
+    GetService {
+        name: String,
+    },
+    ReplaceService {
+        name: String,
+        spec: ServiceSpec,
+    },
+    ScaleService {
+        name: String,
+        replicas: u32,
+    },
+    DeleteService {
+        name: String,
+    },
+    RolloutStatus {
+        name: String,
+    },
+    RolloutUndo {
+        name: String,
+    },
+    ListInstances {
+        service: Option<String>,
+        node: Option<String>,
+    },
+    GetInstance {
+        id: String,
+    },
+    DeleteInstance {
+        id: String,
+    },
+    /// Run by the instance's agent.
+    InstanceExec {
+        id: String,
+        body: serde_json::Value,
+    },
+    /// Streamed from the instance's agent, not answered with JSON.
+    InstanceLogs {
+        id: String,
+        follow: bool,
+        tail: Option<u64>,
+    },
+    ReportInstanceStatus {
+        id: String,
+        report: InstanceStatusReport,
+    },
+    ListNodes,
+    RegisterNode(NodeRegistration),
+    GetNode {
+        name: String,
+    },
+    DeleteNode {
+        name: String,
+    },
+    Heartbeat {
+        name: String,
+    },
+    ListEvents {
+        kind: Option<ObjectKind>,
+        name: Option<String>,
+    },
+    Watch {
+        kind: WatchKind,
+        from: Revision,
+        timeout: Duration,
+        node: Option<String>,
+    },
+}
+
+fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request(
+            "this request needs a JSON body".into(),
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let inner = e.inner();
+        let message = inner.to_string();
+        let message = message.split(" at line ").next().unwrap_or_default();
+        let path = e.path().to_string();
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!("{path}: ")
+        };
+        ApiError::bad_request(format!(
+            "request body: {at}{message} (line {}, column {})",
+            inner.line(),
+            inner.column()
+        ))
+    })
+}
+
+struct Query<'a> {
+    params: &'a HashMap<String, String>,
+    allowed: &'static [&'static str],
+}
+
+impl<'a> Query<'a> {
+    fn new(
+        params: &'a HashMap<String, String>,
+        allowed: &'static [&'static str],
+    ) -> Result<Query<'a>, ApiError> {
+        if let Some(unknown) = params.keys().find(|k| !allowed.contains(&k.as_str())) {
+            let allowed = if allowed.is_empty() {
+                "none".to_string()
+            } else {
+                allowed.join(", ")
+            };
+            return Err(ApiError::bad_request(format!(
+                "unknown query parameter `{unknown}`; allowed: {allowed}"
+            )));
+        }
+        Ok(Query { params, allowed })
+    }
+    fn text(&self, name: &str) -> Option<String> {
+        debug_assert!(self.allowed.contains(&name));
+        self.params.get(name).cloned()
+    }
+    fn number(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        self.params
+            .get(name)
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "query parameter `{name}` must be a non-negative integer, got `{v}`"
+                    ))
+                })
+            })
+            .transpose()
+    }
+}
+
+fn no_body(bytes: &[u8]) -> Result<(), ApiError> {
+    if bytes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request("this request takes no body".into()))
+    }
+}
+
+impl ApiRequest {
+    pub fn parse(
+        route: RouteId,
+        path: &HashMap<String, String>,
+        query: &HashMap<String, String>,
+        bytes: &[u8],
+    ) -> Result<ApiRequest, ApiError> {
+        let param = |name: &str| path.get(name).cloned().unwrap_or_default();
+        let name = || param("name");
+        let id = || param("id");
+        let no_query = || Query::new(query, &[]);
+        let request = match route {
+            RouteId::Healthz => ApiRequest::Healthz,
+            RouteId::Apply => ApiRequest::Apply(body(bytes)?),
+            RouteId::ListServices => ApiRequest::ListServices,
+            RouteId::CreateService => ApiRequest::CreateService(body(bytes)?),
+            RouteId::GetService => ApiRequest::GetService { name: name() },
+            RouteId::ReplaceService => ApiRequest::ReplaceService {
+                name: name(),
+                spec: body(bytes)?,
+            },
+            RouteId::ScaleService => ApiRequest::ScaleService {
+                name: name(),
+                replicas: body::<ScaleBody>(bytes)?.replicas,
+            },
+            RouteId::DeleteService => ApiRequest::DeleteService { name: name() },
+            RouteId::RolloutStatus => ApiRequest::RolloutStatus { name: name() },
+            RouteId::RolloutUndo => ApiRequest::RolloutUndo { name: name() },
+            RouteId::ListInstances => {
+                let q = Query::new(query, &["service", "node"])?;
+                ApiRequest::ListInstances {
+                    service: q.text("service"),
+                    node: q.text("node"),
+                }
+            }
+            RouteId::GetInstance => ApiRequest::GetInstance { id: id() },
+            RouteId::DeleteInstance => ApiRequest::DeleteInstance { id: id() },
+            RouteId::InstanceExec => ApiRequest::InstanceExec {
+                id: id(),
+                body: body(bytes)?,
+            },
+            RouteId::InstanceLogs => {
+                let q = Query::new(query, &["follow", "tail"])?;
+                let follow = match q.text("follow").as_deref() {
+                    None | Some("false" | "0") => false,
+                    Some("true" | "1") => true,
+                    Some(other) => {
+                        return Err(ApiError::bad_request(format!(
+                            "query parameter `follow` is true or false, got `{other}`"
+                        )))
+                    }
+                };
+                ApiRequest::InstanceLogs {
+                    id: id(),
+                    follow,
+                    tail: q.number("tail")?,
+                }
+            }
+            RouteId::ReportInstanceStatus => ApiRequest::ReportInstanceStatus {
+                id: id(),
+                report: body(bytes)?,
+            },
+            RouteId::ListNodes => ApiRequest::ListNodes,
+            RouteId::RegisterNode => ApiRequest::RegisterNode(body(bytes)?),
+            RouteId::GetNode => ApiRequest::GetNode { name: name() },
+            RouteId::DeleteNode => ApiRequest::DeleteNode { name: name() },
+            RouteId::Heartbeat => ApiRequest::Heartbeat { name: name() },
+            RouteId::ListEvents => {
+                let q = Query::new(query, &["kind", "name"])?;
+                let kind = q
+                    .text("kind")
+                    .map(|k| {
+                        serde_json::from_value(serde_json::Value::String(k.clone())).map_err(|_| {
+                            ApiError::bad_request(format!(
+                                "kind `{k}` is not one of service, instance, node"
+                            ))
+                        })
+                    })
+                    .transpose()?;
+                ApiRequest::ListEvents {
+                    kind,
+                    name: q.text("name"),
+                }
+            }
+            RouteId::Watch => {
+                let q = Query::new(query, &["revision", "timeout_seconds", "node"])?;
+                let kind_text = param("kind");
+                let kind = WatchKind::parse(&kind_text).ok_or_else(|| {
+                    ApiError::not_found(format!(
+                        "cannot watch `{kind_text}`: watch services, instances, nodes or events"
+                    ))
+                })?;
+                let timeout =
+                    Duration::from_secs(q.number("timeout_seconds")?.unwrap_or(30)).min(MAX_WATCH);
+                ApiRequest::Watch {
+                    kind,
+                    from: q.number("revision")?.unwrap_or(0),
+                    timeout,
+                    node: q.text("node"),
+                }
+            }
+        };
+        let takes_body = matches!(
+            route,
+            RouteId::Apply
+                | RouteId::CreateService
+                | RouteId::ReplaceService
+                | RouteId::ScaleService
+                | RouteId::ReportInstanceStatus
+                | RouteId::RegisterNode
+                | RouteId::InstanceExec
+        );
+        if !takes_body {
+            no_body(bytes)?;
+        }
+        if !matches!(
+            route,
+            RouteId::ListInstances | RouteId::ListEvents | RouteId::Watch | RouteId::InstanceLogs
+        ) {
+            no_query()?;
+        }
+        Ok(request)
+    }
+}

@@ -1,0 +1,159 @@
+//! What the scheduler sees: nodes with what is already reserved on them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use tugboat_api::model::{Instance, Node, NodeStatus, Resources};
+use tugboat_api::spec::{PlacementSpec, Protocol, ServiceSpec, VolumeKind};
+
+/// What one instance needs from a node, derived once per service template.
+#[derive(Debug, Clone)]
+pub struct PlacementRequest {
+    pub service: Arc<str>,
+    pub resources: Resources,
+    pub host_ports: Vec<(Protocol, u16)>,
+    pub named_volumes: Vec<String>,
+    pub placement: PlacementSpec,
+}
+
+impl PlacementRequest {
+    pub fn for_service(service: &str, spec: &ServiceSpec) -> PlacementRequest {
+        PlacementRequest {
+            service: service.into(),
+            resources: Resources::requested_by(spec),
+            host_ports: spec
+                .ports
+                .iter()
+                .filter_map(|p| p.host_port().map(|h| (p.protocol, h)))
+                .collect(),
+            named_volumes: spec
+                .volumes
+                .iter()
+                .filter(|v| v.kind == VolumeKind::Volume && !v.read_only)
+                .map(|v| v.source.clone())
+                .collect(),
+            placement: spec.placement.clone(),
+        }
+    }
+}
+
+/// One node and what is reserved on it.
+#[derive(Debug, Clone)]
+pub struct NodeState {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub ready: bool,
+    pub capacity: Resources,
+    pub allocated: Resources,
+    pub host_ports: HashSet<(Protocol, u16)>,
+    /// Instances per service on this node.
+    pub services: HashMap<Arc<str>, u32>,
+    pub volumes: HashSet<String>,
+}
+
+impl NodeState {
+    pub fn new(name: &str, labels: BTreeMap<String, String>, capacity: Resources) -> NodeState {
+        NodeState {
+            name: name.into(),
+            labels,
+            ready: true,
+            capacity,
+            allocated: Resources::default(),
+            host_ports: HashSet::new(),
+            services: HashMap::new(),
+            volumes: HashSet::new(),
+        }
+    }
+
+    pub fn from_node(node: &Node) -> NodeState {
+        let mut state = NodeState::new(&node.name, node.labels.clone(), node.capacity);
+        state.ready = node.status == NodeStatus::Ready;
+        state.volumes = node.volumes.iter().cloned().collect();
+        state
+    }
+
+    pub fn runs(&self, service: &str) -> bool {
+        self.services.get(service).is_some_and(|n| *n > 0)
+    }
+}
+
+/// The cluster as the scheduler sees it. Reservations go through [`ClusterState::reserve`].
+#[derive(Debug, Clone, Default)]
+pub struct ClusterState {
+    pub nodes: Vec<NodeState>,
+    index: HashMap<String, usize>,
+    /// Which node holds each named volume.
+    pub volume_nodes: HashMap<String, usize>,
+    /// Instances of a service per value of a spread label: (service, label key) -> value -> n.
+    pub spread_counts: HashMap<(Arc<str>, String), HashMap<String, u32>>,
+}
+
+impl ClusterState {
+    pub fn new(nodes: Vec<NodeState>) -> ClusterState {
+        let mut cluster = ClusterState::default();
+        for node in nodes {
+            cluster.add_node(node);
+        }
+        cluster
+    }
+
+    pub fn add_node(&mut self, node: NodeState) {
+        let i = self.nodes.len();
+        for volume in &node.volumes {
+            self.volume_nodes.insert(volume.clone(), i);
+        }
+        self.index.insert(node.name.clone(), i);
+        self.nodes.push(node);
+    }
+
+    /// Build from stored nodes and the instances that hold resources on them.
+    pub fn from_store(nodes: &[Node], instances: &[Instance]) -> ClusterState {
+        let mut cluster = ClusterState::new(nodes.iter().map(NodeState::from_node).collect());
+        let mut requests: HashMap<&str, PlacementRequest> = HashMap::new();
+        for instance in instances.iter().filter(|i| i.holds_resources()) {
+            let key = instance.template_hash.as_str();
+            let request = requests.entry(key).or_insert_with(|| {
+                PlacementRequest::for_service(&instance.service, &instance.spec)
+            });
+            if let Some(i) = instance.node.as_deref().and_then(|n| cluster.node_index(n)) {
+                cluster.reserve(request, i);
+            }
+        }
+        cluster
+    }
+
+    pub fn node_index(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    /// Instances of `service` in the spread domain `value` of label `key`.
+    pub fn spread_count(&self, service: &Arc<str>, key: &str, value: &str) -> u32 {
+        self.spread_counts
+            .get(&(service.clone(), key.to_string()))
+            .and_then(|m| m.get(value))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Record an instance on node `i`. Does not check fit: callers go through
+    /// [`super::Scheduler::commit`], which does.
+    pub fn reserve(&mut self, request: &PlacementRequest, i: usize) {
+        let node = &mut self.nodes[i];
+        node.allocated.add(&request.resources);
+        node.host_ports.extend(request.host_ports.iter().copied());
+        *node.services.entry(request.service.clone()).or_default() += 1;
+        for volume in &request.named_volumes {
+            node.volumes.insert(volume.clone());
+            self.volume_nodes.insert(volume.clone(), i);
+        }
+        if let Some(key) = &request.placement.spread {
+            if let Some(value) = self.nodes[i].labels.get(key) {
+                *self
+                    .spread_counts
+                    .entry((request.service.clone(), key.clone()))
+                    .or_default()
+                    .entry(value.clone())
+                    .or_default() += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Filters: can this node take this instance at all? Cheap ones first.
+
+use super::cluster::{ClusterState, NodeState, PlacementRequest};
+use std::fmt;
+use tugboat_api::spec::{Constraint, ConstraintOperator, Protocol};
+
+/// Why a node cannot take an instance. Equal reasons are grouped in "why pending".
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Rejection {
+    NotReady,
+    NotEnoughCpu,
+    NotEnoughMemory,
+    NotEnoughPids,
+    LabelMismatch { key: String, value: String },
+    ConstraintUnmet(String),
+    PortInUse { port: u16, protocol: Protocol },
+    AffinityUnmet { service: String },
+    AntiAffinity { service: String },
+    VolumeElsewhere { volume: String, node: String },
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::NotReady => write!(f, "not ready"),
+            Rejection::NotEnoughCpu => write!(f, "not enough cpu"),
+            Rejection::NotEnoughMemory => write!(f, "not enough memory"),
+            Rejection::NotEnoughPids => write!(f, "not enough pids"),
+            Rejection::LabelMismatch { key, value } => write!(f, "label {key}={value} missing"),
+            Rejection::ConstraintUnmet(c) => write!(f, "constraint {c}"),
+            Rejection::PortInUse { port, protocol } => {
+                write!(
+                    f,
+                    "host port {port}/{} in use",
+                    if *protocol == Protocol::Tcp {
+                        "tcp"
+                    } else {
+                        "udp"
+                    }
+                )
+            }
+            Rejection::AffinityUnmet { service } => {
+                write!(f, "no instance of `{service}` (affinity)")
+            }
+            Rejection::AntiAffinity { service } => write!(f, "runs `{service}` (anti-affinity)"),
+            Rejection::VolumeElsewhere { volume, node } => {
+                write!(f, "volume `{volume}` is on node {node}")
+            }
+        }
+    }
+}
+
+/// One feasibility check.
+pub trait Filter: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn check(
+        &self,
+        request: &PlacementRequest,
+        node: &NodeState,
+        cluster: &ClusterState,
+    ) -> Result<(), Rejection>;
+}
+
+pub struct NodeReady;
+impl Filter for NodeReady {
+    fn name(&self) -> &'static str {
+        "node-ready"
+    }
+    fn check(
+        &self,
+        _: &PlacementRequest,
+        node: &NodeState,
+        _: &ClusterState,
+    ) -> Result<(), Rejection> {
+        if node.ready {
+            Ok(())
+        } else {
+            Err(Rejection::NotReady)
+        }
+    }
+}
+
+pub struct ResourcesFit;
+impl Filter for ResourcesFit {
+    fn name(&self) -> &'static str {
+        "resources-fit"
+    }
+    fn check(
+        &self,
+        request: &PlacementRequest,
+        node: &NodeState,
+        _: &ClusterState,
+    ) -> Result<(), Rejection> {
+        let (need, used, cap) = (&request.resources, &node.allocated, &node.capacity);
+        if used.memory_bytes + need.memory_bytes > cap.memory_bytes {
+            return Err(Rejection::NotEnoughMemory);
+        }
+        if used.cpu_millis + need.cpu_millis > cap.cpu_millis {
+            return Err(Rejection::NotEnoughCpu);
+        }
+        // A node that reports no pid limit (0) has no pid accounting.
+        if cap.pids > 0 && used.pids + need.pids > cap.pids {
+            return Err(Rejection::NotEnoughPids);
+        }
+        Ok(())
+    }
+}
+
+pub struct LabelsMatch;
+impl Filter for LabelsMatch {
+    fn name(&self) -> &'static str {
+        "labels-and-constraints"
+    }
+    fn check(
+        &self,
+        request: &PlacementRequest,
+        node: &NodeState,
+        _: &ClusterState,
+    ) -> Result<(), Rejection> {
+        for (key, value) in &request.placement.node_labels {
+            if node.labels.get(key) != Some(value) {
+                return Err(Rejection::LabelMismatch {
+                    key: key.clone(),
+                    value: value.clone(),
+                });
+            }
+        }
+        for constraint in &request.placement.constraints {
+            if !constraint_holds(constraint, node) {
+                return Err(Rejection::ConstraintUnmet(constraint.to_string()));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn constraint_holds(constraint: &Constraint, node: &NodeState) -> bool {
+    let value = node.labels.get(&constraint.key);
+    match constraint.operator {
+        ConstraintOperator::In => value.is_some_and(|v| constraint.values.contains(v)),
+        ConstraintOperator::NotIn => value.is_none_or(|v| !constraint.values.contains(v)),
+        ConstraintOperator::Exists => value.is_some(),
+        ConstraintOperator::DoesNotExist => value.is_none(),
+    }
+}
+
+pub struct PortsFree;
+impl Filter for PortsFree {
+    fn name(&self) -> &'static str {
+        "ports-free"
+    }
+    fn check(
+        &self,
+        request: &PlacementRequest,
+        node: &NodeState,
+        _: &ClusterState,
+    ) -> Result<(), Rejection> {
+        for &(protocol, port) in &request.host_ports {
+            if node.host_ports.contains(&(protocol, port)) {
+                return Err(Rejection::PortInUse { port, protocol });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Required affinity and anti-affinity between services, at node scope.
+pub struct ServiceAffinity;
+impl Filter for ServiceAffinity {
+    fn name(&self) -> &'static str {
+        "service-affinity"
+    }
+    fn check(
+        &self,
+        request: &PlacementRequest,
+        node: &NodeState,
+        _: &ClusterState,
+    ) -> Result<(), Rejection> {
+        for rule in request.placement.affinity.iter().filter(|r| r.required) {
+            if !node.runs(&rule.service) {
+                return Err(Rejection::AffinityUnmet {
+                    service: rule.service.clone(),
+                });
+            }
+        }
+        for rule in request
+            .placement
+            .anti_affinity
+            .iter()
+            .filter(|r| r.required)
+        {
+            if node.runs(&rule.service) {
+                return Err(Rejection::AntiAffinity {
+                    service: rule.service.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A named read-write volume lives on one node: instances using it go there.
+pub struct VolumeAvailable;
+impl Filter for VolumeAvailable {
+    fn name(&self) -> &'static str {
+        "volume-available"
+    }
+    fn check(
+        &self,
+        request: &PlacementRequest,
+        node: &NodeState,
+        cluster: &ClusterState,
+    ) -> Result<(), Rejection> {
+        for volume in &request.named_volumes {
+            if let Some(&at) = cluster.volume_nodes.get(volume) {
+                let holder = &cluster.nodes[at];
+                if holder.name != node.name {
+                    return Err(Rejection::VolumeElsewhere {
+                        volume: volume.clone(),
+                        node: holder.name.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The default pipeline, cheapest first.
+pub fn default_filters() -> Vec<Box<dyn Filter>> {
+    vec![
+        Box::new(NodeReady),
+        Box::new(ResourcesFit),
+        Box::new(LabelsMatch),
+        Box::new(PortsFree),
+        Box::new(ServiceAffinity),
+        Box::new(VolumeAvailable),
+    ]
+}

@@ -1,0 +1,219 @@
+//! `tugboat server`: the store, the controllers and the HTTP API in one process.
+
+use crate::controllers::runner::run_controllers;
+use crate::controlplane::{ControlPlane, Timers};
+use crate::http::{router, ApiState};
+use crate::scheduler::{Scheduler, SchedulerOptions};
+use crate::store::{EmbeddedStore, EmbeddedStoreOptions, StoreError};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/tugboat";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7480";
+pub const STORE_FILE: &str = "store.log";
+pub const TOKEN_FILE: &str = "token";
+pub const LOCK_FILE: &str = "lock";
+
+/// Hold an exclusive lock on `<data_dir>/lock` for as long as the file stays open: two
+/// servers on one store would each believe their memory is the truth.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, ServerError> {
+    use std::os::fd::AsRawFd;
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| ServerError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let error = std::io::Error::last_os_error();
+        return Err(match error.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => ServerError::Locked {
+                path: data_dir.into(),
+            },
+            _ => ServerError::DataDir {
+                path,
+                source: error,
+            },
+        });
+    }
+    Ok(file)
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Bearer-token auth; off only when explicitly disabled.
+    pub auth: bool,
+    pub timers: Timers,
+    pub scheduler: SchedulerOptions,
+    pub store: EmbeddedStoreOptions,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: &Path, listen: SocketAddr) -> ServerConfig {
+        ServerConfig {
+            data_dir: data_dir.into(),
+            listen,
+            auth: true,
+            timers: Timers::default(),
+            scheduler: SchedulerOptions::default(),
+            store: EmbeddedStoreOptions::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("token file {path}: {source}")]
+    Token {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("data dir {path} is in use by another tugboat server (it holds {path}/lock); stop it or use another --data-dir")]
+    Locked { path: PathBuf },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Read the token at `<data_dir>/token`, making one (mode 0600) at first start.
+pub fn load_or_create_token(data_dir: &Path) -> Result<String, ServerError> {
+    let path = data_dir.join(TOKEN_FILE);
+    let err = |source| ServerError::Token {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map_err(err)?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    file.write_all(format!("{token}\n").as_bytes())
+        .and_then(|_| file.sync_all())
+        .map_err(err)?;
+    std::fs::rename(&tmp, &path).map_err(err)?;
+    Ok(token)
+}
+
+/// A started server. Dropping it does not stop it: call [`RunningServer::shutdown`].
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub token: Option<String>,
+    pub control: Arc<ControlPlane>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    /// Released when the server is dropped.
+    _lock: std::fs::File,
+}
+
+impl RunningServer {
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Wait until the server stops (it stops on shutdown only).
+    pub async fn wait(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let lock = lock_data_dir(&config.data_dir)?;
+    let store = EmbeddedStore::open(&config.data_dir.join(STORE_FILE), config.store.clone())?;
+    let token = if config.auth {
+        Some(load_or_create_token(&config.data_dir)?)
+    } else {
+        None
+    };
+    let control = Arc::new(ControlPlane::new(
+        Arc::new(store),
+        Scheduler::new(config.scheduler.clone()),
+        config.timers,
+    ));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let app = router(Arc::new(ApiState {
+        control: control.clone(),
+        token: token.clone(),
+    }));
+    let mut http_shutdown = shutdown_rx.clone();
+    let http = tokio::spawn(async move {
+        let stop = async move {
+            let _ = http_shutdown.wait_for(|stop| *stop).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            eprintln!("tugboat: http server: {e}");
+        }
+    });
+    let controllers = tokio::spawn(run_controllers(control.clone(), shutdown_rx));
+    Ok(RunningServer {
+        addr,
+        token,
+        control,
+        shutdown,
+        tasks: vec![http, controllers],
+        _lock: lock,
+    })
+}

@@ -1,0 +1,145 @@
+//! The store: keys with revisions, compare-and-swap transactions, prefix lists and watches.
+//!
+//! The trait offers what etcd v3 offers and nothing more, so an etcd backend can come later:
+//! one global revision that every write raises, per-key create and mod revisions, a
+//! transaction of "these keys are still at these revisions" compares and put/delete
+//! operations, and watches that start at a revision and deliver every later event for a
+//! prefix, in order, or fail with [`StoreError::Compacted`] if that history is gone (the
+//! watcher then lists again and watches from the list's revision).
+//!
+//! [`EmbeddedStore`] is the default backend: memory plus one append-only, checksummed,
+//! fsynced log file (see [`log`]).
+
+mod embedded;
+pub mod log;
+
+pub use embedded::{EmbeddedStore, EmbeddedStoreOptions};
+/// Revisions and event kinds travel in watches: the wire crate defines them.
+pub use tugboat_api::wire::{EventKind, Revision};
+
+use async_trait::async_trait;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// Revision of the transaction that created this key (since it last did not exist).
+    pub create_revision: Revision,
+    /// Revision of the transaction that last changed it.
+    pub mod_revision: Revision,
+}
+
+/// A condition of a transaction. `ModRevision { revision: 0 }` means "does not exist".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compare {
+    ModRevision { key: String, revision: Revision },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    Put { key: String, value: Vec<u8> },
+    Delete { key: String },
+}
+
+/// One change. For a delete, `kv.value` is empty and `kv.mod_revision` is the delete's revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    pub kind: EventKind,
+    pub kv: KeyValue,
+}
+
+/// A consistent list: the keys under a prefix as of `revision`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub items: Vec<KeyValue>,
+    pub revision: Revision,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("conflict on `{key}`: expected revision {expected}, found {found} (someone else changed it; read it again and retry)")]
+    Conflict {
+        key: String,
+        expected: Revision,
+        found: Revision,
+    },
+    #[error("revision {requested} is compacted (oldest kept is {oldest}): list again and watch from the list's revision")]
+    Compacted {
+        requested: Revision,
+        oldest: Revision,
+    },
+    #[error("store file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("store file {path} is not a tugboat store: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// Keys, revisions, transactions and watches. Implemented by [`EmbeddedStore`]; an etcd backend
+/// maps each method onto the etcd call of the same meaning.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
+    async fn list(&self, prefix: &str) -> Result<Listing, StoreError>;
+    /// Apply all `operations` at one new revision if every compare holds; the new revision.
+    /// A failed compare applies nothing and returns [`StoreError::Conflict`].
+    async fn commit(
+        &self,
+        compares: Vec<Compare>,
+        operations: Vec<Operation>,
+    ) -> Result<Revision, StoreError>;
+    /// Every event under `prefix` with revision >= `from`; `from == 0` means "from now".
+    async fn watch(&self, prefix: &str, from: Revision) -> Result<Box<dyn Watcher>, StoreError>;
+    async fn current_revision(&self) -> Result<Revision, StoreError>;
+}
+
+#[async_trait]
+pub trait Watcher: Send {
+    /// The next batch of events (never empty); waits until there is one.
+    async fn next(&mut self) -> Result<Vec<WatchEvent>, StoreError>;
+}
+
+/// Conveniences over [`Store::commit`].
+pub async fn put(store: &dyn Store, key: &str, value: Vec<u8>) -> Result<Revision, StoreError> {
+    store
+        .commit(
+            vec![],
+            vec![Operation::Put {
+                key: key.into(),
+                value,
+            }],
+        )
+        .await
+}
+
+/// Put only if the key is still at `revision` (0: only if it does not exist).
+pub async fn compare_and_put(
+    store: &dyn Store,
+    key: &str,
+    revision: Revision,
+    value: Vec<u8>,
+) -> Result<Revision, StoreError> {
+    store
+        .commit(
+            vec![Compare::ModRevision {
+                key: key.into(),
+                revision,
+            }],
+            vec![Operation::Put {
+                key: key.into(),
+                value,
+            }],
+        )
+        .await
+}
+
+pub async fn delete(store: &dyn Store, key: &str) -> Result<Revision, StoreError> {
+    store
+        .commit(vec![], vec![Operation::Delete { key: key.into() }])
+        .await
+}

@@ -313,6 +313,9 @@ fn a_rolling_update_of_the_front_fails_no_request() {
         .map(|i| i.id)
         .collect();
     let stop = std::sync::atomic::AtomicBool::new(false);
+    // Requests answered so far: the rollout starts once some went through, and the client
+    // goes on for some more after it, however fast or slow the machine is.
+    let answered = std::sync::atomic::AtomicUsize::new(0);
     let (ok, failures) = std::thread::scope(|s| {
         let client = s.spawn(|| {
             let (mut ok, mut failures) = (0, vec![]);
@@ -327,9 +330,17 @@ fn a_rolling_update_of_the_front_fails_no_request() {
                     Ok(page) => failures.push(format!("bad page: {page}")),
                     Err(e) => failures.push(e),
                 }
+                answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
             (ok, failures)
         });
+        let count = || answered.load(std::sync::atomic::Ordering::SeqCst);
+        wait_for(
+            "requests before the rollout",
+            START,
+            || count() >= 5,
+            || show(&host),
+        );
         host.api(|c| async move {
             let mut spec = c.describe_service("front").await.unwrap().service.spec;
             spec.env.insert("VERSION".into(), "2".into());
@@ -343,6 +354,13 @@ fn a_rolling_update_of_the_front_fails_no_request() {
                 let fronts: Vec<&Instance> = list.iter().filter(|i| i.service == "front").collect();
                 fronts.len() == 2 && fronts.iter().all(|i| i.ready && !old.contains(&i.id))
             },
+            || show(&host),
+        );
+        let after = count() + 5;
+        wait_for(
+            "requests after the rollout",
+            START,
+            || count() >= after,
             || show(&host),
         );
         stop.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -163,7 +163,13 @@ fn setup<'a>(cfg: &'a InitConfig) -> Result<Prepared<'a>, String> {
         hooks::run_hooks("createContainer", list, state).map_err(|e| e.to_string())?;
     }
 
-    rootfs::pivot(&sys, &cfg.bundle.rootfs, cfg.no_pivot).map_err(|e| e.to_string())?;
+    rootfs::pivot(
+        &sys,
+        &cfg.bundle.rootfs,
+        cfg.no_pivot,
+        rootfs::root_propagation(spec),
+    )
+    .map_err(|e| e.to_string())?;
     rootfs::finalize(&sys, spec).map_err(|e| e.to_string())?;
 
     if !joined_early {

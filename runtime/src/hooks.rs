@@ -26,7 +26,7 @@ pub fn run_hooks(stage: &'static str, hooks: &[Hook], state_json: &str) -> Resul
 
 /// [`run_hooks`], where a hook without `env` gets `default_env` ("KEY=value" entries): the
 /// container process's environment for startContainer hooks, which run in the container as
-/// runc runs them, after init has taken process.env.
+/// runc runs them, after init has taken process.env (with HOME).
 pub fn run_hooks_with_env(
     stage: &'static str,
     hooks: &[Hook],

@@ -224,14 +224,8 @@ fn wait_and_exec(cfg: &InitConfig, p: Prepared) -> Result<std::convert::Infallib
         .as_ref()
         .and_then(|h| h.start_container().as_ref())
     {
-        let env = cfg
-            .bundle
-            .spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.env().as_deref())
-            .unwrap_or_default();
-        hooks::run_hooks_with_env("startContainer", list, &p.state_json, env)
+        let env = p.command.env();
+        hooks::run_hooks_with_env("startContainer", list, &p.state_json, &env)
             .map_err(|e| e.to_string())?;
     }
     finalize::exec(&p.command, cfg.preserve_fds, None)

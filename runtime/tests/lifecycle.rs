@@ -317,9 +317,10 @@ fn start_container_hooks_without_env_see_the_process_env() {
     let out = env.run(&id);
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let read = |f: &str| std::fs::read_to_string(env.rootfs().join(f)).unwrap();
-    // No env: the container process's (PATH=/bin, TUGVAR=yes from the test's config).
+    // No env: the container process's (PATH=/bin, TUGVAR=yes from the test's config, and
+    // the HOME init adds).
     let default = read("env-default");
-    for var in ["PATH=/bin", "TUGVAR=yes"] {
+    for var in ["PATH=/bin", "TUGVAR=yes", "HOME=/"] {
         assert!(default.lines().any(|l| l == var), "no {var} in\n{default}");
     }
     // An env of its own: that, and nothing of the process's.

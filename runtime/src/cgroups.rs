@@ -44,6 +44,8 @@ pub trait CgroupManager {
     /// Where the `cgroup` mount type finds the container's cgroup on the host.
     fn mounts(&self) -> CgroupMounts;
     fn is_v2(&self) -> bool;
+    /// How many processes the OOM killer has killed in the cgroup.
+    fn oom_kills(&self) -> u64;
 }
 
 /// A container without a cgroup: rootless tug on a host that delegates none to the user.
@@ -104,6 +106,9 @@ impl CgroupManager for NoCgroup {
     }
     fn is_v2(&self) -> bool {
         host_is_v2()
+    }
+    fn oom_kills(&self) -> u64 {
+        0
     }
 }
 
@@ -217,6 +222,49 @@ impl FsCgroup {
         Some(Path::new(mp).join(self.path.trim_start_matches('/')))
     }
 
+    /// When `e` is v1's refusal (EBUSY) of a memory limit below what the cgroup uses now,
+    /// the message naming the field, the limit and the usage (as runc says it).
+    fn memory_below_usage(&self, e: &cgroups_rs::manager::Error) -> Option<String> {
+        use cgroups_rs::fs::error::ErrorKind;
+        let cgroups_rs::manager::Error::Cgroupfs(e) = e else {
+            return None;
+        };
+        let ErrorKind::WriteFailed(file, value) = e.kind() else {
+            return None;
+        };
+        let field = match file.as_str() {
+            "memory.limit_in_bytes" => "linux.resources.memory.limit",
+            "memory.memsw.limit_in_bytes" => "linux.resources.memory.swap",
+            _ => return None,
+        };
+        let busy = std::error::Error::source(e)
+            .and_then(|c| c.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| io.raw_os_error() == Some(libc::EBUSY));
+        if !busy {
+            return None;
+        }
+        let dirs = self.hierarchy_dirs();
+        let dir = &dirs.iter().find(|(n, _)| n == "memory")?.1;
+        let read = |f: &str| {
+            fs::read_to_string(dir.join(f))
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "?".into())
+        };
+        let (usage, peak) = if field.ends_with("swap") {
+            (
+                "memory.memsw.usage_in_bytes",
+                "memory.memsw.max_usage_in_bytes",
+            )
+        } else {
+            ("memory.usage_in_bytes", "memory.max_usage_in_bytes")
+        };
+        Some(format!(
+            "{field} {value} is below what the container uses now (current usage: {} bytes, peak usage: {} bytes)",
+            read(usage),
+            read(peak)
+        ))
+    }
+
     /// Applies the limits, and with `devices` the device rules of [`device_rules`]. An update
     /// that gives no device rules leaves the container's as they are.
     fn set(&mut self, resources: &LinuxResources, devices: bool) -> Result<(), CgroupError> {
@@ -226,7 +274,14 @@ impl FsCgroup {
         r.set_devices(None);
         self.mgr
             .set(&r)
-            .map_err(|e| err(&self.path, "apply limits", e))?;
+            .map_err(|e| match self.memory_below_usage(&e) {
+                Some(message) => CgroupError {
+                    path: self.path.clone(),
+                    what: "apply limits",
+                    message,
+                },
+                None => err(&self.path, "apply limits", e),
+            })?;
         if !devices {
             return Ok(());
         }
@@ -475,6 +530,9 @@ impl CgroupManager for FsCgroup {
 
     fn is_v2(&self) -> bool {
         self.mgr.v2()
+    }
+    fn oom_kills(&self) -> u64 {
+        FsCgroup::oom_kills(self)
     }
 }
 

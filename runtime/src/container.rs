@@ -491,7 +491,7 @@ impl Runtime {
             .send(&ParentMsg::CgroupJoined {
                 state: state_json.clone(),
             })
-            .map_err(|e| init_error(id, &parent_ch, e))?;
+            .map_err(|e| init_error(id, &parent_ch, e, cg.as_ref(), linux))?;
         loop {
             match parent_ch.recv::<InitMsg>() {
                 Ok(InitMsg::RunHooks) => {
@@ -509,7 +509,7 @@ impl Runtime {
                     }
                     parent_ch
                         .send(&ParentMsg::HooksDone)
-                        .map_err(|e| init_error(id, &parent_ch, e))?;
+                        .map_err(|e| init_error(id, &parent_ch, e, cg.as_ref(), linux))?;
                 }
                 Ok(InitMsg::Ready) => break,
                 Ok(InitMsg::Error(message)) => {
@@ -521,7 +521,7 @@ impl Runtime {
                 Err(e) => {
                     return Err(Error::Init {
                         id: id.to_string(),
-                        message: format!("init exited during setup ({e})"),
+                        message: died_during_setup(&e.to_string(), cg.as_ref(), linux),
                     })
                 }
             }
@@ -761,14 +761,41 @@ impl Runtime {
 }
 
 /// The error for a failed send to init: init's own report when it sent one before exiting.
-fn init_error(id: &str, ch: &Channel, send_error: io::Error) -> Error {
+fn init_error(
+    id: &str,
+    ch: &Channel,
+    send_error: io::Error,
+    cg: &dyn CgroupManager,
+    linux: &oci_spec::runtime::Linux,
+) -> Error {
     let message = match ch.recv::<InitMsg>() {
         Ok(InitMsg::Error(m)) => m,
-        _ => format!("init exited during setup (sending to it: {send_error})"),
+        _ => died_during_setup(&format!("sending to it: {send_error}"), cg, linux),
     };
     Error::Init {
         id: id.to_string(),
         message,
+    }
+}
+
+/// Why init went away before Ready without a word: the OOM killer, when the cgroup counts a
+/// kill and config.json has a memory limit (a limit below what setup needs: on v1 and v2
+/// the limit is set on the empty cgroup, so the write succeeds and init is killed later).
+fn died_during_setup(
+    detail: &str,
+    cg: &dyn CgroupManager,
+    linux: &oci_spec::runtime::Linux,
+) -> String {
+    let limit = linux
+        .resources()
+        .as_ref()
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit());
+    match limit {
+        Some(limit) if cg.oom_kills() > 0 => format!(
+            "init was killed by the OOM killer during setup: linux.resources.memory.limit {limit} bytes is below what the container needs to start"
+        ),
+        _ => format!("init exited during setup ({detail})"),
     }
 }
 

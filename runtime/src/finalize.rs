@@ -37,6 +37,16 @@ pub(crate) struct Command<'a> {
     late_seccomp: Option<&'a Program>,
 }
 
+impl Command<'_> {
+    /// The environment the process will get ("KEY=value"): process.env, with HOME added.
+    pub(crate) fn env(&self) -> Vec<String> {
+        self.env
+            .iter()
+            .map(|e| e.to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
 /// Sets `process.oomScoreAdj`. Done early (before the mounts, or before `exec` joins the
 /// container's namespaces), while /proc is the host's and tug still has its privileges.
 pub(crate) fn set_oom_score_adj(process: &Process) -> Result<(), String> {

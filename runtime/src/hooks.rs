@@ -18,10 +18,23 @@ pub enum HookError {
     },
 }
 
-/// Runs `hooks` in order; the first failure stops the rest and is returned.
+/// Runs `hooks` in order; the first failure stops the rest and is returned. A hook without
+/// `env` gets an empty environment.
 pub fn run_hooks(stage: &'static str, hooks: &[Hook], state_json: &str) -> Result<(), HookError> {
+    run_hooks_with_env(stage, hooks, state_json, &[])
+}
+
+/// [`run_hooks`], where a hook without `env` gets `default_env` ("KEY=value" entries): the
+/// container process's environment for startContainer hooks, which run in the container as
+/// runc runs them, after init has taken process.env (with HOME).
+pub fn run_hooks_with_env(
+    stage: &'static str,
+    hooks: &[Hook],
+    state_json: &str,
+    default_env: &[String],
+) -> Result<(), HookError> {
     for hook in hooks {
-        run_hook(stage, hook, state_json)?;
+        run_hook(stage, hook, state_json, default_env)?;
     }
     Ok(())
 }
@@ -30,11 +43,16 @@ pub fn run_hooks(stage: &'static str, hooks: &[Hook], state_json: &str) -> Resul
 pub fn run_hooks_lenient(stage: &'static str, hooks: &[Hook], state_json: &str) -> Vec<HookError> {
     hooks
         .iter()
-        .filter_map(|h| run_hook(stage, h, state_json).err())
+        .filter_map(|h| run_hook(stage, h, state_json, &[]).err())
         .collect()
 }
 
-fn run_hook(stage: &'static str, hook: &Hook, state_json: &str) -> Result<(), HookError> {
+fn run_hook(
+    stage: &'static str,
+    hook: &Hook,
+    state_json: &str,
+    default_env: &[String],
+) -> Result<(), HookError> {
     let path = hook.path().display().to_string();
     let fail = |message: String| HookError::Failed {
         stage,
@@ -49,7 +67,7 @@ fn run_hook(stage: &'static str, hook: &Hook, state_json: &str) -> Result<(), Ho
         cmd.args(args.iter().skip(1));
     }
     cmd.env_clear();
-    for kv in hook.env().iter().flatten() {
+    for kv in hook.env().as_deref().unwrap_or(default_env) {
         if let Some((k, v)) = kv.split_once('=') {
             cmd.env(k, v);
         }

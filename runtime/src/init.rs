@@ -163,7 +163,13 @@ fn setup<'a>(cfg: &'a InitConfig) -> Result<Prepared<'a>, String> {
         hooks::run_hooks("createContainer", list, state).map_err(|e| e.to_string())?;
     }
 
-    rootfs::pivot(&sys, &cfg.bundle.rootfs, cfg.no_pivot).map_err(|e| e.to_string())?;
+    rootfs::pivot(
+        &sys,
+        &cfg.bundle.rootfs,
+        cfg.no_pivot,
+        rootfs::root_propagation(spec),
+    )
+    .map_err(|e| e.to_string())?;
     rootfs::finalize(&sys, spec).map_err(|e| e.to_string())?;
 
     if !joined_early {
@@ -218,7 +224,9 @@ fn wait_and_exec(cfg: &InitConfig, p: Prepared) -> Result<std::convert::Infallib
         .as_ref()
         .and_then(|h| h.start_container().as_ref())
     {
-        hooks::run_hooks("startContainer", list, &p.state_json).map_err(|e| e.to_string())?;
+        let env = p.command.env();
+        hooks::run_hooks_with_env("startContainer", list, &p.state_json, &env)
+            .map_err(|e| e.to_string())?;
     }
     finalize::exec(&p.command, cfg.preserve_fds, None)
 }

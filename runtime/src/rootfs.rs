@@ -37,14 +37,59 @@ pub struct CgroupMounts {
     pub v1: Vec<(String, PathBuf)>,
 }
 
+/// mount(2)'s flag for `nosymfollow` (Linux 5.10), which nix does not name.
+pub const MS_NOSYMFOLLOW: MsFlags = MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW);
+
+/// mount_setattr(2)'s `MOUNT_ATTR_*` bits, for the recursive options (`rro`, `rnosuid`, ...).
+pub mod attr {
+    pub const RDONLY: u64 = 0x1;
+    pub const NOSUID: u64 = 0x2;
+    pub const NODEV: u64 = 0x4;
+    pub const NOEXEC: u64 = 0x8;
+    /// The atime mode: one of RELATIME (0), NOATIME, STRICTATIME; clear the whole mask to set one.
+    pub const ATIME_MASK: u64 = 0x70;
+    pub const RELATIME: u64 = 0x0;
+    pub const NOATIME: u64 = 0x10;
+    pub const STRICTATIME: u64 = 0x20;
+    pub const NODIRATIME: u64 = 0x80;
+    pub const NOSYMFOLLOW: u64 = 0x20_0000;
+}
+
 /// Mount options split as mount(2) wants them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOptions {
     pub flags: MsFlags,
     /// Propagation changes, applied one by one after the mount.
     pub propagation: Vec<MsFlags>,
+    /// Recursive attributes (`rro`, `rnosuid`, ...): `MOUNT_ATTR_*` bits to set and to clear
+    /// on the mount and every mount under it, with mount_setattr(2) after the mount.
+    pub rec_set: u64,
+    pub rec_clear: u64,
     /// Filesystem-specific options, comma-joined.
     pub data: String,
+}
+
+/// The `MOUNT_ATTR_*` bits a recursive option sets and clears, as runc reads them.
+fn recursive_attr(opt: &str) -> Option<(u64, u64)> {
+    use attr::*;
+    Some(match opt {
+        "rro" => (RDONLY, 0),
+        "rrw" => (0, RDONLY),
+        "rnosuid" => (NOSUID, 0),
+        "rsuid" => (0, NOSUID),
+        "rnodev" => (NODEV, 0),
+        "rdev" => (0, NODEV),
+        "rnoexec" => (NOEXEC, 0),
+        "rexec" => (0, NOEXEC),
+        "rnodiratime" => (NODIRATIME, 0),
+        "rdiratime" => (0, NODIRATIME),
+        "rrelatime" => (RELATIME, ATIME_MASK),
+        "rnoatime" => (NOATIME, ATIME_MASK),
+        "rstrictatime" => (STRICTATIME, ATIME_MASK),
+        "rnosymfollow" => (NOSYMFOLLOW, 0),
+        "rsymfollow" => (0, NOSYMFOLLOW),
+        _ => return None,
+    })
 }
 
 /// Splits fstab-style options into flags, propagation and data.
@@ -52,6 +97,8 @@ pub fn parse_options(options: &[String]) -> MountOptions {
     let mut o = MountOptions {
         flags: MsFlags::empty(),
         propagation: Vec::new(),
+        rec_set: 0,
+        rec_clear: 0,
         data: String::new(),
     };
     let mut data = Vec::new();
@@ -82,14 +129,23 @@ pub fn parse_options(options: &[String]) -> MountOptions {
             "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
             "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
             "silent" => (MsFlags::MS_SILENT, MsFlags::empty()),
+            "nosymfollow" => (MS_NOSYMFOLLOW, MsFlags::empty()),
+            "symfollow" => (MsFlags::empty(), MS_NOSYMFOLLOW),
             "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
             | "runbindable" => {
                 o.propagation.push(propagation_flag(opt).expect("listed"));
                 continue;
             }
             // Engines pass these for other runtimes; they have no meaning to mount(2).
-            "tmpcopyup" | "copyup" | "idmap" | "ridmap" | "nosymfollow" => continue,
+            "tmpcopyup" | "copyup" | "idmap" | "ridmap" => continue,
             other => {
+                if let Some((set, clear)) = recursive_attr(other) {
+                    // A later option wins over an earlier one, as for the flags.
+                    // (An atime mode clears the whole mask and sets its own bits.)
+                    o.rec_set = (o.rec_set & !clear) | set;
+                    o.rec_clear = (o.rec_clear & !set) | clear;
+                    continue;
+                }
                 data.push(other.to_string());
                 continue;
             }
@@ -141,13 +197,18 @@ pub fn prepare_with(
     idmaps: &[(usize, std::os::fd::OwnedFd)],
 ) -> Result<(), RootfsError> {
     let linux = spec.linux().as_ref();
-    let root_prop = linux
-        .and_then(|l| l.rootfs_propagation().as_deref())
-        .and_then(propagation_flag)
-        .unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC);
-    // Nothing the container mounts may propagate back to the host.
+    // Nothing the container mounts may propagate back to the host. linux.rootfsPropagation
+    // is the new root's, set after pivot_root ([`pivot`]): set here on the old "/", a shared
+    // one makes pivot_root fail (EINVAL: the new root or its parent is shared) and an
+    // unbindable one refuses the rootfs bind below.
     ctx(
-        sys.mount(None, Path::new("/"), None, root_prop, None),
+        sys.mount(
+            None,
+            Path::new("/"),
+            None,
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            None,
+        ),
         "set propagation of",
         Path::new("/"),
     )?;
@@ -306,6 +367,13 @@ fn mount_entry(
                 );
             }
         }
+    }
+    if o.rec_set != 0 || o.rec_clear != 0 {
+        ctx(
+            sys.mount_setattr(&dest, o.rec_set, o.rec_clear, true),
+            "set recursive mount attributes of",
+            &dest,
+        )?;
     }
     for p in &o.propagation {
         ctx(
@@ -489,8 +557,22 @@ fn dev_symlinks(sys: &dyn Syscall, rootfs: &Path, dev_mounted: bool) -> Result<(
     Ok(())
 }
 
-/// Makes `rootfs` the container's `/`: pivot_root, or a move and chroot with `--no-pivot`.
-pub fn pivot(sys: &dyn Syscall, rootfs: &Path, no_pivot: bool) -> Result<(), RootfsError> {
+/// The propagation config.json asks for the container's `/` (linux.rootfsPropagation).
+pub fn root_propagation(spec: &Spec) -> Option<MsFlags> {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.rootfs_propagation().as_deref())
+        .and_then(propagation_flag)
+}
+
+/// Makes `rootfs` the container's `/`: pivot_root, or a move and chroot with `--no-pivot`;
+/// then gives the new `/` the `propagation` asked (as runc does after pivot_root).
+pub fn pivot(
+    sys: &dyn Syscall,
+    rootfs: &Path,
+    no_pivot: bool,
+    propagation: Option<MsFlags>,
+) -> Result<(), RootfsError> {
     ctx(sys.chdir(rootfs), "chdir to rootfs", rootfs)?;
     if no_pivot {
         ctx(
@@ -514,7 +596,37 @@ pub fn pivot(sys: &dyn Syscall, rootfs: &Path, no_pivot: bool) -> Result<(), Roo
             rootfs,
         )?;
     }
-    ctx(sys.chdir(Path::new("/")), "chdir to", Path::new("/"))
+    let root = Path::new("/");
+    ctx(sys.chdir(root), "chdir to", root)?;
+    if let Some(p) = propagation {
+        ctx(
+            sys.mount(None, root, None, p, None),
+            "set rootfsPropagation of",
+            root,
+        )?;
+    }
+    Ok(())
+}
+
+/// The flags a read-only remount of the mount at `path` must repeat: in a user namespace
+/// the kernel locks nosuid, nodev, noexec, nosymfollow and the atime mode of a mount the
+/// namespace did not make, and refuses (EPERM) a remount that would drop them, as runc's
+/// remount keeps them from statfs.
+fn kept_flags(sys: &dyn Syscall, path: &Path) -> Result<MsFlags, RootfsError> {
+    let now = ctx(sys.mount_flags(path), "statvfs", path)?;
+    let mut keep = now
+        & (MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC
+            | MsFlags::MS_NOATIME
+            | MsFlags::MS_NODIRATIME
+            | MsFlags::MS_RELATIME
+            | MS_NOSYMFOLLOW);
+    // Neither noatime nor relatime is strictatime; a remount without one means relatime.
+    if !now.intersects(MsFlags::MS_NOATIME | MsFlags::MS_RELATIME) {
+        keep |= MsFlags::MS_STRICTATIME;
+    }
+    Ok(keep)
 }
 
 /// After pivot_root: sysctls, read-only and masked paths, the read-only root.
@@ -527,16 +639,6 @@ pub fn finalize(sys: &dyn Syscall, spec: &Spec) -> Result<(), RootfsError> {
             let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
             ctx(sys.write_file(&path, &sysctl[key]), "write sysctl", &path)?;
         }
-    }
-    if let Some(p) = linux
-        .and_then(|l| l.rootfs_propagation().as_deref())
-        .and_then(propagation_flag)
-    {
-        ctx(
-            sys.mount(None, Path::new("/"), None, p, None),
-            "set propagation of",
-            Path::new("/"),
-        )?;
     }
     for p in linux
         .and_then(|l| l.readonly_paths().as_ref())
@@ -558,12 +660,13 @@ pub fn finalize(sys: &dyn Syscall, spec: &Spec) -> Result<(), RootfsError> {
             "bind read-only path",
             path,
         )?;
+        let keep = kept_flags(sys, path)?;
         ctx(
             sys.mount(
                 None,
                 path,
                 None,
-                MsFlags::MS_BIND
+                keep | MsFlags::MS_BIND
                     | MsFlags::MS_REMOUNT
                     | MsFlags::MS_RDONLY
                     | MsFlags::MS_NOSUID
@@ -612,12 +715,13 @@ pub fn finalize(sys: &dyn Syscall, spec: &Spec) -> Result<(), RootfsError> {
     }
     if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
         let root = Path::new("/");
+        let keep = kept_flags(sys, root)?;
         ctx(
             sys.mount(
                 None,
                 root,
                 None,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                keep | MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
                 None,
             ),
             "remount read-only",
@@ -861,15 +965,145 @@ mod tests {
     #[test]
     fn pivot_detaches_old_root() {
         let sys = RecordingSyscall::default();
-        pivot(&sys, Path::new("/r"), false).unwrap();
+        pivot(&sys, Path::new("/r"), false, None).unwrap();
         let calls = sys.calls();
         assert_eq!(calls[0], Call::Chdir("/r".into()));
         assert_eq!(calls[1], Call::PivotRoot(".".into(), ".".into()));
         assert_eq!(calls[3], Call::Umount(".".into()));
         assert_eq!(calls[4], Call::Chdir("/".into()));
         let sys = RecordingSyscall::default();
-        pivot(&sys, Path::new("/r"), true).unwrap();
+        pivot(&sys, Path::new("/r"), true, None).unwrap();
         assert!(sys.calls().contains(&Call::Chroot(".".into())));
+    }
+
+    #[test]
+    fn root_propagation_is_set_on_the_new_root_after_pivot() {
+        // Before: the old "/" is made rslave whatever was asked, so pivot_root and the
+        // rootfs bind work; after: the new "/" gets what was asked.
+        let spec = spec_with(serde_json::json!({
+            "linux": {"namespaces": [{"type": "mount"}], "rootfsPropagation": "shared"}
+        }));
+        let sys = RecordingSyscall::default();
+        prepare(
+            &sys,
+            &spec,
+            Path::new("/r"),
+            Path::new("/b"),
+            &CgroupMounts::default(),
+        )
+        .unwrap();
+        assert!(matches!(&sys.calls()[0], Call::Mount { target, flags, .. }
+            if target == Path::new("/") && *flags == MsFlags::MS_SLAVE | MsFlags::MS_REC));
+        let sys = RecordingSyscall::default();
+        pivot(&sys, Path::new("/r"), false, root_propagation(&spec)).unwrap();
+        let calls = sys.calls();
+        let pivoted = calls
+            .iter()
+            .position(|c| matches!(c, Call::PivotRoot(..)))
+            .unwrap();
+        let last = calls.len() - 1;
+        assert!(pivoted < last);
+        assert!(matches!(&calls[last], Call::Mount { target, flags, .. }
+            if target == Path::new("/") && *flags == MsFlags::MS_SHARED));
+        // finalize no longer touches it.
+        let sys = RecordingSyscall::default();
+        finalize(&sys, &spec).unwrap();
+        assert!(!sys
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::Mount { flags, .. } if flags.contains(MsFlags::MS_SHARED))));
+    }
+
+    #[test]
+    fn recursive_options_become_mount_setattr_and_nosymfollow_a_flag() {
+        let o = parse_options(&[
+            "rbind".into(),
+            "rro".into(),
+            "rnosuid".into(),
+            "rstrictatime".into(),
+            "rnoatime".into(),
+            "nosymfollow".into(),
+        ]);
+        assert_eq!(
+            o.rec_set,
+            attr::RDONLY | attr::NOSUID | attr::NOATIME,
+            "the later atime mode wins"
+        );
+        assert_eq!(o.rec_clear, attr::ATIME_MASK);
+        assert!(o.flags.contains(MS_NOSYMFOLLOW));
+        assert_eq!(o.data, "", "none of them reach the data string");
+        let o = parse_options(&["rro".into(), "rrw".into()]);
+        assert_eq!((o.rec_set, o.rec_clear), (0, attr::RDONLY));
+
+        let sys = RecordingSyscall {
+            dirs: vec![PathBuf::from("/data")],
+            ..Default::default()
+        };
+        let spec = spec_with(serde_json::json!({"mounts": [
+            {"destination": "/vol", "type": "bind", "source": "/data",
+             "options": ["rbind", "rro", "nosymfollow", "rprivate"]}
+        ]}));
+        prepare(
+            &sys,
+            &spec,
+            Path::new("/r"),
+            Path::new("/b"),
+            &CgroupMounts::default(),
+        )
+        .unwrap();
+        let calls = sys.calls();
+        let bind = calls
+            .iter()
+            .position(
+                |c| matches!(c, Call::Mount { source: Some(s), .. } if s == Path::new("/data")),
+            )
+            .unwrap();
+        // bind, remount with nosymfollow, recursive attributes, then propagation.
+        assert!(matches!(&calls[bind + 1], Call::Mount { flags, .. }
+            if flags.contains(MS_NOSYMFOLLOW | MsFlags::MS_REMOUNT)));
+        assert_eq!(
+            calls[bind + 2],
+            Call::MountSetattr("/r/vol".into(), attr::RDONLY, 0, true)
+        );
+        assert!(matches!(&calls[bind + 3], Call::Mount { flags, .. }
+            if *flags == MsFlags::MS_PRIVATE | MsFlags::MS_REC));
+    }
+
+    #[test]
+    fn read_only_remounts_keep_the_mounts_locked_flags() {
+        let sys = RecordingSyscall {
+            dirs: vec![PathBuf::from("/etc")],
+            mount_flags: Some(MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME),
+            ..Default::default()
+        };
+        let spec = spec_with(serde_json::json!({
+            "root": {"path": "rootfs", "readonly": true},
+            "linux": {"namespaces": [{"type": "mount"}], "readonlyPaths": ["/etc"]}
+        }));
+        finalize(&sys, &spec).unwrap();
+        let remounts: Vec<MsFlags> = sys
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Mount { flags, .. } if flags.contains(MsFlags::MS_REMOUNT) => Some(flags),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(remounts.len(), 2, "/etc, then /");
+        for f in remounts {
+            assert!(f.contains(
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME
+            ));
+            assert!(!f.contains(MsFlags::MS_STRICTATIME));
+        }
+        // A strictatime mount (neither noatime nor relatime) says so, or the remount is
+        // relatime.
+        let sys = RecordingSyscall::default();
+        finalize(&sys, &spec).unwrap();
+        assert!(
+            matches!(sys.calls().last().unwrap(), Call::Mount { flags, .. }
+            if flags.contains(MsFlags::MS_STRICTATIME))
+        );
     }
 
     #[test]

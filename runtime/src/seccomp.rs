@@ -48,7 +48,7 @@ use bpf::{Cond, Op, Width};
 /// What is wrong with a seccomp profile, or why it could not be installed.
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
-    #[error("{field}: unknown syscall \"{name}\" (not a syscall on {arches})")]
+    #[error("{field}: unknown syscall \"{name}\" (not a syscall on {arches}): not skipped, since the default action would let through what this rule denies")]
     UnknownSyscall {
         field: String,
         name: String,
@@ -210,6 +210,13 @@ pub fn compile(seccomp: &LinuxSeccomp) -> Result<Program, SeccompError> {
             used.push((action, format!("{field}.action")));
         }
         let rules = rule_conditions(sc.args().as_deref().unwrap_or_default(), &field)?;
+        // Skipping a name tug cannot resolve leaves that call to the default action: harmless
+        // unless the rule denies what the default lets through.
+        let skip_widens = !default_denies
+            && !matches!(
+                sc.action(),
+                LinuxSeccompAction::ScmpActAllow | LinuxSeccompAction::ScmpActLog
+            );
         for (j, name) in sc.names().iter().enumerate() {
             let mut known = false;
             for (s, arch) in sections.iter().enumerate() {
@@ -231,7 +238,7 @@ pub fn compile(seccomp: &LinuxSeccomp) -> Result<Program, SeccompError> {
                 }
             }
             known |= tables.iter().any(|t| t.lookup(name).is_some());
-            if !known && !untabled && !default_denies {
+            if !known && !untabled && skip_widens {
                 return Err(SeccompError::UnknownSyscall {
                     field: format!("{field}.names[{j}]"),
                     name: name.clone(),
@@ -243,7 +250,7 @@ pub fn compile(seccomp: &LinuxSeccomp) -> Result<Program, SeccompError> {
                 });
             }
             if !known {
-                tracing::debug!("{field}.names[{j}]: skipping unknown syscall {name}");
+                tracing::warn!("{field}.names[{j}]: skipping unknown syscall {name}");
             }
         }
     }

@@ -47,9 +47,25 @@ pub trait Syscall {
         userns: BorrowedFd<'_>,
         recursive: bool,
     ) -> io::Result<()>;
+    /// Changes the attributes (`MOUNT_ATTR_*`) of the mount at `target`, and of every mount
+    /// under it when `recursive` (mount_setattr with AT_RECURSIVE).
+    fn mount_setattr(&self, target: &Path, set: u64, clear: u64, recursive: bool)
+        -> io::Result<()>;
+    /// The per-mount flags (nosuid, nodev, noexec, the atime flags, ...) of the mount that
+    /// holds `path`, from statvfs: a remount in a user namespace must keep the locked ones.
+    fn mount_flags(&self, path: &Path) -> io::Result<MsFlags>;
     /// Whether `path` exists and is a directory (following symlinks).
     fn is_dir(&self, path: &Path) -> bool;
     fn exists(&self, path: &Path) -> bool;
+}
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
 }
 
 /// The real thing.
@@ -162,13 +178,6 @@ impl Syscall for LinuxSyscall {
         const OPEN_TREE_CLONE: libc::c_uint = 1;
         const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
         const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-        #[repr(C)]
-        struct MountAttr {
-            attr_set: u64,
-            attr_clr: u64,
-            propagation: u64,
-            userns_fd: u64,
-        }
         let c = |p: &Path| {
             CString::new(p.as_os_str().as_bytes())
                 .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
@@ -228,6 +237,68 @@ impl Syscall for LinuxSyscall {
         Ok(())
     }
 
+    fn mount_setattr(
+        &self,
+        target: &Path,
+        set: u64,
+        clear: u64,
+        recursive: bool,
+    ) -> io::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(target.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let attr = MountAttr {
+            attr_set: set,
+            attr_clr: clear,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        let flags = if recursive {
+            libc::AT_RECURSIVE as libc::c_uint
+        } else {
+            0
+        };
+        // SAFETY: mount_setattr on a NUL-terminated path with an attr of the size we pass.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                flags,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn mount_flags(&self, path: &Path) -> io::Result<MsFlags> {
+        use nix::sys::statvfs::FsFlags;
+        let st = nix::sys::statvfs::statvfs(path).map_err(errno)?.flags();
+        // ST_* and MS_* share names, not all their bits (ST_RELATIME is MS_BIND's bit).
+        let pairs = [
+            (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+            (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+            (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+            (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+            (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+            // ST_NOSYMFOLLOW (Linux 5.10), which libc does not name.
+            (
+                FsFlags::from_bits_retain(0x2000),
+                MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW),
+            ),
+        ];
+        Ok(pairs
+            .iter()
+            .filter(|(st_flag, _)| st.contains(*st_flag))
+            .fold(MsFlags::empty(), |acc, (_, ms)| acc | *ms))
+    }
+
     fn is_dir(&self, path: &Path) -> bool {
         path.is_dir()
     }
@@ -263,6 +334,8 @@ pub enum Call {
     Setns(i32, CloneFlags),
     Unshare(CloneFlags),
     IdmappedBind(PathBuf, PathBuf),
+    /// Target, attributes set, attributes cleared, recursive.
+    MountSetattr(PathBuf, u64, u64, bool),
 }
 
 /// Records every call and succeeds. Paths listed in `dirs` are directories, in `files` files.
@@ -271,6 +344,8 @@ pub struct RecordingSyscall {
     pub calls: RefCell<Vec<Call>>,
     pub dirs: Vec<PathBuf>,
     pub files: Vec<PathBuf>,
+    /// What [`Syscall::mount_flags`] answers for every path (None: no flags).
+    pub mount_flags: Option<MsFlags>,
 }
 
 impl RecordingSyscall {
@@ -366,6 +441,18 @@ impl Syscall for RecordingSyscall {
         _recursive: bool,
     ) -> io::Result<()> {
         self.push(Call::IdmappedBind(source.into(), target.into()))
+    }
+    fn mount_setattr(
+        &self,
+        target: &Path,
+        set: u64,
+        clear: u64,
+        recursive: bool,
+    ) -> io::Result<()> {
+        self.push(Call::MountSetattr(target.into(), set, clear, recursive))
+    }
+    fn mount_flags(&self, _path: &Path) -> io::Result<MsFlags> {
+        Ok(self.mount_flags.unwrap_or(MsFlags::empty()))
     }
     fn is_dir(&self, path: &Path) -> bool {
         self.dirs.iter().any(|d| d == path)

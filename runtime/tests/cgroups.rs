@@ -62,6 +62,69 @@ fn memory_limit_oom_kills() {
 }
 
 #[test]
+fn a_memory_limit_below_what_the_container_uses_names_limit_and_usage() {
+    skip_unless_root!("a_memory_limit_below_what_the_container_uses_names_limit_and_usage");
+    // At create: the limit goes on the empty cgroup, and init is killed setting up.
+    let mut env = Env::new(&["true"]);
+    limit_memory(&mut env, 20_000);
+    let id1 = id("mem-setup");
+    let b = env.bundle();
+    let out = env.tug(&["create", &id1, "--bundle", b.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("OOM killer") && err.contains("memory.limit 20000"),
+        "{}",
+        show(&out)
+    );
+    assert!(!env.state_root().join(&id1).exists());
+    no_cgroup_left(&id1);
+
+    // At update: v1 refuses a limit below the usage (EBUSY); v2 takes it and reclaims.
+    if host_is_v2() {
+        eprintln!("SKIP the update half: cgroup v2 takes a memory.max below the usage");
+        return;
+    }
+    // 8 MiB of touched tmpfs pages, charged to the container.
+    let mut env = Env::new(&[
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/tmp/fill bs=1M count=8 2>/dev/null; echo filled > /tmp/done; sleep 100",
+    ]);
+    env.edit(|s| {
+        s["root"]["readonly"] = json!(false);
+        s["mounts"].as_array_mut().unwrap().push(
+            json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["size=16m"]}),
+        );
+    });
+    let id2 = id("mem-update");
+    env.create(&id2);
+    env.ok(&["start", &id2]);
+    let pid = common::init_pid(&env, &id2);
+    wait_for("the tmpfs to be filled", Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{pid}/root/tmp/done")).is_ok()
+    });
+    let out = env.tug(&["update", "--memory", "1048576", &id2]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("linux.resources.memory.limit 1048576")
+            && err.contains("current usage: ")
+            && err.contains("peak usage: "),
+        "{}",
+        show(&out)
+    );
+    let usage: u64 = err
+        .split("current usage: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no usage figure in {err}"));
+    assert!(usage >= 8 * MIB as u64, "{err}");
+    env.ok(&["delete", "--force", &id2]);
+    no_cgroup_left(&id2);
+}
+
+#[test]
 fn pids_limit_stops_a_fork_loop() {
     skip_unless_root!("pids_limit_stops_a_fork_loop");
     // The loop runs in a child shell, which dies at the first refused fork; the outer shell

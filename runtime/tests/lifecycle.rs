@@ -303,6 +303,34 @@ fn a_failing_start_container_hook_fails_start() {
 }
 
 #[test]
+fn start_container_hooks_without_env_see_the_process_env() {
+    skip_unless_root!("start_container_hooks_without_env_see_the_process_env");
+    let mut env = Env::new(&["true"]);
+    let dump = |file: &str| json!({"path": "/bin/busybox", "args": ["busybox", "sh", "-c", format!("env > {file}")]});
+    env.edit(|s| {
+        s["root"]["readonly"] = json!(false);
+        let mut given = dump("/env-given");
+        given["env"] = json!(["ONLY=this"]);
+        s["hooks"] = json!({"startContainer": [dump("/env-default"), given]});
+    });
+    let id = id("hookenv");
+    let out = env.run(&id);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let read = |f: &str| std::fs::read_to_string(env.rootfs().join(f)).unwrap();
+    // No env: the container process's (PATH=/bin, TUGVAR=yes from the test's config, and
+    // the HOME init adds).
+    let default = read("env-default");
+    for var in ["PATH=/bin", "TUGVAR=yes", "HOME=/"] {
+        assert!(default.lines().any(|l| l == var), "no {var} in\n{default}");
+    }
+    // An env of its own: that, and nothing of the process's.
+    let given = read("env-given");
+    assert!(given.lines().any(|l| l == "ONLY=this"), "{given}");
+    assert!(!given.contains("TUGVAR"), "{given}");
+    no_cgroup_left(&id);
+}
+
+#[test]
 fn run_relays_a_terminal_when_there_is_no_console_socket() {
     skip_unless_root!("run_relays_a_terminal_when_there_is_no_console_socket");
     let mut env = Env::new(&["sh"]);

@@ -118,6 +118,33 @@ fn the_default_profile_blocks_mount_even_with_cap_sys_admin() {
 }
 
 #[test]
+fn an_unknown_syscall_is_skipped_with_a_warning_when_that_widens_nothing() {
+    skip_unless_root!("an_unknown_syscall_is_skipped_with_a_warning_when_that_widens_nothing");
+    // The LOG rule's unknown name would get the default (allow): what it asked anyway. The
+    // refused case (an ERRNO rule under an allowing default) is in the test below.
+    let (code, text) = run_sh(
+        "unknown-skipped",
+        "mkdir /made 2>/dev/null && echo mkdir ok || echo mkdir denied",
+        |s| {
+            s["linux"]["seccomp"] = json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [
+                    {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"},
+                    {"names": ["getpid", "some_future_call"], "action": "SCMP_ACT_LOG"},
+                ],
+            })
+        },
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.lines().any(|l| l == "mkdir denied"), "{text}");
+    assert!(
+        text.contains("syscalls[1].names[1]")
+            && text.contains("skipping unknown syscall some_future_call"),
+        "no warning naming the field: {text}"
+    );
+}
+
+#[test]
 fn a_bad_profile_fails_create_naming_the_field_and_leaves_nothing() {
     skip_unless_root!("a_bad_profile_fails_create_naming_the_field_and_leaves_nothing");
     let bad_name = json!({

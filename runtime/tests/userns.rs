@@ -5,7 +5,8 @@ mod common;
 
 use std::os::unix::fs::MetadataExt;
 
-use common::{id, no_cgroup_left, show, Env};
+use common::{id, no_cgroup_left, show, Env, HostMount};
+use nix::mount::MsFlags;
 use serde_json::json;
 
 const HOST_BASE: u32 = 300_000;
@@ -182,4 +183,55 @@ fn an_idmapped_bind_mount_shows_files_under_mapped_owners() {
         "{}",
         show(&out)
     );
+}
+
+#[test]
+fn read_only_root_and_paths_keep_the_locked_mount_flags() {
+    skip_unless_root!("read_only_root_and_paths_keep_the_locked_mount_flags");
+    let mut env = userns_env(&[
+        "sh",
+        "-c",
+        "touch /x 2>/dev/null && echo root rw || echo root ro; \
+         touch /etc/x 2>/dev/null && echo etc rw || echo etc ro; \
+         touch /tmp/x 2>/dev/null && echo tmp rw || echo tmp ro; \
+         grep -E '^[0-9]+ [0-9]+ [0-9:]+ [^ ]+ (/|/etc) ' /proc/self/mountinfo | cut -d' ' -f5,6",
+    ]);
+    env.edit(|s| {
+        s["root"]["readonly"] = json!(true);
+        s["linux"]["readonlyPaths"] = json!(["/etc"]);
+        // /tmp stays writable: a tmpfs the container's namespace owns.
+        s["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid"]
+        }));
+    });
+    // The rootfs on a nosuid,nodev,noexec,noatime mount, as on a host whose /var or /tmp is:
+    // copied into the container's user namespace, those flags are locked.
+    let bundle = env.bundle();
+    let host = HostMount::new(&bundle, &bundle, None, MsFlags::MS_BIND, None);
+    host.change(
+        MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOATIME,
+    );
+    let id = id("userns-ro");
+    let out = env.run(&id);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in ["root ro", "etc ro", "tmp rw"] {
+        assert!(text.lines().any(|l| l == want), "want '{want}' in\n{text}");
+    }
+    for line in text.lines().filter(|l| l.starts_with('/')) {
+        let opts: Vec<&str> = line.split_once(' ').unwrap().1.split(',').collect();
+        for flag in ["ro", "nosuid", "nodev", "noatime"] {
+            assert!(opts.contains(&flag), "{line}: no {flag}\n{text}");
+        }
+    }
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with('/')).count(),
+        2,
+        "{text}"
+    );
+    no_cgroup_left(&id);
 }

@@ -170,6 +170,18 @@ fn unknown_syscall_names_name_their_field_unless_another_arch_may_have_them() {
     assert_eq!(verdict(&p, "read", [0; 6]), ALLOW);
     assert_eq!(verdict(&p, "mount", [0; 6]), errno(1));
     assert_eq!(verdict(&p, "write", [0; 6]), errno(38));
+    // A rule that lets the call through, under a default that does too: skipping it
+    // changes nothing, so it is skipped (with a warning).
+    let p = compile(&profile(json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [
+            {"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"},
+            {"names": ["getpid", "some_future_call"], "action": "SCMP_ACT_LOG"},
+        ],
+    })))
+    .unwrap();
+    assert_eq!(verdict(&p, "getpid", [0; 6]), libc::SECCOMP_RET_LOG);
+    assert_eq!(verdict(&p, "mkdir", [0; 6]), errno(libc::EPERM));
     let mut log = bad.clone();
     log["defaultAction"] = json!("SCMP_ACT_LOG");
     assert_eq!(

@@ -34,6 +34,35 @@ const APPLETS: &[&str] = &[
     "seq", "true", "mount", "wc", "head", "tr", "date",
 ];
 
+/// A mount the test made on the host, detached when the test ends, however it ends.
+pub struct HostMount(PathBuf);
+
+impl HostMount {
+    pub fn new(
+        source: &Path,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: nix::mount::MsFlags,
+        data: Option<&str>,
+    ) -> HostMount {
+        nix::mount::mount(Some(source), target, fstype, flags, data)
+            .unwrap_or_else(|e| panic!("mount {}: {e}", target.display()));
+        HostMount(target.to_path_buf())
+    }
+
+    /// Changes the mount: a propagation type, or MS_REMOUNT with new flags.
+    pub fn change(&self, flags: nix::mount::MsFlags) {
+        nix::mount::mount(None::<&str>, &self.0, None::<&str>, flags, None::<&str>)
+            .unwrap_or_else(|e| panic!("change mount {}: {e}", self.0.display()));
+    }
+}
+
+impl Drop for HostMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 /// A bundle in a temp dir (busybox rootfs + config.json) and a private `--root` state dir.
 pub struct Env {
     pub dir: tempfile::TempDir,

@@ -447,9 +447,9 @@ fn two_hosts(overlay: &str) {
 }
 
 /// B loses its link (to the server and to A): every request at the menu's address from B
-/// answers, at once (the proxy passes over A's unreachable instance) and after
-/// [`tugboat::agent::remote::STALE_AFTER`], when B's proxy serves B's own instance only; with
-/// the link back, A's instance is an endpoint on B again.
+/// answers, at once (the proxy passes over A's unreachable instance) and once B's probes of
+/// A have failed, when B's proxy serves B's own instance only (seconds, not the server's
+/// timers); with the link back, A's instance is an endpoint on B again.
 fn edge_cut_off(a: &TestHost, b: &TestHost, menus: &[Instance], menu_vip: std::net::Ipv4Addr) {
     let own: std::net::Ipv4Addr = menus
         .iter()
@@ -482,7 +482,7 @@ fn edge_cut_off(a: &TestHost, b: &TestHost, menus: &[Instance], menu_vip: std::n
     );
     wait_for(
         "B, cut off, to serve its own menu instance only",
-        tugboat::agent::remote::STALE_AFTER + Duration::from_secs(30),
+        Duration::from_secs(20),
         || proxy_endpoints(b, "menu") == Some(vec![own]),
         || format!("{:?}\n{}", proxy_endpoints(b, "menu"), show(a, b)),
     );

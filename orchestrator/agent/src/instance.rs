@@ -71,6 +71,9 @@ pub struct LocalState {
     pub ready: bool,
 }
 
+/// How long a status report may take before the server counts as away.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Back-off before restart number `restarts` (1-based): 250 ms doubling to 10 s.
 pub fn backoff(restarts: u32) -> Duration {
     let exp = restarts.saturating_sub(1).min(6);
@@ -589,15 +592,34 @@ impl Supervisor {
         if self.last_report.as_ref() == Some(&report) {
             return None;
         }
-        match self.ctx.client.report_status(self.id(), &report).await {
-            Ok(_) => {
+        // While the server is away, reports wait (a report to an unreachable address would
+        // hold up this instance's probes and restarts for the connect timeout).
+        if !self.ctx.server.available() {
+            return None;
+        }
+        let sent = tokio::time::timeout(
+            REPORT_TIMEOUT,
+            self.ctx.client.report_status(self.id(), &report),
+        )
+        .await;
+        match sent {
+            Ok(Ok(_)) => {
+                self.ctx.server.answered();
                 self.last_report = Some(report);
                 None
             }
-            Err(e) => match e.status() {
+            Ok(Err(e)) => match e.status() {
                 Some(s @ (404 | 409)) => Some(if s == 404 { 409 } else { s }),
-                _ => None,
+                Some(_) => None,
+                None => {
+                    self.ctx.server.unreachable();
+                    None
+                }
             },
+            Err(_) => {
+                self.ctx.server.unreachable();
+                None
+            }
         }
     }
 

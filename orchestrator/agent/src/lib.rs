@@ -125,6 +125,34 @@ pub struct NodeContext {
     pub monitor_exe: PathBuf,
     pub log_max_bytes: u64,
     pub peer_mode: tug_netns::PeerMode,
+    /// Whether the server answers, as the instances' status reports find it.
+    pub server: ServerReach,
+}
+
+/// Whether the server answers: after a report that could not reach it, the others wait a
+/// few seconds before the next try (one at a time pays the connect timeout, not all).
+#[derive(Debug, Default)]
+pub struct ServerReach(std::sync::Mutex<Option<std::time::Instant>>);
+
+impl ServerReach {
+    /// How long reports wait after the server could not be reached.
+    pub const RETRY_AFTER: Duration = Duration::from_secs(3);
+
+    pub fn available(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|until| std::time::Instant::now() >= until)
+    }
+
+    pub fn unreachable(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::time::Instant::now() + Self::RETRY_AFTER);
+    }
+
+    pub fn answered(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
 
 impl NodeContext {
@@ -200,6 +228,7 @@ impl Agent {
             monitor_exe: config.monitor_exe.clone(),
             log_max_bytes: config.log_max_bytes,
             peer_mode: config.peer_mode,
+            server: ServerReach::default(),
         });
         let api = match config.api_listen {
             Some(addr) => {
@@ -269,27 +298,48 @@ impl Agent {
                 let _ = axum::serve(listener, node_api::router(state)).await;
             })
         });
+        // The node runs what its disk says before the server answers (an edge node that
+        // starts while its uplink is down, also after a reboot): supervisors re-attach to
+        // running monitors or start the containers again, and the service addresses and the
+        // proxy come back from the saved tables. The server's word, once it answers, wins.
+        self.adopt_local();
+        let services = tokio::spawn(service_loop(self.ctx.clone()));
+        let mut said = false;
         loop {
             match client.register_node(&registration).await {
                 Ok(_) => break,
-                Err(e) => eprintln!("tugboat agent: register {}: {e}", self.config.node),
+                Err(e) if !said => {
+                    said = true;
+                    eprintln!(
+                        "tugboat agent: register {}: {e} (running the node's {} instances from its disk meanwhile; retrying)",
+                        self.config.node,
+                        self.instances.len()
+                    );
+                }
+                Err(_) => {}
             }
             tokio::select! {
                 _ = shutdown.changed() => {
+                    services.abort();
+                    let _ = services.await;
                     let stop_all = shutdown.borrow().unwrap_or(false);
                     return self.finish(stop_all).await;
                 }
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
+            self.instances.retain(|_, r| !r.task.is_finished());
         }
-        self.adopt_local();
+        if said {
+            eprintln!("tugboat agent: registered {}", self.config.node);
+        }
         let heartbeat = tokio::spawn(heartbeat_loop(
             client.clone(),
             registration,
             self.config.heartbeat,
         ));
-        let services = tokio::spawn(service_loop(self.ctx.clone()));
-        let remote = tokio::spawn(remote_loop(self.ctx.clone()));
+        let others = Arc::new(std::sync::Mutex::new(remote::Others::default()));
+        let remote = tokio::spawn(remote_loop(self.ctx.clone(), others.clone()));
+        let peers = tokio::spawn(peer_loop(self.ctx.clone(), others));
         let mut from = 0;
         loop {
             let requested = *shutdown.borrow();
@@ -297,6 +347,7 @@ impl Agent {
                 heartbeat.abort();
                 services.abort();
                 remote.abort();
+                peers.abort();
                 let _ = services.await;
                 let _ = remote.await;
                 if let Some(api) = &api {
@@ -314,24 +365,27 @@ impl Agent {
                     Err(_) => None,
                 }
             } else {
-                let watch = client.watch(
-                    WatchKind::Instances,
-                    from,
-                    Duration::from_secs(20),
-                    Some(&self.config.node),
+                let watch = tokio::time::timeout(
+                    Duration::from_secs(20) + SERVER_CALL,
+                    client.watch(
+                        WatchKind::Instances,
+                        from,
+                        Duration::from_secs(20),
+                        Some(&self.config.node),
+                    ),
                 );
                 tokio::select! {
                     _ = shutdown.changed() => continue,
                     r = watch => match r {
-                        Ok(batch) => {
+                        Ok(Ok(batch)) => {
                             from = batch.revision + 1;
                             Some(batch.changes)
                         }
-                        Err(e) if e.status() == Some(410) => {
+                        Ok(Err(e)) if e.status() == Some(410) => {
                             from = 0;
                             continue;
                         }
-                        Err(_) => None,
+                        _ => None,
                     }
                 }
             };
@@ -505,7 +559,12 @@ pub async fn run_until_signal(
 async fn heartbeat_loop(client: ApiClient, registration: NodeRegistration, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
-        if let Err(e) = client.heartbeat(&registration.name).await {
+        let Ok(sent) =
+            tokio::time::timeout(SERVER_CALL, client.heartbeat(&registration.name)).await
+        else {
+            continue;
+        };
+        if let Err(e) = sent {
             if e.status() == Some(404) {
                 // Deleted meanwhile: register again (which may be refused, e.g. when another
                 // node took this node's subnet).
@@ -517,22 +576,40 @@ async fn heartbeat_loop(client: ApiClient, registration: NodeRegistration, every
     }
 }
 
+/// The longest a call to the server may take in the node's loops before it counts as
+/// unanswered (a request on a connection whose link was cut gets no answer, ever).
+const SERVER_CALL: Duration = Duration::from_secs(3);
+
 /// Keeps every service's address, name and proxy entry current, and the proxy running.
 async fn service_loop(ctx: Arc<NodeContext>) {
     let mut tick: u64 = 0;
     // The service addresses the bridge was last cleaned against.
     let mut swept = None;
-    // Until the services are known, the proxy keeps the table it has (a restarted agent's
-    // first table would otherwise have no listeners, and requests would fail meanwhile).
+    // What the proxy listens on comes from the server, or until it answers from the table
+    // the proxy last served (saved on disk): a restarted agent never writes a table without
+    // listeners, and a node that starts offline serves its services at once.
     let mut loaded = false;
     loop {
         if tick % 5 == 0 {
-            if let Some(wanted) = refresh_services(&ctx).await {
-                loaded = true;
-                if swept.as_ref() != Some(&wanted) && sweep_addresses(&ctx, &wanted).await {
-                    swept = Some(wanted);
+            // Bounded: a request whose answer is lost (a cut link) must not hold up the
+            // proxy's table, which this loop also keeps current.
+            let fetched = tokio::time::timeout(SERVER_CALL, refresh_services(&ctx))
+                .await
+                .ok()
+                .flatten();
+            match fetched {
+                Some(wanted) => {
+                    loaded = true;
+                    if swept.as_ref() != Some(&wanted) && sweep_addresses(&ctx, &wanted).await {
+                        swept = Some(wanted);
+                    }
                 }
+                None if !loaded => {
+                    loaded = restore_services(&ctx);
+                }
+                None => {}
             }
+            addresses_on_bridge(&ctx).await;
         }
         tick += 1;
         if !loaded {
@@ -554,71 +631,163 @@ async fn service_loop(ctx: Arc<NodeContext>) {
     }
 }
 
+/// Without the server: the listeners of the table the proxy last served, and its endpoints
+/// on other nodes (this node's own come from their supervisors). False when there is no
+/// saved table (a node that never ran services).
+fn restore_services(ctx: &NodeContext) -> bool {
+    let Some(saved) =
+        monitor::read_json::<proxy::ProxyTable>(&ctx.data_dir.join(proxy::TABLE_FILE))
+    else {
+        return false;
+    };
+    let own = ctx.network.config().subnet;
+    ctx.services.restore(&saved, |a| own.contains(a));
+    true
+}
+
+/// Every service's address on the bridge (from the server, or saved when it is away; after
+/// a reboot the bridge comes back without them).
+async fn addresses_on_bridge(ctx: &NodeContext) {
+    for (name, address) in ctx.services.addresses() {
+        if ctx.services.has_address_on_bridge(&name) {
+            continue;
+        }
+        let net = ipnetwork::Ipv4Network::new(address, 32).expect("a /32");
+        use tug_netns::ops::NetOps;
+        let _net = ctx.net_lock.lock().await;
+        match ctx
+            .network
+            .ops()
+            .add_address(ctx.network.bridge_index(), net)
+            .await
+        {
+            Ok(()) => ctx.services.mark_on_bridge(&name),
+            Err(e) => eprintln!(
+                "tugboat agent: {}: address {address} of service {name} on the bridge: {e}",
+                ctx.node
+            ),
+        }
+    }
+}
+
 /// The other nodes from the server: their ready instances become endpoints of this node's
 /// proxy, their subnets get routes. See [`remote`] for what happens without the server.
 ///
 /// Nodes are listed about every two seconds (a short list); instances are listed once, then
 /// followed by watching them (every change at once, nothing when nothing changes), and not
-/// at all while this node is alone in the cluster.
-async fn remote_loop(ctx: Arc<NodeContext>) {
+/// at all while this node is alone in the cluster. The peers are probed by [`peer_loop`].
+async fn remote_loop(ctx: Arc<NodeContext>, others: Arc<std::sync::Mutex<remote::Others>>) {
     let mut view = remote::RemoteView::default();
-    let mut known: HashMap<String, Instance> = HashMap::new();
     let mut from = 0;
     loop {
-        let nodes = match ctx.client.nodes().await {
-            Ok(list) => list.items,
-            Err(_) => {
-                if view.stale(std::time::Instant::now()) {
-                    ctx.services
-                        .set_remote_endpoints(remote::RemoteEndpoints::new());
-                }
+        let nodes = match tokio::time::timeout(SERVER_CALL, ctx.client.nodes()).await {
+            Ok(Ok(list)) => list.items,
+            _ => {
+                // The server is away: what is known stays (the peers' probes still take
+                // unreachable nodes' endpoints away), and routes are kept.
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        view.last_heard = Some(std::time::Instant::now());
         let alone = nodes.iter().all(|n| n.name == ctx.node);
+        let mut instances = None;
         if alone {
-            known.clear();
             from = 0;
+            instances = Some(HashMap::new());
         } else if from == 0 {
-            match ctx.client.instances(None).await {
-                Ok(list) => {
-                    known = list.items.into_iter().map(|i| (i.id.clone(), i)).collect();
+            match tokio::time::timeout(SERVER_CALL, ctx.client.instances(None)).await {
+                Ok(Ok(list)) => {
                     from = list.revision + 1;
+                    instances = Some(list.items.into_iter().map(|i| (i.id.clone(), i)).collect());
                 }
-                Err(_) => {
+                _ => {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             }
         }
-        let instances: Vec<Instance> = known.values().cloned().collect();
-        ctx.services
-            .set_remote_endpoints(remote::remote_endpoints(&ctx.node, &nodes, &instances));
+        {
+            let mut o = others.lock().unwrap_or_else(|p| p.into_inner());
+            o.nodes = nodes.clone();
+            if let Some(instances) = instances {
+                o.instances = instances;
+            }
+            ctx.services.set_remote_endpoints(o.endpoints(&ctx.node));
+        }
         route_peers(&ctx, &mut view, &nodes).await;
         if alone {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
-        let watched = ctx
-            .client
-            .watch(WatchKind::Instances, from, Duration::from_secs(2), None)
-            .await;
+        let watched = tokio::time::timeout(
+            Duration::from_secs(2) + SERVER_CALL,
+            ctx.client
+                .watch(WatchKind::Instances, from, Duration::from_secs(2), None),
+        )
+        .await;
         match watched {
-            Ok(batch) => {
+            Ok(Ok(batch)) => {
                 from = batch.revision + 1;
+                let mut o = others.lock().unwrap_or_else(|p| p.into_inner());
                 for change in batch.changes {
                     match instance_change(change) {
-                        (id, Some(instance)) => known.insert(id, instance),
-                        (id, None) => known.remove(&id),
+                        (id, Some(instance)) => o.instances.insert(id, instance),
+                        (id, None) => o.instances.remove(&id),
                     };
                 }
+                ctx.services.set_remote_endpoints(o.endpoints(&ctx.node));
             }
             // Compacted past `from`: list again.
-            Err(e) if e.status() == Some(410) => from = 0,
-            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            Ok(Err(e)) if e.status() == Some(410) => from = 0,
+            // No answer (in time): try again.
+            _ => tokio::time::sleep(Duration::from_secs(1)).await,
         }
+    }
+}
+
+/// Probes the other nodes directly (a TCP connection to each one's agent API, every
+/// [`remote::PEER_PROBE_EVERY`]), whether or not the server answers: a node that does not
+/// take [`remote::PEER_FAILURES`] probes in a row loses its endpoints on this node at once
+/// (clients stop waiting on a dead node before the server declares it lost); one that takes
+/// a probe again gets them back. While the server is away, the endpoints of reachable nodes
+/// are kept.
+async fn peer_loop(ctx: Arc<NodeContext>, others: Arc<std::sync::Mutex<remote::Others>>) {
+    let mut probes = remote::PeerProbes::default();
+    loop {
+        tokio::time::sleep(remote::PEER_PROBE_EVERY).await;
+        let targets = others
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .probe_targets(&ctx.node);
+        let results =
+            futures_util::future::join_all(targets.into_iter().map(|(node, addr)| async move {
+                let ok = tokio::time::timeout(
+                    remote::PEER_PROBE_TIMEOUT,
+                    tokio::net::TcpStream::connect(addr),
+                )
+                .await
+                .is_ok_and(|r| r.is_ok());
+                (node, ok)
+            }))
+            .await;
+        let changed = probes.record(&results);
+        if changed.is_empty() {
+            continue;
+        }
+        let mut o = others.lock().unwrap_or_else(|p| p.into_inner());
+        o.unreachable = probes.unreachable().clone();
+        for (node, reachable) in changed {
+            eprintln!(
+                "tugboat agent: {}: node {node} is {}",
+                ctx.node,
+                if reachable {
+                    "reachable again"
+                } else {
+                    "unreachable: its endpoints are taken out of this node's services"
+                }
+            );
+        }
+        ctx.services.set_remote_endpoints(o.endpoints(&ctx.node));
     }
 }
 
@@ -687,26 +856,6 @@ async fn refresh_services(
         .collect();
     if let Err(e) = ctx.services.set_addresses(addresses.clone()) {
         eprintln!("tugboat agent: {}: {e}", ctx.node);
-    }
-    for (name, address) in &addresses {
-        if ctx.services.has_address_on_bridge(name) {
-            continue;
-        }
-        let net = ipnetwork::Ipv4Network::new(*address, 32).expect("a /32");
-        use tug_netns::ops::NetOps;
-        let _net = ctx.net_lock.lock().await;
-        match ctx
-            .network
-            .ops()
-            .add_address(ctx.network.bridge_index(), net)
-            .await
-        {
-            Ok(()) => ctx.services.mark_on_bridge(name),
-            Err(e) => eprintln!(
-                "tugboat agent: {}: address {address} of service {name} on the bridge: {e}",
-                ctx.node
-            ),
-        }
     }
     let mut listeners = BTreeMap::new();
     for service in &list.items {

@@ -5,44 +5,64 @@
 //! (listed once, then every change as it happens; not at all while the node is alone):
 //!
 //! * Endpoints: every instance on another node that is running, ready and has reported its
-//!   address, on a node the server sees as ready. The list replaces the previous one, so an
-//!   instance the server no longer calls ready loses its traffic as soon as the change
-//!   arrives. When the
-//!   server does not answer for [`STALE_AFTER`], the remote endpoints are dropped (their
-//!   nodes may be as unreachable as the server is) and the node serves its own instances
-//!   only: an edge node whose uplink drops keeps answering with what it runs itself.
+//!   address, on a node that is not lost and that this node can reach. Reachability is this
+//!   node's own: it probes each peer's agent API every [`PEER_PROBE_EVERY`], and a peer that
+//!   misses [`PEER_FAILURES`] probes in a row loses its endpoints here at once, before the
+//!   server declares it lost (clients stop waiting on a dead node's instances); the first
+//!   probe it takes again gives them back. While the server is away the last known
+//!   instances are kept for every peer that still answers: a node that runs no instance of
+//!   a service reaches it on the others for as long as they are up. A node the server calls
+//!   not-ready (its heartbeats are late) keeps its endpoints while this node reaches it; a
+//!   node without an agent API (nothing to probe) counts only when the server calls it ready.
 //! * Routes: host-gw, `peer subnet via peer address`, for every node that is not lost and
 //!   registered both (tug-netns [`tug_netns::Network::set_peers`], which also removes the
 //!   routes of nodes that went away). Routes are kept while the server is unreachable: they
 //!   cost nothing and are right again when it answers. Host-gw needs the nodes on one link.
 
 use ipnetwork::Ipv4Network;
-use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
 use tug_netns::Peer;
 use tugboat_api::model::{Instance, InstancePhase, Node, NodeStatus};
 
-/// How long remote endpoints are kept after the server last answered.
-pub const STALE_AFTER: Duration = Duration::from_secs(30);
+/// How often the peers are probed, how long a probe may take, and how many missed probes in
+/// a row make a peer unreachable (about two seconds from a node's death to its endpoints
+/// leaving every other node's proxy).
+pub const PEER_PROBE_EVERY: Duration = Duration::from_millis(500);
+pub const PEER_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+pub const PEER_FAILURES: u32 = 3;
 
 /// Service -> instance id -> address.
 pub type RemoteEndpoints = BTreeMap<String, BTreeMap<String, Ipv4Addr>>;
 
-/// The ready instances on nodes other than `own`, per service.
-pub fn remote_endpoints(own: &str, nodes: &[Node], instances: &[Instance]) -> RemoteEndpoints {
-    let status: HashMap<&str, NodeStatus> =
-        nodes.iter().map(|n| (n.name.as_str(), n.status)).collect();
+/// The ready instances on nodes other than `own`, per service, leaving out nodes that are
+/// lost, that this node cannot reach (`unreachable`), and not-ready nodes it does not probe.
+pub fn remote_endpoints(
+    own: &str,
+    nodes: &[Node],
+    instances: &[Instance],
+    unreachable: &HashSet<String>,
+) -> RemoteEndpoints {
+    let usable: HashSet<&str> = nodes
+        .iter()
+        .filter(|n| {
+            n.name != own
+                && !unreachable.contains(&n.name)
+                && match n.status {
+                    NodeStatus::Ready => true,
+                    NodeStatus::NotReady => probe_address(n).is_some(),
+                    NodeStatus::Lost => false,
+                }
+        })
+        .map(|n| n.name.as_str())
+        .collect();
     let mut out = RemoteEndpoints::new();
     for i in instances {
         let Some(node) = i.node.as_deref() else {
             continue;
         };
-        if node == own
-            || status.get(node) != Some(&NodeStatus::Ready)
-            || i.phase != InstancePhase::Running
-            || !i.ready
-        {
+        if !usable.contains(node) || i.phase != InstancePhase::Running || !i.ready {
             continue;
         }
         let Some(address) = i.address.as_deref().and_then(|a| a.parse().ok()) else {
@@ -53,6 +73,86 @@ pub fn remote_endpoints(own: &str, nodes: &[Node], instances: &[Instance]) -> Re
             .insert(i.id.clone(), address);
     }
     out
+}
+
+/// Where a node's agent takes probes: the host and port of its API.
+pub fn probe_address(node: &Node) -> Option<SocketAddr> {
+    let url = node.agent_url.as_deref()?;
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let hostport = rest.split('/').next()?;
+    hostport.parse().ok()
+}
+
+/// What this node knows of the others: nodes and instances as the server last told, and
+/// which peers its own probes find unreachable.
+#[derive(Debug, Default)]
+pub struct Others {
+    pub nodes: Vec<Node>,
+    pub instances: HashMap<String, Instance>,
+    pub unreachable: HashSet<String>,
+}
+
+impl Others {
+    pub fn endpoints(&self, own: &str) -> RemoteEndpoints {
+        let instances: Vec<Instance> = self.instances.values().cloned().collect();
+        remote_endpoints(own, &self.nodes, &instances, &self.unreachable)
+    }
+
+    /// The peers to probe: every other node that is not lost and has an agent API.
+    pub fn probe_targets(&self, own: &str) -> Vec<(String, SocketAddr)> {
+        self.nodes
+            .iter()
+            .filter(|n| n.name != own && n.status != NodeStatus::Lost)
+            .filter_map(|n| probe_address(n).map(|a| (n.name.clone(), a)))
+            .collect()
+    }
+}
+
+/// Consecutive missed probes per peer.
+#[derive(Debug, Default)]
+pub struct PeerProbes {
+    missed: HashMap<String, u32>,
+    unreachable: HashSet<String>,
+}
+
+impl PeerProbes {
+    /// Takes one round of results (peer, answered); returns the peers whose reachability
+    /// changed, with their new state (true: reachable again). Peers no longer probed are
+    /// forgotten.
+    pub fn record(&mut self, results: &[(String, bool)]) -> Vec<(String, bool)> {
+        let probed: HashSet<&String> = results.iter().map(|(n, _)| n).collect();
+        self.missed.retain(|n, _| probed.contains(n));
+        let mut changed = vec![];
+        let forgotten: Vec<String> = self
+            .unreachable
+            .iter()
+            .filter(|n| !probed.contains(n))
+            .cloned()
+            .collect();
+        for n in forgotten {
+            self.unreachable.remove(&n);
+            changed.push((n, true));
+        }
+        for (node, ok) in results {
+            if *ok {
+                self.missed.remove(node);
+                if self.unreachable.remove(node) {
+                    changed.push((node.clone(), true));
+                }
+            } else {
+                let missed = self.missed.entry(node.clone()).or_default();
+                *missed += 1;
+                if *missed >= PEER_FAILURES && self.unreachable.insert(node.clone()) {
+                    changed.push((node.clone(), false));
+                }
+            }
+        }
+        changed
+    }
+
+    pub fn unreachable(&self) -> &HashSet<String> {
+        &self.unreachable
+    }
 }
 
 /// The peers to route: every other node that is not lost, with a subnet and an address.
@@ -94,18 +194,8 @@ pub fn peers(own: &str, own_subnet: Ipv4Network, nodes: &[Node]) -> (Vec<Peer>, 
 /// What the agent's refresh remembers between rounds.
 #[derive(Debug, Default)]
 pub struct RemoteView {
-    /// When the server last answered.
-    pub last_heard: Option<Instant>,
     /// The peers last routed successfully.
     pub routed: Option<Vec<Peer>>,
-}
-
-impl RemoteView {
-    /// The server did not answer: are the remote endpoints now too old to keep?
-    pub fn stale(&self, now: Instant) -> bool {
-        self.last_heard
-            .is_none_or(|t| now.saturating_duration_since(t) >= STALE_AFTER)
-    }
 }
 
 #[cfg(test)]
@@ -173,12 +263,26 @@ mod tests {
             instance("web-6", "c", r, true, "10.88.3.2"),
             instance("web-7", "gone", r, true, "10.88.4.2"),
         ];
-        let got = remote_endpoints("a", &nodes, &instances);
+        let none = HashSet::new();
+        let got = remote_endpoints("a", &nodes, &instances, &none);
         let want = BTreeMap::from([(
             "web".to_string(),
             BTreeMap::from([("web-2".to_string(), "10.88.2.2".parse().unwrap())]),
         )]);
         assert_eq!(got, want);
+        // A not-ready node that this node probes (it has an agent API) and reaches keeps its
+        // endpoints; one it cannot reach loses them, whatever the server says.
+        let mut nodes = nodes;
+        nodes[2].agent_url = Some("http://192.168.1.3:7481".into());
+        let got = remote_endpoints("a", &nodes, &instances, &none);
+        assert_eq!(got["web"].len(), 2, "{got:?}");
+        let unreachable: HashSet<String> = ["b".to_string(), "c".to_string()].into();
+        assert!(remote_endpoints("a", &nodes, &instances, &unreachable).is_empty());
+        nodes[2].status = NodeStatus::Lost;
+        assert_eq!(
+            remote_endpoints("a", &nodes, &instances, &none)["web"].len(),
+            1
+        );
     }
 
     #[test]
@@ -224,14 +328,35 @@ mod tests {
     }
 
     #[test]
-    fn remote_endpoints_go_stale_after_a_while_without_the_server() {
-        let now = Instant::now();
-        assert!(RemoteView::default().stale(now));
-        let view = RemoteView {
-            last_heard: Some(now),
-            routed: None,
-        };
-        assert!(!view.stale(now + Duration::from_secs(5)));
-        assert!(view.stale(now + STALE_AFTER));
+    fn a_peer_is_unreachable_after_missed_probes_in_a_row_and_back_at_its_first_answer() {
+        let mut p = PeerProbes::default();
+        let round = |p: &mut PeerProbes, b: bool| p.record(&[("a".into(), true), ("b".into(), b)]);
+        assert!(round(&mut p, false).is_empty());
+        // A miss between answers does not count towards the next.
+        assert!(round(&mut p, true).is_empty());
+        for _ in 1..PEER_FAILURES {
+            assert!(round(&mut p, false).is_empty());
+        }
+        assert_eq!(round(&mut p, false), [("b".to_string(), false)]);
+        assert!(round(&mut p, false).is_empty(), "said once");
+        assert!(p.unreachable().contains("b") && !p.unreachable().contains("a"));
+        assert_eq!(round(&mut p, true), [("b".to_string(), true)]);
+        assert!(p.unreachable().is_empty());
+        // A peer no longer probed (removed from the cluster) is forgotten.
+        for _ in 0..PEER_FAILURES {
+            round(&mut p, false);
+        }
+        assert_eq!(p.record(&[("a".into(), true)]), [("b".to_string(), true)]);
+    }
+
+    #[test]
+    fn probe_address_is_the_agent_api_host_and_port() {
+        let mut n = node("b", None, None, NodeStatus::Ready);
+        n.agent_url = Some("http://192.168.1.2:7481".into());
+        assert_eq!(probe_address(&n), Some("192.168.1.2:7481".parse().unwrap()));
+        n.agent_url = Some("http://[fd00::2]:7481/".into());
+        assert_eq!(probe_address(&n), Some("[fd00::2]:7481".parse().unwrap()));
+        n.agent_url = None;
+        assert_eq!(probe_address(&n), None);
     }
 }

@@ -163,6 +163,28 @@ impl ServiceTable {
         self.lock().listeners = listeners;
     }
 
+    /// Takes what the proxy last served (its saved table) while the server is away: the
+    /// listeners, and the endpoints that are not this node's (`is_local`) as endpoints on
+    /// other nodes. This node's own endpoints come from their supervisors, as always.
+    pub fn restore(&self, saved: &ProxyTable, is_local: impl Fn(Ipv4Addr) -> bool) {
+        let mut inner = self.lock();
+        inner.listeners = saved
+            .listeners
+            .iter()
+            .map(|l| (l.listen, (l.service.clone(), l.target_port)))
+            .collect();
+        let mut remote: BTreeMap<String, BTreeMap<String, Ipv4Addr>> = BTreeMap::new();
+        for l in &saved.listeners {
+            for a in l.endpoints.iter().filter(|a| !is_local(**a)) {
+                remote
+                    .entry(l.service.clone())
+                    .or_default()
+                    .insert(format!("saved-{a}"), *a);
+            }
+        }
+        inner.remote = remote;
+    }
+
     /// What the proxy should serve now.
     pub fn proxy_table(&self) -> ProxyTable {
         let inner = self.lock();
@@ -368,6 +390,38 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), long);
         // Padding of one byte is a newline.
         assert_eq!(hosts_padded("a\n", 3), "a\n\n");
+    }
+
+    #[test]
+    fn a_saved_table_gives_the_listeners_and_other_nodes_endpoints_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = ServiceTable::open(&dir.path().join("s"));
+        let (local, remote): (Ipv4Addr, Ipv4Addr) =
+            ("10.88.1.2".parse().unwrap(), "10.88.2.2".parse().unwrap());
+        let saved = ProxyTable {
+            listeners: vec![ProxyListener {
+                service: "web".into(),
+                listen: "10.89.0.1:80".parse().unwrap(),
+                target_port: 8080,
+                endpoints: vec![local, remote],
+            }],
+        };
+        let own: ipnetwork::Ipv4Network = "10.88.1.0/24".parse().unwrap();
+        table.restore(&saved, |a| own.contains(a));
+        // Until this node's instance is re-attached, only the other node's is served.
+        let now = table.proxy_table();
+        assert_eq!(now.listeners.len(), 1);
+        assert_eq!(now.listeners[0].target_port, 8080);
+        assert_eq!(now.listeners[0].endpoints, [remote]);
+        table.set_endpoint(
+            "web",
+            "w1",
+            Endpoint {
+                address: local,
+                ready: true,
+            },
+        );
+        assert_eq!(table.proxy_table(), saved);
     }
 
     #[test]

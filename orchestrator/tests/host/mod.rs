@@ -199,6 +199,15 @@ impl TestHost {
         self.procs.push((name.to_string(), child));
     }
 
+    /// SIGKILL to the process of [`TestHost::spawn`] called `name` (a crash, a power cut).
+    pub fn kill_spawned(&mut self, name: &str) {
+        if let Some(i) = self.procs.iter().position(|(n, _)| n == name) {
+            let (_, mut child) = self.procs.remove(i);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stops the processes of [`TestHost::spawn`], last started first: SIGINT, then
     /// SIGKILL after 30 s. Returns whether all exited on SIGINT.
     pub fn stop_spawned(&mut self) -> bool {
@@ -314,7 +323,7 @@ impl TestHost {
         pids
     }
 
-    fn proxy_pids(&self) -> Vec<i32> {
+    pub fn proxy_pids(&self) -> Vec<i32> {
         let mut pids = vec![];
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
             let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {

@@ -213,17 +213,22 @@ impl ControlPlane {
             instance.message = report.message.clone();
             instance.exit_code = report.exit_code;
             instance.restarts = report.restarts;
-            if report.stats.is_some() {
-                instance.stats = report.stats;
+            // Usage stays in memory; the stored record changes only when the status does
+            // (older records that carried stats lose them with their next change).
+            if let Some(stats) = report.stats {
+                self.record_usage(id, stats);
             }
+            instance.stats = None;
             if report.address.is_some() {
                 instance.address = report.address.clone();
             }
             if report.phase == ReportedPhase::Failed {
                 instance.failed_at_ms = instance.failed_at_ms.or(Some(now));
             }
-            if instance == current.object {
-                return Ok(instance);
+            let mut stored = current.object.clone();
+            stored.stats = None;
+            if instance == stored {
+                return Ok(self.with_usage(instance));
             }
             let mut batch = Batch::default();
             batch.put_if(instance.key(), current.revision, &instance);
@@ -245,7 +250,7 @@ impl ControlPlane {
                 );
             }
             match batch.commit(self.store()).await {
-                Ok(_) => return Ok(instance),
+                Ok(_) => return Ok(self.with_usage(instance)),
                 Err(crate::store::StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -299,5 +304,84 @@ mod tests {
             subnet_conflict("b", "10.88.3.0/24".parse().unwrap(), &nodes),
             None
         );
+    }
+
+    #[tokio::test]
+    async fn usage_stays_in_memory_and_only_a_changed_status_is_written() {
+        use tugboat_api::model::{InstanceStats, INSTANCES};
+        use tugboat_api::spec::ServiceSpec;
+        let cp = ControlPlane::new(
+            std::sync::Arc::new(crate::store::EmbeddedStore::in_memory()),
+            Default::default(),
+            Default::default(),
+        );
+        let instance = Instance {
+            id: "web-01234-abcde".into(),
+            service: "web".into(),
+            template_hash: "t".into(),
+            spec: ServiceSpec::new("x:1"),
+            node: Some("n1".into()),
+            phase: InstancePhase::Scheduled,
+            ready: false,
+            pending_reason: None,
+            created_at_ms: 0,
+            ready_since_ms: None,
+            message: String::new(),
+            exit_code: None,
+            restarts: 0,
+            failed_at_ms: None,
+            stats: None,
+            address: None,
+        };
+        let mut batch = Batch::default();
+        batch.put_if(instance.key(), 0, &instance);
+        batch.commit(cp.store()).await.unwrap();
+        async fn revision(cp: &ControlPlane) -> u64 {
+            objects::list::<Instance>(cp.store(), INSTANCES)
+                .await
+                .unwrap()
+                .1
+        }
+        let report = |cpu_millis, ready| InstanceStatusReport {
+            node: "n1".into(),
+            phase: ReportedPhase::Running,
+            ready,
+            message: "running".into(),
+            exit_code: None,
+            restarts: 0,
+            stats: Some(InstanceStats {
+                cpu_millis,
+                memory_bytes: 1 << 20,
+                pids: 2,
+                at_ms: cpu_millis,
+            }),
+            address: Some("10.88.0.2".into()),
+        };
+        cp.report_instance_status(&instance.id, report(5, true))
+            .await
+            .unwrap();
+        let after_first = revision(&cp).await;
+        // Stats alone, report after report: no store write, the API shows the latest.
+        for cpu in 6..20 {
+            let shown = cp
+                .report_instance_status(&instance.id, report(cpu, true))
+                .await
+                .unwrap();
+            assert_eq!(shown.stats.map(|s| s.cpu_millis), Some(cpu));
+        }
+        assert_eq!(
+            revision(&cp).await,
+            after_first,
+            "a stats report was written"
+        );
+        let stored = cp.get_instance(&instance.id).await.unwrap().object;
+        assert_eq!(stored.stats, None, "usage is not durable state");
+        let listed = cp.list_instances(None, None).await.unwrap().items;
+        assert_eq!(listed[0].stats.map(|s| s.cpu_millis), Some(19));
+        // A real change (not ready any more) is written.
+        cp.report_instance_status(&instance.id, report(20, false))
+            .await
+            .unwrap();
+        assert!(revision(&cp).await > after_first);
     }
 }

@@ -67,6 +67,9 @@ pub struct ControlPlane {
     pub service_range: ipnetwork::Ipv4Network,
     /// Last heartbeat per node, in memory only: heartbeats do not wear the disk.
     heartbeats: Mutex<HashMap<String, u64>>,
+    /// Last usage reported per instance, in memory only: measurements are not durable
+    /// state, and a store write per stats report was most of what the server wrote.
+    usage: Mutex<HashMap<String, tugboat_api::model::InstanceStats>>,
     ids: Mutex<u64>,
     event_seq: AtomicU64,
 }
@@ -84,9 +87,40 @@ impl ControlPlane {
                 .parse()
                 .expect("the default service range parses"),
             heartbeats: Mutex::new(HashMap::new()),
+            usage: Mutex::new(HashMap::new()),
             ids: Mutex::new(seed | 1),
             event_seq: AtomicU64::new(0),
         }
+    }
+
+    /// Keeps an instance's latest usage (in memory).
+    pub(crate) fn record_usage(&self, id: &str, stats: tugboat_api::model::InstanceStats) {
+        self.usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), stats);
+    }
+
+    /// An instance as the API shows it: the stored record with its latest usage.
+    pub(crate) fn with_usage(
+        &self,
+        mut instance: tugboat_api::model::Instance,
+    ) -> tugboat_api::model::Instance {
+        instance.stats = self
+            .usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&instance.id)
+            .copied();
+        instance
+    }
+
+    /// Forgets the usage of instances that are gone (`live` are all that exist).
+    pub(crate) fn prune_usage(&self, live: &std::collections::HashSet<&str>) {
+        self.usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| live.contains(id.as_str()));
     }
 
     pub fn store(&self) -> &dyn Store {

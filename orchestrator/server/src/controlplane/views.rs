@@ -29,9 +29,12 @@ impl ControlPlane {
     ) -> Result<Listed<Instance>> {
         let prefix = service.map_or_else(|| INSTANCES.to_string(), |s| format!("{INSTANCES}{s}/"));
         let (items, revision) = objects::list::<Instance>(self.store(), &prefix).await?;
+        if service.is_none() && node.is_none() {
+            self.prune_usage(&items.iter().map(|v| v.object.id.as_str()).collect());
+        }
         let items = items
             .into_iter()
-            .map(|v| v.object)
+            .map(|v| self.with_usage(v.object))
             .filter(|i| node.is_none() || i.node.as_deref() == node)
             .collect();
         Ok(Listed { revision, items })
@@ -95,7 +98,7 @@ impl ControlPlane {
     }
 
     pub async fn describe_instance(&self, id: &str) -> Result<InstanceDescription> {
-        let instance = self.get_instance(id).await?.object;
+        let instance = self.with_usage(self.get_instance(id).await?.object);
         let events = self.recent_events(|e| e.name == id).await?;
         Ok(InstanceDescription { instance, events })
     }

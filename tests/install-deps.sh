@@ -17,15 +17,19 @@ updated=false
 # `apt-get update` has no lock timeout of its own: retry while another apt holds the lists.
 update() {
   $updated && return 0
+  local err
+  err=$(mktemp)
   for _ in $(seq 1 60); do
-    if apt-get -o DPkg::Lock::Timeout=600 update -qq 2>/tmp/tug-apt-update.err; then
+    if apt-get -o DPkg::Lock::Timeout=600 update -qq 2>"$err"; then
       updated=true
+      rm -f "$err"
       return 0
     fi
-    grep -qi 'lock' /tmp/tug-apt-update.err || { cat /tmp/tug-apt-update.err >&2; return 1; }
+    grep -qi 'lock' "$err" || { cat "$err" >&2; rm -f "$err"; return 1; }
     say "another apt holds the package lists; waiting"
     sleep 10
   done
+  rm -f "$err"
   return 1
 }
 # install GROUP PACKAGE...: installs without recommends, naming the group when it fails.

@@ -35,6 +35,9 @@ impl ClientError {
     }
 }
 
+/// The longest a request may wait for its answer (a watch: its long poll and this).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The typed error of a non-2xx answer: the API's error body, or the text as it came.
 fn error_from(status: u16, bytes: &[u8]) -> ClientError {
     match serde_json::from_slice::<ErrorBody>(bytes) {
@@ -140,10 +143,11 @@ impl ApiClient {
         id: &str,
         command: &[String],
     ) -> Result<crate::execstream::ExecResult, ClientError> {
-        self.call(
+        self.call_within(
             Method::POST,
             &format!("/v1/instances/{id}/exec"),
             Some(serde_json::json!({ "command": command })),
+            None,
         )
         .await
     }
@@ -181,14 +185,31 @@ impl ApiClient {
             })
     }
 
-    /// Send a request; the JSON answer or a typed error.
+    /// Send a request; the JSON answer or a typed error. No answer within
+    /// [`REQUEST_TIMEOUT`] is an error (an answer lost on a cut link never comes).
     pub async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<T, ClientError> {
+        self.call_within(method, path, body, Some(REQUEST_TIMEOUT))
+            .await
+    }
+
+    /// [`ApiClient::call`] with its own bound (none: a command that runs as long as it
+    /// needs, such as a non-interactive exec).
+    async fn call_within<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        limit: Option<Duration>,
+    ) -> Result<T, ClientError> {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(limit) = limit {
+            request = request.timeout(limit);
+        }
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
@@ -329,7 +350,8 @@ impl ApiClient {
         if let Some(node) = node {
             path.push_str(&format!("&node={node}"));
         }
-        self.call(Method::GET, &path, None).await
+        self.call_within(Method::GET, &path, None, Some(timeout + REQUEST_TIMEOUT))
+            .await
     }
     /// Report an instance's state; a 409 means "this instance is not yours any more: stop it".
     pub async fn report_status(

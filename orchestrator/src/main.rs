@@ -35,6 +35,12 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Profile {
+    Lan,
+    Edge,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the control plane: store, controllers, HTTP API.
@@ -44,6 +50,21 @@ enum Command {
         /// Serve without authentication. Only for a trusted loopback.
         #[arg(long)]
         insecure_no_auth: bool,
+        /// Node timers for the network the nodes are on: `lan` (a heartbeat every 0.5 s, not
+        /// ready after 1.5 s, lost after 3 s) or `edge` (5 s, 15 s, 60 s: slow or metered
+        /// links). A node is lost only when neither the server nor any peer reaches it.
+        #[arg(long, value_enum, default_value = "lan")]
+        profile: Profile,
+        /// How often agents heartbeat (they take it from the server); overrides the profile.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        heartbeat_every: Option<std::time::Duration>,
+        /// Silence after which a node takes no new instances; overrides the profile.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        node_not_ready_after: Option<std::time::Duration>,
+        /// Time without the server or any peer reaching a node after which its instances
+        /// are replaced elsewhere (as each service's `reschedule` says); overrides the profile.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        node_lost_after: Option<std::time::Duration>,
     },
     /// Create or update the services of a spec file (YAML or JSON), all or nothing.
     Apply {
@@ -322,9 +343,29 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Server {
             listen,
             insecure_no_auth,
+            profile,
+            heartbeat_every,
+            node_not_ready_after,
+            node_lost_after,
         } => {
             let mut config = ServerConfig::new(&cli.data_dir, *listen);
             config.auth = !insecure_no_auth;
+            let mut nodes = match profile {
+                Profile::Lan => tugboat::controllers::NodeTimers::LAN,
+                Profile::Edge => tugboat::controllers::NodeTimers::EDGE,
+            };
+            let ms = |d: &std::time::Duration| d.as_millis() as u64;
+            if let Some(d) = heartbeat_every {
+                nodes.heartbeat_every_ms = ms(d);
+            }
+            if let Some(d) = node_not_ready_after {
+                nodes.not_ready_after_ms = ms(d);
+            }
+            if let Some(d) = node_lost_after {
+                nodes.lost_after_ms = ms(d);
+            }
+            nodes.check().map_err(anyhow::Error::msg)?;
+            config.timers.nodes = nodes;
             let server = tugboat::server::start(config)
                 .await
                 .context("starting the server")?;

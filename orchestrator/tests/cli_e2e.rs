@@ -221,6 +221,9 @@ async fn a_restarted_server_gives_known_nodes_a_fresh_grace_period() {
             last_heartbeat_ms: long_ago,
             volumes: vec![],
             agent_url: None,
+            heartbeat_every_ms: 0,
+            cordoned: false,
+            draining: false,
         };
         store
             .commit_now(
@@ -237,7 +240,31 @@ async fn a_restarted_server_gives_known_nodes_a_fresh_grace_period() {
     let started = std::time::Instant::now();
     let server = start(config).await.unwrap();
     let client = tugboat::client::ApiClient::new(&server.addr.to_string(), server.token.clone());
-    let status = || async { client.nodes().await.unwrap().items[0].status };
+    // Another node that keeps heartbeating: with every node silent the server would take
+    // itself for the one cut off and declare nothing lost.
+    let registration = tugboat::wire::NodeRegistration {
+        name: "n2".into(),
+        labels: Default::default(),
+        capacity: Resources::new(1000, 1 << 30, 0),
+        address: None,
+        subnet: None,
+        volumes: vec![],
+        agent_url: None,
+    };
+    client.register_node(&registration).await.unwrap();
+    let beating = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = client.heartbeat("n2", &Default::default()).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let status = || async {
+        let nodes = client.nodes().await.unwrap().items;
+        nodes.iter().find(|n| n.name == "n1").unwrap().status
+    };
     // Within the not-ready grace (400 ms) it stays ready, though many passes have run...
     while started.elapsed() < Duration::from_millis(300) {
         assert_eq!(status().await, NodeStatus::Ready);
@@ -248,5 +275,6 @@ async fn a_restarted_server_gives_known_nodes_a_fresh_grace_period() {
         (status().await == NodeStatus::Lost).then_some(())
     })
     .await;
+    beating.abort();
     server.shutdown().await;
 }

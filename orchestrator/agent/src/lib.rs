@@ -305,9 +305,17 @@ impl Agent {
         self.adopt_local();
         let services = tokio::spawn(service_loop(self.ctx.clone()));
         let mut said = false;
+        let heartbeat_every;
         loop {
             match client.register_node(&registration).await {
-                Ok(_) => break,
+                Ok(node) => {
+                    // The server's timer profile sets the pace, so its grace fits it.
+                    heartbeat_every = match node.heartbeat_every_ms {
+                        0 => self.config.heartbeat,
+                        ms => Duration::from_millis(ms),
+                    };
+                    break;
+                }
                 Err(e) if !said => {
                     said = true;
                     eprintln!(
@@ -332,12 +340,13 @@ impl Agent {
         if said {
             eprintln!("tugboat agent: registered {}", self.config.node);
         }
+        let others = Arc::new(std::sync::Mutex::new(remote::Others::default()));
         let heartbeat = tokio::spawn(heartbeat_loop(
             client.clone(),
             registration,
-            self.config.heartbeat,
+            heartbeat_every,
+            others.clone(),
         ));
-        let others = Arc::new(std::sync::Mutex::new(remote::Others::default()));
         let remote = tokio::spawn(remote_loop(self.ctx.clone(), others.clone()));
         let peers = tokio::spawn(peer_loop(self.ctx.clone(), others));
         let mut from = 0;
@@ -556,22 +565,52 @@ pub async fn run_until_signal(
     Ok(())
 }
 
-async fn heartbeat_loop(client: ApiClient, registration: NodeRegistration, every: Duration) {
+/// Heartbeats at the server's pace, each with what this node's probes see of its peers.
+async fn heartbeat_loop(
+    client: ApiClient,
+    registration: NodeRegistration,
+    mut every: Duration,
+    others: Arc<std::sync::Mutex<remote::Others>>,
+) {
+    let mut refused: Option<String> = None;
     loop {
         tokio::time::sleep(every).await;
-        let Ok(sent) =
-            tokio::time::timeout(SERVER_CALL, client.heartbeat(&registration.name)).await
+        let beat = tugboat_api::wire::Heartbeat {
+            peers: others
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .peer_views(&registration.name, std::time::Instant::now()),
+        };
+        // Bounded by the interval too: a heartbeat that takes longer is late anyway, and
+        // the next one carries fresher news.
+        let bound = SERVER_CALL.min(every.max(Duration::from_secs(1)));
+        let Ok(sent) = tokio::time::timeout(bound, client.heartbeat(&registration.name, &beat)).await
         else {
             continue;
         };
-        if let Err(e) = sent {
-            if e.status() == Some(404) {
+        if let Ok(node) = &sent {
+            if node.heartbeat_every_ms > 0 {
+                every = Duration::from_millis(node.heartbeat_every_ms);
+            }
+        }
+        match sent {
+            Ok(_) => refused = None,
+            Err(e) if e.status() == Some(404) => {
                 // Deleted meanwhile: register again (which may be refused, e.g. when another
                 // node took this node's subnet).
                 if let Err(e) = client.register_node(&registration).await {
                     eprintln!("tugboat agent: register {}: {e}", registration.name);
                 }
             }
+            // Refused (not merely unanswered): say so once, or the node goes lost in silence.
+            Err(e) if e.status().is_some() => {
+                let message = e.to_string();
+                if refused.as_ref() != Some(&message) {
+                    eprintln!("tugboat agent: heartbeat {}: {message}", registration.name);
+                    refused = Some(message);
+                }
+            }
+            Err(_) => {}
         }
     }
 }
@@ -771,10 +810,16 @@ async fn peer_loop(ctx: Arc<NodeContext>, others: Arc<std::sync::Mutex<remote::O
             }))
             .await;
         let changed = probes.record(&results);
+        let mut o = others.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        for (node, ok) in &results {
+            if *ok {
+                o.answered.insert(node.clone(), now);
+            }
+        }
         if changed.is_empty() {
             continue;
         }
-        let mut o = others.lock().unwrap_or_else(|p| p.into_inner());
         o.unreachable = probes.unreachable().clone();
         for (node, reachable) in changed {
             eprintln!(

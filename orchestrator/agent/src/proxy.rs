@@ -189,8 +189,12 @@ fn bind(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
 
 /// How long an endpoint that refused or did not answer a connection is passed over.
 pub const DOWN_FOR: Duration = Duration::from_secs(5);
-/// How long one connection attempt to an endpoint may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a connection attempt to an endpoint may take while others are left to try: an
+/// endpoint on a LAN answers a SYN in well under a millisecond, and a dead node's endpoints
+/// (no answer at all) must not hold a client for seconds before the next one is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+/// The last endpoint left gets longer (a slow link, a loaded host): there is nothing else.
+const LAST_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Endpoints that failed a connection recently, and until when they are passed over.
 #[derive(Default)]
@@ -271,10 +275,15 @@ async fn relay(
     port: u16,
     down: Arc<Down>,
 ) {
-    for ip in targets {
+    let last = targets.len().saturating_sub(1);
+    for (n, ip) in targets.into_iter().enumerate() {
         let target = SocketAddr::from((ip, port));
-        let connect =
-            tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(target)).await;
+        let limit = if n == last {
+            LAST_CONNECT_TIMEOUT
+        } else {
+            CONNECT_TIMEOUT
+        };
+        let connect = tokio::time::timeout(limit, tokio::net::TcpStream::connect(target)).await;
         match connect {
             Ok(Ok(mut outbound)) => {
                 down.clear(ip);

@@ -25,6 +25,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 use tug_netns::Peer;
 use tugboat_api::model::{Instance, InstancePhase, Node, NodeStatus};
+use tugboat_api::wire::PeerSeen;
 
 /// How often the peers are probed, how long a probe may take, and how many missed probes in
 /// a row make a peer unreachable (about two seconds from a node's death to its endpoints
@@ -90,6 +91,9 @@ pub struct Others {
     pub nodes: Vec<Node>,
     pub instances: HashMap<String, Instance>,
     pub unreachable: HashSet<String>,
+    /// When each peer last answered a probe (for the server: a node its peers reach is not
+    /// lost even when the server cannot hear it).
+    pub answered: HashMap<String, std::time::Instant>,
 }
 
 impl Others {
@@ -104,6 +108,21 @@ impl Others {
             .iter()
             .filter(|n| n.name != own && n.status != NodeStatus::Lost)
             .filter_map(|n| probe_address(n).map(|a| (n.name.clone(), a)))
+            .collect()
+    }
+
+    /// What this node's heartbeat tells the server of its peers: each probed peer with how
+    /// long ago it last answered.
+    pub fn peer_views(&self, own: &str, now: std::time::Instant) -> Vec<PeerSeen> {
+        self.probe_targets(own)
+            .into_iter()
+            .map(|(node, _)| PeerSeen {
+                seen_ago_ms: self
+                    .answered
+                    .get(&node)
+                    .map(|at| now.saturating_duration_since(*at).as_millis() as u64),
+                node,
+            })
             .collect()
     }
 }
@@ -216,6 +235,9 @@ mod tests {
             last_heartbeat_ms: 0,
             volumes: vec![],
             agent_url: None,
+            heartbeat_every_ms: 0,
+            cordoned: false,
+            draining: false,
         }
     }
 

@@ -5,7 +5,7 @@ use crate::model::{Instance, Node, Rollout, Service};
 use crate::spec::{ServiceSpec, SpecFile};
 use crate::wire::Revision;
 use crate::wire::{CreateServiceBody, ErrorBody, ScaleBody};
-use crate::wire::{InstanceStatusReport, NodeRegistration, WatchBatch, WatchKind};
+use crate::wire::{Heartbeat, InstanceStatusReport, NodeRegistration, WatchBatch, WatchKind};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -323,10 +323,14 @@ impl ApiClient {
         self.call(Method::POST, "/v1/nodes", Self::body(registration))
             .await
     }
-    /// Heartbeat; a 404 means "register again".
-    pub async fn heartbeat(&self, node: &str) -> Result<Node, ClientError> {
-        self.call(Method::POST, &format!("/v1/nodes/{node}/heartbeat"), None)
-            .await
+    /// Heartbeat, with what the node sees of its peers; a 404 means "register again".
+    pub async fn heartbeat(&self, node: &str, beat: &Heartbeat) -> Result<Node, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/nodes/{node}/heartbeat"),
+            Self::body(beat),
+        )
+        .await
     }
     /// Instances assigned to `node`, and the revision to watch from (+1).
     pub async fn assigned_instances(&self, node: &str) -> Result<Listed<Instance>, ClientError> {

@@ -318,6 +318,17 @@ pub struct Node {
     /// The agent's own API (instance logs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_url: Option<String>,
+    /// How often the server wants this node's heartbeats (its timer profile decides; 0:
+    /// the agent's own setting).
+    #[serde(default)]
+    pub heartbeat_every_ms: u64,
+    /// Cordoned: nothing new is placed here (`tugboat node cordon`); what runs stays.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cordoned: bool,
+    /// Draining: cordoned, and its instances are moved to other nodes, replacement first
+    /// (`tugboat node drain`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 /// Something that happened, for `describe` and `GET /v1/events`.

@@ -37,6 +37,25 @@ pub struct NodeRegistration {
     pub agent_url: Option<String>,
 }
 
+/// A heartbeat's body: what the node sees of its peers (its own direct probes). The server
+/// combines it with its own heartbeats: a node is lost only when neither the server nor any
+/// peer has reached it for the lost grace, so a link that drops between the server and one
+/// node alone does not move that node's instances.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Every peer this node probes, with how long ago its last probe was answered (none:
+    /// never since this agent started). Durations, not times: the nodes' clocks may differ.
+    #[serde(default)]
+    pub peers: Vec<PeerSeen>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSeen {
+    pub node: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_ago_ms: Option<u64>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReportedPhase {

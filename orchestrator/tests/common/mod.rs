@@ -40,6 +40,7 @@ impl Drop for SimulatedNode {
 pub fn test_timers() -> Timers {
     Timers {
         nodes: NodeTimers {
+            heartbeat_every_ms: 100,
             not_ready_after_ms: 400,
             lost_after_ms: 1000,
         },
@@ -121,7 +122,7 @@ async fn run_simulated_agent(client: ApiClient, node: String, silent: Arc<Atomic
             continue;
         }
         if last_heartbeat.elapsed() > Duration::from_millis(100) {
-            let _ = client.heartbeat(&node).await;
+            let _ = client.heartbeat(&node, &Default::default()).await;
             last_heartbeat = Instant::now();
         }
         let mut assigned: Vec<Instance> = vec![];

@@ -55,6 +55,40 @@ pub struct ServiceSpec {
     /// How the agent stops an instance.
     #[serde(default, skip_serializing_if = "StopSpec::is_default")]
     pub stop: StopSpec,
+    /// What becomes of the instances of a node that is lost.
+    #[serde(default, skip_serializing_if = "RescheduleSpec::is_default")]
+    pub reschedule: RescheduleSpec,
+}
+
+/// The instances of a lost node (neither the server nor any peer reached it for the
+/// server's lost grace): replaced on other nodes after `after_seconds`, or (`replace:
+/// false`) kept for their node, as for a service tied to a device there. A lost instance
+/// stays on record until its replacement is ready: when its node returns first, it runs on
+/// and the replacement not yet ready is removed; when the replacement is ready first, the
+/// node stops its old copy on return. Like Nomad's `disconnect` block, and like its
+/// `replace`, `lost_after` and reconcile settings, without a copy left running twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RescheduleSpec {
+    #[serde(default = "yes")]
+    pub replace: bool,
+    #[serde(default)]
+    pub after_seconds: u32,
+}
+
+impl Default for RescheduleSpec {
+    fn default() -> Self {
+        RescheduleSpec {
+            replace: true,
+            after_seconds: 0,
+        }
+    }
+}
+
+impl RescheduleSpec {
+    pub fn is_default(&self) -> bool {
+        *self == RescheduleSpec::default()
+    }
 }
 
 /// Stopping an instance: `signal` to its main process, then SIGKILL to all its processes
@@ -408,6 +442,7 @@ impl ServiceSpec {
             placement: PlacementSpec::default(),
             labels: BTreeMap::new(),
             stop: StopSpec::default(),
+            reschedule: RescheduleSpec::default(),
         }
     }
 
@@ -416,6 +451,8 @@ impl ServiceSpec {
     pub fn template_hash(&self) -> String {
         let mut template = self.clone();
         template.replicas = 0;
+        // Like replicas, the reschedule policy is the service's, not its instances'.
+        template.reschedule = RescheduleSpec::default();
         let bytes = serde_json::to_vec(&template).expect("a spec always serializes");
         // FNV-1a, 64 bits: stable across runs and versions, unlike std's hasher.
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;

@@ -99,6 +99,15 @@ fn check_service(c: &mut Checker, base: &str, spec: &ServiceSpec, exists: &dyn F
             ),
         );
     }
+    if spec.reschedule.after_seconds > 7 * 24 * 3600 {
+        c.fail(
+            format!("{base}.reschedule.after_seconds"),
+            format!(
+                "{} is more than a week (604800); to keep the instances for their node, set `replace: false`",
+                spec.reschedule.after_seconds
+            ),
+        );
+    }
     if spec.image.trim().is_empty() || spec.image.contains(char::is_whitespace) {
         c.fail(
             format!("{base}.image"),

@@ -1,6 +1,6 @@
 //! Property tests of the pure reconcilers.
 
-use super::node::{reconcile_nodes, status_after, NodeAction, NodeTimers};
+use super::node::{next_deadline_ms, reconcile_nodes, status_after, Liveness, NodeAction, NodeTimers};
 use super::service::{reconcile_service, ServiceAction};
 use proptest::prelude::*;
 use std::collections::{HashMap, HashSet};
@@ -114,8 +114,12 @@ proptest! {
         let deleted: Vec<&str> = actions.iter().filter_map(|a| match a { ServiceAction::Delete { id, .. } => Some(id.as_str()), _ => None }).collect();
         let unique: HashSet<&str> = deleted.iter().copied().collect();
         prop_assert_eq!(unique.len(), deleted.len(), "an instance deleted twice");
+        // Dead instances go, but a lost one stays on record until the replicas are ready
+        // without it (its node may return first).
+        let ready_now = instances.iter().filter(|i| ready(i)).count();
         for i in instances.iter().filter(|i| !alive(i) && !cooling(i)) {
-            prop_assert!(unique.contains(i.id.as_str()), "dead instance {} kept", i.id);
+            let kept_for_its_node = i.phase == InstancePhase::Lost && ready_now < spec.replicas as usize;
+            prop_assert_eq!(unique.contains(i.id.as_str()), !kept_for_its_node, "dead instance {}", i.id);
         }
         let rolled_back = actions.iter().any(|a| matches!(a, ServiceAction::RollBack { .. }));
         let failed_new = instances.iter().any(|i| i.template_hash == NEW && i.phase == InstancePhase::Failed);
@@ -190,43 +194,117 @@ proptest! {
 
     #[test]
     fn node_status_follows_silence_and_lost_nodes_release_instances(
-        silences in prop::collection::vec(0u64..200, 1..6),
+        silences in prop::collection::vec((0u64..200, prop::option::of(0u64..200)), 1..6),
         placements in prop::collection::vec((0usize..6, phase()), 0..15),
     ) {
-        let timers = NodeTimers { not_ready_after_ms: 50, lost_after_ms: 100 };
+        let timers = NodeTimers { heartbeat_every_ms: 10, not_ready_after_ms: 50, lost_after_ms: 100 };
         let now = 1_000;
-        let nodes: Vec<Node> = silences.iter().enumerate().map(|(n, _)| Node {
-            name: format!("n{n}"),
-            labels: Default::default(),
-            capacity: Resources::default(),
-            address: None,
-            subnet: None,
-            status: NodeStatus::Ready,
-            registered_at_ms: 0,
-            last_heartbeat_ms: 0,
-            volumes: vec![],
-            agent_url: None,
-        }).collect();
-        let heartbeats: HashMap<String, u64> = silences.iter().enumerate().map(|(n, s)| (format!("n{n}"), now - s)).collect();
+        let nodes: Vec<Node> = silences.iter().enumerate().map(|(n, _)| test_node(&format!("n{n}"))).collect();
+        let heartbeats: HashMap<String, u64> = silences.iter().enumerate().map(|(n, (s, _))| (format!("n{n}"), now - s)).collect();
+        let peer_seen: HashMap<String, u64> = silences.iter().enumerate().filter_map(|(n, (_, p))| p.map(|p| (format!("n{n}"), now - p))).collect();
+        let live = Liveness { heartbeats: &heartbeats, peer_seen: &peer_seen };
         let instances: Vec<Instance> = placements.iter().enumerate().map(|(k, (n, phase))| {
             let mut i = instance(k, NEW, *phase, true, 0);
             i.node = Some(format!("n{n}"));
             i
         }).collect();
-        let actions = reconcile_nodes(&nodes, &heartbeats, &instances, now, timers);
+        let actions = reconcile_nodes(&nodes, &live, &instances, now, timers);
+        // Nobody heard within the not-ready grace: the server is the one cut off.
+        let full_disruption = silences.iter().all(|(s, _)| *s > timers.not_ready_after_ms);
+        let expected_of = |(s, p): (u64, Option<u64>)| {
+            let status = status_after(s, p.map_or(s, |p| p.min(s)), timers);
+            if status == NodeStatus::Lost && full_disruption { NodeStatus::NotReady } else { status }
+        };
         for (n, silence) in silences.iter().enumerate() {
-            let expected = status_after(*silence, timers);
+            let expected = expected_of(*silence);
             let changed = actions.iter().any(|a| matches!(a, NodeAction::SetStatus { node, status, .. } if *node == format!("n{n}") && *status == expected));
             prop_assert_eq!(changed, expected != NodeStatus::Ready);
         }
         for i in &instances {
             let node = i.node.clone().unwrap();
             let idx: usize = node[1..].parse().unwrap();
-            let node_lost = silences.get(idx).is_none_or(|s| status_after(*s, timers) == NodeStatus::Lost);
+            let node_lost = silences.get(idx).is_none_or(|s| expected_of(*s) == NodeStatus::Lost);
             let marked = actions.iter().any(|a| matches!(a, NodeAction::MarkLost { id, .. } if *id == i.id));
             prop_assert_eq!(marked, node_lost && alive(i), "instance {} on {}", i.id, node);
         }
+        // Until the next deadline nothing changes; at it, something may.
+        let next = next_deadline_ms(&nodes, &live, now, timers);
+        prop_assert!(next > now);
     }
+}
+
+fn test_node(name: &str) -> Node {
+    Node {
+        name: name.into(),
+        labels: Default::default(),
+        capacity: Resources::default(),
+        address: None,
+        subnet: None,
+        status: NodeStatus::Ready,
+        registered_at_ms: 0,
+        last_heartbeat_ms: 0,
+        volumes: vec![],
+        agent_url: None,
+        heartbeat_every_ms: 0,
+        cordoned: false,
+        draining: false,
+    }
+}
+
+const LAN: NodeTimers = NodeTimers::LAN;
+
+#[test]
+fn a_node_the_server_cannot_hear_but_a_peer_reaches_is_not_ready_not_lost() {
+    let nodes = vec![test_node("a"), test_node("b")];
+    let now = 100_000;
+    let heartbeats = HashMap::from([("a".to_string(), now - 10_000), ("b".to_string(), now)]);
+    let peer_seen = HashMap::from([("a".to_string(), now - 200)]);
+    let live = Liveness { heartbeats: &heartbeats, peer_seen: &peer_seen };
+    let mut i = instance(1, NEW, InstancePhase::Running, true, 0);
+    i.node = Some("a".into());
+    let actions = reconcile_nodes(&nodes, &live, &[i.clone()], now, LAN);
+    assert_eq!(
+        actions,
+        vec![NodeAction::SetStatus { node: "a".into(), status: NodeStatus::NotReady, silent_ms: 10_000 }]
+    );
+    // The peer stops reaching it too: lost, and its instance with it.
+    let peer_seen = HashMap::from([("a".to_string(), now - 3_001)]);
+    let live = Liveness { heartbeats: &heartbeats, peer_seen: &peer_seen };
+    let actions = reconcile_nodes(&nodes, &live, &[i], now, LAN);
+    assert!(actions.contains(&NodeAction::SetStatus { node: "a".into(), status: NodeStatus::Lost, silent_ms: 10_000 }), "{actions:?}");
+    assert!(actions.iter().any(|a| matches!(a, NodeAction::MarkLost { id, .. } if id == "i1")), "{actions:?}");
+}
+
+#[test]
+fn when_no_node_is_heard_the_server_declares_none_lost() {
+    let nodes = vec![test_node("a"), test_node("b")];
+    let now = 100_000;
+    let heartbeats = HashMap::from([("a".to_string(), now - 10_000), ("b".to_string(), now - 9_000)]);
+    let peer_seen = HashMap::new();
+    let live = Liveness { heartbeats: &heartbeats, peer_seen: &peer_seen };
+    let actions = reconcile_nodes(&nodes, &live, &[], now, LAN);
+    assert!(actions.iter().all(|a| matches!(a, NodeAction::SetStatus { status: NodeStatus::NotReady, .. })), "{actions:?}");
+    assert_eq!(actions.len(), 2);
+}
+
+#[test]
+fn the_next_deadline_is_when_the_quietest_node_crosses_a_grace() {
+    let nodes = vec![test_node("a"), test_node("b")];
+    let now = 100_000;
+    let heartbeats = HashMap::from([("a".to_string(), now - 1_000), ("b".to_string(), now - 100)]);
+    let peer_seen = HashMap::new();
+    let live = Liveness { heartbeats: &heartbeats, peer_seen: &peer_seen };
+    // a is not ready 501 ms from now (1.5 s grace).
+    assert_eq!(next_deadline_ms(&nodes, &live, now, LAN), now + 501);
+}
+
+#[test]
+fn timers_that_cannot_work_are_refused_by_name() {
+    assert!(NodeTimers::LAN.check().is_ok() && NodeTimers::EDGE.check().is_ok());
+    let bad = NodeTimers { heartbeat_every_ms: 1_000, not_ready_after_ms: 1_500, lost_after_ms: 3_000 };
+    assert!(bad.check().unwrap_err().contains("--node-not-ready-after"));
+    let bad = NodeTimers { heartbeat_every_ms: 500, not_ready_after_ms: 1_500, lost_after_ms: 1_000 };
+    assert!(bad.check().unwrap_err().contains("--node-lost-after"));
 }
 
 #[test]
@@ -272,4 +350,61 @@ fn a_stalled_rollout_rolls_back_after_its_deadline() {
         matches!(&actions[..], [ServiceAction::RollBack { reason }] if reason.contains("within 5s")),
         "{actions:?}"
     );
+}
+
+fn two_replicas_one_lost(reschedule: tugboat_api::spec::RescheduleSpec) -> (Service, Vec<Instance>) {
+    let mut spec = ServiceSpec::new("x");
+    spec.replicas = 2;
+    spec.reschedule = reschedule;
+    let mut service = Service::new("web", spec, 0);
+    service.rollout.template_hash = NEW.into();
+    service.rollout.state = RolloutState::Complete;
+    let mut lost = instance(1, NEW, InstancePhase::Lost, false, 0);
+    lost.failed_at_ms = Some(1_000);
+    (service, vec![instance(0, NEW, InstancePhase::Running, true, 0), lost])
+}
+
+#[test]
+fn a_lost_instance_is_replaced_at_once_and_kept_on_record_until_the_replacement_is_ready() {
+    let (service, mut instances) = two_replicas_one_lost(Default::default());
+    assert_eq!(
+        reconcile_service(&service, &instances, 1_001, 0),
+        vec![ServiceAction::Create { count: 1 }]
+    );
+    // The replacement runs but is not ready: the lost one stays (its node may come back).
+    instances.push(instance(2, NEW, InstancePhase::Running, false, 1_001));
+    assert_eq!(reconcile_service(&service, &instances, 1_002, 0), vec![]);
+    // Ready: now the lost one goes, and its node will stop its copy on return.
+    instances[2] = instance(2, NEW, InstancePhase::Running, true, 1_001);
+    let actions = reconcile_service(&service, &instances, 1_003, 0);
+    assert!(
+        matches!(&actions[..], [ServiceAction::Delete { id, reason }] if id == "i1" && reason.contains("replaced")),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn a_lost_instance_whose_node_returns_first_runs_on_and_the_unready_replacement_goes() {
+    let (service, mut instances) = two_replicas_one_lost(Default::default());
+    instances.push(instance(2, NEW, InstancePhase::Scheduled, false, 1_001));
+    // The node is back: its agent reported the instance running and ready again.
+    instances[1] = instance(1, NEW, InstancePhase::Running, true, 0);
+    let actions = reconcile_service(&service, &instances, 1_002, 0);
+    assert!(
+        matches!(&actions[..], [ServiceAction::Delete { id, reason }] if id == "i2" && reason == "scaled down"),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn reschedule_after_and_replace_false_hold_the_lost_instance_s_slot() {
+    let policy = |replace, after_seconds| tugboat_api::spec::RescheduleSpec { replace, after_seconds };
+    let (service, instances) = two_replicas_one_lost(policy(true, 30));
+    assert_eq!(reconcile_service(&service, &instances, 30_999, 0), vec![]);
+    assert_eq!(
+        reconcile_service(&service, &instances, 31_000, 0),
+        vec![ServiceAction::Create { count: 1 }]
+    );
+    let (service, instances) = two_replicas_one_lost(policy(false, 0));
+    assert_eq!(reconcile_service(&service, &instances, 10_000_000, 0), vec![]);
 }

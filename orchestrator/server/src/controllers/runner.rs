@@ -2,7 +2,7 @@
 //! here decides anything; it only reads the store and writes back what was decided, with
 //! compare-and-swap so a concurrent API write makes the write fail and the next pass redo it.
 
-use super::node::{reconcile_nodes, NodeAction};
+use super::node::{next_deadline_ms, reconcile_nodes, Liveness, NodeAction};
 use super::service::{reconcile_service, ServiceAction};
 use crate::controlplane::{ControlPlane, ControlPlaneError};
 use crate::objects::{self, Batch, Versioned};
@@ -62,13 +62,12 @@ async fn reconcile_node_health(
 ) -> Result<()> {
     let plain_nodes: Vec<Node> = nodes.iter().map(|n| n.object.clone()).collect();
     let plain_instances: Vec<Instance> = instances.iter().map(|i| i.object.clone()).collect();
-    let actions = reconcile_nodes(
-        &plain_nodes,
-        &cp.heartbeats(),
-        &plain_instances,
-        now,
-        cp.timers.nodes,
-    );
+    let (heartbeats, peer_seen) = (cp.heartbeats(), cp.peer_seen());
+    let live = Liveness {
+        heartbeats: &heartbeats,
+        peer_seen: &peer_seen,
+    };
+    let actions = reconcile_nodes(&plain_nodes, &live, &plain_instances, now, cp.timers.nodes);
     for action in actions {
         let mut batch = Batch::default();
         match action {
@@ -89,13 +88,15 @@ async fn reconcile_node_health(
                     NodeStatus::NotReady => "not-ready",
                     NodeStatus::Lost => "lost",
                 };
-                cp.event(
-                    &mut batch,
-                    ObjectKind::Node,
-                    &node,
-                    reason,
-                    format!("no heartbeat for {} ms", silent_ms),
-                );
+                let message = match status {
+                    NodeStatus::Ready => "heartbeats resumed".to_string(),
+                    NodeStatus::NotReady => format!("no heartbeat for {silent_ms} ms"),
+                    NodeStatus::Lost => format!(
+                        "no heartbeat for {silent_ms} ms, and no peer reached it for {} ms",
+                        cp.timers.nodes.lost_after_ms
+                    ),
+                };
+                cp.event(&mut batch, ObjectKind::Node, &node, reason, message);
             }
             NodeAction::MarkLost { id, node, .. } => {
                 let Some(current) = instances.iter().find(|i| i.object.id == id) else {
@@ -104,6 +105,8 @@ async fn reconcile_node_health(
                 let mut updated = current.object.clone();
                 updated.phase = InstancePhase::Lost;
                 updated.ready = false;
+                // When it was lost: its service's `reschedule.after_seconds` counts from here.
+                updated.failed_at_ms = Some(now);
                 updated.message = format!("node {node} lost");
                 batch.put_if(updated.key(), current.revision, &updated);
                 cp.event(
@@ -337,6 +340,20 @@ pub async fn schedule_pending(cp: &ControlPlane) -> Result<()> {
     Ok(())
 }
 
+/// How long until a node's status can change if nothing is heard meanwhile.
+async fn node_deadline(cp: &ControlPlane) -> Option<Duration> {
+    let (nodes, _) = objects::list::<Node>(cp.store(), NODES).await.ok()?;
+    let nodes: Vec<Node> = nodes.into_iter().map(|n| n.object).collect();
+    let (heartbeats, peer_seen) = (cp.heartbeats(), cp.peer_seen());
+    let live = Liveness {
+        heartbeats: &heartbeats,
+        peer_seen: &peer_seen,
+    };
+    let now = now_ms();
+    let next = next_deadline_ms(&nodes, &live, now, cp.timers.nodes);
+    (next != u64::MAX).then(|| Duration::from_millis(next.saturating_sub(now).max(5)))
+}
+
 /// Run the controllers until `shutdown` turns true: on every store change (at most every
 /// few ms) and at least every `reconcile_interval`.
 pub async fn run_controllers(cp: Arc<ControlPlane>, mut shutdown: watch::Receiver<bool>) {
@@ -361,9 +378,11 @@ pub async fn run_controllers(cp: Arc<ControlPlane>, mut shutdown: watch::Receive
                 None => std::future::pending().await,
             }
         };
+        // A node's grace ends on time, not on the next periodic pass.
+        let wait = node_deadline(&cp).await.map_or(interval, |d| d.min(interval));
         tokio::select! {
             _ = changed => tokio::time::sleep(Duration::from_millis(5).min(interval)).await,
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,
         }
         if *shutdown.borrow() {

@@ -72,9 +72,30 @@ pub fn reconcile_service(
     let (surge, unavailable) = spec.update.bounds(spec.replicas);
     let (surge, unavailable) = (surge as usize, unavailable as usize);
 
-    for dead in instances.iter().filter(|i| is_dead(i) && !cooling(i)) {
+    let policy = spec.reschedule;
+    // A lost instance waits for its node while the policy says so: it holds its slot (no
+    // replacement), like a cooling failed one.
+    let waiting = |i: &Instance| {
+        i.phase == InstancePhase::Lost
+            && (!policy.replace
+                || i.failed_at_ms.is_some_and(|at| {
+                    now_ms < at.saturating_add(u64::from(policy.after_seconds) * 1000)
+                }))
+    };
+    let holding = |i: &Instance| cooling(i) || waiting(i);
+    let ready_now = instances.iter().filter(|i| is_ready(i)).count();
+    for dead in instances.iter().filter(|i| is_dead(i) && !holding(i)) {
+        // A lost instance being replaced stays on record until the replicas are ready
+        // without it: should its node return first, it runs on (and the replacement that is
+        // not ready yet goes); the node stops its copy only once it was replaced.
+        if dead.phase == InstancePhase::Lost && ready_now < replicas {
+            continue;
+        }
         let reason = match dead.phase {
-            InstancePhase::Lost => format!("node {} was lost", dead.node.as_deref().unwrap_or("?")),
+            InstancePhase::Lost => format!(
+                "node {} was lost and the instance was replaced",
+                dead.node.as_deref().unwrap_or("?")
+            ),
             _ => format!(
                 "failed: {}",
                 if dead.message.is_empty() {
@@ -110,10 +131,11 @@ pub fn reconcile_service(
         }
     }
 
-    // Cooling failed instances hold their slot (no replacement yet) but are not available.
+    // Cooling failed and waiting lost instances hold their slot (no replacement yet) but are
+    // not available.
     let alive: Vec<&Instance> = instances
         .iter()
-        .filter(|i| !is_dead(i) || cooling(i))
+        .filter(|i| !is_dead(i) || holding(i))
         .collect();
     let mut new: Vec<&Instance> = alive
         .iter()

@@ -59,6 +59,10 @@ impl ControlPlane {
             last_heartbeat_ms: now,
             volumes: registration.volumes,
             agent_url: registration.agent_url,
+            heartbeat_every_ms: self.timers.nodes.heartbeat_every_ms,
+            // An operator's cordon or drain outlives the agent's restarts.
+            cordoned: existing.as_ref().is_some_and(|e| e.object.cordoned),
+            draining: existing.as_ref().is_some_and(|e| e.object.draining),
         };
         let mut batch = Batch::default();
         batch.put_if(
@@ -108,10 +112,11 @@ impl ControlPlane {
     }
 
     /// A heartbeat. Kept in memory; a node that was not ready is made ready at once.
-    pub async fn heartbeat(&self, name: &str) -> Result<Node> {
+    pub async fn heartbeat(&self, name: &str, beat: &tugboat_api::wire::Heartbeat) -> Result<Node> {
         let node = self.get_node(name).await?;
         let now = now_ms();
         self.record_heartbeat(name, now);
+        self.record_peer_views(name, beat, now);
         if node.object.status == NodeStatus::Ready {
             return Ok(node.object);
         }
@@ -192,11 +197,17 @@ impl ControlPlane {
                     report.node
                 )));
             }
-            if matches!(instance.phase, InstancePhase::Lost | InstancePhase::Failed) {
+            if instance.phase == InstancePhase::Failed {
                 return Err(ControlPlaneError::Conflict(format!(
                     "instance `{id}` is {:?} and being replaced: stop it",
                     instance.phase
                 )));
+            }
+            // Its node is back and the instance still on record (not replaced yet, or kept
+            // for its node by the service's reschedule policy): it runs on.
+            let returned = instance.phase == InstancePhase::Lost;
+            if returned {
+                instance.failed_at_ms = None;
             }
             let now = now_ms();
             let became_ready = report.ready && !instance.ready;
@@ -232,6 +243,15 @@ impl ControlPlane {
             }
             let mut batch = Batch::default();
             batch.put_if(instance.key(), current.revision, &instance);
+            if returned {
+                self.event(
+                    &mut batch,
+                    ObjectKind::Instance,
+                    id,
+                    "returned",
+                    format!("node {} is back and the instance runs on", report.node),
+                );
+            }
             if report.phase == ReportedPhase::Failed {
                 self.event(
                     &mut batch,
@@ -279,6 +299,9 @@ mod tests {
             last_heartbeat_ms: 0,
             volumes: vec![],
             agent_url: None,
+            heartbeat_every_ms: 0,
+            cordoned: false,
+            draining: false,
         }
     }
 

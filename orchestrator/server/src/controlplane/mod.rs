@@ -67,6 +67,9 @@ pub struct ControlPlane {
     pub service_range: ipnetwork::Ipv4Network,
     /// Last heartbeat per node, in memory only: heartbeats do not wear the disk.
     heartbeats: Mutex<HashMap<String, u64>>,
+    /// Per node, the last time a peer's probe reached it (from the peers' heartbeats): a
+    /// node the server cannot hear but its peers reach is not lost. In memory only.
+    peer_seen: Mutex<HashMap<String, u64>>,
     /// Last usage reported per instance, in memory only: measurements are not durable
     /// state, and a store write per stats report was most of what the server wrote.
     usage: Mutex<HashMap<String, tugboat_api::model::InstanceStats>>,
@@ -87,6 +90,7 @@ impl ControlPlane {
                 .parse()
                 .expect("the default service range parses"),
             heartbeats: Mutex::new(HashMap::new()),
+            peer_seen: Mutex::new(HashMap::new()),
             usage: Mutex::new(HashMap::new()),
             ids: Mutex::new(seed | 1),
             event_seq: AtomicU64::new(0),
@@ -165,6 +169,34 @@ impl ControlPlane {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(node);
+        self.peer_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(node);
+    }
+
+    pub fn peer_seen(&self) -> HashMap<String, u64> {
+        self.peer_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// What a node's heartbeat says of its peers: each one's last answered probe, as a
+    /// time on the server's clock (the report carries durations, so clocks may differ).
+    pub(crate) fn record_peer_views(&self, observer: &str, beat: &tugboat_api::wire::Heartbeat, now_ms: u64) {
+        let mut seen = self.peer_seen.lock().unwrap_or_else(|p| p.into_inner());
+        for peer in &beat.peers {
+            if peer.node == observer {
+                continue;
+            }
+            let Some(ago) = peer.seen_ago_ms else {
+                continue;
+            };
+            let at = now_ms.saturating_sub(ago);
+            let entry = seen.entry(peer.node.clone()).or_insert(0);
+            *entry = (*entry).max(at);
+        }
     }
 
     /// Add an event to a batch.

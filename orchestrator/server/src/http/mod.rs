@@ -419,7 +419,7 @@ pub async fn handle(
             cp.delete_node(&name).await?;
             ok(serde_json::json!({"deleted": name}))
         }
-        ApiRequest::Heartbeat { name } => ok(json(cp.heartbeat(&name).await?)),
+        ApiRequest::Heartbeat { name, beat } => ok(json(cp.heartbeat(&name, &beat).await?)),
         ApiRequest::ListEvents { kind, name } => {
             ok(json(cp.list_events(kind, name.as_deref()).await?))
         }

@@ -75,6 +75,7 @@ pub enum ApiRequest {
     },
     Heartbeat {
         name: String,
+        beat: tugboat_api::wire::Heartbeat,
     },
     ListEvents {
         kind: Option<ObjectKind>,
@@ -227,7 +228,15 @@ impl ApiRequest {
             RouteId::RegisterNode => ApiRequest::RegisterNode(body(bytes)?),
             RouteId::GetNode => ApiRequest::GetNode { name: name() },
             RouteId::DeleteNode => ApiRequest::DeleteNode { name: name() },
-            RouteId::Heartbeat => ApiRequest::Heartbeat { name: name() },
+            RouteId::Heartbeat => ApiRequest::Heartbeat {
+                name: name(),
+                // An agent of an earlier version sends no body.
+                beat: if bytes.is_empty() {
+                    Default::default()
+                } else {
+                    body(bytes)?
+                },
+            },
             RouteId::ListEvents => {
                 let q = Query::new(query, &["kind", "name"])?;
                 let kind = q
@@ -272,6 +281,7 @@ impl ApiRequest {
                 | RouteId::ReportInstanceStatus
                 | RouteId::RegisterNode
                 | RouteId::InstanceExec
+                | RouteId::Heartbeat
         );
         if !takes_body {
             no_body(bytes)?;

@@ -89,6 +89,10 @@ enum Command {
         action: RolloutAction,
         service: String,
     },
+    /// A node's scheduling: `cordon` (nothing new placed on it), `drain` (cordon, and move
+    /// its instances to other nodes, each replacement ready before its old copy stops, within
+    /// the service's update bounds) or `uncordon`.
+    Node { action: NodeAction, name: String },
     /// Run a command in an instance; its exit code is tugboat's. With -i its input is
     /// tugboat's, with -t it runs on a terminal (for a shell: `exec -it ID -- sh`).
     Exec {
@@ -242,6 +246,13 @@ enum Kind {
 enum VolumeAction {
     Ls,
     Rm { name: String },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum NodeAction {
+    Cordon,
+    Uncordon,
+    Drain,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -463,6 +474,31 @@ async fn run(cli: Cli) -> Result<()> {
             let updated = client(&cli)?.scale(service, *replicas).await?;
             print_data(&updated, cli.output, || {
                 format!("service/{service} scaled to {replicas}\n")
+            });
+        }
+        Command::Node { action, name } => {
+            let verb = match action {
+                NodeAction::Cordon => "cordon",
+                NodeAction::Uncordon => "uncordon",
+                NodeAction::Drain => "drain",
+            };
+            let api = client(&cli)?;
+            let node: tugboat::model::Node = api
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/v1/nodes/{name}/{verb}"),
+                    None,
+                )
+                .await?;
+            print_data(&node, cli.output, || {
+                let what = match action {
+                    NodeAction::Cordon => "cordoned: nothing new is placed on it",
+                    NodeAction::Uncordon => "uncordoned: it takes new instances",
+                    NodeAction::Drain => {
+                        "draining: its instances move to other nodes (`tugboat get instances` shows them)"
+                    }
+                };
+                format!("node/{name} {what}\n")
             });
         }
         Command::Rollout { action, service } => {

@@ -146,14 +146,29 @@ pub fn top_table(instances: &[Instance], now_ms: u64) -> String {
     )
 }
 
+fn status_word(status: tugboat_api::model::NodeStatus) -> &'static str {
+    match status {
+        tugboat_api::model::NodeStatus::Ready => "ready",
+        tugboat_api::model::NodeStatus::NotReady => "not-ready",
+        tugboat_api::model::NodeStatus::Lost => "lost",
+    }
+}
+
 pub fn nodes_table(nodes: &[Node], now_ms: u64) -> String {
     let rows: Vec<Vec<String>> = nodes
         .iter()
         .map(|n| {
             let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let scheduling = if n.draining {
+                ",draining"
+            } else if n.cordoned {
+                ",cordoned"
+            } else {
+                ""
+            };
             vec![
                 n.name.clone(),
-                format!("{:?}", n.status).to_lowercase(),
+                format!("{}{scheduling}", status_word(n.status)),
                 Cpu(n.capacity.cpu_millis).to_string(),
                 Memory(n.capacity.memory_bytes).to_string(),
                 ago(now_ms, n.last_heartbeat_ms),

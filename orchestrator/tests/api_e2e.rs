@@ -473,3 +473,85 @@ async fn a_node_whose_subnet_overlaps_another_live_nodes_is_refused() {
     assert_eq!(subnets, ["a=10.88.1.0/24", "b=10.88.2.0/24"]);
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cordoned_node_takes_nothing_new_and_a_drained_node_is_emptied_replacement_first() {
+    let cluster = TestCluster::start(&[("n1", &[]), ("n2", &[]), ("n3", &[])]).await;
+    let api = &cluster.client;
+    let node_call = |verb: &'static str, name: &'static str| async move {
+        api.call::<tugboat::model::Node>(
+            reqwest::Method::POST,
+            &format!("/v1/nodes/{name}/{verb}"),
+            None,
+        )
+        .await
+    };
+    // Bad input names what is wrong.
+    let e = node_call("drain", "nosuch").await.unwrap_err();
+    assert_eq!(e.status(), Some(404));
+    assert!(e.to_string().contains("nosuch"), "{e}");
+
+    let cordoned = node_call("cordon", "n1").await.unwrap();
+    assert!(cordoned.cordoned && !cordoned.draining);
+    let file = parse_spec_file(
+        "s.yaml",
+        "services:\n  web:\n    image: web:1\n    replicas: 4\n",
+        &|_| false,
+    )
+    .unwrap();
+    api.apply(&file).await.unwrap();
+    eventually("4 web ready, none on cordoned n1", WAIT, || async {
+        let web = cluster.instances("web").await;
+        (ready_count(&web) == 4 && web.iter().all(|i| i.node.as_deref() != Some("n1")))
+            .then_some(())
+    })
+    .await;
+    let on_n2: Vec<String> = cluster
+        .instances("web")
+        .await
+        .into_iter()
+        .filter(|i| i.node.as_deref() == Some("n2"))
+        .map(|i| i.id)
+        .collect();
+    assert!(!on_n2.is_empty(), "spread put nothing on n2");
+
+    // Drain n2 with n1 uncordoned: its instances move (to n1 or n3), and at no observed
+    // moment are fewer than 4 ready (max_unavailable 0: the replacement comes first).
+    node_call("uncordon", "n1").await.unwrap();
+    let draining = node_call("drain", "n2").await.unwrap();
+    assert!(draining.cordoned && draining.draining);
+    eventually("n2 drained, 4 web ready elsewhere", WAIT, || async {
+        let web = cluster.instances("web").await;
+        let ready = web
+            .iter()
+            .filter(|i| i.phase == InstancePhase::Running && i.ready)
+            .count();
+        assert!(ready >= 4, "only {ready} ready during the drain: {web:?}");
+        (web.len() == 4 && ready == 4 && web.iter().all(|i| i.node.as_deref() != Some("n2")))
+            .then_some(())
+    })
+    .await;
+    let events: tugboat::wire::Listed<tugboat::model::Event> = api
+        .call(
+            reqwest::Method::GET,
+            "/v1/events?kind=service&name=web",
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.message.contains("moved off draining node n2")),
+        "{:?}",
+        events.items
+    );
+    // Drained stays cordoned until uncordoned.
+    let nodes = api.nodes().await.unwrap().items;
+    let n2 = nodes.iter().find(|n| n.name == "n2").unwrap();
+    assert!(n2.cordoned && n2.draining);
+    let n2 = node_call("uncordon", "n2").await.unwrap();
+    assert!(!n2.cordoned && !n2.draining);
+    cluster.stop().await;
+}

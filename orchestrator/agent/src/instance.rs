@@ -157,8 +157,8 @@ pub async fn supervise(
     };
     let mut phase = s.start().await;
     loop {
-        let mode = *stop.borrow();
-        if mode != StopMode::Run {
+        let mode = *stop.borrow_and_update();
+        if matches!(mode, StopMode::Stop | StopMode::Detach) {
             if mode == StopMode::Stop {
                 s.teardown().await;
             }
@@ -169,7 +169,12 @@ pub async fn supervise(
             return;
         }
         tokio::select! {
-            _ = stop.changed() => continue,
+            _ = stop.changed() => {
+                if *stop.borrow() == StopMode::Report {
+                    s.last_report = None;
+                }
+                continue;
+            }
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
         phase = s.step(phase).await;
@@ -184,6 +189,9 @@ pub enum StopMode {
     Stop,
     /// Leave it running (the agent is going away; a new one re-attaches).
     Detach,
+    /// Run, and report the status again now: the server marked the instance lost while its
+    /// node was away, and this report brings it back.
+    Report,
 }
 
 impl Supervisor {

@@ -467,10 +467,20 @@ impl Agent {
 
     fn apply(&mut self, instance: Instance) {
         let ours = instance.node.as_deref() == Some(self.config.node.as_str());
-        let active = matches!(
-            instance.phase,
-            InstancePhase::Scheduled | InstancePhase::Running
-        );
+        // Lost: the server did not reach this node for a while and has not replaced the
+        // instance yet (or keeps it for this node): it runs on, and says so at once.
+        let lost = ours && instance.phase == InstancePhase::Lost;
+        if lost {
+            if let Some(r) = self.instances.get(&instance.id) {
+                let _ = r.stop.send(StopMode::Report);
+                return;
+            }
+        }
+        let active = lost
+            || matches!(
+                instance.phase,
+                InstancePhase::Scheduled | InstancePhase::Running
+            );
         if !ours || !active {
             if instance.phase != InstancePhase::Failed || !ours {
                 self.stop(&instance.id);
@@ -584,7 +594,8 @@ async fn heartbeat_loop(
         // Bounded by the interval too: a heartbeat that takes longer is late anyway, and
         // the next one carries fresher news.
         let bound = SERVER_CALL.min(every.max(Duration::from_secs(1)));
-        let Ok(sent) = tokio::time::timeout(bound, client.heartbeat(&registration.name, &beat)).await
+        let Ok(sent) =
+            tokio::time::timeout(bound, client.heartbeat(&registration.name, &beat)).await
         else {
             continue;
         };

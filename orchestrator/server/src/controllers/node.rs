@@ -113,10 +113,7 @@ impl Liveness<'_> {
             .max(node.last_heartbeat_ms)
             .max(node.registered_at_ms);
         let reached = heard.max(self.peer_seen.get(&node.name).copied().unwrap_or(0));
-        (
-            now_ms.saturating_sub(heard),
-            now_ms.saturating_sub(reached),
-        )
+        (now_ms.saturating_sub(heard), now_ms.saturating_sub(reached))
     }
 }
 

@@ -1,6 +1,8 @@
 //! Property tests of the pure reconcilers.
 
-use super::node::{next_deadline_ms, reconcile_nodes, status_after, Liveness, NodeAction, NodeTimers};
+use super::node::{
+    next_deadline_ms, reconcile_nodes, status_after, Liveness, NodeAction, NodeTimers,
+};
 use super::service::{reconcile_service, ServiceAction};
 use proptest::prelude::*;
 use std::collections::{HashMap, HashSet};
@@ -259,31 +261,68 @@ fn a_node_the_server_cannot_hear_but_a_peer_reaches_is_not_ready_not_lost() {
     let now = 100_000;
     let heartbeats = HashMap::from([("a".to_string(), now - 10_000), ("b".to_string(), now)]);
     let peer_seen = HashMap::from([("a".to_string(), now - 200)]);
-    let live = Liveness { heartbeats: &heartbeats, peer_seen: &peer_seen };
+    let live = Liveness {
+        heartbeats: &heartbeats,
+        peer_seen: &peer_seen,
+    };
     let mut i = instance(1, NEW, InstancePhase::Running, true, 0);
     i.node = Some("a".into());
     let actions = reconcile_nodes(&nodes, &live, &[i.clone()], now, LAN);
     assert_eq!(
         actions,
-        vec![NodeAction::SetStatus { node: "a".into(), status: NodeStatus::NotReady, silent_ms: 10_000 }]
+        vec![NodeAction::SetStatus {
+            node: "a".into(),
+            status: NodeStatus::NotReady,
+            silent_ms: 10_000
+        }]
     );
     // The peer stops reaching it too: lost, and its instance with it.
     let peer_seen = HashMap::from([("a".to_string(), now - 3_001)]);
-    let live = Liveness { heartbeats: &heartbeats, peer_seen: &peer_seen };
+    let live = Liveness {
+        heartbeats: &heartbeats,
+        peer_seen: &peer_seen,
+    };
     let actions = reconcile_nodes(&nodes, &live, &[i], now, LAN);
-    assert!(actions.contains(&NodeAction::SetStatus { node: "a".into(), status: NodeStatus::Lost, silent_ms: 10_000 }), "{actions:?}");
-    assert!(actions.iter().any(|a| matches!(a, NodeAction::MarkLost { id, .. } if id == "i1")), "{actions:?}");
+    assert!(
+        actions.contains(&NodeAction::SetStatus {
+            node: "a".into(),
+            status: NodeStatus::Lost,
+            silent_ms: 10_000
+        }),
+        "{actions:?}"
+    );
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, NodeAction::MarkLost { id, .. } if id == "i1")),
+        "{actions:?}"
+    );
 }
 
 #[test]
 fn when_no_node_is_heard_the_server_declares_none_lost() {
     let nodes = vec![test_node("a"), test_node("b")];
     let now = 100_000;
-    let heartbeats = HashMap::from([("a".to_string(), now - 10_000), ("b".to_string(), now - 9_000)]);
+    let heartbeats = HashMap::from([
+        ("a".to_string(), now - 10_000),
+        ("b".to_string(), now - 9_000),
+    ]);
     let peer_seen = HashMap::new();
-    let live = Liveness { heartbeats: &heartbeats, peer_seen: &peer_seen };
+    let live = Liveness {
+        heartbeats: &heartbeats,
+        peer_seen: &peer_seen,
+    };
     let actions = reconcile_nodes(&nodes, &live, &[], now, LAN);
-    assert!(actions.iter().all(|a| matches!(a, NodeAction::SetStatus { status: NodeStatus::NotReady, .. })), "{actions:?}");
+    assert!(
+        actions.iter().all(|a| matches!(
+            a,
+            NodeAction::SetStatus {
+                status: NodeStatus::NotReady,
+                ..
+            }
+        )),
+        "{actions:?}"
+    );
     assert_eq!(actions.len(), 2);
 }
 
@@ -293,7 +332,10 @@ fn the_next_deadline_is_when_the_quietest_node_crosses_a_grace() {
     let now = 100_000;
     let heartbeats = HashMap::from([("a".to_string(), now - 1_000), ("b".to_string(), now - 100)]);
     let peer_seen = HashMap::new();
-    let live = Liveness { heartbeats: &heartbeats, peer_seen: &peer_seen };
+    let live = Liveness {
+        heartbeats: &heartbeats,
+        peer_seen: &peer_seen,
+    };
     // a is not ready 501 ms from now (1.5 s grace).
     assert_eq!(next_deadline_ms(&nodes, &live, now, LAN), now + 501);
 }
@@ -301,9 +343,17 @@ fn the_next_deadline_is_when_the_quietest_node_crosses_a_grace() {
 #[test]
 fn timers_that_cannot_work_are_refused_by_name() {
     assert!(NodeTimers::LAN.check().is_ok() && NodeTimers::EDGE.check().is_ok());
-    let bad = NodeTimers { heartbeat_every_ms: 1_000, not_ready_after_ms: 1_500, lost_after_ms: 3_000 };
+    let bad = NodeTimers {
+        heartbeat_every_ms: 1_000,
+        not_ready_after_ms: 1_500,
+        lost_after_ms: 3_000,
+    };
     assert!(bad.check().unwrap_err().contains("--node-not-ready-after"));
-    let bad = NodeTimers { heartbeat_every_ms: 500, not_ready_after_ms: 1_500, lost_after_ms: 1_000 };
+    let bad = NodeTimers {
+        heartbeat_every_ms: 500,
+        not_ready_after_ms: 1_500,
+        lost_after_ms: 1_000,
+    };
     assert!(bad.check().unwrap_err().contains("--node-lost-after"));
 }
 
@@ -352,7 +402,9 @@ fn a_stalled_rollout_rolls_back_after_its_deadline() {
     );
 }
 
-fn two_replicas_one_lost(reschedule: tugboat_api::spec::RescheduleSpec) -> (Service, Vec<Instance>) {
+fn two_replicas_one_lost(
+    reschedule: tugboat_api::spec::RescheduleSpec,
+) -> (Service, Vec<Instance>) {
     let mut spec = ServiceSpec::new("x");
     spec.replicas = 2;
     spec.reschedule = reschedule;
@@ -361,7 +413,10 @@ fn two_replicas_one_lost(reschedule: tugboat_api::spec::RescheduleSpec) -> (Serv
     service.rollout.state = RolloutState::Complete;
     let mut lost = instance(1, NEW, InstancePhase::Lost, false, 0);
     lost.failed_at_ms = Some(1_000);
-    (service, vec![instance(0, NEW, InstancePhase::Running, true, 0), lost])
+    (
+        service,
+        vec![instance(0, NEW, InstancePhase::Running, true, 0), lost],
+    )
 }
 
 #[test]
@@ -398,7 +453,10 @@ fn a_lost_instance_whose_node_returns_first_runs_on_and_the_unready_replacement_
 
 #[test]
 fn reschedule_after_and_replace_false_hold_the_lost_instance_s_slot() {
-    let policy = |replace, after_seconds| tugboat_api::spec::RescheduleSpec { replace, after_seconds };
+    let policy = |replace, after_seconds| tugboat_api::spec::RescheduleSpec {
+        replace,
+        after_seconds,
+    };
     let (service, instances) = two_replicas_one_lost(policy(true, 30));
     assert_eq!(reconcile_service(&service, &instances, 30_999, 0), vec![]);
     assert_eq!(
@@ -406,5 +464,8 @@ fn reschedule_after_and_replace_false_hold_the_lost_instance_s_slot() {
         vec![ServiceAction::Create { count: 1 }]
     );
     let (service, instances) = two_replicas_one_lost(policy(false, 0));
-    assert_eq!(reconcile_service(&service, &instances, 10_000_000, 0), vec![]);
+    assert_eq!(
+        reconcile_service(&service, &instances, 10_000_000, 0),
+        vec![]
+    );
 }

@@ -3,7 +3,7 @@
 //! compare-and-swap so a concurrent API write makes the write fail and the next pass redo it.
 
 use super::node::{next_deadline_ms, reconcile_nodes, Liveness, NodeAction};
-use super::service::{reconcile_service, ServiceAction};
+use super::service::{reconcile_service_draining, ServiceAction};
 use crate::controlplane::{ControlPlane, ControlPlaneError};
 use crate::objects::{self, Batch, Versioned};
 use crate::scheduler::{ClusterState, PlacementRequest};
@@ -46,8 +46,13 @@ pub async fn reconcile_once(cp: &ControlPlane) -> Result<()> {
     let now = now_ms();
     let (_, instances, nodes) = load(cp).await?;
     reconcile_node_health(cp, &nodes, &instances, now).await?;
-    let (services, instances, _) = load(cp).await?;
-    reconcile_services(cp, &services, &instances, now).await?;
+    let (services, instances, nodes) = load(cp).await?;
+    let draining: std::collections::HashSet<String> = nodes
+        .iter()
+        .filter(|n| n.object.draining)
+        .map(|n| n.object.name.clone())
+        .collect();
+    reconcile_services(cp, &services, &instances, &draining, now).await?;
     assign_service_addresses(cp).await?;
     schedule_pending(cp).await?;
     cp.prune_events().await?;
@@ -127,6 +132,7 @@ async fn reconcile_services(
     cp: &ControlPlane,
     services: &[Versioned<Service>],
     instances: &[Versioned<Instance>],
+    draining: &std::collections::HashSet<String>,
     now: u64,
 ) -> Result<()> {
     let mut by_service: HashMap<&str, Vec<&Versioned<Instance>>> = HashMap::new();
@@ -151,11 +157,12 @@ async fn reconcile_services(
         let name = service.object.name.as_str();
         let mine = by_service.get(name).cloned().unwrap_or_default();
         let plain: Vec<Instance> = mine.iter().map(|v| v.object.clone()).collect();
-        let actions = reconcile_service(
+        let actions = reconcile_service_draining(
             &service.object,
             &plain,
             now,
             cp.timers.replace_failed_after.as_millis() as u64,
+            draining,
         );
         if actions.is_empty() {
             continue;
@@ -379,7 +386,9 @@ pub async fn run_controllers(cp: Arc<ControlPlane>, mut shutdown: watch::Receive
             }
         };
         // A node's grace ends on time, not on the next periodic pass.
-        let wait = node_deadline(&cp).await.map_or(interval, |d| d.min(interval));
+        let wait = node_deadline(&cp)
+            .await
+            .map_or(interval, |d| d.min(interval));
         tokio::select! {
             _ = changed => tokio::time::sleep(Duration::from_millis(5).min(interval)).await,
             _ = tokio::time::sleep(wait) => {}

@@ -60,6 +60,26 @@ pub fn reconcile_service(
     now_ms: u64,
     replace_failed_after_ms: u64,
 ) -> Vec<ServiceAction> {
+    reconcile_service_draining(
+        service,
+        instances,
+        now_ms,
+        replace_failed_after_ms,
+        &Default::default(),
+    )
+}
+
+/// As [`reconcile_service`], with instances on `draining` nodes moved away like instances
+/// of an older template: a replacement first (within `update.max_surge`), then the
+/// drained copy, never below `replicas - update.max_unavailable` ready.
+pub fn reconcile_service_draining(
+    service: &Service,
+    instances: &[Instance],
+    now_ms: u64,
+    replace_failed_after_ms: u64,
+    draining: &std::collections::HashSet<String>,
+) -> Vec<ServiceAction> {
+    let drained = |i: &Instance| i.node.as_ref().is_some_and(|n| draining.contains(n));
     let mut actions = vec![];
     let cooling = |i: &Instance| {
         i.phase == InstancePhase::Failed
@@ -140,12 +160,12 @@ pub fn reconcile_service(
     let mut new: Vec<&Instance> = alive
         .iter()
         .copied()
-        .filter(|i| i.template_hash == current)
+        .filter(|i| i.template_hash == current && !drained(i))
         .collect();
     let mut old: Vec<&Instance> = alive
         .iter()
         .copied()
-        .filter(|i| i.template_hash != current)
+        .filter(|i| i.template_hash != current || drained(i))
         .collect();
     let mut total = alive.len();
     let mut available = alive.iter().filter(|i| is_ready(i)).count();
@@ -181,7 +201,14 @@ pub fn reconcile_service(
         }
         actions.push(ServiceAction::Delete {
             id: instance.id.clone(),
-            reason: "replaced by the new template".into(),
+            reason: if instance.template_hash == current {
+                format!(
+                    "moved off draining node {}",
+                    instance.node.as_deref().unwrap_or("?")
+                )
+            } else {
+                "replaced by the new template".into()
+            },
         });
         total -= 1;
     }

@@ -31,6 +31,13 @@ pub fn subnet_conflict(
         })
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeScheduling {
+    Cordon,
+    Uncordon,
+    Drain,
+}
+
 impl ControlPlane {
     pub async fn register_node(&self, registration: NodeRegistration) -> Result<Node> {
         if !tugboat_api::spec::validate::is_dns_label(&registration.name) {
@@ -137,6 +144,45 @@ impl ControlPlane {
             Ok(_) | Err(crate::store::StoreError::Conflict { .. }) => Ok(updated),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// `tugboat node cordon|uncordon|drain`: cordoned takes nothing new; draining also moves
+    /// its instances away (the service controller replaces them first, within each
+    /// service's update bounds); uncordon ends both. The node stays cordoned once drained.
+    pub async fn set_node_schedule(&self, name: &str, action: NodeScheduling) -> Result<Node> {
+        for _ in 0..5 {
+            let node = self.get_node(name).await?;
+            let mut updated = node.object.clone();
+            let (cordoned, draining) = match action {
+                NodeScheduling::Cordon => (true, node.object.draining),
+                NodeScheduling::Uncordon => (false, false),
+                NodeScheduling::Drain => (true, true),
+            };
+            updated.cordoned = cordoned;
+            updated.draining = draining;
+            if updated == node.object {
+                return Ok(updated);
+            }
+            let mut batch = Batch::default();
+            batch.put_if(node_key(name), node.revision, &updated);
+            let (reason, message) = match action {
+                NodeScheduling::Cordon => ("cordoned", "nothing new is placed here"),
+                NodeScheduling::Uncordon => ("uncordoned", "takes new instances again"),
+                NodeScheduling::Drain => (
+                    "draining",
+                    "cordoned; its instances move to other nodes, replacement first",
+                ),
+            };
+            self.event(&mut batch, ObjectKind::Node, name, reason, message.into());
+            match batch.commit(self.store()).await {
+                Ok(_) => return Ok(updated),
+                Err(crate::store::StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ControlPlaneError::Conflict(format!(
+            "node `{name}` kept changing; try again"
+        )))
     }
 
     pub async fn delete_node(&self, name: &str) -> Result<()> {

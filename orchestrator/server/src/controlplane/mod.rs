@@ -2,6 +2,7 @@
 //! controllers share with it (store, scheduler, heartbeats, events).
 
 mod agents;
+pub use agents::NodeScheduling;
 mod services;
 mod views;
 
@@ -184,7 +185,12 @@ impl ControlPlane {
 
     /// What a node's heartbeat says of its peers: each one's last answered probe, as a
     /// time on the server's clock (the report carries durations, so clocks may differ).
-    pub(crate) fn record_peer_views(&self, observer: &str, beat: &tugboat_api::wire::Heartbeat, now_ms: u64) {
+    pub(crate) fn record_peer_views(
+        &self,
+        observer: &str,
+        beat: &tugboat_api::wire::Heartbeat,
+        now_ms: u64,
+    ) {
         let mut seen = self.peer_seen.lock().unwrap_or_else(|p| p.into_inner());
         for peer in &beat.peers {
             if peer.node == observer {

@@ -419,6 +419,9 @@ pub async fn handle(
             cp.delete_node(&name).await?;
             ok(serde_json::json!({"deleted": name}))
         }
+        ApiRequest::ScheduleNode { name, action } => {
+            ok(json(cp.set_node_schedule(&name, action).await?))
+        }
         ApiRequest::Heartbeat { name, beat } => ok(json(cp.heartbeat(&name, &beat).await?)),
         ApiRequest::ListEvents { kind, name } => {
             ok(json(cp.list_events(kind, name.as_deref()).await?))

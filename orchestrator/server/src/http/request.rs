@@ -77,6 +77,10 @@ pub enum ApiRequest {
         name: String,
         beat: tugboat_api::wire::Heartbeat,
     },
+    ScheduleNode {
+        name: String,
+        action: crate::controlplane::NodeScheduling,
+    },
     ListEvents {
         kind: Option<ObjectKind>,
         name: Option<String>,
@@ -228,6 +232,18 @@ impl ApiRequest {
             RouteId::RegisterNode => ApiRequest::RegisterNode(body(bytes)?),
             RouteId::GetNode => ApiRequest::GetNode { name: name() },
             RouteId::DeleteNode => ApiRequest::DeleteNode { name: name() },
+            RouteId::CordonNode => ApiRequest::ScheduleNode {
+                name: name(),
+                action: crate::controlplane::NodeScheduling::Cordon,
+            },
+            RouteId::UncordonNode => ApiRequest::ScheduleNode {
+                name: name(),
+                action: crate::controlplane::NodeScheduling::Uncordon,
+            },
+            RouteId::DrainNode => ApiRequest::ScheduleNode {
+                name: name(),
+                action: crate::controlplane::NodeScheduling::Drain,
+            },
             RouteId::Heartbeat => ApiRequest::Heartbeat {
                 name: name(),
                 // An agent of an earlier version sends no body.

@@ -26,6 +26,9 @@ pub enum RouteId {
     GetNode,
     DeleteNode,
     Heartbeat,
+    CordonNode,
+    UncordonNode,
+    DrainNode,
     ListEvents,
     Watch,
 }
@@ -68,6 +71,9 @@ routes![
     (GET, "/v1/nodes/{name}", GetNode),
     (DELETE, "/v1/nodes/{name}", DeleteNode),
     (POST, "/v1/nodes/{name}/heartbeat", Heartbeat),
+    (POST, "/v1/nodes/{name}/cordon", CordonNode),
+    (POST, "/v1/nodes/{name}/uncordon", UncordonNode),
+    (POST, "/v1/nodes/{name}/drain", DrainNode),
     (GET, "/v1/events", ListEvents),
     (GET, "/v1/watch/{kind}", Watch),
 ];

@@ -42,6 +42,8 @@ pub struct NodeState {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub ready: bool,
+    /// Cordoned or draining: takes nothing new.
+    pub cordoned: bool,
     pub capacity: Resources,
     pub allocated: Resources,
     pub host_ports: HashSet<(Protocol, u16)>,
@@ -56,6 +58,7 @@ impl NodeState {
             name: name.into(),
             labels,
             ready: true,
+            cordoned: false,
             capacity,
             allocated: Resources::default(),
             host_ports: HashSet::new(),
@@ -67,6 +70,7 @@ impl NodeState {
     pub fn from_node(node: &Node) -> NodeState {
         let mut state = NodeState::new(&node.name, node.labels.clone(), node.capacity);
         state.ready = node.status == NodeStatus::Ready;
+        state.cordoned = node.cordoned || node.draining;
         state.volumes = node.volumes.iter().cloned().collect();
         state
     }

@@ -8,6 +8,7 @@ use tugboat_api::spec::{Constraint, ConstraintOperator, Protocol};
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Rejection {
     NotReady,
+    Cordoned,
     NotEnoughCpu,
     NotEnoughMemory,
     NotEnoughPids,
@@ -23,6 +24,7 @@ impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Rejection::NotReady => write!(f, "not ready"),
+            Rejection::Cordoned => write!(f, "cordoned"),
             Rejection::NotEnoughCpu => write!(f, "not enough cpu"),
             Rejection::NotEnoughMemory => write!(f, "not enough memory"),
             Rejection::NotEnoughPids => write!(f, "not enough pids"),
@@ -72,10 +74,12 @@ impl Filter for NodeReady {
         node: &NodeState,
         _: &ClusterState,
     ) -> Result<(), Rejection> {
-        if node.ready {
-            Ok(())
-        } else {
+        if !node.ready {
             Err(Rejection::NotReady)
+        } else if node.cordoned {
+            Err(Rejection::Cordoned)
+        } else {
+            Ok(())
         }
     }
 }

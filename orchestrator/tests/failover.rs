@@ -1,0 +1,470 @@
+//! Root test of a cluster that heals in seconds: three "hosts" (network namespaces of the
+//! test's own, each with a veth on a bridge in a fourth: the LAN, 192.168.214.0/24 inside
+//! those namespaces only). Host a runs `tugboat server` (default LAN timers) and agent a;
+//! hosts b and c run agents b and c. A 6-replica service is spread 2/2/2, and a service
+//! pinned to c with `reschedule: {replace: false}` runs one instance there. A client on a
+//! sends 20 requests/s to the service address with a 2 s timeout throughout.
+//!
+//! 1. c's link flaps for 2 s: c is never declared lost and nothing is replaced.
+//! 2. c dies (its link cut and its agent killed): the 6 replicas are ready again on a and b
+//!    within seconds, the pinned instance is kept for c (lost, not replaced), and requests
+//!    keep being answered.
+//! 3. c returns (link up, agent started again): its replaced copies are stopped, the pinned
+//!    instance runs on under its old id, and nothing runs twice.
+//!
+//! Prints `failover: N/N replicas ready X.X s after node loss, F failed requests` (read by
+//! bench/failover/run.sh). The machine's root network namespace is never changed.
+
+mod host;
+
+use host::{run, shop_images, wait_for, TestHost};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tugboat::model::{Instance, InstancePhase, NodeStatus};
+
+const START: Duration = Duration::from_secs(120);
+const REPLICAS: usize = 6;
+
+const SPEC: &str = "\
+services:
+  web:
+    image: shop/catalog:1
+    replicas: 6
+    ports:
+      - {container: 80}
+    health:
+      readiness: {http: {port: 80, path: /healthz}, interval_seconds: 1, failure_threshold: 1}
+    stop: {grace_seconds: 1}
+    placement:
+      anti_affinity: [{service: web, required: false}]
+  device:
+    image: shop/catalog:1
+    replicas: 1
+    stop: {grace_seconds: 1}
+    reschedule: {replace: false}
+    placement:
+      constraints:
+        - {key: host, operator: In, values: [c]}
+";
+
+/// The LAN: a bridge in a namespace of its own, and a veth from it into each host.
+struct Lan {
+    hub: TestHost,
+    ends: BTreeMap<String, String>,
+}
+
+impl Lan {
+    fn new(hosts: &[(&str, &TestHost, &str)]) -> Lan {
+        let hub = TestHost::new();
+        run(&[
+            "ip", "-n", &hub.netns, "link", "add", "lan", "type", "bridge",
+        ]);
+        run(&["ip", "-n", &hub.netns, "link", "set", "lan", "up"]);
+        let mut ends = BTreeMap::new();
+        for (name, host, addr) in hosts {
+            let end = format!("to-{name}");
+            #[rustfmt::skip]
+            run(&["ip", "-n", &hub.netns, "link", "add", &end, "type", "veth",
+                  "peer", "name", "eth1", "netns", &host.netns]);
+            run(&["ip", "-n", &hub.netns, "link", "set", &end, "master", "lan"]);
+            run(&["ip", "-n", &hub.netns, "link", "set", &end, "up"]);
+            run(&["ip", "-n", &host.netns, "addr", "add", addr, "dev", "eth1"]);
+            run(&["ip", "-n", &host.netns, "link", "set", "eth1", "up"]);
+            ends.insert(name.to_string(), end);
+        }
+        Lan { hub, ends }
+    }
+
+    fn set_link(&self, host: &str, up: bool) {
+        let state = if up { "up" } else { "down" };
+        run(&[
+            "ip",
+            "-n",
+            &self.hub.netns,
+            "link",
+            "set",
+            &self.ends[host],
+            state,
+        ]);
+    }
+}
+
+fn agent_args(host: &TestHost, node: &str, n: u8) -> Vec<String> {
+    let image = shop_images().join("oci/shop-catalog").display().to_string();
+    let address = format!("192.168.214.{n}");
+    #[rustfmt::skip]
+    let args = [
+        "agent", "--addr", "http://192.168.214.1:7480",
+        "--data-dir", &host.dir.join("agent").display().to_string(),
+        "--node", node, "--subnet", &format!("10.88.{n}.0/24"), "--address", &address,
+        "--api-listen", &format!("{address}:7481"), "--label", &format!("host={node}"),
+        "--import", &image,
+    ];
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+fn start_agent(host: &mut TestHost, node: &str, n: u8) {
+    let args = agent_args(host, node, n);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    host.spawn(&format!("agent-{node}"), &args);
+}
+
+fn instances(a: &TestHost) -> Vec<Instance> {
+    a.api(|c| async move { c.instances(None).await.map(|l| l.items).unwrap_or_default() })
+}
+
+fn ready(i: &Instance) -> bool {
+    i.phase == InstancePhase::Running && i.ready
+}
+
+fn node_status(a: &TestHost, name: &str) -> Option<NodeStatus> {
+    let nodes = a.api(|c| async move { c.nodes().await.map(|l| l.items).unwrap_or_default() });
+    nodes.into_iter().find(|n| n.name == name).map(|n| n.status)
+}
+
+fn show(hosts: &[&TestHost]) -> String {
+    let mut out = tugboat::output::instances_table(&instances(hosts[0]), tugboat::model::now_ms());
+    for h in hosts {
+        out.push_str(&format!("--- {}:\n{}", h.netns, h.output.lock().unwrap()));
+    }
+    out
+}
+
+/// Seconds since the test started, for the record of what failed when.
+fn clock() -> String {
+    static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    format!(
+        "{:.1}s",
+        STARTED.get_or_init(Instant::now).elapsed().as_secs_f64()
+    )
+}
+
+/// One GET with a 2 s bound on the whole exchange: Ok(elapsed) or Err(why).
+fn timed_get(target: &str) -> Result<Duration, String> {
+    let started = Instant::now();
+    let limit = Duration::from_secs(2);
+    let addr: std::net::SocketAddr = target.parse().unwrap();
+    let mut conn =
+        std::net::TcpStream::connect_timeout(&addr, limit).map_err(|e| format!("connect: {e}"))?;
+    let left = limit
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_millis(1));
+    conn.set_read_timeout(Some(left)).unwrap();
+    write!(conn, "GET /healthz HTTP/1.0\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer)
+        .map_err(|e| format!("read: {e}"))?;
+    if !answer.starts_with("HTTP/1.0 200") && !answer.starts_with("HTTP/1.1 200") {
+        return Err(format!(
+            "answer: {}",
+            answer.lines().next().unwrap_or("none")
+        ));
+    }
+    let took = started.elapsed();
+    if took > limit {
+        return Err(format!("took {took:?}"));
+    }
+    Ok(took)
+}
+
+/// Requests at 20/s from host a until stopped: (failed with why, slower than 1 s).
+struct Client {
+    stop: Arc<AtomicBool>,
+    failed: Arc<Mutex<Vec<String>>>,
+    slow: Arc<Mutex<usize>>,
+    sent: Arc<Mutex<usize>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Client {
+    fn start(host: &TestHost, target: String) -> Client {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(Mutex::new(vec![]));
+        let slow = Arc::new(Mutex::new(0));
+        let sent = Arc::new(Mutex::new(0));
+        let ns = std::fs::File::open(format!("/run/netns/{}", host.netns)).unwrap();
+        let (s, f, sl, se) = (stop.clone(), failed.clone(), slow.clone(), sent.clone());
+        let thread = std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns of this thread only, on a namespace fd it holds open.
+            assert_eq!(
+                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            let mut workers = vec![];
+            let mut next = Instant::now();
+            while !s.load(Ordering::SeqCst) {
+                // Each request on its own thread: a slow one does not delay the next.
+                let (target, f, sl, se) = (target.clone(), f.clone(), sl.clone(), se.clone());
+                let ns = ns.try_clone().unwrap();
+                workers.push(std::thread::spawn(move || {
+                    // SAFETY: as above, this thread only.
+                    assert_eq!(
+                        unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                        0
+                    );
+                    *se.lock().unwrap() += 1;
+                    match timed_get(&target) {
+                        Ok(took) if took > Duration::from_secs(1) => *sl.lock().unwrap() += 1,
+                        Ok(_) => {}
+                        Err(e) => f.lock().unwrap().push(format!("{}: {e}", clock())),
+                    }
+                }));
+                workers.retain(|w| !w.is_finished());
+                next += Duration::from_millis(50);
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+            for w in workers {
+                let _ = w.join();
+            }
+        });
+        Client {
+            stop,
+            failed,
+            slow,
+            sent,
+            thread: Some(thread),
+        }
+    }
+
+    /// (sent, failed, slow) so far.
+    fn counts(&self) -> (usize, Vec<String>, usize) {
+        (
+            *self.sent.lock().unwrap(),
+            self.failed.lock().unwrap().clone(),
+            *self.slow.lock().unwrap(),
+        )
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn a_lost_node_s_replicas_are_ready_elsewhere_in_seconds_and_nothing_runs_twice_on_return() {
+    skip_unless_possible!("failover");
+    let mut a = TestHost::new();
+    let mut b = TestHost::new();
+    let mut c = TestHost::new();
+    let lan = Lan::new(&[
+        ("a", &a, "192.168.214.1/24"),
+        ("b", &b, "192.168.214.2/24"),
+        ("c", &c, "192.168.214.3/24"),
+    ]);
+    let server_dir = a.dir.join("server").display().to_string();
+    #[rustfmt::skip]
+    a.spawn("server", &["server", "--listen", "0.0.0.0:7480", "--insecure-no-auth",
+                        "--data-dir", &server_dir]);
+    a.wait_for_output("server: tugboat server listening", START);
+    start_agent(&mut a, "a", 1);
+    start_agent(&mut b, "b", 2);
+    start_agent(&mut c, "c", 3);
+    wait_for(
+        "nodes a, b and c registered",
+        START,
+        || a.api(|c| async move { c.nodes().await.map(|l| l.items.len()).unwrap_or(0) }) == 3,
+        || show(&[&a, &b, &c]),
+    );
+    let spec = tugboat::spec::parse_spec_file("failover.yaml", SPEC, &|_| false).unwrap();
+    a.api(|c| async move { c.apply(&spec).await.map(|_| ()) })
+        .expect("apply");
+    let web_on = |list: &[Instance], node: &str| {
+        list.iter()
+            .filter(|i| i.service == "web" && i.node.as_deref() == Some(node) && ready(i))
+            .count()
+    };
+    wait_for(
+        "web spread 2/2/2 and ready, device running on c",
+        START,
+        || {
+            let list = instances(&a);
+            ["a", "b", "c"].iter().all(|n| web_on(&list, n) == 2)
+                && list
+                    .iter()
+                    .any(|i| i.service == "device" && i.phase == InstancePhase::Running)
+        },
+        || show(&[&a, &b, &c]),
+    );
+    let vip = a
+        .api(|c| async move { c.services().await })
+        .expect("services")
+        .items
+        .into_iter()
+        .find(|s| s.name == "web")
+        .and_then(|s| s.address)
+        .expect("web has its address");
+    let before: Vec<String> = instances(&a).into_iter().map(|i| i.id).collect();
+    let device_id = instances(&a)
+        .into_iter()
+        .find(|i| i.service == "device")
+        .unwrap()
+        .id;
+    // Every node's proxy has the six endpoints before the client starts.
+    wait_for(
+        "six web endpoints in a's proxy",
+        START,
+        || {
+            std::fs::read(a.dir.join("agent/proxy.json"))
+                .ok()
+                .and_then(|t| serde_json::from_slice::<tugboat::agent::proxy::ProxyTable>(&t).ok())
+                .and_then(|t| t.listeners.into_iter().find(|l| l.service == "web"))
+                .is_some_and(|l| l.endpoints.len() == REPLICAS)
+        },
+        || show(&[&a, &b, &c]),
+    );
+    // The proxy follows its table within a moment: the address answers before the client
+    // starts counting.
+    let target = format!("{vip}:80");
+    wait_for(
+        "web to answer at its address on a",
+        START,
+        || {
+            let t = target.clone();
+            a.in_netns(move || timed_get(&t).is_ok())
+        },
+        || show(&[&a, &b, &c]),
+    );
+    println!("{}: client starts", clock());
+    let client = Client::start(&a, target);
+    std::thread::sleep(Duration::from_secs(2));
+
+    // 1. A flap: c's link down for 2 s. Not lost; nothing replaced.
+    println!("{}: c's link down for 2 s", clock());
+    lan.set_link("c", false);
+    std::thread::sleep(Duration::from_secs(2));
+    lan.set_link("c", true);
+    let watch_until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < watch_until {
+        assert_ne!(
+            node_status(&a, "c"),
+            Some(NodeStatus::Lost),
+            "a 2 s flap made c lost\n{}",
+            show(&[&a, &b, &c])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after_flap: Vec<String> = instances(&a).into_iter().map(|i| i.id).collect();
+    assert_eq!(before, after_flap, "instances replaced after a 2 s flap");
+    wait_for(
+        "c ready again after the flap",
+        START,
+        || node_status(&a, "c") == Some(NodeStatus::Ready),
+        || show(&[&a, &b, &c]),
+    );
+
+    // 2. c dies: link cut, agent killed (its containers run on, unreachable).
+    let (sent_before, failed_before, _) = client.counts();
+    println!("{}: c dies", clock());
+    lan.set_link("c", false);
+    c.kill_spawned("agent-c");
+    let died = Instant::now();
+    let mut healed = None;
+    wait_for(
+        "6 web replicas ready on a and b",
+        START,
+        || {
+            let list = instances(&a);
+            let done = web_on(&list, "a") + web_on(&list, "b") == REPLICAS;
+            if done && healed.is_none() {
+                healed = Some(died.elapsed());
+            }
+            done
+        },
+        || show(&[&a, &b, &c]),
+    );
+    let healed = healed.unwrap();
+    // Keep the client going a little: the last dead endpoints leave the proxies.
+    std::thread::sleep(Duration::from_secs(2));
+    let (sent, failed, slow) = client.counts();
+    drop(client);
+    let failed_now = failed.len() - failed_before.len();
+    println!(
+        "failover: {REPLICAS}/{REPLICAS} replicas ready {:.1} s after node loss, {failed_now} failed requests",
+        healed.as_secs_f64()
+    );
+    println!(
+        "  ({} requests during the loss, {slow} slower than 1 s; failures: {:?})",
+        sent - sent_before,
+        &failed[failed_before.len()..]
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} requests failed: {failed:?}\n{}",
+        failed.len(),
+        show(&[&a, &b, &c])
+    );
+    assert_eq!(node_status(&a, "c"), Some(NodeStatus::Lost));
+    // The pinned instance waits for its node: lost, not replaced.
+    let list = instances(&a);
+    let device: Vec<&Instance> = list.iter().filter(|i| i.service == "device").collect();
+    assert!(
+        device.len() == 1 && device[0].id == device_id && device[0].phase == InstancePhase::Lost,
+        "{device:?}"
+    );
+
+    // 3. c returns: its replaced web copies stop, the device instance runs on.
+    lan.set_link("c", true);
+    start_agent(&mut c, "c", 3);
+    let web_ids: Vec<String> = list
+        .iter()
+        .filter(|i| i.service == "web")
+        .map(|i| i.id.clone())
+        .collect();
+    wait_for(
+        "c back: only the device instance on it, running under its old id",
+        START,
+        || {
+            let list = instances(&a);
+            let local = c
+                .instance_dirs()
+                .iter()
+                .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
+                .collect::<Vec<_>>();
+            local == vec![device_id.clone()]
+                && list.iter().any(|i| {
+                    i.id == device_id
+                        && i.phase == InstancePhase::Running
+                        && i.node.as_deref() == Some("c")
+                })
+        },
+        || show(&[&a, &b, &c]),
+    );
+    let list = instances(&a);
+    let web: Vec<String> = list
+        .iter()
+        .filter(|i| i.service == "web")
+        .map(|i| i.id.clone())
+        .collect();
+    assert_eq!(web, web_ids, "web changed when c returned");
+    let running: usize = [&a, &b, &c].iter().map(|h| h.instance_dirs().len()).sum();
+    assert_eq!(running, REPLICAS + 1, "{}", show(&[&a, &b, &c]));
+
+    // Clean up through the API: every instance stopped by its agent.
+    a.api(|c| async move {
+        for s in ["web", "device"] {
+            let _ = c
+                .call::<serde_json::Value>(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/services/{s}"),
+                    None,
+                )
+                .await;
+        }
+    });
+    wait_for(
+        "every instance stopped",
+        START,
+        || [&a, &b, &c].iter().all(|h| h.instance_dirs().is_empty()),
+        || show(&[&a, &b, &c]),
+    );
+    drop(lan);
+}

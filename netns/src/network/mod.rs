@@ -17,6 +17,7 @@ use crate::rtnl::Rtnl;
 use crate::PortMapping;
 
 mod attach;
+mod services;
 #[cfg(test)]
 mod tests;
 
@@ -147,6 +148,12 @@ pub enum NetworkError {
         holder: String,
         network: String,
     },
+    #[error("network {network}: {source}")]
+    InvalidService {
+        network: String,
+        #[source]
+        source: crate::services::InvalidService,
+    },
     #[error("container {container} is not attached to network {network}")]
     NotAttached { container: String, network: String },
     #[error("container {container}: {problem}")]
@@ -210,6 +217,7 @@ pub struct Network<N: NetOps = Rtnl> {
     ops: N,
     alloc: Allocator,
     fw: FirewallSpec,
+    svc: crate::services::ServicesTable,
     bridge_index: u32,
 }
 
@@ -317,12 +325,18 @@ impl<N: NetOps> Network<N> {
             masquerade: cfg.masquerade,
             cluster_cidr: cfg.cluster_cidr,
         };
+        let svc = crate::services::ServicesTable {
+            table: crate::services::table_name(&cfg.name),
+            bridge: cfg.bridge.clone(),
+            subnet: cfg.subnet,
+        };
         let mut net = Network {
             cfg,
             gateway,
             ops,
             alloc,
             fw,
+            svc,
             bridge_index: 0,
         };
         let checked = async {
@@ -401,6 +415,8 @@ impl<N: NetOps> Network<N> {
                 .nft(&firewall::resync(&net.fw, &published))
                 .await
                 .map_err(net.op_err("install nat rules"))?;
+            // Services the same way: the kernel again matches the record.
+            net.resync_services().await?;
         }
         Ok(net)
     }
@@ -503,6 +519,7 @@ impl<N: NetOps> Network<N> {
             }
             _ => {}
         }
+        self.clear_services().await?;
         self.clear_peers().await?;
         let vx = crate::peers::vxlan_name(&self.cfg.name);
         self.ops

@@ -9,6 +9,7 @@ pub mod alloc;
 pub mod cni;
 pub mod fake;
 pub mod firewall;
+pub mod forward;
 pub mod network;
 pub mod nft;
 pub mod ops;

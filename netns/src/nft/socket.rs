@@ -284,6 +284,11 @@ impl Socket {
         table: &str,
         chain: &str,
     ) -> Result<Option<Vec<RuleRef>>, NftError> {
+        // A rule dump filtered by a table or chain that does not exist is not always an
+        // error (it can be an empty dump): ask for the chain first.
+        if !self.list_chains(family, table)?.iter().any(|c| c == chain) {
+            return Ok(None);
+        }
         match self.dump(NFT_MSG_GETRULE, family, &[(1, table), (2, chain)]) {
             Ok(msgs) => Ok(Some(
                 msgs.iter()

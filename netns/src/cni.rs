@@ -199,7 +199,7 @@ fn network_config(conf: &NetConf) -> NetworkConfig {
 pub fn error_code(e: &NetworkError) -> u32 {
     match e {
         NetworkError::InvalidConfig { .. } | NetworkError::SubnetOverlap { .. } => 7,
-        NetworkError::InvalidRequest { .. } => 7,
+        NetworkError::InvalidRequest { .. } | NetworkError::InvalidService { .. } => 7,
         NetworkError::Netns { .. } => 4,
         NetworkError::NotAttached { .. } => 3,
         NetworkError::Alloc {

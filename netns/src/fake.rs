@@ -48,6 +48,8 @@ struct World {
     pairs: BTreeMap<(String, String), (String, String)>,
     /// what `routes()` reports
     routes: Vec<RouteEntry>,
+    /// what `nft_rules()` reports, by (table, chain)
+    rules: BTreeMap<(String, String), Vec<nft::RuleRef>>,
     fail: Option<FailFn>,
 }
 
@@ -100,6 +102,15 @@ impl Recorder {
     /// Sets what `routes()` reports (the host's existing routes).
     pub fn set_routes(&self, routes: Vec<RouteEntry>) {
         self.world.lock().unwrap().routes = routes;
+    }
+
+    /// Sets what `nft_rules(_, table, chain)` reports (a chain that exists).
+    pub fn set_nft_rules(&self, table: &str, chain: &str, rules: Vec<nft::RuleRef>) {
+        self.world
+            .lock()
+            .unwrap()
+            .rules
+            .insert((table.to_string(), chain.to_string()), rules);
     }
 
     /// Pretends a link exists (a namespace's `lo`, a pre-existing bridge).
@@ -257,5 +268,17 @@ impl NetOps for Recorder {
 
     async fn sysctl(&self, key: &str, value: &str) -> Result<(), OpError> {
         self.record(Call::Sysctl(key.into(), value.into()))
+    }
+
+    async fn nft_rules(
+        &self,
+        _family: u8,
+        table: &str,
+        chain: &str,
+    ) -> Result<Option<Vec<nft::RuleRef>>, OpError> {
+        let w = self.world.lock().unwrap();
+        Ok(w.rules
+            .get(&(table.to_string(), chain.to_string()))
+            .cloned())
     }
 }

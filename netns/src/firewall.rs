@@ -80,6 +80,7 @@ fn base(table: &str, name: &str, hook: Hook, priority: i32) -> Op {
             kind: "nat",
             hook,
             priority,
+            drop_policy: false,
         }),
     })
 }

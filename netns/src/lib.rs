@@ -9,24 +9,36 @@ pub mod alloc;
 pub mod cni;
 pub mod fake;
 pub mod firewall;
+pub mod forward;
 pub mod network;
 pub mod nft;
 pub mod ops;
 pub mod peers;
 pub mod rtnl;
+pub mod services;
 
 pub use network::{AttachRequest, Attachment, Network, NetworkConfig, NetworkError};
 pub use ops::NetnsRef;
 pub use peers::{Link, Peer, PeerMode, VxlanConfig};
+pub use services::{Frontend, ServiceKey, ServiceSpec};
 
 use serde::{Deserialize, Serialize};
 
 /// Transport protocol of a published port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
     Udp,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
 }
 
 impl Protocol {

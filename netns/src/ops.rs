@@ -203,6 +203,14 @@ pub trait NetOps: Sized {
     async fn del_fdb(&self, dev: u32, mac: [u8; 6], remote: Ipv4Addr) -> Result<bool, OpError>;
     /// Applies one nftables transaction.
     async fn nft(&self, batch: &nft::Batch) -> Result<(), OpError>;
+    /// The rules of an nftables chain (handle and userdata); `None` when the table or the
+    /// chain does not exist.
+    async fn nft_rules(
+        &self,
+        family: u8,
+        table: &str,
+        chain: &str,
+    ) -> Result<Option<Vec<nft::RuleRef>>, OpError>;
     /// Writes a value under /proc/sys/net of this namespace.
     async fn sysctl(&self, key: &str, value: &str) -> Result<(), OpError>;
 }

@@ -430,6 +430,15 @@ impl NetOps for Rtnl {
         self.with_nft(|s| s.apply(batch))
     }
 
+    async fn nft_rules(
+        &self,
+        family: u8,
+        table: &str,
+        chain: &str,
+    ) -> Result<Option<Vec<nft::RuleRef>>, OpError> {
+        self.with_nft(|s| s.list_rules(family, table, chain))
+    }
+
     async fn sysctl(&self, key: &str, value: &str) -> Result<(), OpError> {
         let path = format!("/proc/sys/net/{key}");
         // /proc/sys/net is resolved against the opening thread's namespace.

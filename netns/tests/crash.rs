@@ -100,6 +100,14 @@ impl NetOps for Crashing {
         self.spend("del_fdb")?;
         self.inner.del_fdb(dev, mac, remote).await
     }
+    async fn nft_rules(
+        &self,
+        family: u8,
+        table: &str,
+        chain: &str,
+    ) -> Result<Option<Vec<tug_netns::nft::RuleRef>>, OpError> {
+        self.inner.nft_rules(family, table, chain).await
+    }
     async fn nft(&self, batch: &Batch) -> Result<(), OpError> {
         self.spend("nft")?;
         self.inner.nft(batch).await

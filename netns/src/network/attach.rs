@@ -182,7 +182,10 @@ impl<N: NetOps> Network<N> {
             peer_name: req.ifname.clone(),
             mtu: self.cfg.mtu,
             peer_mac: mac,
-            hairpin: !req.ports.is_empty(),
+            // Any container can be a service endpoint and reach its own service: the DNATed
+            // packet is routed back out of the port it came in on, which the bridge only
+            // does with hairpin mode on (kubenet does the same for every pod).
+            hairpin: true,
         };
         self.ops
             .add_veth(&spec, ns)

@@ -17,6 +17,7 @@ use crate::rtnl::Rtnl;
 use crate::PortMapping;
 
 mod attach;
+mod services;
 #[cfg(test)]
 mod tests;
 
@@ -147,6 +148,12 @@ pub enum NetworkError {
         holder: String,
         network: String,
     },
+    #[error("network {network}: {source}")]
+    InvalidService {
+        network: String,
+        #[source]
+        source: crate::services::InvalidService,
+    },
     #[error("container {container} is not attached to network {network}")]
     NotAttached { container: String, network: String },
     #[error("container {container}: {problem}")]
@@ -210,6 +217,7 @@ pub struct Network<N: NetOps = Rtnl> {
     ops: N,
     alloc: Allocator,
     fw: FirewallSpec,
+    svc: crate::services::ServicesTable,
     bridge_index: u32,
 }
 
@@ -317,12 +325,18 @@ impl<N: NetOps> Network<N> {
             masquerade: cfg.masquerade,
             cluster_cidr: cfg.cluster_cidr,
         };
+        let svc = crate::services::ServicesTable {
+            table: crate::services::table_name(&cfg.name),
+            bridge: cfg.bridge.clone(),
+            subnet: cfg.subnet,
+        };
         let mut net = Network {
             cfg,
             gateway,
             ops,
             alloc,
             fw,
+            svc,
             bridge_index: 0,
         };
         let checked = async {
@@ -401,8 +415,56 @@ impl<N: NetOps> Network<N> {
                 .nft(&firewall::resync(&net.fw, &published))
                 .await
                 .map_err(net.op_err("install nat rules"))?;
+            // Services the same way: the kernel again matches the record.
+            net.resync_services().await?;
         }
+        net.ensure_forward_accept().await?;
         Ok(net)
+    }
+
+    /// On a host whose iptables FORWARD chain exists in nftables (iptables-nft; Docker sets
+    /// its policy to DROP), makes sure it accepts this bridge's traffic: two tagged rules at
+    /// its start. `Ok(false)` when there is no such chain (nothing to do). Idempotent; call it
+    /// again when Docker (or a firewall) may have created the chain since the network opened.
+    pub async fn ensure_forward_accept(&self) -> Result<bool, NetworkError> {
+        let Some(rules) = self
+            .ops
+            .nft_rules(
+                crate::nft::FAMILY_IPV4,
+                crate::forward::FILTER_TABLE,
+                crate::forward::FORWARD_CHAIN,
+            )
+            .await
+            .map_err(self.op_err("read the iptables FORWARD chain"))?
+        else {
+            return Ok(false);
+        };
+        let batch = crate::forward::ensure(&rules, &self.cfg.name, &self.cfg.bridge);
+        self.ops
+            .nft(&batch)
+            .await
+            .map_err(self.op_err("accept the bridge in the iptables FORWARD chain"))?;
+        Ok(true)
+    }
+
+    /// Takes this network's accept rules out of the iptables FORWARD chain (teardown).
+    pub async fn remove_forward_accept(&self) -> Result<(), NetworkError> {
+        let rules = self
+            .ops
+            .nft_rules(
+                crate::nft::FAMILY_IPV4,
+                crate::forward::FILTER_TABLE,
+                crate::forward::FORWARD_CHAIN,
+            )
+            .await
+            .map_err(self.op_err("read the iptables FORWARD chain"))?;
+        if let Some(rules) = rules {
+            self.ops
+                .nft(&crate::forward::remove(&rules, &self.cfg.name))
+                .await
+                .map_err(self.op_err("remove accept rules from the iptables FORWARD chain"))?;
+        }
+        Ok(())
     }
 
     fn record_path(&self) -> PathBuf {
@@ -503,6 +565,8 @@ impl<N: NetOps> Network<N> {
             }
             _ => {}
         }
+        self.clear_services().await?;
+        self.remove_forward_accept().await?;
         self.clear_peers().await?;
         let vx = crate::peers::vxlan_name(&self.cfg.name);
         self.ops

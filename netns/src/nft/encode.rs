@@ -44,6 +44,9 @@ impl Msg {
     fn be32(&mut self, kind: u16, v: u32) {
         self.attr(kind, &v.to_be_bytes());
     }
+    fn be64(&mut self, kind: u16, v: u64) {
+        self.attr(kind, &v.to_be_bytes());
+    }
     fn begin(&mut self, kind: u16) {
         self.nests.push(self.buf.len());
         self.buf.extend_from_slice(&0u16.to_ne_bytes());
@@ -76,8 +79,10 @@ fn encode_verdict(m: &mut Msg, v: &Verdict) {
     m.begin(2); // NFTA_DATA_VERDICT
     let (code, chain): (i32, Option<&str>) = match v {
         Verdict::Accept => (1, None),
+        Verdict::Drop => (0, None),
         Verdict::Return => (-5, None),
         Verdict::Jump(c) => (-3, Some(c)),
+        Verdict::Goto(c) => (-4, Some(c)),
     };
     m.be32(1, code as u32);
     if let Some(c) = chain {
@@ -98,7 +103,11 @@ fn encode_expr(m: &mut Msg, e: &Expr) {
         Expr::FibDaddrType { .. } => "fib",
         Expr::Nat { .. } => "nat",
         Expr::Masquerade => "masq",
-        Expr::VerdictMap { .. } => "lookup",
+        Expr::VerdictMap { .. } | Expr::Lookup { .. } => "lookup",
+        Expr::MetaSet { .. } => "meta",
+        Expr::Numgen { .. } => "numgen",
+        Expr::DynsetUpdate { .. } => "dynset",
+        Expr::Reject { .. } => "reject",
     };
     m.str(1, name); // NFTA_EXPR_NAME
     m.begin(2); // NFTA_EXPR_DATA
@@ -173,6 +182,60 @@ fn encode_expr(m: &mut Msg, e: &Expr) {
             m.be32(3, REG_VERDICT); // NFTA_LOOKUP_DREG
             m.be32(4, *set_id); // NFTA_LOOKUP_SET_ID
         }
+        Expr::Lookup {
+            set,
+            set_id,
+            sreg,
+            dreg,
+            invert,
+        } => {
+            m.str(1, set); // NFTA_LOOKUP_SET
+            m.be32(2, *sreg); // NFTA_LOOKUP_SREG
+            if let Some(d) = dreg {
+                m.be32(3, *d); // NFTA_LOOKUP_DREG
+            }
+            m.be32(4, *set_id); // NFTA_LOOKUP_SET_ID
+            if *invert {
+                m.be32(5, 1); // NFTA_LOOKUP_FLAGS: NFT_LOOKUP_F_INV
+            }
+        }
+        Expr::MetaSet { key, sreg } => {
+            m.be32(2, *key as u32); // NFTA_META_KEY
+            m.be32(3, *sreg); // NFTA_META_SREG
+        }
+        Expr::Numgen {
+            dreg,
+            modulus,
+            random,
+        } => {
+            m.be32(1, *dreg); // NFTA_NG_DREG
+            m.be32(2, *modulus); // NFTA_NG_MODULUS
+            m.be32(3, u32::from(*random)); // NFTA_NG_TYPE: NFT_NG_INCREMENTAL 0, RANDOM 1
+        }
+        Expr::DynsetUpdate {
+            set,
+            set_id,
+            sreg_key,
+            sreg_data,
+            timeout_ms,
+        } => {
+            m.str(1, set); // NFTA_DYNSET_SET_NAME
+            m.be32(2, *set_id); // NFTA_DYNSET_SET_ID
+            m.be32(3, 1); // NFTA_DYNSET_OP: NFT_DYNSET_OP_UPDATE
+            m.be32(4, *sreg_key); // NFTA_DYNSET_SREG_KEY
+            if let Some(d) = sreg_data {
+                m.be32(5, *d); // NFTA_DYNSET_SREG_DATA
+            }
+            m.be64(6, *timeout_ms); // NFTA_DYNSET_TIMEOUT
+        }
+        Expr::Reject { tcp_reset } => {
+            if *tcp_reset {
+                m.be32(1, 1); // NFTA_REJECT_TYPE: NFT_REJECT_TCP_RST
+            } else {
+                m.be32(1, 0); // NFT_REJECT_ICMP_UNREACH
+                m.attr(2, &[3]); // NFTA_REJECT_ICMP_CODE: port unreachable
+            }
+        }
     }
     m.end();
     m.end();
@@ -198,6 +261,25 @@ pub(super) fn describe(op: &Op) -> String {
         Op::DelElements { table, set, keys } => {
             format!("delete elements from {table} {set}: {keys:?}")
         }
+        Op::AddSet(s) => format!("add set {} {}", s.table, s.name),
+        Op::DelSet { table, set } => format!("delete set {table} {set}"),
+        Op::FlushSet { table, set } => format!("flush set {table} {set}"),
+        Op::AddSetElements {
+            table,
+            set,
+            elements,
+        } => format!("add elements to {table} {set}: {elements:?}"),
+        Op::InsertRule { rule, .. } => {
+            format!(
+                "insert rule in {} {}: {:?}",
+                rule.table, rule.chain, rule.exprs
+            )
+        }
+        Op::DelRule {
+            table,
+            chain,
+            handle,
+        } => format!("delete rule {handle} from {table} {chain}"),
     }
 }
 
@@ -237,7 +319,7 @@ fn encode_op(op: &Op, seq: u32, family: u8) -> Vec<u8> {
                 m.be32(1, b.hook as u32);
                 m.be32(2, b.priority as u32);
                 m.end();
-                m.be32(5, 1); // policy accept
+                m.be32(5, if b.drop_policy { 0 } else { 1 }); // NFTA_CHAIN_POLICY
                 m.str(7, b.kind);
             }
             m.finish()
@@ -320,6 +402,91 @@ fn encode_op(op: &Op, seq: u32, family: u8) -> Vec<u8> {
                 m.end();
             }
             m.end();
+            m.finish()
+        }
+        Op::AddSet(spec) => {
+            let mut m = Msg::new(
+                nft_type(NFT_MSG_NEWSET),
+                base | NLM_F_CREATE,
+                seq,
+                family,
+                0,
+            );
+            let mut flags = spec.flags;
+            if spec.data.is_some() {
+                flags |= SET_MAP;
+            }
+            m.str(1, &spec.table); // NFTA_SET_TABLE
+            m.str(2, &spec.name); // NFTA_SET_NAME
+            m.be32(3, flags); // NFTA_SET_FLAGS
+            m.be32(4, spec.key_type); // NFTA_SET_KEY_TYPE
+            m.be32(5, spec.key_len); // NFTA_SET_KEY_LEN
+            if let Some((kind, len)) = spec.data {
+                m.be32(6, kind); // NFTA_SET_DATA_TYPE
+                if kind != DATA_VERDICT {
+                    m.be32(7, len); // NFTA_SET_DATA_LEN
+                }
+            }
+            m.be32(10, spec.id); // NFTA_SET_ID
+            m.finish()
+        }
+        Op::DelSet { table, set } => {
+            let mut m = Msg::new(nft_type(NFT_MSG_DELSET), base, seq, family, 0);
+            m.str(1, table);
+            m.str(2, set);
+            m.finish()
+        }
+        Op::FlushSet { table, set } => {
+            // DELSETELEM without an element list flushes the set.
+            let mut m = Msg::new(nft_type(NFT_MSG_DELSETELEM), base, seq, family, 0);
+            m.str(1, table);
+            m.str(2, set);
+            m.finish()
+        }
+        Op::AddSetElements {
+            table,
+            set,
+            elements,
+        } => {
+            let flags = base | NLM_F_CREATE;
+            let mut m = Msg::new(nft_type(NFT_MSG_NEWSETELEM), flags, seq, family, 0);
+            m.str(1, table);
+            m.str(2, set);
+            m.begin(3);
+            for (key, data) in elements {
+                m.begin(1);
+                m.data(1, key); // NFTA_SET_ELEM_KEY
+                if let Some(d) = data {
+                    m.data(2, d); // NFTA_SET_ELEM_DATA
+                }
+                m.end();
+            }
+            m.end();
+            m.finish()
+        }
+        Op::InsertRule { rule, userdata } => {
+            // No NLM_F_APPEND and no position: the rule goes first in its chain.
+            let flags = base | NLM_F_CREATE;
+            let mut m = Msg::new(nft_type(NFT_MSG_NEWRULE), flags, seq, family, 0);
+            m.str(1, &rule.table);
+            m.str(2, &rule.chain);
+            m.begin(4);
+            for e in &rule.exprs {
+                encode_expr(&mut m, e);
+            }
+            m.end();
+            m.attr(7, userdata); // NFTA_RULE_USERDATA
+            m.finish()
+        }
+        Op::DelRule {
+            table,
+            chain,
+            handle,
+        } => {
+            let mut m = Msg::new(nft_type(NFT_MSG_DELRULE), base, seq, family, 0);
+            m.str(1, table);
+            m.str(2, chain);
+            m.be64(3, *handle); // NFTA_RULE_HANDLE
             m.finish()
         }
     }

@@ -1,6 +1,7 @@
 //! A small nftables client over netlink (NETLINK_NETFILTER), written for what tug needs:
 //! tables, base chains, regular chains, and rules built from a handful of expressions
-//! (meta, payload, cmp, bitwise, immediate, ct, fib, nat, masq, lookup) and verdict maps.
+//! (meta, payload, cmp, bitwise, immediate, ct, fib, nat, masq, lookup, numgen, dynset,
+//! reject), sets, value maps and verdict maps.
 //! This file is the model; `encode` is the wire format, `socket` the transaction.
 //!
 //! Why not a crate: `rustables` is GPL-3.0 (this workspace is Apache-2.0) and needs libclang
@@ -39,6 +40,7 @@ const NFT_MSG_GETCHAIN: u16 = 4;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_NEWSET: u16 = 9;
+const NFT_MSG_DELSET: u16 = 11;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_GETSETELEM: u16 = 13;
 const NFT_MSG_DELSETELEM: u16 = 14;
@@ -77,15 +79,47 @@ pub struct BaseChain {
     pub kind: &'static str,
     pub hook: Hook,
     pub priority: i32,
+    /// What happens to a packet no rule decided on: accept (false) or drop (true).
+    pub drop_policy: bool,
 }
 
 /// Registers: 0 is the verdict register, 1..=4 the 16-byte data registers.
 pub const REG_VERDICT: u32 = 0;
 pub const REG_1: u32 = 1;
 pub const REG_2: u32 = 2;
+/// The 4-byte registers (`NFT_REG32_00` ..): concatenations load consecutive ones, and a
+/// lookup of an 8-byte value fills two.
+pub const REG32_0: u32 = 8;
+pub const REG32_1: u32 = 9;
+pub const REG32_2: u32 = 10;
+pub const REG32_3: u32 = 11;
+
+/// The data type of a verdict map (`NFT_DATA_VERDICT`).
+pub const DATA_VERDICT: u32 = 0xffff_ff00;
+
+/// Set flags (`NFT_SET_*`).
+pub const SET_MAP: u32 = 0x8;
+pub const SET_TIMEOUT: u32 = 0x10;
+/// Updated from the packet path (dynset): the kernel picks a backend that can.
+pub const SET_EVAL: u32 = 0x20;
+
+/// nft's data type numbers, kept in a set's description so `nft list` prints its elements
+/// the right way (the kernel only uses the lengths).
+pub mod types {
+    pub const INTEGER: u32 = 4;
+    pub const IPV4_ADDR: u32 = 7;
+    pub const INET_PROTO: u32 = 12;
+    pub const INET_SERVICE: u32 = 13;
+    pub const MARK: u32 = 19;
+    /// A concatenation `a . b . c` of the types given.
+    pub fn concat(parts: &[u32]) -> u32 {
+        parts.iter().fold(0, |acc, t| (acc << 6) | t)
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetaKey {
+    Mark = 3,
     IifName = 6,
     OifName = 7,
     L4Proto = 16,
@@ -113,8 +147,10 @@ pub enum NatKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Accept,
+    Drop,
     Return,
     Jump(String),
+    Goto(String),
 }
 
 /// One nftables expression.
@@ -166,6 +202,39 @@ pub enum Expr {
         set_id: u32,
         sreg: u32,
     },
+    /// Look `sreg` up in a set (the rule stops unless found, or unless missing when
+    /// `invert`), or in a value map (`dreg` gets the element's data).
+    Lookup {
+        set: String,
+        set_id: u32,
+        sreg: u32,
+        dreg: Option<u32>,
+        invert: bool,
+    },
+    /// `meta KEY set` from sreg.
+    MetaSet {
+        key: MetaKey,
+        sreg: u32,
+    },
+    /// A number in `0..modulus` into dreg (host-endian u32): random, or a counter.
+    Numgen {
+        dreg: u32,
+        modulus: u32,
+        random: bool,
+    },
+    /// Adds or refreshes the element `sreg_key [: sreg_data]` of a set from the packet
+    /// path, with a timeout (`update @set { key timeout T : data }`).
+    DynsetUpdate {
+        set: String,
+        set_id: u32,
+        sreg_key: u32,
+        sreg_data: Option<u32>,
+        timeout_ms: u64,
+    },
+    /// Refuses the packet: a TCP reset, or ICMP port unreachable.
+    Reject {
+        tcp_reset: bool,
+    },
 }
 
 /// A rule: a chain and its expressions.
@@ -216,6 +285,67 @@ pub enum Op {
         set: String,
         keys: Vec<Vec<u8>>,
     },
+    /// Create a set or value map if missing.
+    AddSet(SetSpec),
+    /// Delete a set or map (nothing may still refer to it).
+    DelSet {
+        table: String,
+        set: String,
+    },
+    /// Delete every element of a set or map.
+    FlushSet {
+        table: String,
+        set: String,
+    },
+    /// Add elements to a set (`data` None) or a value map (`data` the value).
+    AddSetElements {
+        table: String,
+        set: String,
+        elements: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    },
+    /// Add a rule at the start of its chain, tagged with `userdata` (so it can be found
+    /// again in a chain that is not ours).
+    InsertRule {
+        rule: Rule,
+        userdata: Vec<u8>,
+    },
+    /// Delete one rule by its handle.
+    DelRule {
+        table: String,
+        chain: String,
+        handle: u64,
+    },
+}
+
+/// A set (`data` None) or a value map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetSpec {
+    pub table: String,
+    pub name: String,
+    /// Names the set within the transaction for rules that use it.
+    pub id: u32,
+    /// `SET_*` flags; `SET_MAP` is added for a map.
+    pub flags: u32,
+    pub key_type: u32,
+    pub key_len: u32,
+    /// (type, length) of a map's values.
+    pub data: Option<(u32, u32)>,
+}
+
+/// Rule userdata holding a comment, as `nft` writes it (`NFTNL_UDATA_RULE_COMMENT`), so
+/// `nft list ruleset` shows it.
+pub fn comment_userdata(text: &str) -> Vec<u8> {
+    let mut v = vec![0u8, (text.len() + 1).min(255) as u8];
+    v.extend(text.bytes().take(254));
+    v.push(0);
+    v
+}
+
+/// A rule as a dump reports it: enough to find and delete one of ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleRef {
+    pub handle: u64,
+    pub userdata: Vec<u8>,
 }
 
 /// An atomic transaction: all ops apply, or none.

@@ -276,6 +276,36 @@ impl Socket {
         }
     }
 
+    /// The rules of a chain with their handles and userdata; `None` when the table or
+    /// chain does not exist.
+    pub fn list_rules(
+        &mut self,
+        family: u8,
+        table: &str,
+        chain: &str,
+    ) -> Result<Option<Vec<RuleRef>>, NftError> {
+        // A rule dump filtered by a table or chain that does not exist is not always an
+        // error (it can be an empty dump): ask for the chain first.
+        if !self.list_chains(family, table)?.iter().any(|c| c == chain) {
+            return Ok(None);
+        }
+        match self.dump(NFT_MSG_GETRULE, family, &[(1, table), (2, chain)]) {
+            Ok(msgs) => Ok(Some(
+                msgs.iter()
+                    .filter_map(|p| {
+                        let attrs = &p[4..];
+                        let handle = find_attr(attrs, 3)?;
+                        let handle = u64::from_be_bytes(handle.get(..8)?.try_into().ok()?);
+                        let userdata = find_attr(attrs, 7).unwrap_or_default();
+                        Some(RuleRef { handle, userdata })
+                    })
+                    .collect(),
+            )),
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Number of rules in a chain (0 when the table or chain is missing).
     pub fn count_rules(&mut self, family: u8, table: &str, chain: &str) -> Result<usize, NftError> {
         match self.dump(NFT_MSG_GETRULE, family, &[(1, table), (2, chain)]) {
@@ -327,6 +357,22 @@ fn count_list_elems(mut attrs: &[u8]) -> usize {
         attrs = &attrs[((len + 3) & !3).min(attrs.len())..];
     }
     0
+}
+
+/// The payload of the first attribute of type `want`.
+fn find_attr(mut attrs: &[u8], want: u16) -> Option<Vec<u8>> {
+    while attrs.len() >= 4 {
+        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        if kind == want {
+            return Some(attrs[4..len].to_vec());
+        }
+        attrs = &attrs[((len + 3) & !3).min(attrs.len())..];
+    }
+    None
 }
 
 pub(super) fn find_str_attr(mut attrs: &[u8], want: u16) -> Option<String> {

@@ -9,8 +9,10 @@
 //! 2. c dies (its link cut and its agent killed): the 6 replicas are ready again on a and b
 //!    within seconds, the pinned instance is kept for c (lost, not replaced), and requests
 //!    keep being answered.
-//! 3. c returns (link up, agent started again): its replaced copies are stopped, the pinned
-//!    instance runs on under its old id, and nothing runs twice.
+//! 3. While c is away, a second pinned service gets a new template. c returns (link up,
+//!    agent started again): its replaced copies are stopped, the pinned instance runs on
+//!    under its old id, the changed one is rolled out on c (the server's newer desired state
+//!    wins), and nothing runs twice.
 //!
 //! Prints `failover: N/N replicas ready X.X s after node loss, F failed requests` (read by
 //! bench/failover/run.sh). The machine's root network namespace is never changed.
@@ -43,6 +45,15 @@ services:
   device:
     image: shop/catalog:1
     replicas: 1
+    stop: {grace_seconds: 1}
+    reschedule: {replace: false}
+    placement:
+      constraints:
+        - {key: host, operator: In, values: [c]}
+  sensor:
+    image: shop/catalog:1
+    replicas: 1
+    env: {VERSION: \"1\"}
     stop: {grace_seconds: 1}
     reschedule: {replace: false}
     placement:
@@ -288,9 +299,10 @@ fn a_lost_node_s_replicas_are_ready_elsewhere_in_seconds_and_nothing_runs_twice_
         || {
             let list = instances(&a);
             ["a", "b", "c"].iter().all(|n| web_on(&list, n) == 2)
-                && list
-                    .iter()
-                    .any(|i| i.service == "device" && i.phase == InstancePhase::Running)
+                && ["device", "sensor"].iter().all(|s| {
+                    list.iter()
+                        .any(|i| i.service == *s && i.phase == InstancePhase::Running)
+                })
         },
         || show(&[&a, &b, &c]),
     );
@@ -411,7 +423,21 @@ fn a_lost_node_s_replicas_are_ready_elsewhere_in_seconds_and_nothing_runs_twice_
         "{device:?}"
     );
 
-    // 3. c returns: its replaced web copies stop, the device instance runs on.
+    // 3. While c is away, sensor's template changes; then c returns: its replaced web
+    // copies stop, the device instance runs on, sensor is rolled out on c.
+    let old_sensor = list
+        .iter()
+        .find(|i| i.service == "sensor")
+        .map(|i| (i.id.clone(), i.template_hash.clone()))
+        .unwrap();
+    let changed = tugboat::spec::parse_spec_file(
+        "failover.yaml",
+        &SPEC.replace("VERSION: \"1\"", "VERSION: \"2\""),
+        &|_| true,
+    )
+    .unwrap();
+    a.api(|c| async move { c.apply(&changed).await.map(|_| ()) })
+        .expect("apply the changed template");
     lan.set_link("c", true);
     start_agent(&mut c, "c", 3);
     let web_ids: Vec<String> = list
@@ -420,7 +446,7 @@ fn a_lost_node_s_replicas_are_ready_elsewhere_in_seconds_and_nothing_runs_twice_
         .map(|i| i.id.clone())
         .collect();
     wait_for(
-        "c back: only the device instance on it, running under its old id",
+        "c back: device running under its old id, sensor's new template rolled out on c, nothing else there",
         START,
         || {
             let list = instances(&a);
@@ -429,7 +455,21 @@ fn a_lost_node_s_replicas_are_ready_elsewhere_in_seconds_and_nothing_runs_twice_
                 .iter()
                 .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
                 .collect::<Vec<_>>();
-            local == vec![device_id.clone()]
+            let sensor: Vec<&Instance> = list.iter().filter(|i| i.service == "sensor").collect();
+            let sensor_done = sensor.len() == 1
+                && sensor[0].template_hash != old_sensor.1
+                && sensor[0].phase == InstancePhase::Running
+                && sensor[0].node.as_deref() == Some("c");
+            let mut want = vec![device_id.clone()];
+            if let Some(s) = sensor.first() {
+                want.push(s.id.clone());
+            }
+            let mut local = local;
+            local.sort();
+            want.sort();
+            sensor_done
+                && local == want
+                && !local.contains(&old_sensor.0)
                 && list.iter().any(|i| {
                     i.id == device_id
                         && i.phase == InstancePhase::Running
@@ -446,11 +486,11 @@ fn a_lost_node_s_replicas_are_ready_elsewhere_in_seconds_and_nothing_runs_twice_
         .collect();
     assert_eq!(web, web_ids, "web changed when c returned");
     let running: usize = [&a, &b, &c].iter().map(|h| h.instance_dirs().len()).sum();
-    assert_eq!(running, REPLICAS + 1, "{}", show(&[&a, &b, &c]));
+    assert_eq!(running, REPLICAS + 2, "{}", show(&[&a, &b, &c]));
 
     // Clean up through the API: every instance stopped by its agent.
     a.api(|c| async move {
-        for s in ["web", "device"] {
+        for s in ["web", "device", "sensor"] {
             let _ = c
                 .call::<serde_json::Value>(
                     reqwest::Method::DELETE,

@@ -21,6 +21,7 @@ use crate::channel::{Channel, InitMsg, ParentMsg};
 use crate::clone::{clone_child, single_threaded, Forked};
 use crate::container::{forwarded_signals, io_err, live_status, wait_forwarding, Error};
 use crate::finalize::{self, Finalize};
+use crate::spec::MountNamespace;
 use crate::state::{check_transition, write_atomic, Operation};
 use crate::Runtime;
 
@@ -247,6 +248,21 @@ impl Runtime {
                 join.push((ns_fd(name)?, *flag));
             }
         }
+        // A container without a mount namespace of its own is chrooted into its rootfs; the
+        // process joins that root (opened here, before any join, through the host's /proc).
+        let root = if crate::spec::mount_namespace(&bundle.spec) == MountNamespace::Shared {
+            let path = format!("/proc/{init_pid}/root");
+            Some(
+                open(
+                    path.as_str(),
+                    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| io_err(format!("container {id}: open {path}"))(e.into()))?,
+            )
+        } else {
+            None
+        };
         let pid_ns = if same("pid") {
             None
         } else {
@@ -308,6 +324,7 @@ impl Runtime {
                 child(ChildConfig {
                     channel: child_ch,
                     join,
+                    root,
                     console,
                     process,
                     preserve_fds: opts.preserve_fds,
@@ -318,7 +335,7 @@ impl Runtime {
             }
             (Forked::Parent { child }, placed) => (child, placed),
         };
-        drop((child_ch, join, console, cgroup_fd));
+        drop((child_ch, join, root, console, cgroup_fd));
         let fail = |e: Error| {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
@@ -359,6 +376,8 @@ impl Runtime {
 struct ChildConfig<'a> {
     channel: Channel,
     join: Vec<(OwnedFd, CloneFlags)>,
+    /// The container's root, for a container chrooted without a mount namespace of its own.
+    root: Option<OwnedFd>,
     console: Option<OwnedFd>,
     process: &'a Process,
     preserve_fds: u32,
@@ -392,6 +411,10 @@ fn prepare_and_exec(cfg: &ChildConfig) -> Result<std::convert::Infallible, Strin
     finalize::set_oom_score_adj(cfg.process)?;
     for (fd, flag) in &cfg.join {
         nix::sched::setns(fd.as_fd(), *flag).map_err(|e| format!("join {flag:?}: {e}"))?;
+    }
+    if let Some(root) = &cfg.root {
+        nix::unistd::fchdir(root).map_err(|e| format!("enter the container's root: {e}"))?;
+        nix::unistd::chroot(".").map_err(|e| format!("chroot to the container's root: {e}"))?;
     }
     let command = finalize::finalize(&Finalize {
         process: cfg.process,

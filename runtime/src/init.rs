@@ -12,7 +12,7 @@ use crate::channel::{Channel, InitMsg, ParentMsg};
 use crate::finalize::{self, Command, Finalize};
 use crate::hooks;
 use crate::rootfs::{self, CgroupMounts};
-use crate::spec::Bundle;
+use crate::spec::{Bundle, MountNamespace};
 use crate::syscall::{LinuxSyscall, Syscall};
 
 /// What the parent hands the child across the clone.
@@ -109,15 +109,18 @@ fn setup<'a>(cfg: &'a InitConfig) -> Result<Prepared<'a>, String> {
     }
     finalize::set_oom_score_adj(process)?;
 
-    rootfs::prepare_with(
-        &sys,
-        spec,
-        &cfg.bundle.rootfs,
-        &cfg.bundle.dir,
-        &cfg.cgroup_mounts,
-        &cfg.idmaps,
-    )
-    .map_err(|e| e.to_string())?;
+    let own_mount_ns = crate::spec::mount_namespace(spec) == MountNamespace::New;
+    if own_mount_ns {
+        rootfs::prepare_with(
+            &sys,
+            spec,
+            &cfg.bundle.rootfs,
+            &cfg.bundle.dir,
+            &cfg.cgroup_mounts,
+            &cfg.idmaps,
+        )
+        .map_err(|e| e.to_string())?;
+    }
 
     // The parent moves this process into its cgroup while init makes its mounts (and, with no
     // hooks to run, pivots too): on a v1 host the first cgroup.procs write of a burst waits
@@ -163,14 +166,18 @@ fn setup<'a>(cfg: &'a InitConfig) -> Result<Prepared<'a>, String> {
         hooks::run_hooks("createContainer", list, state).map_err(|e| e.to_string())?;
     }
 
-    rootfs::pivot(
-        &sys,
-        &cfg.bundle.rootfs,
-        cfg.no_pivot,
-        rootfs::root_propagation(spec),
-    )
-    .map_err(|e| e.to_string())?;
-    rootfs::finalize(&sys, spec).map_err(|e| e.to_string())?;
+    if own_mount_ns {
+        rootfs::pivot(
+            &sys,
+            &cfg.bundle.rootfs,
+            cfg.no_pivot,
+            rootfs::root_propagation(spec),
+        )
+        .map_err(|e| e.to_string())?;
+        rootfs::finalize(&sys, spec).map_err(|e| e.to_string())?;
+    } else {
+        rootfs::enter_shared(&sys, spec, &cfg.bundle.rootfs).map_err(|e| e.to_string())?;
+    }
 
     if !joined_early {
         join_cgroup(&mut state_json)?;

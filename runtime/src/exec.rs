@@ -21,6 +21,7 @@ use crate::channel::{Channel, InitMsg, ParentMsg};
 use crate::clone::{clone_child, single_threaded, Forked};
 use crate::container::{forwarded_signals, io_err, live_status, wait_forwarding, Error};
 use crate::finalize::{self, Finalize};
+use crate::placement::AffinityStage;
 use crate::spec::MountNamespace;
 use crate::state::{check_transition, write_atomic, Operation};
 use crate::Runtime;
@@ -314,6 +315,12 @@ impl Runtime {
             }
             None => None,
         };
+        // process.execCPUAffinity.initial: where this parent, and so the child until it is in
+        // the container's cgroup, runs.
+        if let Some(a) = process.exec_cpu_affinity() {
+            crate::placement::apply_exec_cpu_affinity(a, AffinityStage::Initial)
+                .map_err(|m| Error::Usage(format!("exec: {m}")))?;
+        }
         let forked = clone_child(0, cgroup_fd.as_ref().map(|f| f.as_fd()));
         if let Some(own) = &own_pid_ns {
             let _ = nix::sched::setns(own.as_fd(), CloneFlags::CLONE_NEWPID);
@@ -406,6 +413,10 @@ fn prepare_and_exec(cfg: &ChildConfig) -> Result<std::convert::Infallible, Strin
         Ok(ParentMsg::CgroupJoined { .. }) => {}
         Ok(other) => return Err(format!("protocol: expected CgroupJoined, got {other:?}")),
         Err(e) => return Err(format!("waiting for the parent: {e}")),
+    }
+    // In the container's cgroup now: process.execCPUAffinity.final, if any.
+    if let Some(a) = cfg.process.exec_cpu_affinity() {
+        crate::placement::apply_exec_cpu_affinity(a, AffinityStage::Final)?;
     }
     // Through the host's /proc, before the container's mount namespace hides it.
     finalize::set_oom_score_adj(cfg.process)?;

@@ -1,6 +1,6 @@
 //! The last steps before a container process execs, shared by init and `tug exec` so the two
 //! cannot drift apart: working directory, environment and program lookup, rlimits, terminal,
-//! personality, I/O priority, scheduler, seccomp, groups, user and capabilities, LSM label,
+//! personality, I/O priority, scheduler, memory policy, seccomp, groups, user and capabilities, LSM label,
 //! no_new_privs and umask ([`finalize`]); then the signal mask, fds and execve ([`exec`]).
 //!
 //! Everything that can fail is in [`finalize`], which init runs before it reports `Ready`
@@ -78,6 +78,9 @@ pub(crate) fn finalize<'a>(f: &Finalize<'a>) -> Result<Command<'a>, String> {
     crate::procattr::apply_personality(f.linux)?;
     crate::procattr::apply_io_priority(process)?;
     crate::procattr::apply_scheduler(process)?;
+    if let Some(policy) = f.linux.and_then(|l| l.memory_policy().as_ref()) {
+        crate::placement::apply_memory_policy(policy)?;
+    }
     // A filter needs no_new_privs or CAP_SYS_ADMIN: without no_new_privs it goes on while
     // the capabilities are still held (as in runc), and then also filters become_user.
     let nnp = process.no_new_privileges() == Some(true);

@@ -444,6 +444,11 @@ pub fn validate(config: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf, Sp
             );
         }
     }
+    if let Some(policy) = linux.memory_policy() {
+        if let Err((field, message)) = crate::placement::check_memory_policy(policy) {
+            return c.fail(field, message);
+        }
+    }
     if let Some(cg) = linux.cgroups_path() {
         if cg.components().any(|c| c == Component::ParentDir) {
             return c.fail(

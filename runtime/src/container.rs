@@ -54,6 +54,24 @@ pub enum Error {
     },
 }
 
+/// A connection to the seccomp agent on linux.seccomp.listenerPath, when the container's
+/// filter has SCMP_ACT_NOTIFY rules (the spec: no state is sent otherwise).
+pub(crate) fn seccomp_agent(bundle: &crate::spec::Bundle) -> Result<Option<OwnedFd>, Error> {
+    if !bundle.seccomp.as_ref().is_some_and(|p| p.notifies()) {
+        return Ok(None);
+    }
+    let path = bundle
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref())
+        .and_then(|s| s.listener_path().as_deref())
+        .ok_or_else(|| Error::Usage("linux.seccomp.listenerPath: is needed".into()))?;
+    crate::seccomp::notify::connect(path)
+        .map(Some)
+        .map_err(Error::Usage)
+}
+
 pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
     let what = what.into();
     move |source| Error::Io { what, source }
@@ -419,6 +437,8 @@ impl Runtime {
                 .map_err(|message| Error::Usage(format!("mounts[{i}].uidMappings: {message}")))?;
             idmaps.push((i, fd));
         }
+        // A notifying seccomp filter's agent, reached here, where its path is the host's.
+        let seccomp_agent = seccomp_agent(bundle)?;
         let (parent_ch, init_ch) = Channel::pair().map_err(io_err("socketpair"))?;
         let own_pid_ns = match &pid_ns {
             Some(target) => {
@@ -466,12 +486,21 @@ impl Runtime {
                     console,
                     preserve_fds: opts.preserve_fds,
                     parent_pid,
+                    seccomp_agent,
                 })
             }
             (Forked::Parent { child }, placed) => (child, placed),
         };
         undo.child = Some(pid);
-        drop((init_ch, fifo, exec_done, join, console, cgroup_fd));
+        drop((
+            init_ch,
+            fifo,
+            exec_done,
+            join,
+            console,
+            cgroup_fd,
+            seccomp_agent,
+        ));
 
         if clone_flags.contains(CloneFlags::CLONE_NEWUSER) {
             crate::rootless::write_maps(

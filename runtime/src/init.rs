@@ -4,7 +4,7 @@
 //! Every failure before `start` is sent to the parent as [`InitMsg::Error`] with its context;
 //! the parent then kills this process and undoes what it made.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use nix::sched::CloneFlags;
 
@@ -12,6 +12,7 @@ use crate::channel::{Channel, InitMsg, ParentMsg};
 use crate::finalize::{self, Command, Finalize};
 use crate::hooks;
 use crate::rootfs::{self, CgroupMounts};
+use crate::seccomp::notify::{self, Agent};
 use crate::spec::{Bundle, MountNamespace};
 use crate::syscall::{LinuxSyscall, Syscall};
 
@@ -38,6 +39,8 @@ pub struct InitConfig<'a> {
     /// Extra fds (3..3+n) passed to the container, as runc's --preserve-fds.
     pub preserve_fds: u32,
     pub parent_pid: i32,
+    /// Connected to linux.seccomp.listenerPath, when the filter notifies.
+    pub seccomp_agent: Option<OwnedFd>,
 }
 
 /// Runs init and never returns.
@@ -186,11 +189,27 @@ fn setup<'a>(cfg: &'a InitConfig) -> Result<Prepared<'a>, String> {
 
     // User, capabilities, seccomp, LSM, personality, scheduler: everything that can fail
     // fails here, so `create` reports it and `start` only runs hooks and execs.
+    let agent = match &cfg.seccomp_agent {
+        Some(socket) => {
+            let metadata = spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.seccomp().as_ref())
+                .and_then(|s| s.listener_metadata().as_deref())
+                .unwrap_or_default();
+            Some(Agent {
+                socket: socket.as_fd(),
+                process_state: notify::process_state_of_init(&state_json, metadata)?,
+            })
+        }
+        None => None,
+    };
     let command = finalize::finalize(&Finalize {
         process,
         linux: spec.linux().as_ref(),
         seccomp: cfg.bundle.seccomp.as_ref(),
         console: cfg.console.as_ref(),
+        agent,
     })?;
     // A change of user clears the death signal; a parent that died meanwhile must not leave
     // this init waiting on exec.fifo for ever.

@@ -444,6 +444,11 @@ pub fn validate(config: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf, Sp
             );
         }
     }
+    if let Err((field, message)) =
+        crate::netdev::check(linux, has.contains(&LinuxNamespaceType::Network))
+    {
+        return c.fail(field, message);
+    }
     if let Some(policy) = linux.memory_policy() {
         if let Err((field, message)) = crate::placement::check_memory_policy(policy) {
             return c.fail(field, message);

@@ -224,9 +224,13 @@ fn an_exec_gets_the_containers_filter() {
 }
 
 /// A seccomp agent of the test's own on a unix socket: takes one connection, reads the
-/// process state and the listener fd that came with it, answers one notification with
-/// "success, 0" without running the call, and returns the state and the syscall number.
-fn agent(path: &std::path::Path) -> std::thread::JoinHandle<Result<(Value, i32), String>> {
+/// process state and the listener fd that came with it, and with `answer` answers one
+/// notification with "success, 0" without running the call; returns the state and the
+/// syscall number (-1 without `answer`).
+fn agent(
+    path: &std::path::Path,
+    answer: bool,
+) -> std::thread::JoinHandle<Result<(Value, i32), String>> {
     use std::io::{IoSliceMut, Read};
     use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
     use std::os::unix::net::UnixListener;
@@ -272,6 +276,9 @@ fn agent(path: &std::path::Path) -> std::thread::JoinHandle<Result<(Value, i32),
         // The runtime closes the connection after the state: read to its end.
         conn.read_to_end(&mut text).map_err(|e| e.to_string())?;
         let state: Value = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+        if !answer {
+            return Ok((state, -1));
+        }
 
         // struct seccomp_notif (80 bytes) and seccomp_notif_resp (24 bytes).
         const RECV: libc::c_ulong = 0xc050_2100;
@@ -315,7 +322,7 @@ fn a_seccomp_agent_gets_the_listener_and_answers_for_the_container() {
                 "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}],
             });
         });
-        let agent = agent(&socket);
+        let agent = agent(&socket, true);
         let id = id(&format!("notify-{nnp}"));
         let out = env.run(&id);
         let answered = agent.join().unwrap();
@@ -336,6 +343,45 @@ fn a_seccomp_agent_gets_the_listener_and_answers_for_the_container() {
         assert!(!env.state_root().join(&id).exists());
         no_cgroup_left(&id);
     }
+}
+
+#[test]
+fn an_exec_hands_its_own_listener_to_the_agent() {
+    skip_unless_root!("an_exec_hands_its_own_listener_to_the_agent");
+    let mut env = Env::new(&["sleep", "1000"]);
+    let socket = env.dir.path().join("agent.sock");
+    env.edit(|s| {
+        s["root"]["readonly"] = json!(false);
+        s["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "listenerPath": socket,
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}],
+        });
+    });
+    let id = id("notify-exec");
+    let first = agent(&socket, false);
+    env.create(&id);
+    let (created, _) = first.join().unwrap().unwrap();
+    env.ok(&["start", &id]);
+    let init = common::init_pid(&env, &id);
+    assert_eq!(created["pid"], json!(init), "{created}");
+    // Each process gets its own listener, over a connection of its own.
+    std::fs::remove_file(&socket).unwrap();
+    let second = agent(&socket, true);
+    let out = env.ok(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "mkdir /tmp/by-agent && echo mkdir-ok; [ -d /tmp/by-agent ] || echo not-made",
+    ]);
+    let (state, _) = second.join().unwrap().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "mkdir-ok\nnot-made\n");
+    assert_eq!(state["state"]["status"], json!("running"), "{state}");
+    assert_eq!(state["state"]["pid"], json!(init), "{state}");
+    assert_ne!(state["pid"], json!(init), "{state}");
+    env.ok(&["delete", "--force", &id]);
+    no_cgroup_left(&id);
 }
 
 #[test]

@@ -187,6 +187,28 @@ impl FsCgroup {
         self.mgr.stats()
     }
 
+    /// cgroup v2's CPU time from cpu.stat as (total, user, system) nanoseconds: cgroups-rs
+    /// fills its cpuacct figures on v1 only, and `events --stats` had no CPU usage on v2.
+    pub fn v2_cpu_usage(&self) -> Option<(u64, u64, u64)> {
+        if !self.mgr.v2() {
+            return None;
+        }
+        let dir = Path::new(cgroups_rs::fs::hierarchies::UNIFIED_MOUNTPOINT)
+            .join(self.path.trim_start_matches('/'));
+        let text = fs::read_to_string(dir.join("cpu.stat")).ok()?;
+        let nanos = |key: &str| {
+            text.lines().find_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                (k == key).then(|| v.trim().parse::<u64>().ok().map(|us| us * 1000))?
+            })
+        };
+        Some((
+            nanos("usage_usec")?,
+            nanos("user_usec")?,
+            nanos("system_usec")?,
+        ))
+    }
+
     /// How many processes the OOM killer has killed in this cgroup.
     pub fn oom_kills(&self) -> u64 {
         let (dir, file) = if self.mgr.v2() {

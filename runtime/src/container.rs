@@ -54,6 +54,24 @@ pub enum Error {
     },
 }
 
+/// A connection to the seccomp agent on linux.seccomp.listenerPath, when the container's
+/// filter has SCMP_ACT_NOTIFY rules (the spec: no state is sent otherwise).
+pub(crate) fn seccomp_agent(bundle: &crate::spec::Bundle) -> Result<Option<OwnedFd>, Error> {
+    if !bundle.seccomp.as_ref().is_some_and(|p| p.notifies()) {
+        return Ok(None);
+    }
+    let path = bundle
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref())
+        .and_then(|s| s.listener_path().as_deref())
+        .ok_or_else(|| Error::Usage("linux.seccomp.listenerPath: is needed".into()))?;
+    crate::seccomp::notify::connect(path)
+        .map(Some)
+        .map_err(Error::Usage)
+}
+
 pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
     let what = what.into();
     move |source| Error::Io { what, source }
@@ -87,12 +105,22 @@ struct Undo {
     dir: PathBuf,
     cgroup: Option<Box<dyn CgroupManager>>,
     child: Option<i32>,
+    /// linux.netDevices moved so far, and the namespace they are in: moved back first, as
+    /// the namespace (and a virtual device with it) ends with the child.
+    net_devices: Vec<crate::netdev::NetDevice>,
+    /// Held open, so the namespace outlives an init that died during setup.
+    netns: Option<OwnedFd>,
     armed: bool,
 }
 
 impl Undo {
     fn run(mut self, error: Error) -> Error {
         let mut left = Vec::new();
+        if let Some(netns) = &self.netns {
+            if let Err(e) = crate::netdev::move_out(netns, &self.net_devices) {
+                left.push(e);
+            }
+        }
         if let Some(pid) = self.child.take() {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
@@ -242,6 +270,13 @@ impl Runtime {
     ) -> Result<(ContainerState, bool), Error> {
         validate_id(id)?;
         let bundle = Bundle::load(&opts.bundle)?;
+        // Checked here, not with the rest of config.json: once moved, a device is in the
+        // container's namespace, and `exec` loads the same config.
+        if let Some(linux) = bundle.spec.linux() {
+            crate::netdev::check_present(&crate::netdev::devices(linux)).map_err(|message| {
+                Error::Usage(format!("{}: {message}", bundle.config_path().display()))
+            })?;
+        }
         let terminal = bundle
             .spec
             .process()
@@ -286,6 +321,8 @@ impl Runtime {
             dir: dir.clone(),
             cgroup: None,
             child: None,
+            net_devices: Vec::new(),
+            netns: None,
             armed: true,
         };
         let result = lock_dir(&dir, id).and_then(|lock| {
@@ -347,6 +384,7 @@ impl Runtime {
             cgroup_path: cgroup_path.clone(),
             owner: String::new(),
             hooks: spec.hooks().clone(),
+            net_devices: Vec::new(),
         };
         st.save(dir)?;
 
@@ -419,6 +457,8 @@ impl Runtime {
                 .map_err(|message| Error::Usage(format!("mounts[{i}].uidMappings: {message}")))?;
             idmaps.push((i, fd));
         }
+        // A notifying seccomp filter's agent, reached here, where its path is the host's.
+        let seccomp_agent = seccomp_agent(bundle)?;
         let (parent_ch, init_ch) = Channel::pair().map_err(io_err("socketpair"))?;
         let own_pid_ns = match &pid_ns {
             Some(target) => {
@@ -466,12 +506,21 @@ impl Runtime {
                     console,
                     preserve_fds: opts.preserve_fds,
                     parent_pid,
+                    seccomp_agent,
                 })
             }
             (Forked::Parent { child }, placed) => (child, placed),
         };
         undo.child = Some(pid);
-        drop((init_ch, fifo, exec_done, join, console, cgroup_fd));
+        drop((
+            init_ch,
+            fifo,
+            exec_done,
+            join,
+            console,
+            cgroup_fd,
+            seccomp_agent,
+        ));
 
         if clone_flags.contains(CloneFlags::CLONE_NEWUSER) {
             crate::rootless::write_maps(
@@ -486,6 +535,19 @@ impl Runtime {
         }
         st.pid = Some(pid);
         st.pid_start_time = process_start_time(pid);
+        // linux.netDevices, before any hook or the container's process can look for them.
+        let devices = crate::netdev::devices(linux);
+        if !devices.is_empty() {
+            let path = crate::netdev::container_netns(linux, pid);
+            let netns = undo
+                .netns
+                .insert(crate::netdev::open_netns(&path).map_err(Error::Usage)?);
+            for d in &devices {
+                crate::netdev::move_in(netns, std::slice::from_ref(d)).map_err(Error::Usage)?;
+                undo.net_devices.push(d.clone());
+            }
+            st.net_devices = devices;
+        }
         let state_json = st.to_oci(Status::Creating).to_string();
         parent_ch
             .send(&ParentMsg::CgroupJoined {
@@ -653,6 +715,13 @@ impl Runtime {
         check_transition(id, status, op)?;
         let mut cg = cgroups::open(&st.cgroup_path)?;
         if status != Status::Stopped {
+            if let (Some(pid), false) = (st.pid, st.net_devices.is_empty()) {
+                // While init holds the namespace: the devices go back under their own names.
+                let netns = crate::netdev::open_netns(Path::new(&format!("/proc/{pid}/ns/net")));
+                if let Err(e) = netns.and_then(|n| crate::netdev::move_out(&n, &st.net_devices)) {
+                    tracing::warn!("container {id}: {e}");
+                }
+            }
             if let Some(pid) = st.pid {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                 if status == Status::Paused {

@@ -117,9 +117,13 @@ fn access_bits(access: &str) -> i32 {
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_PROG_DETACH: libc::c_long = 9;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
 const BPF_CGROUP_DEVICE: u32 = 6;
 const BPF_F_ALLOW_MULTI: u32 = 2;
+const BPF_F_REPLACE: u32 = 4;
 
 #[repr(C)]
 #[derive(Default)]
@@ -138,6 +142,7 @@ struct ProgLoadAttr {
     expected_attach_type: u32,
 }
 
+/// BPF_PROG_ATTACH and BPF_PROG_DETACH.
 #[repr(C)]
 #[derive(Default)]
 struct ProgAttachAttr {
@@ -148,16 +153,32 @@ struct ProgAttachAttr {
     replace_bpf_fd: u32,
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
+/// BPF_PROG_QUERY (the padding spelled out: the kernel wants unused bytes zero).
+#[repr(C)]
+#[derive(Default)]
+struct ProgQueryAttr {
+    target_fd: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    prog_cnt: u32,
+    pad: u32,
+}
+
+/// BPF_PROG_GET_FD_BY_ID.
+#[repr(C)]
+#[derive(Default)]
+struct GetFdByIdAttr {
+    prog_id: u32,
+    next_id: u32,
+    open_flags: u32,
+}
+
+/// The bpf syscall; the kernel may write back into `attr` (BPF_PROG_QUERY does).
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: the bpf syscall with a properly laid out attr of the size we pass.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *const T,
-            std::mem::size_of::<T>(),
-        )
-    };
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -165,9 +186,97 @@ fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
     }
 }
 
-/// Loads the program for `rules` and attaches it to the cgroup v2 directory `cgroup_dir`.
-/// The attachment holds the program; it goes with the cgroup.
+/// The device programs attached to the cgroup directory `dir` itself (not inherited ones).
+fn attached_programs(dir: &std::fs::File) -> io::Result<Vec<OwnedFd>> {
+    // A cgroup holds at most 64 programs per attach type.
+    let mut ids = [0u32; 64];
+    let mut query = ProgQueryAttr {
+        target_fd: dir.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+        ..Default::default()
+    };
+    bpf(BPF_PROG_QUERY, &mut query)
+        .map_err(|e| with_context(e, "query attached device filters"))?;
+    let count = (query.prog_cnt as usize).min(ids.len());
+    ids[..count]
+        .iter()
+        .map(|&id| {
+            let mut attr = GetFdByIdAttr {
+                prog_id: id,
+                ..Default::default()
+            };
+            let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)
+                .map_err(|e| with_context(e, &format!("open attached device filter {id}")))?;
+            // SAFETY: the kernel returned a new fd that we now own.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+        })
+        .collect()
+}
+
+fn with_context(e: io::Error, what: &str) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// Loads the program for `rules` and makes it the cgroup v2 directory `cgroup_dir`'s only
+/// device program. The attachment holds the program; it goes with the cgroup.
+///
+/// Programs attached with BPF_F_ALLOW_MULTI all run and every one must allow, so a second
+/// program next to the first could only take permissions away: an `update` replaces the
+/// program it finds (BPF_F_REPLACE, Linux 5.6), or attaches the new one and then detaches the
+/// old ones, as runc does. Between the two steps of the fallback both programs hold, so no
+/// access the old or the new rules deny is let through.
 pub fn attach(cgroup_dir: &std::path::Path, rules: &[LinuxDeviceCgroup]) -> io::Result<()> {
+    let dir = std::fs::File::open(cgroup_dir)?;
+    let old = attached_programs(&dir)?;
+    let prog = load(rules)?;
+    let attach = |flags: u32, replace: Option<&OwnedFd>| {
+        let mut attr = ProgAttachAttr {
+            target_fd: dir.as_raw_fd() as u32,
+            attach_bpf_fd: prog.as_raw_fd() as u32,
+            attach_type: BPF_CGROUP_DEVICE,
+            attach_flags: flags,
+            replace_bpf_fd: replace.map_or(0, |p| p.as_raw_fd() as u32),
+        };
+        bpf(BPF_PROG_ATTACH, &mut attr).map_err(|e| {
+            with_context(
+                e,
+                &format!("attach device filter to {}", cgroup_dir.display()),
+            )
+        })
+    };
+    if let [only] = old.as_slice() {
+        match attach(BPF_F_ALLOW_MULTI | BPF_F_REPLACE, Some(only)) {
+            Ok(_) => return Ok(()),
+            // A kernel before 5.6 does not know the flag: attach, then detach.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    attach(BPF_F_ALLOW_MULTI, None)?;
+    for p in &old {
+        let mut attr = ProgAttachAttr {
+            target_fd: dir.as_raw_fd() as u32,
+            attach_bpf_fd: p.as_raw_fd() as u32,
+            attach_type: BPF_CGROUP_DEVICE,
+            ..Default::default()
+        };
+        bpf(BPF_PROG_DETACH, &mut attr).map_err(|e| {
+            with_context(
+                e,
+                &format!(
+                    "detach the old device filter from {} (the new one is attached; both apply)",
+                    cgroup_dir.display()
+                ),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Loads the program for `rules`; a verifier's refusal comes with its last words.
+fn load(rules: &[LinuxDeviceCgroup]) -> io::Result<OwnedFd> {
     let insns = program(rules);
     let license = b"Apache-2.0\0";
     let mut name = [0u8; 16];
@@ -177,7 +286,7 @@ pub fn attach(cgroup_dir: &std::path::Path, rules: &[LinuxDeviceCgroup]) -> io::
             Some(l) => (1, l.len() as u32, l.as_mut_ptr() as u64),
             None => (0, 0, 0),
         };
-        let attr = ProgLoadAttr {
+        let mut attr = ProgLoadAttr {
             prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
             insn_cnt: insns.len() as u32,
             insns: insns.as_ptr() as u64,
@@ -188,10 +297,11 @@ pub fn attach(cgroup_dir: &std::path::Path, rules: &[LinuxDeviceCgroup]) -> io::
             prog_name: name,
             ..Default::default()
         };
-        bpf(BPF_PROG_LOAD, &attr)
+        bpf(BPF_PROG_LOAD, &mut attr)
     };
-    let prog = match load(None) {
-        Ok(fd) => fd,
+    match load(None) {
+        // SAFETY: the kernel returned a new fd that we now own.
+        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
         Err(e) => {
             // Load again with the verifier's log, for its last words.
             let mut log = vec![0u8; 1 << 20];
@@ -199,29 +309,12 @@ pub fn attach(cgroup_dir: &std::path::Path, rules: &[LinuxDeviceCgroup]) -> io::
             let text = String::from_utf8_lossy(&log);
             let text = text.trim_end_matches('\0').trim();
             let tail: Vec<&str> = text.lines().rev().take(3).collect();
-            return Err(io::Error::new(
+            Err(io::Error::new(
                 e.kind(),
                 format!("load device filter: {e}: {}", tail.join(" / ")),
-            ));
+            ))
         }
-    };
-    // SAFETY: the kernel returned a new fd that we now own.
-    let prog = unsafe { OwnedFd::from_raw_fd(prog as i32) };
-    let dir = std::fs::File::open(cgroup_dir)?;
-    let attach = ProgAttachAttr {
-        target_fd: dir.as_raw_fd() as u32,
-        attach_bpf_fd: prog.as_raw_fd() as u32,
-        attach_type: BPF_CGROUP_DEVICE,
-        attach_flags: BPF_F_ALLOW_MULTI,
-        replace_bpf_fd: 0,
-    };
-    bpf(BPF_PROG_ATTACH, &attach).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("attach device filter to {}: {e}", cgroup_dir.display()),
-        )
-    })?;
-    Ok(())
+    }
 }
 
 #[cfg(test)]

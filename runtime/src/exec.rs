@@ -21,6 +21,9 @@ use crate::channel::{Channel, InitMsg, ParentMsg};
 use crate::clone::{clone_child, single_threaded, Forked};
 use crate::container::{forwarded_signals, io_err, live_status, wait_forwarding, Error};
 use crate::finalize::{self, Finalize};
+use crate::placement::AffinityStage;
+use crate::seccomp::notify::{self, Agent};
+use crate::spec::MountNamespace;
 use crate::state::{check_transition, write_atomic, Operation};
 use crate::Runtime;
 
@@ -247,6 +250,21 @@ impl Runtime {
                 join.push((ns_fd(name)?, *flag));
             }
         }
+        // A container without a mount namespace of its own is chrooted into its rootfs; the
+        // process joins that root (opened here, before any join, through the host's /proc).
+        let root = if crate::spec::mount_namespace(&bundle.spec) == MountNamespace::Shared {
+            let path = format!("/proc/{init_pid}/root");
+            Some(
+                open(
+                    path.as_str(),
+                    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| io_err(format!("container {id}: open {path}"))(e.into()))?,
+            )
+        } else {
+            None
+        };
         let pid_ns = if same("pid") {
             None
         } else {
@@ -283,6 +301,7 @@ impl Runtime {
                 .thread_block()
                 .map_err(|e| io_err("block signals")(e.into()))?;
         }
+        let seccomp_agent = crate::container::seccomp_agent(&bundle)?;
         let (parent_ch, child_ch) = Channel::pair().map_err(io_err("socketpair"))?;
         let own_pid_ns = match &pid_ns {
             Some(target) => {
@@ -298,6 +317,12 @@ impl Runtime {
             }
             None => None,
         };
+        // process.execCPUAffinity.initial: where this parent, and so the child until it is in
+        // the container's cgroup, runs.
+        if let Some(a) = process.exec_cpu_affinity() {
+            crate::placement::apply_exec_cpu_affinity(a, AffinityStage::Initial)
+                .map_err(|m| Error::Usage(format!("exec: {m}")))?;
+        }
         let forked = clone_child(0, cgroup_fd.as_ref().map(|f| f.as_fd()));
         if let Some(own) = &own_pid_ns {
             let _ = nix::sched::setns(own.as_fd(), CloneFlags::CLONE_NEWPID);
@@ -308,17 +333,34 @@ impl Runtime {
                 child(ChildConfig {
                     channel: child_ch,
                     join,
+                    root,
                     console,
                     process,
                     preserve_fds: opts.preserve_fds,
                     forwarded: (!opts.detach).then_some(forwarded),
                     seccomp: bundle.seccomp.as_ref(),
                     linux: bundle.spec.linux().as_ref(),
+                    seccomp_agent,
                 })
             }
             (Forked::Parent { child }, placed) => (child, placed),
         };
-        drop((child_ch, join, console, cgroup_fd));
+        drop((child_ch, join, root, console, cgroup_fd));
+        // The process state for the agent: this process's pid and the container's state.
+        let process_state = match &seccomp_agent {
+            Some(_) => {
+                let metadata = bundle
+                    .spec
+                    .linux()
+                    .as_ref()
+                    .and_then(|l| l.seccomp().as_ref())
+                    .and_then(|s| s.listener_metadata().clone())
+                    .unwrap_or_default();
+                notify::process_state(pid, &metadata, st.to_oci(status))
+            }
+            None => String::new(),
+        };
+        drop(seccomp_agent);
         let fail = |e: Error| {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
@@ -329,7 +371,7 @@ impl Runtime {
         }
         parent_ch
             .send(&ParentMsg::CgroupJoined {
-                state: String::new(),
+                state: process_state,
             })
             .map_err(|e| fail(io_err("tell the exec process it joined")(e)))?;
         // End of file: the exec closed the child's end. A message: it failed.
@@ -359,6 +401,8 @@ impl Runtime {
 struct ChildConfig<'a> {
     channel: Channel,
     join: Vec<(OwnedFd, CloneFlags)>,
+    /// The container's root, for a container chrooted without a mount namespace of its own.
+    root: Option<OwnedFd>,
     console: Option<OwnedFd>,
     process: &'a Process,
     preserve_fds: u32,
@@ -368,6 +412,8 @@ struct ChildConfig<'a> {
     seccomp: Option<&'a crate::seccomp::Program>,
     /// The container's linux section (its personality applies to exec'd processes too).
     linux: Option<&'a oci_spec::runtime::Linux>,
+    /// Connected to linux.seccomp.listenerPath, when the filter notifies.
+    seccomp_agent: Option<OwnedFd>,
 }
 
 fn child(cfg: ChildConfig) -> ! {
@@ -383,21 +429,33 @@ fn child(cfg: ChildConfig) -> ! {
 fn prepare_and_exec(cfg: &ChildConfig) -> Result<std::convert::Infallible, String> {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    match cfg.channel.recv::<ParentMsg>() {
-        Ok(ParentMsg::CgroupJoined { .. }) => {}
+    let process_state = match cfg.channel.recv::<ParentMsg>() {
+        Ok(ParentMsg::CgroupJoined { state }) => state,
         Ok(other) => return Err(format!("protocol: expected CgroupJoined, got {other:?}")),
         Err(e) => return Err(format!("waiting for the parent: {e}")),
+    };
+    // In the container's cgroup now: process.execCPUAffinity.final, if any.
+    if let Some(a) = cfg.process.exec_cpu_affinity() {
+        crate::placement::apply_exec_cpu_affinity(a, AffinityStage::Final)?;
     }
     // Through the host's /proc, before the container's mount namespace hides it.
     finalize::set_oom_score_adj(cfg.process)?;
     for (fd, flag) in &cfg.join {
         nix::sched::setns(fd.as_fd(), *flag).map_err(|e| format!("join {flag:?}: {e}"))?;
     }
+    if let Some(root) = &cfg.root {
+        nix::unistd::fchdir(root).map_err(|e| format!("enter the container's root: {e}"))?;
+        nix::unistd::chroot(".").map_err(|e| format!("chroot to the container's root: {e}"))?;
+    }
     let command = finalize::finalize(&Finalize {
         process: cfg.process,
         linux: cfg.linux,
         seccomp: cfg.seccomp,
         console: cfg.console.as_ref(),
+        agent: cfg.seccomp_agent.as_ref().map(|s| Agent {
+            socket: s.as_fd(),
+            process_state,
+        }),
     })?;
     // The process outlives `tug exec --detach`.
     // SAFETY: prctl with integer arguments.

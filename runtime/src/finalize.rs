@@ -1,6 +1,6 @@
 //! The last steps before a container process execs, shared by init and `tug exec` so the two
 //! cannot drift apart: working directory, environment and program lookup, rlimits, terminal,
-//! personality, I/O priority, scheduler, seccomp, groups, user and capabilities, LSM label,
+//! personality, I/O priority, scheduler, memory policy, seccomp, groups, user and capabilities, LSM label,
 //! no_new_privs and umask ([`finalize`]); then the signal mask, fds and execve ([`exec`]).
 //!
 //! Everything that can fail is in [`finalize`], which init runs before it reports `Ready`
@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{Linux, LinuxCapabilities, Process};
 
+use crate::seccomp::notify::{self, Agent};
 use crate::seccomp::Program;
 
 /// What the process is made from.
@@ -26,6 +27,8 @@ pub(crate) struct Finalize<'a> {
     pub seccomp: Option<&'a Program>,
     /// Connected console socket, when the process has a terminal.
     pub console: Option<&'a OwnedFd>,
+    /// The seccomp agent a notifying filter's listener goes to (linux.seccomp.listenerPath).
+    pub agent: Option<Agent<'a>>,
 }
 
 /// A finalized process, ready for [`exec`].
@@ -78,11 +81,15 @@ pub(crate) fn finalize<'a>(f: &Finalize<'a>) -> Result<Command<'a>, String> {
     crate::procattr::apply_personality(f.linux)?;
     crate::procattr::apply_io_priority(process)?;
     crate::procattr::apply_scheduler(process)?;
+    if let Some(policy) = f.linux.and_then(|l| l.memory_policy().as_ref()) {
+        crate::placement::apply_memory_policy(policy)?;
+    }
     // A filter needs no_new_privs or CAP_SYS_ADMIN: without no_new_privs it goes on while
     // the capabilities are still held (as in runc), and then also filters become_user.
     let nnp = process.no_new_privileges() == Some(true);
+    let notifies = f.seccomp.is_some_and(Program::notifies);
     if let (false, Some(p)) = (nnp, f.seccomp) {
-        crate::seccomp::install(p).map_err(|e| e.to_string())?;
+        install_filter(p, f.agent.as_ref())?;
     }
     become_user(process)?;
     crate::procattr::apply_lsm(process)?;
@@ -95,6 +102,11 @@ pub(crate) fn finalize<'a>(f: &Finalize<'a>) -> Result<Command<'a>, String> {
             ));
         }
     }
+    // A notifying filter goes on here under no_new_privs too, not right before execve: its
+    // listener must reach the agent during create, as in runc.
+    if let (true, true, Some(p)) = (nnp, notifies, f.seccomp) {
+        install_filter(p, f.agent.as_ref())?;
+    }
     if let Some(mask) = process.user().umask() {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
     }
@@ -103,8 +115,23 @@ pub(crate) fn finalize<'a>(f: &Finalize<'a>) -> Result<Command<'a>, String> {
         program: to_c(&program.to_string_lossy())?,
         args: args.iter().map(|a| to_c(a)).collect::<Result<_, _>>()?,
         env: env.iter().map(|a| to_c(a)).collect::<Result<_, _>>()?,
-        late_seccomp: f.seccomp.filter(|_| nnp),
+        late_seccomp: f.seccomp.filter(|_| nnp && !notifies),
     })
+}
+
+/// Installs the seccomp filter; a notifying one's listener goes to the agent at once, before
+/// any other syscall the filter could hold.
+fn install_filter(p: &Program, agent: Option<&Agent>) -> Result<(), String> {
+    match (
+        crate::seccomp::install(p).map_err(|e| e.to_string())?,
+        agent,
+    ) {
+        (Some(listener), Some(agent)) => notify::hand_over(agent, listener),
+        (Some(_), None) => {
+            Err("linux.seccomp: the filter notifies, but no agent is connected".into())
+        }
+        (None, _) => Ok(()),
+    }
 }
 
 /// Execs a finalized process: resets the signal state (and unblocks `unblock`), marks every fd

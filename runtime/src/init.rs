@@ -4,7 +4,7 @@
 //! Every failure before `start` is sent to the parent as [`InitMsg::Error`] with its context;
 //! the parent then kills this process and undoes what it made.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use nix::sched::CloneFlags;
 
@@ -12,7 +12,8 @@ use crate::channel::{Channel, InitMsg, ParentMsg};
 use crate::finalize::{self, Command, Finalize};
 use crate::hooks;
 use crate::rootfs::{self, CgroupMounts};
-use crate::spec::Bundle;
+use crate::seccomp::notify::{self, Agent};
+use crate::spec::{Bundle, MountNamespace};
 use crate::syscall::{LinuxSyscall, Syscall};
 
 /// What the parent hands the child across the clone.
@@ -38,6 +39,8 @@ pub struct InitConfig<'a> {
     /// Extra fds (3..3+n) passed to the container, as runc's --preserve-fds.
     pub preserve_fds: u32,
     pub parent_pid: i32,
+    /// Connected to linux.seccomp.listenerPath, when the filter notifies.
+    pub seccomp_agent: Option<OwnedFd>,
 }
 
 /// Runs init and never returns.
@@ -109,15 +112,18 @@ fn setup<'a>(cfg: &'a InitConfig) -> Result<Prepared<'a>, String> {
     }
     finalize::set_oom_score_adj(process)?;
 
-    rootfs::prepare_with(
-        &sys,
-        spec,
-        &cfg.bundle.rootfs,
-        &cfg.bundle.dir,
-        &cfg.cgroup_mounts,
-        &cfg.idmaps,
-    )
-    .map_err(|e| e.to_string())?;
+    let own_mount_ns = crate::spec::mount_namespace(spec) == MountNamespace::New;
+    if own_mount_ns {
+        rootfs::prepare_with(
+            &sys,
+            spec,
+            &cfg.bundle.rootfs,
+            &cfg.bundle.dir,
+            &cfg.cgroup_mounts,
+            &cfg.idmaps,
+        )
+        .map_err(|e| e.to_string())?;
+    }
 
     // The parent moves this process into its cgroup while init makes its mounts (and, with no
     // hooks to run, pivots too): on a v1 host the first cgroup.procs write of a burst waits
@@ -163,14 +169,18 @@ fn setup<'a>(cfg: &'a InitConfig) -> Result<Prepared<'a>, String> {
         hooks::run_hooks("createContainer", list, state).map_err(|e| e.to_string())?;
     }
 
-    rootfs::pivot(
-        &sys,
-        &cfg.bundle.rootfs,
-        cfg.no_pivot,
-        rootfs::root_propagation(spec),
-    )
-    .map_err(|e| e.to_string())?;
-    rootfs::finalize(&sys, spec).map_err(|e| e.to_string())?;
+    if own_mount_ns {
+        rootfs::pivot(
+            &sys,
+            &cfg.bundle.rootfs,
+            cfg.no_pivot,
+            rootfs::root_propagation(spec),
+        )
+        .map_err(|e| e.to_string())?;
+        rootfs::finalize(&sys, spec).map_err(|e| e.to_string())?;
+    } else {
+        rootfs::enter_shared(&sys, spec, &cfg.bundle.rootfs).map_err(|e| e.to_string())?;
+    }
 
     if !joined_early {
         join_cgroup(&mut state_json)?;
@@ -179,11 +189,27 @@ fn setup<'a>(cfg: &'a InitConfig) -> Result<Prepared<'a>, String> {
 
     // User, capabilities, seccomp, LSM, personality, scheduler: everything that can fail
     // fails here, so `create` reports it and `start` only runs hooks and execs.
+    let agent = match &cfg.seccomp_agent {
+        Some(socket) => {
+            let metadata = spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.seccomp().as_ref())
+                .and_then(|s| s.listener_metadata().as_deref())
+                .unwrap_or_default();
+            Some(Agent {
+                socket: socket.as_fd(),
+                process_state: notify::process_state_of_init(&state_json, metadata)?,
+            })
+        }
+        None => None,
+    };
     let command = finalize::finalize(&Finalize {
         process,
         linux: spec.linux().as_ref(),
         seccomp: cfg.bundle.seccomp.as_ref(),
         console: cfg.console.as_ref(),
+        agent,
     })?;
     // A change of user clears the death signal; a parent that died meanwhile must not leave
     // this init waiting on exec.fifo for ever.

@@ -121,10 +121,20 @@ pub fn resources_from_file(path: &Path) -> Result<LinuxResources, Error> {
 
 fn stats_json(cg: &FsCgroup) -> Value {
     let s = cg.stats();
-    let cpu = s.cpu.cpu_acct.as_ref().map(|c| {
-        json!({"total": c.total_usage, "percpu": c.usage_percpu,
-               "kernel": c.system_usage, "user": c.user_usage})
-    });
+    let cpu = s
+        .cpu
+        .cpu_acct
+        .as_ref()
+        .map(|c| {
+            json!({"total": c.total_usage, "percpu": c.usage_percpu,
+                   "kernel": c.system_usage, "user": c.user_usage})
+        })
+        .or_else(|| {
+            // v2 counts no per-CPU time.
+            cg.v2_cpu_usage().map(|(total, user, kernel)| {
+                json!({"total": total, "percpu": [], "kernel": kernel, "user": user})
+            })
+        });
     let throttling = s.cpu.cpu_throttling.as_ref().map(|t| {
         json!({"periods": t.periods, "throttledPeriods": t.throttled_periods,
                "throttledTime": t.throttled_time})

@@ -15,6 +15,8 @@ pub mod hooks;
 mod init;
 pub mod inspect;
 pub mod jsonpath;
+pub mod netdev;
+pub mod placement;
 pub mod procattr;
 pub mod rootfs;
 pub mod rootless;

@@ -51,6 +51,9 @@ pub fn check(process: &Process) -> Result<(), (String, String)> {
         check_id(id, "id").map_err(|m| (field, m))?;
     }
     check_capabilities(process)?;
+    if let Some(a) = process.exec_cpu_affinity() {
+        crate::placement::check_exec_cpu_affinity(a)?;
+    }
     if let Some(p) = process
         .apparmor_profile()
         .as_deref()

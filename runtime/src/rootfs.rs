@@ -629,10 +629,10 @@ fn kept_flags(sys: &dyn Syscall, path: &Path) -> Result<MsFlags, RootfsError> {
     Ok(keep)
 }
 
-/// After pivot_root: sysctls, read-only and masked paths, the read-only root.
-pub fn finalize(sys: &dyn Syscall, spec: &Spec) -> Result<(), RootfsError> {
-    let linux = spec.linux().as_ref();
-    if let Some(sysctl) = linux.and_then(|l| l.sysctl().as_ref()) {
+/// Writes linux.sysctl through /proc/sys; the values land in the namespaces (net, ipc, uts)
+/// of the calling process, whichever /proc is mounted there.
+fn write_sysctls(sys: &dyn Syscall, spec: &Spec) -> Result<(), RootfsError> {
+    if let Some(sysctl) = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()) {
         let mut keys: Vec<_> = sysctl.keys().collect();
         keys.sort();
         for key in keys {
@@ -640,6 +640,26 @@ pub fn finalize(sys: &dyn Syscall, spec: &Spec) -> Result<(), RootfsError> {
             ctx(sys.write_file(&path, &sysctl[key]), "write sysctl", &path)?;
         }
     }
+    Ok(())
+}
+
+/// A container without a mount namespace of its own ([`crate::spec::MountNamespace::Shared`]):
+/// no mount at all (the namespace is the host's or another's); sysctls through the /proc
+/// there, then a chroot into `rootfs` (pivot_root would move the whole namespace's root).
+/// `rootfs` is resolved in the mount namespace init is in, the joined one if any, as runc
+/// does.
+pub fn enter_shared(sys: &dyn Syscall, spec: &Spec, rootfs: &Path) -> Result<(), RootfsError> {
+    write_sysctls(sys, spec)?;
+    ctx(sys.chdir(rootfs), "chdir to rootfs", rootfs)?;
+    ctx(sys.chroot(Path::new(".")), "chroot to", rootfs)?;
+    let root = Path::new("/");
+    ctx(sys.chdir(root), "chdir to", root)
+}
+
+/// After pivot_root: sysctls, read-only and masked paths, the read-only root.
+pub fn finalize(sys: &dyn Syscall, spec: &Spec) -> Result<(), RootfsError> {
+    let linux = spec.linux().as_ref();
+    write_sysctls(sys, spec)?;
     for p in linux
         .and_then(|l| l.readonly_paths().as_ref())
         .into_iter()
@@ -974,6 +994,25 @@ mod tests {
         let sys = RecordingSyscall::default();
         pivot(&sys, Path::new("/r"), true, None).unwrap();
         assert!(sys.calls().contains(&Call::Chroot(".".into())));
+    }
+
+    #[test]
+    fn without_a_mount_namespace_nothing_is_mounted_and_the_rootfs_is_chrooted() {
+        let spec = spec_with(serde_json::json!({
+            "linux": {"namespaces": [{"type": "network"}], "sysctl": {"net.ipv4.ip_forward": "1"}}
+        }));
+        let sys = RecordingSyscall::default();
+        enter_shared(&sys, &spec, Path::new("/r")).unwrap();
+        assert_eq!(
+            sys.calls(),
+            vec![
+                // Through the /proc of the namespace tug runs in, before the chroot hides it.
+                Call::WriteFile("/proc/sys/net/ipv4/ip_forward".into(), "1".into()),
+                Call::Chdir("/r".into()),
+                Call::Chroot(".".into()),
+                Call::Chdir("/".into()),
+            ]
+        );
     }
 
     #[test]

@@ -27,12 +27,16 @@
 //!   order (KILL_PROCESS, KILL_THREAD, TRAP, ERRNO, TRACE, LOG, ALLOW); of two of one kind,
 //!   the first.
 //! - errnoRet is taken with SCMP_ACT_ERRNO and SCMP_ACT_TRACE (EPERM when absent) and refused
-//!   with other actions. SCMP_ACT_NOTIFY and listenerPath are refused: tug has no seccomp agent
-//!   support yet.
+//!   with other actions.
+//! - SCMP_ACT_NOTIFY ([`notify`]) needs `listenerPath`; it is refused as the default action and
+//!   for `sendmsg`, the call that hands the listener to the agent (the agent could not answer
+//!   it: it has no fd yet). A listenerPath without a NOTIFY rule is not used (the spec: no
+//!   state is sent then).
 //! - Actions and flags the running kernel does not offer are refused at compile time
 //!   (SECCOMP_GET_ACTION_AVAIL, and the EFAULT probe libseccomp uses for flags).
 
 mod bpf;
+pub mod notify;
 mod profile;
 
 use std::collections::BTreeMap;
@@ -120,11 +124,24 @@ impl std::fmt::Debug for Program {
     }
 }
 
-/// Installs `p` on the calling thread (and, with SECCOMP_FILTER_FLAG_TSYNC, its siblings).
+/// SECCOMP_FILTER_FLAG_NEW_LISTENER: seccomp(2) returns the notification fd.
+const FLAG_NEW_LISTENER: libc::c_ulong = 1 << 3;
+/// SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (Linux 5.19): only with a listener.
+const FLAG_WAIT_KILLABLE_RECV: libc::c_ulong = 1 << 5;
+
+impl Program {
+    /// Whether the filter has SCMP_ACT_NOTIFY rules: [`install`] then returns a listener.
+    pub fn notifies(&self) -> bool {
+        self.flags & FLAG_NEW_LISTENER != 0
+    }
+}
+
+/// Installs `p` on the calling thread (and, with SECCOMP_FILTER_FLAG_TSYNC, its siblings);
+/// returns the listener of a filter that [`Program::notifies`].
 ///
 /// Needs no_new_privs or CAP_SYS_ADMIN. Makes one syscall and allocates nothing, so it is safe
 /// in init right before execve.
-pub fn install(p: &Program) -> Result<(), SeccompError> {
+pub fn install(p: &Program) -> Result<Option<std::os::fd::OwnedFd>, SeccompError> {
     let prog = libc::sock_fprog {
         len: p.insns.len() as libc::c_ushort,
         filter: p.insns.as_ptr().cast_mut(),
@@ -138,8 +155,14 @@ pub fn install(p: &Program) -> Result<(), SeccompError> {
             &prog as *const libc::sock_fprog,
         )
     };
-    if r == 0 {
-        return Ok(());
+    if r >= 0 {
+        if !p.notifies() {
+            return Ok(None);
+        }
+        // SAFETY: with FLAG_NEW_LISTENER the kernel returns a new fd that we now own.
+        return Ok(Some(unsafe {
+            std::os::fd::FromRawFd::from_raw_fd(r as i32)
+        }));
     }
     let error = std::io::Error::last_os_error();
     let hint = match error.raw_os_error() {
@@ -156,18 +179,19 @@ pub fn compile(seccomp: &LinuxSeccomp) -> Result<Program, SeccompError> {
         what: "seccomp".into(),
         why: "tug knows syscall numbers only for x86_64 and aarch64 hosts",
     })?;
-    if seccomp.listener_path().is_some() {
-        return Err(SeccompError::Unsupported {
-            field: "linux.seccomp.listenerPath".into(),
-            what: "a seccomp agent".into(),
-            why: "seccomp notification (SCMP_ACT_NOTIFY) is not implemented yet",
+    check_listener(seccomp)?;
+    if seccomp.default_action() == LinuxSeccompAction::ScmpActNotify {
+        return Err(SeccompError::Invalid {
+            field: "linux.seccomp.defaultAction".into(),
+            message: "SCMP_ACT_NOTIFY cannot be the default: it would hold the sendmsg that \
+                      hands the listener to the agent"
+                .into(),
         });
     }
     let mut used = Vec::new();
     let default = action_value(
         seccomp.default_action(),
         seccomp.default_errno_ret(),
-        "linux.seccomp.defaultAction",
         "linux.seccomp.defaultErrnoRet",
     )?;
     used.push((default, "linux.seccomp.defaultAction".to_string()));
@@ -200,12 +224,7 @@ pub fn compile(seccomp: &LinuxSeccomp) -> Result<Program, SeccompError> {
     let mut entries: Vec<BTreeMap<u32, Entry>> = vec![BTreeMap::new(); sections.len()];
     for (i, sc) in seccomp.syscalls().iter().flatten().enumerate() {
         let field = format!("linux.seccomp.syscalls[{i}]");
-        let action = action_value(
-            sc.action(),
-            sc.errno_ret(),
-            &format!("{field}.action"),
-            &format!("{field}.errnoRet"),
-        )?;
+        let action = action_value(sc.action(), sc.errno_ret(), &format!("{field}.errnoRet"))?;
         if !used.iter().any(|(a, _)| same_kind(*a, action)) {
             used.push((action, format!("{field}.action")));
         }
@@ -218,6 +237,14 @@ pub fn compile(seccomp: &LinuxSeccomp) -> Result<Program, SeccompError> {
                 LinuxSeccompAction::ScmpActAllow | LinuxSeccompAction::ScmpActLog
             );
         for (j, name) in sc.names().iter().enumerate() {
+            if sc.action() == LinuxSeccompAction::ScmpActNotify && name == "sendmsg" {
+                return Err(SeccompError::Invalid {
+                    field: format!("{field}.names[{j}]"),
+                    message: "SCMP_ACT_NOTIFY cannot hold sendmsg: tug hands the listener to \
+                              the agent with it"
+                        .into(),
+                });
+            }
             let mut known = false;
             for (s, arch) in sections.iter().enumerate() {
                 let Some(nr) = arch.lookup(name) else {
@@ -281,6 +308,30 @@ pub fn compile(seccomp: &LinuxSeccomp) -> Result<Program, SeccompError> {
             .collect(),
         bad_arch: libc::SECCOMP_RET_KILL_PROCESS,
     };
+    let mut flags = flags;
+    match used
+        .iter()
+        .find(|(a, _)| same_kind(*a, libc::SECCOMP_RET_USER_NOTIF))
+    {
+        Some((_, field)) if seccomp.listener_path().is_none() => {
+            return Err(SeccompError::Invalid {
+                field: "linux.seccomp.listenerPath".into(),
+                message: format!(
+                    "is needed: {field} is SCMP_ACT_NOTIFY, whose listener goes to a seccomp agent"
+                ),
+            })
+        }
+        Some(_) => flags |= FLAG_NEW_LISTENER,
+        None if flags & FLAG_WAIT_KILLABLE_RECV != 0 => {
+            return Err(SeccompError::Invalid {
+                field: "linux.seccomp.flags".into(),
+                message: "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV applies to a listener only: \
+                          no rule is SCMP_ACT_NOTIFY"
+                    .into(),
+            })
+        }
+        None => {}
+    }
     let insns = bpf::generate(&filter);
     let max = libc::BPF_MAXINSNS as usize;
     if insns.len() > max {
@@ -318,6 +369,10 @@ pub fn features() -> serde_json::Value {
             "SECCOMP_FILTER_FLAG_SPEC_ALLOW",
             libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW,
         ),
+        (
+            "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV",
+            FLAG_WAIT_KILLABLE_RECV | FLAG_NEW_LISTENER,
+        ),
     ];
     let supported: Vec<&str> = flags
         .iter()
@@ -328,7 +383,8 @@ pub fn features() -> serde_json::Value {
         "enabled": ArchTable::NATIVE.is_some(),
         "actions": [
             "SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS",
-            "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG", "SCMP_ACT_TRACE", "SCMP_ACT_TRAP"
+            "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG", "SCMP_ACT_NOTIFY", "SCMP_ACT_TRACE",
+            "SCMP_ACT_TRAP"
         ],
         "operators": [
             "SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE", "SCMP_CMP_LT",
@@ -344,7 +400,6 @@ pub fn features() -> serde_json::Value {
 fn action_value(
     action: LinuxSeccompAction,
     errno_ret: Option<u32>,
-    field: &str,
     errno_field: &str,
 ) -> Result<u32, SeccompError> {
     use LinuxSeccompAction as A;
@@ -373,14 +428,7 @@ fn action_value(
         A::ScmpActTrace => libc::SECCOMP_RET_TRACE | data(libc::SECCOMP_RET_DATA)?,
         A::ScmpActLog => libc::SECCOMP_RET_LOG,
         A::ScmpActAllow => libc::SECCOMP_RET_ALLOW,
-        A::ScmpActNotify => {
-            return Err(SeccompError::Unsupported {
-                field: field.into(),
-                what: "SCMP_ACT_NOTIFY".into(),
-                why: "it needs a seccomp agent on linux.seccomp.listenerPath, which tug does not \
-                      support yet",
-            })
-        }
+        A::ScmpActNotify => libc::SECCOMP_RET_USER_NOTIF,
     })
 }
 
@@ -437,16 +485,15 @@ fn filter_flags(seccomp: &LinuxSeccomp) -> Result<libc::c_ulong, SeccompError> {
             LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => {
                 libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW
             }
-            LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv => {
-                return Err(SeccompError::Unsupported {
-                    field,
-                    what: f.to_string(),
-                    why: "it only applies to a seccomp agent's listener, which tug does not \
-                          support yet",
-                })
-            }
+            LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv => FLAG_WAIT_KILLABLE_RECV,
         };
-        if !flag_available(bit) {
+        // The kernel takes WAIT_KILLABLE_RECV only with NEW_LISTENER: probe them together.
+        let probe = if bit == FLAG_WAIT_KILLABLE_RECV {
+            bit | FLAG_NEW_LISTENER
+        } else {
+            bit
+        };
+        if !flag_available(probe) {
             return Err(SeccompError::Unavailable {
                 field,
                 what: f.to_string(),
@@ -455,6 +502,33 @@ fn filter_flags(seccomp: &LinuxSeccomp) -> Result<libc::c_ulong, SeccompError> {
         flags |= bit;
     }
     Ok(flags)
+}
+
+/// `listenerPath` and `listenerMetadata`, whether or not a rule notifies.
+fn check_listener(seccomp: &LinuxSeccomp) -> Result<(), SeccompError> {
+    let invalid = |field: &str, message: String| SeccompError::Invalid {
+        field: field.into(),
+        message,
+    };
+    match seccomp.listener_path() {
+        Some(p) if !p.is_absolute() => Err(invalid(
+            "linux.seccomp.listenerPath",
+            format!("{} must be an absolute path", p.display()),
+        )),
+        // sockaddr_un's sun_path holds 108 bytes with the NUL.
+        Some(p) if p.as_os_str().len() > 107 => Err(invalid(
+            "linux.seccomp.listenerPath",
+            format!(
+                "{} is longer than a unix socket path can be (107 bytes)",
+                p.display()
+            ),
+        )),
+        None if seccomp.listener_metadata().is_some() => Err(invalid(
+            "linux.seccomp.listenerMetadata",
+            "is for the agent on linux.seccomp.listenerPath, which is not set".into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Whether the kernel takes filter flag `bit`: with a null program it fails with EFAULT

@@ -363,20 +363,11 @@ pub fn validate(config: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf, Sp
                 if let Err(e) = fs::metadata(p) {
                     return c.fail(format!("{field}.path"), format!("{}: {e}", p.display()));
                 }
-                if ns.typ() == LinuxNamespaceType::Mount {
-                    return c.fail(
-                        format!("{field}.path"),
-                        "joining an existing mount namespace is not supported; the container needs its own",
-                    );
-                }
             }
         }
     }
     if !new_mount_ns {
-        return c.fail(
-            "linux.namespaces",
-            "a new mount namespace (type \"mount\" without a path) is required",
-        );
+        refuse_mounts_without_namespace(&c, spec)?;
     }
     if spec.hostname().as_deref().is_some_and(|h| !h.is_empty())
         && !has.contains(&LinuxNamespaceType::Uts)
@@ -453,6 +444,16 @@ pub fn validate(config: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf, Sp
             );
         }
     }
+    if let Err((field, message)) =
+        crate::netdev::check(linux, has.contains(&LinuxNamespaceType::Network))
+    {
+        return c.fail(field, message);
+    }
+    if let Some(policy) = linux.memory_policy() {
+        if let Err((field, message)) = crate::placement::check_memory_policy(policy) {
+            return c.fail(field, message);
+        }
+    }
     if let Some(cg) = linux.cgroups_path() {
         if cg.components().any(|c| c == Component::ParentDir) {
             return c.fail(
@@ -493,6 +494,72 @@ pub fn validate(config: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf, Sp
         }
     }
     Ok(rootfs)
+}
+
+/// Without a new mount namespace (none listed: the runtime's own; or one joined by path),
+/// tug makes no mount and no device node: each would land in a namespace the host or
+/// another container uses, and outlive this container. The container gets its rootfs by
+/// chroot. So the fields that ask for mounts are refused, each by name, rather than ignored.
+fn refuse_mounts_without_namespace(c: &Checker, spec: &Spec) -> Result<(), SpecError> {
+    const WHY: &str =
+        "needs a new mount namespace (\"mount\" in linux.namespaces, without a path): \
+                       without one, tug makes no mounts, since they would be made in the host's \
+                       (or the joined) mount namespace";
+    if spec.mounts().as_ref().is_some_and(|m| !m.is_empty()) {
+        return c.fail("mounts", WHY);
+    }
+    if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
+        return c.fail("root.readonly", WHY);
+    }
+    let Some(linux) = spec.linux() else {
+        return Ok(());
+    };
+    if linux.masked_paths().as_ref().is_some_and(|v| !v.is_empty()) {
+        return c.fail("linux.maskedPaths", WHY);
+    }
+    if linux
+        .readonly_paths()
+        .as_ref()
+        .is_some_and(|v| !v.is_empty())
+    {
+        return c.fail("linux.readonlyPaths", WHY);
+    }
+    if linux.devices().as_ref().is_some_and(|v| !v.is_empty()) {
+        return c.fail("linux.devices", WHY);
+    }
+    if linux
+        .rootfs_propagation()
+        .as_ref()
+        .is_some_and(|p| !p.is_empty())
+    {
+        return c.fail("linux.rootfsPropagation", WHY);
+    }
+    Ok(())
+}
+
+/// How the container gets its mount namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountNamespace {
+    /// A new one, where tug makes the container's mounts and pivots into the rootfs.
+    New,
+    /// The runtime's own, or one joined by path: no mounts, a chroot into the rootfs.
+    Shared,
+}
+
+/// Which [`MountNamespace`] a validated spec asks for.
+pub fn mount_namespace(spec: &Spec) -> MountNamespace {
+    let new = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .into_iter()
+        .flatten()
+        .any(|n| n.typ() == LinuxNamespaceType::Mount && n.path().is_none());
+    if new {
+        MountNamespace::New
+    } else {
+        MountNamespace::Shared
+    }
 }
 
 fn validate_mount(c: &Checker, i: usize, m: &Mount, bundle: &Path) -> Result<(), SpecError> {
@@ -676,17 +743,51 @@ mod tests {
     }
 
     #[test]
-    fn mount_namespace_is_required() {
+    fn without_a_new_mount_namespace_fields_that_mount_are_refused_by_name() {
+        let without = |v: &mut serde_json::Value| {
+            let ns: Vec<serde_json::Value> = v["linux"]["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["type"] != "mount")
+                .cloned()
+                .collect();
+            v["linux"]["namespaces"] = serde_json::Value::Array(ns);
+        };
         let mut v = default_json();
-        let ns: Vec<serde_json::Value> = v["linux"]["namespaces"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|n| n["type"] != "mount")
-            .cloned()
-            .collect();
+        without(&mut v);
+        let msg = err_of(v.clone());
+        assert!(
+            msg.contains(": mounts: ") && msg.contains("mount namespace"),
+            "{msg}"
+        );
+        v["mounts"] = serde_json::json!([]);
+        assert!(err_of(v.clone()).contains("root.readonly"));
+        v["root"]["readonly"] = serde_json::json!(false);
+        assert!(err_of(v.clone()).contains("linux.maskedPaths"));
+        v["linux"]["maskedPaths"] = serde_json::json!([]);
+        assert!(err_of(v.clone()).contains("linux.readonlyPaths"));
+        v["linux"]["readonlyPaths"] = serde_json::json!([]);
+        v["linux"]["devices"] =
+            serde_json::json!([{"path": "/dev/x", "type": "c", "major": 1, "minor": 3}]);
+        assert!(err_of(v.clone()).contains("linux.devices"));
+        v["linux"]["devices"] = serde_json::json!([]);
+        v["linux"]["rootfsPropagation"] = serde_json::json!("shared");
+        assert!(err_of(v.clone()).contains("linux.rootfsPropagation"));
+        v["linux"]["rootfsPropagation"] = serde_json::json!("");
+        let (_d, r) = bundle_with(&v.to_string());
+        let b = r.unwrap();
+        assert_eq!(mount_namespace(&b.spec), MountNamespace::Shared);
+        // Joined by path: the same rules, and the path must exist.
+        let mut ns = v["linux"]["namespaces"].as_array().unwrap().clone();
+        ns.push(serde_json::json!({"type": "mount", "path": "/proc/self/ns/mnt"}));
         v["linux"]["namespaces"] = serde_json::Value::Array(ns);
-        assert!(err_of(v).contains("mount namespace"));
+        let (_d, r) = bundle_with(&v.to_string());
+        assert_eq!(mount_namespace(&r.unwrap().spec), MountNamespace::Shared);
+        assert_eq!(
+            mount_namespace(&crate::spec::default_spec()),
+            MountNamespace::New
+        );
     }
 
     #[test]

@@ -163,6 +163,9 @@ pub struct ContainerState {
     /// The config's hooks, kept for `start` (poststart) and `delete` (poststop).
     #[serde(default)]
     pub hooks: Option<oci_spec::runtime::Hooks>,
+    /// linux.netDevices moved into the container, for `delete` to move back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub net_devices: Vec<crate::netdev::NetDevice>,
 }
 
 impl ContainerState {
@@ -370,6 +373,7 @@ mod tests {
             rootfs: "/b/rootfs".into(),
             created: now_rfc3339(),
             annotations: HashMap::new(),
+            net_devices: Vec::new(),
             cgroup_path: "/tug/c".into(),
             owner: "root".into(),
             hooks: None,

@@ -374,6 +374,60 @@ fn the_v2_device_program_loads_and_decides() {
     );
 }
 
+#[test]
+fn a_new_v2_device_program_replaces_the_old_one() {
+    skip_unless_root!("a_new_v2_device_program_replaces_the_old_one");
+    // Programs attached side by side must all allow an access: a second one that only adds
+    // the old one could only take permissions away, never give them (what `update` does).
+    let Some((base, _)) = common::cgroup_mounts()
+        .into_iter()
+        .find(|(_, o)| o.is_empty())
+    else {
+        eprintln!("SKIP a_new_v2_device_program_replaces_the_old_one: no cgroup2 mount");
+        return;
+    };
+    struct TempCgroup(std::path::PathBuf);
+    impl Drop for TempCgroup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let cgroup = TempCgroup(base.join(id("bpf-replace")));
+    let dir = cgroup.0.clone();
+    std::fs::create_dir(&dir).unwrap();
+    let rules = |extra: serde_json::Value| -> Vec<oci_spec::runtime::LinuxDeviceCgroup> {
+        let extra: Vec<oci_spec::runtime::LinuxDeviceCgroup> =
+            serde_json::from_value(extra).unwrap();
+        tug_runtime::cgroups::device_rules(&extra)
+    };
+    // Opening /dev/kmsg write-only needs no capability: only the device rules decide.
+    let kmsg = || {
+        let out = std::process::Command::new("/bin/busybox")
+            .args([
+                "sh",
+                "-c",
+                &format!(
+                    "echo $$ > {}; (: > /dev/kmsg) 2>/dev/null && echo kmsg-ok || echo kmsg-denied",
+                    dir.join("cgroup.procs").display()
+                ),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let deny = rules(json!([]));
+    let allow =
+        rules(json!([{"allow": true, "type": "c", "major": 1, "minor": 11, "access": "w"}]));
+    tug_runtime::devices_bpf::attach(&dir, &deny).unwrap();
+    assert_eq!(kmsg(), "kmsg-denied");
+    tug_runtime::devices_bpf::attach(&dir, &allow).unwrap();
+    assert_eq!(kmsg(), "kmsg-ok", "the first program still denies");
+    tug_runtime::devices_bpf::attach(&dir, &deny).unwrap();
+    assert_eq!(kmsg(), "kmsg-denied", "the second program still allows");
+    drop(cgroup);
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
+
 /// Containers made and deleted side by side: each delete may remove the shared, empty `tug`
 /// parent while another create is making its cgroup under it. Every create succeeds, and
 /// nothing of theirs is left.

@@ -101,3 +101,60 @@ fn devices_outside_the_rules_cannot_be_opened_in_a_default_container() {
     assert_eq!(lines[2], "null-ok", "{text}");
     assert_eq!(lines[3].trim(), "4", "{text}");
 }
+
+#[test]
+fn update_replaces_the_device_rules() {
+    skip_unless_root!("update_replaces_the_device_rules");
+    // On v1 the devices controller takes rule lines; on v2 each update loads a new eBPF
+    // program, which must replace the container's, not join it (then both must allow).
+    if !host_is_v2() {
+        eprintln!(
+            "SKIP update_replaces_the_device_rules: needs pure cgroup v2 (tests/vm/run.sh devices)"
+        );
+        return;
+    }
+    let env = Env::new(&["sleep", "1000"]);
+    // A node in the rootfs for the kernel's log, 1:11; opening it write-only needs no
+    // capability, so only the device rules decide.
+    nix::sys::stat::mknod(
+        &env.rootfs().join("tmp/kmsg"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 11),
+    )
+    .unwrap();
+    let id = id("devupdate");
+    env.create(&id);
+    env.ok(&["start", &id]);
+    let kmsg = || {
+        let out = env.ok(&[
+            "exec",
+            &id,
+            "sh",
+            "-c",
+            "(: > /tmp/kmsg) 2>/dev/null && echo kmsg-ok || echo kmsg-denied",
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let update = |rule: serde_json::Value| {
+        let r = env.dir.path().join("r.json");
+        std::fs::write(&r, json!({"devices": [rule]}).to_string()).unwrap();
+        env.ok(&["update", "-r", r.to_str().unwrap(), &id]);
+    };
+    assert_eq!(kmsg(), "kmsg-denied");
+    update(json!({"allow": true, "type": "c", "major": 1, "minor": 11, "access": "w"}));
+    assert_eq!(kmsg(), "kmsg-ok", "the device rules of create still hold");
+    update(json!({"allow": false, "type": "c", "major": 1, "minor": 11, "access": "rwm"}));
+    assert_eq!(kmsg(), "kmsg-denied", "the first update's rules still hold");
+    // The defaults survive every update.
+    let out = env.ok(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "echo x > /dev/null && echo null-ok",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "null-ok");
+    env.ok(&["delete", "--force", &id]);
+    no_cgroup_left(&id);
+}

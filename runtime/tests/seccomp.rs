@@ -222,3 +222,189 @@ fn an_exec_gets_the_containers_filter() {
     assert!(text.contains("rc=1"), "{}", show(&out));
     no_cgroup_left(&id);
 }
+
+/// A seccomp agent of the test's own on a unix socket: takes one connection, reads the
+/// process state and the listener fd that came with it, and with `answer` answers one
+/// notification with "success, 0" without running the call; returns the state and the
+/// syscall number (-1 without `answer`).
+fn agent(
+    path: &std::path::Path,
+    answer: bool,
+) -> std::thread::JoinHandle<Result<(Value, i32), String>> {
+    use std::io::{IoSliceMut, Read};
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::os::unix::net::UnixListener;
+
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+
+    let listener = UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        let wait = |fd: std::os::fd::BorrowedFd, what: &str| -> Result<(), String> {
+            let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(20_000u16)) {
+                Ok(1) => Ok(()),
+                other => Err(format!("no {what} within 20 s: {other:?}")),
+            }
+        };
+        wait(listener.as_fd(), "connection")?;
+        let (mut conn, _) = listener.accept().map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut space = nix::cmsg_space!([RawFd; 1]);
+        let (n, fd) = {
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let msg = recvmsg::<()>(
+                conn.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .map_err(|e| e.to_string())?;
+            let fd = msg
+                .cmsgs()
+                .map_err(|e| e.to_string())?
+                .find_map(|c| match c {
+                    ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+                    _ => None,
+                });
+            (msg.bytes, fd)
+        };
+        let fd = fd.ok_or("no fd came with the state")?;
+        // SAFETY: the fd just received is ours.
+        let notify = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut text = buf[..n].to_vec();
+        // The runtime closes the connection after the state: read to its end.
+        conn.read_to_end(&mut text).map_err(|e| e.to_string())?;
+        let state: Value = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+        if !answer {
+            return Ok((state, -1));
+        }
+
+        // struct seccomp_notif (80 bytes) and seccomp_notif_resp (24 bytes).
+        const RECV: libc::c_ulong = 0xc050_2100;
+        const SEND: libc::c_ulong = 0xc018_2101;
+        wait(notify.as_fd(), "notification")?;
+        let mut req = [0u64; 10];
+        // SAFETY: RECV fills the 80-byte struct.
+        if unsafe { libc::ioctl(notify.as_raw_fd(), RECV, req.as_mut_ptr()) } != 0 {
+            return Err(format!("NOTIF_RECV: {}", std::io::Error::last_os_error()));
+        }
+        let nr = (req[2] & 0xffff_ffff) as i32;
+        // id, val 0, error 0, flags 0: the call "succeeds" without the kernel running it.
+        let resp = [req[0], 0, 0];
+        // SAFETY: SEND reads the 24-byte struct.
+        if unsafe { libc::ioctl(notify.as_raw_fd(), SEND, resp.as_ptr()) } != 0 {
+            return Err(format!("NOTIF_SEND: {}", std::io::Error::last_os_error()));
+        }
+        Ok((state, nr))
+    })
+}
+
+#[test]
+fn a_seccomp_agent_gets_the_listener_and_answers_for_the_container() {
+    skip_unless_root!("a_seccomp_agent_gets_the_listener_and_answers_for_the_container");
+    // Without no_new_privs the filter goes on before the capabilities go; with it, last in
+    // create: both hand the listener over during create.
+    for nnp in [false, true] {
+        let mut env = Env::new(&[
+            "sh",
+            "-c",
+            "mkdir /tmp/by-agent && echo mkdir-ok; [ -d /tmp/by-agent ] || echo not-made",
+        ]);
+        let socket = env.dir.path().join("agent.sock");
+        env.edit(|s| {
+            s["root"]["readonly"] = json!(false);
+            s["process"]["noNewPrivileges"] = json!(nnp);
+            s["linux"]["seccomp"] = json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "listenerPath": socket,
+                "listenerMetadata": "tug-test-metadata",
+                "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}],
+            });
+        });
+        let agent = agent(&socket, true);
+        let id = id(&format!("notify-{nnp}"));
+        let out = env.run(&id);
+        let answered = agent.join().unwrap();
+        let (state, nr) = answered.unwrap_or_else(|e| panic!("agent: {e}\n{}", show(&out)));
+        assert!(out.status.success(), "{}", show(&out));
+        // The agent said yes, and nothing was made: the kernel never ran the call.
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "mkdir-ok\nnot-made\n");
+        assert!(
+            [libc::SYS_mkdir, libc::SYS_mkdirat].contains(&(nr as i64)),
+            "{nr}"
+        );
+        assert_eq!(state["fds"], json!(["seccompFd"]), "{state}");
+        assert_eq!(state["metadata"], json!("tug-test-metadata"), "{state}");
+        assert_eq!(state["state"]["id"], json!(id), "{state}");
+        assert_eq!(state["state"]["status"], json!("creating"), "{state}");
+        assert!(state["pid"].as_i64().unwrap() > 1, "{state}");
+        assert_eq!(state["pid"], state["state"]["pid"], "{state}");
+        assert!(!env.state_root().join(&id).exists());
+        no_cgroup_left(&id);
+    }
+}
+
+#[test]
+fn an_exec_hands_its_own_listener_to_the_agent() {
+    skip_unless_root!("an_exec_hands_its_own_listener_to_the_agent");
+    let mut env = Env::new(&["sleep", "1000"]);
+    let socket = env.dir.path().join("agent.sock");
+    env.edit(|s| {
+        s["root"]["readonly"] = json!(false);
+        s["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "listenerPath": socket,
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}],
+        });
+    });
+    let id = id("notify-exec");
+    let first = agent(&socket, false);
+    env.create(&id);
+    let (created, _) = first.join().unwrap().unwrap();
+    env.ok(&["start", &id]);
+    let init = common::init_pid(&env, &id);
+    assert_eq!(created["pid"], json!(init), "{created}");
+    // Each process gets its own listener, over a connection of its own.
+    std::fs::remove_file(&socket).unwrap();
+    let second = agent(&socket, true);
+    let out = env.ok(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "mkdir /tmp/by-agent && echo mkdir-ok; [ -d /tmp/by-agent ] || echo not-made",
+    ]);
+    let (state, _) = second.join().unwrap().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "mkdir-ok\nnot-made\n");
+    assert_eq!(state["state"]["status"], json!("running"), "{state}");
+    assert_eq!(state["state"]["pid"], json!(init), "{state}");
+    assert_ne!(state["pid"], json!(init), "{state}");
+    env.ok(&["delete", "--force", &id]);
+    no_cgroup_left(&id);
+}
+
+#[test]
+fn an_unreachable_seccomp_agent_fails_create_by_field() {
+    skip_unless_root!("an_unreachable_seccomp_agent_fails_create_by_field");
+    let mut env = Env::new(&["true"]);
+    let socket = env.dir.path().join("nobody.sock");
+    env.edit(|s| {
+        s["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "listenerPath": socket,
+            "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}],
+        });
+    });
+    let id = id("notify-nobody");
+    let b = env.bundle();
+    let out = env.tug(&["create", &id, "--bundle", b.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("linux.seccomp.listenerPath"),
+        "{}",
+        show(&out)
+    );
+    assert!(!env.state_root().join(&id).exists());
+    no_cgroup_left(&id);
+}

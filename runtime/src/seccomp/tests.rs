@@ -67,6 +67,7 @@ fn every_action_maps_to_its_return_value() {
 
 #[test]
 fn notify_and_bad_errno_values_name_their_field() {
+    // NOTIFY needs an agent to send the listener to.
     let e = compile_err(json!({
         "defaultAction": "SCMP_ACT_ALLOW",
         "syscalls": [
@@ -74,11 +75,33 @@ fn notify_and_bad_errno_values_name_their_field() {
             {"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"},
         ],
     }));
-    assert_eq!(e.field(), "linux.seccomp.syscalls[1].action");
-    assert!(e.to_string().contains("SCMP_ACT_NOTIFY"), "{e}");
-
-    let e = compile_err(json!({"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/agent"}));
     assert_eq!(e.field(), "linux.seccomp.listenerPath");
+    assert!(e.to_string().contains("syscalls[1].action"), "{e}");
+    // Not as the default, and not for the sendmsg that hands the listener over.
+    let e = compile_err(json!({"defaultAction": "SCMP_ACT_NOTIFY", "listenerPath": "/run/a"}));
+    assert_eq!(e.field(), "linux.seccomp.defaultAction");
+    let e = compile_err(json!({
+        "defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/a",
+        "syscalls": [{"names": ["mkdir", "sendmsg"], "action": "SCMP_ACT_NOTIFY"}],
+    }));
+    assert_eq!(e.field(), "linux.seccomp.syscalls[0].names[1]");
+    let e = compile_err(json!({"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "run/agent"}));
+    assert_eq!(e.field(), "linux.seccomp.listenerPath");
+    let e = compile_err(json!({"defaultAction": "SCMP_ACT_ALLOW", "listenerMetadata": "x"}));
+    assert_eq!(e.field(), "linux.seccomp.listenerMetadata");
+    // With a listener: the filter asks the kernel for one; a listenerPath alone does not.
+    let p = compile(&profile(json!({
+        "defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/a",
+        "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}],
+    })))
+    .unwrap();
+    assert!(p.notifies());
+    assert_eq!(verdict(&p, "mkdir", [0; 6]), libc::SECCOMP_RET_USER_NOTIF);
+    let p = compile(&profile(
+        json!({"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/a"}),
+    ))
+    .unwrap();
+    assert!(!p.notifies());
 
     let e = compile_err(json!({"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 70000}));
     assert_eq!(e.field(), "linux.seccomp.defaultErrnoRet");
@@ -94,7 +117,8 @@ fn notify_and_bad_errno_values_name_their_field() {
         "defaultAction": "SCMP_ACT_ALLOW",
         "flags": ["SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"],
     }));
-    assert_eq!(e.field(), "linux.seccomp.flags[1]");
+    assert_eq!(e.field(), "linux.seccomp.flags");
+    assert!(e.to_string().contains("no rule is SCMP_ACT_NOTIFY"), "{e}");
 }
 
 #[test]
@@ -102,15 +126,17 @@ fn features_list_what_compile_takes() {
     let f = features();
     assert_eq!(f["enabled"], json!(true));
     for action in f["actions"].as_array().unwrap() {
-        let p = profile(json!({"defaultAction": "SCMP_ACT_ALLOW",
-                               "syscalls": [{"names": ["getcwd"], "action": action}]}));
+        let p = profile(
+            json!({"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/a",
+                               "syscalls": [{"names": ["getcwd"], "action": action}]}),
+        );
         compile(&p).unwrap();
     }
     let flags = f["supportedFlags"].clone();
     assert!(!flags.as_array().unwrap().is_empty(), "{f}");
-    compile(&profile(
-        json!({"defaultAction": "SCMP_ACT_ALLOW", "flags": flags}),
-    ))
+    // (WAIT_KILLABLE_RECV is for a listener: a NOTIFY rule with its agent.)
+    compile(&profile(json!({"defaultAction": "SCMP_ACT_ALLOW", "flags": flags,
+        "listenerPath": "/run/a", "syscalls": [{"names": ["getcwd"], "action": "SCMP_ACT_NOTIFY"}]})))
     .unwrap();
     assert!(f["archs"]
         .as_array()
@@ -339,7 +365,7 @@ fn in_child(p: &Program, f: fn() -> i32) -> i32 {
         0 => unsafe {
             libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
             let code = match install(p) {
-                Ok(()) => f(),
+                Ok(_) => f(),
                 Err(_) => 200,
             };
             libc::_exit(code)

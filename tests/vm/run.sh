@@ -7,7 +7,8 @@
 #   tests/vm/run.sh [NAME[:FILTER[,FILTER...]]]...
 #
 # NAME is a test target of the package(s) in TUG_VM_PACKAGES (default tug-runtime), e.g.
-# `lifecycle` or `cgroups:memory,pids`. With no NAME: lifecycle and cgroups.
+# `lifecycle` or `cgroups:memory,pids`. With no NAME: lifecycle, cgroups and devices (the
+# eBPF device program, which `tug update` replaces, exists only on cgroup v2).
 #
 # Environment:
 #   TUG_VM_CACHE         kernel cache (default /var/cache/tug-vm; not under /run)
@@ -135,7 +136,7 @@ mapfile -t targets < <(cargo metadata -q --no-deps --format-version 1 |
 has_target() { printf '%s\n' "${targets[@]}" | grep -qx "$1"; }
 jobs=()
 if [ $# -eq 0 ]; then
-  for name in lifecycle cgroups; do
+  for name in lifecycle cgroups devices; do
     if has_target "$name"; then
       jobs+=("$name")
     else

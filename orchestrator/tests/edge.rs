@@ -7,9 +7,9 @@
 
 mod host;
 
-use host::{http_get, shop_images, wait_for, TestHost};
+use host::{http_get, instances, shop_images, wait_for, TestHost};
 use std::time::{Duration, Instant};
-use tugboat::model::{Instance, InstancePhase};
+use tugboat::model::InstancePhase;
 
 const START: Duration = Duration::from_secs(120);
 
@@ -38,10 +38,6 @@ fn start_agent(host: &mut TestHost) {
     #[rustfmt::skip]
     host.spawn("agent", &["agent", "--addr", &format!("http://{}", host::API),
                           "--data-dir", &dir, "--node", "edge", "--import", &image]);
-}
-
-fn instances(host: &TestHost) -> Vec<Instance> {
-    host.api(|c| async move { c.instances(None).await.map(|l| l.items).unwrap_or_default() })
 }
 
 /// The instance ids the node runs, from its disk.

@@ -19,7 +19,7 @@
 
 mod host;
 
-use host::{run, shop_images, wait_for, TestHost};
+use host::{instances, run, shop_images, wait_for, TestHost};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -121,10 +121,6 @@ fn start_agent(host: &mut TestHost, node: &str, n: u8) {
     let args = agent_args(host, node, n);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     host.spawn(&format!("agent-{node}"), &args);
-}
-
-fn instances(a: &TestHost) -> Vec<Instance> {
-    a.api(|c| async move { c.instances(None).await.map(|l| l.items).unwrap_or_default() })
 }
 
 fn ready(i: &Instance) -> bool {

@@ -11,7 +11,7 @@
 
 mod host;
 
-use host::{http_get, run, shop_images, wait_for, TestHost};
+use host::{http_get, instances, run, shop_images, wait_for, TestHost};
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
@@ -128,10 +128,6 @@ fn agent_args(
 fn spawn(host: &mut TestHost, name: &str, args: &[String]) {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     host.spawn(name, &args);
-}
-
-fn instances(a: &TestHost) -> Vec<Instance> {
-    a.api(|c| async move { c.instances(None).await.map(|l| l.items).unwrap_or_default() })
 }
 
 fn ready_on<'a>(list: &'a [Instance], service: &str, node: &str) -> Option<&'a Instance> {

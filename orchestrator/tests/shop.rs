@@ -3,7 +3,7 @@
 
 mod host;
 
-use host::{wait_for, TestHost};
+use host::{instances, wait_for, TestHost};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,10 +16,6 @@ fn ready(list: &[Instance], service: &str) -> usize {
     list.iter()
         .filter(|i| i.service == service && i.phase == InstancePhase::Running && i.ready)
         .count()
-}
-
-fn instances(host: &TestHost) -> Vec<Instance> {
-    host.api(|c| async move { c.instances(None).await.map(|l| l.items).unwrap_or_default() })
 }
 
 fn show(host: &TestHost) -> String {

@@ -599,13 +599,13 @@ async fn heartbeat_loop(
         else {
             continue;
         };
-        if let Ok(node) = &sent {
-            if node.heartbeat_every_ms > 0 {
-                every = Duration::from_millis(node.heartbeat_every_ms);
-            }
-        }
         match sent {
-            Ok(_) => refused = None,
+            Ok(node) => {
+                refused = None;
+                if node.heartbeat_every_ms > 0 {
+                    every = Duration::from_millis(node.heartbeat_every_ms);
+                }
+            }
             Err(e) if e.status() == Some(404) => {
                 // Deleted meanwhile: register again (which may be refused, e.g. when another
                 // node took this node's subnet).

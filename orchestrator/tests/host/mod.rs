@@ -386,6 +386,12 @@ impl Drop for TestHost {
     }
 }
 
+/// Every instance, as the server behind the host's API lists them (none when it does not
+/// answer).
+pub fn instances(host: &TestHost) -> Vec<tugboat::model::Instance> {
+    host.api(|c| async move { c.instances(None).await.map(|l| l.items).unwrap_or_default() })
+}
+
 /// A plain HTTP/1.0 GET; the body of a 200 answer, else an error with what came back.
 pub fn http_get(addr: &str, path: &str) -> Result<String, String> {
     let mut conn =

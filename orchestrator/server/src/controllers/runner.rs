@@ -41,11 +41,12 @@ async fn load(
     Ok((services, instances, nodes))
 }
 
-/// One pass of every controller.
-pub async fn reconcile_once(cp: &ControlPlane) -> Result<()> {
+/// One pass of every controller. Returns how long until a node's status can change if
+/// nothing is heard meanwhile (none: no node is waiting on a grace).
+pub async fn reconcile_once(cp: &ControlPlane) -> Result<Option<Duration>> {
     let now = now_ms();
     let (_, instances, nodes) = load(cp).await?;
-    reconcile_node_health(cp, &nodes, &instances, now).await?;
+    let next_node_deadline = reconcile_node_health(cp, &nodes, &instances, now).await?;
     let (services, instances, nodes) = load(cp).await?;
     let draining: std::collections::HashSet<String> = nodes
         .iter()
@@ -56,7 +57,7 @@ pub async fn reconcile_once(cp: &ControlPlane) -> Result<()> {
     assign_service_addresses(cp).await?;
     schedule_pending(cp).await?;
     cp.prune_events().await?;
-    Ok(())
+    Ok(next_node_deadline)
 }
 
 async fn reconcile_node_health(
@@ -64,7 +65,7 @@ async fn reconcile_node_health(
     nodes: &[Versioned<Node>],
     instances: &[Versioned<Instance>],
     now: u64,
-) -> Result<()> {
+) -> Result<Option<Duration>> {
     let plain_nodes: Vec<Node> = nodes.iter().map(|n| n.object.clone()).collect();
     let plain_instances: Vec<Instance> = instances.iter().map(|i| i.object.clone()).collect();
     let (heartbeats, peer_seen) = (cp.heartbeats(), cp.peer_seen());
@@ -73,6 +74,8 @@ async fn reconcile_node_health(
         peer_seen: &peer_seen,
     };
     let actions = reconcile_nodes(&plain_nodes, &live, &plain_instances, now, cp.timers.nodes);
+    let next = next_deadline_ms(&plain_nodes, &live, now, cp.timers.nodes);
+    let next = (next != u64::MAX).then(|| Duration::from_millis(next.saturating_sub(now).max(5)));
     for action in actions {
         let mut batch = Batch::default();
         match action {
@@ -125,7 +128,7 @@ async fn reconcile_node_health(
         }
         commit_or_retry_later(cp, batch).await?;
     }
-    Ok(())
+    Ok(next)
 }
 
 async fn reconcile_services(
@@ -347,20 +350,6 @@ pub async fn schedule_pending(cp: &ControlPlane) -> Result<()> {
     Ok(())
 }
 
-/// How long until a node's status can change if nothing is heard meanwhile.
-async fn node_deadline(cp: &ControlPlane) -> Option<Duration> {
-    let (nodes, _) = objects::list::<Node>(cp.store(), NODES).await.ok()?;
-    let nodes: Vec<Node> = nodes.into_iter().map(|n| n.object).collect();
-    let (heartbeats, peer_seen) = (cp.heartbeats(), cp.peer_seen());
-    let live = Liveness {
-        heartbeats: &heartbeats,
-        peer_seen: &peer_seen,
-    };
-    let now = now_ms();
-    let next = next_deadline_ms(&nodes, &live, now, cp.timers.nodes);
-    (next != u64::MAX).then(|| Duration::from_millis(next.saturating_sub(now).max(5)))
-}
-
 /// Run the controllers until `shutdown` turns true: on every store change (at most every
 /// few ms) and at least every `reconcile_interval`.
 pub async fn run_controllers(cp: Arc<ControlPlane>, mut shutdown: watch::Receiver<bool>) {
@@ -376,19 +365,20 @@ pub async fn run_controllers(cp: Arc<ControlPlane>, mut shutdown: watch::Receive
                 None
             }
         };
-        if let Err(e) = reconcile_once(&cp).await {
-            eprintln!("tugboat: controllers: {e}");
-        }
+        // A node's grace ends on time, not on the next periodic pass.
+        let wait = match reconcile_once(&cp).await {
+            Ok(deadline) => deadline.map_or(interval, |d| d.min(interval)),
+            Err(e) => {
+                eprintln!("tugboat: controllers: {e}");
+                interval
+            }
+        };
         let changed = async {
             match watcher.as_mut() {
                 Some(w) => drop(w.next().await),
                 None => std::future::pending().await,
             }
         };
-        // A node's grace ends on time, not on the next periodic pass.
-        let wait = node_deadline(&cp)
-            .await
-            .map_or(interval, |d| d.min(interval));
         tokio::select! {
             _ = changed => tokio::time::sleep(Duration::from_millis(5).min(interval)).await,
             _ = tokio::time::sleep(wait) => {}

@@ -165,6 +165,10 @@ enum Command {
         /// Import an OCI layout or archive into the image store first; repeatable.
         #[arg(long)]
         import: Vec<PathBuf>,
+        /// A host directory instances may bind-mount (with what is under it); repeatable.
+        /// None by default: a spec's `type: bind` volume is refused on this node.
+        #[arg(long = "allow-host-path")]
+        allow_host_paths: Vec<PathBuf>,
     },
     /// Server and agent in one process: apply a spec file, say where it answers; Ctrl-C
     /// stops everything.
@@ -595,9 +599,11 @@ async fn run(cli: Cli) -> Result<()> {
             api_listen,
             images,
             import,
+            allow_host_paths,
         } => {
             let api = client(&cli)?;
             let mut config = tugboat::agent::AgentConfig::new(node, &cli.data_dir);
+            config.allow_host_paths = allow_host_paths.clone();
             config.api_listen = Some(*api_listen);
             config.token = api.token().map(str::to_string);
             config.labels = labels.iter().cloned().collect();

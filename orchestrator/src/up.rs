@@ -62,6 +62,24 @@ pub fn summary(server: SocketAddr, data_dir: &Path, spec: &SpecFile) -> String {
     text
 }
 
+/// The host paths the spec file bind-mounts: `up`'s agent allows these (and only these),
+/// since the person who runs `up` wrote them; each is said on stderr.
+pub fn host_paths_named(spec: &SpecFile) -> Vec<PathBuf> {
+    let mut paths = vec![];
+    for (name, service) in &spec.services {
+        for v in &service.volumes {
+            if v.kind == crate::spec::VolumeKind::Bind {
+                eprintln!(
+                    "tugboat up: warning: service {name} bind-mounts host path {} (allowed because the spec file names it)",
+                    v.source
+                );
+                paths.push(PathBuf::from(&v.source));
+            }
+        }
+    }
+    paths
+}
+
 /// Runs until `stop` completes. Prints progress and the summary to stderr/stdout.
 pub async fn up(config: UpConfig, stop: impl Future<Output = ()>) -> Result<(), UpError> {
     let text = std::fs::read_to_string(&config.file).map_err(|source| UpError::Read {
@@ -76,6 +94,7 @@ pub async fn up(config: UpConfig, stop: impl Future<Output = ()>) -> Result<(), 
     agent_config.address = Some("127.0.0.1".into());
     agent_config.api_listen = Some(([127, 0, 0, 1], 0).into());
     agent_config.token = server.token.clone();
+    agent_config.allow_host_paths = host_paths_named(&spec);
     (config.adjust_agent)(&mut agent_config);
     let agent = match Agent::open(agent_config, client.clone(), config.images.clone()).await {
         Ok(agent) => agent,

@@ -3,11 +3,12 @@
 
 use super::images::ImageDefaults;
 use oci_spec::runtime::{
-    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, Spec, User, UserBuilder,
+    Capabilities, Capability, LinuxCapabilities, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, Mount, MountBuilder, Spec, User, UserBuilder,
 };
 use std::path::{Path, PathBuf};
-use tugboat_api::spec::ServiceSpec;
+use tugboat_api::spec::{SeccompMode, ServiceSpec};
 
 /// A bind mount into the container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,13 +142,15 @@ pub fn build_spec(inputs: &BundleInputs) -> Result<Spec, BundleError> {
             "nothing to run: the image has no entrypoint or cmd and the spec no command".into(),
         ));
     }
-    let (uid, gid) = resolve_user(inputs.image.user.as_deref(), inputs.rootfs).map_err(invalid)?;
+    let security = &inputs.spec.security;
+    let user = security.user.as_deref().or(inputs.image.user.as_deref());
+    let (uid, gid) = resolve_user(user, inputs.rootfs).map_err(invalid)?;
     let mut spec = Spec::default();
     spec.set_version("1.2.0".into());
     spec.set_hostname(Some(hostname.clone()));
     let root = oci_spec::runtime::RootBuilder::default()
         .path(inputs.rootfs.to_path_buf())
-        .readonly(false)
+        .readonly(security.read_only_root)
         .build()
         .expect("root has every field");
     spec.set_root(Some(root));
@@ -168,6 +171,10 @@ pub fn build_spec(inputs: &BundleInputs) -> Result<Spec, BundleError> {
         .build()
         .expect("user has every field");
     process.set_user(user);
+    process.set_capabilities(Some(
+        capabilities(&security.capabilities(), uid).map_err(invalid)?,
+    ));
+    process.set_no_new_privileges(Some(true));
     spec.set_process(Some(process));
 
     let mut mounts = spec.mounts().clone().unwrap_or_default();
@@ -197,8 +204,39 @@ pub fn build_spec(inputs: &BundleInputs) -> Result<Spec, BundleError> {
     linux.set_namespaces(Some(namespaces));
     linux.set_cgroups_path(Some(PathBuf::from(format!("/tug/{}", inputs.instance))));
     linux.set_resources(Some(resources(inputs.spec)));
+    linux.set_seccomp(match security.seccomp {
+        SeccompMode::Default => Some(tug_runtime::seccomp::default_profile()),
+        SeccompMode::Unconfined => None,
+    });
     spec.set_linux(Some(linux));
     Ok(spec)
+}
+
+/// The capability sets: root holds `names` in every set but the inheritable one (empty, as
+/// in Docker since 20.10, so an exec'd file's capabilities cannot widen them); another user
+/// holds them only in the bounding set, and `cap_add`ed ones also as ambient, so the spec's
+/// explicit grant works for a non-root process too (as Docker does).
+fn capabilities(names: &[String], uid: u32) -> Result<LinuxCapabilities, String> {
+    let set: Capabilities = names
+        .iter()
+        .map(|n| {
+            serde_json::from_value::<Capability>(serde_json::Value::String(n.clone()))
+                .map_err(|_| format!("security: capability {n} is not known to this agent"))
+        })
+        .collect::<Result<_, _>>()?;
+    let held = if uid == 0 {
+        set.clone()
+    } else {
+        Capabilities::new()
+    };
+    Ok(LinuxCapabilitiesBuilder::default()
+        .bounding(set)
+        .effective(held.clone())
+        .permitted(held)
+        .inheritable(Capabilities::new())
+        .ambient(Capabilities::new())
+        .build()
+        .expect("capabilities have every field"))
 }
 
 /// Limits become cgroup settings: memory limit, CPU quota over a 100 ms period, pids.
@@ -330,5 +368,68 @@ mod tests {
         assert!(resolve_user(Some("nobody"), dir.path())
             .unwrap_err()
             .contains("nobody"));
+    }
+
+    fn config(spec: &ServiceSpec, rootfs: &Path) -> serde_json::Value {
+        let image = image();
+        let inputs = BundleInputs {
+            instance: "web-abc-12345",
+            spec,
+            image: &image,
+            rootfs,
+            netns: Path::new("/var/lib/x/netns"),
+            binds: vec![],
+        };
+        serde_json::to_value(build_spec(&inputs).unwrap()).unwrap()
+    }
+
+    fn names(v: &serde_json::Value) -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().map(|c| c.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn instances_get_dockers_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = config(&ServiceSpec::new("x"), dir.path());
+        let caps = &json["process"]["capabilities"];
+        let bounding = names(&caps["bounding"]);
+        assert_eq!(bounding.len(), 14, "{bounding:?}");
+        assert!(bounding.contains(&"CAP_CHOWN".to_string()));
+        assert!(!bounding.contains(&"CAP_SYS_ADMIN".to_string()));
+        assert_eq!(names(&caps["effective"]), bounding);
+        assert!(names(&caps["inheritable"]).is_empty());
+        assert_eq!(json["process"]["noNewPrivileges"], true);
+        assert_eq!(json["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
+        let denied: Vec<String> = json["linux"]["seccomp"]["syscalls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| names(&s["names"]))
+            .collect();
+        assert!(denied.contains(&"mount".to_string()), "{denied:?}");
+        assert!(names(&json["linux"]["maskedPaths"]).contains(&"/proc/kcore".to_string()));
+        assert!(names(&json["linux"]["readonlyPaths"]).contains(&"/proc/sys".to_string()));
+        assert_eq!(json["root"]["readonly"], false);
+    }
+
+    #[test]
+    fn the_security_block_narrows_or_widens_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = ServiceSpec::new("x");
+        spec.security.cap_drop = vec!["ALL".into()];
+        spec.security.cap_add = vec!["net_admin".into()];
+        spec.security.seccomp = SeccompMode::Unconfined;
+        spec.security.read_only_root = true;
+        spec.security.user = Some("1000:1000".into());
+        let json = config(&spec, dir.path());
+        let caps = &json["process"]["capabilities"];
+        assert_eq!(names(&caps["bounding"]), ["CAP_NET_ADMIN"]);
+        // Not root: held in the bounding set only.
+        assert!(names(&caps["effective"]).is_empty());
+        assert!(json["linux"]["seccomp"].is_null());
+        assert_eq!(json["root"]["readonly"], true);
+        assert_eq!(json["process"]["user"]["uid"], 1000);
     }
 }

@@ -244,16 +244,7 @@ impl Supervisor {
         let mut binds = vec![];
         for v in &self.instance.spec.volumes {
             let source = match v.kind {
-                VolumeKind::Bind => {
-                    let p = PathBuf::from(&v.source);
-                    if !p.exists() {
-                        return Err(format!(
-                            "volume source {} does not exist on node {}",
-                            v.source, ctx.node
-                        ));
-                    }
-                    p
-                }
+                VolumeKind::Bind => ctx.allowed_host_path(&v.source)?,
                 VolumeKind::Volume => {
                     let p = ctx.volumes_dir().join(&v.source);
                     std::fs::create_dir_all(&p)

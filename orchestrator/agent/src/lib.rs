@@ -68,6 +68,8 @@ pub struct AgentConfig {
     pub api_listen: Option<std::net::SocketAddr>,
     /// The cluster's bearer token, required by the agent's API.
     pub token: Option<String>,
+    /// Host directories instances may bind-mount (with what is under them); none by default.
+    pub allow_host_paths: Vec<PathBuf>,
 }
 
 impl AgentConfig {
@@ -88,6 +90,7 @@ impl AgentConfig {
             peer_mode: tug_netns::PeerMode::HostGw,
             api_listen: None,
             token: None,
+            allow_host_paths: vec![],
         }
     }
 }
@@ -127,6 +130,8 @@ pub struct NodeContext {
     pub peer_mode: tug_netns::PeerMode,
     /// Whether the server answers, as the instances' status reports find it.
     pub server: ServerReach,
+    /// Host directories instances may bind-mount (`--allow-host-path`).
+    pub allow_host_paths: Vec<PathBuf>,
 }
 
 /// Whether the server answers: after a report that could not reach it, the others wait a
@@ -159,6 +164,43 @@ impl NodeContext {
     pub fn volumes_dir(&self) -> PathBuf {
         self.data_dir.join("volumes")
     }
+
+    /// A bind mount's host path, resolved (symlinks and `..` followed), when it is one of
+    /// the allowed directories or under one; otherwise an error naming the path and the
+    /// setting.
+    pub fn allowed_host_path(&self, source: &str) -> Result<PathBuf, String> {
+        allowed_host_path(&self.allow_host_paths, source, &self.node)
+    }
+}
+
+/// See [`NodeContext::allowed_host_path`].
+pub fn allowed_host_path(allowed: &[PathBuf], source: &str, node: &str) -> Result<PathBuf, String> {
+    let resolved = std::fs::canonicalize(source)
+        .map_err(|e| format!("volume source {source} on node {node}: {e}"))?;
+    let ok = allowed
+        .iter()
+        .any(|dir| std::fs::canonicalize(dir).is_ok_and(|dir| resolved.starts_with(&dir)));
+    if ok {
+        return Ok(resolved);
+    }
+    let list = if allowed.is_empty() {
+        "none".to_string()
+    } else {
+        allowed
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let shown = if resolved.as_os_str() == source {
+        source.to_string()
+    } else {
+        format!("{source} (= {})", resolved.display())
+    };
+    Err(format!(
+        "volume source {shown}: host paths are not allowed on node {node} (allowed: {list}); \
+         start its agent with --allow-host-path DIR to allow DIR and what is under it"
+    ))
 }
 
 /// The host's CPUs (in millicores) and memory.
@@ -229,6 +271,7 @@ impl Agent {
             log_max_bytes: config.log_max_bytes,
             peer_mode: config.peer_mode,
             server: ServerReach::default(),
+            allow_host_paths: config.allow_host_paths.clone(),
         });
         let api = match config.api_listen {
             Some(addr) => {
@@ -933,4 +976,37 @@ async fn refresh_services(
     }
     ctx.services.set_listeners(listeners);
     Some(addresses.into_values().collect())
+}
+
+#[cfg(test)]
+mod host_path_tests {
+    use super::allowed_host_path;
+
+    #[test]
+    fn only_allowed_directories_and_what_is_under_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("sub")).unwrap();
+        std::fs::create_dir_all(dir.path().join("other")).unwrap();
+        let allowed = vec![data.clone()];
+        let sub = data.join("sub");
+        assert!(allowed_host_path(&allowed, sub.to_str().unwrap(), "n1").is_ok());
+        // `..` and symlinks are followed before the check.
+        let escape = format!("{}/sub/../../other", data.display());
+        let err = allowed_host_path(&allowed, &escape, "n1").unwrap_err();
+        assert!(err.contains("not allowed on node n1"), "{err}");
+        assert!(err.contains("--allow-host-path"), "{err}");
+        std::os::unix::fs::symlink("/", data.join("root")).unwrap();
+        let link = format!("{}/root", data.display());
+        assert!(allowed_host_path(&allowed, &link, "n1")
+            .unwrap_err()
+            .contains("(= /)"));
+        // Nothing is allowed by default, / least of all.
+        let err = allowed_host_path(&[], "/", "n1").unwrap_err();
+        assert!(err.contains("allowed: none"), "{err}");
+        // A source that does not exist says so.
+        assert!(allowed_host_path(&allowed, "/no/such/dir", "n1")
+            .unwrap_err()
+            .contains("/no/such/dir"));
+    }
 }

@@ -170,6 +170,29 @@ mod tests {
     }
 
     #[test]
+    fn security_names_are_checked_where_written() {
+        let e = error("services:\n  web:\n    image: nginx\n    security:\n      cap_add: [NET_ADMIN, FLY]\n      user: ':5'\n      seccomp: off\n");
+        assert!(e.contains("shop.yaml:7: services.web.security.seccomp"), "{e}");
+        let e = error("services:\n  web:\n    image: nginx\n    security:\n      cap_add: [NET_ADMIN, FLY]\n      user: ':5'\n");
+        assert!(
+            e.contains("services.web.security.cap_add[1]: `FLY` is not a Linux capability"),
+            "{e}"
+        );
+        assert!(e.contains("services.web.security.user: `:5` is not a user"), "{e}");
+        let ok = parse_spec_file(
+            "s.yaml",
+            "services:\n  web:\n    image: nginx\n    security: {cap_drop: [all], cap_add: [cap_net_raw], read_only_root: true}\n",
+            &|_| false,
+        )
+        .unwrap();
+        assert_eq!(ok.services["web"].security.capabilities(), ["CAP_NET_RAW"]);
+        // A spec without the block keeps its template hash: no rollout on upgrade.
+        assert!(!serde_json::to_string(&crate::spec::ServiceSpec::new("x"))
+            .unwrap()
+            .contains("security"));
+    }
+
+    #[test]
     fn json_is_accepted_and_located() {
         let spec = parse_spec_file(
             "s.json",

@@ -58,7 +58,150 @@ pub struct ServiceSpec {
     /// What becomes of the instances of a node that is lost.
     #[serde(default, skip_serializing_if = "RescheduleSpec::is_default")]
     pub reschedule: RescheduleSpec,
+    /// What the container may do on its host (docs/security.md).
+    #[serde(default, skip_serializing_if = "SecuritySpec::is_default")]
+    pub security: SecuritySpec,
 }
+
+/// Docker's default capability set: what an instance's processes hold unless the spec's
+/// `security.cap_add`/`cap_drop` change it (moby's `oci/caps/defaults.go`).
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CAP_AUDIT_WRITE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_MKNOD",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_RAW",
+    "CAP_SETFCAP",
+    "CAP_SETGID",
+    "CAP_SETPCAP",
+    "CAP_SETUID",
+    "CAP_SYS_CHROOT",
+];
+
+/// The seccomp filter an instance runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeccompMode {
+    /// The runtime's default profile (`tug spec`'s): keyrings, modules, mounts, ptrace,
+    /// clocks, BPF, perf and the like answer EPERM.
+    #[default]
+    Default,
+    /// No filter, as Docker's `--security-opt seccomp=unconfined`.
+    Unconfined,
+}
+
+/// An instance's privileges. The defaults are Docker's: its capability set, its kind of
+/// seccomp filter, no_new_privs, /proc's sensitive paths masked or read-only; the spec can
+/// only narrow them, except `cap_add` and `seccomp: unconfined`, which say so in the file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySpec {
+    /// Capabilities added to the default set (`NET_ADMIN` or `CAP_NET_ADMIN`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// Capabilities taken from it (`ALL` drops every one, then `cap_add` adds back).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_default_seccomp")]
+    pub seccomp: SeccompMode,
+    /// The root filesystem mounted read-only (volumes and /tmp-like mounts stay writable).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only_root: bool,
+    /// `uid`, `uid:gid`, or names from the image's /etc/passwd and /etc/group: replaces the
+    /// image's USER.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+fn is_default_seccomp(mode: &SeccompMode) -> bool {
+    *mode == SeccompMode::Default
+}
+
+impl SecuritySpec {
+    pub fn is_default(&self) -> bool {
+        *self == SecuritySpec::default()
+    }
+
+    /// The capability set after `cap_drop` then `cap_add`, each name as `CAP_X`, sorted.
+    pub fn capabilities(&self) -> Vec<String> {
+        let mut set: std::collections::BTreeSet<String> =
+            DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect();
+        for c in &self.cap_drop {
+            if c.eq_ignore_ascii_case("ALL") {
+                set.clear();
+            } else {
+                set.remove(&capability_name(c));
+            }
+        }
+        for c in &self.cap_add {
+            if c.eq_ignore_ascii_case("ALL") {
+                set.extend(ALL_CAPABILITIES.iter().map(|c| c.to_string()));
+            } else {
+                set.insert(capability_name(c));
+            }
+        }
+        set.into_iter().collect()
+    }
+}
+
+/// `net_admin`, `NET_ADMIN` or `CAP_NET_ADMIN` as `CAP_NET_ADMIN`.
+pub fn capability_name(name: &str) -> String {
+    let upper = name.to_ascii_uppercase();
+    if upper.starts_with("CAP_") {
+        upper
+    } else {
+        format!("CAP_{upper}")
+    }
+}
+
+/// Every capability Linux 6.x knows, by name.
+pub const ALL_CAPABILITIES: &[&str] = &[
+    "CAP_AUDIT_CONTROL",
+    "CAP_AUDIT_READ",
+    "CAP_AUDIT_WRITE",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_KILL",
+    "CAP_LEASE",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_MAC_ADMIN",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MKNOD",
+    "CAP_NET_ADMIN",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_RAW",
+    "CAP_PERFMON",
+    "CAP_SETFCAP",
+    "CAP_SETGID",
+    "CAP_SETPCAP",
+    "CAP_SETUID",
+    "CAP_SYSLOG",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_NICE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_WAKE_ALARM",
+];
 
 /// The instances of a lost node (neither the server nor any peer reached it for the
 /// server's lost grace): replaced on other nodes after `after_seconds`, or (`replace:
@@ -443,6 +586,7 @@ impl ServiceSpec {
             labels: BTreeMap::new(),
             stop: StopSpec::default(),
             reschedule: RescheduleSpec::default(),
+            security: SecuritySpec::default(),
         }
     }
 

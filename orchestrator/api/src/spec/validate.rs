@@ -134,6 +134,7 @@ fn check_service(c: &mut Checker, base: &str, spec: &ServiceSpec, exists: &dyn F
     check_resources(c, base, spec);
     check_ports(c, base, spec);
     check_volumes(c, base, spec);
+    check_security(c, base, spec);
     for (kind, probe) in [
         ("liveness", &spec.health.liveness),
         ("readiness", &spec.health.readiness),
@@ -213,6 +214,34 @@ fn check_resources(c: &mut Checker, base: &str, spec: &ServiceSpec) {
             c.fail(
                 format!("{path}.requests.pids"),
                 format!("request {req} is above the limit {lim}: requests must be <= limits"),
+            );
+        }
+    }
+}
+
+fn check_security(c: &mut Checker, base: &str, spec: &ServiceSpec) {
+    let security = &spec.security;
+    for (field, names) in [
+        ("cap_add", &security.cap_add),
+        ("cap_drop", &security.cap_drop),
+    ] {
+        for (i, name) in names.iter().enumerate() {
+            let known = name.eq_ignore_ascii_case("ALL")
+                || super::ALL_CAPABILITIES.contains(&super::capability_name(name).as_str());
+            if !known {
+                c.fail(
+                    format!("{base}.security.{field}[{i}]"),
+                    format!("`{name}` is not a Linux capability (like NET_ADMIN, SYS_TIME or ALL)"),
+                );
+            }
+        }
+    }
+    if let Some(user) = &security.user {
+        let (u, g) = user.split_once(':').unwrap_or((user, "0"));
+        if u.is_empty() || g.is_empty() || user.contains(char::is_whitespace) {
+            c.fail(
+                format!("{base}.security.user"),
+                format!("`{user}` is not a user: write uid, uid:gid, name or name:group"),
             );
         }
     }

@@ -12,6 +12,8 @@ pub struct ClientConfigFile {
     pub addr: Option<String>,
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
+    /// The cluster CA certificate (PEM) the server's certificate must come from.
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +67,21 @@ pub fn resolve(
     (addr, token)
 }
 
+/// The cluster CA to trust: the flag (or TUGBOAT_CA), the config file's `ca:`, then
+/// `<data-dir>/tls/ca.pem` when it exists (on the server's host).
+pub fn resolve_ca(
+    flag_ca: Option<PathBuf>,
+    config: &ClientConfigFile,
+    data_dir: &Path,
+) -> Option<PathBuf> {
+    flag_ca.or_else(|| config.ca.clone()).or_else(|| {
+        let path = data_dir
+            .join(crate::server::TLS_DIR)
+            .join(tugboat_api::tls::CA_FILE);
+        path.exists().then_some(path)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,6 +94,7 @@ mod tests {
             addr: Some("10.0.0.1:7480".into()),
             token: Some("from-file".into()),
             token_file: None,
+            ca: None,
         };
         assert_eq!(
             resolve(Some("a:1".into()), Some("t".into()), &file, dir.path()),
@@ -90,6 +108,31 @@ mod tests {
         assert_eq!(
             (addr.as_str(), token.as_deref()),
             ("127.0.0.1:7480", Some("from-data-dir"))
+        );
+    }
+
+    #[test]
+    fn the_ca_comes_from_the_flag_the_file_then_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = ClientConfigFile::default();
+        assert_eq!(resolve_ca(None, &file, dir.path()), None);
+        std::fs::create_dir(dir.path().join("tls")).unwrap();
+        std::fs::write(dir.path().join("tls/ca.pem"), "x").unwrap();
+        assert_eq!(
+            resolve_ca(None, &file, dir.path()),
+            Some(dir.path().join("tls/ca.pem"))
+        );
+        let file = ClientConfigFile {
+            ca: Some("/etc/tugboat/ca.pem".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve_ca(None, &file, dir.path()),
+            Some("/etc/tugboat/ca.pem".into())
+        );
+        assert_eq!(
+            resolve_ca(Some("/f".into()), &file, dir.path()),
+            Some("/f".into())
         );
     }
 }

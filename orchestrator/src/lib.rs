@@ -4,8 +4,8 @@
 //! usual names for the binary, the tests and the benchmarks.
 
 pub use tugboat_agent as agent;
-pub use tugboat_api::{client, execstream, model, spec, wire};
-pub use tugboat_server::{controllers, controlplane, http, objects, scheduler, server, store};
+pub use tugboat_api::{client, execstream, model, spec, tls, wire};
+pub use tugboat_server::{controllers, controlplane, http, objects, pki, scheduler, server, store};
 
 pub mod cli_config;
 pub mod output;

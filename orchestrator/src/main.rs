@@ -22,7 +22,11 @@ struct Cli {
     /// Bearer token (default: from the config file, then <data-dir>/token).
     #[arg(long, global = true, env = "TUGBOAT_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Client config file with `addr:` and `token:` (default ~/.config/tugboat/config.yaml).
+    /// The cluster CA certificate to trust (default: the config file's `ca:`, then
+    /// <data-dir>/tls/ca.pem). With a CA, the client speaks TLS and trusts nothing else.
+    #[arg(long, global = true, env = "TUGBOAT_CA")]
+    ca: Option<PathBuf>,
+    /// Client config file with `addr:`, `token:` and `ca:` (default ~/.config/tugboat/config.yaml).
     #[arg(long, global = true, env = "TUGBOAT_CONFIG")]
     config: Option<PathBuf>,
     /// The server's data directory (store, token).
@@ -65,6 +69,26 @@ enum Command {
         /// are replaced elsewhere (as each service's `reschedule` says); overrides the profile.
         #[arg(long, value_parser = humantime::parse_duration)]
         node_lost_after: Option<std::time::Duration>,
+        /// Serve plain HTTP, without TLS: bearer tokens then cross the network in clear and
+        /// nodes cannot join with certificates. Only for tests on a trusted loopback.
+        #[arg(long)]
+        insecure_plain_http: bool,
+        /// A DNS name or address clients reach the server at, put in its certificate
+        /// (besides localhost, the host's name and its addresses); repeatable.
+        #[arg(long = "tls-name")]
+        tls_names: Vec<String>,
+        /// Lifetime of the server's certificate (renewed when a third is left).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "365d")]
+        server_cert_lifetime: std::time::Duration,
+        /// Lifetime of the certificates nodes get when they join (they renew them when a
+        /// third is left).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "365d")]
+        node_cert_lifetime: std::time::Duration,
+    },
+    /// Tokens: admin, read-only, or join (for a node's first certificate).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
     },
     /// Create or update the services of a spec file (YAML or JSON), all or nothing.
     Apply {
@@ -78,8 +102,13 @@ enum Command {
         #[arg(long)]
         service: Option<String>,
     },
-    /// Show one object with its recent events (and why it is pending).
-    Describe { kind: Kind, name: String },
+    /// Show one object with its recent events (and why it is pending); `describe cluster`:
+    /// the CA's hash and when each certificate ends.
+    Describe {
+        kind: Kind,
+        #[arg(default_value = "")]
+        name: String,
+    },
     /// Delete a service (and its instances), an instance (it is replaced) or a node.
     Delete { kind: Kind, name: String },
     /// Set a service's replica count.
@@ -169,6 +198,15 @@ enum Command {
         /// None by default: a spec's `type: bind` volume is refused on this node.
         #[arg(long = "allow-host-path")]
         allow_host_paths: Vec<PathBuf>,
+        /// Join the cluster with this token (`tugboat token create --scope join --ttl 1h`):
+        /// the node gets a certificate for its name, kept under <data-dir>/tls, and uses it
+        /// from then on (the token is needed only once).
+        #[arg(long, env = "TUGBOAT_JOIN_TOKEN", hide_env_values = true)]
+        join_token: Option<String>,
+        /// The cluster CA's hash (`sha256:...`, from `tugboat describe cluster` or the
+        /// server's start-up line): a join trusts only a server with this CA.
+        #[arg(long)]
+        ca_hash: Option<String>,
     },
     /// Server and agent in one process: apply a spec file, say where it answers; Ctrl-C
     /// stops everything.
@@ -244,12 +282,38 @@ enum Kind {
     Instances,
     #[value(alias = "node")]
     Nodes,
+    Cluster,
 }
 
 #[derive(Subcommand)]
 enum VolumeAction {
     Ls,
     Rm { name: String },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Make a token and print it (only now: the server keeps only its hash).
+    Create {
+        #[arg(long, value_enum, default_value = "join")]
+        scope: Scope,
+        /// How long it is valid (a join token must say; at most a week).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List tokens (never their secrets).
+    Ls,
+    /// Revoke a token by its id.
+    Revoke { id: String },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Scope {
+    Admin,
+    Read,
+    Join,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -276,7 +340,34 @@ fn client(cli: &Cli) -> Result<ApiClient> {
     };
     let (addr, token) =
         tugboat::cli_config::resolve(cli.addr.clone(), cli.token.clone(), &config, &cli.data_dir);
-    Ok(ApiClient::new(&addr, token))
+    let ca = tugboat::cli_config::resolve_ca(cli.ca.clone(), &config, &cli.data_dir);
+    api_client(&addr, token, ca.as_deref())
+}
+
+/// Plain HTTP only when asked for (`http://`) or when no CA is known; TLS otherwise.
+fn api_client(
+    addr: &str,
+    token: Option<String>,
+    ca: Option<&std::path::Path>,
+) -> Result<ApiClient> {
+    if addr.starts_with("http://") {
+        return Ok(ApiClient::new(addr, token));
+    }
+    match ca {
+        Some(ca) => {
+            let ca_pem = std::fs::read_to_string(ca)
+                .with_context(|| format!("the cluster CA {}", ca.display()))?;
+            let tls = tugboat::tls::ClientTls {
+                ca_pem,
+                identity_pem: None,
+            };
+            ApiClient::with_tls(addr, token, &tls).with_context(|| format!("--ca {}", ca.display()))
+        }
+        None if addr.starts_with("https://") => bail!(
+            "{addr}: TLS needs the cluster CA: --ca FILE (the server's <data-dir>/tls/ca.pem), `ca:` in the config file, or --data-dir of the server"
+        ),
+        None => Ok(ApiClient::new(addr, token)),
+    }
 }
 
 fn print_data<T: serde::Serialize>(
@@ -362,9 +453,22 @@ async fn run(cli: Cli) -> Result<()> {
             heartbeat_every,
             node_not_ready_after,
             node_lost_after,
+            insecure_plain_http,
+            tls_names,
+            server_cert_lifetime,
+            node_cert_lifetime,
         } => {
             let mut config = ServerConfig::new(&cli.data_dir, *listen);
             config.auth = !insecure_no_auth;
+            if *insecure_plain_http {
+                eprintln!("tugboat server: WARNING: --insecure-plain-http: no TLS; tokens cross the network in clear");
+            } else {
+                config.tls = Some(tugboat::pki::TlsSettings {
+                    names: tls_names.clone(),
+                    server_cert_lifetime: *server_cert_lifetime,
+                    node_cert_lifetime: *node_cert_lifetime,
+                });
+            }
             let mut nodes = match profile {
                 Profile::Lan => tugboat::controllers::NodeTimers::LAN,
                 Profile::Edge => tugboat::controllers::NodeTimers::EDGE,
@@ -384,8 +488,22 @@ async fn run(cli: Cli) -> Result<()> {
             let server = tugboat::server::start(config)
                 .await
                 .context("starting the server")?;
+            if let Some(tls) = &server.tls {
+                eprintln!(
+                    "tugboat server: cluster CA {} ({}); nodes join with: tugboat agent --addr https://{} --join-token $(tugboat token create --ttl 1h) --ca-hash {} ...",
+                    tls.ca.hash(),
+                    cli.data_dir.join("tls/ca.pem").display(),
+                    server.addr,
+                    tls.ca.hash()
+                );
+            }
             eprintln!(
-                "tugboat server listening on http://{} (data dir {}, auth {})",
+                "tugboat server listening on {}://{} (data dir {}, auth {})",
+                if server.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                },
                 server.addr,
                 cli.data_dir.display(),
                 if server.token.is_some() {
@@ -400,6 +518,36 @@ async fn run(cli: Cli) -> Result<()> {
                 let _ = stop.send(true);
             });
             server.wait().await;
+        }
+        Command::Token { action } => {
+            let api = client(&cli)?;
+            match action {
+                TokenAction::Create {
+                    scope,
+                    ttl,
+                    description,
+                } => {
+                    let request = tugboat::wire::TokenRequest {
+                        scope: match scope {
+                            Scope::Admin => tugboat::wire::TokenScope::Admin,
+                            Scope::Read => tugboat::wire::TokenScope::Read,
+                            Scope::Join => tugboat::wire::TokenScope::Join,
+                        },
+                        ttl_seconds: ttl.map(|t| t.as_secs().max(1)),
+                        description: description.clone(),
+                    };
+                    let created = api.create_token(&request).await?;
+                    print_data(&created, cli.output, || format!("{}\n", created.token));
+                }
+                TokenAction::Ls => {
+                    let list = api.tokens().await?;
+                    print_data(&list, cli.output, || output::tokens_table(&list, now));
+                }
+                TokenAction::Revoke { id } => {
+                    api.revoke_token(id).await?;
+                    println!("token {id} revoked");
+                }
+            }
         }
         Command::Apply { file } => {
             let text = std::fs::read_to_string(file)
@@ -441,6 +589,7 @@ async fn run(cli: Cli) -> Result<()> {
                     let list = api.nodes().await?;
                     print_data(&list, cli.output, || output::nodes_table(&list.items, now));
                 }
+                Kind::Cluster => bail!("`get cluster`: use `describe cluster`"),
             }
         }
         Command::Describe { kind, name } => {
@@ -462,6 +611,10 @@ async fn run(cli: Cli) -> Result<()> {
                         .await?;
                     print_data(&d, cli.output, || output::describe_node(&d, now));
                 }
+                Kind::Cluster => {
+                    let d = api.describe_cluster().await?;
+                    print_data(&d, cli.output, || output::describe_cluster(&d, now));
+                }
             }
         }
         Command::Delete { kind, name } => {
@@ -469,6 +622,7 @@ async fn run(cli: Cli) -> Result<()> {
                 Kind::Services => format!("/v1/services/{name}"),
                 Kind::Instances => format!("/v1/instances/{name}"),
                 Kind::Nodes => format!("/v1/nodes/{name}"),
+                Kind::Cluster => bail!("a cluster is not deleted through its API"),
             };
             let api = client(&cli)?;
             let answer: serde_json::Value = api.call(reqwest::Method::DELETE, &path, None).await?;
@@ -600,12 +754,53 @@ async fn run(cli: Cli) -> Result<()> {
             images,
             import,
             allow_host_paths,
+            join_token,
+            ca_hash,
         } => {
-            let api = client(&cli)?;
             let mut config = tugboat::agent::AgentConfig::new(node, &cli.data_dir);
+            let tls_dir = tugboat::agent::identity::tls_dir(&cli.data_dir);
+            let api = if join_token.is_some()
+                || tls_dir.join(tugboat::agent::identity::NODE_FILE).exists()
+            {
+                // A node with a certificate: TLS, no token.
+                let addr = cli
+                    .addr
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+                let join = match (join_token, ca_hash) {
+                    (Some(token), Some(hash)) => Some(tugboat::agent::identity::JoinSettings {
+                        token: token.clone(),
+                        ca_hash: hash.clone(),
+                    }),
+                    (Some(_), None) => bail!(
+                        "--join-token needs --ca-hash sha256:... (tugboat describe cluster prints it): a join must know which server it trusts"
+                    ),
+                    _ => None,
+                };
+                let mut names = vec!["127.0.0.1".to_string()];
+                names.extend(address.map(|a| a.to_string()));
+                if !api_listen.ip().is_unspecified() {
+                    names.push(api_listen.ip().to_string());
+                }
+                let identity = tugboat::agent::identity::ensure(
+                    &addr,
+                    node,
+                    &cli.data_dir,
+                    join.as_ref(),
+                    &names,
+                )
+                .await
+                .map_err(anyhow::Error::msg)?;
+                let api = ApiClient::with_tls(&addr, None, &identity.client)?;
+                config.identity = Some(identity);
+                api
+            } else {
+                let api = client(&cli)?;
+                config.token = api.token().map(str::to_string);
+                api
+            };
             config.allow_host_paths = allow_host_paths.clone();
             config.api_listen = Some(*api_listen);
-            config.token = api.token().map(str::to_string);
             config.labels = labels.iter().cloned().collect();
             config.address = address.map(|a| a.to_string());
             config.subnet = subnet

@@ -279,6 +279,69 @@ pub fn describe_node(d: &NodeDescription, now_ms: u64) -> String {
     out + &events_text(&d.events, now_ms)
 }
 
+/// A time to come: `in 3h`, `in 45d`, or `EXPIRED`.
+fn until(now_ms: u64, then_ms: u64) -> String {
+    if then_ms <= now_ms {
+        return "EXPIRED".into();
+    }
+    let s = (then_ms - now_ms) / 1000;
+    match s {
+        0..=119 => format!("in {s}s"),
+        120..=7199 => format!("in {}m", s / 60),
+        7200..=172_799 => format!("in {}h", s / 3600),
+        _ => format!("in {}d", s / 86400),
+    }
+}
+
+pub fn tokens_table(tokens: &[tugboat_api::wire::TokenInfo], now_ms: u64) -> String {
+    let rows = tokens
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.clone(),
+                t.scope.to_string(),
+                ago(now_ms, t.created_ms),
+                t.expires_ms
+                    .map_or_else(|| "never".to_string(), |e| until(now_ms, e)),
+                t.description.clone(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table(&["ID", "SCOPE", "CREATED", "EXPIRES", "DESCRIPTION"], &rows)
+}
+
+pub fn describe_cluster(d: &tugboat_api::wire::ClusterDescription, now_ms: u64) -> String {
+    if !d.tls {
+        return "TLS: off (the server runs with --insecure-plain-http)\n".into();
+    }
+    let mut out = format!(
+        "TLS: on\nCA hash: {} (nodes join with --ca-hash {})\n",
+        d.ca_hash.clone().unwrap_or_default(),
+        d.ca_hash.clone().unwrap_or_default()
+    );
+    let mut rows = vec![];
+    for (kind, cert) in [("ca", &d.ca), ("server", &d.server)] {
+        if let Some(c) = cert {
+            rows.push(vec![
+                kind.to_string(),
+                c.name.clone(),
+                c.serial.clone(),
+                until(now_ms, c.not_after_ms),
+            ]);
+        }
+    }
+    for c in &d.nodes {
+        rows.push(vec![
+            "node".into(),
+            c.name.clone(),
+            c.serial.clone(),
+            until(now_ms, c.not_after_ms),
+        ]);
+    }
+    out += &table(&["CERTIFICATE", "NAME", "SERIAL", "EXPIRES"], &rows);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -27,6 +27,8 @@ pub enum UpError {
     Server(#[from] ServerError),
     #[error(transparent)]
     Agent(#[from] crate::agent::AgentError),
+    #[error("tls: {0}")]
+    Tls(String),
     #[error("applying {path}: {source}")]
     Apply {
         path: PathBuf,
@@ -55,7 +57,7 @@ pub fn summary(server: SocketAddr, data_dir: &Path, spec: &SpecFile) -> String {
         }
     }
     text.push_str(&format!(
-        "control plane: http://{server} - look with:\n  tugboat --addr {server} --data-dir {} get instances\n",
+        "control plane: https://{server} - look with:\n  tugboat --addr {server} --data-dir {} get instances\n",
         data_dir.join("server").display()
     ));
     text.push_str("Ctrl-C stops everything.\n");
@@ -88,8 +90,22 @@ pub async fn up(config: UpConfig, stop: impl Future<Output = ()>) -> Result<(), 
     })?;
     let spec = crate::spec::parse_spec_file(&config.file.display().to_string(), &text, &|_| false)?;
     let server_dir = config.data_dir.join("server");
-    let server = crate::server::start(ServerConfig::new(&server_dir, config.listen)).await?;
-    let client = ApiClient::new(&server.addr.to_string(), server.token.clone());
+    // TLS as for `tugboat server`: the CLI finds the CA in <data-dir>/server/tls.
+    let mut server_config = ServerConfig::new(&server_dir, config.listen);
+    server_config.tls = Some(Default::default());
+    let server = crate::server::start(server_config).await?;
+    let client = match &server.tls {
+        Some(tls) => ApiClient::with_tls(
+            &server.addr.to_string(),
+            server.token.clone(),
+            &crate::tls::ClientTls {
+                ca_pem: tls.ca.pem().to_string(),
+                identity_pem: None,
+            },
+        )
+        .map_err(|e| UpError::Tls(e.to_string()))?,
+        None => ApiClient::new(&server.addr.to_string(), server.token.clone()),
+    };
     let mut agent_config = AgentConfig::new(&config.node, &config.data_dir.join("agent"));
     agent_config.address = Some("127.0.0.1".into());
     agent_config.api_listen = Some(([127, 0, 0, 1], 0).into());

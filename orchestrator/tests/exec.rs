@@ -66,6 +66,7 @@ fn exec(host: &TestHost, flags: &[&str], id: &str, command: &[&str], input: &[u8
     let token = token(host);
     host.in_netns(|| {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tugboat"))
+            .env("TUGBOAT_CA", host.ca())
             .args(["--addr", host::API, "--token", &token, "exec"])
             .args(flags)
             .arg(id)
@@ -190,9 +191,10 @@ fn exec_through_the_api() {
     // -it: a shell on a terminal, through script(1) for a terminal of our own.
     let token = token(&host);
     let line = format!(
-        "{} --addr {} --token {token} exec -it {id} -- sh",
+        "{} --addr {} --ca {} --token {token} exec -it {id} -- sh",
         env!("CARGO_BIN_EXE_tugboat"),
-        host::API
+        host::API,
+        host.ca().display()
     );
     let out = host.in_netns(|| {
         let mut child = Command::new("script")

@@ -90,6 +90,7 @@ fn a_purchase_through_the_front_reaches_every_service() {
     let token = std::fs::read_to_string(host.dir.join("server/token")).unwrap();
     let top = host.in_netns(|| {
         std::process::Command::new(env!("CARGO_BIN_EXE_tugboat"))
+            .env("TUGBOAT_CA", host.ca())
             .args(["--addr", host::API, "--token", token.trim(), "top"])
             .output()
             .unwrap()
@@ -107,6 +108,7 @@ fn a_purchase_through_the_front_reaches_every_service() {
         .map(|id| {
             let out = host.in_netns(|| {
                 std::process::Command::new(env!("CARGO_BIN_EXE_tugboat"))
+                    .env("TUGBOAT_CA", host.ca())
                     .args([
                         "--addr",
                         host::API,
@@ -130,6 +132,7 @@ fn a_purchase_through_the_front_reaches_every_service() {
     // exec through the API: names resolve inside the container; the exit code comes back.
     let exec = host.in_netns(|| {
         std::process::Command::new(env!("CARGO_BIN_EXE_tugboat"))
+            .env("TUGBOAT_CA", host.ca())
             .args([
                 "--addr",
                 host::API,

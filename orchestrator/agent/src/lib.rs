@@ -12,6 +12,7 @@
 //! their container subnets ([`remote`]).
 
 pub mod bundle;
+pub mod identity;
 pub mod images;
 pub mod instance;
 pub mod logs;
@@ -70,6 +71,9 @@ pub struct AgentConfig {
     pub token: Option<String>,
     /// Host directories instances may bind-mount (with what is under them); none by default.
     pub allow_host_paths: Vec<PathBuf>,
+    /// The node's certificate (it joined with a join token): the agent's API speaks TLS and
+    /// the certificate is renewed before it ends. None: the token, in plain HTTP.
+    pub identity: Option<identity::NodeIdentity>,
 }
 
 impl AgentConfig {
@@ -91,6 +95,7 @@ impl AgentConfig {
             api_listen: None,
             token: None,
             allow_host_paths: vec![],
+            identity: None,
         }
     }
 }
@@ -291,7 +296,12 @@ impl Agent {
                 } else {
                     local.ip().to_string()
                 };
-                Some((listener, format!("http://{host}:{}", local.port())))
+                let scheme = if config.identity.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                Some((listener, format!("{scheme}://{host}:{}", local.port())))
             }
             None => None,
         };
@@ -331,15 +341,36 @@ impl Agent {
     pub async fn run(mut self, mut shutdown: watch::Receiver<Option<bool>>) {
         let client = self.ctx.client.clone();
         let registration = self.registration();
+        let tls = match self.config.identity.as_ref().map(|i| i.api_config()) {
+            Some(Ok(config)) => Some(config),
+            Some(Err(e)) => {
+                eprintln!("tugboat agent: the node API's TLS: {e}; not serving it");
+                self.api = None;
+                None
+            }
+            None => None,
+        };
         let api = self.api.take().map(|(listener, _)| {
             let state = Arc::new(node_api::NodeApiState {
                 data_dir: self.ctx.data_dir.clone(),
                 token: self.config.token.clone(),
+                tls: tls.is_some(),
                 exe: self.ctx.monitor_exe.clone(),
             });
+            let mut stop = shutdown.clone();
             tokio::spawn(async move {
-                let _ = axum::serve(listener, node_api::router(state)).await;
+                let stop = async move {
+                    let _ = stop.wait_for(|s| s.is_some()).await;
+                };
+                tugboat_api::tls::serve(listener, node_api::router(state), tls, stop).await;
             })
+        });
+        let renewal = self.config.identity.clone().map(|identity| {
+            tokio::spawn(identity::renew_loop(
+                identity,
+                client.clone(),
+                shutdown.clone(),
+            ))
         });
         // The node runs what its disk says before the server answers (an edge node that
         // starts while its uplink is down, also after a reboot): supervisors re-attach to
@@ -404,6 +435,9 @@ impl Agent {
                 let _ = remote.await;
                 if let Some(api) = &api {
                     api.abort();
+                }
+                if let Some(renewal) = &renewal {
+                    renewal.abort();
                 }
                 return self.finish(stop_all).await;
             }

@@ -15,6 +15,9 @@ use tugboat_api::execstream::{switching, wants_stream, Upgrade};
 pub struct NodeApiState {
     pub data_dir: PathBuf,
     pub token: Option<String>,
+    /// Over TLS, the caller must show the server's certificate (from the cluster CA) and
+    /// the token is not used.
+    pub tls: bool,
     /// The `tugboat` binary (for the exec helper).
     pub exe: PathBuf,
 }
@@ -28,7 +31,14 @@ pub fn router(state: Arc<NodeApiState>) -> axum::Router {
 
 pub use tugboat_api::execstream::ExecRequest;
 
-fn authorized(state: &NodeApiState, headers: &HeaderMap) -> bool {
+type Peer = Option<axum::Extension<tugboat_api::tls::PeerCert>>;
+
+fn authorized(state: &NodeApiState, headers: &HeaderMap, peer: &Peer) -> bool {
+    if state.tls {
+        return peer
+            .as_ref()
+            .is_some_and(|p| p.0 .0.common_name == tugboat_api::tls::SERVER_NAME);
+    }
     let Some(token) = &state.token else {
         return true;
     };
@@ -41,13 +51,14 @@ fn authorized(state: &NodeApiState, headers: &HeaderMap) -> bool {
 
 async fn exec(
     State(state): State<Arc<NodeApiState>>,
+    peer: Peer,
     headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
     Upgrade(upgrade): Upgrade,
     body: axum::body::Bytes,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
+    if !authorized(&state, &headers, &peer) {
+        return (StatusCode::UNAUTHORIZED, "only the server calls a node's API: missing or wrong bearer token, or no server certificate\n").into_response();
     }
     let request: ExecRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -118,12 +129,13 @@ pub fn stream_log(reader: LogReader) -> Response {
 
 async fn logs(
     State(state): State<Arc<NodeApiState>>,
+    peer: Peer,
     headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
+    if !authorized(&state, &headers, &peer) {
+        return (StatusCode::UNAUTHORIZED, "only the server calls a node's API: missing or wrong bearer token, or no server certificate\n").into_response();
     }
     if tug_runtime::state::validate_id(&id).is_err() {
         return (StatusCode::BAD_REQUEST, "bad instance id\n").into_response();

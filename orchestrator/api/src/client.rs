@@ -79,8 +79,11 @@ pub struct Listed<T> {
 pub struct ApiClient {
     base: String,
     token: Option<String>,
-    http: reqwest::Client,
+    /// Shared by the clones, so a renewed node certificate reaches every one of them.
+    http: std::sync::Arc<std::sync::RwLock<reqwest::Client>>,
 }
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl ApiClient {
     /// `addr` is `host:port` or a `http://` URL.
@@ -91,10 +94,48 @@ impl ApiClient {
             format!("http://{addr}")
         };
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(CONNECT_TIMEOUT)
             .build()
             .expect("a plain HTTP client builds");
-        ApiClient { base, token, http }
+        ApiClient {
+            base,
+            token,
+            http: std::sync::Arc::new(std::sync::RwLock::new(http)),
+        }
+    }
+
+    /// Over TLS: `addr` is `host:port` or a `https://` URL; only the cluster CA is trusted,
+    /// and a node shows its certificate.
+    pub fn with_tls(
+        addr: &str,
+        token: Option<String>,
+        tls: &crate::tls::ClientTls,
+    ) -> Result<ApiClient, crate::tls::TlsError> {
+        let host = addr
+            .trim_start_matches("https://")
+            .trim_start_matches("http://");
+        let http = tls.client(CONNECT_TIMEOUT)?;
+        Ok(ApiClient {
+            base: format!("https://{}", host.trim_end_matches('/')),
+            token,
+            http: std::sync::Arc::new(std::sync::RwLock::new(http)),
+        })
+    }
+
+    /// Shows another certificate from now on (a renewed one), in every clone.
+    pub fn set_tls(&self, tls: &crate::tls::ClientTls) -> Result<(), crate::tls::TlsError> {
+        let client = tls.client(CONNECT_TIMEOUT)?;
+        *self.http.write().unwrap_or_else(|p| p.into_inner()) = client;
+        Ok(())
+    }
+
+    /// The server's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn http(&self) -> reqwest::Client {
+        self.http.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The bearer token this client sends.
@@ -111,7 +152,7 @@ impl ApiClient {
         out: &mut (dyn std::io::Write + Send),
     ) -> Result<(), ClientError> {
         let mut request = self
-            .http
+            .http()
             .get(format!("{}/v1/instances/{id}/logs", self.base))
             .query(&[("follow", follow.to_string())]);
         if let Some(n) = tail {
@@ -159,7 +200,7 @@ impl ApiClient {
         request: &crate::execstream::ExecRequest,
     ) -> Result<reqwest::Upgraded, ClientError> {
         let mut http = self
-            .http
+            .http()
             .post(format!("{}/v1/instances/{id}/exec", self.base))
             .header(reqwest::header::CONNECTION, "upgrade")
             .header(reqwest::header::UPGRADE, crate::execstream::PROTOCOL)
@@ -206,7 +247,7 @@ impl ApiClient {
         body: Option<serde_json::Value>,
         limit: Option<Duration>,
     ) -> Result<T, ClientError> {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        let mut request = self.http().request(method, format!("{}{path}", self.base));
         if let Some(limit) = limit {
             request = request.timeout(limit);
         }
@@ -355,6 +396,37 @@ impl ApiClient {
             path.push_str(&format!("&node={node}"));
         }
         self.call_within(Method::GET, &path, None, Some(timeout + REQUEST_TIMEOUT))
+            .await
+    }
+    /// Asks for a node certificate: with a join token (`join`), or renewing with the node's
+    /// current certificate.
+    pub async fn node_certificate(
+        &self,
+        request: &crate::wire::CertificateRequest,
+        join: bool,
+    ) -> Result<crate::wire::CertificateAnswer, ClientError> {
+        let path = if join {
+            "/v1/join".to_string()
+        } else {
+            format!("/v1/nodes/{}/certificate", request.node)
+        };
+        self.call(Method::POST, &path, Self::body(request)).await
+    }
+    pub async fn describe_cluster(&self) -> Result<crate::wire::ClusterDescription, ClientError> {
+        self.call(Method::GET, "/v1/cluster", None).await
+    }
+    pub async fn create_token(
+        &self,
+        request: &crate::wire::TokenRequest,
+    ) -> Result<crate::wire::TokenCreated, ClientError> {
+        self.call(Method::POST, "/v1/tokens", Self::body(request))
+            .await
+    }
+    pub async fn tokens(&self) -> Result<Vec<crate::wire::TokenInfo>, ClientError> {
+        self.call(Method::GET, "/v1/tokens", None).await
+    }
+    pub async fn revoke_token(&self, id: &str) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::DELETE, &format!("/v1/tokens/{id}"), None)
             .await
     }
     /// Report an instance's state; a 409 means "this instance is not yours any more: stop it".

@@ -8,4 +8,5 @@ pub mod client;
 pub mod execstream;
 pub mod model;
 pub mod spec;
+pub mod tls;
 pub mod wire;

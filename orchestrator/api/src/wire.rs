@@ -196,3 +196,107 @@ pub struct ErrorDetail {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<SpecError>,
 }
+
+/// What a token lets its holder do (docs/security.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenScope {
+    /// Everything.
+    Admin,
+    /// Reads: lists, descriptions, events, watches, logs.
+    Read,
+    /// Only `POST /v1/join`: a node's first certificate.
+    Join,
+}
+
+impl std::fmt::Display for TokenScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenScope::Admin => "admin",
+            TokenScope::Read => "read",
+            TokenScope::Join => "join",
+        })
+    }
+}
+
+/// `POST /v1/tokens`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub scope: TokenScope,
+    /// None: does not expire (not allowed for join tokens).
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A token as listed: never its secret, which only its creation shows, once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub scope: TokenScope,
+    #[serde(default)]
+    pub description: String,
+    pub created_ms: u64,
+    #[serde(default)]
+    pub expires_ms: Option<u64>,
+}
+
+/// The answer to `POST /v1/tokens`: the token itself, `<id>.<secret>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub token: String,
+    #[serde(flatten)]
+    pub info: TokenInfo,
+}
+
+/// `POST /v1/join` (with a join token) and `POST /v1/nodes/{name}/certificate` (with the
+/// node's certificate): a CSR; the answer is a certificate for the node's name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateRequest {
+    pub node: String,
+    /// PEM.
+    pub csr: String,
+    /// Addresses the node's own API answers at (put in the certificate).
+    #[serde(default)]
+    pub addresses: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CertificateAnswer {
+    /// PEM.
+    pub certificate: String,
+    /// PEM: the cluster CA.
+    pub ca: String,
+}
+
+/// `GET /v1/cluster/ca`: public, so a joining node can check it against its pinned hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterCa {
+    pub ca: String,
+    pub hash: String,
+}
+
+/// A certificate's name and expiry, for `tugboat describe cluster`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    pub name: String,
+    pub serial: String,
+    pub not_after_ms: u64,
+}
+
+/// `GET /v1/cluster`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterDescription {
+    pub tls: bool,
+    #[serde(default)]
+    pub ca_hash: Option<String>,
+    #[serde(default)]
+    pub ca: Option<CertificateStatus>,
+    #[serde(default)]
+    pub server: Option<CertificateStatus>,
+    #[serde(default)]
+    pub nodes: Vec<CertificateStatus>,
+}

@@ -8,6 +8,7 @@ pub mod controllers;
 pub mod controlplane;
 pub mod http;
 pub mod objects;
+pub mod pki;
 pub mod scheduler;
 pub mod server;
 pub mod store;

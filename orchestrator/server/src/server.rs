@@ -59,6 +59,8 @@ pub struct ServerConfig {
     pub timers: Timers,
     pub scheduler: SchedulerOptions,
     pub store: EmbeddedStoreOptions,
+    /// TLS on the API, with the cluster CA under `<data-dir>/tls`; None: plain HTTP.
+    pub tls: Option<crate::pki::TlsSettings>,
 }
 
 impl ServerConfig {
@@ -70,9 +72,12 @@ impl ServerConfig {
             timers: Timers::default(),
             scheduler: SchedulerOptions::default(),
             store: EmbeddedStoreOptions::default(),
+            tls: None,
         }
     }
 }
+
+pub const TLS_DIR: &str = "tls";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -88,6 +93,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("tls: {0}")]
+    Tls(tugboat_api::tls::TlsError),
     #[error("data dir {path} is in use by another tugboat server (it holds {path}/lock); stop it or use another --data-dir")]
     Locked { path: PathBuf },
     #[error("cannot listen on {addr}: {source}")]
@@ -134,6 +141,8 @@ pub fn load_or_create_token(data_dir: &Path) -> Result<String, ServerError> {
 pub struct RunningServer {
     pub addr: SocketAddr,
     pub token: Option<String>,
+    /// The cluster's TLS, when the API speaks it.
+    pub tls: Option<Arc<crate::pki::ServerTls>>,
     pub control: Arc<ControlPlane>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -190,30 +199,57 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             addr: config.listen,
             source,
         })?;
+    let tls = match &config.tls {
+        Some(settings) => Some(
+            crate::pki::ServerTls::open(config.data_dir.join(TLS_DIR), addr, settings.clone())
+                .map_err(ServerError::Tls)?,
+        ),
+        None => None,
+    };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let app = router(Arc::new(ApiState {
         control: control.clone(),
         token: token.clone(),
+        tls: tls.clone(),
     }));
     let mut http_shutdown = shutdown_rx.clone();
+    let server_config = tls.as_ref().map(|t| t.config.clone());
     let http = tokio::spawn(async move {
         let stop = async move {
             let _ = http_shutdown.wait_for(|stop| *stop).await;
         };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            eprintln!("tugboat: http server: {e}");
-        }
+        tugboat_api::tls::serve(listener, app, server_config, stop).await;
     });
-    let controllers = tokio::spawn(run_controllers(control.clone(), shutdown_rx));
+    let controllers = tokio::spawn(run_controllers(control.clone(), shutdown_rx.clone()));
+    let mut tasks = vec![http, controllers];
+    if let Some(tls) = tls.clone() {
+        tasks.push(tokio::spawn(renew_server_cert(tls, shutdown_rx)));
+    }
     Ok(RunningServer {
         addr,
         token,
+        tls,
         control,
         shutdown,
-        tasks: vec![http, controllers],
+        tasks,
         _lock: lock,
     })
+}
+
+/// Renews the server's certificate before it ends (a third of its life left).
+async fn renew_server_cert(tls: Arc<crate::pki::ServerTls>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = tokio::time::sleep(tls.renewal_check_every()) => {}
+        }
+        match tls.renew_if_due() {
+            Ok(true) => eprintln!(
+                "tugboat server: renewed the server certificate (valid until {} ms since the epoch)",
+                tls.server_status().not_after_ms
+            ),
+            Ok(false) => {}
+            Err(e) => eprintln!("tugboat server: renewing the server certificate: {e}"),
+        }
+    }
 }

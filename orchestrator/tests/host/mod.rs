@@ -132,13 +132,35 @@ impl TestHost {
         let token = std::fs::read_to_string(self.dir.join("server/token"))
             .map(|t| t.trim().to_string())
             .ok();
+        let client = self.client(token);
         self.in_netns(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(f(ApiClient::new(API, token)))
+            rt.block_on(f(client))
         })
+    }
+
+    /// A client of `up`'s server: over TLS with its CA once it has one.
+    pub fn client(&self, token: Option<String>) -> ApiClient {
+        match std::fs::read_to_string(self.ca()) {
+            Ok(ca_pem) => ApiClient::with_tls(
+                API,
+                token,
+                &tugboat::tls::ClientTls {
+                    ca_pem,
+                    identity_pem: None,
+                },
+            )
+            .unwrap(),
+            Err(_) => ApiClient::new(API, token),
+        }
+    }
+
+    /// The cluster CA of `up`'s server.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("server/tls/ca.pem")
     }
 
     /// `tugboat up -f SPEC` in the namespace; returns once it printed where the shop answers.

@@ -172,13 +172,19 @@ mod tests {
     #[test]
     fn security_names_are_checked_where_written() {
         let e = error("services:\n  web:\n    image: nginx\n    security:\n      cap_add: [NET_ADMIN, FLY]\n      user: ':5'\n      seccomp: off\n");
-        assert!(e.contains("shop.yaml:7: services.web.security.seccomp"), "{e}");
+        assert!(
+            e.contains("shop.yaml:7: services.web.security.seccomp"),
+            "{e}"
+        );
         let e = error("services:\n  web:\n    image: nginx\n    security:\n      cap_add: [NET_ADMIN, FLY]\n      user: ':5'\n");
         assert!(
             e.contains("services.web.security.cap_add[1]: `FLY` is not a Linux capability"),
             "{e}"
         );
-        assert!(e.contains("services.web.security.user: `:5` is not a user"), "{e}");
+        assert!(
+            e.contains("services.web.security.user: `:5` is not a user"),
+            "{e}"
+        );
         let ok = parse_spec_file(
             "s.yaml",
             "services:\n  web:\n    image: nginx\n    security: {cap_drop: [all], cap_add: [cap_net_raw], read_only_root: true}\n",

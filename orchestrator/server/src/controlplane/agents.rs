@@ -196,6 +196,9 @@ impl ControlPlane {
             "deleted",
             "node removed; its instances will be replaced".into(),
         );
+        // Its certificate goes with it, in the same transaction: a host that rejoins under
+        // the name needs a new join token.
+        batch.delete(format!("{}{name}", super::access::NODE_CERTS));
         batch.commit(self.store()).await?;
         self.forget_heartbeat(name);
         Ok(())

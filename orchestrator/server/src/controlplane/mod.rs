@@ -1,6 +1,7 @@
 //! The control plane's operations on typed objects: what the HTTP API calls, and what the
 //! controllers share with it (store, scheduler, heartbeats, events).
 
+pub mod access;
 mod agents;
 pub use agents::NodeScheduling;
 mod services;

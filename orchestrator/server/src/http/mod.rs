@@ -1,6 +1,7 @@
 //! The HTTP API under /v1: JSON in and out, bearer-token auth, bounded bodies. Requests are
 //! parsed into [`ApiRequest`] first; [`handle`] works on that type only.
 
+pub mod auth;
 pub mod error;
 pub mod request;
 pub mod routes;
@@ -26,31 +27,29 @@ pub const MAX_BODY_BYTES: usize = 4 << 20;
 
 pub struct ApiState {
     pub control: Arc<ControlPlane>,
-    /// None: authentication explicitly disabled.
+    /// The admin token. None: authentication explicitly disabled.
     pub token: Option<String>,
+    /// The cluster's TLS (CA, the server's certificate); None: plain HTTP.
+    pub tls: Option<Arc<crate::pki::ServerTls>>,
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+impl ApiState {
+    /// The client for agents' APIs: over TLS, it trusts only the cluster CA and shows the
+    /// server's certificate.
+    fn agent_client(&self) -> reqwest::Client {
+        self.tls
+            .as_ref()
+            .map_or_else(reqwest::Client::new, |t| t.agent_client())
+    }
 
-fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = &state.token else {
-        return Ok(());
-    };
-    let given = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(given) if constant_time_eq(given.trim().as_bytes(), token.as_bytes()) => Ok(()),
-        _ => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong bearer token: send `Authorization: Bearer <token>`; the token is in <data-dir>/token \
-             (tugboat reads it with --token, TUGBOAT_TOKEN or --data-dir)"
-                .into(),
-        )),
+    /// An agent API request, with the admin token only for an agent in plain HTTP (`tugboat
+    /// up`'s, or a cluster without TLS): one over TLS knows the server by its certificate,
+    /// and a node never holds the admin token.
+    fn to_agent(&self, request: reqwest::RequestBuilder, url: &str) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) if url.starts_with("http://") => request.bearer_auth(token),
+            _ => request,
+        }
     }
 }
 
@@ -70,7 +69,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
     let mut router = Router::new();
     for route in routes() {
         let id = route.id;
+        let method = route.method.clone();
         let handler = move |State(state): State<Arc<ApiState>>,
+                            peer: Option<axum::Extension<tugboat_api::tls::PeerCert>>,
                             headers: HeaderMap,
                             params: RawPathParams,
                             query: Result<Query<HashMap<String, String>>, QueryRejection>,
@@ -87,7 +88,14 @@ pub fn router(state: Arc<ApiState>) -> Router {
                         .into_response()
                 }
             };
-            dispatch(&state, id, &headers, &path, &query, upgrade, body).await
+            let peer = peer.map(|p| p.0);
+            let call = Call {
+                id,
+                method: &method,
+                headers: &headers,
+                peer: peer.as_ref(),
+            };
+            dispatch(&state, call, &path, &query, upgrade, body).await
         };
         router = router.route(route.path, on(method_filter(&route.method), handler));
     }
@@ -137,20 +145,31 @@ async fn refuse_large_bodies(
     next.run(request).await
 }
 
+/// What a request is, apart from its path, query and body.
+struct Call<'a> {
+    id: RouteId,
+    method: &'a axum::http::Method,
+    headers: &'a HeaderMap,
+    peer: Option<&'a tugboat_api::tls::PeerCert>,
+}
+
 async fn dispatch(
     state: &ApiState,
-    id: RouteId,
-    headers: &HeaderMap,
+    call: Call<'_>,
     path: &HashMap<String, String>,
     query: &HashMap<String, String>,
     upgrade: tugboat_api::execstream::Upgrade,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if id != RouteId::Healthz {
-        if let Err(e) = authorize(state, headers) {
-            return e.into_response();
+    let (id, headers) = (call.id, call.headers);
+    let caller = if auth::open_route(id) {
+        None
+    } else {
+        match auth::identify(state, headers, call.peer).await {
+            Ok(caller) => Some(caller),
+            Err(e) => return e.into_response(),
         }
-    }
+    };
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {
@@ -166,7 +185,25 @@ async fn dispatch(
             .into_response();
         }
     };
-    match ApiRequest::parse(id, path, query, &body) {
+    let request = ApiRequest::parse(id, path, query, &body);
+    if let (Some(caller), Ok(request)) = (&caller, &request) {
+        if let Err(e) = auth::permit(state, caller, call.method, request).await {
+            return e.into_response();
+        }
+    }
+    match request {
+        Ok(
+            request @ (ApiRequest::DescribeCluster
+            | ApiRequest::ClusterCa
+            | ApiRequest::Join(_)
+            | ApiRequest::RenewNodeCertificate { .. }
+            | ApiRequest::ListTokens
+            | ApiRequest::CreateToken(_)
+            | ApiRequest::RevokeToken { .. }),
+        ) => match handle_access(state, request).await {
+            Ok(value) => (StatusCode::OK, Json(value)).into_response(),
+            Err(e) => e.into_response(),
+        },
         Ok(ApiRequest::InstanceExec { id, body })
             if tugboat_api::execstream::wants_stream(headers) =>
         {
@@ -229,7 +266,8 @@ async fn exec_on_agent(
     stream: bool,
 ) -> Result<(String, reqwest::Response), ApiError> {
     let (node, url) = agent_url_of(state, id).await?;
-    let mut request = reqwest::Client::new()
+    let mut request = state
+        .agent_client()
         .post(format!("{url}/v1/instances/{id}/exec"))
         .json(body);
     if stream {
@@ -240,10 +278,8 @@ async fn exec_on_agent(
                 tugboat_api::execstream::PROTOCOL,
             );
     }
-    if let Some(token) = &state.token {
-        request = request.bearer_auth(token);
-    }
-    let response = request
+    let response = state
+        .to_agent(request, &url)
         .send()
         .await
         .map_err(|e| agent_unreachable(format!("agent of node {node} at {url}: {e}")))?;
@@ -327,16 +363,15 @@ async fn forward_logs(
                 "node {node} does not serve logs (its agent has no API address)"
             ))
         })?;
-    let mut request = reqwest::Client::new()
+    let mut request = state
+        .agent_client()
         .get(format!("{url}/v1/instances/{id}/logs"))
         .query(&[("follow", follow.to_string())]);
     if let Some(n) = tail {
         request = request.query(&[("tail", n.to_string())]);
     }
-    if let Some(token) = &state.token {
-        request = request.bearer_auth(token);
-    }
-    let response = request
+    let response = state
+        .to_agent(request, &url)
         .send()
         .await
         .map_err(|e| unavailable(format!("agent of node {node} at {url}: {e}")))?;
@@ -364,6 +399,120 @@ async fn forward_logs(
 
 fn json<T: Serialize>(value: T) -> serde_json::Value {
     serde_json::to_value(value).expect("API responses always serialize")
+}
+
+fn no_tls() -> ApiError {
+    ApiError::bad_request(
+        "this server runs without TLS (--insecure-plain-http): it has no CA and issues no certificates"
+            .into(),
+    )
+}
+
+/// A node's name or address for its certificate: a DNS name or an IP address.
+fn check_cert_names(request: &tugboat_api::wire::CertificateRequest) -> Result<(), ApiError> {
+    if !tugboat_api::spec::validate::is_dns_label(&request.node) {
+        return Err(ApiError::bad_request(format!(
+            "node: `{}` is not a valid node name (a DNS label)",
+            request.node
+        )));
+    }
+    for (i, a) in request.addresses.iter().enumerate() {
+        let dns = !a.is_empty()
+            && a.len() <= 253
+            && a.split('.').all(tugboat_api::spec::validate::is_dns_label);
+        if a.parse::<std::net::IpAddr>().is_err() && !dns {
+            return Err(ApiError::bad_request(format!(
+                "addresses[{i}]: `{a}` is neither an IP address nor a DNS name"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Signs a node's CSR and records the certificate (a join refuses a taken name).
+async fn issue_node_cert(
+    state: &ApiState,
+    request: &tugboat_api::wire::CertificateRequest,
+    join: bool,
+) -> Result<serde_json::Value, ApiError> {
+    let tls = state.tls.as_ref().ok_or_else(no_tls)?;
+    check_cert_names(request)?;
+    let mut names = vec![request.node.clone()];
+    names.extend(request.addresses.iter().cloned());
+    let pem = tls
+        .ca
+        .sign_csr(
+            &request.csr,
+            &tugboat_api::tls::Issue {
+                common_name: &request.node,
+                names: &names,
+                lifetime: tls.settings.node_cert_lifetime,
+            },
+        )
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let info = tugboat_api::tls::cert_info(&pem)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    state
+        .control
+        .record_node_cert(&request.node, &info.serial, info.not_after_ms, join)
+        .await?;
+    Ok(json(tugboat_api::wire::CertificateAnswer {
+        certificate: pem,
+        ca: tls.ca.pem().to_string(),
+    }))
+}
+
+/// Tokens, certificates and the cluster's identity.
+async fn handle_access(
+    state: &ApiState,
+    request: ApiRequest,
+) -> Result<serde_json::Value, ApiError> {
+    let cp = &state.control;
+    match request {
+        ApiRequest::ClusterCa => {
+            let tls = state.tls.as_ref().ok_or_else(no_tls)?;
+            Ok(json(tugboat_api::wire::ClusterCa {
+                ca: tls.ca.pem().to_string(),
+                hash: tls.ca.hash(),
+            }))
+        }
+        ApiRequest::DescribeCluster => {
+            let nodes = cp
+                .node_certs()
+                .await?
+                .into_iter()
+                .map(|r| tugboat_api::wire::CertificateStatus {
+                    name: r.name,
+                    serial: r.serials.last().cloned().unwrap_or_default(),
+                    not_after_ms: r.not_after_ms,
+                })
+                .collect();
+            Ok(json(tugboat_api::wire::ClusterDescription {
+                tls: state.tls.is_some(),
+                ca_hash: state.tls.as_ref().map(|t| t.ca.hash()),
+                ca: state.tls.as_ref().map(|t| t.ca_status()),
+                server: state.tls.as_ref().map(|t| t.server_status()),
+                nodes,
+            }))
+        }
+        ApiRequest::Join(request) => issue_node_cert(state, &request, true).await,
+        ApiRequest::RenewNodeCertificate { name, request } => {
+            if name != request.node {
+                return Err(ApiError::bad_request(format!(
+                    "node: `{}` in the body, `{name}` in the path",
+                    request.node
+                )));
+            }
+            issue_node_cert(state, &request, false).await
+        }
+        ApiRequest::ListTokens => Ok(json(cp.list_tokens().await?)),
+        ApiRequest::CreateToken(request) => Ok(json(cp.create_token(request).await?)),
+        ApiRequest::RevokeToken { id } => {
+            cp.revoke_token(&id).await?;
+            Ok(serde_json::json!({"deleted": id}))
+        }
+        other => unreachable!("not an access request: {other:?}"),
+    }
 }
 
 /// Carry out one typed request.
@@ -432,5 +581,14 @@ pub async fn handle(
             timeout,
             node,
         } => ok(json(cp.watch(kind, from, timeout, node.as_deref()).await?)),
+        ApiRequest::DescribeCluster
+        | ApiRequest::ClusterCa
+        | ApiRequest::Join(_)
+        | ApiRequest::RenewNodeCertificate { .. }
+        | ApiRequest::ListTokens
+        | ApiRequest::CreateToken(_)
+        | ApiRequest::RevokeToken { .. } => Err(ApiError::bad_request(
+            "tokens and certificates are served by the HTTP API".into(),
+        )),
     }
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use tugboat_api::model::ObjectKind;
 use tugboat_api::spec::{ServiceSpec, SpecFile};
 use tugboat_api::wire::{
-    CreateServiceBody, InstanceStatusReport, NodeRegistration, Revision, ScaleBody, WatchKind,
+    CertificateRequest, CreateServiceBody, InstanceStatusReport, NodeRegistration, Revision,
+    ScaleBody, TokenRequest, WatchKind,
 };
 
 /// Longest a watch waits for a change.
@@ -90,6 +91,18 @@ pub enum ApiRequest {
         from: Revision,
         timeout: Duration,
         node: Option<String>,
+    },
+    DescribeCluster,
+    ClusterCa,
+    Join(CertificateRequest),
+    RenewNodeCertificate {
+        name: String,
+        request: CertificateRequest,
+    },
+    ListTokens,
+    CreateToken(TokenRequest),
+    RevokeToken {
+        id: String,
     },
 }
 
@@ -287,6 +300,16 @@ impl ApiRequest {
                     node: q.text("node"),
                 }
             }
+            RouteId::DescribeCluster => ApiRequest::DescribeCluster,
+            RouteId::ClusterCa => ApiRequest::ClusterCa,
+            RouteId::Join => ApiRequest::Join(body(bytes)?),
+            RouteId::RenewNodeCertificate => ApiRequest::RenewNodeCertificate {
+                name: name(),
+                request: body(bytes)?,
+            },
+            RouteId::ListTokens => ApiRequest::ListTokens,
+            RouteId::CreateToken => ApiRequest::CreateToken(body(bytes)?),
+            RouteId::RevokeToken => ApiRequest::RevokeToken { id: id() },
         };
         let takes_body = matches!(
             route,
@@ -298,6 +321,9 @@ impl ApiRequest {
                 | RouteId::RegisterNode
                 | RouteId::InstanceExec
                 | RouteId::Heartbeat
+                | RouteId::Join
+                | RouteId::RenewNodeCertificate
+                | RouteId::CreateToken
         );
         if !takes_body {
             no_body(bytes)?;

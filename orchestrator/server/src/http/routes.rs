@@ -31,6 +31,13 @@ pub enum RouteId {
     DrainNode,
     ListEvents,
     Watch,
+    DescribeCluster,
+    ClusterCa,
+    Join,
+    RenewNodeCertificate,
+    ListTokens,
+    CreateToken,
+    RevokeToken,
 }
 
 pub struct Route {
@@ -76,4 +83,11 @@ routes![
     (POST, "/v1/nodes/{name}/drain", DrainNode),
     (GET, "/v1/events", ListEvents),
     (GET, "/v1/watch/{kind}", Watch),
+    (GET, "/v1/cluster", DescribeCluster),
+    (GET, "/v1/cluster/ca", ClusterCa),
+    (POST, "/v1/join", Join),
+    (POST, "/v1/nodes/{name}/certificate", RenewNodeCertificate),
+    (GET, "/v1/tokens", ListTokens),
+    (POST, "/v1/tokens", CreateToken),
+    (DELETE, "/v1/tokens/{id}", RevokeToken),
 ];

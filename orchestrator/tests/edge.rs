@@ -29,7 +29,7 @@ fn start_server(host: &mut TestHost) {
     let dir = host.dir.join("server").display().to_string();
     #[rustfmt::skip]
     host.spawn("server", &["server", "--listen", host::API, "--insecure-no-auth",
-                           "--data-dir", &dir]);
+                           "--insecure-plain-http", "--data-dir", &dir]);
 }
 
 fn start_agent(host: &mut TestHost) {

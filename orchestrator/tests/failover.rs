@@ -103,12 +103,16 @@ impl Lan {
     }
 }
 
+/// The join token and the CA's hash the agents join with (the server's, once it started).
+static JOIN: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+
 fn agent_args(host: &TestHost, node: &str, n: u8) -> Vec<String> {
     let image = shop_images().join("oci/shop-catalog").display().to_string();
     let address = format!("192.168.214.{n}");
+    let (token, hash) = JOIN.get().expect("the server made a join token");
     #[rustfmt::skip]
     let args = [
-        "agent", "--addr", "http://192.168.214.1:7480",
+        "agent", "--addr", "192.168.214.1:7480", "--join-token", token, "--ca-hash", hash,
         "--data-dir", &host.dir.join("agent").display().to_string(),
         "--node", node, "--subnet", &format!("10.88.{n}.0/24"), "--address", &address,
         "--api-listen", &format!("{address}:7481"), "--label", &format!("host={node}"),
@@ -269,9 +273,24 @@ fn a_lost_node_s_replicas_are_ready_elsewhere_in_seconds_and_nothing_runs_twice_
     ]);
     let server_dir = a.dir.join("server").display().to_string();
     #[rustfmt::skip]
-    a.spawn("server", &["server", "--listen", "0.0.0.0:7480", "--insecure-no-auth",
-                        "--data-dir", &server_dir]);
+    // Over TLS, the nodes joined with a join token and certificates that live 30 s: the
+    // faults below run across several renewals of every certificate.
+    a.spawn("server", &["server", "--listen", "0.0.0.0:7480", "--data-dir", &server_dir,
+                        "--node-cert-lifetime", "30s", "--server-cert-lifetime", "30s"]);
     a.wait_for_output("server: tugboat server listening", START);
+    let token = a
+        .api(|c| async move {
+            c.create_token(&tugboat::wire::TokenRequest {
+                scope: tugboat::wire::TokenScope::Join,
+                ttl_seconds: Some(600),
+                description: "failover test".into(),
+            })
+            .await
+        })
+        .expect("a join token")
+        .token;
+    let ca = std::fs::read_to_string(a.ca()).expect("the server's CA");
+    let _ = JOIN.set((token, tugboat::tls::hash_pem(&ca).unwrap()));
     start_agent(&mut a, "a", 1);
     start_agent(&mut b, "b", 2);
     start_agent(&mut c, "c", 3);

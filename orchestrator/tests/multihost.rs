@@ -181,7 +181,7 @@ fn two_hosts(overlay: &str) {
     let server_dir = a.dir.join("server").display().to_string();
     #[rustfmt::skip]
     a.spawn("server", &["server", "--listen", "0.0.0.0:7480", "--insecure-no-auth",
-                        "--data-dir", &server_dir]);
+                        "--insecure-plain-http", "--data-dir", &server_dir]);
     a.wait_for_output("server: tugboat server listening", START);
     let args = agent_args(&a, "a", "10.88.1.0/24", "192.168.213.1", overlay);
     spawn(&mut a, "agent-a", &args);

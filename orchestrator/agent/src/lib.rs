@@ -180,8 +180,12 @@ impl NodeContext {
 
 /// See [`NodeContext::allowed_host_path`].
 pub fn allowed_host_path(allowed: &[PathBuf], source: &str, node: &str) -> Result<PathBuf, String> {
-    let resolved = std::fs::canonicalize(source)
-        .map_err(|e| format!("volume source {source} on node {node}: {e}"))?;
+    let resolved = std::fs::canonicalize(source).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            format!("volume source {source} does not exist on node {node}")
+        }
+        _ => format!("volume source {source} on node {node}: {e}"),
+    })?;
     let ok = allowed
         .iter()
         .any(|dir| std::fs::canonicalize(dir).is_ok_and(|dir| resolved.starts_with(&dir)));
@@ -1039,8 +1043,9 @@ mod host_path_tests {
         let err = allowed_host_path(&[], "/", "n1").unwrap_err();
         assert!(err.contains("allowed: none"), "{err}");
         // A source that does not exist says so.
-        assert!(allowed_host_path(&allowed, "/no/such/dir", "n1")
-            .unwrap_err()
-            .contains("/no/such/dir"));
+        assert_eq!(
+            allowed_host_path(&allowed, "/no/such/dir", "n1").unwrap_err(),
+            "volume source /no/such/dir does not exist on node n1"
+        );
     }
 }

@@ -71,7 +71,7 @@ pub async fn identify(
         Some(TokenScope::Read) => Ok(Caller::Read),
         Some(TokenScope::Join) => Ok(Caller::Join),
         None => Err(unauthorized(
-            "wrong, revoked or expired bearer token (see tugboat token list)".into(),
+            "wrong, revoked or expired bearer token: the admin token is in <data-dir>/token; the others are listed by `tugboat token ls`".into(),
         )),
     }
 }

@@ -5,8 +5,12 @@
 # Settings (the Vagrantfile passes them):
 #   TUG_ROLE         server (tugboat server + an agent) or agent
 #   TUG_NODE         this node's name (default: the hostname)
-#   TUG_SERVER_ADDR  the server's URL, e.g. http://192.168.56.10:7480
-#   TUG_TOKEN        the cluster's token (the server uses it; agents and clients send it)
+#   TUG_SERVER_ADDR  the server's address, e.g. 192.168.56.10:7480 (a scheme is dropped: the
+#                    API speaks TLS)
+#   TUG_TOKEN        the cluster's admin token (the server uses it; clients send it). Agents
+#                    on other hosts do not keep it: they join with a join token made with it,
+#                    trusting the CA the server shows at first contact (TOFU, on the private
+#                    network; a real cluster passes --ca-hash; docs/security.md)
 #   TUG_SUBNET       this node's container subnet (one per node), e.g. 10.88.1.0/24
 #   TUG_ADDRESS      this node's address on the cluster's network, e.g. 192.168.56.11: the
 #                    other nodes route its subnet via it, the server reaches its agent API
@@ -21,7 +25,8 @@ set -euo pipefail
 
 role=${TUG_ROLE:?TUG_ROLE must be server or agent}
 node=${TUG_NODE:-$(hostname)}
-server_addr=${TUG_SERVER_ADDR:-http://127.0.0.1:7480}
+server_addr=${TUG_SERVER_ADDR:-127.0.0.1:7480}
+server_addr=${server_addr#*://}
 token=${TUG_TOKEN:-}
 subnet=${TUG_SUBNET:-10.88.0.0/24}
 address=${TUG_ADDRESS:-}
@@ -43,7 +48,7 @@ if [ "$offline" != 1 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends ca-certificates curl gcc libc6-dev pkg-config \
-    busybox-static iproute2 nftables file rsync >/dev/null
+    busybox-static iproute2 nftables file rsync python3 >/dev/null
 fi
 
 # --- binaries: given, synced in, or built here ---
@@ -91,6 +96,26 @@ EOF
   install -m 0644 "$src/deploy/systemd/tugboat-server.service" /etc/systemd/system/
 fi
 agent_args="--subnet $subnet"
+agent_token=$token
+ca_file=$data_dir/tls/ca.pem
+if [ "$role" = agent ]; then
+  # Join: the server's CA (first contact), then a join token for this node made with the
+  # admin token, which this host then forgets.
+  ca_file=/etc/tugboat/ca.pem
+  install -d -m 0755 /etc/tugboat
+  say "waiting for the server's CA at https://$server_addr"
+  for _ in $(seq 1 600); do
+    curl -skf "https://$server_addr/v1/cluster/ca" -o /tmp/tug-ca.json && break
+    sleep 1
+  done
+  python3 -c 'import json,sys; print(json.load(open("/tmp/tug-ca.json"))["ca"], end="")' >"$ca_file"
+  ca_hash=$(python3 -c 'import json; print(json.load(open("/tmp/tug-ca.json"))["hash"])')
+  join=$(curl -sf --cacert "$ca_file" -H "Authorization: Bearer $token" \
+    -d '{"scope": "join", "ttl_seconds": 3600, "description": "vagrant '"$node"'"}' \
+    "https://$server_addr/v1/tokens" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+  agent_args+=" --ca-hash $ca_hash"
+  agent_token=
+fi
 [ -z "$address" ] || agent_args+=" --address $address --api-listen $address:7481"
 for l in $labels; do agent_args+=" --label $l"; done
 for d in "$shop_images"/oci/*; do agent_args+=" --import $d"; done
@@ -103,14 +128,15 @@ TUGBOAT_NODE=$node
 TUGBOAT_DATA_DIR=$data_dir
 TUGBOAT_AGENT_ARGS=$agent_args
 EOF
-  [ -z "$token" ] || echo "TUGBOAT_TOKEN=$token" >>/etc/default/tugboat-agent
+  [ -z "$agent_token" ] || echo "TUGBOAT_TOKEN=$agent_token" >>/etc/default/tugboat-agent
+  [ -z "${join:-}" ] || echo "TUGBOAT_JOIN_TOKEN=$join" >>/etc/default/tugboat-agent
 )
 install -m 0644 "$src/deploy/systemd/tugboat-agent.service" /etc/systemd/system/
 # The client's settings, so that `tugboat get nodes` works for root and the vagrant user.
 for home in /root /home/vagrant; do
   [ -d "$home" ] || continue
   install -d -m 0700 "$home/.config" "$home/.config/tugboat"
-  (umask 077 && printf 'addr: %s\ntoken: %s\n' "$server_addr" "$token" >"$home/.config/tugboat/config.yaml")
+  (umask 077 && printf 'addr: %s\ntoken: %s\nca: %s\n' "$server_addr" "$token" "$ca_file" >"$home/.config/tugboat/config.yaml")
   owner=$(stat -c %U:%G "$home")
   chown -R "$owner" "$home/.config/tugboat"
 done

@@ -24,7 +24,7 @@ cleanup() {
   set +e
   if [ -f "$dir/server/token" ]; then
     for s in front catalog cart orders payments; do
-      in_ns curl -s -o /dev/null -X DELETE -H "Authorization: Bearer $(cat "$dir/server/token")" http://$api/v1/services/$s
+      in_ns curl -s -o /dev/null -X DELETE --cacert "$dir/server/tls/ca.pem" -H "Authorization: Bearer $(cat "$dir/server/token")" https://$api/v1/services/$s
     done
     for _ in $(seq 1 300); do
       [ -z "$(ls -A "$dir/agent/instances" 2>/dev/null)" ] && break; sleep 0.1
@@ -44,14 +44,20 @@ spawn_in_ns "$bin" server --data-dir "$dir/server" --listen $api 2>"$dir/server.
 pids+=($!); server=$!
 for _ in $(seq 1 100); do [ -f "$dir/server/token" ] && break; sleep 0.05; done
 token=$(cat "$dir/server/token")
+# Over TLS: the client trusts the cluster CA; the agent joins with a join token and the CA's
+# hash, and then speaks with its own certificate (as a user runs it; docs/security.md).
+ca="$dir/server/tls/ca.pem"
+hash=$(in_ns "$bin" --addr $api --token "$token" --ca "$ca" -o json describe cluster |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["ca_hash"])')
+join=$(in_ns "$bin" --addr $api --token "$token" --ca "$ca" token create --ttl 10m)
 imports=()
 for d in "$dir"/build/oci/*; do imports+=(--import "$d"); done
-spawn_in_ns "$bin" --addr $api --token "$token" --data-dir "$dir/agent" agent --node edge "${imports[@]}" 2>"$dir/agent.log"
+spawn_in_ns "$bin" --addr $api --data-dir "$dir/agent" agent --node edge --join-token "$join" --ca-hash "$hash" "${imports[@]}" 2>"$dir/agent.log"
 pids+=($!); agent=$!
-in_ns "$bin" --addr $api --token "$token" apply -f "$root/examples/shop.yaml" >/dev/null
+in_ns "$bin" --addr $api --token "$token" --ca "$ca" apply -f "$root/examples/shop.yaml" >/dev/null
 ready=0
 for _ in $(seq 1 600); do
-  ready=$(in_ns "$bin" --addr $api --token "$token" get instances -o json 2>/dev/null |
+  ready=$(in_ns "$bin" --addr $api --token "$token" --ca "$ca" get instances -o json 2>/dev/null |
     grep -o '"ready": *true' | wc -l || true)
   [ "$ready" -ge 9 ] && break
   sleep 0.2

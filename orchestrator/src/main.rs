@@ -90,6 +90,12 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Secrets: sealed in the server's store, given only to the nodes that run instances
+    /// mounting them, mounted as files (`secrets:` in a service); never printed.
+    Secret {
+        #[command(subcommand)]
+        action: SecretAction,
+    },
     /// Create or update the services of a spec file (YAML or JSON), all or nothing.
     Apply {
         #[arg(short = 'f', long = "file")]
@@ -307,6 +313,24 @@ enum TokenAction {
     Ls,
     /// Revoke a token by its id.
     Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum SecretAction {
+    /// Make or replace a secret from literals and files (at least one).
+    Create {
+        name: String,
+        /// `key=value`; repeatable.
+        #[arg(long = "from-literal")]
+        literals: Vec<String>,
+        /// `key=path` (or `path`: the key is the file's name); repeatable.
+        #[arg(long = "from-file")]
+        files: Vec<String>,
+    },
+    /// List secrets: names and keys, never values.
+    Ls,
+    /// Delete a secret.
+    Rm { name: String },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -546,6 +570,64 @@ async fn run(cli: Cli) -> Result<()> {
                 TokenAction::Revoke { id } => {
                     api.revoke_token(id).await?;
                     println!("token {id} revoked");
+                }
+            }
+        }
+        Command::Secret { action } => {
+            let api = client(&cli)?;
+            match action {
+                SecretAction::Create {
+                    name,
+                    literals,
+                    files,
+                } => {
+                    use base64::Engine;
+                    let b64 = base64::engine::general_purpose::STANDARD;
+                    let mut data = std::collections::BTreeMap::new();
+                    for l in literals {
+                        let Some((k, v)) = l.split_once('=') else {
+                            bail!("--from-literal {l}: expected key=value");
+                        };
+                        data.insert(k.to_string(), b64.encode(v));
+                    }
+                    for f in files {
+                        let (k, path) = match f.split_once('=') {
+                            Some((k, p)) => (k.to_string(), PathBuf::from(p)),
+                            None => {
+                                let p = PathBuf::from(f);
+                                let k = p
+                                    .file_name()
+                                    .map(|n| n.to_string_lossy().into_owned())
+                                    .with_context(|| format!("--from-file {f}: no file name"))?;
+                                (k, p)
+                            }
+                        };
+                        let bytes = std::fs::read(&path)
+                            .with_context(|| format!("--from-file {}", path.display()))?;
+                        data.insert(k, b64.encode(bytes));
+                    }
+                    if data.is_empty() {
+                        bail!(
+                            "secret {name}: give --from-literal key=value or --from-file key=path"
+                        );
+                    }
+                    let info = api
+                        .put_secret(&tugboat::wire::SecretRequest {
+                            name: name.clone(),
+                            data,
+                        })
+                        .await?;
+                    print_data(&info, cli.output, || {
+                        format!("secret/{name} ({} keys)\n", info.keys.len())
+                    });
+                }
+                SecretAction::Ls => {
+                    let list = api.secrets().await?;
+                    print_data(&list, cli.output, || output::secrets_table(&list, now));
+                }
+                SecretAction::Rm { name } => {
+                    api.delete_secret(name).await?;
+                    println!("secret/{name} deleted");
                 }
             }
         }

@@ -342,6 +342,21 @@ pub fn describe_cluster(d: &tugboat_api::wire::ClusterDescription, now_ms: u64) 
     out
 }
 
+pub fn secrets_table(secrets: &[tugboat_api::wire::SecretInfo], now_ms: u64) -> String {
+    let rows = secrets
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.keys.join(","),
+                ago(now_ms, s.created_ms),
+                ago(now_ms, s.updated_ms),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table(&["NAME", "KEYS", "CREATED", "UPDATED"], &rows)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -144,5 +144,92 @@ fn instances_run_confined_and_host_paths_need_the_agents_leave() {
         m.contains("volume source /") && m.contains("--allow-host-path"),
         "{m}"
     );
+
+    // A secret: a file on a tmpfs, owned by the instance's user, read-only, never on disk.
+    let password = "s3cret-tugboat-test-value";
+    let mut data = std::collections::BTreeMap::new();
+    use base64::Engine;
+    data.insert(
+        "password".to_string(),
+        base64::engine::general_purpose::STANDARD.encode(password),
+    );
+    let request = tugboat::wire::SecretRequest {
+        name: "db".into(),
+        data,
+    };
+    host.api(|c| async move { c.put_secret(&request).await })
+        .unwrap();
+    let vault = "services:\n  vault:\n    image: shop/catalog:1\n    command: [sleep, '1000']\n    secrets: [{secret: db}]\n    security: {user: '33:33'}\n    stop: {grace_seconds: 1}\n";
+    let file = parse_spec_file("vault.yaml", vault, &|_| false).unwrap();
+    host.api(|c| async move { c.apply(&file).await }).unwrap();
+    let vault_id = |host: &TestHost| {
+        host::instances(host)
+            .into_iter()
+            .find(|i| i.service == "vault" && i.phase == tugboat::model::InstancePhase::Running)
+            .map(|i| i.id)
+    };
+    wait_for(
+        "vault to run",
+        START,
+        || vault_id(&host).is_some(),
+        || show(&host),
+    );
+    let id = vault_id(&host).unwrap();
+    let read = host.in_netns(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tugboat"))
+            .arg("--data-dir")
+            .arg(&server_dir)
+            .args(["--addr", host::API, "exec", &id, "--"])
+            .args([
+                "sh",
+                "-c",
+                "cat /run/secrets/db/password; echo; id -u; echo x > /run/secrets/db/password",
+            ])
+            .output()
+            .unwrap()
+    });
+    let said =
+        String::from_utf8_lossy(&read.stdout).to_string() + &String::from_utf8_lossy(&read.stderr);
+    assert!(said.starts_with(&format!("{password}\n33\n")), "{said}");
+    assert!(
+        said.contains("Read-only") || said.contains("denied"),
+        "{said}"
+    );
+    let on_node = host.dir.join("agent/instances").join(&id).join("secrets");
+    assert!(on_node.join("db/password").exists());
+    let fs = nix::sys::statfs::statfs(&on_node).unwrap();
+    assert_eq!(fs.filesystem_type(), nix::sys::statfs::TMPFS_MAGIC);
+    assert!(
+        !grep_dir(&host.dir, password.as_bytes(), &on_node),
+        "the secret is written under the data dir"
+    );
+    host.api(|c| async move { c.delete_service("vault").await })
+        .unwrap();
+    wait_for(
+        "vault's secrets to leave the node",
+        START,
+        || !on_node.exists(),
+        || show(&host),
+    );
     assert!(host.stop_up());
+}
+
+/// Whether any file under `dir`, but not under `skip`, holds `needle`.
+fn grep_dir(dir: &std::path::Path, needle: &[u8], skip: &std::path::Path) -> bool {
+    if dir == skip {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let path = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => grep_dir(&path, needle, skip),
+            Ok(t) if t.is_file() => std::fs::read(&path)
+                .map(|b| b.windows(needle.len()).any(|w| w == needle))
+                .unwrap_or(false),
+            _ => false,
+        }
+    })
 }

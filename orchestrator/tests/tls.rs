@@ -356,3 +356,113 @@ async fn certificates_with_lifetimes_of_seconds_renew_and_the_node_keeps_working
     let _ = renewal.await;
     c.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_sealed_in_the_store_and_go_only_to_their_node() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let c = cluster(Duration::from_secs(3600)).await;
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let n1 = c.as_node(&c.join("n1", d1.path()).await.unwrap());
+    let n2 = c.as_node(&c.join("n2", d2.path()).await.unwrap());
+    n1.register_node(&registration("n1", "10.88.1.0/24"))
+        .await
+        .unwrap();
+    n2.register_node(&registration("n2", "10.88.2.0/24"))
+        .await
+        .unwrap();
+    let password = "correct-horse-battery-staple";
+    let mut data = std::collections::BTreeMap::new();
+    data.insert("password".to_string(), b64.encode(password));
+    let request = tugboat::wire::SecretRequest {
+        name: "db".into(),
+        data,
+    };
+    // Only an admin makes secrets.
+    assert_eq!(status(&n1.put_secret(&request).await.unwrap_err()), 403);
+    c.admin.put_secret(&request).await.unwrap();
+    // Bad input names the field.
+    let mut bad = request.clone();
+    bad.data.insert("../x".into(), b64.encode("y"));
+    let err = c.admin.put_secret(&bad).await.unwrap_err();
+    assert!(err.to_string().contains("data: key `../x`"), "{err}");
+    bad.data.clear();
+    bad.data.insert("k".into(), "not base64!".into());
+    let err = c.admin.put_secret(&bad).await.unwrap_err();
+    assert!(err.to_string().contains("data.k: not base64"), "{err}");
+
+    let spec = tugboat::spec::parse_spec_file(
+        "s.yaml",
+        "services:\n  app:\n    image: x\n    secrets: [{secret: db}]\n",
+        &|_| false,
+    )
+    .unwrap();
+    c.admin.apply(&spec).await.unwrap();
+    let placed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let list = c.admin.instances(Some("app")).await.unwrap().items;
+            if let Some(i) = list.into_iter().find(|i| i.node.is_some()) {
+                return i;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("app placed");
+    let (mine, theirs) = if placed.node.as_deref() == Some("n1") {
+        (&n1, &n2)
+    } else {
+        (&n2, &n1)
+    };
+    let got = mine.instance_secrets(&placed.id).await.unwrap();
+    assert_eq!(
+        b64.decode(&got.secrets["db"]["password"]).unwrap(),
+        password.as_bytes()
+    );
+    let err = theirs.instance_secrets(&placed.id).await.unwrap_err();
+    assert_eq!(status(&err), 403, "another node: {err}");
+    let read = ApiClient::with_tls(
+        &c.addr(),
+        Some(c.token(TokenScope::Read, 600).await),
+        &ClientTls {
+            ca_pem: c.ca_pem.clone(),
+            identity_pem: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        status(&read.instance_secrets(&placed.id).await.unwrap_err()),
+        403
+    );
+
+    // Never printed: not by the list, not by the instance's description, not in the store.
+    let listed = serde_json::to_string(&c.admin.secrets().await.unwrap()).unwrap();
+    assert!(
+        listed.contains("password") && !listed.contains(password),
+        "{listed}"
+    );
+    let described: serde_json::Value = c
+        .admin
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/instances/{}", placed.id),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(!described.to_string().contains(password));
+    let store = std::fs::read(c._dir.path().join("server/store.log")).unwrap();
+    let encoded = b64.encode(password);
+    for needle in [password.as_bytes(), encoded.as_bytes()] {
+        assert!(
+            !store.windows(needle.len()).any(|w| w == needle),
+            "the store holds the secret in clear"
+        );
+    }
+    c.admin.delete_secret("db").await.unwrap();
+    assert_eq!(
+        status(&mine.instance_secrets(&placed.id).await.unwrap_err()),
+        404
+    );
+    c.server.shutdown().await;
+}

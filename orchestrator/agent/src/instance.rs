@@ -258,6 +258,27 @@ impl Supervisor {
                 read_only: v.read_only,
             });
         }
+        // Secrets: files on a tmpfs, owned by the container's user, mounted read-only.
+        if !self.instance.spec.secrets.is_empty() {
+            let user = self
+                .instance
+                .spec
+                .security
+                .user
+                .as_deref()
+                .or(image.defaults.user.as_deref());
+            let (uid, gid) = super::bundle::resolve_user(user, &rootfs)?;
+            for (source, target) in
+                super::secrets::prepare(&ctx.client, &self.instance, &self.paths.dir, uid, gid)
+                    .await?
+            {
+                binds.push(BindMount {
+                    source,
+                    target,
+                    read_only: true,
+                });
+            }
+        }
         // Network namespace and network.
         netns_file::ensure(&self.paths.netns()).map_err(|e| e.to_string())?;
         let mut request = AttachRequest::new(self.id(), NetnsRef::Path(self.paths.netns()));
@@ -655,6 +676,7 @@ impl Supervisor {
         let images = self.ctx.images.clone();
         let rid = id.clone();
         let _ = tokio::task::spawn_blocking(move || images.remove_rootfs(&rid)).await;
+        super::secrets::remove(&self.paths.dir);
         let _ = std::fs::remove_dir_all(&self.paths.dir);
     }
 }

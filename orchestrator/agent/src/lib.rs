@@ -23,6 +23,7 @@ pub mod nsexec;
 pub mod probes;
 pub mod proxy;
 pub mod remote;
+pub mod secrets;
 pub mod services;
 pub mod stats;
 pub mod volumes;

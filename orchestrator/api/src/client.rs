@@ -429,6 +429,28 @@ impl ApiClient {
         self.call(Method::DELETE, &format!("/v1/tokens/{id}"), None)
             .await
     }
+    pub async fn put_secret(
+        &self,
+        request: &crate::wire::SecretRequest,
+    ) -> Result<crate::wire::SecretInfo, ClientError> {
+        self.call(Method::POST, "/v1/secrets", Self::body(request))
+            .await
+    }
+    pub async fn secrets(&self) -> Result<Vec<crate::wire::SecretInfo>, ClientError> {
+        self.call(Method::GET, "/v1/secrets", None).await
+    }
+    pub async fn delete_secret(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::DELETE, &format!("/v1/secrets/{name}"), None)
+            .await
+    }
+    /// The values of the secrets an instance mounts (for its node only).
+    pub async fn instance_secrets(
+        &self,
+        id: &str,
+    ) -> Result<crate::wire::InstanceSecrets, ClientError> {
+        self.call(Method::GET, &format!("/v1/instances/{id}/secrets"), None)
+            .await
+    }
     /// Report an instance's state; a 409 means "this instance is not yours any more: stop it".
     pub async fn report_status(
         &self,

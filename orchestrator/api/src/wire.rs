@@ -300,3 +300,29 @@ pub struct ClusterDescription {
     #[serde(default)]
     pub nodes: Vec<CertificateStatus>,
 }
+
+/// `POST /v1/secrets`: a secret's keys and values (base64), made or replaced whole.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRequest {
+    pub name: String,
+    /// Key -> value, base64 (standard alphabet, padded).
+    pub data: BTreeMap<String, String>,
+}
+
+/// A secret as listed and described: never its values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecretInfo {
+    pub name: String,
+    pub keys: Vec<String>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+/// `GET /v1/instances/{id}/secrets`: the values of the secrets an instance mounts, for the
+/// node it is placed on only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceSecrets {
+    /// Secret name -> key -> value (base64).
+    pub secrets: BTreeMap<String, BTreeMap<String, String>>,
+}

@@ -207,10 +207,16 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         None => None,
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let secrets = crate::controlplane::secrets::SecretBox::load_or_create(&config.data_dir)
+        .map_err(|source| ServerError::DataDir {
+            path: config.data_dir.join(crate::controlplane::secrets::KEY_FILE),
+            source,
+        })?;
     let app = router(Arc::new(ApiState {
         control: control.clone(),
         token: token.clone(),
         tls: tls.clone(),
+        secrets: Arc::new(secrets),
     }));
     let mut http_shutdown = shutdown_rx.clone();
     let server_config = tls.as_ref().map(|t| t.config.clone());

@@ -61,6 +61,27 @@ pub struct ServiceSpec {
     /// What the container may do on its host (docs/security.md).
     #[serde(default, skip_serializing_if = "SecuritySpec::is_default")]
     pub security: SecuritySpec,
+    /// Secrets (`tugboat secret create`) mounted as files, read-only, from a tmpfs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretMount>,
+}
+
+/// A secret in the container: a directory with one file per key, at `target` (default
+/// `/run/secrets/<secret>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretMount {
+    pub secret: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+impl SecretMount {
+    pub fn target(&self) -> String {
+        self.target
+            .clone()
+            .unwrap_or_else(|| format!("/run/secrets/{}", self.secret))
+    }
 }
 
 /// Docker's default capability set: what an instance's processes hold unless the spec's
@@ -587,6 +608,7 @@ impl ServiceSpec {
             stop: StopSpec::default(),
             reschedule: RescheduleSpec::default(),
             security: SecuritySpec::default(),
+            secrets: vec![],
         }
     }
 

@@ -135,6 +135,7 @@ fn check_service(c: &mut Checker, base: &str, spec: &ServiceSpec, exists: &dyn F
     check_ports(c, base, spec);
     check_volumes(c, base, spec);
     check_security(c, base, spec);
+    check_secrets(c, base, spec);
     for (kind, probe) in [
         ("liveness", &spec.health.liveness),
         ("readiness", &spec.health.readiness),
@@ -214,6 +215,34 @@ fn check_resources(c: &mut Checker, base: &str, spec: &ServiceSpec) {
             c.fail(
                 format!("{path}.requests.pids"),
                 format!("request {req} is above the limit {lim}: requests must be <= limits"),
+            );
+        }
+    }
+}
+
+fn check_secrets(c: &mut Checker, base: &str, spec: &ServiceSpec) {
+    let mut targets: HashSet<String> = spec.volumes.iter().map(|v| v.target.clone()).collect();
+    for (i, s) in spec.secrets.iter().enumerate() {
+        let path = format!("{base}.secrets[{i}]");
+        if !is_dns_label(&s.secret) {
+            c.fail(
+                format!("{path}.secret"),
+                format!(
+                    "secret name `{}` is not valid: use {DNS_LABEL_RULE}",
+                    s.secret
+                ),
+            );
+        }
+        let target = s.target();
+        if !target.starts_with('/') || target.split('/').any(|p| p == "..") {
+            c.fail(
+                format!("{path}.target"),
+                format!("target `{target}` must be an absolute path in the container"),
+            );
+        } else if !targets.insert(target.clone()) {
+            c.fail(
+                format!("{path}.target"),
+                format!("target `{target}` is mounted twice"),
             );
         }
     }

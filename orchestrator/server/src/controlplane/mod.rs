@@ -3,6 +3,7 @@
 
 pub mod access;
 mod agents;
+pub mod secrets;
 pub use agents::NodeScheduling;
 mod services;
 mod views;

@@ -101,6 +101,10 @@ pub async fn permit(
             }
             Ok(())
         }
+        // A read token reads no secret's values.
+        Caller::Read if matches!(request, ApiRequest::InstanceSecrets { .. }) => Err(forbidden(
+            "a read-only token reads no secret: only the node an instance runs on does".into(),
+        )),
         Caller::Read if method == Method::GET => Ok(()),
         Caller::Read => Err(forbidden(
             "this token is read-only: it lists, describes and watches".into(),
@@ -131,6 +135,15 @@ async fn permit_node(state: &ApiState, node: &str, request: &ApiRequest) -> Resu
         ApiRequest::Heartbeat { name, .. }
         | ApiRequest::RenewNodeCertificate { name, .. }
         | ApiRequest::GetNode { name } => own(name),
+        ApiRequest::InstanceSecrets { id } => {
+            let instance = state.control.get_instance(id).await?.object;
+            match instance.node.as_deref() {
+                Some(n) if n == node => Ok(()),
+                _ => Err(forbidden(format!(
+                    "instance {id} is not placed on node {node}: its secrets go to its own node only"
+                ))),
+            }
+        }
         ApiRequest::ReportInstanceStatus { id, report } => {
             own(&report.node)?;
             let instance = state.control.get_instance(id).await?.object;

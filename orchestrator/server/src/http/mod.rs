@@ -31,6 +31,8 @@ pub struct ApiState {
     pub token: Option<String>,
     /// The cluster's TLS (CA, the server's certificate); None: plain HTTP.
     pub tls: Option<Arc<crate::pki::ServerTls>>,
+    /// The key secrets are sealed with in the store.
+    pub secrets: Arc<crate::controlplane::secrets::SecretBox>,
 }
 
 impl ApiState {
@@ -199,7 +201,11 @@ async fn dispatch(
             | ApiRequest::RenewNodeCertificate { .. }
             | ApiRequest::ListTokens
             | ApiRequest::CreateToken(_)
-            | ApiRequest::RevokeToken { .. }),
+            | ApiRequest::RevokeToken { .. }
+            | ApiRequest::ListSecrets
+            | ApiRequest::PutSecret(_)
+            | ApiRequest::DeleteSecret { .. }
+            | ApiRequest::InstanceSecrets { .. }),
         ) => match handle_access(state, request).await {
             Ok(value) => (StatusCode::OK, Json(value)).into_response(),
             Err(e) => e.into_response(),
@@ -511,6 +517,15 @@ async fn handle_access(
             cp.revoke_token(&id).await?;
             Ok(serde_json::json!({"deleted": id}))
         }
+        ApiRequest::ListSecrets => Ok(json(cp.list_secrets().await?)),
+        ApiRequest::PutSecret(request) => Ok(json(cp.put_secret(&state.secrets, request).await?)),
+        ApiRequest::DeleteSecret { name } => {
+            cp.delete_secret(&name).await?;
+            Ok(serde_json::json!({"deleted": name}))
+        }
+        ApiRequest::InstanceSecrets { id } => {
+            Ok(json(cp.instance_secrets(&state.secrets, &id).await?))
+        }
         other => unreachable!("not an access request: {other:?}"),
     }
 }
@@ -587,7 +602,11 @@ pub async fn handle(
         | ApiRequest::RenewNodeCertificate { .. }
         | ApiRequest::ListTokens
         | ApiRequest::CreateToken(_)
-        | ApiRequest::RevokeToken { .. } => Err(ApiError::bad_request(
+        | ApiRequest::RevokeToken { .. }
+        | ApiRequest::ListSecrets
+        | ApiRequest::PutSecret(_)
+        | ApiRequest::DeleteSecret { .. }
+        | ApiRequest::InstanceSecrets { .. } => Err(ApiError::bad_request(
             "tokens and certificates are served by the HTTP API".into(),
         )),
     }

@@ -9,7 +9,7 @@ use tugboat_api::model::ObjectKind;
 use tugboat_api::spec::{ServiceSpec, SpecFile};
 use tugboat_api::wire::{
     CertificateRequest, CreateServiceBody, InstanceStatusReport, NodeRegistration, Revision,
-    ScaleBody, TokenRequest, WatchKind,
+    ScaleBody, SecretRequest, TokenRequest, WatchKind,
 };
 
 /// Longest a watch waits for a change.
@@ -102,6 +102,14 @@ pub enum ApiRequest {
     ListTokens,
     CreateToken(TokenRequest),
     RevokeToken {
+        id: String,
+    },
+    ListSecrets,
+    PutSecret(SecretRequest),
+    DeleteSecret {
+        name: String,
+    },
+    InstanceSecrets {
         id: String,
     },
 }
@@ -310,6 +318,10 @@ impl ApiRequest {
             RouteId::ListTokens => ApiRequest::ListTokens,
             RouteId::CreateToken => ApiRequest::CreateToken(body(bytes)?),
             RouteId::RevokeToken => ApiRequest::RevokeToken { id: id() },
+            RouteId::ListSecrets => ApiRequest::ListSecrets,
+            RouteId::PutSecret => ApiRequest::PutSecret(body(bytes)?),
+            RouteId::DeleteSecret => ApiRequest::DeleteSecret { name: name() },
+            RouteId::InstanceSecrets => ApiRequest::InstanceSecrets { id: id() },
         };
         let takes_body = matches!(
             route,
@@ -324,6 +336,7 @@ impl ApiRequest {
                 | RouteId::Join
                 | RouteId::RenewNodeCertificate
                 | RouteId::CreateToken
+                | RouteId::PutSecret
         );
         if !takes_body {
             no_body(bytes)?;

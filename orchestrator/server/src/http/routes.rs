@@ -38,6 +38,10 @@ pub enum RouteId {
     ListTokens,
     CreateToken,
     RevokeToken,
+    ListSecrets,
+    PutSecret,
+    DeleteSecret,
+    InstanceSecrets,
 }
 
 pub struct Route {
@@ -90,4 +94,8 @@ routes![
     (GET, "/v1/tokens", ListTokens),
     (POST, "/v1/tokens", CreateToken),
     (DELETE, "/v1/tokens/{id}", RevokeToken),
+    (GET, "/v1/secrets", ListSecrets),
+    (POST, "/v1/secrets", PutSecret),
+    (DELETE, "/v1/secrets/{name}", DeleteSecret),
+    (GET, "/v1/instances/{id}/secrets", InstanceSecrets),
 ];

@@ -213,6 +213,10 @@ enum Command {
         /// server's start-up line): a join trusts only a server with this CA.
         #[arg(long)]
         ca_hash: Option<String>,
+        /// With no certificate and no token, serve the node's API (exec, logs) to anyone.
+        /// Only for tests on a private network.
+        #[arg(long)]
+        insecure_no_auth: bool,
     },
     /// Server and agent in one process: apply a spec file, say where it answers; Ctrl-C
     /// stops everything.
@@ -838,6 +842,7 @@ async fn run(cli: Cli) -> Result<()> {
             allow_host_paths,
             join_token,
             ca_hash,
+            insecure_no_auth,
         } => {
             let mut config = tugboat::agent::AgentConfig::new(node, &cli.data_dir);
             let tls_dir = tugboat::agent::identity::tls_dir(&cli.data_dir);
@@ -882,6 +887,7 @@ async fn run(cli: Cli) -> Result<()> {
                 api
             };
             config.allow_host_paths = allow_host_paths.clone();
+            config.insecure_no_auth = *insecure_no_auth;
             config.api_listen = Some(*api_listen);
             config.labels = labels.iter().cloned().collect();
             config.address = address.map(|a| a.to_string());

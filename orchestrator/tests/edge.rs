@@ -36,7 +36,7 @@ fn start_agent(host: &mut TestHost) {
     let dir = host.dir.join("agent").display().to_string();
     let image = shop_images().join("oci/shop-catalog").display().to_string();
     #[rustfmt::skip]
-    host.spawn("agent", &["agent", "--addr", &format!("http://{}", host::API),
+    host.spawn("agent", &["agent", "--insecure-no-auth", "--addr", &format!("http://{}", host::API),
                           "--data-dir", &dir, "--node", "edge", "--import", &image]);
 }
 

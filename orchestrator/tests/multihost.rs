@@ -99,6 +99,7 @@ fn agent_args(
     let image = |name: &str| shop_images().join("oci").join(name).display().to_string();
     [
         "agent",
+        "--insecure-no-auth",
         "--addr",
         &format!("http://{SERVER}"),
         "--data-dir",

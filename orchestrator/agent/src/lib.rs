@@ -75,6 +75,8 @@ pub struct AgentConfig {
     /// The node's certificate (it joined with a join token): the agent's API speaks TLS and
     /// the certificate is renewed before it ends. None: the token, in plain HTTP.
     pub identity: Option<identity::NodeIdentity>,
+    /// Serve the agent's API (exec, logs) to anyone when there is no credential to check.
+    pub insecure_no_auth: bool,
 }
 
 impl AgentConfig {
@@ -97,6 +99,7 @@ impl AgentConfig {
             token: None,
             allow_host_paths: vec![],
             identity: None,
+            insecure_no_auth: false,
         }
     }
 }
@@ -360,8 +363,16 @@ impl Agent {
                 data_dir: self.ctx.data_dir.clone(),
                 token: self.config.token.clone(),
                 tls: tls.is_some(),
+                insecure_no_auth: self.config.insecure_no_auth,
                 exe: self.ctx.monitor_exe.clone(),
             });
+            if tls.is_none() && state.token.is_none() {
+                if state.insecure_no_auth {
+                    eprintln!("tugboat agent: WARNING: --insecure-no-auth: the node's API (exec, logs) answers anyone");
+                } else {
+                    eprintln!("tugboat agent: the node's API has no credential to check (no certificate, no token): it refuses exec and logs");
+                }
+            }
             let mut stop = shutdown.clone();
             tokio::spawn(async move {
                 let stop = async move {

@@ -18,6 +18,9 @@ pub struct NodeApiState {
     /// Over TLS, the caller must show the server's certificate (from the cluster CA) and
     /// the token is not used.
     pub tls: bool,
+    /// With neither TLS nor a token, serve anyone (tests on a private network only);
+    /// otherwise refuse everyone.
+    pub insecure_no_auth: bool,
     /// The `tugboat` binary (for the exec helper).
     pub exe: PathBuf,
 }
@@ -40,7 +43,8 @@ fn authorized(state: &NodeApiState, headers: &HeaderMap, peer: &Peer) -> bool {
             .is_some_and(|p| p.0 .0.common_name == tugboat_api::tls::SERVER_NAME);
     }
     let Some(token) = &state.token else {
-        return true;
+        // No credential to check: open only when asked for (`--insecure-no-auth`).
+        return state.insecure_no_auth;
     };
     let given = headers
         .get("authorization")
@@ -151,5 +155,49 @@ async fn logs(
     match log_options(&query) {
         Ok((follow, tail)) => stream_log(LogReader::new(&dir, tail, follow)),
         Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod auth_tests {
+    use super::*;
+
+    fn state(token: Option<&str>, tls: bool, insecure_no_auth: bool) -> NodeApiState {
+        NodeApiState {
+            data_dir: "/nonexistent".into(),
+            token: token.map(str::to_string),
+            tls,
+            insecure_no_auth,
+            exe: "/nonexistent".into(),
+        }
+    }
+
+    fn bearer(token: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn without_a_credential_the_node_api_refuses_unless_told_not_to() {
+        let none = HeaderMap::new();
+        assert!(!authorized(&state(None, false, false), &none, &None));
+        assert!(authorized(&state(None, false, true), &none, &None));
+        assert!(authorized(&state(Some("t"), false, false), &bearer("t"), &None));
+        assert!(!authorized(&state(Some("t"), false, false), &bearer("u"), &None));
+        // Over TLS only the server's certificate counts, not a token.
+        assert!(!authorized(&state(Some("t"), true, false), &bearer("t"), &None));
+        let server = |name: &str| {
+            Some(axum::Extension(tugboat_api::tls::PeerCert(
+                tugboat_api::tls::CertInfo {
+                    common_name: name.into(),
+                    serial: "1".into(),
+                    not_before_ms: 0,
+                    not_after_ms: u64::MAX,
+                },
+            )))
+        };
+        assert!(authorized(&state(None, true, false), &none, &server("tugboat-server")));
+        assert!(!authorized(&state(None, true, false), &none, &server("n2")));
     }
 }

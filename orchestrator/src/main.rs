@@ -181,6 +181,10 @@ enum Command {
         /// Import an OCI layout or archive into the image store first; repeatable.
         #[arg(long)]
         import: Vec<PathBuf>,
+        /// Every service must be ready within this (`90s`, `5m`); otherwise `up` stops
+        /// everything and exits non-zero with what was not ready and why.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        deadline: std::time::Duration,
     },
     /// The per-container monitor (started by the agent).
     #[command(hide = true)]
@@ -596,6 +600,8 @@ async fn run(cli: Cli) -> Result<()> {
             images,
             import,
         } => {
+            // Before anything is started: without its cgroups no instance could ever run.
+            tugboat::agent::host_check::check_cgroups()?;
             let api = client(&cli)?;
             let mut config = tugboat::agent::AgentConfig::new(node, &cli.data_dir);
             config.api_listen = Some(*api_listen);
@@ -633,6 +639,7 @@ async fn run(cli: Cli) -> Result<()> {
             node,
             images,
             import,
+            deadline,
         } => {
             let config = tugboat::up::UpConfig {
                 file: file.clone(),
@@ -645,6 +652,7 @@ async fn run(cli: Cli) -> Result<()> {
                     import,
                 )?,
                 adjust_agent: |_| {},
+                deadline: *deadline,
             };
             tugboat::up::up(config, tugboat::up::interrupted()).await?;
         }

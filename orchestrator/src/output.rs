@@ -276,10 +276,15 @@ pub fn describe_instance(d: &InstanceDescription, now_ms: u64) -> String {
     out += &format!("Restarts:    {}{carried}\n", i.restarts);
     if let Some(exit) = &i.last_exit {
         let code = exit.code.map_or("-".to_string(), |c| c.to_string());
+        // `OOMKilled: memory limit 32Mi` names its reason; `exited with code 3` gets it.
+        let reason = if exit.message.starts_with(&exit.reason) {
+            String::new()
+        } else {
+            format!(" ({})", exit.reason)
+        };
         out += &format!(
-            "Last exit:   {} ago, code {code}, reason {}: {}\n",
+            "Last exit:   {} ago, code {code}, {}{reason}\n",
             ago(now_ms, exit.at_ms),
-            exit.reason,
             exit.message
         );
     }

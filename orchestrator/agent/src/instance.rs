@@ -118,10 +118,12 @@ pub fn last_exit(
 /// How long a status report may take before the server counts as away.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Back-off before restart number `restarts` (1-based): 250 ms doubling to 10 s.
+/// Back-off before restart number `restarts` (1-based, counted over the exits in a row):
+/// 250 ms doubling to 5 minutes, Kubernetes' CrashLoopBackOff cap, so a container that never
+/// stays up costs a start (and two events) every 5 minutes, not every few seconds.
 pub fn backoff(restarts: u32) -> Duration {
-    let exp = restarts.saturating_sub(1).min(6);
-    Duration::from_millis(250u64 << exp).min(Duration::from_secs(10))
+    let exp = restarts.saturating_sub(1).min(11);
+    Duration::from_millis(250u64 << exp).min(Duration::from_secs(300))
 }
 
 /// Whether the restart policy runs the container again after `exit`.
@@ -816,11 +818,13 @@ mod tests {
     }
 
     #[test]
-    fn back_off_doubles_up_to_ten_seconds() {
+    fn back_off_doubles_up_to_five_minutes() {
         assert_eq!(backoff(1), Duration::from_millis(250));
         assert_eq!(backoff(2), Duration::from_millis(500));
         assert_eq!(backoff(4), Duration::from_secs(2));
-        assert_eq!(backoff(50), Duration::from_secs(10));
+        assert_eq!(backoff(7), Duration::from_secs(16));
+        assert_eq!(backoff(12), Duration::from_secs(300));
+        assert_eq!(backoff(50), Duration::from_secs(300));
     }
 
     #[test]

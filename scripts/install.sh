@@ -25,8 +25,8 @@ say() { echo "install.sh: $*" >&2; }
 
 command -v cargo >/dev/null || { say "needs cargo (bash tests/install-deps.sh installs it)"; exit 1; }
 if [ "${NO_BUILD:-0}" != 1 ]; then
-  say "building tug, tugboat and tug-cni ($profile). A first build compiles ~300 crates:"
-  say "about 10 minutes on 2 cores; the bar below counts them (later builds take seconds)"
+  say "building tug, tugboat and tug-cni ($profile). A first build compiles some 335 crates:"
+  say "7 to 12 minutes on 2 cores; the bar below counts them (later builds take seconds)"
   # Cargo draws its progress bar only on a terminal: draw it anyway (CI logs, pipes).
   [ -t 2 ] || export CARGO_TERM_PROGRESS_WHEN=always CARGO_TERM_PROGRESS_WIDTH=100
   started=$SECONDS

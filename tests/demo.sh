@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/install-deps.sh
+echo "demo: building tugboat (release); a first build compiles ~300 crates, about 10 minutes on 2 cores" >&2
+# Cargo draws its progress bar only on a terminal: draw it anyway when the output is a log.
+[ -t 2 ] || export CARGO_TERM_PROGRESS_WHEN=always CARGO_TERM_PROGRESS_WIDTH=100
 cargo build --release -p tugboat
 bin=$PWD/target/release/tugboat
 ns=tugdemo$$

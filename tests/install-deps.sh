@@ -32,17 +32,38 @@ update() {
   rm -f "$err"
   return 1
 }
-# install GROUP PACKAGE...: installs without recommends, naming the group when it fails.
+apt_install() {
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+    --no-install-recommends "$@"
+}
+# The packages of a group that fail on their own: which one apt could not resolve.
+failing() {
+  local p bad=()
+  for p in "$@"; do apt_install "$p" >/dev/null 2>&1 || bad+=("$p"); done
+  echo "${bad[*]:-$*}"
+}
+# install GROUP PACKAGE...: installs without recommends; a failure names the package that
+# failed and the group it is required for, and stops.
 install() {
   local group=$1
   shift
   [ $# -gt 0 ] || return 0
   say "installing for $group: $*"
   update || { say "apt-get update failed (needed for $group: $*)"; exit 1; }
-  if ! DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
-    --no-install-recommends "$@"; then
-    say "could not install $* (needed for $group)"
+  if ! apt_install "$@"; then
+    say "could not install $(failing "$@") (required for $group)"
     exit 1
+  fi
+}
+# install_optional GROUP WITHOUT PACKAGE...: as install, but a failure is a warning that says
+# what happens without the packages (WITHOUT), and the script goes on.
+install_optional() {
+  local group=$1 without=$2
+  shift 2
+  [ $# -gt 0 ] || return 0
+  say "installing for $group (optional): $*"
+  if ! update || ! apt_install "$@"; then
+    say "WARNING: could not install $(failing "$@") (optional, for $group: $without); going on"
   fi
 }
 
@@ -84,13 +105,13 @@ if ! command -v qemu-system-x86_64 >/dev/null; then
     printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
       "$codename" > "$parts/tug-backports.sources"
     apt-get -o DPkg::Lock::Timeout=600 -o Dir::Etc::sourceparts="$parts" update -qq ||
-      { say "apt-get update with ${codename}-backports failed (needed for the VM stage)"; exit 1; }
+      say "WARNING: apt-get update with ${codename}-backports failed (optional, for the VM stage)"
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -o Dir::Etc::sourceparts="$parts" \
       install -y -qq --no-install-recommends -t "${codename}-backports" "qemu-system-x86=$version" "qemu-system-common=$version" "qemu-system-data=$version" ||
-      { say "could not install qemu-system-x86 $version (needed for the VM stage of the test command)"; exit 1; }
+      say "WARNING: could not install qemu-system-x86 $version (optional, for the cgroup v2 VM stage of the test command: it skips without qemu); going on"
     rm -rf "$parts"
   else
-    install "the cgroup v2 VM stage of the test command" qemu-system-x86
+    install_optional "the cgroup v2 VM stage of the test command" "the stage skips without qemu" qemu-system-x86
   fi
 fi
 vm=()

@@ -233,6 +233,10 @@ enum Command {
         /// Import an OCI layout or archive into the image store first; repeatable.
         #[arg(long)]
         import: Vec<PathBuf>,
+        /// Every service must be ready within this (`90s`, `5m`); otherwise `up` stops
+        /// everything and exits non-zero with what was not ready and why.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        deadline: std::time::Duration,
     },
     /// The per-container monitor (started by the agent).
     #[command(hide = true)]
@@ -844,6 +848,8 @@ async fn run(cli: Cli) -> Result<()> {
             ca_hash,
             insecure_no_auth,
         } => {
+            // Before anything is started: without its cgroups no instance could ever run.
+            tugboat::agent::host_check::check_cgroups()?;
             let mut config = tugboat::agent::AgentConfig::new(node, &cli.data_dir);
             let tls_dir = tugboat::agent::identity::tls_dir(&cli.data_dir);
             let api = if join_token.is_some()
@@ -922,6 +928,7 @@ async fn run(cli: Cli) -> Result<()> {
             node,
             images,
             import,
+            deadline,
         } => {
             let config = tugboat::up::UpConfig {
                 file: file.clone(),
@@ -934,6 +941,7 @@ async fn run(cli: Cli) -> Result<()> {
                     import,
                 )?,
                 adjust_agent: |_| {},
+                deadline: *deadline,
             };
             tugboat::up::up(config, tugboat::up::interrupted()).await?;
         }

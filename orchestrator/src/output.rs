@@ -77,6 +77,9 @@ pub fn services_table(services: &[Service], instances: &[Instance]) -> String {
 }
 
 fn phase(i: &Instance) -> String {
+    if i.crash_looping && i.phase == InstancePhase::Running {
+        return "crash-looping".into();
+    }
     format!("{:?}", i.phase).to_lowercase()
 }
 
@@ -260,7 +263,51 @@ pub fn describe_instance(d: &InstanceDescription, now_ms: u64) -> String {
     if !i.message.is_empty() {
         out += &format!("Message:     {}\n", i.message);
     }
+    out += &format!("Address:     {}\n", i.address.as_deref().unwrap_or("-"));
+    out += &format!("Limits:      {}\n", limits_text(&i.spec.resources.limits));
+    let carried = if i.carried_restarts > 0 {
+        format!(
+            " ({} by earlier instances of slot {})",
+            i.carried_restarts, i.slot
+        )
+    } else {
+        String::new()
+    };
+    out += &format!("Restarts:    {}{carried}\n", i.restarts);
+    if let Some(exit) = &i.last_exit {
+        let code = exit.code.map_or("-".to_string(), |c| c.to_string());
+        // `OOMKilled: memory limit 32Mi` names its reason; `exited with code 3` gets it.
+        let reason = if exit.message.starts_with(&exit.reason) {
+            String::new()
+        } else {
+            format!(" ({})", exit.reason)
+        };
+        out += &format!(
+            "Last exit:   {} ago, code {code}, {}{reason}\n",
+            ago(now_ms, exit.at_ms),
+            exit.message
+        );
+    }
     out + "\n" + &events_text(&d.events, now_ms)
+}
+
+/// `cpu 250m, memory 32Mi, pids 64`, or `none`.
+fn limits_text(limits: &crate::spec::ResourceAmounts) -> String {
+    let mut parts = vec![];
+    if let Some(cpu) = limits.cpu {
+        parts.push(format!("cpu {cpu}"));
+    }
+    if let Some(memory) = limits.memory {
+        parts.push(format!("memory {memory}"));
+    }
+    if let Some(pids) = limits.pids {
+        parts.push(format!("pids {pids}"));
+    }
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 pub fn describe_node(d: &NodeDescription, now_ms: u64) -> String {

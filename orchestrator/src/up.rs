@@ -1,11 +1,17 @@
 //! `tugboat up`: the control plane and an agent in one process, on one host, with the
 //! embedded store: apply a spec file, wait until it is ready, say where it answers, and on
 //! Ctrl-C stop every instance and remove the network.
+//!
+//! Before anything starts it checks that the cgroup controllers are visible (`ip netns exec`
+//! hides them). The cluster is made to match the file: services an earlier `up` with the same
+//! data dir left in the store that the file does not name are listed and removed. While
+//! it waits, each distinct reason an instance is not ready is printed once; past the
+//! deadline `up` stops everything and fails with a summary.
 
 use crate::agent::images::ImageSource;
 use crate::agent::{Agent, AgentConfig};
 use crate::client::ApiClient;
-use crate::model::InstancePhase;
+use crate::model::{Instance, InstancePhase};
 use crate::server::{ServerConfig, ServerError};
 use crate::spec::SpecFile;
 use std::future::Future;
@@ -34,7 +40,14 @@ pub enum UpError {
         path: PathBuf,
         source: crate::client::ClientError,
     },
+    #[error("this host cannot run instances: {0}")]
+    Host(#[from] crate::agent::host_check::HostCheckError),
+    #[error("not every service was ready within {}s (--deadline); everything was stopped:\n{summary}", .deadline.as_secs())]
+    Deadline { deadline: Duration, summary: String },
 }
+
+/// How long `up` waits for every service to be ready unless told (`--deadline`).
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(120);
 
 pub struct UpConfig {
     pub file: PathBuf,
@@ -44,6 +57,8 @@ pub struct UpConfig {
     pub images: Arc<dyn ImageSource>,
     /// Adjusts the agent's settings (subnet, timers, ...).
     pub adjust_agent: fn(&mut AgentConfig),
+    /// Every service must be ready by then, or `up` stops everything and fails.
+    pub deadline: Duration,
 }
 
 /// What `up` prints once the services are ready.
@@ -89,6 +104,8 @@ pub async fn up(config: UpConfig, stop: impl Future<Output = ()>) -> Result<(), 
         source,
     })?;
     let spec = crate::spec::parse_spec_file(&config.file.display().to_string(), &text, &|_| false)?;
+    // Before anything is started: without its cgroups no instance could ever run.
+    crate::agent::host_check::check_cgroups()?;
     let server_dir = config.data_dir.join("server");
     // TLS as for `tugboat server`: the CLI finds the CA in <data-dir>/server/tls.
     let mut server_config = ServerConfig::new(&server_dir, config.listen);
@@ -121,32 +138,41 @@ pub async fn up(config: UpConfig, stop: impl Future<Output = ()>) -> Result<(), 
     };
     let (agent_stop, agent_rx) = tokio::sync::watch::channel(None);
     let agent_task = tokio::spawn(agent.run(agent_rx));
-    let result = async {
-        client.apply(&spec).await.map_err(|source| UpError::Apply {
-            path: config.file.clone(),
-            source,
-        })?;
+    let apply_error = |source| UpError::Apply {
+        path: config.file.clone(),
+        source,
+    };
+    let mut result = async {
+        remove_earlier_services(&client, &spec, &config.file)
+            .await
+            .map_err(apply_error)?;
+        client.apply(&spec).await.map_err(apply_error)?;
         Ok::<_, UpError>(())
     }
     .await;
     if result.is_ok() {
         let agent_dir = config.data_dir.join("agent");
         let announce = async {
-            report_progress(&client, &spec).await;
+            report_progress(&client, &spec, config.deadline).await?;
             wait_served(&agent_dir, &spec).await;
             print!("{}", summary(server.addr, &config.data_dir, &spec));
             use std::io::Write;
             let _ = std::io::stdout().flush();
-            std::future::pending::<()>().await;
+            std::future::pending::<Result<(), UpError>>().await
         };
         tokio::select! {
-            _ = announce => {}
+            r = announce => result = r,
             _ = stop => {}
         }
     }
     eprintln!("tugboat up: stopping every instance");
     // The services go from the store too, so what it says stays true; volumes are kept.
-    for name in spec.services.keys() {
+    // Those applied by hand meanwhile (`tugboat apply`) go as well: `up` stops everything.
+    let mut names: std::collections::BTreeSet<String> = spec.services.keys().cloned().collect();
+    if let Ok(listed) = client.services().await {
+        names.extend(listed.items.into_iter().map(|s| s.name));
+    }
+    for name in &names {
         let _ = client.delete_service(name).await;
     }
     let _ = agent_stop.send(Some(true));
@@ -192,46 +218,151 @@ async fn wait_served(agent_dir: &Path, spec: &SpecFile) {
     eprintln!("tugboat up: the service proxy is not serving everything yet");
 }
 
-/// Waits until every service has its replicas ready, printing what is not yet.
-async fn report_progress(client: &ApiClient, spec: &SpecFile) {
-    let started = Instant::now();
-    let mut last = String::new();
-    loop {
-        if let Ok(list) = client.instances(None).await {
-            let mut waiting = vec![];
-            for (name, service) in &spec.services {
-                let ready = list
-                    .items
-                    .iter()
-                    .filter(|i| &i.service == name && i.phase == InstancePhase::Running && i.ready)
-                    .count();
-                if ready < service.replicas as usize {
-                    let why = list
-                        .items
-                        .iter()
-                        .filter(|i| &i.service == name && !i.ready)
-                        .map(|i| {
-                            i.pending_reason
-                                .clone()
-                                .unwrap_or_else(|| i.message.clone())
-                        })
-                        .find(|m| !m.is_empty())
-                        .unwrap_or_default();
-                    waiting.push(format!("{name} {ready}/{} {why}", service.replicas));
+/// Services in the store that the file does not name (left by an earlier `up` with this data
+/// dir that did not stop cleanly, or applied by hand meanwhile) are removed, each named: `up`
+/// makes the cluster match its file.
+async fn remove_earlier_services(
+    client: &ApiClient,
+    spec: &SpecFile,
+    file: &Path,
+) -> Result<(), crate::client::ClientError> {
+    let earlier = client.services().await?;
+    for service in earlier.items {
+        if !spec.services.contains_key(&service.name) {
+            eprintln!(
+                "tugboat up: removing service {}: it is not in {} (left in the store by an earlier run)",
+                service.name,
+                file.display()
+            );
+            client.delete_service(&service.name).await?;
+        }
+    }
+    Ok(())
+}
+
+/// What `up` says while it waits: each distinct reason an instance of a service is not
+/// ready, once, and how many are ready when that changes.
+#[derive(Debug, Default)]
+pub struct Progress {
+    seen: std::collections::BTreeSet<(String, String)>,
+    last_counts: String,
+    /// The latest reason per service, for the summary at the deadline.
+    latest: std::collections::BTreeMap<String, String>,
+}
+
+/// An instance's reason in words without what changes from one report to the next (the
+/// back-off's seconds); none while it is only on its way (starting, probing).
+pub fn reason_of(i: &Instance) -> Option<String> {
+    let text = i
+        .pending_reason
+        .clone()
+        .unwrap_or_else(|| i.message.clone());
+    let text = match text
+        .find("; restarting in ")
+        .or_else(|| text.find("; back-off "))
+    {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    };
+    let passing = [
+        "",
+        "starting",
+        "started",
+        "running",
+        "running; waiting for the readiness probe",
+    ];
+    (!passing.contains(&text.as_str())).then_some(text)
+}
+
+impl Progress {
+    /// Lines to print for this look at the instances; `None` once every service is ready.
+    pub fn observe(&mut self, spec: &SpecFile, instances: &[Instance]) -> Option<Vec<String>> {
+        let mut lines = vec![];
+        let mut counts = vec![];
+        for (name, service) in &spec.services {
+            let mine: Vec<&Instance> = instances.iter().filter(|i| &i.service == name).collect();
+            let ready = mine
+                .iter()
+                .filter(|i| i.phase == InstancePhase::Running && i.ready)
+                .count();
+            if ready >= service.replicas as usize {
+                self.latest.remove(name);
+                continue;
+            }
+            counts.push(format!("{name} {ready}/{}", service.replicas));
+            for i in mine.iter().filter(|i| !i.ready) {
+                let Some(reason) = reason_of(i) else { continue };
+                self.latest.insert(name.clone(), reason.clone());
+                if self.seen.insert((name.clone(), reason.clone())) {
+                    lines.push(format!("tugboat up: {name}: {reason}"));
                 }
             }
-            if waiting.is_empty() {
-                eprintln!(
-                    "tugboat up: all services ready in {:.1}s",
-                    started.elapsed().as_secs_f32()
-                );
-                return;
+        }
+        if counts.is_empty() {
+            return None;
+        }
+        let counts = counts.join(", ");
+        if counts != self.last_counts {
+            lines.insert(0, format!("tugboat up: waiting: {counts} ready"));
+            self.last_counts = counts;
+        }
+        Some(lines)
+    }
+
+    /// Every service that is not ready, with its latest reason.
+    pub fn summary(&self, spec: &SpecFile, instances: &[Instance]) -> String {
+        let mut out = String::new();
+        for (name, service) in &spec.services {
+            let ready = instances
+                .iter()
+                .filter(|i| &i.service == name && i.phase == InstancePhase::Running && i.ready)
+                .count();
+            if ready >= service.replicas as usize {
+                continue;
             }
-            let line = waiting.join("; ");
-            if line != last {
-                eprintln!("tugboat up: waiting: {line}");
-                last = line;
+            let why = self
+                .latest
+                .get(name)
+                .map_or("no reason reported".to_string(), |r| r.clone());
+            out += &format!("  {name}: {ready}/{} ready: {why}\n", service.replicas);
+        }
+        out
+    }
+}
+
+/// Waits until every service has its replicas ready, printing each reason it is not once;
+/// fails with a summary past `deadline`.
+async fn report_progress(
+    client: &ApiClient,
+    spec: &SpecFile,
+    deadline: Duration,
+) -> Result<(), UpError> {
+    let started = Instant::now();
+    let mut progress = Progress::default();
+    let mut instances = vec![];
+    loop {
+        if let Ok(list) = client.instances(None).await {
+            instances = list.items;
+            match progress.observe(spec, &instances) {
+                None => {
+                    eprintln!(
+                        "tugboat up: all services ready in {:.1}s",
+                        started.elapsed().as_secs_f32()
+                    );
+                    return Ok(());
+                }
+                Some(lines) => {
+                    for line in lines {
+                        eprintln!("{line}");
+                    }
+                }
             }
+        }
+        if started.elapsed() >= deadline {
+            return Err(UpError::Deadline {
+                deadline,
+                summary: progress.summary(spec, &instances),
+            });
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -251,5 +382,92 @@ pub async fn interrupted() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::InstancePhase;
+
+    fn spec() -> SpecFile {
+        let text = "services:\n  web: {image: web:1, replicas: 2}\n  db: {image: db:1}\n";
+        crate::spec::parse_spec_file("t.yaml", text, &|_| false).unwrap()
+    }
+
+    fn instance(id: &str, service: &str, ready: bool, message: &str) -> Instance {
+        let mut i: Instance = serde_json::from_value(serde_json::json!({
+            "id": id, "service": service, "template_hash": "t",
+            "spec": {"image": "x:1"}, "phase": "running", "created_at_ms": 0,
+        }))
+        .unwrap();
+        i.ready = ready;
+        i.message = message.into();
+        i
+    }
+
+    #[test]
+    fn each_reason_is_printed_once_and_the_counts_when_they_change() {
+        let spec = spec();
+        let mut p = Progress::default();
+        let first = vec![
+            instance("web-1", "web", false, "image web:1 not found"),
+            instance("web-2", "web", false, "image web:1 not found"),
+            instance("db-1", "db", false, "starting"),
+        ];
+        let lines = p.observe(&spec, &first).unwrap();
+        assert_eq!(
+            lines,
+            vec![
+                "tugboat up: waiting: db 0/1, web 0/2 ready",
+                "tugboat up: web: image web:1 not found"
+            ]
+        );
+        assert!(p.observe(&spec, &first).unwrap().is_empty());
+        // The back-off's seconds change, the reason does not.
+        let looping = vec![
+            instance("web-1", "web", true, "running"),
+            instance(
+                "web-2",
+                "web",
+                false,
+                "exited with code 1; restarting in 0.5s",
+            ),
+            instance(
+                "db-1",
+                "db",
+                false,
+                "exited with code 1; restarting in 0.2s",
+            ),
+        ];
+        let lines = p.observe(&spec, &looping).unwrap();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        let again = vec![
+            instance("web-1", "web", true, "running"),
+            instance(
+                "web-2",
+                "web",
+                false,
+                "exited with code 1; restarting in 1.0s",
+            ),
+            instance(
+                "db-1",
+                "db",
+                false,
+                "exited with code 1; restarting in 2.0s",
+            ),
+        ];
+        assert!(p.observe(&spec, &again).unwrap().is_empty());
+        assert_eq!(
+            p.summary(&spec, &again),
+            "  db: 0/1 ready: exited with code 1\n  web: 1/2 ready: exited with code 1\n"
+        );
+        let ready = vec![
+            instance("web-1", "web", true, "running"),
+            instance("web-2", "web", true, "running"),
+            instance("db-1", "db", true, "running"),
+        ];
+        assert!(p.observe(&spec, &ready).is_none());
+        let _ = InstancePhase::Running;
     }
 }

@@ -249,6 +249,8 @@ async fn nodes_join_with_a_token_and_the_ca_hash_and_act_only_for_themselves() {
         restarts: 0,
         address: None,
         stats: None,
+        crash_looping: false,
+        last_exit: None,
     };
     let other = if owner == "n1" { "n2" } else { "n1" };
     let err = theirs

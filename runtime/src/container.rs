@@ -94,6 +94,45 @@ pub struct Listed {
     pub status: Status,
 }
 
+/// `tug list`'s table: ID, PID, STATUS, BUNDLE, CREATED, each column as wide as its widest
+/// cell (runc's tabwriter layout), so long ids and bundle paths keep the columns straight.
+pub fn list_table(list: &[Listed]) -> String {
+    let header = ["ID", "PID", "STATUS", "BUNDLE", "CREATED"].map(String::from);
+    let rows: Vec<[String; 5]> = list
+        .iter()
+        .map(|c| {
+            let pid = match c.status {
+                Status::Stopped => 0,
+                _ => c.state.pid.unwrap_or(0),
+            };
+            [
+                c.state.id.clone(),
+                pid.to_string(),
+                c.status.to_string(),
+                c.state.bundle.display().to_string(),
+                c.state.created.clone(),
+            ]
+        })
+        .collect();
+    let mut widths = [0usize; 5];
+    for row in std::iter::once(&header).chain(&rows) {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out += cells.join("   ").trim_end();
+        out.push('\n');
+    }
+    out
+}
+
 /// The runtime: a state root and the operations on containers under it.
 #[derive(Debug, Clone)]
 pub struct Runtime {
@@ -929,4 +968,57 @@ pub(crate) fn forwarded_signals() -> nix::sys::signal::SigSet {
         set.add(s);
     }
     set
+}
+
+#[cfg(test)]
+mod list_tests {
+    use super::*;
+
+    fn listed(id: &str, bundle: &str, status: Status) -> Listed {
+        Listed {
+            state: ContainerState {
+                oci_version: "1.2.0".into(),
+                id: id.into(),
+                status,
+                pid: Some(4242),
+                pid_start_time: None,
+                bundle: bundle.into(),
+                rootfs: "rootfs".into(),
+                created: "2026-01-01T00:00:00Z".into(),
+                annotations: Default::default(),
+                net_devices: Vec::new(),
+                cgroup_path: String::new(),
+                owner: "root".into(),
+                hooks: None,
+            },
+            status,
+        }
+    }
+
+    #[test]
+    fn list_columns_line_up_whatever_the_lengths() {
+        let long = "a-container-id-longer-than-twenty-characters";
+        let table = list_table(&[
+            listed("c1", "/b", Status::Running),
+            listed(
+                long,
+                "/a/bundle/path/that/is/longer/than/forty/characters/x",
+                Status::Stopped,
+            ),
+        ]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3);
+        // Every column starts at the same offset on every line.
+        for header in ["PID", "STATUS", "BUNDLE", "CREATED"] {
+            let at = lines[0].find(header).unwrap();
+            for line in &lines[1..] {
+                assert_eq!(&line[at - 3..at], "   ", "{header} in {line:?}\n{table}");
+                assert_ne!(&line[at..at + 1], " ", "{header} in {line:?}\n{table}");
+            }
+        }
+        assert!(
+            lines[2].contains(" 0 "),
+            "a stopped container shows pid 0: {table}"
+        );
+    }
 }

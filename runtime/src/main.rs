@@ -399,26 +399,7 @@ fn run(cli: Cli) -> Result<u8> {
                 let v: Vec<_> = list.iter().map(|c| c.state.to_oci(c.status)).collect();
                 writeln!(out, "{}", serde_json::to_string(&v)?)?;
             } else {
-                writeln!(
-                    out,
-                    "{:<20} {:<8} {:<10} {:<40} CREATED",
-                    "ID", "PID", "STATUS", "BUNDLE"
-                )?;
-                for c in &list {
-                    let pid = match c.status {
-                        tug_runtime::Status::Stopped => 0,
-                        _ => c.state.pid.unwrap_or(0),
-                    };
-                    writeln!(
-                        out,
-                        "{:<20} {:<8} {:<10} {:<40} {}",
-                        c.state.id,
-                        pid,
-                        c.status,
-                        c.state.bundle.display(),
-                        c.state.created
-                    )?;
-                }
+                write!(out, "{}", tug_runtime::container::list_table(&list))?;
             }
         }
         Command::Exec(a) => {

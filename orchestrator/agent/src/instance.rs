@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tug_netns::{AttachRequest, NetnsRef, PortMapping};
-use tugboat_api::model::Instance;
+use tugboat_api::model::{Instance, LastExit};
 use tugboat_api::spec::{ProbeSpec, RestartPolicy, VolumeKind};
 use tugboat_api::wire::{InstanceStatusReport, ReportedPhase};
 
@@ -69,15 +69,61 @@ pub struct LocalState {
     /// instead of taking it out of its service until the next probe passes.
     #[serde(default)]
     pub ready: bool,
+    /// Exits since it last ran for [`RAN_LONG_ENOUGH`]: the back-off and the crash loop
+    /// count these; `restarts` only grows.
+    #[serde(default)]
+    pub failures_in_a_row: u32,
+    #[serde(default)]
+    pub last_exit: Option<LastExit>,
+}
+
+/// A container that ran this long earns a fresh back-off (and leaves its crash loop).
+pub const RAN_LONG_ENOUGH: Duration = Duration::from_secs(30);
+
+/// From this many exits in a row, each soon after its start, the instance is crash-looping.
+pub const CRASH_LOOP_AFTER: u32 = 3;
+
+/// How an exit reads in the instance's status: a reason in one word and a message. A
+/// container the OOM killer hit says so with its memory limit; a liveness kill says why.
+pub fn last_exit(
+    exit: &ExitRecord,
+    memory_limit: Option<tugboat_api::spec::Memory>,
+    liveness_error: Option<&str>,
+) -> LastExit {
+    let (reason, message) = if let Some(e) = liveness_error {
+        ("LivenessFailed", format!("liveness probe failed ({e})"))
+    } else if exit.error.is_some() {
+        ("StartFailed", exit.describe())
+    } else if exit.oom_kills > 0 && !exit.succeeded() {
+        let limit = match memory_limit {
+            Some(m) => format!("memory limit {m}"),
+            None => "no memory limit (the host ran out of memory)".into(),
+        };
+        ("OOMKilled", format!("OOMKilled: {limit}"))
+    } else if exit.signal.is_some() {
+        ("Killed", exit.describe())
+    } else if exit.succeeded() {
+        ("Completed", exit.describe())
+    } else {
+        ("Error", exit.describe())
+    };
+    LastExit {
+        code: exit.code,
+        reason: reason.into(),
+        message,
+        at_ms: exit.finished_at_ms,
+    }
 }
 
 /// How long a status report may take before the server counts as away.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Back-off before restart number `restarts` (1-based): 250 ms doubling to 10 s.
+/// Back-off before restart number `restarts` (1-based, counted over the exits in a row):
+/// 250 ms doubling to 5 minutes, Kubernetes' CrashLoopBackOff cap, so a container that never
+/// stays up costs a start (and two events) every 5 minutes, not every few seconds.
 pub fn backoff(restarts: u32) -> Duration {
-    let exp = restarts.saturating_sub(1).min(6);
-    Duration::from_millis(250u64 << exp).min(Duration::from_secs(10))
+    let exp = restarts.saturating_sub(1).min(11);
+    Duration::from_millis(250u64 << exp).min(Duration::from_secs(300))
 }
 
 /// Whether the restart policy runs the container again after `exit`.
@@ -431,6 +477,7 @@ impl Supervisor {
             signal: None,
             error: Some("its monitor is gone".into()),
             finished_at_ms: tugboat_api::model::now_ms(),
+            oom_kills: 0,
         });
         let _ = std::fs::remove_file(self.paths.exit());
         let _ = std::fs::remove_file(self.paths.monitor());
@@ -441,19 +488,35 @@ impl Supervisor {
         }
         self.set_endpoint(false);
         self.exit_code = exit.code;
-        let what = match self.liveness.last_error.take() {
-            Some(e) if !self.liveness.passing => format!("liveness probe failed ({e})"),
-            _ => exit.describe(),
+        let liveness_error = match self.liveness.last_error.take() {
+            Some(e) if !self.liveness.passing => Some(e),
+            _ => None,
         };
+        let last = last_exit(
+            &exit,
+            self.instance.spec.resources.limits.memory,
+            liveness_error.as_deref(),
+        );
+        let what = last.message.clone();
+        self.state.last_exit = Some(last);
         self.state.restarts += 1;
+        self.state.failures_in_a_row += 1;
         self.save_state();
+        let in_a_row = self.state.failures_in_a_row;
         let restart = &self.instance.spec.restart;
-        if exit.error.is_some() && self.state.restarts > 3 {
+        if exit.error.is_some() && in_a_row > 3 {
             return self.fail(what);
         }
-        if should_restart(restart.policy, restart.limit, self.state.restarts, &exit) {
-            let wait = backoff(self.state.restarts);
-            self.message = format!("{what}; restarting in {:.1}s", wait.as_secs_f32());
+        if should_restart(restart.policy, restart.limit, in_a_row, &exit) {
+            let wait = backoff(in_a_row);
+            self.message = if in_a_row >= CRASH_LOOP_AFTER {
+                format!(
+                    "crash-looping: {what}; back-off {:.1}s ({in_a_row} exits in a row)",
+                    wait.as_secs_f32()
+                )
+            } else {
+                format!("{what}; restarting in {:.1}s", wait.as_secs_f32())
+            };
             Phase::BackingOff {
                 until: Instant::now() + wait,
             }
@@ -477,8 +540,9 @@ impl Supervisor {
                     return self.on_exit().await;
                 }
                 // A container that ran a while earns a fresh back-off.
-                if since.elapsed() > Duration::from_secs(30) && self.state.restarts > 0 {
-                    self.state.restarts = self.state.restarts.min(1);
+                if since.elapsed() > RAN_LONG_ENOUGH && self.state.failures_in_a_row > 0 {
+                    self.state.failures_in_a_row = 0;
+                    self.save_state();
                 }
                 self.run_probes().await;
                 phase
@@ -600,6 +664,9 @@ impl Supervisor {
             restarts: self.state.restarts,
             stats: self.last_report.as_ref().and_then(|r| r.stats),
             address: self.address.map(|a| a.to_string()),
+            last_exit: self.state.last_exit.clone(),
+            crash_looping: *phase != Phase::Failed
+                && self.state.failures_in_a_row >= CRASH_LOOP_AFTER,
         };
         let mut report = report;
         if Instant::now() >= self.stats_due {
@@ -725,15 +792,52 @@ mod tests {
             signal: None,
             error: None,
             finished_at_ms: 0,
+            oom_kills: 0,
         }
     }
 
     #[test]
-    fn back_off_doubles_up_to_ten_seconds() {
+    fn exits_read_as_their_reason() {
+        let limit = Some(tugboat_api::spec::Memory(32 << 20));
+        let oom = ExitRecord {
+            code: Some(137),
+            signal: Some(9),
+            oom_kills: 1,
+            ..exit(137)
+        };
+        let e = last_exit(&oom, limit, None);
+        assert_eq!(e.reason, "OOMKilled");
+        assert_eq!(e.message, "OOMKilled: memory limit 32Mi");
+        assert_eq!(e.code, Some(137));
+        let killed = ExitRecord {
+            oom_kills: 0,
+            ..oom.clone()
+        };
+        assert_eq!(
+            last_exit(&killed, limit, None).message,
+            "killed by signal 9"
+        );
+        assert_eq!(last_exit(&exit(0), limit, None).reason, "Completed");
+        assert_eq!(last_exit(&exit(3), limit, None).reason, "Error");
+        let probe = last_exit(&killed, limit, Some("connection refused"));
+        assert_eq!(probe.reason, "LivenessFailed");
+        assert_eq!(probe.message, "liveness probe failed (connection refused)");
+        let failed = ExitRecord {
+            code: None,
+            error: Some("no such file".into()),
+            ..exit(0)
+        };
+        assert_eq!(last_exit(&failed, limit, None).reason, "StartFailed");
+    }
+
+    #[test]
+    fn back_off_doubles_up_to_five_minutes() {
         assert_eq!(backoff(1), Duration::from_millis(250));
         assert_eq!(backoff(2), Duration::from_millis(500));
         assert_eq!(backoff(4), Duration::from_secs(2));
-        assert_eq!(backoff(50), Duration::from_secs(10));
+        assert_eq!(backoff(7), Duration::from_secs(16));
+        assert_eq!(backoff(12), Duration::from_secs(300));
+        assert_eq!(backoff(50), Duration::from_secs(300));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! their container subnets ([`remote`]).
 
 pub mod bundle;
+pub mod host_check;
 pub mod identity;
 pub mod images;
 pub mod instance;

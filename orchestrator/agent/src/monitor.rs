@@ -82,6 +82,9 @@ pub struct ExitRecord {
     #[serde(default)]
     pub error: Option<String>,
     pub finished_at_ms: u64,
+    /// Processes the OOM killer killed in its cgroup (read before the cgroup went).
+    #[serde(default)]
+    pub oom_kills: u64,
 }
 
 impl ExitRecord {
@@ -221,6 +224,7 @@ pub fn run(args: &MonitorArgs) -> i32 {
                 signal: None,
                 error: Some(e),
                 finished_at_ms: now_ms(),
+                oom_kills: 0,
             };
             let _ = write_json(&args.dir.join(EXIT_FILE), &exit);
             1
@@ -278,6 +282,9 @@ fn supervise(args: &MonitorArgs) -> Result<ExitRecord, String> {
     let copier = std::thread::spawn(move || copy_output(out_r, err_r, log));
 
     let (code, signal) = wait_for(container_pid);
+    // Before delete removes the cgroup, and with it the count.
+    let oom_kills =
+        super::stats::oom_kills(Path::new("/sys/fs/cgroup"), &args.id).unwrap_or_default();
     let _ = copier.join();
     if let Err(e) = runtime.delete(&args.id, true) {
         eprintln!("tugboat monitor: delete {}: {e}", args.id);
@@ -287,6 +294,7 @@ fn supervise(args: &MonitorArgs) -> Result<ExitRecord, String> {
         signal,
         error: None,
         finished_at_ms: now_ms(),
+        oom_kills,
     })
 }
 
@@ -418,6 +426,7 @@ mod tests {
             signal: Some(9),
             error: None,
             finished_at_ms: 0,
+            oom_kills: 0,
         };
         assert_eq!(e.describe(), "killed by signal 9");
         assert!(!e.succeeded());

@@ -183,10 +183,22 @@ mod auth_tests {
         let none = HeaderMap::new();
         assert!(!authorized(&state(None, false, false), &none, &None));
         assert!(authorized(&state(None, false, true), &none, &None));
-        assert!(authorized(&state(Some("t"), false, false), &bearer("t"), &None));
-        assert!(!authorized(&state(Some("t"), false, false), &bearer("u"), &None));
+        assert!(authorized(
+            &state(Some("t"), false, false),
+            &bearer("t"),
+            &None
+        ));
+        assert!(!authorized(
+            &state(Some("t"), false, false),
+            &bearer("u"),
+            &None
+        ));
         // Over TLS only the server's certificate counts, not a token.
-        assert!(!authorized(&state(Some("t"), true, false), &bearer("t"), &None));
+        assert!(!authorized(
+            &state(Some("t"), true, false),
+            &bearer("t"),
+            &None
+        ));
         let server = |name: &str| {
             Some(axum::Extension(tugboat_api::tls::PeerCert(
                 tugboat_api::tls::CertInfo {
@@ -197,7 +209,11 @@ mod auth_tests {
                 },
             )))
         };
-        assert!(authorized(&state(None, true, false), &none, &server("tugboat-server")));
+        assert!(authorized(
+            &state(None, true, false),
+            &none,
+            &server("tugboat-server")
+        ));
         assert!(!authorized(&state(None, true, false), &none, &server("n2")));
     }
 }

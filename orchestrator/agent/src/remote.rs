@@ -265,6 +265,10 @@ mod tests {
             failed_at_ms: None,
             stats: None,
             address: (!address.is_empty()).then(|| address.to_string()),
+            slot: 0,
+            carried_restarts: 0,
+            last_exit: None,
+            crash_looping: false,
         }
     }
 

@@ -46,6 +46,26 @@ pub fn read_usage(root: &Path, id: &str) -> Option<Usage> {
     })
 }
 
+/// How many processes the kernel's OOM killer killed in the instance's cgroup: `oom_kill` of
+/// memory.events on v2, of memory.oom_control on v1. A v1 kernel older than 4.13 has no such
+/// line: then a hit of the memory limit (`memory.failcnt`) counts as one, which together
+/// with a SIGKILL is what an OOM kill looks like there. None: no memory cgroup to read
+/// (read it before the container's cgroup is removed).
+pub fn oom_kills(root: &Path, id: &str) -> Option<u64> {
+    let oom_kill_line = |text: String| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let v2 = root.join("tug").join(id).join("memory.events");
+    if let Ok(text) = std::fs::read_to_string(&v2) {
+        return Some(oom_kill_line(text).unwrap_or(0));
+    }
+    let v1 = root.join("memory").join("tug").join(id);
+    let text = std::fs::read_to_string(v1.join("memory.oom_control")).ok()?;
+    oom_kill_line(text).or_else(|| read_u64(&v1.join("memory.failcnt")).map(|n| n.min(1)))
+}
+
 /// CPU in millicores between two readings `elapsed_ms` apart.
 pub fn cpu_millis(before: &Usage, after: &Usage, elapsed_ms: u64) -> u64 {
     if elapsed_ms == 0 {
@@ -95,5 +115,35 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(cpu_millis(&before, &after, 2000), 500);
+    }
+
+    #[test]
+    fn oom_kills_are_read_from_v1_and_v2() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = dir.path().join("v1/memory/tug/web-1");
+        std::fs::create_dir_all(&v1).unwrap();
+        std::fs::write(
+            v1.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
+        assert_eq!(oom_kills(&dir.path().join("v1"), "web-1"), Some(2));
+        // An old v1 kernel: no oom_kill line; a hit of the limit counts.
+        std::fs::write(
+            v1.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\n",
+        )
+        .unwrap();
+        std::fs::write(v1.join("memory.failcnt"), "17\n").unwrap();
+        assert_eq!(oom_kills(&dir.path().join("v1"), "web-1"), Some(1));
+        let v2 = dir.path().join("v2/tug/web-1");
+        std::fs::create_dir_all(&v2).unwrap();
+        std::fs::write(
+            v2.join("memory.events"),
+            "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\noom_group_kill 0\n",
+        )
+        .unwrap();
+        assert_eq!(oom_kills(&dir.path().join("v2"), "web-1"), Some(1));
+        assert_eq!(oom_kills(dir.path(), "nothing"), None);
     }
 }

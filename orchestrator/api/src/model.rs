@@ -244,6 +244,39 @@ pub struct Instance {
     /// nodes' service proxies send its share of the traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// Its place among its service's instances (0, 1, ...): a replacement of a failed
+    /// instance takes the failed one's slot, and with it its restart count.
+    #[serde(default)]
+    pub slot: u32,
+    /// Restarts of the earlier instances of its slot (replaced after they failed), so a crash
+    /// loop stays visible in `restarts` across replacements.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub carried_restarts: u32,
+    /// How its container (or the slot's previous instance) last ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<LastExit>,
+    /// It keeps exiting soon after it starts and waits out a growing back-off between runs
+    /// (Kubernetes' CrashLoopBackOff).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub crash_looping: bool,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// How a container ended, as its agent saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastExit {
+    /// Exit code (128 + n when killed by signal n); none when it never started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    /// In one word: `OOMKilled`, `Error`, `Completed`, `Killed`, `LivenessFailed`,
+    /// `StartFailed`.
+    pub reason: String,
+    /// In words: `OOMKilled: memory limit 32Mi`, `exited with code 1`, ...
+    pub message: String,
+    pub at_ms: u64,
 }
 
 /// What an instance uses, from its cgroup.

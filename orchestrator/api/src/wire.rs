@@ -86,6 +86,12 @@ pub struct InstanceStatusReport {
     /// The instance's container address on the node (once its network is set up).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// How its container last ended (restarts in place included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<crate::model::LastExit>,
+    /// It keeps exiting soon after starting and waits out a growing back-off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub crash_looping: bool,
 }
 
 /// A consistent list and the revision to watch from (+1).

@@ -176,6 +176,8 @@ async fn run_simulated_agent(client: ApiClient, node: String, silent: Arc<Atomic
                 restarts: 0,
                 stats: None,
                 address: None,
+                last_exit: None,
+                crash_looping: false,
             };
             if client.report_status(&instance.id, &report).await.is_ok() {
                 reported.insert(instance.id);

@@ -185,6 +185,45 @@ impl TestHost {
         self.up = Some(child);
     }
 
+    /// `tugboat up -f SPEC EXTRA...` in the namespace with the shop's images imported,
+    /// returning at once (watch `output`, [`TestHost::wait_up_exit`]).
+    pub fn start_up_with(&mut self, spec: &Path, extra: &[&str]) {
+        let images = shop_images();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tugboat"));
+        cmd.arg("up")
+            .arg("-f")
+            .arg(spec)
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .arg("--listen")
+            .arg(API)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for svc in ["front", "catalog", "cart", "orders", "payments"] {
+            cmd.arg("--import")
+                .arg(images.join(format!("oci/shop-{svc}")));
+        }
+        let mut child = self.in_netns(|| cmd.spawn().expect("spawn tugboat up"));
+        self.collect_output("", &mut child);
+        self.up = Some(child);
+    }
+
+    /// Waits up to `limit` for `tugboat up` to exit by itself; its status, or None.
+    pub fn wait_up_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(child) = self.up.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.up = None;
+                    return Some(status);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
     /// Copies the child's stdout and stderr, line by line, to `output` (after `prefix`).
     fn collect_output(&self, prefix: &str, child: &mut Child) {
         let stdout = child.stdout.take().unwrap();

@@ -42,6 +42,10 @@ fn instance(n: usize, template: &str, phase: InstancePhase, ready: bool, created
         failed_at_ms: (phase == InstancePhase::Failed).then_some(0),
         stats: None,
         address: None,
+        slot: 0,
+        carried_restarts: 0,
+        last_exit: None,
+        crash_looping: false,
     }
 }
 

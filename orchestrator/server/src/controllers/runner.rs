@@ -172,11 +172,33 @@ async fn reconcile_services(
         }
         let mut updated = service.object.clone();
         let mut batch = Batch::default();
+        // Slots: those of the instances that stay; a failed instance removed in this pass
+        // hands its restarts and last exit to the replacement in its slot.
+        let removed: std::collections::HashSet<&str> = actions
+            .iter()
+            .filter_map(|a| match a {
+                ServiceAction::Delete { id, .. } => Some(id.as_str()),
+                _ => None,
+            })
+            .collect();
+        let used: std::collections::BTreeSet<u32> = plain
+            .iter()
+            .filter(|i| !removed.contains(i.id.as_str()))
+            .map(|i| i.slot)
+            .collect();
+        let carried: HashMap<u32, &Instance> = plain
+            .iter()
+            .filter(|i| removed.contains(i.id.as_str()) && i.phase == InstancePhase::Failed)
+            .map(|i| (i.slot, i))
+            .collect();
+        let mut slots = super::service::free_slots(&used);
         for action in actions {
             match action {
                 ServiceAction::Create { count } => {
                     let hash = updated.rollout.template_hash.clone();
                     for _ in 0..count {
+                        let slot = slots.next().unwrap_or_default();
+                        let before = carried.get(&slot);
                         let instance = Instance {
                             id: cp.new_instance_id(name, &hash),
                             service: name.into(),
@@ -190,10 +212,14 @@ async fn reconcile_services(
                             ready_since_ms: None,
                             message: String::new(),
                             exit_code: None,
-                            restarts: 0,
+                            restarts: before.map_or(0, |b| b.restarts),
                             failed_at_ms: None,
                             stats: None,
                             address: None,
+                            slot,
+                            carried_restarts: before.map_or(0, |b| b.restarts),
+                            last_exit: before.and_then(|b| b.last_exit.clone()),
+                            crash_looping: false,
                         };
                         batch.put_if(instance.key(), 0, &instance);
                     }

@@ -38,6 +38,12 @@ fn is_ready(i: &Instance) -> bool {
     i.phase == InstancePhase::Running && i.ready
 }
 
+/// The slots no instance in `used` holds, lowest first: a replacement takes the slot its
+/// failed predecessor left.
+pub fn free_slots(used: &std::collections::BTreeSet<u32>) -> impl Iterator<Item = u32> + '_ {
+    (0u32..).filter(|s| !used.contains(s))
+}
+
 /// Order in which to remove instances: the least useful first.
 fn removal_order(a: &&Instance, b: &&Instance) -> std::cmp::Ordering {
     let rank = |i: &Instance| match i.phase {
@@ -233,4 +239,14 @@ pub fn reconcile_service_draining(
         }
     }
     actions
+}
+
+#[cfg(test)]
+mod slot_tests {
+    #[test]
+    fn free_slots_fill_the_gaps_first() {
+        let used = [0, 2, 3].into_iter().collect();
+        let free: Vec<u32> = super::free_slots(&used).take(3).collect();
+        assert_eq!(free, vec![1, 4, 5]);
+    }
 }

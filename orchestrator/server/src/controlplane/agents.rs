@@ -31,6 +31,37 @@ pub fn subnet_conflict(
         })
 }
 
+/// The events a status change makes, besides `failed`, `ready` and `returned`: an exit (an
+/// OOM kill named as such), a restart, the start of a crash loop, a readiness lost.
+pub fn status_events(before: &Instance, after: &Instance) -> Vec<(&'static str, String)> {
+    let mut events = vec![];
+    if let Some(exit) = &after.last_exit {
+        if before.last_exit.as_ref().map(|e| e.at_ms) != Some(exit.at_ms) {
+            let reason = if exit.reason == "OOMKilled" {
+                "oom-killed"
+            } else if exit.reason == "LivenessFailed" {
+                "liveness-failed"
+            } else {
+                "exited"
+            };
+            events.push((reason, exit.message.clone()));
+        }
+    }
+    if after.restarts > before.restarts && after.phase == InstancePhase::Running {
+        events.push((
+            "restarted",
+            format!("restart {}: {}", after.restarts, after.message),
+        ));
+    }
+    if after.crash_looping && !before.crash_looping {
+        events.push(("crash-looping", after.message.clone()));
+    }
+    if before.ready && !after.ready && after.phase == InstancePhase::Running {
+        events.push(("not-ready", after.message.clone()));
+    }
+    events
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeScheduling {
     Cordon,
@@ -260,6 +291,7 @@ impl ControlPlane {
             }
             let now = now_ms();
             let became_ready = report.ready && !instance.ready;
+            let previous = current.object.clone();
             instance.phase = match report.phase {
                 ReportedPhase::Running => InstancePhase::Running,
                 ReportedPhase::Failed => InstancePhase::Failed,
@@ -272,7 +304,12 @@ impl ControlPlane {
             };
             instance.message = report.message.clone();
             instance.exit_code = report.exit_code;
-            instance.restarts = report.restarts;
+            // The slot's earlier instances count too: a crash loop stays visible.
+            instance.restarts = instance.carried_restarts.saturating_add(report.restarts);
+            if report.last_exit.is_some() {
+                instance.last_exit = report.last_exit.clone();
+            }
+            instance.crash_looping = report.crash_looping && report.phase == ReportedPhase::Running;
             // Usage stays in memory; the stored record changes only when the status does
             // (older records that carried stats lose them with their next change).
             if let Some(stats) = report.stats {
@@ -317,6 +354,9 @@ impl ControlPlane {
                     "ready",
                     format!("ready on {}", report.node),
                 );
+            }
+            for (reason, message) in status_events(&previous, &instance) {
+                self.event(&mut batch, ObjectKind::Instance, id, reason, message);
             }
             match batch.commit(self.store()).await {
                 Ok(_) => return Ok(self.with_usage(instance)),
@@ -379,6 +419,118 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_crash_loop_shows_in_events_and_its_count_outlives_a_replacement() {
+        use crate::controlplane::Timers;
+        use tugboat_api::model::{LastExit, INSTANCES};
+        use tugboat_api::spec::ServiceSpec;
+        let timers = Timers {
+            replace_failed_after: std::time::Duration::ZERO,
+            ..Default::default()
+        };
+        let cp = ControlPlane::new(
+            std::sync::Arc::new(crate::store::EmbeddedStore::in_memory()),
+            Default::default(),
+            timers,
+        );
+        cp.create_service("web", ServiceSpec::new("x:1"))
+            .await
+            .unwrap();
+        crate::controllers::runner::reconcile_once(&cp)
+            .await
+            .unwrap();
+        let (listed, _) = objects::list::<Instance>(cp.store(), INSTANCES)
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].object.slot, 0);
+        // As if it were placed on n1.
+        let mut placed = listed[0].object.clone();
+        placed.node = Some("n1".into());
+        placed.phase = InstancePhase::Scheduled;
+        let mut batch = Batch::default();
+        batch.put_if(placed.key(), listed[0].revision, &placed);
+        batch.commit(cp.store()).await.unwrap();
+        let exit = |reason: &str, message: &str, at_ms| LastExit {
+            code: Some(137),
+            reason: reason.into(),
+            message: message.into(),
+            at_ms,
+        };
+        let report = |phase, restarts, last_exit, crash_looping| InstanceStatusReport {
+            node: "n1".into(),
+            phase,
+            ready: false,
+            message: "crash-looping: exited with code 1; back-off 1.0s".into(),
+            exit_code: Some(1),
+            restarts,
+            stats: None,
+            address: None,
+            last_exit: Some(last_exit),
+            crash_looping,
+        };
+        let shown = cp
+            .report_instance_status(
+                &placed.id,
+                report(
+                    ReportedPhase::Running,
+                    3,
+                    exit("Error", "exited with code 1", 10),
+                    true,
+                ),
+            )
+            .await
+            .unwrap();
+        assert!(shown.crash_looping);
+        assert_eq!(shown.restarts, 3);
+        let reasons: Vec<String> = cp
+            .list_events(Some(ObjectKind::Instance), Some(&placed.id))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|e| e.reason)
+            .collect();
+        for wanted in ["exited", "restarted", "crash-looping"] {
+            assert!(
+                reasons.iter().any(|r| r == wanted),
+                "{wanted} in {reasons:?}"
+            );
+        }
+        // The agent gives up on an OOM kill; the replacement takes slot 0 and its count.
+        let oom = exit("OOMKilled", "OOMKilled: memory limit 32Mi", 20);
+        cp.report_instance_status(
+            &placed.id,
+            report(ReportedPhase::Failed, 4, oom.clone(), false),
+        )
+        .await
+        .unwrap();
+        let events = cp
+            .list_events(Some(ObjectKind::Instance), Some(&placed.id))
+            .await
+            .unwrap()
+            .items;
+        assert!(
+            events
+                .iter()
+                .any(|e| e.reason == "oom-killed" && e.message == "OOMKilled: memory limit 32Mi"),
+            "{events:?}"
+        );
+        crate::controllers::runner::reconcile_once(&cp)
+            .await
+            .unwrap();
+        let (listed, _) = objects::list::<Instance>(cp.store(), INSTANCES)
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        let next = &listed[0].object;
+        assert_ne!(next.id, placed.id);
+        assert_eq!(next.slot, 0);
+        assert_eq!((next.restarts, next.carried_restarts), (4, 4));
+        assert_eq!(next.last_exit.as_ref(), Some(&oom));
+        assert!(!next.crash_looping);
+    }
+
+    #[tokio::test]
     async fn usage_stays_in_memory_and_only_a_changed_status_is_written() {
         use tugboat_api::model::{InstanceStats, INSTANCES};
         use tugboat_api::spec::ServiceSpec;
@@ -404,6 +556,10 @@ mod tests {
             failed_at_ms: None,
             stats: None,
             address: None,
+            slot: 0,
+            carried_restarts: 0,
+            last_exit: None,
+            crash_looping: false,
         };
         let mut batch = Batch::default();
         batch.put_if(instance.key(), 0, &instance);
@@ -428,6 +584,8 @@ mod tests {
                 at_ms: cpu_millis,
             }),
             address: Some("10.88.0.2".into()),
+            last_exit: None,
+            crash_looping: false,
         };
         cp.report_instance_status(&instance.id, report(5, true))
             .await

@@ -105,9 +105,8 @@ impl RunDefaults {
         );
         set(c, "User", (!self.user.is_empty()).then(|| json!(self.user)));
         let obj = |s: &BTreeSet<String>| {
-            (!s.is_empty()).then(|| {
-                Value::Object(s.iter().map(|k| (k.clone(), json!({}))).collect())
-            })
+            (!s.is_empty())
+                .then(|| Value::Object(s.iter().map(|k| (k.clone(), json!({}))).collect()))
         };
         set(c, "ExposedPorts", obj(&self.exposed));
         set(c, "Volumes", obj(&self.volumes));
@@ -241,7 +240,8 @@ impl Builder<'_> {
         let p = self.dirs.root.join("cache").join(format!("{chain}.json"));
         let tmp = self.dirs.tmp_path("cache");
         let _g = crate::layer::Scratch(tmp.clone());
-        fs::write(&tmp, serde_json::to_vec(rec).expect("json")).map_err(|e| BuildError::io(&tmp, e))?;
+        fs::write(&tmp, serde_json::to_vec(rec).expect("json"))
+            .map_err(|e| BuildError::io(&tmp, e))?;
         fs::rename(&tmp, &p).map_err(|e| BuildError::io(&p, e))
     }
 
@@ -287,7 +287,10 @@ impl Builder<'_> {
     ) -> Result<Stage, BuildError> {
         let image = words::expand(image, &self.meta_args).map_err(|e| self.err(step, e))?;
         let lower = image.to_ascii_lowercase();
-        if let Some(i) = names.iter().position(|n| n.as_deref() == Some(lower.as_str())) {
+        if let Some(i) = names
+            .iter()
+            .position(|n| n.as_deref() == Some(lower.as_str()))
+        {
             let mut s = stages[i]
                 .clone()
                 .ok_or_else(|| self.err(step, format!("stage {lower:?} was not built")))?;

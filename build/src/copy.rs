@@ -52,11 +52,7 @@ fn clean_source(s: &str) -> Option<PathBuf> {
     for c in Path::new(s).components() {
         match c {
             Component::Normal(n) => out.push(n),
-            Component::ParentDir => {
-                if !out.pop() {
-                    return None;
-                }
-            }
+            Component::ParentDir if !out.pop() => return None,
             _ => {}
         }
     }
@@ -271,13 +267,12 @@ pub fn plan(
                     items.insert(base.join(sub), Item::Object { real: r, meta: m });
                 }
             } else if add && matches!(source, Source::Context(_)) && is_archive(&real) {
-                let at = if dest_is_dir {
-                    dest_dir_real.clone()
-                } else {
-                    dest_dir_real.clone()
-                };
+                let at = dest_dir_real.clone();
                 dest_dirs.push(at.clone());
-                items.insert(at.join(format!(".tug-archive-{}", items.len())), Item::Archive { real });
+                items.insert(
+                    at.join(format!(".tug-archive-{}", items.len())),
+                    Item::Archive { real },
+                );
             } else {
                 let target = if dest_is_dir {
                     dest_dir_real.join(p.file_name().unwrap_or_default())
@@ -300,7 +295,12 @@ pub fn plan(
             Item::Object { real, meta } => {
                 h.update(format!(" {:o} {}\n", meta.mode(), meta.len()).as_bytes());
                 if meta.file_type().is_symlink() {
-                    h.update(fs::read_link(real).unwrap_or_default().as_os_str().as_encoded_bytes());
+                    h.update(
+                        fs::read_link(real)
+                            .unwrap_or_default()
+                            .as_os_str()
+                            .as_encoded_bytes(),
+                    );
                 } else if meta.is_file() {
                     hash_file(real, &mut h).map_err(|e| e.to_string())?;
                 }
@@ -329,7 +329,11 @@ pub fn write(plan: &Plan, image: &View, dirs: &BuildDirs) -> Result<LayerRef, cr
 fn fill(tar: &mut LayerTar, plan: &Plan, image: &View) -> Result<(), crate::BuildError> {
     let owner = |m: EntryMeta| match plan.chown {
         Some((uid, gid)) => EntryMeta { uid, gid, ..m },
-        None => EntryMeta { uid: 0, gid: 0, ..m },
+        None => EntryMeta {
+            uid: 0,
+            gid: 0,
+            ..m
+        },
     };
     let with_mode = |m: EntryMeta, is_link: bool| match plan.chmod {
         Some(mode) if !is_link => EntryMeta { mode, ..m },
@@ -418,16 +422,23 @@ fn extract(tar: &mut LayerTar, archive: &Path, at: &Path) -> Result<(), crate::B
                 .map(|t| t.into_owned())
                 .unwrap_or_default();
             let target = if kind.is_hard_link() {
-                at.join(tug_image::unpack::clean_entry_path(target.as_os_str().as_encoded_bytes()).unwrap_or_default())
+                at.join(
+                    tug_image::unpack::clean_entry_path(target.as_os_str().as_encoded_bytes())
+                        .unwrap_or_default(),
+                )
             } else {
                 target
             };
             tar.append_link(&mut h, &dest, &target).at(&dest)?;
-        } else if kind.is_file() || kind.is_dir() || kind == tar::EntryType::Char
-            || kind == tar::EntryType::Block || kind == tar::EntryType::Fifo
+        } else if kind.is_file()
+            || kind.is_dir()
+            || kind == tar::EntryType::Char
+            || kind == tar::EntryType::Block
+            || kind == tar::EntryType::Fifo
         {
             let size = h.entry_size().at(archive)?;
-            tar.append_data(&mut h, &dest, (&mut entry).take(size)).at(&dest)?;
+            tar.append_data(&mut h, &dest, (&mut entry).take(size))
+                .at(&dest)?;
         }
     }
     Ok(())

@@ -248,7 +248,7 @@ fn parse_line(line: usize, text: &str) -> Result<Step, ParseError> {
             }
         }
         "RUN" => {
-            for (k, _) in &flags {
+            if let Some((k, _)) = flags.first() {
                 return Err(err(
                     line,
                     format!("RUN: --{k} is not supported by tugboat build"),
@@ -261,10 +261,7 @@ fn parse_line(line: usize, text: &str) -> Result<Step, ParseError> {
             allow_flags(&["from", "chown", "chmod", "link"])?;
             let (paths, json) = match json_array(args) {
                 Some(p) => (p, true),
-                None => (
-                    args.split_whitespace().map(str::to_string).collect(),
-                    false,
-                ),
+                None => (args.split_whitespace().map(str::to_string).collect(), false),
             };
             if paths.len() < 2 {
                 return Err(err(
@@ -396,7 +393,11 @@ mod tests {
         );
         assert_eq!(
             steps[3].instruction,
-            Instruction::Cmd(Command::Exec(vec!["/bin/sh".into(), "-c".into(), "x".into()]))
+            Instruction::Cmd(Command::Exec(vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "x".into()
+            ]))
         );
         assert_eq!(
             steps[4].instruction,

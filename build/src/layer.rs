@@ -100,10 +100,7 @@ impl BuildDirs {
             if !alive {
                 let p = ent.path();
                 // A mount left by a killed build is detached before its dir goes.
-                let _ = nix::mount::umount2(
-                    &p.join("merged"),
-                    nix::mount::MntFlags::MNT_DETACH,
-                );
+                let _ = nix::mount::umount2(&p.join("merged"), nix::mount::MntFlags::MNT_DETACH);
                 let _ = fs::remove_dir_all(&p).or_else(|_| fs::remove_file(&p));
             }
         }
@@ -244,8 +241,7 @@ pub fn add_symlink(
     target: &Path,
 ) -> Result<(), BuildError> {
     let mut h = header(tar::EntryType::Symlink, m, 0);
-    tar.append_link(&mut h, path, target)
-        .map_err(tar_err(path))
+    tar.append_link(&mut h, path, target).map_err(tar_err(path))
 }
 
 fn add_hardlink(tar: &mut LayerTar, path: &Path, target: &Path) -> Result<(), BuildError> {
@@ -256,8 +252,7 @@ fn add_hardlink(tar: &mut LayerTar, path: &Path, target: &Path) -> Result<(), Bu
         mtime: 0,
     };
     let mut h = header(tar::EntryType::Link, m, 0);
-    tar.append_link(&mut h, path, target)
-        .map_err(tar_err(path))
+    tar.append_link(&mut h, path, target).map_err(tar_err(path))
 }
 
 fn add_whiteout(tar: &mut LayerTar, path: &Path) -> Result<(), BuildError> {

@@ -66,7 +66,8 @@ pub struct BuildReport {
 
 /// Build an image.
 pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
-    let context = context::Context::open(&opts.context).map_err(|e| BuildError::io(&opts.context, e))?;
+    let context =
+        context::Context::open(&opts.context).map_err(|e| BuildError::io(&opts.context, e))?;
     let (path, label) = dockerfile_path(opts, &context.root)?;
     let text = std::fs::read_to_string(&path).map_err(|e| BuildError::io(&path, e))?;
     let steps = dockerfile::parse(&text).map_err(|e| BuildError::Step {
@@ -226,7 +227,11 @@ fn dockerfile_path(opts: &BuildOptions, root: &Path) -> Result<(PathBuf, String)
 }
 
 /// The stages `target` needs: itself, the stages it is built FROM and copies `--from`.
-fn needed_stages(stages: &[(Step, Vec<Step>)], names: &[Option<String>], target: usize) -> Vec<bool> {
+fn needed_stages(
+    stages: &[(Step, Vec<Step>)],
+    names: &[Option<String>],
+    target: usize,
+) -> Vec<bool> {
     let find = |r: &str, before: usize| -> Option<usize> {
         let r = r.to_ascii_lowercase();
         names[..before]

@@ -132,8 +132,11 @@ pub fn to_store(
     let layout_file = layout.0.join("oci-layout");
     fs::write(&layout_file, r#"{"imageLayoutVersion":"1.0.0"}"#).at(&layout_file)?;
     let index_file = layout.0.join("index.json");
-    fs::write(&index_file, serde_json::to_vec(&index(built, None)).expect("json"))
-        .at(&index_file)?;
+    fs::write(
+        &index_file,
+        serde_json::to_vec(&index(built, None)).expect("json"),
+    )
+    .at(&index_file)?;
     let mut names = Vec::new();
     if tags.is_empty() {
         for img in store.import(&layout.0)? {

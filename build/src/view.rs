@@ -240,7 +240,9 @@ pub fn resolve_user(view: &View, spec: &str) -> Result<(u32, u32), String> {
                 })
                 .unwrap_or(0),
         ),
-        Err(_) => entry(user).ok_or_else(|| format!("unknown user {user:?} (not in /etc/passwd)"))?,
+        Err(_) => {
+            entry(user).ok_or_else(|| format!("unknown user {user:?} (not in /etc/passwd)"))?
+        }
     };
     let gid = match group {
         None => primary,
@@ -286,7 +288,10 @@ mod tests {
         fs::create_dir_all(top.join("usr/bin")).unwrap();
         fs::write(top.join("usr/bin/b"), "top").unwrap();
         let v = View::new(vec![low.clone(), top.clone()]);
-        assert_eq!(v.resolve(Path::new("bin/a"), true), PathBuf::from("usr/bin/a"));
+        assert_eq!(
+            v.resolve(Path::new("bin/a"), true),
+            PathBuf::from("usr/bin/a")
+        );
         assert_eq!(v.resolve(Path::new("bin"), false), PathBuf::from("bin"));
         assert_eq!(v.read(Path::new("bin/a")).unwrap(), b"low");
         let names: Vec<_> = v.read_dir(Path::new("usr/bin")).into_keys().collect();

@@ -209,7 +209,10 @@ mod tests {
     fn expansion_forms() {
         let v = vars();
         assert_eq!(expand("$A-${A}x", &v).unwrap(), "one-onex");
-        assert_eq!(expand("${NOPE:-d}|${EMPTY:-d}|${EMPTY-d}", &v).unwrap(), "d|d|");
+        assert_eq!(
+            expand("${NOPE:-d}|${EMPTY:-d}|${EMPTY-d}", &v).unwrap(),
+            "d|d|"
+        );
         assert_eq!(expand("${A:+alt}|${NOPE:+alt}", &v).unwrap(), "alt|");
         assert_eq!(expand("'$A' \"$A\" \\$A", &v).unwrap(), "$A one $A");
         assert_eq!(expand("cost $", &v).unwrap(), "cost $");

@@ -569,7 +569,10 @@ impl Builder<'_> {
                 )
             })?;
             let scratch = b.dirs.scratch_dir("run")?;
-            let id = format!("tug-build-{}-{}", std::process::id(), b.step_no);
+            // Unique on the host while it runs: the container's cgroup is named by it.
+            static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let id = format!("tug-build-{}-{n}", std::process::id());
             let lower: Vec<PathBuf> = stage.layers.iter().map(|l| l.dir.clone()).collect();
             let req = RunRequest {
                 id,

@@ -235,6 +235,9 @@ pub fn run(req: &RunRequest<'_>) -> Result<i32, BuildError> {
         .as_fd()
         .try_clone_to_owned()
         .map_err(|e| BuildError::io("stderr", e))?;
+    // Ctrl-C reaches tug too (same process group), which stops the command; the builder
+    // must outlive it to clean up, so it only notes the signal meanwhile.
+    let signals = DeferSignals::install();
     let status = Command::new(req.tug)
         .arg("--root")
         .arg(&state)
@@ -256,6 +259,7 @@ pub fn run(req: &RunRequest<'_>) -> Result<i32, BuildError> {
         .status();
     drop(netns);
     drop(overlay);
+    drop(signals);
     let status = status?;
     use std::os::unix::process::ExitStatusExt;
     Ok(match (status.code(), status.signal()) {
@@ -263,6 +267,43 @@ pub fn run(req: &RunRequest<'_>) -> Result<i32, BuildError> {
         (None, Some(sig)) => 128 + sig,
         _ => 255,
     })
+}
+
+/// While alive, SIGINT, SIGTERM and SIGHUP are caught by a handler that does nothing (the
+/// child, whose handlers exec resets, still gets the default action); the old actions come
+/// back when dropped.
+struct DeferSignals {
+    old: Vec<(nix::sys::signal::Signal, nix::sys::signal::SigAction)>,
+}
+
+extern "C" fn note_signal(_: libc::c_int) {}
+
+impl DeferSignals {
+    fn install() -> DeferSignals {
+        use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+        let action = SigAction::new(
+            SigHandler::Handler(note_signal),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        let mut old = Vec::new();
+        for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+            // SAFETY: the handler does nothing, so it is async-signal-safe.
+            if let Ok(prev) = unsafe { sigaction(sig, &action) } {
+                old.push((sig, prev));
+            }
+        }
+        DeferSignals { old }
+    }
+}
+
+impl Drop for DeferSignals {
+    fn drop(&mut self) {
+        for (sig, prev) in self.old.drain(..) {
+            // SAFETY: restores the action that was there before.
+            let _ = unsafe { nix::sys::signal::sigaction(sig, &prev) };
+        }
+    }
 }
 
 /// The `tug` binary: `TUG_RUNTIME`, then `tug` next to this program, then on PATH.

@@ -197,6 +197,8 @@ USER www
 RUN id -u > /tmp/uid.txt; pwd > /tmp/pwd.txt
 USER root
 RUN cp /tmp/uid.txt /tmp/pwd.txt /www/
+COPY app/hello.txt /gone.txt
+RUN cp /opt/pkg/inside.txt /inside-copy && rm /gone.txt && rm -rf /opt/pkg && mkdir /opt/pkg && echo new > /opt/pkg/new.txt
 SHELL ["/bin/sh", "-ec"]
 VOLUME ["/data"]
 STOPSIGNAL SIGTERM
@@ -240,7 +242,15 @@ CMD ["-p", "80"]
     use std::os::unix::fs::MetadataExt;
     assert_eq!((hello.meta.uid(), hello.meta.gid()), (33, 33));
     assert_eq!(env.read(r, "/www/sub/deep.txt").unwrap(), "deep\n");
-    assert_eq!(env.read(r, "/opt/pkg/inside.txt").unwrap(), "inside");
+    // A RUN's deletions: a whiteout for the file, an opaque directory for the re-made one.
+    assert_eq!(
+        env.read(r, "/inside-copy").unwrap(),
+        "inside",
+        "ADD extracted"
+    );
+    assert!(env.read(r, "/gone.txt").is_none());
+    assert!(env.read(r, "/opt/pkg/inside.txt").is_none());
+    assert_eq!(env.read(r, "/opt/pkg/new.txt").unwrap(), "new\n");
     assert_eq!(env.read(r, "/www/args.txt").unwrap(), "hi cli two words\n");
     assert_eq!(env.read(r, "/www/uid-root.txt").unwrap(), "0\n");
     assert_eq!(env.read(r, "/www/uid.txt").unwrap(), "33\n");

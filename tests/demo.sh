@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/install-deps.sh
-cargo build --release -p tugboat
+cargo build --release -p tugboat -p tug-runtime
 bin=$PWD/target/release/tugboat
 ns=tugdemo$$
 data=/tmp/tugdemo$$
@@ -20,7 +20,7 @@ cleanup() {
   rm -rf "$data"
 }
 trap cleanup EXIT
-bash examples/build-images.sh "$data/build"
+TUGBOAT=$bin bash examples/shop/build.sh --data-dir "$data/build/data" --oci "$data/build/oci"
 ip netns add "$ns"
 ip -n "$ns" link set lo up
 in_ns() { nsenter --net="/run/netns/$ns" "$@"; }

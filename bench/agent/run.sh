@@ -6,7 +6,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${TUGBOAT:-$root/target/release/tugboat}
-[ -x "$bin" ] || { echo "build it first: cargo build --release -p tugboat" >&2; exit 1; }
+[ -x "$bin" ] || { echo "build it first: cargo build --release -p tugboat -p tug-runtime" >&2; exit 1; }
 ns=tugbench$$
 dir=/tmp/tugbench$$
 api=127.0.0.1:7480
@@ -47,7 +47,7 @@ cleanup() {
 libpod_before=$(ls -d /sys/fs/cgroup/*/libpod_parent >/dev/null 2>&1 && echo 1 || echo 0)
 trap cleanup EXIT
 mkdir -p "$dir"
-bash "$root/examples/build-images.sh" "$dir/build" >/dev/null
+TUGBOAT=$bin bash "$root/examples/shop/build.sh" --data-dir "$dir/build/data" --oci "$dir/build/oci" >/dev/null
 ip netns add $ns
 ip -n $ns link set lo up
 spawn_in_ns "$bin" server --data-dir "$dir/server" --listen $api 2>"$dir/server.log"

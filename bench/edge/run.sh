@@ -11,7 +11,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 duration=${DURATION:-600}
 if [ -z "${TUGBOAT:-}" ]; then
-  (cd "$root" && cargo build -q --release -p tugboat)
+  (cd "$root" && cargo build -q --release -p tugboat -p tug-runtime)
 fi
 bin=${TUGBOAT:-$root/target/release/tugboat}
 ns=tugedge$$
@@ -37,7 +37,7 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir -p "$dir"
-bash "$root/examples/build-images.sh" "$dir/build" >/dev/null
+TUGBOAT=$bin bash "$root/examples/shop/build.sh" --data-dir "$dir/build/data" --oci "$dir/build/oci" >/dev/null
 ip netns add $ns
 ip -n $ns link set lo up
 spawn_in_ns "$bin" server --data-dir "$dir/server" --listen $api 2>"$dir/server.log"

@@ -32,7 +32,7 @@ fn skip_reason() -> Option<String> {
 macro_rules! skip_unless_possible {
     () => {
         if let Some(why) = skip_reason() {
-            eprintln!("SKIP: {why}");
+            eprintln!("SKIPPED: {why}");
             return;
         }
     };

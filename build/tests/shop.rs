@@ -61,7 +61,7 @@ fn build_all(shop: &Path, base_ctx: &Path, data: &Path) -> usize {
 #[test]
 fn shop_dockerfiles_build_the_shop_images() {
     if let Some(why) = skip_reason() {
-        eprintln!("SKIP: {why}");
+        eprintln!("SKIPPED: {why}");
         return;
     }
     let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");

@@ -1,7 +1,7 @@
 //! tug-build: OCI images from a Dockerfile or Containerfile, without Docker.
 //!
 //! [`build`] parses the file ([`dockerfile`]), builds the stages the target needs, each
-//! instruction in order ([`builder`]): RUN in a `tug` container on an overlay of the layers
+//! instruction in order ([`builder`], the image config in [`config`]): RUN in a `tug` container on an overlay of the layers
 //! so far ([`run`]), COPY/ADD as layers written from the context or another stage
 //! ([`copy`]), the rest as changes of the image config. Layers are cached by the chain of
 //! instructions and the content they read ([`layer`]). The result is imported into the
@@ -9,6 +9,7 @@
 //! ([`output`]). See docs/build.md.
 
 pub mod builder;
+pub mod config;
 pub mod context;
 pub mod copy;
 pub mod dockerfile;

@@ -20,6 +20,9 @@ pub enum BuildError {
         command: String,
         code: i32,
     },
+    /// SIGINT, SIGTERM or SIGHUP during a RUN step: the step was stopped.
+    #[error("interrupted")]
+    Interrupted,
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,

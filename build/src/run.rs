@@ -225,6 +225,9 @@ pub fn run(req: &RunRequest<'_>) -> Result<i32, BuildError> {
     for d in [&upper, &work, &merged, &bundle, &state] {
         fs::create_dir_all(d).at(d)?;
     }
+    // Ctrl-C reaches tug too (same process group); the builder must outlive the step to
+    // clean up, so from here on it only notes the signal, and stops the step itself.
+    let signals = DeferSignals::install()?;
     let overlay = Overlay::mount(req.lower, &upper, &work, &merged, &s.join("empty"))?;
     let netns = FreshNetns::new().map_err(BuildError::Other)?;
     let cfg = config(req, &merged, &netns.path);
@@ -235,10 +238,10 @@ pub fn run(req: &RunRequest<'_>) -> Result<i32, BuildError> {
         .as_fd()
         .try_clone_to_owned()
         .map_err(|e| BuildError::io("stderr", e))?;
-    // Ctrl-C reaches tug too (same process group), which stops the command; the builder
-    // must outlive it to clean up, so it only notes the signal meanwhile.
-    let signals = DeferSignals::install();
-    let status = Command::new(req.tug)
+    if signals.pending() {
+        return Err(BuildError::Interrupted);
+    }
+    let child = Command::new(req.tug)
         .arg("--root")
         .arg(&state)
         .arg("run")
@@ -247,8 +250,9 @@ pub fn run(req: &RunRequest<'_>) -> Result<i32, BuildError> {
         .arg(&req.id)
         .stdin(Stdio::null())
         .stdout(Stdio::from(stderr))
-        .status()
+        .spawn()
         .map_err(|e| BuildError::io(req.tug, e));
+    let status = child.and_then(|c| wait_or_stop(c, &signals, req, &state));
     // Whatever happened, the container is gone before the overlay goes.
     let _ = Command::new(req.tug)
         .arg("--root")
@@ -260,7 +264,10 @@ pub fn run(req: &RunRequest<'_>) -> Result<i32, BuildError> {
     drop(netns);
     drop(overlay);
     drop(signals);
-    let status = status?;
+    let (status, interrupted) = status?;
+    if interrupted {
+        return Err(BuildError::Interrupted);
+    }
     use std::os::unix::process::ExitStatusExt;
     Ok(match (status.code(), status.signal()) {
         (Some(c), _) => c,
@@ -269,18 +276,97 @@ pub fn run(req: &RunRequest<'_>) -> Result<i32, BuildError> {
     })
 }
 
-/// While alive, SIGINT, SIGTERM and SIGHUP are caught by a handler that does nothing (the
-/// child, whose handlers exec resets, still gets the default action); the old actions come
-/// back when dropped.
+/// Wait for `tug run`; on SIGINT/SIGTERM/SIGHUP meanwhile, kill the step's container (its
+/// command may ignore the signal: it is pid 1 of its namespace) and keep waiting. Both are
+/// events (the signal pipe, the process's pidfd): no polling.
+fn wait_or_stop(
+    mut child: std::process::Child,
+    signals: &DeferSignals,
+    req: &RunRequest<'_>,
+    state: &Path,
+) -> Result<(std::process::ExitStatus, bool), BuildError> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+    if raw < 0 {
+        // No pidfd (Linux < 5.3): a plain wait; a signal then only reaches tug.
+        return child
+            .wait()
+            .map(|s| (s, false))
+            .map_err(|e| BuildError::io(req.tug, e));
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+    let mut interrupted = false;
+    loop {
+        let mut fds = [
+            PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(signals.pipe.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(BuildError::io("poll", e.into())),
+        }
+        let exited = fds[0].revents().is_some_and(|r| !r.is_empty());
+        let signalled = fds[1].revents().is_some_and(|r| !r.is_empty());
+        if signalled {
+            let mut buf = [0u8; 64];
+            let _ = nix::unistd::read(&signals.pipe, &mut buf);
+            if !interrupted {
+                interrupted = true;
+                eprintln!("interrupted: stopping the RUN step");
+                // The container's processes, then `tug run` itself (it may still be
+                // creating the container); `tug delete --force` afterwards removes
+                // whatever is left of it.
+                let _ = Command::new(req.tug)
+                    .arg("--root")
+                    .arg(state)
+                    .args(["kill", "--all", &req.id, "KILL"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+                let _ = child.kill();
+            }
+        }
+        if exited {
+            let status = child.wait().map_err(|e| BuildError::io(req.tug, e))?;
+            // The same Ctrl-C may have ended tug before this loop saw the pipe.
+            return Ok((status, interrupted || signals.pending()));
+        }
+    }
+}
+
+/// While alive, SIGINT, SIGTERM and SIGHUP are caught by a handler that writes a byte to
+/// `pipe` (the child, whose handlers exec resets, still gets the default action); the old
+/// actions come back when dropped.
 struct DeferSignals {
+    /// The read end of the signal pipe (non-blocking).
+    pipe: std::os::fd::OwnedFd,
+    /// The write end: open while the handler may write to it.
+    _write: std::os::fd::OwnedFd,
     old: Vec<(nix::sys::signal::Signal, nix::sys::signal::SigAction)>,
 }
 
-extern "C" fn note_signal(_: libc::c_int) {}
+/// The write end of the current signal pipe, for the handler (-1: none).
+static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn note_signal(_: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(std::sync::atomic::Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: write(2) is async-signal-safe; a full pipe just drops the byte.
+        unsafe { libc::write(fd, [1u8].as_ptr().cast(), 1) };
+    }
+}
 
 impl DeferSignals {
-    fn install() -> DeferSignals {
+    fn install() -> Result<DeferSignals, BuildError> {
         use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+        use std::os::fd::AsRawFd;
+        let (pipe, write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .map_err(|e| BuildError::io("pipe", e.into()))?;
+        SIGNAL_PIPE.store(write.as_raw_fd(), std::sync::atomic::Ordering::Relaxed);
         let action = SigAction::new(
             SigHandler::Handler(note_signal),
             SaFlags::SA_RESTART,
@@ -288,12 +374,24 @@ impl DeferSignals {
         );
         let mut old = Vec::new();
         for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-            // SAFETY: the handler does nothing, so it is async-signal-safe.
+            // SAFETY: the handler only calls write(2), which is async-signal-safe.
             if let Ok(prev) = unsafe { sigaction(sig, &action) } {
                 old.push((sig, prev));
             }
         }
-        DeferSignals { old }
+        Ok(DeferSignals {
+            pipe,
+            _write: write,
+            old,
+        })
+    }
+}
+
+impl DeferSignals {
+    /// Whether a signal came (the pipe has a byte), consuming it.
+    fn pending(&self) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(nix::unistd::read(&self.pipe, &mut buf), Ok(n) if n > 0)
     }
 }
 
@@ -303,6 +401,7 @@ impl Drop for DeferSignals {
             // SAFETY: restores the action that was there before.
             let _ = unsafe { nix::sys::signal::sigaction(sig, &prev) };
         }
+        SIGNAL_PIPE.store(-1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

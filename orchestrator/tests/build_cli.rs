@@ -88,3 +88,82 @@ fn build_stores_the_image_where_image_commands_look() {
         text(&bad)
     );
 }
+
+#[test]
+fn ctrl_c_during_run_stops_the_step_and_leaves_nothing() {
+    skip_unless_possible!("ctrl_c_during_run_stops_the_step_and_leaves_nothing");
+    let tugboat = std::path::PathBuf::from(env!("CARGO_BIN_EXE_tugboat"));
+    if !tugboat.with_file_name("tug").is_file() {
+        eprintln!(
+            "SKIPPED ctrl_c_during_run_stops_the_step_and_leaves_nothing: no tug next to tugboat (cargo build -p tug-runtime --bin tug)"
+        );
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::Builder::new().prefix("tgbb").tempdir().unwrap();
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
+    // pid 1 of its namespace ignores SIGINT: the builder must stop it itself.
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sleep\", \"600\"]\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let mut child = Command::new(&tugboat)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["build", "-q"])
+        .arg(&ctx)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    // If an assertion fails, the build (and its container) must not outlive the test.
+    // Disarmed once the build is reaped (its pid could then be anyone's).
+    struct StopGroup(Option<i32>);
+    impl Drop for StopGroup {
+        fn drop(&mut self) {
+            let Some(pg) = self.0 else { return };
+            let pg = nix::unistd::Pid::from_raw(pg);
+            let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGINT);
+            let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    let mut stop = StopGroup(Some(child.id() as i32));
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(data.to_str().unwrap())
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !mounted() {
+        assert!(Instant::now() < deadline, "the RUN step never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Ctrl-C: SIGINT to the whole process group, as a terminal sends it.
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            stop.0 = None;
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the build did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(!mounted(), "the overlay is unmounted");
+    let tmp: Vec<_> = std::fs::read_dir(data.join("build/tmp")).unwrap().collect();
+    assert!(tmp.is_empty(), "{tmp:?}");
+}

@@ -576,7 +576,13 @@ fn image_runs_with_tug() {
 fn oci_output_as_archive_and_layout() {
     skip_unless_possible!();
     let env = Env::new();
-    let mut o = env.opts(&format!("{BASE}LABEL a=b\n"), "test/out:1");
+    // An ARG before FROM, set with --build-arg, names the base.
+    let dockerfile = format!(
+        "ARG FIRST=nothere\n{}LABEL a=b\n",
+        BASE.replace("FROM scratch", "FROM ${FIRST}")
+    );
+    let mut o = env.opts(&dockerfile, "test/out:1");
+    o.build_args.insert("FIRST".into(), "scratch".into());
     let archive = env.dir.path().join("image.tar");
     o.output = Some(archive.clone());
     let report = build(&o).unwrap();

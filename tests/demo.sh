@@ -6,10 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/install-deps.sh
-echo "demo: building tugboat (release); a first build compiles ~300 crates, about 10 minutes on 2 cores" >&2
+echo "demo: building tugboat and tug (release); a first build compiles ~300 crates, about 10 minutes on 2 cores" >&2
 # Cargo draws its progress bar only on a terminal: draw it anyway when the output is a log.
 [ -t 2 ] || export CARGO_TERM_PROGRESS_WHEN=always CARGO_TERM_PROGRESS_WIDTH=100
-cargo build --release -p tugboat
+cargo build --release -p tugboat -p tug-runtime
 bin=$PWD/target/release/tugboat
 ns=tugdemo$$
 data=/tmp/tugdemo$$
@@ -23,7 +23,7 @@ cleanup() {
   rm -rf "$data"
 }
 trap cleanup EXIT
-bash examples/build-images.sh "$data/build"
+TUGBOAT=$bin bash examples/shop/build.sh --data-dir "$data/build/data" --oci "$data/build/oci"
 ip netns add "$ns"
 ip -n "$ns" link set lo up
 in_ns() { nsenter --net="/run/netns/$ns" "$@"; }

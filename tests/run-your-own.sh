@@ -51,10 +51,7 @@ grep -q "ExecStart=$work/prefix/bin/tugboat agent" "$work/systemd/tugboat-agent.
   fail "the agent unit does not name the installed tugboat"
 
 say "2. the shop's images"
-bash examples/build-images.sh "$work/images" >/dev/null
-for svc in front catalog cart orders payments; do
-  tugboat --data-dir "$data" image import "$work/images/oci/shop-$svc"
-done
+bash examples/shop/build.sh --data-dir "$data" >/dev/null
 tugboat --data-dir "$data" image ls | grep -q 'shop/front' || fail "shop/front is not in the store"
 
 say "3. tugboat up -f examples/shop.yaml (in network namespace $ns)"

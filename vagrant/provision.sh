@@ -79,7 +79,8 @@ install -d -m 0700 "$data_dir"
 # The shop's images as OCI layouts; the agent imports them into its image store
 # (<data-dir>/images) when it starts (--import, below).
 say "building the shop's images into $shop_images"
-bash "$src/examples/build-images.sh" "$shop_images" >/dev/null
+TUGBOAT=/usr/local/bin/tugboat bash "$src/examples/shop/build.sh" --data-dir "$shop_images/data" \
+  --oci "$shop_images/oci" >/dev/null
 if [ "$role" = server ] && [ -n "$token" ]; then
   # The server uses a token file that is there at its first start.
   (umask 077 && echo "$token" >"$data_dir/token")

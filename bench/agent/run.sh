@@ -6,7 +6,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${TUGBOAT:-$root/target/release/tugboat}
-[ -x "$bin" ] || { echo "build it first: cargo build --release -p tugboat" >&2; exit 1; }
+[ -x "$bin" ] || { echo "build it first: cargo build --release -p tugboat -p tug-runtime" >&2; exit 1; }
 ns=tugbench$$
 dir=/tmp/tugbench$$
 api=127.0.0.1:7480
@@ -47,7 +47,7 @@ cleanup() {
 libpod_before=$(ls -d /sys/fs/cgroup/*/libpod_parent >/dev/null 2>&1 && echo 1 || echo 0)
 trap cleanup EXIT
 mkdir -p "$dir"
-bash "$root/examples/build-images.sh" "$dir/build" >/dev/null
+TUGBOAT=$bin bash "$root/examples/shop/build.sh" --data-dir "$dir/build/data" --oci "$dir/build/oci" >/dev/null
 ip netns add $ns
 ip -n $ns link set lo up
 spawn_in_ns "$bin" server --data-dir "$dir/server" --listen $api 2>"$dir/server.log"
@@ -57,6 +57,10 @@ token=$(cat "$dir/server/token")
 # Over TLS: the client trusts the cluster CA; the agent joins with a join token and the CA's
 # hash, and then speaks with its own certificate (as a user runs it; docs/security.md).
 ca="$dir/server/tls/ca.pem"
+for _ in $(seq 1 100); do
+  in_ns "$bin" --addr $api --token "$token" --ca "$ca" describe cluster >/dev/null 2>&1 && break
+  sleep 0.1
+done
 hash=$(in_ns "$bin" --addr $api --token "$token" --ca "$ca" -o json describe cluster |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["ca_hash"])')
 join=$(in_ns "$bin" --addr $api --token "$token" --ca "$ca" token create --ttl 10m)

@@ -11,7 +11,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 duration=${DURATION:-600}
 if [ -z "${TUGBOAT:-}" ]; then
-  (cd "$root" && cargo build -q --release -p tugboat)
+  (cd "$root" && cargo build -q --release -p tugboat -p tug-runtime)
 fi
 bin=${TUGBOAT:-$root/target/release/tugboat}
 ns=tugedge$$
@@ -37,7 +37,7 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir -p "$dir"
-bash "$root/examples/build-images.sh" "$dir/build" >/dev/null
+TUGBOAT=$bin bash "$root/examples/shop/build.sh" --data-dir "$dir/build/data" --oci "$dir/build/oci" >/dev/null
 ip netns add $ns
 ip -n $ns link set lo up
 spawn_in_ns "$bin" server --data-dir "$dir/server" --listen $api 2>"$dir/server.log"
@@ -47,6 +47,10 @@ token=$(cat "$dir/server/token")
 # Over TLS: the client trusts the cluster CA; the agent joins with a join token and the CA's
 # hash, and then speaks with its own certificate (as a user runs it; docs/security.md).
 ca="$dir/server/tls/ca.pem"
+for _ in $(seq 1 100); do
+  in_ns "$bin" --addr $api --token "$token" --ca "$ca" describe cluster >/dev/null 2>&1 && break
+  sleep 0.1
+done
 hash=$(in_ns "$bin" --addr $api --token "$token" --ca "$ca" -o json describe cluster |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["ca_hash"])')
 join=$(in_ns "$bin" --addr $api --token "$token" --ca "$ca" token create --ttl 10m)

@@ -151,6 +151,31 @@ enum Command {
         #[arg(long)]
         tail: Option<u64>,
     },
+    /// Build an image from a Dockerfile/Containerfile into this node's image store
+    /// (under --data-dir); RUN steps run in `tug` containers. See docs/build.md.
+    Build {
+        /// The build context directory.
+        context: PathBuf,
+        /// Name the image (repeatable).
+        #[arg(short = 't', long = "tag")]
+        tags: Vec<String>,
+        /// The Dockerfile (default: Dockerfile, else Containerfile, in the context).
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// NAME=VALUE for an ARG (repeatable).
+        #[arg(long = "build-arg")]
+        build_args: Vec<String>,
+        /// Build this stage (default: the last).
+        #[arg(long)]
+        target: Option<String>,
+        /// Also write the image as an OCI layout dir, or an oci-archive if PATH ends in .tar
+        /// (`--output` is the global output format).
+        #[arg(long = "oci", value_name = "PATH")]
+        oci: Option<PathBuf>,
+        /// No step-by-step progress.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+    },
     /// Images of this node (the store under --data-dir): pull, import, ls, rm, prune, inspect.
     Image {
         #[command(subcommand)]
@@ -449,6 +474,10 @@ fn main() -> std::process::ExitCode {
             command: command.clone(),
         });
         return std::process::ExitCode::from(code.clamp(0, 255) as u8);
+    }
+    if let Command::Build { .. } = &cli.command {
+        // Before any async runtime: RUN steps start `tug` and hold a netns in a thread.
+        return build_image(&cli);
     }
     if let Command::Proxy { dir } = &cli.command {
         return std::process::ExitCode::from(tugboat::agent::proxy::run(dir) as u8);
@@ -945,9 +974,72 @@ async fn run(cli: Cli) -> Result<()> {
             };
             tugboat::up::up(config, tugboat::up::interrupted()).await?;
         }
-        Command::Monitor { .. } | Command::Proxy { .. } | Command::Nsexec { .. } => {
+        Command::Monitor { .. }
+        | Command::Proxy { .. }
+        | Command::Nsexec { .. }
+        | Command::Build { .. } => {
             unreachable!("handled before the async runtime starts")
         }
     }
     Ok(())
+}
+
+/// `tugboat build`: the image lands in the store under --data-dir, as `image import`'s do.
+fn build_image(cli: &Cli) -> std::process::ExitCode {
+    let Command::Build {
+        context,
+        tags,
+        file,
+        build_args,
+        target,
+        oci,
+        quiet,
+    } = &cli.command
+    else {
+        unreachable!("called for build")
+    };
+    let mut args = std::collections::BTreeMap::new();
+    for a in build_args {
+        // NAME alone takes the value from the environment, as docker build does.
+        let (k, v) = match a.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => match std::env::var(a) {
+                Ok(v) => (a.clone(), v),
+                Err(_) => continue,
+            },
+        };
+        args.insert(k, v);
+    }
+    let opts = tug_build::BuildOptions {
+        context: context.clone(),
+        dockerfile: file.clone(),
+        tags: tags.clone(),
+        build_args: args,
+        target: target.clone(),
+        output: oci.clone(),
+        data_dir: cli.data_dir.clone(),
+        tug: None,
+        quiet: *quiet,
+    };
+    match tug_build::build(&opts) {
+        Ok(report) => {
+            for w in &report.warnings {
+                eprintln!("warning: {w}");
+            }
+            if !quiet {
+                eprintln!(
+                    "{} layers built, {} from cache; stored as {}",
+                    report.layers_built,
+                    report.cache_hits,
+                    report.references.join(", ")
+                );
+            }
+            println!("{}", report.digest);
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -42,20 +42,43 @@ macro_rules! skip_unless_possible {
     };
 }
 
-/// The shop's images, built once per test run (examples/build-images.sh).
+/// The shop's images, built once per test run with `tugboat build` (examples/shop/build.sh)
+/// as OCI layouts under `<out>/oci/shop-<service>`.
 pub fn shop_images() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("shop-images");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/build-images.sh");
+        let tugboat = PathBuf::from(env!("CARGO_BIN_EXE_tugboat"));
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        // RUN steps need the `tug` binary next to tugboat; `cargo test -p tugboat` builds
+        // only tugboat's own binaries.
+        if !tugboat.with_file_name("tug").is_file() {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut build = Command::new(cargo);
+            build
+                .args(["build", "-q", "-p", "tug-runtime", "--bin", "tug"])
+                .current_dir(&workspace);
+            if tugboat.parent().and_then(|d| d.file_name()) == Some("release".as_ref()) {
+                build.arg("--release");
+            }
+            let status = build.status().expect("run cargo build for tug");
+            assert!(
+                status.success(),
+                "cargo build -p tug-runtime --bin tug failed"
+            );
+        }
         let done = Command::new("bash")
-            .arg(&script)
-            .arg(&out)
+            .arg(workspace.join("examples/shop/build.sh"))
+            .arg("--data-dir")
+            .arg(out.join("data"))
+            .arg("--oci")
+            .arg(out.join("oci"))
+            .env("TUGBOAT", &tugboat)
             .output()
-            .expect("run build-images.sh");
+            .expect("run examples/shop/build.sh");
         assert!(
             done.status.success(),
-            "build-images.sh failed: {}",
+            "examples/shop/build.sh failed: {}",
             String::from_utf8_lossy(&done.stderr)
         );
         out

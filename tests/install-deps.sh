@@ -86,6 +86,8 @@ command -v script >/dev/null || t+=(bsdutils)
 command -v docker-registry >/dev/null || t+=(docker-registry)
 command -v skopeo >/dev/null || t+=(skopeo)
 command -v umoci >/dev/null || t+=(umoci)
+# runtime: runc in a service (orchestrator/tests/runtimes.rs), and buildah's runtime.
+command -v runc >/dev/null || t+=(runc)
 command -v sha256sum >/dev/null || t+=(coreutils)
 install "the root tests (required by the test command)" "${t[@]}"
 

@@ -276,6 +276,10 @@ enum Command {
         dir: PathBuf,
         #[arg(long, default_value_t = 1 << 20)]
         log_max_bytes: u64,
+        #[arg(long, requires = "oci_root")]
+        oci_runtime: Option<PathBuf>,
+        #[arg(long)]
+        oci_root: Option<PathBuf>,
     },
     /// Run a command in a container's namespaces (the agent's exec helper).
     #[command(hide = true)]
@@ -288,6 +292,10 @@ enum Command {
         tty: bool,
         #[arg(long)]
         console_fd: Option<i32>,
+        #[arg(long, requires = "oci_root")]
+        oci_runtime: Option<PathBuf>,
+        #[arg(long)]
+        oci_root: Option<PathBuf>,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -447,6 +455,8 @@ fn main() -> std::process::ExitCode {
         runtime_root,
         dir,
         log_max_bytes,
+        oci_runtime,
+        oci_root,
     } = &cli.command
     {
         let args = tugboat::agent::monitor::MonitorArgs {
@@ -455,6 +465,7 @@ fn main() -> std::process::ExitCode {
             runtime_root: runtime_root.clone(),
             dir: dir.clone(),
             log_max_bytes: *log_max_bytes,
+            oci: oci_runtime.clone().zip(oci_root.clone()),
         };
         return std::process::ExitCode::from(tugboat::agent::monitor::run(&args) as u8);
     }
@@ -463,6 +474,8 @@ fn main() -> std::process::ExitCode {
         id,
         tty,
         console_fd,
+        oci_runtime,
+        oci_root,
         command,
     } = &cli.command
     {
@@ -472,6 +485,7 @@ fn main() -> std::process::ExitCode {
             tty: *tty,
             console_fd: *console_fd,
             command: command.clone(),
+            oci: oci_runtime.clone().zip(oci_root.clone()),
         });
         return std::process::ExitCode::from(code.clamp(0, 255) as u8);
     }

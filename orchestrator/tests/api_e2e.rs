@@ -427,6 +427,7 @@ async fn a_node_whose_subnet_overlaps_another_live_nodes_is_refused() {
     use tugboat::wire::NodeRegistration;
     let cluster = TestCluster::start(&[]).await;
     let node = |name: &str, subnet: &str| NodeRegistration {
+        runtimes: vec![],
         name: name.into(),
         labels: Default::default(),
         capacity: tugboat::model::Resources::new(1000, 1 << 30, 0),

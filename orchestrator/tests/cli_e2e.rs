@@ -211,6 +211,7 @@ async fn a_restarted_server_gives_known_nodes_a_fresh_grace_period() {
         .unwrap();
         let long_ago = tugboat::model::now_ms() - 600_000;
         let node = Node {
+            runtimes: vec![],
             name: "n1".into(),
             labels: Default::default(),
             capacity: Resources::new(1000, 1 << 30, 0),
@@ -243,6 +244,7 @@ async fn a_restarted_server_gives_known_nodes_a_fresh_grace_period() {
     // Another node that keeps heartbeating: with every node silent the server would take
     // itself for the one cut off and declare nothing lost.
     let registration = tugboat::wire::NodeRegistration {
+        runtimes: vec![],
         name: "n2".into(),
         labels: Default::default(),
         capacity: Resources::new(1000, 1 << 30, 0),

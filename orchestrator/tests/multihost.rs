@@ -198,6 +198,7 @@ fn two_hosts(overlay: &str) {
     // A second node whose subnet overlaps b's is refused, and told why.
     let refused = a.api(|c| async move {
         let registration = NodeRegistration {
+            runtimes: vec![],
             name: "c".into(),
             labels: BTreeMap::new(),
             capacity: Resources::new(1000, 1 << 30, 0),

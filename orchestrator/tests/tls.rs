@@ -91,6 +91,7 @@ impl Cluster {
 
 fn registration(name: &str, subnet: &str) -> NodeRegistration {
     NodeRegistration {
+        runtimes: vec![],
         name: name.into(),
         labels: Default::default(),
         capacity: Resources {

@@ -415,17 +415,42 @@ impl Supervisor {
         Ok(())
     }
 
+    /// The OCI runtime the service names, on this node.
+    fn oci(&self) -> Result<super::oci::Oci, String> {
+        super::oci::Oci::for_name(
+            self.instance.spec.runtime.as_deref(),
+            &self.ctx.runtime_root,
+            &self.ctx.node,
+        )
+    }
+
+    /// For signals and removal: the named runtime, or tug when it is missing (then nothing
+    /// was made by it).
+    fn oci_or_tug(&self) -> super::oci::Oci {
+        self.oci().unwrap_or_else(|_| super::oci::Oci::Tug {
+            root: self.ctx.runtime_root.clone(),
+        })
+    }
+
     /// Starts a monitor, which creates and starts the container.
     async fn launch(&mut self) -> Phase {
         if let Err(message) = self.prepare().await {
             return self.fail(message);
         }
+        let oci = match self.oci() {
+            Ok(oci) => oci,
+            Err(message) => return self.fail(message),
+        };
         let args = MonitorArgs {
             id: self.id().to_string(),
             bundle: self.paths.bundle(),
             runtime_root: self.ctx.runtime_root.clone(),
             dir: self.paths.dir.clone(),
             log_max_bytes: self.ctx.log_max_bytes,
+            oci: match oci {
+                super::oci::Oci::Tug { .. } => None,
+                super::oci::Oci::External { exe, root } => Some((exe, root)),
+            },
         };
         let _ = std::fs::remove_file(self.paths.monitor());
         let exe = self.ctx.monitor_exe.clone();
@@ -482,9 +507,9 @@ impl Supervisor {
         let _ = std::fs::remove_file(self.paths.exit());
         let _ = std::fs::remove_file(self.paths.monitor());
         // A container whose monitor died is still there: remove it so none runs twice.
-        let runtime = tug_runtime::Runtime::new(&self.ctx.runtime_root);
-        if runtime.load(self.id()).is_ok() {
-            let _ = runtime.delete(self.id(), true);
+        let runtime = self.oci_or_tug();
+        if runtime.exists(self.id()) {
+            let _ = runtime.delete(self.id());
         }
         self.set_endpoint(false);
         self.exit_code = exit.code;
@@ -589,8 +614,9 @@ impl Supervisor {
                 let r = self.probe(spec, address).await;
                 if !self.liveness.record(spec, r) {
                     // Kill it: the exit path restarts it and says why.
-                    let runtime = tug_runtime::Runtime::new(&self.ctx.runtime_root);
-                    let _ = runtime.kill(self.id(), nix::sys::signal::Signal::SIGKILL, true);
+                    let _ =
+                        self.oci_or_tug()
+                            .kill(self.id(), nix::sys::signal::Signal::SIGKILL, true);
                 }
             }
         }
@@ -717,7 +743,7 @@ impl Supervisor {
         self.ctx
             .services
             .remove_endpoint(&self.instance.service, &id);
-        let runtime = tug_runtime::Runtime::new(&self.ctx.runtime_root);
+        let runtime = self.oci_or_tug();
         if monitor_running(&self.paths.dir) {
             let stop = &self.instance.spec.stop;
             let signal = tug_runtime::signal::parse_signal(&stop.signal)
@@ -732,8 +758,8 @@ impl Supervisor {
                 .await;
             }
         }
-        if runtime.load(&id).is_ok() {
-            let _ = runtime.delete(&id, true);
+        if runtime.exists(&id) {
+            let _ = runtime.delete(&id);
         }
         {
             let _net = self.ctx.net_lock.lock().await;

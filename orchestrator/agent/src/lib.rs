@@ -21,6 +21,7 @@ pub mod monitor;
 pub mod netns_file;
 pub mod node_api;
 pub mod nsexec;
+pub mod oci;
 pub mod probes;
 pub mod proxy;
 pub mod remote;
@@ -341,6 +342,7 @@ impl Agent {
             address: self.config.address.clone(),
             subnet: Some(self.config.subnet),
             volumes,
+            runtimes: oci::available(),
             agent_url: self.api.as_ref().map(|(_, url)| url.clone()),
         }
     }

@@ -42,6 +42,9 @@ pub struct MonitorArgs {
     pub dir: PathBuf,
     /// The log file is rotated (to `container.log.1`) when it grows past this.
     pub log_max_bytes: u64,
+    /// Another OCI runtime's executable and state root (`runtime:` in the service); None:
+    /// tug, in this process.
+    pub oci: Option<(PathBuf, PathBuf)>,
 }
 
 impl MonitorArgs {
@@ -59,6 +62,16 @@ impl MonitorArgs {
             "--log-max-bytes".into(),
             self.log_max_bytes.to_string(),
         ]
+        .into_iter()
+        .chain(self.oci.iter().flat_map(|(exe, root)| {
+            [
+                "--oci-runtime".to_string(),
+                exe.display().to_string(),
+                "--oci-root".to_string(),
+                root.display().to_string(),
+            ]
+        }))
+        .collect()
     }
 }
 
@@ -243,6 +256,9 @@ fn supervise(args: &MonitorArgs) -> Result<ExitRecord, String> {
     let record_path = args.dir.join(MONITOR_FILE);
     write_json(&record_path, &record).map_err(|e| format!("{}: {e}", record_path.display()))?;
 
+    if let Some((exe, root)) = &args.oci {
+        return supervise_external(args, exe, root, record);
+    }
     let runtime = tug_runtime::Runtime::new(&args.runtime_root);
     // A container left by a monitor that died (kill -9, reboot) is removed first.
     if runtime.load(&args.id).is_ok() {
@@ -289,6 +305,88 @@ fn supervise(args: &MonitorArgs) -> Result<ExitRecord, String> {
     if let Err(e) = runtime.delete(&args.id, true) {
         eprintln!("tugboat monitor: delete {}: {e}", args.id);
     }
+    Ok(ExitRecord {
+        code: Some(code),
+        signal,
+        error: None,
+        finished_at_ms: now_ms(),
+        oom_kills,
+    })
+}
+
+/// [`supervise`] with another OCI runtime, through its command line: `create` with our
+/// pipes as its stdio (runc's pass-through mode: the container inherits them), `start`, then
+/// the container's init is reaped here (it is reparented to us, the subreaper, when the
+/// runtime's process exits), and `delete --force`. Threads are fine here: no clone of
+/// ours.
+fn supervise_external(
+    args: &MonitorArgs,
+    exe: &Path,
+    root: &Path,
+    mut record: MonitorRecord,
+) -> Result<ExitRecord, String> {
+    use super::oci::Oci;
+    let record_path = args.dir.join(MONITOR_FILE);
+    let _ = Oci::External {
+        exe: exe.into(),
+        root: root.into(),
+    }
+    .delete(&args.id);
+    let (out_r, out_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (err_r, err_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+    let log = LogWriter::open(args.dir.join(LOG_FILE), args.log_max_bytes);
+    let copier = std::thread::spawn(move || copy_output(out_r, err_r, log));
+    let null = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("/dev/null: {e}"))?;
+    let redirect = |a: RawFd, b: RawFd, c: RawFd| -> Result<(), String> {
+        dup_onto(a, 0)
+            .and_then(|_| dup_onto(b, 1))
+            .and_then(|_| dup_onto(c, 2))
+            .map_err(|e| format!("dup2: {e}"))
+    };
+    redirect(null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd())?;
+    let created = Oci::create_external(exe, root, &args.id, &args.bundle);
+    redirect(null.as_raw_fd(), null.as_raw_fd(), null.as_raw_fd())?;
+    drop((out_w, err_w));
+    let container_pid = match created {
+        Ok(pid) => pid,
+        Err(e) => {
+            // The runtime's own words went to the log: say the last of them.
+            let _ = copier.join();
+            let said = fs::read_to_string(args.dir.join(LOG_FILE)).unwrap_or_default();
+            let last = said.lines().last().unwrap_or_default().to_string();
+            return Err(if last.is_empty() {
+                e
+            } else {
+                format!("{e}: {last}")
+            });
+        }
+    };
+    if let Err(e) = Oci::start_external(exe, root, &args.id) {
+        let _ = Oci::External {
+            exe: exe.into(),
+            root: root.into(),
+        }
+        .delete(&args.id);
+        return Err(e);
+    }
+    record.container_pid = Some(container_pid);
+    let _ = write_json(&record_path, &record);
+    let (code, signal) = wait_for(container_pid);
+    let oom_kills =
+        super::stats::oom_kills(Path::new("/sys/fs/cgroup"), &args.id).unwrap_or_default();
+    if let Err(e) = (Oci::External {
+        exe: exe.into(),
+        root: root.into(),
+    })
+    .delete(&args.id)
+    {
+        eprintln!("tugboat monitor: delete {}: {e}", args.id);
+    }
+    let _ = copier.join();
     Ok(ExitRecord {
         code: Some(code),
         signal,
@@ -436,7 +534,19 @@ mod tests {
             runtime_root: "/r".into(),
             dir: "/d".into(),
             log_max_bytes: 10,
+            oci: None,
         };
         assert_eq!(args.to_args()[1], "a");
+        assert!(!args.to_args().contains(&"--oci-runtime".to_string()));
+        let runc = MonitorArgs {
+            oci: Some(("/usr/bin/runc".into(), "/r-runc".into())),
+            ..args
+        };
+        assert!(runc.to_args().ends_with(&[
+            "--oci-runtime".to_string(),
+            "/usr/bin/runc".into(),
+            "--oci-root".into(),
+            "/r-runc".into()
+        ]));
     }
 }

@@ -36,11 +36,26 @@ pub struct HelperArgs {
     /// An inherited socket to send the pty's master to.
     pub console_fd: Option<RawFd>,
     pub command: Vec<String>,
+    /// Another OCI runtime's executable and state root: its `exec` runs the command.
+    pub oci: Option<(PathBuf, PathBuf)>,
 }
 
 /// The helper's body (`tugboat nsexec`). Called before any async runtime exists.
 pub fn run(args: &HelperArgs) -> i32 {
     use tug_runtime::exec::{ExecFlags, ExecOptions, ExecProcess};
+    if let Some((exe, root)) = &args.oci {
+        if args.tty {
+            eprintln!(
+                "tugboat exec: a terminal (-t) with runtime {} is not supported yet; run without -t",
+                exe.display()
+            );
+            return CANNOT_RUN;
+        }
+        use std::os::unix::process::CommandExt;
+        let e = super::oci::Oci::exec_command(exe, root, &args.id, &args.command).exec();
+        eprintln!("tugboat exec: {}: {e}", exe.display());
+        return CANNOT_RUN;
+    }
     let console_fd = match args.console_fd {
         Some(fd) => {
             // SAFETY: F_GETFD only asks whether the fd is open.
@@ -84,6 +99,18 @@ pub struct ExecTarget {
 }
 
 impl ExecTarget {
+    /// The runtime the instance runs under, from its record (tug when unknown).
+    fn oci(&self) -> super::oci::Oci {
+        let runtime = super::monitor::read_json::<tugboat_api::model::Instance>(
+            &self.dir.join("instance.json"),
+        )
+        .and_then(|i| i.spec.runtime);
+        super::oci::Oci::for_name(runtime.as_deref(), &self.runtime_root, "this node")
+            .unwrap_or_else(|_| super::oci::Oci::Tug {
+                root: self.runtime_root.clone(),
+            })
+    }
+
     /// Refuses an instance whose container is not up (yet): no monitor or no container pid.
     pub fn check_running(&self) -> Result<(), String> {
         let record: super::monitor::MonitorRecord =
@@ -106,6 +133,12 @@ impl ExecTarget {
             cmd.arg("--tty")
                 .arg("--console-fd")
                 .arg(CONSOLE_FD.to_string());
+        }
+        if let super::oci::Oci::External { exe, root } = self.oci() {
+            cmd.arg("--oci-runtime")
+                .arg(exe)
+                .arg("--oci-root")
+                .arg(root);
         }
         cmd.arg("--").args(command).kill_on_drop(true);
         cmd

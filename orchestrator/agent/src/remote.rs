@@ -225,6 +225,7 @@ mod tests {
 
     fn node(name: &str, subnet: Option<&str>, address: Option<&str>, status: NodeStatus) -> Node {
         Node {
+            runtimes: vec![],
             name: name.into(),
             labels: Default::default(),
             capacity: Resources::default(),

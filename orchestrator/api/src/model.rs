@@ -348,6 +348,9 @@ pub struct Node {
     /// Named volumes that exist on this node.
     #[serde(default)]
     pub volumes: Vec<String>,
+    /// The OCI runtimes the node has (empty: a node of an earlier version, `tug` only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runtimes: Vec<String>,
     /// The agent's own API (instance logs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_url: Option<String>,

@@ -35,6 +35,9 @@ pub struct NodeRegistration {
     /// The agent's own API (instance logs), e.g. `http://10.0.0.5:7481`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_url: Option<String>,
+    /// The OCI runtimes the node has (`tug`, and runc, crun, ... found on its PATH).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runtimes: Vec<String>,
 }
 
 /// A heartbeat's body: what the node sees of its peers (its own direct probes). The server

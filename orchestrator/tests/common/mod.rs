@@ -72,6 +72,7 @@ impl TestCluster {
 
     pub async fn add_node(&mut self, name: &str, labels: &[(&str, &str)], capacity: Resources) {
         let registration = NodeRegistration {
+            runtimes: vec![],
             name: name.into(),
             labels: labels
                 .iter()

@@ -64,6 +64,10 @@ pub struct ServiceSpec {
     /// Secrets (`tugboat secret create`) mounted as files, read-only, from a tmpfs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<SecretMount>,
+    /// The OCI runtime: `tug` (default), or one with runc's command line by name on the
+    /// node's PATH (`runc`, `crun`, `runsc`) or by absolute path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
 }
 
 /// A secret in the container: a directory with one file per key, at `target` (default
@@ -609,6 +613,7 @@ impl ServiceSpec {
             reschedule: RescheduleSpec::default(),
             security: SecuritySpec::default(),
             secrets: vec![],
+            runtime: None,
         }
     }
 

@@ -136,6 +136,22 @@ fn check_service(c: &mut Checker, base: &str, spec: &ServiceSpec, exists: &dyn F
     check_volumes(c, base, spec);
     check_security(c, base, spec);
     check_secrets(c, base, spec);
+    if let Some(runtime) = &spec.runtime {
+        let name_ok = !runtime.is_empty()
+            && runtime.len() <= 64
+            && runtime
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        let path_ok = runtime.starts_with('/') && !runtime.split('/').any(|p| p == "..");
+        if !name_ok && !path_ok {
+            c.fail(
+                format!("{base}.runtime"),
+                format!(
+                    "`{runtime}` is not a runtime: write tug, a name on the node's PATH (runc, crun, runsc) or an absolute path"
+                ),
+            );
+        }
+    }
     for (kind, probe) in [
         ("liveness", &spec.health.liveness),
         ("readiness", &spec.health.readiness),

@@ -241,6 +241,7 @@ proptest! {
 
 fn test_node(name: &str) -> Node {
     Node {
+        runtimes: vec![],
         name: name.into(),
         labels: Default::default(),
         capacity: Resources::default(),

@@ -96,6 +96,7 @@ impl ControlPlane {
             registered_at_ms: existing.as_ref().map_or(now, |e| e.object.registered_at_ms),
             last_heartbeat_ms: now,
             volumes: registration.volumes,
+            runtimes: registration.runtimes,
             agent_url: registration.agent_url,
             heartbeat_every_ms: self.timers.nodes.heartbeat_every_ms,
             // An operator's cordon or drain outlives the agent's restarts.
@@ -378,6 +379,7 @@ mod tests {
 
     fn node(name: &str, subnet: &str, status: NodeStatus) -> Node {
         Node {
+            runtimes: vec![],
             name: name.into(),
             labels: BTreeMap::new(),
             capacity: Resources::default(),

@@ -13,6 +13,8 @@ pub struct PlacementRequest {
     pub host_ports: Vec<(Protocol, u16)>,
     pub named_volumes: Vec<String>,
     pub placement: PlacementSpec,
+    /// An OCI runtime by name the node must have (None: tug, or a path the agent checks).
+    pub runtime: Option<String>,
 }
 
 impl PlacementRequest {
@@ -32,6 +34,10 @@ impl PlacementRequest {
                 .map(|v| v.source.clone())
                 .collect(),
             placement: spec.placement.clone(),
+            runtime: spec
+                .runtime
+                .clone()
+                .filter(|r| r != "tug" && !r.starts_with('/')),
         }
     }
 }
@@ -50,6 +56,8 @@ pub struct NodeState {
     /// Instances per service on this node.
     pub services: HashMap<Arc<str>, u32>,
     pub volumes: HashSet<String>,
+    /// OCI runtimes by name (tug always).
+    pub runtimes: HashSet<String>,
 }
 
 impl NodeState {
@@ -64,6 +72,7 @@ impl NodeState {
             host_ports: HashSet::new(),
             services: HashMap::new(),
             volumes: HashSet::new(),
+            runtimes: HashSet::from(["tug".to_string()]),
         }
     }
 
@@ -72,6 +81,7 @@ impl NodeState {
         state.ready = node.status == NodeStatus::Ready;
         state.cordoned = node.cordoned || node.draining;
         state.volumes = node.volumes.iter().cloned().collect();
+        state.runtimes.extend(node.runtimes.iter().cloned());
         state
     }
 

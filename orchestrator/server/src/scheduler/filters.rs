@@ -18,6 +18,7 @@ pub enum Rejection {
     AffinityUnmet { service: String },
     AntiAffinity { service: String },
     VolumeElsewhere { volume: String, node: String },
+    RuntimeMissing { runtime: String },
 }
 
 impl fmt::Display for Rejection {
@@ -48,6 +49,7 @@ impl fmt::Display for Rejection {
             Rejection::VolumeElsewhere { volume, node } => {
                 write!(f, "volume `{volume}` is on node {node}")
             }
+            Rejection::RuntimeMissing { runtime } => write!(f, "no runtime {runtime}"),
         }
     }
 }
@@ -234,10 +236,32 @@ impl Filter for VolumeAvailable {
 pub fn default_filters() -> Vec<Box<dyn Filter>> {
     vec![
         Box::new(NodeReady),
+        Box::new(RuntimeAvailable),
         Box::new(ResourcesFit),
         Box::new(LabelsMatch),
         Box::new(PortsFree),
         Box::new(ServiceAffinity),
         Box::new(VolumeAvailable),
     ]
+}
+
+/// The node has the OCI runtime the service names (`runtime: runc`).
+pub struct RuntimeAvailable;
+impl Filter for RuntimeAvailable {
+    fn name(&self) -> &'static str {
+        "runtime"
+    }
+    fn check(
+        &self,
+        request: &PlacementRequest,
+        node: &NodeState,
+        _: &ClusterState,
+    ) -> Result<(), Rejection> {
+        match &request.runtime {
+            Some(runtime) if !node.runtimes.contains(runtime) => Err(Rejection::RuntimeMissing {
+                runtime: runtime.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
 }

@@ -430,3 +430,28 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn a_named_runtime_goes_only_to_nodes_that_have_it() {
+    let scheduler = all_nodes();
+    let mut with_runc = node("b", 4, 4, &[]);
+    with_runc.runtimes.insert("runc".into());
+    let mut cluster = ClusterState::new(vec![node("a", 4, 4, &[]), with_runc]);
+    let mut s = spec(100, 0);
+    s.runtime = Some("runc".into());
+    let placed = scheduler.place(&mut cluster, &request("r", &s)).unwrap();
+    assert_eq!(cluster.nodes[placed.node_index].name, "b");
+    s.runtime = Some("runsc".into());
+    assert_eq!(
+        scheduler
+            .plan(&cluster, &request("g", &s))
+            .unwrap_err()
+            .to_string(),
+        "2 nodes: no runtime runsc"
+    );
+    // tug is everywhere, and a path is the agent's to check.
+    for r in ["tug", "/opt/kata/bin/kata-runtime"] {
+        s.runtime = Some(r.into());
+        assert!(scheduler.plan(&cluster, &request("t", &s)).is_ok(), "{r}");
+    }
+}

@@ -226,6 +226,9 @@ pub fn describe_service(d: &ServiceDescription, now_ms: u64) -> String {
         s.rollout.template_hash,
         if s.rollout.message.is_empty() { String::new() } else { format!(" ({})", s.rollout.message) },
     );
+    if let (Some(a), Some(last)) = (&s.spec.autoscale, &d.autoscale) {
+        out += &format!("Autoscale:   {} to {}; last: {last}\n", a.min, a.max);
+    }
     let pending: Vec<&Instance> = d
         .instances
         .iter()

@@ -556,3 +556,105 @@ async fn a_cordoned_node_takes_nothing_new_and_a_drained_node_is_emptied_replace
     assert!(!n2.cordoned && !n2.draining);
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_autoscaled_service_scales_out_on_cpu_and_back_in_after_its_window() {
+    use tugboat::model::InstanceStats;
+    use tugboat::wire::{InstanceStatusReport, ReportedPhase};
+    let cluster = TestCluster::start(&[("n1", &[]), ("n2", &[])]).await;
+    let client = &cluster.client;
+    let spec = r#"
+services:
+  front:
+    image: shop/front:1
+    replicas: 2
+    resources:
+      requests: {cpu: 100m}
+    autoscale:
+      min: 2
+      max: 6
+      target: {cpu: 50%}
+      scale_up: {max_step: 4, period_seconds: 1}
+      scale_down: {stabilization_seconds: 2, max_step: 1, period_seconds: 1}
+"#;
+    client
+        .apply(&parse_spec_file("a.yaml", spec, &|_| false).unwrap())
+        .await
+        .unwrap();
+    // The load: what each ready instance's agent would report, refreshed as agents do.
+    let load = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(150));
+    let reporter = {
+        let client = client.clone();
+        let load = load.clone();
+        tokio::spawn(async move {
+            loop {
+                let list = client.instances(Some("front")).await.map(|l| l.items);
+                for i in list.unwrap_or_default().into_iter().filter(|i| i.ready) {
+                    let report = InstanceStatusReport {
+                        node: i.node.clone().unwrap_or_default(),
+                        phase: ReportedPhase::Running,
+                        ready: true,
+                        message: "running".into(),
+                        exit_code: None,
+                        restarts: 0,
+                        stats: Some(InstanceStats {
+                            cpu_millis: load.load(std::sync::atomic::Ordering::SeqCst),
+                            memory_bytes: 1 << 20,
+                            pids: 1,
+                            at_ms: tugboat::model::now_ms(),
+                        }),
+                        address: None,
+                        last_exit: None,
+                        crash_looping: false,
+                    };
+                    let _ = client.report_status(&i.id, &report).await;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    // 2 instances at 150% of their request, target 50%: 300m needs 6.
+    eventually("front scaled out to 6", WAIT, || async {
+        let d = client.describe_service("front").await.ok()?;
+        (d.service.spec.replicas == 6 && ready_count(&d.instances) == 6).then_some(())
+    })
+    .await;
+    let d = client.describe_service("front").await.unwrap();
+    assert!(
+        d.events.iter().any(|e| e.reason == "autoscaled"
+            && e.message == "2 -> 6 replicas: cpu 150% of request (target 50%)"),
+        "{:#?}",
+        d.events
+    );
+    assert!(d.autoscale.unwrap().contains("cpu"));
+    // A person's scale is refused, and says what to change.
+    let err = client.scale("front", 3).await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Api { status: 409, message, .. } if message.contains("autoscale.min")),
+        "{err}"
+    );
+    // Idle: one step at a time, after the window, down to min.
+    load.store(5, std::sync::atomic::Ordering::SeqCst);
+    eventually("front back to 2", WAIT, || async {
+        let d = client.describe_service("front").await.ok()?;
+        (d.service.spec.replicas == 2).then_some(())
+    })
+    .await;
+    let d = client.describe_service("front").await.unwrap();
+    let downs: Vec<&str> = d
+        .events
+        .iter()
+        .filter(|e| e.reason == "autoscaled" && e.message.starts_with(|c: char| c.is_ascii_digit()))
+        .map(|e| e.message.as_str())
+        .collect();
+    assert!(
+        downs.iter().any(|m| m.starts_with("6 -> 5 replicas")),
+        "{downs:?}"
+    );
+    assert!(
+        !downs.iter().any(|m| m.starts_with("6 -> 2")),
+        "one step at a time: {downs:?}"
+    );
+    reporter.abort();
+    cluster.stop().await;
+}

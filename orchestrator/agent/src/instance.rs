@@ -698,7 +698,13 @@ impl Supervisor {
         if Instant::now() >= self.stats_due {
             // Until the cgroup exists (the container is starting), try again next time.
             if let Some(stats) = self.read_stats() {
-                self.stats_due = Instant::now() + Duration::from_secs(10);
+                // An autoscaled service's autoscaler decides on these: every 2 s for it.
+                let every = if self.instance.spec.autoscale.is_some() {
+                    2
+                } else {
+                    10
+                };
+                self.stats_due = Instant::now() + Duration::from_secs(every);
                 report.stats = Some(stats);
             }
         }

@@ -156,6 +156,9 @@ pub struct ServiceDescription {
     pub service: Service,
     pub instances: Vec<Instance>,
     pub events: Vec<Event>,
+    /// The autoscaler's last decision, in words (autoscaled services).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ pub mod units;
 pub mod validate;
 
 pub use file::{parse_spec_file, SpecFileError};
-pub use units::{Cpu, Memory, Port, UpdateCount};
+pub use units::{Cpu, Memory, Percent, Port, UpdateCount};
 pub use validate::{validate_services, SpecError};
 
 use serde::{Deserialize, Serialize};
@@ -68,6 +68,88 @@ pub struct ServiceSpec {
     /// node's PATH (`runc`, `crun`, `runsc`) or by absolute path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
+    /// Replicas set by usage, between `min` and `max` (then `replicas` is only the start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleSpec>,
+}
+
+/// Replica autoscaling on usage against requests, in the manner of Kubernetes' HPA
+/// (docs/spec.md): a tolerance band, a scale-down stabilization window, bounded steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoscaleSpec {
+    pub min: u32,
+    pub max: u32,
+    pub target: AutoscaleTarget,
+    #[serde(default = "ScaleUpSpec::default")]
+    pub scale_up: ScaleUpSpec,
+    #[serde(default = "ScaleDownSpec::default")]
+    pub scale_down: ScaleDownSpec,
+}
+
+/// Average use over ready instances, in % of what each requests; several: the largest
+/// recommendation wins.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoscaleTarget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Percent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Percent>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleUpSpec {
+    /// At most this many instances added per period.
+    #[serde(default = "four")]
+    pub max_step: u32,
+    #[serde(default = "fifteen")]
+    pub period_seconds: u32,
+}
+
+impl Default for ScaleUpSpec {
+    fn default() -> Self {
+        ScaleUpSpec {
+            max_step: 4,
+            period_seconds: 15,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleDownSpec {
+    /// Scale down to the highest recommendation of this window only: no flapping.
+    #[serde(default = "three_hundred")]
+    pub stabilization_seconds: u32,
+    #[serde(default = "one")]
+    pub max_step: u32,
+    #[serde(default = "sixty")]
+    pub period_seconds: u32,
+}
+
+impl Default for ScaleDownSpec {
+    fn default() -> Self {
+        ScaleDownSpec {
+            stabilization_seconds: 300,
+            max_step: 1,
+            period_seconds: 60,
+        }
+    }
+}
+
+fn four() -> u32 {
+    4
+}
+fn fifteen() -> u32 {
+    15
+}
+fn sixty() -> u32 {
+    60
+}
+fn three_hundred() -> u32 {
+    300
 }
 
 /// A secret in the container: a directory with one file per key, at `target` (default
@@ -614,6 +696,7 @@ impl ServiceSpec {
             security: SecuritySpec::default(),
             secrets: vec![],
             runtime: None,
+            autoscale: None,
         }
     }
 
@@ -622,8 +705,10 @@ impl ServiceSpec {
     pub fn template_hash(&self) -> String {
         let mut template = self.clone();
         template.replicas = 0;
-        // Like replicas, the reschedule policy is the service's, not its instances'.
+        // Like replicas, the reschedule and autoscale policies are the service's, not its
+        // instances'.
         template.reschedule = RescheduleSpec::default();
+        template.autoscale = None;
         let bytes = serde_json::to_vec(&template).expect("a spec always serializes");
         // FNV-1a, 64 bits: stable across runs and versions, unlike std's hasher.
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;

@@ -345,3 +345,68 @@ mod tests {
         assert_eq!(port_from_f64(8080.0).unwrap(), Port(8080));
     }
 }
+
+/// A percentage, written `70%` or `70`: 1 to 1000.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Percent(pub u32);
+
+const PERCENT_EXPECTED: &str = "a percentage from 1% to 1000%, like 70%";
+
+impl Percent {
+    pub fn parse(text: &str) -> Result<Percent, String> {
+        let t = text.trim();
+        let n: u32 = t
+            .strip_suffix('%')
+            .unwrap_or(t)
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{text}` is not {PERCENT_EXPECTED}"))?;
+        Percent::from_number(n)
+    }
+    fn from_number(n: u32) -> Result<Percent, String> {
+        if (1..=1000).contains(&n) {
+            Ok(Percent(n))
+        } else {
+            Err(format!("{n}% is not {PERCENT_EXPECTED}"))
+        }
+    }
+}
+
+impl fmt::Display for Percent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}%", self.0)
+    }
+}
+
+impl Serialize for Percent {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Percent;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(PERCENT_EXPECTED)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Percent, E> {
+                Percent::parse(v).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Percent, E> {
+                Percent::from_number(u32::try_from(v).unwrap_or(u32::MAX)).map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Percent, E> {
+                Percent::from_number(u32::try_from(v).unwrap_or(0)).map_err(E::custom)
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Percent, E> {
+                Err(E::custom(format!(
+                    "{v} is not {PERCENT_EXPECTED} (a whole number)"
+                )))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

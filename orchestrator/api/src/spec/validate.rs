@@ -136,6 +136,48 @@ fn check_service(c: &mut Checker, base: &str, spec: &ServiceSpec, exists: &dyn F
     check_volumes(c, base, spec);
     check_security(c, base, spec);
     check_secrets(c, base, spec);
+    if let Some(a) = &spec.autoscale {
+        let path = format!("{base}.autoscale");
+        if a.min == 0 || a.min > a.max || a.max > 10_000 {
+            c.fail(
+                format!("{path}.min"),
+                format!(
+                    "min {} and max {}: expected 1 <= min <= max <= 10000",
+                    a.min, a.max
+                ),
+            );
+        }
+        if a.target.cpu.is_none() && a.target.memory.is_none() {
+            c.fail(
+                format!("{path}.target"),
+                "a target is needed: cpu: 70% and/or memory: 60% (of the requests)",
+            );
+        }
+        if a.target.cpu.is_some() && spec.resources.requests.cpu.is_none() {
+            c.fail(
+                format!("{path}.target.cpu"),
+                "a cpu target is a % of the cpu request: set resources.requests.cpu",
+            );
+        }
+        if a.target.memory.is_some() && spec.resources.requests.memory.is_none() {
+            c.fail(
+                format!("{path}.target.memory"),
+                "a memory target is a % of the memory request: set resources.requests.memory",
+            );
+        }
+        if a.scale_up.max_step == 0 || a.scale_down.max_step == 0 {
+            c.fail(
+                format!("{path}.scale_up.max_step"),
+                "steps are at least 1 instance",
+            );
+        }
+        if a.scale_up.period_seconds == 0 || a.scale_down.period_seconds == 0 {
+            c.fail(
+                format!("{path}.scale_up.period_seconds"),
+                "periods are at least 1 second",
+            );
+        }
+    }
     if let Some(runtime) = &spec.runtime {
         let name_ok = !runtime.is_empty()
             && runtime.len() <= 64

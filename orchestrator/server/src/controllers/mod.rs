@@ -2,6 +2,7 @@
 //! against the store ([`runner`]).
 
 pub mod addresses;
+pub mod autoscale;
 pub mod node;
 pub mod runner;
 pub mod service;

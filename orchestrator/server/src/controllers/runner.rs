@@ -54,6 +54,7 @@ pub async fn reconcile_once(cp: &ControlPlane) -> Result<Option<Duration>> {
         .map(|n| n.object.name.clone())
         .collect();
     reconcile_services(cp, &services, &instances, &draining, now).await?;
+    autoscale_services(cp, &services, &instances, now).await?;
     assign_service_addresses(cp).await?;
     schedule_pending(cp).await?;
     cp.prune_events().await?;
@@ -414,4 +415,68 @@ pub async fn run_controllers(cp: Arc<ControlPlane>, mut shutdown: watch::Receive
             return;
         }
     }
+}
+
+/// The autoscalers: for each autoscaled service, the decision from its instances' latest
+/// usage (in memory, from the agents' reports); a change of replicas is an event with its
+/// numbers, and the service controller makes it so on its next pass.
+async fn autoscale_services(
+    cp: &ControlPlane,
+    services: &[Versioned<Service>],
+    instances: &[Versioned<Instance>],
+    now: u64,
+) -> Result<()> {
+    use super::autoscale::{decide, Observed};
+    let mut decisions = vec![];
+    {
+        let mut histories = cp.autoscale.lock().unwrap_or_else(|p| p.into_inner());
+        histories.retain(|name, _| {
+            services
+                .iter()
+                .any(|s| &s.object.name == name && s.object.spec.autoscale.is_some())
+        });
+        for service in services {
+            let spec = &service.object.spec;
+            let Some(autoscale) = &spec.autoscale else {
+                continue;
+            };
+            let hash = &service.object.rollout.template_hash;
+            let observed: Vec<Observed> = instances
+                .iter()
+                .map(|i| &i.object)
+                .filter(|i| {
+                    i.service == service.object.name
+                        && &i.template_hash == hash
+                        && i.phase != InstancePhase::Failed
+                })
+                .map(|i| Observed {
+                    ready: i.ready,
+                    // A report older than a minute says nothing about now.
+                    usage: cp
+                        .usage_of(&i.id)
+                        .filter(|u| u.at_ms.saturating_add(60_000) >= now),
+                })
+                .collect();
+            let history = histories.entry(service.object.name.clone()).or_default();
+            if let Some(d) = decide(
+                autoscale,
+                &spec.resources.requests,
+                spec.replicas,
+                &observed,
+                history,
+                now,
+            ) {
+                history.last = Some(d.reason.clone());
+                decisions.push((service.object.name.clone(), d));
+            }
+        }
+    }
+    for (name, d) in decisions {
+        match cp.autoscale_to(&name, d.replicas, &d.reason).await {
+            Ok(_) | Err(ControlPlaneError::NotFound { .. }) => {}
+            Err(ControlPlaneError::Conflict(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

@@ -76,6 +76,8 @@ pub struct ControlPlane {
     /// Last usage reported per instance, in memory only: measurements are not durable
     /// state, and a store write per stats report was most of what the server wrote.
     usage: Mutex<HashMap<String, tugboat_api::model::InstanceStats>>,
+    /// Per autoscaled service, what its autoscaler remembers (in memory).
+    pub(crate) autoscale: Mutex<HashMap<String, crate::controllers::autoscale::History>>,
     ids: Mutex<u64>,
     event_seq: AtomicU64,
 }
@@ -95,6 +97,7 @@ impl ControlPlane {
             heartbeats: Mutex::new(HashMap::new()),
             peer_seen: Mutex::new(HashMap::new()),
             usage: Mutex::new(HashMap::new()),
+            autoscale: Mutex::new(HashMap::new()),
             ids: Mutex::new(seed | 1),
             event_seq: AtomicU64::new(0),
         }
@@ -120,6 +123,24 @@ impl ControlPlane {
             .get(&instance.id)
             .copied();
         instance
+    }
+
+    /// The latest usage of an instance.
+    pub(crate) fn usage_of(&self, id: &str) -> Option<tugboat_api::model::InstanceStats> {
+        self.usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .copied()
+    }
+
+    /// The autoscaler's last decision for a service, in words.
+    pub fn autoscale_status(&self, service: &str) -> Option<String> {
+        self.autoscale
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(service)
+            .and_then(|h| h.last.clone())
     }
 
     /// Forgets the usage of instances that are gone (`live` are all that exist).

@@ -182,6 +182,23 @@ impl ControlPlane {
         )))
     }
 
+    /// The autoscaler's change of replicas (manual scaling of an autoscaled service is
+    /// refused).
+    pub(crate) async fn autoscale_to(
+        &self,
+        name: &str,
+        replicas: u32,
+        reason: &str,
+    ) -> Result<Service> {
+        let reason = reason.to_string();
+        self.update_service(name, "autoscaled", move |service| {
+            service.spec.replicas = replicas;
+            service.generation += 1;
+            Ok(reason.clone())
+        })
+        .await
+    }
+
     pub async fn scale_service(&self, name: &str, replicas: u32) -> Result<Service> {
         if replicas > tugboat_api::spec::validate::MAX_REPLICAS {
             return Err(ControlPlaneError::BadRequest(format!(
@@ -190,6 +207,12 @@ impl ControlPlane {
             )));
         }
         self.update_service(name, "scaled", |service| {
+            if let Some(a) = &service.spec.autoscale {
+                return Err(ControlPlaneError::Conflict(format!(
+                    "service `{name}` is autoscaled between {} and {} replicas: change autoscale.min and max in its spec instead",
+                    a.min, a.max
+                )));
+            }
             let from = service.spec.replicas;
             service.spec.replicas = replicas;
             service.generation += 1;

@@ -90,10 +90,15 @@ impl ControlPlane {
         let events = self
             .recent_events(|e| e.name == name || ids.contains(e.name.as_str()))
             .await?;
+        let autoscale = service.spec.autoscale.as_ref().map(|_| {
+            self.autoscale_status(name)
+                .unwrap_or_else(|| "no decision yet".into())
+        });
         Ok(ServiceDescription {
             service,
             instances,
             events,
+            autoscale,
         })
     }
 

@@ -620,9 +620,12 @@ services:
     })
     .await;
     let d = client.describe_service("front").await.unwrap();
+    // Each step says its numbers (the first may come before both instances reported).
     assert!(
         d.events.iter().any(|e| e.reason == "autoscaled"
-            && e.message == "2 -> 6 replicas: cpu 150% of request (target 50%)"),
+            && e.message.starts_with("2 -> ")
+            && e.message
+                .ends_with(" replicas: cpu 150% of request (target 50%)")),
         "{:#?}",
         d.events
     );
@@ -656,5 +659,78 @@ services:
         "one step at a time: {downs:?}"
     );
     reporter.abort();
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_describe_the_cluster_in_prometheus_text() {
+    let cluster = TestCluster::start(&[("n1", &[]), ("n2", &[]), ("n3", &[])]).await;
+    let client = &cluster.client;
+    let file = parse_spec_file("shop.yaml", SHOP, &|_| false).unwrap();
+    client.apply(&file).await.unwrap();
+    eventually("3 web ready", WAIT, || async {
+        (ready_count(&cluster.instances("web").await) == 3).then_some(())
+    })
+    .await;
+    let addr = cluster.server.addr.to_string();
+    let scrape = |token: Option<String>| {
+        let mut r = reqwest::Client::new().get(format!("http://{addr}/metrics"));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    let anonymous = scrape(None).await.unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    let answer = scrape(cluster.server.token.clone()).await.unwrap();
+    assert!(answer.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let text = answer.text().await.unwrap();
+    for line in [
+        "tugboat_service_replicas_desired{service=\"web\"} 3",
+        "tugboat_service_replicas_ready{service=\"web\"} 3",
+        "tugboat_node_ready{node=\"n1\"} 1",
+        "tugboat_node_capacity_memory_bytes{node=\"n1\"}",
+        "tugboat_api_requests_total{route=\"/v1/apply\",method=\"POST\",code=\"200\"} 1",
+        "# TYPE tugboat_api_request_duration_seconds histogram",
+        "tugboat_instances{status=\"running\"}",
+    ] {
+        assert!(text.contains(line), "no `{line}` in:\n{text}");
+    }
+    assert!(text.ends_with("# EOF\n"));
+    // What the scheduler placed is what the nodes show allocated: 3 web x 0.25 + 1 db x 0.5.
+    let allocated: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("tugboat_node_allocated_cpu_cores{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!((allocated - 1.25).abs() < 1e-9, "{allocated}\n{text}");
+    // promtool, where Prometheus is installed, accepts it.
+    if let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        eprintln!("SKIP promtool check metrics: no promtool (Debian's prometheus package)");
+    }
     cluster.stop().await;
 }

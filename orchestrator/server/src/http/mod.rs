@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod metrics;
 pub mod request;
 pub mod routes;
 
@@ -33,6 +34,8 @@ pub struct ApiState {
     pub tls: Option<Arc<crate::pki::ServerTls>>,
     /// The key secrets are sealed with in the store.
     pub secrets: Arc<crate::controlplane::secrets::SecretBox>,
+    /// The API's request counters and latencies (`GET /metrics`).
+    pub metrics: Arc<metrics::ApiMetrics>,
 }
 
 impl ApiState {
@@ -71,6 +74,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
     let mut router = Router::new();
     for route in routes() {
         let id = route.id;
+        let path_template = route.path;
         let method = route.method.clone();
         let handler = move |State(state): State<Arc<ApiState>>,
                             peer: Option<axum::Extension<tugboat_api::tls::PeerCert>>,
@@ -97,7 +101,15 @@ pub fn router(state: Arc<ApiState>) -> Router {
                 headers: &headers,
                 peer: peer.as_ref(),
             };
-            dispatch(&state, call, &path, &query, upgrade, body).await
+            let started = std::time::Instant::now();
+            let response = dispatch(&state, call, &path, &query, upgrade, body).await;
+            state.metrics.observe(
+                path_template,
+                method.as_str(),
+                response.status().as_u16(),
+                started.elapsed(),
+            );
+            response
         };
         router = router.route(route.path, on(method_filter(&route.method), handler));
     }
@@ -194,6 +206,19 @@ async fn dispatch(
         }
     }
     match request {
+        Ok(ApiRequest::Metrics) => match metrics::render(&state.control, &state.metrics).await {
+            Ok(text) => (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )],
+                text,
+            )
+                .into_response(),
+            Err(e) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e).into_response()
+            }
+        },
         Ok(
             request @ (ApiRequest::DescribeCluster
             | ApiRequest::ClusterCa
@@ -606,7 +631,8 @@ pub async fn handle(
         | ApiRequest::ListSecrets
         | ApiRequest::PutSecret(_)
         | ApiRequest::DeleteSecret { .. }
-        | ApiRequest::InstanceSecrets { .. } => Err(ApiError::bad_request(
+        | ApiRequest::InstanceSecrets { .. }
+        | ApiRequest::Metrics => Err(ApiError::bad_request(
             "tokens and certificates are served by the HTTP API".into(),
         )),
     }

@@ -112,6 +112,7 @@ pub enum ApiRequest {
     InstanceSecrets {
         id: String,
     },
+    Metrics,
 }
 
 fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
@@ -322,6 +323,7 @@ impl ApiRequest {
             RouteId::PutSecret => ApiRequest::PutSecret(body(bytes)?),
             RouteId::DeleteSecret => ApiRequest::DeleteSecret { name: name() },
             RouteId::InstanceSecrets => ApiRequest::InstanceSecrets { id: id() },
+            RouteId::Metrics => ApiRequest::Metrics,
         };
         let takes_body = matches!(
             route,

@@ -42,6 +42,7 @@ pub enum RouteId {
     PutSecret,
     DeleteSecret,
     InstanceSecrets,
+    Metrics,
 }
 
 pub struct Route {
@@ -98,4 +99,5 @@ routes![
     (POST, "/v1/secrets", PutSecret),
     (DELETE, "/v1/secrets/{name}", DeleteSecret),
     (GET, "/v1/instances/{id}/secrets", InstanceSecrets),
+    (GET, "/metrics", Metrics),
 ];

@@ -242,6 +242,9 @@ enum Command {
         /// Only for tests on a private network.
         #[arg(long)]
         insecure_no_auth: bool,
+        /// Kept for the system and the agent, not offered to instances: `cpu=500m,memory=256Mi`.
+        #[arg(long)]
+        reserve: Option<String>,
     },
     /// Server and agent in one process: apply a spec file, say where it answers; Ctrl-C
     /// stops everything.
@@ -890,6 +893,7 @@ async fn run(cli: Cli) -> Result<()> {
             join_token,
             ca_hash,
             insecure_no_auth,
+            reserve,
         } => {
             // Before anything is started: without its cgroups no instance could ever run.
             tugboat::agent::host_check::check_cgroups()?;
@@ -937,6 +941,11 @@ async fn run(cli: Cli) -> Result<()> {
             };
             config.allow_host_paths = allow_host_paths.clone();
             config.insecure_no_auth = *insecure_no_auth;
+            if let Some(text) = reserve {
+                config.reserve =
+                    tugboat::agent::parse_reserve(text, tugboat::agent::host_capacity())
+                        .map_err(anyhow::Error::msg)?;
+            }
             config.api_listen = Some(*api_listen);
             config.labels = labels.iter().cloned().collect();
             config.address = address.map(|a| a.to_string());

@@ -27,7 +27,7 @@ services:
     stop: {grace_seconds: 1}
   plain:
     image: shop/catalog:1
-    command: [sh, -c, "grep -E '^(Seccomp|NoNewPrivs|CapBnd|CapEff):' /proc/self/status > /out/status; exec sleep 1000"]
+    command: [sh, -c, "cat /proc/self/oom_score_adj > /out/oom; grep -E '^(Seccomp|NoNewPrivs|CapBnd|CapEff):' /proc/self/status > /out/status; exec sleep 1000"]
     volumes: [{type: volume, source: plain-out, target: /out}]
     security: {read_only_root: true}
     stop: {grace_seconds: 1}
@@ -79,6 +79,28 @@ fn instances_run_confined_and_host_paths_need_the_agents_leave() {
     let docker_default: u64 = 0x00000000a80425fb;
     assert_eq!(caps(&plain, "CapBnd"), docker_default, "{plain}");
     assert_eq!(caps(&plain, "CapEff"), docker_default, "{plain}");
+
+    // No request, no limit: best-effort, the first the kernel's OOM killer takes, and the
+    // least CPU share on a busy host.
+    assert_eq!(out(&host, "plain-out", "oom").trim(), "1000");
+    let plain_id = host::instances(&host)
+        .into_iter()
+        .find(|i| i.service == "plain")
+        .unwrap()
+        .id;
+    let shares = ["cpu,cpuacct", "cpu"]
+        .iter()
+        .find_map(|c| {
+            std::fs::read_to_string(format!("/sys/fs/cgroup/{c}/tug/{plain_id}/cpu.shares")).ok()
+        })
+        .or_else(|| {
+            std::fs::read_to_string(format!("/sys/fs/cgroup/tug/{plain_id}/cpu.weight")).ok()
+        })
+        .unwrap_or_default();
+    assert!(
+        matches!(shares.trim(), "2" | "1"),
+        "cpu.shares/weight: {shares}"
+    );
 
     // With CAP_SYS_ADMIN added, mount(2) is still refused by the filter (EPERM, which
     // busybox words as "permission denied")...

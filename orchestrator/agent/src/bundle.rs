@@ -174,6 +174,10 @@ pub fn build_spec(inputs: &BundleInputs) -> Result<Spec, BundleError> {
     process.set_capabilities(Some(
         capabilities(&security.capabilities(), uid).map_err(invalid)?,
     ));
+    process.set_oom_score_adj(Some(oom_score_adj(
+        inputs.spec,
+        super::host_capacity().memory_bytes,
+    )));
     process.set_no_new_privileges(Some(true));
     spec.set_process(Some(process));
 
@@ -239,6 +243,51 @@ fn capabilities(names: &[String], uid: u32) -> Result<LinuxCapabilities, String>
         .expect("capabilities have every field"))
 }
 
+/// The QoS class of a service's instances, from its requests and limits (Kubernetes'):
+/// guaranteed (cpu and memory limits set, requests equal to them), best-effort (no request
+/// or limit at all), burstable (the rest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qos {
+    Guaranteed,
+    Burstable,
+    BestEffort,
+}
+
+pub fn qos(spec: &ServiceSpec) -> Qos {
+    let (req, lim) = (&spec.resources.requests, &spec.resources.limits);
+    let none =
+        req.cpu.is_none() && req.memory.is_none() && lim.cpu.is_none() && lim.memory.is_none();
+    if none {
+        return Qos::BestEffort;
+    }
+    let cpu_eq = lim.cpu.is_some() && req.cpu.is_none_or(|r| Some(r) == lim.cpu);
+    let mem_eq = lim.memory.is_some() && req.memory.is_none_or(|r| Some(r) == lim.memory);
+    if cpu_eq && mem_eq {
+        Qos::Guaranteed
+    } else {
+        Qos::Burstable
+    }
+}
+
+/// The kernel's OOM killer order under host memory pressure, by QoS class as the kubelet
+/// sets it: best-effort first (1000), guaranteed last (-997), burstable between by how much
+/// of the host's memory it asked for (2 to 999).
+pub fn oom_score_adj(spec: &ServiceSpec, host_memory: u64) -> i32 {
+    match qos(spec) {
+        Qos::Guaranteed => -997,
+        Qos::BestEffort => 1000,
+        Qos::Burstable => {
+            let asked = spec.resources.requests.memory.map_or(0, |m| m.0);
+            let share = if host_memory == 0 {
+                0
+            } else {
+                (1000u128 * u128::from(asked) / u128::from(host_memory)) as i32
+            };
+            (1000 - share).clamp(2, 999)
+        }
+    }
+}
+
 /// Limits become cgroup settings: memory limit, CPU quota over a 100 ms period, pids.
 fn resources(spec: &ServiceSpec) -> oci_spec::runtime::LinuxResources {
     let limits = &spec.resources.limits;
@@ -251,16 +300,20 @@ fn resources(spec: &ServiceSpec) -> oci_spec::runtime::LinuxResources {
                 .expect("memory"),
         );
     }
-    if let Some(cpu) = limits.cpu {
+    let mut cpu = LinuxCpuBuilder::default();
+    // The request is the instance's share of a busy host: 1 CPU = 1024 shares, as in
+    // Kubernetes (cpu.weight on v2, converted by the runtime); 2 (the least) without one.
+    let shares = spec
+        .resources
+        .requests
+        .cpu
+        .map_or(2, |c| (c.0 * 1024 / 1000).max(2));
+    cpu = cpu.shares(shares);
+    if let Some(limit) = limits.cpu {
         let period: u64 = 100_000;
-        r = r.cpu(
-            LinuxCpuBuilder::default()
-                .period(period)
-                .quota((cpu.0 * period / 1000) as i64)
-                .build()
-                .expect("cpu"),
-        );
+        cpu = cpu.period(period).quota((limit.0 * period / 1000) as i64);
     }
+    r = r.cpu(cpu.build().expect("cpu"));
     if let Some(pids) = limits.pids {
         r = r.pids(
             LinuxPidsBuilder::default()
@@ -431,5 +484,35 @@ mod tests {
         assert!(json["linux"]["seccomp"].is_null());
         assert_eq!(json["root"]["readonly"], true);
         assert_eq!(json["process"]["user"]["uid"], 1000);
+    }
+
+    #[test]
+    fn requests_become_shares_and_qos_sets_the_oom_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = ServiceSpec::new("x");
+        assert_eq!(qos(&spec), Qos::BestEffort);
+        assert_eq!(oom_score_adj(&spec, 8 << 30), 1000);
+        let json = config(&spec, dir.path());
+        assert_eq!(json["linux"]["resources"]["cpu"]["shares"], 2);
+        assert_eq!(json["process"]["oomScoreAdj"], 1000);
+        spec.resources.requests.cpu = Some(Cpu(250));
+        spec.resources.requests.memory = Some(Memory(2 << 30));
+        assert_eq!(qos(&spec), Qos::Burstable);
+        assert_eq!(oom_score_adj(&spec, 8 << 30), 750);
+        let json = config(&spec, dir.path());
+        assert_eq!(json["linux"]["resources"]["cpu"]["shares"], 256);
+        spec.resources.limits.cpu = Some(Cpu(250));
+        spec.resources.limits.memory = Some(Memory(2 << 30));
+        assert_eq!(qos(&spec), Qos::Guaranteed);
+        assert_eq!(oom_score_adj(&spec, 8 << 30), -997);
+        // Limits alone: the requests are the limits (guaranteed).
+        let mut only = ServiceSpec::new("x");
+        only.resources.limits.cpu = Some(Cpu(500));
+        only.resources.limits.memory = Some(Memory(64 << 20));
+        assert_eq!(qos(&only), Qos::Guaranteed);
+        // A request of most of the host: still above guaranteed's -997.
+        let mut big = ServiceSpec::new("x");
+        big.resources.requests.memory = Some(Memory(8 << 30));
+        assert_eq!(oom_score_adj(&big, 8 << 30), 2);
     }
 }

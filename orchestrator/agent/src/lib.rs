@@ -79,6 +79,8 @@ pub struct AgentConfig {
     pub identity: Option<identity::NodeIdentity>,
     /// Serve the agent's API (exec, logs) to anyone when there is no credential to check.
     pub insecure_no_auth: bool,
+    /// Kept for the system and the agent: the node offers its capacity minus this.
+    pub reserve: Resources,
 }
 
 impl AgentConfig {
@@ -102,6 +104,7 @@ impl AgentConfig {
             allow_host_paths: vec![],
             identity: None,
             insecure_no_auth: false,
+            reserve: Resources::default(),
         }
     }
 }
@@ -216,6 +219,45 @@ pub fn allowed_host_path(allowed: &[PathBuf], source: &str, node: &str) -> Resul
         "volume source {shown}: host paths are not allowed on node {node} (allowed: {list}); \
          start its agent with --allow-host-path DIR to allow DIR and what is under it"
     ))
+}
+
+/// What the node offers the scheduler: its capacity minus what is reserved for the system.
+pub fn offered(capacity: Resources, reserve: Resources) -> Resources {
+    Resources::new(
+        capacity.cpu_millis.saturating_sub(reserve.cpu_millis),
+        capacity.memory_bytes.saturating_sub(reserve.memory_bytes),
+        capacity.pids,
+    )
+}
+
+/// `cpu=500m,memory=256Mi` (either may be left out), checked against the host's capacity.
+pub fn parse_reserve(text: &str, capacity: Resources) -> Result<Resources, String> {
+    let mut reserve = Resources::default();
+    for part in text.split(',').filter(|p| !p.trim().is_empty()) {
+        let (key, value) = part.split_once('=').ok_or_else(|| {
+            format!("--reserve {text}: `{part}` is not key=value (cpu=500m,memory=256Mi)")
+        })?;
+        match key.trim() {
+            "cpu" => {
+                reserve.cpu_millis = tugboat_api::spec::Cpu::parse(value)
+                    .map_err(|e| format!("--reserve cpu: {e}"))?
+                    .0
+            }
+            "memory" => {
+                reserve.memory_bytes = tugboat_api::spec::Memory::parse(value)
+                    .map_err(|e| format!("--reserve memory: {e}"))?
+                    .0
+            }
+            other => return Err(format!("--reserve {text}: `{other}` is not cpu or memory")),
+        }
+    }
+    if reserve.cpu_millis >= capacity.cpu_millis || reserve.memory_bytes >= capacity.memory_bytes {
+        return Err(format!(
+            "--reserve {text}: leaves nothing of this host ({}m cpu, {} bytes of memory)",
+            capacity.cpu_millis, capacity.memory_bytes
+        ));
+    }
+    Ok(reserve)
 }
 
 /// The host's CPUs (in millicores) and memory.
@@ -338,7 +380,7 @@ impl Agent {
         NodeRegistration {
             name: self.config.node.clone(),
             labels: self.config.labels.clone(),
-            capacity: host_capacity(),
+            capacity: offered(host_capacity(), self.config.reserve),
             address: self.config.address.clone(),
             subnet: Some(self.config.subnet),
             volumes,
@@ -1062,5 +1104,29 @@ mod host_path_tests {
             allowed_host_path(&allowed, "/no/such/dir", "n1").unwrap_err(),
             "volume source /no/such/dir does not exist on node n1"
         );
+    }
+}
+
+#[cfg(test)]
+mod reserve_tests {
+    use super::*;
+
+    #[test]
+    fn a_reservation_comes_off_what_the_node_offers() {
+        let host = Resources::new(2000, 4 << 30, 0);
+        let r = parse_reserve("cpu=500m,memory=256Mi", host).unwrap();
+        assert_eq!(
+            offered(host, r),
+            Resources::new(1500, (4 << 30) - (256 << 20), 0)
+        );
+        assert!(parse_reserve("cpu=2", host)
+            .unwrap_err()
+            .contains("leaves nothing"));
+        assert!(parse_reserve("disk=1", host)
+            .unwrap_err()
+            .contains("`disk` is not cpu or memory"));
+        assert!(parse_reserve("memory=lots", host)
+            .unwrap_err()
+            .starts_with("--reserve memory:"));
     }
 }

@@ -27,6 +27,39 @@ pub struct BundleInputs<'a> {
     pub rootfs: &'a Path,
     pub netns: &'a Path,
     pub binds: Vec<BindMount>,
+    /// The block device (major, minor) that holds the agent's data (rootfs and volumes):
+    /// where `io` limits apply. None: not on a block device.
+    pub block_device: Option<(i64, i64)>,
+    /// Whether the kernel weighs I/O between cgroups (blkio.weight / io.weight: BFQ or
+    /// io.cost); without it a `requests.io.weight` is refused by name.
+    pub io_weight: bool,
+}
+
+/// Whether this host's I/O controller takes weights.
+pub fn io_weight_supported() -> bool {
+    let root = Path::new("/sys/fs/cgroup");
+    root.join("blkio/blkio.weight").exists()
+        || root.join("blkio/blkio.bfq.weight").exists()
+        || root.join("io.weight").exists()
+        || root.join("io.bfq.weight").exists()
+        || root.join("unified/io.weight").exists()
+}
+
+/// The whole block device (major, minor) that holds `path`: a partition's disk, since the
+/// I/O controllers take whole devices. None for a filesystem without one (tmpfs, overlay).
+pub fn block_device_of(path: &Path) -> Option<(i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path).ok()?.dev();
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    let sys = std::fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).ok()?;
+    let disk = if sys.join("partition").exists() {
+        sys.parent()?.to_path_buf()
+    } else {
+        sys
+    };
+    let text = std::fs::read_to_string(disk.join("dev")).ok()?;
+    let (a, b) = text.trim().split_once(':')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,7 +240,13 @@ pub fn build_spec(inputs: &BundleInputs) -> Result<Spec, BundleError> {
     .expect("namespaces have every field");
     linux.set_namespaces(Some(namespaces));
     linux.set_cgroups_path(Some(PathBuf::from(format!("/tug/{}", inputs.instance))));
-    linux.set_resources(Some(resources(inputs.spec)));
+    let mut res = resources(inputs.spec);
+    if let Some(io) =
+        block_io(inputs.spec, inputs.block_device, inputs.io_weight).map_err(invalid)?
+    {
+        res.set_block_io(Some(io));
+    }
+    linux.set_resources(Some(res));
     linux.set_seccomp(match security.seccomp {
         SeccompMode::Default => Some(tug_runtime::seccomp::default_profile()),
         SeccompMode::Unconfined => None,
@@ -241,6 +280,54 @@ fn capabilities(names: &[String], uid: u32) -> Result<LinuxCapabilities, String>
         .ambient(Capabilities::new())
         .build()
         .expect("capabilities have every field"))
+}
+
+/// `io` limits and weight as the runtime's blockIO on the data's device.
+fn block_io(
+    spec: &ServiceSpec,
+    device: Option<(i64, i64)>,
+    weight_ok: bool,
+) -> Result<Option<oci_spec::runtime::LinuxBlockIo>, String> {
+    use oci_spec::runtime::{LinuxBlockIoBuilder, LinuxThrottleDeviceBuilder};
+    let (limits, requests) = (spec.resources.limits.io, spec.resources.requests.io);
+    if limits.is_none() && requests.is_none() {
+        return Ok(None);
+    }
+    let mut io = LinuxBlockIoBuilder::default();
+    if let Some(weight) = requests.and_then(|r| r.weight) {
+        if !weight_ok {
+            return Err(
+                "requests.io.weight: this node's kernel does not weigh I/O between cgroups (no blkio.weight or io.weight: BFQ or io.cost); leave it out".into(),
+            );
+        }
+        io = io.weight(weight);
+    }
+    if let Some(l) = limits {
+        let (major, minor) = device.ok_or(
+            "io limits: the agent's data dir is not on a block device (tmpfs or overlay), so there is no device to limit",
+        )?;
+        let rule = |rate: u64| {
+            vec![LinuxThrottleDeviceBuilder::default()
+                .major(major)
+                .minor(minor)
+                .rate(rate)
+                .build()
+                .expect("throttle device")]
+        };
+        if let Some(r) = l.read_bps {
+            io = io.throttle_read_bps_device(rule(r.0));
+        }
+        if let Some(r) = l.write_bps {
+            io = io.throttle_write_bps_device(rule(r.0));
+        }
+        if let Some(r) = l.read_iops {
+            io = io.throttle_read_iops_device(rule(r));
+        }
+        if let Some(r) = l.write_iops {
+            io = io.throttle_write_iops_device(rule(r));
+        }
+    }
+    Ok(Some(io.build().expect("block io")))
 }
 
 /// The QoS class of a service's instances, from its requests and limits (Kubernetes'):
@@ -381,6 +468,8 @@ mod tests {
                 target: "/data".into(),
                 read_only: true,
             }],
+            block_device: None,
+            io_weight: true,
         };
         let json = serde_json::to_value(build_spec(&inputs).unwrap()).unwrap();
         let res = &json["linux"]["resources"];
@@ -432,6 +521,8 @@ mod tests {
             rootfs,
             netns: Path::new("/var/lib/x/netns"),
             binds: vec![],
+            block_device: Some((253, 0)),
+            io_weight: true,
         };
         serde_json::to_value(build_spec(&inputs).unwrap()).unwrap()
     }
@@ -514,5 +605,43 @@ mod tests {
         let mut big = ServiceSpec::new("x");
         big.resources.requests.memory = Some(Memory(8 << 30));
         assert_eq!(oom_score_adj(&big, 8 << 30), 2);
+    }
+
+    #[test]
+    fn io_limits_apply_to_the_data_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = ServiceSpec::new("x");
+        spec.resources.limits.io = Some(tugboat_api::spec::IoAmounts {
+            write_bps: Some(Memory(5_000_000)),
+            read_iops: Some(100),
+            ..Default::default()
+        });
+        spec.resources.requests.io = Some(tugboat_api::spec::IoAmounts {
+            weight: Some(300),
+            ..Default::default()
+        });
+        let json = config(&spec, dir.path());
+        let io = &json["linux"]["resources"]["blockIO"];
+        assert_eq!(io["weight"], 300);
+        assert_eq!(io["throttleWriteBpsDevice"][0]["major"], 253);
+        assert_eq!(io["throttleWriteBpsDevice"][0]["rate"], 5_000_000);
+        assert_eq!(io["throttleReadIOPSDevice"][0]["rate"], 100);
+        // Without a device: a clear error, not a silent no-limit.
+        let image = image();
+        let inputs = BundleInputs {
+            instance: "web-abc-12345",
+            spec: &spec,
+            image: &image,
+            rootfs: dir.path(),
+            netns: Path::new("/var/lib/x/netns"),
+            binds: vec![],
+            block_device: None,
+            io_weight: true,
+        };
+        let err = build_spec(&inputs).unwrap_err().to_string();
+        assert!(
+            err.contains("io limits: the agent's data dir is not on a block device"),
+            "{err}"
+        );
     }
 }

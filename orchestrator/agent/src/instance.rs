@@ -406,6 +406,8 @@ impl Supervisor {
             rootfs: &rootfs,
             netns: &netns,
             binds,
+            block_device: ctx.block_device,
+            io_weight: super::bundle::io_weight_supported(),
         };
         let oci = build_spec(&inputs).map_err(|e| e.to_string())?;
         let bundle = self.paths.bundle();

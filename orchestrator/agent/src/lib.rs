@@ -146,6 +146,8 @@ pub struct NodeContext {
     pub server: ServerReach,
     /// Host directories instances may bind-mount (`--allow-host-path`).
     pub allow_host_paths: Vec<PathBuf>,
+    /// The block device of the data dir, where `io` limits apply.
+    pub block_device: Option<(i64, i64)>,
 }
 
 /// Whether the server answers: after a report that could not reach it, the others wait a
@@ -329,6 +331,7 @@ impl Agent {
             peer_mode: config.peer_mode,
             server: ServerReach::default(),
             allow_host_paths: config.allow_host_paths.clone(),
+            block_device: bundle::block_device_of(&config.data_dir),
         });
         let api = match config.api_listen {
             Some(addr) => {

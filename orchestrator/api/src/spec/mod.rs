@@ -397,6 +397,27 @@ pub struct ResourceAmounts {
     pub memory: Option<Memory>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<u32>,
+    /// Disk I/O on the device that holds the instance's rootfs and volumes: rates in
+    /// `limits`, a `weight` in `requests`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io: Option<IoAmounts>,
+}
+
+/// Disk I/O: bytes/s (`5M`, `10Mi`) and operations/s per direction, or a relative weight.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IoAmounts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_bps: Option<Memory>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_bps: Option<Memory>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_iops: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_iops: Option<u64>,
+    /// 10 to 1000 (requests only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u16>,
 }
 
 #[derive(

@@ -268,6 +268,45 @@ fn check_resources(c: &mut Checker, base: &str, spec: &ServiceSpec) {
             );
         }
     }
+    if let Some(io) = &r.limits.io {
+        if io.weight.is_some() {
+            c.fail(
+                format!("{path}.limits.io.weight"),
+                "a weight is a request: put it under requests.io",
+            );
+        }
+        for (field, zero) in [
+            ("read_bps", io.read_bps.is_some_and(|m| m.0 == 0)),
+            ("write_bps", io.write_bps.is_some_and(|m| m.0 == 0)),
+            ("read_iops", io.read_iops == Some(0)),
+            ("write_iops", io.write_iops == Some(0)),
+        ] {
+            if zero {
+                c.fail(
+                    format!("{path}.limits.io.{field}"),
+                    "0 would stop all I/O: leave it out for no limit",
+                );
+            }
+        }
+    }
+    if let Some(io) = &r.requests.io {
+        if io.read_bps.is_some()
+            || io.write_bps.is_some()
+            || io.read_iops.is_some()
+            || io.write_iops.is_some()
+        {
+            c.fail(
+                format!("{path}.requests.io"),
+                "rates are limits: put read_bps, write_bps, read_iops, write_iops under limits.io",
+            );
+        }
+        if io.weight.is_some_and(|w| !(10..=1000).contains(&w)) {
+            c.fail(
+                format!("{path}.requests.io.weight"),
+                "a weight is from 10 to 1000 (default 100)",
+            );
+        }
+    }
     if let (Some(req), Some(lim)) = (r.requests.pids, r.limits.pids) {
         if req > lim {
             c.fail(

@@ -235,6 +235,55 @@ impl FsCgroup {
             .unwrap_or(0)
     }
 
+    /// Waits until the kernel says the cgroup is frozen: v1's freezer passes through
+    /// FREEZING while tasks are being stopped (under load, for a while), and `pause` must
+    /// not report "paused" before they are, as runc does not. On v1 the state is written
+    /// again while waiting (a task that forked meanwhile); after 2 s the cgroup is thawed
+    /// and the pause fails with what it saw.
+    fn wait_frozen(&self) -> Result<(), CgroupError> {
+        let (file, done): (PathBuf, fn(&str) -> bool) = if self.mgr.v2() {
+            (
+                Path::new(cgroups_rs::fs::hierarchies::UNIFIED_MOUNTPOINT)
+                    .join(self.path.trim_start_matches('/'))
+                    .join("cgroup.events"),
+                |s| s.lines().any(|l| l.trim() == "frozen 1"),
+            )
+        } else {
+            let Some((_, dir)) = self
+                .hierarchy_dirs()
+                .into_iter()
+                .find(|(n, _)| n == "freezer")
+            else {
+                return Ok(());
+            };
+            (dir.join("freezer.state"), |s| s.trim() == "FROZEN")
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let mut wait = std::time::Duration::from_micros(200);
+        let mut last = String::new();
+        while std::time::Instant::now() < deadline {
+            last = fs::read_to_string(&file).unwrap_or_default();
+            if done(&last) {
+                return Ok(());
+            }
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(std::time::Duration::from_millis(20));
+            if !self.mgr.v2() {
+                let _ = fs::write(&file, "FROZEN");
+            }
+        }
+        let _ = self.mgr.freeze(FreezerState::Thawed);
+        Err(err(
+            &self.path,
+            "freeze",
+            format!(
+                "{} still says {:?} after 2 s; thawed again",
+                file.display(),
+                last.trim()
+            ),
+        ))
+    }
+
     fn hierarchy_dirs(&self) -> Vec<(String, PathBuf)> {
         hierarchy_dirs(self.mgr.mounts(), &self.path)
     }
@@ -492,7 +541,11 @@ impl CgroupManager for FsCgroup {
         };
         self.mgr
             .freeze(state)
-            .map_err(|e| err(&self.path, "freeze", e))
+            .map_err(|e| err(&self.path, "freeze", e))?;
+        if frozen {
+            self.wait_frozen()?;
+        }
+        Ok(())
     }
 
     fn destroy(&mut self) -> Result<(), CgroupError> {

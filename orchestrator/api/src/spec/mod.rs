@@ -10,11 +10,21 @@ pub mod units;
 pub mod validate;
 
 pub use file::{parse_spec_file, SpecFileError};
-pub use units::{Cpu, Memory, Port, UpdateCount};
+pub use units::{human_bytes, human_cpu, Cpu, Memory, Port, UpdateCount};
 pub use validate::{validate_services, SpecError};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// Does an image reference name a registry host (`host.domain/...`, `host:port/...`,
+/// `localhost/...`)? Only those are pulled by an agent; short names (`shop/front:1`,
+/// `busybox`) must be in the node's image store (imported or built).
+pub fn names_a_registry(reference: &str) -> bool {
+    match reference.split_once('/') {
+        Some((host, _)) => host.contains('.') || host.contains(':') || host == "localhost",
+        None => false,
+    }
+}
 
 /// A whole spec file: services by name, in the spirit of compose.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -20,7 +20,7 @@ fn ready(list: &[Instance], service: &str) -> usize {
 
 fn show(host: &TestHost) -> String {
     let list = instances(host);
-    let table = tugboat::output::instances_table(&list, tugboat::model::now_ms());
+    let table = tugboat::output::instances_table(&list, tugboat::model::now_ms(), false);
     format!(
         "{table}\n--- tugboat up said:\n{}",
         host.output.lock().unwrap()

@@ -289,7 +289,8 @@ pub fn image_warnings(spec: &SpecFile, data_dir: &Path) -> Vec<String> {
     let mut warnings = vec![];
     for (name, service) in &spec.services {
         let image = &service.image;
-        if crate::spec::names_a_registry(image) {
+        // With `build:`, apply has built it into that store (a dry run builds nothing).
+        if crate::spec::names_a_registry(image) || service.build.is_some() {
             continue;
         }
         let here = store.as_ref().is_some_and(|s| s.resolve(image).is_ok());
@@ -331,7 +332,7 @@ pub async fn apply(
         });
         return Ok(());
     }
-    let outcome = match api.apply(&spec).await {
+    let outcome = match api.apply(&spec.without_build()).await {
         Ok(outcome) => outcome,
         // The server's own checks (against the services it stores), located in the file.
         Err(ClientError::Api { details, .. }) if !details.is_empty() => {

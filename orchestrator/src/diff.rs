@@ -33,6 +33,11 @@ pub fn plan(server: &[Service], file: &SpecFile) -> BTreeMap<String, (Change, St
     file.services
         .iter()
         .map(|(name, spec)| {
+            // `build:` stays with the command line; the server never has it.
+            let spec = &ServiceSpec {
+                build: None,
+                ..spec.clone()
+            };
             let new = spec_text(spec);
             let (change, old) = match current.get(name.as_str()) {
                 None => (Change::Created, String::new()),

@@ -13,5 +13,6 @@ pub mod diff;
 pub mod manpages;
 pub mod output;
 pub mod service_logs;
+pub mod spec_build;
 pub mod up;
 pub mod wait;

@@ -511,6 +511,21 @@ fn main() -> std::process::ExitCode {
         // Before any async runtime: RUN steps start `tug` and hold a netns in a thread.
         return build_image(&cli);
     }
+    // `build:` in a spec file: built before the async runtime, as `tugboat build` is.
+    let spec_file = match &cli.command {
+        Command::Up { file, .. }
+        | Command::Apply {
+            file,
+            dry_run: false,
+        } => Some(file),
+        _ => None,
+    };
+    if let Some(file) = spec_file {
+        if let Err(e) = build_for_spec(file, &cli.data_dir) {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
     if let Command::Proxy { dir } = &cli.command {
         return std::process::ExitCode::from(tugboat::agent::proxy::run(dir) as u8);
     }
@@ -1003,6 +1018,24 @@ async fn run(cli: Cli) -> Result<()> {
             unreachable!("handled before the async runtime starts")
         }
     }
+    Ok(())
+}
+
+/// Builds the images a spec file's `build:` entries name and the store lacks. A file that
+/// does not parse is left to the command itself, which reports it fully.
+fn build_for_spec(file: &std::path::Path, data_dir: &std::path::Path) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return Ok(());
+    };
+    let Ok(spec) = tugboat::spec::parse_spec_file(&file.display().to_string(), &text, &|_| true)
+    else {
+        return Ok(());
+    };
+    let dir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    tugboat::spec_build::build_missing(&spec, dir, data_dir)?;
     Ok(())
 }
 

@@ -150,7 +150,10 @@ pub async fn up(config: UpConfig, stop: impl Future<Output = ()>) -> Result<(), 
         remove_earlier_services(&client, &spec, &config.file)
             .await
             .map_err(apply_error)?;
-        client.apply(&spec).await.map_err(apply_error)?;
+        client
+            .apply(&spec.without_build())
+            .await
+            .map_err(apply_error)?;
         Ok::<_, UpError>(())
     }
     .await;

@@ -474,3 +474,66 @@ async fn the_habits_of_kubectl_users_work() {
     assert!(man.join("tugboat.1").exists() && man.join("tugboat-rollout.1").exists());
     cluster.stop().await;
 }
+
+/// `build:` in a spec file: apply builds the missing image into the store under --data-dir
+/// first, once; the server never sees the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_builds_what_a_spec_files_build_names_and_the_store_lacks() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "SKIPPED apply_builds_what_a_spec_files_build_names_and_the_store_lacks: needs root"
+        );
+        return;
+    }
+    let cluster = TestCluster::start(&[("n1", &[])]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("hello");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("hello.txt"), "hello\n").unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY hello.txt /hello.txt\n",
+    )
+    .unwrap();
+    let file = dir.path().join("app.yaml");
+    std::fs::write(
+        &file,
+        "services:\n  hello:\n    image: test/hello:1\n    build: ./hello\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let run = |rest: &[&str]| {
+        let mut v: Vec<String> = vec![
+            "--addr".into(),
+            cluster.server.addr.to_string(),
+            "--token".into(),
+            cluster.server.token.clone().unwrap(),
+            "--data-dir".into(),
+            data.clone(),
+        ];
+        v.extend(rest.iter().map(|s| s.to_string()));
+        tugboat(v, vec![])
+    };
+    let file = file.display().to_string();
+    let out = run(&["apply", "-f", &file]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "service/hello created\n");
+    assert!(
+        out.stderr
+            .contains("building test/hello:1 for service hello")
+            && !out.stderr.contains("names no registry"),
+        "{}",
+        out.stderr
+    );
+    let out = run(&["image", "inspect", "test/hello:1"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let described = cluster.client.describe_service("hello").await.unwrap();
+    assert_eq!(described.service.spec.build, None);
+    // Present now: not built again; and diff ignores `build:`.
+    let out = run(&["apply", "-f", &file]).await;
+    assert_eq!(out.stdout, "service/hello unchanged\n", "{}", out.stderr);
+    assert!(!out.stderr.contains("building"), "{}", out.stderr);
+    let out = run(&["diff", "-f", &file]).await;
+    assert_eq!((out.code, out.stdout.as_str()), (0, ""), "{}", out.stderr);
+    cluster.stop().await;
+}

@@ -102,6 +102,9 @@ pub fn in_user_words(message: &str, text: &str, line: Option<usize>) -> String {
     ] {
         out = out.replace(from, to);
     }
+    if out.contains("untagged enum BuildSource") {
+        return "expected a directory (`build: ./front`) or a mapping with `context` and optionally `dockerfile`, `args`, `target`".into();
+    }
     // serde names the struct it expected (`expected struct ServiceSpec`).
     if let Some(i) = out.find("expected struct ") {
         out.truncate(i);

@@ -38,6 +38,11 @@ pub struct SpecFile {
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     pub image: String,
+    /// Build `image` from a Dockerfile when the image store lacks it (compose's `build:`):
+    /// done by the command line (`tugboat up`, `tugboat apply`) into the image store under
+    /// its --data-dir, before the spec goes to the server, which never sees this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -74,6 +79,79 @@ pub struct ServiceSpec {
     /// Secrets (`tugboat secret create`) mounted as files, read-only, from a tmpfs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<SecretMount>,
+}
+
+/// `build: DIR` or `build: {context: DIR, dockerfile: FILE, args: {K: V}, target: STAGE}`;
+/// a relative DIR is taken from the spec file's directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "BuildSource", into = "BuildSource")]
+pub struct BuildSpec {
+    pub context: String,
+    pub dockerfile: Option<String>,
+    pub args: BTreeMap<String, String>,
+    pub target: Option<String>,
+}
+
+/// How `build:` may be written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum BuildSource {
+    Context(String),
+    Full {
+        context: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dockerfile: Option<String>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        args: BTreeMap<String, String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
+    },
+}
+
+impl From<BuildSource> for BuildSpec {
+    fn from(source: BuildSource) -> BuildSpec {
+        match source {
+            BuildSource::Context(context) => BuildSpec {
+                context,
+                dockerfile: None,
+                args: BTreeMap::new(),
+                target: None,
+            },
+            BuildSource::Full {
+                context,
+                dockerfile,
+                args,
+                target,
+            } => BuildSpec {
+                context,
+                dockerfile,
+                args,
+                target,
+            },
+        }
+    }
+}
+
+impl From<BuildSpec> for BuildSource {
+    fn from(spec: BuildSpec) -> BuildSource {
+        BuildSource::Full {
+            context: spec.context,
+            dockerfile: spec.dockerfile,
+            args: spec.args,
+            target: spec.target,
+        }
+    }
+}
+
+impl SpecFile {
+    /// The file as the server gets it: `build:` is the command line's business.
+    pub fn without_build(&self) -> SpecFile {
+        let mut file = self.clone();
+        for spec in file.services.values_mut() {
+            spec.build = None;
+        }
+        file
+    }
 }
 
 /// A secret in the container: a directory with one file per key, at `target` (default
@@ -603,6 +681,7 @@ impl ServiceSpec {
     pub fn new(image: &str) -> ServiceSpec {
         ServiceSpec {
             image: image.into(),
+            build: None,
             command: vec![],
             args: vec![],
             env: BTreeMap::new(),

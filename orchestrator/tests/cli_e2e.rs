@@ -537,3 +537,85 @@ async fn apply_builds_what_a_spec_files_build_names_and_the_store_lacks() {
     assert_eq!((out.code, out.stdout.as_str()), (0, ""), "{}", out.stderr);
     cluster.stop().await;
 }
+
+/// `get -w` prints again after each change the watch API reports; `get events -w` prints
+/// each event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_watch_prints_again_on_each_change() {
+    use std::io::BufRead;
+    let cluster = TestCluster::start(&[("n1", &[])]).await;
+    cluster
+        .client
+        .create_service("web", &tugboat::spec::ServiceSpec::new("web:1"))
+        .await
+        .unwrap();
+    let watch = |what: &[&str]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tugboat"))
+            .args(["--addr", &cluster.server.addr.to_string()])
+            .args(["--token", cluster.server.token.as_deref().unwrap()])
+            .args(what)
+            .env("HOME", "/nonexistent")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (child, rx)
+    };
+    // Lines until one satisfies `done`, within 20 s.
+    let read_until = |rx: &std::sync::mpsc::Receiver<String>, done: &dyn Fn(&[String]) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut lines = vec![];
+        while !done(&lines) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(_) => panic!("no such output within 20s: {lines:#?}"),
+            }
+        }
+        lines
+    };
+    let (mut instances, rx) = watch(&["get", "instances", "-w"]);
+    read_until(&rx, &|l| {
+        l.iter().filter(|l| l.starts_with("web-")).count() >= 1
+    });
+    cluster.client.scale("web", 2).await.unwrap();
+    // A later table with both instances.
+    read_until(&rx, &|l| {
+        let last_header = l.iter().rposition(|l| l.starts_with("ID ")).unwrap_or(0);
+        l[last_header..]
+            .iter()
+            .filter(|l| l.starts_with("web-"))
+            .count()
+            == 2
+    });
+    instances.kill().unwrap();
+    instances.wait().unwrap();
+
+    let (mut events, rx) = watch(&["get", "events", "-w"]);
+    let mut lines = read_until(&rx, &|l| l.iter().any(|l| l.contains("replicas 1 -> 2")));
+    cluster.client.scale("web", 3).await.unwrap();
+    lines.extend(read_until(&rx, &|l| {
+        l.iter().any(|l| l.contains("replicas 2 -> 3"))
+    }));
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("replicas 1 -> 2"))
+            .count(),
+        1,
+        "each event once: {lines:#?}"
+    );
+    assert_eq!(lines.iter().filter(|l| l.starts_with("AGE")).count(), 1);
+    events.kill().unwrap();
+    events.wait().unwrap();
+    cluster.stop().await;
+}

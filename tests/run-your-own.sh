@@ -65,7 +65,8 @@ for _ in $(seq 1 1500); do
   sleep 0.1
 done
 grep -q 'front: http://127.0.0.1:8080/' "$work/up.out" || fail "the shop was not ready"
-client=(tugboat --data-dir "$data/server")
+# The same --data-dir as up's: the client finds the token and CA under <data-dir>/server.
+client=(tugboat --data-dir "$data")
 
 say "4. open the shop"
 get http://127.0.0.1:8080/ | grep -q 'Tug shop' || fail "the front page"
@@ -86,7 +87,12 @@ cat >> "$work/my-shop.yaml" <<'YAML'
     health:
       readiness: {http: {port: 80, path: /}, interval_seconds: 1}
 YAML
+changes=$(in_ns "${client[@]}" diff -f "$work/my-shop.yaml" || true)
+grep -q '^+replicas: 3' <<<"$changes" || fail "diff shows the front's new replica count"
 in_ns "${client[@]}" apply -f "$work/my-shop.yaml"
+in_ns "${client[@]}" rollout status front --timeout 90s || fail "rollout status front"
+logs=$(in_ns "${client[@]}" logs front --tail 5)
+grep -q '^\[front-' <<<"$logs" || fail "logs front"
 fronts() { [ "$(in_ns "${client[@]}" get instances | awk '$1 ~ /^front-/ && $5 == "yes"' | wc -l)" = 3 ]; }
 until_ok 90 fronts || fail "three ready fronts"
 until_ok 90 get http://127.0.0.1:8081/ || fail "hello answers on 8081"

@@ -61,24 +61,41 @@ pub fn resolve(
                 .as_ref()
                 .and_then(|p| std::fs::read_to_string(p).ok())
         })
-        .or_else(|| std::fs::read_to_string(data_dir.join(crate::server::TOKEN_FILE)).ok())
+        .or_else(|| {
+            server_dirs(data_dir)
+                .find_map(|dir| std::fs::read_to_string(dir.join(crate::server::TOKEN_FILE)).ok())
+        })
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty());
     (addr, token)
 }
 
+/// Where a server's files (token, tls/) may be under `--data-dir D`: D itself (`tugboat server
+/// --data-dir D`), then D/server (`tugboat up --data-dir D` keeps its server there), so one
+/// `--data-dir` means the same directory for every command.
+pub fn server_dirs(data_dir: &Path) -> impl Iterator<Item = PathBuf> {
+    [
+        data_dir.to_path_buf(),
+        data_dir.join(crate::up::SERVER_SUBDIR),
+    ]
+    .into_iter()
+}
+
 /// The cluster CA to trust: the flag (or TUGBOAT_CA), the config file's `ca:`, then
-/// `<data-dir>/tls/ca.pem` when it exists (on the server's host).
+/// `<data-dir>/tls/ca.pem` or `<data-dir>/server/tls/ca.pem`, the first that exists (on the
+/// server's host).
 pub fn resolve_ca(
     flag_ca: Option<PathBuf>,
     config: &ClientConfigFile,
     data_dir: &Path,
 ) -> Option<PathBuf> {
     flag_ca.or_else(|| config.ca.clone()).or_else(|| {
-        let path = data_dir
-            .join(crate::server::TLS_DIR)
-            .join(tugboat_api::tls::CA_FILE);
-        path.exists().then_some(path)
+        server_dirs(data_dir)
+            .map(|dir| {
+                dir.join(crate::server::TLS_DIR)
+                    .join(tugboat_api::tls::CA_FILE)
+            })
+            .find(|path| path.exists())
     })
 }
 
@@ -108,6 +125,30 @@ mod tests {
         assert_eq!(
             (addr.as_str(), token.as_deref()),
             ("127.0.0.1:7480", Some("from-data-dir"))
+        );
+    }
+
+    #[test]
+    fn an_up_data_dir_finds_its_servers_token_and_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = dir.path().join("server");
+        std::fs::create_dir_all(server.join("tls")).unwrap();
+        std::fs::write(server.join("token"), "up-token\n").unwrap();
+        std::fs::write(server.join("tls/ca.pem"), "x").unwrap();
+        let none = ClientConfigFile::default();
+        assert_eq!(
+            resolve(None, None, &none, dir.path()).1.as_deref(),
+            Some("up-token")
+        );
+        assert_eq!(
+            resolve_ca(None, &none, dir.path()),
+            Some(server.join("tls/ca.pem"))
+        );
+        // The server's own data dir still works, and wins.
+        std::fs::write(dir.path().join("token"), "own\n").unwrap();
+        assert_eq!(
+            resolve(None, None, &none, dir.path()).1.as_deref(),
+            Some("own")
         );
     }
 

@@ -8,5 +8,11 @@ pub use tugboat_api::{client, execstream, model, spec, tls, wire};
 pub use tugboat_server::{controllers, controlplane, http, objects, pki, scheduler, server, store};
 
 pub mod cli_config;
+pub mod commands;
+pub mod diff;
+pub mod manpages;
 pub mod output;
+pub mod service_logs;
+pub mod spec_build;
 pub mod up;
+pub mod wait;

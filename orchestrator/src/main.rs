@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use tugboat::client::ApiClient;
+use tugboat::commands::{self, Kind};
 use tugboat::model::now_ms;
 use tugboat::output::{self, OutputFormat};
 use tugboat::server::{ServerConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
@@ -29,10 +30,13 @@ struct Cli {
     /// Client config file with `addr:`, `token:` and `ca:` (default ~/.config/tugboat/config.yaml).
     #[arg(long, global = true, env = "TUGBOAT_CONFIG")]
     config: Option<PathBuf>,
-    /// The server's data directory (store, token).
+    /// The data directory: the server's (store, token, tls/) for `server`, the node's (image
+    /// store, volumes) for `agent`, `build`, `image`, and both for `up` (its server under
+    /// <data-dir>/server). The client finds the token and CA in <data-dir> or
+    /// <data-dir>/server, so the same --data-dir works for every command.
     #[arg(long, global = true, env = "TUGBOAT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
-    /// Output format.
+    /// Output format: table, wide (more columns), json or yaml.
     #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
     output: OutputFormat,
     #[command(subcommand)]
@@ -100,13 +104,26 @@ enum Command {
     Apply {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
+        /// Say what would be created or updated; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
-    /// List services, instances or nodes.
+    /// What `apply -f FILE` would change: a unified diff per service, of the server's spec
+    /// and the file's. Exit code 1 when something differs, as diff(1).
+    Diff {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// List services, instances, nodes or events; with a NAME, only that one.
     Get {
         kind: Kind,
+        name: Option<String>,
         /// Only instances of this service.
         #[arg(long)]
         service: Option<String>,
+        /// Print again after each change (events: each new one).
+        #[arg(short = 'w', long)]
+        watch: bool,
     },
     /// Show one object with its recent events (and why it is pending); `describe cluster`:
     /// the CA's hash and when each certificate ends.
@@ -115,14 +132,36 @@ enum Command {
         #[arg(default_value = "")]
         name: String,
     },
-    /// Delete a service (and its instances), an instance (it is replaced) or a node.
-    Delete { kind: Kind, name: String },
+    /// Delete a service (and its instances), an instance (it is replaced) or a node; or,
+    /// with -f, the services of a spec file.
+    #[command(arg_required_else_help = true)]
+    Delete {
+        #[arg(required_unless_present = "file")]
+        kind: Option<Kind>,
+        #[arg(required_unless_present = "file")]
+        name: Option<String>,
+        #[arg(short = 'f', long = "file", conflicts_with_all = ["kind", "name"])]
+        file: Option<PathBuf>,
+    },
     /// Set a service's replica count.
-    Scale { service: String, replicas: u32 },
-    /// Rollout status, or undo (back to the previous template).
+    Scale {
+        service: String,
+        replicas: u32,
+        /// Wait until that many instances are ready (and no more run).
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// `status`: wait until the rollout is done (exit 0) or rolled back (exit 1);
+    /// `history`: the templates kept; `undo`: back to the last good template.
     Rollout {
         action: RolloutAction,
         service: String,
+        /// How long `status` waits.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// A node's scheduling: `cordon` (nothing new placed on it), `drain` (cordon, and move
     /// its instances to other nodes, each replacement ready before its old copy stops, within
@@ -141,9 +180,11 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// An instance's output (stdout and stderr), from its node's agent.
+    /// An instance's output (stdout and stderr), from its node's agent; for a service, that
+    /// of each of its instances, each line prefixed with the instance.
     Logs {
-        instance: String,
+        /// An instance, or a service.
+        target: String,
         /// Keep printing what it writes.
         #[arg(short = 'f', long)]
         follow: bool,
@@ -192,6 +233,10 @@ enum Command {
         #[arg(long)]
         service: Option<String>,
     },
+    /// A shell completion script: `tugboat completion bash > /etc/bash_completion.d/tugboat`.
+    Completion { shell: clap_complete::Shell },
+    /// Write man pages (tugboat.1 and one per command) into DIR.
+    Man { dir: PathBuf },
     /// Run this host's instances for the server at --addr (data in --data-dir).
     Agent {
         #[arg(long)]
@@ -324,17 +369,6 @@ enum Overlay {
     Auto,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Kind {
-    #[value(alias = "service", alias = "svc")]
-    Services,
-    #[value(alias = "instance")]
-    Instances,
-    #[value(alias = "node")]
-    Nodes,
-    Cluster,
-}
-
 #[derive(Subcommand)]
 enum VolumeAction {
     Ls,
@@ -394,6 +428,7 @@ enum NodeAction {
 #[derive(Clone, Copy, ValueEnum)]
 enum RolloutAction {
     Status,
+    History,
     Undo,
 }
 
@@ -443,10 +478,7 @@ fn print_data<T: serde::Serialize>(
     format: OutputFormat,
     table: impl FnOnce() -> String,
 ) {
-    match format {
-        OutputFormat::Table => print!("{}", table()),
-        other => print!("{}", output::render_data(value, other)),
-    }
+    commands::print(value, format, table)
 }
 
 fn main() -> std::process::ExitCode {
@@ -495,6 +527,21 @@ fn main() -> std::process::ExitCode {
     if let Command::Build { .. } = &cli.command {
         // Before any async runtime: RUN steps start `tug` and hold a netns in a thread.
         return build_image(&cli);
+    }
+    // `build:` in a spec file: built before the async runtime, as `tugboat build` is.
+    let spec_file = match &cli.command {
+        Command::Up { file, .. }
+        | Command::Apply {
+            file,
+            dry_run: false,
+        } => Some(file),
+        _ => None,
+    };
+    if let Some(file) = spec_file {
+        if let Err(e) = build_for_spec(file, &cli.data_dir) {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
     }
     if let Command::Proxy { dir } = &cli.command {
         return std::process::ExitCode::from(tugboat::agent::proxy::run(dir) as u8);
@@ -685,48 +732,30 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Apply { file } => {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            let api = client(&cli)?;
-            let known: std::collections::HashSet<String> = match api.services().await {
-                Ok(list) => list.items.into_iter().map(|s| s.name).collect(),
-                Err(_) => Default::default(),
-            };
-            let spec = tugboat::spec::parse_spec_file(&file.display().to_string(), &text, &|n| {
-                known.contains(n)
-            })?;
-            let outcome = api.apply(&spec).await?;
-            print_data(&outcome, cli.output, || {
-                outcome
-                    .services
-                    .iter()
-                    .map(|(name, what)| format!("service/{name} {what}\n"))
-                    .collect()
-            });
+        Command::Apply { file, dry_run } => {
+            commands::apply(&client(&cli)?, file, &cli.data_dir, cli.output, *dry_run).await?;
         }
-        Command::Get { kind, service } => {
-            let api = client(&cli)?;
-            match kind {
-                Kind::Services => {
-                    let services = api.services().await?;
-                    let instances = api.instances(None).await?.items;
-                    print_data(&services, cli.output, || {
-                        output::services_table(&services.items, &instances)
-                    });
-                }
-                Kind::Instances => {
-                    let list = api.instances(service.as_deref()).await?;
-                    print_data(&list, cli.output, || {
-                        output::instances_table(&list.items, now)
-                    });
-                }
-                Kind::Nodes => {
-                    let list = api.nodes().await?;
-                    print_data(&list, cli.output, || output::nodes_table(&list.items, now));
-                }
-                Kind::Cluster => bail!("`get cluster`: use `describe cluster`"),
+        Command::Diff { file } => {
+            if commands::diff(&client(&cli)?, file).await? {
+                std::process::exit(1);
             }
+        }
+        Command::Get {
+            kind,
+            name,
+            service,
+            watch,
+        } => {
+            let api = client(&cli)?;
+            commands::get(
+                &api,
+                *kind,
+                name.as_deref(),
+                service.as_deref(),
+                cli.output,
+                *watch,
+            )
+            .await?;
         }
         Command::Describe { kind, name } => {
             let api = client(&cli)?;
@@ -751,24 +780,36 @@ async fn run(cli: Cli) -> Result<()> {
                     let d = api.describe_cluster().await?;
                     print_data(&d, cli.output, || output::describe_cluster(&d, now));
                 }
+                Kind::Events => bail!("`describe events`: use `get events [NAME]`"),
             }
         }
-        Command::Delete { kind, name } => {
+        Command::Delete {
+            file: Some(file), ..
+        } => commands::delete_file(&client(&cli)?, file, cli.output).await?,
+        Command::Delete { kind, name, .. } => {
+            let (Some(kind), Some(name)) = (kind, name) else {
+                bail!("delete KIND NAME, or delete -f FILE")
+            };
             let path = match kind {
                 Kind::Services => format!("/v1/services/{name}"),
                 Kind::Instances => format!("/v1/instances/{name}"),
                 Kind::Nodes => format!("/v1/nodes/{name}"),
+                Kind::Events => bail!("events are not deleted: the server keeps the recent ones"),
                 Kind::Cluster => bail!("a cluster is not deleted through its API"),
             };
             let api = client(&cli)?;
             let answer: serde_json::Value = api.call(reqwest::Method::DELETE, &path, None).await?;
             print_data(&answer, cli.output, || format!("deleted {name}\n"));
         }
-        Command::Scale { service, replicas } => {
-            let updated = client(&cli)?.scale(service, *replicas).await?;
-            print_data(&updated, cli.output, || {
-                format!("service/{service} scaled to {replicas}\n")
-            });
+        Command::Scale {
+            service,
+            replicas,
+            wait,
+            timeout,
+        } => {
+            let api = client(&cli)?;
+            let wait = wait.then_some(*timeout);
+            commands::scale(&api, service, *replicas, wait, cli.output).await?;
         }
         Command::Node { action, name } => {
             let verb = match action {
@@ -795,28 +836,18 @@ async fn run(cli: Cli) -> Result<()> {
                 format!("node/{name} {what}\n")
             });
         }
-        Command::Rollout { action, service } => {
+        Command::Rollout {
+            action,
+            service,
+            timeout,
+        } => {
             let api = client(&cli)?;
-            let rollout = match action {
-                RolloutAction::Status => api.rollout_status(service).await?,
-                RolloutAction::Undo => api.rollout_undo(service).await?.rollout,
-            };
-            print_data(&rollout, cli.output, || {
-                let state = format!("{:?}", rollout.state).to_lowercase();
-                let note = if rollout.message.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", rollout.message)
-                };
-                format!(
-                    "service/{service} rollout {state} (template {}){note}\n",
-                    rollout.template_hash
-                )
-            });
-            if matches!(action, RolloutAction::Status)
-                && rollout.state == tugboat::model::RolloutState::RolledBack
-            {
-                bail!("the last rollout of {service} failed and was rolled back");
+            match action {
+                RolloutAction::Status => commands::rollout_status(&api, service, *timeout).await?,
+                RolloutAction::History => {
+                    commands::rollout_history(&api, service, cli.output).await?
+                }
+                RolloutAction::Undo => commands::rollout_undo(&api, service, cli.output).await?,
             }
         }
         Command::Exec {
@@ -855,13 +886,19 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Logs {
-            instance,
+            target,
             follow,
             tail,
-        } => {
-            client(&cli)?
-                .logs(instance, *follow, *tail, &mut std::io::stdout())
-                .await?;
+        } => commands::logs(&client(&cli)?, target, *follow, *tail).await?,
+        Command::Completion { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "tugboat", &mut std::io::stdout());
+        }
+        Command::Man { dir } => {
+            let written =
+                tugboat::manpages::write_all(<Cli as clap::CommandFactory>::command(), dir)
+                    .with_context(|| format!("writing man pages to {}", dir.display()))?;
+            println!("{} man pages in {}", written, dir.display());
         }
         Command::Image { action } => tug_image::cli::run(action.clone(), &cli.data_dir).await?,
         Command::Volume { action } => match action {
@@ -1004,6 +1041,24 @@ async fn run(cli: Cli) -> Result<()> {
             unreachable!("handled before the async runtime starts")
         }
     }
+    Ok(())
+}
+
+/// Builds the images a spec file's `build:` entries name and the store lacks. A file that
+/// does not parse is left to the command itself, which reports it fully.
+fn build_for_spec(file: &std::path::Path, data_dir: &std::path::Path) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return Ok(());
+    };
+    let Ok(spec) = tugboat::spec::parse_spec_file(&file.display().to_string(), &text, &|_| true)
+    else {
+        return Ok(());
+    };
+    let dir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    tugboat::spec_build::build_missing(&spec, dir, data_dir)?;
     Ok(())
 }
 

@@ -1,15 +1,24 @@
 //! What the command line prints: tables and descriptions for people, JSON or YAML for tools.
 
-use crate::model::{Event, Instance, InstancePhase, Node, Service};
-use crate::spec::{Cpu, Memory};
+use crate::model::{Event, Instance, InstancePhase, Node, Resources, Service};
+use crate::spec::{human_bytes, human_cpu, PublishMode, ServiceSpec};
 use crate::wire::{InstanceDescription, NodeDescription, ServiceDescription};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
     Table,
+    /// The table with more columns (addresses, templates, allocations).
+    Wide,
     Json,
     Yaml,
+}
+
+impl OutputFormat {
+    /// A table for people (`table` or `wide`) rather than data for tools.
+    pub fn is_table(self) -> bool {
+        matches!(self, OutputFormat::Table | OutputFormat::Wide)
+    }
 }
 
 /// Serialize for `--output json|yaml`.
@@ -58,22 +67,55 @@ fn ago(now_ms: u64, then_ms: u64) -> String {
     }
 }
 
-pub fn services_table(services: &[Service], instances: &[Instance]) -> String {
+/// `8080->80/tcp`, `*:8080->80/tcp` for an ingress port (every node), `80/tcp` unpublished.
+pub fn ports_text(spec: &ServiceSpec) -> String {
+    let ports: Vec<String> = spec
+        .ports
+        .iter()
+        .map(|p| {
+            let protocol = format!("{:?}", p.protocol).to_lowercase();
+            match (p.published, p.mode) {
+                (Some(host), PublishMode::Ingress) => {
+                    format!("*:{host}->{}/{protocol}", p.container)
+                }
+                (Some(host), PublishMode::Host) => format!("{host}->{}/{protocol}", p.container),
+                (None, _) => format!("{}/{protocol}", p.container),
+            }
+        })
+        .collect();
+    if ports.is_empty() {
+        "-".into()
+    } else {
+        ports.join(",")
+    }
+}
+
+pub fn services_table(services: &[Service], instances: &[Instance], wide: bool) -> String {
     let rows: Vec<Vec<String>> = services
         .iter()
         .map(|s| {
             let mine: Vec<&Instance> = instances.iter().filter(|i| i.service == s.name).collect();
             let ready = mine.iter().filter(|i| i.ready).count();
-            vec![
+            let mut row = vec![
                 s.name.clone(),
                 s.spec.image.clone(),
                 format!("{ready}/{}", s.spec.replicas),
-                format!("{:?}", s.rollout.state).to_lowercase(),
-                s.generation.to_string(),
-            ]
+                s.rollout.state.to_string(),
+                s.address.map_or("-".into(), |a| a.to_string()),
+                ports_text(&s.spec),
+            ];
+            if wide {
+                row.push(s.generation.to_string());
+                row.push(s.rollout.template_hash.clone());
+            }
+            row
         })
         .collect();
-    table(&["NAME", "IMAGE", "READY", "ROLLOUT", "GENERATION"], &rows)
+    let mut header = vec!["NAME", "IMAGE", "READY", "ROLLOUT", "ADDRESS", "PORTS"];
+    if wide {
+        header.extend(["GENERATION", "TEMPLATE"]);
+    }
+    table(&header, &rows)
 }
 
 fn phase(i: &Instance) -> String {
@@ -83,11 +125,11 @@ fn phase(i: &Instance) -> String {
     format!("{:?}", i.phase).to_lowercase()
 }
 
-pub fn instances_table(instances: &[Instance], now_ms: u64) -> String {
+pub fn instances_table(instances: &[Instance], now_ms: u64, wide: bool) -> String {
     let rows: Vec<Vec<String>> = instances
         .iter()
         .map(|i| {
-            vec![
+            let mut row = vec![
                 i.id.clone(),
                 i.service.clone(),
                 i.node.clone().unwrap_or_else(|| "-".into()),
@@ -95,26 +137,27 @@ pub fn instances_table(instances: &[Instance], now_ms: u64) -> String {
                 if i.ready { "yes" } else { "no" }.into(),
                 ago(now_ms, i.created_at_ms),
                 i.restarts.to_string(),
+            ];
+            if wide {
+                row.push(i.address.clone().unwrap_or_else(|| "-".into()));
+                row.push(i.spec.image.clone());
+                row.push(i.template_hash.clone());
+            }
+            row.push(
                 i.pending_reason
                     .clone()
                     .or_else(|| (!i.ready).then(|| i.message.clone()))
                     .unwrap_or_default(),
-            ]
+            );
+            row
         })
         .collect();
-    table(
-        &[
-            "ID",
-            "SERVICE",
-            "NODE",
-            "PHASE",
-            "READY",
-            "AGE",
-            "RESTARTS",
-            "WHY PENDING OR NOT READY",
-        ],
-        &rows,
-    )
+    let mut header = vec!["ID", "SERVICE", "NODE", "PHASE", "READY", "AGE", "RESTARTS"];
+    if wide {
+        header.extend(["ADDRESS", "IMAGE", "TEMPLATE"]);
+    }
+    header.push("WHY PENDING OR NOT READY");
+    table(&header, &rows)
 }
 
 /// `tugboat top`: what each instance uses, as its agent last reported.
@@ -127,8 +170,8 @@ pub fn top_table(instances: &[Instance], now_ms: u64) -> String {
                 i.id.clone(),
                 i.service.clone(),
                 i.node.clone().unwrap_or_default(),
-                Cpu(s.cpu_millis).to_string(),
-                Memory(s.memory_bytes).to_string(),
+                human_cpu(s.cpu_millis),
+                human_bytes(s.memory_bytes),
                 s.pids.to_string(),
                 ago(now_ms, s.at_ms),
             ],
@@ -157,7 +200,32 @@ fn status_word(status: tugboat_api::model::NodeStatus) -> &'static str {
     }
 }
 
-pub fn nodes_table(nodes: &[Node], now_ms: u64) -> String {
+fn holds_resources(i: &Instance) -> bool {
+    !matches!(i.phase, InstancePhase::Failed | InstancePhase::Lost)
+}
+
+/// What the instances placed on `node` reserve (their requests), as the scheduler counts.
+pub fn allocated_on(node: &str, instances: &[Instance]) -> Resources {
+    let mut total = Resources::default();
+    for i in instances
+        .iter()
+        .filter(|i| i.node.as_deref() == Some(node) && holds_resources(i))
+    {
+        let r = Resources::requested_by(&i.spec);
+        total.cpu_millis += r.cpu_millis;
+        total.memory_bytes += r.memory_bytes;
+        total.pids += r.pids;
+    }
+    total
+}
+
+fn share(used: u64, of: u64) -> String {
+    (used * 100)
+        .checked_div(of)
+        .map_or(String::new(), |p| format!(" ({p}%)"))
+}
+
+pub fn nodes_table(nodes: &[Node], instances: &[Instance], now_ms: u64, wide: bool) -> String {
     let rows: Vec<Vec<String>> = nodes
         .iter()
         .map(|n| {
@@ -169,27 +237,84 @@ pub fn nodes_table(nodes: &[Node], now_ms: u64) -> String {
             } else {
                 ""
             };
-            vec![
+            let mut row = vec![
                 n.name.clone(),
                 format!("{}{scheduling}", status_word(n.status)),
-                Cpu(n.capacity.cpu_millis).to_string(),
-                Memory(n.capacity.memory_bytes).to_string(),
+                human_cpu(n.capacity.cpu_millis),
+                human_bytes(n.capacity.memory_bytes),
                 ago(now_ms, n.last_heartbeat_ms),
-                labels.join(","),
+            ];
+            if wide {
+                let used = allocated_on(&n.name, instances);
+                row.push(format!(
+                    "{}{}",
+                    human_cpu(used.cpu_millis),
+                    share(used.cpu_millis, n.capacity.cpu_millis)
+                ));
+                row.push(format!(
+                    "{}{}",
+                    human_bytes(used.memory_bytes),
+                    share(used.memory_bytes, n.capacity.memory_bytes)
+                ));
+                row.push(n.address.clone().unwrap_or_else(|| "-".into()));
+                row.push(n.subnet.map_or("-".into(), |s| s.to_string()));
+            }
+            row.push(labels.join(","));
+            row
+        })
+        .collect();
+    let mut header = vec!["NAME", "STATUS", "CPU", "MEMORY", "LAST HEARTBEAT"];
+    if wide {
+        header.extend(["CPU ALLOCATED", "MEMORY ALLOCATED", "ADDRESS", "SUBNET"]);
+    }
+    header.push("LABELS");
+    table(&header, &rows)
+}
+
+/// `tugboat get events`: the newest last, as they happened.
+pub fn events_table(events: &[Event], now_ms: u64) -> String {
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            vec![
+                ago(now_ms, e.time_ms),
+                format!("{:?}", e.kind).to_lowercase(),
+                e.name.clone(),
+                e.reason.clone(),
+                e.message.clone(),
             ]
         })
         .collect();
-    table(
-        &[
-            "NAME",
-            "STATUS",
-            "CPU",
-            "MEMORY",
-            "LAST HEARTBEAT",
-            "LABELS",
-        ],
-        &rows,
-    )
+    table(&["AGE", "KIND", "OBJECT", "REASON", "MESSAGE"], &rows)
+}
+
+/// `tugboat rollout history`: the templates kept, oldest first, then the current one.
+pub fn history_table(service: &Service) -> String {
+    let mut rows: Vec<Vec<String>> = service
+        .history
+        .iter()
+        .enumerate()
+        .map(|(n, t)| {
+            vec![
+                (n + 1).to_string(),
+                t.template_hash.clone(),
+                t.spec.image.clone(),
+                if t.failed { "failed, rolled back" } else { "" }.into(),
+            ]
+        })
+        .collect();
+    let status = match service.rollout.state {
+        tugboat_api::model::RolloutState::Complete => "current",
+        tugboat_api::model::RolloutState::Progressing => "current, rolling out",
+        tugboat_api::model::RolloutState::RolledBack => "current, restored by a rollback",
+    };
+    rows.push(vec![
+        (service.history.len() + 1).to_string(),
+        service.spec.template_hash(),
+        service.spec.image.clone(),
+        status.into(),
+    ]);
+    table(&["REVISION", "TEMPLATE", "IMAGE", "NOTE"], &rows)
 }
 
 fn events_text(events: &[Event], now_ms: u64) -> String {
@@ -216,9 +341,11 @@ fn events_text(events: &[Event], now_ms: u64) -> String {
 pub fn describe_service(d: &ServiceDescription, now_ms: u64) -> String {
     let s = &d.service;
     let mut out = format!(
-        "Service:     {}\nImage:       {}\nReplicas:    {} ({} ready)\nGeneration:  {}\nRollout:     {:?} template {}{}\n",
+        "Service:     {}\nImage:       {}\nAddress:     {}\nPorts:       {}\nReplicas:    {} ({} ready)\nGeneration:  {}\nRollout:     {} template {}{}\n",
         s.name,
         s.spec.image,
+        s.address.map_or("-".into(), |a| a.to_string()),
+        ports_text(&s.spec),
         s.spec.replicas,
         d.instances.iter().filter(|i| i.ready).count(),
         s.generation,
@@ -244,7 +371,10 @@ pub fn describe_service(d: &ServiceDescription, now_ms: u64) -> String {
                 .unwrap_or("not scheduled yet")
         );
     }
-    out += &format!("\nInstances:\n{}\n", instances_table(&d.instances, now_ms));
+    out += &format!(
+        "\nInstances:\n{}\n",
+        instances_table(&d.instances, now_ms, false)
+    );
     out + &events_text(&d.events, now_ms)
 }
 
@@ -315,16 +445,45 @@ fn limits_text(limits: &crate::spec::ResourceAmounts) -> String {
 
 pub fn describe_node(d: &NodeDescription, now_ms: u64) -> String {
     let n = &d.node;
+    let used = allocated_on(&n.name, &d.instances);
+    let pids = if n.capacity.pids == 0 {
+        "pids unlimited".to_string()
+    } else {
+        format!("pids {}", n.capacity.pids)
+    };
+    let scheduling = if n.draining {
+        "draining"
+    } else if n.cordoned {
+        "cordoned"
+    } else {
+        "takes new instances"
+    };
     let out = format!(
-        "Node:        {}\nStatus:      {:?}\nCapacity:    cpu {}, memory {}, pids {}\nHeartbeat:   {} ago\nLabels:      {:?}\n\nInstances:\n{}\n",
+        "Node:        {}\nStatus:      {}, {scheduling}\nAddress:     {}\nSubnet:      {}\nCapacity:    cpu {}, memory {}, {pids}\nAllocated:   cpu {}{}, memory {}{}, pids {} (requests of {} instance(s))\nFree:        cpu {}, memory {}\nHeartbeat:   {} ago\nLabels:      {}\n\nInstances:\n{}\n",
         n.name,
-        n.status,
-        Cpu(n.capacity.cpu_millis),
-        Memory(n.capacity.memory_bytes),
-        n.capacity.pids,
+        status_word(n.status),
+        n.address.as_deref().unwrap_or("-"),
+        n.subnet.map_or("-".into(), |s| s.to_string()),
+        human_cpu(n.capacity.cpu_millis),
+        human_bytes(n.capacity.memory_bytes),
+        human_cpu(used.cpu_millis),
+        share(used.cpu_millis, n.capacity.cpu_millis),
+        human_bytes(used.memory_bytes),
+        share(used.memory_bytes, n.capacity.memory_bytes),
+        used.pids,
+        d.instances
+            .iter()
+            .filter(|i| holds_resources(i))
+            .count(),
+        human_cpu(n.capacity.cpu_millis.saturating_sub(used.cpu_millis)),
+        human_bytes(n.capacity.memory_bytes.saturating_sub(used.memory_bytes)),
         ago(now_ms, n.last_heartbeat_ms),
-        n.labels,
-        instances_table(&d.instances, now_ms)
+        n.labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
+        instances_table(&d.instances, now_ms, false)
     );
     out + &events_text(&d.events, now_ms)
 }

@@ -61,6 +61,10 @@ pub struct UpConfig {
     pub deadline: Duration,
 }
 
+/// `up --data-dir D` keeps its server's files (store, token, tls/) in D/server; the client
+/// looks there too, so `tugboat --data-dir D get ...` finds them.
+pub const SERVER_SUBDIR: &str = "server";
+
 /// What `up` prints once the services are ready.
 pub fn summary(server: SocketAddr, data_dir: &Path, spec: &SpecFile) -> String {
     let mut text = String::new();
@@ -73,7 +77,7 @@ pub fn summary(server: SocketAddr, data_dir: &Path, spec: &SpecFile) -> String {
     }
     text.push_str(&format!(
         "control plane: https://{server} - look with:\n  tugboat --addr {server} --data-dir {} get instances\n",
-        data_dir.join("server").display()
+        data_dir.display()
     ));
     text.push_str("Ctrl-C stops everything.\n");
     text
@@ -106,7 +110,7 @@ pub async fn up(config: UpConfig, stop: impl Future<Output = ()>) -> Result<(), 
     let spec = crate::spec::parse_spec_file(&config.file.display().to_string(), &text, &|_| false)?;
     // Before anything is started: without its cgroups no instance could ever run.
     crate::agent::host_check::check_cgroups()?;
-    let server_dir = config.data_dir.join("server");
+    let server_dir = config.data_dir.join(SERVER_SUBDIR);
     // TLS as for `tugboat server`: the CLI finds the CA in <data-dir>/server/tls.
     let mut server_config = ServerConfig::new(&server_dir, config.listen);
     server_config.tls = Some(Default::default());
@@ -146,7 +150,10 @@ pub async fn up(config: UpConfig, stop: impl Future<Output = ()>) -> Result<(), 
         remove_earlier_services(&client, &spec, &config.file)
             .await
             .map_err(apply_error)?;
-        client.apply(&spec).await.map_err(apply_error)?;
+        client
+            .apply(&spec.without_build())
+            .await
+            .map_err(apply_error)?;
         Ok::<_, UpError>(())
     }
     .await;

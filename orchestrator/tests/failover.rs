@@ -137,7 +137,8 @@ fn node_status(a: &TestHost, name: &str) -> Option<NodeStatus> {
 }
 
 fn show(hosts: &[&TestHost]) -> String {
-    let mut out = tugboat::output::instances_table(&instances(hosts[0]), tugboat::model::now_ms());
+    let mut out =
+        tugboat::output::instances_table(&instances(hosts[0]), tugboat::model::now_ms(), false);
     for h in hosts {
         out.push_str(&format!("--- {}:\n{}", h.netns, h.output.lock().unwrap()));
     }

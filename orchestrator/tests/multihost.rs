@@ -143,7 +143,7 @@ fn ready_on<'a>(list: &'a [Instance], service: &str, node: &str) -> Option<&'a I
 
 /// Everything the two hosts said, and the server's instances.
 fn show(a: &TestHost, b: &TestHost) -> String {
-    let table = tugboat::output::instances_table(&instances(a), tugboat::model::now_ms());
+    let table = tugboat::output::instances_table(&instances(a), tugboat::model::now_ms(), false);
     format!(
         "{table}\n--- routes on A:\n{}--- A said:\n{}--- B said:\n{}",
         routes(a),

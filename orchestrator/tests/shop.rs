@@ -20,7 +20,7 @@ fn ready(list: &[Instance], service: &str) -> usize {
 
 fn show(host: &TestHost) -> String {
     let list = instances(host);
-    let table = tugboat::output::instances_table(&list, tugboat::model::now_ms());
+    let table = tugboat::output::instances_table(&list, tugboat::model::now_ms(), false);
     format!(
         "{table}\n--- tugboat up said:\n{}",
         host.output.lock().unwrap()
@@ -97,37 +97,39 @@ fn a_purchase_through_the_front_reaches_every_service() {
     });
     let top = String::from_utf8_lossy(&top.stdout).to_string();
     assert!(top.contains("MEMORY") && top.contains(&front.id), "{top}");
-    // The front's output (httpd -v logs each request) through the API, from its agent.
+    // The fronts' output (httpd -v logs each request) through the API, from their agent:
+    // `logs SERVICE` gives each instance's lines, prefixed with the instance.
     let fronts: Vec<String> = instances(&host)
         .into_iter()
-        .filter(|i| i.service == "front")
+        .filter(|i| i.service == "front" && i.node.is_some())
         .map(|i| i.id)
         .collect();
-    let logs: String = fronts
-        .iter()
-        .map(|id| {
-            let out = host.in_netns(|| {
-                std::process::Command::new(env!("CARGO_BIN_EXE_tugboat"))
-                    .env("TUGBOAT_CA", host.ca())
-                    .args([
-                        "--addr",
-                        host::API,
-                        "--token",
-                        token.trim(),
-                        "logs",
-                        id,
-                        "--tail",
-                        "50",
-                    ])
-                    .output()
-                    .unwrap()
-            });
-            String::from_utf8_lossy(&out.stdout).to_string()
-        })
-        .collect();
+    let out = host.in_netns(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tugboat"))
+            .env("TUGBOAT_CA", host.ca())
+            .args([
+                "--addr",
+                host::API,
+                "--token",
+                token.trim(),
+                "logs",
+                "front",
+                "--tail",
+                "50",
+            ])
+            .output()
+            .unwrap()
+    });
+    let logs = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         logs.contains("response:200"),
-        "no request in the fronts' logs:\n{logs}"
+        "no request in the fronts' logs:\n{logs}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        logs.lines()
+            .all(|l| fronts.iter().any(|id| l.starts_with(&format!("[{id}")))),
+        "each line names its instance:\n{logs}"
     );
     // exec through the API: names resolve inside the container; the exit code comes back.
     let exec = host.in_netns(|| {

@@ -91,6 +91,9 @@ pub struct Service {
 pub struct TemplateRevision {
     pub template_hash: String,
     pub spec: ServiceSpec,
+    /// Its rollout failed and was rolled back: `rollout undo` passes over it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failed: bool,
 }
 
 /// Templates kept per service.
@@ -104,6 +107,23 @@ pub enum RolloutState {
     Progressing,
     /// The rollout failed and the previous template was restored.
     RolledBack,
+}
+
+impl RolloutState {
+    /// The one spelling, as in the API: `complete`, `progressing`, `rolled-back`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RolloutState::Complete => "complete",
+            RolloutState::Progressing => "progressing",
+            RolloutState::RolledBack => "rolled-back",
+        }
+    }
+}
+
+impl std::fmt::Display for RolloutState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -148,6 +168,7 @@ impl Service {
             self.history.push(TemplateRevision {
                 template_hash: old_hash,
                 spec: self.spec.clone(),
+                failed: false,
             });
             if self.history.len() > HISTORY_LIMIT {
                 self.history.remove(0);
@@ -164,17 +185,19 @@ impl Service {
         self.generation += 1;
     }
 
-    /// A failed rollout: swap back to the previous template (keeping the replica count). The
-    /// failed template goes to history, so an undo after a rollback tries it again.
+    /// A failed rollout: swap back to the last good template (keeping the replica count).
+    /// The failed template goes to history marked failed: `rollout undo` passes over it.
     pub fn roll_back(&mut self, reason: &str, now_ms: u64) -> bool {
-        let Some(previous) = self.history.pop() else {
+        let Some(at) = self.history.iter().rposition(|t| !t.failed) else {
             return false;
         };
+        let previous = self.history.remove(at);
         let failed = std::mem::replace(&mut self.spec, previous.spec);
         self.spec.replicas = failed.replicas;
         self.history.push(TemplateRevision {
             template_hash: failed.template_hash(),
             spec: failed,
+            failed: true,
         });
         self.generation += 1;
         self.rollout = Rollout {
@@ -187,9 +210,17 @@ impl Service {
         true
     }
 
-    /// The previous template with the current replica count, for undo and rollback.
+    /// The last good template before the current one, with the current replica count, for
+    /// `rollout undo`: templates whose rollout failed are passed over.
     pub fn previous_spec(&self) -> Option<ServiceSpec> {
-        let mut spec = self.history.last()?.spec.clone();
+        let current = self.spec.template_hash();
+        let mut spec = self
+            .history
+            .iter()
+            .rev()
+            .find(|t| !t.failed && t.template_hash != current)?
+            .spec
+            .clone();
         spec.replicas = self.spec.replicas;
         Some(spec)
     }
@@ -383,4 +414,34 @@ pub enum ObjectKind {
     Service,
     Instance,
     Node,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(image: &str) -> ServiceSpec {
+        ServiceSpec::new(image)
+    }
+
+    #[test]
+    fn undo_after_an_automatic_rollback_goes_back_to_the_last_good_template() {
+        let mut service = Service::new("web", spec("web:1"), 0);
+        service.replace_spec(spec("web:2"), 1);
+        service.replace_spec(spec("web:3"), 2);
+        assert!(service.roll_back("web:3 never got ready", 3));
+        assert_eq!(service.spec.image, "web:2");
+        assert_eq!(service.rollout.state.to_string(), "rolled-back");
+        // Not web:3 again (it failed), and not web:2 (it runs): web:1.
+        assert_eq!(service.previous_spec().unwrap().image, "web:1");
+        // With only the failed one before it, there is nothing to go back to.
+        let mut service = Service::new("web", spec("web:1"), 0);
+        service.replace_spec(spec("web:2"), 1);
+        assert!(service.roll_back("bad", 2));
+        assert_eq!(service.previous_spec(), None);
+        // A second failure rolls back to the good template, not to the first failure.
+        service.replace_spec(spec("web:3"), 3);
+        assert!(service.roll_back("bad too", 4));
+        assert_eq!(service.spec.image, "web:1");
+    }
 }

@@ -48,24 +48,134 @@ fn without_location(message: &str) -> String {
     }
 }
 
+/// serde's and libyaml's words, in a spec writer's: `expected u32` is `expected a whole
+/// number`, a tab or an unclosed bracket is named as such.
+pub fn in_user_words(message: &str, text: &str, line: Option<usize>) -> String {
+    let line_text = line.and_then(|n| text.lines().nth(n.saturating_sub(1)));
+    if message.contains("found character that cannot start any token")
+        && line_text.is_some_and(|l| l.contains('\t'))
+    {
+        return "a tab character: YAML indents with spaces only".into();
+    }
+    for (open, close, what) in [("[", "]", "list"), ("{", "}", "mapping")] {
+        if message.contains(&format!("did not find expected ',' or '{close}'"))
+            || (message.contains(&format!("while parsing a flow {}", flow_name(what)))
+                && message.contains("did not find"))
+        {
+            let opened = text
+                .lines()
+                .take(line.unwrap_or(usize::MAX))
+                .enumerate()
+                .filter(|(_, l)| l.matches(open).count() > l.matches(close).count())
+                .last()
+                .map_or(String::new(), |(n, _)| {
+                    format!(" (opened at line {})", n + 1)
+                });
+            return format!(
+                "unclosed `{open}`{opened}: a {what} in brackets needs its closing `{close}`"
+            );
+        }
+    }
+    let mut out = message.to_string();
+    for (from, to) in [
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        ("expected u32", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected i32", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected f32", "expected a number"),
+        ("expected f64", "expected a number"),
+        (
+            "expected a sequence",
+            "expected a list (`- item` lines or `[a, b]`)",
+        ),
+        ("expected a map", "expected a mapping (`key: value` lines)"),
+        ("invalid type: sequence", "got a list"),
+        ("invalid type: map", "got a mapping"),
+        ("invalid type: string", "got the text"),
+        ("invalid type: floating point", "got the number"),
+        ("invalid type: integer", "got the number"),
+        ("invalid type: boolean", "got"),
+        ("invalid type: unit value", "got nothing (an empty value)"),
+        ("invalid value: integer", "got"),
+    ] {
+        out = out.replace(from, to);
+    }
+    if out.contains("untagged enum BuildSource") {
+        return "expected a directory (`build: ./front`) or a mapping with `context` and optionally `dockerfile`, `args`, `target`".into();
+    }
+    // serde names the struct it expected (`expected struct ServiceSpec`).
+    if let Some(i) = out.find("expected struct ") {
+        out.truncate(i);
+        out.push_str("expected a mapping (`key: value` lines)");
+    }
+    out
+}
+
+fn flow_name(what: &str) -> &'static str {
+    if what == "list" {
+        "sequence"
+    } else {
+        "mapping"
+    }
+}
+
+/// Takes the value at `path` out of `value`, so the rest can be read past a problem.
+/// False when there is nothing left to take (the path is the root, or is not there).
+fn remove_at(value: &mut serde_yaml_ng::Value, path: &serde_path_to_error::Path) -> bool {
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = path.iter().collect();
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut at = value;
+    for segment in parents {
+        let next = match segment {
+            Segment::Map { key } => at.get_mut(key.as_str()),
+            Segment::Seq { index } => at.get_mut(*index),
+            _ => None,
+        };
+        match next {
+            Some(v) => at = v,
+            None => return false,
+        }
+    }
+    match (last, at) {
+        (Segment::Map { key }, serde_yaml_ng::Value::Mapping(map)) => {
+            map.remove(key.as_str()).is_some()
+        }
+        (Segment::Seq { index }, serde_yaml_ng::Value::Sequence(items)) if *index < items.len() => {
+            items.remove(*index);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// How many problems one file reports at most before it stops reading.
+const MAX_PROBLEMS: usize = 50;
+
 /// Parse `text` (named `file` in messages) and validate it. `known` answers whether a service
 /// not in this file already exists, for affinity rules.
+///
+/// Every problem is listed: a syntax error (reading stops there) or a duplicate key, else
+/// each field of the wrong type or unknown, and each failed check.
 pub fn parse_spec_file(
     file: &str,
     text: &str,
     known: &dyn Fn(&str) -> bool,
 ) -> Result<SpecFile, SpecFileError> {
-    let problem = |line, field: String, message: String| SpecFileError {
-        problems: vec![SpecProblem {
-            file: file.to_string(),
-            line,
-            field,
-            message,
-        }],
+    let problem = |line: Option<usize>, field: String, message: String| SpecProblem {
+        file: file.to_string(),
+        line,
+        field,
+        message,
     };
-    let spec: SpecFile = if text.trim_start().starts_with('{') {
+    let fail = |problems: Vec<SpecProblem>| SpecFileError { problems };
+    if text.trim_start().starts_with('{') {
         let mut de = serde_json::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let spec: SpecFile = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let inner = e.inner();
             let message = inner.to_string();
             let message = message
@@ -73,34 +183,113 @@ pub fn parse_spec_file(
                 .next()
                 .unwrap_or_default()
                 .to_string();
-            problem(Some(inner.line()), e.path().to_string(), message)
-        })?
-    } else {
-        let de = serde_yaml_ng::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let line = e.inner().location().map(|l| l.line());
-            let path = e.path().to_string();
-            let message = without_location(&e.inner().to_string());
-            // serde_yaml puts the path in front of its message too; keep one copy.
-            let message = match message.split_once(": ") {
-                Some((prefix, rest)) if !prefix.contains(' ') => rest.to_string(),
-                _ => message,
+            let line = Some(inner.line());
+            fail(vec![problem(
+                line,
+                e.path().to_string(),
+                in_user_words(&message, text, line),
+            )])
+        })?;
+        return validate(file, text, spec, known, vec![]);
+    }
+    // First the syntax, and duplicate keys (a second `web:` would silently replace the first).
+    let mut value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| {
+        let line = e.location().map(|l| l.line());
+        let message = without_location(&e.to_string());
+        let (path, message) = match message.split_once(": ") {
+            Some((prefix, rest)) if !prefix.contains(' ') => (prefix.to_string(), rest.to_string()),
+            _ => (String::new(), message),
+        };
+        if let Some(key) = duplicate_key(&message) {
+            let lines = super::locate::lines_of_key(text, &path, &key);
+            let (first, second) = (lines.first().copied(), lines.get(1).copied());
+            let field = if path.is_empty() {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
             };
-            problem(line, path, message)
-        })?
-    };
-    validate_services(&spec.services, known).map_err(|errors| SpecFileError {
-        problems: errors
-            .into_iter()
-            .map(|e| SpecProblem {
-                file: file.to_string(),
-                line: line_of(text, &e.path),
-                field: e.path,
-                message: e.message,
-            })
-            .collect(),
+            let earlier = first.map_or(String::new(), |n| format!(" (first at line {n})"));
+            return fail(vec![problem(
+                second.or(line),
+                field,
+                format!("duplicate key `{key}`{earlier}: each key may appear once; the second would replace the first"),
+            )]);
+        }
+        fail(vec![problem(
+            line,
+            path,
+            in_user_words(&message, text, line),
+        )])
     })?;
-    Ok(spec)
+    // Then the fields: each one of the wrong type or unknown is noted and taken out, and
+    // the rest read again, so one run lists them all.
+    let mut problems = vec![];
+    let mut taken_out = std::collections::HashSet::new();
+    let spec = loop {
+        match serde_path_to_error::deserialize::<_, SpecFile>(value.clone()) {
+            Ok(spec) => break Some(spec),
+            Err(e) => {
+                let path = e.path().to_string();
+                let message = without_location(&e.inner().to_string());
+                let message = match message.split_once(": ") {
+                    Some((prefix, rest)) if !prefix.contains(' ') => rest.to_string(),
+                    _ => message,
+                };
+                // A required field taken out after its own problem is missing now: not a
+                // second problem; its parent goes instead.
+                let missing = message
+                    .strip_prefix("missing field `")
+                    .and_then(|m| m.strip_suffix('`'))
+                    .map(|field| format!("{path}.{field}"));
+                if !missing.is_some_and(|m| taken_out.contains(&m)) {
+                    let line = line_of(text, &path);
+                    problems.push(problem(
+                        line,
+                        path.clone(),
+                        in_user_words(&message, text, line),
+                    ));
+                }
+                taken_out.insert(path);
+                if problems.len() >= MAX_PROBLEMS || !remove_at(&mut value, e.path()) {
+                    break None;
+                }
+            }
+        }
+    };
+    match spec {
+        Some(spec) => validate(file, text, spec, known, problems),
+        None => Err(fail(problems)),
+    }
+}
+
+/// `duplicate entry with key "web"` -> `web`.
+fn duplicate_key(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("duplicate entry with key ")?;
+    Some(rest.trim_matches(|c| c == '"' || c == '`').to_string())
+}
+
+/// The checks serde cannot make, added to what reading found; errors in file order.
+fn validate(
+    file: &str,
+    text: &str,
+    spec: SpecFile,
+    known: &dyn Fn(&str) -> bool,
+    mut problems: Vec<SpecProblem>,
+) -> Result<SpecFile, SpecFileError> {
+    if let Err(errors) = validate_services(&spec.services, known) {
+        problems.extend(errors.into_iter().map(|e| SpecProblem {
+            file: file.to_string(),
+            line: line_of(text, &e.path),
+            field: e.path,
+            message: e.message,
+        }));
+    }
+    if problems.is_empty() {
+        return Ok(spec);
+    }
+    problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+    problems.dedup();
+    Err(SpecFileError { problems })
 }
 
 #[cfg(test)]
@@ -139,7 +328,9 @@ mod tests {
     fn wrong_type_names_the_field() {
         let e = error("services:\n  web:\n    image: nginx\n    replicas: many\n");
         assert!(
-            e.starts_with("shop.yaml:4: services.web.replicas: invalid type: string \"many\""),
+            e.starts_with(
+                "shop.yaml:4: services.web.replicas: got the text \"many\", expected a whole number"
+            ),
             "{e}"
         );
     }
@@ -199,6 +390,70 @@ mod tests {
     }
 
     #[test]
+    fn a_duplicate_service_is_an_error_at_its_second_line() {
+        let e = error(
+            "services:\n  web:\n    image: nginx\n  db:\n    image: pg\n  web:\n    image: other\n",
+        );
+        assert_eq!(
+            e,
+            "shop.yaml:6: services.web: duplicate key `web` (first at line 2): each key may appear once; the second would replace the first"
+        );
+        let e = error("services:\n  web:\n    image: nginx\n    replicas: 2\n    replicas: 3\n");
+        assert!(
+            e.starts_with(
+                "shop.yaml:5: services.web.replicas: duplicate key `replicas` (first at line 4)"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_listed_in_file_order() {
+        let e = error("services:\n  web:\n    image: nginx\n    replica: 3\n    ports:\n      - container: 70000\n  api:\n    image: api\n    replicas: many\n    colour: blue\n  Bad:\n    image: x\n");
+        let lines: Vec<&str> = e.lines().collect();
+        assert_eq!(lines.len(), 5, "{e}");
+        assert!(
+            lines[0].starts_with("shop.yaml:4: services.web.replica: unknown field `replica`"),
+            "{e}"
+        );
+        assert!(
+            lines[1].starts_with("shop.yaml:6: services.web.ports[0].container: port 70000"),
+            "{e}"
+        );
+        assert!(lines[2].starts_with("shop.yaml:9: services.api.replicas: got the text \"many\", expected a whole number"), "{e}");
+        assert!(
+            lines[3].starts_with("shop.yaml:10: services.api.colour: unknown field `colour`"),
+            "{e}"
+        );
+        assert!(
+            lines[4]
+                .starts_with("shop.yaml:11: services.Bad: service name `Bad` is not a DNS label"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn tabs_and_unclosed_brackets_are_named() {
+        let e = error("services:\n  web:\n\timage: nginx\n");
+        assert!(e.starts_with("shop.yaml:3:"), "{e}");
+        assert!(
+            e.contains("a tab character: YAML indents with spaces only"),
+            "{e}"
+        );
+        let e =
+            error("services:\n  web:\n    image: nginx\n    command: [sh, -c\n    replicas: 2\n");
+        assert!(
+            e.contains("unclosed `[` (opened at line 4): a list in brackets needs its closing `]`"),
+            "{e}"
+        );
+        let e = error("services:\n  web: {image: nginx\n");
+        assert!(e.contains("unclosed `{`"), "{e}");
+        let e = error("services:\n  web:\n    image: nginx\n    replicas: -1\n");
+        assert!(e.contains("expected a whole number"), "{e}");
+        assert!(!e.contains("u32"), "{e}");
+    }
+
+    #[test]
     fn json_is_accepted_and_located() {
         let spec = parse_spec_file(
             "s.json",
@@ -215,7 +470,7 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(
-            e.starts_with("s.json:3: services.web.replicas: invalid value"),
+            e.starts_with("s.json:3: services.web.replicas: got `-1`, expected a whole number"),
             "{e}"
         );
     }

@@ -58,6 +58,40 @@ fn starts_with_key(text: &str, key: &str) -> bool {
 
 /// 1-based line of the deepest part of `path` found in `text`.
 pub fn line_of(text: &str, path: &str) -> Option<usize> {
+    locate(text, path).map(|(n, _)| n + 1)
+}
+
+/// The 1-based lines where `key` is written directly under `parent` (the root when empty),
+/// in file order: more than one is a duplicate key.
+pub fn lines_of_key(text: &str, parent: &str, key: &str) -> Vec<usize> {
+    let (start, min_indent) = if parent.is_empty() {
+        (0, 0)
+    } else {
+        match locate(text, parent) {
+            Some((n, indent)) => (n + 1, indent),
+            None => return vec![],
+        }
+    };
+    let mut column = None;
+    let mut found = vec![];
+    for (n, line) in text.lines().enumerate().skip(start) {
+        if is_blank(line) {
+            continue;
+        }
+        let (col, rest) = content(line);
+        if col < min_indent {
+            break;
+        }
+        if starts_with_key(rest, key) && *column.get_or_insert(col) == col {
+            found.push(n + 1);
+        }
+    }
+    found
+}
+
+/// The 0-based line of the deepest part of `path` found, and the indentation its children
+/// have at least.
+fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
     let lines: Vec<&str> = text.lines().collect();
     let mut found: Option<usize> = None;
     let mut start = 0usize;
@@ -113,7 +147,7 @@ pub fn line_of(text: &str, path: &str) -> Option<usize> {
             None => break,
         }
     }
-    found.map(|n| n + 1)
+    found.map(|n| (n, min_indent))
 }
 
 #[cfg(test)]

@@ -10,11 +10,21 @@ pub mod units;
 pub mod validate;
 
 pub use file::{parse_spec_file, SpecFileError};
-pub use units::{Cpu, Memory, Percent, Port, UpdateCount};
+pub use units::{human_bytes, human_cpu, Cpu, Memory, Percent, Port, UpdateCount};
 pub use validate::{validate_services, SpecError};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// Does an image reference name a registry host (`host.domain/...`, `host:port/...`,
+/// `localhost/...`)? Only those are pulled by an agent; short names (`shop/front:1`,
+/// `busybox`) must be in the node's image store (imported or built).
+pub fn names_a_registry(reference: &str) -> bool {
+    match reference.split_once('/') {
+        Some((host, _)) => host.contains('.') || host.contains(':') || host == "localhost",
+        None => false,
+    }
+}
 
 /// A whole spec file: services by name, in the spirit of compose.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +38,11 @@ pub struct SpecFile {
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     pub image: String,
+    /// Build `image` from a Dockerfile when the image store lacks it (compose's `build:`):
+    /// done by the command line (`tugboat up`, `tugboat apply`) into the image store under
+    /// its --data-dir, before the spec goes to the server, which never sees this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -150,6 +165,79 @@ fn sixty() -> u32 {
 }
 fn three_hundred() -> u32 {
     300
+}
+
+/// `build: DIR` or `build: {context: DIR, dockerfile: FILE, args: {K: V}, target: STAGE}`;
+/// a relative DIR is taken from the spec file's directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "BuildSource", into = "BuildSource")]
+pub struct BuildSpec {
+    pub context: String,
+    pub dockerfile: Option<String>,
+    pub args: BTreeMap<String, String>,
+    pub target: Option<String>,
+}
+
+/// How `build:` may be written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum BuildSource {
+    Context(String),
+    Full {
+        context: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dockerfile: Option<String>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        args: BTreeMap<String, String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
+    },
+}
+
+impl From<BuildSource> for BuildSpec {
+    fn from(source: BuildSource) -> BuildSpec {
+        match source {
+            BuildSource::Context(context) => BuildSpec {
+                context,
+                dockerfile: None,
+                args: BTreeMap::new(),
+                target: None,
+            },
+            BuildSource::Full {
+                context,
+                dockerfile,
+                args,
+                target,
+            } => BuildSpec {
+                context,
+                dockerfile,
+                args,
+                target,
+            },
+        }
+    }
+}
+
+impl From<BuildSpec> for BuildSource {
+    fn from(spec: BuildSpec) -> BuildSource {
+        BuildSource::Full {
+            context: spec.context,
+            dockerfile: spec.dockerfile,
+            args: spec.args,
+            target: spec.target,
+        }
+    }
+}
+
+impl SpecFile {
+    /// The file as the server gets it: `build:` is the command line's business.
+    pub fn without_build(&self) -> SpecFile {
+        let mut file = self.clone();
+        for spec in file.services.values_mut() {
+            spec.build = None;
+        }
+        file
+    }
 }
 
 /// A secret in the container: a directory with one file per key, at `target` (default
@@ -700,6 +788,7 @@ impl ServiceSpec {
     pub fn new(image: &str) -> ServiceSpec {
         ServiceSpec {
             image: image.into(),
+            build: None,
             command: vec![],
             args: vec![],
             env: BTreeMap::new(),

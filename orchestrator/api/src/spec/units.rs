@@ -119,6 +119,40 @@ impl fmt::Display for Memory {
     }
 }
 
+/// Bytes for people, to a tenth of the largest binary unit that fits: `16Mi`, `23.5Gi`,
+/// `512` (not `16777216` or `24683772Ki`).
+pub fn human_bytes(bytes: u64) -> String {
+    for (unit, size) in [
+        ("Ti", 1u64 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ] {
+        if bytes >= size {
+            let tenths = (bytes as u128 * 10 + size as u128 / 2) / size as u128;
+            return if tenths % 10 == 0 {
+                format!("{}{unit}", tenths / 10)
+            } else {
+                format!("{}.{}{unit}", tenths / 10, tenths % 10)
+            };
+        }
+    }
+    bytes.to_string()
+}
+
+/// Millicores for people, in cores to a tenth: `1.6`, `2`, `0.1`; below that `50m`.
+pub fn human_cpu(millis: u64) -> String {
+    if millis > 0 && millis < 100 {
+        return format!("{millis}m");
+    }
+    let tenths = (millis + 50) / 100;
+    if tenths % 10 == 0 {
+        format!("{}", tenths / 10)
+    } else {
+        format!("{}.{}", tenths / 10, tenths % 10)
+    }
+}
+
 impl fmt::Display for Port {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)

@@ -1,6 +1,6 @@
 //! Checks that serde cannot make: names, ranges, combinations and references between services.
 
-use super::{ConstraintOperator, ProbeSpec, RestartPolicy, ServiceSpec, VolumeKind};
+use super::{ConstraintOperator, ProbeSpec, PublishMode, RestartPolicy, ServiceSpec, VolumeKind};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
@@ -82,6 +82,8 @@ pub fn validate_services(
         }
         check_service(&mut c, &base, spec, &exists);
     }
+    c.errors
+        .extend(ingress_clashes(services, &|_| true, &|_| true));
     if c.errors.is_empty() {
         Ok(())
     } else {
@@ -373,6 +375,43 @@ fn check_security(c: &mut Checker, base: &str, spec: &ServiceSpec) {
     }
 }
 
+/// Published ports that another service's ingress port already holds: an ingress port is
+/// taken on every node, so no other service can publish it, in either mode. Checked for the
+/// services `checked` answers yes for, against those `against` answers yes for (the server
+/// checks what is applied against what is stored).
+pub fn ingress_clashes(
+    services: &BTreeMap<String, ServiceSpec>,
+    checked: &dyn Fn(&str) -> bool,
+    against: &dyn Fn(&str) -> bool,
+) -> Vec<SpecError> {
+    let mut errors = vec![];
+    for (name, spec) in services.iter().filter(|(n, _)| checked(n)) {
+        for (i, port) in spec.ports.iter().enumerate() {
+            let Some(host) = port.published else { continue };
+            let holder = services
+                .iter()
+                .filter(|(other, _)| *other != name && against(other))
+                .find(|(_, other)| {
+                    other.ports.iter().any(|p| {
+                        p.mode == PublishMode::Ingress
+                            && p.published == Some(host)
+                            && p.protocol == port.protocol
+                    })
+                });
+            if let Some((other, _)) = holder {
+                let protocol = format!("{:?}", port.protocol).to_lowercase();
+                errors.push(SpecError {
+                    path: format!("services.{name}.ports[{i}].published"),
+                    message: format!(
+                        "host port {host}/{protocol} is the ingress port of service `{other}`, held on every node: publish another port"
+                    ),
+                });
+            }
+        }
+    }
+    errors
+}
+
 fn check_ports(c: &mut Checker, base: &str, spec: &ServiceSpec) {
     let mut published = HashSet::new();
     for (i, port) in spec.ports.iter().enumerate() {
@@ -548,7 +587,7 @@ fn check_placement(c: &mut Checker, base: &str, spec: &ServiceSpec, exists: &dyn
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{AffinityRule, Constraint, Cpu, Port, PortSpec, Protocol};
+    use crate::spec::{AffinityRule, Constraint, Cpu, Port, PortSpec, Protocol, PublishMode};
 
     fn one(name: &str, spec: ServiceSpec) -> BTreeMap<String, ServiceSpec> {
         BTreeMap::from([(name.to_string(), spec)])
@@ -605,6 +644,31 @@ mod tests {
         spec.ports = vec![port.clone(), port];
         let e = errors(&one("web", spec));
         assert!(e[0].starts_with("services.web.ports[1].published"), "{e:?}");
+    }
+
+    #[test]
+    fn a_host_port_that_is_another_services_ingress_port_is_rejected() {
+        let port = |mode| PortSpec {
+            container: Port(80),
+            published: Some(Port(8080)),
+            protocol: Protocol::Tcp,
+            mode,
+        };
+        let mut front = ServiceSpec::new("front");
+        front.ports = vec![port(PublishMode::Ingress)];
+        let mut admin = ServiceSpec::new("admin");
+        admin.ports = vec![port(PublishMode::Host)];
+        let services = BTreeMap::from([("front".to_string(), front), ("admin".to_string(), admin)]);
+        assert_eq!(
+            errors(&services),
+            ["services.admin.ports[0].published: host port 8080/tcp is the ingress port of service `front`, held on every node: publish another port"]
+        );
+        // The server checks only what is applied against what is stored.
+        assert!(ingress_clashes(&services, &|n| n == "front", &|n| n == "admin").is_empty());
+        assert_eq!(
+            ingress_clashes(&services, &|n| n == "admin", &|n| n == "front").len(),
+            1
+        );
     }
 
     #[test]

@@ -96,6 +96,7 @@ fn service() -> impl Strategy<Value = Service> {
                 service.history.push(TemplateRevision {
                     template_hash: OLD.into(),
                     spec,
+                    failed: false,
                 });
             }
             Some(service)
@@ -392,6 +393,7 @@ fn a_stalled_rollout_rolls_back_after_its_deadline() {
     service.history.push(TemplateRevision {
         template_hash: OLD.into(),
         spec,
+        failed: false,
     });
     let instances = vec![
         instance(1, OLD, InstancePhase::Running, true, 0),

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use tugboat_api::model::{
     now_ms, service_key, Instance, ObjectKind, Rollout, Service, INSTANCES, SERVICES,
 };
+use tugboat_api::spec::validate::ingress_clashes;
 use tugboat_api::spec::{validate_services, ServiceSpec, SpecFile};
 use tugboat_api::wire::ApplyOutcome;
 
@@ -47,6 +48,19 @@ impl ControlPlane {
         let known = self.known_services().await?;
         validate_services(services, &|name| known.contains_key(name))
             .map_err(ControlPlaneError::Invalid)?;
+        // Ports against the services already stored (those in the request were checked
+        // against each other above); a stored service the request replaces is not counted.
+        let mut all: BTreeMap<String, ServiceSpec> = known
+            .iter()
+            .map(|(name, v)| (name.clone(), v.object.spec.clone()))
+            .collect();
+        all.extend(services.iter().map(|(n, s)| (n.clone(), s.clone())));
+        let applied = |name: &str| services.contains_key(name);
+        let mut clashes = ingress_clashes(&all, &applied, &|name| !applied(name));
+        clashes.extend(ingress_clashes(&all, &|name| !applied(name), &applied));
+        if !clashes.is_empty() {
+            return Err(ControlPlaneError::Invalid(clashes));
+        }
         Ok(known)
     }
 
@@ -221,12 +235,14 @@ impl ControlPlane {
         .await
     }
 
-    /// Roll back to the previous template, as a new rollout.
+    /// Roll back to the last good template before the current one, as a new rollout (a
+    /// template whose rollout failed is passed over, so an undo after an automatic rollback
+    /// does not re-deploy the failed one).
     pub async fn undo_rollout(&self, name: &str) -> Result<Service> {
         self.update_service(name, "rollout-undo", |service| {
             let previous = service.previous_spec().ok_or_else(|| {
                 ControlPlaneError::Conflict(format!(
-                    "service `{name}` has no previous template to go back to"
+                    "service `{name}` has no earlier good template to go back to (templates whose rollout failed are passed over; `tugboat rollout history {name}` lists them)"
                 ))
             })?;
             service.replace_spec(previous, now_ms());

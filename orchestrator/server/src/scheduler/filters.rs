@@ -2,23 +2,100 @@
 
 use super::cluster::{ClusterState, NodeState, PlacementRequest};
 use std::fmt;
-use tugboat_api::spec::{Constraint, ConstraintOperator, Protocol};
+use tugboat_api::spec::{human_bytes, human_cpu, Constraint, ConstraintOperator, Protocol};
 
 /// Why a node cannot take an instance. Equal reasons are grouped in "why pending".
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Rejection {
     NotReady,
     Cordoned,
-    NotEnoughCpu,
-    NotEnoughMemory,
-    NotEnoughPids,
-    LabelMismatch { key: String, value: String },
+    /// Millicores the instance needs, and the most a node had free (the largest over the
+    /// nodes grouped under this reason).
+    NotEnoughCpu {
+        need: u64,
+        free: u64,
+    },
+    /// Bytes.
+    NotEnoughMemory {
+        need: u64,
+        free: u64,
+    },
+    NotEnoughPids {
+        need: u64,
+        free: u64,
+    },
+    LabelMismatch {
+        key: String,
+        value: String,
+    },
     ConstraintUnmet(String),
-    PortInUse { port: u16, protocol: Protocol },
-    AffinityUnmet { service: String },
-    AntiAffinity { service: String },
-    VolumeElsewhere { volume: String, node: String },
-    RuntimeMissing { runtime: String },
+    PortInUse {
+        port: u16,
+        protocol: Protocol,
+    },
+    AffinityUnmet {
+        service: String,
+    },
+    AntiAffinity {
+        service: String,
+    },
+    VolumeElsewhere {
+        volume: String,
+        node: String,
+    },
+    RuntimeMissing {
+        runtime: String,
+    },
+}
+
+impl Rejection {
+    /// The reason with its numbers taken out, so nodes short of the same thing group
+    /// together; and the node's free amount, if it has one.
+    pub fn grouped(&self) -> (Rejection, Option<u64>) {
+        match self {
+            Rejection::NotEnoughCpu { need, free } => (
+                Rejection::NotEnoughCpu {
+                    need: *need,
+                    free: 0,
+                },
+                Some(*free),
+            ),
+            Rejection::NotEnoughMemory { need, free } => (
+                Rejection::NotEnoughMemory {
+                    need: *need,
+                    free: 0,
+                },
+                Some(*free),
+            ),
+            Rejection::NotEnoughPids { need, free } => (
+                Rejection::NotEnoughPids {
+                    need: *need,
+                    free: 0,
+                },
+                Some(*free),
+            ),
+            other => (other.clone(), None),
+        }
+    }
+
+    /// The grouped reason with the largest free amount put back.
+    pub fn with_free(self, largest: u64) -> Rejection {
+        match self {
+            Rejection::NotEnoughCpu { need, .. } => Rejection::NotEnoughCpu {
+                need,
+                free: largest,
+            },
+            Rejection::NotEnoughMemory { need, .. } => Rejection::NotEnoughMemory {
+                need,
+                free: largest,
+            },
+            Rejection::NotEnoughPids { need, .. } => Rejection::NotEnoughPids {
+                need,
+                free: largest,
+            },
+            other => other,
+        }
+    }
 }
 
 impl fmt::Display for Rejection {
@@ -26,9 +103,21 @@ impl fmt::Display for Rejection {
         match self {
             Rejection::NotReady => write!(f, "not ready"),
             Rejection::Cordoned => write!(f, "cordoned"),
-            Rejection::NotEnoughCpu => write!(f, "not enough cpu"),
-            Rejection::NotEnoughMemory => write!(f, "not enough memory"),
-            Rejection::NotEnoughPids => write!(f, "not enough pids"),
+            Rejection::NotEnoughCpu { need, free } => write!(
+                f,
+                "not enough cpu (needs {}, largest free {})",
+                human_cpu(*need),
+                human_cpu(*free)
+            ),
+            Rejection::NotEnoughMemory { need, free } => write!(
+                f,
+                "not enough memory (needs {}, largest free {})",
+                human_bytes(*need),
+                human_bytes(*free)
+            ),
+            Rejection::NotEnoughPids { need, free } => {
+                write!(f, "not enough pids (needs {need}, largest free {free})")
+            }
             Rejection::LabelMismatch { key, value } => write!(f, "label {key}={value} missing"),
             Rejection::ConstraintUnmet(c) => write!(f, "constraint {c}"),
             Rejection::PortInUse { port, protocol } => {
@@ -99,14 +188,23 @@ impl Filter for ResourcesFit {
     ) -> Result<(), Rejection> {
         let (need, used, cap) = (&request.resources, &node.allocated, &node.capacity);
         if used.memory_bytes + need.memory_bytes > cap.memory_bytes {
-            return Err(Rejection::NotEnoughMemory);
+            return Err(Rejection::NotEnoughMemory {
+                need: need.memory_bytes,
+                free: cap.memory_bytes.saturating_sub(used.memory_bytes),
+            });
         }
         if used.cpu_millis + need.cpu_millis > cap.cpu_millis {
-            return Err(Rejection::NotEnoughCpu);
+            return Err(Rejection::NotEnoughCpu {
+                need: need.cpu_millis,
+                free: cap.cpu_millis.saturating_sub(used.cpu_millis),
+            });
         }
         // A node that reports no pid limit (0) has no pid accounting.
         if cap.pids > 0 && used.pids + need.pids > cap.pids {
-            return Err(Rejection::NotEnoughPids);
+            return Err(Rejection::NotEnoughPids {
+                need: need.pids,
+                free: cap.pids.saturating_sub(used.pids),
+            });
         }
         Ok(())
     }

@@ -163,16 +163,24 @@ impl Scheduler {
         }
     }
 
-    /// Why no node fits: the first filter each node fails, grouped.
+    /// Why no node fits: every filter each node fails (not only the first), grouped, with
+    /// the largest free amount for the resources short everywhere.
     pub fn explain(&self, cluster: &ClusterState, request: &PlacementRequest) -> Unplaceable {
-        let mut counts: BTreeMap<Rejection, usize> = BTreeMap::new();
+        let mut counts: BTreeMap<Rejection, (usize, u64)> = BTreeMap::new();
         for node in &cluster.nodes {
-            if let Err(why) = self.feasible(request, node, cluster) {
-                *counts.entry(why).or_default() += 1;
+            for filter in &self.filters {
+                if let Err(why) = filter.check(request, node, cluster) {
+                    let (group, free) = why.grouped();
+                    let entry = counts.entry(group).or_default();
+                    entry.0 += 1;
+                    entry.1 = entry.1.max(free.unwrap_or(0));
+                }
             }
         }
-        let mut reasons: Vec<(usize, Rejection)> =
-            counts.into_iter().map(|(why, n)| (n, why)).collect();
+        let mut reasons: Vec<(usize, Rejection)> = counts
+            .into_iter()
+            .map(|(why, (n, free))| (n, why.with_free(free)))
+            .collect();
         reasons.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
         Unplaceable { reasons }
     }

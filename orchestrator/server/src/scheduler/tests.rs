@@ -45,13 +45,16 @@ fn resources_fit_and_the_commit_check_prevents_overcommit() {
     let plan = scheduler.plan(&stale, &req).unwrap();
     assert_eq!(
         scheduler.commit(&mut cluster, &req, plan.node_index),
-        Err(Rejection::NotEnoughMemory)
+        Err(Rejection::NotEnoughMemory {
+            need: 3 * GI,
+            free: GI
+        })
     );
     assert_eq!(cluster.nodes[0].allocated.memory_bytes, 3 * GI);
     let cpu_hog = request("cpu", &spec(5000, 0));
     assert_eq!(
         scheduler.plan(&cluster, &cpu_hog).unwrap_err().to_string(),
-        "1 node: not enough cpu"
+        "1 node: not enough cpu (needs 5, largest free 3)"
     );
 }
 
@@ -72,10 +75,11 @@ fn why_pending_groups_nodes_by_reason() {
         values: vec!["east".into()],
     }];
     let why = scheduler.plan(&cluster, &request("db", &s)).unwrap_err();
-    // Node a has the zone but too little memory; b, c fail on memory first; d is not ready.
+    // Every filter a node fails counts: a has the zone but too little memory; b and c lack
+    // both; d is not ready and in the wrong zone.
     assert_eq!(
         why.to_string(),
-        "3 nodes: not enough memory; 1 node: not ready"
+        "3 nodes: not enough memory (needs 2Gi, largest free 1Gi); 3 nodes: constraint zone=east; 1 node: not ready"
     );
     s.resources.requests.memory = Some(Memory(GI / 2));
     let why = scheduler.plan(&cluster, &request("db", &s)).unwrap();
@@ -86,7 +90,7 @@ fn why_pending_groups_nodes_by_reason() {
     let why = scheduler.plan(&cluster, &request("db", &s)).unwrap_err();
     assert_eq!(
         why.to_string(),
-        "3 nodes: constraint zone=east; 1 node: not ready"
+        "4 nodes: constraint zone=east; 1 node: not ready"
     );
     assert_eq!(
         scheduler

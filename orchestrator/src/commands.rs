@@ -281,11 +281,16 @@ pub async fn logs(api: &ApiClient, target: &str, follow: bool, tail: Option<u64>
 /// Images the file names that no node will pull (no registry in the reference) and that are
 /// not in this host's image store: they start nowhere unless imported or built on the nodes.
 pub fn image_warnings(spec: &SpecFile, data_dir: &Path) -> Vec<String> {
-    let store = data_dir
+    // A host without an image store of its own (a client away from the nodes) cannot
+    // tell: no warning rather than a wrong one.
+    let Some(store) = data_dir
         .join("images")
         .is_dir()
         .then(|| tug_image::ImageStore::open(data_dir).ok())
-        .flatten();
+        .flatten()
+    else {
+        return vec![];
+    };
     let mut warnings = vec![];
     for (name, service) in &spec.services {
         let image = &service.image;
@@ -293,7 +298,7 @@ pub fn image_warnings(spec: &SpecFile, data_dir: &Path) -> Vec<String> {
         if crate::spec::names_a_registry(image) || service.build.is_some() {
             continue;
         }
-        let here = store.as_ref().is_some_and(|s| s.resolve(image).is_ok());
+        let here = store.resolve(image).is_ok();
         if !here {
             warnings.push(format!(
                 "service {name}: image `{image}` names no registry (nodes do not pull it) and is not in the image store under {}: import or build it on the nodes (`tugboat image import`, `tugboat build`)",

@@ -291,12 +291,18 @@ async fn the_habits_of_kubectl_users_work() {
     let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
     let addr = cluster.server.addr.to_string();
     let token = cluster.server.token.clone().unwrap();
+    // An image store of this host's, without the images the files name.
+    let store = tempfile::tempdir().unwrap();
+    drop(tug_image::ImageStore::open(store.path()).unwrap());
+    let store_dir = store.path().display().to_string();
     let run = |rest: Vec<String>| {
         let mut v = vec![
             "--addr".to_string(),
             addr.clone(),
             "--token".into(),
             token.clone(),
+            "--data-dir".into(),
+            store_dir.clone(),
         ];
         v.extend(rest);
         tugboat(v, vec![])

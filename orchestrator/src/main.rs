@@ -242,6 +242,11 @@ enum Command {
         /// Only for tests on a private network.
         #[arg(long)]
         insecure_no_auth: bool,
+        /// Where containers' output goes: `file` (container.log, rotated) or `ring` (a
+        /// bounded ring of 1 MiB per container in memory, written out when the container
+        /// ends or on request: for devices whose flash should not take a write per line).
+        #[arg(long, default_value = "file")]
+        log_mode: tugboat::agent::logring::LogMode,
     },
     /// Server and agent in one process: apply a spec file, say where it answers; Ctrl-C
     /// stops everything.
@@ -276,6 +281,8 @@ enum Command {
         dir: PathBuf,
         #[arg(long, default_value_t = 1 << 20)]
         log_max_bytes: u64,
+        #[arg(long, default_value = "file")]
+        log_mode: tugboat::agent::logring::LogMode,
     },
     /// Run a command in a container's namespaces (the agent's exec helper).
     #[command(hide = true)]
@@ -447,6 +454,7 @@ fn main() -> std::process::ExitCode {
         runtime_root,
         dir,
         log_max_bytes,
+        log_mode,
     } = &cli.command
     {
         let args = tugboat::agent::monitor::MonitorArgs {
@@ -455,6 +463,7 @@ fn main() -> std::process::ExitCode {
             runtime_root: runtime_root.clone(),
             dir: dir.clone(),
             log_max_bytes: *log_max_bytes,
+            log_mode: *log_mode,
         };
         return std::process::ExitCode::from(tugboat::agent::monitor::run(&args) as u8);
     }
@@ -876,6 +885,7 @@ async fn run(cli: Cli) -> Result<()> {
             join_token,
             ca_hash,
             insecure_no_auth,
+            log_mode,
         } => {
             // Before anything is started: without its cgroups no instance could ever run.
             tugboat::agent::host_check::check_cgroups()?;
@@ -923,6 +933,7 @@ async fn run(cli: Cli) -> Result<()> {
             };
             config.allow_host_paths = allow_host_paths.clone();
             config.insecure_no_auth = *insecure_no_auth;
+            config.log_mode = *log_mode;
             config.api_listen = Some(*api_listen);
             config.labels = labels.iter().cloned().collect();
             config.address = address.map(|a| a.to_string());

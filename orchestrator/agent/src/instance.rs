@@ -426,6 +426,7 @@ impl Supervisor {
             runtime_root: self.ctx.runtime_root.clone(),
             dir: self.paths.dir.clone(),
             log_max_bytes: self.ctx.log_max_bytes,
+            log_mode: self.ctx.log_mode,
         };
         let _ = std::fs::remove_file(self.paths.monitor());
         let exe = self.ctx.monitor_exe.clone();

@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use super::logring::LogMode;
+
 /// The monitor's own record: written when it starts, so the agent can find it alive.
 pub const MONITOR_FILE: &str = "monitor.json";
 /// Written once, when the container has exited (or could not start).
@@ -40,8 +42,11 @@ pub struct MonitorArgs {
     pub runtime_root: PathBuf,
     /// The instance directory: monitor.json, exit.json, container.log live here.
     pub dir: PathBuf,
-    /// The log file is rotated (to `container.log.1`) when it grows past this.
+    /// The log file is rotated (to `container.log.1`) when it grows past this; in ring
+    /// mode, the ring's size.
     pub log_max_bytes: u64,
+    /// Where the container's output goes (see [`super::logring`]).
+    pub log_mode: LogMode,
 }
 
 impl MonitorArgs {
@@ -58,6 +63,8 @@ impl MonitorArgs {
             self.dir.display().to_string(),
             "--log-max-bytes".into(),
             self.log_max_bytes.to_string(),
+            "--log-mode".into(),
+            self.log_mode.to_string(),
         ]
     }
 }
@@ -278,14 +285,42 @@ fn supervise(args: &MonitorArgs) -> Result<ExitRecord, String> {
     record.container_pid = Some(container_pid);
     let _ = write_json(&record_path, &record);
 
-    let log = LogWriter::open(args.dir.join(LOG_FILE), args.log_max_bytes);
-    let copier = std::thread::spawn(move || copy_output(out_r, err_r, log));
+    let log_path = args.dir.join(LOG_FILE);
+    let ring = match args.log_mode {
+        LogMode::File => None,
+        LogMode::Ring => {
+            // The earlier runs' output, saved when they ended, starts the ring.
+            let seed = fs::read(&log_path).unwrap_or_default();
+            let ring = super::logring::SharedRing::new(args.log_max_bytes as usize, &seed);
+            if let Err(e) = super::logring::serve(ring.clone(), &args.dir, args.log_max_bytes) {
+                eprintln!("tugboat monitor: {}: log socket: {e}", args.id);
+            }
+            Some(ring)
+        }
+    };
+    let copier = match ring.clone() {
+        None => {
+            let mut log = LogWriter::open(log_path.clone(), args.log_max_bytes);
+            std::thread::spawn(move || copy_output(out_r, err_r, |b| log.write(b)))
+        }
+        Some(ring) => std::thread::spawn(move || copy_output(out_r, err_r, |b| ring.write(b))),
+    };
 
     let (code, signal) = wait_for(container_pid);
     // Before delete removes the cgroup, and with it the count.
     let oom_kills =
         super::stats::oom_kills(Path::new("/sys/fs/cgroup"), &args.id).unwrap_or_default();
     let _ = copier.join();
+    if let Some(ring) = ring {
+        // Once, at the end: what a crashed container printed is what one reads logs for.
+        if !ring.persisted() {
+            if let Err(e) = ring.save(&log_path) {
+                eprintln!("tugboat monitor: {}: {e}", log_path.display());
+            }
+        }
+        ring.close();
+        let _ = fs::remove_file(args.dir.join(super::logring::SOCKET_FILE));
+    }
     if let Err(e) = runtime.delete(&args.id, true) {
         eprintln!("tugboat monitor: delete {}: {e}", args.id);
     }
@@ -361,7 +396,7 @@ impl LogWriter {
 }
 
 /// Copies the container's stdout and stderr into the log until both are closed.
-fn copy_output(out: OwnedFd, err: OwnedFd, mut log: LogWriter) {
+fn copy_output(out: OwnedFd, err: OwnedFd, mut log: impl FnMut(&[u8])) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut open = [Some(out), Some(err)];
     let mut buf = [0u8; 16384];
@@ -391,7 +426,7 @@ fn copy_output(out: OwnedFd, err: OwnedFd, mut log: LogWriter) {
             }
             match nix::unistd::read(fd, &mut buf) {
                 Ok(0) => *slot = None,
-                Ok(n) => log.write(&buf[..n]),
+                Ok(n) => log(&buf[..n]),
                 Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::EAGAIN) => {}
                 Err(_) => *slot = None,
             }
@@ -436,7 +471,9 @@ mod tests {
             runtime_root: "/r".into(),
             dir: "/d".into(),
             log_max_bytes: 10,
+            log_mode: LogMode::Ring,
         };
         assert_eq!(args.to_args()[1], "a");
+        assert_eq!(args.to_args().last().map(String::as_str), Some("ring"));
     }
 }

@@ -609,7 +609,11 @@ mod tests {
         let mut same = report(19, true);
         same.stats = None;
         cp.report_instance_status(&instance.id, same).await.unwrap();
-        assert_eq!(revision(&cp).await, after_first, "an unchanged status was written");
+        assert_eq!(
+            revision(&cp).await,
+            after_first,
+            "an unchanged status was written"
+        );
         let stored = cp.get_instance(&instance.id).await.unwrap().object;
         assert_eq!(stored.stats, None, "usage is not durable state");
         let listed = cp.list_instances(None, None).await.unwrap().items;

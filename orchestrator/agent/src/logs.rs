@@ -58,7 +58,7 @@ impl LogReader {
 
     /// From the monitor's ring: the next chunk, or `None` once it is done (not following)
     /// or no monitor serves one. `Err(())`: keep going with the next monitor or the file.
-    async fn from_ring(&mut self) -> Result<Option<Vec<u8>>, ()> {
+    async fn next_from_ring(&mut self) -> Result<Option<Vec<u8>>, ()> {
         use tokio::io::AsyncReadExt;
         if self.socket.is_none() {
             // The first connection takes the tail asked for; a later one (the next run of
@@ -101,7 +101,7 @@ impl LogReader {
     /// The next chunk; `None` at the end (not following, or the instance is gone).
     pub async fn next_chunk(&mut self) -> Option<Vec<u8>> {
         loop {
-            match self.from_ring().await {
+            match self.next_from_ring().await {
                 Ok(chunk) => return chunk,
                 Err(()) if self.ring => {
                     // Between two runs of the container: wait for its next monitor.

@@ -146,7 +146,7 @@ async fn logs(
 ) -> Response {
     let dir = match instance_dir(&state, &headers, &peer, &id) {
         Ok(dir) => dir,
-        Err(answer) => return answer,
+        Err(answer) => return answer.into_response(),
     };
     match log_options(&query) {
         Ok((follow, tail)) => stream_log(LogReader::new(&dir, tail, follow)),
@@ -154,26 +154,26 @@ async fn logs(
     }
 }
 
-/// The instance's directory on this node, or the answer that says why there is none.
+/// The instance's directory on this node, or the status and text that say why there is
+/// none.
 fn instance_dir(
     state: &NodeApiState,
     headers: &HeaderMap,
     peer: &Peer,
     id: &str,
-) -> Result<PathBuf, Response> {
+) -> Result<PathBuf, (StatusCode, String)> {
     if !authorized(state, headers, peer) {
-        return Err((StatusCode::UNAUTHORIZED, "only the server calls a node's API: missing or wrong bearer token, or no server certificate\n").into_response());
+        return Err((StatusCode::UNAUTHORIZED, "only the server calls a node's API: missing or wrong bearer token, or no server certificate\n".into()));
     }
     if tug_runtime::state::validate_id(id).is_err() {
-        return Err((StatusCode::BAD_REQUEST, "bad instance id\n").into_response());
+        return Err((StatusCode::BAD_REQUEST, "bad instance id\n".into()));
     }
     let dir = state.data_dir.join("instances").join(id);
     if !dir.is_dir() {
         return Err((
             StatusCode::NOT_FOUND,
             format!("instance {id} does not run on this node\n"),
-        )
-            .into_response());
+        ));
     }
     Ok(dir)
 }
@@ -186,7 +186,7 @@ async fn persist_logs(
 ) -> Response {
     let dir = match instance_dir(&state, &headers, &peer, &id) {
         Ok(dir) => dir,
-        Err(answer) => return answer,
+        Err(answer) => return answer.into_response(),
     };
     match super::logring::ask_persist(&dir).await {
         Ok(true) => format!("the output of {id} goes to disk from now on\n").into_response(),

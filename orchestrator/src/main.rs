@@ -290,6 +290,11 @@ enum Command {
         /// Kept for the system and the agent, not offered to instances: `cpu=500m,memory=256Mi`.
         #[arg(long)]
         reserve: Option<String>,
+        /// Where containers' output goes: `file` (container.log, rotated) or `ring` (a
+        /// bounded ring of 1 MiB per container in memory, written out when the container
+        /// ends or on request: for devices whose flash should not take a write per line).
+        #[arg(long, default_value = "file")]
+        log_mode: tugboat::agent::logring::LogMode,
     },
     /// Server and agent in one process: apply a spec file, say where it answers; Ctrl-C
     /// stops everything.
@@ -328,6 +333,8 @@ enum Command {
         oci_runtime: Option<PathBuf>,
         #[arg(long)]
         oci_root: Option<PathBuf>,
+        #[arg(long, default_value = "file")]
+        log_mode: tugboat::agent::logring::LogMode,
     },
     /// Run a command in a container's namespaces (the agent's exec helper).
     #[command(hide = true)]
@@ -492,6 +499,7 @@ fn main() -> std::process::ExitCode {
         log_max_bytes,
         oci_runtime,
         oci_root,
+        log_mode,
     } = &cli.command
     {
         let args = tugboat::agent::monitor::MonitorArgs {
@@ -501,6 +509,7 @@ fn main() -> std::process::ExitCode {
             dir: dir.clone(),
             log_max_bytes: *log_max_bytes,
             oci: oci_runtime.clone().zip(oci_root.clone()),
+            log_mode: *log_mode,
         };
         return std::process::ExitCode::from(tugboat::agent::monitor::run(&args) as u8);
     }
@@ -931,6 +940,7 @@ async fn run(cli: Cli) -> Result<()> {
             ca_hash,
             insecure_no_auth,
             reserve,
+            log_mode,
         } => {
             // Before anything is started: without its cgroups no instance could ever run.
             tugboat::agent::host_check::check_cgroups()?;
@@ -983,6 +993,7 @@ async fn run(cli: Cli) -> Result<()> {
                     tugboat::agent::parse_reserve(text, tugboat::agent::host_capacity())
                         .map_err(anyhow::Error::msg)?;
             }
+            config.log_mode = *log_mode;
             config.api_listen = Some(*api_listen);
             config.labels = labels.iter().cloned().collect();
             config.address = address.map(|a| a.to_string());

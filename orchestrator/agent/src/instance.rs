@@ -453,6 +453,7 @@ impl Supervisor {
                 super::oci::Oci::Tug { .. } => None,
                 super::oci::Oci::External { exe, root } => Some((exe, root)),
             },
+            log_mode: self.ctx.log_mode,
         };
         let _ = std::fs::remove_file(self.paths.monitor());
         let exe = self.ctx.monitor_exe.clone();

@@ -16,6 +16,7 @@ pub mod host_check;
 pub mod identity;
 pub mod images;
 pub mod instance;
+pub mod logring;
 pub mod logs;
 pub mod monitor;
 pub mod netns_file;
@@ -63,6 +64,8 @@ pub struct AgentConfig {
     /// The `tugboat` binary that runs monitors (default: this process's executable).
     pub monitor_exe: PathBuf,
     pub log_max_bytes: u64,
+    /// Containers' output to a file, or to a bounded ring in memory (flash devices).
+    pub log_mode: logring::LogMode,
     pub heartbeat: Duration,
     /// The address other nodes reach this one at (reported to the server).
     pub address: Option<String>,
@@ -96,6 +99,7 @@ impl AgentConfig {
             network: "tugboat".into(),
             monitor_exe: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
             log_max_bytes: 1 << 20,
+            log_mode: logring::LogMode::File,
             heartbeat: Duration::from_secs(2),
             address: None,
             peer_mode: tug_netns::PeerMode::HostGw,
@@ -141,6 +145,7 @@ pub struct NodeContext {
     pub runtime_root: PathBuf,
     pub monitor_exe: PathBuf,
     pub log_max_bytes: u64,
+    pub log_mode: logring::LogMode,
     pub peer_mode: tug_netns::PeerMode,
     /// Whether the server answers, as the instances' status reports find it.
     pub server: ServerReach,
@@ -328,6 +333,7 @@ impl Agent {
             runtime_root: config.data_dir.join("runtime"),
             monitor_exe: config.monitor_exe.clone(),
             log_max_bytes: config.log_max_bytes,
+            log_mode: config.log_mode,
             peer_mode: config.peer_mode,
             server: ServerReach::default(),
             allow_host_paths: config.allow_host_paths.clone(),

@@ -1,5 +1,7 @@
 //! An instance's log as a byte stream: the last lines of `container.log`, then (when
 //! following) what the monitor appends, across rotations, until the instance is gone.
+//! A monitor that keeps the output in memory ([`super::logring`]) is asked on its socket
+//! instead, and a follower waits for the next monitor when one ends.
 //! The agent serves it on its node API; the server forwards `GET /v1/instances/ID/logs`.
 
 use std::io::{Read, Seek, SeekFrom};
@@ -34,6 +36,10 @@ pub struct LogReader {
     tail: Option<usize>,
     started: bool,
     follow: bool,
+    /// The monitor's socket, while one answers (ring mode).
+    socket: Option<tokio::net::UnixStream>,
+    /// A monitor kept the output in memory: follow the next one, not the file.
+    ring: bool,
 }
 
 impl LogReader {
@@ -45,12 +51,68 @@ impl LogReader {
             tail,
             started: false,
             follow,
+            socket: None,
+            ring: false,
+        }
+    }
+
+    /// From the monitor's ring: the next chunk, or `None` once it is done (not following)
+    /// or no monitor serves one. `Err(())`: keep going with the next monitor or the file.
+    async fn next_from_ring(&mut self) -> Result<Option<Vec<u8>>, ()> {
+        use tokio::io::AsyncReadExt;
+        if self.socket.is_none() {
+            // The first connection takes the tail asked for; a later one (the next run of
+            // the container) only what is new.
+            let tail = match (self.started, self.tail) {
+                (true, _) => "0".to_string(),
+                (false, Some(n)) => n.to_string(),
+                (false, None) => "all".to_string(),
+            };
+            let line = format!("logs {tail} {}\n", u8::from(self.follow));
+            match super::logring::request(&self.dir, &line).await {
+                Some(stream) => {
+                    self.socket = Some(stream);
+                    self.started = true;
+                    self.ring = true;
+                }
+                None => return Err(()),
+            }
+        }
+        let Some(stream) = self.socket.as_mut() else {
+            return Err(());
+        };
+        let mut chunk = vec![0u8; 65536];
+        match stream.read(&mut chunk).await {
+            Ok(n) if n > 0 => {
+                chunk.truncate(n);
+                Ok(Some(chunk))
+            }
+            _ => {
+                self.socket = None;
+                if self.follow {
+                    Err(())
+                } else {
+                    Ok(None)
+                }
+            }
         }
     }
 
     /// The next chunk; `None` at the end (not following, or the instance is gone).
     pub async fn next_chunk(&mut self) -> Option<Vec<u8>> {
         loop {
+            match self.next_from_ring().await {
+                Ok(chunk) => return chunk,
+                Err(()) if self.ring => {
+                    // Between two runs of the container: wait for its next monitor.
+                    if !self.follow || !self.dir.exists() {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(()) => {}
+            }
             let mut file = std::fs::File::open(&self.path).ok();
             if !self.started {
                 self.started = true;
@@ -117,5 +179,56 @@ mod tests {
         let mut once = LogReader::new(dir.path(), None, false);
         assert_eq!(once.next_chunk().await.unwrap(), b"new\n");
         assert!(once.next_chunk().await.is_none());
+    }
+
+    /// Writes `line` to `ring` every 20 ms (a follower that has not connected yet would miss
+    /// a single write) and reads `reader` until `line` comes, for at most 5 s. Returns what
+    /// was read.
+    async fn read_while_writing(
+        reader: &mut LogReader,
+        ring: &super::super::logring::SharedRing,
+        line: &[u8],
+    ) -> Vec<u8> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut got = vec![];
+        while !got.windows(line.len()).any(|w| w == line) {
+            ring.write(line);
+            let read = tokio::time::timeout(Duration::from_millis(20), reader.next_chunk());
+            if let Ok(chunk) = read.await {
+                got.extend(chunk.expect("a chunk"));
+            }
+            assert!(tokio::time::Instant::now() < deadline, "read {got:?}");
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn a_ring_is_read_through_its_monitor_and_followed_across_runs() {
+        use super::super::logring::{serve, SharedRing, SOCKET_FILE};
+        use super::super::monitor::LOG_FILE;
+        let dir = tempfile::tempdir().unwrap();
+        let ring = SharedRing::new(1024, b"");
+        ring.write(b"a\nb\nc\n");
+        serve(ring.clone(), dir.path(), 1 << 20).unwrap();
+        let mut once = LogReader::new(dir.path(), Some(2), false);
+        assert_eq!(once.next_chunk().await.unwrap(), b"b\nc\n");
+        assert!(once.next_chunk().await.is_none());
+        // Nothing of it reached the disk.
+        assert!(!dir.path().join(LOG_FILE).exists());
+        let mut follow = LogReader::new(dir.path(), Some(0), true);
+        let got = read_while_writing(&mut follow, &ring, b"d\n").await;
+        assert!(got.starts_with(b"d\n"), "{got:?}");
+        // The container ends (its monitor saves the output and goes), the next run's monitor
+        // serves a new ring started from the saved output: the follower goes on with what is
+        // new only.
+        ring.save(&dir.path().join(LOG_FILE)).unwrap();
+        std::fs::remove_file(dir.path().join(SOCKET_FILE)).unwrap();
+        ring.close();
+        let saved = std::fs::read(dir.path().join(LOG_FILE)).unwrap();
+        assert!(saved.starts_with(b"a\nb\nc\nd\n"));
+        let second = SharedRing::new(1024, &saved);
+        serve(second.clone(), dir.path(), 1 << 20).unwrap();
+        let got = read_while_writing(&mut follow, &second, b"e\n").await;
+        assert!(!got.windows(2).any(|w| w == b"c\n"), "{got:?}");
     }
 }

@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use super::logring::LogMode;
+
 /// The monitor's own record: written when it starts, so the agent can find it alive.
 pub const MONITOR_FILE: &str = "monitor.json";
 /// Written once, when the container has exited (or could not start).
@@ -40,11 +42,14 @@ pub struct MonitorArgs {
     pub runtime_root: PathBuf,
     /// The instance directory: monitor.json, exit.json, container.log live here.
     pub dir: PathBuf,
-    /// The log file is rotated (to `container.log.1`) when it grows past this.
+    /// The log file is rotated (to `container.log.1`) when it grows past this; in ring
+    /// mode, the ring's size.
     pub log_max_bytes: u64,
     /// Another OCI runtime's executable and state root (`runtime:` in the service); None:
     /// tug, in this process.
     pub oci: Option<(PathBuf, PathBuf)>,
+    /// Where the container's output goes (see [`super::logring`]).
+    pub log_mode: LogMode,
 }
 
 impl MonitorArgs {
@@ -61,6 +66,8 @@ impl MonitorArgs {
             self.dir.display().to_string(),
             "--log-max-bytes".into(),
             self.log_max_bytes.to_string(),
+            "--log-mode".into(),
+            self.log_mode.to_string(),
         ]
         .into_iter()
         .chain(self.oci.iter().flat_map(|(exe, root)| {
@@ -294,14 +301,14 @@ fn supervise(args: &MonitorArgs) -> Result<ExitRecord, String> {
     record.container_pid = Some(container_pid);
     let _ = write_json(&record_path, &record);
 
-    let log = LogWriter::open(args.dir.join(LOG_FILE), args.log_max_bytes);
-    let copier = std::thread::spawn(move || copy_output(out_r, err_r, log));
+    let (copier, ring) = start_copier(args, out_r, err_r);
 
     let (code, signal) = wait_for(container_pid);
     // Before delete removes the cgroup, and with it the count.
     let oom_kills =
         super::stats::oom_kills(Path::new("/sys/fs/cgroup"), &args.id).unwrap_or_default();
     let _ = copier.join();
+    finish_ring(args, ring);
     if let Err(e) = runtime.delete(&args.id, true) {
         eprintln!("tugboat monitor: delete {}: {e}", args.id);
     }
@@ -312,6 +319,54 @@ fn supervise(args: &MonitorArgs) -> Result<ExitRecord, String> {
         finished_at_ms: now_ms(),
         oom_kills,
     })
+}
+
+/// Starts copying the container's output to its log: the file, or (ring mode) a bounded
+/// ring in memory served on the instance's log socket.
+fn start_copier(
+    args: &MonitorArgs,
+    out_r: OwnedFd,
+    err_r: OwnedFd,
+) -> (
+    std::thread::JoinHandle<()>,
+    Option<std::sync::Arc<super::logring::SharedRing>>,
+) {
+    let log_path = args.dir.join(LOG_FILE);
+    let ring = match args.log_mode {
+        LogMode::File => None,
+        LogMode::Ring => {
+            // The earlier runs' output, saved when they ended, starts the ring.
+            let seed = fs::read(&log_path).unwrap_or_default();
+            let ring = super::logring::SharedRing::new(args.log_max_bytes as usize, &seed);
+            if let Err(e) = super::logring::serve(ring.clone(), &args.dir, args.log_max_bytes) {
+                eprintln!("tugboat monitor: {}: log socket: {e}", args.id);
+            }
+            Some(ring)
+        }
+    };
+    let copier = match ring.clone() {
+        None => {
+            let mut log = LogWriter::open(log_path, args.log_max_bytes);
+            std::thread::spawn(move || copy_output(out_r, err_r, |b| log.write(b)))
+        }
+        Some(ring) => std::thread::spawn(move || copy_output(out_r, err_r, |b| ring.write(b))),
+    };
+    (copier, ring)
+}
+
+/// Ring mode, once the container ended: what a crashed container printed is what one reads
+/// logs for, so the ring is written out (unless it was persisted all along).
+fn finish_ring(args: &MonitorArgs, ring: Option<std::sync::Arc<super::logring::SharedRing>>) {
+    if let Some(ring) = ring {
+        let log_path = args.dir.join(LOG_FILE);
+        if !ring.persisted() {
+            if let Err(e) = ring.save(&log_path) {
+                eprintln!("tugboat monitor: {}: {e}", log_path.display());
+            }
+        }
+        ring.close();
+        let _ = fs::remove_file(args.dir.join(super::logring::SOCKET_FILE));
+    }
 }
 
 /// [`supervise`] with another OCI runtime, through its command line: `create` with our
@@ -334,8 +389,7 @@ fn supervise_external(
     .delete(&args.id);
     let (out_r, out_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
-    let log = LogWriter::open(args.dir.join(LOG_FILE), args.log_max_bytes);
-    let copier = std::thread::spawn(move || copy_output(out_r, err_r, log));
+    let (copier, ring) = start_copier(args, out_r, err_r);
     let null = fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -356,6 +410,7 @@ fn supervise_external(
         Err(e) => {
             // The runtime's own words went to the log: say the last of them.
             let _ = copier.join();
+            finish_ring(args, ring);
             let said = fs::read_to_string(args.dir.join(LOG_FILE)).unwrap_or_default();
             let last = said.lines().last().unwrap_or_default().to_string();
             return Err(if last.is_empty() {
@@ -387,6 +442,7 @@ fn supervise_external(
         eprintln!("tugboat monitor: delete {}: {e}", args.id);
     }
     let _ = copier.join();
+    finish_ring(args, ring);
     Ok(ExitRecord {
         code: Some(code),
         signal,
@@ -459,7 +515,7 @@ impl LogWriter {
 }
 
 /// Copies the container's stdout and stderr into the log until both are closed.
-fn copy_output(out: OwnedFd, err: OwnedFd, mut log: LogWriter) {
+fn copy_output(out: OwnedFd, err: OwnedFd, mut log: impl FnMut(&[u8])) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut open = [Some(out), Some(err)];
     let mut buf = [0u8; 16384];
@@ -489,7 +545,7 @@ fn copy_output(out: OwnedFd, err: OwnedFd, mut log: LogWriter) {
             }
             match nix::unistd::read(fd, &mut buf) {
                 Ok(0) => *slot = None,
-                Ok(n) => log.write(&buf[..n]),
+                Ok(n) => log(&buf[..n]),
                 Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::EAGAIN) => {}
                 Err(_) => *slot = None,
             }
@@ -535,8 +591,10 @@ mod tests {
             dir: "/d".into(),
             log_max_bytes: 10,
             oci: None,
+            log_mode: LogMode::Ring,
         };
         assert_eq!(args.to_args()[1], "a");
+        assert_eq!(args.to_args().last().map(String::as_str), Some("ring"));
         assert!(!args.to_args().contains(&"--oci-runtime".to_string()));
         let runc = MonitorArgs {
             oci: Some(("/usr/bin/runc".into(), "/r-runc".into())),

@@ -1,7 +1,9 @@
 //! The agent's own small HTTP API, for what only the node has: an instance's log
 //! (`GET /v1/instances/{id}/logs?follow=true&tail=N`) and running a command in it
 //! (`POST /v1/instances/{id}/exec` with `{"command": [...]}`). Same bearer token as the server's;
-//! the server forwards `tugboat logs` here (the node's `agent_url`).
+//! the server forwards `tugboat logs` here (the node's `agent_url`). `POST
+//! /v1/instances/{id}/logs/persist` asks a monitor that keeps the output in memory (`--log-mode
+//! ring`) to write it to disk from now on.
 
 use super::logs::LogReader;
 use axum::extract::{Path as UrlPath, Query, State};
@@ -28,6 +30,10 @@ pub struct NodeApiState {
 pub fn router(state: Arc<NodeApiState>) -> axum::Router {
     axum::Router::new()
         .route("/v1/instances/{id}/logs", axum::routing::get(logs))
+        .route(
+            "/v1/instances/{id}/logs/persist",
+            axum::routing::post(persist_logs),
+        )
         .route("/v1/instances/{id}/exec", axum::routing::post(exec))
         .with_state(state)
 }
@@ -138,23 +144,107 @@ async fn logs(
     UrlPath(id): UrlPath<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    if !authorized(&state, &headers, &peer) {
-        return (StatusCode::UNAUTHORIZED, "only the server calls a node's API: missing or wrong bearer token, or no server certificate\n").into_response();
-    }
-    if tug_runtime::state::validate_id(&id).is_err() {
-        return (StatusCode::BAD_REQUEST, "bad instance id\n").into_response();
-    }
-    let dir = state.data_dir.join("instances").join(&id);
-    if !dir.is_dir() {
-        return (
-            StatusCode::NOT_FOUND,
-            format!("instance {id} does not run on this node\n"),
-        )
-            .into_response();
-    }
+    let dir = match instance_dir(&state, &headers, &peer, &id) {
+        Ok(dir) => dir,
+        Err(answer) => return answer.into_response(),
+    };
     match log_options(&query) {
         Ok((follow, tail)) => stream_log(LogReader::new(&dir, tail, follow)),
         Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
+}
+
+/// The instance's directory on this node, or the status and text that say why there is
+/// none.
+fn instance_dir(
+    state: &NodeApiState,
+    headers: &HeaderMap,
+    peer: &Peer,
+    id: &str,
+) -> Result<PathBuf, (StatusCode, String)> {
+    if !authorized(state, headers, peer) {
+        return Err((StatusCode::UNAUTHORIZED, "only the server calls a node's API: missing or wrong bearer token, or no server certificate\n".into()));
+    }
+    if tug_runtime::state::validate_id(id).is_err() {
+        return Err((StatusCode::BAD_REQUEST, "bad instance id\n".into()));
+    }
+    let dir = state.data_dir.join("instances").join(id);
+    if !dir.is_dir() {
+        return Err((
+            StatusCode::NOT_FOUND,
+            format!("instance {id} does not run on this node\n"),
+        ));
+    }
+    Ok(dir)
+}
+
+async fn persist_logs(
+    State(state): State<Arc<NodeApiState>>,
+    peer: Peer,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    let dir = match instance_dir(&state, &headers, &peer, &id) {
+        Ok(dir) => dir,
+        Err(answer) => return answer.into_response(),
+    };
+    match super::logring::ask_persist(&dir).await {
+        Ok(true) => format!("the output of {id} goes to disk from now on\n").into_response(),
+        Ok(false) => format!("the output of {id} is on disk already (its monitor keeps no ring)\n")
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod logs_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_ring_is_served_by_the_api_and_persisted_on_request() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path().join("instances/web-1");
+        std::fs::create_dir_all(&dir).unwrap();
+        let ring = super::super::logring::SharedRing::new(1024, b"");
+        ring.write(b"one\ntwo\n");
+        super::super::logring::serve(ring.clone(), &dir, 1 << 20).unwrap();
+        let state = Arc::new(NodeApiState {
+            data_dir: data.path().into(),
+            token: Some("t".into()),
+            tls: false,
+            insecure_no_auth: false,
+            exe: "/nonexistent".into(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router(state)).await });
+        let http = reqwest::Client::new();
+        let logs = http
+            .get(format!("{url}/v1/instances/web-1/logs?tail=1"))
+            .bearer_auth("t")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(logs.status(), 200);
+        assert_eq!(logs.text().await.unwrap(), "two\n");
+        let log = dir.join(super::super::monitor::LOG_FILE);
+        assert!(!log.exists(), "a ring writes nothing unasked");
+        let persisted = http
+            .post(format!("{url}/v1/instances/web-1/logs/persist"))
+            .bearer_auth("t")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(persisted.status(), 200);
+        ring.write(b"three\n");
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "one\ntwo\nthree\n");
+        let missing = http
+            .post(format!("{url}/v1/instances/nope/logs/persist"))
+            .bearer_auth("t")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(missing.status(), 404);
     }
 }
 

@@ -606,6 +606,16 @@ mod tests {
             after_first,
             "a stats report was written"
         );
+        // The same status again, with no stats at all (an agent that restarted and reports
+        // what it found): nothing is written either.
+        let mut same = report(19, true);
+        same.stats = None;
+        cp.report_instance_status(&instance.id, same).await.unwrap();
+        assert_eq!(
+            revision(&cp).await,
+            after_first,
+            "an unchanged status was written"
+        );
         let stored = cp.get_instance(&instance.id).await.unwrap().object;
         assert_eq!(stored.stats, None, "usage is not durable state");
         let listed = cp.list_instances(None, None).await.unwrap().items;

@@ -291,12 +291,6 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// The node's service proxy (started by the agent).
-    #[command(hide = true)]
-    Proxy {
-        #[arg(long)]
-        dir: PathBuf,
-    },
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -478,9 +472,6 @@ fn main() -> std::process::ExitCode {
     if let Command::Build { .. } = &cli.command {
         // Before any async runtime: RUN steps start `tug` and hold a netns in a thread.
         return build_image(&cli);
-    }
-    if let Command::Proxy { dir } = &cli.command {
-        return std::process::ExitCode::from(tugboat::agent::proxy::run(dir) as u8);
     }
     // Few blocking threads: the agent's steps are short, and hundreds of threads (one per
     // starting instance) would each keep a malloc arena.
@@ -974,10 +965,7 @@ async fn run(cli: Cli) -> Result<()> {
             };
             tugboat::up::up(config, tugboat::up::interrupted()).await?;
         }
-        Command::Monitor { .. }
-        | Command::Proxy { .. }
-        | Command::Nsexec { .. }
-        | Command::Build { .. } => {
+        Command::Monitor { .. } | Command::Nsexec { .. } | Command::Build { .. } => {
             unreachable!("handled before the async runtime starts")
         }
     }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Edge figures (as root): the bytes the node writes per day with the shop idle, read from
 # /proc/PID/io (write_bytes: what reached the block layer) of `tugboat server`, `tugboat
-# agent`, the proxy and the monitors over DURATION seconds (default 600, the issue asks for
+# agent` and the monitors over DURATION seconds (default 600, the issue asks for
 # at least 10 minutes), and the time from an agent's start to every instance running and its
 # service answering after a reboot while the server is unreachable (the root test
 # orchestrator/tests/edge.rs, which prints it).
@@ -31,7 +31,6 @@ cleanup() {
     done
   fi
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-  rm -f "$dir/agent/proxy.json"; sleep 0.3
   ip netns del $ns 2>/dev/null
   rm -rf "$dir"
 }
@@ -67,7 +66,7 @@ for _ in $(seq 1 600); do
   sleep 0.2
 done
 [ "$ready" -ge 9 ] || { echo "bench/edge: the shop did not get ready" >&2; cat "$dir/agent.log" >&2; exit 1; }
-# Settle (first reports, images, proxy), then measure.
+# Settle (first reports, images), then measure.
 sleep 10
 monitors() {
   for p in /proc/[0-9]*; do
@@ -82,19 +81,18 @@ written() { # pids... -> total write_bytes
   done
   echo $sum
 }
-proxy=$(cat "$dir/agent/proxy.pid")
 mons=$(monitors)
 # shellcheck disable=SC2086
-declare -A before=([server]=$(written $server) [agent]=$(written $agent) [proxy]=$(written $proxy) [monitors]=$(written $mons))
+declare -A before=([server]=$(written $server) [agent]=$(written $agent) [monitors]=$(written $mons))
 sync
 sleep "$duration"
 sync
 # shellcheck disable=SC2086
-declare -A after=([server]=$(written $server) [agent]=$(written $agent) [proxy]=$(written $proxy) [monitors]=$(written $mons))
+declare -A after=([server]=$(written $server) [agent]=$(written $agent) [monitors]=$(written $mons))
 per_day() { awk -v b="$1" -v s="$duration" 'BEGIN { printf "%.1f", b / s * 86400 / 1e6 }'; }
 total=0
 echo "bench/edge: $(date -u +%F), $(nproc) cores, shop idle (9 instances) for ${duration}s"
-for k in server agent proxy monitors; do
+for k in server agent monitors; do
   d=$((after[$k] - before[$k]))
   total=$((total + d))
   printf '  %-9s %8s MB/day\n' "$k" "$(per_day $d)"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Agent benchmarks (as root): from `apply` of 100 instances of a small image to all 100
-# ready, and resident memory of server, agent, proxy and a monitor at idle with the shop.
+# ready, and resident memory of server, agent and a monitor at idle with the shop.
 # Runs inside a network namespace it makes and deletes; touches nothing else on the host.
 # Usage: bench/agent/run.sh   (TUGBOAT=path to the binary; default target/release/tugboat)
 set -euo pipefail
@@ -40,7 +40,6 @@ cleanup() {
       done
     fi
   fi
-  rm -f "$dir/agent/proxy.json"; sleep 0.3
   ip netns del $ns 2>/dev/null
   rm -rf "$dir"
 }
@@ -82,14 +81,12 @@ rss() {
   printf '%s (private %s)' "$(awk '/VmRSS/ {printf "%.1f MB", $2/1024}' /proc/$1/status)" \
     "$(awk '/^Private_(Clean|Dirty)/ {s += $2} END {printf "%.1f MB", s/1024}' /proc/$1/smaps_rollup)"
 }
-proxy=$(cat "$dir/agent/proxy.pid")
 monitor=$(pgrep -f "tugboat monitor .*$dir/" | head -1)
 echo "idle with the shop (9 instances), resident memory:"
 echo "  server  $(rss $server)"
 echo "  agent   $(rss $agent)"
-echo "  proxy   $(rss $proxy)"
 echo "  monitor $(rss $monitor) (one per container)"
-ps -o pid,rss,args -p "$server,$agent,$proxy,$monitor" | cut -c1-100
+ps -o pid,rss,args -p "$server,$agent,$monitor" | cut -c1-100
 for svc in front catalog cart orders payments; do cli delete service $svc >/dev/null; done
 for _ in $(seq 1 600); do [ -z "$(ls -A $dir/agent/instances)" ] && break; sleep 0.1; done
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Edge figures (as root): the bytes the node writes per day with the shop idle, read from
 # /proc/PID/io (write_bytes: the page-cache pages a process dirtied, data and metadata) of
-# `tugboat server`, `tugboat agent`, the proxy and the monitors over DURATION seconds
+# `tugboat server`, `tugboat agent` and the monitors over DURATION seconds
 # (default 600, the issue asks for at least 10 minutes), and the time from an agent's start
 # to every instance running and its service answering after a reboot while the server is
 # unreachable (the root test orchestrator/tests/edge.rs, which prints it).
@@ -40,7 +40,6 @@ cleanup() {
     done
   fi
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-  rm -f "$dir/agent/proxy.json"; sleep 0.3
   ip netns del $ns 2>/dev/null
   rm -rf "$dir"
 }
@@ -76,7 +75,7 @@ for _ in $(seq 1 600); do
   sleep 0.2
 done
 [ "$ready" -ge 9 ] || { echo "bench/edge: the shop did not get ready" >&2; cat "$dir/agent.log" >&2; exit 1; }
-# Settle (first reports, images, proxy), then measure.
+# Settle (first reports, images), then measure.
 sleep 10
 monitors() {
   for p in /proc/[0-9]*; do
@@ -98,15 +97,14 @@ threads() { # pid -> write_bytes of its live threads (not of its reaped children
   done
   echo $sum
 }
-proxy=$(cat "$dir/agent/proxy.pid")
 mons=$(monitors)
 # shellcheck disable=SC2086
-declare -A before=([server]=$(written $server) [agent]=$(written $agent) [agent_threads]=$(threads $agent) [proxy]=$(written $proxy) [monitors]=$(written $mons))
+declare -A before=([server]=$(written $server) [agent]=$(written $agent) [agent_threads]=$(threads $agent) [monitors]=$(written $mons))
 sync
 sleep "$duration"
 sync
 # shellcheck disable=SC2086
-declare -A after=([server]=$(written $server) [agent]=$(written $agent) [agent_threads]=$(threads $agent) [proxy]=$(written $proxy) [monitors]=$(written $mons))
+declare -A after=([server]=$(written $server) [agent]=$(written $agent) [agent_threads]=$(threads $agent) [monitors]=$(written $mons))
 per_day() { awk -v b="$1" -v s="$duration" 'BEGIN { printf "%.1f", b / s * 86400 / 1e6 }'; }
 delta() { echo $((after[$1] - before[$1])); }
 # The agent's own: its threads (none exits while the node idles); the rest of its figure is
@@ -120,16 +118,15 @@ if [ "$log_mode" = ring ]; then
 else
   monitors_own=0; output=$(delta monitors)
 fi
-node=$(( $(delta server) + agent_own + $(delta proxy) + monitors_own ))
+node=$(( $(delta server) + agent_own + monitors_own ))
 echo "bench/edge: $(date -u +%F), $(nproc) cores, shop idle (9 instances) for ${duration}s, --log-mode $log_mode"
 printf '  %-40s %8s MB/day\n' "server" "$(per_day "$(delta server)")" \
   "agent (its own threads)" "$(per_day "$agent_own")" \
-  "proxy" "$(per_day "$(delta proxy)")" \
   "monitors (their own)" "$(per_day "$monitors_own")" \
   "node's own writes" "$(per_day "$node")" \
   "containers: output through the monitors" "$(per_day "$output")" \
   "containers: exec probes' commands" "$(per_day "$probes")"
-per_process="server $(per_day "$(delta server)"), agent $(per_day "$agent_own"), proxy $(per_day "$(delta proxy)"), monitors $(per_day "$monitors_own"); containers apart: output $(per_day "$output"), exec probes $(per_day "$probes")"
+per_process="server $(per_day "$(delta server)"), agent $(per_day "$agent_own"), monitors $(per_day "$monitors_own"); containers apart: output $(per_day "$output"), exec probes $(per_day "$probes")"
 cleanup
 trap - EXIT
 # Offline reboot recovery: the root test measures it (server killed, every process of the

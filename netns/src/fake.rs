@@ -33,6 +33,7 @@ pub enum Call {
     AddFdb(Ipv4Addr),
     DelFdb(Ipv4Addr),
     Nft(nft::Batch),
+    DropUnreplied(Vec<(crate::Protocol, std::net::SocketAddrV4)>),
     Sysctl(String, String),
 }
 
@@ -264,6 +265,22 @@ impl NetOps for Recorder {
 
     async fn nft(&self, batch: &nft::Batch) -> Result<(), OpError> {
         self.record(Call::Nft(batch.clone()))
+    }
+
+    async fn nft_list_chains(&self, _family: u8, _table: &str) -> Result<Vec<String>, OpError> {
+        Ok(Vec::new())
+    }
+
+    async fn nft_set_len(&self, _family: u8, _table: &str, _set: &str) -> Result<usize, OpError> {
+        Ok(0)
+    }
+
+    async fn drop_unreplied(
+        &self,
+        endpoints: &[(crate::Protocol, std::net::SocketAddrV4)],
+    ) -> Result<usize, OpError> {
+        self.record(Call::DropUnreplied(endpoints.to_vec()))?;
+        Ok(0)
     }
 
     async fn sysctl(&self, key: &str, value: &str) -> Result<(), OpError> {

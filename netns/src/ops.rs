@@ -211,6 +211,16 @@ pub trait NetOps: Sized {
         table: &str,
         chain: &str,
     ) -> Result<Option<Vec<nft::RuleRef>>, OpError>;
+    /// The chains of an nftables table (empty when the table does not exist).
+    async fn nft_list_chains(&self, family: u8, table: &str) -> Result<Vec<String>, OpError>;
+    /// The number of elements of an nftables set or map (0 when it does not exist).
+    async fn nft_set_len(&self, family: u8, table: &str, set: &str) -> Result<usize, OpError>;
+    /// Deletes the tracked IPv4 connections translated to one of `endpoints` that never
+    /// saw a reply (their next packet is then balanced again); how many there were.
+    async fn drop_unreplied(
+        &self,
+        endpoints: &[(crate::Protocol, std::net::SocketAddrV4)],
+    ) -> Result<usize, OpError>;
     /// Writes a value under /proc/sys/net of this namespace.
     async fn sysctl(&self, key: &str, value: &str) -> Result<(), OpError>;
 }

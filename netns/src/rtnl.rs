@@ -439,6 +439,23 @@ impl NetOps for Rtnl {
         self.with_nft(|s| s.list_rules(family, table, chain))
     }
 
+    async fn nft_list_chains(&self, family: u8, table: &str) -> Result<Vec<String>, OpError> {
+        self.with_nft(|s| s.list_chains(family, table))
+    }
+
+    async fn nft_set_len(&self, family: u8, table: &str, set: &str) -> Result<usize, OpError> {
+        self.with_nft(|s| s.count_elements(family, table, set))
+    }
+
+    async fn drop_unreplied(
+        &self,
+        endpoints: &[(crate::Protocol, std::net::SocketAddrV4)],
+    ) -> Result<usize, OpError> {
+        let wanted: Vec<(u8, std::net::SocketAddrV4)> =
+            endpoints.iter().map(|(p, a)| (p.number(), *a)).collect();
+        self.with_nft(|s| s.drop_unreplied(&wanted))
+    }
+
     async fn sysctl(&self, key: &str, value: &str) -> Result<(), OpError> {
         let path = format!("/proc/sys/net/{key}");
         // /proc/sys/net is resolved against the opening thread's namespace.

@@ -237,9 +237,11 @@ pub fn table_name(network: &str) -> String {
     format!("tug-svc-{network}")
 }
 
-const SERVICES_MAP: &str = "services";
-const INGRESS_MAP: &str = "ingress";
+pub(crate) const SERVICES_MAP: &str = "services";
+pub(crate) const INGRESS_MAP: &str = "ingress";
 const DISPATCH: &str = "dispatch";
+/// The chains every services table has, besides one per service.
+pub(crate) const FIXED_CHAINS: [&str; 4] = [DISPATCH, "prerouting", "output", "postrouting"];
 
 /// Set ids of one transaction (they only need to differ within it).
 #[derive(Debug, Default)]

@@ -112,6 +112,19 @@ impl NetOps for Crashing {
         self.spend("nft")?;
         self.inner.nft(batch).await
     }
+    async fn nft_list_chains(&self, family: u8, table: &str) -> Result<Vec<String>, OpError> {
+        self.inner.nft_list_chains(family, table).await
+    }
+    async fn nft_set_len(&self, family: u8, table: &str, set: &str) -> Result<usize, OpError> {
+        self.inner.nft_set_len(family, table, set).await
+    }
+    async fn drop_unreplied(
+        &self,
+        endpoints: &[(tug_netns::Protocol, std::net::SocketAddrV4)],
+    ) -> Result<usize, OpError> {
+        self.spend("drop_unreplied")?;
+        self.inner.drop_unreplied(endpoints).await
+    }
     async fn sysctl(&self, key: &str, value: &str) -> Result<(), OpError> {
         self.spend("sysctl")?;
         self.inner.sysctl(key, value).await

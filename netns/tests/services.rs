@@ -503,3 +503,101 @@ fn services_come_back_after_the_table_is_lost_and_survive_reopening() {
     );
     w.teardown();
 }
+
+#[test]
+fn a_connection_whose_endpoint_never_answered_is_balanced_again_at_its_retransmission() {
+    need_root!();
+    let w = World::new();
+    let _s1 = Server::start(&w.c1, "c1", 8080);
+    // The other node's answers to this node go nowhere: to a client, it is a dead node.
+    w.remote
+        .ip(&["route", "add", "blackhole", "192.168.77.1/32"]);
+    w.remote
+        .ip(&["route", "replace", "blackhole", "10.88.0.0/24"]);
+    let target = SocketAddrV4::new(VIP, 80);
+    let cfg = w.cfg.clone();
+    let client_ns = std::fs::File::open(w.client.path()).unwrap();
+    // One network, opened once, as the agent holds it (opening it again rebuilds the NAT
+    // table, which happens to drop NAT bindings: not what is tested here).
+    let (answer, took) = w.host.block_on(move || async move {
+        let net = Network::open(cfg).await.unwrap();
+        let to = |ep: &str| ServiceSpec::new(vip(80), Protocol::Tcp, eps(&[ep]));
+        net.set_service(&to("192.168.77.2:8080")).await.unwrap();
+        let client = std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns of this thread only, on a namespace fd it holds open.
+            assert_eq!(
+                unsafe { libc::setns(client_ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            let started = Instant::now();
+            let answer = TcpStream::connect_timeout(&target.into(), Duration::from_millis(2500))
+                .and_then(|s| {
+                    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                    let mut line = String::new();
+                    BufReader::new(s).read_line(&mut line)?;
+                    Ok(line.trim().to_string())
+                });
+            (answer, started.elapsed())
+        });
+        // The SYN is on its way to nowhere; then the dead endpoint is replaced.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        net.set_service(&to("10.88.0.2:8080")).await.unwrap();
+        client.join().unwrap()
+    });
+    // Without the deletion of its conntrack entry the retransmitted SYN would follow the
+    // first one to the dead node and the connection fail.
+    assert_eq!(answer.unwrap(), "c1", "after {took:?}");
+    assert!(took >= Duration::from_millis(800), "{took:?}");
+    w.teardown();
+}
+
+/// How many clients the VIP:80 service's affinity map remembers.
+fn affinity_entries(w: &World) -> usize {
+    w.host.block_on(|| async {
+        Rtnl::current()
+            .unwrap()
+            .nft_element_count("tug-svc-s1", "svc-10.89.0.1-80-tcp-aff")
+            .unwrap()
+    })
+}
+
+#[test]
+fn opening_the_network_again_leaves_a_matching_services_table_alone() {
+    need_root!();
+    let w = World::new();
+    let _s1 = Server::start(&w.c1, "c1", 8080);
+    let _s2 = Server::start(&w.c2, "c2", 8080);
+    let mut spec = ServiceSpec::new(
+        vip(80),
+        Protocol::Tcp,
+        eps(&["10.88.0.2:8080", "10.88.0.3:8080"]),
+    );
+    spec.affinity_secs = Some(60);
+    w.set(spec).unwrap();
+    let target = SocketAddrV4::new(VIP, 80);
+    // The client's affinity entry lives in the kernel's table: a rebuilt table loses it.
+    let first = tcp_names(&w.client, target, 1).unwrap();
+    assert_eq!(affinity_entries(&w), 1);
+    w.net(|_net| async { Ok(()) }).unwrap();
+    assert_eq!(
+        affinity_entries(&w),
+        1,
+        "opening the network again rebuilt the services table"
+    );
+    assert_eq!(
+        tcp_names(&w.client, target, 5).unwrap(),
+        vec![first[0].clone(); 5]
+    );
+    // A table that no longer matches its record (deleted by hand) is rebuilt on open.
+    w.host.run(|| {
+        std::process::Command::new("nft")
+            .args(["delete", "table", "ip", "tug-svc-s1"])
+            .status()
+            .unwrap()
+    });
+    assert!(tcp_names(&w.client, target, 1).is_err());
+    w.net(|_net| async { Ok(()) }).unwrap();
+    assert_eq!(tcp_names(&w.client, target, 3).unwrap().len(), 3);
+    w.teardown();
+}

@@ -354,12 +354,6 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// The node's service proxy (started by the agent).
-    #[command(hide = true)]
-    Proxy {
-        #[arg(long)]
-        dir: PathBuf,
-    },
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -551,9 +545,6 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             return std::process::ExitCode::FAILURE;
         }
-    }
-    if let Command::Proxy { dir } = &cli.command {
-        return std::process::ExitCode::from(tugboat::agent::proxy::run(dir) as u8);
     }
     // Few blocking threads: the agent's steps are short, and hundreds of threads (one per
     // starting instance) would each keep a malloc arena.
@@ -1045,10 +1036,7 @@ async fn run(cli: Cli) -> Result<()> {
             };
             tugboat::up::up(config, tugboat::up::interrupted()).await?;
         }
-        Command::Monitor { .. }
-        | Command::Proxy { .. }
-        | Command::Nsexec { .. }
-        | Command::Build { .. } => {
+        Command::Monitor { .. } | Command::Nsexec { .. } | Command::Build { .. } => {
             unreachable!("handled before the async runtime starts")
         }
     }

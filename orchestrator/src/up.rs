@@ -133,6 +133,7 @@ pub async fn up(config: UpConfig, stop: impl Future<Output = ()>) -> Result<(), 
     agent_config.token = server.token.clone();
     agent_config.allow_host_paths = host_paths_named(&spec);
     (config.adjust_agent)(&mut agent_config);
+    let network = agent_config.network.clone();
     let agent = match Agent::open(agent_config, client.clone(), config.images.clone()).await {
         Ok(agent) => agent,
         Err(e) => {
@@ -161,7 +162,7 @@ pub async fn up(config: UpConfig, stop: impl Future<Output = ()>) -> Result<(), 
         let agent_dir = config.data_dir.join("agent");
         let announce = async {
             report_progress(&client, &spec, config.deadline).await?;
-            wait_served(&agent_dir, &spec).await;
+            wait_served(&agent_dir, &network, &spec).await;
             print!("{}", summary(server.addr, &config.data_dir, &spec));
             use std::io::Write;
             let _ = std::io::stdout().flush();
@@ -188,9 +189,9 @@ pub async fn up(config: UpConfig, stop: impl Future<Output = ()>) -> Result<(), 
     result
 }
 
-/// Waits (up to 30 s) until the node's proxy serves every service with ready instances and
-/// the published ports take connections: what `up` prints must answer.
-async fn wait_served(agent_dir: &Path, spec: &SpecFile) {
+/// Waits (up to 30 s) until the node's kernel balances every service with ready instances
+/// and the published ports take connections: what `up` prints must answer.
+async fn wait_served(agent_dir: &Path, network: &str, spec: &SpecFile) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let ports: Vec<u16> = spec
         .services
@@ -198,31 +199,25 @@ async fn wait_served(agent_dir: &Path, spec: &SpecFile) {
         .flat_map(|s| s.ports.iter().filter_map(|p| p.published.map(|h| h.0)))
         .collect();
     while Instant::now() < deadline {
-        let table: Option<crate::agent::proxy::ProxyTable> =
-            crate::agent::monitor::read_json(&agent_dir.join(crate::agent::proxy::TABLE_FILE));
-        let served = table.is_some_and(|t| {
-            spec.services
-                .iter()
-                .filter(|(_, s)| s.replicas > 0 && !s.ports.is_empty())
-                .all(|(name, _)| {
-                    t.listeners
-                        .iter()
-                        .any(|l| &l.service == name && !l.endpoints.is_empty())
-                })
-        });
+        let served = spec
+            .services
+            .iter()
+            .filter(|(_, s)| s.replicas > 0 && !s.ports.is_empty())
+            .all(|(name, _)| {
+                crate::agent::services::programmed_endpoints(agent_dir, network, name)
+                    .is_some_and(|e| !e.is_empty())
+            });
         let mut open = true;
         for port in &ports {
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], *port));
             open &= tokio::net::TcpStream::connect(addr).await.is_ok();
         }
-        if served && open && crate::agent::proxy::running(agent_dir) {
-            // The proxy reads its table every 100 ms.
-            tokio::time::sleep(Duration::from_millis(250)).await;
+        if served && open {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("tugboat up: the service proxy is not serving everything yet");
+    eprintln!("tugboat up: the services are not all balanced yet");
 }
 
 /// Services in the store that the file does not name (left by an earlier `up` with this data

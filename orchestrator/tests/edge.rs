@@ -145,14 +145,13 @@ fn an_edge_node_runs_its_services_without_the_server_after_a_crash_and_a_reboot(
         || show(&host),
     );
 
-    // A reboot while offline: every process of the node dies (agent, proxy, monitors,
+    // A reboot while offline: every process of the node dies (agent, monitors,
     // containers), then only the agent starts.
     host.kill_spawned("agent");
     let mut pids: Vec<i32> = host.monitor_pids();
-    pids.extend(host.proxy_pids());
     pids.extend(ids.iter().filter_map(|id| container_pid(&host, id)));
     for pid in &pids {
-        // SAFETY: processes of this test's node (its monitors, proxy and containers).
+        // SAFETY: processes of this test's node (its monitors and containers).
         unsafe { libc::kill(*pid, libc::SIGKILL) };
     }
     wait_for(

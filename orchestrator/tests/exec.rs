@@ -16,6 +16,8 @@ services:
   box:
     image: shop/catalog:1
     replicas: 1
+    ports:
+      - {container: 80}
     stop: {grace_seconds: 1}
 "#;
 

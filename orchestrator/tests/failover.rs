@@ -336,21 +336,17 @@ fn a_lost_node_s_replicas_are_ready_elsewhere_in_seconds_and_nothing_runs_twice_
         .find(|i| i.service == "device")
         .unwrap()
         .id;
-    // Every node's proxy has the six endpoints before the client starts.
+    // a's kernel balances over the six endpoints before the client starts.
     wait_for(
-        "six web endpoints in a's proxy",
+        "six web endpoints in a's services",
         START,
         || {
-            std::fs::read(a.dir.join("agent/proxy.json"))
-                .ok()
-                .and_then(|t| serde_json::from_slice::<tugboat::agent::proxy::ProxyTable>(&t).ok())
-                .and_then(|t| t.listeners.into_iter().find(|l| l.service == "web"))
-                .is_some_and(|l| l.endpoints.len() == REPLICAS)
+            tugboat::agent::services::programmed_endpoints(&a.dir.join("agent"), "tugboat", "web")
+                .is_some_and(|e| e.len() == REPLICAS)
         },
         || show(&[&a, &b, &c]),
     );
-    // The proxy follows its table within a moment: the address answers before the client
-    // starts counting.
+    // The address answers before the client starts counting.
     let target = format!("{vip}:80");
     wait_for(
         "web to answer at its address on a",
@@ -410,7 +406,7 @@ fn a_lost_node_s_replicas_are_ready_elsewhere_in_seconds_and_nothing_runs_twice_
         || show(&[&a, &b, &c]),
     );
     let healed = healed.unwrap();
-    // Keep the client going a little: the last dead endpoints leave the proxies.
+    // Keep the client going a little: the last dead endpoints leave the services.
     std::thread::sleep(Duration::from_secs(2));
     let (sent, failed, slow) = client.counts();
     drop(client);

@@ -2,8 +2,8 @@
 //! own, joined by a veth pair with test addresses (192.168.213.1/24 and .2/24, inside those
 //! namespaces only). Host A runs `tugboat server` and agent `a` (subnet 10.88.1.0/24),
 //! host B runs agent `b` (10.88.2.0/24). A service pinned to B answers at its virtual
-//! address from A's host side and by name from a container on A: A's proxy balances over
-//! B's instance, reached through a host-gw route A's agent made from B's registration. A
+//! address from A's host side and by name from a container on A: A's kernel balances
+//! (nftables DNAT) over B's instance, reached through a host-gw route A's agent made from B's registration. A
 //! service with an instance on each host is balanced over both, from either host. When B
 //! goes, A drops its route and its endpoints. The same again with a VXLAN overlay between
 //! the hosts instead of host-gw routes. The machine's root network namespace is never
@@ -152,15 +152,9 @@ fn show(a: &TestHost, b: &TestHost) -> String {
     )
 }
 
-/// The proxy table's endpoints for `service` on the host.
-fn proxy_endpoints(host: &TestHost, service: &str) -> Option<Vec<std::net::Ipv4Addr>> {
-    let text = std::fs::read(host.dir.join("agent/proxy.json")).ok()?;
-    let table: tugboat::agent::proxy::ProxyTable = serde_json::from_slice(&text).ok()?;
-    table
-        .listeners
-        .into_iter()
-        .find(|l| l.service == service)
-        .map(|l| l.endpoints)
+/// The endpoints the host's kernel balances `service` over (tug-netns' record).
+fn served(host: &TestHost, service: &str) -> Option<Vec<std::net::Ipv4Addr>> {
+    tugboat::agent::services::programmed_endpoints(&host.dir.join("agent"), "tugboat", service)
 }
 
 #[test]
@@ -374,17 +368,16 @@ fn two_hosts(overlay: &str) {
         edge_cut_off(&a, &b, &menus, menu_vip);
     }
 
-    // B's instance gone: A's proxy drops it (the server no longer lists it as ready). (After
+    // B's instance gone: A's services drop it (the server no longer lists it as ready). (After
     // B was cut off, its catalog instance may have been replaced: the one ready now.)
     let mut catalog_now = None;
     wait_for(
-        "a catalog instance on b ready and in A's proxy",
+        "a catalog instance on b ready and in A's services",
         START,
         || {
             catalog_now = ready_on(&instances(&a), "catalog", "b")
                 .and_then(|i| i.address.as_deref()?.parse::<std::net::Ipv4Addr>().ok());
-            catalog_now.is_some()
-                && proxy_endpoints(&a, "catalog") == Some(vec![catalog_now.unwrap()])
+            catalog_now.is_some() && served(&a, "catalog") == Some(vec![catalog_now.unwrap()])
         },
         || show(&a, &b),
     );
@@ -394,14 +387,14 @@ fn two_hosts(overlay: &str) {
     a.api(|c| async move { c.scale("catalog", 0).await.map(|_| ()) })
         .expect("scale catalog to 0");
     wait_for(
-        "catalog's endpoint on b gone from A's proxy",
+        "catalog's endpoint on b gone from A's services",
         START,
-        || proxy_endpoints(&a, "catalog") == Some(vec![]),
+        || served(&a, "catalog") == Some(vec![]),
         || show(&a, &b),
     );
 
     // B goes (its agent stopped, the node deleted): A's route to B's subnet goes, and with
-    // it B's menu instance from A's proxy.
+    // it B's menu instance from A's services.
     // host-gw: via B's address; VXLAN: via B's tunnel endpoint (its subnet's first address)
     // on the VXLAN device, whose forwarding entry sends to B's address.
     let route = match overlay {
@@ -436,18 +429,17 @@ fn two_hosts(overlay: &str) {
     wait_for(
         "A's route to 10.88.2.0/24 and b's menu endpoint gone",
         START,
-        || {
-            !routes(&a).contains("10.88.2.0/24")
-                && proxy_endpoints(&a, "menu") == Some(vec![menu_a])
-        },
+        || !routes(&a).contains("10.88.2.0/24") && served(&a, "menu") == Some(vec![menu_a]),
         || format!("routes on A:\n{}\n{}", routes(&a), show(&a, &b)),
     );
 }
 
 /// B loses its link (to the server and to A): every request at the menu's address from B
-/// answers, at once (the proxy passes over A's unreachable instance) and once B's probes of
-/// A have failed, when B's proxy serves B's own instance only (seconds, not the server's
-/// timers); with the link back, A's instance is an endpoint on B again.
+/// answers, at once and once B's probes of A have failed, when B balances over its own
+/// instance only (in under a second, not the server's timers): a request whose SYN went to
+/// A's unreachable instance meanwhile is balanced again when it is retransmitted (after
+/// 1 s), because tug-netns deletes unanswered connections to an endpoint taken out. With the
+/// link back, A's instance is an endpoint on B again.
 fn edge_cut_off(a: &TestHost, b: &TestHost, menus: &[Instance], menu_vip: std::net::Ipv4Addr) {
     let own: std::net::Ipv4Addr = menus
         .iter()
@@ -457,13 +449,9 @@ fn edge_cut_off(a: &TestHost, b: &TestHost, menus: &[Instance], menu_vip: std::n
         .parse()
         .unwrap();
     let both = |eps: Option<Vec<std::net::Ipv4Addr>>| eps.is_some_and(|e| e.len() == 2);
-    assert!(
-        both(proxy_endpoints(b, "menu")),
-        "{:?}",
-        proxy_endpoints(b, "menu")
-    );
+    assert!(both(served(b, "menu")), "{:?}", served(b, "menu"));
     run(&["ip", "-n", &b.netns, "link", "set", "mhb", "down"]);
-    // At once, while A's instance is still an endpoint on B: the proxy passes over it.
+    // At once, while A's instance is still an endpoint on B.
     let menu_answers = |n: usize| -> Vec<Result<String, String>> {
         (0..n)
             .map(|_| {
@@ -479,10 +467,10 @@ fn edge_cut_off(a: &TestHost, b: &TestHost, menus: &[Instance], menu_vip: std::n
         "just cut off, B's menu failed: {failed:?}"
     );
     wait_for(
-        "B, cut off, to serve its own menu instance only",
+        "B, cut off, to balance over its own menu instance only",
         Duration::from_secs(20),
-        || proxy_endpoints(b, "menu") == Some(vec![own]),
-        || format!("{:?}\n{}", proxy_endpoints(b, "menu"), show(a, b)),
+        || served(b, "menu") == Some(vec![own]),
+        || format!("{:?}\n{}", served(b, "menu"), show(a, b)),
     );
     let failed = menu_answers(20);
     assert!(failed.is_empty(), "cut off, B's menu failed: {failed:?}");
@@ -490,8 +478,8 @@ fn edge_cut_off(a: &TestHost, b: &TestHost, menus: &[Instance], menu_vip: std::n
     wait_for(
         "A's menu instance back among B's endpoints once the link is up",
         START,
-        || both(proxy_endpoints(b, "menu")),
-        || format!("{:?}\n{}", proxy_endpoints(b, "menu"), show(a, b)),
+        || both(served(b, "menu")),
+        || format!("{:?}\n{}", served(b, "menu"), show(a, b)),
     );
 }
 

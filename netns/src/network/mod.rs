@@ -18,6 +18,7 @@ use crate::PortMapping;
 
 mod attach;
 mod services;
+pub use self::services::recorded_services;
 #[cfg(test)]
 mod tests;
 

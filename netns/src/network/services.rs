@@ -28,9 +28,22 @@ fn vip_net(a: Ipv4Addr) -> Ipv4Network {
     Ipv4Network::new(a, 32).expect("a /32")
 }
 
+fn record_path(data_dir: &Path, network: &str) -> PathBuf {
+    data_dir.join(network).join("services.json")
+}
+
+/// The services a network last programmed (its record), read without opening it: for
+/// people and tests that want to see what the kernel balances. Empty when there is none.
+pub fn recorded_services(data_dir: &Path, network: &str) -> Vec<ServiceSpec> {
+    std::fs::read(record_path(data_dir, network))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
 impl<N: NetOps> Network<N> {
     fn services_path(&self) -> PathBuf {
-        self.cfg.data_dir.join(&self.cfg.name).join("services.json")
+        record_path(&self.cfg.data_dir, &self.cfg.name)
     }
 
     fn record_err(&self, action: &'static str, source: std::io::Error) -> NetworkError {
@@ -186,6 +199,15 @@ impl<N: NetOps> Network<N> {
                 .await
                 .map_err(self.op_err(format!("remove address {a} from {}", self.cfg.bridge)))?;
         }
+        // Connections whose first packet went to an endpoint taken out, and that never had
+        // an answer (the endpoint died, or its node went away): balanced again at their
+        // next packet (a SYN retransmitted 1 s later) instead of waiting on it. Best
+        // effort: the rules are in place whatever this finds; established connections are
+        // left alone.
+        let gone = removed_endpoints(current, &wanted);
+        if !gone.is_empty() {
+            let _ = self.ops.drop_unreplied(&gone).await;
+        }
         Ok(())
     }
 
@@ -205,10 +227,15 @@ impl<N: NetOps> Network<N> {
     /// bridge (after a reboot both are gone). Called by [`Network::open_with`].
     pub(super) async fn resync_services(&self) -> Result<(), NetworkError> {
         let list = self.services()?;
-        self.ops
-            .nft(&services::resync(&self.svc, &list))
-            .await
-            .map_err(self.op_err("install services table"))?;
+        // Every open (a restarted agent, each CNI call) would otherwise rebuild the table:
+        // a transaction as large as all services, and affinity entries lost. The kernel's
+        // table is kept when it has exactly the record's chains and element counts.
+        if !self.services_in_kernel_match(&list).await {
+            self.ops
+                .nft(&services::resync(&self.svc, &list))
+                .await
+                .map_err(self.op_err("install services table"))?;
+        }
         for a in vips(&list) {
             self.ops
                 .add_address(self.bridge_index, vip_net(a))
@@ -216,6 +243,45 @@ impl<N: NetOps> Network<N> {
                 .map_err(self.op_err(format!("address {a} on {}", self.cfg.bridge)))?;
         }
         Ok(())
+    }
+
+    /// Does the kernel's services table have the chains the record needs, and in each
+    /// service's map and the dispatch maps as many elements? (Transactions are atomic: a
+    /// table that has all this is what some transaction made. A flushed ruleset, a reboot,
+    /// or a crash between a transaction and its record shows up here.)
+    async fn services_in_kernel_match(&self, list: &[ServiceSpec]) -> bool {
+        let family = crate::nft::FAMILY_IPV4;
+        let table = self.svc.table.as_str();
+        let Ok(chains) = self.ops.nft_list_chains(family, table).await else {
+            return false;
+        };
+        let have: BTreeSet<&str> = chains.iter().map(String::as_str).collect();
+        let keys: Vec<ServiceKey> = list.iter().map(|s| s.key()).collect();
+        let names: Vec<String> = keys.iter().map(|k| k.chain()).collect();
+        let mut want: BTreeSet<&str> = services::FIXED_CHAINS.into_iter().collect();
+        want.extend(names.iter().map(String::as_str));
+        if have != want {
+            return false;
+        }
+        let virtuals = keys
+            .iter()
+            .filter(|k| matches!(k.frontend, Frontend::Virtual { .. }))
+            .count();
+        let mut counts = vec![
+            (services::SERVICES_MAP.to_string(), virtuals),
+            (services::INGRESS_MAP.to_string(), keys.len() - virtuals),
+        ];
+        counts.extend(
+            names
+                .into_iter()
+                .zip(list.iter().map(|s| s.endpoints.len())),
+        );
+        for (set, n) in counts {
+            if self.ops.nft_set_len(family, table, &set).await.ok() != Some(n) {
+                return false;
+            }
+        }
+        true
     }
 
     /// Removes the services table and the virtual addresses (for teardown).
@@ -241,6 +307,30 @@ impl<N: NetOps> Network<N> {
         }
         Ok(())
     }
+}
+
+/// The endpoints `current` balances to that `wanted` no longer does, per protocol.
+fn removed_endpoints(
+    current: &[ServiceSpec],
+    wanted: &[ServiceSpec],
+) -> Vec<(crate::Protocol, std::net::SocketAddrV4)> {
+    let mut gone = BTreeSet::new();
+    for old in current {
+        let now = wanted.iter().find(|w| w.key() == old.key());
+        for ep in &old.endpoints {
+            if !now.is_some_and(|w| w.endpoints.contains(ep)) {
+                gone.insert((old.protocol, *ep));
+            }
+        }
+    }
+    // Still an endpoint of another service with the same protocol: its connections there
+    // are not to be disturbed.
+    gone.retain(|(p, ep)| {
+        !wanted
+            .iter()
+            .any(|w| w.protocol == *p && w.endpoints.contains(ep))
+    });
+    gone.into_iter().collect()
 }
 
 fn with_leftover(err: NetworkError, leftover: String) -> NetworkError {

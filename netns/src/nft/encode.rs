@@ -36,6 +36,11 @@ impl Msg {
         self.buf.extend_from_slice(data);
         self.pad();
     }
+    /// Attributes already encoded (4-byte aligned), copied as they are.
+    pub(super) fn raw(&mut self, attrs: &[u8]) {
+        self.buf.extend_from_slice(attrs);
+        self.pad();
+    }
     pub(super) fn str(&mut self, kind: u16, s: &str) {
         let mut v = s.as_bytes().to_vec();
         v.push(0);

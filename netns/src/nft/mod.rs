@@ -14,6 +14,7 @@
 
 use std::io;
 
+mod conntrack;
 mod encode;
 mod socket;
 

@@ -75,7 +75,7 @@ impl Socket {
         Ok(Socket { fd, seq, sndbuf })
     }
 
-    fn send(&self, bytes: &[u8]) -> io::Result<()> {
+    pub(super) fn send(&self, bytes: &[u8]) -> io::Result<()> {
         // SAFETY: zeroed sockaddr_nl addresses the kernel (pid 0).
         let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         sa.nl_family = libc::AF_NETLINK as u16;
@@ -120,7 +120,7 @@ impl Socket {
 
     /// Reads replies until `done(seq_of_msg, type, payload)` returns true; collects errors
     /// (NLMSG_ERROR with a non-zero code) by sequence number.
-    fn read_until(
+    pub(super) fn read_until(
         &self,
         mut on_msg: impl FnMut(u32, u16, &[u8]) -> bool,
     ) -> Result<Vec<(u32, i32)>, NftError> {
@@ -154,7 +154,7 @@ impl Socket {
         }
     }
 
-    fn next_seq(&mut self, n: u32) -> u32 {
+    pub(super) fn next_seq(&mut self, n: u32) -> u32 {
         let s = self.seq;
         self.seq = self.seq.wrapping_add(n + 2);
         if self.seq < s {
@@ -219,6 +219,17 @@ impl Socket {
         for (k, v) in attrs {
             m.str(*k, v);
         }
+        self.dump_msg(seq, m)
+    }
+
+    /// A dump of any netfilter subsystem (`kind` is the full message type), no attributes.
+    pub(super) fn dump_raw(&mut self, kind: u16, family: u8) -> Result<Vec<Vec<u8>>, NftError> {
+        let seq = self.next_seq(1);
+        let m = Msg::new(kind, NLM_F_REQUEST | NLM_F_DUMP, seq, family, 0);
+        self.dump_msg(seq, m)
+    }
+
+    fn dump_msg(&mut self, seq: u32, m: Msg) -> Result<Vec<Vec<u8>>, NftError> {
         self.send(&m.finish())?;
         let mut out = Vec::new();
         let errors = self.read_until(|s, t, payload| {

@@ -1,5 +1,5 @@
 //! tugboat-agent: `tugboat agent`, which runs the cluster's instances on one host, with
-//! its helpers (the per-container monitor, the service proxy, the exec helper). It never
+//! its helpers (the per-container monitor, the exec helper). It never
 //! depends on the server: both speak through `tugboat-api`.
 //!
 //! It registers the node (capacity read from the host, labels from flags), heartbeats,
@@ -7,9 +7,9 @@
 //! instance ([`instance`]): ordered idempotent steps, then a per-container monitor process
 //! ([`monitor`]) that is the container's parent, so containers outlive the agent. A restarted
 //! agent finds its instances under `<data-dir>/instances/` and re-attaches to their monitors.
-//! Services get virtual addresses, names and a balancer ([`services`]) whose endpoints
-//! include the ready instances of other nodes, which are reached by host-gw routes to
-//! their container subnets ([`remote`]).
+//! Services get virtual addresses, names and balancing in the kernel ([`services`], through
+//! tug-netns' nftables services) whose endpoints include the ready instances of other nodes,
+//! which are reached by host-gw routes to their container subnets ([`remote`]).
 
 pub mod bundle;
 pub mod host_check;
@@ -24,7 +24,6 @@ pub mod node_api;
 pub mod nsexec;
 pub mod oci;
 pub mod probes;
-pub mod proxy;
 pub mod remote;
 pub mod secrets;
 pub mod services;
@@ -44,7 +43,6 @@ use tokio::task::JoinHandle;
 use tug_netns::{Network, NetworkConfig};
 use tugboat_api::client::ApiClient;
 use tugboat_api::model::{Instance, InstancePhase, Resources};
-use tugboat_api::spec::PublishMode;
 use tugboat_api::wire::{NodeRegistration, WatchKind};
 
 /// How an agent is set up.
@@ -444,8 +442,9 @@ impl Agent {
         });
         // The node runs what its disk says before the server answers (an edge node that
         // starts while its uplink is down, also after a reboot): supervisors re-attach to
-        // running monitors or start the containers again, and the service addresses and the
-        // proxy come back from the saved tables. The server's word, once it answers, wins.
+        // running monitors or start the containers again, and the services' balancing is
+        // programmed from the saved frontends (the kernel kept its rules, or tug-netns put them
+        // back after a reboot). The server's word, once it answers, wins.
         self.adopt_local();
         let services = tokio::spawn(service_loop(self.ctx.clone()));
         let mut said = false;
@@ -574,7 +573,7 @@ impl Agent {
             let paths = instance::InstancePaths { dir: dir.path() };
             if let Some(instance) = monitor::read_json::<Instance>(&paths.record()) {
                 // A container that kept running keeps its place in its service from the
-                // proxy's first table on, not only once its supervisor has re-attached.
+                // first programming on, not only once its supervisor has re-attached.
                 let state: instance::LocalState =
                     monitor::read_json(&paths.local_state()).unwrap_or_default();
                 if let (Some(address), true) =
@@ -672,9 +671,8 @@ impl Agent {
             let _ = t.await;
         }
         if stop_all {
-            let dir = self.ctx.data_dir.clone();
-            let _ = tokio::task::spawn_blocking(move || proxy::stop(&dir)).await;
             let _ = std::fs::remove_file(self.ctx.data_dir.join("services.json"));
+            let _ = std::fs::remove_file(self.ctx.data_dir.join(services::FRONTENDS_FILE));
             match Arc::try_unwrap(self.ctx) {
                 Ok(ctx) => {
                     if let Err(e) = ctx.network.teardown().await {
@@ -777,98 +775,100 @@ async fn heartbeat_loop(
 /// unanswered (a request on a connection whose link was cut gets no answer, ever).
 const SERVER_CALL: Duration = Duration::from_secs(3);
 
-/// Keeps every service's address, name and proxy entry current, and the proxy running.
+/// Keeps every service's address, name and balancing current: the server's services are
+/// fetched every second (and kept on disk for when it is away); the kernel's balancing
+/// (tug-netns' nftables services) is programmed whenever an endpoint or a frontend changes,
+/// at once (a readiness change, a peer found unreachable), with a one-second safety net.
 async fn service_loop(ctx: Arc<NodeContext>) {
-    let mut tick: u64 = 0;
-    // The service addresses the bridge was last cleaned against.
-    let mut swept = None;
-    // What the proxy listens on comes from the server, or until it answers from the table
-    // the proxy last served (saved on disk): a restarted agent never writes a table without
-    // listeners, and a node that starts offline serves its services at once.
-    let mut loaded = false;
+    // After a restart, the endpoints on other nodes are the ones the kernel was last given,
+    // until the server's word on them: the agent never takes away what it cannot check.
+    let own = ctx.network.config().subnet;
+    ctx.services
+        .restore(&ctx.network.services().unwrap_or_default(), |a| {
+            own.contains(a)
+        });
+    tokio::join!(fetch_services(&ctx), balance(&ctx));
+}
+
+/// The server's services, every second: their addresses (names) and frontends.
+async fn fetch_services(ctx: &NodeContext) {
     loop {
-        if tick % 5 == 0 {
-            // Bounded: a request whose answer is lost (a cut link) must not hold up the
-            // proxy's table, which this loop also keeps current.
-            let fetched = tokio::time::timeout(SERVER_CALL, refresh_services(&ctx))
-                .await
-                .ok()
-                .flatten();
-            match fetched {
-                Some(wanted) => {
-                    loaded = true;
-                    if swept.as_ref() != Some(&wanted) && sweep_addresses(&ctx, &wanted).await {
-                        swept = Some(wanted);
-                    }
-                }
-                None if !loaded => {
-                    loaded = restore_services(&ctx);
-                }
-                None => {}
+        // Bounded: a request whose answer is lost (a cut link) must not hold it up forever.
+        if let Ok(Ok(list)) = tokio::time::timeout(SERVER_CALL, ctx.client.services()).await {
+            let addresses: BTreeMap<String, std::net::Ipv4Addr> = list
+                .items
+                .iter()
+                .filter_map(|s| s.address.map(|a| (s.name.clone(), a)))
+                .collect();
+            if let Err(e) = ctx.services.set_addresses(addresses) {
+                eprintln!("tugboat agent: {}: {e}", ctx.node);
             }
-            addresses_on_bridge(&ctx).await;
-        }
-        tick += 1;
-        if !loaded {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        }
-        let table = ctx.services.proxy_table();
-        if let Err(e) = proxy::write_table(&ctx.data_dir, &table) {
-            eprintln!("tugboat agent: proxy table: {e}");
-        }
-        if !proxy::running(&ctx.data_dir) {
-            let (exe, dir) = (ctx.monitor_exe.clone(), ctx.data_dir.clone());
-            let started = tokio::task::spawn_blocking(move || proxy::spawn(&exe, &dir)).await;
-            if let Ok(Err(e)) = started {
-                eprintln!("tugboat agent: {e}");
+            if let Err(e) = ctx
+                .services
+                .set_frontends(services::frontends_of(&list.items))
+            {
+                eprintln!("tugboat agent: {}: {e}", ctx.node);
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-/// Without the server: the listeners of the table the proxy last served, and its endpoints
-/// on other nodes (this node's own come from their supervisors). False when there is no
-/// saved table (a node that never ran services).
-fn restore_services(ctx: &NodeContext) -> bool {
-    let Some(saved) =
-        monitor::read_json::<proxy::ProxyTable>(&ctx.data_dir.join(proxy::TABLE_FILE))
-    else {
-        return false;
-    };
-    let own = ctx.network.config().subnet;
-    ctx.services.restore(&saved, |a| own.contains(a));
-    true
+/// Programs the kernel's balancing whenever what it should be changes. Nothing is
+/// programmed before the frontends are known (from the server or the disk): until then the
+/// kernel keeps what it had, which tug-netns restores after a reboot.
+async fn balance(ctx: &NodeContext) {
+    let mut programmed: Option<Vec<tug_netns::ServiceSpec>> = None;
+    let mut said: Vec<String> = vec![];
+    let mut first = true;
+    loop {
+        let taken: Vec<(tug_netns::Protocol, u16)> = ctx
+            .network
+            .attachments()
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|a| a.ports.iter().map(|p| (p.protocol, p.host_port)))
+            .collect();
+        if let Some((wanted, problems)) = ctx.services.wanted(&taken) {
+            if programmed.as_ref() != Some(&wanted) {
+                let result = {
+                    let _net = ctx.net_lock.lock().await;
+                    ctx.network.set_services(&wanted).await
+                };
+                let mut now = problems;
+                match result {
+                    Ok(()) => programmed = Some(wanted),
+                    Err(e) => now.push(format!("balancing services: {e}")),
+                }
+                // Each problem said once, not every second.
+                for p in now.iter().filter(|p| !said.contains(p)) {
+                    eprintln!("tugboat agent: {}: {p}", ctx.node);
+                }
+                said = now;
+                if first && programmed.is_some() {
+                    first = false;
+                    retire_proxy(&ctx.data_dir);
+                    sweep_addresses(ctx).await;
+                }
+            }
+        }
+        tokio::select! {
+            _ = ctx.services.changed().notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }
 
-/// Every service's address on the bridge (from the server, or saved when it is away; after
-/// a reboot the bridge comes back without them).
-async fn addresses_on_bridge(ctx: &NodeContext) {
-    for (name, address) in ctx.services.addresses() {
-        if ctx.services.has_address_on_bridge(&name) {
-            continue;
-        }
-        let net = ipnetwork::Ipv4Network::new(address, 32).expect("a /32");
-        use tug_netns::ops::NetOps;
-        let _net = ctx.net_lock.lock().await;
-        match ctx
-            .network
-            .ops()
-            .add_address(ctx.network.bridge_index(), net)
-            .await
-        {
-            Ok(()) => ctx.services.mark_on_bridge(&name),
-            Err(e) => eprintln!(
-                "tugboat agent: {}: address {address} of service {name} on the bridge: {e}",
-                ctx.node
-            ),
-        }
+/// An agent before this one balanced services with a userspace proxy process (`tugboat
+/// proxy`), which exits when its table file goes: once the kernel balances, it is asked to.
+fn retire_proxy(data_dir: &Path) {
+    if std::fs::remove_file(data_dir.join("proxy.json")).is_ok() {
+        eprintln!("tugboat agent: services are balanced by the kernel now; the service proxy of an earlier version exits");
     }
 }
 
 /// The other nodes from the server: their ready instances become endpoints of this node's
-/// proxy, their subnets get routes. See [`remote`] for what happens without the server.
+/// services, their subnets get routes. See [`remote`] for what happens without the server.
 ///
 /// Nodes are listed about every two seconds (a short list); instances are listed once, then
 /// followed by watching them (every change at once, nothing when nothing changes), and not
@@ -950,8 +950,10 @@ async fn remote_loop(ctx: Arc<NodeContext>, others: Arc<std::sync::Mutex<remote:
 /// are kept.
 async fn peer_loop(ctx: Arc<NodeContext>, others: Arc<std::sync::Mutex<remote::Others>>) {
     let mut probes = remote::PeerProbes::default();
+    let mut every = tokio::time::interval(remote::PEER_PROBE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::time::sleep(remote::PEER_PROBE_EVERY).await;
+        every.tick().await;
         let targets = others
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -1014,72 +1016,39 @@ async fn route_peers(
     }
 }
 
-/// Takes the addresses of services that are gone off the bridge: every /32 of the service
-/// range on it that no service has now (also those left by an earlier agent). True when
-/// the bridge could be read.
-async fn sweep_addresses(
-    ctx: &NodeContext,
-    wanted: &std::collections::BTreeSet<std::net::Ipv4Addr>,
-) -> bool {
+/// Takes service addresses that no service is balanced on off the bridge: every /32 of the
+/// service range that tug-netns did not put there (an agent before this one added each
+/// service's address itself, also for services without ports).
+async fn sweep_addresses(ctx: &NodeContext) {
     use tug_netns::ops::NetOps;
     let Some(range) = ctx.network.config().cluster_cidr else {
-        return true;
+        return;
     };
+    let wanted: std::collections::BTreeSet<std::net::Ipv4Addr> = ctx
+        .network
+        .services()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|s| match s.frontend {
+            tug_netns::Frontend::Virtual { address, .. } => Some(address),
+            tug_netns::Frontend::HostPort { .. } => None,
+        })
+        .collect();
     let _net = ctx.net_lock.lock().await;
     let bridge = ctx.network.bridge_index();
     let Ok(on_bridge) = ctx.network.ops().addresses(bridge).await else {
-        return false;
+        return;
     };
     for a in on_bridge {
         if a.prefix() == 32 && range.contains(a.ip()) && !wanted.contains(&a.ip()) {
             if let Err(e) = ctx.network.ops().del_address(bridge, a).await {
                 eprintln!(
-                    "tugboat agent: {}: removing {a} (a deleted service's) from the bridge: {e}",
+                    "tugboat agent: {}: removing {a} (no service's) from the bridge: {e}",
                     ctx.node
                 );
             }
         }
     }
-    true
-}
-
-/// Services from the server: their addresses (on the bridge), and what the proxy listens
-/// on. A service the controller has not given an address yet is left for the next round.
-/// Returns the addresses services have now (none when the server did not answer).
-async fn refresh_services(
-    ctx: &NodeContext,
-) -> Option<std::collections::BTreeSet<std::net::Ipv4Addr>> {
-    let Ok(list) = ctx.client.services().await else {
-        return None;
-    };
-    let addresses: BTreeMap<String, std::net::Ipv4Addr> = list
-        .items
-        .iter()
-        .filter_map(|s| s.address.map(|a| (s.name.clone(), a)))
-        .collect();
-    if let Err(e) = ctx.services.set_addresses(addresses.clone()) {
-        eprintln!("tugboat agent: {}: {e}", ctx.node);
-    }
-    let mut listeners = BTreeMap::new();
-    for service in &list.items {
-        let Some(address) = service.address else {
-            continue;
-        };
-        for port in &service.spec.ports {
-            if port.protocol != tugboat_api::spec::Protocol::Tcp {
-                continue;
-            }
-            let target = port.container.0;
-            let vip = std::net::SocketAddr::from((address, target));
-            listeners.insert(vip, (service.name.clone(), target));
-            if let (Some(p), PublishMode::Ingress) = (port.published, port.mode) {
-                let host = std::net::SocketAddr::from(([0, 0, 0, 0], p.0));
-                listeners.insert(host, (service.name.clone(), target));
-            }
-        }
-    }
-    ctx.services.set_listeners(listeners);
-    Some(addresses.into_values().collect())
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! The other nodes, as this node's agent needs them: their ready instances (endpoints for
-//! this node's service proxy, next to its own) and their container subnets (routes).
+//! The other nodes, as this node's agent needs them: their ready instances (endpoints of
+//! this node's services, next to its own) and their container subnets (routes).
 //!
 //! The agent lists the nodes about every two seconds and follows the instances with a watch
 //! (listed once, then every change as it happens; not at all while the node is alone):
@@ -28,10 +28,21 @@ use tugboat_api::model::{Instance, InstancePhase, Node, NodeStatus};
 use tugboat_api::wire::PeerSeen;
 
 /// How often the peers are probed, how long a probe may take, and how many missed probes in
-/// a row make a peer unreachable (about two seconds from a node's death to its endpoints
-/// leaving every other node's proxy).
-pub const PEER_PROBE_EVERY: Duration = Duration::from_millis(500);
-pub const PEER_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// a row make a peer unreachable: 0.55 to 0.75 s from a node's death to its endpoints
+/// leaving this node's services.
+///
+/// Why so quick: the kernel balances a connection once, on its first packet, and does not
+/// try another endpoint when that one does not answer (the userspace proxy before it did).
+/// A client whose SYN went to a dead node's endpoint retransmits it 1 s later; tug-netns
+/// deletes such unanswered connections when their endpoint leaves the service, so the
+/// retransmission is balanced again, over the endpoints left, if the dead node was found
+/// out within that second. A probe is a TCP connection to the peer's agent API, answered by
+/// the peer's kernel: on a LAN it takes well under a millisecond, so 150 ms without an
+/// answer three times in a row is not a slow peer. A false alarm costs little: the peer's
+/// endpoints leave this node's services until its next answered probe (the server's own
+/// timers, not these, decide that a node is lost).
+pub const PEER_PROBE_EVERY: Duration = Duration::from_millis(200);
+pub const PEER_PROBE_TIMEOUT: Duration = Duration::from_millis(150);
 pub const PEER_FAILURES: u32 = 3;
 
 /// Service -> instance id -> address.

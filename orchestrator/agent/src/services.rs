@@ -1,32 +1,47 @@
 //! Services on the node's network: a stable virtual address per service, a name for it in
-//! every container's /etc/hosts, and a small TCP balancer on that address.
+//! every container's /etc/hosts, and the kernel's balancing on that address.
 //!
 //! Each service has an address from the service range (default 10.89.0.0/24), given by the
 //! server's service controller, so it is the same on every node and for the service's life.
 //! The agent keeps the last list in `<data-dir>/services.json` (names keep resolving while
-//! the server is away). The address is added (as a /32) to the node's bridge, so containers reach it through their default
-//! route and the host reaches it directly. On each of the service's container ports (and on
-//! its ingress ports, on the host) the node's proxy ([`super::proxy`]) listens and passes
-//! every connection to the next ready instance; this table says what it serves, and an
-//! instance whose readiness probe fails is taken out of it at once. Names: the agent writes
-//! every instance's /etc/hosts (a file bind-mounted into the container) with the names and
+//! the server is away). What each service is reached on (its frontends: the virtual address
+//! and each container port, and its ingress ports on every address of the node) is kept in
+//! `<data-dir>/frontends.json`. With the service's ready endpoints they make the node's
+//! nftables services ([`tug_netns::ServiceSpec`]), which tug-netns programs (DNAT in the
+//! kernel: one hop from client to instance) together with the virtual addresses on the
+//! bridge. An instance whose readiness probe fails leaves them at once: every change wakes
+//! the agent's service loop ([`ServiceTable::changed`]). Names: the agent writes every
+//! instance's /etc/hosts (a file bind-mounted into the container) with the names and
 //! addresses of all services, and rewrites it in place when a service appears.
 //!
-//! The balancer's endpoints are this node's ready instances (set by their supervisors, so a
-//! failed readiness probe counts at once) plus the ready instances on other nodes, which the
-//! agent learns from the server ([`super::remote`]) and replaces wholesale on each refresh.
+//! The endpoints are this node's ready instances (set by their supervisors, so a failed
+//! readiness probe counts at once) plus the ready instances on other nodes, which the agent
+//! learns from the server ([`super::remote`]) and replaces wholesale on each refresh.
 
-use super::proxy::{ProxyListener, ProxyTable};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+/// The file, next to `services.json`, that keeps the services' frontends.
+pub const FRONTENDS_FILE: &str = "frontends.json";
 
 /// One instance of a service as the balancer sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Endpoint {
     pub address: Ipv4Addr,
     pub ready: bool,
+}
+
+/// One way a service is reached, and the instances' port behind it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ServiceFrontend {
+    pub service: String,
+    pub frontend: tug_netns::Frontend,
+    pub protocol: tug_netns::Protocol,
+    /// The instances' port.
+    pub target_port: u16,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,12 +61,11 @@ struct Inner {
     endpoints: HashMap<String, BTreeMap<String, Endpoint>>,
     /// Service -> instance id -> address: ready instances on other nodes, from the server.
     remote: BTreeMap<String, BTreeMap<String, Ipv4Addr>>,
-    /// What the proxy listens on: address -> (service, instances' port).
-    listeners: BTreeMap<SocketAddr, (String, u16)>,
+    /// What the services are reached on (persisted); `None` until known (from the server
+    /// or the saved file): nothing is programmed before.
+    frontends: Option<Vec<ServiceFrontend>>,
     /// /etc/hosts files of instances: id -> (path, own address).
     hosts_files: BTreeMap<String, (PathBuf, Ipv4Addr)>,
-    /// Services whose address was put on the bridge by this process.
-    on_bridge: std::collections::HashSet<String>,
 }
 
 impl Inner {
@@ -76,25 +90,43 @@ impl Inner {
     }
 }
 
-/// The node's services: addresses, endpoints, balancers, hosts files.
+/// The node's services: addresses, frontends, endpoints, hosts files.
 pub struct ServiceTable {
     file: PathBuf,
     inner: Mutex<Inner>,
+    changed: tokio::sync::Notify,
+}
+
+fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ServiceError> {
+    let tmp = path.with_extension("tmp");
+    let bytes = serde_json::to_vec_pretty(value).expect("services serialize");
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|source| ServiceError::Save {
+            path: path.into(),
+            source,
+        })
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
 }
 
 impl ServiceTable {
-    /// Loads the saved addresses from `file`.
+    /// Loads the saved addresses from `file` and the frontends saved next to it.
     pub fn open(file: &Path) -> Arc<ServiceTable> {
-        let vips = std::fs::read(file)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let vips = read_json(file).unwrap_or_default();
+        let frontends = read_json(&file.with_file_name(FRONTENDS_FILE));
         Arc::new(ServiceTable {
             file: file.into(),
             inner: Mutex::new(Inner {
                 vips,
+                frontends,
                 ..Default::default()
             }),
+            changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -102,47 +134,24 @@ impl ServiceTable {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Woken whenever what should be programmed may have changed (one wake-up is kept
+    /// when nobody waits).
+    pub fn changed(&self) -> &tokio::sync::Notify {
+        &self.changed
+    }
+
     /// Takes the services' addresses from the server (service -> address; a service not
-    /// listed is gone). Returns the services whose address is new or moved: their address
-    /// must go on the bridge. When anything changed: saved, and every /etc/hosts rewritten.
-    pub fn set_addresses(
-        &self,
-        wanted: BTreeMap<String, Ipv4Addr>,
-    ) -> Result<Vec<String>, ServiceError> {
+    /// listed is gone). When anything changed: saved, and every /etc/hosts rewritten.
+    pub fn set_addresses(&self, wanted: BTreeMap<String, Ipv4Addr>) -> Result<(), ServiceError> {
         let mut inner = self.lock();
         if inner.vips == wanted {
-            return Ok(vec![]);
+            return Ok(());
         }
-        let changed: Vec<String> = wanted
-            .iter()
-            .filter(|(name, a)| inner.vips.get(*name) != Some(*a))
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in &changed {
-            inner.on_bridge.remove(name);
-        }
-        // A deleted service's address leaves the bridge (the agent sweeps it off).
-        inner.on_bridge.retain(|name| wanted.contains_key(name));
         inner.vips = wanted;
-        let tmp = self.file.with_extension("tmp");
-        let bytes = serde_json::to_vec_pretty(&inner.vips).expect("addresses serialize");
-        std::fs::write(&tmp, bytes)
-            .and_then(|_| std::fs::rename(&tmp, &self.file))
-            .map_err(|source| ServiceError::Save {
-                path: self.file.clone(),
-                source,
-            })?;
+        save_json(&self.file, &inner.vips)?;
         drop(inner);
         self.refresh_hosts_files();
-        Ok(changed)
-    }
-
-    pub fn has_address_on_bridge(&self, service: &str) -> bool {
-        self.lock().on_bridge.contains(service)
-    }
-
-    pub fn mark_on_bridge(&self, service: &str) {
-        self.lock().on_bridge.insert(service.into());
+        Ok(())
     }
 
     /// Every service and its address.
@@ -150,76 +159,142 @@ impl ServiceTable {
         self.lock().vips.clone()
     }
 
-    /// Has the proxy listen on `addr` for `service` (to its instances' `port`): the
-    /// service's virtual address, or a host address for an ingress port.
-    pub fn listen(&self, service: &str, addr: SocketAddr, port: u16) {
-        self.lock()
-            .listeners
-            .insert(addr, (service.to_string(), port));
-    }
-
-    /// Replaces everything the proxy listens on.
-    pub fn set_listeners(&self, listeners: BTreeMap<SocketAddr, (String, u16)>) {
-        self.lock().listeners = listeners;
-    }
-
-    /// Takes what the proxy last served (its saved table) while the server is away: the
-    /// listeners, and the endpoints that are not this node's (`is_local`) as endpoints on
-    /// other nodes. This node's own endpoints come from their supervisors, as always.
-    pub fn restore(&self, saved: &ProxyTable, is_local: impl Fn(Ipv4Addr) -> bool) {
+    /// Takes what the services are reached on (from the server); saved when it changed.
+    pub fn set_frontends(&self, mut frontends: Vec<ServiceFrontend>) -> Result<(), ServiceError> {
+        frontends.sort();
         let mut inner = self.lock();
-        inner.listeners = saved
-            .listeners
-            .iter()
-            .map(|l| (l.listen, (l.service.clone(), l.target_port)))
-            .collect();
+        if inner.frontends.as_ref() == Some(&frontends) {
+            return Ok(());
+        }
+        let saved = save_json(&self.file.with_file_name(FRONTENDS_FILE), &frontends);
+        inner.frontends = Some(frontends);
+        drop(inner);
+        self.changed.notify_one();
+        saved
+    }
+
+    /// Are the frontends known (from the server, or saved by an earlier run)?
+    pub fn frontends_known(&self) -> bool {
+        self.lock().frontends.is_some()
+    }
+
+    /// After a restart, before the server's first word on other nodes: the endpoints on
+    /// other nodes that the kernel was last given (`programmed`, tug-netns' record), so a
+    /// restarted or offline agent does not take them away. This node's own endpoints
+    /// (`is_local`) come from their supervisors, as always.
+    pub fn restore(
+        &self,
+        programmed: &[tug_netns::ServiceSpec],
+        is_local: impl Fn(Ipv4Addr) -> bool,
+    ) {
+        let mut inner = self.lock();
+        let Some(frontends) = inner.frontends.clone() else {
+            return;
+        };
         let mut remote: BTreeMap<String, BTreeMap<String, Ipv4Addr>> = BTreeMap::new();
-        for l in &saved.listeners {
-            for a in l.endpoints.iter().filter(|a| !is_local(**a)) {
+        for spec in programmed {
+            let Some(f) = frontends
+                .iter()
+                .find(|f| f.frontend == spec.frontend && f.protocol == spec.protocol)
+            else {
+                continue;
+            };
+            for a in spec
+                .endpoints
+                .iter()
+                .map(|e| *e.ip())
+                .filter(|a| !is_local(*a))
+            {
                 remote
-                    .entry(l.service.clone())
+                    .entry(f.service.clone())
                     .or_default()
-                    .insert(format!("saved-{a}"), *a);
+                    .insert(format!("saved-{a}"), a);
             }
         }
         inner.remote = remote;
+        drop(inner);
+        self.changed.notify_one();
     }
 
-    /// What the proxy should serve now.
-    pub fn proxy_table(&self) -> ProxyTable {
+    /// What the kernel should balance now, one entry per frontend, with the problems that
+    /// kept a frontend out (`host_ports_taken`: ports published by instances themselves).
+    /// `None` while the frontends are not known.
+    pub fn wanted(
+        &self,
+        host_ports_taken: &[(tug_netns::Protocol, u16)],
+    ) -> Option<(Vec<tug_netns::ServiceSpec>, Vec<String>)> {
         let inner = self.lock();
-        let listeners = inner
-            .listeners
-            .iter()
-            .map(|(addr, (service, port))| ProxyListener {
-                service: service.clone(),
-                listen: *addr,
-                target_port: *port,
-                endpoints: inner.ready(service),
-            })
-            .collect();
-        ProxyTable { listeners }
+        let frontends = inner.frontends.as_ref()?;
+        let mut specs: Vec<tug_netns::ServiceSpec> = vec![];
+        let mut problems = vec![];
+        let mut owners: HashMap<tug_netns::ServiceKey, &str> = HashMap::new();
+        for f in frontends {
+            let key = tug_netns::ServiceKey {
+                frontend: f.frontend,
+                protocol: f.protocol,
+            };
+            if let tug_netns::Frontend::HostPort { port } = f.frontend {
+                if host_ports_taken.contains(&(f.protocol, port)) {
+                    problems.push(format!(
+                        "service {}: ingress port {port}/{} is published by an instance on this node; not balanced here",
+                        f.service, f.protocol
+                    ));
+                    continue;
+                }
+            }
+            if let Some(first) = owners.get(&key) {
+                problems.push(format!(
+                    "service {}: {key} is already service {first}'s; not balanced for {}",
+                    f.service, f.service
+                ));
+                continue;
+            }
+            owners.insert(key, f.service.as_str());
+            let endpoints = inner
+                .ready(&f.service)
+                .into_iter()
+                .map(|a| SocketAddrV4::new(a, f.target_port))
+                .collect();
+            specs.push(tug_netns::ServiceSpec::new(
+                f.frontend, f.protocol, endpoints,
+            ));
+        }
+        Some((specs, problems))
     }
 
     /// Replaces the endpoints on other nodes: service -> instance id -> address.
     pub fn set_remote_endpoints(&self, remote: BTreeMap<String, BTreeMap<String, Ipv4Addr>>) {
-        self.lock().remote = remote;
+        let mut inner = self.lock();
+        if inner.remote != remote {
+            inner.remote = remote;
+            drop(inner);
+            self.changed.notify_one();
+        }
     }
 
     pub fn set_endpoint(&self, service: &str, instance: &str, endpoint: Endpoint) {
-        self.lock()
+        let old = self
+            .lock()
             .endpoints
             .entry(service.into())
             .or_default()
             .insert(instance.into(), endpoint);
+        if old != Some(endpoint) {
+            self.changed.notify_one();
+        }
     }
 
     pub fn remove_endpoint(&self, service: &str, instance: &str) {
         let mut inner = self.lock();
-        if let Some(e) = inner.endpoints.get_mut(service) {
-            e.remove(instance);
-        }
+        let removed = inner
+            .endpoints
+            .get_mut(service)
+            .and_then(|e| e.remove(instance));
         inner.hosts_files.remove(instance);
+        drop(inner);
+        if removed.is_some() {
+            self.changed.notify_one();
+        }
     }
 
     /// Ready endpoints of a service, this node's first, then other nodes' (for status and
@@ -269,6 +344,66 @@ impl ServiceTable {
     }
 }
 
+/// The frontends of the server's services: for each TCP or UDP container port, the
+/// service's virtual address and that port, and its ingress port when published so. A
+/// service without an address yet has none.
+pub fn frontends_of(services: &[tugboat_api::model::Service]) -> Vec<ServiceFrontend> {
+    let mut out = vec![];
+    for service in services {
+        let Some(address) = service.address else {
+            continue;
+        };
+        for port in &service.spec.ports {
+            let protocol = match port.protocol {
+                tugboat_api::spec::Protocol::Tcp => tug_netns::Protocol::Tcp,
+                tugboat_api::spec::Protocol::Udp => tug_netns::Protocol::Udp,
+            };
+            let target_port = port.container.0;
+            let mut add = |frontend| {
+                out.push(ServiceFrontend {
+                    service: service.name.clone(),
+                    frontend,
+                    protocol,
+                    target_port,
+                })
+            };
+            add(tug_netns::Frontend::Virtual {
+                address,
+                port: target_port,
+            });
+            if let (Some(p), tugboat_api::spec::PublishMode::Ingress) = (port.published, port.mode)
+            {
+                add(tug_netns::Frontend::HostPort { port: p.0 });
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The endpoints the kernel balances `service`'s first TCP frontend over, as programmed
+/// (tug-netns' record under `<data_dir>/net/<network>`): for `tugboat up` and tests.
+/// `None` when the service has no frontend.
+pub fn programmed_endpoints(
+    data_dir: &Path,
+    network: &str,
+    service: &str,
+) -> Option<Vec<Ipv4Addr>> {
+    let frontends: Vec<ServiceFrontend> = read_json(&data_dir.join(FRONTENDS_FILE))?;
+    let f = frontends.iter().find(|f| {
+        f.service == service && matches!(f.frontend, tug_netns::Frontend::Virtual { .. })
+    })?;
+    let programmed = tug_netns::network::recorded_services(&data_dir.join("net"), network);
+    Some(
+        programmed
+            .iter()
+            .find(|s| s.frontend == f.frontend && s.protocol == f.protocol)
+            .map(|s| s.endpoints.iter().map(|e| *e.ip()).collect())
+            .unwrap_or_default(),
+    )
+}
+
 /// Writes a bind-mounted /etc/hosts in place (it cannot be replaced by a rename: the
 /// container's mount holds the old inode), so that no reader ever sees it empty or cut:
 /// nothing is written when the text is the same (a restarted agent re-registers every
@@ -314,7 +449,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_servers_addresses_are_taken_saved_and_marked_for_the_bridge() {
+    fn the_servers_addresses_are_taken_and_saved_for_the_names() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("services.json");
         let table = ServiceTable::open(&file);
@@ -323,28 +458,18 @@ mod tests {
         let map = |pairs: &[(&str, Ipv4Addr)]| -> BTreeMap<String, Ipv4Addr> {
             pairs.iter().map(|(n, a)| (n.to_string(), *a)).collect()
         };
-        let changed = table
+        table
             .set_addresses(map(&[("catalog", a), ("cart", b)]))
             .unwrap();
-        assert_eq!(changed, ["cart", "catalog"]);
-        table.mark_on_bridge("catalog");
-        table.mark_on_bridge("cart");
-        assert!(table
-            .set_addresses(map(&[("catalog", a), ("cart", b)]))
-            .unwrap()
-            .is_empty());
         // A restarted agent knows the names before the server answers.
         let again = ServiceTable::open(&file);
         assert!(again
             .hosts_text("front-1", "10.88.0.2".parse().unwrap())
             .contains(&format!("{a}\tcatalog\n")));
-        // cart deleted, its address given to orders: orders moves onto the bridge, cart's
-        // name no longer resolves.
-        let changed = table
+        // cart deleted, its address given to orders: cart's name no longer resolves.
+        table
             .set_addresses(map(&[("catalog", a), ("orders", b)]))
             .unwrap();
-        assert_eq!(changed, ["orders"]);
-        assert!(!table.has_address_on_bridge("orders") && table.has_address_on_bridge("catalog"));
         let hosts = table.hosts_text("front-1", "10.88.0.2".parse().unwrap());
         assert!(
             hosts.contains(&format!("{b}\torders\n")) && !hosts.contains("cart"),
@@ -392,27 +517,52 @@ mod tests {
         assert_eq!(hosts_padded("a\n", 3), "a\n\n");
     }
 
+    fn web(port: u16) -> ServiceFrontend {
+        ServiceFrontend {
+            service: "web".into(),
+            frontend: tug_netns::Frontend::Virtual {
+                address: "10.89.0.1".parse().unwrap(),
+                port,
+            },
+            protocol: tug_netns::Protocol::Tcp,
+            target_port: port,
+        }
+    }
+
+    fn endpoints(t: &ServiceTable) -> Vec<SocketAddrV4> {
+        t.wanted(&[]).unwrap().0[0].endpoints.clone()
+    }
+
     #[test]
-    fn a_saved_table_gives_the_listeners_and_other_nodes_endpoints_back() {
+    fn nothing_is_wanted_before_the_frontends_are_known_and_they_are_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("services.json");
+        let table = ServiceTable::open(&file);
+        assert!(table.wanted(&[]).is_none() && !table.frontends_known());
+        table.set_frontends(vec![web(80)]).unwrap();
+        assert_eq!(table.wanted(&[]).unwrap().0.len(), 1);
+        // A restarted agent (the server away) knows them from its disk.
+        let again = ServiceTable::open(&file);
+        assert!(again.frontends_known());
+        assert_eq!(again.wanted(&[]), table.wanted(&[]));
+    }
+
+    #[test]
+    fn the_kernels_record_gives_other_nodes_endpoints_back_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let table = ServiceTable::open(&dir.path().join("s"));
+        table.set_frontends(vec![web(80)]).unwrap();
         let (local, remote): (Ipv4Addr, Ipv4Addr) =
             ("10.88.1.2".parse().unwrap(), "10.88.2.2".parse().unwrap());
-        let saved = ProxyTable {
-            listeners: vec![ProxyListener {
-                service: "web".into(),
-                listen: "10.89.0.1:80".parse().unwrap(),
-                target_port: 8080,
-                endpoints: vec![local, remote],
-            }],
+        let programmed = table.wanted(&[]).unwrap().0[0].clone();
+        let programmed = tug_netns::ServiceSpec {
+            endpoints: vec![SocketAddrV4::new(local, 80), SocketAddrV4::new(remote, 80)],
+            ..programmed
         };
         let own: ipnetwork::Ipv4Network = "10.88.1.0/24".parse().unwrap();
-        table.restore(&saved, |a| own.contains(a));
-        // Until this node's instance is re-attached, only the other node's is served.
-        let now = table.proxy_table();
-        assert_eq!(now.listeners.len(), 1);
-        assert_eq!(now.listeners[0].target_port, 8080);
-        assert_eq!(now.listeners[0].endpoints, [remote]);
+        table.restore(std::slice::from_ref(&programmed), |a| own.contains(a));
+        // Until this node's instance is re-attached, only the other node's is balanced to.
+        assert_eq!(endpoints(&table), [SocketAddrV4::new(remote, 80)]);
         table.set_endpoint(
             "web",
             "w1",
@@ -421,25 +571,69 @@ mod tests {
                 ready: true,
             },
         );
-        assert_eq!(table.proxy_table(), saved);
+        assert_eq!(table.wanted(&[]).unwrap().0, [programmed]);
     }
 
     #[test]
-    fn only_ready_endpoints_get_traffic() {
+    fn ingress_ports_an_instance_publishes_itself_or_another_service_has_are_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = ServiceTable::open(&dir.path().join("s"));
+        let ingress = |service: &str, port| ServiceFrontend {
+            service: service.into(),
+            frontend: tug_netns::Frontend::HostPort { port },
+            protocol: tug_netns::Protocol::Tcp,
+            target_port: 80,
+        };
+        table
+            .set_frontends(vec![web(80), ingress("web", 8080), ingress("api", 8080)])
+            .unwrap();
+        let (specs, problems) = table.wanted(&[]).unwrap();
+        assert_eq!(specs.len(), 2, "{specs:?}");
+        assert!(
+            problems.len() == 1 && problems[0].contains("already service api's"),
+            "{problems:?}"
+        );
+        let (specs, problems) = table.wanted(&[(tug_netns::Protocol::Tcp, 8080)]).unwrap();
+        assert_eq!(specs.len(), 1);
+        assert!(
+            problems[0].contains("published by an instance"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn only_ready_endpoints_get_traffic_and_each_change_wakes_the_loop() {
         let dir = tempfile::tempdir().unwrap();
         let table = ServiceTable::open(&dir.path().join("s"));
         let a: Ipv4Addr = "10.88.0.2".parse().unwrap();
         let b: Ipv4Addr = "10.88.0.3".parse().unwrap();
-        table.listen("web", "10.89.0.1:80".parse().unwrap(), 80);
-        let endpoints = |t: &ServiceTable| t.proxy_table().listeners[0].endpoints.clone();
+        table.set_frontends(vec![web(80)]).unwrap();
         let at = |address, ready| Endpoint { address, ready };
+        let ep = |a| SocketAddrV4::new(a, 80);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let woken = |t: &ServiceTable| {
+            rt.block_on(async {
+                tokio::time::timeout(std::time::Duration::from_millis(10), t.changed().notified())
+                    .await
+                    .is_ok()
+            })
+        };
+        assert!(woken(&table), "new frontends wake the loop");
         table.set_endpoint("web", "w1", at(a, true));
         table.set_endpoint("web", "w2", at(b, false));
-        assert_eq!(endpoints(&table), [a]);
+        assert!(woken(&table));
+        assert_eq!(endpoints(&table), [ep(a)]);
+        table.set_endpoint("web", "w2", at(b, false));
+        assert!(!woken(&table), "no change, no wake-up");
         table.set_endpoint("web", "w2", at(b, true));
-        assert_eq!(endpoints(&table), [a, b]);
+        assert!(woken(&table));
+        assert_eq!(endpoints(&table), [ep(a), ep(b)]);
         table.remove_endpoint("web", "w1");
         table.remove_endpoint("web", "w2");
+        assert!(woken(&table));
         assert!(endpoints(&table).is_empty());
     }
 
@@ -449,8 +643,8 @@ mod tests {
         let table = ServiceTable::open(&dir.path().join("s"));
         let local: Ipv4Addr = "10.88.1.2".parse().unwrap();
         let remote: Ipv4Addr = "10.88.2.2".parse().unwrap();
-        table.listen("web", "10.89.0.1:80".parse().unwrap(), 80);
-        let endpoints = |t: &ServiceTable| t.proxy_table().listeners[0].endpoints.clone();
+        let ep = |a| SocketAddrV4::new(a, 80);
+        table.set_frontends(vec![web(80)]).unwrap();
         table.set_endpoint(
             "web",
             "w1",
@@ -461,7 +655,7 @@ mod tests {
         );
         let one = |id: &str, a| BTreeMap::from([(id.to_string(), a)]);
         table.set_remote_endpoints(BTreeMap::from([("web".to_string(), one("w2", remote))]));
-        assert_eq!(endpoints(&table), [local, remote]);
+        assert_eq!(endpoints(&table), [ep(local), ep(remote)]);
         // A local readiness failure counts at once, whatever the server last said.
         table.set_endpoint(
             "web",
@@ -471,7 +665,7 @@ mod tests {
                 ready: false,
             },
         );
-        assert_eq!(endpoints(&table), [remote]);
+        assert_eq!(endpoints(&table), [ep(remote)]);
         table.set_remote_endpoints(BTreeMap::new());
         assert!(endpoints(&table).is_empty());
     }

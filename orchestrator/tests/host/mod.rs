@@ -1,7 +1,7 @@
 //! A host for root tests of the agent: a network namespace of the test's own (`tgb<pid>x<n>`),
 //! a data dir, and `tugboat up` (or a separate `tugboat server` and `tugboat agent`, see
 //! [`TestHost::spawn`]) running inside that namespace. Everything the test makes is removed
-//! on drop: the processes, the monitors and proxy they started, mounts under the data dir,
+//! on drop: the processes, the monitors they started, mounts under the data dir,
 //! the instances' cgroups, the namespace (and with it the veths and routes in it).
 #![allow(dead_code)]
 
@@ -406,29 +406,14 @@ impl TestHost {
         }
         pids
     }
-
-    pub fn proxy_pids(&self) -> Vec<i32> {
-        let mut pids = vec![];
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(" proxy ") && cmdline.contains(&self.dir.display().to_string()) {
-                pids.push(pid);
-            }
-        }
-        pids
-    }
 }
 
 impl Drop for TestHost {
     fn drop(&mut self) {
         let clean = self.stop_up() & self.stop_spawned();
-        // Whatever is left of what this host started: monitors (and so containers) and
-        // the proxy, then mounts, cgroups, the namespace.
-        for pid in self.monitor_pids().into_iter().chain(self.proxy_pids()) {
+        // Whatever is left of what this host started: monitors (and so containers), then
+        // mounts, cgroups, the namespace.
+        for pid in self.monitor_pids() {
             // SAFETY: signals to processes this test's tugboat started (matched by data dir).
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }

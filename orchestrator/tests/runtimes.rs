@@ -187,5 +187,14 @@ fn a_service_runs_under_runc_and_a_missing_runtime_says_so() {
         },
         || show(&host),
     );
+    // runc also made tug's parent in a hybrid host's unified tree: gone with its last
+    // container (no other test runs containers under runc).
+    let unified = std::path::Path::new("/sys/fs/cgroup/unified");
+    if unified.is_dir() {
+        assert!(
+            !unified.join("tug").exists(),
+            "/sys/fs/cgroup/unified/tug is left behind"
+        );
+    }
     assert!(host.stop_up());
 }

@@ -160,6 +160,28 @@ pub fn default_path(id: &str) -> String {
 /// tugboat's, which use it too); removed with its last container.
 const TUG_PARENT: &str = "tug";
 
+/// Removes tug's `tug` parent from every cgroup hierarchy mounted here (v1 controllers and
+/// a hybrid host's unified tree) where it is empty; one still holding a container stays
+/// (EBUSY). For containers another runtime made under `/tug/<id>`: runc, for one, also makes
+/// the parent in the unified tree of a hybrid host and never removes it.
+pub fn remove_empty_tug_parents() {
+    let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    for line in mountinfo.lines() {
+        let Some((fields, fs_part)) = line.split_once(" - ") else {
+            continue;
+        };
+        let fstype = fs_part.split_whitespace().next().unwrap_or_default();
+        if fstype != "cgroup" && fstype != "cgroup2" {
+            continue;
+        }
+        if let Some(mount_point) = fields.split_whitespace().nth(4) {
+            let _ = fs::remove_dir(Path::new(mount_point).join(TUG_PARENT));
+        }
+    }
+}
+
 /// True on a pure cgroup v2 host.
 pub fn host_is_v2() -> bool {
     cgroups_rs::fs::hierarchies::is_cgroup2_unified_mode()

@@ -138,7 +138,13 @@ impl Oci {
                 .delete(id, true)
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
-            Oci::External { exe, root } => Self::run(exe, root, &["delete", "--force", id]),
+            Oci::External { exe, root } => {
+                let deleted = Self::run(exe, root, &["delete", "--force", id]);
+                // The container's cgroup is /tug/<id> (bundle.rs): its parent is tug's, and
+                // goes with the last container, whoever made it.
+                tug_runtime::cgroups::remove_empty_tug_parents();
+                deleted
+            }
         }
     }
 

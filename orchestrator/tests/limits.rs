@@ -81,13 +81,7 @@ fn a_writer_under_write_bps_writes_at_that_rate() {
         let weighed = "services:\n  weighed:\n    image: shop/catalog:1\n    command: [sleep, '1000']\n    resources: {requests: {io: {weight: 200}}}\n";
         let file = tugboat::spec::parse_spec_file("w.yaml", weighed, &|_| false).unwrap();
         host.api(|c| async move { c.apply(&file).await }).unwrap();
-        let message = |host: &TestHost| {
-            host::instances(host)
-                .into_iter()
-                .find(|i| i.service == "weighed")
-                .map(|i| i.message)
-                .unwrap_or_default()
-        };
+        let message = |host: &TestHost| host::message_of(host, "weighed");
         wait_for(
             "weighed refused",
             Duration::from_secs(60),

@@ -160,13 +160,7 @@ fn a_service_runs_under_runc_and_a_missing_runtime_says_so() {
         "services:\n  bypath:\n    image: shop/catalog:1\n    runtime: /opt/no-such/runsc\n";
     let file = parse_spec_file("p.yaml", by_path, &|_| false).unwrap();
     host.api(|c| async move { c.apply(&file).await }).unwrap();
-    let message = |host: &TestHost| {
-        host::instances(host)
-            .into_iter()
-            .find(|i| i.service == "bypath")
-            .map(|i| i.message)
-            .unwrap_or_default()
-    };
+    let message = |host: &TestHost| host::message_of(host, "bypath");
     wait_for(
         "bypath to fail with its path",
         START,

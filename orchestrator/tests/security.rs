@@ -148,13 +148,7 @@ fn instances_run_confined_and_host_paths_need_the_agents_leave() {
     let rooted = "services:\n  rooted:\n    image: shop/catalog:1\n    command: [sleep, '1000']\n    volumes: [{type: bind, source: /, target: /host}]\n";
     let file = parse_spec_file("rooted.yaml", rooted, &|_| false).unwrap();
     host.api(|c| async move { c.apply(&file).await }).unwrap();
-    let message = |host: &TestHost| {
-        host::instances(host)
-            .into_iter()
-            .find(|i| i.service == "rooted")
-            .map(|i| i.message)
-            .unwrap_or_default()
-    };
+    let message = |host: &TestHost| host::message_of(host, "rooted");
     wait_for(
         "rooted to be refused",
         START,

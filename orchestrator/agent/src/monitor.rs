@@ -271,27 +271,11 @@ fn supervise(args: &MonitorArgs) -> Result<ExitRecord, String> {
     if runtime.load(&args.id).is_ok() {
         let _ = runtime.delete(&args.id, true);
     }
-    let (out_r, out_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
-    let (err_r, err_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
-    let null = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(|e| format!("/dev/null: {e}"))?;
-    let redirect = |a: RawFd, b: RawFd, c: RawFd| -> Result<(), String> {
-        dup_onto(a, 0)
-            .and_then(|_| dup_onto(b, 1))
-            .and_then(|_| dup_onto(c, 2))
-            .map_err(|e| format!("dup2: {e}"))
-    };
-    redirect(null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd())?;
     let opts = tug_runtime::CreateOptions {
         bundle: args.bundle.clone(),
         ..Default::default()
     };
-    let created = runtime.create(&args.id, &opts);
-    redirect(null.as_raw_fd(), null.as_raw_fd(), null.as_raw_fd())?;
-    drop((out_w, err_w));
+    let (created, out_r, err_r) = with_output_pipes(|| runtime.create(&args.id, &opts))?;
     let state = created.map_err(|e| e.to_string())?;
     let container_pid = state.pid.unwrap_or(0);
     if let Err(e) = runtime.start(&args.id) {
@@ -319,6 +303,30 @@ fn supervise(args: &MonitorArgs) -> Result<ExitRecord, String> {
         finished_at_ms: now_ms(),
         oom_kills,
     })
+}
+
+/// Runs `create` with this process's stdout and stderr on new pipes (the container inherits
+/// them; stdin is /dev/null), then points them back at /dev/null; returns what `create`
+/// returned and the pipes' read ends.
+fn with_output_pipes<T>(create: impl FnOnce() -> T) -> Result<(T, OwnedFd, OwnedFd), String> {
+    let (out_r, out_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (err_r, err_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+    let null = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("/dev/null: {e}"))?;
+    let redirect = |a: RawFd, b: RawFd, c: RawFd| -> Result<(), String> {
+        dup_onto(a, 0)
+            .and_then(|_| dup_onto(b, 1))
+            .and_then(|_| dup_onto(c, 2))
+            .map_err(|e| format!("dup2: {e}"))
+    };
+    redirect(null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd())?;
+    let created = create();
+    redirect(null.as_raw_fd(), null.as_raw_fd(), null.as_raw_fd())?;
+    drop((out_w, err_w));
+    Ok((created, out_r, err_r))
 }
 
 /// Starts copying the container's output to its log: the file, or (ring mode) a bounded
@@ -382,29 +390,14 @@ fn supervise_external(
 ) -> Result<ExitRecord, String> {
     use super::oci::Oci;
     let record_path = args.dir.join(MONITOR_FILE);
-    let _ = Oci::External {
+    let oci = Oci::External {
         exe: exe.into(),
         root: root.into(),
-    }
-    .delete(&args.id);
-    let (out_r, out_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
-    let (err_r, err_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
-    let (copier, ring) = start_copier(args, out_r, err_r);
-    let null = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(|e| format!("/dev/null: {e}"))?;
-    let redirect = |a: RawFd, b: RawFd, c: RawFd| -> Result<(), String> {
-        dup_onto(a, 0)
-            .and_then(|_| dup_onto(b, 1))
-            .and_then(|_| dup_onto(c, 2))
-            .map_err(|e| format!("dup2: {e}"))
     };
-    redirect(null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd())?;
-    let created = Oci::create_external(exe, root, &args.id, &args.bundle);
-    redirect(null.as_raw_fd(), null.as_raw_fd(), null.as_raw_fd())?;
-    drop((out_w, err_w));
+    let _ = oci.delete(&args.id);
+    let (created, out_r, err_r) =
+        with_output_pipes(|| Oci::create_external(exe, root, &args.id, &args.bundle))?;
+    let (copier, ring) = start_copier(args, out_r, err_r);
     let container_pid = match created {
         Ok(pid) => pid,
         Err(e) => {
@@ -421,11 +414,7 @@ fn supervise_external(
         }
     };
     if let Err(e) = Oci::start_external(exe, root, &args.id) {
-        let _ = Oci::External {
-            exe: exe.into(),
-            root: root.into(),
-        }
-        .delete(&args.id);
+        let _ = oci.delete(&args.id);
         return Err(e);
     }
     record.container_pid = Some(container_pid);
@@ -433,12 +422,7 @@ fn supervise_external(
     let (code, signal) = wait_for(container_pid);
     let oom_kills =
         super::stats::oom_kills(Path::new("/sys/fs/cgroup"), &args.id).unwrap_or_default();
-    if let Err(e) = (Oci::External {
-        exe: exe.into(),
-        root: root.into(),
-    })
-    .delete(&args.id)
-    {
+    if let Err(e) = oci.delete(&args.id) {
         eprintln!("tugboat monitor: delete {}: {e}", args.id);
     }
     let _ = copier.join();

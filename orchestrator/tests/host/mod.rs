@@ -186,26 +186,9 @@ impl TestHost {
         self.dir.join("server/tls/ca.pem")
     }
 
-    /// `tugboat up -f SPEC` in the namespace; returns once it printed where the shop answers.
+    /// `tugboat up -f SPEC` in the namespace with the shop's images imported.
     pub fn start_up(&mut self, spec: &Path) {
-        let images = shop_images();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tugboat"));
-        cmd.arg("up")
-            .arg("-f")
-            .arg(spec)
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .arg("--listen")
-            .arg(API)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for svc in ["front", "catalog", "cart", "orders", "payments"] {
-            cmd.arg("--import")
-                .arg(images.join(format!("oci/shop-{svc}")));
-        }
-        let mut child = self.in_netns(|| cmd.spawn().expect("spawn tugboat up"));
-        self.collect_output("", &mut child);
-        self.up = Some(child);
+        self.start_up_with(spec, &[]);
     }
 
     /// `tugboat up -f SPEC EXTRA...` in the namespace with the shop's images imported,
@@ -457,6 +440,15 @@ impl Drop for TestHost {
 
 /// Every instance, as the server behind the host's API lists them (none when it does not
 /// answer).
+/// The status message of the first instance of `service` (empty when there is none).
+pub fn message_of(host: &TestHost, service: &str) -> String {
+    instances(host)
+        .into_iter()
+        .find(|i| i.service == service)
+        .map(|i| i.message)
+        .unwrap_or_default()
+}
+
 pub fn instances(host: &TestHost) -> Vec<tugboat::model::Instance> {
     host.api(|c| async move { c.instances(None).await.map(|l| l.items).unwrap_or_default() })
 }

@@ -86,6 +86,8 @@ command -v script >/dev/null || t+=(bsdutils)
 command -v docker-registry >/dev/null || t+=(docker-registry)
 command -v skopeo >/dev/null || t+=(skopeo)
 command -v umoci >/dev/null || t+=(umoci)
+# orchestrator/tests/dialout.rs: an edge namespace that drops inbound connections, as NAT.
+command -v nft >/dev/null || t+=(nftables)
 # runtime: runc in a service (orchestrator/tests/runtimes.rs), and buildah's runtime.
 command -v runc >/dev/null || t+=(runc)
 command -v sha256sum >/dev/null || t+=(coreutils)

@@ -261,8 +261,13 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         vni: u32,
         /// Where the agent's own API (instance logs) listens.
-        #[arg(long, default_value = "127.0.0.1:7481")]
+        #[arg(long, default_value = "127.0.0.1:7481", conflicts_with = "dial_out")]
         api_listen: SocketAddr,
+        /// Listen on nothing: the agent opens a tunnel to the server and serves exec and
+        /// logs through it (a node behind NAT or a carrier network that nothing can connect
+        /// to). Other nodes then reach its instances only when the server calls it ready.
+        #[arg(long)]
+        dial_out: bool,
         /// Use unpacked images (`<dir>/<name>/<tag>/rootfs`) instead of the image store
         /// under --data-dir.
         #[arg(long)]
@@ -924,6 +929,7 @@ async fn run(cli: Cli) -> Result<()> {
             overlay,
             vni,
             api_listen,
+            dial_out,
             images,
             import,
             allow_host_paths,
@@ -957,7 +963,7 @@ async fn run(cli: Cli) -> Result<()> {
                 };
                 let mut names = vec!["127.0.0.1".to_string()];
                 names.extend(address.map(|a| a.to_string()));
-                if !api_listen.ip().is_unspecified() {
+                if !*dial_out && !api_listen.ip().is_unspecified() {
                     names.push(api_listen.ip().to_string());
                 }
                 let identity = tugboat::agent::identity::ensure(
@@ -985,7 +991,8 @@ async fn run(cli: Cli) -> Result<()> {
                         .map_err(anyhow::Error::msg)?;
             }
             config.log_mode = *log_mode;
-            config.api_listen = Some(*api_listen);
+            config.api_listen = (!*dial_out).then_some(*api_listen);
+            config.dial_out = *dial_out;
             config.labels = labels.iter().cloned().collect();
             config.address = address.map(|a| a.to_string());
             config.subnet = subnet

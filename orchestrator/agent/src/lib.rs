@@ -28,6 +28,7 @@ pub mod remote;
 pub mod secrets;
 pub mod services;
 pub mod stats;
+pub mod tunnel;
 pub mod volumes;
 
 use images::ImageSource;
@@ -71,6 +72,9 @@ pub struct AgentConfig {
     pub peer_mode: tug_netns::PeerMode,
     /// Where the agent's own API (instance logs) listens; none: not served.
     pub api_listen: Option<std::net::SocketAddr>,
+    /// Serve the agent's API through a tunnel the agent opens to the server (a node nothing
+    /// can connect to: NAT, a carrier network), see [`tunnel`].
+    pub dial_out: bool,
     /// The cluster's bearer token, required by the agent's API.
     pub token: Option<String>,
     /// Host directories instances may bind-mount (with what is under them); none by default.
@@ -102,6 +106,7 @@ impl AgentConfig {
             address: None,
             peer_mode: tug_netns::PeerMode::HostGw,
             api_listen: None,
+            dial_out: false,
             token: None,
             allow_host_paths: vec![],
             identity: None,
@@ -410,14 +415,15 @@ impl Agent {
             }
             None => None,
         };
+        let state = Arc::new(node_api::NodeApiState {
+            data_dir: self.ctx.data_dir.clone(),
+            token: self.config.token.clone(),
+            tls: tls.is_some(),
+            insecure_no_auth: self.config.insecure_no_auth,
+            exe: self.ctx.monitor_exe.clone(),
+        });
+        let tunnel_state = state.clone();
         let api = self.api.take().map(|(listener, _)| {
-            let state = Arc::new(node_api::NodeApiState {
-                data_dir: self.ctx.data_dir.clone(),
-                token: self.config.token.clone(),
-                tls: tls.is_some(),
-                insecure_no_auth: self.config.insecure_no_auth,
-                exe: self.ctx.monitor_exe.clone(),
-            });
             if tls.is_none() && state.token.is_none() {
                 if state.insecure_no_auth {
                     eprintln!("tugboat agent: WARNING: --insecure-no-auth: the node's API (exec, logs) answers anyone");
@@ -483,6 +489,15 @@ impl Agent {
         if said {
             eprintln!("tugboat agent: registered {}", self.config.node);
         }
+        // Opened once the node is registered (the server opens tunnels of known nodes only).
+        let tunnel = self.config.dial_out.then(|| {
+            tokio::spawn(tunnel::run(
+                client.clone(),
+                self.config.node.clone(),
+                tunnel_state,
+                shutdown.clone(),
+            ))
+        });
         let others = Arc::new(std::sync::Mutex::new(remote::Others::default()));
         let heartbeat = tokio::spawn(heartbeat_loop(
             client.clone(),
@@ -504,6 +519,9 @@ impl Agent {
                 let _ = remote.await;
                 if let Some(api) = &api {
                     api.abort();
+                }
+                if let Some(tunnel) = &tunnel {
+                    tunnel.abort();
                 }
                 if let Some(renewal) = &renewal {
                     renewal.abort();

@@ -40,13 +40,44 @@ pub fn router(state: Arc<NodeApiState>) -> axum::Router {
 
 pub use tugboat_api::execstream::ExecRequest;
 
-type Peer = Option<axum::Extension<tugboat_api::tls::PeerCert>>;
+/// Marks the requests that come over a connection the agent itself opened to the server
+/// (its tunnel, `tugboat agent --dial-out`): they come from the server the agent trusts for
+/// everything else (over TLS it checked the server's certificate when it connected).
+#[derive(Debug, Clone, Copy)]
+pub struct ViaTunnel;
+
+/// Who a request's connection is known to come from.
+#[derive(Debug, Clone, Default)]
+struct Peer {
+    /// The TLS client certificate it showed.
+    cert: Option<tugboat_api::tls::PeerCert>,
+    /// It came through the agent's own tunnel.
+    tunnel: bool,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Peer {
+            cert: parts.extensions.get().cloned(),
+            tunnel: parts.extensions.get::<ViaTunnel>().is_some(),
+        })
+    }
+}
 
 fn authorized(state: &NodeApiState, headers: &HeaderMap, peer: &Peer) -> bool {
+    if peer.tunnel {
+        return true;
+    }
     if state.tls {
         return peer
+            .cert
             .as_ref()
-            .is_some_and(|p| p.0 .0.common_name == tugboat_api::tls::SERVER_NAME);
+            .is_some_and(|p| p.0.common_name == tugboat_api::tls::SERVER_NAME);
     }
     let Some(token) = &state.token else {
         // No credential to check: open only when asked for (`--insecure-no-auth`).
@@ -271,33 +302,40 @@ mod auth_tests {
     #[test]
     fn without_a_credential_the_node_api_refuses_unless_told_not_to() {
         let none = HeaderMap::new();
-        assert!(!authorized(&state(None, false, false), &none, &None));
-        assert!(authorized(&state(None, false, true), &none, &None));
+        assert!(!authorized(
+            &state(None, false, false),
+            &none,
+            &Peer::default()
+        ));
+        assert!(authorized(
+            &state(None, false, true),
+            &none,
+            &Peer::default()
+        ));
         assert!(authorized(
             &state(Some("t"), false, false),
             &bearer("t"),
-            &None
+            &Peer::default()
         ));
         assert!(!authorized(
             &state(Some("t"), false, false),
             &bearer("u"),
-            &None
+            &Peer::default()
         ));
         // Over TLS only the server's certificate counts, not a token.
         assert!(!authorized(
             &state(Some("t"), true, false),
             &bearer("t"),
-            &None
+            &Peer::default()
         ));
-        let server = |name: &str| {
-            Some(axum::Extension(tugboat_api::tls::PeerCert(
-                tugboat_api::tls::CertInfo {
-                    common_name: name.into(),
-                    serial: "1".into(),
-                    not_before_ms: 0,
-                    not_after_ms: u64::MAX,
-                },
-            )))
+        let server = |name: &str| Peer {
+            cert: Some(tugboat_api::tls::PeerCert(tugboat_api::tls::CertInfo {
+                common_name: name.into(),
+                serial: "1".into(),
+                not_before_ms: 0,
+                not_after_ms: u64::MAX,
+            })),
+            tunnel: false,
         };
         assert!(authorized(
             &state(None, true, false),
@@ -305,5 +343,18 @@ mod auth_tests {
             &server("tugboat-server")
         ));
         assert!(!authorized(&state(None, true, false), &none, &server("n2")));
+        // What comes through the agent's own tunnel to the server is the server's, with
+        // TLS or a token, and only that (a direct caller without credentials is refused).
+        let tunnel = Peer {
+            cert: None,
+            tunnel: true,
+        };
+        assert!(authorized(&state(None, true, false), &none, &tunnel));
+        assert!(authorized(&state(Some("t"), false, false), &none, &tunnel));
+        assert!(!authorized(
+            &state(Some("t"), false, false),
+            &none,
+            &Peer::default()
+        ));
     }
 }

@@ -199,12 +199,31 @@ impl ApiClient {
         id: &str,
         request: &crate::execstream::ExecRequest,
     ) -> Result<reqwest::Upgraded, ClientError> {
+        let body = serde_json::to_value(request).expect("exec requests serialize");
+        self.upgrade(
+            &format!("/v1/instances/{id}/exec"),
+            crate::execstream::PROTOCOL,
+            Some(body),
+        )
+        .await
+    }
+
+    /// POSTs to `path` asking to switch to `protocol`: the upgraded connection, or the
+    /// server's refusal as a typed error.
+    pub async fn upgrade(
+        &self,
+        path: &str,
+        protocol: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<reqwest::Upgraded, ClientError> {
         let mut http = self
             .http()
-            .post(format!("{}/v1/instances/{id}/exec", self.base))
+            .post(format!("{}{path}", self.base))
             .header(reqwest::header::CONNECTION, "upgrade")
-            .header(reqwest::header::UPGRADE, crate::execstream::PROTOCOL)
-            .json(request);
+            .header(reqwest::header::UPGRADE, protocol);
+        if let Some(body) = body {
+            http = http.json(&body);
+        }
         if let Some(token) = &self.token {
             http = http.bearer_auth(token);
         }
@@ -222,8 +241,27 @@ impl ApiClient {
             .await
             .map_err(|e| ClientError::Unreachable {
                 addr: self.base.clone(),
-                cause: format!("exec stream: {}", error_chain(&e)),
+                cause: format!("{protocol}: {}", error_chain(&e)),
             })
+    }
+
+    /// GETs `path` and hands back the answer whose body streams for as long as the server
+    /// keeps it open (no overall timeout), or the server's refusal as a typed error.
+    pub async fn open_stream(&self, path: &str) -> Result<reqwest::Response, ClientError> {
+        let mut request = self.http().get(format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|e| ClientError::Unreachable {
+            addr: self.base.clone(),
+            cause: error_chain(&e),
+        })?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            let bytes = response.bytes().await.unwrap_or_default();
+            return Err(error_from(status, &bytes));
+        }
+        Ok(response)
     }
 
     /// Send a request; the JSON answer or a typed error. No answer within

@@ -296,10 +296,15 @@ pub fn wants_stream(headers: &HeaderMap) -> bool {
 
 /// The 101 answer that switches a connection to the exec stream.
 pub fn switching() -> Response {
+    switching_to(PROTOCOL)
+}
+
+/// A 101 answer switching to `protocol`.
+pub fn switching_to(protocol: &str) -> Response {
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(axum::http::header::CONNECTION, "upgrade")
-        .header(axum::http::header::UPGRADE, crate::execstream::PROTOCOL)
+        .header(axum::http::header::UPGRADE, protocol)
         .body(axum::body::Body::empty())
         .expect("a valid response")
 }

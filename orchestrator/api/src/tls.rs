@@ -447,7 +447,7 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         connections.spawn(async move {
             match acceptor {
-                None => serve_connection(stream, router, None).await,
+                None => serve_stream(stream, router, None::<PeerCert>).await,
                 Some(acceptor) => {
                     let handshake =
                         tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
@@ -461,7 +461,7 @@ pub async fn serve(
                         .and_then(|certs| certs.first())
                         .and_then(|der| cert_info_der(der).ok())
                         .map(PeerCert);
-                    serve_connection(tls, router, peer).await
+                    serve_stream(tls, router, peer).await
                 }
             }
         });
@@ -474,9 +474,13 @@ pub async fn serve(
     connections.abort_all();
 }
 
-async fn serve_connection<S>(stream: S, router: axum::Router, peer: Option<PeerCert>)
+/// Serves `router` on one connection (HTTP/1.1 or HTTP/2, upgrades included) until it
+/// ends; each request carries `peer` as an extension when given (who the connection is
+/// known to come from).
+pub async fn serve_stream<S, P>(stream: S, router: axum::Router, peer: Option<P>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    P: Clone + Send + Sync + 'static,
 {
     let service =
         hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {

@@ -338,3 +338,16 @@ pub struct InstanceSecrets {
     /// Secret name -> key -> value (base64).
     pub secrets: BTreeMap<String, BTreeMap<String, String>>,
 }
+
+/// The protocol a node's tunnel connection switches to (`POST
+/// /v1/nodes/{name}/tunnel/{id}`): after the 101, the server speaks HTTP/1.1 as the client
+/// and the agent serves its node API on the connection the agent opened.
+pub const TUNNEL_PROTOCOL: &str = "tugboat-tunnel";
+
+/// One line of a node's tunnel stream (`GET /v1/nodes/{name}/tunnel`): the server asks the
+/// agent to open a connection for the request that waits under `dial`. An empty line is a
+/// keep-alive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelDial {
+    pub dial: String,
+}

@@ -218,6 +218,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         tls: tls.clone(),
         secrets: Arc::new(secrets),
         metrics: Arc::default(),
+        tunnels: Arc::default(),
     }));
     let mut http_shutdown = shutdown_rx.clone();
     let server_config = tls.as_ref().map(|t| t.config.clone());

@@ -37,7 +37,7 @@ fn sha256_hex(text: &str) -> String {
         .collect()
 }
 
-fn random_hex(bytes: usize) -> String {
+pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     // SAFETY: getrandom into a buffer of the length given.
     let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), bytes, 0) };

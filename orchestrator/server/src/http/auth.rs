@@ -101,6 +101,17 @@ pub async fn permit(
             }
             Ok(())
         }
+        // A tunnel carries requests for a node's API: only the node opens it.
+        Caller::Read | Caller::Join
+            if matches!(
+                request,
+                ApiRequest::NodeTunnel { .. } | ApiRequest::NodeTunnelConnection { .. }
+            ) =>
+        {
+            Err(forbidden(
+                "only a node opens its tunnel (with its certificate)".into(),
+            ))
+        }
         // A read token reads no secret's values.
         Caller::Read if matches!(request, ApiRequest::InstanceSecrets { .. }) => Err(forbidden(
             "a read-only token reads no secret: only the node an instance runs on does".into(),
@@ -134,6 +145,8 @@ async fn permit_node(state: &ApiState, node: &str, request: &ApiRequest) -> Resu
         ApiRequest::RegisterNode(registration) => own(&registration.name),
         ApiRequest::Heartbeat { name, .. }
         | ApiRequest::RenewNodeCertificate { name, .. }
+        | ApiRequest::NodeTunnel { name }
+        | ApiRequest::NodeTunnelConnection { name, .. }
         | ApiRequest::GetNode { name } => own(name),
         ApiRequest::InstanceSecrets { id } => {
             let instance = state.control.get_instance(id).await?.object;

@@ -3,9 +3,11 @@
 
 pub mod auth;
 pub mod error;
+mod forward;
 pub mod metrics;
 pub mod request;
 pub mod routes;
+pub mod tunnel;
 
 pub use error::ApiError;
 pub use request::ApiRequest;
@@ -36,6 +38,8 @@ pub struct ApiState {
     pub secrets: Arc<crate::controlplane::secrets::SecretBox>,
     /// The API's request counters and latencies (`GET /metrics`).
     pub metrics: Arc<metrics::ApiMetrics>,
+    /// The tunnels of dial-out nodes ([`tunnel`]).
+    pub tunnels: Arc<tunnel::Tunnels>,
 }
 
 impl ApiState {
@@ -238,18 +242,50 @@ async fn dispatch(
         Ok(ApiRequest::InstanceExec { id, body })
             if tugboat_api::execstream::wants_stream(headers) =>
         {
-            match forward_exec_stream(state, &id, body, upgrade.0).await {
+            match forward::exec_stream(state, &id, body, upgrade.0).await {
                 Ok(response) => response,
                 Err(e) => e.into_response(),
             }
         }
-        Ok(ApiRequest::InstanceExec { id, body }) => match forward_exec(state, &id, body).await {
+        Ok(ApiRequest::InstanceExec { id, body }) => match forward::exec(state, &id, body).await {
             Ok(response) => response,
             Err(e) => e.into_response(),
         },
         Ok(ApiRequest::InstanceLogs { id, follow, tail }) => {
-            match forward_logs(state, &id, follow, tail).await {
+            match forward::logs(state, &id, follow, tail).await {
                 Ok(response) => response,
+                Err(e) => e.into_response(),
+            }
+        }
+        Ok(ApiRequest::NodeTunnel { name }) => {
+            // Only a registered node has a tunnel (a made-up name would hold a stream open).
+            if let Err(e) = state.control.get_node(&name).await {
+                return ApiError::from(e).into_response();
+            }
+            let stream = state.tunnels.open(&name);
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+                tunnel::body(stream),
+            )
+                .into_response()
+        }
+        Ok(ApiRequest::NodeTunnelConnection { name, id }) => {
+            let Some(upgrade) = upgrade.0 else {
+                return ApiError::bad_request(format!(
+                    "a tunnel connection must ask to upgrade to {}",
+                    tunnel::TUNNEL_PROTOCOL
+                ))
+                .into_response();
+            };
+            match state.tunnels.accept(&name, &id) {
+                Ok(reply) => {
+                    tokio::spawn(async move {
+                        if let Ok(io) = upgrade.await {
+                            let _ = reply.send(io);
+                        }
+                    });
+                    tugboat_api::execstream::switching_to(tunnel::TUNNEL_PROTOCOL)
+                }
                 Err(e) => e.into_response(),
             }
         }
@@ -259,173 +295,6 @@ async fn dispatch(
         },
         Err(e) => e.into_response(),
     }
-}
-
-/// The agent API's URL for an instance: the `agent_url` of its node.
-async fn agent_url_of(state: &ApiState, id: &str) -> Result<(String, String), ApiError> {
-    let instance = state.control.get_instance(id).await?.object;
-    let node = instance.node.ok_or_else(|| {
-        ApiError::bad_request(format!("instance `{id}` is not placed on a node yet"))
-    })?;
-    let url = state
-        .control
-        .get_node(&node)
-        .await?
-        .object
-        .agent_url
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "agent_unreachable",
-                format!("node {node} has no agent API address"),
-            )
-        })?;
-    Ok((node, url))
-}
-
-fn agent_unreachable(why: String) -> ApiError {
-    ApiError::new(StatusCode::BAD_GATEWAY, "agent_unreachable", why)
-}
-
-/// Sends an exec request to the agent of the instance's node (asking for the exec stream
-/// when `stream`); the agent's answer when it is the expected one (101 for a stream, 2xx
-/// otherwise), else its status and text as an error naming the instance and node.
-async fn exec_on_agent(
-    state: &ApiState,
-    id: &str,
-    body: &serde_json::Value,
-    stream: bool,
-) -> Result<(String, reqwest::Response), ApiError> {
-    let (node, url) = agent_url_of(state, id).await?;
-    let mut request = state
-        .agent_client()
-        .post(format!("{url}/v1/instances/{id}/exec"))
-        .json(body);
-    if stream {
-        request = request
-            .header(axum::http::header::CONNECTION, "upgrade")
-            .header(
-                axum::http::header::UPGRADE,
-                tugboat_api::execstream::PROTOCOL,
-            );
-    }
-    let response = state
-        .to_agent(request, &url)
-        .send()
-        .await
-        .map_err(|e| agent_unreachable(format!("agent of node {node} at {url}: {e}")))?;
-    let status = response.status();
-    let expected = if stream {
-        status == StatusCode::SWITCHING_PROTOCOLS
-    } else {
-        status.is_success()
-    };
-    if !expected {
-        let text = response.text().await.unwrap_or_default();
-        return Err(ApiError::new(
-            StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
-            "exec_failed",
-            format!("instance `{id}` on node {node}: {}", text.trim()),
-        ));
-    }
-    Ok((node, response))
-}
-
-/// Runs a command in an instance, through the agent of its node.
-async fn forward_exec(
-    state: &ApiState,
-    id: &str,
-    body: serde_json::Value,
-) -> Result<Response, ApiError> {
-    let (node, response) = exec_on_agent(state, id, &body, false).await?;
-    let value: serde_json::Value = response
-        .json()
-        .await
-        .map_err(|e| agent_unreachable(format!("agent of node {node} answered {e}")))?;
-    Ok((StatusCode::OK, Json(value)).into_response())
-}
-
-/// An exec stream ([`tugboat_api::execstream`]): the same upgrade asked of the instance's agent,
-/// then the two connections spliced together.
-async fn forward_exec_stream(
-    state: &ApiState,
-    id: &str,
-    body: serde_json::Value,
-    upgrade: Option<hyper::upgrade::OnUpgrade>,
-) -> Result<Response, ApiError> {
-    let upgrade = upgrade.ok_or_else(|| {
-        ApiError::bad_request("this connection cannot be upgraded to an exec stream".into())
-    })?;
-    let (node, response) = exec_on_agent(state, id, &body, true).await?;
-    let mut agent = response
-        .upgrade()
-        .await
-        .map_err(|e| agent_unreachable(format!("agent of node {node}: exec stream: {e}")))?;
-    tokio::spawn(async move {
-        if let Ok(client) = upgrade.await {
-            let mut client = hyper_util::rt::TokioIo::new(client);
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut agent).await;
-        }
-    });
-    Ok(tugboat_api::execstream::switching())
-}
-
-/// An instance's log, streamed from the agent of its node.
-async fn forward_logs(
-    state: &ApiState,
-    id: &str,
-    follow: bool,
-    tail: Option<u64>,
-) -> Result<Response, ApiError> {
-    let instance = state.control.get_instance(id).await?.object;
-    let unavailable =
-        |why: String| ApiError::new(StatusCode::BAD_GATEWAY, "agent_unreachable", why);
-    let node = instance.node.ok_or_else(|| {
-        ApiError::bad_request(format!("instance `{id}` is not placed on a node yet"))
-    })?;
-    let url = state
-        .control
-        .get_node(&node)
-        .await?
-        .object
-        .agent_url
-        .ok_or_else(|| {
-            unavailable(format!(
-                "node {node} does not serve logs (its agent has no API address)"
-            ))
-        })?;
-    let mut request = state
-        .agent_client()
-        .get(format!("{url}/v1/instances/{id}/logs"))
-        .query(&[("follow", follow.to_string())]);
-    if let Some(n) = tail {
-        request = request.query(&[("tail", n.to_string())]);
-    }
-    let response = state
-        .to_agent(request, &url)
-        .send()
-        .await
-        .map_err(|e| unavailable(format!("agent of node {node} at {url}: {e}")))?;
-    if !response.status().is_success() {
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        return Err(ApiError::new(
-            StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
-            "agent_error",
-            format!("agent of node {node}: {}", text.trim()),
-        ));
-    }
-    let stream = futures_util::stream::unfold(response, |mut r| async move {
-        match r.chunk().await {
-            Ok(Some(bytes)) => Some((Ok::<_, std::io::Error>(bytes), r)),
-            _ => None,
-        }
-    });
-    Ok((
-        [(axum::http::header::CONTENT_TYPE, "text/plain")],
-        axum::body::Body::from_stream(stream),
-    )
-        .into_response())
 }
 
 fn json<T: Serialize>(value: T) -> serde_json::Value {
@@ -632,6 +501,8 @@ pub async fn handle(
         | ApiRequest::PutSecret(_)
         | ApiRequest::DeleteSecret { .. }
         | ApiRequest::InstanceSecrets { .. }
+        | ApiRequest::NodeTunnel { .. }
+        | ApiRequest::NodeTunnelConnection { .. }
         | ApiRequest::Metrics => Err(ApiError::bad_request(
             "tokens and certificates are served by the HTTP API".into(),
         )),

@@ -113,6 +113,15 @@ pub enum ApiRequest {
         id: String,
     },
     Metrics,
+    /// A dial-out node's agent keeps this stream open ([`super::tunnel`]).
+    NodeTunnel {
+        name: String,
+    },
+    /// The agent's connection for one dial of its tunnel.
+    NodeTunnelConnection {
+        name: String,
+        id: String,
+    },
 }
 
 fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
@@ -324,6 +333,11 @@ impl ApiRequest {
             RouteId::DeleteSecret => ApiRequest::DeleteSecret { name: name() },
             RouteId::InstanceSecrets => ApiRequest::InstanceSecrets { id: id() },
             RouteId::Metrics => ApiRequest::Metrics,
+            RouteId::NodeTunnel => ApiRequest::NodeTunnel { name: name() },
+            RouteId::NodeTunnelConnection => ApiRequest::NodeTunnelConnection {
+                name: name(),
+                id: id(),
+            },
         };
         let takes_body = matches!(
             route,

@@ -43,6 +43,8 @@ pub enum RouteId {
     DeleteSecret,
     InstanceSecrets,
     Metrics,
+    NodeTunnel,
+    NodeTunnelConnection,
 }
 
 pub struct Route {
@@ -100,4 +102,6 @@ routes![
     (DELETE, "/v1/secrets/{name}", DeleteSecret),
     (GET, "/v1/instances/{id}/secrets", InstanceSecrets),
     (GET, "/metrics", Metrics),
+    (GET, "/v1/nodes/{name}/tunnel", NodeTunnel),
+    (POST, "/v1/nodes/{name}/tunnel/{id}", NodeTunnelConnection),
 ];

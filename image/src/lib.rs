@@ -28,5 +28,5 @@ pub use oci::Platform;
 pub use progress::Progress;
 pub use pull::{PullOptions, PullReport};
 pub use reference::Reference;
-pub use rootfs::{Mounter, NixMounter};
+pub use rootfs::{Mapped, Mounter, NixMounter};
 pub use store::{Image, ImageConfig, ImageDetails, ImageStore, PruneReport, Rootfs};

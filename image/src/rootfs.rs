@@ -23,6 +23,14 @@ pub const MAX_MOUNT_OPTIONS: usize = 4095;
 /// without root.
 pub trait Mounter {
     fn mount_overlay(&self, target: &Path, options: &str) -> nix::Result<()>;
+    /// An idmapped bind of `source` at `target` (open_tree, mount_setattr with the user
+    /// namespace's mappings, move_mount): files show the ids the namespace maps theirs to.
+    fn bind_idmapped(
+        &self,
+        source: &Path,
+        target: &Path,
+        userns: std::os::fd::BorrowedFd<'_>,
+    ) -> nix::Result<()>;
     fn unmount(&self, target: &Path, detach: bool) -> nix::Result<()>;
     fn is_mounted(&self, target: &Path) -> bool;
 }
@@ -41,6 +49,15 @@ impl Mounter for NixMounter {
         )
     }
 
+    fn bind_idmapped(
+        &self,
+        source: &Path,
+        target: &Path,
+        userns: std::os::fd::BorrowedFd<'_>,
+    ) -> nix::Result<()> {
+        bind_idmapped(source, target, userns)
+    }
+
     fn unmount(&self, target: &Path, detach: bool) -> nix::Result<()> {
         let flags = if detach {
             MntFlags::MNT_DETACH
@@ -55,6 +72,77 @@ impl Mounter for NixMounter {
             .map(|points| points.iter().any(|p| p == target))
             .unwrap_or(false)
     }
+}
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+fn bind_idmapped(
+    source: &Path,
+    target: &Path,
+    userns: std::os::fd::BorrowedFd<'_>,
+) -> nix::Result<()> {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|_| nix::Error::EINVAL);
+    let (src, dst, empty) = (c(source)?, c(target)?, CString::default());
+    let check = |r: libc::c_long| {
+        if r < 0 {
+            Err(nix::Error::last())
+        } else {
+            Ok(r)
+        }
+    };
+    // SAFETY: open_tree on a valid path; the fd it returns is ours.
+    let tree = check(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            src.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    })?;
+    // SAFETY: the kernel gave us this fd.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    // SAFETY: mount_setattr on our detached tree with an attr of the size we pass.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })?;
+    // SAFETY: move_mount of our detached tree onto a path.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            dst.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    })?;
+    Ok(())
 }
 
 /// Mount points of this mount namespace, with mountinfo's octal escapes decoded.
@@ -96,6 +184,15 @@ pub struct RootfsRecord {
     pub reference: String,
     pub manifest: Digest,
     pub layers: Vec<PathBuf>,
+}
+
+/// A container's user namespace, for [`ImageStore::prepare_rootfs_mapped`]: the namespace
+/// (an fd, for the idmapped layers) and the host ids its root is.
+#[derive(Debug, Clone, Copy)]
+pub struct Mapped<'a> {
+    pub userns: std::os::fd::BorrowedFd<'a>,
+    pub root_uid: u32,
+    pub root_gid: u32,
 }
 
 /// Every instance rootfs recorded under `<data_dir>/rootfs`.
@@ -176,6 +273,20 @@ impl ImageStore {
 
     /// Mount the instance's rootfs (idempotent: an existing mount is returned unchanged).
     pub fn prepare_rootfs(&self, image: &Image, instance_id: &str) -> Result<Rootfs> {
+        self.prepare_rootfs_mapped(image, instance_id, None)
+    }
+
+    /// [`ImageStore::prepare_rootfs`] for a container in a user namespace of its own
+    /// (`mapped`): each layer is bound idmapped under `<rootfs>/lower/N` (overlay does not
+    /// take an idmapped mount of itself, but takes idmapped layers), and the writable layer
+    /// belongs to the namespace's root, so the tree looks to the container as it does to a
+    /// container without one, and what it writes lands in the layer under its own ids.
+    pub fn prepare_rootfs_mapped(
+        &self,
+        image: &Image,
+        instance_id: &str,
+        mapped: Option<&Mapped<'_>>,
+    ) -> Result<Rootfs> {
         check_instance_id(instance_id)?;
         let dir = self.rootfs_dir(instance_id);
         let merged = dir.join("merged");
@@ -224,6 +335,12 @@ impl ImageStore {
             fs::create_dir_all(&empty).at(&empty)?;
             lower.push(empty);
         }
+        if let Some(m) = mapped {
+            lower = self.bind_layers_idmapped(&dir, &lower, m)?;
+            for d in [&upper, &work] {
+                std::os::unix::fs::chown(d, Some(m.root_uid), Some(m.root_gid)).at(d)?;
+            }
+        }
         let mut options = overlay_options(&lower, &upper, &work)?;
         if options.len() > MAX_MOUNT_OPTIONS {
             // Too long for one page: name the layers through short links instead, as
@@ -249,6 +366,32 @@ impl ImageStore {
                 source,
             })?;
         Ok(Rootfs { path: merged })
+    }
+
+    /// Each layer bound idmapped at `<dir>/lower/N` (kept when already there: a prepare
+    /// cut short and done again); returns those paths in the same order.
+    fn bind_layers_idmapped(
+        &self,
+        dir: &Path,
+        layers: &[PathBuf],
+        mapped: &Mapped<'_>,
+    ) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::with_capacity(layers.len());
+        for (n, layer) in layers.iter().enumerate() {
+            let target = dir.join("lower").join(n.to_string());
+            fs::create_dir_all(&target).at(&target)?;
+            if !self.mounter.is_mounted(&target) {
+                self.mounter
+                    .bind_idmapped(layer, &target, mapped.userns)
+                    .map_err(|source| Error::Mount {
+                        path: target.clone(),
+                        op: "idmapped bind of a layer (needs Linux 5.19 and a filesystem that takes idmapped mounts)",
+                        source,
+                    })?;
+            }
+            out.push(target);
+        }
+        Ok(out)
     }
 
     /// A short path for a layer dir of this store: a symlink `images/l/<12 hex>`. Paths
@@ -319,6 +462,22 @@ impl ImageStore {
             }
             if tries > 8 {
                 break;
+            }
+        }
+        // The idmapped layers of a container in a user namespace.
+        if let Ok(rd) = fs::read_dir(dir.join("lower")) {
+            for ent in rd.flatten() {
+                let target = ent.path();
+                if self.mounter.is_mounted(&target) && self.mounter.unmount(&target, false).is_err()
+                {
+                    self.mounter
+                        .unmount(&target, true)
+                        .map_err(|source| Error::Mount {
+                            path: target.clone(),
+                            op: "unmount (detach)",
+                            source,
+                        })?;
+                }
             }
         }
         match fs::remove_dir_all(&dir) {

@@ -151,6 +151,19 @@ impl Mounter for Recorder {
         self.mounted.lock().unwrap().insert(target.to_path_buf());
         Ok(())
     }
+    fn bind_idmapped(
+        &self,
+        source: &Path,
+        target: &Path,
+        _userns: std::os::fd::BorrowedFd<'_>,
+    ) -> nix::Result<()> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("idmap {} {}", source.display(), target.display()));
+        self.mounted.lock().unwrap().insert(target.to_path_buf());
+        Ok(())
+    }
     fn unmount(&self, target: &Path, _detach: bool) -> nix::Result<()> {
         self.calls
             .lock()
@@ -215,6 +228,79 @@ fn rootfs_steps_are_idempotent_and_protect_layers() {
         0,
         "lock files do not pile up"
     );
+}
+
+#[test]
+fn a_mapped_rootfs_stacks_idmapped_layers_and_removes_them() {
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("app");
+    write_layout(&layout, &two_layer_spec("localhost/app:1"));
+    let data = work.path().join("data");
+    let rec = Recorder::default();
+    let store = ImageStore::open_with_mounter(&data, Box::new(rec.clone())).unwrap();
+    let img = store.import(&layout).unwrap().remove(0);
+    // The recorder never uses the fd; any open file stands in for a user namespace.
+    let ns = std::fs::File::open("/proc/self/ns/user").unwrap();
+    // Our own ids, so that the chown works for whoever runs the test.
+    let (uid, gid) = (
+        nix::unistd::getuid().as_raw(),
+        nix::unistd::getgid().as_raw(),
+    );
+    let mapped = tug_image::Mapped {
+        userns: std::os::fd::AsFd::as_fd(&ns),
+        root_uid: uid,
+        root_gid: gid,
+    };
+    let r = store
+        .prepare_rootfs_mapped(&img, "inst-m", Some(&mapped))
+        .unwrap();
+    let d = data.join("rootfs/inst-m");
+    assert_eq!(r.path, d.join("merged"));
+    let calls = rec.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        vec![
+            format!(
+                "idmap {} {}",
+                img.layers[0].display(),
+                d.join("lower/0").display()
+            ),
+            format!(
+                "idmap {} {}",
+                img.layers[1].display(),
+                d.join("lower/1").display()
+            ),
+            format!(
+                "mount {} lowerdir={}:{},upperdir={},workdir={}",
+                d.join("merged").display(),
+                d.join("lower/1").display(),
+                d.join("lower/0").display(),
+                d.join("upper").display(),
+                d.join("work").display()
+            ),
+        ]
+    );
+    // Again: the mounts are there, nothing is done twice.
+    store
+        .prepare_rootfs_mapped(&img, "inst-m", Some(&mapped))
+        .unwrap();
+    assert_eq!(rec.calls.lock().unwrap().len(), 3);
+    store.remove_rootfs("inst-m").unwrap();
+    let calls = rec.calls.lock().unwrap().clone();
+    let mut unmounted: Vec<&String> = calls[3..].iter().collect();
+    assert_eq!(
+        unmounted.remove(0),
+        &format!("umount {}", d.join("merged").display())
+    );
+    unmounted.sort();
+    assert_eq!(
+        unmounted,
+        vec![
+            &format!("umount {}", d.join("lower/0").display()),
+            &format!("umount {}", d.join("lower/1").display()),
+        ]
+    );
+    assert!(!d.exists());
 }
 
 #[test]

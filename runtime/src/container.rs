@@ -492,9 +492,25 @@ impl Runtime {
                 continue;
             }
             let gids = m.gid_mappings().as_deref().unwrap_or(&[]);
-            let fd = crate::rootless::userns_fd(uids, gids)
+            let userns = crate::rootless::userns_fd(uids, gids)
                 .map_err(|message| Error::Usage(format!("mounts[{i}].uidMappings: {message}")))?;
-            idmaps.push((i, fd));
+            // The idmapped copy itself is made here too: mount_setattr needs CAP_SYS_ADMIN
+            // over the source's filesystem, which init in a user namespace of its own lacks.
+            let source = bundle
+                .dir
+                .join(m.source().as_deref().unwrap_or(Path::new("")));
+            let recursive = m
+                .options()
+                .iter()
+                .flatten()
+                .any(|o| o == "rbind" || o == "ridmap");
+            let tree = crate::syscall::idmapped_tree(&source, userns.as_fd(), recursive).map_err(
+                io_err(format!(
+                    "mounts[{i}]: an idmapped copy of {}",
+                    source.display()
+                )),
+            )?;
+            idmaps.push((i, tree));
         }
         // A notifying seccomp filter's agent, reached here, where its path is the host's.
         let seccomp_agent = seccomp_agent(bundle)?;
@@ -516,6 +532,53 @@ impl Runtime {
         if new_time_ns {
             enter_time_ns_for_children(linux)?;
         }
+        // A new user namespace with network, ipc or uts namespaces joined by path (owned by
+        // this user namespace): init could not join them from inside its new one (setns
+        // needs CAP_SYS_ADMIN over their owner), so they are joined here, in this process,
+        // and the clone inherits them, as runc joins before it unshares the user namespace.
+        // This process goes back to its own right after the clone.
+        let mut own_namespaces = Vec::new();
+        if clone_flags.contains(CloneFlags::CLONE_NEWUSER) {
+            let inherit = [
+                (CloneFlags::CLONE_NEWNET, "net"),
+                (CloneFlags::CLONE_NEWIPC, "ipc"),
+                (CloneFlags::CLONE_NEWUTS, "uts"),
+            ];
+            let mut kept = Vec::with_capacity(join.len());
+            for (fd, flag) in join {
+                let Some((_, name)) = inherit.iter().find(|(f, _)| *f == flag) else {
+                    kept.push((fd, flag));
+                    continue;
+                };
+                let path = format!("/proc/self/ns/{name}");
+                let own = open(
+                    path.as_str(),
+                    OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| io_err(format!("open {path}"))(e.into()))?;
+                nix::sched::setns(fd.as_fd(), flag)
+                    .map_err(|e| io_err(format!("join the {name} namespace"))(e.into()))?;
+                own_namespaces.push((own, flag));
+            }
+            join = kept;
+        }
+        // The same for process.oomScoreAdj: in a new user namespace init may raise its score
+        // but not lower it, nor write the host's /proc; the clone inherits this process's,
+        // which goes back right after.
+        let mut own_oom_score_adj = None;
+        if clone_flags.contains(CloneFlags::CLONE_NEWUSER) {
+            if let Some(process) = spec
+                .process()
+                .as_ref()
+                .filter(|p| p.oom_score_adj().is_some())
+            {
+                let own = fs::read_to_string("/proc/self/oom_score_adj")
+                    .map_err(io_err("/proc/self/oom_score_adj"))?;
+                crate::finalize::set_oom_score_adj(process).map_err(Error::Usage)?;
+                own_oom_score_adj = Some(own);
+            }
+        }
         let cgroup_fd = cg.clone_into_fd();
         let parent_pid = std::process::id() as i32;
         let forked = clone_child(
@@ -524,6 +587,16 @@ impl Runtime {
         );
         if let Some(own) = &own_pid_ns {
             let _ = nix::sched::setns(own.as_fd(), CloneFlags::CLONE_NEWPID);
+        }
+        if !matches!(forked, Ok((Forked::Child, _))) {
+            if let Some(own) = &own_oom_score_adj {
+                fs::write("/proc/self/oom_score_adj", own.trim())
+                    .map_err(io_err("/proc/self/oom_score_adj"))?;
+            }
+            for (own, flag) in &own_namespaces {
+                nix::sched::setns(own.as_fd(), *flag)
+                    .map_err(|e| io_err("return to tug's own namespaces")(e.into()))?;
+            }
         }
         let (pid, placed) = match forked.map_err(io_err("clone the container's init"))? {
             (Forked::Child, _) => {

@@ -426,6 +426,32 @@ fn child(cfg: ChildConfig) -> ! {
     unsafe { libc::_exit(127) }
 }
 
+/// Joins the container's namespaces. Those owned by the host's user namespace (a network
+/// namespace the container joined by path, with a user namespace of its own) can be joined
+/// only before the container's user namespace, where this process has no capability over
+/// them; those owned by the container's can be joined either way. So, as runc does: every
+/// other namespace first, the ones refused (EPERM) again after the user namespace.
+fn join_namespaces(join: &[(OwnedFd, CloneFlags)]) -> Result<(), String> {
+    let setns = |fd: &OwnedFd, flag: CloneFlags| {
+        nix::sched::setns(fd.as_fd(), flag).map_err(|e| (e, format!("join {flag:?}: {e}")))
+    };
+    let mut later = Vec::new();
+    for (fd, flag) in join.iter().filter(|(_, f)| *f != CloneFlags::CLONE_NEWUSER) {
+        match setns(fd, *flag) {
+            Ok(()) => {}
+            Err((nix::errno::Errno::EPERM, _)) => later.push((fd, *flag)),
+            Err((_, message)) => return Err(message),
+        }
+    }
+    for (fd, flag) in join.iter().filter(|(_, f)| *f == CloneFlags::CLONE_NEWUSER) {
+        setns(fd, *flag).map_err(|(_, m)| m)?;
+    }
+    for (fd, flag) in later {
+        setns(fd, flag).map_err(|(_, m)| m)?;
+    }
+    Ok(())
+}
+
 fn prepare_and_exec(cfg: &ChildConfig) -> Result<std::convert::Infallible, String> {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
@@ -440,9 +466,7 @@ fn prepare_and_exec(cfg: &ChildConfig) -> Result<std::convert::Infallible, Strin
     }
     // Through the host's /proc, before the container's mount namespace hides it.
     finalize::set_oom_score_adj(cfg.process)?;
-    for (fd, flag) in &cfg.join {
-        nix::sched::setns(fd.as_fd(), *flag).map_err(|e| format!("join {flag:?}: {e}"))?;
-    }
+    join_namespaces(&cfg.join)?;
     if let Some(root) = &cfg.root {
         nix::unistd::fchdir(root).map_err(|e| format!("enter the container's root: {e}"))?;
         nix::unistd::chroot(".").map_err(|e| format!("chroot to the container's root: {e}"))?;

@@ -110,7 +110,10 @@ fn setup<'a>(cfg: &'a InitConfig) -> Result<Prepared<'a>, String> {
         sys.setdomainname(d)
             .map_err(|e| format!("domainname {d}: {e}"))?;
     }
-    finalize::set_oom_score_adj(process)?;
+    if !cfg.new_user_ns {
+        // With one, inherited from tug (container.rs), as init cannot lower it from there.
+        finalize::set_oom_score_adj(process)?;
+    }
 
     let own_mount_ns = crate::spec::mount_namespace(spec) == MountNamespace::New;
     if own_mount_ns {

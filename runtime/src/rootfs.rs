@@ -187,7 +187,7 @@ pub fn prepare(
     prepare_with(sys, spec, rootfs, bundle, cgroups, &[])
 }
 
-/// [`prepare`], with user namespaces for the idmapped bind mounts: (index in `mounts`, fd).
+/// [`prepare`], with the idmapped bind mounts made by tug: (index in `mounts`, detached tree).
 pub fn prepare_with(
     sys: &dyn Syscall,
     spec: &Spec,
@@ -303,13 +303,9 @@ fn mount_entry(
             ctx(sys.touch(&dest), "create mount point", &dest)?;
         }
         let bind_flags = o.flags & (MsFlags::MS_BIND | MsFlags::MS_REC);
-        if let Some(userns) = idmap {
-            let recursive = bind_flags.contains(MsFlags::MS_REC);
-            ctx(
-                sys.bind_idmapped(&source, &dest, userns, recursive),
-                "idmapped bind-mount",
-                &dest,
-            )?;
+        if let Some(tree) = idmap {
+            // Made idmapped by tug before init was cloned (container.rs).
+            ctx(sys.attach_tree(tree, &dest), "idmapped bind-mount", &dest)?;
         } else {
             ctx(
                 sys.mount(

@@ -47,6 +47,8 @@ pub trait Syscall {
         userns: BorrowedFd<'_>,
         recursive: bool,
     ) -> io::Result<()>;
+    /// Attaches a detached mount tree made by tug (see [`idmapped_tree`]) at `target`.
+    fn attach_tree(&self, tree: BorrowedFd<'_>, target: &Path) -> io::Result<()>;
     /// Changes the attributes (`MOUNT_ATTR_*`) of the mount at `target`, and of every mount
     /// under it when `recursive` (mount_setattr with AT_RECURSIVE).
     fn mount_setattr(&self, target: &Path, set: u64, clear: u64, recursive: bool)
@@ -172,69 +174,12 @@ impl Syscall for LinuxSyscall {
         userns: BorrowedFd<'_>,
         recursive: bool,
     ) -> io::Result<()> {
-        use std::ffi::CString;
-        use std::os::fd::{FromRawFd, OwnedFd};
-        use std::os::unix::ffi::OsStrExt;
-        const OPEN_TREE_CLONE: libc::c_uint = 1;
-        const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-        const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-        let c = |p: &Path| {
-            CString::new(p.as_os_str().as_bytes())
-                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-        };
-        let (src, dst, empty) = (c(source)?, c(target)?, CString::default());
-        let rec = if recursive {
-            libc::AT_RECURSIVE as libc::c_uint
-        } else {
-            0
-        };
-        let check = |r: libc::c_long| {
-            if r < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(r)
-            }
-        };
-        // SAFETY: open_tree with a valid path; the fd it returns is ours.
-        let tree = check(unsafe {
-            libc::syscall(
-                libc::SYS_open_tree,
-                libc::AT_FDCWD,
-                src.as_ptr(),
-                OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | rec,
-            )
-        })?;
-        // SAFETY: the kernel gave us this fd.
-        let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
-        let attr = MountAttr {
-            attr_set: MOUNT_ATTR_IDMAP,
-            attr_clr: 0,
-            propagation: 0,
-            userns_fd: userns.as_raw_fd() as u64,
-        };
-        // SAFETY: mount_setattr on our detached tree with an attr of the size we pass.
-        check(unsafe {
-            libc::syscall(
-                libc::SYS_mount_setattr,
-                tree.as_raw_fd(),
-                empty.as_ptr(),
-                libc::AT_EMPTY_PATH as libc::c_uint | rec,
-                &attr as *const MountAttr,
-                std::mem::size_of::<MountAttr>(),
-            )
-        })?;
-        // SAFETY: move_mount of our detached tree onto a path.
-        check(unsafe {
-            libc::syscall(
-                libc::SYS_move_mount,
-                tree.as_raw_fd(),
-                empty.as_ptr(),
-                libc::AT_FDCWD,
-                dst.as_ptr(),
-                MOVE_MOUNT_F_EMPTY_PATH,
-            )
-        })?;
-        Ok(())
+        let tree = idmapped_tree(source, userns, recursive)?;
+        attach_tree(std::os::fd::AsFd::as_fd(&tree), target)
+    }
+
+    fn attach_tree(&self, tree: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
+        attach_tree(tree, target)
     }
 
     fn mount_setattr(
@@ -334,6 +279,7 @@ pub enum Call {
     Setns(i32, CloneFlags),
     Unshare(CloneFlags),
     IdmappedBind(PathBuf, PathBuf),
+    AttachTree(PathBuf),
     /// Target, attributes set, attributes cleared, recursive.
     MountSetattr(PathBuf, u64, u64, bool),
 }
@@ -442,6 +388,9 @@ impl Syscall for RecordingSyscall {
     ) -> io::Result<()> {
         self.push(Call::IdmappedBind(source.into(), target.into()))
     }
+    fn attach_tree(&self, _tree: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
+        self.push(Call::AttachTree(target.into()))
+    }
     fn mount_setattr(
         &self,
         target: &Path,
@@ -506,6 +455,90 @@ pub fn secure_join(root: &Path, unsafe_path: &Path) -> io::Result<PathBuf> {
         }
     }
     Ok(root.join(resolved))
+}
+
+/// A detached copy of the mount tree at `source` with its ids mapped through the user
+/// namespace `userns` (open_tree, mount_setattr): made where tug holds CAP_SYS_ADMIN over the
+/// source's filesystem (the host's user namespace), attached by init, which in a user
+/// namespace of its own could not make it.
+pub fn idmapped_tree(
+    source: &Path,
+    userns: BorrowedFd<'_>,
+    recursive: bool,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use std::ffi::CString;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+    let src = CString::new(source.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let empty = CString::default();
+    let rec = if recursive {
+        libc::AT_RECURSIVE as libc::c_uint
+    } else {
+        0
+    };
+    // SAFETY: open_tree with a valid path; the fd it returns is ours.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            src.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | rec,
+        )
+    };
+    if tree < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel gave us this fd.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    // SAFETY: mount_setattr on our detached tree with an attr of the size we pass.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint | rec,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(tree)
+}
+
+/// Attaches a detached mount tree (from [`idmapped_tree`]) at `target` (move_mount).
+pub fn attach_tree(tree: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    let dst = CString::new(target.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let empty = std::ffi::CString::default();
+    // SAFETY: move_mount of a detached tree we hold onto a path.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            dst.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

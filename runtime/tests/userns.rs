@@ -235,3 +235,79 @@ fn read_only_root_and_paths_keep_the_locked_mount_flags() {
     );
     no_cgroup_left(&id);
 }
+
+/// What an orchestrator asks for (tugboat's `security.user_namespace`): a new user namespace,
+/// a network namespace made beforehand and joined by path (owned by the host's user
+/// namespace), an oom score (set by tug before the clone: init in its user namespace could
+/// not lower one; lowering is not tested, this machine lacks CAP_SYS_RESOURCE), an idmapped bind of a host directory, and an exec.
+#[test]
+fn a_new_user_namespace_joins_a_host_network_namespace_by_path() {
+    skip_unless_root!("a_new_user_namespace_joins_a_host_network_namespace_by_path");
+    let netns = format!("tugrt-{}", std::process::id());
+    let add = std::process::Command::new("ip")
+        .args(["netns", "add", &netns])
+        .status()
+        .expect("run ip");
+    assert!(add.success(), "ip netns add {netns}");
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "delete", &self.0])
+                .status();
+        }
+    }
+    let _gone = Gone(netns.clone());
+    let path = format!("/run/netns/{netns}");
+    let mut env = userns_env(&["sh", "-c", "touch /data/made; sleep 100"]);
+    let data = env.dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::create_dir(env.rootfs().join("data")).unwrap();
+    chown_tree(&env.rootfs().join("data"), HOST_BASE, HOST_BASE);
+    env.edit(|s| {
+        let namespaces = s["linux"]["namespaces"].as_array_mut().unwrap();
+        namespaces.retain(|n| n["type"] != "network");
+        namespaces.push(json!({"type": "network", "path": path}));
+        s["process"]["oomScoreAdj"] = json!(500);
+        s["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/data", "type": "bind", "source": data, "options": ["rbind", "rw"],
+            "uidMappings": [{"containerID": 0, "hostID": HOST_BASE, "size": 65536}],
+            "gidMappings": [{"containerID": 0, "hostID": HOST_BASE, "size": 65536}]
+        }));
+    });
+    let id = id("usernet");
+    env.create(&id);
+    let pid = common::init_pid(&env, &id);
+    let inode = |p: &str| std::fs::metadata(p).unwrap().ino();
+    assert_eq!(
+        inode(&format!("/proc/{pid}/ns/net")),
+        inode(&path),
+        "init is not in the namespace at {path}"
+    );
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap(),
+        std::fs::read_link("/proc/self/ns/user").unwrap()
+    );
+    let adj = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap();
+    assert_eq!(adj.trim(), "500");
+    env.ok(&["start", &id]);
+    common::wait_for(
+        "the file in the idmapped bind",
+        std::time::Duration::from_secs(10),
+        || data.join("made").exists(),
+    );
+    // Written as the container's root: root's on disk, through the idmapped mount.
+    assert_eq!(std::fs::metadata(data.join("made")).unwrap().uid(), 0);
+    let out = env.ok(&["exec", &id, "cat", "/proc/self/uid_map"]);
+    let map: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(map, ["0", &HOST_BASE.to_string(), "65536"]);
+    env.ok(&["kill", &id, "KILL"]);
+    common::wait_for("init to die", std::time::Duration::from_secs(10), || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    });
+    env.ok(&["delete", "--force", &id]);
+    no_cgroup_left(&id);
+}

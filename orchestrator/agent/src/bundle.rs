@@ -33,6 +33,9 @@ pub struct BundleInputs<'a> {
     /// Whether the kernel weighs I/O between cgroups (blkio.weight / io.weight: BFQ or
     /// io.cost); without it a `requests.io.weight` is refused by name.
     pub io_weight: bool,
+    /// A user namespace of the instance's own, with these ids (`security.user_namespace`):
+    /// the binds are idmapped the same way.
+    pub userns: Option<super::userns::IdRange>,
 }
 
 /// Whether this host's I/O controller takes weights.
@@ -217,7 +220,14 @@ pub fn build_spec(inputs: &BundleInputs) -> Result<Spec, BundleError> {
     let mut mounts = spec.mounts().clone().unwrap_or_default();
     for b in &inputs.binds {
         mounts.retain(|m| m.destination() != Path::new(&b.target));
-        mounts.push(bind(&b.source, &b.target, b.read_only));
+        let mut mount = bind(&b.source, &b.target, b.read_only);
+        if let Some(range) = &inputs.userns {
+            // What the agent gives (volumes, secrets, /etc/hosts) belongs to the node's ids:
+            // idmapped, it shows to the container as it would without a user namespace.
+            mount.set_uid_mappings(Some(vec![range.mapping()]));
+            mount.set_gid_mappings(Some(vec![range.mapping()]));
+        }
+        mounts.push(mount);
     }
     spec.set_mounts(Some(mounts));
 
@@ -236,9 +246,18 @@ pub fn build_spec(inputs: &BundleInputs) -> Result<Spec, BundleError> {
             .path(inputs.netns.to_path_buf())
             .build(),
     ))
+    .chain(inputs.userns.map(|_| {
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::User)
+            .build()
+    }))
     .collect::<Result<Vec<_>, _>>()
     .expect("namespaces have every field");
     linux.set_namespaces(Some(namespaces));
+    if let Some(range) = &inputs.userns {
+        linux.set_uid_mappings(Some(vec![range.mapping()]));
+        linux.set_gid_mappings(Some(vec![range.mapping()]));
+    }
     linux.set_cgroups_path(Some(PathBuf::from(format!("/tug/{}", inputs.instance))));
     let mut res = resources(inputs.spec);
     if let Some(io) =
@@ -470,6 +489,7 @@ mod tests {
             }],
             block_device: None,
             io_weight: true,
+            userns: None,
         };
         let json = serde_json::to_value(build_spec(&inputs).unwrap()).unwrap();
         let res = &json["linux"]["resources"];
@@ -494,6 +514,67 @@ mod tests {
             .clone();
         assert_eq!(data["source"], "/data/v");
         assert!(data["options"].as_array().unwrap().contains(&"ro".into()));
+    }
+
+    #[test]
+    fn a_user_namespace_maps_the_instance_s_ids_and_its_binds() {
+        let mut spec = ServiceSpec::new("x");
+        spec.security.user_namespace = true;
+        let dir = tempfile::tempdir().unwrap();
+        let image = image();
+        let range = crate::userns::IdRange {
+            host_id: crate::userns::POOL_START,
+            size: crate::userns::IDS,
+        };
+        let bind = BindMount {
+            source: "/data/v".into(),
+            target: "/data".into(),
+            read_only: false,
+        };
+        let inputs = |userns| BundleInputs {
+            instance: "web-abc-12345",
+            spec: &spec,
+            image: &image,
+            rootfs: dir.path(),
+            netns: Path::new("/var/lib/x/netns"),
+            binds: vec![bind.clone()],
+            block_device: None,
+            io_weight: true,
+            userns,
+        };
+        let json = serde_json::to_value(build_spec(&inputs(Some(range))).unwrap()).unwrap();
+        let mapping = serde_json::json!([{"containerID": 0, "hostID": 1u32 << 30, "size": 65536}]);
+        assert_eq!(json["linux"]["uidMappings"], mapping);
+        assert_eq!(json["linux"]["gidMappings"], mapping);
+        let types: Vec<&str> = json["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
+        assert!(types.contains(&"user"), "{types:?}");
+        let data = json["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/data")
+            .unwrap()
+            .clone();
+        assert_eq!(data["uidMappings"], mapping);
+        assert_eq!(data["gidMappings"], mapping);
+        // Without: no user namespace, no mapping anywhere.
+        let json = serde_json::to_value(build_spec(&inputs(None)).unwrap()).unwrap();
+        assert!(json["linux"]["uidMappings"].is_null());
+        assert!(!json["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["type"] == "user"));
+        assert!(json["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["uidMappings"].is_null()));
     }
 
     #[test]
@@ -523,6 +604,7 @@ mod tests {
             binds: vec![],
             block_device: Some((253, 0)),
             io_weight: true,
+            userns: None,
         };
         serde_json::to_value(build_spec(&inputs).unwrap()).unwrap()
     }
@@ -637,6 +719,7 @@ mod tests {
             binds: vec![],
             block_device: None,
             io_weight: true,
+            userns: None,
         };
         let err = build_spec(&inputs).unwrap_err().to_string();
         assert!(

@@ -45,8 +45,14 @@ pub enum ImageError {
 /// Images as the agent uses them. Every call is idempotent.
 pub trait ImageSource: Send + Sync {
     fn resolve(&self, reference: &str) -> Result<ResolvedImage, ImageError>;
-    /// The instance's root filesystem (made once, then the same path).
-    fn prepare_rootfs(&self, image: &ResolvedImage, instance: &str) -> Result<PathBuf, ImageError>;
+    /// The instance's root filesystem (made once, then the same path); `mapped`: for a
+    /// container in a user namespace of its own (idmapped layers, see tug-image).
+    fn prepare_rootfs(
+        &self,
+        image: &ResolvedImage,
+        instance: &str,
+        mapped: Option<&tug_image::Mapped<'_>>,
+    ) -> Result<PathBuf, ImageError>;
     fn remove_rootfs(&self, instance: &str) -> Result<(), ImageError>;
 }
 
@@ -99,8 +105,15 @@ impl ImageSource for DirImages {
     fn prepare_rootfs(
         &self,
         image: &ResolvedImage,
-        _instance: &str,
+        instance: &str,
+        mapped: Option<&tug_image::Mapped<'_>>,
     ) -> Result<PathBuf, ImageError> {
+        if mapped.is_some() {
+            return Err(ImageError::Rootfs {
+                instance: instance.into(),
+                message: "security.user_namespace needs the image store (this agent runs with --images, whose rootfs all instances share)".into(),
+            });
+        }
         Ok(self.dir_of(&image.reference).join("rootfs"))
     }
 
@@ -220,7 +233,12 @@ impl ImageSource for StoreImages {
         })
     }
 
-    fn prepare_rootfs(&self, image: &ResolvedImage, instance: &str) -> Result<PathBuf, ImageError> {
+    fn prepare_rootfs(
+        &self,
+        image: &ResolvedImage,
+        instance: &str,
+        mapped: Option<&tug_image::Mapped<'_>>,
+    ) -> Result<PathBuf, ImageError> {
         let stored = match &image.stored {
             Some(s) => s.clone(),
             None => self
@@ -229,7 +247,7 @@ impl ImageSource for StoreImages {
                 .expect("the store sets it"),
         };
         self.store
-            .prepare_rootfs(&stored, instance)
+            .prepare_rootfs_mapped(&stored, instance, mapped)
             .map(|r| r.path)
             .map_err(|e| ImageError::Rootfs {
                 instance: instance.into(),

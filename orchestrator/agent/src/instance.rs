@@ -275,12 +275,27 @@ impl Supervisor {
         let ctx = self.ctx.clone();
         let spec = self.instance.spec.clone();
         let id = self.id().to_string();
+        // The instance's own ids, when it has a user namespace.
+        let userns = if spec.security.user_namespace {
+            let instances = self.paths.dir.parent().unwrap_or(&self.paths.dir);
+            Some(super::userns::assign(instances, &self.paths.dir)?)
+        } else {
+            None
+        };
         // Image and rootfs.
         let images = ctx.images.clone();
         let (image, rootfs) = tokio::task::spawn_blocking(move || {
             let image = images.resolve(&spec.image).map_err(|e| e.to_string())?;
+            let namespace = userns.map(|r| r.namespace()).transpose()?;
+            let mapped = userns
+                .zip(namespace.as_ref())
+                .map(|(r, ns)| tug_image::Mapped {
+                    userns: std::os::fd::AsFd::as_fd(ns),
+                    root_uid: r.host_id,
+                    root_gid: r.host_id,
+                });
             let rootfs = images
-                .prepare_rootfs(&image, &id)
+                .prepare_rootfs(&image, &id, mapped.as_ref())
                 .map_err(|e| e.to_string())?;
             Ok::<_, String>((image, rootfs))
         })
@@ -327,6 +342,9 @@ impl Supervisor {
         }
         // Network namespace and network.
         netns_file::ensure(&self.paths.netns()).map_err(|e| e.to_string())?;
+        if userns.is_some() {
+            super::userns::allow_low_ports(&self.paths.netns())?;
+        }
         let mut request = AttachRequest::new(self.id(), NetnsRef::Path(self.paths.netns()));
         for p in &self.instance.spec.ports {
             if let Some(host) = p.host_port() {
@@ -408,6 +426,7 @@ impl Supervisor {
             binds,
             block_device: ctx.block_device,
             io_weight: super::bundle::io_weight_supported(),
+            userns,
         };
         let oci = build_spec(&inputs).map_err(|e| e.to_string())?;
         let bundle = self.paths.bundle();

@@ -29,6 +29,7 @@ pub mod secrets;
 pub mod services;
 pub mod stats;
 pub mod tunnel;
+pub mod userns;
 pub mod volumes;
 
 use images::ImageSource;

@@ -310,6 +310,11 @@ pub struct SecuritySpec {
     /// image's USER.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// A user namespace of the instance's own: its root (and every id up to 65535) is an
+    /// unprivileged range of the node's ids, different for every instance; the image, the
+    /// volumes and the files the agent gives it are idmapped so they look as usual inside.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub user_namespace: bool,
 }
 
 fn is_default_seccomp(mode: &SeccompMode) -> bool {

@@ -56,6 +56,13 @@ impl From<ControlPlaneError> for ApiError {
             ControlPlaneError::Store(StoreError::Compacted { .. }) => {
                 ApiError::new(StatusCode::GONE, "compacted", message)
             }
+            ControlPlaneError::Store(StoreError::Etcd { .. } | StoreError::WatchEnded { .. }) => {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    format!("the cluster store (etcd) does not answer; try again: {message}"),
+                )
+            }
             ControlPlaneError::Store(_) | ControlPlaneError::Object(_) => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

@@ -1,0 +1,536 @@
+//! The etcd v3 backend: each [`Store`] call is the etcd call of the same meaning, under a
+//! key prefix (`--etcd-prefix`, default `/tugboat`), so several clusters can share one etcd.
+//!
+//! Revisions are etcd's own (one cluster-wide counter: they rise by more than one when
+//! others write to the same etcd, which the trait allows). A failed compare is reported with
+//! the key and the revision found, read in the same transaction's failure branch. Lists are
+//! read in pages at one revision, so a list of any size is consistent. A watch from a
+//! compacted revision fails [`StoreError::Compacted`] with etcd's compaction revision.
+//!
+//! etcd limits a transaction to `--max-txn-ops` operations (128 by default) and a request to
+//! `--max-request-bytes` (1.5 MiB): tugboat's batches (an apply of many services, pruning
+//! of events) need more, so docs/ARCHITECTURE.md asks for 10000 and 8 MiB; a transaction
+//! over the limit fails with etcd's message, nothing applied.
+
+use super::{
+    Compare, EventKind, KeyValue, Listing, Operation, Revision, Store, StoreError, WatchEvent,
+    Watcher,
+};
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, GetOptions, TxnOp, TxnOpResponse,
+    WatchOptions,
+};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Where the etcd backend finds etcd and its keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdOptions {
+    /// `http://host:port` URLs of the etcd members.
+    pub endpoints: Vec<String>,
+    /// Every key is stored under this prefix (no trailing `/`; `""` for none).
+    pub prefix: String,
+    /// Each request (not a watch) fails after this long without an answer.
+    pub request_timeout: Duration,
+}
+
+pub const DEFAULT_ETCD_PREFIX: &str = "/tugboat";
+
+/// A list is read in pages of this many keys, all at the revision of the first page.
+const PAGE: i64 = 1000;
+/// Large lists and watch batches: tonic's default cap of 4 MiB per message is too small.
+const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+impl EtcdOptions {
+    /// Options from the command line's `--etcd-endpoints` (comma separated) and
+    /// `--etcd-prefix`; the errors name the flag.
+    pub fn parse(endpoints: &str, prefix: &str) -> Result<EtcdOptions, StoreError> {
+        let invalid =
+            |flag: &'static str, reason: String| StoreError::InvalidOption { flag, reason };
+        let endpoints: Vec<String> = endpoints
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_string)
+            .collect();
+        if endpoints.is_empty() {
+            return Err(invalid(
+                "--etcd-endpoints",
+                "give at least one etcd URL, e.g. http://127.0.0.1:2379".into(),
+            ));
+        }
+        for endpoint in &endpoints {
+            let rest = endpoint
+                .strip_prefix("http://")
+                .or_else(|| endpoint.strip_prefix("https://"));
+            let valid = rest.is_some_and(|hostport| {
+                hostport
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+            });
+            if !valid {
+                return Err(invalid(
+                    "--etcd-endpoints",
+                    format!("`{endpoint}` is not an etcd URL like http://127.0.0.1:2379"),
+                ));
+            }
+            if endpoint.starts_with("https://") {
+                return Err(invalid(
+                    "--etcd-endpoints",
+                    format!("`{endpoint}`: TLS to etcd is not supported yet; use http:// on a trusted network"),
+                ));
+            }
+        }
+        let prefix = prefix.trim_end_matches('/').to_string();
+        if !prefix.is_empty() && !prefix.starts_with('/') {
+            return Err(invalid(
+                "--etcd-prefix",
+                format!("`{prefix}` must start with `/` (e.g. /tugboat)"),
+            ));
+        }
+        Ok(EtcdOptions {
+            endpoints,
+            prefix,
+            request_timeout: Duration::from_secs(5),
+        })
+    }
+}
+
+/// The etcd backend. Clones share one connection.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+    prefix: String,
+    endpoints: String,
+}
+
+impl EtcdStore {
+    /// Connect and check that etcd answers (so a wrong endpoint fails at start, by name).
+    pub async fn connect(options: &EtcdOptions) -> Result<EtcdStore, StoreError> {
+        let endpoints = options.endpoints.join(",");
+        let connect_options = ConnectOptions::new()
+            .with_connect_timeout(options.request_timeout)
+            .with_timeout(options.request_timeout)
+            .with_keep_alive(Duration::from_secs(2), options.request_timeout)
+            .with_require_leader(true);
+        let client = Client::connect(&options.endpoints, Some(connect_options))
+            .await
+            .map_err(|source| StoreError::Etcd {
+                operation: "connect",
+                key: endpoints.clone(),
+                source,
+            })?;
+        let store = EtcdStore {
+            client,
+            prefix: options.prefix.clone(),
+            endpoints,
+        };
+        store.current_revision().await?;
+        Ok(store)
+    }
+
+    /// The endpoints, comma separated, as given.
+    pub fn endpoints(&self) -> &str {
+        &self.endpoints
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The connection, for the leader election (leases are etcd's, not the trait's).
+    pub(crate) fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The etcd key of a store key.
+    pub(crate) fn etcd_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn store_key(&self, etcd_key: &[u8]) -> String {
+        let key = String::from_utf8_lossy(etcd_key);
+        key.strip_prefix(self.prefix.as_str())
+            .unwrap_or(&key)
+            .to_string()
+    }
+
+    fn key_value(&self, kv: &etcd_client::KeyValue) -> KeyValue {
+        KeyValue {
+            key: self.store_key(kv.key()),
+            value: kv.value().to_vec(),
+            create_revision: kv.create_revision() as Revision,
+            mod_revision: kv.mod_revision() as Revision,
+        }
+    }
+
+    fn error(&self, operation: &'static str, key: &str, source: etcd_client::Error) -> StoreError {
+        if is_compacted(&source) {
+            return StoreError::Compacted {
+                requested: 0,
+                oldest: 0,
+            };
+        }
+        StoreError::Etcd {
+            operation,
+            key: format!("{key} (etcd {})", self.endpoints),
+            source,
+        }
+    }
+
+    /// Every key under this store's prefix removed (tests, and `store import --replace`).
+    pub async fn delete_all(&self) -> Result<(), StoreError> {
+        let root = self.etcd_key("/");
+        self.client
+            .kv_client()
+            .delete(
+                root.clone(),
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(|e| self.error("delete", &root, e))?;
+        Ok(())
+    }
+}
+
+impl EtcdStore {
+    async fn list_pages(&self, prefix: &str) -> Result<Listing, StoreError> {
+        let etcd_prefix = self.etcd_key(prefix);
+        let end = prefix_end(etcd_prefix.as_bytes());
+        let mut kv = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let mut items = vec![];
+        let mut from = etcd_prefix.clone().into_bytes();
+        let mut revision = 0;
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            if revision != 0 {
+                options = options.with_revision(revision as i64);
+            }
+            let response = kv
+                .get(from.clone(), Some(options))
+                .await
+                .map_err(|e| self.error("list", &etcd_prefix, e))?;
+            if revision == 0 {
+                revision = header_revision(response.header());
+            }
+            items.extend(response.kvs().iter().map(|kv| self.key_value(kv)));
+            match response.kvs().last() {
+                Some(last) if response.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
+            }
+        }
+        Ok(Listing { items, revision })
+    }
+}
+
+fn is_compacted(error: &etcd_client::Error) -> bool {
+    error
+        .to_string()
+        .contains("required revision has been compacted")
+}
+
+fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Revision {
+    header.map_or(0, |h| h.revision() as Revision)
+}
+
+/// The end of the range of keys that start with `prefix` (etcd's `with_prefix`).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let etcd_key = self.etcd_key(key);
+        let response = self
+            .client
+            .kv_client()
+            .get(etcd_key.clone(), None)
+            .await
+            .map_err(|e| self.error("get", &etcd_key, e))?;
+        Ok(response.kvs().first().map(|kv| self.key_value(kv)))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
+        // A compaction between two pages makes the later pages unreadable: read it again.
+        let mut attempts = 0;
+        loop {
+            match self.list_pages(prefix).await {
+                Err(StoreError::Compacted { .. }) if attempts < 3 => attempts += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn commit(
+        &self,
+        compares: Vec<Compare>,
+        operations: Vec<Operation>,
+    ) -> Result<Revision, StoreError> {
+        // etcd refuses a transaction that names a key twice; the last operation on a key
+        // decides what it holds afterwards, so only that one is sent.
+        let mut last: HashMap<&str, usize> = HashMap::new();
+        for (i, op) in operations.iter().enumerate() {
+            let key = match op {
+                Operation::Put { key, .. } | Operation::Delete { key } => key.as_str(),
+            };
+            last.insert(key, i);
+        }
+        let ops: Vec<TxnOp> = operations
+            .iter()
+            .enumerate()
+            .filter(|(i, op)| {
+                let key = match op {
+                    Operation::Put { key, .. } | Operation::Delete { key } => key.as_str(),
+                };
+                last[key] == *i
+            })
+            .map(|(_, op)| match op {
+                Operation::Put { key, value } => {
+                    TxnOp::put(self.etcd_key(key), value.clone(), None)
+                }
+                Operation::Delete { key } => TxnOp::delete(self.etcd_key(key), None),
+            })
+            .collect();
+        let etcd_compares: Vec<EtcdCompare> = compares
+            .iter()
+            .map(|Compare::ModRevision { key, revision }| {
+                EtcdCompare::mod_revision(self.etcd_key(key), CompareOp::Equal, *revision as i64)
+            })
+            .collect();
+        // On failure, read the compared keys: the error names what was found.
+        let reads: Vec<TxnOp> = compares
+            .iter()
+            .map(|Compare::ModRevision { key, .. }| {
+                TxnOp::get(self.etcd_key(key), Some(GetOptions::new().with_keys_only()))
+            })
+            .collect();
+        let txn = etcd_client::Txn::new()
+            .when(etcd_compares)
+            .and_then(ops)
+            .or_else(reads);
+        let first_key = compares
+            .first()
+            .map(|Compare::ModRevision { key, .. }| key.clone())
+            .or_else(|| {
+                operations.first().map(|op| match op {
+                    Operation::Put { key, .. } | Operation::Delete { key } => key.clone(),
+                })
+            })
+            .unwrap_or_default();
+        let response = self
+            .client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map_err(|e| self.error("transaction", &self.etcd_key(&first_key), e))?;
+        if response.succeeded() {
+            return Ok(header_revision(response.header()));
+        }
+        for (compare, read) in compares.iter().zip(response.op_responses()) {
+            let Compare::ModRevision { key, revision } = compare;
+            let found = match read {
+                TxnOpResponse::Get(get) => get
+                    .kvs()
+                    .first()
+                    .map_or(0, |kv| kv.mod_revision() as Revision),
+                _ => 0,
+            };
+            if found != *revision {
+                return Err(StoreError::Conflict {
+                    key: key.clone(),
+                    expected: *revision,
+                    found,
+                });
+            }
+        }
+        // A compared key changed and changed back between the transaction and nothing: not
+        // possible (mod revisions only rise), but say what happened rather than succeed.
+        let (key, expected) = compares
+            .first()
+            .map(|Compare::ModRevision { key, revision }| (key.clone(), *revision))
+            .unwrap_or_default();
+        Err(StoreError::Conflict {
+            key,
+            expected,
+            found: expected,
+        })
+    }
+
+    async fn watch(&self, prefix: &str, from: Revision) -> Result<Box<dyn Watcher>, StoreError> {
+        let etcd_prefix = self.etcd_key(prefix);
+        let mut options = WatchOptions::new().with_prefix();
+        if from != 0 {
+            options = options.with_start_revision(from as i64);
+        }
+        let mut stream = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .watch(etcd_prefix.clone(), Some(options))
+            .await
+            .map_err(|e| self.error("watch", &etcd_prefix, e))?;
+        // A watch from a compacted revision is cancelled by etcd soon after it is created;
+        // a read at that revision tells at once, so the caller learns it here, as from the
+        // embedded store. The cancellation then gives the oldest revision kept.
+        if from != 0 {
+            let probe = self
+                .client
+                .kv_client()
+                .get(
+                    etcd_prefix.clone(),
+                    Some(
+                        GetOptions::new()
+                            .with_revision(from as i64)
+                            .with_count_only(),
+                    ),
+                )
+                .await;
+            if let Err(e) = probe {
+                if is_compacted(&e) {
+                    let oldest = tokio::time::timeout(Duration::from_secs(2), async {
+                        while let Ok(Some(response)) = stream.message().await {
+                            if response.compact_revision() != 0 {
+                                return response.compact_revision() as Revision;
+                            }
+                        }
+                        0
+                    })
+                    .await
+                    .unwrap_or(0);
+                    return Err(StoreError::Compacted {
+                        requested: from,
+                        oldest,
+                    });
+                }
+                // A future revision (the usual list revision + 1) cannot be read yet; fine.
+            }
+        }
+        Ok(Box::new(EtcdWatcher {
+            store: self.clone(),
+            prefix: etcd_prefix,
+            from,
+            stream,
+        }))
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        match self.client.kv_client().compact(revision as i64, None).await {
+            Ok(_) => Ok(()),
+            // Already compacted at or past it: nothing to forget.
+            Err(e) if is_compacted(&e) => Ok(()),
+            Err(e) => Err(self.error("compact", &self.etcd_key("/"), e)),
+        }
+    }
+
+    async fn current_revision(&self) -> Result<Revision, StoreError> {
+        // A one-key read returns the store's revision in its header.
+        let key = self.etcd_key("/");
+        let response = self
+            .client
+            .kv_client()
+            .get(key.clone(), Some(GetOptions::new().with_count_only()))
+            .await
+            .map_err(|e| self.error("read", &key, e))?;
+        Ok(header_revision(response.header()))
+    }
+}
+
+struct EtcdWatcher {
+    store: EtcdStore,
+    prefix: String,
+    from: Revision,
+    stream: etcd_client::WatchStream,
+}
+
+#[async_trait]
+impl Watcher for EtcdWatcher {
+    async fn next(&mut self) -> Result<Vec<WatchEvent>, StoreError> {
+        loop {
+            let response = self
+                .stream
+                .message()
+                .await
+                .map_err(|e| self.store.error("watch", &self.prefix, e))?
+                .ok_or_else(|| StoreError::WatchEnded {
+                    prefix: self.prefix.clone(),
+                })?;
+            if response.compact_revision() != 0 {
+                return Err(StoreError::Compacted {
+                    requested: self.from,
+                    oldest: response.compact_revision() as Revision,
+                });
+            }
+            if response.canceled() {
+                return Err(StoreError::WatchEnded {
+                    prefix: self.prefix.clone(),
+                });
+            }
+            let events: Vec<WatchEvent> = response
+                .events()
+                .iter()
+                .filter_map(|event| {
+                    let kv = self.store.key_value(event.kv()?);
+                    let kind = match event.event_type() {
+                        etcd_client::EventType::Put => EventKind::Put,
+                        etcd_client::EventType::Delete => EventKind::Delete,
+                    };
+                    Some(WatchEvent { kind, kv })
+                })
+                .collect();
+            if let Some(last) = events.last() {
+                self.from = last.kv.mod_revision + 1;
+                return Ok(events);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_name_the_flag_that_is_wrong() {
+        let ok = EtcdOptions::parse("http://127.0.0.1:2379, http://10.0.0.2:2379", "/tb/").unwrap();
+        assert_eq!(
+            ok.endpoints,
+            ["http://127.0.0.1:2379", "http://10.0.0.2:2379"]
+        );
+        assert_eq!(ok.prefix, "/tb");
+        for (endpoints, prefix, flag) in [
+            ("", "/t", "--etcd-endpoints"),
+            ("127.0.0.1:2379", "/t", "--etcd-endpoints"),
+            ("http://127.0.0.1", "/t", "--etcd-endpoints"),
+            ("http://127.0.0.1:2379", "tugboat", "--etcd-prefix"),
+        ] {
+            let err = EtcdOptions::parse(endpoints, prefix).unwrap_err();
+            assert!(
+                matches!(&err, StoreError::InvalidOption { flag: f, .. } if *f == flag),
+                "{endpoints} {prefix}: {err}"
+            );
+            assert!(err.to_string().contains(flag), "{err}");
+        }
+    }
+
+    #[test]
+    fn prefix_end_is_the_first_key_after_the_prefix() {
+        assert_eq!(prefix_end(b"/a/"), b"/a0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b""), vec![0]);
+    }
+}

@@ -1,0 +1,149 @@
+//! A real etcd (Debian's etcd-server) for tests: one member on 127.0.0.1 ports picked free,
+//! its data dir in a temp dir, killed by its pid and reaped when dropped. Tests that need it
+//! print `SKIP ...` and return when the binary is missing.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Etcd {
+    pub endpoint: String,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+/// The etcd binary, or why there is none.
+pub fn etcd_binary() -> Result<PathBuf, String> {
+    let candidates = ["/usr/bin/etcd", "/usr/local/bin/etcd"];
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            format!(
+                "no etcd binary ({}); install Debian's etcd-server (tests/install-deps.sh --tests)",
+                candidates.join(", ")
+            )
+        })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+impl Etcd {
+    /// Start etcd and wait until it answers (up to 20 s), or say why it did not.
+    pub fn start() -> Result<Etcd, String> {
+        let binary = etcd_binary()?;
+        // A port picked free can be taken before etcd binds it: try again with new ones.
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            match Self::start_once(&binary) {
+                Ok(etcd) => return Ok(etcd),
+                Err(e) => last_error = e,
+            }
+        }
+        Err(last_error)
+    }
+
+    fn start_once(binary: &PathBuf) -> Result<Etcd, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("tugboat-test-etcd-")
+            .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?;
+        let (client, peer) = (free_port(), free_port());
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = std::fs::File::create(dir.path().join("etcd.log"))
+            .map_err(|e| format!("etcd log: {e}"))?;
+        let child = Command::new(binary)
+            .args(["--name", "test"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &endpoint])
+            .args(["--advertise-client-urls", &endpoint])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("test={peer_url}")])
+            // What docs/ARCHITECTURE.md asks of an etcd for tugboat.
+            .args(["--max-txn-ops", "10000", "--max-request-bytes", "8388608"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| format!("etcd log: {e}"))?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", binary.display()))?;
+        let mut etcd = Etcd {
+            endpoint,
+            child,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = etcd.child.try_wait() {
+                return Err(format!(
+                    "etcd exited ({status}) at start: {}",
+                    etcd.log_tail()
+                ));
+            }
+            if etcd.answers() {
+                return Ok(etcd);
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "etcd did not answer within 20 s: {}",
+                    etcd.log_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// etcd's /health says true.
+    fn answers(&self) -> bool {
+        use std::io::{Read, Write};
+        let addr = self.endpoint.trim_start_matches("http://");
+        let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let request = format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        if stream.write_all(request.as_bytes()).is_err() {
+            return false;
+        }
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response.contains("\"health\":\"true\"")
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        // Our own child, by its pid (Child::kill), then reaped; the temp dir goes after.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A prefix no other test run on this etcd uses.
+pub fn unique_prefix(name: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "/tugboat-test-{}-{}-{name}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}

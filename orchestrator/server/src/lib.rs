@@ -6,6 +6,7 @@
 
 pub mod controllers;
 pub mod controlplane;
+pub mod election;
 pub mod http;
 pub mod objects;
 pub mod pki;

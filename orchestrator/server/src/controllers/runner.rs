@@ -19,9 +19,13 @@ use tugboat_api::model::{service_key, INSTANCES, NODES, SERVICES};
 
 type Result<T> = std::result::Result<T, ControlPlaneError>;
 
-/// Commit a batch; a conflict only means "someone changed it, next pass".
+/// Commit a batch with the leader fence; a conflict only means "someone changed it, next
+/// pass" (or, on the leader key, that this server no longer leads: the election stops us).
 async fn commit_or_retry_later(cp: &ControlPlane, batch: Batch) -> Result<bool> {
-    match batch.commit(cp.store()).await {
+    match cp
+        .commit_as(crate::controlplane::Writer::Controller, batch)
+        .await
+    {
         Ok(_) => Ok(true),
         Err(StoreError::Conflict { .. }) => Ok(false),
         Err(e) => Err(e.into()),

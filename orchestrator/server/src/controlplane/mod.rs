@@ -11,7 +11,7 @@ mod views;
 use crate::controllers::NodeTimers;
 use crate::objects::{Batch, ObjectError};
 use crate::scheduler::Scheduler;
-use crate::store::{Store, StoreError};
+use crate::store::{Compare, Revision, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -80,6 +80,35 @@ pub struct ControlPlane {
     pub(crate) autoscale: Mutex<HashMap<String, crate::controllers::autoscale::History>>,
     ids: Mutex<u64>,
     event_seq: AtomicU64,
+    /// While this server leads on a shared store: the compare every controller write
+    /// carries (the leader key still at the revision this server's campaign wrote it), so a
+    /// deposed leader's late write fails. None on the embedded store: one server, no fence.
+    leader_fence: Mutex<Option<Compare>>,
+    role: Mutex<Role>,
+}
+
+/// What a server does on its store: the embedded store's server is always the leader; on
+/// etcd one server leads (runs the controllers) and the others follow (serve the API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Follower,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+        })
+    }
+}
+
+/// Who writes: the API's writes need no leadership; the controllers' carry the fence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Writer {
+    Api,
+    Controller,
 }
 
 impl ControlPlane {
@@ -100,7 +129,48 @@ impl ControlPlane {
             autoscale: Mutex::new(HashMap::new()),
             ids: Mutex::new(seed | 1),
             event_seq: AtomicU64::new(0),
+            leader_fence: Mutex::new(None),
+            role: Mutex::new(Role::Leader),
         }
+    }
+
+    /// This server's role (the election sets it; the embedded store's server leads).
+    pub fn role(&self) -> Role {
+        *self.role.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Become leader with `fence` on every controller write, or follower (`None`).
+    pub(crate) fn set_leadership(&self, role: Role, fence: Option<Compare>) {
+        *self.role.lock().unwrap_or_else(|p| p.into_inner()) = role;
+        *self.leader_fence.lock().unwrap_or_else(|p| p.into_inner()) = fence;
+    }
+
+    /// Commit a batch as `writer`: a controller's batch carries the leader fence, and a
+    /// controller that is not the leader writes nothing (a conflict on the leader key).
+    pub(crate) async fn commit_as(
+        &self,
+        writer: Writer,
+        mut batch: Batch,
+    ) -> std::result::Result<Option<Revision>, StoreError> {
+        if writer == Writer::Controller && !batch.is_empty() {
+            let fence = self
+                .leader_fence
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            match (self.role(), fence) {
+                (_, Some(fence)) => batch.compares.push(fence),
+                (Role::Leader, None) => {}
+                (Role::Follower, None) => {
+                    return Err(StoreError::Conflict {
+                        key: crate::election::LEADER_KEY.into(),
+                        expected: 0,
+                        found: 0,
+                    })
+                }
+            }
+        }
+        batch.commit(self.store()).await
     }
 
     /// Keeps an instance's latest usage (in memory).
@@ -259,7 +329,7 @@ impl ControlPlane {
         for kv in &listing.items[..listing.items.len() - EVENTS_KEPT] {
             batch.delete(kv.key.clone());
         }
-        batch.commit(self.store()).await?;
+        self.commit_as(Writer::Controller, batch).await?;
         Ok(())
     }
 }

@@ -1,0 +1,248 @@
+//! Leader election of several servers on one etcd: an etcd lease and a campaign key.
+//!
+//! A server campaigns by creating [`LEADER_KEY`] (a transaction: "create only if absent")
+//! bound to a lease of `ttl`; the one that creates it leads, and every controller write
+//! it makes carries the compare "the leader key is still at the revision I wrote it"
+//! ([`crate::controlplane::ControlPlane::commit_as`]), so a deposed leader's late write
+//! fails. The leader renews its lease every `ttl / 4`; when no renewal has succeeded for
+//! `ttl / 2` it stops its controllers and says so. etcd only frees the key when the lease
+//! has expired (`ttl` after the last renewal etcd saw), so the old leader has stopped
+//! before another can win. Followers watch the key and campaign when it goes (kill -9 of
+//! the leader: within `ttl` + etcd's expiry check, 0.5 s). A leader that stops revokes its
+//! lease: the next one takes over at once.
+//!
+//! The new leader seeds every node's heartbeat with "now" when its controllers start
+//! (`seed_heartbeats`): heartbeats live in memory, so a change of leader gives every node
+//! a fresh grace period, as a restart does.
+
+use crate::controllers::runner::run_controllers;
+use crate::controlplane::{ControlPlane, Role};
+use crate::store::{Compare, EtcdStore, Revision};
+use etcd_client::{Compare as EtcdCompare, CompareOp, PutOptions, Txn, TxnOp, WatchOptions};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// The store key of the leader (under the etcd prefix); its value names the leader.
+pub const LEADER_KEY: &str = "/leader/controllers";
+
+/// The lease's time to live: a dead leader is replaced within about this (plus etcd's
+/// 0.5 s expiry check). etcd raises a ttl below its minimum (1.5 x its election timeout).
+pub const DEFAULT_LEADER_TTL: Duration = Duration::from_secs(2);
+
+/// Why a term ended, in words for the log.
+enum TermEnd {
+    Shutdown,
+    Lost(String),
+}
+
+/// Campaign, lead while the lease holds, follow otherwise, until `shutdown`. `identity`
+/// names this server in the leader key (its API address); `say` prints a line.
+pub async fn run(
+    store: EtcdStore,
+    cp: Arc<ControlPlane>,
+    identity: String,
+    ttl: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    say: fn(&str),
+) {
+    let mut announced_follower = false;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match campaign(&store, &identity, ttl).await {
+            Ok(Campaign::Won { lease, revision }) => {
+                cp.set_leadership(
+                    Role::Leader,
+                    Some(Compare::ModRevision {
+                        key: LEADER_KEY.into(),
+                        revision,
+                    }),
+                );
+                say(&format!(
+                    "role leader (lease ttl {} ms, leader key {} at revision {revision}): running the controllers, scheduler and autoscalers",
+                    ttl.as_millis(),
+                    store.etcd_key(LEADER_KEY)
+                ));
+                let end = lead(&store, &cp, lease, revision, ttl, &mut shutdown).await;
+                cp.set_leadership(Role::Follower, None);
+                match end {
+                    TermEnd::Shutdown => {
+                        let _ = store.client().lease_revoke(lease).await;
+                        return;
+                    }
+                    TermEnd::Lost(why) => say(&format!(
+                        "role follower: stopped leading ({why}); controllers stopped"
+                    )),
+                }
+                announced_follower = true;
+            }
+            Ok(Campaign::Lost { leader, revision }) => {
+                cp.set_leadership(Role::Follower, None);
+                if !announced_follower {
+                    say(&format!("role follower (leader: {leader})"));
+                    announced_follower = true;
+                }
+                // Wait for the key to go (or change), at most one ttl: a safety net.
+                tokio::select! {
+                    _ = leader_key_changes(&store, revision + 1) => {}
+                    _ = tokio::time::sleep(ttl) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+            Err(e) => {
+                cp.set_leadership(Role::Follower, None);
+                say(&format!(
+                    "role follower: cannot campaign, etcd does not answer ({e}); trying again"
+                ));
+                announced_follower = true;
+                tokio::select! {
+                    _ = tokio::time::sleep(ttl / 2) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+}
+
+enum Campaign {
+    Won { lease: i64, revision: Revision },
+    Lost { leader: String, revision: Revision },
+}
+
+async fn campaign(
+    store: &EtcdStore,
+    identity: &str,
+    ttl: Duration,
+) -> Result<Campaign, etcd_client::Error> {
+    let mut client = store.client();
+    let seconds = ttl.as_secs().max(1) as i64;
+    let lease = client.lease_grant(seconds, None).await?.id();
+    let key = store.etcd_key(LEADER_KEY);
+    let txn = Txn::new()
+        .when(vec![EtcdCompare::create_revision(
+            key.clone(),
+            CompareOp::Equal,
+            0,
+        )])
+        .and_then(vec![TxnOp::put(
+            key.clone(),
+            identity,
+            Some(PutOptions::new().with_lease(lease)),
+        )])
+        .or_else(vec![TxnOp::get(key.clone(), None)]);
+    let response = match client.txn(txn).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = client.lease_revoke(lease).await;
+            return Err(e);
+        }
+    };
+    let revision = response.header().map_or(0, |h| h.revision()) as Revision;
+    if response.succeeded() {
+        return Ok(Campaign::Won { lease, revision });
+    }
+    let _ = client.lease_revoke(lease).await;
+    let leader = response
+        .op_responses()
+        .into_iter()
+        .find_map(|r| match r {
+            etcd_client::TxnOpResponse::Get(get) => get
+                .kvs()
+                .first()
+                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "unknown".into());
+    Ok(Campaign::Lost { leader, revision })
+}
+
+/// Returns when the leader key is deleted or changed after `from`, or the watch fails.
+async fn leader_key_changes(store: &EtcdStore, from: Revision) {
+    let key = store.etcd_key(LEADER_KEY);
+    let options = WatchOptions::new().with_start_revision(from as i64);
+    let Ok(mut stream) = store.client().watch(key, Some(options)).await else {
+        return;
+    };
+    while let Ok(Some(response)) = stream.message().await {
+        if !response.events().is_empty() || response.canceled() {
+            return;
+        }
+    }
+}
+
+/// Run the controllers while the lease is renewed; stop them when it may have lapsed.
+async fn lead(
+    store: &EtcdStore,
+    cp: &Arc<ControlPlane>,
+    lease: i64,
+    revision: Revision,
+    ttl: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> TermEnd {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut controllers = tokio::spawn(run_controllers(cp.clone(), stop_rx));
+    // The leader key removed or replaced (an import with --replace, an operator): every
+    // fenced write would fail, so stop leading and campaign again.
+    let end = tokio::select! {
+        end = keep_lease(store, lease, ttl, shutdown) => end,
+        _ = leader_key_changes(store, revision + 1) => {
+            TermEnd::Lost("the leader key was removed or replaced".into())
+        }
+    };
+    // Stop acting now: a pass half done is dropped (its writes are fenced anyway).
+    let _ = stop_tx.send(true);
+    controllers.abort();
+    let _ = (&mut controllers).await;
+    end
+}
+
+async fn keep_lease(
+    store: &EtcdStore,
+    lease: i64,
+    ttl: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> TermEnd {
+    let mut client = store.client();
+    let (mut keeper, mut responses) = match client.lease_keep_alive(lease).await {
+        Ok(pair) => pair,
+        Err(e) => return TermEnd::Lost(format!("cannot renew the lease: {e}")),
+    };
+    // The lease was granted just before the campaign: count from then.
+    let mut renewed_at = Instant::now();
+    let give_up_after = ttl / 2;
+    loop {
+        let sent_at = Instant::now();
+        let renewal = async {
+            keeper.keep_alive().await?;
+            responses.message().await
+        };
+        let budget = give_up_after.saturating_sub(renewed_at.elapsed());
+        tokio::select! {
+            _ = shutdown.changed() => return TermEnd::Shutdown,
+            answer = tokio::time::timeout(budget, renewal) => match answer {
+                Ok(Ok(Some(response))) if response.ttl() > 0 => renewed_at = sent_at,
+                Ok(Ok(Some(_))) => return TermEnd::Lost("the lease expired".into()),
+                Ok(Ok(None)) => return TermEnd::Lost("etcd closed the lease stream".into()),
+                Ok(Err(e)) => return TermEnd::Lost(format!("renewing the lease failed: {e}")),
+                Err(_) => {
+                    return TermEnd::Lost(format!(
+                        "no lease renewal for {} ms: cut off from etcd?",
+                        renewed_at.elapsed().as_millis()
+                    ))
+                }
+            },
+        }
+        if renewed_at.elapsed() >= give_up_after {
+            return TermEnd::Lost(format!(
+                "no lease renewal for {} ms",
+                renewed_at.elapsed().as_millis()
+            ));
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return TermEnd::Shutdown,
+            _ = tokio::time::sleep(ttl / 4) => {}
+        }
+    }
+}

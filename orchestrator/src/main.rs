@@ -723,8 +723,15 @@ async fn run(cli: Cli) -> Result<()> {
                 eprintln!("tugboat server: role leader (embedded store: this server runs the controllers)");
             }
             let stop = server.shutdown_handle();
+            // Ctrl-C or SIGTERM (systemd's stop): a leader gives up its lease on the way
+            // out, so another server takes over at once instead of after the lease's ttl.
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::spawn(async move {
-                let _ = tokio::signal::ctrl_c().await;
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
                 let _ = stop.send(true);
             });
             server.wait().await;

@@ -397,4 +397,64 @@ mod tests {
         );
         assert_eq!(one.address, ip("10.89.0.3"));
     }
+
+    #[tokio::test]
+    async fn a_deposed_leaders_controller_writes_fail_and_api_writes_do_not() {
+        use super::{ControlPlane, Role, Writer};
+        use crate::election::LEADER_KEY;
+        use crate::objects::Batch;
+        use crate::store::{put, Compare, EmbeddedStore, Store, StoreError};
+        use tugboat_api::spec::ServiceSpec;
+        let store = std::sync::Arc::new(EmbeddedStore::in_memory());
+        let cp = ControlPlane::new(store.clone(), Default::default(), Default::default());
+        // Won the campaign at this revision of the leader key.
+        let term = put(store.as_ref(), LEADER_KEY, b"me".to_vec())
+            .await
+            .unwrap();
+        cp.set_leadership(
+            Role::Leader,
+            Some(Compare::ModRevision {
+                key: LEADER_KEY.into(),
+                revision: term,
+            }),
+        );
+        let write = |key: &str| {
+            let mut batch = Batch::default();
+            batch.put(key.into(), &serde_json::json!({"k": key}));
+            batch
+        };
+        cp.commit_as(Writer::Controller, write("/x/while-leading"))
+            .await
+            .unwrap();
+
+        // Another server won a later term; this one has not noticed yet.
+        put(store.as_ref(), LEADER_KEY, b"other".to_vec())
+            .await
+            .unwrap();
+        let err = cp
+            .commit_as(Writer::Controller, write("/x/late"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Conflict { key, .. } if key == LEADER_KEY),
+            "{err}"
+        );
+        assert!(store.get("/x/late").await.unwrap().is_none());
+        // Its controllers create nothing; its API still serves writes.
+        cp.create_service("web", ServiceSpec::new("app:1"))
+            .await
+            .unwrap();
+        crate::controllers::runner::reconcile_once(&cp)
+            .await
+            .unwrap();
+        assert!(store.list("/instances/").await.unwrap().items.is_empty());
+
+        // A follower without a fence writes nothing as a controller either.
+        cp.set_leadership(Role::Follower, None);
+        assert!(cp
+            .commit_as(Writer::Controller, write("/x/f"))
+            .await
+            .is_err());
+        assert_eq!(cp.role(), Role::Follower);
+    }
 }

@@ -1,0 +1,247 @@
+//! Several `tugboat server`s on one etcd: one leads (runs the controllers), the others
+//! follow and serve the API; kill -9 of the leader makes another lead within 3 s, and its
+//! controllers act; a leader cut off from etcd stops leading and says so.
+//!
+//! A real etcd on loopback (tests/common/etcd.rs; SKIP without the binary) and three server
+//! processes on 127.0.0.1 with plain HTTP and no auth, each with its own data dir in a temp
+//! dir, all killed by pid at the end. Prints `leader failover: X.X s`.
+
+#[path = "common/etcd.rs"]
+mod etcd;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tugboat::client::ApiClient;
+use tugboat::spec::ServiceSpec;
+
+struct ServerProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl ServerProcess {
+    fn start(dir: &std::path::Path, n: usize, endpoint: &str, prefix: &str) -> ServerProcess {
+        let data_dir = dir.join(format!("server-{n}"));
+        let log = dir.join(format!("server-{n}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tugboat"))
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["server", "--listen", "127.0.0.1:0"])
+            .args(["--store", "etcd", "--etcd-endpoints", endpoint])
+            .args(["--etcd-prefix", prefix])
+            .args(["--insecure-plain-http", "--insecure-no-auth"])
+            .env("HOME", "/nonexistent")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        ServerProcess { child, log }
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The API address it printed.
+    fn addr(&self) -> Option<String> {
+        let out = self.output();
+        let rest = out.split("listening on http://").nth(1)?;
+        Some(rest.split_whitespace().next()?.to_string())
+    }
+
+    /// Its role as it last said it.
+    fn role(&self) -> Option<&'static str> {
+        let out = self.output();
+        out.lines().rev().find_map(|line| {
+            if line.contains("role leader") {
+                Some("leader")
+            } else if line.contains("role follower") {
+                Some("follower")
+            } else {
+                None
+            }
+        })
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // Our own child, by pid; reaped.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn instance_count(client: &ApiClient, service: &str) -> Option<usize> {
+    client
+        .instances(Some(service))
+        .await
+        .ok()
+        .map(|l| l.items.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_within_3_seconds() {
+    let etcd = match etcd::Etcd::start() {
+        Ok(etcd) => etcd,
+        Err(reason) => {
+            println!("SKIP a_killed_leader_is_replaced_within_3_seconds: {reason}");
+            return;
+        }
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("tugboat-test-election-")
+        .tempdir()
+        .unwrap();
+    let prefix = etcd::unique_prefix("election");
+    let mut servers: Vec<ServerProcess> = (0..3)
+        .map(|n| ServerProcess::start(dir.path(), n, &etcd.endpoint, &prefix))
+        .collect();
+    let dump = |servers: &[ServerProcess]| {
+        servers
+            .iter()
+            .map(|s| s.output())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+
+    // Exactly one leads; every server says its store and role.
+    let leader = tokio::task::block_in_place(|| {
+        wait_for(
+            "one leader and two followers",
+            Duration::from_secs(20),
+            || {
+                let roles: Vec<_> = servers.iter().map(|s| s.role()).collect();
+                let leaders = roles.iter().filter(|r| **r == Some("leader")).count();
+                let followers = roles.iter().filter(|r| **r == Some("follower")).count();
+                (leaders == 1 && followers == 2)
+                    .then(|| roles.iter().position(|r| *r == Some("leader")).unwrap())
+            },
+        )
+    });
+    for s in &servers {
+        assert!(
+            s.output()
+                .contains(&format!("store etcd {}", etcd.endpoint)),
+            "{}",
+            s.output()
+        );
+    }
+    let addrs: Vec<String> = servers.iter().map(|s| s.addr().unwrap()).collect();
+    let follower = (leader + 1) % 3;
+
+    // A write through a follower's API; the leader's controllers act on it.
+    let via_follower = ApiClient::new(&addrs[follower], None);
+    via_follower
+        .create_service("web", &ServiceSpec::new("app:1"))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while instance_count(&via_follower, "web").await != Some(1) {
+        assert!(
+            Instant::now() < deadline,
+            "the leader did not create web's instance:\n{}",
+            dump(&servers)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // kill -9 of the leader: another leads within 3 s.
+    let killed_at = Instant::now();
+    servers[leader].child.kill().unwrap();
+    servers[leader].child.wait().unwrap();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let new_leader = tokio::task::block_in_place(|| {
+        wait_for(
+            "a new leader after kill -9 of the old one",
+            Duration::from_secs(10),
+            || {
+                survivors
+                    .iter()
+                    .copied()
+                    .find(|i| servers[*i].role() == Some("leader"))
+            },
+        )
+    });
+    let failover = killed_at.elapsed();
+    println!("leader failover: {:.1} s", failover.as_secs_f64());
+    assert!(
+        failover < Duration::from_secs(3),
+        "failover took {failover:?}:\n{}",
+        dump(&servers)
+    );
+    let others = survivors.iter().filter(|i| **i != new_leader).count();
+    assert_eq!(others, 1);
+    assert_eq!(
+        survivors
+            .iter()
+            .filter(|i| servers[**i].role() == Some("leader"))
+            .count(),
+        1,
+        "one leader only"
+    );
+
+    // The new leader's controllers act: a scale through the other survivor is carried out,
+    // with no instance twice.
+    let other = survivors
+        .iter()
+        .copied()
+        .find(|i| *i != new_leader)
+        .unwrap();
+    let via_other = ApiClient::new(&addrs[other], None);
+    via_other.scale("web", 3).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let instances = via_other.instances(Some("web")).await.unwrap().items;
+        let mut slots: Vec<u32> = instances.iter().map(|i| i.slot).collect();
+        slots.sort();
+        if slots == [0, 1, 2] {
+            break;
+        }
+        assert!(
+            instances.len() <= 3,
+            "more instances than replicas: {slots:?}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the new leader did not scale web to 3 (slots {slots:?}):\n{}",
+            dump(&servers)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // etcd gone: the leader cannot renew its lease, stops leading and says so.
+    drop(etcd);
+    tokio::task::block_in_place(|| {
+        wait_for(
+            "the leader cut off from etcd says it stopped leading",
+            Duration::from_secs(10),
+            || {
+                let out = servers[new_leader].output();
+                let after = out.rsplit("role leader").next().unwrap_or("");
+                after.contains("stopped leading").then_some(())
+            },
+        )
+    });
+    for s in &mut servers {
+        let _ = s.child.kill();
+        let _ = s.child.wait();
+    }
+}

@@ -35,6 +35,13 @@ impl ApiError {
 impl From<ControlPlaneError> for ApiError {
     fn from(e: ControlPlaneError) -> ApiError {
         let message = e.to_string();
+        // A store error met while reading typed objects is the same store error.
+        let e = match e {
+            ControlPlaneError::Object(crate::objects::ObjectError::Store(store)) => {
+                ControlPlaneError::Store(store)
+            }
+            other => other,
+        };
         match e {
             ControlPlaneError::NotFound { .. } => ApiError::not_found(message),
             ControlPlaneError::AlreadyExists { .. } => {

@@ -27,7 +27,7 @@ async fn commit_or_retry_later(cp: &ControlPlane, batch: Batch) -> Result<bool> 
         .await
     {
         Ok(_) => Ok(true),
-        Err(StoreError::Conflict { .. }) => Ok(false),
+        Err(StoreError::Conflict { .. } | StoreError::NotLeader { .. }) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }

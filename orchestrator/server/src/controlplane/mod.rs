@@ -162,15 +162,18 @@ impl ControlPlane {
                 (_, Some(fence)) => batch.compares.push(fence),
                 (Role::Leader, None) => {}
                 (Role::Follower, None) => {
-                    return Err(StoreError::Conflict {
+                    return Err(StoreError::NotLeader {
                         key: crate::election::LEADER_KEY.into(),
-                        expected: 0,
-                        found: 0,
                     })
                 }
             }
         }
-        batch.commit(self.store()).await
+        match batch.commit(self.store()).await {
+            Err(StoreError::Conflict { key, .. }) if key == crate::election::LEADER_KEY => {
+                Err(StoreError::NotLeader { key })
+            }
+            other => other,
+        }
     }
 
     /// Keeps an instance's latest usage (in memory).
@@ -435,10 +438,7 @@ mod tests {
             .commit_as(Writer::Controller, write("/x/late"))
             .await
             .unwrap_err();
-        assert!(
-            matches!(&err, StoreError::Conflict { key, .. } if key == LEADER_KEY),
-            "{err}"
-        );
+        assert!(matches!(&err, StoreError::NotLeader { .. }), "{err}");
         assert!(store.get("/x/late").await.unwrap().is_none());
         // Its controllers create nothing; its API still serves writes.
         cp.create_service("web", ServiceSpec::new("app:1"))

@@ -188,9 +188,7 @@ impl ControlPlane {
             self.event(&mut batch, ObjectKind::Service, name, reason, message);
             match self.commit_as(writer, batch).await {
                 Ok(_) => return Ok(service),
-                Err(crate::store::StoreError::Conflict { key, .. })
-                    if key == crate::election::LEADER_KEY =>
-                {
+                Err(crate::store::StoreError::NotLeader { .. }) => {
                     return Err(ControlPlaneError::Conflict(
                         "this server is no longer the leader".into(),
                     ))

@@ -91,6 +91,8 @@ pub enum StoreError {
     },
     #[error("the watch of `{prefix}` was ended by etcd: watch again from the last revision seen")]
     WatchEnded { prefix: String },
+    #[error("this server does not lead (the leader key `{key}` is not at its term's revision): its controllers write nothing")]
+    NotLeader { key: String },
 }
 
 /// Keys, revisions, transactions and watches. Implemented by [`EmbeddedStore`] and

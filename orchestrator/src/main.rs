@@ -68,6 +68,21 @@ struct StoreArgs {
     /// This cluster's key prefix in etcd (several clusters can share one etcd).
     #[arg(long, default_value = tugboat::store::DEFAULT_ETCD_PREFIX)]
     etcd_prefix: String,
+    /// The CA that signed etcd's certificate (PEM), for https:// endpoints.
+    #[arg(long, value_name = "FILE")]
+    etcd_ca: Option<PathBuf>,
+    /// This server's client certificate for etcd (PEM), when etcd asks for one.
+    #[arg(long, value_name = "FILE")]
+    etcd_cert: Option<PathBuf>,
+    /// The key of --etcd-cert (PEM).
+    #[arg(long, value_name = "FILE")]
+    etcd_key: Option<PathBuf>,
+    /// The etcd user, when etcd's authentication is on.
+    #[arg(long)]
+    etcd_user: Option<String>,
+    /// The etcd user's password (better from the environment than the command line).
+    #[arg(long, env = "TUGBOAT_ETCD_PASSWORD", hide_env_values = true)]
+    etcd_password: Option<String>,
 }
 
 impl StoreArgs {
@@ -75,10 +90,15 @@ impl StoreArgs {
         use tugboat::server::StoreBackend;
         match self.store {
             StoreKind::Embedded => {
-                if self.etcd_endpoints.is_some() {
-                    bail!(
-                        "--etcd-endpoints is for --store etcd (the store is embedded by default)"
-                    );
+                let given = [
+                    ("--etcd-endpoints", self.etcd_endpoints.is_some()),
+                    ("--etcd-ca", self.etcd_ca.is_some()),
+                    ("--etcd-cert", self.etcd_cert.is_some()),
+                    ("--etcd-key", self.etcd_key.is_some()),
+                    ("--etcd-user", self.etcd_user.is_some()),
+                ];
+                if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
+                    bail!("{flag} is for --store etcd (the store is embedded by default)");
                 }
                 Ok(StoreBackend::Embedded)
             }
@@ -86,7 +106,13 @@ impl StoreArgs {
                 options: tugboat::store::EtcdOptions::parse(
                     self.etcd_endpoints.as_deref().unwrap_or(""),
                     &self.etcd_prefix,
-                )?,
+                )?
+                .with_tls(
+                    self.etcd_ca.clone(),
+                    self.etcd_cert.clone(),
+                    self.etcd_key.clone(),
+                )?
+                .with_user(self.etcd_user.clone(), self.etcd_password.clone())?,
                 leader_ttl,
             }),
         }

@@ -73,6 +73,89 @@ async fn etcd_store_conforms() {
     drop(etcd);
 }
 
+/// The same suite over TLS with a client certificate and etcd's authentication on; a client
+/// without its certificate or with a wrong password is refused, and says so.
+#[tokio::test]
+async fn etcd_store_conforms_over_tls_with_authentication() {
+    let etcd = match etcd::Etcd::start_tls() {
+        Ok(etcd) => etcd,
+        Err(reason) => {
+            println!("SKIP etcd_store_conforms_over_tls_with_authentication: {reason}");
+            return;
+        }
+    };
+    let files = etcd.tls.clone().unwrap();
+    let options = |prefix: &str, cert: bool, password: Option<&str>| {
+        let (c, k) = if cert {
+            (
+                Some(files.client_cert.clone()),
+                Some(files.client_key.clone()),
+            )
+        } else {
+            (None, None)
+        };
+        EtcdOptions::parse(&etcd.endpoint, prefix)
+            .unwrap()
+            .with_tls(Some(files.ca.clone()), c, k)
+            .unwrap()
+            .with_user(
+                password.map(|_| "root".to_string()),
+                password.map(str::to_string),
+            )
+            .unwrap()
+    };
+    // Authentication on, as an operator does it: a root user, then `auth enable`.
+    {
+        let tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(
+                std::fs::read(&files.ca).unwrap(),
+            ))
+            .identity(etcd_client::Identity::from_pem(
+                std::fs::read(&files.client_cert).unwrap(),
+                std::fs::read(&files.client_key).unwrap(),
+            ));
+        let mut admin = etcd_client::Client::connect(
+            [etcd.endpoint.as_str()],
+            Some(etcd_client::ConnectOptions::new().with_tls(tls)),
+        )
+        .await
+        .unwrap();
+        admin.user_add("root", "s3cret", None).await.unwrap();
+        admin.user_grant_role("root", "root").await.unwrap();
+        admin.auth_enable().await.unwrap();
+    }
+
+    let mut quick = options("/refused", false, Some("s3cret"));
+    quick.request_timeout = Duration::from_secs(2);
+    let err = EtcdStore::connect(&quick)
+        .await
+        .err()
+        .expect("no client certificate");
+    assert!(matches!(err, StoreError::Etcd { .. }), "{err}");
+    let err = EtcdStore::connect(&options("/refused", true, Some("wrong")))
+        .await
+        .err()
+        .expect("a wrong password");
+    assert!(err.to_string().contains(&etcd.endpoint), "{err}");
+    let err = EtcdStore::connect(&options("/refused", true, None))
+        .await
+        .err()
+        .expect("no user while authentication is on");
+    assert!(matches!(err, StoreError::Etcd { .. }), "{err}");
+
+    let mut stores = vec![];
+    for (name, _) in CASES {
+        let options = options(&etcd::unique_prefix(name), true, Some("s3cret"));
+        stores.push(EtcdStore::connect(&options).await.unwrap());
+    }
+    let mut stores = stores.into_iter();
+    run_all("etcd over TLS with authentication", |_| {
+        Arc::new(stores.next().unwrap())
+    })
+    .await;
+    drop(etcd);
+}
+
 #[tokio::test]
 async fn etcd_store_names_an_etcd_it_cannot_reach() {
     // A loopback port nothing listens on.

@@ -9,8 +9,17 @@ use std::time::{Duration, Instant};
 
 pub struct Etcd {
     pub endpoint: String,
+    /// With [`Etcd::start_tls`]: the CA, and a client certificate and key it signed.
+    pub tls: Option<TlsFiles>,
     child: Child,
     dir: tempfile::TempDir,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
 }
 
 /// The etcd binary, or why there is none.
@@ -38,11 +47,21 @@ fn free_port() -> u16 {
 impl Etcd {
     /// Start etcd and wait until it answers (up to 20 s), or say why it did not.
     pub fn start() -> Result<Etcd, String> {
+        Self::start_with(false)
+    }
+
+    /// etcd that speaks TLS only (https://) and requires a client certificate: a CA made
+    /// for the test signs etcd's certificate (for 127.0.0.1) and the client's.
+    pub fn start_tls() -> Result<Etcd, String> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Result<Etcd, String> {
         let binary = etcd_binary()?;
         // A port picked free can be taken before etcd binds it: try again with new ones.
         let mut last_error = String::new();
         for _ in 0..3 {
-            match Self::start_once(&binary) {
+            match Self::start_once(&binary, tls) {
                 Ok(etcd) => return Ok(etcd),
                 Err(e) => last_error = e,
             }
@@ -50,17 +69,33 @@ impl Etcd {
         Err(last_error)
     }
 
-    fn start_once(binary: &PathBuf) -> Result<Etcd, String> {
+    fn start_once(binary: &PathBuf, tls: bool) -> Result<Etcd, String> {
         let dir = tempfile::Builder::new()
             .prefix("tugboat-test-etcd-")
             .tempdir()
             .map_err(|e| format!("temp dir: {e}"))?;
         let (client, peer) = (free_port(), free_port());
-        let endpoint = format!("http://127.0.0.1:{client}");
+        let scheme = if tls { "https" } else { "http" };
+        let endpoint = format!("{scheme}://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let log = std::fs::File::create(dir.path().join("etcd.log"))
             .map_err(|e| format!("etcd log: {e}"))?;
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        let files = if tls {
+            let (files, server_cert, server_key) = make_certificates(dir.path())?;
+            command
+                .arg("--cert-file")
+                .arg(server_cert)
+                .arg("--key-file")
+                .arg(server_key)
+                .arg("--trusted-ca-file")
+                .arg(&files.ca)
+                .arg("--client-cert-auth");
+            Some(files)
+        } else {
+            None
+        };
+        let child = command
             .args(["--name", "test"])
             .arg("--data-dir")
             .arg(dir.path().join("data"))
@@ -78,6 +113,7 @@ impl Etcd {
             .map_err(|e| format!("starting {}: {e}", binary.display()))?;
         let mut etcd = Etcd {
             endpoint,
+            tls: files,
             child,
             dir,
         };
@@ -102,8 +138,12 @@ impl Etcd {
         }
     }
 
-    /// etcd's /health says true.
+    /// etcd's /health says true (plain), or its log says it serves clients (TLS).
     fn answers(&self) -> bool {
+        if self.tls.is_some() {
+            return std::fs::read_to_string(self.dir.path().join("etcd.log"))
+                .is_ok_and(|log| log.contains("ready to serve client requests"));
+        }
         use std::io::{Read, Write};
         let addr = self.endpoint.trim_start_matches("http://");
         let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
@@ -136,6 +176,43 @@ impl Drop for Etcd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A CA, etcd's certificate for 127.0.0.1 and a client certificate, written under `dir`.
+fn make_certificates(dir: &std::path::Path) -> Result<(TlsFiles, PathBuf, PathBuf), String> {
+    use tugboat::tls::{write_file, Ca, Issue};
+    let ca_dir = dir.join("ca");
+    std::fs::create_dir_all(&ca_dir).map_err(|e| format!("{}: {e}", ca_dir.display()))?;
+    let ca = Ca::load_or_create(&ca_dir).map_err(|e| format!("test CA: {e}"))?;
+    let issue = |name: &str, names: &[String]| {
+        ca.issue_with_key(&Issue {
+            common_name: name,
+            names,
+            lifetime: Duration::from_secs(3600),
+        })
+        .map_err(|e| format!("certificate for {name}: {e}"))
+    };
+    let (server_pem, server_key) = issue("etcd", &["127.0.0.1".to_string()])?;
+    let (client_pem, client_key) = issue("tugboat-test", &[])?;
+    let path = |name: &str| dir.join(name);
+    for (name, text, secret) in [
+        ("ca.pem", ca.pem(), false),
+        ("etcd.pem", server_pem.as_str(), false),
+        ("etcd-key.pem", server_key.as_str(), true),
+        ("client.pem", client_pem.as_str(), false),
+        ("client-key.pem", client_key.as_str(), true),
+    ] {
+        write_file(&path(name), text, secret).map_err(|e| format!("{name}: {e}"))?;
+    }
+    Ok((
+        TlsFiles {
+            ca: path("ca.pem"),
+            client_cert: path("client.pem"),
+            client_key: path("client-key.pem"),
+        },
+        path("etcd.pem"),
+        path("etcd-key.pem"),
+    ))
 }
 
 /// A prefix no other test run on this etcd uses.

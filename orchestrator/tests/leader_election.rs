@@ -1,7 +1,8 @@
 //! Several `tugboat server`s on one etcd: one leads (runs the controllers), the others
 //! follow and serve the API; SIGTERM of the leader hands over at once, kill -9 of the leader
 //! makes another lead within 3 s, and its controllers act; a leader cut off from etcd stops
-//! leading and says so, and the API answers 503.
+//! leading and says so, and the API answers 503. A node heartbeating to a follower stays
+//! ready: the follower relays what it hears to the leader.
 //!
 //! A real etcd on loopback (tests/common/etcd.rs; SKIP without the binary) and three server
 //! processes on 127.0.0.1 with plain HTTP and no auth, each with its own data dir in a temp
@@ -163,6 +164,43 @@ async fn a_killed_leader_is_replaced_within_3_seconds() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+
+    // A node that heartbeats to a follower stays ready past the lost grace (3 s): the
+    // follower relays what it hears to the leader, whose node controller decides.
+    let registration = tugboat::wire::NodeRegistration {
+        runtimes: vec![],
+        name: "n1".into(),
+        labels: Default::default(),
+        capacity: tugboat::model::Resources::new(4000, 8 << 30, 0),
+        address: Some("127.0.0.1".into()),
+        subnet: None,
+        volumes: vec![],
+        agent_url: None,
+    };
+    via_follower.register_node(&registration).await.unwrap();
+    let beats = {
+        let client = via_follower.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = client.heartbeat("n1", &Default::default()).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let watched_from = Instant::now();
+    while watched_from.elapsed() < Duration::from_secs(4) {
+        let nodes = via_follower.nodes().await.unwrap().items;
+        let status = nodes.iter().find(|n| n.name == "n1").map(|n| n.status);
+        assert_eq!(
+            status,
+            Some(tugboat::model::NodeStatus::Ready),
+            "n1 after {:?} of heartbeats to a follower:\n{}",
+            watched_from.elapsed(),
+            dump(&servers)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    beats.abort();
 
     // SIGTERM of the leader: it gives up its lease, another leads at once.
     let stopped_at = Instant::now();

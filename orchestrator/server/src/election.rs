@@ -182,6 +182,8 @@ async fn lead(
     shutdown: &mut watch::Receiver<bool>,
 ) -> TermEnd {
     let (stop_tx, stop_rx) = watch::channel(false);
+    // What agents tell the followers, merged as it comes; then the controllers.
+    let mut relays = tokio::spawn(crate::liveness::merge(Arc::new(store.clone()), cp.clone()));
     let mut controllers = tokio::spawn(run_controllers(cp.clone(), stop_rx));
     // The leader key removed or replaced (an import with --replace, an operator): every
     // fenced write would fail, so stop leading and campaign again.
@@ -194,7 +196,9 @@ async fn lead(
     // Stop acting now: a pass half done is dropped (its writes are fenced anyway).
     let _ = stop_tx.send(true);
     controllers.abort();
+    relays.abort();
     let _ = (&mut controllers).await;
+    let _ = (&mut relays).await;
     end
 }
 

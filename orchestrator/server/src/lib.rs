@@ -8,6 +8,7 @@ pub mod controllers;
 pub mod controlplane;
 pub mod election;
 pub mod http;
+pub mod liveness;
 pub mod objects;
 pub mod pki;
 pub mod scheduler;

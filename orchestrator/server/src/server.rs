@@ -341,6 +341,16 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         };
         tugboat_api::tls::serve(listener, app, server_config, stop).await;
     });
+    let mut tasks = vec![http];
+    if etcd.is_some() {
+        tasks.push(tokio::spawn(crate::liveness::relay(
+            control.store.clone(),
+            control.clone(),
+            addr.to_string(),
+            std::time::Duration::from_millis(config.timers.nodes.heartbeat_every_ms.max(100)),
+            shutdown_rx.clone(),
+        )));
+    }
     let controllers = match etcd {
         None => tokio::spawn(run_controllers(control.clone(), shutdown_rx.clone())),
         Some((store, ttl)) => tokio::spawn(crate::election::run(
@@ -358,7 +368,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             |line| eprintln!("tugboat server: {line}"),
         )),
     };
-    let mut tasks = vec![http, controllers];
+    tasks.push(controllers);
     if let Some(tls) = tls.clone() {
         tasks.push(tokio::spawn(renew_server_cert(tls, shutdown_rx)));
     }

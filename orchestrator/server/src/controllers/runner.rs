@@ -404,9 +404,18 @@ pub async fn run_controllers(cp: Arc<ControlPlane>, mut shutdown: watch::Receive
                 interval
             }
         };
+        // Any change but the followers' liveness relays (merged in memory, not reconciled).
         let changed = async {
             match watcher.as_mut() {
-                Some(w) => drop(w.next().await),
+                Some(w) => loop {
+                    match w.next().await {
+                        Ok(events)
+                            if events
+                                .iter()
+                                .all(|e| e.kv.key.starts_with(crate::liveness::LIVENESS)) => {}
+                        _ => break,
+                    }
+                },
                 None => std::future::pending().await,
             }
         };

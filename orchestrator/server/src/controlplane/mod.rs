@@ -272,6 +272,38 @@ impl ControlPlane {
             .remove(node);
     }
 
+    /// What this server heard from agents (for the relay to the leader).
+    pub(crate) fn liveness(&self) -> crate::liveness::Relay {
+        crate::liveness::Relay {
+            server_now_ms: tugboat_api::model::now_ms(),
+            heartbeats: self.heartbeats(),
+            peer_seen: self.peer_seen(),
+            usage: self.usage.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
+    }
+
+    /// Merge what another server heard (its write arrived at `received_ms`): the later of
+    /// each heartbeat, peer view and usage report wins.
+    pub(crate) fn merge_liveness(&self, relay: &crate::liveness::Relay, received_ms: u64) {
+        use crate::liveness::shifted;
+        let later = |map: &Mutex<HashMap<String, u64>>, from: &HashMap<String, u64>| {
+            let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+            for (node, at) in from {
+                let at = shifted(*at, relay, received_ms);
+                let entry = map.entry(node.clone()).or_insert(at);
+                *entry = (*entry).max(at);
+            }
+        };
+        later(&self.heartbeats, &relay.heartbeats);
+        later(&self.peer_seen, &relay.peer_seen);
+        let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, stats) in &relay.usage {
+            if usage.get(id).is_none_or(|known| known.at_ms < stats.at_ms) {
+                usage.insert(id.clone(), *stats);
+            }
+        }
+    }
+
     pub fn peer_seen(&self) -> HashMap<String, u64> {
         self.peer_seen
             .lock()

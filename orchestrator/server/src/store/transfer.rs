@@ -3,7 +3,8 @@
 //!
 //! The export is one consistent list of every key at one revision. Values that are JSON
 //! (every model object) are kept as JSON, so the file can be read and edited; others go as
-//! base64. The leader key is not exported: it belongs to the servers of one store.
+//! base64. The leader key and the liveness relays are not exported: they belong to the
+//! servers of one store.
 //! An import writes into an empty store (or, with `replace`, one it empties first) in
 //! transactions of [`IMPORT_BATCH`] keys; revisions are the target store's own.
 
@@ -15,7 +16,7 @@ pub const EXPORT_FORMAT: &str = "tugboat-store-export/1";
 /// Keys per import transaction (etcd's `--max-txn-ops` must allow it; its default is 128).
 pub const IMPORT_BATCH: usize = 100;
 /// Keys that belong to one store's servers, never moved.
-const NOT_EXPORTED: &[&str] = &["/leader/"];
+const NOT_EXPORTED: &[&str] = &["/leader/", crate::liveness::LIVENESS];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoreExport {
@@ -112,7 +113,7 @@ pub async fn import(
     for item in &export.items {
         if !item.key.starts_with('/') || !moved(&item.key) {
             return Err(TransferError::Format(format!(
-                "key `{}` cannot be imported (keys start with `/`; /leader/ is not moved)",
+                "key `{}` cannot be imported (keys start with `/`; /leader/ and /liveness/ are not moved)",
                 item.key
             )));
         }

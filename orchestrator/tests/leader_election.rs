@@ -11,85 +11,10 @@
 #[path = "common/etcd.rs"]
 mod etcd;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use etcd::{wait_for, ServerProcess};
 use std::time::{Duration, Instant};
 use tugboat::client::ApiClient;
 use tugboat::spec::ServiceSpec;
-
-struct ServerProcess {
-    child: Child,
-    log: PathBuf,
-}
-
-impl ServerProcess {
-    fn start(dir: &std::path::Path, n: usize, endpoint: &str, prefix: &str) -> ServerProcess {
-        let data_dir = dir.join(format!("server-{n}"));
-        let log = dir.join(format!("server-{n}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tugboat"))
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["server", "--listen", "127.0.0.1:0"])
-            .args(["--store", "etcd", "--etcd-endpoints", endpoint])
-            .args(["--etcd-prefix", prefix])
-            .args(["--insecure-plain-http", "--insecure-no-auth"])
-            .env("HOME", "/nonexistent")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        ServerProcess { child, log }
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The API address it printed.
-    fn addr(&self) -> Option<String> {
-        let out = self.output();
-        let rest = out.split("listening on http://").nth(1)?;
-        Some(rest.split_whitespace().next()?.to_string())
-    }
-
-    /// Its role as it last said it.
-    fn role(&self) -> Option<&'static str> {
-        let out = self.output();
-        out.lines().rev().find_map(|line| {
-            if line.contains("role leader") {
-                Some("leader")
-            } else if line.contains("role follower") {
-                Some("follower")
-            } else {
-                None
-            }
-        })
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        // Our own child, by pid; reaped.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 async fn instance_count(client: &ApiClient, service: &str) -> Option<usize> {
     client

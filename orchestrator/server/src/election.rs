@@ -69,7 +69,7 @@ pub async fn run(
                 cp.set_leadership(Role::Follower, None);
                 match end {
                     TermEnd::Shutdown => {
-                        let _ = store.client().lease_revoke(lease).await;
+                        revoke(&store, lease).await;
                         return;
                     }
                     TermEnd::Lost(why) => say(&format!(
@@ -116,9 +116,11 @@ async fn campaign(
     identity: &str,
     ttl: Duration,
 ) -> Result<Campaign, etcd_client::Error> {
-    let mut client = store.client();
     let seconds = ttl.as_secs().max(1) as i64;
-    let lease = client.lease_grant(seconds, None).await?.id();
+    let lease = store
+        .call(|mut client| async move { client.lease_grant(seconds, None).await })
+        .await?
+        .id();
     let key = store.etcd_key(LEADER_KEY);
     let txn = Txn::new()
         .when(vec![EtcdCompare::create_revision(
@@ -132,10 +134,16 @@ async fn campaign(
             Some(PutOptions::new().with_lease(lease)),
         )])
         .or_else(vec![TxnOp::get(key.clone(), None)]);
-    let response = match client.txn(txn).await {
+    let response = match store
+        .call(|mut client| {
+            let txn = txn.clone();
+            async move { client.txn(txn).await }
+        })
+        .await
+    {
         Ok(r) => r,
         Err(e) => {
-            let _ = client.lease_revoke(lease).await;
+            revoke(store, lease).await;
             return Err(e);
         }
     };
@@ -143,7 +151,7 @@ async fn campaign(
     if response.succeeded() {
         return Ok(Campaign::Won { lease, revision });
     }
-    let _ = client.lease_revoke(lease).await;
+    revoke(store, lease).await;
     let leader = response
         .op_responses()
         .into_iter()
@@ -158,16 +166,65 @@ async fn campaign(
     Ok(Campaign::Lost { leader, revision })
 }
 
-/// Returns when the leader key is deleted or changed after `from`, or the watch fails.
-async fn leader_key_changes(store: &EtcdStore, from: Revision) {
+/// Give a lease back (best effort: unrevoked, it expires after its ttl).
+async fn revoke(store: &EtcdStore, lease: i64) {
+    let _ = store
+        .call(|mut client| async move { client.lease_revoke(lease).await })
+        .await;
+}
+
+enum KeyWatch {
+    Changed,
+    Failed,
+}
+
+/// Waits until the leader key is deleted or changed after `from`, or the watch fails.
+async fn leader_key_changes(store: &EtcdStore, from: Revision) -> KeyWatch {
     let key = store.etcd_key(LEADER_KEY);
     let options = WatchOptions::new().with_start_revision(from as i64);
     let Ok(mut stream) = store.client().watch(key, Some(options)).await else {
-        return;
+        store.skip();
+        return KeyWatch::Failed;
     };
     while let Ok(Some(response)) = stream.message().await {
-        if !response.events().is_empty() || response.canceled() {
+        if !response.events().is_empty() {
+            return KeyWatch::Changed;
+        }
+        if response.canceled() {
+            return KeyWatch::Failed;
+        }
+    }
+    store.skip();
+    KeyWatch::Failed
+}
+
+/// The leader's watch of its own key: returns only when the key is no longer the one its
+/// campaign wrote at `term`. A watch that fails (a member went away) is opened again on
+/// another member, from where it was.
+async fn until_leader_key_changes(store: &EtcdStore, term: Revision) {
+    let key = store.etcd_key(LEADER_KEY);
+    let mut from = term + 1;
+    loop {
+        if let KeyWatch::Changed = leader_key_changes(store, from).await {
             return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Read it: gone or rewritten while no watch was open, or watch on from now.
+        let read = store
+            .call(|mut client| {
+                let key = key.clone();
+                async move { client.get(key, None).await }
+            })
+            .await;
+        if let Ok(response) = read {
+            match response.kvs().first() {
+                Some(kv) if kv.mod_revision() as Revision == term => {
+                    from = response
+                        .header()
+                        .map_or(from, |h| h.revision() as Revision + 1);
+                }
+                _ => return,
+            }
         }
     }
 }
@@ -189,7 +246,7 @@ async fn lead(
     // fenced write would fail, so stop leading and campaign again.
     let end = tokio::select! {
         end = keep_lease(store, lease, ttl, shutdown) => end,
-        _ = leader_key_changes(store, revision + 1) => {
+        _ = until_leader_key_changes(store, revision) => {
             TermEnd::Lost("the leader key was removed or replaced".into())
         }
     };
@@ -208,45 +265,52 @@ async fn keep_lease(
     ttl: Duration,
     shutdown: &mut watch::Receiver<bool>,
 ) -> TermEnd {
-    let mut client = store.client();
-    let (mut keeper, mut responses) = match client.lease_keep_alive(lease).await {
-        Ok(pair) => pair,
-        Err(e) => return TermEnd::Lost(format!("cannot renew the lease: {e}")),
-    };
     // The lease was granted just before the campaign: count from then.
     let mut renewed_at = Instant::now();
     let give_up_after = ttl / 2;
+    let mut stream = None;
     loop {
-        let sent_at = Instant::now();
-        let renewal = async {
-            keeper.keep_alive().await?;
-            responses.message().await
-        };
-        let budget = give_up_after.saturating_sub(renewed_at.elapsed());
-        tokio::select! {
-            _ = shutdown.changed() => return TermEnd::Shutdown,
-            answer = tokio::time::timeout(budget, renewal) => match answer {
-                Ok(Ok(Some(response))) if response.ttl() > 0 => renewed_at = sent_at,
-                Ok(Ok(Some(_))) => return TermEnd::Lost("the lease expired".into()),
-                Ok(Ok(None)) => return TermEnd::Lost("etcd closed the lease stream".into()),
-                Ok(Err(e)) => return TermEnd::Lost(format!("renewing the lease failed: {e}")),
-                Err(_) => {
-                    return TermEnd::Lost(format!(
-                        "no lease renewal for {} ms: cut off from etcd?",
-                        renewed_at.elapsed().as_millis()
-                    ))
-                }
-            },
+        if stream.is_none() {
+            // (Again) on the current member; a member that went away is skipped.
+            match store.client().lease_keep_alive(lease).await {
+                Ok(pair) => stream = Some(pair),
+                Err(_) => store.skip(),
+            }
+        }
+        if let Some((keeper, responses)) = stream.as_mut() {
+            let sent_at = Instant::now();
+            let renewal = async {
+                keeper.keep_alive().await?;
+                responses.message().await
+            };
+            let budget = give_up_after.saturating_sub(renewed_at.elapsed());
+            tokio::select! {
+                _ = shutdown.changed() => return TermEnd::Shutdown,
+                answer = tokio::time::timeout(budget, renewal) => match answer {
+                    Ok(Ok(Some(response))) if response.ttl() > 0 => renewed_at = sent_at,
+                    Ok(Ok(Some(_))) => return TermEnd::Lost("the lease expired".into()),
+                    // The member went away, or did not answer in time: try the next one.
+                    Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
+                        stream = None;
+                        store.skip();
+                    }
+                },
+            }
         }
         if renewed_at.elapsed() >= give_up_after {
             return TermEnd::Lost(format!(
-                "no lease renewal for {} ms",
+                "no lease renewal for {} ms: cut off from etcd?",
                 renewed_at.elapsed().as_millis()
             ));
         }
+        let pause = if stream.is_some() {
+            ttl / 4
+        } else {
+            Duration::from_millis(50)
+        };
         tokio::select! {
             _ = shutdown.changed() => return TermEnd::Shutdown,
-            _ = tokio::time::sleep(ttl / 4) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
     }
 }

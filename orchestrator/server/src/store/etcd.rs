@@ -210,10 +210,16 @@ impl EtcdOptions {
     }
 }
 
-/// The etcd backend. Clones share one connection.
+/// The etcd backend. Clones share the connections.
+///
+/// One client per member, and requests go to one member until it cannot be reached (or has
+/// no leader), then to the next: tonic's balanced channel kept sending requests to a killed
+/// member. A request is tried on each member at most once; one that fails unreachable was
+/// not applied by that member (and a transaction's compares make a repeat harmless).
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: Client,
+    clients: std::sync::Arc<Vec<Client>>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     prefix: String,
     endpoints: String,
 }
@@ -223,20 +229,59 @@ impl EtcdStore {
     pub async fn connect(options: &EtcdOptions) -> Result<EtcdStore, StoreError> {
         let endpoints = options.endpoints.join(",");
         let connect_options = options.connect_options()?;
-        let client = Client::connect(&options.endpoints, Some(connect_options))
-            .await
-            .map_err(|source| StoreError::Etcd {
+        // Without authentication connecting is lazy; with it, a member that is down now
+        // cannot log in and is left out (the others serve) until the server restarts.
+        let mut clients = vec![];
+        let mut failed = None;
+        for endpoint in &options.endpoints {
+            match Client::connect([endpoint], Some(connect_options.clone())).await {
+                Ok(client) => clients.push(client),
+                Err(source) => failed = Some(source),
+            }
+        }
+        if clients.is_empty() {
+            return Err(StoreError::Etcd {
                 operation: "connect",
-                key: endpoints.clone(),
-                source,
-            })?;
+                key: endpoints,
+                source: failed.expect("at least one endpoint was tried"),
+            });
+        }
         let store = EtcdStore {
-            client,
+            clients: std::sync::Arc::new(clients),
+            current: Default::default(),
             prefix: options.prefix.clone(),
             endpoints,
         };
         store.current_revision().await?;
         Ok(store)
+    }
+
+    /// Run `op` on the current member; when it cannot be reached, on the next ones.
+    pub(crate) async fn call<T, F, Fut>(&self, op: F) -> Result<T, etcd_client::Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        use std::sync::atomic::Ordering;
+        let n = self.clients.len();
+        let start = self.current.load(Ordering::Relaxed) % n;
+        let mut last = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            match op(self.clients[i].clone()).await {
+                Err(e) if unreachable(&e) => {
+                    let _ = self.current.compare_exchange(
+                        i,
+                        (i + 1) % n,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                    last = Some(e);
+                }
+                other => return other,
+            }
+        }
+        Err(last.expect("at least one member was tried"))
     }
 
     /// The endpoints, comma separated, as given.
@@ -248,9 +293,17 @@ impl EtcdStore {
         &self.prefix
     }
 
-    /// The connection, for the leader election (leases are etcd's, not the trait's).
+    /// The current member's client, for streams (watches, lease renewals) that outlive
+    /// one call; after [`EtcdStore::call`] or [`EtcdStore::skip`] moved on, the next one.
     pub(crate) fn client(&self) -> Client {
-        self.client.clone()
+        let n = self.clients.len();
+        self.clients[self.current.load(std::sync::atomic::Ordering::Relaxed) % n].clone()
+    }
+
+    /// A stream on the current member failed: use the next member from now on.
+    pub(crate) fn skip(&self) {
+        self.current
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The etcd key of a store key.
@@ -287,30 +340,12 @@ impl EtcdStore {
             source,
         }
     }
-
-    /// Every key under this store's prefix removed (tests, and `store import --replace`).
-    pub async fn delete_all(&self) -> Result<(), StoreError> {
-        let root = self.etcd_key("/");
-        self.client
-            .kv_client()
-            .delete(
-                root.clone(),
-                Some(etcd_client::DeleteOptions::new().with_prefix()),
-            )
-            .await
-            .map_err(|e| self.error("delete", &root, e))?;
-        Ok(())
-    }
 }
 
 impl EtcdStore {
     async fn list_pages(&self, prefix: &str) -> Result<Listing, StoreError> {
         let etcd_prefix = self.etcd_key(prefix);
         let end = prefix_end(etcd_prefix.as_bytes());
-        let mut kv = self
-            .client
-            .kv_client()
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let mut items = vec![];
         let mut from = etcd_prefix.clone().into_bytes();
         let mut revision = 0;
@@ -319,8 +354,17 @@ impl EtcdStore {
             if revision != 0 {
                 options = options.with_revision(revision as i64);
             }
-            let response = kv
-                .get(from.clone(), Some(options))
+            let response = self
+                .call(|client| {
+                    let (from, options) = (from.clone(), options.clone());
+                    async move {
+                        client
+                            .kv_client()
+                            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                            .get(from, Some(options))
+                            .await
+                    }
+                })
                 .await
                 .map_err(|e| self.error("list", &etcd_prefix, e))?;
             if revision == 0 {
@@ -336,6 +380,16 @@ impl EtcdStore {
             }
         }
         Ok(Listing { items, revision })
+    }
+}
+
+/// The member did not take the request: down, unreachable, or without a leader.
+fn unreachable(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        // gRPC's UNAVAILABLE (14): refused connections, "no leader" (with require-leader).
+        etcd_client::Error::GRpcStatus(status) => status.code() as i32 == 14,
+        _ => false,
     }
 }
 
@@ -366,9 +420,10 @@ impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         let etcd_key = self.etcd_key(key);
         let response = self
-            .client
-            .kv_client()
-            .get(etcd_key.clone(), None)
+            .call(|client| {
+                let key = etcd_key.clone();
+                async move { client.kv_client().get(key, None).await }
+            })
             .await
             .map_err(|e| self.error("get", &etcd_key, e))?;
         Ok(response.kvs().first().map(|kv| self.key_value(kv)))
@@ -442,9 +497,10 @@ impl Store for EtcdStore {
             })
             .unwrap_or_default();
         let response = self
-            .client
-            .kv_client()
-            .txn(txn)
+            .call(|client| {
+                let txn = txn.clone();
+                async move { client.kv_client().txn(txn).await }
+            })
             .await
             .map_err(|e| self.error("transaction", &self.etcd_key(&first_key), e))?;
         if response.succeeded() {
@@ -487,10 +543,16 @@ impl Store for EtcdStore {
             options = options.with_start_revision(from as i64);
         }
         let mut stream = self
-            .client
-            .watch_client()
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .watch(etcd_prefix.clone(), Some(options))
+            .call(|client| {
+                let (key, options) = (etcd_prefix.clone(), options.clone());
+                async move {
+                    client
+                        .watch_client()
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                        .watch(key, Some(options))
+                        .await
+                }
+            })
             .await
             .map_err(|e| self.error("watch", &etcd_prefix, e))?;
         // A watch from a compacted revision is cancelled by etcd soon after it is created;
@@ -498,16 +560,13 @@ impl Store for EtcdStore {
         // embedded store. The cancellation then gives the oldest revision kept.
         if from != 0 {
             let probe = self
-                .client
-                .kv_client()
-                .get(
-                    etcd_prefix.clone(),
-                    Some(
-                        GetOptions::new()
-                            .with_revision(from as i64)
-                            .with_count_only(),
-                    ),
-                )
+                .call(|client| {
+                    let key = etcd_prefix.clone();
+                    let options = GetOptions::new()
+                        .with_revision(from as i64)
+                        .with_count_only();
+                    async move { client.kv_client().get(key, Some(options)).await }
+                })
                 .await;
             if let Err(e) = probe {
                 if is_compacted(&e) {
@@ -538,7 +597,10 @@ impl Store for EtcdStore {
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
-        match self.client.kv_client().compact(revision as i64, None).await {
+        let compacted = self
+            .call(|client| async move { client.kv_client().compact(revision as i64, None).await })
+            .await;
+        match compacted {
             Ok(_) => Ok(()),
             // Already compacted at or past it: nothing to forget.
             Err(e) if is_compacted(&e) => Ok(()),
@@ -550,9 +612,15 @@ impl Store for EtcdStore {
         // A one-key read returns the store's revision in its header.
         let key = self.etcd_key("/");
         let response = self
-            .client
-            .kv_client()
-            .get(key.clone(), Some(GetOptions::new().with_count_only()))
+            .call(|client| {
+                let key = key.clone();
+                async move {
+                    client
+                        .kv_client()
+                        .get(key, Some(GetOptions::new().with_count_only()))
+                        .await
+                }
+            })
             .await
             .map_err(|e| self.error("read", &key, e))?;
         Ok(header_revision(response.header()))

@@ -46,7 +46,14 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     say: fn(&str),
 ) {
-    let mut announced_follower = false;
+    // What was last said of our role, so a state is told once, not on every retry.
+    let mut told = String::new();
+    let mut tell = |line: String| {
+        if line != told {
+            say(&line);
+            told = line;
+        }
+    };
     loop {
         if *shutdown.borrow() {
             return;
@@ -60,7 +67,7 @@ pub async fn run(
                         revision,
                     }),
                 );
-                say(&format!(
+                tell(format!(
                     "role leader (lease ttl {} ms, leader key {} at revision {revision}): running the controllers, scheduler and autoscalers",
                     ttl.as_millis(),
                     store.etcd_key(LEADER_KEY)
@@ -72,18 +79,14 @@ pub async fn run(
                         revoke(&store, lease).await;
                         return;
                     }
-                    TermEnd::Lost(why) => say(&format!(
+                    TermEnd::Lost(why) => tell(format!(
                         "role follower: stopped leading ({why}); controllers stopped"
                     )),
                 }
-                announced_follower = true;
             }
             Ok(Campaign::Lost { leader, revision }) => {
                 cp.set_leadership(Role::Follower, None);
-                if !announced_follower {
-                    say(&format!("role follower (leader: {leader})"));
-                    announced_follower = true;
-                }
+                tell(format!("role follower (leader: {leader})"));
                 // Wait for the key to go (or change), at most one ttl: a safety net.
                 tokio::select! {
                     _ = leader_key_changes(&store, revision + 1) => {}
@@ -93,10 +96,9 @@ pub async fn run(
             }
             Err(e) => {
                 cp.set_leadership(Role::Follower, None);
-                say(&format!(
+                tell(format!(
                     "role follower: cannot campaign, etcd does not answer ({e}); trying again"
                 ));
-                announced_follower = true;
                 tokio::select! {
                     _ = tokio::time::sleep(ttl / 2) => {}
                     _ = shutdown.changed() => {}
@@ -116,7 +118,8 @@ async fn campaign(
     identity: &str,
     ttl: Duration,
 ) -> Result<Campaign, etcd_client::Error> {
-    let seconds = ttl.as_secs().max(1) as i64;
+    // etcd's ttls are whole seconds: rounded up (the leader still gives up after ttl / 2).
+    let seconds = ttl.as_secs_f64().ceil().max(1.0) as i64;
     let lease = store
         .call(|mut client| async move { client.lease_grant(seconds, None).await })
         .await?

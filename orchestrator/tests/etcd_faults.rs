@@ -50,9 +50,13 @@ async fn losing_etcd_members_and_getting_them_back() {
     let servers: Vec<ServerProcess> = (0..2)
         .map(|n| ServerProcess::start(dir.path(), n, &cluster.endpoints(), &prefix))
         .collect();
+    // Both up (each printed its address) and one leads.
     let leader = tokio::task::block_in_place(|| {
-        wait_for("a leader", Duration::from_secs(20), || {
-            servers.iter().position(|s| s.role() == Some("leader"))
+        wait_for("a leader and a follower", Duration::from_secs(20), || {
+            let roles: Vec<_> = servers.iter().map(|s| s.role()).collect();
+            let up = servers.iter().all(|s| s.addr().is_some());
+            (up && roles.contains(&Some("leader")) && roles.contains(&Some("follower")))
+                .then(|| roles.iter().position(|r| *r == Some("leader")).unwrap())
         })
     });
     let follower = 1 - leader;

@@ -58,7 +58,8 @@ async fn a_killed_leader_is_replaced_within_3_seconds() {
                 let roles: Vec<_> = servers.iter().map(|s| s.role()).collect();
                 let leaders = roles.iter().filter(|r| **r == Some("leader")).count();
                 let followers = roles.iter().filter(|r| **r == Some("follower")).count();
-                (leaders == 1 && followers == 2)
+                let up = servers.iter().all(|s| s.addr().is_some());
+                (up && leaders == 1 && followers == 2)
                     .then(|| roles.iter().position(|r| *r == Some("leader")).unwrap())
             },
         )

@@ -3,7 +3,7 @@
 #
 #   bash tests/install-deps.sh          the build and the main job (tests/demo.sh)
 #   bash tests/install-deps.sh --tests  also what the test command uses (podman, a registry,
-#                                       skopeo/umoci, script(1)) and the cgroup v2 VM stage
+#                                       skopeo/umoci, script(1), etcd) and the cgroup v2 VM stage
 #                                       with the Vagrant check (qemu, cpio, shellcheck, vagrant)
 #
 # Every apt call waits for the dpkg lock (a fresh cloud VM's unattended-upgrades holds it for
@@ -76,6 +76,10 @@ command -v cc >/dev/null || base+=(gcc libc6-dev)
 command -v cargo >/dev/null || base+=(cargo rustc)
 command -v curl >/dev/null || base+=(curl ca-certificates)
 command -v file >/dev/null || base+=(file)
+# The etcd client (orchestrator/server: etcd-client) compiles etcd's protobuf files at build
+# time: protoc and the well-known types it imports.
+command -v protoc >/dev/null || base+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || base+=(libprotobuf-dev)
 install "the build and the demo (required)" "${base[@]}"
 $tests || exit 0
 
@@ -91,6 +95,9 @@ command -v nft >/dev/null || t+=(nftables)
 # runtime: runc in a service (orchestrator/tests/runtimes.rs), and buildah's runtime.
 command -v runc >/dev/null || t+=(runc)
 command -v sha256sum >/dev/null || t+=(coreutils)
+# etcd for the store conformance suite and the leader election test (orchestrator/tests).
+command -v etcd >/dev/null || t+=(etcd-server)
+command -v etcdctl >/dev/null || t+=(etcd-client)
 install "the root tests (required by the test command)" "${t[@]}"
 
 # The cgroup v2 VM stage (tests/vm/run.sh) and the Vagrant check (tests/vm/vagrant-validate.sh).

@@ -5,7 +5,9 @@
 
 pub use tugboat_agent as agent;
 pub use tugboat_api::{client, execstream, model, spec, tls, wire};
-pub use tugboat_server::{controllers, controlplane, http, objects, pki, scheduler, server, store};
+pub use tugboat_server::{
+    controllers, controlplane, election, http, objects, pki, scheduler, server, store,
+};
 
 pub mod cli_config;
 pub mod commands;

@@ -49,12 +49,88 @@ enum Profile {
     Edge,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StoreKind {
+    Embedded,
+    Etcd,
+}
+
+/// Which store: `tugboat server` and `tugboat store export|import` take the same flags.
+#[derive(clap::Args, Clone)]
+struct StoreArgs {
+    /// Where the cluster's objects live: `embedded` (<data-dir>/store.log; one server) or
+    /// `etcd` (an etcd v3 cluster; several servers, one of which leads the controllers).
+    #[arg(long = "store", value_enum, default_value = "embedded")]
+    store: StoreKind,
+    /// The etcd members, comma separated: http://HOST:PORT,... (with --store etcd).
+    #[arg(long, value_name = "URL,...")]
+    etcd_endpoints: Option<String>,
+    /// This cluster's key prefix in etcd (several clusters can share one etcd).
+    #[arg(long, default_value = tugboat::store::DEFAULT_ETCD_PREFIX)]
+    etcd_prefix: String,
+    /// The CA that signed etcd's certificate (PEM), for https:// endpoints.
+    #[arg(long, value_name = "FILE")]
+    etcd_ca: Option<PathBuf>,
+    /// This server's client certificate for etcd (PEM), when etcd asks for one.
+    #[arg(long, value_name = "FILE")]
+    etcd_cert: Option<PathBuf>,
+    /// The key of --etcd-cert (PEM).
+    #[arg(long, value_name = "FILE")]
+    etcd_key: Option<PathBuf>,
+    /// The etcd user, when etcd's authentication is on.
+    #[arg(long)]
+    etcd_user: Option<String>,
+    /// The etcd user's password (better from the environment than the command line).
+    #[arg(long, env = "TUGBOAT_ETCD_PASSWORD", hide_env_values = true)]
+    etcd_password: Option<String>,
+}
+
+impl StoreArgs {
+    fn backend(&self, leader_ttl: std::time::Duration) -> Result<tugboat::server::StoreBackend> {
+        use tugboat::server::StoreBackend;
+        match self.store {
+            StoreKind::Embedded => {
+                let given = [
+                    ("--etcd-endpoints", self.etcd_endpoints.is_some()),
+                    ("--etcd-ca", self.etcd_ca.is_some()),
+                    ("--etcd-cert", self.etcd_cert.is_some()),
+                    ("--etcd-key", self.etcd_key.is_some()),
+                    ("--etcd-user", self.etcd_user.is_some()),
+                ];
+                if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
+                    bail!("{flag} is for --store etcd (the store is embedded by default)");
+                }
+                Ok(StoreBackend::Embedded)
+            }
+            StoreKind::Etcd => Ok(StoreBackend::Etcd {
+                options: tugboat::store::EtcdOptions::parse(
+                    self.etcd_endpoints.as_deref().unwrap_or(""),
+                    &self.etcd_prefix,
+                )?
+                .with_tls(
+                    self.etcd_ca.clone(),
+                    self.etcd_cert.clone(),
+                    self.etcd_key.clone(),
+                )?
+                .with_user(self.etcd_user.clone(), self.etcd_password.clone())?,
+                leader_ttl,
+            }),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the control plane: store, controllers, HTTP API.
     Server {
         #[arg(long, default_value = DEFAULT_LISTEN)]
         listen: SocketAddr,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// With --store etcd: the leader's lease. A leader that dies is replaced after
+        /// about this long (etcd raises values under its minimum, 1.5 s by default).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+        leader_lease_ttl: std::time::Duration,
         /// Serve without authentication. Only for a trusted loopback.
         #[arg(long)]
         insecure_no_auth: bool,
@@ -88,6 +164,12 @@ enum Command {
         /// third is left).
         #[arg(long, value_parser = humantime::parse_duration, default_value = "365d")]
         node_cert_lifetime: std::time::Duration,
+    },
+    /// Move a cluster's objects between stores (embedded <-> etcd), with its servers
+    /// stopped: `export` writes one JSON document, `import` reads it into an empty store.
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
     },
     /// Tokens: admin, read-only, or join (for a node's first certificate).
     Token {
@@ -382,6 +464,28 @@ enum VolumeAction {
 }
 
 #[derive(Subcommand)]
+enum StoreAction {
+    /// Write every object of the store (the --store flags, default the embedded store under
+    /// --data-dir) to FILE, or to stdout with `-`.
+    Export {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long, short = 'f', default_value = "-")]
+        file: PathBuf,
+    },
+    /// Read an export into the store (the --store flags); the store must be empty unless
+    /// --replace, which deletes what it holds first.
+    Import {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+        #[arg(long)]
+        replace: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum TokenAction {
     /// Make a token and print it (only now: the server keeps only its hash).
     Create {
@@ -578,6 +682,8 @@ async fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Server {
             listen,
+            store,
+            leader_lease_ttl,
             insecure_no_auth,
             profile,
             heartbeat_every,
@@ -589,6 +695,7 @@ async fn run(cli: Cli) -> Result<()> {
             node_cert_lifetime,
         } => {
             let mut config = ServerConfig::new(&cli.data_dir, *listen);
+            config.backend = store.backend(*leader_lease_ttl)?;
             config.auth = !insecure_no_auth;
             if *insecure_plain_http {
                 eprintln!("tugboat server: WARNING: --insecure-plain-http: no TLS; tokens cross the network in clear");
@@ -628,13 +735,14 @@ async fn run(cli: Cli) -> Result<()> {
                 );
             }
             eprintln!(
-                "tugboat server listening on {}://{} (data dir {}, auth {})",
+                "tugboat server listening on {}://{} (store {}, data dir {}, auth {})",
                 if server.tls.is_some() {
                     "https"
                 } else {
                     "http"
                 },
                 server.addr,
+                server.backend,
                 cli.data_dir.display(),
                 if server.token.is_some() {
                     "on: token in <data-dir>/token"
@@ -642,13 +750,76 @@ async fn run(cli: Cli) -> Result<()> {
                     "OFF"
                 }
             );
+            if matches!(store.store, StoreKind::Embedded) {
+                eprintln!("tugboat server: role leader (embedded store: this server runs the controllers)");
+            }
             let stop = server.shutdown_handle();
+            // Ctrl-C or SIGTERM (systemd's stop): a leader gives up its lease on the way
+            // out, so another server takes over at once instead of after the lease's ttl.
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::spawn(async move {
-                let _ = tokio::signal::ctrl_c().await;
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
                 let _ = stop.send(true);
             });
             server.wait().await;
         }
+        Command::Store { action } => match action {
+            StoreAction::Export { store, file } => {
+                let backend = store.backend(tugboat::election::DEFAULT_LEADER_TTL)?;
+                let opened = tugboat::server::open_offline(&cli.data_dir, &backend, false)
+                    .await
+                    .context("opening the store to export")?;
+                let export = tugboat::store::transfer::export(opened.store.as_ref())
+                    .await
+                    .with_context(|| format!("reading {}", opened.description))?;
+                let mut text = serde_json::to_string_pretty(&export)?;
+                text.push('\n');
+                if file.as_os_str() == "-" {
+                    print!("{text}");
+                } else {
+                    std::fs::write(file, text)
+                        .with_context(|| format!("writing {}", file.display()))?;
+                }
+                eprintln!(
+                    "tugboat store export: {} keys from {} at revision {}",
+                    export.items.len(),
+                    opened.description,
+                    export.revision
+                );
+            }
+            StoreAction::Import {
+                store,
+                file,
+                replace,
+            } => {
+                let backend = store.backend(tugboat::election::DEFAULT_LEADER_TTL)?;
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let export = tugboat::store::transfer::parse_export(&text)
+                    .with_context(|| format!("{}", file.display()))?;
+                let opened = tugboat::server::open_offline(&cli.data_dir, &backend, true)
+                    .await
+                    .context("opening the store to import into")?;
+                let outcome =
+                    tugboat::store::transfer::import(opened.store.as_ref(), &export, *replace)
+                        .await
+                        .with_context(|| format!("importing into {}", opened.description))?;
+                eprintln!(
+                    "tugboat store import: {} keys into {}{}",
+                    outcome.keys,
+                    opened.description,
+                    if outcome.replaced > 0 {
+                        format!(" (replaced {} keys)", outcome.replaced)
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        },
         Command::Token { action } => {
             let api = client(&cli)?;
             match action {

@@ -6,7 +6,9 @@
 
 pub mod controllers;
 pub mod controlplane;
+pub mod election;
 pub mod http;
+pub mod liveness;
 pub mod objects;
 pub mod pki;
 pub mod scheduler;

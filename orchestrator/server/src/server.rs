@@ -1,10 +1,13 @@
 //! `tugboat server`: the store, the controllers and the HTTP API in one process.
 
 use crate::controllers::runner::run_controllers;
+use crate::controlplane::Role;
 use crate::controlplane::{ControlPlane, Timers};
 use crate::http::{router, ApiState};
 use crate::scheduler::{Scheduler, SchedulerOptions};
-use crate::store::{EmbeddedStore, EmbeddedStoreOptions, StoreError};
+use crate::store::{
+    EmbeddedStore, EmbeddedStoreOptions, EtcdOptions, EtcdStore, Store, StoreError,
+};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
@@ -59,6 +62,8 @@ pub struct ServerConfig {
     pub timers: Timers,
     pub scheduler: SchedulerOptions,
     pub store: EmbeddedStoreOptions,
+    /// Where the objects live: the embedded log under the data dir, or etcd.
+    pub backend: StoreBackend,
     /// TLS on the API, with the cluster CA under `<data-dir>/tls`; None: plain HTTP.
     pub tls: Option<crate::pki::TlsSettings>,
 }
@@ -72,12 +77,26 @@ impl ServerConfig {
             timers: Timers::default(),
             scheduler: SchedulerOptions::default(),
             store: EmbeddedStoreOptions::default(),
+            backend: StoreBackend::Embedded,
             tls: None,
         }
     }
 }
 
 pub const TLS_DIR: &str = "tls";
+
+/// The store a server runs on.
+#[derive(Debug, Clone)]
+pub enum StoreBackend {
+    /// `<data-dir>/store.log`: one server, which always leads.
+    Embedded,
+    /// etcd v3: several servers; the one holding the leader lease runs the controllers.
+    Etcd {
+        options: EtcdOptions,
+        /// The leader lease's time to live ([`crate::election::DEFAULT_LEADER_TTL`]).
+        leader_ttl: std::time::Duration,
+    },
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -140,6 +159,8 @@ pub fn load_or_create_token(data_dir: &Path) -> Result<String, ServerError> {
 /// A started server. Dropping it does not stop it: call [`RunningServer::shutdown`].
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// The store, in words: `embedded <path>` or `etcd <endpoints> prefix <prefix>`.
+    pub backend: String,
     pub token: Option<String>,
     /// The cluster's TLS, when the API speaks it.
     pub tls: Option<Arc<crate::pki::ServerTls>>,
@@ -170,23 +191,116 @@ impl RunningServer {
     }
 }
 
+/// The store a backend names: the store, the etcd store (for the election) and the store
+/// in words (`embedded <path>` or `etcd <endpoints> prefix <prefix>`). The caller holds
+/// the data dir's lock.
+async fn open_store(
+    data_dir: &Path,
+    backend: &StoreBackend,
+    options: &EmbeddedStoreOptions,
+) -> Result<
+    (
+        Arc<dyn Store>,
+        Option<(EtcdStore, std::time::Duration)>,
+        String,
+    ),
+    ServerError,
+> {
+    Ok(match backend {
+        StoreBackend::Embedded => {
+            let path = data_dir.join(STORE_FILE);
+            let store = EmbeddedStore::open(&path, options.clone())?;
+            (
+                Arc::new(store),
+                None,
+                format!("embedded {}", path.display()),
+            )
+        }
+        StoreBackend::Etcd {
+            options,
+            leader_ttl,
+        } => {
+            let store = EtcdStore::connect(options).await?;
+            let backend = format!(
+                "etcd {} prefix {}",
+                store.endpoints(),
+                if store.prefix().is_empty() {
+                    "(none)"
+                } else {
+                    store.prefix()
+                }
+            );
+            (Arc::new(store.clone()), Some((store, *leader_ttl)), backend)
+        }
+    })
+}
+
+/// A store opened by `tugboat store export|import`. The embedded store is opened under the
+/// data dir's lock, so it is refused while a server runs on it (stop the server first).
+pub struct OfflineStore {
+    pub store: Arc<dyn Store>,
+    /// The store in words.
+    pub description: String,
+    _lock: Option<std::fs::File>,
+}
+
+/// `create`: an import may make the embedded store (and its data dir); an export may not.
+pub async fn open_offline(
+    data_dir: &Path,
+    backend: &StoreBackend,
+    create: bool,
+) -> Result<OfflineStore, ServerError> {
+    let lock = match backend {
+        StoreBackend::Embedded => {
+            if create {
+                std::fs::create_dir_all(data_dir).map_err(|source| ServerError::DataDir {
+                    path: data_dir.into(),
+                    source,
+                })?;
+            } else if !data_dir.join(STORE_FILE).exists() {
+                return Err(ServerError::DataDir {
+                    path: data_dir.join(STORE_FILE),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "no store here (is --data-dir the server's?)",
+                    ),
+                });
+            }
+            Some(lock_data_dir(data_dir)?)
+        }
+        StoreBackend::Etcd { .. } => None,
+    };
+    let (store, _, description) =
+        open_store(data_dir, backend, &EmbeddedStoreOptions::default()).await?;
+    Ok(OfflineStore {
+        store,
+        description,
+        _lock: lock,
+    })
+}
+
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
         path: config.data_dir.clone(),
         source,
     })?;
     let lock = lock_data_dir(&config.data_dir)?;
-    let store = EmbeddedStore::open(&config.data_dir.join(STORE_FILE), config.store.clone())?;
+    let (store, etcd, backend) =
+        open_store(&config.data_dir, &config.backend, &config.store).await?;
     let token = if config.auth {
         Some(load_or_create_token(&config.data_dir)?)
     } else {
         None
     };
     let control = Arc::new(ControlPlane::new(
-        Arc::new(store),
+        store,
         Scheduler::new(config.scheduler.clone()),
         config.timers,
     ));
+    if etcd.is_some() {
+        // Until its campaign is won.
+        control.set_leadership(Role::Follower, None);
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Listen {
@@ -228,13 +342,40 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         };
         tugboat_api::tls::serve(listener, app, server_config, stop).await;
     });
-    let controllers = tokio::spawn(run_controllers(control.clone(), shutdown_rx.clone()));
-    let mut tasks = vec![http, controllers];
+    let mut tasks = vec![http];
+    if etcd.is_some() {
+        tasks.push(tokio::spawn(crate::liveness::relay(
+            control.store.clone(),
+            control.clone(),
+            addr.to_string(),
+            std::time::Duration::from_millis(config.timers.nodes.heartbeat_every_ms.max(100)),
+            shutdown_rx.clone(),
+        )));
+    }
+    let controllers = match etcd {
+        None => tokio::spawn(run_controllers(control.clone(), shutdown_rx.clone())),
+        Some((store, ttl)) => tokio::spawn(crate::election::run(
+            store,
+            control.clone(),
+            format!(
+                "{addr} (pid {}, host {})",
+                std::process::id(),
+                nix::unistd::gethostname()
+                    .map(|h| h.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            ),
+            ttl,
+            shutdown_rx.clone(),
+            |line| eprintln!("tugboat server: {line}"),
+        )),
+    };
+    tasks.push(controllers);
     if let Some(tls) = tls.clone() {
         tasks.push(tokio::spawn(renew_server_cert(tls, shutdown_rx)));
     }
     Ok(RunningServer {
         addr,
+        backend,
         token,
         tls,
         control,

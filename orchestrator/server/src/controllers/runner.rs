@@ -19,11 +19,15 @@ use tugboat_api::model::{service_key, INSTANCES, NODES, SERVICES};
 
 type Result<T> = std::result::Result<T, ControlPlaneError>;
 
-/// Commit a batch; a conflict only means "someone changed it, next pass".
+/// Commit a batch with the leader fence; a conflict only means "someone changed it, next
+/// pass" (or, on the leader key, that this server no longer leads: the election stops us).
 async fn commit_or_retry_later(cp: &ControlPlane, batch: Batch) -> Result<bool> {
-    match batch.commit(cp.store()).await {
+    match cp
+        .commit_as(crate::controlplane::Writer::Controller, batch)
+        .await
+    {
         Ok(_) => Ok(true),
-        Err(StoreError::Conflict { .. }) => Ok(false),
+        Err(StoreError::Conflict { .. } | StoreError::NotLeader { .. }) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
@@ -400,9 +404,18 @@ pub async fn run_controllers(cp: Arc<ControlPlane>, mut shutdown: watch::Receive
                 interval
             }
         };
+        // Any change but the followers' liveness relays (merged in memory, not reconciled).
         let changed = async {
             match watcher.as_mut() {
-                Some(w) => drop(w.next().await),
+                Some(w) => loop {
+                    match w.next().await {
+                        Ok(events)
+                            if events
+                                .iter()
+                                .all(|e| e.kv.key.starts_with(crate::liveness::LIVENESS)) => {}
+                        _ => break,
+                    }
+                },
                 None => std::future::pending().await,
             }
         };

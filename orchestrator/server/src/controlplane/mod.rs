@@ -11,7 +11,7 @@ mod views;
 use crate::controllers::NodeTimers;
 use crate::objects::{Batch, ObjectError};
 use crate::scheduler::Scheduler;
-use crate::store::{Store, StoreError};
+use crate::store::{Compare, Revision, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -80,6 +80,35 @@ pub struct ControlPlane {
     pub(crate) autoscale: Mutex<HashMap<String, crate::controllers::autoscale::History>>,
     ids: Mutex<u64>,
     event_seq: AtomicU64,
+    /// While this server leads on a shared store: the compare every controller write
+    /// carries (the leader key still at the revision this server's campaign wrote it), so a
+    /// deposed leader's late write fails. None on the embedded store: one server, no fence.
+    leader_fence: Mutex<Option<Compare>>,
+    role: Mutex<Role>,
+}
+
+/// What a server does on its store: the embedded store's server is always the leader; on
+/// etcd one server leads (runs the controllers) and the others follow (serve the API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Follower,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+        })
+    }
+}
+
+/// Who writes: the API's writes need no leadership; the controllers' carry the fence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Writer {
+    Api,
+    Controller,
 }
 
 impl ControlPlane {
@@ -100,6 +129,50 @@ impl ControlPlane {
             autoscale: Mutex::new(HashMap::new()),
             ids: Mutex::new(seed | 1),
             event_seq: AtomicU64::new(0),
+            leader_fence: Mutex::new(None),
+            role: Mutex::new(Role::Leader),
+        }
+    }
+
+    /// This server's role (the election sets it; the embedded store's server leads).
+    pub fn role(&self) -> Role {
+        *self.role.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Become leader with `fence` on every controller write, or follower (`None`).
+    pub(crate) fn set_leadership(&self, role: Role, fence: Option<Compare>) {
+        *self.role.lock().unwrap_or_else(|p| p.into_inner()) = role;
+        *self.leader_fence.lock().unwrap_or_else(|p| p.into_inner()) = fence;
+    }
+
+    /// Commit a batch as `writer`: a controller's batch carries the leader fence, and a
+    /// controller that is not the leader writes nothing (a conflict on the leader key).
+    pub(crate) async fn commit_as(
+        &self,
+        writer: Writer,
+        mut batch: Batch,
+    ) -> std::result::Result<Option<Revision>, StoreError> {
+        if writer == Writer::Controller && !batch.is_empty() {
+            let fence = self
+                .leader_fence
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            match (self.role(), fence) {
+                (_, Some(fence)) => batch.compares.push(fence),
+                (Role::Leader, None) => {}
+                (Role::Follower, None) => {
+                    return Err(StoreError::NotLeader {
+                        key: crate::election::LEADER_KEY.into(),
+                    })
+                }
+            }
+        }
+        match batch.commit(self.store()).await {
+            Err(StoreError::Conflict { key, .. }) if key == crate::election::LEADER_KEY => {
+                Err(StoreError::NotLeader { key })
+            }
+            other => other,
         }
     }
 
@@ -199,6 +272,38 @@ impl ControlPlane {
             .remove(node);
     }
 
+    /// What this server heard from agents (for the relay to the leader).
+    pub(crate) fn liveness(&self) -> crate::liveness::Relay {
+        crate::liveness::Relay {
+            server_now_ms: tugboat_api::model::now_ms(),
+            heartbeats: self.heartbeats(),
+            peer_seen: self.peer_seen(),
+            usage: self.usage.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
+    }
+
+    /// Merge what another server heard (its write arrived at `received_ms`): the later of
+    /// each heartbeat, peer view and usage report wins.
+    pub(crate) fn merge_liveness(&self, relay: &crate::liveness::Relay, received_ms: u64) {
+        use crate::liveness::shifted;
+        let later = |map: &Mutex<HashMap<String, u64>>, from: &HashMap<String, u64>| {
+            let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+            for (node, at) in from {
+                let at = shifted(*at, relay, received_ms);
+                let entry = map.entry(node.clone()).or_insert(at);
+                *entry = (*entry).max(at);
+            }
+        };
+        later(&self.heartbeats, &relay.heartbeats);
+        later(&self.peer_seen, &relay.peer_seen);
+        let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, stats) in &relay.usage {
+            if usage.get(id).is_none_or(|known| known.at_ms < stats.at_ms) {
+                usage.insert(id.clone(), *stats);
+            }
+        }
+    }
+
     pub fn peer_seen(&self) -> HashMap<String, u64> {
         self.peer_seen
             .lock()
@@ -259,7 +364,7 @@ impl ControlPlane {
         for kv in &listing.items[..listing.items.len() - EVENTS_KEPT] {
             batch.delete(kv.key.clone());
         }
-        batch.commit(self.store()).await?;
+        self.commit_as(Writer::Controller, batch).await?;
         Ok(())
     }
 }
@@ -326,5 +431,62 @@ mod tests {
             ]
         );
         assert_eq!(one.address, ip("10.89.0.3"));
+    }
+
+    #[tokio::test]
+    async fn a_deposed_leaders_controller_writes_fail_and_api_writes_do_not() {
+        use super::{ControlPlane, Role, Writer};
+        use crate::election::LEADER_KEY;
+        use crate::objects::Batch;
+        use crate::store::{put, Compare, EmbeddedStore, Store, StoreError};
+        use tugboat_api::spec::ServiceSpec;
+        let store = std::sync::Arc::new(EmbeddedStore::in_memory());
+        let cp = ControlPlane::new(store.clone(), Default::default(), Default::default());
+        // Won the campaign at this revision of the leader key.
+        let term = put(store.as_ref(), LEADER_KEY, b"me".to_vec())
+            .await
+            .unwrap();
+        cp.set_leadership(
+            Role::Leader,
+            Some(Compare::ModRevision {
+                key: LEADER_KEY.into(),
+                revision: term,
+            }),
+        );
+        let write = |key: &str| {
+            let mut batch = Batch::default();
+            batch.put(key.into(), &serde_json::json!({"k": key}));
+            batch
+        };
+        cp.commit_as(Writer::Controller, write("/x/while-leading"))
+            .await
+            .unwrap();
+
+        // Another server won a later term; this one has not noticed yet.
+        put(store.as_ref(), LEADER_KEY, b"other".to_vec())
+            .await
+            .unwrap();
+        let err = cp
+            .commit_as(Writer::Controller, write("/x/late"))
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, StoreError::NotLeader { .. }), "{err}");
+        assert!(store.get("/x/late").await.unwrap().is_none());
+        // Its controllers create nothing; its API still serves writes.
+        cp.create_service("web", ServiceSpec::new("app:1"))
+            .await
+            .unwrap();
+        crate::controllers::runner::reconcile_once(&cp)
+            .await
+            .unwrap();
+        assert!(store.list("/instances/").await.unwrap().items.is_empty());
+
+        // A follower without a fence writes nothing as a controller either.
+        cp.set_leadership(Role::Follower, None);
+        assert!(cp
+            .commit_as(Writer::Controller, write("/x/f"))
+            .await
+            .is_err());
+        assert_eq!(cp.role(), Role::Follower);
     }
 }

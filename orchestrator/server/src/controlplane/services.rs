@@ -174,6 +174,7 @@ impl ControlPlane {
     /// Change a service with `change`, compare-and-swap, retrying a few times on conflict.
     async fn update_service(
         &self,
+        writer: super::Writer,
         name: &str,
         reason: &str,
         change: impl Fn(&mut Service) -> Result<String>,
@@ -185,8 +186,13 @@ impl ControlPlane {
             let mut batch = Batch::default();
             batch.put_if(service_key(name), current.revision, &service);
             self.event(&mut batch, ObjectKind::Service, name, reason, message);
-            match batch.commit(self.store()).await {
+            match self.commit_as(writer, batch).await {
                 Ok(_) => return Ok(service),
+                Err(crate::store::StoreError::NotLeader { .. }) => {
+                    return Err(ControlPlaneError::Conflict(
+                        "this server is no longer the leader".into(),
+                    ))
+                }
                 Err(crate::store::StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -205,11 +211,16 @@ impl ControlPlane {
         reason: &str,
     ) -> Result<Service> {
         let reason = reason.to_string();
-        self.update_service(name, "autoscaled", move |service| {
-            service.spec.replicas = replicas;
-            service.generation += 1;
-            Ok(reason.clone())
-        })
+        self.update_service(
+            super::Writer::Controller,
+            name,
+            "autoscaled",
+            move |service| {
+                service.spec.replicas = replicas;
+                service.generation += 1;
+                Ok(reason.clone())
+            },
+        )
         .await
     }
 
@@ -220,7 +231,7 @@ impl ControlPlane {
                 tugboat_api::spec::validate::MAX_REPLICAS
             )));
         }
-        self.update_service(name, "scaled", |service| {
+        self.update_service(super::Writer::Api, name, "scaled", |service| {
             if let Some(a) = &service.spec.autoscale {
                 return Err(ControlPlaneError::Conflict(format!(
                     "service `{name}` is autoscaled between {} and {} replicas: change autoscale.min and max in its spec instead",
@@ -239,7 +250,7 @@ impl ControlPlane {
     /// template whose rollout failed is passed over, so an undo after an automatic rollback
     /// does not re-deploy the failed one).
     pub async fn undo_rollout(&self, name: &str) -> Result<Service> {
-        self.update_service(name, "rollout-undo", |service| {
+        self.update_service(super::Writer::Api, name, "rollout-undo", |service| {
             let previous = service.previous_spec().ok_or_else(|| {
                 ControlPlaneError::Conflict(format!(
                     "service `{name}` has no earlier good template to go back to (templates whose rollout failed are passed over; `tugboat rollout history {name}` lists them)"

@@ -35,6 +35,13 @@ impl ApiError {
 impl From<ControlPlaneError> for ApiError {
     fn from(e: ControlPlaneError) -> ApiError {
         let message = e.to_string();
+        // A store error met while reading typed objects is the same store error.
+        let e = match e {
+            ControlPlaneError::Object(crate::objects::ObjectError::Store(store)) => {
+                ControlPlaneError::Store(store)
+            }
+            other => other,
+        };
         match e {
             ControlPlaneError::NotFound { .. } => ApiError::not_found(message),
             ControlPlaneError::AlreadyExists { .. } => {
@@ -55,6 +62,13 @@ impl From<ControlPlaneError> for ApiError {
             }
             ControlPlaneError::Store(StoreError::Compacted { .. }) => {
                 ApiError::new(StatusCode::GONE, "compacted", message)
+            }
+            ControlPlaneError::Store(StoreError::Etcd { .. } | StoreError::WatchEnded { .. }) => {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    format!("the cluster store (etcd) does not answer; try again: {message}"),
+                )
             }
             ControlPlaneError::Store(_) | ControlPlaneError::Object(_) => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -337,6 +337,22 @@ impl Store for EmbeddedStore {
     async fn current_revision(&self) -> Result<Revision, StoreError> {
         Ok(self.lock().revision)
     }
+
+    async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        let floor = revision.saturating_sub(1).min(state.revision);
+        if floor > state.history_floor {
+            state.history_floor = floor;
+            while state
+                .history
+                .front()
+                .is_some_and(|e| e.kv.mod_revision <= floor)
+            {
+                state.history.pop_front();
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,19 +1,22 @@
 //! The store: keys with revisions, compare-and-swap transactions, prefix lists and watches.
 //!
-//! The trait offers what etcd v3 offers and nothing more, so an etcd backend can come later:
-//! one global revision that every write raises, per-key create and mod revisions, a
+//! The trait offers what etcd v3 offers and nothing more: one global revision that every write raises, per-key create and mod revisions, a
 //! transaction of "these keys are still at these revisions" compares and put/delete
 //! operations, and watches that start at a revision and deliver every later event for a
 //! prefix, in order, or fail with [`StoreError::Compacted`] if that history is gone (the
 //! watcher then lists again and watches from the list's revision).
 //!
 //! [`EmbeddedStore`] is the default backend: memory plus one append-only, checksummed,
-//! fsynced log file (see [`log`]).
+//! fsynced log file (see [`log`]). [`EtcdStore`] keeps the same keys in etcd v3, for several
+//! servers on one etcd cluster (see [`etcd`]).
 
 mod embedded;
+pub mod etcd;
 pub mod log;
+pub mod transfer;
 
 pub use embedded::{EmbeddedStore, EmbeddedStoreOptions};
+pub use etcd::{EtcdOptions, EtcdStore, DEFAULT_ETCD_PREFIX};
 /// Revisions and event kinds travel in watches: the wire crate defines them.
 pub use tugboat_api::wire::{EventKind, Revision};
 
@@ -78,10 +81,23 @@ pub enum StoreError {
     Corrupt { path: PathBuf, reason: String },
     #[error("the store is closed")]
     Closed,
+    #[error("{flag}: {reason}")]
+    InvalidOption { flag: &'static str, reason: String },
+    #[error("etcd {operation} of `{key}` failed: {source}")]
+    Etcd {
+        operation: &'static str,
+        key: String,
+        source: etcd_client::Error,
+    },
+    #[error("the watch of `{prefix}` was ended by etcd: watch again from the last revision seen")]
+    WatchEnded { prefix: String },
+    #[error("this server does not lead (the leader key `{key}` is not at its term's revision): its controllers write nothing")]
+    NotLeader { key: String },
 }
 
-/// Keys, revisions, transactions and watches. Implemented by [`EmbeddedStore`]; an etcd backend
-/// maps each method onto the etcd call of the same meaning.
+/// Keys, revisions, transactions and watches. Implemented by [`EmbeddedStore`] and
+/// [`EtcdStore`] (each method is the etcd call of the same meaning); `tests/store_conformance.rs`
+/// runs one suite against both.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
@@ -96,6 +112,9 @@ pub trait Store: Send + Sync + 'static {
     /// Every event under `prefix` with revision >= `from`; `from == 0` means "from now".
     async fn watch(&self, prefix: &str, from: Revision) -> Result<Box<dyn Watcher>, StoreError>;
     async fn current_revision(&self) -> Result<Revision, StoreError>;
+    /// Forget the history before `revision` (etcd's compaction): later watches from an
+    /// earlier revision fail [`StoreError::Compacted`]; the keys' values are untouched.
+    async fn compact(&self, revision: Revision) -> Result<(), StoreError>;
 }
 
 #[async_trait]

@@ -1,0 +1,319 @@
+//! Leader election of several servers on one etcd: an etcd lease and a campaign key.
+//!
+//! A server campaigns by creating [`LEADER_KEY`] (a transaction: "create only if absent")
+//! bound to a lease of `ttl`; the one that creates it leads, and every controller write
+//! it makes carries the compare "the leader key is still at the revision I wrote it"
+//! ([`crate::controlplane::ControlPlane::commit_as`]), so a deposed leader's late write
+//! fails. The leader renews its lease every `ttl / 4`; when no renewal has succeeded for
+//! `ttl / 2` it stops its controllers and says so. etcd only frees the key when the lease
+//! has expired (`ttl` after the last renewal etcd saw), so the old leader has stopped
+//! before another can win. Followers watch the key and campaign when it goes (kill -9 of
+//! the leader: within `ttl` + etcd's expiry check, 0.5 s). A leader that stops revokes its
+//! lease: the next one takes over at once.
+//!
+//! The new leader seeds every node's heartbeat with "now" when its controllers start
+//! (`seed_heartbeats`): heartbeats live in memory, so a change of leader gives every node
+//! a fresh grace period, as a restart does.
+
+use crate::controllers::runner::run_controllers;
+use crate::controlplane::{ControlPlane, Role};
+use crate::store::{Compare, EtcdStore, Revision};
+use etcd_client::{Compare as EtcdCompare, CompareOp, PutOptions, Txn, TxnOp, WatchOptions};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// The store key of the leader (under the etcd prefix); its value names the leader.
+pub const LEADER_KEY: &str = "/leader/controllers";
+
+/// The lease's time to live: a dead leader is replaced within about this (plus etcd's
+/// 0.5 s expiry check). etcd raises a ttl below its minimum (1.5 x its election timeout).
+pub const DEFAULT_LEADER_TTL: Duration = Duration::from_secs(2);
+
+/// Why a term ended, in words for the log.
+enum TermEnd {
+    Shutdown,
+    Lost(String),
+}
+
+/// Campaign, lead while the lease holds, follow otherwise, until `shutdown`. `identity`
+/// names this server in the leader key (its API address); `say` prints a line.
+pub async fn run(
+    store: EtcdStore,
+    cp: Arc<ControlPlane>,
+    identity: String,
+    ttl: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    say: fn(&str),
+) {
+    // What was last said of our role, so a state is told once, not on every retry.
+    let mut told = String::new();
+    let mut tell = |line: String| {
+        if line != told {
+            say(&line);
+            told = line;
+        }
+    };
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match campaign(&store, &identity, ttl).await {
+            Ok(Campaign::Won { lease, revision }) => {
+                cp.set_leadership(
+                    Role::Leader,
+                    Some(Compare::ModRevision {
+                        key: LEADER_KEY.into(),
+                        revision,
+                    }),
+                );
+                tell(format!(
+                    "role leader (lease ttl {} ms, leader key {} at revision {revision}): running the controllers, scheduler and autoscalers",
+                    ttl.as_millis(),
+                    store.etcd_key(LEADER_KEY)
+                ));
+                let end = lead(&store, &cp, lease, revision, ttl, &mut shutdown).await;
+                cp.set_leadership(Role::Follower, None);
+                match end {
+                    TermEnd::Shutdown => {
+                        revoke(&store, lease).await;
+                        return;
+                    }
+                    TermEnd::Lost(why) => tell(format!(
+                        "role follower: stopped leading ({why}); controllers stopped"
+                    )),
+                }
+            }
+            Ok(Campaign::Lost { leader, revision }) => {
+                cp.set_leadership(Role::Follower, None);
+                tell(format!("role follower (leader: {leader})"));
+                // Wait for the key to go (or change), at most one ttl: a safety net.
+                tokio::select! {
+                    _ = leader_key_changes(&store, revision + 1) => {}
+                    _ = tokio::time::sleep(ttl) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+            Err(e) => {
+                cp.set_leadership(Role::Follower, None);
+                tell(format!(
+                    "role follower: cannot campaign, etcd does not answer ({e}); trying again"
+                ));
+                tokio::select! {
+                    _ = tokio::time::sleep(ttl / 2) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+}
+
+enum Campaign {
+    Won { lease: i64, revision: Revision },
+    Lost { leader: String, revision: Revision },
+}
+
+async fn campaign(
+    store: &EtcdStore,
+    identity: &str,
+    ttl: Duration,
+) -> Result<Campaign, etcd_client::Error> {
+    // etcd's ttls are whole seconds: rounded up (the leader still gives up after ttl / 2).
+    let seconds = ttl.as_secs_f64().ceil().max(1.0) as i64;
+    let lease = store
+        .call(|mut client| async move { client.lease_grant(seconds, None).await })
+        .await?
+        .id();
+    let key = store.etcd_key(LEADER_KEY);
+    let txn = Txn::new()
+        .when(vec![EtcdCompare::create_revision(
+            key.clone(),
+            CompareOp::Equal,
+            0,
+        )])
+        .and_then(vec![TxnOp::put(
+            key.clone(),
+            identity,
+            Some(PutOptions::new().with_lease(lease)),
+        )])
+        .or_else(vec![TxnOp::get(key.clone(), None)]);
+    let response = match store
+        .call(|mut client| {
+            let txn = txn.clone();
+            async move { client.txn(txn).await }
+        })
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            revoke(store, lease).await;
+            return Err(e);
+        }
+    };
+    let revision = response.header().map_or(0, |h| h.revision()) as Revision;
+    if response.succeeded() {
+        return Ok(Campaign::Won { lease, revision });
+    }
+    revoke(store, lease).await;
+    let leader = response
+        .op_responses()
+        .into_iter()
+        .find_map(|r| match r {
+            etcd_client::TxnOpResponse::Get(get) => get
+                .kvs()
+                .first()
+                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "unknown".into());
+    Ok(Campaign::Lost { leader, revision })
+}
+
+/// Give a lease back (best effort: unrevoked, it expires after its ttl).
+async fn revoke(store: &EtcdStore, lease: i64) {
+    let _ = store
+        .call(|mut client| async move { client.lease_revoke(lease).await })
+        .await;
+}
+
+enum KeyWatch {
+    Changed,
+    Failed,
+}
+
+/// Waits until the leader key is deleted or changed after `from`, or the watch fails.
+async fn leader_key_changes(store: &EtcdStore, from: Revision) -> KeyWatch {
+    let key = store.etcd_key(LEADER_KEY);
+    let options = WatchOptions::new().with_start_revision(from as i64);
+    let Ok(mut stream) = store.client().watch(key, Some(options)).await else {
+        store.skip();
+        return KeyWatch::Failed;
+    };
+    while let Ok(Some(response)) = stream.message().await {
+        if !response.events().is_empty() {
+            return KeyWatch::Changed;
+        }
+        if response.canceled() {
+            return KeyWatch::Failed;
+        }
+    }
+    store.skip();
+    KeyWatch::Failed
+}
+
+/// The leader's watch of its own key: returns only when the key is no longer the one its
+/// campaign wrote at `term`. A watch that fails (a member went away) is opened again on
+/// another member, from where it was.
+async fn until_leader_key_changes(store: &EtcdStore, term: Revision) {
+    let key = store.etcd_key(LEADER_KEY);
+    let mut from = term + 1;
+    loop {
+        if let KeyWatch::Changed = leader_key_changes(store, from).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Read it: gone or rewritten while no watch was open, or watch on from now.
+        let read = store
+            .call(|mut client| {
+                let key = key.clone();
+                async move { client.get(key, None).await }
+            })
+            .await;
+        if let Ok(response) = read {
+            match response.kvs().first() {
+                Some(kv) if kv.mod_revision() as Revision == term => {
+                    from = response
+                        .header()
+                        .map_or(from, |h| h.revision() as Revision + 1);
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
+/// Run the controllers while the lease is renewed; stop them when it may have lapsed.
+async fn lead(
+    store: &EtcdStore,
+    cp: &Arc<ControlPlane>,
+    lease: i64,
+    revision: Revision,
+    ttl: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> TermEnd {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // What agents tell the followers, merged as it comes; then the controllers.
+    let mut relays = tokio::spawn(crate::liveness::merge(Arc::new(store.clone()), cp.clone()));
+    let mut controllers = tokio::spawn(run_controllers(cp.clone(), stop_rx));
+    // The leader key removed or replaced (an import with --replace, an operator): every
+    // fenced write would fail, so stop leading and campaign again.
+    let end = tokio::select! {
+        end = keep_lease(store, lease, ttl, shutdown) => end,
+        _ = until_leader_key_changes(store, revision) => {
+            TermEnd::Lost("the leader key was removed or replaced".into())
+        }
+    };
+    // Stop acting now: a pass half done is dropped (its writes are fenced anyway).
+    let _ = stop_tx.send(true);
+    controllers.abort();
+    relays.abort();
+    let _ = (&mut controllers).await;
+    let _ = (&mut relays).await;
+    end
+}
+
+async fn keep_lease(
+    store: &EtcdStore,
+    lease: i64,
+    ttl: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> TermEnd {
+    // The lease was granted just before the campaign: count from then.
+    let mut renewed_at = Instant::now();
+    let give_up_after = ttl / 2;
+    let mut stream = None;
+    loop {
+        if stream.is_none() {
+            // (Again) on the current member; a member that went away is skipped.
+            match store.client().lease_keep_alive(lease).await {
+                Ok(pair) => stream = Some(pair),
+                Err(_) => store.skip(),
+            }
+        }
+        if let Some((keeper, responses)) = stream.as_mut() {
+            let sent_at = Instant::now();
+            let renewal = async {
+                keeper.keep_alive().await?;
+                responses.message().await
+            };
+            let budget = give_up_after.saturating_sub(renewed_at.elapsed());
+            tokio::select! {
+                _ = shutdown.changed() => return TermEnd::Shutdown,
+                answer = tokio::time::timeout(budget, renewal) => match answer {
+                    Ok(Ok(Some(response))) if response.ttl() > 0 => renewed_at = sent_at,
+                    Ok(Ok(Some(_))) => return TermEnd::Lost("the lease expired".into()),
+                    // The member went away, or did not answer in time: try the next one.
+                    Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
+                        stream = None;
+                        store.skip();
+                    }
+                },
+            }
+        }
+        if renewed_at.elapsed() >= give_up_after {
+            return TermEnd::Lost(format!(
+                "no lease renewal for {} ms: cut off from etcd?",
+                renewed_at.elapsed().as_millis()
+            ));
+        }
+        let pause = if stream.is_some() {
+            ttl / 4
+        } else {
+            Duration::from_millis(50)
+        };
+        tokio::select! {
+            _ = shutdown.changed() => return TermEnd::Shutdown,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}

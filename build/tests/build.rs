@@ -47,16 +47,35 @@ fn tug() -> Option<PathBuf> {
 /// A context dir and a data dir of the test's own.
 struct Env {
     dir: tempfile::TempDir,
+    _turn: Turn,
+}
+
+/// The tests of this file run side by side, except one that counts the machine's network
+/// namespaces before and after its build: a RUN step of another test would be counted.
+static RUNS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+enum Turn {
+    Shared(#[allow(dead_code)] std::sync::RwLockReadGuard<'static, ()>),
+    Alone(#[allow(dead_code)] std::sync::RwLockWriteGuard<'static, ()>),
 }
 
 const BASE: &str = "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n";
 
 impl Env {
     fn new() -> Env {
+        Env::with(Turn::Shared(RUNS.read().unwrap_or_else(|p| p.into_inner())))
+    }
+
+    /// An Env whose test runs alone in this binary.
+    fn alone() -> Env {
+        Env::with(Turn::Alone(RUNS.write().unwrap_or_else(|p| p.into_inner())))
+    }
+
+    fn with(turn: Turn) -> Env {
         let dir = tempfile::Builder::new().prefix("tugb").tempdir().unwrap();
         fs::create_dir_all(dir.path().join("ctx")).unwrap();
         fs::create_dir_all(dir.path().join("data")).unwrap();
-        let env = Env { dir };
+        let env = Env { dir, _turn: turn };
         fs::copy("/bin/busybox", env.ctx().join("busybox")).unwrap();
         env
     }
@@ -454,7 +473,8 @@ fn bad_dockerfiles_name_their_line() {
 #[test]
 fn failed_run_leaves_nothing_behind() {
     skip_unless_possible!();
-    let env = Env::new();
+    // Alone: it counts every network namespace of the machine.
+    let env = Env::alone();
     // The base first, so what the failed build makes is its own.
     env.build(BASE, "test/base:1").unwrap();
     let mounts = mounts_under(env.dir.path());

@@ -14,7 +14,7 @@
 
 mod host;
 
-use host::{instances, run, shop_images, wait_for, TestHost};
+use host::{instances, shop_images, wait_for, Lan, TestHost};
 use std::time::Duration;
 use tugboat::model::InstancePhase;
 
@@ -29,25 +29,6 @@ services:
     env: {VERSION: \"1\"}
     stop: {grace_seconds: 1}
 ";
-
-fn bridge(a: &TestHost, e: &TestHost) -> TestHost {
-    let hub = TestHost::new();
-    run(&[
-        "ip", "-n", &hub.netns, "link", "add", "lan", "type", "bridge",
-    ]);
-    run(&["ip", "-n", &hub.netns, "link", "set", "lan", "up"]);
-    for (name, host, addr) in [("a", a, "192.168.215.1/24"), ("e", e, "192.168.215.2/24")] {
-        let end = format!("to-{name}");
-        #[rustfmt::skip]
-        run(&["ip", "-n", &hub.netns, "link", "add", &end, "type", "veth",
-              "peer", "name", "eth1", "netns", &host.netns]);
-        run(&["ip", "-n", &hub.netns, "link", "set", &end, "master", "lan"]);
-        run(&["ip", "-n", &hub.netns, "link", "set", &end, "up"]);
-        run(&["ip", "-n", &host.netns, "addr", "add", addr, "dev", "eth1"]);
-        run(&["ip", "-n", &host.netns, "link", "set", "eth1", "up"]);
-    }
-    hub
-}
 
 fn exec(a: &TestHost, id: &str, command: &[&str]) -> Result<String, String> {
     let id = id.to_string();
@@ -105,7 +86,7 @@ fn a_dial_out_node_is_exec_d_logged_and_rolled_out_through_its_tunnel_only() {
     }
     let mut a = TestHost::new();
     let mut e = TestHost::new();
-    let _lan = bridge(&a, &e);
+    let _lan = Lan::new(&[("a", &a, "192.168.215.1/24"), ("e", &e, "192.168.215.2/24")]);
     // e takes no connection it did not open: established and related traffic only, on
     // every interface but loopback.
     let rules = "table inet edge {\n chain input {\n  type filter hook input priority 0; policy accept;\n  iifname \"eth1\" ct state new drop\n }\n}\n";
@@ -129,19 +110,7 @@ fn a_dial_out_node_is_exec_d_logged_and_rolled_out_through_its_tunnel_only() {
     #[rustfmt::skip]
     a.spawn("server", &["server", "--listen", "0.0.0.0:7480", "--data-dir", &server_dir]);
     a.wait_for_output("server: tugboat server listening", START);
-    let token = a
-        .api(|c| async move {
-            c.create_token(&tugboat::wire::TokenRequest {
-                scope: tugboat::wire::TokenScope::Join,
-                ttl_seconds: Some(600),
-                description: "dial-out test".into(),
-            })
-            .await
-        })
-        .expect("a join token")
-        .token;
-    let ca = std::fs::read_to_string(a.ca()).expect("the server's CA");
-    let hash = tugboat::tls::hash_pem(&ca).unwrap();
+    let (token, hash) = host::join_token(&a, "dial-out test");
     let image = shop_images().join("oci/shop-catalog").display().to_string();
     let data = e.dir.join("agent").display().to_string();
     #[rustfmt::skip]

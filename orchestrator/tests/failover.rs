@@ -21,8 +21,7 @@
 
 mod host;
 
-use host::{instances, run, shop_images, wait_for, TestHost};
-use std::collections::BTreeMap;
+use host::{instances, shop_images, wait_for, Lan, TestHost};
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -65,48 +64,6 @@ services:
       constraints:
         - {key: host, operator: In, values: [c]}
 ";
-
-/// The LAN: a bridge in a namespace of its own, and a veth from it into each host.
-struct Lan {
-    hub: TestHost,
-    ends: BTreeMap<String, String>,
-}
-
-impl Lan {
-    fn new(hosts: &[(&str, &TestHost, &str)]) -> Lan {
-        let hub = TestHost::new();
-        run(&[
-            "ip", "-n", &hub.netns, "link", "add", "lan", "type", "bridge",
-        ]);
-        run(&["ip", "-n", &hub.netns, "link", "set", "lan", "up"]);
-        let mut ends = BTreeMap::new();
-        for (name, host, addr) in hosts {
-            let end = format!("to-{name}");
-            #[rustfmt::skip]
-            run(&["ip", "-n", &hub.netns, "link", "add", &end, "type", "veth",
-                  "peer", "name", "eth1", "netns", &host.netns]);
-            run(&["ip", "-n", &hub.netns, "link", "set", &end, "master", "lan"]);
-            run(&["ip", "-n", &hub.netns, "link", "set", &end, "up"]);
-            run(&["ip", "-n", &host.netns, "addr", "add", addr, "dev", "eth1"]);
-            run(&["ip", "-n", &host.netns, "link", "set", "eth1", "up"]);
-            ends.insert(name.to_string(), end);
-        }
-        Lan { hub, ends }
-    }
-
-    fn set_link(&self, host: &str, up: bool) {
-        let state = if up { "up" } else { "down" };
-        run(&[
-            "ip",
-            "-n",
-            &self.hub.netns,
-            "link",
-            "set",
-            &self.ends[host],
-            state,
-        ]);
-    }
-}
 
 /// The join token and the CA's hash the agents join with (the server's, once it started).
 static JOIN: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
@@ -291,19 +248,7 @@ fn a_lost_node_s_replicas_are_ready_elsewhere_in_seconds_and_nothing_runs_twice_
     a.spawn("server", &["server", "--listen", "0.0.0.0:7480", "--data-dir", &server_dir,
                         "--node-cert-lifetime", "30s", "--server-cert-lifetime", "30s"]);
     a.wait_for_output("server: tugboat server listening", START);
-    let token = a
-        .api(|c| async move {
-            c.create_token(&tugboat::wire::TokenRequest {
-                scope: tugboat::wire::TokenScope::Join,
-                ttl_seconds: Some(600),
-                description: "failover test".into(),
-            })
-            .await
-        })
-        .expect("a join token")
-        .token;
-    let ca = std::fs::read_to_string(a.ca()).expect("the server's CA");
-    let _ = JOIN.set((token, tugboat::tls::hash_pem(&ca).unwrap()));
+    let _ = JOIN.set(host::join_token(&a, "failover test"));
     start_agent(&mut a, "a", 1);
     start_agent(&mut b, "b", 2);
     start_agent(&mut c, "c", 3);

@@ -491,3 +491,67 @@ pub fn wait_for(
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A LAN of test hosts: a bridge in a namespace of its own, and a veth from it into each
+/// host (`eth1` there, with the given address), whose end on the bridge can be cut.
+pub struct Lan {
+    pub hub: TestHost,
+    ends: std::collections::BTreeMap<String, String>,
+}
+
+impl Lan {
+    /// `(name, host, address/prefix)` for each host.
+    pub fn new(hosts: &[(&str, &TestHost, &str)]) -> Lan {
+        let hub = TestHost::new();
+        run(&[
+            "ip", "-n", &hub.netns, "link", "add", "lan", "type", "bridge",
+        ]);
+        run(&["ip", "-n", &hub.netns, "link", "set", "lan", "up"]);
+        let mut ends = std::collections::BTreeMap::new();
+        for (name, host, addr) in hosts {
+            let end = format!("to-{name}");
+            #[rustfmt::skip]
+            run(&["ip", "-n", &hub.netns, "link", "add", &end, "type", "veth",
+                  "peer", "name", "eth1", "netns", &host.netns]);
+            run(&["ip", "-n", &hub.netns, "link", "set", &end, "master", "lan"]);
+            run(&["ip", "-n", &hub.netns, "link", "set", &end, "up"]);
+            run(&["ip", "-n", &host.netns, "addr", "add", addr, "dev", "eth1"]);
+            run(&["ip", "-n", &host.netns, "link", "set", "eth1", "up"]);
+            ends.insert(name.to_string(), end);
+        }
+        Lan { hub, ends }
+    }
+
+    /// Cuts (or restores) the host's link to the bridge.
+    pub fn set_link(&self, host: &str, up: bool) {
+        let state = if up { "up" } else { "down" };
+        run(&[
+            "ip",
+            "-n",
+            &self.hub.netns,
+            "link",
+            "set",
+            &self.ends[host],
+            state,
+        ]);
+    }
+}
+
+/// A join token (10 minutes) from the server `tugboat server` runs on `host`, and its CA's
+/// hash: what `tugboat agent --join-token T --ca-hash H` takes.
+pub fn join_token(host: &TestHost, description: &str) -> (String, String) {
+    let description = description.to_string();
+    let token = host
+        .api(|c| async move {
+            c.create_token(&tugboat::wire::TokenRequest {
+                scope: tugboat::wire::TokenScope::Join,
+                ttl_seconds: Some(600),
+                description,
+            })
+            .await
+        })
+        .expect("a join token")
+        .token;
+    let ca = std::fs::read_to_string(host.ca()).expect("the server's CA");
+    (token, tugboat::tls::hash_pem(&ca).unwrap())
+}

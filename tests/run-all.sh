@@ -28,4 +28,7 @@ else
 fi
 # Pure cgroup v2: the runtime's root tests and the Vagrant provisioning inside a qemu VM.
 bash tests/vm/run.sh
+# Three VMs as the Vagrant cluster's nodes: a node's power cut, replicas ready elsewhere, the
+# node back from its disk and its old instances gone (a budget of 20 minutes; ~6 under TCG).
+bash tests/vm/cluster.sh
 bash tests/vm/vagrant-validate.sh

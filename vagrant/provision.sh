@@ -21,6 +21,7 @@
 # For the test in tests/vm (no network, no systemd as PID 1):
 #   TUG_PROVISION_OFFLINE=1  no apt-get, no rustup, no build (TUG_BIN_DIR is then required)
 #   TUG_PROVISION_START=0    install and enable nothing with systemctl; start nothing
+#   TUG_CA_FILE              where an agent keeps the server's CA (/etc/tugboat/ca.pem)
 set -euo pipefail
 
 role=${TUG_ROLE:?TUG_ROLE must be server or agent}
@@ -102,8 +103,8 @@ ca_file=$data_dir/tls/ca.pem
 if [ "$role" = agent ]; then
   # Join: the server's CA (first contact), then a join token for this node made with the
   # admin token, which this host then forgets.
-  ca_file=/etc/tugboat/ca.pem
-  install -d -m 0755 /etc/tugboat
+  ca_file=${TUG_CA_FILE:-/etc/tugboat/ca.pem}
+  install -d -m 0755 "$(dirname "$ca_file")"
   say "waiting for the server's CA at https://$server_addr"
   for _ in $(seq 1 600); do
     curl -skf "https://$server_addr/v1/cluster/ca" -o /tmp/tug-ca.json && break

@@ -25,6 +25,9 @@ done
 chmod 0700 /root
 export HOME=/root
 
+# shellcheck source=tests/vm/units.sh
+. "$repo/tests/vm/units.sh"
+
 fails=0
 check() {
   if "${@:2}"; then echo "ok   $1"; else echo "FAIL $1"; fails=$((fails + 1)); fi
@@ -50,59 +53,6 @@ check "the client config, mode 600" mode /root/.config/tugboat/config.yaml 600
 echo "--- systemd-analyze verify"
 check "systemd-analyze verify accepts the units" \
   systemd-analyze verify /etc/systemd/system/tugboat-server.service /etc/systemd/system/tugboat-agent.service
-
-# Starts a unit's ExecStart the way systemd would: Environment= lines, then EnvironmentFile=
-# (KEY=VALUE lines), %H, ${VAR} as one word and $VAR split on whitespace. Enough for our units.
-start_unit() {
-  local unit=/etc/systemd/system/$1 log=$2 line file exec word
-  local -a argv=()
-  exec=$(sed -n 's/^ExecStart=//p' "$unit")
-  (
-    while IFS= read -r line; do
-      case $line in
-        Environment=*) export "${line#Environment=}" ;;
-        EnvironmentFile=*)
-          file=${line#EnvironmentFile=}
-          file=${file#-}
-          [ -f "$file" ] || continue
-          while IFS= read -r kv; do
-            case $kv in '' | '#'*) ;; *) export "${kv?}" ;; esac
-          done <"$file"
-          ;;
-      esac
-    done < <(grep -E '^(Environment|EnvironmentFile)=' "$unit" | sed "s/%H/$(hostname)/g")
-    for word in $exec; do
-      if [[ $word =~ ^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$ ]]; then
-        argv+=("${!BASH_REMATCH[1]}")
-      elif [[ $word =~ ^\$([A-Za-z_][A-Za-z0-9_]*)$ ]]; then
-        # shellcheck disable=SC2206 # split on purpose, as systemd splits $VAR
-        argv+=(${!BASH_REMATCH[1]})
-      else
-        argv+=("$word")
-      fi
-    done
-    echo "starting $1: ${argv[*]}"
-    exec "${argv[@]}" >"$log" 2>&1
-  ) &
-}
-
-pids=()
-stop_all() {
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  pids=()
-}
-trap stop_all EXIT
-
-wait_for() { # what seconds command...
-  local what=$1 deadline=$(($(date +%s) + $2))
-  shift 2
-  until "$@" >/dev/null 2>&1; do
-    if [ "$(date +%s)" -ge $deadline ]; then echo "timed out waiting for $what"; return 1; fi
-    sleep 1
-  done
-}
 
 # The client, bounded: a call that hangs counts as a failed try.
 tb() { timeout 20 /usr/local/bin/tugboat "$@"; }

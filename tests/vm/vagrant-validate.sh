@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks vagrant/: `vagrant validate` on the Vagrantfile (with the libvirt provider's own
 # checks where the vagrant-libvirt plugin is installed; VirtualBox's need VirtualBox itself,
-# which Debian does not ship), and shellcheck on provision.sh. Vagrant's state and home go to
+# which Debian does not ship), and shellcheck on provision.sh and the VM stages' scripts. Vagrant's state and home go to
 # a temp dir that is removed, so nothing is left in the tree or in ~/.vagrant.d.
 set -euo pipefail
 cd "$(dirname "$0")/../../vagrant"
@@ -18,7 +18,9 @@ else
 fi
 if command -v shellcheck >/dev/null; then
   shellcheck provision.sh
+  (cd .. && shellcheck -x tests/vm/*.sh)
 else
   bash -n provision.sh
+  for f in ../tests/vm/*.sh; do bash -n "$f"; done
 fi
 echo "vagrant/: valid"

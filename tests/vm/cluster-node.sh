@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The job of each VM of the cluster stage (tests/vm/cluster.sh), run inside it by guest.sh:
+# one node of a three-node cluster, provisioned by vagrant/provision.sh (offline, binaries
+# from the host) and started from deploy/systemd's units as on the Vagrant cluster.
+#
+# /run/tug-vm/node.env (written by cluster.sh) says who this node is: TUG_ROLE, TUG_NODE,
+# TUG_ADDRESS, TUG_SUBNET, TUG_SERVER_ADDR, TUG_TOKEN, TUG_LABELS. The node's /var lives on
+# the VM's own disk (/tmp is its ext4 disk), so a power cut keeps the node's data as a real
+# reboot would; /usr/local/bin, /etc/default, /etc/systemd/system and /root are tmpfs, filled
+# again by the provisioning at each boot. It says `up` in /run/tug-vm once its units run,
+# lists its instance directories in /run/tug-vm/instances every second, and stops its
+# units when the host makes /run/tug-vm/stop.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+if [ -z "${TUG_VM_CLUSTER_NS:-}" ]; then
+  exec unshare -m --propagation private env TUG_VM_CLUSTER_NS=1 bash "$0" "$@"
+fi
+share=/run/tug-vm
+[ -f "$share/node.env" ] || { echo "cluster-node: runs only inside a VM of tests/vm/cluster.sh"; exit 1; }
+set -a
+# shellcheck disable=SC1091 # written by cluster.sh
+. "$share/node.env"
+set +a
+say() { echo "cluster-node[$TUG_NODE]: $*"; }
+
+# The network: the VM's virtio NIC, on the stage's bridge.
+/run/tug-vm-modroot/modprobe virtio_net
+for _ in $(seq 1 100); do [ -e /sys/class/net/eth0 ] && break; sleep 0.1; done
+ip link set eth0 up
+ip addr add "$TUG_ADDRESS/24" dev eth0
+hostname "$TUG_NODE"
+
+mkdir -p /tmp/persist/var
+mount --bind /tmp/persist/var /var
+for d in /usr/local/bin /etc/default /etc/systemd/system /root; do
+  mount -t tmpfs -o mode=0755 tmpfs "$d"
+done
+chmod 0700 /root
+export HOME=/root
+
+say "provisioning ($TUG_ROLE)"
+TUG_SRC=$repo TUG_BIN_DIR=$repo/target/debug TUG_PROVISION_OFFLINE=1 TUG_PROVISION_START=0 \
+  TUG_CA_FILE=/etc/default/tugboat-ca.pem bash "$repo/vagrant/provision.sh"
+
+# shellcheck source=tests/vm/units.sh
+. "$repo/tests/vm/units.sh"
+if [ "$TUG_ROLE" = server ]; then
+  start_unit tugboat-server.service /tmp/server.log
+  pids+=($!)
+  wait_for "the server's CA" 300 test -s /var/lib/tugboat/tls/ca.pem
+  cp /var/lib/tugboat/tls/ca.pem "$share/ca.pem"
+fi
+start_unit tugboat-agent.service /tmp/agent.log
+pids+=($!)
+say "up"
+touch "$share/up"
+while [ ! -e "$share/stop" ]; do
+  ls /var/lib/tugboat/instances >"$share/instances.tmp" 2>/dev/null || true
+  mv "$share/instances.tmp" "$share/instances"
+  for p in "${pids[@]}"; do
+    kill -0 "$p" 2>/dev/null || { say "a unit stopped"; tail -n 30 /tmp/*.log; exit 1; }
+  done
+  sleep 1
+done
+say "stopping"
+stop_all

@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# The cluster stage: three qemu VMs, each running Debian's kernel on the host's / (read-only
+# over 9p), as the Vagrant cluster's three nodes (vagrant/README.md): tug1 runs `tugboat
+# server` and an agent, tug2 and tug3 agents that join with a join token. All three are
+# provisioned by vagrant/provision.sh and started from deploy/systemd's units
+# (tests/vm/cluster-node.sh). Their NICs are tap devices on a bridge in a network namespace
+# of this script's own (192.168.76.0/24 there only); the client runs in that namespace too.
+#
+#   1. a 3-replica service spread over the three nodes, every replica ready;
+#   2. tug3's power is cut (its qemu killed): the replicas are ready again on tug1 and tug2;
+#   3. tug3 boots again from its disk: it rejoins, and its old instances are cleaned up
+#      (none of them left on its disk, exactly three replicas in the cluster).
+#
+# Prints `vm cluster: 3/3 replicas ready X.X s after a node's power was cut, old instances
+# gone X.X s after it booted again`. Budget: TUG_VM_CLUSTER_TIMEOUT seconds for the whole
+# stage (default 1200; about 6 minutes under TCG on 2 cores). Nothing of the root network
+# namespace changes; the VMs, the namespace and the temp dir go on exit.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+repo=$(pwd)
+here=$repo/tests/vm
+
+cache=${TUG_VM_CACHE:-/var/cache/tug-vm}
+accel=${TUG_VM_ACCEL:-auto}
+mem=${TUG_VM_MEM:-1024}
+budget=${TUG_VM_CLUSTER_TIMEOUT:-1200}
+
+log() { echo "tests/vm/cluster: $*"; }
+skip() {
+  log "SKIP the three-VM cluster stage: $*"
+  exit 0
+}
+
+# shellcheck source=tests/vm/lib.sh
+. "$here/lib.sh"
+vm_check_host
+command -v nsenter >/dev/null || { log "missing nsenter (util-linux)"; exit 1; }
+[ -c /dev/net/tun ] || skip "no /dev/net/tun for the VMs' tap devices"
+
+start_all=$(date +%s)
+deadline=$((start_all + budget))
+tmp=$(mktemp -d /tmp/tug-vmc.XXXXXX)
+ns=tgbvmc$$
+declare -A qpid=()
+cleanup() {
+  local i
+  for i in "${!qpid[@]}"; do
+    if kill -0 "${qpid[$i]}" 2>/dev/null; then
+      kill "${qpid[$i]}" 2>/dev/null || true
+      wait "${qpid[$i]}" 2>/dev/null || true
+    fi
+  done
+  ip netns delete "$ns" 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+vm_kernel
+log "building: cargo build -p tugboat -p tug-runtime --bins"
+cargo build -q -p tugboat -p tug-runtime --bins
+vm_initramfs "$tmp"
+vm_accel "$tmp"
+
+# --- the network: a bridge and three taps in a namespace of our own ---
+ip netns add "$ns"
+ip -n "$ns" link add br0 type bridge
+ip -n "$ns" link set br0 up
+ip -n "$ns" addr add 192.168.76.254/24 dev br0
+ip -n "$ns" link set lo up
+for i in 1 2 3; do
+  ip -n "$ns" tuntap add dev "tap$i" mode tap
+  ip -n "$ns" link set "tap$i" master br0
+  ip -n "$ns" link set "tap$i" up
+done
+
+token=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+server=192.168.76.11
+for i in 1 2 3; do
+  out=$tmp/out$i
+  mkdir -p "$out"
+  role=agent
+  [ "$i" = 1 ] && role=server
+  cat >"$out/node.env" <<EOF
+TUG_ROLE=$role
+TUG_NODE=tug$i
+TUG_ADDRESS=192.168.76.1$i
+TUG_SUBNET=10.88.$i.0/24
+TUG_SERVER_ADDR=$server:7480
+TUG_TOKEN=$token
+TUG_LABELS=host=tug$i
+EOF
+  echo "node 1500 $repo /bin/bash $here/cluster-node.sh" >"$out/jobs"
+  truncate -s 4G "$tmp/disk$i.img"
+  mkfs.ext4 -q -F -E lazy_itable_init=1,lazy_journal_init=1 "$tmp/disk$i.img"
+done
+
+boot() {
+  local i=$1
+  rm -f "$tmp/out$i/up" "$tmp/out$i/instances"
+  # qemu opens its tap in the stage's namespace.
+  nsenter --net="/run/netns/$ns" qemu-system-x86_64 -nodefaults -no-user-config -machine q35 \
+    "${accel_args[@]}" -smp 1 -m "$mem" -display none -no-reboot \
+    -netdev "tap,id=n0,ifname=tap$i,script=no,downscript=no" \
+    -device "virtio-net-pci,netdev=n0,mac=52:54:00:76:00:0$i" \
+    -serial "file:$tmp/vm$i.log" \
+    -drive "file=$tmp/disk$i.img,format=raw,if=virtio,cache=unsafe" \
+    -kernel "$vmlinuz" -initrd "$tmp/initrd" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=4 rdinit=/init cgroup_no_v1=all systemd.unified_cgroup_hierarchy=1" \
+    -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+    -virtfs "local,path=$repo,mount_tag=tugrepo,security_model=none,readonly=on,multidevs=remap" \
+    -virtfs "local,path=$tmp/out$i,mount_tag=tugout,security_model=none,multidevs=remap" \
+    </dev/null >/dev/null 2>&1 &
+  qpid[$i]=$!
+}
+
+fail() {
+  log "FAILED: $*"
+  for i in 1 2 3; do
+    echo "--- tug$i's console (last lines)"
+    tail -n 40 "$tmp/vm$i.log" 2>/dev/null || true
+  done
+  tb get nodes 2>&1 || true
+  tb get instances 2>&1 || true
+  exit 1
+}
+
+# wait_until WHAT SECONDS COMMAND...: within the stage's budget.
+wait_until() {
+  local what=$1 until=$(($(date +%s) + $2))
+  shift 2
+  [ "$until" -le "$deadline" ] || until=$deadline
+  until "$@" >/dev/null 2>&1; do
+    [ "$(date +%s)" -lt "$until" ] || fail "timed out waiting for $what"
+    sleep 1
+  done
+}
+
+# The client, in the stage's namespace, bounded.
+tb() {
+  timeout 20 nsenter --net="/run/netns/$ns" "$repo/target/debug/tugboat" \
+    --addr "$server:7480" --token "$token" --ca "$tmp/out1/ca.pem" "$@"
+}
+jq_instances() { tb -o json get instances | jq -e "$1"; }
+
+log "booting three VMs ($accel, 1 cpu and ${mem} MiB each); budget ${budget}s"
+for i in 1 2 3; do boot "$i"; done
+for i in 1 2 3; do wait_until "tug$i's units" 600 test -e "$tmp/out$i/up"; done
+nodes_ready() { tb -o json get nodes | jq -e '[.items[] | select(.status == "ready")] | length == 3'; }
+wait_until "the three nodes ready" 300 nodes_ready
+log "three nodes ready after $(($(date +%s) - start_all))s"
+
+cat >"$tmp/web.yaml" <<'EOF'
+services:
+  web:
+    image: shop/catalog:1
+    replicas: 3
+    ports:
+      - {container: 80}
+    health:
+      readiness: {http: {port: 80, path: /healthz}, interval_seconds: 1, failure_threshold: 1}
+    stop: {grace_seconds: 1}
+    placement:
+      anti_affinity: [{service: web, required: false}]
+EOF
+tb apply -f "$tmp/web.yaml" >/dev/null
+ready_on() { # the number of ready web replicas on the nodes named
+  local nodes
+  nodes=$(printf '"%s",' "$@")
+  jq_instances "[.items[] | select(.service == \"web\" and .phase == \"running\" and .ready
+    and (.node | IN(${nodes%,})))] | length"
+}
+spread() { [ "$(ready_on tug1)" = 1 ] && [ "$(ready_on tug2)" = 1 ] && [ "$(ready_on tug3)" = 1 ]; }
+wait_until "web ready on each node" 600 spread
+old=$(tb -o json get instances | jq -r '.items[] | select(.node == "tug3") | .id')
+log "web ready on tug1, tug2 and tug3 ($old on tug3)"
+
+# --- 2. tug3's power cut ---
+kill -9 "${qpid[3]}"
+wait "${qpid[3]}" 2>/dev/null || true
+cut=$(date +%s.%N)
+elsewhere() { [ "$(ready_on tug1 tug2)" = 3 ]; }
+wait_until "3 web replicas ready on tug1 and tug2" 300 elsewhere
+since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
+healed=$(since "$cut")
+log "3/3 replicas ready on tug1 and tug2 $healed s after tug3's power was cut"
+
+# --- 3. tug3 boots again from its disk ---
+boot 3
+booted=$(date +%s.%N)
+wait_until "tug3's units after its reboot" 600 test -e "$tmp/out3/up"
+back() {
+  tb -o json get nodes | jq -e '.items[] | select(.name == "tug3") | .status == "ready"'
+}
+wait_until "tug3 ready again" 300 back
+old_gone() {
+  local id
+  [ -f "$tmp/out3/instances" ] || return 1
+  for id in $old; do ! grep -qx "$id" "$tmp/out3/instances" || return 1; done
+}
+wait_until "tug3's old instances cleaned up" 300 old_gone
+cleaned=$(since "$booted")
+three=$(jq_instances '[.items[] | select(.service == "web")] | length')
+[ "$three" = 3 ] || fail "web has $three instances after tug3 came back, not 3"
+[ "$(ready_on tug1 tug2 tug3)" = 3 ] || fail "not every web replica is ready after tug3 came back"
+
+# --- the end: each node stops its units and powers off ---
+for i in 1 2 3; do touch "$tmp/out$i/stop"; done
+for i in 1 2 3; do
+  for _ in $(seq 1 60); do kill -0 "${qpid[$i]}" 2>/dev/null || break; sleep 1; done
+done
+log "stage took $(($(date +%s) - start_all))s"
+echo "vm cluster: 3/3 replicas ready $healed s after a node's power was cut, old instances gone $cleaned s after it booted again"

@@ -96,24 +96,25 @@ pub fn write_maps(
 
 /// A user namespace with these mappings, held by an fd (for idmapped mounts): a child is
 /// cloned into a new user namespace, its maps are written, its namespace is opened, and it
-/// is let go.
+/// is killed. The child only waits to be killed: it holds no pipe end, so that in a
+/// multithreaded caller (the agent) a child cloned by another thread at the same moment,
+/// which inherits every fd, cannot keep this one waiting for an end of file.
 pub fn userns_fd(
     uids: &[LinuxIdMapping],
     gids: &[LinuxIdMapping],
 ) -> Result<std::os::fd::OwnedFd, String> {
     use crate::clone::{clone_child, Forked};
-    let (r, w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
     let flags = nix::sched::CloneFlags::CLONE_NEWUSER.bits() as u64;
     match clone_child(flags, None).map_err(|e| format!("clone a user namespace: {e}"))? {
         (Forked::Child, _) => {
-            drop(w);
-            let mut b = [0u8; 1];
-            let _ = nix::unistd::read(&r, &mut b);
-            // SAFETY: _exit ends this child without running the parent's atexit handlers.
-            unsafe { libc::_exit(0) }
+            // SAFETY: prctl and pause are async-signal-safe; the loop ends with SIGKILL.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+            loop {
+                // SAFETY: as above.
+                unsafe { libc::pause() };
+            }
         }
         (Forked::Parent { child }, _) => {
-            drop(r);
             let result = (|| {
                 write_maps(child, uids, gids)?;
                 let ns = format!("/proc/{child}/ns/user");
@@ -121,8 +122,9 @@ pub fn userns_fd(
                     .map(std::os::fd::OwnedFd::from)
                     .map_err(|e| format!("open {ns}: {e}"))
             })();
-            drop(w);
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None);
+            let pid = nix::unistd::Pid::from_raw(child);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
             result
         }
     }

@@ -311,3 +311,30 @@ fn a_new_user_namespace_joins_a_host_network_namespace_by_path() {
     env.ok(&["delete", "--force", &id]);
     no_cgroup_left(&id);
 }
+
+/// An orchestrator makes these from many threads at once (the agent prepares instances in
+/// parallel): none may wait on another's child, which inherits every fd of the process.
+#[test]
+fn user_namespaces_made_from_many_threads_at_once_do_not_wait_on_each_other() {
+    skip_unless_root!("user_namespaces_made_from_many_threads_at_once_do_not_wait_on_each_other");
+    let mapping: oci_spec::runtime::LinuxIdMapping =
+        serde_json::from_value(json!({"containerID": 0, "hostID": HOST_BASE, "size": 65536}))
+            .unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    for _ in 0..8 {
+        let (done, mapping) = (done.clone(), mapping);
+        std::thread::spawn(move || {
+            for _ in 0..25 {
+                let fd = tug_runtime::rootless::userns_fd(&[mapping], &[mapping]).unwrap();
+                drop(fd);
+            }
+            done.send(()).unwrap();
+        });
+    }
+    for n in 0..8 {
+        // Generous for a loaded machine; a deadlock never ends.
+        finished
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("{} of 8 threads still waiting after 120 s", 8 - n));
+    }
+}

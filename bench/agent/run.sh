@@ -97,7 +97,7 @@ rss() {
 pids_matching() {
   local p
   for p in /proc/[0-9]*; do
-    tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -qE "$1" && echo "${p#/proc/}"
+    tr '\0' ' ' 2>/dev/null < "$p/cmdline" | grep -qE "$1" && echo "${p#/proc/}"
   done
   return 0
 }
@@ -108,7 +108,7 @@ median_rss() {
   while read -r p; do awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null; done |
     python3 -c 'import sys,statistics; v=[int(l) for l in sys.stdin]; print(f"{statistics.median(v)/1024:.1f}" if v else "?")'
 }
-monitor=$(monitors | head -1)
+monitor=$(monitors | sed -n 1p)
 echo "idle with the shop (9 instances), resident memory:"
 echo "  server  $(rss $server)"
 echo "  agent   $(rss $agent)"
@@ -174,7 +174,7 @@ if [ $podman_ok = 1 ]; then
 fi
 # Medians over the 100 running containers of round 1, each side.
 if [ $podman_ok = 1 ]; then
-  echo "(medians of $monitor_count monitors and $conmon_count conmons ($(conmon --version | head -1)))"
+  echo "(medians of $monitor_count monitors and $conmon_count conmons ($(conmon --version | sed -n 1p)))"
   echo "monitor: $monitor_mb MB RSS per running container (conmon $conmon_mb MB)"
 else
   echo "monitor: $monitor_mb MB RSS per running container (conmon not measured: no podman)"

@@ -79,7 +79,7 @@ done
 sleep 10
 monitors() {
   for p in /proc/[0-9]*; do
-    tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -qE "(tugboat-| )monitor .*$dir/" && echo "${p#/proc/}"
+    tr '\0' ' ' 2>/dev/null < "$p/cmdline" | grep -qE "(tugboat-| )monitor .*$dir/" && echo "${p#/proc/}"
   done
   return 0
 }

@@ -288,10 +288,7 @@ impl Syscall for LinuxSyscall {
             (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
             // ST_RELATIME (4096; nix names it for glibc only, and the musl build must
             // compile) and ST_NOSYMFOLLOW (Linux 5.10), which libc does not name.
-            (
-                FsFlags::from_bits_retain(0x1000),
-                MsFlags::MS_RELATIME,
-            ),
+            (FsFlags::from_bits_retain(0x1000), MsFlags::MS_RELATIME),
             (
                 FsFlags::from_bits_retain(0x2000),
                 MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW),

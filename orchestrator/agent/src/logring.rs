@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-pub use tugboat_monitor::logring::{serve, socket_path, tail, LogMode, LogRing, SharedRing, SOCKET_FILE};
+pub use tugboat_monitor::logring::{
+    serve, socket_path, tail, LogMode, LogRing, SharedRing, SOCKET_FILE,
+};
 #[cfg(test)]
 use tugboat_monitor::LOG_FILE;
 

@@ -92,9 +92,7 @@ impl MonitorArgs {
             }
             let value: std::ffi::OsString = match inline {
                 Some(v) => v,
-                None => args
-                    .next()
-                    .ok_or_else(|| format!("{flag} needs a value"))?,
+                None => args.next().ok_or_else(|| format!("{flag} needs a value"))?,
             };
             let text = || {
                 value
@@ -113,7 +111,9 @@ impl MonitorArgs {
                         .parse()
                         .map_err(|_| format!("--log-max-bytes: `{t}` is not a number of bytes"))?
                 }
-                "--log-mode" => log_mode = text()?.parse().map_err(|e| format!("--log-mode: {e}"))?,
+                "--log-mode" => {
+                    log_mode = text()?.parse().map_err(|e| format!("--log-mode: {e}"))?
+                }
                 "--oci-runtime" => oci_runtime = Some(PathBuf::from(&value)),
                 _ => oci_root = Some(PathBuf::from(&value)),
             }
@@ -160,7 +160,10 @@ mod tests {
         assert_eq!(line[1], "a");
         assert_eq!(line.last().map(String::as_str), Some("ring"));
         assert!(!line.contains(&"--oci-runtime".to_string()));
-        assert_eq!(MonitorArgs::parse(line.iter().map(Into::into)), Ok(args.clone()));
+        assert_eq!(
+            MonitorArgs::parse(line.iter().map(Into::into)),
+            Ok(args.clone())
+        );
         let runc = MonitorArgs {
             oci: Some(("/usr/bin/runc".into(), "/r-runc".into())),
             ..args
@@ -179,7 +182,16 @@ mod tests {
 
     #[test]
     fn bad_command_lines_name_the_flag() {
-        let base = ["--id", "x", "--bundle", "/b", "--runtime-root", "/r", "--dir", "/d"];
+        let base = [
+            "--id",
+            "x",
+            "--bundle",
+            "/b",
+            "--runtime-root",
+            "/r",
+            "--dir",
+            "/d",
+        ];
         let ok = parse(&base).unwrap();
         assert_eq!(ok.log_max_bytes, DEFAULT_LOG_MAX_BYTES);
         assert_eq!(ok.log_mode, LogMode::File);
@@ -193,9 +205,13 @@ mod tests {
             with(&["--log-max-bytes", "lots"]).unwrap_err(),
             "--log-max-bytes: `lots` is not a number of bytes"
         );
-        assert!(with(&["--log-mode=disk"]).unwrap_err().starts_with("--log-mode: "));
+        assert!(with(&["--log-mode=disk"])
+            .unwrap_err()
+            .starts_with("--log-mode: "));
         assert_eq!(with(&["--dir"]).unwrap_err(), "--dir needs a value");
-        assert!(with(&["--verbose"]).unwrap_err().starts_with("unknown argument `--verbose`"));
+        assert!(with(&["--verbose"])
+            .unwrap_err()
+            .starts_with("unknown argument `--verbose`"));
         assert_eq!(
             with(&["--oci-runtime", "/usr/bin/runc"]).unwrap_err(),
             "--oci-runtime needs --oci-root"

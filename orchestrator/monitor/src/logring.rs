@@ -347,7 +347,9 @@ mod tests {
         ring.write(b"one\ntwo\n");
         serve(ring.clone(), dir.path(), 1 << 20).unwrap();
         let mut tail = String::new();
-        ask(dir.path(), "logs 2 0\n").read_to_string(&mut tail).unwrap();
+        ask(dir.path(), "logs 2 0\n")
+            .read_to_string(&mut tail)
+            .unwrap();
         assert_eq!(tail, "one\ntwo\n");
         let log = dir.path().join(crate::LOG_FILE);
         assert!(!log.exists(), "nothing on disk while nobody asks");
@@ -362,7 +364,9 @@ mod tests {
         }
         assert!(got == b"three\n" || got == b"two\nthree\n", "{got:?}");
         let mut answer = String::new();
-        ask(dir.path(), "persist\n").read_to_string(&mut answer).unwrap();
+        ask(dir.path(), "persist\n")
+            .read_to_string(&mut answer)
+            .unwrap();
         assert_eq!(answer, "ok\n");
         ring.write(b"four\n");
         assert_eq!(
@@ -370,7 +374,9 @@ mod tests {
             "old\none\ntwo\nthree\nfour\n"
         );
         let mut unknown = String::new();
-        ask(dir.path(), "shout\n").read_to_string(&mut unknown).unwrap();
+        ask(dir.path(), "shout\n")
+            .read_to_string(&mut unknown)
+            .unwrap();
         assert_eq!(unknown, "error unknown request\n");
         ring.close();
         let mut rest = String::new();

@@ -114,8 +114,7 @@ fn supervise(args: &MonitorArgs) -> Result<ExitRecord, String> {
 
     let (code, signal) = wait_for(container_pid);
     // Before delete removes the cgroup, and with it the count.
-    let oom_kills =
-        crate::oom_kills(Path::new("/sys/fs/cgroup"), &args.id).unwrap_or_default();
+    let oom_kills = crate::oom_kills(Path::new("/sys/fs/cgroup"), &args.id).unwrap_or_default();
     let _ = copier.join();
     finish_ring(args, ring);
     if let Err(e) = runtime.delete(&args.id, true) {
@@ -241,8 +240,7 @@ fn supervise_external(
     let _ = write_json(&record_path, &record);
     let _ = crate::trim::release_startup_memory();
     let (code, signal) = wait_for(container_pid);
-    let oom_kills =
-        crate::oom_kills(Path::new("/sys/fs/cgroup"), &args.id).unwrap_or_default();
+    let oom_kills = crate::oom_kills(Path::new("/sys/fs/cgroup"), &args.id).unwrap_or_default();
     if let Err(e) = external::delete(exe, root, &args.id) {
         eprintln!("tugboat-monitor: delete {}: {e}", args.id);
     }

@@ -100,7 +100,14 @@ pub fn monitor_built() -> &'static Path {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut build = Command::new(cargo);
         build
-            .args(["build", "-q", "-p", "tugboat-monitor", "--bin", "tugboat-monitor"])
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "tugboat-monitor",
+                "--bin",
+                "tugboat-monitor",
+            ])
             .current_dir(&workspace);
         if tugboat.parent().and_then(|d| d.file_name()) == Some("release".as_ref()) {
             build.arg("--release");

@@ -7,8 +7,9 @@
 //! every other monitor); dropping this process's mappings of them (`MADV_DONTNEED`) costs
 //! nothing but a page fault for each page the monitor touches again. Only mappings that
 //! hold no private copy of a page (smaps' `Anonymous: 0 kB`, not writable) are dropped: the
-//! contents of a dropped page come back from its file unchanged. The heap's free pages go
-//! back too (`malloc_trim`, glibc).
+//! contents of a dropped page come back from its file unchanged (the kernel drops such pages
+//! itself under memory pressure; this only does it early). The heap's free pages go back too
+//! (`malloc_trim`, glibc).
 
 use std::io;
 

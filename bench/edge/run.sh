@@ -19,7 +19,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 duration=${DURATION:-600}
 if [ -z "${TUGBOAT:-}" ]; then
-  (cd "$root" && cargo build -q --release -p tugboat -p tug-runtime)
+  (cd "$root" && cargo build -q --release -p tugboat -p tug-runtime -p tugboat-monitor)
 fi
 bin=${TUGBOAT:-${CARGO_TARGET_DIR:-$root/target}/release/tugboat}
 log_mode=${LOG_MODE:-ring}

@@ -1,4 +1,4 @@
-// Included by the build scripts of the crates with binaries (tug, tugboat).
+// Included by the build scripts of the crates with binaries (tug, tugboat, tugboat-monitor).
 //
 // Packed relative relocations (DT_RELR): a PIE binary's ~9,000 relative relocations become a
 // few KB the loader applies in a loop, instead of 220 KB of RELA entries it reads one by
@@ -43,7 +43,15 @@ fn relr_supported() -> bool {
 /// Links `bin` with packed relative relocations where the host supports them.
 fn link_with_relr(bin: &str) {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed=../build-support/relr.rs");
+    // This file, from the crate that includes it (one or two levels below the workspace).
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
+    let relr = std::path::Path::new(&manifest)
+        .ancestors()
+        .map(|d| d.join("build-support/relr.rs"))
+        .find(|p| p.is_file());
+    if let Some(relr) = relr {
+        println!("cargo:rerun-if-changed={}", relr.display());
+    }
     println!("cargo:rerun-if-env-changed=CC");
     if relr_supported() {
         println!("cargo:rustc-link-arg-bin={bin}=-Wl,-z,pack-relative-relocs");

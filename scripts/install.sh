@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Builds Tug (release) and installs it:
-#   $PREFIX/bin/tug, tugboat, tug-cni                  (PREFIX default /usr/local)
+#   $PREFIX/bin/tug, tugboat, tugboat-monitor, tug-cni (PREFIX default /usr/local)
 #   $SYSTEMD_DIR/tugboat-server.service, tugboat-agent.service
 #                                                      (SYSTEMD_DIR default /etc/systemd/system
 #                                                       when systemd runs; SYSTEMD_DIR= skips)
+# `tug` and `tugboat-monitor` (one process per running container) are static musl binaries
+# built with the `dist` profile when Rust has the musl target (BENCHMARKS.md: they meet
+# their speed and memory targets so, and not as dynamic binaries); STATIC=0, or no musl
+# target, builds them like the others (a line says so).
 # It changes nothing else: no network, no service is enabled or started (it says how).
 # Run as root for the default PREFIX. CARGO_TARGET_DIR is honoured; NO_BUILD=1 installs what
 # is already built there; PROFILE=debug installs a debug build (the repository's tests).
@@ -24,20 +28,44 @@ fi
 say() { echo "install.sh: $*" >&2; }
 
 command -v cargo >/dev/null || { say "needs cargo (bash tests/install-deps.sh installs it)"; exit 1; }
+musl=$(uname -m)-unknown-linux-musl
+static=0
+if [ "$profile" = release ] && [ "${STATIC:-1}" = 1 ]; then
+  if [ -d "$(rustc --print sysroot)/lib/rustlib/$musl/lib" ]; then
+    static=1
+  else
+    say "Rust has no $musl target: tug and tugboat-monitor are built dynamic, larger and"
+    say "slower (rustup target add $musl, then run this again, for the static ones)"
+  fi
+fi
+dynamic=(-p tugboat --bin tugboat -p tug-netns --bin tug-cni)
+[ $static = 1 ] || dynamic+=(-p tug-runtime --bin tug -p tugboat-monitor --bin tugboat-monitor)
 if [ "${NO_BUILD:-0}" != 1 ]; then
-  say "building tug, tugboat and tug-cni ($profile). A first build compiles some 335 crates:"
-  say "7 to 12 minutes on 2 cores; the bar below counts them (later builds take seconds)"
+  say "building tug, tugboat, tugboat-monitor and tug-cni ($profile). A first build compiles"
+  say "some 335 crates: 7 to 12 minutes on 2 cores; the bar below counts them (later builds"
+  say "take seconds)"
   # Cargo draws its progress bar only on a terminal: draw it anyway (CI logs, pipes).
   [ -t 2 ] || export CARGO_TERM_PROGRESS_WHEN=always CARGO_TERM_PROGRESS_WIDTH=100
   started=$SECONDS
-  cargo build "${build[@]}" -p tug-runtime --bin tug -p tugboat --bin tugboat -p tug-netns --bin tug-cni
+  cargo build "${build[@]}" "${dynamic[@]}"
+  if [ $static = 1 ]; then
+    cargo build --profile dist --target "$musl" -p tug-runtime --bin tug -p tugboat-monitor --bin tugboat-monitor
+  fi
   say "built in $((SECONDS - started)) s"
 fi
 
+# Where each binary is built.
+from() {
+  case $static:$1 in
+    1:tug | 1:tugboat-monitor) echo "$target/$musl/dist/$1" ;;
+    *) echo "$target/$profile/$1" ;;
+  esac
+}
 mkdir -p "$prefix/bin"
-for bin in tug tugboat tug-cni; do
-  [ -x "$target/$profile/$bin" ] || { say "$target/$profile/$bin is missing (build first)"; exit 1; }
-  install -m 0755 "$target/$profile/$bin" "$prefix/bin/$bin.new"
+for bin in tug tugboat tugboat-monitor tug-cni; do
+  built=$(from $bin)
+  [ -x "$built" ] || { say "$built is missing (build first)"; exit 1; }
+  install -m 0755 "$built" "$prefix/bin/$bin.new"
   mv -f "$prefix/bin/$bin.new" "$prefix/bin/$bin"
   say "installed $prefix/bin/$bin"
 done

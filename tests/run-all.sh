@@ -18,6 +18,18 @@ bash tests/leak-check.sh snapshot "$leaks"
 # named below; the console shows libtest's usual lines and the failures.
 cargo test --workspace -- --test-threads=2 --show-output 2>&1 | tee "$log" |
   awk '/^successes:$/ { hide = 1; next } /^(failures:|test result:)/ { hide = 0 } !hide'
+# What scripts/install.sh installs is the static musl `dist` build of `tug` (and of
+# tugboat-monitor): the runtime's tests that run the `tug` binary (podman through it, its
+# command line, exec) run again with that binary.
+musl=$(uname -m)-unknown-linux-musl
+if [ -d "$(rustc --print sysroot)/lib/rustlib/$musl/lib" ]; then
+  cargo build --profile dist --target "$musl" -p tug-runtime --bin tug -p tugboat-monitor --bin tugboat-monitor
+  TUG_BIN=$(realpath "${CARGO_TARGET_DIR:-target}/$musl/dist/tug") \
+    cargo test -p tug-runtime --test podman --test lifecycle --test exec -- --test-threads=2 --show-output 2>&1 |
+    tee -a "$log" | awk '/^successes:$/ { hide = 1; next } /^(failures:|test result:)/ { hide = 0 } !hide'
+else
+  echo "SKIP the static tug's tests: Rust has no $musl target (rustup target add $musl)" | tee -a "$log"
+fi
 bash tests/leak-check.sh compare "$leaks"
 skipped=$(grep -E '^SKIP' "$log" | sort -u || true)
 if [ -n "$skipped" ]; then

@@ -43,7 +43,7 @@ until_ok() {
 say "1. install (into $work/prefix)"
 PREFIX=$work/prefix SYSTEMD_DIR=$work/systemd bash scripts/install.sh
 export PATH=$work/prefix/bin:$PATH
-for bin in tug tugboat tug-cni; do
+for bin in tug tugboat tugboat-monitor tug-cni; do
   [ "$(command -v $bin)" = "$work/prefix/bin/$bin" ] || fail "$bin is not the installed one"
 done
 tug --version >/dev/null || fail "tug --version"

@@ -65,15 +65,19 @@ if [ -z "$bin_dir" ]; then
     say "installing Rust (rustup, minimal profile)"
     curl -sSf https://sh.rustup.rs | sh -s -- -y -q --profile minimal --default-toolchain stable
   fi
-  say "building tug and tugboat (release, no LTO: a few minutes)"
+  say "building tug, tugboat and tugboat-monitor (release, no LTO: a few minutes)"
   # A target dir in the VM: the synced tree may be read-only or shared by the three nodes.
   (cd "$src" && CARGO_TARGET_DIR=/var/cache/tug-build CARGO_PROFILE_RELEASE_LTO=false \
-    CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 cargo build -q --release --locked -p tugboat -p tug-runtime)
+    CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 cargo build -q --release --locked -p tugboat -p tug-runtime -p tugboat-monitor)
   bin_dir=/var/cache/tug-build/release
 fi
 runs "$bin_dir" || { say "$bin_dir/tugboat and $bin_dir/tug must exist and run"; exit 1; }
 say "installing tug and tugboat from $bin_dir into /usr/local/bin"
 install -m 0755 "$bin_dir/tugboat" "$bin_dir/tug" /usr/local/bin/
+# The per-container monitor (the agent falls back to `tugboat monitor` without it).
+if [ -x "$bin_dir/tugboat-monitor" ]; then
+  install -m 0755 "$bin_dir/tugboat-monitor" /usr/local/bin/
+fi
 
 # --- data: the shop's images, the token ---
 install -d -m 0700 "$data_dir"

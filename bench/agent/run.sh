@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
 # Agent benchmarks (as root): from `apply` of 100 instances of a small image to all 100
-# ready, and resident memory of server, agent and a monitor at idle with the shop.
+# ready, resident memory of server, agent and a monitor at idle with the shop, and the
+# monitors' resident memory per running container next to podman's conmon (100 containers
+# of the same image each).
 # Runs inside a network namespace it makes and deletes; touches nothing else on the host.
-# Usage: bench/agent/run.sh   (TUGBOAT=path to the binary; default target/release/tugboat)
+# Usage: bench/agent/run.sh   (what scripts/install.sh installs, into a temp PREFIX: it
+# builds what is not built; or TUGBOAT=path to a tugboat binary, with tug and, if any,
+# tugboat-monitor next to it)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-bin=${TUGBOAT:-$root/target/release/tugboat}
-[ -x "$bin" ] || { echo "build it first: cargo build --release -p tugboat -p tug-runtime" >&2; exit 1; }
 ns=tugbench$$
 dir=/tmp/tugbench$$
+if [ -n "${TUGBOAT:-}" ]; then
+  bin=$TUGBOAT
+else
+  mkdir -p "$dir"
+  PREFIX=$dir/prefix SYSTEMD_DIR='' bash "$root/scripts/install.sh" 2>"$dir/install.log" ||
+    { cat "$dir/install.log" >&2; rm -rf "$dir"; exit 1; }
+  bin=$dir/prefix/bin/tugboat
+fi
+[ -x "$bin" ] || { echo "no tugboat at $bin" >&2; exit 1; }
 api=127.0.0.1:7480
 in_ns() { nsenter --net=/run/netns/$ns "$@"; }
 # nsenter execs the command: $! is then the tugboat process itself.
@@ -81,11 +92,27 @@ rss() {
   printf '%s (private %s)' "$(awk '/VmRSS/ {printf "%.1f MB", $2/1024}' /proc/$1/status)" \
     "$(awk '/^Private_(Clean|Dirty)/ {s += $2} END {printf "%.1f MB", s/1024}' /proc/$1/smaps_rollup)"
 }
-monitor=$(pgrep -f "tugboat monitor .*$dir/" | head -1)
+# This run's monitors (`tugboat-monitor ...`, or `tugboat monitor ...` without it) and
+# podman's conmons, by their command lines naming this run's directory.
+pids_matching() {
+  local p
+  for p in /proc/[0-9]*; do
+    tr '\0' ' ' 2>/dev/null < "$p/cmdline" | grep -qE "$1" && echo "${p#/proc/}"
+  done
+  return 0
+}
+monitors() { pids_matching "(tugboat-| )monitor .*$dir/"; }
+conmons() { pids_matching "^[^ ]*conmon .*$dir/podman/"; }
+# Median VmRSS in MB of the pids on stdin.
+median_rss() {
+  while read -r p; do awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null; done |
+    python3 -c 'import sys,statistics; v=[int(l) for l in sys.stdin]; print(f"{statistics.median(v)/1024:.1f}" if v else "?")'
+}
+monitor=$(monitors | sed -n 1p)
 echo "idle with the shop (9 instances), resident memory:"
 echo "  server  $(rss $server)"
 echo "  agent   $(rss $agent)"
-echo "  monitor $(rss $monitor) (one per container)"
+echo "  monitor $(rss $monitor) (one per container: $(readlink /proc/$monitor/exe))"
 ps -o pid,rss,args -p "$server,$agent,$monitor" | cut -c1-100
 for svc in front catalog cart orders payments; do cli delete service $svc >/dev/null; done
 for _ in $(seq 1 600); do [ -z "$(ls -A $dir/agent/instances)" ] && break; sleep 0.1; done
@@ -109,7 +136,7 @@ podman_hundred() {
     --ulimit nofile=20000:20000 --ulimit nproc=32768:32768 --name bench{} shop-catalog:1 >/dev/null
   while [ "$("${P[@]}" ps -q --filter status=running | wc -l)" -lt 100 ]; do sleep 0.05; done
 }
-times=(); ptimes=(); ratios=()
+times=(); ptimes=(); ratios=(); monitor_mb='?'; conmon_mb='?'; monitor_count=0; conmon_count=0
 for round in $(seq 1 "${ROUNDS:-5}"); do
   start=$(date +%s.%N)
   cli apply -f "$root/bench/agent/hundred.yaml" >/dev/null
@@ -117,6 +144,10 @@ for round in $(seq 1 "${ROUNDS:-5}"); do
   end=$(date +%s.%N)
   t=$(python3 -c "print(f'{$end-$start:.2f}')")
   times+=("$t")
+  if [ "$round" = 1 ]; then
+    monitor_mb=$(monitors | median_rss)
+    monitor_count=$(monitors | wc -l)
+  fi
   cli delete service web >/dev/null
   for _ in $(seq 1 600); do [ -z "$(ls -A $dir/agent/instances)" ] && break; sleep 0.1; done
   line="100 instances, round $round: tugboat apply to all ready $t s"
@@ -126,6 +157,10 @@ for round in $(seq 1 "${ROUNDS:-5}"); do
     end=$(date +%s.%N)
     p=$(python3 -c "print(f'{$end-$start:.2f}')")
     ptimes+=("$p"); ratios+=("$(python3 -c "print(f'{$t/$p:.3f}')")")
+    if [ "$round" = 1 ]; then
+      conmon_mb=$(conmons | median_rss)
+      conmon_count=$(conmons | wc -l)
+    fi
     "${P[@]}" rm -f -a -t 0 >/dev/null 2>&1
     line="$line; podman run -d x100 to all running $p s; ratio ${ratios[-1]}"
   fi
@@ -136,4 +171,11 @@ echo "100 instances: tugboat apply to all ready, median of ${#times[@]}: $(media
 if [ $podman_ok = 1 ]; then
   echo "100 podman run -d (runc, no network, no probe), median: $(median "${ptimes[@]}") s"
   echo "paired ratio tugboat/podman, median: $(median "${ratios[@]}")"
+fi
+# Medians over the 100 running containers of round 1, each side.
+if [ $podman_ok = 1 ]; then
+  echo "(medians of $monitor_count monitors and $conmon_count conmons ($(conmon --version | sed -n 1p)))"
+  echo "monitor: $monitor_mb MB RSS per running container (conmon $conmon_mb MB)"
+else
+  echo "monitor: $monitor_mb MB RSS per running container (conmon not measured: no podman)"
 fi

@@ -19,7 +19,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 duration=${DURATION:-600}
 if [ -z "${TUGBOAT:-}" ]; then
-  (cd "$root" && cargo build -q --release -p tugboat -p tug-runtime)
+  (cd "$root" && cargo build -q --release -p tugboat -p tug-runtime -p tugboat-monitor)
 fi
 bin=${TUGBOAT:-${CARGO_TARGET_DIR:-$root/target}/release/tugboat}
 log_mode=${LOG_MODE:-ring}
@@ -79,7 +79,7 @@ done
 sleep 10
 monitors() {
   for p in /proc/[0-9]*; do
-    tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -q " monitor .*$dir/" && echo "${p#/proc/}"
+    tr '\0' ' ' 2>/dev/null < "$p/cmdline" | grep -qE "(tugboat-| )monitor .*$dir/" && echo "${p#/proc/}"
   done
   return 0
 }

@@ -15,20 +15,23 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
 cargo build --release -p tug-runtime
-tug="$PWD/target/release/tug"
+target=$(realpath "${CARGO_TARGET_DIR:-target}")
+tug="$target/release/tug"
 # The same code as one static binary, measured beside the default build: the shipped static
 # build (musl static-pie, profile dist: opt-level z) where rustup can add the target, else
 # glibc static-pie.
 tug_static=$(mktemp)
-if rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 &&
-   cargo build --profile dist -p tug-runtime --bin tug --target x86_64-unknown-linux-musl; then
+# A musl build that fails to compile fails the bench (it once fell back to glibc unseen).
+if [ -d "$(rustc --print sysroot)/lib/rustlib/x86_64-unknown-linux-musl/lib" ] ||
+   rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1; then
+  cargo build --profile dist -p tug-runtime --bin tug --target x86_64-unknown-linux-musl
   export STATIC_LABEL=tug-musl
-  strip -o "$tug_static" target/x86_64-unknown-linux-musl/dist/tug
+  strip -o "$tug_static" "$target/x86_64-unknown-linux-musl/dist/tug"
 else
   export STATIC_LABEL=tug-static
   RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p tug-runtime \
     --target x86_64-unknown-linux-gnu
-  strip -o "$tug_static" target/x86_64-unknown-linux-gnu/release/tug
+  strip -o "$tug_static" "$target/x86_64-unknown-linux-gnu/release/tug"
 fi
 empty=$(mktemp)
 launcher=$(mktemp)

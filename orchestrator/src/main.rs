@@ -403,7 +403,8 @@ enum Command {
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         deadline: std::time::Duration,
     },
-    /// The per-container monitor (started by the agent).
+    /// The per-container monitor, as `tugboat-monitor` does it (the agent runs this only
+    /// when there is no `tugboat-monitor` next to tugboat).
     #[command(hide = true)]
     Monitor {
         #[arg(long)]

@@ -194,6 +194,14 @@ fn an_edge_node_runs_its_services_without_the_server_after_a_crash_and_a_reboot(
         || show(&host),
     );
     assert_eq!(host.monitor_pids().len(), 2, "one monitor per instance");
+    // The small monitor next to tugboat, not the whole tugboat binary.
+    let small = host::monitor_built();
+    assert!(
+        host.monitor_exes().iter().all(|exe| exe == small),
+        "monitors run {:?}, not {}",
+        host.monitor_exes(),
+        small.display()
+    );
     let containers = tug_runtime::Runtime::new(host.dir.join("agent/runtime"))
         .list()
         .unwrap();

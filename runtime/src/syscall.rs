@@ -231,8 +231,9 @@ impl Syscall for LinuxSyscall {
             (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
             (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
             (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-            (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
-            // ST_NOSYMFOLLOW (Linux 5.10), which libc does not name.
+            // ST_RELATIME (4096; nix names it for glibc only, and the musl build must
+            // compile) and ST_NOSYMFOLLOW (Linux 5.10), which libc does not name.
+            (FsFlags::from_bits_retain(0x1000), MsFlags::MS_RELATIME),
             (
                 FsFlags::from_bits_retain(0x2000),
                 MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW),

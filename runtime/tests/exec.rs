@@ -263,7 +263,7 @@ fn exec_t_relays_a_terminal() {
     let id = running(&env, "exect");
     let cmd = format!(
         "{} --root {} exec -t {id} sh -c 'tty; exit 4'",
-        env!("CARGO_BIN_EXE_tug"),
+        common::tug_bin().display(),
         env.state_root().display()
     );
     let out = std::process::Command::new("script")
@@ -366,7 +366,7 @@ fn exec_into_a_paused_container_needs_ignore_paused() {
     );
     // With the flag the exec is accepted; its process is frozen with the container and runs
     // once it is resumed.
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tug"))
+    let child = std::process::Command::new(common::tug_bin())
         .arg("--root")
         .arg(env.state_root())
         .args(["exec", "--ignore-paused", &id, "echo", "ran"])

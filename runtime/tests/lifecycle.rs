@@ -340,7 +340,7 @@ fn run_relays_a_terminal_when_there_is_no_console_socket() {
     // script(1) gives tug a terminal and types what it reads from its stdin into it.
     let cmd = format!(
         "{} --root {} run --bundle {} {id}",
-        env!("CARGO_BIN_EXE_tug"),
+        common::tug_bin().display(),
         env.state_root().display(),
         b.display()
     );

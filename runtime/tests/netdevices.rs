@@ -101,7 +101,8 @@ fn tug(ns: &Netns, env: &Env, args: &[&str]) -> Output {
 fn tug_at(ns: &Netns, root: &std::path::Path, args: &[&str]) -> Output {
     let mut all = vec!["--root", root.to_str().unwrap()];
     all.extend_from_slice(args);
-    ns.run(env!("CARGO_BIN_EXE_tug"), &all)
+    let tug = common::tug_bin();
+    ns.run(tug.to_str().unwrap(), &all)
 }
 
 /// Force-deletes the test's container from inside its namespace, however the test ends

@@ -46,6 +46,7 @@ impl Podman {
 
     fn base(&self) -> Vec<String> {
         let d = self.dir.path();
+        let tug = common::tug_bin().display().to_string();
         [
             "--root",
             d.join("storage").to_str().unwrap(),
@@ -54,7 +55,7 @@ impl Podman {
             "--tmpdir",
             d.join("tmp").to_str().unwrap(),
             "--runtime",
-            env!("CARGO_BIN_EXE_tug"),
+            tug.as_str(),
             "--cgroup-manager",
             "cgroupfs",
             "--events-backend",

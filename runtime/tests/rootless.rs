@@ -62,7 +62,7 @@ fn an_unprivileged_user_runs_a_container() {
                 "--clear-groups",
                 "--",
             ])
-            .arg(env!("CARGO_BIN_EXE_tug"))
+            .arg(common::tug_bin())
             .arg("--root")
             .arg(&state)
             .args(["run", "--bundle", b.to_str().unwrap(), &id])

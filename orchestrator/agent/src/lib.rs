@@ -61,7 +61,8 @@ pub struct AgentConfig {
     pub service_range: Ipv4Network,
     /// The network's name (and so its bridge, `tug-<name>`).
     pub network: String,
-    /// The `tugboat` binary that runs monitors (default: this process's executable).
+    /// The `tugboat` binary (default: this process's executable): exec helpers run from it,
+    /// monitors from `tugboat-monitor` next to it, else from it (`monitor::program`).
     pub monitor_exe: PathBuf,
     pub log_max_bytes: u64,
     /// Containers' output to a file, or to a bounded ring in memory (flash devices).

@@ -8,25 +8,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The last `lines` lines of `text` (all when `None`).
-pub fn tail(text: &[u8], lines: Option<usize>) -> &[u8] {
-    let Some(n) = lines else { return text };
-    let body = text.strip_suffix(b"\n").unwrap_or(text);
-    let mut seen = 0;
-    for (i, b) in body.iter().enumerate().rev() {
-        if *b == b'\n' {
-            seen += 1;
-            if seen == n {
-                return &text[i + 1..];
-            }
-        }
-    }
-    if n == 0 {
-        &text[text.len()..]
-    } else {
-        text
-    }
-}
+pub use super::logring::tail;
 
 /// Reads the log in `dir` from the start (after `tail`), then follows it when `follow`.
 pub struct LogReader {

@@ -5,7 +5,7 @@
 
 use nix::sys::signal::Signal;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// Runtimes with runc's command line an agent looks for on its PATH and reports.
 pub const KNOWN: &[&str] = &["runc", "crun", "runsc", "youki"];
@@ -81,31 +81,9 @@ impl Oci {
         }
     }
 
-    fn command(exe: &Path, root: &Path) -> Command {
-        let mut cmd = Command::new(exe);
-        cmd.arg("--root").arg(root);
-        cmd
-    }
-
     /// Runs a subcommand of an external runtime; its stderr in the error.
     fn run(exe: &Path, root: &Path, args: &[&str]) -> Result<(), String> {
-        let out = Self::command(exe, root)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|e| format!("{}: {e}", exe.display()))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{} {}: {}",
-                exe.display(),
-                args.first().copied().unwrap_or_default(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
+        tugboat_monitor::external::run(exe, root, args)
     }
 
     /// Whether the runtime knows a container `id`.
@@ -138,62 +116,14 @@ impl Oci {
                 .delete(id, true)
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
-            Oci::External { exe, root } => {
-                let deleted = Self::run(exe, root, &["delete", "--force", id]);
-                // The container's cgroup is /tug/<id> (bundle.rs): its parent is tug's, and
-                // goes with the last container, whoever made it.
-                tug_runtime::cgroups::remove_empty_tug_parents();
-                deleted
-            }
+            Oci::External { exe, root } => tugboat_monitor::external::delete(exe, root, id),
         }
-    }
-
-    /// `create` with the calling process's stdio passed on to the container (the monitor
-    /// has pointed them at its pipes), then the container's init pid.
-    pub fn create_external(
-        exe: &Path,
-        root: &Path,
-        id: &str,
-        bundle: &Path,
-    ) -> Result<i32, String> {
-        std::fs::create_dir_all(root).map_err(|e| format!("{}: {e}", root.display()))?;
-        let pid_file = bundle.join("container.pid");
-        let _ = std::fs::remove_file(&pid_file);
-        let status = Self::command(exe, root)
-            .arg("create")
-            .arg("--bundle")
-            .arg(bundle)
-            .arg("--pid-file")
-            .arg(&pid_file)
-            .arg(id)
-            .status()
-            .map_err(|e| format!("{}: {e}", exe.display()))?;
-        if !status.success() {
-            return Err(format!(
-                "{} create exited with {status} (its words are in the instance's log)",
-                exe.display()
-            ));
-        }
-        std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|p| p.trim().parse().ok())
-            .ok_or_else(|| {
-                format!(
-                    "{} create wrote no pid to {}",
-                    exe.display(),
-                    pid_file.display()
-                )
-            })
-    }
-
-    pub fn start_external(exe: &Path, root: &Path, id: &str) -> Result<(), String> {
-        Self::run(exe, root, &["start", id])
     }
 
     /// Arguments for running `command` in container `id` with an external runtime (no
     /// terminal: its stdio are the caller's).
     pub fn exec_command(exe: &Path, root: &Path, id: &str, command: &[String]) -> Command {
-        let mut cmd = Self::command(exe, root);
+        let mut cmd = tugboat_monitor::external::command(exe, root);
         // No `--`: runc takes everything after the id as the command (and 1.1 would run `--`).
         cmd.arg("exec").arg(id).args(command);
         cmd

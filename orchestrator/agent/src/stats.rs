@@ -46,25 +46,8 @@ pub fn read_usage(root: &Path, id: &str) -> Option<Usage> {
     })
 }
 
-/// How many processes the kernel's OOM killer killed in the instance's cgroup: `oom_kill` of
-/// memory.events on v2, of memory.oom_control on v1. A v1 kernel older than 4.13 has no such
-/// line: then a hit of the memory limit (`memory.failcnt`) counts as one, which together
-/// with a SIGKILL is what an OOM kill looks like there. None: no memory cgroup to read
-/// (read it before the container's cgroup is removed).
-pub fn oom_kills(root: &Path, id: &str) -> Option<u64> {
-    let oom_kill_line = |text: String| {
-        text.lines()
-            .find_map(|l| l.strip_prefix("oom_kill "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-    };
-    let v2 = root.join("tug").join(id).join("memory.events");
-    if let Ok(text) = std::fs::read_to_string(&v2) {
-        return Some(oom_kill_line(text).unwrap_or(0));
-    }
-    let v1 = root.join("memory").join("tug").join(id);
-    let text = std::fs::read_to_string(v1.join("memory.oom_control")).ok()?;
-    oom_kill_line(text).or_else(|| read_u64(&v1.join("memory.failcnt")).map(|n| n.min(1)))
-}
+/// Processes the OOM killer killed in the instance's cgroup (the monitor reads it too).
+pub use tugboat_monitor::oom_kills;
 
 /// CPU in millicores between two readings `elapsed_ms` apart.
 pub fn cpu_millis(before: &Usage, after: &Usage, elapsed_ms: u64) -> u64 {

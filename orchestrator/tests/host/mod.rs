@@ -89,6 +89,37 @@ pub fn shop_spec() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop.yaml")
 }
 
+/// The agent runs `tugboat-monitor` from next to its own executable (else `tugboat monitor`).
+/// `cargo test -p tugboat` builds only tugboat's binaries: the monitor is built here, once per
+/// test run (a no-op when it is current), so the tests run the monitor users run.
+pub fn monitor_built() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let tugboat = PathBuf::from(env!("CARGO_BIN_EXE_tugboat"));
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        build
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "tugboat-monitor",
+                "--bin",
+                "tugboat-monitor",
+            ])
+            .current_dir(&workspace);
+        if tugboat.parent().and_then(|d| d.file_name()) == Some("release".as_ref()) {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build for tugboat-monitor");
+        assert!(status.success(), "cargo build -p tugboat-monitor failed");
+        let monitor = tugboat.with_file_name("tugboat-monitor");
+        assert!(monitor.is_file(), "{} was not built", monitor.display());
+        monitor
+    })
+}
+
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 pub struct TestHost {
@@ -113,6 +144,7 @@ pub fn run(cmd: &[&str]) {
 
 impl TestHost {
     pub fn new() -> TestHost {
+        monitor_built();
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let netns = format!("tgb{}x{n}", std::process::id());
         run(&["ip", "netns", "add", &netns]);
@@ -372,7 +404,8 @@ impl TestHost {
             .unwrap_or_default()
     }
 
-    /// Live monitor processes of this host's instances (by pid from monitor.json and cmdline).
+    /// Live monitor processes of this host's instances (`tugboat-monitor ...` or `tugboat
+    /// monitor ...` with an instance directory under this host's data dir).
     pub fn monitor_pids(&self) -> Vec<i32> {
         let mut pids = vec![];
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -380,14 +413,30 @@ impl TestHost {
                 continue;
             };
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(" monitor ")
-                && cmdline.contains(&format!("{}/", self.dir.display()))
-            {
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let small = args
+                .first()
+                .is_some_and(|a| Path::new(a).file_name() == Some("tugboat-monitor".as_ref()));
+            let subcommand = args.get(1).is_some_and(|a| a == "monitor");
+            let ours = args
+                .iter()
+                .any(|a| a.starts_with(&format!("{}/", self.dir.display())));
+            if (small || subcommand) && ours {
                 pids.push(pid);
             }
         }
         pids
+    }
+
+    /// The executables of this host's live monitors (`/proc/PID/exe`).
+    pub fn monitor_exes(&self) -> Vec<PathBuf> {
+        self.monitor_pids()
+            .iter()
+            .filter_map(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok())
+            .collect()
     }
 }
 

@@ -18,6 +18,23 @@ pub fn skip() -> Option<&'static str> {
     None
 }
 
+/// The `tug` under test: `TUG_BIN` (the test command sets it to the static musl `dist`
+/// build that scripts/install.sh installs), else the one cargo built for these tests.
+pub fn tug_bin() -> PathBuf {
+    match std::env::var_os("TUG_BIN") {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            assert!(
+                path.is_file(),
+                "TUG_BIN={} is not a file (build it, or unset TUG_BIN)",
+                path.display()
+            );
+            path
+        }
+        None => PathBuf::from(env!("CARGO_BIN_EXE_tug")),
+    }
+}
+
 /// Returns early from a test, saying why, when it cannot run here.
 #[macro_export]
 macro_rules! skip_unless_root {
@@ -118,7 +135,7 @@ impl Env {
     pub fn tug(&self, args: &[&str]) -> Output {
         let out = tempfile::NamedTempFile::new().unwrap();
         let err = tempfile::NamedTempFile::new().unwrap();
-        let status = Command::new(env!("CARGO_BIN_EXE_tug"))
+        let status = Command::new(tug_bin())
             .arg("--root")
             .arg(self.state_root())
             .args(args)

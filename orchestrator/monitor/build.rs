@@ -1,0 +1,5 @@
+include!("../../build-support/relr.rs");
+
+fn main() {
+    link_with_relr("tugboat-monitor");
+}

@@ -57,8 +57,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 vm_kernel
-log "building: cargo build -p tugboat -p tug-runtime --bins"
-cargo build -q -p tugboat -p tug-runtime --bins
+log "building: cargo build -p tugboat -p tug-runtime -p tugboat-monitor --bins"
+cargo build -q -p tugboat -p tug-runtime -p tugboat-monitor --bins
 vm_initramfs "$tmp"
 vm_accel "$tmp"
 

@@ -110,8 +110,8 @@ done < <(jq -r 'select(.reason == "compiler-artifact" and .executable != null
                 | [.target.name, .executable, .manifest_path] | @tsv' "$tmp/build.json")
 if [ "$provision" = 1 ]; then
   # provision-check.sh installs these into the VM's /usr/local/bin.
-  log "building: cargo build -p tugboat -p tug-runtime --bins"
-  cargo build -q -p tugboat -p tug-runtime --bins
+  log "building: cargo build -p tugboat -p tug-runtime -p tugboat-monitor --bins"
+  cargo build -q -p tugboat -p tug-runtime -p tugboat-monitor --bins
 fi
 
 out=$tmp/out

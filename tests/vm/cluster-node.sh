@@ -8,8 +8,8 @@
 # the VM's own disk (/tmp is its ext4 disk), so a power cut keeps the node's data as a real
 # reboot would; /usr/local/bin, /etc/default, /etc/systemd/system and /root are tmpfs, filled
 # again by the provisioning at each boot. It says `up` in /run/tug-vm once its units run,
-# lists its instance directories in /run/tug-vm/instances every second, and stops its
-# units when the host makes /run/tug-vm/stop.
+# lists its instance directories in /run/tug-vm/instances and copies the units' logs there
+# every second, and stops its units when the host makes /run/tug-vm/stop.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 if [ -z "${TUG_VM_CLUSTER_NS:-}" ]; then
@@ -57,6 +57,10 @@ touch "$share/up"
 while [ ! -e "$share/stop" ]; do
   ls /var/lib/tugboat/instances >"$share/instances.tmp" 2>/dev/null || true
   mv "$share/instances.tmp" "$share/instances"
+  # The units' logs, for the host to show when a step fails.
+  for f in /tmp/server.log /tmp/agent.log; do
+    [ ! -f "$f" ] || tail -n 200 "$f" >"$share/${f##*/}" 2>/dev/null || true
+  done
   for p in "${pids[@]}"; do
     kill -0 "$p" 2>/dev/null || { say "a unit stopped"; tail -n 30 /tmp/*.log; exit 1; }
   done

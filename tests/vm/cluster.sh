@@ -119,6 +119,9 @@ fail() {
   for i in 1 2 3; do
     echo "--- tug$i's console (last lines)"
     tail -n 40 "$tmp/vm$i.log" 2>/dev/null || true
+    for f in server agent; do
+      [ ! -f "$tmp/out$i/$f.log" ] || { echo "--- tug$i's $f (last lines)"; tail -n 40 "$tmp/out$i/$f.log"; }
+    done
   done
   tb get nodes 2>&1 || true
   tb get instances 2>&1 || true

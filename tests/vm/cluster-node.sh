@@ -57,10 +57,15 @@ touch "$share/up"
 while [ ! -e "$share/stop" ]; do
   ls /var/lib/tugboat/instances >"$share/instances.tmp" 2>/dev/null || true
   mv "$share/instances.tmp" "$share/instances"
-  # The units' logs, for the host to show when a step fails.
+  # The units' logs and the node's state, for the host to show when a step fails.
   for f in /tmp/server.log /tmp/agent.log; do
     [ ! -f "$f" ] || tail -n 200 "$f" >"$share/${f##*/}" 2>/dev/null || true
   done
+  {
+    ps -eo pid,ppid,stat,etime,wchan:24,args
+    ls -la /var/lib/tugboat/instances/* 2>&1
+    grep -F /var/lib/tugboat /proc/self/mountinfo
+  } >"$share/state" 2>&1 || true
   for p in "${pids[@]}"; do
     kill -0 "$p" 2>/dev/null || { say "a unit stopped"; tail -n 30 /tmp/*.log; exit 1; }
   done

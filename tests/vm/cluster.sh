@@ -122,6 +122,7 @@ fail() {
     for f in server agent; do
       [ ! -f "$tmp/out$i/$f.log" ] || { echo "--- tug$i's $f (last lines)"; tail -n 40 "$tmp/out$i/$f.log"; }
     done
+    [ ! -f "$tmp/out$i/state" ] || { echo "--- tug$i's processes, instances and mounts"; cat "$tmp/out$i/state"; }
   done
   tb get nodes 2>&1 || true
   tb get instances 2>&1 || true

@@ -802,6 +802,33 @@ impl Supervisor {
     }
 }
 
+/// Removes what is left of an instance that has no supervisor and whose record cannot be
+/// read (a power cut before it reached the disk), once the server's list shows it is not
+/// this node's: the container's runtime state (tug's), its network, its network namespace,
+/// its rootfs, its secrets and its directory. A live monitor is left alone.
+pub async fn remove_leftovers(ctx: &Arc<NodeContext>, id: &str) {
+    let paths = InstancePaths::new(&ctx.data_dir, id);
+    if monitor_running(&paths.dir) {
+        return;
+    }
+    let runtime = super::oci::Oci::Tug {
+        root: ctx.runtime_root.clone(),
+    };
+    if runtime.exists(id) {
+        let _ = runtime.delete(id);
+    }
+    {
+        let _net = ctx.net_lock.lock().await;
+        let _ = ctx.network.detach(id).await;
+    }
+    let _ = netns_file::remove(&paths.netns());
+    let images = ctx.images.clone();
+    let rid = id.to_string();
+    let _ = tokio::task::spawn_blocking(move || images.remove_rootfs(&rid)).await;
+    super::secrets::remove(&paths.dir);
+    let _ = std::fs::remove_dir_all(&paths.dir);
+}
+
 /// Is a host port free for publishing? A listening socket of another program would be
 /// shadowed by the published port without anyone noticing.
 fn host_port_free(m: &PortMapping) -> std::io::Result<()> {

@@ -299,6 +299,8 @@ pub struct Agent {
     instances: HashMap<String, Running>,
     /// The agent's API, with the URL the server reaches it at.
     api: Option<(tokio::net::TcpListener, String)>,
+    /// Instance directories found at start whose record could not be read.
+    unreadable: Vec<String>,
 }
 
 impl Agent {
@@ -376,6 +378,7 @@ impl Agent {
             config,
             instances: HashMap::new(),
             api,
+            unreadable: vec![],
         })
     }
 
@@ -591,25 +594,28 @@ impl Agent {
         };
         for dir in dirs.flatten() {
             let paths = instance::InstancePaths { dir: dir.path() };
-            if let Some(instance) = monitor::read_json::<Instance>(&paths.record()) {
-                // A container that kept running keeps its place in its service from the
-                // first programming on, not only once its supervisor has re-attached.
-                let state: instance::LocalState =
-                    monitor::read_json(&paths.local_state()).unwrap_or_default();
-                if let (Some(address), true) =
-                    (state.address, instance::monitor_running(&paths.dir))
-                {
-                    self.ctx.services.set_endpoint(
-                        &instance.service,
-                        &instance.id,
-                        services::Endpoint {
-                            address,
-                            ready: state.ready,
-                        },
-                    );
-                }
-                self.start(instance);
+            let Some(instance) = monitor::read_json::<Instance>(&paths.record()) else {
+                // Unreadable: removed once the server's list shows it is not ours
+                // (sync_assigned), started again if it is.
+                self.unreadable
+                    .push(dir.file_name().to_string_lossy().into_owned());
+                continue;
+            };
+            // A container that kept running keeps its place in its service from the
+            // first programming on, not only once its supervisor has re-attached.
+            let state: instance::LocalState =
+                monitor::read_json(&paths.local_state()).unwrap_or_default();
+            if let (Some(address), true) = (state.address, instance::monitor_running(&paths.dir)) {
+                self.ctx.services.set_endpoint(
+                    &instance.service,
+                    &instance.id,
+                    services::Endpoint {
+                        address,
+                        ready: state.ready,
+                    },
+                );
             }
+            self.start(instance);
         }
     }
 
@@ -617,6 +623,16 @@ impl Agent {
     fn sync_assigned(&mut self, assigned: Vec<Instance>) {
         let wanted: std::collections::HashSet<String> =
             assigned.iter().map(|i| i.id.clone()).collect();
+        for id in std::mem::take(&mut self.unreadable) {
+            if !wanted.contains(&id) {
+                eprintln!(
+                    "tugboat agent: {}: instance {id}: its record on disk cannot be read and the server does not place it here: removing what is left of it",
+                    self.config.node
+                );
+                let ctx = self.ctx.clone();
+                tokio::spawn(async move { instance::remove_leftovers(&ctx, &id).await });
+            }
+        }
         let gone: Vec<String> = self
             .instances
             .keys()

@@ -59,8 +59,14 @@ impl ExitRecord {
 
 /// Writes `value` as JSON to `path` through a temp file and a rename.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    use std::io::Write;
     let tmp = path.with_extension("tmp");
-    fs::write(&tmp, serde_json::to_vec(value).map_err(io::Error::other)?)?;
+    let mut file = fs::File::create(&tmp)?;
+    file.write_all(&serde_json::to_vec(value).map_err(io::Error::other)?)?;
+    // On the disk before the rename: a power cut must not leave an empty record in place of
+    // the old one (ext4 orders only a rename over an existing file), which the agent, after
+    // the reboot, could not read (these are written on changes, not periodically).
+    file.sync_data()?;
     fs::rename(&tmp, path)
 }
 

@@ -529,10 +529,7 @@ impl Supervisor {
         let _ = std::fs::remove_file(self.paths.exit());
         let _ = std::fs::remove_file(self.paths.monitor());
         // A container whose monitor died is still there: remove it so none runs twice.
-        let runtime = self.oci_or_tug();
-        if runtime.exists(self.id()) {
-            let _ = runtime.delete(self.id());
-        }
+        delete_container(self.oci_or_tug(), self.id()).await;
         self.set_endpoint(false);
         self.exit_code = exit.code;
         let liveness_error = match self.liveness.last_error.take() {
@@ -786,9 +783,7 @@ impl Supervisor {
                 .await;
             }
         }
-        if runtime.exists(&id) {
-            let _ = runtime.delete(&id);
-        }
+        delete_container(runtime, &id).await;
         {
             let _net = self.ctx.net_lock.lock().await;
             let _ = self.ctx.network.detach(&id).await;
@@ -814,9 +809,7 @@ pub async fn remove_leftovers(ctx: &Arc<NodeContext>, id: &str) {
     let runtime = super::oci::Oci::Tug {
         root: ctx.runtime_root.clone(),
     };
-    if runtime.exists(id) {
-        let _ = runtime.delete(id);
-    }
+    delete_container(runtime, id).await;
     {
         let _net = ctx.net_lock.lock().await;
         let _ = ctx.network.detach(id).await;
@@ -827,6 +820,19 @@ pub async fn remove_leftovers(ctx: &Arc<NodeContext>, id: &str) {
     let _ = tokio::task::spawn_blocking(move || images.remove_rootfs(&rid)).await;
     super::secrets::remove(&paths.dir);
     let _ = std::fs::remove_dir_all(&paths.dir);
+}
+
+/// Deletes the container if the runtime has it, on a blocking thread: a delete may wait up
+/// to 10 s for the container's processes, which must not hold an async worker (a node with
+/// one CPU has one).
+async fn delete_container(runtime: super::oci::Oci, id: &str) {
+    let id = id.to_string();
+    let _ = tokio::task::spawn_blocking(move || {
+        if runtime.exists(&id) {
+            let _ = runtime.delete(&id);
+        }
+    })
+    .await;
 }
 
 /// Is a host port free for publishing? A listening socket of another program would be

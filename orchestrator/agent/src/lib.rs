@@ -571,8 +571,12 @@ impl Agent {
                 Some(changes) => {
                     for change in changes {
                         match instance_change(change) {
-                            (_, Some(instance)) => self.apply(instance),
-                            (id, None) => self.stop(&id),
+                            InstanceChange::Put(instance) => self.apply(*instance),
+                            InstanceChange::Delete(id) => self.stop(&id),
+                            InstanceChange::Unreadable { id, error } => eprintln!(
+                                "tugboat agent: {}: a change of instance {id} that this agent cannot read, left as it is: {error}",
+                                self.config.node
+                            ),
                         }
                     }
                 }
@@ -722,14 +726,36 @@ impl Agent {
 }
 
 /// A watched instance change: its id, and the instance (none when it was deleted).
-fn instance_change(change: tugboat_api::wire::ObjectChange) -> (String, Option<Instance>) {
+/// What one watched change says of an instance.
+#[derive(Debug)]
+enum InstanceChange {
+    Put(Box<Instance>),
+    Delete(String),
+    /// A put this agent cannot read (a newer server's field, say): the instance is left as
+    /// it is, never taken for a delete, which would stop a running container.
+    Unreadable {
+        id: String,
+        error: String,
+    },
+}
+
+fn instance_change(change: tugboat_api::wire::ObjectChange) -> InstanceChange {
     let id = change
         .key
         .rsplit('/')
         .next()
         .unwrap_or_default()
         .to_string();
-    (id, serde_json::from_value(change.object).ok())
+    match change.kind {
+        tugboat_api::wire::EventKind::Delete => InstanceChange::Delete(id),
+        tugboat_api::wire::EventKind::Put => match serde_json::from_value(change.object) {
+            Ok(instance) => InstanceChange::Put(Box::new(instance)),
+            Err(e) => InstanceChange::Unreadable {
+                id,
+                error: e.to_string(),
+            },
+        },
+    }
 }
 
 /// `tugboat agent`: runs until SIGINT or SIGTERM, then leaves the instances running for the
@@ -964,9 +990,15 @@ async fn remote_loop(ctx: Arc<NodeContext>, others: Arc<std::sync::Mutex<remote:
                 let mut o = others.lock().unwrap_or_else(|p| p.into_inner());
                 for change in batch.changes {
                     match instance_change(change) {
-                        (id, Some(instance)) => o.instances.insert(id, instance),
-                        (id, None) => o.instances.remove(&id),
-                    };
+                        InstanceChange::Put(instance) => {
+                            o.instances.insert(instance.id.clone(), *instance);
+                        }
+                        InstanceChange::Delete(id) => {
+                            o.instances.remove(&id);
+                        }
+                        // Its last known state stays (see instance_change).
+                        InstanceChange::Unreadable { .. } => {}
+                    }
                 }
                 ctx.services.set_remote_endpoints(o.endpoints(&ctx.node));
             }
@@ -1142,5 +1174,49 @@ mod reserve_tests {
         assert!(parse_reserve("memory=lots", host)
             .unwrap_err()
             .starts_with("--reserve memory:"));
+    }
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use super::*;
+    use tugboat_api::wire::{EventKind, ObjectChange};
+
+    #[test]
+    fn only_a_delete_stops_an_instance_and_an_unreadable_put_is_not_one() {
+        let change = |kind, object| ObjectChange {
+            kind,
+            key: "/instances/web-abc12-xyz01".into(),
+            revision: 7,
+            object,
+        };
+        let instance = crate::remote::tests::instance(
+            "web-abc12-xyz01",
+            "n1",
+            tugboat_api::model::InstancePhase::Running,
+            true,
+            "",
+        );
+        match instance_change(change(
+            EventKind::Put,
+            serde_json::to_value(&instance).unwrap(),
+        )) {
+            InstanceChange::Put(i) => assert_eq!(i.id, "web-abc12-xyz01"),
+            other => panic!("{other:?}"),
+        }
+        match instance_change(change(EventKind::Delete, serde_json::Value::Null)) {
+            InstanceChange::Delete(id) => assert_eq!(id, "web-abc12-xyz01"),
+            other => panic!("{other:?}"),
+        }
+        // A put whose object this agent cannot read (here: a field of the wrong type).
+        let mut odd = serde_json::to_value(&instance).unwrap();
+        odd["service"] = serde_json::json!(42);
+        match instance_change(change(EventKind::Put, odd)) {
+            InstanceChange::Unreadable { id, error } => {
+                assert_eq!(id, "web-abc12-xyz01");
+                assert!(error.contains("invalid type"), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

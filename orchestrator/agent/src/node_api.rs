@@ -87,7 +87,7 @@ fn authorized(state: &NodeApiState, headers: &HeaderMap, peer: &Peer) -> bool {
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    given.map(str::trim) == Some(token.as_str())
+    given.is_some_and(|g| tugboat_api::same_secret(g.trim().as_bytes(), token.as_bytes()))
 }
 
 async fn exec(

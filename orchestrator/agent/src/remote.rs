@@ -229,7 +229,7 @@ pub struct RemoteView {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tugboat_api::model::Resources;
     use tugboat_api::spec::ServiceSpec;
@@ -253,7 +253,7 @@ mod tests {
         }
     }
 
-    fn instance(
+    pub(crate) fn instance(
         id: &str,
         node: &str,
         phase: InstancePhase,

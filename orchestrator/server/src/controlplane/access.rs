@@ -45,10 +45,6 @@ pub fn random_hex(bytes: usize) -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl ControlPlane {
     /// Makes a token; its secret is in the answer only.
     pub async fn create_token(&self, request: TokenRequest) -> Result<TokenCreated> {
@@ -132,7 +128,7 @@ impl ControlPlane {
             return Ok(None);
         };
         let record = record.object;
-        if !constant_time_eq(sha256_hex(secret).as_bytes(), record.hash.as_bytes()) {
+        if !tugboat_api::same_secret(sha256_hex(secret).as_bytes(), record.hash.as_bytes()) {
             return Ok(None);
         }
         if record.info.expires_ms.is_some_and(|t| now_ms() >= t) {

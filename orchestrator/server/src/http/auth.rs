@@ -14,10 +14,6 @@ pub enum Caller {
     Node(String),
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn unauthorized(message: String) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
 }
@@ -63,7 +59,7 @@ pub async fn identify(
                 .into(),
         ));
     };
-    if constant_time_eq(given.as_bytes(), admin.as_bytes()) {
+    if tugboat_api::same_secret(given.as_bytes(), admin.as_bytes()) {
         return Ok(Caller::Admin);
     }
     match state.control.token_scope(given).await? {

@@ -123,7 +123,7 @@ async fn exec(
             )
                 .into_response();
         };
-        if let Err(e) = target.check_running() {
+        if let Err(e) = target.wait_running().await {
             return (StatusCode::CONFLICT, format!("{e}\n")).into_response();
         }
         tokio::spawn(async move {

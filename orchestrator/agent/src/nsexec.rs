@@ -98,6 +98,9 @@ pub struct ExecTarget {
     pub id: String,
 }
 
+/// How long an exec waits for a container its monitor is still creating.
+pub const STARTING_WAIT: Duration = Duration::from_secs(10);
+
 impl ExecTarget {
     /// The runtime the instance runs under, from its record (tug when unknown).
     fn oci(&self) -> super::oci::Oci {
@@ -111,15 +114,31 @@ impl ExecTarget {
             })
     }
 
-    /// Refuses an instance whose container is not up (yet): no monitor or no container pid.
-    pub fn check_running(&self) -> Result<(), String> {
-        let record: super::monitor::MonitorRecord =
-            super::monitor::read_json(&self.dir.join(super::monitor::MONITOR_FILE))
-                .ok_or_else(|| format!("instance {} is not running", self.id))?;
-        record
-            .container_pid
-            .map(|_| ())
-            .ok_or_else(|| format!("instance {} is still starting", self.id))
+    /// Refuses an instance whose container is not up: no monitor, or a monitor gone
+    /// without a container. A container its monitor is still creating is waited for (up to
+    /// [`STARTING_WAIT`]): the agent reports an instance running once its monitor is
+    /// spawned, so `exec` right after `get instances` says running may come first.
+    pub async fn wait_running(&self) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + STARTING_WAIT;
+        loop {
+            let record: super::monitor::MonitorRecord =
+                super::monitor::read_json(&self.dir.join(super::monitor::MONITOR_FILE))
+                    .ok_or_else(|| format!("instance {} is not running", self.id))?;
+            if record.container_pid.is_some() {
+                return Ok(());
+            }
+            if !super::monitor::monitor_alive(&record) {
+                return Err(format!("instance {} is not running", self.id));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "instance {} is still starting after {} s",
+                    self.id,
+                    STARTING_WAIT.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn helper(&self, tty: bool, command: &[String]) -> tokio::process::Command {
@@ -164,7 +183,7 @@ pub async fn exec_in(
     command: &[String],
     limit: Duration,
 ) -> Result<ExecResult, String> {
-    target.check_running()?;
+    target.wait_running().await?;
     let mut child = target
         .helper(false, command)
         .stdin(Stdio::null())

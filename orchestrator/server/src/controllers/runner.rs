@@ -576,6 +576,11 @@ pub async fn run_controllers(cp: Arc<ControlPlane>, mut shutdown: watch::Receive
                 interval
             }
         };
+        if let Some(pools) = &cp.node_pools {
+            if let Err(e) = crate::nodepools::runner::pass(&cp, pools).await {
+                eprintln!("tugboat: node pools: {e}");
+            }
+        }
         // Any change but the followers' liveness relays (merged in memory, not reconciled).
         let changed = async {
             match watcher.as_mut() {

@@ -6,7 +6,7 @@
 pub use tugboat_agent as agent;
 pub use tugboat_api::{client, execstream, model, spec, tls, wire};
 pub use tugboat_server::{
-    controllers, controlplane, election, http, objects, pki, scheduler, server, store,
+    controllers, controlplane, election, http, nodepools, objects, pki, scheduler, server, store,
 };
 
 pub mod cli_config;

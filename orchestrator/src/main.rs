@@ -164,6 +164,10 @@ enum Command {
         /// third is left).
         #[arg(long, value_parser = humantime::parse_duration, default_value = "365d")]
         node_cert_lifetime: std::time::Duration,
+        /// Host autoscaling: a YAML file of node pools and their providers
+        /// (docs/nodepools.md); checked at start.
+        #[arg(long)]
+        node_pools: Option<PathBuf>,
     },
     /// Move a cluster's objects between stores (embedded <-> etcd), with its servers
     /// stopped: `export` writes one JSON document, `import` reads it into an empty store.
@@ -694,8 +698,12 @@ async fn run(cli: Cli) -> Result<()> {
             tls_names,
             server_cert_lifetime,
             node_cert_lifetime,
+            node_pools,
         } => {
             let mut config = ServerConfig::new(&cli.data_dir, *listen);
+            if let Some(path) = node_pools {
+                config.node_pools = Some(tugboat::nodepools::PoolsConfig::load(path)?);
+            }
             config.backend = store.backend(*leader_lease_ttl)?;
             config.auth = !insecure_no_auth;
             if *insecure_plain_http {

@@ -785,3 +785,129 @@ async fn metrics_describe_the_cluster_in_prometheus_text() {
     }
     cluster.stop().await;
 }
+
+/// Issue 17: a high-priority service that fits nowhere evicts a low one on a full node; the
+/// evicted instance goes pending with `preempted by SERVICE/ID` and is placed again when
+/// room returns; an equal priority never preempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_higher_priority_preempts_a_lower_one_and_an_equal_never_does() {
+    let mut cluster = TestCluster::start(&[]).await;
+    // One node with room for two instances of 512Mi.
+    cluster
+        .add_node(
+            "n1",
+            &[],
+            tugboat::model::Resources::new(2000, common::GI, 0),
+        )
+        .await;
+    let service = |name: &str, priority: &str, replicas: u32| {
+        parse_spec_file(
+            "p.yaml",
+            &format!(
+                "services:\n  {name}:\n    image: {name}:1\n    replicas: {replicas}\n    priority: {priority}\n    resources:\n      requests: {{memory: 512Mi}}\n"
+            ),
+            &|_| true,
+        )
+        .unwrap()
+    };
+    let client = &cluster.client;
+    client.apply(&service("batch", "low", 2)).await.unwrap();
+    let before = eventually("2 batch ready", WAIT, || async {
+        let batch = cluster.instances("batch").await;
+        (ready_count(&batch) == 2).then_some(batch)
+    })
+    .await;
+
+    client.apply(&service("api", "high", 1)).await.unwrap();
+    let api = eventually("api ready on n1", WAIT, || async {
+        let api = cluster.instances("api").await;
+        (ready_count(&api) == 1).then(|| api[0].clone())
+    })
+    .await;
+    let preempted = eventually("a batch instance preempted", WAIT, || async {
+        let batch = cluster.instances("batch").await;
+        let pending = batch
+            .iter()
+            .find(|i| i.phase == InstancePhase::Pending)?
+            .clone();
+        (ready_count(&batch) == 1 && batch.len() == 2).then_some(pending)
+    })
+    .await;
+    let reason = preempted.pending_reason.clone().unwrap();
+    assert!(
+        reason.starts_with(&format!("preempted by api/{}", api.id)),
+        "{reason}"
+    );
+    // One of the two was evicted, the other still runs; the copy keeps the evicted one's slot.
+    let survivor = cluster
+        .instances("batch")
+        .await
+        .into_iter()
+        .find(|i| i.ready)
+        .unwrap();
+    assert!(before.iter().any(|b| b.id == survivor.id));
+    let evicted = before.iter().find(|b| b.id != survivor.id).unwrap();
+    assert_eq!(preempted.slot, evicted.slot);
+    // describe tells the story on both sides.
+    let described = client.describe_service("batch").await.unwrap();
+    assert!(
+        described.events.iter().any(|e| e.reason == "preempted"
+            && e.name == preempted.id
+            && e.message.contains(&format!("preempted by api/{}", api.id))),
+        "{:?}",
+        described.events
+    );
+    let described = client.describe_service("api").await.unwrap();
+    assert!(
+        described
+            .events
+            .iter()
+            .any(|e| e.reason == "preempting"
+                && e.message.contains(&format!("batch/{}", evicted.id))),
+        "{:?}",
+        described.events
+    );
+
+    // An equal priority never preempts: `more` (low) stays pending, says why, evicts nothing.
+    client.apply(&service("more", "low", 1)).await.unwrap();
+    let more = eventually("more pending with a reason", WAIT, || async {
+        let more = cluster.instances("more").await;
+        more.first()
+            .filter(|i| i.phase == InstancePhase::Pending && i.pending_reason.is_some())
+            .cloned()
+    })
+    .await;
+    assert!(
+        more.pending_reason
+            .as_deref()
+            .unwrap()
+            .starts_with("1 node: not enough memory"),
+        "{:?}",
+        more.pending_reason
+    );
+    let batch = cluster.instances("batch").await;
+    assert!(batch.iter().any(|i| i.id == survivor.id && i.ready));
+    // Still pending, the preempted copy keeps its story and adds why it waits.
+    let copy = batch.iter().find(|i| i.id == preempted.id).unwrap();
+    assert_eq!(copy.phase, InstancePhase::Pending);
+    assert!(
+        copy.pending_reason
+            .as_deref()
+            .unwrap()
+            .contains("; 1 node: not enough memory"),
+        "{:?}",
+        copy.pending_reason
+    );
+
+    // Room returns: the preempted copy (older than `more`) is placed again.
+    client.delete_service("api").await.unwrap();
+    eventually("batch back to 2 ready", WAIT, || async {
+        let batch = cluster.instances("batch").await;
+        (ready_count(&batch) == 2 && batch.iter().any(|i| i.id == preempted.id && i.ready))
+            .then_some(())
+    })
+    .await;
+    let more = cluster.instances("more").await;
+    assert_eq!(more[0].phase, InstancePhase::Pending);
+    cluster.stop().await;
+}

@@ -9,6 +9,7 @@ pub mod controlplane;
 pub mod election;
 pub mod http;
 pub mod liveness;
+pub mod nodepools;
 pub mod objects;
 pub mod pki;
 pub mod scheduler;

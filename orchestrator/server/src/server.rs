@@ -66,6 +66,8 @@ pub struct ServerConfig {
     pub backend: StoreBackend,
     /// TLS on the API, with the cluster CA under `<data-dir>/tls`; None: plain HTTP.
     pub tls: Option<crate::pki::TlsSettings>,
+    /// Host autoscaling through providers (`--node-pools FILE`).
+    pub node_pools: Option<crate::nodepools::PoolsConfig>,
 }
 
 impl ServerConfig {
@@ -79,6 +81,7 @@ impl ServerConfig {
             store: EmbeddedStoreOptions::default(),
             backend: StoreBackend::Embedded,
             tls: None,
+            node_pools: None,
         }
     }
 }
@@ -292,11 +295,16 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     } else {
         None
     };
-    let control = Arc::new(ControlPlane::new(
+    let mut control = ControlPlane::new(
         store,
         Scheduler::new(config.scheduler.clone()),
         config.timers,
-    ));
+    );
+    control.node_pools = config
+        .node_pools
+        .clone()
+        .map(|pools| Arc::new(crate::nodepools::NodePools::new(pools)));
+    let control = Arc::new(control);
     if etcd.is_some() {
         // Until its campaign is won.
         control.set_leadership(Role::Follower, None);

@@ -349,6 +349,18 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_priority_names_file_line_and_field() {
+        let e = error("services:\n  web:\n    image: nginx\n    priority: urgent\n");
+        assert!(
+            e.starts_with("shop.yaml:4: services.web.priority: `urgent` is not a priority: `low`"),
+            "{e}"
+        );
+        let text = "services:\n  web:\n    image: nginx\n    priority: high\n";
+        let spec = parse_spec_file("shop.yaml", text, &|_| false).unwrap();
+        assert_eq!(spec.services["web"].priority, crate::spec::Priority::HIGH);
+    }
+
+    #[test]
     fn validation_errors_are_located() {
         let e = error("services:\n  web:\n    image: nginx\n  Bad_Name:\n    image: x\n    placement:\n      affinity:\n        - service: nope\n");
         assert!(

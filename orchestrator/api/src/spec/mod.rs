@@ -6,10 +6,12 @@
 
 pub mod file;
 pub mod locate;
+pub mod priority;
 pub mod units;
 pub mod validate;
 
 pub use file::{parse_spec_file, SpecFileError};
+pub use priority::Priority;
 pub use units::{human_bytes, human_cpu, Cpu, Memory, Percent, Port, UpdateCount};
 pub use validate::{validate_services, SpecError};
 
@@ -86,6 +88,9 @@ pub struct ServiceSpec {
     /// Replicas set by usage, between `min` and `max` (then `replicas` is only the start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<AutoscaleSpec>,
+    /// Who gives way when nodes are full: an instance may evict strictly lower ones.
+    #[serde(default, skip_serializing_if = "Priority::is_default")]
+    pub priority: Priority,
 }
 
 /// Replica autoscaling on usage against requests, in the manner of Kubernetes' HPA
@@ -812,6 +817,7 @@ impl ServiceSpec {
             secrets: vec![],
             runtime: None,
             autoscale: None,
+            priority: Priority::NORMAL,
         }
     }
 

@@ -6,7 +6,7 @@ use super::node::{next_deadline_ms, reconcile_nodes, Liveness, NodeAction};
 use super::service::{reconcile_service_draining, ServiceAction};
 use crate::controlplane::{ControlPlane, ControlPlaneError};
 use crate::objects::{self, Batch, Versioned};
-use crate::scheduler::{ClusterState, PlacementRequest};
+use crate::scheduler::{choose_preemption, ClusterState, PlacementRequest, Preemption, Resident};
 use crate::store::StoreError;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -298,7 +298,9 @@ async fn assign_service_addresses(cp: &ControlPlane) -> Result<()> {
 }
 
 /// Place pending instances: plan against a snapshot, then commit each plan against freshly
-/// read state with the same fit check, and write it with compare-and-swap.
+/// read state with the same fit code, and write it with compare-and-swap. Highest priority
+/// first; one that fits nowhere may preempt instances of strictly lower priority
+/// ([`preempt_for`]).
 pub async fn schedule_pending(cp: &ControlPlane) -> Result<()> {
     let (_, instances, nodes) = load(cp).await?;
     let mut pending: Vec<&Versioned<Instance>> = instances
@@ -308,17 +310,26 @@ pub async fn schedule_pending(cp: &ControlPlane) -> Result<()> {
     if pending.is_empty() {
         return Ok(());
     }
-    pending.sort_by_key(|i| (i.object.created_at_ms, i.object.id.clone()));
+    pending.sort_by_key(|i| {
+        (
+            std::cmp::Reverse(i.object.spec.priority),
+            i.object.created_at_ms,
+            i.object.id.clone(),
+        )
+    });
     let node_list: Vec<Node> = nodes.iter().map(|n| n.object.clone()).collect();
     let placed: Vec<Instance> = instances.iter().map(|i| i.object.clone()).collect();
     let mut snapshot = ClusterState::from_store(&node_list, &placed);
-    let mut requests: HashMap<String, PlacementRequest> = HashMap::new();
+    let mut requests: HashMap<String, Arc<PlacementRequest>> = HashMap::new();
     let mut plans = vec![];
     for instance in &pending {
         let request = requests
             .entry(instance.object.template_hash.clone())
             .or_insert_with(|| {
-                PlacementRequest::for_service(&instance.object.service, &instance.object.spec)
+                Arc::new(PlacementRequest::for_service(
+                    &instance.object.service,
+                    &instance.object.spec,
+                ))
             });
         plans.push(
             cp.scheduler
@@ -332,16 +343,42 @@ pub async fn schedule_pending(cp: &ControlPlane) -> Result<()> {
     let node_list: Vec<Node> = nodes_now.iter().map(|n| n.object.clone()).collect();
     let placed: Vec<Instance> = instances_now.iter().map(|i| i.object.clone()).collect();
     let mut live = ClusterState::from_store(&node_list, &placed);
+    // What preemption may evict: instances holding resources now. Those placed in this pass
+    // are never victims (they come first by priority, so none is lower than a later one).
+    let mut residents: Vec<(Resident, &Versioned<Instance>)> = instances_now
+        .iter()
+        .filter(|i| i.object.holds_resources())
+        .filter_map(|i| {
+            let node_index = live.node_index(i.object.node.as_deref()?)?;
+            let request = requests
+                .entry(i.object.template_hash.clone())
+                .or_insert_with(|| {
+                    Arc::new(PlacementRequest::for_service(
+                        &i.object.service,
+                        &i.object.spec,
+                    ))
+                })
+                .clone();
+            Some((
+                Resident {
+                    id: i.object.id.clone(),
+                    node_index,
+                    request,
+                },
+                i,
+            ))
+        })
+        .collect();
     for (instance, plan) in pending.into_iter().zip(plans) {
         let mut updated = instance.object.clone();
         let mut batch = Batch::default();
-        let request = &requests[&instance.object.template_hash];
+        let request = requests[&instance.object.template_hash].clone();
         match plan {
             Ok(placement) => {
                 let Some(index) = live.node_index(&placement.node) else {
                     continue;
                 };
-                if let Err(why) = cp.scheduler.commit(&mut live, request, index) {
+                if let Err(why) = cp.scheduler.commit(&mut live, &request, index) {
                     // Stale plan: leave it pending; the next pass plans again.
                     updated.pending_reason = Some(format!(
                         "placement on {} refused at commit: {why}",
@@ -361,6 +398,19 @@ pub async fn schedule_pending(cp: &ControlPlane) -> Result<()> {
                 }
             }
             Err(why) => {
+                let residents_now: Vec<Resident> =
+                    residents.iter().map(|(r, _)| r.clone()).collect();
+                if let Some(preemption) =
+                    choose_preemption(&cp.scheduler, &live, &request, &residents_now)
+                {
+                    if preempt_for(cp, &mut live, instance, &request, &preemption, &residents)
+                        .await?
+                    {
+                        residents.retain(|(r, _)| !preemption.victims.contains(&r.id));
+                    }
+                    continue;
+                }
+                let why = still_pending(updated.pending_reason.as_deref(), &why);
                 if updated.pending_reason.as_deref() != Some(why.as_str()) {
                     cp.event(
                         &mut batch,
@@ -379,6 +429,128 @@ pub async fn schedule_pending(cp: &ControlPlane) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The pending reason of an instance that is still unplaceable: an instance that was
+/// preempted keeps saying so (`preempted by web/ID; 1 node: not enough memory ...`).
+fn still_pending(previous: Option<&str>, why: &str) -> String {
+    match previous.filter(|p| p.starts_with(PREEMPTED_BY)) {
+        Some(p) => {
+            let by = p.split_once("; ").map_or(p, |(by, _)| by);
+            format!("{by}; {why}")
+        }
+        None => why.to_string(),
+    }
+}
+
+const PREEMPTED_BY: &str = "preempted by ";
+
+/// Evict the victims and place `instance` in one transaction, compared against the revisions
+/// the decision was made on. Each victim is deleted (its agent stops it as any removed
+/// instance: its `stop.signal`, then SIGKILL after its own `stop.grace_seconds`) and a pending
+/// copy takes its slot, template and restarts, with the reason `preempted by SERVICE/ID`, so
+/// the scheduler places it again when there is room. Returns whether it was written.
+async fn preempt_for(
+    cp: &ControlPlane,
+    live: &mut ClusterState,
+    instance: &Versioned<Instance>,
+    request: &PlacementRequest,
+    preemption: &Preemption,
+    residents: &[(Resident, &Versioned<Instance>)],
+) -> Result<bool> {
+    let now = now_ms();
+    let mut trial = live.clone();
+    let victims: Vec<&(Resident, &Versioned<Instance>)> = residents
+        .iter()
+        .filter(|(r, _)| preemption.victims.contains(&r.id))
+        .collect();
+    for (resident, _) in &victims {
+        trial.release(&resident.request, resident.node_index);
+    }
+    // The same fit code as every placement.
+    if cp
+        .scheduler
+        .commit(&mut trial, request, preemption.node_index)
+        .is_err()
+    {
+        return Ok(false);
+    }
+    let by = format!("{}/{}", instance.object.service, instance.object.id);
+    let mut batch = Batch::default();
+    let mut names = vec![];
+    for (_, victim) in &victims {
+        let old = &victim.object;
+        batch.compares.push(crate::store::Compare::ModRevision {
+            key: old.key(),
+            revision: victim.revision,
+        });
+        batch.delete(old.key());
+        let copy = Instance {
+            id: cp.new_instance_id(&old.service, &old.template_hash),
+            node: None,
+            phase: InstancePhase::Pending,
+            ready: false,
+            pending_reason: Some(format!("{PREEMPTED_BY}{by}")),
+            created_at_ms: now,
+            ready_since_ms: None,
+            message: String::new(),
+            exit_code: None,
+            failed_at_ms: None,
+            stats: None,
+            address: None,
+            carried_restarts: old.restarts,
+            crash_looping: false,
+            ..old.clone()
+        };
+        batch.put_if(copy.key(), 0, &copy);
+        let what = format!(
+            "preempted by {by} (priority {} over {}) on node {}; {} takes its place, pending",
+            request.priority, old.spec.priority, preemption.node, copy.id
+        );
+        cp.event(
+            &mut batch,
+            ObjectKind::Instance,
+            &old.id,
+            "preempted",
+            what.clone(),
+        );
+        cp.event(
+            &mut batch,
+            ObjectKind::Instance,
+            &copy.id,
+            "preempted",
+            what,
+        );
+        names.push(format!("{}/{}", old.service, old.id));
+    }
+    let mut placed = instance.object.clone();
+    placed.node = Some(preemption.node.clone());
+    placed.phase = InstancePhase::Scheduled;
+    placed.pending_reason = None;
+    batch.put_if(placed.key(), instance.revision, &placed);
+    cp.event(
+        &mut batch,
+        ObjectKind::Instance,
+        &placed.id,
+        "preempting",
+        format!(
+            "fits nowhere: evicting {} (lower priority) on node {}",
+            names.join(", "),
+            preemption.node
+        ),
+    );
+    cp.event(
+        &mut batch,
+        ObjectKind::Instance,
+        &placed.id,
+        "scheduled",
+        format!("placed on {}", preemption.node),
+    );
+    if commit_or_retry_later(cp, batch).await? {
+        *live = trial;
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// Run the controllers until `shutdown` turns true: on every store change (at most every
@@ -404,6 +576,11 @@ pub async fn run_controllers(cp: Arc<ControlPlane>, mut shutdown: watch::Receive
                 interval
             }
         };
+        if let Some(pools) = &cp.node_pools {
+            if let Err(e) = crate::nodepools::runner::pass(&cp, pools).await {
+                eprintln!("tugboat: node pools: {e}");
+            }
+        }
         // Any change but the followers' liveness relays (merged in memory, not reconciled).
         let changed = async {
             match watcher.as_mut() {

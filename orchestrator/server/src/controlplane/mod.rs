@@ -85,6 +85,8 @@ pub struct ControlPlane {
     /// deposed leader's late write fails. None on the embedded store: one server, no fence.
     leader_fence: Mutex<Option<Compare>>,
     role: Mutex<Role>,
+    /// Host autoscaling (`--node-pools`): the pools and what their autoscaler remembers.
+    pub node_pools: Option<Arc<crate::nodepools::NodePools>>,
 }
 
 /// What a server does on its store: the embedded store's server is always the leader; on
@@ -131,6 +133,7 @@ impl ControlPlane {
             event_seq: AtomicU64::new(0),
             leader_fence: Mutex::new(None),
             role: Mutex::new(Role::Leader),
+            node_pools: None,
         }
     }
 

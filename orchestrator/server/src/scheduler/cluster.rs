@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use tugboat_api::model::{Instance, Node, NodeStatus, Resources};
-use tugboat_api::spec::{PlacementSpec, Protocol, ServiceSpec, VolumeKind};
+use tugboat_api::spec::{PlacementSpec, Priority, Protocol, ServiceSpec, VolumeKind};
 
 /// What one instance needs from a node, derived once per service template.
 #[derive(Debug, Clone)]
@@ -15,6 +15,8 @@ pub struct PlacementRequest {
     pub placement: PlacementSpec,
     /// An OCI runtime by name the node must have (None: tug, or a path the agent checks).
     pub runtime: Option<String>,
+    /// Who may evict whom when nodes are full (strictly lower only).
+    pub priority: Priority,
 }
 
 impl PlacementRequest {
@@ -38,6 +40,7 @@ impl PlacementRequest {
                 .runtime
                 .clone()
                 .filter(|r| r != "tug" && !r.starts_with('/')),
+            priority: spec.priority,
         }
     }
 }
@@ -146,6 +149,33 @@ impl ClusterState {
             .and_then(|m| m.get(value))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Take an instance off node `i`: the inverse of [`ClusterState::reserve`], for trying
+    /// what an eviction would free. A named volume stays where it is (its data does).
+    pub fn release(&mut self, request: &PlacementRequest, i: usize) {
+        let node = &mut self.nodes[i];
+        node.allocated.sub(&request.resources);
+        for port in &request.host_ports {
+            node.host_ports.remove(port);
+        }
+        if let Some(n) = node.services.get_mut(&request.service) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                node.services.remove(&request.service);
+            }
+        }
+        if let Some(key) = &request.placement.spread {
+            if let Some(value) = self.nodes[i].labels.get(key) {
+                if let Some(n) = self
+                    .spread_counts
+                    .get_mut(&(request.service.clone(), key.clone()))
+                    .and_then(|m| m.get_mut(value))
+                {
+                    *n = n.saturating_sub(1);
+                }
+            }
+        }
     }
 
     /// Record an instance on node `i`. Does not check fit: callers go through

@@ -5,12 +5,14 @@
 
 pub mod cluster;
 pub mod filters;
+pub mod preempt;
 pub mod scorers;
 #[cfg(test)]
 mod tests;
 
 pub use cluster::{ClusterState, NodeState, PlacementRequest};
 pub use filters::{Filter, Rejection};
+pub use preempt::{choose_preemption, Preemption, Resident};
 pub use scorers::Scorer;
 
 use std::collections::BTreeMap;

@@ -311,7 +311,8 @@ pub async fn schedule_pending(cp: &ControlPlane) -> Result<()> {
     pending.sort_by_key(|i| (i.object.created_at_ms, i.object.id.clone()));
     let node_list: Vec<Node> = nodes.iter().map(|n| n.object.clone()).collect();
     let placed: Vec<Instance> = instances.iter().map(|i| i.object.clone()).collect();
-    let mut snapshot = ClusterState::from_store(&node_list, &placed);
+    let volumes = cp.volume_configs().await?;
+    let mut snapshot = ClusterState::from_store_with_volumes(&node_list, &placed, &volumes);
     let mut requests: HashMap<String, PlacementRequest> = HashMap::new();
     let mut plans = vec![];
     for instance in &pending {
@@ -331,7 +332,7 @@ pub async fn schedule_pending(cp: &ControlPlane) -> Result<()> {
     let (_, instances_now, nodes_now) = load(cp).await?;
     let node_list: Vec<Node> = nodes_now.iter().map(|n| n.object.clone()).collect();
     let placed: Vec<Instance> = instances_now.iter().map(|i| i.object.clone()).collect();
-    let mut live = ClusterState::from_store(&node_list, &placed);
+    let mut live = ClusterState::from_store_with_volumes(&node_list, &placed, &volumes);
     for (instance, plan) in pending.into_iter().zip(plans) {
         let mut updated = instance.object.clone();
         let mut batch = Batch::default();

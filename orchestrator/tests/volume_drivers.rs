@@ -2,11 +2,12 @@
 //! an ext4 image whose writers meet ENOSPC at its size, whose usage reaches the server (and
 //! an event past 80%), and that leaves nothing behind after `volume rm`; an exec plugin's
 //! lifecycle; an NFS volume that cannot be mounted is a clear status with nothing
-//! half-mounted; bad volumes are refused naming the field.
+//! half-mounted; bad volumes are refused naming the field; a service on a shared
+//! (multi-node-writer) volume is rescheduled with its data when its node dies.
 
 mod host;
 
-use host::{wait_for, TestHost};
+use host::{shop_images, wait_for, Lan, TestHost};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tugboat::model::Instance;
@@ -386,5 +387,115 @@ services:
                 && !agent.join("volume-objects/archive.json").exists()
         },
         || show(&host),
+    );
+}
+
+/// Two agents (a, b) and a server on a host of its own (s), on a LAN of namespaces
+/// (192.168.216.0/24 inside them only). The plugin's base directory is on the machine's
+/// disk, which every "host" shares: the shared storage a real cluster has on NFS or Ceph.
+#[test]
+fn a_service_on_a_shared_volume_moves_with_its_data_when_its_node_dies() {
+    skip_unless_possible!("a_service_on_a_shared_volume");
+    if std::process::Command::new("jq")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!(
+            "SKIP a_service_on_a_shared_volume: no jq (the example plugin reads its JSON with it)"
+        );
+        return;
+    }
+    let mut s = TestHost::new();
+    let mut hosts = [TestHost::new(), TestHost::new()];
+    let lan = Lan::new(&[
+        ("s", &s, "192.168.216.1/24"),
+        ("a", &hosts[0], "192.168.216.2/24"),
+        ("b", &hosts[1], "192.168.216.3/24"),
+    ]);
+    let server_dir = s.dir.join("server").display().to_string();
+    #[rustfmt::skip]
+    s.spawn("server", &["server", "--listen", "0.0.0.0:7480", "--data-dir", &server_dir,
+                        "--profile", "lan"]);
+    s.wait_for_output("server: tugboat server listening", START);
+    let (token, hash) = host::join_token(&s, "volume test");
+    let image = shop_images().join("oci/shop-catalog").display().to_string();
+    for (i, (host, node)) in hosts.iter_mut().zip(["a", "b"]).enumerate() {
+        let n = i + 2;
+        let address = format!("192.168.216.{n}");
+        let data = host.dir.join("agent").display().to_string();
+        #[rustfmt::skip]
+        let args = [
+            "agent", "--addr", "192.168.216.1:7480", "--join-token", &token, "--ca-hash", &hash,
+            "--data-dir", &data, "--node", node, "--subnet", &format!("10.88.{n}.0/24"),
+            "--address", &address, "--api-listen", &format!("{address}:7481"),
+            "--import", &image,
+        ];
+        host.spawn(&format!("agent-{node}"), &args);
+    }
+    let show = |s: &TestHost| format!("{:#?}", host::instances(s));
+    wait_for(
+        "nodes a and b registered",
+        START,
+        || s.api(|c| async move { c.nodes().await.map(|l| l.items.len()).unwrap_or(0) }) == 2,
+        || show(&s),
+    );
+    let base = s.dir.join("shared");
+    let text = format!(
+        r#"
+volumes:
+  orders:
+    driver: exec
+    access: multi-node-writer
+    options: {{plugin: {plugin}, base: {base}}}
+services:
+  ledger:
+    image: shop/catalog:1
+    volumes:
+      - {{type: volume, source: orders, target: /data}}
+    stop: {{grace_seconds: 1}}
+"#,
+        plugin = plugin().display(),
+        base = base.display()
+    );
+    let spec = tugboat::spec::parse_spec_file("shared.yaml", &text, &|_| false).unwrap();
+    s.api(|c| async move { c.apply(&spec).await.map(|_| ()) })
+        .expect("apply");
+    wait_for(
+        "ledger running",
+        START,
+        || running(&s, "ledger").is_some(),
+        || show(&s),
+    );
+    let first = running(&s, "ledger").unwrap();
+    let (code, said) = exec(
+        &s,
+        &first.id,
+        "echo order-1 >> /data/orders && cat /data/orders",
+    );
+    assert_eq!((code, said.trim()), (0, "order-1"), "{said}");
+
+    // Its node dies: the link cut and its agent killed.
+    let dead = first.node.clone().unwrap();
+    lan.set_link(&dead, false);
+    let i = if dead == "a" { 0 } else { 1 };
+    hosts[i].kill_spawned(&format!("agent-{dead}"));
+    wait_for(
+        "ledger running on the other node",
+        START,
+        || running(&s, "ledger").is_some_and(|r| r.node.as_deref() != Some(dead.as_str())),
+        || show(&s),
+    );
+    let second = running(&s, "ledger").unwrap();
+    let (code, said) = exec(
+        &s,
+        &second.id,
+        "echo order-2 >> /data/orders && cat /data/orders",
+    );
+    assert_eq!(
+        (code, said.trim()),
+        (0, "order-1\norder-2"),
+        "the new instance on {:?} reads what the old one on {dead} wrote",
+        second.node
     );
 }

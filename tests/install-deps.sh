@@ -98,6 +98,9 @@ command -v sha256sum >/dev/null || t+=(coreutils)
 # etcd for the store conformance suite and the leader election test (orchestrator/tests).
 command -v etcd >/dev/null || t+=(etcd-server)
 command -v etcdctl >/dev/null || t+=(etcd-client)
+# Volumes: sized local volumes are ext4 images (mkfs.ext4), the example plugin reads JSON.
+command -v mkfs.ext4 >/dev/null || t+=(e2fsprogs)
+command -v jq >/dev/null || t+=(jq)
 install "the root tests (required by the test command)" "${t[@]}"
 
 # The cgroup v2 VM stage (tests/vm/run.sh) and the Vagrant check (tests/vm/vagrant-validate.sh).

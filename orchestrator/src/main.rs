@@ -308,7 +308,8 @@ enum Command {
         #[command(subcommand)]
         action: tug_image::cli::ImageCommand,
     },
-    /// Named volumes of this node (under --data-dir): list, or remove one no instance uses.
+    /// Volumes: objects in the cluster (create, ls, describe, rm; docs/volumes.md), or with
+    /// --local the named-volume directories of this node (under --data-dir).
     Volume {
         #[command(subcommand)]
         action: VolumeAction,
@@ -464,8 +465,39 @@ enum Overlay {
 
 #[derive(Subcommand)]
 enum VolumeAction {
-    Ls,
-    Rm { name: String },
+    /// Make a volume object: `--driver local` (a directory; with --size an ext4 image of that
+    /// size), `nfs` (--opt server=ADDR --opt path=/export), or `exec` (--opt plugin=/path).
+    Create {
+        name: String,
+        #[arg(long, default_value = "local")]
+        driver: String,
+        /// `1Gi`, `500Mi`: a limit writers meet as ENOSPC (local, and plugins that take it).
+        #[arg(long)]
+        size: Option<String>,
+        /// A driver option, `key=value`; repeatable.
+        #[arg(long = "opt", value_parser = parse_label)]
+        opts: Vec<(String, String)>,
+        /// `single-node-writer` or `multi-node-writer` (default: the driver's).
+        #[arg(long)]
+        access: Option<String>,
+        /// local: the node the volume is made on (default: where its first user runs).
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// List volume objects with their node and usage (--local: this node's directories).
+    Ls {
+        #[arg(long)]
+        local: bool,
+    },
+    /// A volume's driver, size, node, users and each node's usage.
+    Describe { name: String },
+    /// Delete a volume object (refused while a service mounts it); its nodes remove its
+    /// data. --local: remove this node's directory of an object-less volume.
+    Rm {
+        name: String,
+        #[arg(long)]
+        local: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1087,14 +1119,60 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Image { action } => tug_image::cli::run(action.clone(), &cli.data_dir).await?,
         Command::Volume { action } => match action {
-            VolumeAction::Ls => {
+            VolumeAction::Ls { local: true } => {
                 for (name, users) in tugboat::agent::volumes::list(&cli.data_dir) {
                     println!("{name}\t{}", users.join(","));
                 }
             }
-            VolumeAction::Rm { name } => {
+            VolumeAction::Rm { name, local: true } => {
                 let path = tugboat::agent::volumes::remove(&cli.data_dir, name)?;
                 println!("removed volume {name} ({})", path.display());
+            }
+            VolumeAction::Create {
+                name,
+                driver,
+                size,
+                opts,
+                access,
+                node,
+            } => {
+                let config = tugboat::spec::VolumeConfig {
+                    driver: tugboat::spec::VolumeDriver::parse(driver)
+                        .map_err(|e| anyhow::anyhow!("--{e}"))?,
+                    size: size.clone(),
+                    options: opts.iter().cloned().collect(),
+                    access: access
+                        .as_deref()
+                        .map(tugboat::spec::AccessMode::parse)
+                        .transpose()
+                        .map_err(|e| anyhow::anyhow!("--{e}"))?,
+                    node: node.clone(),
+                };
+                let problems = config.check(name);
+                if !problems.is_empty() {
+                    bail!("volume {name}: {}", problems.join("; "));
+                }
+                let volume = client(&cli)?
+                    .create_volume(&tugboat::wire::VolumeRequest {
+                        name: name.clone(),
+                        config,
+                    })
+                    .await?;
+                print_data(&volume, cli.output, || format!("volume/{name} created\n"));
+            }
+            VolumeAction::Ls { local: false } => {
+                let list = client(&cli)?.volumes().await?;
+                print_data(&list, cli.output, || output::volumes_table(&list));
+            }
+            VolumeAction::Describe { name } => {
+                let volume = client(&cli)?.volume(name).await?;
+                print_data(&volume, cli.output, || {
+                    output::describe_volume(&volume, now)
+                });
+            }
+            VolumeAction::Rm { name, local: false } => {
+                client(&cli)?.delete_volume(name).await?;
+                println!("volume/{name} deleted (its nodes remove its data)");
             }
         },
         Command::Top { service } => {

@@ -566,6 +566,98 @@ pub fn secrets_table(secrets: &[tugboat_api::wire::SecretInfo], now_ms: u64) -> 
     table(&["NAME", "KEYS", "CREATED", "UPDATED"], &rows)
 }
 
+fn volume_size(v: &tugboat_api::model::Volume) -> String {
+    v.size_bytes
+        .map(tugboat_api::spec::human_bytes)
+        .unwrap_or_else(|| "-".into())
+}
+
+fn volume_used(u: &tugboat_api::model::VolumeUsage) -> String {
+    if u.bytes_total > 0 {
+        format!(
+            "{} ({}%)",
+            tugboat_api::spec::human_bytes(u.bytes_used),
+            u.percent()
+        )
+    } else {
+        tugboat_api::spec::human_bytes(u.bytes_used)
+    }
+}
+
+pub fn volumes_table(volumes: &[tugboat_api::model::Volume]) -> String {
+    let rows = volumes
+        .iter()
+        .map(|v| {
+            vec![
+                v.name.clone(),
+                v.config.driver.to_string(),
+                volume_size(v),
+                v.config.access_mode().to_string(),
+                v.node.clone().unwrap_or_else(|| "-".into()),
+                v.usage
+                    .iter()
+                    .map(volume_used)
+                    .max()
+                    .unwrap_or_else(|| "-".into()),
+                v.users.len().to_string(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table(
+        &["NAME", "DRIVER", "SIZE", "ACCESS", "NODE", "USED", "USERS"],
+        &rows,
+    )
+}
+
+pub fn describe_volume(v: &tugboat_api::model::Volume, now_ms: u64) -> String {
+    let mut out = String::new();
+    let mut line = |k: &str, val: String| out.push_str(&format!("{k:<10} {val}\n"));
+    line("Name:", v.name.clone());
+    line("Driver:", v.config.driver.to_string());
+    line("Size:", volume_size(v));
+    line("Access:", v.config.access_mode().to_string());
+    line("Node:", v.node.clone().unwrap_or_else(|| "-".into()));
+    for (k, val) in &v.config.options {
+        line("Option:", format!("{k}={val}"));
+    }
+    line("Created:", ago(now_ms, v.created_ms));
+    line(
+        "Users:",
+        if v.users.is_empty() {
+            "-".into()
+        } else {
+            v.users.join(", ")
+        },
+    );
+    if v.usage.is_empty() {
+        line("Usage:", "- (no node has it mounted)".into());
+    }
+    for u in &v.usage {
+        line(
+            "Usage:",
+            format!(
+                "node {}: {} of {}, {} of {} inodes, {} ({} ago)",
+                u.node,
+                volume_used(u),
+                if u.bytes_total > 0 {
+                    tugboat_api::spec::human_bytes(u.bytes_total)
+                } else {
+                    "the host's disk".into()
+                },
+                u.inodes_used,
+                if u.inodes_total > 0 {
+                    u.inodes_total.to_string()
+                } else {
+                    "-".into()
+                },
+                u.state,
+                ago(now_ms, u.measured_ms)
+            ),
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

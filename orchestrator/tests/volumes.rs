@@ -102,7 +102,7 @@ fn a_named_volume_outlives_restarts_and_updates_and_goes_only_by_volume_rm() {
 
     // In use: refused, naming an instance that uses it (the old one may still be going);
     // the data stays.
-    let out = volume_cli(&host, &["rm", "notes"]);
+    let out = volume_cli(&host, &["rm", "--local", "notes"]);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("volume notes is in use by instance keeper-"),
@@ -110,7 +110,7 @@ fn a_named_volume_outlives_restarts_and_updates_and_goes_only_by_volume_rm() {
         text(&out)
     );
     assert_eq!(starts(&host).len(), 3);
-    let listed = volume_cli(&host, &["ls"]);
+    let listed = volume_cli(&host, &["ls", "--local"]);
     assert!(text(&listed).contains("notes"), "{}", text(&listed));
 
     // Its service deleted: the volume stays until `volume rm`, which then removes it.
@@ -127,10 +127,10 @@ fn a_named_volume_outlives_restarts_and_updates_and_goes_only_by_volume_rm() {
         3,
         "deleting the service kept the volume"
     );
-    let out = volume_cli(&host, &["rm", "notes"]);
+    let out = volume_cli(&host, &["rm", "--local", "notes"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(!host.dir.join("agent/volumes/notes").exists());
-    let out = volume_cli(&host, &["rm", "notes"]);
+    let out = volume_cli(&host, &["rm", "--local", "notes"]);
     assert!(
         !out.status.success() && text(&out).contains("volume notes: not found"),
         "{}",

@@ -306,12 +306,7 @@ impl Supervisor {
         for v in &self.instance.spec.volumes {
             let source = match v.kind {
                 VolumeKind::Bind => ctx.allowed_host_path(&v.source)?,
-                VolumeKind::Volume => {
-                    let p = ctx.volumes_dir().join(&v.source);
-                    std::fs::create_dir_all(&p)
-                        .map_err(|e| format!("named volume {}: {}: {e}", v.source, p.display()))?;
-                    p
-                }
+                VolumeKind::Volume => super::volume_drivers::prepare(&ctx, &v.source).await?,
             };
             binds.push(BindMount {
                 source,

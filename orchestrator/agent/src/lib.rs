@@ -30,6 +30,7 @@ pub mod services;
 pub mod stats;
 pub mod tunnel;
 pub mod userns;
+pub mod volume_drivers;
 pub mod volumes;
 
 use images::ImageSource;
@@ -512,6 +513,7 @@ impl Agent {
         ));
         let remote = tokio::spawn(remote_loop(self.ctx.clone(), others.clone()));
         let peers = tokio::spawn(peer_loop(self.ctx.clone(), others));
+        let volume_usage = tokio::spawn(volume_drivers::usage_loop(self.ctx.clone()));
         let mut from = 0;
         loop {
             let requested = *shutdown.borrow();
@@ -520,6 +522,7 @@ impl Agent {
                 services.abort();
                 remote.abort();
                 peers.abort();
+                volume_usage.abort();
                 let _ = services.await;
                 let _ = remote.await;
                 if let Some(api) = &api {

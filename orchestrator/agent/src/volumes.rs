@@ -1,6 +1,18 @@
-//! Named volumes on this node: `<agent-data-dir>/volumes/<name>`. The agent makes them on
-//! first use and never removes them; `tugboat volume rm` does, when no instance here uses
-//! one. (`tugboat up` keeps its agent's data under `<data-dir>/agent`; both layouts work.)
+//! Volumes on this node (docs/volumes.md).
+//!
+//! A service mounts a volume by name. With no volume object of that name (the first form,
+//! still the default) it is a directory `<agent-data-dir>/volumes/<name>` made on first use.
+//! A volume object (`tugboat volume create`, a spec file's `volumes:`) picks a driver:
+//! - `local`: the same directory; with a size, an ext4 image of that size
+//!   (`volume-images/<name>.ext4`, sparse) on a loop device mounted there, so a writer gets
+//!   ENOSPC at the size instead of filling the host's disk;
+//! - `nfs`: a kernel NFS v4 mount at `volume-mounts/<name>`, made with mount(2);
+//! - `exec`: a plugin executable that mounts it (the protocol is in docs/volumes.md).
+//!
+//! The agent keeps each object it used in `volume-objects/<name>.json` (an offline node
+//! mounts from it), reports usage to the server when it changes, unmounts a volume no
+//! instance here uses, and removes a volume's data once its object is deleted.
+//! `tugboat volume ls|rm --local` list and remove the directories of a node by hand.
 
 use std::path::{Path, PathBuf};
 use tugboat_api::model::Instance;

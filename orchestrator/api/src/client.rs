@@ -502,4 +502,96 @@ impl ApiClient {
         )
         .await
     }
+    pub async fn create_volume(
+        &self,
+        request: &crate::wire::VolumeRequest,
+    ) -> Result<crate::model::Volume, ClientError> {
+        self.call(Method::POST, "/v1/volumes", Self::body(request))
+            .await
+    }
+    pub async fn volumes(&self) -> Result<Vec<crate::model::Volume>, ClientError> {
+        self.call(Method::GET, "/v1/volumes", None).await
+    }
+    pub async fn volume(&self, name: &str) -> Result<crate::model::Volume, ClientError> {
+        self.call(Method::GET, &format!("/v1/volumes/{name}"), None)
+            .await
+    }
+    pub async fn delete_volume(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::DELETE, &format!("/v1/volumes/{name}"), None)
+            .await
+    }
+    /// An agent's measurements of the volumes it has mounted.
+    pub async fn report_volume_usage(
+        &self,
+        node: &str,
+        report: &crate::wire::VolumeUsageReport,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.call(
+            Method::PUT,
+            &format!("/v1/nodes/{node}/volumes"),
+            Self::body(report),
+        )
+        .await
+    }
+    /// A volume's files as a tar archive, written to `out` as they come.
+    pub async fn volume_snapshot(
+        &self,
+        name: &str,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<u64, ClientError> {
+        let mut request = self
+            .http()
+            .get(format!("{}/v1/volumes/{name}/snapshot", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
+            addr: self.base.clone(),
+            cause: error_chain(&e),
+        };
+        let mut response = request.send().await.map_err(unreachable)?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            let bytes = response.bytes().await.map_err(unreachable)?;
+            return Err(error_from(status, &bytes));
+        }
+        let mut written = 0;
+        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+            out.write_all(&chunk).map_err(|e| ClientError::Decode {
+                status,
+                body: format!("writing the snapshot: {e}"),
+            })?;
+            written += chunk.len() as u64;
+        }
+        Ok(written)
+    }
+    /// Replaces a volume's files with those of a tar archive.
+    pub async fn volume_restore(
+        &self,
+        name: &str,
+        archive: Vec<u8>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let mut request = self
+            .http()
+            .put(format!("{}/v1/volumes/{name}/snapshot", self.base))
+            .header("content-type", "application/x-tar")
+            .body(archive);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
+            addr: self.base.clone(),
+            cause: error_chain(&e),
+        };
+        let response = request.send().await.map_err(unreachable)?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(unreachable)?;
+        if !(200..300).contains(&status) {
+            return Err(error_from(status, &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|_| ClientError::Decode {
+            status,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        })
+    }
 }

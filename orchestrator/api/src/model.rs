@@ -9,6 +9,7 @@ pub const SERVICES: &str = "/services/";
 pub const INSTANCES: &str = "/instances/";
 pub const NODES: &str = "/nodes/";
 pub const EVENTS: &str = "/events/";
+pub const VOLUMES: &str = "/volumes/";
 
 /// Where services get their virtual addresses unless configured otherwise (server and
 /// agents must agree).
@@ -414,6 +415,53 @@ pub enum ObjectKind {
     Service,
     Instance,
     Node,
+    Volume,
+}
+
+/// A volume object (`tugboat volume create`, a spec file's `volumes:`): the desired volume,
+/// and where a local one lives. Its usage is a measurement: kept in the server's memory and
+/// added when it is read, never stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Volume {
+    pub name: String,
+    pub config: crate::spec::VolumeConfig,
+    /// The size in bytes (from `config.size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    /// local: the node that holds the data (set when its first user is placed, or by
+    /// `config.node`). Its users are placed there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    pub created_ms: u64,
+    /// Latest usage per node that mounts it (in memory only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub usage: Vec<VolumeUsage>,
+    /// Instances that mount it (filled in when it is read).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<String>,
+}
+
+/// How full a volume is, as a node measured it (statvfs of its mount).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeUsage {
+    pub volume: String,
+    pub node: String,
+    pub bytes_used: u64,
+    pub bytes_total: u64,
+    pub inodes_used: u64,
+    pub inodes_total: u64,
+    /// `mounted`, or what went wrong making it (`nfs server 10.0.0.9 did not answer in 5 s`).
+    pub state: String,
+    pub measured_ms: u64,
+}
+
+impl VolumeUsage {
+    /// Percent of the size used (0 when unknown).
+    pub fn percent(&self) -> u64 {
+        (self.bytes_used.saturating_mul(100))
+            .checked_div(self.bytes_total)
+            .unwrap_or(0)
+    }
 }
 
 #[cfg(test)]

@@ -180,6 +180,9 @@ pub struct ApplyOutcome {
     pub revision: Revision,
     /// service name -> "created" | "updated" | "unchanged"
     pub services: BTreeMap<String, String>,
+    /// volume name -> "created" | "unchanged"
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub volumes: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -350,4 +353,20 @@ pub const TUNNEL_PROTOCOL: &str = "tugboat-tunnel";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TunnelDial {
     pub dial: String,
+}
+
+/// `POST /v1/volumes`: make a volume object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeRequest {
+    pub name: String,
+    pub config: crate::spec::VolumeConfig,
+}
+
+/// `PUT /v1/nodes/{name}/volumes`: what an agent measured of the volumes it has mounted
+/// (sent when it changes; kept in the server's memory).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeUsageReport {
+    pub volumes: Vec<crate::model::VolumeUsage>,
 }

@@ -284,6 +284,22 @@ fn validate(
             message: e.message,
         }));
     }
+    for (name, volume) in &spec.volumes {
+        for message in volume.check(name) {
+            let (field, message) = message.split_once(": ").unwrap_or(("", &message));
+            let path = if field.is_empty() || field == "name" {
+                format!("volumes.{name}")
+            } else {
+                format!("volumes.{name}.{field}")
+            };
+            problems.push(SpecProblem {
+                file: file.to_string(),
+                line: line_of(text, &path),
+                field: path,
+                message: message.to_string(),
+            });
+        }
+    }
     if problems.is_empty() {
         return Ok(spec);
     }

@@ -9,11 +9,13 @@ pub mod locate;
 pub mod priority;
 pub mod units;
 pub mod validate;
+pub mod volume;
 
 pub use file::{parse_spec_file, SpecFileError};
 pub use priority::Priority;
 pub use units::{human_bytes, human_cpu, Cpu, Memory, Percent, Port, UpdateCount};
 pub use validate::{validate_services, SpecError};
+pub use volume::{AccessMode, VolumeConfig, VolumeDriver};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -33,6 +35,9 @@ pub fn names_a_registry(reference: &str) -> bool {
 #[serde(deny_unknown_fields)]
 pub struct SpecFile {
     pub services: BTreeMap<String, ServiceSpec>,
+    /// Volume objects by name (docs/volumes.md), made before the services that mount them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub volumes: BTreeMap<String, VolumeConfig>,
 }
 
 /// One service: a template for identical instances, and how many of them to run.

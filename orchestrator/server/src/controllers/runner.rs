@@ -319,7 +319,8 @@ pub async fn schedule_pending(cp: &ControlPlane) -> Result<()> {
     });
     let node_list: Vec<Node> = nodes.iter().map(|n| n.object.clone()).collect();
     let placed: Vec<Instance> = instances.iter().map(|i| i.object.clone()).collect();
-    let mut snapshot = ClusterState::from_store(&node_list, &placed);
+    let volumes = cp.volume_configs().await?;
+    let mut snapshot = ClusterState::from_store_with_volumes(&node_list, &placed, &volumes);
     let mut requests: HashMap<String, Arc<PlacementRequest>> = HashMap::new();
     let mut plans = vec![];
     for instance in &pending {
@@ -342,7 +343,7 @@ pub async fn schedule_pending(cp: &ControlPlane) -> Result<()> {
     let (_, instances_now, nodes_now) = load(cp).await?;
     let node_list: Vec<Node> = nodes_now.iter().map(|n| n.object.clone()).collect();
     let placed: Vec<Instance> = instances_now.iter().map(|i| i.object.clone()).collect();
-    let mut live = ClusterState::from_store(&node_list, &placed);
+    let mut live = ClusterState::from_store_with_volumes(&node_list, &placed, &volumes);
     // What preemption may evict: instances holding resources now. Those placed in this pass
     // are never victims (they come first by priority, so none is lower than a later one).
     let mut residents: Vec<(Resident, &Versioned<Instance>)> = instances_now

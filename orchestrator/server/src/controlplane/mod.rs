@@ -4,7 +4,9 @@
 pub mod access;
 mod agents;
 pub mod secrets;
+mod volumes;
 pub use agents::NodeScheduling;
+pub use volumes::shared_volumes;
 mod services;
 mod views;
 
@@ -76,6 +78,10 @@ pub struct ControlPlane {
     /// Last usage reported per instance, in memory only: measurements are not durable
     /// state, and a store write per stats report was most of what the server wrote.
     usage: Mutex<HashMap<String, tugboat_api::model::InstanceStats>>,
+    /// Last usage of each volume per node (volume, node), in memory only.
+    volume_usage: Mutex<HashMap<(String, String), tugboat_api::model::VolumeUsage>>,
+    /// The alert level (0, 80, 95) each (volume, node) last reached: one event per crossing.
+    volume_alerts: Mutex<HashMap<(String, String), u64>>,
     /// Per autoscaled service, what its autoscaler remembers (in memory).
     pub(crate) autoscale: Mutex<HashMap<String, crate::controllers::autoscale::History>>,
     ids: Mutex<u64>,
@@ -128,6 +134,8 @@ impl ControlPlane {
             heartbeats: Mutex::new(HashMap::new()),
             peer_seen: Mutex::new(HashMap::new()),
             usage: Mutex::new(HashMap::new()),
+            volume_usage: Mutex::new(HashMap::new()),
+            volume_alerts: Mutex::new(HashMap::new()),
             autoscale: Mutex::new(HashMap::new()),
             ids: Mutex::new(seed | 1),
             event_seq: AtomicU64::new(0),
@@ -409,6 +417,7 @@ mod tests {
                 .iter()
                 .map(|n| (n.to_string(), ServiceSpec::new(image)))
                 .collect(),
+            volumes: Default::default(),
         };
         cp.apply(file("x:1")).await.unwrap();
         let one = cp

@@ -69,6 +69,7 @@ impl ControlPlane {
         let known = self.validate(&file.services).await?;
         let now = now_ms();
         let mut batch = Batch::default();
+        let volumes = self.apply_volumes(&mut batch, &file.volumes, now).await?;
         let mut outcome = BTreeMap::new();
         let mut created = vec![];
         for (name, spec) in file.services {
@@ -106,6 +107,7 @@ impl ControlPlane {
         Ok(ApplyOutcome {
             revision,
             services: outcome,
+            volumes,
         })
     }
 

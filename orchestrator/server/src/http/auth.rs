@@ -143,6 +143,7 @@ async fn permit_node(state: &ApiState, node: &str, request: &ApiRequest) -> Resu
         | ApiRequest::RenewNodeCertificate { name, .. }
         | ApiRequest::NodeTunnel { name }
         | ApiRequest::NodeTunnelConnection { name, .. }
+        | ApiRequest::ReportVolumeUsage { name, .. }
         | ApiRequest::GetNode { name } => own(name),
         ApiRequest::InstanceSecrets { id } => {
             let instance = state.control.get_instance(id).await?.object;
@@ -168,6 +169,8 @@ async fn permit_node(state: &ApiState, node: &str, request: &ApiRequest) -> Resu
         | ApiRequest::GetService { .. }
         | ApiRequest::ListInstances { .. }
         | ApiRequest::GetInstance { .. }
+        | ApiRequest::ListVolumes
+        | ApiRequest::GetVolume { .. }
         | ApiRequest::Watch { .. }
         | ApiRequest::DescribeCluster
         | ApiRequest::Healthz

@@ -481,6 +481,19 @@ pub async fn handle(
             ok(json(cp.set_node_schedule(&name, action).await?))
         }
         ApiRequest::Heartbeat { name, beat } => ok(json(cp.heartbeat(&name, &beat).await?)),
+        ApiRequest::ListVolumes => ok(json(cp.list_volumes().await?)),
+        ApiRequest::CreateVolume(request) => {
+            Ok((StatusCode::CREATED, json(cp.create_volume(request).await?)))
+        }
+        ApiRequest::GetVolume { name } => ok(json(cp.describe_volume(&name).await?)),
+        ApiRequest::DeleteVolume { name } => {
+            cp.delete_volume(&name).await?;
+            ok(serde_json::json!({"deleted": name}))
+        }
+        ApiRequest::ReportVolumeUsage { name, report } => {
+            cp.report_volume_usage(&name, report).await?;
+            ok(serde_json::json!({"node": name}))
+        }
         ApiRequest::ListEvents { kind, name } => {
             ok(json(cp.list_events(kind, name.as_deref()).await?))
         }

@@ -9,7 +9,7 @@ use tugboat_api::model::ObjectKind;
 use tugboat_api::spec::{ServiceSpec, SpecFile};
 use tugboat_api::wire::{
     CertificateRequest, CreateServiceBody, InstanceStatusReport, NodeRegistration, Revision,
-    ScaleBody, SecretRequest, TokenRequest, WatchKind,
+    ScaleBody, SecretRequest, TokenRequest, VolumeRequest, VolumeUsageReport, WatchKind,
 };
 
 /// Longest a watch waits for a change.
@@ -111,6 +111,19 @@ pub enum ApiRequest {
     },
     InstanceSecrets {
         id: String,
+    },
+    ListVolumes,
+    CreateVolume(VolumeRequest),
+    GetVolume {
+        name: String,
+    },
+    DeleteVolume {
+        name: String,
+    },
+    /// A node's measurements of the volumes it has mounted.
+    ReportVolumeUsage {
+        name: String,
+        report: VolumeUsageReport,
     },
     Metrics,
     /// A dial-out node's agent keeps this stream open ([`super::tunnel`]).
@@ -291,7 +304,7 @@ impl ApiRequest {
                     .map(|k| {
                         serde_json::from_value(serde_json::Value::String(k.clone())).map_err(|_| {
                             ApiError::bad_request(format!(
-                                "kind `{k}` is not one of service, instance, node"
+                                "kind `{k}` is not one of service, instance, node, volume"
                             ))
                         })
                     })
@@ -332,6 +345,14 @@ impl ApiRequest {
             RouteId::PutSecret => ApiRequest::PutSecret(body(bytes)?),
             RouteId::DeleteSecret => ApiRequest::DeleteSecret { name: name() },
             RouteId::InstanceSecrets => ApiRequest::InstanceSecrets { id: id() },
+            RouteId::ListVolumes => ApiRequest::ListVolumes,
+            RouteId::CreateVolume => ApiRequest::CreateVolume(body(bytes)?),
+            RouteId::GetVolume => ApiRequest::GetVolume { name: name() },
+            RouteId::DeleteVolume => ApiRequest::DeleteVolume { name: name() },
+            RouteId::ReportVolumeUsage => ApiRequest::ReportVolumeUsage {
+                name: name(),
+                report: body(bytes)?,
+            },
             RouteId::Metrics => ApiRequest::Metrics,
             RouteId::NodeTunnel => ApiRequest::NodeTunnel { name: name() },
             RouteId::NodeTunnelConnection => ApiRequest::NodeTunnelConnection {
@@ -353,6 +374,8 @@ impl ApiRequest {
                 | RouteId::RenewNodeCertificate
                 | RouteId::CreateToken
                 | RouteId::PutSecret
+                | RouteId::CreateVolume
+                | RouteId::ReportVolumeUsage
         );
         if !takes_body {
             no_body(bytes)?;

@@ -61,6 +61,7 @@ pub async fn pass(cp: &Arc<ControlPlane>, pools: &Arc<NodePools>) -> Result<(), 
     let now = now_ms();
     let (nodes, _) = objects::list::<Node>(cp.store(), NODES).await?;
     let (instances, _) = objects::list::<Instance>(cp.store(), INSTANCES).await?;
+    let volumes = cp.volume_configs().await?;
     let nodes: Vec<Node> = nodes.into_iter().map(|n| n.object).collect();
     let instances: Vec<Instance> = instances.into_iter().map(|i| i.object).collect();
     let config = &pools.config;
@@ -102,7 +103,7 @@ pub async fn pass(cp: &Arc<ControlPlane>, pools: &Arc<NodePools>) -> Result<(), 
                 },
             );
         }
-        let cluster = ClusterState::from_store(&nodes, &instances);
+        let cluster = ClusterState::from_store_with_volumes(&nodes, &instances, &volumes);
         let mut requests: HashMap<String, Arc<PlacementRequest>> = HashMap::new();
         let mut request_of = |i: &Instance| {
             requests

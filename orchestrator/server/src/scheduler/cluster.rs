@@ -2,8 +2,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use tugboat_api::model::{Instance, Node, NodeStatus, Resources};
-use tugboat_api::spec::{PlacementSpec, Priority, Protocol, ServiceSpec, VolumeKind};
+use tugboat_api::model::{Instance, Node, NodeStatus, Resources, Volume};
+use tugboat_api::spec::{AccessMode, PlacementSpec, Priority, Protocol, ServiceSpec, VolumeKind};
 
 /// What one instance needs from a node, derived once per service template.
 #[derive(Debug, Clone)]
@@ -100,6 +100,10 @@ pub struct ClusterState {
     index: HashMap<String, usize>,
     /// Which node holds each named volume.
     pub volume_nodes: HashMap<String, usize>,
+    /// Volumes any node may mount (an nfs or multi-node exec volume): never pinned.
+    pub shared_volumes: HashSet<String>,
+    /// Local volumes whose object names a node that is not registered: no node takes them.
+    pub homeless_volumes: HashMap<String, String>,
     /// Instances of a service per value of a spread label: (service, label key) -> value -> n.
     pub spread_counts: HashMap<(Arc<str>, String), HashMap<String, u32>>,
 }
@@ -124,7 +128,34 @@ impl ClusterState {
 
     /// Build from stored nodes and the instances that hold resources on them.
     pub fn from_store(nodes: &[Node], instances: &[Instance]) -> ClusterState {
+        Self::from_store_with_volumes(nodes, instances, &BTreeMap::new())
+    }
+
+    /// The same, knowing the volume objects: shared volumes pin nobody, and a local volume
+    /// made for a node (`node:`) is on that node before any instance uses it.
+    pub fn from_store_with_volumes(
+        nodes: &[Node],
+        instances: &[Instance],
+        volumes: &BTreeMap<String, Volume>,
+    ) -> ClusterState {
         let mut cluster = ClusterState::new(nodes.iter().map(NodeState::from_node).collect());
+        for volume in volumes.values() {
+            if volume.config.access_mode() == AccessMode::MultiNodeWriter {
+                cluster.volume_nodes.remove(&volume.name);
+                cluster.shared_volumes.insert(volume.name.clone());
+            } else if let Some(home) = &volume.config.node {
+                match cluster.node_index(home) {
+                    Some(i) => {
+                        cluster.volume_nodes.insert(volume.name.clone(), i);
+                    }
+                    None => {
+                        cluster
+                            .homeless_volumes
+                            .insert(volume.name.clone(), home.clone());
+                    }
+                }
+            }
+        }
         let mut requests: HashMap<&str, PlacementRequest> = HashMap::new();
         for instance in instances.iter().filter(|i| i.holds_resources()) {
             let key = instance.template_hash.as_str();
@@ -186,6 +217,9 @@ impl ClusterState {
         node.host_ports.extend(request.host_ports.iter().copied());
         *node.services.entry(request.service.clone()).or_default() += 1;
         for volume in &request.named_volumes {
+            if self.shared_volumes.contains(volume) {
+                continue;
+            }
             node.volumes.insert(volume.clone());
             self.volume_nodes.insert(volume.clone(), i);
         }

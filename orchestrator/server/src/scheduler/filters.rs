@@ -43,6 +43,11 @@ pub enum Rejection {
         volume: String,
         node: String,
     },
+    /// The node holding a local volume is not ready (or not registered): its users wait.
+    VolumeNodeDown {
+        volume: String,
+        node: String,
+    },
     RuntimeMissing {
         runtime: String,
     },
@@ -138,6 +143,11 @@ impl fmt::Display for Rejection {
             Rejection::VolumeElsewhere { volume, node } => {
                 write!(f, "volume `{volume}` is on node {node}")
             }
+            Rejection::VolumeNodeDown { volume, node } => write!(
+                f,
+                "local volume `{volume}` is on node {node}, which is not ready: its users wait \
+                 for it (or restore a snapshot of it elsewhere)"
+            ),
             Rejection::RuntimeMissing { runtime } => write!(f, "no runtime {runtime}"),
         }
     }
@@ -316,8 +326,23 @@ impl Filter for VolumeAvailable {
         cluster: &ClusterState,
     ) -> Result<(), Rejection> {
         for volume in &request.named_volumes {
+            if cluster.shared_volumes.contains(volume) {
+                continue;
+            }
+            if let Some(home) = cluster.homeless_volumes.get(volume) {
+                return Err(Rejection::VolumeNodeDown {
+                    volume: volume.clone(),
+                    node: home.clone(),
+                });
+            }
             if let Some(&at) = cluster.volume_nodes.get(volume) {
                 let holder = &cluster.nodes[at];
+                if !holder.ready {
+                    return Err(Rejection::VolumeNodeDown {
+                        volume: volume.clone(),
+                        node: holder.name.clone(),
+                    });
+                }
                 if holder.name != node.name {
                     return Err(Rejection::VolumeElsewhere {
                         volume: volume.clone(),

@@ -226,6 +226,108 @@ fn a_named_volume_pins_its_users_to_its_node() {
     );
 }
 
+fn volume_object(
+    name: &str,
+    config: tugboat_api::spec::VolumeConfig,
+) -> tugboat_api::model::Volume {
+    tugboat_api::model::Volume {
+        name: name.into(),
+        size_bytes: config.size_bytes(),
+        node: config.node.clone(),
+        config,
+        created_ms: 0,
+        usage: vec![],
+        users: vec![],
+    }
+}
+
+fn mounting(volume: &str) -> ServiceSpec {
+    let mut s = spec(100, 1);
+    s.volumes = vec![VolumeSpec {
+        kind: VolumeKind::Volume,
+        source: volume.into(),
+        target: "/data".into(),
+        read_only: false,
+    }];
+    s
+}
+
+#[test]
+fn a_shared_volume_pins_nobody_and_a_local_one_made_for_a_node_waits_for_it() {
+    use tugboat_api::model::{Node, NodeStatus};
+    use tugboat_api::spec::{VolumeConfig, VolumeDriver};
+    let scheduler = all_nodes();
+    let stored = |name: &str, ready: bool, volumes: &[&str]| Node {
+        status: if ready {
+            NodeStatus::Ready
+        } else {
+            NodeStatus::NotReady
+        },
+        volumes: volumes.iter().map(|v| v.to_string()).collect(),
+        ..serde_json::from_value(serde_json::json!({
+            "name": name, "capacity": {"cpu_millis": 8000, "memory_bytes": 8u64 << 30, "pids": 10000},
+            "status": "ready", "registered_at_ms": 0
+        }))
+        .unwrap()
+    };
+    let nfs = VolumeConfig {
+        driver: VolumeDriver::Nfs,
+        options: [("server", "192.0.2.1"), ("path", "/srv")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
+        ..Default::default()
+    };
+    let home = VolumeConfig {
+        node: Some("b".into()),
+        ..Default::default()
+    };
+    let gone = VolumeConfig {
+        node: Some("z".into()),
+        ..Default::default()
+    };
+    let volumes: std::collections::BTreeMap<_, _> = [
+        ("orders", volume_object("orders", nfs)),
+        ("carts", volume_object("carts", home)),
+        ("old", volume_object("old", gone)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    // "orders" also exists as a directory on a (the node reports it): shared wins.
+    let nodes = [stored("a", true, &["orders"]), stored("b", true, &[])];
+    let mut cluster = ClusterState::from_store_with_volumes(&nodes, &[], &volumes);
+    let orders = request("orders", &mounting("orders"));
+    for i in 0..2 {
+        scheduler.commit(&mut cluster, &orders, i).unwrap();
+    }
+    let carts = request("cart", &mounting("carts"));
+    assert_eq!(scheduler.place(&mut cluster, &carts).unwrap().node, "b");
+    assert_eq!(
+        scheduler.commit(&mut cluster, &carts, 0),
+        Err(Rejection::VolumeElsewhere {
+            volume: "carts".into(),
+            node: "b".into()
+        })
+    );
+    let old = request("old", &mounting("old"));
+    let why = scheduler.place(&mut cluster, &old).unwrap_err().to_string();
+    assert!(
+        why.contains("local volume `old` is on node z, which is not ready"),
+        "{why}"
+    );
+    // Its node down: the volume's users wait, with the reason.
+    let nodes = [stored("a", true, &[]), stored("b", false, &[])];
+    let mut cluster = ClusterState::from_store_with_volumes(&nodes, &[], &volumes);
+    let why = scheduler
+        .place(&mut cluster, &carts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        why.contains("local volume `carts` is on node b, which is not ready"),
+        "{why}"
+    );
+}
+
 #[test]
 fn binpack_fills_the_fuller_node_and_spread_the_emptier() {
     let scheduler = all_nodes();

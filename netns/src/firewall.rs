@@ -295,6 +295,14 @@ fn push_publish(b: &mut Batch, spec: &FirewallSpec, p: &Published) {
                     op: CmpOp::Eq,
                     data: m.host_port.to_be_bytes().to_vec(),
                 },
+            ]
+            .into_iter()
+            // Network policy lets what comes through a published port in.
+            .chain(crate::services::mark_update(
+                !crate::services::EXPOSED_MARK,
+                crate::services::EXPOSED_MARK,
+            ))
+            .chain([
                 Expr::Immediate {
                     dreg: REG_1,
                     data: p.ip.octets().to_vec(),
@@ -308,7 +316,8 @@ fn push_publish(b: &mut Batch, spec: &FirewallSpec, p: &Published) {
                     reg_addr: REG_1,
                     reg_proto: Some(REG_2),
                 },
-            ],
+            ])
+            .collect(),
         ));
     }
     for proto in [crate::Protocol::Tcp, crate::Protocol::Udp] {

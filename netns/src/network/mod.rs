@@ -219,7 +219,7 @@ pub struct Network<N: NetOps = Rtnl> {
     gateway: Ipv4Addr,
     ops: N,
     alloc: Allocator,
-    fw: FirewallSpec,
+    pub(crate) fw: FirewallSpec,
     svc: crate::services::ServicesTable,
     bridge_index: u32,
 }
@@ -418,6 +418,7 @@ impl<N: NetOps> Network<N> {
                 .nft(&firewall::resync(&net.fw, &published))
                 .await
                 .map_err(net.op_err("install nat rules"))?;
+            net.set_unmasqueraded_peers().await?;
             // Services the same way: the kernel again matches the record.
             net.resync_services().await?;
             net.resync_policy().await?;

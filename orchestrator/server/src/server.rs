@@ -66,6 +66,9 @@ pub struct ServerConfig {
     pub backend: StoreBackend,
     /// TLS on the API, with the cluster CA under `<data-dir>/tls`; None: plain HTTP.
     pub tls: Option<crate::pki::TlsSettings>,
+    /// Network policy: a service without ingress rules takes connections only from the
+    /// nodes (Kubernetes' default is the opposite: allow; so is ours without this).
+    pub default_deny_ingress: bool,
 }
 
 impl ServerConfig {
@@ -79,6 +82,7 @@ impl ServerConfig {
             store: EmbeddedStoreOptions::default(),
             backend: StoreBackend::Embedded,
             tls: None,
+            default_deny_ingress: false,
         }
     }
 }
@@ -333,6 +337,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         secrets: Arc::new(secrets),
         metrics: Arc::default(),
         tunnels: Arc::default(),
+        default_deny_ingress: config.default_deny_ingress,
     }));
     let mut http_shutdown = shutdown_rx.clone();
     let server_config = tls.as_ref().map(|t| t.config.clone());

@@ -6,7 +6,9 @@
 //! test binds inside the api instance's network namespace). Then the rule changes to
 //! `other` (applied without restarting anything), and the api instance moves to a (a new
 //! instance, a new address): its allowance goes with it. Its health probes (from its node)
-//! keep it ready throughout. The machine's root network namespace is never changed.
+//! keep it ready throughout. The server runs with `--default-deny-ingress`: `client`, which
+//! has no rules, takes no connection from `other` either (but its probes pass). The
+//! machine's root network namespace is never changed.
 
 mod host;
 
@@ -45,6 +47,8 @@ services:
   client:
     image: shop/catalog:1
     replicas: 1
+    health:
+      readiness: {{http: {{port: 80, path: /healthz}}, interval_seconds: 1, failure_threshold: 1}}
     stop: {{grace_seconds: 1}}
     placement:
       constraints:
@@ -214,7 +218,8 @@ fn ingress_rules_hold_across_nodes_change_live_and_follow_a_moved_instance() {
     let server_dir = a.dir.join("server").display().to_string();
     #[rustfmt::skip]
     a.spawn("server", &["server", "--listen", "0.0.0.0:7480", "--insecure-no-auth",
-                        "--insecure-plain-http", "--data-dir", &server_dir]);
+                        "--insecure-plain-http", "--default-deny-ingress",
+                        "--data-dir", &server_dir]);
     a.wait_for_output("server: tugboat server listening", START);
     start_agent(&mut a, "a", 1);
     start_agent(&mut b, "b", 2);
@@ -267,6 +272,15 @@ fn ingress_rules_hold_across_nodes_change_live_and_follow_a_moved_instance() {
     assert!(
         refused.contains("refused"),
         "a reset, not a timeout: {refused}"
+    );
+    // The cluster denies by default: the client has no rules, so the other (on the same
+    // node) is refused by it too; its readiness probes (from its node) still pass.
+    let client_at = address(&client);
+    wait_for(
+        "other refused by the client (default deny)",
+        START,
+        || tcp(&other_ns, client_at).is_err(),
+        || show(&a, &b),
     );
 
     // 2. The rule changes: applied by the nodes, nothing restarted.

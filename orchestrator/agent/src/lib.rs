@@ -907,6 +907,7 @@ async fn balance(ctx: &NodeContext) {
     let mut programmed: Option<Vec<tug_netns::ServiceSpec>> = None;
     // Network policy as last programmed (the kernel's record after a restart).
     let mut policed = ctx.network.policy().ok().flatten();
+    let mut warned_bridge = false;
     let mut said: Vec<String> = vec![];
     let mut first = true;
     loop {
@@ -946,6 +947,16 @@ async fn balance(ctx: &NodeContext) {
                     let _net = ctx.net_lock.lock().await;
                     ctx.network.set_policy(&wanted).await
                 };
+                if !wanted.instances.is_empty() && !warned_bridge && !policy::bridge_filtered() {
+                    warned_bridge = true;
+                    eprintln!(
+                        "tugboat agent: {}: network policy: br_netfilter is not active \
+                         (net.bridge.bridge-nf-call-iptables): connections between two \
+                         containers of this node by instance address are not filtered \
+                         (through a service name or address, and from other nodes, they are)",
+                        ctx.node
+                    );
+                }
                 match result {
                     Ok(()) => policed = Some(wanted),
                     Err(e) => {

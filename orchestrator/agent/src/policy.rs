@@ -42,6 +42,14 @@ pub struct PolicyInputs {
     pub default_deny: bool,
 }
 
+/// Do bridged IPv4 packets pass the IP hooks here (br_netfilter)? Without it, two
+/// containers on one bridge talking by instance address are switched at layer 2 and never
+/// reach the forward hook where policy is enforced.
+pub fn bridge_filtered() -> bool {
+    std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables")
+        .is_ok_and(|v| v.trim() == "1")
+}
+
 /// The group name of a peer (`None` for a range or anyone).
 pub fn group_name(peer: &PeerSpec) -> Option<String> {
     if let Some(s) = &peer.service {

@@ -158,6 +158,13 @@ pub fn setup(spec: &FirewallSpec) -> Batch {
         name: PORTS.into(),
         base: None,
     }));
+    if spec.masquerade {
+        b.push(Op::AddChain(Chain {
+            table: t.into(),
+            name: PEERS.into(),
+            base: None,
+        }));
+    }
     b.push(base(t, "prerouting", Hook::Prerouting, -100));
     b.push(base(t, "output", Hook::Output, -100));
     b.push(base(t, "postrouting", Hook::Postrouting, 100));
@@ -236,6 +243,13 @@ pub fn setup(spec: &FirewallSpec) -> Batch {
     local.push(Expr::Masquerade);
     b.push(rule(t, "postrouting", local));
     if spec.masquerade {
+        // Other nodes' container subnets keep the container's address (network policy
+        // matches on it there): `peers` accepts them before the masquerade.
+        b.push(rule(
+            t,
+            "postrouting",
+            vec![Expr::Verdict(Verdict::Jump(PEERS.into()))],
+        ));
         let mut egress = saddr_in(spec.subnet);
         egress.extend(oifname(&spec.bridge, CmpOp::Neq));
         if let Some(cluster) = spec.cluster_cidr {
@@ -295,6 +309,14 @@ fn push_publish(b: &mut Batch, spec: &FirewallSpec, p: &Published) {
                     op: CmpOp::Eq,
                     data: m.host_port.to_be_bytes().to_vec(),
                 },
+            ]
+            .into_iter()
+            // Network policy lets what comes through a published port in.
+            .chain(crate::services::mark_update(
+                !crate::services::EXPOSED_MARK,
+                crate::services::EXPOSED_MARK,
+            ))
+            .chain([
                 Expr::Immediate {
                     dreg: REG_1,
                     data: p.ip.octets().to_vec(),
@@ -308,7 +330,8 @@ fn push_publish(b: &mut Batch, spec: &FirewallSpec, p: &Published) {
                     reg_addr: REG_1,
                     reg_proto: Some(REG_2),
                 },
-            ],
+            ])
+            .collect(),
         ));
     }
     for proto in [crate::Protocol::Tcp, crate::Protocol::Udp] {
@@ -360,6 +383,34 @@ pub fn unpublish(spec: &FirewallSpec, p: &Published) -> Batch {
         table: t.into(),
         chain: container_chain(&p.host_veth),
     });
+    b
+}
+
+/// The chain of other nodes' container subnets, which are not masqueraded.
+pub const PEERS: &str = "peers";
+
+/// Makes the `peers` chain accept (leave unmasqueraded) exactly these destinations: one
+/// transaction, flushed and refilled. Nothing when masquerade is off (no chain).
+pub fn set_peer_subnets(spec: &FirewallSpec, subnets: &[Ipv4Network]) -> Batch {
+    let t = spec.table.as_str();
+    let mut b = Batch::new(FAMILY_IPV4);
+    if !spec.masquerade {
+        return b;
+    }
+    b.push(Op::AddChain(Chain {
+        table: t.into(),
+        name: PEERS.into(),
+        base: None,
+    }));
+    b.push(Op::FlushChain {
+        table: t.into(),
+        chain: PEERS.into(),
+    });
+    for net in subnets {
+        let mut e = ip_in(16, *net, CmpOp::Eq);
+        e.push(Expr::Verdict(Verdict::Accept));
+        b.push(rule(t, PEERS, e));
+    }
     b
 }
 
@@ -457,12 +508,30 @@ mod tests {
     }
 
     #[test]
+    fn other_nodes_subnets_are_accepted_before_the_masquerade() {
+        let b = set_peer_subnets(&spec(true), &["10.88.2.0/24".parse().unwrap()]);
+        let rules = rules_in(&b, PEERS);
+        assert_eq!(rules.len(), 1);
+        assert!(rules[0].contains(&Expr::Cmp {
+            sreg: REG_1,
+            op: CmpOp::Eq,
+            data: vec![10, 88, 2, 0]
+        }));
+        assert_eq!(rules[0].last(), Some(&Expr::Verdict(Verdict::Accept)));
+        assert!(set_peer_subnets(&spec(false), &[]).ops.is_empty());
+    }
+
+    #[test]
     fn masquerade_rule_only_when_enabled_and_excludes_cluster() {
         let on = setup(&spec(true));
         let off = setup(&spec(false));
-        assert_eq!(rules_in(&on, "postrouting").len(), 3);
+        assert_eq!(rules_in(&on, "postrouting").len(), 4);
         assert_eq!(rules_in(&off, "postrouting").len(), 2);
-        let egress = rules_in(&on, "postrouting")[2];
+        assert_eq!(
+            rules_in(&on, "postrouting")[2],
+            &vec![Expr::Verdict(Verdict::Jump(PEERS.into()))]
+        );
+        let egress = rules_in(&on, "postrouting")[3];
         assert!(egress.contains(&Expr::Cmp {
             sreg: REG_1,
             op: CmpOp::Neq,

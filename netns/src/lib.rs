@@ -14,12 +14,14 @@ pub mod network;
 pub mod nft;
 pub mod ops;
 pub mod peers;
+pub mod policy;
 pub mod rtnl;
 pub mod services;
 
 pub use network::{AttachRequest, Attachment, Network, NetworkConfig, NetworkError};
 pub use ops::NetnsRef;
 pub use peers::{Link, Peer, PeerMode, VxlanConfig};
+pub use policy::{InstancePolicy, Peers, Policy, PolicyRule};
 pub use services::{Frontend, ServiceKey, ServiceSpec};
 
 use serde::{Deserialize, Serialize};

@@ -344,7 +344,28 @@ impl<N: NetOps> Network<N> {
         self.write_peers(&PeerFile {
             peers: wanted.clone(),
         })?;
+        self.set_unmasqueraded_peers().await?;
         Ok(wanted)
+    }
+
+    /// Keeps the peers' container subnets out of the masquerade (the NAT table's `peers`
+    /// chain), so containers keep their addresses on other nodes, where network policy
+    /// matches on them. From the peers record.
+    pub(crate) async fn set_unmasqueraded_peers(&self) -> Result<(), NetworkError> {
+        let subnets: Vec<Ipv4Network> = self
+            .read_peers()
+            .peers
+            .iter()
+            .map(|(p, _)| p.subnet)
+            .collect();
+        let batch = crate::firewall::set_peer_subnets(&self.fw, &subnets);
+        if batch.ops.is_empty() {
+            return Ok(());
+        }
+        self.ops()
+            .nft(&batch)
+            .await
+            .map_err(self.peer_err("keep other nodes' subnets unmasqueraded".into()))
     }
 
     /// Removes the host-gw routes set by [`Network::set_peers`] (VXLAN routes go with the

@@ -49,6 +49,10 @@ use crate::Protocol;
 /// The packet mark bit that asks the services table's postrouting chain to masquerade.
 /// kube-proxy uses 0x4000 (and 0x8000), Calico the upper 16 bits, Cilium 0x0f00.
 pub const MASQUERADE_MARK: u32 = 0x2000;
+/// The packet mark bit for "arrived through a port the node exposes" (an ingress host port
+/// here, a published port in the NAT table): network policy lets such packets through, the
+/// exposure is the service's own choice (see [`crate::policy`]).
+pub const EXPOSED_MARK: u32 = 0x4000;
 
 /// What a service is reached on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -282,7 +286,7 @@ fn dport(dreg: u32) -> Expr {
     payload(PayloadBase::Transport, 2, 2, dreg)
 }
 
-fn mark_update(mask: u32, xor: u32) -> Vec<Expr> {
+pub(crate) fn mark_update(mask: u32, xor: u32) -> Vec<Expr> {
     vec![
         Expr::Meta {
             key: MetaKey::Mark,
@@ -563,11 +567,11 @@ fn push_set(
                 .collect(),
         });
     }
-    b.push(rule(
-        tb,
-        &chain,
-        mark_update(!MASQUERADE_MARK, MASQUERADE_MARK),
-    ));
+    let marks = match spec.frontend {
+        Frontend::Virtual { .. } => MASQUERADE_MARK,
+        Frontend::HostPort { .. } => MASQUERADE_MARK | EXPOSED_MARK,
+    };
+    b.push(rule(tb, &chain, mark_update(!marks, marks)));
     let dnat = Expr::Nat {
         kind: NatKind::Dnat,
         reg_addr: REG32_0,

@@ -171,8 +171,8 @@ fn detach_cleans_up_after_an_attach_that_died_at_any_step() {
                 real.attachments().unwrap().len(),
             );
             assert!(
-                // prerouting, output, postrouting, ports: no container chain
-                matches!(left, (Ok(None), 4, 0, 0)),
+                // prerouting, output, postrouting, ports, peers: no container chain
+                matches!(left, (Ok(None), 5, 0, 0)),
                 "after a crash at step {k}: {left:?}"
             );
             if done {

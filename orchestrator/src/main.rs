@@ -134,6 +134,10 @@ enum Command {
         /// Serve without authentication. Only for a trusted loopback.
         #[arg(long)]
         insecure_no_auth: bool,
+        /// Network policy: instances of services without `network.ingress` rules take
+        /// connections only from the nodes (default: from anyone).
+        #[arg(long)]
+        default_deny_ingress: bool,
         /// Node timers for the network the nodes are on: `lan` (a heartbeat every 0.5 s, not
         /// ready after 1.5 s, lost after 3 s) or `edge` (5 s, 15 s, 60 s: slow or metered
         /// links). A node is lost only when neither the server nor any peer reaches it.
@@ -722,6 +726,7 @@ async fn run(cli: Cli) -> Result<()> {
             store,
             leader_lease_ttl,
             insecure_no_auth,
+            default_deny_ingress,
             profile,
             heartbeat_every,
             node_not_ready_after,
@@ -738,6 +743,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             config.backend = store.backend(*leader_lease_ttl)?;
             config.auth = !insecure_no_auth;
+            config.default_deny_ingress = *default_deny_ingress;
             if *insecure_plain_http {
                 eprintln!("tugboat server: WARNING: --insecure-plain-http: no TLS; tokens cross the network in clear");
             } else {
@@ -979,7 +985,27 @@ async fn run(cli: Cli) -> Result<()> {
             match kind {
                 Kind::Services => {
                     let d = api.describe_service(name).await?;
-                    print_data(&d, cli.output, || output::describe_service(&d, now));
+                    // Network policy: the rules resolve against the whole cluster.
+                    let network = if d.service.spec.network.is_default() {
+                        String::new()
+                    } else {
+                        let services = api.services().await?.items;
+                        let instances = api.instances(None).await?.items;
+                        let deny = api
+                            .describe_cluster()
+                            .await
+                            .is_ok_and(|c| c.default_deny_ingress);
+                        output::network_text(&d.service.spec, &services, &instances, deny)
+                    };
+                    print_data(&d, cli.output, || {
+                        let text = output::describe_service(&d, now);
+                        match text.split_once("\nInstances:\n") {
+                            Some((head, rest)) => {
+                                format!("{head}\n{network}\nInstances:\n{rest}")
+                            }
+                            None => text + &network,
+                        }
+                    });
                 }
                 Kind::Instances => {
                     let d: tugboat::wire::InstanceDescription = api

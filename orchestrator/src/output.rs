@@ -378,6 +378,100 @@ pub fn describe_service(d: &ServiceDescription, now_ms: u64) -> String {
     out + &events_text(&d.events, now_ms)
 }
 
+/// A service's network policy for `describe service`: each rule, and the instances (on
+/// any node) it lets through now. `services` and `instances` are the whole cluster's.
+pub fn network_text(
+    spec: &ServiceSpec,
+    services: &[Service],
+    instances: &[Instance],
+    default_deny: bool,
+) -> String {
+    use crate::spec::PeerSpec;
+    let resolve = |peer: &PeerSpec| -> String {
+        if let Some(c) = peer.cidr {
+            return format!("{c} (outside the cluster)");
+        }
+        let names: Vec<&str> = services
+            .iter()
+            .filter(|s| peer.matches_service(&s.name, &s.spec.labels))
+            .map(|s| s.name.as_str())
+            .collect();
+        let found: Vec<String> = instances
+            .iter()
+            .filter(|i| names.contains(&i.service.as_str()))
+            .filter_map(|i| {
+                let a = i.address.as_deref()?;
+                Some(format!("{} ({a})", i.id))
+            })
+            .collect();
+        if found.is_empty() {
+            "no instances now".into()
+        } else {
+            found.join(", ")
+        }
+    };
+    let ports = |p: &[crate::spec::Port]| -> String {
+        if p.is_empty() {
+            "any port".into()
+        } else {
+            let list: Vec<String> = p.iter().map(|p| p.0.to_string()).collect();
+            format!("ports {}", list.join(","))
+        }
+    };
+    let mut out = String::from(
+        "Network:
+",
+    );
+    match &spec.network.ingress {
+        None if default_deny => {
+            out += "  ingress: closed (cluster default-deny); only the nodes
+";
+        }
+        None => {
+            out += "  ingress: open (no rules)
+"
+        }
+        Some(rules) => {
+            out += "  ingress: only these (and the nodes: probes, ingress ports)
+";
+            for r in rules {
+                let from = r
+                    .from
+                    .as_ref()
+                    .map_or("anyone".to_string(), |p| p.to_string());
+                let who = r.from.as_ref().map_or("anyone".to_string(), resolve);
+                out += &format!(
+                    "    from {from} on {}: {who}
+",
+                    ports(&r.ports)
+                );
+            }
+        }
+    }
+    match &spec.network.egress {
+        None => {
+            out += "  egress:  open (no rules)
+"
+        }
+        Some(rules) => {
+            out += "  egress:  only these
+";
+            for r in rules {
+                let to =
+                    r.to.as_ref()
+                        .map_or("anywhere".to_string(), |p| p.to_string());
+                let who = r.to.as_ref().map_or("anywhere".to_string(), resolve);
+                out += &format!(
+                    "    to {to} on {}: {who}
+",
+                    ports(&r.ports)
+                );
+            }
+        }
+    }
+    out
+}
+
 pub fn describe_instance(d: &InstanceDescription, now_ms: u64) -> String {
     let i = &d.instance;
     let mut out = format!(

@@ -154,6 +154,35 @@ fn a_purchase_through_the_front_reaches_every_service() {
         said.contains("catalog") && said.contains(&front.id),
         "{said}"
     );
+    // Network policy (examples/shop.yaml): a front reaches the catalog, not payments
+    // (only orders may); dropped through the service address, so bounded by `timeout`.
+    let policy = host.in_netns(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tugboat"))
+            .env("TUGBOAT_CA", host.ca())
+            .args([
+                "--addr",
+                host::API,
+                "--token",
+                token.trim(),
+                "exec",
+                &front.id,
+                "--",
+            ])
+            .args([
+                "sh",
+                "-c",
+                "timeout 5 wget -qO- http://catalog/healthz && echo catalog-ok; \
+                 timeout 3 wget -qO- http://payments/healthz && echo payments-ok; true",
+            ])
+            .output()
+            .unwrap()
+    });
+    let said = String::from_utf8_lossy(&policy.stdout).to_string();
+    assert!(
+        said.contains("catalog-ok") && !said.contains("payments-ok"),
+        "{said}{}",
+        String::from_utf8_lossy(&policy.stderr)
+    );
     // The host reaches a service at its virtual address too.
     let vips: std::collections::BTreeMap<String, String> =
         serde_json::from_slice(&std::fs::read(host.dir.join("agent/services.json")).unwrap())

@@ -268,6 +268,7 @@ impl<N: NetOps> Network<N> {
                     .nft(&firewall::resync(&self.fw, &published(&rest)))
                     .await
                     .map_err(self.op_err(format!("unpublish ports of {container_id}")))?;
+                self.set_unmasqueraded_peers().await?;
             }
         }
         self.ops

@@ -17,7 +17,9 @@ use crate::rtnl::Rtnl;
 use crate::PortMapping;
 
 mod attach;
+mod policy;
 mod services;
+pub use self::policy::recorded_policy;
 pub use self::services::recorded_services;
 #[cfg(test)]
 mod tests;
@@ -217,7 +219,7 @@ pub struct Network<N: NetOps = Rtnl> {
     gateway: Ipv4Addr,
     ops: N,
     alloc: Allocator,
-    fw: FirewallSpec,
+    pub(crate) fw: FirewallSpec,
     svc: crate::services::ServicesTable,
     bridge_index: u32,
 }
@@ -416,8 +418,10 @@ impl<N: NetOps> Network<N> {
                 .nft(&firewall::resync(&net.fw, &published))
                 .await
                 .map_err(net.op_err("install nat rules"))?;
+            net.set_unmasqueraded_peers().await?;
             // Services the same way: the kernel again matches the record.
             net.resync_services().await?;
+            net.resync_policy().await?;
         }
         net.ensure_forward_accept().await?;
         Ok(net)
@@ -567,6 +571,7 @@ impl<N: NetOps> Network<N> {
             _ => {}
         }
         self.clear_services().await?;
+        self.clear_policy().await?;
         self.remove_forward_accept().await?;
         self.clear_peers().await?;
         let vx = crate::peers::vxlan_name(&self.cfg.name);

@@ -104,7 +104,7 @@ fn encode_expr(m: &mut Msg, e: &Expr) {
         Expr::Cmp { .. } => "cmp",
         Expr::Bitwise { .. } => "bitwise",
         Expr::Immediate { .. } | Expr::Verdict(_) => "immediate",
-        Expr::CtStatus { .. } => "ct",
+        Expr::CtStatus { .. } | Expr::CtState { .. } => "ct",
         Expr::FibDaddrType { .. } => "fib",
         Expr::Nat { .. } => "nat",
         Expr::Masquerade => "masq",
@@ -162,6 +162,10 @@ fn encode_expr(m: &mut Msg, e: &Expr) {
         Expr::CtStatus { dreg } => {
             m.be32(1, *dreg);
             m.be32(2, 2); // NFT_CT_STATUS
+        }
+        Expr::CtState { dreg } => {
+            m.be32(1, *dreg);
+            m.be32(2, 0); // NFT_CT_STATE
         }
         Expr::FibDaddrType { dreg } => {
             m.be32(1, *dreg);

@@ -95,6 +95,10 @@ pub const REG32_1: u32 = 9;
 pub const REG32_2: u32 = 10;
 pub const REG32_3: u32 = 11;
 
+/// `ct state` bits (`NF_CT_STATE_BIT`): established and related.
+pub const CT_STATE_ESTABLISHED: u32 = 1 << 1;
+pub const CT_STATE_RELATED: u32 = 1 << 2;
+
 /// The data type of a verdict map (`NFT_DATA_VERDICT`).
 pub const DATA_VERDICT: u32 = 0xffff_ff00;
 
@@ -185,6 +189,10 @@ pub enum Expr {
     Verdict(Verdict),
     /// `ct status` into dreg (host-endian u32 of IPS_* bits).
     CtStatus {
+        dreg: u32,
+    },
+    /// `ct state` into dreg (host-endian u32 of `CT_STATE_*` bits).
+    CtState {
         dreg: u32,
     },
     /// `fib daddr type` into dreg (host-endian u32 RTN_* value).

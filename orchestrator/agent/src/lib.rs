@@ -23,6 +23,7 @@ pub mod netns_file;
 pub mod node_api;
 pub mod nsexec;
 pub mod oci;
+pub mod policy;
 pub mod probes;
 pub mod remote;
 pub mod secrets;
@@ -857,7 +858,18 @@ async fn service_loop(ctx: Arc<NodeContext>) {
 
 /// The server's services, every second: their addresses (names) and frontends.
 async fn fetch_services(ctx: &NodeContext) {
+    let mut round: u32 = 0;
     loop {
+        // The cluster's network policy default, every fifth round (it changes only with a
+        // server restart).
+        if round % 5 == 0 {
+            if let Ok(Ok(c)) =
+                tokio::time::timeout(SERVER_CALL, ctx.client.describe_cluster()).await
+            {
+                ctx.services.set_default_deny(c.default_deny_ingress);
+            }
+        }
+        round = round.wrapping_add(1);
         // Bounded: a request whose answer is lost (a cut link) must not hold it up forever.
         if let Ok(Ok(list)) = tokio::time::timeout(SERVER_CALL, ctx.client.services()).await {
             let addresses: BTreeMap<String, std::net::Ipv4Addr> = list
@@ -874,6 +886,18 @@ async fn fetch_services(ctx: &NodeContext) {
             {
                 eprintln!("tugboat agent: {}: {e}", ctx.node);
             }
+            ctx.services.set_policies(
+                list.items
+                    .iter()
+                    .map(|s| {
+                        let p = policy::ServicePolicy {
+                            labels: s.spec.labels.clone(),
+                            network: s.spec.network.clone(),
+                        };
+                        (s.name.clone(), p)
+                    })
+                    .collect(),
+            );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -884,6 +908,9 @@ async fn fetch_services(ctx: &NodeContext) {
 /// kernel keeps what it had, which tug-netns restores after a reboot.
 async fn balance(ctx: &NodeContext) {
     let mut programmed: Option<Vec<tug_netns::ServiceSpec>> = None;
+    // Network policy as last programmed (the kernel's record after a restart).
+    let mut policed = ctx.network.policy().ok().flatten();
+    let mut warned_bridge = false;
     let mut said: Vec<String> = vec![];
     let mut first = true;
     loop {
@@ -914,6 +941,34 @@ async fn balance(ctx: &NodeContext) {
                     first = false;
                     retire_proxy(&ctx.data_dir);
                     sweep_addresses(ctx).await;
+                }
+            }
+        }
+        if let Some(wanted) = policy::compute(&ctx.services.policy_inputs()) {
+            if policed.as_ref() != Some(&wanted) {
+                let result = {
+                    let _net = ctx.net_lock.lock().await;
+                    ctx.network.set_policy(&wanted).await
+                };
+                if !wanted.instances.is_empty() && !warned_bridge && !policy::bridge_filtered() {
+                    warned_bridge = true;
+                    eprintln!(
+                        "tugboat agent: {}: network policy: br_netfilter is not active \
+                         (net.bridge.bridge-nf-call-iptables): connections between two \
+                         containers of this node by instance address are not filtered \
+                         (through a service name or address, and from other nodes, they are)",
+                        ctx.node
+                    );
+                }
+                match result {
+                    Ok(()) => policed = Some(wanted),
+                    Err(e) => {
+                        let p = format!("network policy: {e}");
+                        if !said.contains(&p) {
+                            eprintln!("tugboat agent: {}: {p}", ctx.node);
+                            said.push(p);
+                        }
+                    }
                 }
             }
         }
@@ -975,6 +1030,8 @@ async fn remote_loop(ctx: Arc<NodeContext>, others: Arc<std::sync::Mutex<remote:
                 o.instances = instances;
             }
             ctx.services.set_remote_endpoints(o.endpoints(&ctx.node));
+            let (sources, nodes) = o.sources(&ctx.node);
+            ctx.services.set_remote_sources(sources, nodes);
         }
         route_peers(&ctx, &mut view, &nodes).await;
         if alone {
@@ -1004,6 +1061,8 @@ async fn remote_loop(ctx: Arc<NodeContext>, others: Arc<std::sync::Mutex<remote:
                     }
                 }
                 ctx.services.set_remote_endpoints(o.endpoints(&ctx.node));
+                let (sources, nodes) = o.sources(&ctx.node);
+                ctx.services.set_remote_sources(sources, nodes);
             }
             // Compacted past `from`: list again.
             Ok(Err(e)) if e.status() == Some(410) => from = 0,

@@ -108,6 +108,37 @@ pub struct Others {
 }
 
 impl Others {
+    /// Network policy's view: every instance on another node that has an address (ready
+    /// or not, reachable or not: a client of a service need not be ready), and every
+    /// node's own addresses (host address, and its subnet's network and gateway
+    /// addresses, which its masquerade may use).
+    pub fn sources(&self, own: &str) -> (RemoteEndpoints, std::collections::BTreeSet<Ipv4Addr>) {
+        let mut out = RemoteEndpoints::new();
+        for i in self.instances.values() {
+            if i.node.as_deref().is_none_or(|n| n == own)
+                || !matches!(i.phase, InstancePhase::Running | InstancePhase::Scheduled)
+            {
+                continue;
+            }
+            if let Some(address) = i.address.as_deref().and_then(|a| a.parse().ok()) {
+                out.entry(i.service.clone())
+                    .or_default()
+                    .insert(i.id.clone(), address);
+            }
+        }
+        let mut nodes = std::collections::BTreeSet::new();
+        for n in &self.nodes {
+            if let Some(a) = n.address.as_deref().and_then(|a| a.parse().ok()) {
+                nodes.insert(a);
+            }
+            if let Some(net) = n.subnet {
+                nodes.insert(net.network());
+                nodes.insert(Ipv4Addr::from(u32::from(net.network()) + 1));
+            }
+        }
+        (out, nodes)
+    }
+
     pub fn endpoints(&self, own: &str) -> RemoteEndpoints {
         let instances: Vec<Instance> = self.instances.values().cloned().collect();
         remote_endpoints(own, &self.nodes, &instances, &self.unreachable)

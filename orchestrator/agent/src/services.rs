@@ -66,6 +66,12 @@ struct Inner {
     frontends: Option<Vec<ServiceFrontend>>,
     /// /etc/hosts files of instances: id -> (path, own address).
     hosts_files: BTreeMap<String, (PathBuf, Ipv4Addr)>,
+    /// Network policy's inputs besides the local endpoints: the services' rules, every
+    /// instance on other nodes (ready or not), the nodes' addresses, the cluster default.
+    policies: Option<BTreeMap<String, crate::policy::ServicePolicy>>,
+    remote_sources: crate::policy::Addresses,
+    node_addresses: std::collections::BTreeSet<Ipv4Addr>,
+    default_deny: bool,
 }
 
 impl Inner {
@@ -260,6 +266,64 @@ impl ServiceTable {
             ));
         }
         Some((specs, problems))
+    }
+
+    /// The services' labels and network rules (from the server).
+    pub fn set_policies(&self, policies: BTreeMap<String, crate::policy::ServicePolicy>) {
+        let mut inner = self.lock();
+        if inner.policies.as_ref() != Some(&policies) {
+            inner.policies = Some(policies);
+            drop(inner);
+            self.changed.notify_one();
+        }
+    }
+
+    /// Every instance on other nodes with an address (network policy's sources), and the
+    /// nodes' own addresses.
+    pub fn set_remote_sources(
+        &self,
+        sources: crate::policy::Addresses,
+        nodes: std::collections::BTreeSet<Ipv4Addr>,
+    ) {
+        let mut inner = self.lock();
+        if inner.remote_sources != sources || inner.node_addresses != nodes {
+            inner.remote_sources = sources;
+            inner.node_addresses = nodes;
+            drop(inner);
+            self.changed.notify_one();
+        }
+    }
+
+    /// The cluster's default for services without ingress rules (deny when true).
+    pub fn set_default_deny(&self, deny: bool) {
+        let mut inner = self.lock();
+        if inner.default_deny != deny {
+            inner.default_deny = deny;
+            drop(inner);
+            self.changed.notify_one();
+        }
+    }
+
+    /// What this node's network policy is computed from, now.
+    pub fn policy_inputs(&self) -> crate::policy::PolicyInputs {
+        let inner = self.lock();
+        let local = inner
+            .endpoints
+            .iter()
+            .map(|(svc, m)| {
+                (
+                    svc.clone(),
+                    m.iter().map(|(id, e)| (id.clone(), e.address)).collect(),
+                )
+            })
+            .collect();
+        crate::policy::PolicyInputs {
+            services: inner.policies.clone(),
+            local,
+            remote: inner.remote_sources.clone(),
+            nodes: inner.node_addresses.clone(),
+            default_deny: inner.default_deny,
+        }
     }
 
     /// Replaces the endpoints on other nodes: service -> instance id -> address.

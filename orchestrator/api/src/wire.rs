@@ -314,6 +314,9 @@ pub struct ClusterDescription {
     pub server: Option<CertificateStatus>,
     #[serde(default)]
     pub nodes: Vec<CertificateStatus>,
+    /// Network policy: services without ingress rules are closed to all but the nodes.
+    #[serde(default)]
+    pub default_deny_ingress: bool,
 }
 
 /// `POST /v1/secrets`: a secret's keys and values (base64), made or replaced whole.

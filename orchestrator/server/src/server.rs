@@ -68,6 +68,9 @@ pub struct ServerConfig {
     pub tls: Option<crate::pki::TlsSettings>,
     /// Host autoscaling through providers (`--node-pools FILE`).
     pub node_pools: Option<crate::nodepools::PoolsConfig>,
+    /// Network policy: a service without ingress rules takes connections only from the
+    /// nodes (Kubernetes' default is the opposite: allow; so is ours without this).
+    pub default_deny_ingress: bool,
 }
 
 impl ServerConfig {
@@ -82,6 +85,7 @@ impl ServerConfig {
             backend: StoreBackend::Embedded,
             tls: None,
             node_pools: None,
+            default_deny_ingress: false,
         }
     }
 }
@@ -341,6 +345,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         secrets: Arc::new(secrets),
         metrics: Arc::default(),
         tunnels: Arc::default(),
+        default_deny_ingress: config.default_deny_ingress,
     }));
     let mut http_shutdown = shutdown_rx.clone();
     let server_config = tls.as_ref().map(|t| t.config.clone());

@@ -377,6 +377,29 @@ mod tests {
     }
 
     #[test]
+    fn network_rules_with_a_bad_port_or_range_name_the_line_and_field() {
+        let e = error("services:\n  pay:\n    image: pay\n    network:\n      ingress:\n        - from: {service: pay}\n          ports: [70000]\n");
+        assert!(
+            e.contains(
+                "shop.yaml:7: services.pay.network.ingress[0].ports[0]: port 70000 is out of range"
+            ),
+            "{e}"
+        );
+        let e = error("services:\n  pay:\n    image: pay\n    network:\n      ingress:\n        - ports: [0]\n");
+        assert!(
+            e.contains("shop.yaml:6: services.pay.network.ingress[0].ports[0]: port 0"),
+            "{e}"
+        );
+        let e = error("services:\n  pay:\n    image: pay\n    network:\n      ingress:\n        - from:\n            cidr: 192.0.2.0/33\n");
+        assert!(
+            e.contains("shop.yaml:7: services.pay.network.ingress[0].from.cidr"),
+            "{e}"
+        );
+        let e = error("services:\n  pay:\n    image: pay\n    network:\n      ingress:\n        - from:\n            service: orders\n");
+        assert!(e.contains("shop.yaml:7: services.pay.network.ingress[0].from.service: unknown service `orders`"), "{e}");
+    }
+
+    #[test]
     fn validation_errors_are_located() {
         let e = error("services:\n  web:\n    image: nginx\n  Bad_Name:\n    image: x\n    placement:\n      affinity:\n        - service: nope\n");
         assert!(

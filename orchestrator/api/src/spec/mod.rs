@@ -96,6 +96,91 @@ pub struct ServiceSpec {
     /// Who gives way when nodes are full: an instance may evict strictly lower ones.
     #[serde(default, skip_serializing_if = "Priority::is_default")]
     pub priority: Priority,
+    /// Who may connect to the instances and where they may connect (network policy).
+    /// Applied by every node without restarting anything: not part of the template.
+    #[serde(default, skip_serializing_if = "NetworkPolicySpec::is_default")]
+    pub network: NetworkPolicySpec,
+}
+
+/// A service's network policy (docs/spec.md, "network"): once a direction has a list, only
+/// what a rule of it allows passes (an empty list: nothing). Without one, that direction is
+/// open, unless the cluster denies ingress by default (`tugboat server
+/// --default-deny-ingress`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkPolicySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<Vec<IngressRule>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Vec<EgressRule>>,
+}
+
+impl NetworkPolicySpec {
+    pub fn is_default(&self) -> bool {
+        *self == NetworkPolicySpec::default()
+    }
+}
+
+/// Connections to the instances from `from` (anyone when absent) on `ports` of the
+/// instances (every port when empty), TCP and UDP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<PeerSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Port>,
+}
+
+/// Connections from the instances to `to` (anywhere when absent) on `ports` there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<PeerSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Port>,
+}
+
+/// The other end of a rule: exactly one of the instances of a service, the instances of
+/// every service whose labels include these, or an address range (outside the cluster).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<ipnetwork::Ipv4Network>,
+}
+
+impl PeerSpec {
+    /// Are the instances of service `name` (with `labels`) among this peer's? A range
+    /// names no service.
+    pub fn matches_service(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        if let Some(s) = &self.service {
+            return s == name;
+        }
+        !self.labels.is_empty() && self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+impl std::fmt::Display for PeerSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(s) = &self.service {
+            write!(f, "service {s}")
+        } else if let Some(c) = &self.cidr {
+            write!(f, "{c}")
+        } else {
+            let l: Vec<String> = self
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            write!(f, "labels {}", l.join(","))
+        }
+    }
 }
 
 /// Replica autoscaling on usage against requests, in the manner of Kubernetes' HPA
@@ -823,6 +908,7 @@ impl ServiceSpec {
             runtime: None,
             autoscale: None,
             priority: Priority::NORMAL,
+            network: NetworkPolicySpec::default(),
         }
     }
 
@@ -835,6 +921,8 @@ impl ServiceSpec {
         // instances'.
         template.reschedule = RescheduleSpec::default();
         template.autoscale = None;
+        // Network policy is applied by the nodes to running instances.
+        template.network = NetworkPolicySpec::default();
         let bytes = serde_json::to_vec(&template).expect("a spec always serializes");
         // FNV-1a, 64 bits: stable across runs and versions, unlike std's hasher.
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;

@@ -138,6 +138,7 @@ fn check_service(c: &mut Checker, base: &str, spec: &ServiceSpec, exists: &dyn F
     check_volumes(c, base, spec);
     check_security(c, base, spec);
     check_secrets(c, base, spec);
+    check_network(c, base, spec, exists);
     if let Some(a) = &spec.autoscale {
         let path = format!("{base}.autoscale");
         if a.min == 0 || a.min > a.max || a.max > 10_000 {
@@ -520,6 +521,56 @@ fn check_probe(c: &mut Checker, path: &str, probe: &ProbeSpec) {
     }
 }
 
+fn check_network(c: &mut Checker, base: &str, spec: &ServiceSpec, exists: &dyn Fn(&str) -> bool) {
+    let ingress = spec.network.ingress.iter().flatten().enumerate();
+    let egress = spec.network.egress.iter().flatten().enumerate();
+    let peers = ingress
+        .map(|(i, r)| (format!("{base}.network.ingress[{i}].from"), r.from.as_ref()))
+        .chain(egress.map(|(i, r)| (format!("{base}.network.egress[{i}].to"), r.to.as_ref())));
+    for (path, peer) in peers {
+        let Some(peer) = peer else { continue };
+        let given = usize::from(peer.service.is_some())
+            + usize::from(!peer.labels.is_empty())
+            + usize::from(peer.cidr.is_some());
+        if given != 1 {
+            c.fail(
+                path.clone(),
+                "name exactly one of `service`, `labels` or `cidr` (leave the whole field out for anyone)",
+            );
+        }
+        if let Some(name) = &peer.service {
+            if !exists(name) {
+                c.fail(
+                    format!("{path}.service"),
+                    format!(
+                        "unknown service `{name}`: name a service in this file or one already running"
+                    ),
+                );
+            }
+        }
+        for key in peer.labels.keys() {
+            if !is_label_key(key) {
+                c.fail(
+                    format!("{path}.labels.{key}"),
+                    "label keys use letters, digits, '-', '_', '.' and '/'",
+                );
+            }
+        }
+        if let Some(net) = peer.cidr {
+            if net.network() != net.ip() {
+                c.fail(
+                    format!("{path}.cidr"),
+                    format!(
+                        "{net} has host bits set (did you mean {}/{}?)",
+                        net.network(),
+                        net.prefix()
+                    ),
+                );
+            }
+        }
+    }
+}
+
 fn check_placement(c: &mut Checker, base: &str, spec: &ServiceSpec, exists: &dyn Fn(&str) -> bool) {
     let p = &spec.placement;
     let path = format!("{base}.placement");
@@ -669,6 +720,64 @@ mod tests {
             ingress_clashes(&services, &|n| n == "admin", &|n| n == "front").len(),
             1
         );
+    }
+
+    #[test]
+    fn network_rules_name_one_known_peer_and_a_clean_range() {
+        use crate::spec::{EgressRule, IngressRule, PeerSpec};
+        let mut spec = ServiceSpec::new("pay:1");
+        spec.network.ingress = Some(vec![
+            IngressRule {
+                from: Some(PeerSpec {
+                    service: Some("ghost".into()),
+                    ..Default::default()
+                }),
+                ports: vec![],
+            },
+            IngressRule {
+                from: Some(PeerSpec {
+                    cidr: Some("192.0.2.1/24".parse().unwrap()),
+                    ..Default::default()
+                }),
+                ports: vec![Port(80)],
+            },
+            IngressRule {
+                from: Some(PeerSpec::default()),
+                ports: vec![],
+            },
+        ]);
+        spec.network.egress = Some(vec![EgressRule {
+            to: Some(PeerSpec {
+                service: Some("pay".into()),
+                cidr: Some("10.0.0.0/8".parse().unwrap()),
+                ..Default::default()
+            }),
+            ports: vec![],
+        }]);
+        let e = errors(&one("pay", spec));
+        assert!(
+            e.iter().any(|e| e.starts_with(
+                "services.pay.network.ingress[0].from.service: unknown service `ghost`"
+            )),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|e| e.starts_with(
+                "services.pay.network.ingress[1].from.cidr: 192.0.2.1/24 has host bits set"
+            )),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|e| e.starts_with("services.pay.network.ingress[2].from: name exactly one")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|e| e.starts_with("services.pay.network.egress[0].to: name exactly one")),
+            "{e:?}"
+        );
+        assert_eq!(e.len(), 4, "{e:?}");
     }
 
     #[test]

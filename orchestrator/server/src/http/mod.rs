@@ -40,6 +40,9 @@ pub struct ApiState {
     pub metrics: Arc<metrics::ApiMetrics>,
     /// The tunnels of dial-out nodes ([`tunnel`]).
     pub tunnels: Arc<tunnel::Tunnels>,
+    /// Network policy: services without ingress rules take no connections
+    /// (`--default-deny-ingress`); the agents read it from `GET /v1/cluster`.
+    pub default_deny_ingress: bool,
 }
 
 impl ApiState {
@@ -393,6 +396,7 @@ async fn handle_access(
                 ca: state.tls.as_ref().map(|t| t.ca_status()),
                 server: state.tls.as_ref().map(|t| t.server_status()),
                 nodes,
+                default_deny_ingress: state.default_deny_ingress,
             }))
         }
         ApiRequest::Join(request) => issue_node_cert(state, &request, true).await,

@@ -257,7 +257,8 @@ fn a_shared_volume_pins_nobody_and_a_local_one_made_for_a_node_waits_for_it() {
     use tugboat_api::model::{Node, NodeStatus};
     use tugboat_api::spec::{VolumeConfig, VolumeDriver};
     let scheduler = all_nodes();
-    let stored = |name: &str, ready: bool, volumes: &[&str]| Node {
+    let stored = |name: &str, ready: bool, volumes: &[&str]| {
+        Node {
         status: if ready {
             NodeStatus::Ready
         } else {
@@ -269,6 +270,7 @@ fn a_shared_volume_pins_nobody_and_a_local_one_made_for_a_node_waits_for_it() {
             "status": "ready", "registered_at_ms": 0
         }))
         .unwrap()
+    }
     };
     let nfs = VolumeConfig {
         driver: VolumeDriver::Nfs,

@@ -126,6 +126,10 @@ pub fn backoff(restarts: u32) -> Duration {
     Duration::from_millis(250u64 << exp).min(Duration::from_secs(300))
 }
 
+/// How long a serving instance stays up after it leaves the balancing, before its stop
+/// signal: its requests in flight finish (at most its stop grace).
+pub const DRAIN: Duration = Duration::from_secs(1);
+
 /// Whether the restart policy runs the container again after `exit`.
 pub fn should_restart(
     policy: RestartPolicy,
@@ -397,6 +401,8 @@ impl Supervisor {
         drop(_net);
         let address = attachment.address.ip();
         self.address = Some(address);
+        ctx.services
+            .set_source(&self.instance.service, self.id(), Some(address));
         if self.state.address != Some(address) {
             self.state.address = Some(address);
             self.save_state();
@@ -760,12 +766,20 @@ impl Supervisor {
     /// everything made for the instance.
     async fn teardown(&mut self) {
         let id = self.id().to_string();
+        let serving = self.state.ready;
         self.ctx
             .services
             .remove_endpoint(&self.instance.service, &id);
         let runtime = self.oci_or_tug();
         if monitor_running(&self.paths.dir) {
             let stop = &self.instance.spec.stop;
+            // Out of the balancing first; then the requests it was serving get a moment to
+            // finish before the signal (a server that exits on SIGTERM, busybox httpd for
+            // one, takes its requests in flight with it). Bounded by the stop grace.
+            if serving {
+                let drain = DRAIN.min(Duration::from_secs(u64::from(stop.grace_seconds)));
+                tokio::time::sleep(drain).await;
+            }
             let signal = tug_runtime::signal::parse_signal(&stop.signal)
                 .unwrap_or(nix::sys::signal::Signal::SIGTERM);
             let _ = runtime.kill(&id, signal, false);
@@ -779,6 +793,9 @@ impl Supervisor {
             }
         }
         delete_container(runtime, &id).await;
+        self.ctx
+            .services
+            .set_source(&self.instance.service, &id, None);
         {
             let _net = self.ctx.net_lock.lock().await;
             let _ = self.ctx.network.detach(&id).await;

@@ -70,6 +70,11 @@ struct Inner {
     /// instance on other nodes (ready or not), the nodes' addresses, the cluster default.
     policies: Option<BTreeMap<String, crate::policy::ServicePolicy>>,
     remote_sources: crate::policy::Addresses,
+    /// Service -> instance id -> address: this node's instances that have an address, from
+    /// their attach until their container is gone. An instance leaves the balancing when its
+    /// stop begins, but stays a source its peers accept until then: its requests in flight
+    /// (a rolling update, a scale-in) reach the services they call.
+    local_sources: BTreeMap<String, BTreeMap<String, Ipv4Addr>>,
     node_addresses: std::collections::BTreeSet<Ipv4Addr>,
     default_deny: bool,
 }
@@ -304,10 +309,28 @@ impl ServiceTable {
         }
     }
 
+    /// This node's instance `instance` of `service` has `address` (Some, from its attach)
+    /// or is gone (None, once its container is deleted): a source of network policy.
+    pub fn set_source(&self, service: &str, instance: &str, address: Option<Ipv4Addr>) {
+        let mut inner = self.lock();
+        let sources = inner.local_sources.entry(service.into()).or_default();
+        let old = match address {
+            Some(a) => sources.insert(instance.into(), a),
+            None => sources.remove(instance),
+        };
+        if sources.is_empty() {
+            inner.local_sources.remove(service);
+        }
+        drop(inner);
+        if old != address {
+            self.changed.notify_one();
+        }
+    }
+
     /// What this node's network policy is computed from, now.
     pub fn policy_inputs(&self) -> crate::policy::PolicyInputs {
         let inner = self.lock();
-        let local = inner
+        let mut local: crate::policy::Addresses = inner
             .endpoints
             .iter()
             .map(|(svc, m)| {
@@ -317,6 +340,12 @@ impl ServiceTable {
                 )
             })
             .collect();
+        for (svc, m) in &inner.local_sources {
+            let entry = local.entry(svc.clone()).or_default();
+            for (id, a) in m {
+                entry.entry(id.clone()).or_insert(*a);
+            }
+        }
         crate::policy::PolicyInputs {
             services: inner.policies.clone(),
             local,

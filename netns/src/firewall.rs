@@ -27,9 +27,10 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 
+use crate::nft::build::{bits, dport, ip_in, l4_dport, l4proto_is, rule};
 use crate::nft::{
-    BaseChain, Batch, Chain, CmpOp, Expr, Hook, MetaKey, NatKind, Op, PayloadBase, Rule, Verdict,
-    FAMILY_IPV4, REG_1, REG_2,
+    BaseChain, Batch, Chain, CmpOp, Expr, Hook, MetaKey, NatKind, Op, Verdict, FAMILY_IPV4, REG_1,
+    REG_2,
 };
 use crate::PortMapping;
 
@@ -83,36 +84,6 @@ fn base(table: &str, name: &str, hook: Hook, priority: i32) -> Op {
             drop_policy: false,
         }),
     })
-}
-
-fn rule(table: &str, chain: &str, exprs: Vec<Expr>) -> Op {
-    Op::AddRule(Rule {
-        table: table.into(),
-        chain: chain.into(),
-        exprs,
-    })
-}
-
-fn ip_in(offset: u32, net: Ipv4Network, op: CmpOp) -> Vec<Expr> {
-    vec![
-        Expr::Payload {
-            base: PayloadBase::Network,
-            offset,
-            len: 4,
-            dreg: REG_1,
-        },
-        Expr::Bitwise {
-            sreg: REG_1,
-            dreg: REG_1,
-            mask: net.mask().octets().to_vec(),
-            xor: vec![0; 4],
-        },
-        Expr::Cmp {
-            sreg: REG_1,
-            op,
-            data: net.network().octets().to_vec(),
-        },
-    ]
 }
 
 fn saddr_in(net: Ipv4Network) -> Vec<Expr> {
@@ -186,28 +157,17 @@ pub fn setup(spec: &FirewallSpec) -> Batch {
         b.push(rule(
             t,
             PORTS,
-            vec![
-                Expr::Meta {
-                    key: MetaKey::L4Proto,
-                    dreg: REG_1,
-                },
-                Expr::Cmp {
-                    sreg: REG_1,
-                    op: CmpOp::Eq,
-                    data: vec![*proto],
-                },
-                Expr::Payload {
-                    base: PayloadBase::Transport,
-                    offset: 2,
-                    len: 2,
-                    dreg: REG_1,
-                },
-                Expr::VerdictMap {
-                    set: map.to_string(),
-                    set_id: i as u32 + 1,
-                    sreg: REG_1,
-                },
-            ],
+            l4proto_is(*proto)
+                .into_iter()
+                .chain([
+                    dport(),
+                    Expr::VerdictMap {
+                        set: map.to_string(),
+                        set_id: i as u32 + 1,
+                        sreg: REG_1,
+                    },
+                ])
+                .collect(),
         ));
     }
     for chain in ["prerouting", "output"] {
@@ -217,20 +177,8 @@ pub fn setup(spec: &FirewallSpec) -> Batch {
     }
     // Hairpin: a container reaching a published port of a container on the same bridge
     // through the host's address must see replies come back from that address.
-    let mut hairpin = vec![
-        Expr::CtStatus { dreg: REG_1 },
-        Expr::Bitwise {
-            sreg: REG_1,
-            dreg: REG_1,
-            mask: 0x20u32.to_ne_bytes().to_vec(), // IPS_DST_NAT
-            xor: vec![0; 4],
-        },
-        Expr::Cmp {
-            sreg: REG_1,
-            op: CmpOp::Neq,
-            data: vec![0; 4],
-        },
-    ];
+    // ct status dnat (IPS_DST_NAT).
+    let mut hairpin = bits(Expr::CtStatus { dreg: REG_1 }, 0x20, true);
     hairpin.extend(saddr_in(spec.subnet));
     hairpin.extend(oifname(&spec.bridge, CmpOp::Eq));
     hairpin.push(Expr::Masquerade);
@@ -288,50 +236,29 @@ fn push_publish(b: &mut Batch, spec: &FirewallSpec, p: &Published) {
         b.push(rule(
             t,
             &chain,
-            vec![
-                Expr::Meta {
-                    key: MetaKey::L4Proto,
-                    dreg: REG_1,
-                },
-                Expr::Cmp {
-                    sreg: REG_1,
-                    op: CmpOp::Eq,
-                    data: vec![m.protocol.number()],
-                },
-                Expr::Payload {
-                    base: PayloadBase::Transport,
-                    offset: 2,
-                    len: 2,
-                    dreg: REG_1,
-                },
-                Expr::Cmp {
-                    sreg: REG_1,
-                    op: CmpOp::Eq,
-                    data: m.host_port.to_be_bytes().to_vec(),
-                },
-            ]
-            .into_iter()
-            // Network policy lets what comes through a published port in.
-            .chain(crate::services::mark_update(
-                !crate::services::EXPOSED_MARK,
-                crate::services::EXPOSED_MARK,
-            ))
-            .chain([
-                Expr::Immediate {
-                    dreg: REG_1,
-                    data: p.ip.octets().to_vec(),
-                },
-                Expr::Immediate {
-                    dreg: REG_2,
-                    data: m.container_port.to_be_bytes().to_vec(),
-                },
-                Expr::Nat {
-                    kind: NatKind::Dnat,
-                    reg_addr: REG_1,
-                    reg_proto: Some(REG_2),
-                },
-            ])
-            .collect(),
+            l4_dport(m.protocol.number(), m.host_port)
+                .into_iter()
+                // Network policy lets what comes through a published port in.
+                .chain(crate::services::mark_update(
+                    !crate::services::EXPOSED_MARK,
+                    crate::services::EXPOSED_MARK,
+                ))
+                .chain([
+                    Expr::Immediate {
+                        dreg: REG_1,
+                        data: p.ip.octets().to_vec(),
+                    },
+                    Expr::Immediate {
+                        dreg: REG_2,
+                        data: m.container_port.to_be_bytes().to_vec(),
+                    },
+                    Expr::Nat {
+                        kind: NatKind::Dnat,
+                        reg_addr: REG_1,
+                        reg_proto: Some(REG_2),
+                    },
+                ])
+                .collect(),
         ));
     }
     for proto in [crate::Protocol::Tcp, crate::Protocol::Udp] {

@@ -52,9 +52,10 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
+use crate::nft::build::{bits, ip_in, l4_dport, l4proto_is, mark, rule};
 use crate::nft::{
-    types, BaseChain, Batch, Chain, CmpOp, Expr, Hook, MetaKey, Op, PayloadBase, Rule, SetSpec,
-    Verdict, CT_STATE_ESTABLISHED, CT_STATE_RELATED, DATA_VERDICT, FAMILY_IPV4, REG_1,
+    types, BaseChain, Batch, Chain, CmpOp, Expr, Hook, Op, PayloadBase, SetSpec, Verdict,
+    CT_STATE_ESTABLISHED, CT_STATE_RELATED, DATA_VERDICT, FAMILY_IPV4, REG_1,
 };
 pub use crate::services::EXPOSED_MARK;
 
@@ -181,14 +182,6 @@ fn out_chain(a: Ipv4Addr) -> String {
     format!("out-{a}")
 }
 
-fn rule(table: &str, chain: &str, exprs: Vec<Expr>) -> Op {
-    Op::AddRule(Rule {
-        table: table.into(),
-        chain: chain.into(),
-        exprs,
-    })
-}
-
 /// `ip saddr` (offset 12) or `ip daddr` (16) into REG_1.
 fn addr(offset: u32) -> Expr {
     Expr::Payload {
@@ -200,48 +193,13 @@ fn addr(offset: u32) -> Expr {
 }
 
 fn ct_established() -> Vec<Expr> {
-    vec![
+    let mut e = bits(
         Expr::CtState { dreg: REG_1 },
-        Expr::Bitwise {
-            sreg: REG_1,
-            dreg: REG_1,
-            mask: (CT_STATE_ESTABLISHED | CT_STATE_RELATED)
-                .to_ne_bytes()
-                .to_vec(),
-            xor: vec![0; 4],
-        },
-        Expr::Cmp {
-            sreg: REG_1,
-            op: CmpOp::Neq,
-            data: vec![0; 4],
-        },
-        Expr::Verdict(Verdict::Accept),
-    ]
-}
-
-fn l4(proto: u8, port: u16) -> Vec<Expr> {
-    vec![
-        Expr::Meta {
-            key: MetaKey::L4Proto,
-            dreg: REG_1,
-        },
-        Expr::Cmp {
-            sreg: REG_1,
-            op: CmpOp::Eq,
-            data: vec![proto],
-        },
-        Expr::Payload {
-            base: PayloadBase::Transport,
-            offset: 2,
-            len: 2,
-            dreg: REG_1,
-        },
-        Expr::Cmp {
-            sreg: REG_1,
-            op: CmpOp::Eq,
-            data: port.to_be_bytes().to_vec(),
-        },
-    ]
+        CT_STATE_ESTABLISHED | CT_STATE_RELATED,
+        true,
+    );
+    e.push(Expr::Verdict(Verdict::Accept));
+    e
 }
 
 /// The set ids of the transaction: groups get 10.., the fixed sets 1-3.
@@ -279,20 +237,7 @@ fn push_rules(
                     invert: false,
                 },
             ],
-            Peers::Cidr(net) => vec![
-                addr(offset),
-                Expr::Bitwise {
-                    sreg: REG_1,
-                    dreg: REG_1,
-                    mask: net.mask().octets().to_vec(),
-                    xor: vec![0; 4],
-                },
-                Expr::Cmp {
-                    sreg: REG_1,
-                    op: CmpOp::Eq,
-                    data: net.network().octets().to_vec(),
-                },
-            ],
+            Peers::Cidr(net) => ip_in(offset, *net, CmpOp::Eq),
         };
         if r.ports.is_empty() {
             let mut e = peer;
@@ -303,7 +248,7 @@ fn push_rules(
         for port in &r.ports {
             for proto in [crate::Protocol::Tcp, crate::Protocol::Udp] {
                 let mut e = peer.clone();
-                e.extend(l4(proto.number(), *port));
+                e.extend(l4_dport(proto.number(), *port));
                 e.push(Expr::Verdict(allow.clone()));
                 b.push(rule(table, chain, e));
             }
@@ -315,34 +260,13 @@ fn push_rules(
     b.push(rule(
         table,
         chain,
-        vec![
-            Expr::CtStatus { dreg: REG_1 },
-            Expr::Bitwise {
-                sreg: REG_1,
-                dreg: REG_1,
-                mask: IPS_DST_NAT.to_ne_bytes().to_vec(),
-                xor: vec![0; 4],
-            },
-            Expr::Cmp {
-                sreg: REG_1,
-                op: CmpOp::Neq,
-                data: vec![0; 4],
-            },
-            Expr::Verdict(Verdict::Drop),
-        ],
+        bits(Expr::CtStatus { dreg: REG_1 }, IPS_DST_NAT, true)
+            .into_iter()
+            .chain([Expr::Verdict(Verdict::Drop)])
+            .collect(),
     ));
     // Otherwise a TCP reset, or ICMP port unreachable, so clients fail at once.
-    let mut tcp = vec![
-        Expr::Meta {
-            key: MetaKey::L4Proto,
-            dreg: REG_1,
-        },
-        Expr::Cmp {
-            sreg: REG_1,
-            op: CmpOp::Eq,
-            data: vec![crate::Protocol::Tcp.number()],
-        },
-    ];
+    let mut tcp = l4proto_is(crate::Protocol::Tcp.number());
     tcp.push(Expr::Reject { tcp_reset: true });
     b.push(rule(table, chain, tcp));
     b.push(rule(table, chain, vec![Expr::Reject { tcp_reset: false }]));
@@ -470,23 +394,7 @@ pub fn resync(table: &str, p: &Policy) -> Batch {
         }));
         b.push(rule(table, name, ct_established()));
         if name == "forward" {
-            let mut exposed = vec![
-                Expr::Meta {
-                    key: MetaKey::Mark,
-                    dreg: REG_1,
-                },
-                Expr::Bitwise {
-                    sreg: REG_1,
-                    dreg: REG_1,
-                    mask: EXPOSED_MARK.to_ne_bytes().to_vec(),
-                    xor: vec![0; 4],
-                },
-                Expr::Cmp {
-                    sreg: REG_1,
-                    op: CmpOp::Neq,
-                    data: vec![0; 4],
-                },
-            ];
+            let mut exposed = bits(mark(), EXPOSED_MARK, true);
             exposed.extend(crate::services::mark_update(!EXPOSED_MARK, 0));
             exposed.push(Expr::Verdict(Verdict::Accept));
             b.push(rule(table, name, exposed));

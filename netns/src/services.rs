@@ -39,10 +39,10 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
+use crate::nft::build::{bits, ip_in, mark, rule};
 use crate::nft::{
-    types, BaseChain, Batch, Chain, CmpOp, Expr, Hook, MetaKey, NatKind, Op, PayloadBase, Rule,
-    SetSpec, Verdict, DATA_VERDICT, FAMILY_IPV4, REG32_0, REG32_1, REG32_2, REG_1, SET_EVAL,
-    SET_TIMEOUT,
+    types, BaseChain, Batch, Chain, CmpOp, Expr, Hook, MetaKey, NatKind, Op, PayloadBase, SetSpec,
+    Verdict, DATA_VERDICT, FAMILY_IPV4, REG32_0, REG32_1, REG32_2, REG_1, SET_EVAL, SET_TIMEOUT,
 };
 use crate::Protocol;
 
@@ -258,14 +258,6 @@ impl Ids {
     }
 }
 
-fn rule(table: &str, chain: &str, exprs: Vec<Expr>) -> Op {
-    Op::AddRule(Rule {
-        table: table.into(),
-        chain: chain.into(),
-        exprs,
-    })
-}
-
 fn payload(base: PayloadBase, offset: u32, len: u32, dreg: u32) -> Expr {
     Expr::Payload {
         base,
@@ -419,44 +411,17 @@ fn push_setup(b: &mut Batch, t: &ServicesTable, ids: &mut Ids) {
     b.push(rule(
         tb,
         "postrouting",
-        vec![
-            Expr::Meta {
-                key: MetaKey::Mark,
-                dreg: REG_1,
-            },
-            Expr::Bitwise {
-                sreg: REG_1,
-                dreg: REG_1,
-                mask: MASQUERADE_MARK.to_ne_bytes().to_vec(),
-                xor: vec![0; 4],
-            },
-            Expr::Cmp {
-                sreg: REG_1,
-                op: CmpOp::Eq,
-                data: vec![0; 4],
-            },
-            Expr::Verdict(Verdict::Return),
-        ],
+        bits(mark(), MASQUERADE_MARK, false)
+            .into_iter()
+            .chain([Expr::Verdict(Verdict::Return)])
+            .collect(),
     ));
     b.push(rule(tb, "postrouting", mark_update(!MASQUERADE_MARK, 0)));
-    let mut keep = vec![
-        payload(PayloadBase::Network, 12, 4, REG_1),
-        Expr::Bitwise {
-            sreg: REG_1,
-            dreg: REG_1,
-            mask: t.subnet.mask().octets().to_vec(),
-            xor: vec![0; 4],
-        },
-        Expr::Cmp {
-            sreg: REG_1,
-            op: CmpOp::Eq,
-            data: t.subnet.network().octets().to_vec(),
-        },
-        Expr::Meta {
-            key: MetaKey::OifName,
-            dreg: REG_1,
-        },
-    ];
+    let mut keep = ip_in(12, t.subnet, CmpOp::Eq);
+    keep.push(Expr::Meta {
+        key: MetaKey::OifName,
+        dreg: REG_1,
+    });
     let mut bridge = t.bridge.as_bytes().to_vec();
     bridge.push(0);
     keep.push(Expr::Cmp {

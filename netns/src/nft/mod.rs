@@ -14,6 +14,7 @@
 
 use std::io;
 
+pub(crate) mod build;
 mod conntrack;
 mod encode;
 mod socket;

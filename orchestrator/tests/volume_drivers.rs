@@ -76,12 +76,7 @@ services:
 #[test]
 fn a_sized_local_volume_stops_a_writer_at_its_size_reports_usage_and_goes_with_rm() {
     skip_unless_possible!("a_sized_local_volume");
-    if std::process::Command::new("mkfs.ext4")
-        .arg("-V")
-        .output()
-        .is_err()
-    {
-        println!("SKIP a_sized_local_volume: no mkfs.ext4 (Debian's e2fsprogs)");
+    if lacks("mkfs.ext4", "a_sized_local_volume", "Debian's e2fsprogs") {
         return;
     }
     let mut host = TestHost::new();
@@ -219,6 +214,18 @@ fn a_sized_local_volume_stops_a_writer_at_its_size_reports_usage_and_goes_with_r
     assert!(!agent.join("volume-objects/ledger.json").exists());
 }
 
+/// Whether `program` is missing (then the test says SKIP with why).
+fn lacks(program: &str, test: &str, why: &str) -> bool {
+    let missing = std::process::Command::new(program)
+        .arg("-V")
+        .output()
+        .is_err();
+    if missing {
+        println!("SKIP {test}: no {program} ({why})");
+    }
+    missing
+}
+
 fn plugin() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/volume-plugins/dir.sh")
 }
@@ -226,12 +233,11 @@ fn plugin() -> PathBuf {
 #[test]
 fn an_exec_plugin_is_called_through_its_lifecycle_and_an_unmountable_nfs_volume_says_why() {
     skip_unless_possible!("an_exec_plugin");
-    if std::process::Command::new("jq")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        println!("SKIP an_exec_plugin: no jq (the example plugin reads its JSON with it)");
+    if lacks(
+        "jq",
+        "an_exec_plugin",
+        "the example plugin reads its JSON with it",
+    ) {
         return;
     }
     let mut host = TestHost::new();
@@ -396,14 +402,11 @@ services:
 #[test]
 fn a_service_on_a_shared_volume_moves_with_its_data_when_its_node_dies() {
     skip_unless_possible!("a_service_on_a_shared_volume");
-    if std::process::Command::new("jq")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        println!(
-            "SKIP a_service_on_a_shared_volume: no jq (the example plugin reads its JSON with it)"
-        );
+    if lacks(
+        "jq",
+        "a_service_on_a_shared_volume",
+        "the example plugin reads its JSON with it",
+    ) {
         return;
     }
     let mut s = TestHost::new();

@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tugboat_api::model::{now_ms, Volume, VolumeUsage};
-use tugboat_api::spec::{VolumeDriver, VolumeKind};
+use tugboat_api::spec::VolumeDriver;
 
 /// How often usage is measured (and sent when it changed).
 pub const USAGE_EVERY: Duration = Duration::from_secs(10);
@@ -461,28 +461,6 @@ fn du(dir: &Path, limit: u64) -> (u64, u64) {
     (bytes, n)
 }
 
-/// Volume names the instances on this node mount.
-fn in_use(ctx: &NodeContext) -> std::collections::BTreeSet<String> {
-    let Ok(entries) = std::fs::read_dir(ctx.data_dir.join("instances")) else {
-        return Default::default();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            super::monitor::read_json::<tugboat_api::model::Instance>(
-                &e.path().join("instance.json"),
-            )
-        })
-        .flat_map(|i| {
-            i.spec
-                .volumes
-                .into_iter()
-                .filter(|v| v.kind == VolumeKind::Volume)
-                .map(|v| v.source)
-        })
-        .collect()
-}
-
 /// Volume objects this node has used (its records).
 fn known(ctx: &NodeContext) -> BTreeMap<String, Volume> {
     let Ok(entries) = std::fs::read_dir(objects_dir(ctx)) else {
@@ -566,7 +544,7 @@ pub async fn usage_loop(ctx: std::sync::Arc<NodeContext>) {
             drop(held);
             continue;
         }
-        let users = in_use(&ctx);
+        let users = super::volumes::in_use(&ctx.data_dir);
         let live = match ctx.client.volumes().await {
             Ok(list) => Some(
                 list.into_iter()
@@ -577,7 +555,7 @@ pub async fn usage_loop(ctx: std::sync::Arc<NodeContext>) {
         };
         let mut report = vec![];
         for volume in objects.values() {
-            let used = users.contains(&volume.name);
+            let used = users.contains_key(&volume.name);
             let deleted = live.as_ref().is_some_and(|l| !l.contains(&volume.name));
             let outcome = if deleted && !used {
                 remove(&ctx, volume).await

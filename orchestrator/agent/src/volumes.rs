@@ -54,21 +54,30 @@ pub fn list(data_dir: &Path) -> Vec<(String, Vec<String>)> {
     out
 }
 
-fn users(agent_dir: &Path, name: &str) -> Vec<String> {
+/// Named volumes the instances under `agent_dir` mount: volume -> instance ids.
+pub fn in_use(agent_dir: &Path) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut used = std::collections::BTreeMap::<String, Vec<String>>::new();
     let Ok(entries) = std::fs::read_dir(agent_dir.join("instances")) else {
-        return vec![];
+        return used;
     };
-    entries
+    for i in entries
         .flatten()
         .filter_map(|e| super::monitor::read_json::<Instance>(&e.path().join("instance.json")))
-        .filter(|i| {
-            i.spec
-                .volumes
-                .iter()
-                .any(|v| v.kind == VolumeKind::Volume && v.source == name)
-        })
-        .map(|i| i.id)
-        .collect()
+    {
+        for v in i
+            .spec
+            .volumes
+            .iter()
+            .filter(|v| v.kind == VolumeKind::Volume)
+        {
+            used.entry(v.source.clone()).or_default().push(i.id.clone());
+        }
+    }
+    used
+}
+
+fn users(agent_dir: &Path, name: &str) -> Vec<String> {
+    in_use(agent_dir).remove(name).unwrap_or_default()
 }
 
 /// Removes a named volume and its data, unless an instance on this node uses it.

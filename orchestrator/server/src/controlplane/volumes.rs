@@ -34,57 +34,11 @@ impl ControlPlane {
     /// Makes a volume object. The same name with the same configuration is not an error (a
     /// spec file applied twice); with another configuration it is.
     pub async fn create_volume(&self, request: VolumeRequest) -> Result<Volume> {
-        let problems = request.config.check(&request.name);
-        if !problems.is_empty() {
-            return Err(bad(format!(
-                "volume {}: {}",
-                request.name,
-                problems.join("; ")
-            )));
-        }
-        let key = volume_key(&request.name);
-        if let Some(existing) = objects::get::<Volume>(self.store(), &key).await? {
-            if existing.object.config == request.config {
-                return self.describe_volume(&request.name).await;
-            }
-            return Err(ControlPlaneError::Conflict(format!(
-                "volume {} exists with another configuration (driver {}, size {}); a volume's \
-                 driver, size and options do not change: delete it first (tugboat volume rm {})",
-                request.name,
-                existing.object.config.driver,
-                existing.object.config.size.as_deref().unwrap_or("none"),
-                request.name
-            )));
-        }
-        let volume = Volume {
-            name: request.name.clone(),
-            size_bytes: request.config.size_bytes(),
-            node: request.config.node.clone(),
-            config: request.config,
-            created_ms: now_ms(),
-            usage: vec![],
-            users: vec![],
-        };
         let mut batch = Batch::default();
-        batch.put_if(key, 0, &volume);
-        self.event(
-            &mut batch,
-            ObjectKind::Volume,
-            &volume.name,
-            "created",
-            format!(
-                "volume created (driver {}{})",
-                volume.config.driver,
-                volume
-                    .config
-                    .size
-                    .as_deref()
-                    .map(|s| format!(", size {s}"))
-                    .unwrap_or_default()
-            ),
-        );
+        let volumes = BTreeMap::from([(request.name.clone(), request.config)]);
+        self.apply_volumes(&mut batch, &volumes, now_ms()).await?;
         batch.commit(self.store()).await?;
-        self.describe_volume(&volume.name).await
+        self.describe_volume(&request.name).await
     }
 
     /// A spec file's `volumes:` section, into the apply's transaction: new ones are made,
@@ -137,7 +91,15 @@ impl ControlPlane {
                         ObjectKind::Volume,
                         name,
                         "created",
-                        format!("volume created (driver {})", config.driver),
+                        format!(
+                            "volume created (driver {}{})",
+                            config.driver,
+                            config
+                                .size
+                                .as_deref()
+                                .map(|s| format!(", size {s}"))
+                                .unwrap_or_default()
+                        ),
                     );
                     outcome.insert(name.clone(), "created".into());
                 }

@@ -251,11 +251,14 @@ async fn show(
 
 /// `logs TARGET`: an instance's log, or the logs of every placed instance of a service,
 /// each line prefixed with its instance.
-pub async fn logs(api: &ApiClient, target: &str, follow: bool, tail: Option<u64>) -> Result<()> {
+pub async fn logs(
+    api: &ApiClient,
+    target: &str,
+    options: &tugboat_api::wire::LogOptions,
+) -> Result<()> {
     let instances = api.instances(None).await?.items;
     if instances.iter().any(|i| i.id == target) {
-        api.logs(target, follow, tail, &mut std::io::stdout())
-            .await?;
+        api.logs(target, options, &mut std::io::stdout()).await?;
         return Ok(());
     }
     let ids: Vec<String> = instances
@@ -274,7 +277,7 @@ pub async fn logs(api: &ApiClient, target: &str, follow: bool, tail: Option<u64>
             name: target.into(),
         });
     }
-    crate::service_logs::stream(api, &ids, follow, tail).await?;
+    crate::service_logs::stream(api, &ids, options).await?;
     Ok(())
 }
 

@@ -281,6 +281,13 @@ enum Command {
         /// Only the last N lines.
         #[arg(long)]
         tail: Option<u64>,
+        /// Each line with the time its monitor read it (RFC 3339, UTC, as `docker logs -t`).
+        #[arg(short = 't', long)]
+        timestamps: bool,
+        /// The run before the latest one: what the container printed before its last
+        /// restart (`kubectl logs --previous`).
+        #[arg(short = 'p', long, conflicts_with = "follow")]
+        previous: bool,
     },
     /// Build an image from a Dockerfile/Containerfile into this node's image store
     /// (under --data-dir); RUN steps run in `tug` containers. See docs/build.md.
@@ -411,6 +418,10 @@ enum Command {
         /// everything and exits non-zero with what was not ready and why.
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         deadline: std::time::Duration,
+        /// Where containers' output goes, as `tugboat agent --log-mode`: `file` or `ring`
+        /// (memory; on disk only when asked and when a container ends).
+        #[arg(long, default_value = "file")]
+        log_mode: tugboat::agent::logring::LogMode,
     },
     /// The per-container monitor, as `tugboat-monitor` does it (the agent runs this only
     /// when there is no `tugboat-monitor` next to tugboat).
@@ -1132,7 +1143,17 @@ async fn run(cli: Cli) -> Result<()> {
             target,
             follow,
             tail,
-        } => commands::logs(&client(&cli)?, target, *follow, *tail).await?,
+            timestamps,
+            previous,
+        } => {
+            let options = tugboat_api::wire::LogOptions {
+                follow: *follow,
+                tail: *tail,
+                timestamps: *timestamps,
+                previous: *previous,
+            };
+            commands::logs(&client(&cli)?, target, &options).await?
+        }
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut command, "tugboat", &mut std::io::stdout());
@@ -1311,7 +1332,9 @@ async fn run(cli: Cli) -> Result<()> {
             images,
             import,
             deadline,
+            log_mode,
         } => {
+            let log_mode = *log_mode;
             let config = tugboat::up::UpConfig {
                 file: file.clone(),
                 data_dir: cli.data_dir.clone(),
@@ -1322,7 +1345,7 @@ async fn run(cli: Cli) -> Result<()> {
                     images.as_deref(),
                     import,
                 )?,
-                adjust_agent: |_| {},
+                adjust_agent: Box::new(move |agent| agent.log_mode = log_mode),
                 deadline: *deadline,
             };
             tugboat::up::up(config, tugboat::up::interrupted()).await?;

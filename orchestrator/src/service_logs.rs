@@ -59,8 +59,7 @@ impl<W: Write> Write for PrefixedLines<W> {
 pub async fn stream(
     api: &ApiClient,
     ids: &[String],
-    follow: bool,
-    tail: Option<u64>,
+    options: &tugboat_api::wire::LogOptions,
 ) -> Result<(), ClientError> {
     let out = Arc::new(Mutex::new(std::io::stdout()));
     let width = ids.iter().map(|id| id.len()).max().unwrap_or(0);
@@ -68,7 +67,7 @@ pub async fn stream(
         let out = out.clone();
         async move {
             let mut lines = PrefixedLines::new(format!("[{id:<width$}] "), out);
-            let result = api.logs(id, follow, tail, &mut lines).await;
+            let result = api.logs(id, options, &mut lines).await;
             let _ = lines.finish();
             result
         }

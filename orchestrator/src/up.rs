@@ -55,8 +55,8 @@ pub struct UpConfig {
     pub listen: SocketAddr,
     pub node: String,
     pub images: Arc<dyn ImageSource>,
-    /// Adjusts the agent's settings (subnet, timers, ...).
-    pub adjust_agent: fn(&mut AgentConfig),
+    /// Adjusts the agent's settings (log mode, subnet, timers, ...).
+    pub adjust_agent: Box<dyn FnOnce(&mut AgentConfig) + Send>,
     /// Every service must be ready by then, or `up` stops everything and fails.
     pub deadline: Duration,
 }

@@ -46,7 +46,7 @@ fn logs(a: &TestHost, id: &str) -> Result<String, String> {
     let id = id.to_string();
     a.api(|c| async move {
         let mut out = Vec::new();
-        c.logs(&id, false, None, &mut out)
+        c.logs(&id, &Default::default(), &mut out)
             .await
             .map(|()| String::from_utf8_lossy(&out).into_owned())
             .map_err(|e| e.to_string())

@@ -2,6 +2,9 @@
 //! following) what the monitor appends, across rotations, until the instance is gone.
 //! A monitor that keeps the output in memory ([`super::logring`]) is asked on its socket
 //! instead, and a follower waits for the next monitor when one ends.
+//! The log holds records (time, stream, line: `tugboat_monitor::logfmt`); what is sent is
+//! their lines, with their times under `timestamps`. `previous` sends the run before the
+//! latest one, found by the times in `runs.json`.
 //! The agent serves it on its node API; the server forwards `GET /v1/instances/ID/logs`.
 
 use std::io::{Read, Seek, SeekFrom};
@@ -9,9 +12,92 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use super::logring::tail;
+use tugboat_api::wire::LogOptions;
+use tugboat_monitor::logfmt::{LineView, Runs, Window, RUNS_FILE};
 
-/// Reads the log in `dir` from the start (after `tail`), then follows it when `follow`.
+/// An instance's log as its reader sees it: lines, not records.
 pub struct LogReader {
+    raw: RawLog,
+    view: LineView,
+    ended: bool,
+}
+
+impl LogReader {
+    /// The whole log (every run kept), its last `tail` lines, followed when `follow`.
+    pub fn new(instance_dir: &Path, options: &LogOptions) -> LogReader {
+        LogReader {
+            raw: RawLog::new(
+                instance_dir,
+                options.tail.map(|n| n as usize),
+                options.follow,
+            ),
+            view: LineView::new(Window::default(), options.timestamps),
+            ended: false,
+        }
+    }
+
+    /// The next lines; `None` at the end (not following, or the instance is gone).
+    pub async fn next_chunk(&mut self) -> Option<Vec<u8>> {
+        let mut out = vec![];
+        while !self.ended {
+            match self.raw.next_chunk().await {
+                Some(records) => self.view.push(&records, &mut out),
+                None => {
+                    self.view.finish(&mut out);
+                    self.ended = true;
+                }
+            }
+            if !out.is_empty() {
+                return Some(out);
+            }
+        }
+        None
+    }
+}
+
+/// The run before the latest one (`logs --previous`): its lines, the last `tail` of them.
+/// An instance that has run once has none: the error says so.
+pub async fn previous(
+    instance_dir: &Path,
+    id: &str,
+    options: &LogOptions,
+) -> Result<Vec<u8>, String> {
+    let runs: Option<Runs> = tugboat_monitor::read_json(&instance_dir.join(RUNS_FILE));
+    let Some(Runs {
+        current,
+        previous: Some(previous),
+    }) = runs
+    else {
+        return Err(format!(
+            "instance {id} has no previous run: its container has not been restarted"
+        ));
+    };
+    let mut view = LineView::new(
+        Window {
+            from: Some(previous),
+            until: Some(current),
+        },
+        options.timestamps,
+    );
+    let mut out = vec![];
+    // A file log that grew past its cap was moved to `.1`: the older records are there.
+    let log = instance_dir.join(super::monitor::LOG_FILE);
+    if let Ok(older) = std::fs::read(log.with_extension("log.1")) {
+        view.push(&older, &mut out);
+        view.finish(&mut out);
+    }
+    let mut raw = RawLog::new(instance_dir, None, false);
+    while let Some(records) = raw.next_chunk().await {
+        view.push(&records, &mut out);
+    }
+    view.finish(&mut out);
+    let lines = options.tail.map(|n| n as usize);
+    Ok(tail(&out, lines).to_vec())
+}
+
+/// The log's records in `dir` from the start (after `tail`), then as they come when
+/// `follow`.
+struct RawLog {
     path: PathBuf,
     dir: PathBuf,
     pos: u64,
@@ -24,9 +110,9 @@ pub struct LogReader {
     ring: bool,
 }
 
-impl LogReader {
-    pub fn new(instance_dir: &Path, tail: Option<usize>, follow: bool) -> LogReader {
-        LogReader {
+impl RawLog {
+    fn new(instance_dir: &Path, tail: Option<usize>, follow: bool) -> RawLog {
+        RawLog {
             path: instance_dir.join(super::monitor::LOG_FILE),
             dir: instance_dir.into(),
             pos: 0,
@@ -81,7 +167,7 @@ impl LogReader {
     }
 
     /// The next chunk; `None` at the end (not following, or the instance is gone).
-    pub async fn next_chunk(&mut self) -> Option<Vec<u8>> {
+    async fn next_chunk(&mut self) -> Option<Vec<u8>> {
         loop {
             match self.next_from_ring().await {
                 Ok(chunk) => return chunk,
@@ -138,6 +224,14 @@ impl LogReader {
 mod tests {
     use super::*;
 
+    fn options(tail: Option<u64>, follow: bool) -> LogOptions {
+        LogOptions {
+            tail,
+            follow,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn tail_takes_the_last_lines() {
         assert_eq!(tail(b"a\nb\nc\n", Some(2)), b"b\nc\n");
@@ -152,13 +246,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join(super::super::monitor::LOG_FILE);
         std::fs::write(&log, "one\ntwo\n").unwrap();
-        let mut r = LogReader::new(dir.path(), Some(1), true);
+        let mut r = LogReader::new(dir.path(), &options(Some(1), true));
         assert_eq!(r.next_chunk().await.unwrap(), b"two\n");
         std::fs::write(&log, "one\ntwo\nthree\n").unwrap();
         assert_eq!(r.next_chunk().await.unwrap(), b"three\n");
         std::fs::write(&log, "new\n").unwrap();
         assert_eq!(r.next_chunk().await.unwrap(), b"new\n");
-        let mut once = LogReader::new(dir.path(), None, false);
+        let mut once = LogReader::new(dir.path(), &options(None, false));
         assert_eq!(once.next_chunk().await.unwrap(), b"new\n");
         assert!(once.next_chunk().await.is_none());
     }
@@ -192,12 +286,12 @@ mod tests {
         let ring = SharedRing::new(1024, b"");
         ring.write(b"a\nb\nc\n");
         serve(ring.clone(), dir.path(), 1 << 20).unwrap();
-        let mut once = LogReader::new(dir.path(), Some(2), false);
+        let mut once = LogReader::new(dir.path(), &options(Some(2), false));
         assert_eq!(once.next_chunk().await.unwrap(), b"b\nc\n");
         assert!(once.next_chunk().await.is_none());
         // Nothing of it reached the disk.
         assert!(!dir.path().join(LOG_FILE).exists());
-        let mut follow = LogReader::new(dir.path(), Some(0), true);
+        let mut follow = LogReader::new(dir.path(), &options(Some(0), true));
         let got = read_while_writing(&mut follow, &ring, b"d\n").await;
         assert!(got.starts_with(b"d\n"), "{got:?}");
         // The container ends (its monitor saves the output and goes), the next run's monitor

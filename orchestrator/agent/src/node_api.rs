@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tugboat_api::execstream::{switching, wants_stream, Upgrade};
+use tugboat_api::wire::LogOptions;
 
 pub struct NodeApiState {
     pub data_dir: PathBuf,
@@ -141,19 +142,6 @@ async fn exec(
     }
 }
 
-/// `follow` and `tail` from a query string (`follow=true|1`, `tail=N`).
-pub fn log_options(query: &HashMap<String, String>) -> Result<(bool, Option<usize>), String> {
-    let follow = matches!(query.get("follow").map(String::as_str), Some("true" | "1"));
-    let tail = match query.get("tail") {
-        Some(t) => Some(
-            t.parse()
-                .map_err(|_| format!("tail must be a number of lines, got `{t}`"))?,
-        ),
-        None => None,
-    };
-    Ok((follow, tail))
-}
-
 /// A response that streams the log.
 pub fn stream_log(reader: LogReader) -> Response {
     let stream = futures_util::stream::unfold(reader, |mut r| async move {
@@ -179,10 +167,19 @@ async fn logs(
         Ok(dir) => dir,
         Err(answer) => return answer.into_response(),
     };
-    match log_options(&query) {
-        Ok((follow, tail)) => stream_log(LogReader::new(&dir, tail, follow)),
-        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    let options = match LogOptions::from_query(|name| query.get(name).cloned()) {
+        Ok(options) => options,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    if options.previous {
+        return match super::logs::previous(&dir, &id, &options).await {
+            Ok(lines) => {
+                ([(axum::http::header::CONTENT_TYPE, "text/plain")], lines).into_response()
+            }
+            Err(e) => (StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
+        };
     }
+    stream_log(LogReader::new(&dir, &options))
 }
 
 /// The instance's directory on this node, or the status and text that say why there is

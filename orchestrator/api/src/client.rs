@@ -147,17 +147,14 @@ impl ApiClient {
     pub async fn logs(
         &self,
         id: &str,
-        follow: bool,
-        tail: Option<u64>,
+        options: &crate::wire::LogOptions,
         out: &mut (dyn std::io::Write + Send),
     ) -> Result<(), ClientError> {
-        let mut request = self
-            .http()
-            .get(format!("{}/v1/instances/{id}/logs", self.base))
-            .query(&[("follow", follow.to_string())]);
-        if let Some(n) = tail {
-            request = request.query(&[("tail", n.to_string())]);
-        }
+        let mut request = self.http().get(format!(
+            "{}/v1/instances/{id}/logs?{}",
+            self.base,
+            options.to_query()
+        ));
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }

@@ -373,3 +373,93 @@ pub struct VolumeRequest {
 pub struct VolumeUsageReport {
     pub volumes: Vec<crate::model::VolumeUsage>,
 }
+
+/// What `GET /v1/instances/{id}/logs` is asked for (its query string), from the client
+/// through the server to the instance's agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Keep sending what the instance prints (not with `previous`: that run has ended).
+    pub follow: bool,
+    /// Only the last N lines.
+    pub tail: Option<u64>,
+    /// Each line with the time its monitor read it (RFC 3339, UTC, nanoseconds).
+    pub timestamps: bool,
+    /// The run before the latest one (before the last restart) instead of the whole log.
+    pub previous: bool,
+}
+
+impl LogOptions {
+    /// The query parameters, as the server and the agent read them back with
+    /// [`LogOptions::from_query`].
+    pub fn to_query(&self) -> String {
+        let mut q = format!("follow={}", self.follow);
+        if let Some(n) = self.tail {
+            q.push_str(&format!("&tail={n}"));
+        }
+        if self.timestamps {
+            q.push_str("&timestamps=true");
+        }
+        if self.previous {
+            q.push_str("&previous=true");
+        }
+        q
+    }
+
+    /// From query parameters (`follow`, `tail`, `timestamps`, `previous`); an error names
+    /// the parameter. Others are refused by the caller.
+    pub fn from_query(get: impl Fn(&str) -> Option<String>) -> Result<LogOptions, String> {
+        let flag = |name: &str| match get(name).as_deref() {
+            None | Some("false" | "0") => Ok(false),
+            Some("true" | "1" | "") => Ok(true),
+            Some(other) => Err(format!(
+                "query parameter `{name}` is true or false, got `{other}`"
+            )),
+        };
+        let tail = match get("tail") {
+            None => None,
+            Some(t) => Some(t.parse().map_err(|_| {
+                format!("query parameter `tail` must be a non-negative integer, got `{t}`")
+            })?),
+        };
+        Ok(LogOptions {
+            follow: flag("follow")?,
+            tail,
+            timestamps: flag("timestamps")?,
+            previous: flag("previous")?,
+        })
+    }
+}
+
+/// The query parameters [`LogOptions::from_query`] reads.
+pub const LOG_QUERY: [&str; 4] = ["follow", "tail", "timestamps", "previous"];
+
+#[cfg(test)]
+mod log_options_tests {
+    use super::*;
+
+    fn parse(query: &str) -> Result<LogOptions, String> {
+        let pairs: BTreeMap<String, String> = query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        LogOptions::from_query(|name| pairs.get(name).cloned())
+    }
+
+    #[test]
+    fn log_options_cross_the_wire_and_bad_ones_are_named() {
+        let all = LogOptions {
+            follow: false,
+            tail: Some(3),
+            timestamps: true,
+            previous: true,
+        };
+        assert_eq!(parse(&all.to_query()), Ok(all));
+        assert_eq!(
+            parse(&LogOptions::default().to_query()),
+            Ok(LogOptions::default())
+        );
+        assert!(parse("previous=maybe").unwrap_err().contains("`previous`"));
+        assert!(parse("tail=-1").unwrap_err().contains("`tail`"));
+    }
+}

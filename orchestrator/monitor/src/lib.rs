@@ -4,15 +4,16 @@
 //! The agent starts it and returns at once (the monitor forks, the first process exits,
 //! the second calls `setsid` and becomes a child subreaper). The monitor creates and starts
 //! the container through `tug_runtime` (or another OCI runtime's command line), holds the
-//! read ends of its stdout and stderr and copies them into a size-capped log file that is
-//! rotated once (or a ring in memory, [`logring`]), waits for the container's init, deletes
+//! read ends of its stdout and stderr and copies them, each line with its time and stream
+//! ([`logfmt`]), into a size-capped log file that is rotated once (or a ring in memory,
+//! [`logring`]), waits for the container's init, deletes
 //! the container (cgroup and runtime state) and writes the exit status to `exit.json`. The
 //! agent may stop, crash or be upgraded meanwhile: the container runs on, and a restarted
 //! agent finds `monitor.json` (the monitor's pid and start time) or `exit.json` in the
 //! instance directory.
 //!
 //! One of these lives per running container, so this crate stays small: std, libc, nix,
-//! serde_json and tug-runtime; no async runtime, HTTP, YAML or argument-parsing crates. The
+//! serde_json, humantime (the log's times) and tug-runtime; no async runtime, HTTP, YAML or argument-parsing crates. The
 //! agent uses this library for the file names, records and ring reading, and runs the
 //! `tugboat-monitor` executable found next to its own (docs/ARCHITECTURE.md, "The
 //! monitor").
@@ -21,6 +22,7 @@
 
 mod args;
 pub mod external;
+pub mod logfmt;
 pub mod logring;
 mod records;
 mod supervise;

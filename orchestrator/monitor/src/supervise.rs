@@ -7,6 +7,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use crate::external;
+use crate::logfmt::{self, Stream};
 use crate::logring::LogMode;
 use crate::records::{now_ms, take_lock, write_json, ExitRecord, MonitorRecord};
 use crate::records::{EXIT_FILE, LOCK_FILE, LOG_FILE, MONITOR_FILE};
@@ -86,6 +87,14 @@ fn supervise(args: &MonitorArgs) -> Result<ExitRecord, String> {
     };
     let record_path = args.dir.join(MONITOR_FILE);
     write_json(&record_path, &record).map_err(|e| format!("{}: {e}", record_path.display()))?;
+    // Before anything of this run is logged: `logs --previous` shows the log between the
+    // starts of the last two runs.
+    if let Err(e) = logfmt::record_run(&args.dir, &logfmt::now()) {
+        eprintln!(
+            "tugboat-monitor: {}: {e}",
+            args.dir.join(logfmt::RUNS_FILE).display()
+        );
+    }
 
     if let Some((exe, root)) = &args.oci {
         return supervise_external(args, exe, root, record);
@@ -223,8 +232,8 @@ fn supervise_external(
             // The runtime's own words went to the log: say the last of them.
             let _ = copier.join();
             finish_ring(args, ring);
-            let said = fs::read_to_string(args.dir.join(LOG_FILE)).unwrap_or_default();
-            let last = said.lines().last().unwrap_or_default().to_string();
+            let said = fs::read(args.dir.join(LOG_FILE)).unwrap_or_default();
+            let last = logfmt::last_line(&said);
             return Err(if last.is_empty() {
                 e
             } else {
@@ -317,11 +326,14 @@ impl LogWriter {
     }
 }
 
-/// Copies the container's stdout and stderr into the log until both are closed.
+/// Copies the container's stdout and stderr into the log, as records with the time each
+/// read was made ([`logfmt`]), until both are closed.
 fn copy_output(out: OwnedFd, err: OwnedFd, mut log: impl FnMut(&[u8])) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut open = [Some(out), Some(err)];
+    let streams = [Stream::Stdout, Stream::Stderr];
     let mut buf = [0u8; 16384];
+    let mut records = Vec::with_capacity(buf.len() + 64);
     while open.iter().any(Option::is_some) {
         let mut fds: Vec<PollFd> = open
             .iter()
@@ -339,7 +351,7 @@ fn copy_output(out: OwnedFd, err: OwnedFd, mut log: impl FnMut(&[u8])) {
             .collect();
         drop(fds);
         let mut k = 0;
-        for slot in open.iter_mut() {
+        for (slot, stream) in open.iter_mut().zip(streams) {
             let Some(fd) = slot.as_ref() else { continue };
             let is_ready = ready[k];
             k += 1;
@@ -348,7 +360,11 @@ fn copy_output(out: OwnedFd, err: OwnedFd, mut log: impl FnMut(&[u8])) {
             }
             match nix::unistd::read(fd, &mut buf) {
                 Ok(0) => *slot = None,
-                Ok(n) => log(&buf[..n]),
+                Ok(n) => {
+                    records.clear();
+                    logfmt::encode(stream, &logfmt::now(), &buf[..n], &mut records);
+                    log(&records);
+                }
                 Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::EAGAIN) => {}
                 Err(_) => *slot = None,
             }

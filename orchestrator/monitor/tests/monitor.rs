@@ -7,10 +7,20 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use tugboat_monitor::logfmt::{self, Stream};
 use tugboat_monitor::{
     lock_held, read_json, ExitRecord, LogMode, MonitorArgs, MonitorRecord, EXIT_FILE, LOCK_FILE,
     LOG_FILE, MONITOR_FILE,
 };
+
+/// The log's records as `tugboat logs` shows them.
+fn lines(log: &[u8]) -> String {
+    let mut view = logfmt::LineView::new(logfmt::Window::default(), false);
+    let mut out = vec![];
+    view.push(log, &mut out);
+    view.finish(&mut out);
+    String::from_utf8(out).unwrap()
+}
 
 fn skip() -> Option<&'static str> {
     if !nix::unistd::geteuid().is_root() {
@@ -136,9 +146,27 @@ fn the_monitor_keeps_the_output_and_the_exit_code_and_leaves_nothing() {
     let exit = instance.exit();
     assert_eq!(exit.code, Some(3), "{exit:?}");
     assert_eq!(exit.describe(), "exited with code 3");
-    let log = std::fs::read_to_string(instance.dir().join(LOG_FILE)).unwrap();
-    assert!(log.contains("to stdout\n"), "{log:?}");
-    assert!(log.contains("to stderr\n"), "{log:?}");
+    // Each line is kept with its time and its stream.
+    let log = std::fs::read(instance.dir().join(LOG_FILE)).unwrap();
+    let records: Vec<_> = log
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(logfmt::parse)
+        .collect();
+    let seen: Vec<_> = records.iter().map(|r| (r.stream, r.content)).collect();
+    assert!(
+        seen.contains(&(Some(Stream::Stdout), &b"to stdout"[..]))
+            && seen.contains(&(Some(Stream::Stderr), &b"to stderr"[..])),
+        "{:?}",
+        String::from_utf8_lossy(&log)
+    );
+    let runs: logfmt::Runs = read_json(&instance.dir().join(logfmt::RUNS_FILE)).unwrap();
+    assert!(
+        records
+            .iter()
+            .all(|r| r.time.is_some_and(|t| t >= runs.current.as_str())),
+        "a line older than its run's start ({runs:?})"
+    );
     assert!(record.pid > 0);
     instance.assert_nothing_left();
 }
@@ -159,7 +187,7 @@ fn a_ring_monitor_serves_the_output_and_saves_it_when_the_container_is_killed() 
         stream.read_to_string(&mut text).ok()?;
         (!text.is_empty()).then_some(text)
     });
-    assert_eq!(logs, "ready\n");
+    assert_eq!(lines(logs.as_bytes()), "ready\n");
     assert!(
         !instance.dir().join(LOG_FILE).exists(),
         "ring mode wrote the log while the container ran"
@@ -176,7 +204,7 @@ fn a_ring_monitor_serves_the_output_and_saves_it_when_the_container_is_killed() 
     let exit = instance.exit();
     assert_eq!((exit.code, exit.signal), (Some(137), Some(9)), "{exit:?}");
     assert_eq!(
-        std::fs::read_to_string(instance.dir().join(LOG_FILE)).unwrap(),
+        lines(&std::fs::read(instance.dir().join(LOG_FILE)).unwrap()),
         "ready\n",
         "the ring is saved when the container ends"
     );

@@ -254,14 +254,10 @@ pub async fn exec_stream(
 pub async fn logs(
     state: &ApiState,
     id: &str,
-    follow: bool,
-    tail: Option<u64>,
+    options: tugboat_api::wire::LogOptions,
 ) -> Result<Response, ApiError> {
     let (node, link) = link_of(state, id).await?;
-    let mut path = format!("/v1/instances/{id}/logs?follow={follow}");
-    if let Some(n) = tail {
-        path.push_str(&format!("&tail={n}"));
-    }
+    let path = format!("/v1/instances/{id}/logs?{}", options.to_query());
     let request = AgentRequest {
         method: Method::GET,
         path,

@@ -254,8 +254,8 @@ async fn dispatch(
             Ok(response) => response,
             Err(e) => e.into_response(),
         },
-        Ok(ApiRequest::InstanceLogs { id, follow, tail }) => {
-            match forward::logs(state, &id, follow, tail).await {
+        Ok(ApiRequest::InstanceLogs { id, options }) => {
+            match forward::logs(state, &id, options).await {
                 Ok(response) => response,
                 Err(e) => e.into_response(),
             }

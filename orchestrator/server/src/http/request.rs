@@ -59,8 +59,7 @@ pub enum ApiRequest {
     /// Streamed from the instance's agent, not answered with JSON.
     InstanceLogs {
         id: String,
-        follow: bool,
-        tail: Option<u64>,
+        options: tugboat_api::wire::LogOptions,
     },
     ReportInstanceStatus {
         id: String,
@@ -252,20 +251,11 @@ impl ApiRequest {
                 body: body(bytes)?,
             },
             RouteId::InstanceLogs => {
-                let q = Query::new(query, &["follow", "tail"])?;
-                let follow = match q.text("follow").as_deref() {
-                    None | Some("false" | "0") => false,
-                    Some("true" | "1") => true,
-                    Some(other) => {
-                        return Err(ApiError::bad_request(format!(
-                            "query parameter `follow` is true or false, got `{other}`"
-                        )))
-                    }
-                };
+                let q = Query::new(query, &tugboat_api::wire::LOG_QUERY)?;
                 ApiRequest::InstanceLogs {
                     id: id(),
-                    follow,
-                    tail: q.number("tail")?,
+                    options: tugboat_api::wire::LogOptions::from_query(|name| q.text(name))
+                        .map_err(ApiError::bad_request)?,
                 }
             }
             RouteId::ReportInstanceStatus => ApiRequest::ReportInstanceStatus {

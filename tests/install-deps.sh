@@ -103,6 +103,26 @@ command -v mkfs.ext4 >/dev/null || t+=(e2fsprogs)
 command -v jq >/dev/null || t+=(jq)
 install "the root tests (required by the test command)" "${t[@]}"
 
+# Prometheus for the metrics tests (orchestrator/tests/metrics.rs, api_e2e.rs): promtool
+# checks the exposition format and a real Prometheus scrapes the server and a node. Only the
+# package's files, unpacked under /opt/tug-test/prometheus: installing the package would also
+# enable and start a prometheus service on this machine.
+prom=/opt/tug-test/prometheus
+if [ ! -x $prom/usr/bin/prometheus ] || [ ! -x $prom/usr/bin/promtool ]; then
+  say "unpacking Debian's prometheus (promtool and prometheus) into $prom"
+  debs=$(mktemp -d)
+  chmod 755 "$debs"
+  chown _apt "$debs" 2>/dev/null || true
+  if update && (cd "$debs" && apt-get -o DPkg::Lock::Timeout=600 download -qq prometheus) &&
+    dpkg-deb -x "$debs"/prometheus_*.deb "$prom.new"; then
+    rm -rf "$prom" && mv "$prom.new" "$prom"
+  else
+    rm -rf "$prom.new"
+    say "WARNING: could not fetch prometheus (optional, for the metrics tests: they skip without it); going on"
+  fi
+  rm -rf "$debs"
+fi
+
 # The cgroup v2 VM stage (tests/vm/run.sh) and the Vagrant check (tests/vm/vagrant-validate.sh).
 # qemu-system-x86 must match an installed qemu-utils: on a machine that has qemu-utils from
 # backports (Debian's qemu-utils 10 breaks qemu-system-common < 8), take qemu from the same

@@ -18,6 +18,7 @@ pub mod images;
 pub mod instance;
 pub mod logring;
 pub mod logs;
+pub mod metrics;
 pub mod monitor;
 pub mod netns_file;
 pub mod node_api;

@@ -3,7 +3,8 @@
 //! (`POST /v1/instances/{id}/exec` with `{"command": [...]}`). Same bearer token as the server's;
 //! the server forwards `tugboat logs` here (the node's `agent_url`). `POST
 //! /v1/instances/{id}/logs/persist` asks a monitor that keeps the output in memory (`--log-mode
-//! ring`) to write it to disk from now on.
+//! ring`) to write it to disk from now on. `GET /metrics`: what the node's containers use
+//! (`metrics.rs`).
 
 use super::logs::LogReader;
 use axum::extract::{Path as UrlPath, Query, State};
@@ -36,6 +37,7 @@ pub fn router(state: Arc<NodeApiState>) -> axum::Router {
             axum::routing::post(persist_logs),
         )
         .route("/v1/instances/{id}/exec", axum::routing::post(exec))
+        .route("/metrics", axum::routing::get(metrics))
         .with_state(state)
 }
 
@@ -180,6 +182,39 @@ async fn logs(
         };
     }
     stream_log(LogReader::new(&dir, &options))
+}
+
+/// What the node's containers use (`metrics.rs`); the server forwards it as
+/// `GET /v1/nodes/{name}/metrics`.
+async fn metrics(
+    State(state): State<Arc<NodeApiState>>,
+    peer: Peer,
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&state, &headers, &peer) {
+        return (StatusCode::UNAUTHORIZED, "only the server calls a node's API: missing or wrong bearer token, or no server certificate\n").into_response();
+    }
+    let instances = state.data_dir.join("instances");
+    let text = tokio::task::spawn_blocking(move || {
+        super::metrics::render(&super::metrics::Roots {
+            instances: &instances,
+            cgroup: std::path::Path::new("/sys/fs/cgroup"),
+            proc: std::path::Path::new("/proc"),
+        })
+    })
+    .await;
+    match text {
+        Ok(Ok(text)) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                super::metrics::CONTENT_TYPE,
+            )],
+            text,
+        )
+            .into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
 }
 
 /// The instance's directory on this node, or the status and text that say why there is

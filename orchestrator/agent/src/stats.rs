@@ -46,6 +46,59 @@ pub fn read_usage(root: &Path, id: &str) -> Option<Usage> {
     })
 }
 
+/// Bytes read from and written to block devices by the instance's cgroup (v2 `io.stat`, v1
+/// `blkio.throttle.io_service_bytes`), summed over devices.
+pub fn read_io(root: &Path, id: &str) -> Option<(u64, u64)> {
+    if let Ok(text) = std::fs::read_to_string(root.join("tug").join(id).join("io.stat")) {
+        let mut sums = (0, 0);
+        for field in text.split_whitespace() {
+            let value = |key: &str| field.strip_prefix(key).and_then(|v| v.parse::<u64>().ok());
+            sums.0 += value("rbytes=").unwrap_or(0);
+            sums.1 += value("wbytes=").unwrap_or(0);
+        }
+        return Some(sums);
+    }
+    let text = std::fs::read_to_string(
+        root.join("blkio/tug")
+            .join(id)
+            .join("blkio.throttle.io_service_bytes"),
+    )
+    .ok()?;
+    let mut sums = (0, 0);
+    for line in text.lines() {
+        match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+            [_, "Read", n] => sums.0 += n.parse::<u64>().unwrap_or(0),
+            [_, "Write", n] => sums.1 += n.parse::<u64>().unwrap_or(0),
+            _ => {}
+        }
+    }
+    Some(sums)
+}
+
+/// Bytes received and sent by the network namespace of process `pid` (`/proc/PID/net/dev`,
+/// every interface but loopback).
+pub fn read_network(proc_root: &Path, pid: i32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(proc_root.join(pid.to_string()).join("net/dev")).ok()?;
+    let mut sums = (0, 0);
+    for line in text.lines().skip(2) {
+        let Some((name, counters)) = line.split_once(':') else {
+            continue;
+        };
+        if name.trim() == "lo" {
+            continue;
+        }
+        let c: Vec<u64> = counters
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        if c.len() >= 9 {
+            sums.0 += c[0];
+            sums.1 += c[8];
+        }
+    }
+    Some(sums)
+}
+
 /// Processes the OOM killer killed in the instance's cgroup (the monitor reads it too).
 pub use tugboat_monitor::oom_kills;
 
@@ -60,6 +113,38 @@ pub fn cpu_millis(before: &Usage, after: &Usage, elapsed_ms: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn io_and_network_counters_are_summed() {
+        let dir = tempfile::tempdir().unwrap();
+        let v2 = dir.path().join("v2/tug/web-1");
+        std::fs::create_dir_all(&v2).unwrap();
+        std::fs::write(
+            v2.join("io.stat"),
+            "8:0 rbytes=100 wbytes=20 rios=1 wios=1\n8:16 rbytes=5 wbytes=0 rios=1 wios=0\n",
+        )
+        .unwrap();
+        assert_eq!(read_io(&dir.path().join("v2"), "web-1"), Some((105, 20)));
+        let v1 = dir.path().join("v1/blkio/tug/web-1");
+        std::fs::create_dir_all(&v1).unwrap();
+        std::fs::write(
+            v1.join("blkio.throttle.io_service_bytes"),
+            "8:0 Read 4096\n8:0 Write 8192\n8:0 Sync 0\n8:0 Total 12288\nTotal 12288\n",
+        )
+        .unwrap();
+        assert_eq!(read_io(&dir.path().join("v1"), "web-1"), Some((4096, 8192)));
+        let net = dir.path().join("proc/42/net");
+        std::fs::create_dir_all(&net).unwrap();
+        std::fs::write(
+            net.join("dev"),
+            "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    lo:     500       5    0    0    0     0          0         0      500       5    0    0    0     0       0          0\n  eth0:    1234      10    0    0    0     0          0         0     5678      12    0    0    0     0       0          0\n",
+        )
+        .unwrap();
+        assert_eq!(
+            read_network(&dir.path().join("proc"), 42),
+            Some((1234, 5678))
+        );
+    }
 
     #[test]
     fn v1_and_v2_trees_are_read() {

@@ -88,6 +88,11 @@ async fn link_of(state: &ApiState, id: &str) -> Result<(String, Link), ApiError>
     let node = instance.node.ok_or_else(|| {
         ApiError::bad_request(format!("instance `{id}` is not placed on a node yet"))
     })?;
+    link_of_node(state, node).await
+}
+
+/// How to reach the agent of `node`: its tunnel, else its API address.
+async fn link_of_node(state: &ApiState, node: String) -> Result<(String, Link), ApiError> {
     if state.tunnels.connected(&node) {
         return Ok((node, Link::Tunnel));
     }
@@ -270,6 +275,31 @@ pub async fn logs(
     }
     Ok((
         [(axum::http::header::CONTENT_TYPE, "text/plain")],
+        response.into_body(),
+    )
+        .into_response())
+}
+
+/// A node's container metrics (`GET /metrics` of its agent), passed through as text.
+pub async fn node_metrics(state: &ApiState, node: &str) -> Result<Response, ApiError> {
+    // An unknown node is a 404 that names it, before any link is looked for.
+    state.control.get_node(node).await?;
+    let (node, link) = link_of_node(state, node.to_string()).await?;
+    let request = AgentRequest {
+        method: Method::GET,
+        path: "/metrics".into(),
+        body: None,
+        upgrade: None,
+    };
+    let response = send(state, &node, &link, request).await?;
+    if !response.status().is_success() {
+        return Err(refused(response, "agent_error", format!("agent of node {node}")).await);
+    }
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         response.into_body(),
     )
         .into_response())

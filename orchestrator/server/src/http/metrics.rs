@@ -78,9 +78,10 @@ struct ServiceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// `id`, not `instance`: Prometheus gives each target an `instance` label of its own.
 struct InstanceLabels {
     service: String,
-    instance: String,
+    id: String,
     node: String,
 }
 
@@ -201,7 +202,7 @@ pub async fn render(cp: &ControlPlane, api: &ApiMetrics) -> Result<String, Strin
         phases.get_or_create(&StatusLabels { status: phase }).inc();
         let l = InstanceLabels {
             service: i.service.clone(),
-            instance: i.id.clone(),
+            id: i.id.clone(),
             node: i.node.clone().unwrap_or_default(),
         };
         restarts.get_or_create(&l).inc_by(u64::from(i.restarts));

@@ -254,6 +254,10 @@ async fn dispatch(
             Ok(response) => response,
             Err(e) => e.into_response(),
         },
+        Ok(ApiRequest::NodeMetrics { name }) => match forward::node_metrics(state, &name).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        },
         Ok(ApiRequest::InstanceLogs { id, options }) => {
             match forward::logs(state, &id, options).await {
                 Ok(response) => response,
@@ -520,6 +524,7 @@ pub async fn handle(
         | ApiRequest::InstanceSecrets { .. }
         | ApiRequest::NodeTunnel { .. }
         | ApiRequest::NodeTunnelConnection { .. }
+        | ApiRequest::NodeMetrics { .. }
         | ApiRequest::Metrics => Err(ApiError::bad_request(
             "tokens and certificates are served by the HTTP API".into(),
         )),

@@ -125,6 +125,10 @@ pub enum ApiRequest {
         report: VolumeUsageReport,
     },
     Metrics,
+    /// What a node's containers use, from its agent (Prometheus text).
+    NodeMetrics {
+        name: String,
+    },
     /// A dial-out node's agent keeps this stream open ([`super::tunnel`]).
     NodeTunnel {
         name: String,
@@ -344,6 +348,7 @@ impl ApiRequest {
                 report: body(bytes)?,
             },
             RouteId::Metrics => ApiRequest::Metrics,
+            RouteId::NodeMetrics => ApiRequest::NodeMetrics { name: name() },
             RouteId::NodeTunnel => ApiRequest::NodeTunnel { name: name() },
             RouteId::NodeTunnelConnection => ApiRequest::NodeTunnelConnection {
                 name: name(),

@@ -48,6 +48,7 @@ pub enum RouteId {
     DeleteVolume,
     ReportVolumeUsage,
     Metrics,
+    NodeMetrics,
     NodeTunnel,
     NodeTunnelConnection,
 }
@@ -112,6 +113,7 @@ routes![
     (DELETE, "/v1/volumes/{name}", DeleteVolume),
     (PUT, "/v1/nodes/{name}/volumes", ReportVolumeUsage),
     (GET, "/metrics", Metrics),
+    (GET, "/v1/nodes/{name}/metrics", NodeMetrics),
     (GET, "/v1/nodes/{name}/tunnel", NodeTunnel),
     (POST, "/v1/nodes/{name}/tunnel/{id}", NodeTunnelConnection),
 ];

@@ -1,0 +1,246 @@
+//! Root test: metrics as an operator collects them. A node's container metrics through the
+//! server (`GET /v1/nodes/{name}/metrics`: cpu, memory, pids, block and network bytes,
+//! restarts, from the real cgroups and network namespaces), both scrapes accepted by
+//! `promtool check metrics`, and a real Prometheus (Debian's, see tests/prometheus) that
+//! scrapes the server and the node over TLS with the API's token and answers queries on them.
+
+mod host;
+mod prometheus;
+
+use host::{wait_for, TestHost};
+use std::time::Duration;
+
+const START: Duration = Duration::from_secs(120);
+
+const SPEC: &str = r#"
+services:
+  web:
+    image: shop/catalog:1
+    replicas: 2
+    ports:
+      - {container: 80}
+    health:
+      readiness: {http: {port: 80, path: /healthz}, interval_seconds: 1}
+    stop: {grace_seconds: 1}
+"#;
+
+/// GET `path` from the server as the admin: status and body.
+fn get(host: &TestHost, path: &str) -> (u16, String) {
+    let token = std::fs::read_to_string(host.dir.join("server/token")).unwrap();
+    let ca = std::fs::read(host.ca()).unwrap();
+    let url = format!("https://{}{path}", host::API);
+    host.in_netns(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let http = reqwest::Client::builder()
+                .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+                .build()
+                .unwrap();
+            match http.get(&url).bearer_auth(token.trim()).send().await {
+                Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+                Err(e) => (0, e.to_string()),
+            }
+        })
+    })
+}
+
+/// The value of the first sample of `name` with `labels` in the label set.
+fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// A Prometheus server of this test, killed (by its pid) when dropped.
+struct Prometheus(std::process::Child);
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn node_metrics_go_through_the_server_and_a_real_prometheus_scrapes_them() {
+    skip_unless_possible!("node_metrics_go_through_the_server_and_a_real_prometheus_scrapes_them");
+    let mut host = TestHost::new();
+    let spec = host.dir.join("metrics.yaml");
+    std::fs::write(&spec, SPEC).unwrap();
+    host.start_up(&spec);
+    let show = |host: &TestHost| format!("{:#?}", host::instances(host));
+    wait_for(
+        "2 web ready",
+        START,
+        || host::instances(&host).iter().filter(|i| i.ready).count() == 2,
+        || show(&host),
+    );
+    let ids: Vec<String> = host::instances(&host).into_iter().map(|i| i.id).collect();
+
+    // The node's scrape, through the server: each running container with what its cgroup
+    // and its network namespace counted (the readiness probes are its traffic).
+    let scrape = |host: &TestHost| get(host, "/v1/nodes/local/metrics");
+    wait_for(
+        "the probes' traffic counted",
+        Duration::from_secs(30),
+        || {
+            let (_, text) = scrape(&host);
+            ids.iter().all(|id| {
+                let l = format!("id=\"{id}\"");
+                sample(&text, "tugboat_container_network_receive_bytes_total", &l)
+                    .is_some_and(|v| v > 0.0)
+            })
+        },
+        || scrape(&host).1,
+    );
+    let (status, node) = scrape(&host);
+    assert_eq!(status, 200, "{node}");
+    for id in &ids {
+        let l = format!("service=\"web\",id=\"{id}\"");
+        let value = |name: &str| {
+            sample(&node, name, &l).unwrap_or_else(|| panic!("no {name}{{{l}}} in:\n{node}"))
+        };
+        assert!(
+            value("tugboat_container_memory_usage_bytes") > 0.0,
+            "{node}"
+        );
+        assert!(
+            value("tugboat_container_cpu_usage_seconds_total") > 0.0,
+            "{node}"
+        );
+        assert!(value("tugboat_container_pids") >= 1.0, "{node}");
+        assert!(
+            value("tugboat_container_network_transmit_bytes_total") > 0.0,
+            "{node}"
+        );
+        assert_eq!(value("tugboat_container_restarts_total"), 0.0, "{node}");
+        value("tugboat_container_fs_writes_bytes_total");
+    }
+    let running = node
+        .lines()
+        .find_map(|l| l.strip_prefix("tugboat_containers_running "));
+    assert_eq!(running, Some("2"), "{node}");
+    // A node that does not exist: 404, named.
+    let (status, said) = get(&host, "/v1/nodes/nowhere/metrics");
+    assert_eq!(status, 404, "{said}");
+    assert!(said.contains("nowhere"), "{said}");
+
+    let (_, server) = get(&host, "/metrics");
+    for (what, text) in [("server", &server), ("node", &node)] {
+        match prometheus::check_metrics(text) {
+            Ok(true) => {}
+            Ok(false) => eprintln!("SKIP promtool check metrics ({what}): no promtool (tests/install-deps.sh --tests unpacks Debian's prometheus)"),
+            Err(e) => panic!("{what}: {e}\n{text}"),
+        }
+    }
+
+    // A real Prometheus, in the test's namespace, scrapes both over TLS with the token.
+    let Some(binary) = prometheus::tool("prometheus") else {
+        eprintln!("SKIP a real Prometheus scrape: no prometheus (tests/install-deps.sh --tests unpacks Debian's)");
+        return;
+    };
+    let dir = host.dir.join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = format!(
+        r#"global: {{scrape_interval: 1s, scrape_timeout: 1s}}
+scrape_configs:
+  - job_name: tugboat
+    scheme: https
+    tls_config: {{ca_file: {ca}}}
+    authorization: {{credentials_file: {token}}}
+    static_configs: [{{targets: ["{api}"]}}]
+  - job_name: tugboat-nodes
+    scheme: https
+    metrics_path: /v1/nodes/local/metrics
+    tls_config: {{ca_file: {ca}}}
+    authorization: {{credentials_file: {token}}}
+    static_configs: [{{targets: ["{api}"], labels: {{node: local}}}}]
+"#,
+        ca = host.ca().display(),
+        token = host.dir.join("server/token").display(),
+        api = host::API,
+    );
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    let listen = "127.0.0.1:9090";
+    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+    let _prometheus = Prometheus(host.in_netns(|| {
+        std::process::Command::new(&binary)
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={listen}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus")
+    }));
+    let query = |q: &str| -> Vec<(serde_json::Value, f64)> {
+        let url = format!("http://{listen}/api/v1/query?query={}", urlencode(q));
+        let body = host.in_netns(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                match reqwest::get(&url).await {
+                    Ok(r) => r.json::<serde_json::Value>().await.ok(),
+                    Err(_) => None,
+                }
+            })
+        });
+        body.and_then(|b| b["data"]["result"].as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|r| {
+                let v = r["value"][1].as_str()?.parse().ok()?;
+                Some((r["metric"].clone(), v))
+            })
+            .collect()
+    };
+    let prom_log = || std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default();
+    wait_for(
+        "both targets up in Prometheus",
+        Duration::from_secs(60),
+        || {
+            let up = query("up");
+            up.len() == 2 && up.iter().all(|(_, v)| *v == 1.0)
+        },
+        || format!("{:?}\n{}", query("up"), tail(&prom_log())),
+    );
+    wait_for(
+        "the cluster's and the node's series in Prometheus",
+        Duration::from_secs(30),
+        || {
+            query(r#"tugboat_service_replicas_ready{service="web"}"#)
+                .first()
+                .is_some_and(|(_, v)| *v == 2.0)
+                && query(r#"tugboat_container_memory_usage_bytes{service="web",node="local"}"#)
+                    .len()
+                    == 2
+        },
+        || tail(&prom_log()),
+    );
+    assert!(host.stop_up(), "tugboat up did not stop");
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}

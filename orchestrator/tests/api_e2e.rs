@@ -682,6 +682,22 @@ services:
         d.events
     );
     assert!(d.autoscale.unwrap().contains("cpu"));
+    // /metrics has the target and what the ready instances use (150m of 100m requested).
+    let text = reqwest::Client::new()
+        .get(format!("http://{}/metrics", cluster.server.addr))
+        .bearer_auth(cluster.server.token.clone().unwrap_or_default())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "tugboat_service_autoscale_target_ratio{service=\"front\",resource=\"cpu\"} 0.5",
+        "tugboat_service_autoscale_current_ratio{service=\"front\",resource=\"cpu\"} 1.5",
+    ] {
+        assert!(text.contains(line), "no `{line}` in:\n{text}");
+    }
     // A person's scale is refused, and says what to change.
     let err = client.scale("front", 3).await.unwrap_err();
     assert!(
@@ -724,6 +740,21 @@ async fn metrics_describe_the_cluster_in_prometheus_text() {
         (ready_count(&cluster.instances("web").await) == 3).then_some(())
     })
     .await;
+    // One that no node can take: pending for cpu.
+    let big = "services:\n  big:\n    image: busybox\n    resources: {requests: {cpu: 64}}\n";
+    let big = parse_spec_file("big.yaml", big, &|_| false).unwrap();
+    client.apply(&big).await.unwrap();
+    eventually("big pending with its reason", WAIT, || async {
+        let i = cluster.instances("big").await;
+        i.iter()
+            .any(|i| {
+                i.pending_reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("not enough cpu"))
+            })
+            .then_some(())
+    })
+    .await;
     let addr = cluster.server.addr.to_string();
     let scrape = |token: Option<String>| {
         let mut r = reqwest::Client::new().get(format!("http://{addr}/metrics"));
@@ -745,9 +776,15 @@ async fn metrics_describe_the_cluster_in_prometheus_text() {
         "tugboat_service_replicas_ready{service=\"web\"} 3",
         "tugboat_node_ready{node=\"n1\"} 1",
         "tugboat_node_capacity_memory_bytes{node=\"n1\"}",
-        "tugboat_api_requests_total{route=\"/v1/apply\",method=\"POST\",code=\"200\"} 1",
+        "tugboat_api_requests_total{route=\"/v1/apply\",method=\"POST\",code=\"200\"} 2",
         "# TYPE tugboat_api_request_duration_seconds histogram",
         "tugboat_instances{status=\"running\"}",
+        "tugboat_service_rollout_state{service=\"web\",state=\"complete\"} 1",
+        "tugboat_service_rollout_state{service=\"web\",state=\"progressing\"} 0",
+        "tugboat_scheduler_pending_instances{reason=\"cpu\"} 1",
+        "# TYPE tugboat_scheduler_placement_latency_seconds histogram",
+        "# TYPE tugboat_store_append_latency_seconds histogram",
+        "tugboat_store_compactions_total 0",
     ] {
         assert!(text.contains(line), "no `{line}` in:\n{text}");
     }
@@ -759,6 +796,20 @@ async fn metrics_describe_the_cluster_in_prometheus_text() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert!((allocated - 1.25).abs() < 1e-9, "{allocated}\n{text}");
+    // Every placed instance was timed once (3 web, 1 db); the store fsynced what it
+    // acknowledged and says how big its log is.
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    assert_eq!(
+        value("tugboat_scheduler_placement_latency_seconds_count"),
+        4.0
+    );
+    assert!(value("tugboat_store_append_latency_seconds_count") >= 4.0);
+    assert!(value("tugboat_store_log_size_bytes") > 0.0);
     // promtool, where Prometheus is installed, accepts it.
     match prometheus::check_metrics(&text) {
         Ok(true) => {}

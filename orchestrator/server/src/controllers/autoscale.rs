@@ -21,6 +21,50 @@ pub struct Observed {
     pub usage: Option<InstanceStats>,
 }
 
+/// What the autoscaler sees of the instances of `service`'s current template (not failed) at
+/// `now_ms`: readiness, and the usage last reported within a minute (an older report says
+/// nothing about now).
+pub fn observe<'a>(
+    cp: &crate::controlplane::ControlPlane,
+    service: &tugboat_api::model::Service,
+    instances: impl Iterator<Item = &'a tugboat_api::model::Instance>,
+    now_ms: u64,
+) -> Vec<Observed> {
+    let hash = &service.rollout.template_hash;
+    instances
+        .filter(|i| {
+            i.service == service.name
+                && &i.template_hash == hash
+                && i.phase != tugboat_api::model::InstancePhase::Failed
+        })
+        .map(|i| Observed {
+            ready: i.ready,
+            usage: cp
+                .usage_of(&i.id)
+                .filter(|u| u.at_ms.saturating_add(60_000) >= now_ms),
+        })
+        .collect()
+}
+
+/// The average use of the ready instances that reported, as a fraction of what each
+/// requests (`request`); None without numbers.
+pub fn utilization(
+    request: u64,
+    observed: &[Observed],
+    used: impl Fn(&InstanceStats) -> u64,
+) -> Option<f64> {
+    let reported: Vec<u64> = observed
+        .iter()
+        .filter(|o| o.ready)
+        .filter_map(|o| o.usage.as_ref().map(&used))
+        .collect();
+    if request == 0 || reported.is_empty() {
+        return None;
+    }
+    let average = reported.iter().sum::<u64>() as f64 / reported.len() as f64;
+    Some(average / request as f64)
+}
+
 /// What the autoscaler remembers of a service (in memory: after a server restart it
 /// watches a whole window again before scaling down).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -59,16 +103,13 @@ fn recommend_one(
         .iter()
         .filter_map(|o| o.usage.as_ref().map(&used))
         .collect();
-    if reported.is_empty() {
-        return None;
-    }
+    let used_fraction = utilization(request, observed, &used)?;
     let total: u64 = reported.iter().sum();
     let target = request as f64 * f64::from(target_pct) / 100.0;
-    let average = total as f64 / reported.len() as f64;
-    let ratio = average / target;
+    let ratio = used_fraction * 100.0 / f64::from(target_pct);
     let words = format!(
         "{name} {:.0}% of request (target {target_pct}%)",
-        average * 100.0 / request as f64
+        used_fraction * 100.0
     );
     if (ratio - 1.0).abs() <= TOLERANCE {
         return Some((current, words));

@@ -335,7 +335,7 @@ pub async fn schedule_pending(cp: &ControlPlane) -> Result<()> {
         plans.push(
             cp.scheduler
                 .place(&mut snapshot, request)
-                .map_err(|why| why.to_string()),
+                .map_err(|why| (why.kind(), why.to_string())),
         );
     }
 
@@ -398,7 +398,7 @@ pub async fn schedule_pending(cp: &ControlPlane) -> Result<()> {
                     );
                 }
             }
-            Err(why) => {
+            Err((kind, why)) => {
                 let residents_now: Vec<Resident> =
                     residents.iter().map(|(r, _)| r.clone()).collect();
                 if let Some(preemption) =
@@ -412,6 +412,12 @@ pub async fn schedule_pending(cp: &ControlPlane) -> Result<()> {
                     continue;
                 }
                 let why = still_pending(updated.pending_reason.as_deref(), &why);
+                let kind = if why.starts_with(PREEMPTED_BY) {
+                    "preempted"
+                } else {
+                    kind
+                };
+                cp.scheduling.unplaceable(&updated.id, kind);
                 if updated.pending_reason.as_deref() != Some(why.as_str()) {
                     cp.event(
                         &mut batch,
@@ -426,7 +432,10 @@ pub async fn schedule_pending(cp: &ControlPlane) -> Result<()> {
         }
         if updated != instance.object {
             batch.put_if(updated.key(), instance.revision, &updated);
-            commit_or_retry_later(cp, batch).await?;
+            // Timed once it is written: a placement that lost a race is made again later.
+            if commit_or_retry_later(cp, batch).await? && updated.node.is_some() {
+                cp.scheduling.placed(&updated.id, updated.created_at_ms);
+            }
         }
     }
     Ok(())
@@ -548,6 +557,7 @@ async fn preempt_for(
         format!("placed on {}", preemption.node),
     );
     if commit_or_retry_later(cp, batch).await? {
+        cp.scheduling.placed(&placed.id, placed.created_at_ms);
         *live = trial;
         return Ok(true);
     }
@@ -617,7 +627,7 @@ async fn autoscale_services(
     instances: &[Versioned<Instance>],
     now: u64,
 ) -> Result<()> {
-    use super::autoscale::{decide, Observed};
+    use super::autoscale::{self, decide};
     let mut decisions = vec![];
     {
         let mut histories = cp.autoscale.lock().unwrap_or_else(|p| p.into_inner());
@@ -631,23 +641,12 @@ async fn autoscale_services(
             let Some(autoscale) = &spec.autoscale else {
                 continue;
             };
-            let hash = &service.object.rollout.template_hash;
-            let observed: Vec<Observed> = instances
-                .iter()
-                .map(|i| &i.object)
-                .filter(|i| {
-                    i.service == service.object.name
-                        && &i.template_hash == hash
-                        && i.phase != InstancePhase::Failed
-                })
-                .map(|i| Observed {
-                    ready: i.ready,
-                    // A report older than a minute says nothing about now.
-                    usage: cp
-                        .usage_of(&i.id)
-                        .filter(|u| u.at_ms.saturating_add(60_000) >= now),
-                })
-                .collect();
+            let observed = autoscale::observe(
+                cp,
+                &service.object,
+                instances.iter().map(|i| &i.object),
+                now,
+            );
             let history = histories.entry(service.object.name.clone()).or_default();
             if let Some(d) = decide(
                 autoscale,

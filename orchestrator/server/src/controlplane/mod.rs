@@ -67,6 +67,8 @@ pub type Result<T> = std::result::Result<T, ControlPlaneError>;
 pub struct ControlPlane {
     pub store: Arc<dyn Store>,
     pub scheduler: Scheduler,
+    /// The scheduler's placement latency and pending reasons, for `/metrics`.
+    pub scheduling: crate::scheduler::SchedulingMetrics,
     pub timers: Timers,
     /// Where services get their virtual addresses.
     pub service_range: ipnetwork::Ipv4Network,
@@ -127,6 +129,7 @@ impl ControlPlane {
         ControlPlane {
             store,
             scheduler,
+            scheduling: Default::default(),
             timers,
             service_range: tugboat_api::model::DEFAULT_SERVICE_RANGE
                 .parse()

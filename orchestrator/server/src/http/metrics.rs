@@ -13,7 +13,7 @@ use prometheus_client::registry::{Registry, Unit};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
-use tugboat_api::model::{InstancePhase, NodeStatus, Resources};
+use tugboat_api::model::{InstancePhase, NodeStatus, Resources, RolloutState};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -70,6 +70,23 @@ struct NodeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
     status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RolloutLabels {
+    service: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResourceLabels {
+    service: String,
+    resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -178,6 +195,74 @@ pub async fn render(cp: &ControlPlane, api: &ApiMetrics) -> Result<String, Strin
                 .count() as i64,
         );
     }
+    // Rollouts, one series per state (1 for the service's state, 0 for the others), and
+    // each autoscaled service's target and current use, as fractions of what is requested.
+    let rollout = Family::<RolloutLabels, Gauge>::default();
+    let target = Family::<ResourceLabels, FGauge>::default();
+    let current = Family::<ResourceLabels, FGauge>::default();
+    let now = tugboat_api::model::now_ms();
+    for s in &services {
+        for state in [
+            RolloutState::Complete,
+            RolloutState::Progressing,
+            RolloutState::RolledBack,
+        ] {
+            rollout
+                .get_or_create(&RolloutLabels {
+                    service: s.name.clone(),
+                    state: state.as_str().into(),
+                })
+                .set(i64::from(s.rollout.state == state));
+        }
+        let Some(autoscale) = &s.spec.autoscale else {
+            continue;
+        };
+        let observed = crate::controllers::autoscale::observe(cp, s, instances.iter(), now);
+        let requests = &s.spec.resources.requests;
+        type Used = fn(&tugboat_api::model::InstanceStats) -> u64;
+        let resources: [(&str, Option<u32>, u64, Used); 2] = [
+            (
+                "cpu",
+                autoscale.target.cpu.map(|p| p.0),
+                requests.cpu.map_or(0, |c| c.0),
+                |u| u.cpu_millis,
+            ),
+            (
+                "memory",
+                autoscale.target.memory.map(|p| p.0),
+                requests.memory.map_or(0, |m| m.0),
+                |u| u.memory_bytes,
+            ),
+        ];
+        for (resource, pct, request, used) in resources {
+            let Some(pct) = pct else { continue };
+            let l = ResourceLabels {
+                service: s.name.clone(),
+                resource: resource.into(),
+            };
+            target.get_or_create(&l).set(f64::from(pct) / 100.0);
+            if let Some(u) = crate::controllers::autoscale::utilization(request, &observed, used) {
+                current.get_or_create(&l).set(u);
+            }
+        }
+    }
+    registry.register(
+        "service_rollout_state",
+        "1 for the state of a service's rollout (complete, progressing, rolled-back)",
+        rollout,
+    );
+    registry.register_with_unit(
+        "service_autoscale_target",
+        "The use an autoscaled service aims at, as a fraction of what its instances request",
+        Unit::Other("ratio".into()),
+        target,
+    );
+    registry.register_with_unit(
+        "service_autoscale_current",
+        "The average use of an autoscaled service's ready instances, as a fraction of what each requests",
+        Unit::Other("ratio".into()),
+        current,
+    );
     registry.register(
         "service_replicas_desired",
         "Replicas a service asks for",
@@ -231,6 +316,51 @@ pub async fn render(cp: &ControlPlane, api: &ApiMetrics) -> Result<String, Strin
         "Restarts of an instance's container",
         restarts,
     );
+
+    // The scheduler: how long instances waited to be placed, and why the pending ones wait.
+    let pending_ids: std::collections::HashSet<&str> = instances
+        .iter()
+        .filter(|i| i.node.is_none() && i.phase == InstancePhase::Pending)
+        .map(|i| i.id.as_str())
+        .collect();
+    let pending = Family::<ReasonLabels, Gauge>::default();
+    for (reason, n) in cp.scheduling.pending_by_reason(&pending_ids) {
+        pending
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .set(n);
+    }
+    registry.register(
+        "scheduler_pending_instances",
+        "Instances no node can take now, by the kind of their main reason",
+        pending,
+    );
+    registry.register_with_unit(
+        "scheduler_placement_latency",
+        "From an instance's creation to its placement on a node",
+        Unit::Seconds,
+        cp.scheduling.placement_latency.clone(),
+    );
+    if let Some(store) = cp.store().metrics() {
+        registry.register_with_unit(
+            "store_append_latency",
+            "Writing and fdatasyncing one commit to the store's log",
+            Unit::Seconds,
+            store.append_latency,
+        );
+        registry.register_with_unit(
+            "store_log_size",
+            "The store's log file",
+            Unit::Bytes,
+            store.log_bytes,
+        );
+        registry.register(
+            "store_compactions",
+            "Times the store's log was rewritten as a snapshot",
+            store.compactions,
+        );
+    }
 
     let revision = Gauge::<i64>::default();
     revision.set(cp.store().current_revision().await.unwrap_or(0) as i64);

@@ -103,6 +103,27 @@ impl Rejection {
     }
 }
 
+impl Rejection {
+    /// The reason's kind, without its numbers: a label for `/metrics`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Rejection::NotReady => "node_not_ready",
+            Rejection::Cordoned => "cordoned",
+            Rejection::NotEnoughCpu { .. } => "cpu",
+            Rejection::NotEnoughMemory { .. } => "memory",
+            Rejection::NotEnoughPids { .. } => "pids",
+            Rejection::LabelMismatch { .. } => "label",
+            Rejection::ConstraintUnmet(_) => "constraint",
+            Rejection::PortInUse { .. } => "host_port",
+            Rejection::AffinityUnmet { .. } => "affinity",
+            Rejection::AntiAffinity { .. } => "anti_affinity",
+            Rejection::VolumeElsewhere { .. } => "volume_elsewhere",
+            Rejection::VolumeNodeDown { .. } => "volume_node_down",
+            Rejection::RuntimeMissing { .. } => "runtime",
+        }
+    }
+}
+
 impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

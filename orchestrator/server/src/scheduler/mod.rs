@@ -49,6 +49,71 @@ pub struct Unplaceable {
     pub reasons: Vec<(usize, Rejection)>,
 }
 
+impl Unplaceable {
+    /// The most common reason's kind ([`Rejection::kind`]); `no_nodes` with none.
+    pub fn kind(&self) -> &'static str {
+        self.reasons
+            .first()
+            .map_or("no_nodes", |(_, why)| why.kind())
+    }
+}
+
+/// What the scheduler's passes saw, for `/metrics`: how long instances waited to be placed,
+/// and why the pending ones are.
+pub struct SchedulingMetrics {
+    /// From an instance's creation to its placement on a node.
+    pub placement_latency: prometheus_client::metrics::histogram::Histogram,
+    /// Per pending instance, the kind of its reason at the last pass.
+    pending: std::sync::Mutex<std::collections::HashMap<String, &'static str>>,
+}
+
+impl Default for SchedulingMetrics {
+    fn default() -> Self {
+        SchedulingMetrics {
+            // 10 ms to ~5.5 min.
+            placement_latency: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.01, 2.0, 16),
+            ),
+            pending: Default::default(),
+        }
+    }
+}
+
+impl SchedulingMetrics {
+    fn pending(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, &'static str>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `id`, made at `created_at_ms`, was placed now.
+    pub fn placed(&self, id: &str, created_at_ms: u64) {
+        self.pending().remove(id);
+        let waited = tugboat_api::model::now_ms().saturating_sub(created_at_ms);
+        self.placement_latency.observe(waited as f64 / 1000.0);
+    }
+
+    /// `id` stays pending, for a reason of this kind.
+    pub fn unplaceable(&self, id: &str, kind: &'static str) {
+        self.pending().insert(id.to_string(), kind);
+    }
+
+    /// The pending instances by the kind of their reason; only those in `pending` count (an
+    /// instance deleted meanwhile is forgotten here).
+    pub fn pending_by_reason(
+        &self,
+        pending: &std::collections::HashSet<&str>,
+    ) -> BTreeMap<&'static str, i64> {
+        let mut known = self.pending();
+        known.retain(|id, _| pending.contains(id.as_str()));
+        let mut counts = BTreeMap::new();
+        for kind in known.values() {
+            *counts.entry(*kind).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
 impl fmt::Display for Unplaceable {
     /// "3 nodes: not enough memory; 1 node: constraint zone=east"
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -37,6 +37,7 @@ struct State {
     live_bytes: u64,
     log: Option<LogFile>,
     options: EmbeddedStoreOptions,
+    metrics: super::StoreMetrics,
 }
 
 struct Shared {
@@ -63,6 +64,7 @@ impl EmbeddedStore {
         for record in recovery.records {
             state.replay(record);
         }
+        state.metrics.log_bytes.set(log.len() as i64);
         state.log = Some(log);
         Ok(Self::from_state(state))
     }
@@ -115,6 +117,7 @@ impl State {
             live_bytes: 0,
             log,
             options,
+            metrics: Default::default(),
         }
     }
 
@@ -164,7 +167,12 @@ impl State {
             operations,
         };
         if let Some(log) = self.log.as_mut() {
+            let started = std::time::Instant::now();
             log.append(std::slice::from_ref(&record))?;
+            self.metrics
+                .append_latency
+                .observe(started.elapsed().as_secs_f64());
+            self.metrics.log_bytes.set(log.len() as i64);
         }
         let Record::Commit { operations, .. } = record else {
             unreachable!()
@@ -245,6 +253,8 @@ impl State {
         });
         records.extend(self.data.values().cloned().map(Record::SnapshotEntry));
         log.rewrite(&records)?;
+        self.metrics.compactions.inc();
+        self.metrics.log_bytes.set(log.len() as i64);
         Ok(())
     }
 
@@ -352,6 +362,11 @@ impl Store for EmbeddedStore {
             }
         }
         Ok(())
+    }
+
+    fn metrics(&self) -> Option<super::StoreMetrics> {
+        let state = self.lock();
+        state.log.as_ref().map(|_| state.metrics.clone())
     }
 }
 

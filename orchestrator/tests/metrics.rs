@@ -24,29 +24,6 @@ services:
     stop: {grace_seconds: 1}
 "#;
 
-/// GET `path` from the server as the admin: status and body.
-fn get(host: &TestHost, path: &str) -> (u16, String) {
-    let token = std::fs::read_to_string(host.dir.join("server/token")).unwrap();
-    let ca = std::fs::read(host.ca()).unwrap();
-    let url = format!("https://{}{path}", host::API);
-    host.in_netns(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let http = reqwest::Client::builder()
-                .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-                .build()
-                .unwrap();
-            match http.get(&url).bearer_auth(token.trim()).send().await {
-                Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
-                Err(e) => (0, e.to_string()),
-            }
-        })
-    })
-}
-
 /// The value of the first sample of `name` with `labels` in the label set.
 fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
     text.lines()
@@ -82,7 +59,7 @@ fn node_metrics_go_through_the_server_and_a_real_prometheus_scrapes_them() {
 
     // The node's scrape, through the server: each running container with what its cgroup
     // and its network namespace counted (the readiness probes are its traffic).
-    let scrape = |host: &TestHost| get(host, "/v1/nodes/local/metrics");
+    let scrape = |host: &TestHost| host.get_api("/v1/nodes/local/metrics");
     wait_for(
         "the probes' traffic counted",
         Duration::from_secs(30),
@@ -124,11 +101,11 @@ fn node_metrics_go_through_the_server_and_a_real_prometheus_scrapes_them() {
         .find_map(|l| l.strip_prefix("tugboat_containers_running "));
     assert_eq!(running, Some("2"), "{node}");
     // A node that does not exist: 404, named.
-    let (status, said) = get(&host, "/v1/nodes/nowhere/metrics");
+    let (status, said) = host.get_api("/v1/nodes/nowhere/metrics");
     assert_eq!(status, 404, "{said}");
     assert!(said.contains("nowhere"), "{said}");
 
-    let (_, server) = get(&host, "/metrics");
+    let (_, server) = host.get_api("/metrics");
     for (what, text) in [("server", &server), ("node", &node)] {
         match prometheus::check_metrics(text) {
             Ok(true) => {}

@@ -154,6 +154,18 @@ fn a_sized_local_volume_stops_a_writer_at_its_size_reports_usage_and_goes_with_r
         "{usage:?}"
     );
     assert!(usage.inodes_total > 0, "{usage:?}");
+    // And in /metrics, labelled by volume and node.
+    let (_, metrics) = host.get_api("/metrics");
+    for line in [
+        "tugboat_volume_mounted{volume=\"ledger\",node=\"local\"} 1".to_string(),
+        format!(
+            "tugboat_volume_size_bytes{{volume=\"ledger\",node=\"local\"}} {}",
+            usage.bytes_total
+        ),
+        "tugboat_volume_used_bytes{volume=\"ledger\",node=\"local\"} ".to_string(),
+    ] {
+        assert!(metrics.contains(&line), "no `{line}` in:\n{metrics}");
+    }
     let events: tugboat::wire::Listed<tugboat::model::Event> = host
         .api(|c| async move {
             c.call(

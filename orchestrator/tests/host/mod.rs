@@ -213,6 +213,30 @@ impl TestHost {
         }
     }
 
+    /// GET `path` from `up`'s server as the admin (TLS with its CA): the status and the
+    /// body as text (status 0 and the error when it did not answer).
+    pub fn get_api(&self, path: &str) -> (u16, String) {
+        let token = std::fs::read_to_string(self.dir.join("server/token")).unwrap_or_default();
+        let ca = std::fs::read(self.ca()).unwrap();
+        let url = format!("https://{API}{path}");
+        self.in_netns(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let http = reqwest::Client::builder()
+                    .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+                    .build()
+                    .unwrap();
+                match http.get(&url).bearer_auth(token.trim()).send().await {
+                    Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+                    Err(e) => (0, e.to_string()),
+                }
+            })
+        })
+    }
+
     /// The cluster CA of `up`'s server.
     pub fn ca(&self) -> PathBuf {
         self.dir.join("server/tls/ca.pem")

@@ -215,6 +215,12 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// What the nodes last measured of their volumes (in memory), for `/metrics`.
+    pub fn volume_usages(&self) -> Vec<tugboat_api::model::VolumeUsage> {
+        let usage = self.volume_usage.lock().unwrap_or_else(|p| p.into_inner());
+        usage.values().cloned().collect()
+    }
+
     /// Keeps what node `node` measured of its volumes (in memory), and writes an event when
     /// a volume crosses 80% or 95% of its size.
     pub async fn report_volume_usage(&self, node: &str, report: VolumeUsageReport) -> Result<()> {

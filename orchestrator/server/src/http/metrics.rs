@@ -85,6 +85,12 @@ struct ResourceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VolumeLabels {
+    volume: String,
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
 }
@@ -315,6 +321,49 @@ pub async fn render(cp: &ControlPlane, api: &ApiMetrics) -> Result<String, Strin
         "instance_restarts",
         "Restarts of an instance's container",
         restarts,
+    );
+
+    // Volumes, as their nodes last measured them.
+    let volume_used = Family::<VolumeLabels, Gauge>::default();
+    let volume_size = Family::<VolumeLabels, Gauge>::default();
+    let inodes_used = Family::<VolumeLabels, Gauge>::default();
+    let inodes = Family::<VolumeLabels, Gauge>::default();
+    let mounted = Family::<VolumeLabels, Gauge>::default();
+    for u in cp.volume_usages() {
+        let l = VolumeLabels {
+            volume: u.volume.clone(),
+            node: u.node.clone(),
+        };
+        volume_used.get_or_create(&l).set(u.bytes_used as i64);
+        volume_size.get_or_create(&l).set(u.bytes_total as i64);
+        inodes_used.get_or_create(&l).set(u.inodes_used as i64);
+        inodes.get_or_create(&l).set(u.inodes_total as i64);
+        mounted
+            .get_or_create(&l)
+            .set(i64::from(u.state == "mounted"));
+    }
+    registry.register_with_unit(
+        "volume_used",
+        "Bytes in use on a volume, as its node measured",
+        Unit::Bytes,
+        volume_used,
+    );
+    registry.register_with_unit(
+        "volume_size",
+        "A volume's size (its filesystem's), as its node measured",
+        Unit::Bytes,
+        volume_size,
+    );
+    registry.register(
+        "volume_inodes_used",
+        "Inodes in use on a volume",
+        inodes_used,
+    );
+    registry.register("volume_inodes", "Inodes a volume's filesystem has", inodes);
+    registry.register(
+        "volume_mounted",
+        "1 when the volume is mounted on the node, 0 when making it failed",
+        mounted,
     );
 
     // The scheduler: how long instances waited to be placed, and why the pending ones wait.

@@ -17,7 +17,8 @@ use tugboat::server::{ServerConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
     about = "Tug's orchestrator: control plane server and client"
 )]
 struct Cli {
-    /// Server address (host:port or http:// URL).
+    /// Server address (host:port or http:// URL); several, comma-separated, for a cluster
+    /// of servers: a server that does not answer (or answers 503) is left for the next.
     #[arg(long, global = true, env = "TUGBOAT_ADDR")]
     addr: Option<String>,
     /// Bearer token (default: from the config file, then <data-dir>/token).

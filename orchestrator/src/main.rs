@@ -1025,6 +1025,9 @@ async fn run(cli: Cli) -> Result<()> {
                     print_data(&d, cli.output, || output::describe_cluster(&d, now));
                 }
                 Kind::Events => bail!("`describe events`: use `get events [NAME]`"),
+                Kind::Servers => {
+                    bail!("`describe servers`: use `get servers` or `describe cluster`")
+                }
             }
         }
         Command::Delete {
@@ -1040,6 +1043,7 @@ async fn run(cli: Cli) -> Result<()> {
                 Kind::Nodes => format!("/v1/nodes/{name}"),
                 Kind::Events => bail!("events are not deleted: the server keeps the recent ones"),
                 Kind::Cluster => bail!("a cluster is not deleted through its API"),
+                Kind::Servers => bail!("a server leaves the cluster when it stops"),
             };
             let api = client(&cli)?;
             let answer: serde_json::Value = api.call(reqwest::Method::DELETE, &path, None).await?;

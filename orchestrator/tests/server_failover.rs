@@ -40,7 +40,10 @@ async fn watch_until(
 }
 
 fn keys(changes: &[ObjectChange]) -> Vec<(String, u64)> {
-    changes.iter().map(|c| (c.key.clone(), c.revision)).collect()
+    changes
+        .iter()
+        .map(|c| (c.key.clone(), c.revision))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,14 +64,18 @@ async fn a_client_moves_to_the_next_server_when_its_server_dies() {
         .map(|n| ServerProcess::start(dir.path(), n, &etcd.endpoint, &prefix))
         .collect();
     let addrs: Vec<String> = tokio::task::block_in_place(|| {
-        wait_for("three servers and a leader", Duration::from_secs(20), || {
-            let addrs: Option<Vec<String>> = servers.iter().map(|s| s.addr()).collect();
-            let leaders = servers
-                .iter()
-                .filter(|s| s.role() == Some("leader"))
-                .count();
-            addrs.filter(|_| leaders == 1)
-        })
+        wait_for(
+            "three servers and a leader",
+            Duration::from_secs(20),
+            || {
+                let addrs: Option<Vec<String>> = servers.iter().map(|s| s.addr()).collect();
+                let leaders = servers
+                    .iter()
+                    .filter(|s| s.role() == Some("leader"))
+                    .count();
+                addrs.filter(|_| leaders == 1)
+            },
+        )
     });
     let dump = |servers: &[ServerProcess]| {
         servers
@@ -189,4 +196,119 @@ async fn a_client_moves_to_the_next_server_when_its_server_dies() {
     for addr in &addrs {
         assert!(err.contains(addr.as_str()), "{err}");
     }
+}
+
+/// `tugboat get servers` through the command line: (name, role, api) per row.
+fn get_servers(addrs: &str) -> Vec<(String, String, String)> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tugboat"))
+        .args(["--addr", addrs, "get", "servers"])
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    assert!(header.starts_with("NAME"), "{text}");
+    // Aligned columns: ROLE and API start at the same place on every line.
+    let role_at = header.find("ROLE").unwrap();
+    let api_at = header.find("API").unwrap();
+    lines
+        .map(|line| {
+            assert!(line.len() > api_at, "{text}");
+            (
+                line[..role_at].trim().to_string(),
+                line[role_at..api_at].trim().to_string(),
+                line[api_at..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_servers_lists_every_server_and_the_leader() {
+    let etcd = match etcd::Etcd::start() {
+        Ok(etcd) => etcd,
+        Err(reason) => {
+            println!("SKIP get_servers_lists_every_server_and_the_leader: {reason}");
+            return;
+        }
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("tugboat-test-get-servers-")
+        .tempdir()
+        .unwrap();
+    let prefix = etcd::unique_prefix("get-servers");
+    let mut servers: Vec<ServerProcess> = (0..3)
+        .map(|n| ServerProcess::start(dir.path(), n, &etcd.endpoint, &prefix))
+        .collect();
+    let (addrs, leader) = tokio::task::block_in_place(|| {
+        wait_for(
+            "three servers and a leader",
+            Duration::from_secs(20),
+            || {
+                let addrs: Option<Vec<String>> = servers.iter().map(|s| s.addr()).collect();
+                let leader = servers.iter().position(|s| s.role() == Some("leader"))?;
+                addrs.map(|a| (a, leader))
+            },
+        )
+    });
+    let all = addrs.join(",");
+
+    let rows = tokio::task::block_in_place(|| {
+        wait_for("get servers lists 3", Duration::from_secs(10), || {
+            let rows = get_servers(&all);
+            (rows.len() == 3).then_some(rows)
+        })
+    });
+    let mut apis: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
+    apis.sort();
+    let mut expected: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+    expected.sort();
+    assert_eq!(apis, expected);
+    let leaders: Vec<_> = rows.iter().filter(|r| r.1 == "leader").collect();
+    assert_eq!(leaders.len(), 1, "{rows:?}");
+    assert_eq!(leaders[0].2, format!("http://{}", addrs[leader]));
+    assert_eq!(rows.iter().filter(|r| r.1 == "follower").count(), 2);
+
+    // describe cluster carries the same list.
+    let client = ApiClient::new(&all, None);
+    assert_eq!(client.describe_cluster().await.unwrap().servers.len(), 3);
+
+    // kill -9 of the leader: it drops out, and another is listed as leader.
+    let killed_at = Instant::now();
+    servers[leader].child.kill().unwrap();
+    servers[leader].child.wait().unwrap();
+    let new_leader = loop {
+        if let Ok(list) = client.servers().await {
+            let leaders: Vec<_> = list
+                .iter()
+                .filter(|s| s.role == tugboat::wire::ServerRole::Leader)
+                .collect();
+            if list.len() == 2 && leaders.len() == 1 {
+                break leaders[0].api_url.clone();
+            }
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(10),
+            "get servers after kill -9 of the leader: {:?}",
+            client.servers().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!(
+        "get servers: new leader listed {:.1} s after kill -9",
+        killed_at.elapsed().as_secs_f64()
+    );
+    assert_ne!(new_leader, format!("http://{}", addrs[leader]));
+    let rows = get_servers(&all);
+    assert_eq!(rows.len(), 2, "{rows:?}");
 }

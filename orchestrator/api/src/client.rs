@@ -165,7 +165,9 @@ impl ApiClient {
         let bases = server_addresses(addr)
             .into_iter()
             .map(|a| {
-                let host = a.trim_start_matches("https://").trim_start_matches("http://");
+                let host = a
+                    .trim_start_matches("https://")
+                    .trim_start_matches("http://");
                 format!("https://{}", host.trim_end_matches('/'))
             })
             .collect();
@@ -563,6 +565,10 @@ impl ApiClient {
         };
         self.call(Method::POST, &path, Self::body(request)).await
     }
+    /// The cluster's servers, the leader among them.
+    pub async fn servers(&self) -> Result<Vec<crate::wire::ServerInfo>, ClientError> {
+        self.call(Method::GET, "/v1/servers", None).await
+    }
     pub async fn describe_cluster(&self) -> Result<crate::wire::ClusterDescription, ClientError> {
         self.call(Method::GET, "/v1/cluster", None).await
     }
@@ -655,10 +661,7 @@ mod tests {
     #[test]
     fn one_address_or_several() {
         assert_eq!(server_addresses("a:1"), ["a:1"]);
-        assert_eq!(
-            server_addresses("http://a:1, b:2,,"),
-            ["http://a:1", "b:2"]
-        );
+        assert_eq!(server_addresses("http://a:1, b:2,,"), ["http://a:1", "b:2"]);
         let client = ApiClient::new("a:1,https://b:2/", None);
         assert_eq!(client.bases(), ["http://a:1", "https://b:2"]);
         assert_eq!(client.base(), "http://a:1");
@@ -683,7 +686,10 @@ mod tests {
         assert!(try_another(&down("a")));
         // All down: every address is named; a 503 says more than a refused connection.
         let all = ApiClient::none_answered(vec![down("a"), down("b")]).to_string();
-        assert!(all.contains("any of a, b") && all.contains("b: refused"), "{all}");
+        assert!(
+            all.contains("any of a, b") && all.contains("b: refused"),
+            "{all}"
+        );
         let with_503 = ApiClient::none_answered(vec![down("a"), api(503), down("c")]);
         assert_eq!(with_503.status(), Some(503));
     }

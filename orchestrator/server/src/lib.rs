@@ -14,4 +14,5 @@ pub mod objects;
 pub mod pki;
 pub mod scheduler;
 pub mod server;
+pub mod servers;
 pub mod store;

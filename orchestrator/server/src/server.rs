@@ -338,6 +338,30 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             path: config.data_dir.join(crate::controlplane::secrets::KEY_FILE),
             source,
         })?;
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // How this server names itself in the leader key and in the list of servers.
+    let identity = format!("{addr} (pid {}, host {host})", std::process::id());
+    let registry = crate::servers::ServerRegistry {
+        this: tugboat_api::wire::ServerInfo {
+            name: host.clone(),
+            id: identity.clone(),
+            api_url: format!(
+                "{}://{}",
+                if tls.is_some() { "https" } else { "http" },
+                if addr.ip().is_unspecified() {
+                    format!("{host}:{}", addr.port())
+                } else {
+                    addr.to_string()
+                }
+            ),
+            version: env!("CARGO_PKG_VERSION").into(),
+            started_ms: tugboat_api::model::now_ms(),
+            role: tugboat_api::wire::ServerRole::Follower,
+        },
+        shared: etcd.is_some(),
+    };
     let app = router(Arc::new(ApiState {
         control: control.clone(),
         token: token.clone(),
@@ -346,6 +370,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         metrics: Arc::default(),
         tunnels: Arc::default(),
         default_deny_ingress: config.default_deny_ingress,
+        servers: Arc::new(registry.clone()),
     }));
     let mut http_shutdown = shutdown_rx.clone();
     let server_config = tls.as_ref().map(|t| t.config.clone());
@@ -365,18 +390,21 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             shutdown_rx.clone(),
         )));
     }
+    if let Some((store, ttl)) = &etcd {
+        tasks.push(tokio::spawn(crate::servers::keep_registered(
+            store.clone(),
+            registry.this.clone(),
+            addr.to_string(),
+            *ttl,
+            shutdown_rx.clone(),
+        )));
+    }
     let controllers = match etcd {
         None => tokio::spawn(run_controllers(control.clone(), shutdown_rx.clone())),
         Some((store, ttl)) => tokio::spawn(crate::election::run(
             store,
             control.clone(),
-            format!(
-                "{addr} (pid {}, host {})",
-                std::process::id(),
-                nix::unistd::gethostname()
-                    .map(|h| h.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            ),
+            identity,
             ttl,
             shutdown_rx.clone(),
             |line| eprintln!("tugboat server: {line}"),

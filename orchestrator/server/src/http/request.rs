@@ -93,6 +93,7 @@ pub enum ApiRequest {
         node: Option<String>,
     },
     DescribeCluster,
+    ListServers,
     ClusterCa,
     Join(CertificateRequest),
     RenewNodeCertificate {
@@ -332,6 +333,7 @@ impl ApiRequest {
                 }
             }
             RouteId::DescribeCluster => ApiRequest::DescribeCluster,
+            RouteId::ListServers => ApiRequest::ListServers,
             RouteId::ClusterCa => ApiRequest::ClusterCa,
             RouteId::Join => ApiRequest::Join(body(bytes)?),
             RouteId::RenewNodeCertificate => ApiRequest::RenewNodeCertificate {

@@ -21,7 +21,9 @@ struct Cli {
     /// of servers: a server that does not answer (or answers 503) is left for the next.
     #[arg(long, global = true, env = "TUGBOAT_ADDR")]
     addr: Option<String>,
-    /// Bearer token (default: from the config file, then <data-dir>/token).
+    /// Bearer token (default: from the config file, then <data-dir>/token). For `server`:
+    /// the cluster token, kept in a new data dir; with --store etcd, a server with an empty
+    /// data dir takes the cluster's CA and secrets key from etcd with it.
     #[arg(long, global = true, env = "TUGBOAT_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// The cluster CA certificate to trust (default: the config file's `ca:`, then
@@ -744,6 +746,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             config.backend = store.backend(*leader_lease_ttl)?;
             config.auth = !insecure_no_auth;
+            config.cluster_token = cli.token.clone();
             config.default_deny_ingress = *default_deny_ingress;
             if *insecure_plain_http {
                 eprintln!("tugboat server: WARNING: --insecure-plain-http: no TLS; tokens cross the network in clear");

@@ -4,6 +4,7 @@
 //! ([`controlplane`]), the HTTP API ([`http`]) and the server that runs them ([`server`]).
 //! It never depends on the agent: both speak through `tugboat-api`.
 
+pub mod bootstrap;
 pub mod controllers;
 pub mod controlplane;
 pub mod election;

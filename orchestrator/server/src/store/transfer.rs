@@ -20,6 +20,7 @@ const NOT_EXPORTED: &[&str] = &[
     "/leader/",
     crate::liveness::LIVENESS,
     crate::servers::SERVERS,
+    crate::bootstrap::BOOTSTRAP_KEY,
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,7 +5,8 @@
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
-/// `~/.config/tugboat/config.yaml` (or --config): `addr:` and `token:` (or `token_file:`).
+/// `~/.config/tugboat/config.yaml` (or --config): `addr:` (one address, or several
+/// comma-separated: the servers of one cluster) and `token:` (or `token_file:`).
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfigFile {

@@ -8,7 +8,7 @@ use crate::model::{now_ms, Event, Instance, Node, Service};
 use crate::output::{self, OutputFormat};
 use crate::spec::{SpecFile, SpecFileError};
 use crate::wait::{self, WaitError};
-use crate::wire::{Listed, Revision, WatchKind};
+use crate::wire::{Listed, Revision, ServerInfo, WatchKind};
 use reqwest::Method;
 use serde::Serialize;
 use std::path::Path;
@@ -47,6 +47,8 @@ pub enum Kind {
     #[value(alias = "event", alias = "ev")]
     Events,
     Cluster,
+    #[value(alias = "server")]
+    Servers,
 }
 
 /// Prints data as a table for people or as JSON/YAML for tools.
@@ -142,9 +144,9 @@ async fn wait_for_change(api: &ApiClient, kind: Kind, revision: Revision) -> Res
         Kind::Instances => &[WatchKind::Instances],
         Kind::Nodes => &[WatchKind::Nodes, WatchKind::Instances],
         Kind::Events => &[WatchKind::Events],
-        Kind::Cluster => {
+        Kind::Cluster | Kind::Servers => {
             return Err(CommandError::Refused(
-                "`get cluster -w`: nothing to watch".into(),
+                "`get cluster -w`, `get servers -w`: nothing to watch".into(),
             ))
         }
     };
@@ -242,6 +244,12 @@ async fn show(
                 output::nodes_table(&listed.items, &instances, now, wide)
             });
             Ok(listed.revision)
+        }
+        Kind::Servers => {
+            let servers = api.servers().await?;
+            let items = only(servers, name, "server", |s: &ServerInfo| &s.name)?;
+            print(&items, format, || output::servers_table(&items, now));
+            Ok(0)
         }
         Kind::Events | Kind::Cluster => Err(CommandError::Refused(
             "`get cluster`: use `describe cluster`".into(),

@@ -17,10 +17,13 @@ use tugboat::server::{ServerConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
     about = "Tug's orchestrator: control plane server and client"
 )]
 struct Cli {
-    /// Server address (host:port or http:// URL).
+    /// Server address (host:port or http:// URL); several, comma-separated, for a cluster
+    /// of servers: a server that does not answer (or answers 503) is left for the next.
     #[arg(long, global = true, env = "TUGBOAT_ADDR")]
     addr: Option<String>,
-    /// Bearer token (default: from the config file, then <data-dir>/token).
+    /// Bearer token (default: from the config file, then <data-dir>/token). For `server`:
+    /// the cluster token, kept in a new data dir; with --store etcd, a server with an empty
+    /// data dir takes the cluster's CA and secrets key from etcd with it.
     #[arg(long, global = true, env = "TUGBOAT_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// The cluster CA certificate to trust (default: the config file's `ca:`, then
@@ -754,6 +757,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             config.backend = store.backend(*leader_lease_ttl)?;
             config.auth = !insecure_no_auth;
+            config.cluster_token = cli.token.clone();
             config.default_deny_ingress = *default_deny_ingress;
             if *insecure_plain_http {
                 eprintln!("tugboat server: WARNING: --insecure-plain-http: no TLS; tokens cross the network in clear");
@@ -1035,6 +1039,9 @@ async fn run(cli: Cli) -> Result<()> {
                     print_data(&d, cli.output, || output::describe_cluster(&d, now));
                 }
                 Kind::Events => bail!("`describe events`: use `get events [NAME]`"),
+                Kind::Servers => {
+                    bail!("`describe servers`: use `get servers` or `describe cluster`")
+                }
             }
         }
         Command::Delete {
@@ -1050,6 +1057,7 @@ async fn run(cli: Cli) -> Result<()> {
                 Kind::Nodes => format!("/v1/nodes/{name}"),
                 Kind::Events => bail!("events are not deleted: the server keeps the recent ones"),
                 Kind::Cluster => bail!("a cluster is not deleted through its API"),
+                Kind::Servers => bail!("a server leaves the cluster when it stops"),
             };
             let api = client(&cli)?;
             let answer: serde_json::Value = api.call(reqwest::Method::DELETE, &path, None).await?;

@@ -613,11 +613,37 @@ pub fn tokens_table(tokens: &[tugboat_api::wire::TokenInfo], now_ms: u64) -> Str
     table(&["ID", "SCOPE", "CREATED", "EXPIRES", "DESCRIPTION"], &rows)
 }
 
+/// `tugboat get servers`: one line per server, the leader's role in capitals.
+pub fn servers_table(servers: &[tugboat_api::wire::ServerInfo], now_ms: u64) -> String {
+    let rows: Vec<Vec<String>> = servers
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                match s.role {
+                    tugboat_api::wire::ServerRole::Leader => "leader".into(),
+                    tugboat_api::wire::ServerRole::Follower => "follower".into(),
+                },
+                s.api_url.clone(),
+                s.version.clone(),
+                ago(now_ms, s.started_ms),
+            ]
+        })
+        .collect();
+    table(&["NAME", "ROLE", "API", "VERSION", "AGE"], &rows)
+}
+
 pub fn describe_cluster(d: &tugboat_api::wire::ClusterDescription, now_ms: u64) -> String {
+    let servers = if d.servers.is_empty() {
+        String::new()
+    } else {
+        format!("Servers:\n{}\n", servers_table(&d.servers, now_ms))
+    };
     if !d.tls {
-        return "TLS: off (the server runs with --insecure-plain-http)\n".into();
+        return servers + "TLS: off (the server runs with --insecure-plain-http)\n";
     }
-    let mut out = format!(
+    let mut out = servers;
+    out += &format!(
         "TLS: on\nCA hash: {} (nodes join with --ca-hash {})\n",
         d.ca_hash.clone().unwrap_or_default(),
         d.ca_hash.clone().unwrap_or_default()

@@ -103,7 +103,15 @@ pub async fn ensure(
             dir.display()
         ));
     };
-    let ca_pem = fetch_pinned_ca(addr, &join.ca_hash).await?;
+    // Any of the servers will do (`--addr a,b,c`): they share one CA.
+    let mut fetched = Err(format!("no server address in {addr}"));
+    for server in tugboat_api::client::server_addresses(addr) {
+        fetched = fetch_pinned_ca(server, &join.ca_hash).await;
+        if fetched.is_ok() {
+            break;
+        }
+    }
+    let ca_pem = fetched?;
     let (key_pem, csr) = tls::key_and_csr(node).map_err(|e| e.to_string())?;
     let client = ApiClient::with_tls(
         addr,

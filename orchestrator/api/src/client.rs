@@ -9,6 +9,8 @@ use crate::wire::{Heartbeat, InstanceStatusReport, NodeRegistration, WatchBatch,
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -75,51 +77,101 @@ pub struct Listed<T> {
     pub items: Vec<T>,
 }
 
+/// The servers a client may talk to (`--addr a,b,c`), and the one it talks to now.
+///
+/// A request goes to the current server. When that server does not answer (connection
+/// refused or reset, a timeout) or answers 503 (it is cut off from its store), the same
+/// request goes to the next one, round the list once; the one that answers becomes the
+/// current server for every clone of the client. Any other answer, a 4xx included, is the
+/// answer: a refusal is the cluster's, another server would say the same.
+#[derive(Debug)]
+struct Servers {
+    bases: Vec<String>,
+    current: AtomicUsize,
+}
+
+/// The addresses in `addr`: one, or several separated by commas (`a:7480,b:7480`).
+pub fn server_addresses(addr: &str) -> Vec<&str> {
+    let list: Vec<&str> = addr
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect();
+    if list.is_empty() {
+        vec![addr]
+    } else {
+        list
+    }
+}
+
+/// Whether another server may answer where this one failed.
+fn try_another(error: &ClientError) -> bool {
+    matches!(
+        error,
+        ClientError::Unreachable { .. }
+            | ClientError::Api { status: 503, .. }
+            | ClientError::Decode { status: 503, .. }
+    )
+}
+
 #[derive(Clone)]
 pub struct ApiClient {
-    base: String,
+    servers: Arc<Servers>,
     token: Option<String>,
     /// Shared by the clones, so a renewed node certificate reaches every one of them.
-    http: std::sync::Arc<std::sync::RwLock<reqwest::Client>>,
+    http: Arc<std::sync::RwLock<reqwest::Client>>,
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl ApiClient {
-    /// `addr` is `host:port` or a `http://` URL.
+    /// `addr` is `host:port` or a `http://` URL, or several of them separated by commas.
     pub fn new(addr: &str, token: Option<String>) -> ApiClient {
-        let base = if addr.starts_with("http://") || addr.starts_with("https://") {
-            addr.trim_end_matches('/').to_string()
-        } else {
-            format!("http://{addr}")
-        };
+        let bases = server_addresses(addr)
+            .into_iter()
+            .map(|a| {
+                if a.starts_with("http://") || a.starts_with("https://") {
+                    a.trim_end_matches('/').to_string()
+                } else {
+                    format!("http://{a}")
+                }
+            })
+            .collect();
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .build()
             .expect("a plain HTTP client builds");
+        ApiClient::over(bases, token, http)
+    }
+
+    fn over(bases: Vec<String>, token: Option<String>, http: reqwest::Client) -> ApiClient {
         ApiClient {
-            base,
+            servers: Arc::new(Servers {
+                bases,
+                current: AtomicUsize::new(0),
+            }),
             token,
-            http: std::sync::Arc::new(std::sync::RwLock::new(http)),
+            http: Arc::new(std::sync::RwLock::new(http)),
         }
     }
 
-    /// Over TLS: `addr` is `host:port` or a `https://` URL; only the cluster CA is trusted,
-    /// and a node shows its certificate.
+    /// Over TLS: `addr` is `host:port` or a `https://` URL (or several, comma-separated);
+    /// only the cluster CA is trusted, and a node shows its certificate.
     pub fn with_tls(
         addr: &str,
         token: Option<String>,
         tls: &crate::tls::ClientTls,
     ) -> Result<ApiClient, crate::tls::TlsError> {
-        let host = addr
-            .trim_start_matches("https://")
-            .trim_start_matches("http://");
-        let http = tls.client(CONNECT_TIMEOUT)?;
-        Ok(ApiClient {
-            base: format!("https://{}", host.trim_end_matches('/')),
-            token,
-            http: std::sync::Arc::new(std::sync::RwLock::new(http)),
-        })
+        let bases = server_addresses(addr)
+            .into_iter()
+            .map(|a| {
+                let host = a
+                    .trim_start_matches("https://")
+                    .trim_start_matches("http://");
+                format!("https://{}", host.trim_end_matches('/'))
+            })
+            .collect();
+        Ok(ApiClient::over(bases, token, tls.client(CONNECT_TIMEOUT)?))
     }
 
     /// Shows another certificate from now on (a renewed one), in every clone.
@@ -129,9 +181,15 @@ impl ApiClient {
         Ok(())
     }
 
-    /// The server's base URL.
-    pub fn base(&self) -> &str {
-        &self.base
+    /// The base URL of the server requests go to now.
+    pub fn base(&self) -> String {
+        let current = self.servers.current.load(Ordering::Relaxed);
+        self.servers.bases[current % self.servers.bases.len()].clone()
+    }
+
+    /// Every server's base URL, in the order they are tried.
+    pub fn bases(&self) -> &[String] {
+        &self.servers.bases
     }
 
     fn http(&self) -> reqwest::Client {
@@ -143,6 +201,73 @@ impl ApiClient {
         self.token.as_deref()
     }
 
+    /// Sends the request `build` makes for a server's base URL, to the current server, then
+    /// to the others ([`Servers`]): the first answer that is not a 503. Its body is left to
+    /// read; the base URL of the server that gave it comes with it.
+    async fn send(
+        &self,
+        build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> Result<(reqwest::Response, String), ClientError> {
+        let http = self.http();
+        let count = self.servers.bases.len();
+        let first = self.servers.current.load(Ordering::Relaxed) % count;
+        let mut failures: Vec<ClientError> = Vec::new();
+        for step in 0..count {
+            let index = (first + step) % count;
+            let base = &self.servers.bases[index];
+            let mut request = build(&http, base);
+            if let Some(token) = &self.token {
+                request = request.bearer_auth(token);
+            }
+            let error = match request.send().await {
+                Ok(response) if response.status().as_u16() != 503 => {
+                    self.servers.current.store(index, Ordering::Relaxed);
+                    return Ok((response, base.clone()));
+                }
+                Ok(response) => error_from(503, &response.bytes().await.unwrap_or_default()),
+                Err(e) => ClientError::Unreachable {
+                    addr: base.clone(),
+                    cause: error_chain(&e),
+                },
+            };
+            debug_assert!(try_another(&error));
+            // Move every clone on, unless another request already did.
+            let _ = self.servers.current.compare_exchange(
+                index,
+                (index + 1) % count,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            failures.push(error);
+        }
+        Err(Self::none_answered(failures))
+    }
+
+    /// The error when no server answered: a server's 503 (it says why), or every address
+    /// with why it could not be reached.
+    fn none_answered(mut failures: Vec<ClientError>) -> ClientError {
+        if failures.len() == 1 {
+            return failures.pop().expect("one failure");
+        }
+        if let Some(index) = failures
+            .iter()
+            .rposition(|e| !matches!(e, ClientError::Unreachable { .. }))
+        {
+            return failures.swap_remove(index);
+        }
+        let (mut addrs, mut causes) = (Vec::new(), Vec::new());
+        for failure in failures {
+            if let ClientError::Unreachable { addr, cause } = failure {
+                causes.push(format!("{addr}: {cause}"));
+                addrs.push(addr);
+            }
+        }
+        ClientError::Unreachable {
+            addr: format!("any of {}", addrs.join(", ")),
+            cause: causes.join("; "),
+        }
+    }
+
     /// Streams an instance's log into `out` (until its end, or forever with `follow`).
     pub async fn logs(
         &self,
@@ -150,19 +275,18 @@ impl ApiClient {
         options: &crate::wire::LogOptions,
         out: &mut (dyn std::io::Write + Send),
     ) -> Result<(), ClientError> {
-        let mut request = self.http().get(format!(
-            "{}/v1/instances/{id}/logs?{}",
-            self.base,
-            options.to_query()
-        ));
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
+        let (mut response, base) = self
+            .send(|http, base| {
+                http.get(format!(
+                    "{base}/v1/instances/{id}/logs?{}",
+                    options.to_query()
+                ))
+            })
+            .await?;
         let unreachable = |e: reqwest::Error| ClientError::Unreachable {
-            addr: self.base.clone(),
+            addr: base.clone(),
             cause: error_chain(&e),
         };
-        let mut response = request.send().await.map_err(unreachable)?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
             let bytes = response.bytes().await.map_err(unreachable)?;
@@ -213,21 +337,18 @@ impl ApiClient {
         protocol: &str,
         body: Option<serde_json::Value>,
     ) -> Result<reqwest::Upgraded, ClientError> {
-        let mut http = self
-            .http()
-            .post(format!("{}{path}", self.base))
-            .header(reqwest::header::CONNECTION, "upgrade")
-            .header(reqwest::header::UPGRADE, protocol);
-        if let Some(body) = body {
-            http = http.json(&body);
-        }
-        if let Some(token) = &self.token {
-            http = http.bearer_auth(token);
-        }
-        let response = http.send().await.map_err(|e| ClientError::Unreachable {
-            addr: self.base.clone(),
-            cause: error_chain(&e),
-        })?;
+        let (response, base) = self
+            .send(|http, base| {
+                let mut request = http
+                    .post(format!("{base}{path}"))
+                    .header(reqwest::header::CONNECTION, "upgrade")
+                    .header(reqwest::header::UPGRADE, protocol);
+                if let Some(body) = &body {
+                    request = request.json(body);
+                }
+                request
+            })
+            .await?;
         let status = response.status().as_u16();
         if status != 101 {
             let body = response.bytes().await.unwrap_or_default();
@@ -237,7 +358,7 @@ impl ApiClient {
             .upgrade()
             .await
             .map_err(|e| ClientError::Unreachable {
-                addr: self.base.clone(),
+                addr: base,
                 cause: format!("{protocol}: {}", error_chain(&e)),
             })
     }
@@ -245,14 +366,9 @@ impl ApiClient {
     /// GETs `path` and hands back the answer whose body streams for as long as the server
     /// keeps it open (no overall timeout), or the server's refusal as a typed error.
     pub async fn open_stream(&self, path: &str) -> Result<reqwest::Response, ClientError> {
-        let mut request = self.http().get(format!("{}{path}", self.base));
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.map_err(|e| ClientError::Unreachable {
-            addr: self.base.clone(),
-            cause: error_chain(&e),
-        })?;
+        let (response, _) = self
+            .send(|http, base| http.get(format!("{base}{path}")))
+            .await?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
             let bytes = response.bytes().await.unwrap_or_default();
@@ -282,26 +398,24 @@ impl ApiClient {
         body: Option<serde_json::Value>,
         limit: Option<Duration>,
     ) -> Result<T, ClientError> {
-        let mut request = self.http().request(method, format!("{}{path}", self.base));
-        if let Some(limit) = limit {
-            request = request.timeout(limit);
-        }
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.map_err(|e| ClientError::Unreachable {
-            addr: self.base.clone(),
-            cause: error_chain(&e),
-        })?;
+        let (response, base) = self
+            .send(|http, base| {
+                let mut request = http.request(method.clone(), format!("{base}{path}"));
+                if let Some(limit) = limit {
+                    request = request.timeout(limit);
+                }
+                if let Some(body) = &body {
+                    request = request.json(body);
+                }
+                request
+            })
+            .await?;
         let status = response.status().as_u16();
         let bytes = response
             .bytes()
             .await
             .map_err(|e| ClientError::Unreachable {
-                addr: self.base.clone(),
+                addr: base,
                 cause: error_chain(&e),
             })?;
         if (200..300).contains(&status) {
@@ -447,6 +561,10 @@ impl ApiClient {
         };
         self.call(Method::POST, &path, Self::body(request)).await
     }
+    /// The cluster's servers, the leader among them.
+    pub async fn servers(&self) -> Result<Vec<crate::wire::ServerInfo>, ClientError> {
+        self.call(Method::GET, "/v1/servers", None).await
+    }
     pub async fn describe_cluster(&self) -> Result<crate::wire::ClusterDescription, ClientError> {
         self.call(Method::GET, "/v1/cluster", None).await
     }
@@ -529,5 +647,46 @@ impl ApiClient {
             Self::body(report),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_address_or_several() {
+        assert_eq!(server_addresses("a:1"), ["a:1"]);
+        assert_eq!(server_addresses("http://a:1, b:2,,"), ["http://a:1", "b:2"]);
+        let client = ApiClient::new("a:1,https://b:2/", None);
+        assert_eq!(client.bases(), ["http://a:1", "https://b:2"]);
+        assert_eq!(client.base(), "http://a:1");
+    }
+
+    #[test]
+    fn refusals_are_answers_unreachable_and_503_are_not() {
+        let api = |status| ClientError::Api {
+            status,
+            code: "x".into(),
+            message: "m".into(),
+            details: vec![],
+        };
+        assert!(!try_another(&api(404)));
+        assert!(!try_another(&api(409)));
+        assert!(!try_another(&api(500)));
+        assert!(try_another(&api(503)));
+        let down = |addr: &str| ClientError::Unreachable {
+            addr: addr.into(),
+            cause: "refused".into(),
+        };
+        assert!(try_another(&down("a")));
+        // All down: every address is named; a 503 says more than a refused connection.
+        let all = ApiClient::none_answered(vec![down("a"), down("b")]).to_string();
+        assert!(
+            all.contains("any of a, b") && all.contains("b: refused"),
+            "{all}"
+        );
+        let with_503 = ApiClient::none_answered(vec![down("a"), api(503), down("c")]);
+        assert_eq!(with_503.status(), Some(503));
     }
 }

@@ -317,6 +317,31 @@ pub struct ClusterDescription {
     /// Network policy: services without ingress rules are closed to all but the nodes.
     #[serde(default)]
     pub default_deny_ingress: bool,
+    /// The cluster's servers (`GET /v1/servers`).
+    #[serde(default)]
+    pub servers: Vec<ServerInfo>,
+}
+
+/// A `tugboat server` of the cluster: `GET /v1/servers`, `tugboat get servers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// Its host's name.
+    pub name: String,
+    /// How it names itself in the leader key: `ADDR (pid N, host H)`.
+    pub id: String,
+    pub api_url: String,
+    pub version: String,
+    pub started_ms: u64,
+    pub role: ServerRole,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerRole {
+    /// Holds the leader key: runs the controllers, the scheduler and the autoscalers.
+    Leader,
+    /// Serves the API only.
+    Follower,
 }
 
 /// `POST /v1/secrets`: a secret's keys and values (base64), made or replaced whole.

@@ -4,6 +4,7 @@
 //! ([`controlplane`]), the HTTP API ([`http`]) and the server that runs them ([`server`]).
 //! It never depends on the agent: both speak through `tugboat-api`.
 
+pub mod bootstrap;
 pub mod controllers;
 pub mod controlplane;
 pub mod election;
@@ -14,4 +15,5 @@ pub mod objects;
 pub mod pki;
 pub mod scheduler;
 pub mod server;
+pub mod servers;
 pub mod store;

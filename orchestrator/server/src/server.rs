@@ -71,6 +71,9 @@ pub struct ServerConfig {
     /// Network policy: a service without ingress rules takes connections only from the
     /// nodes (Kubernetes' default is the opposite: allow; so is ours without this).
     pub default_deny_ingress: bool,
+    /// The cluster token given to the server (`--token`): kept as `<data-dir>/token` when
+    /// the data dir has none; on etcd, what the cluster's bootstrap data is sealed with.
+    pub cluster_token: Option<String>,
 }
 
 impl ServerConfig {
@@ -86,6 +89,7 @@ impl ServerConfig {
             tls: None,
             node_pools: None,
             default_deny_ingress: false,
+            cluster_token: None,
         }
     }
 }
@@ -117,6 +121,10 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("--token is not the token in {path}: this data dir is a server's with another token (use that one, or an empty data dir)")]
+    TokenDiffers { path: PathBuf },
+    #[error(transparent)]
+    Bootstrap(#[from] crate::bootstrap::BootstrapError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("tls: {0}")]
@@ -132,22 +140,51 @@ pub enum ServerError {
 
 /// Read the token at `<data_dir>/token`, making one (mode 0600) at first start.
 pub fn load_or_create_token(data_dir: &Path) -> Result<String, ServerError> {
+    let (token, new) = choose_token(data_dir, None)?;
+    if new {
+        save_token(data_dir, &token)?;
+    }
+    Ok(token)
+}
+
+/// The server's token: `<data_dir>/token`, else the one given, else a new one; true when
+/// the data dir does not hold it yet. A given token must be the data dir's.
+fn choose_token(data_dir: &Path, given: Option<&str>) -> Result<(String, bool), ServerError> {
     let path = data_dir.join(TOKEN_FILE);
     let err = |source| ServerError::Token {
         path: path.clone(),
         source,
     };
+    let given = given.map(str::trim).filter(|t| !t.is_empty());
     match std::fs::read_to_string(&path) {
-        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_string()),
+        Ok(token) if !token.trim().is_empty() => {
+            let token = token.trim().to_string();
+            if given.is_some_and(|g| g != token) {
+                return Err(ServerError::TokenDiffers { path });
+            }
+            return Ok((token, false));
+        }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e)),
+    }
+    if let Some(given) = given {
+        return Ok((given.to_string(), true));
     }
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
         .map_err(err)?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok((bytes.iter().map(|b| format!("{b:02x}")).collect(), true))
+}
+
+/// Writes `<data_dir>/token` (mode 0600) atomically.
+fn save_token(data_dir: &Path, token: &str) -> Result<(), ServerError> {
+    let path = data_dir.join(TOKEN_FILE);
+    let err = |source| ServerError::Token {
+        path: path.clone(),
+        source,
+    };
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -159,8 +196,15 @@ pub fn load_or_create_token(data_dir: &Path) -> Result<String, ServerError> {
     file.write_all(format!("{token}\n").as_bytes())
         .and_then(|_| file.sync_all())
         .map_err(err)?;
-    std::fs::rename(&tmp, &path).map_err(err)?;
-    Ok(token)
+    std::fs::rename(&tmp, &path).map_err(err)
+}
+
+/// Makes the files every server of a cluster shares ([`crate::bootstrap::SHARED_FILES`]) in
+/// `dir`, keeping those it has: the CA, then the secrets key.
+fn make_shared_files(dir: &Path) -> Result<(), String> {
+    tugboat_api::tls::Ca::load_or_create(&dir.join(TLS_DIR)).map_err(|e| e.to_string())?;
+    crate::controlplane::secrets::SecretBox::load_or_create(dir).map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// A started server. Dropping it does not stop it: call [`RunningServer::shutdown`].
@@ -295,9 +339,45 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let (store, etcd, backend) =
         open_store(&config.data_dir, &config.backend, &config.store).await?;
     let token = if config.auth {
-        Some(load_or_create_token(&config.data_dir)?)
+        Some(choose_token(
+            &config.data_dir,
+            config.cluster_token.as_deref(),
+        )?)
     } else {
         None
+    };
+    if etcd.is_some() {
+        // Before anything of the cluster's is made here: a wrong token writes nothing.
+        match token.as_ref().map(|t| t.0.as_str()).or(config.cluster_token.as_deref()) {
+            Some(cluster_token) => {
+                let outcome = crate::bootstrap::ensure(
+                    store.as_ref(),
+                    &config.data_dir,
+                    cluster_token,
+                    make_shared_files,
+                )
+                .await?;
+                eprintln!(
+                    "tugboat server: bootstrap: {}",
+                    match outcome {
+                        crate::bootstrap::Bootstrap::Stored => "first server on this store: stored the cluster's CA and secrets key in etcd, sealed with the token",
+                        crate::bootstrap::Bootstrap::Joined => "using the cluster's CA and secrets key from etcd",
+                    }
+                );
+            }
+            None => eprintln!(
+                "tugboat server: bootstrap: none (--insecure-no-auth without --token): this server keeps its own CA and secrets key"
+            ),
+        }
+    }
+    let token = match token {
+        Some((token, new)) => {
+            if new {
+                save_token(&config.data_dir, &token)?;
+            }
+            Some(token)
+        }
+        None => None,
     };
     let mut control = ControlPlane::new(
         store,
@@ -338,6 +418,30 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             path: config.data_dir.join(crate::controlplane::secrets::KEY_FILE),
             source,
         })?;
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // How this server names itself in the leader key and in the list of servers.
+    let identity = format!("{addr} (pid {}, host {host})", std::process::id());
+    let registry = crate::servers::ServerRegistry {
+        this: tugboat_api::wire::ServerInfo {
+            name: host.clone(),
+            id: identity.clone(),
+            api_url: format!(
+                "{}://{}",
+                if tls.is_some() { "https" } else { "http" },
+                if addr.ip().is_unspecified() {
+                    format!("{host}:{}", addr.port())
+                } else {
+                    addr.to_string()
+                }
+            ),
+            version: env!("CARGO_PKG_VERSION").into(),
+            started_ms: tugboat_api::model::now_ms(),
+            role: tugboat_api::wire::ServerRole::Follower,
+        },
+        shared: etcd.is_some(),
+    };
     let app = router(Arc::new(ApiState {
         control: control.clone(),
         token: token.clone(),
@@ -346,6 +450,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         metrics: Arc::default(),
         tunnels: Arc::default(),
         default_deny_ingress: config.default_deny_ingress,
+        servers: Arc::new(registry.clone()),
     }));
     let mut http_shutdown = shutdown_rx.clone();
     let server_config = tls.as_ref().map(|t| t.config.clone());
@@ -365,18 +470,21 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             shutdown_rx.clone(),
         )));
     }
+    if let Some((store, ttl)) = &etcd {
+        tasks.push(tokio::spawn(crate::servers::keep_registered(
+            store.clone(),
+            registry.this.clone(),
+            addr.to_string(),
+            *ttl,
+            shutdown_rx.clone(),
+        )));
+    }
     let controllers = match etcd {
         None => tokio::spawn(run_controllers(control.clone(), shutdown_rx.clone())),
         Some((store, ttl)) => tokio::spawn(crate::election::run(
             store,
             control.clone(),
-            format!(
-                "{addr} (pid {}, host {})",
-                std::process::id(),
-                nix::unistd::gethostname()
-                    .map(|h| h.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            ),
+            identity,
             ttl,
             shutdown_rx.clone(),
             |line| eprintln!("tugboat server: {line}"),

@@ -592,15 +592,17 @@ pub async fn run_controllers(cp: Arc<ControlPlane>, mut shutdown: watch::Receive
                 eprintln!("tugboat: node pools: {e}");
             }
         }
-        // Any change but the followers' liveness relays (merged in memory, not reconciled).
+        // Any change but the followers' liveness relays (merged in memory, not reconciled)
+        // and the servers' own records.
         let changed = async {
             match watcher.as_mut() {
                 Some(w) => loop {
                     match w.next().await {
                         Ok(events)
-                            if events
-                                .iter()
-                                .all(|e| e.kv.key.starts_with(crate::liveness::LIVENESS)) => {}
+                            if events.iter().all(|e| {
+                                e.kv.key.starts_with(crate::liveness::LIVENESS)
+                                    || e.kv.key.starts_with(crate::servers::SERVERS)
+                            }) => {}
                         _ => break,
                     }
                 },

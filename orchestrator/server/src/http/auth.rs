@@ -173,6 +173,7 @@ async fn permit_node(state: &ApiState, node: &str, request: &ApiRequest) -> Resu
         | ApiRequest::GetVolume { .. }
         | ApiRequest::Watch { .. }
         | ApiRequest::DescribeCluster
+        | ApiRequest::ListServers
         | ApiRequest::Healthz
         | ApiRequest::ClusterCa => Ok(()),
         _ => Err(forbidden(format!(

@@ -43,6 +43,8 @@ pub struct ApiState {
     /// Network policy: services without ingress rules take no connections
     /// (`--default-deny-ingress`); the agents read it from `GET /v1/cluster`.
     pub default_deny_ingress: bool,
+    /// This server, and where the others are listed (`GET /v1/servers`).
+    pub servers: Arc<crate::servers::ServerRegistry>,
 }
 
 impl ApiState {
@@ -228,6 +230,7 @@ async fn dispatch(
         },
         Ok(
             request @ (ApiRequest::DescribeCluster
+            | ApiRequest::ListServers
             | ApiRequest::ClusterCa
             | ApiRequest::Join(_)
             | ApiRequest::RenewNodeCertificate { .. }
@@ -401,8 +404,10 @@ async fn handle_access(
                 server: state.tls.as_ref().map(|t| t.server_status()),
                 nodes,
                 default_deny_ingress: state.default_deny_ingress,
+                servers: list_servers(state).await?,
             }))
         }
+        ApiRequest::ListServers => Ok(json(list_servers(state).await?)),
         ApiRequest::Join(request) => issue_node_cert(state, &request, true).await,
         ApiRequest::RenewNodeCertificate { name, request } => {
             if name != request.node {
@@ -512,6 +517,7 @@ pub async fn handle(
             node,
         } => ok(json(cp.watch(kind, from, timeout, node.as_deref()).await?)),
         ApiRequest::DescribeCluster
+        | ApiRequest::ListServers
         | ApiRequest::ClusterCa
         | ApiRequest::Join(_)
         | ApiRequest::RenewNodeCertificate { .. }
@@ -529,4 +535,13 @@ pub async fn handle(
             "tokens and certificates are served by the HTTP API".into(),
         )),
     }
+}
+
+async fn list_servers(state: &ApiState) -> Result<Vec<tugboat_api::wire::ServerInfo>, ApiError> {
+    let store = state.control.store.as_ref();
+    Ok(state
+        .servers
+        .list(store)
+        .await
+        .map_err(crate::controlplane::ControlPlaneError::Store)?)
 }

@@ -92,6 +92,7 @@ pub enum ApiRequest {
         node: Option<String>,
     },
     DescribeCluster,
+    ListServers,
     ClusterCa,
     Join(CertificateRequest),
     RenewNodeCertificate {
@@ -326,6 +327,7 @@ impl ApiRequest {
                 }
             }
             RouteId::DescribeCluster => ApiRequest::DescribeCluster,
+            RouteId::ListServers => ApiRequest::ListServers,
             RouteId::ClusterCa => ApiRequest::ClusterCa,
             RouteId::Join => ApiRequest::Join(body(bytes)?),
             RouteId::RenewNodeCertificate => ApiRequest::RenewNodeCertificate {

@@ -16,7 +16,12 @@ pub const EXPORT_FORMAT: &str = "tugboat-store-export/1";
 /// Keys per import transaction (etcd's `--max-txn-ops` must allow it; its default is 128).
 pub const IMPORT_BATCH: usize = 100;
 /// Keys that belong to one store's servers, never moved.
-const NOT_EXPORTED: &[&str] = &["/leader/", crate::liveness::LIVENESS];
+const NOT_EXPORTED: &[&str] = &[
+    "/leader/",
+    crate::liveness::LIVENESS,
+    crate::servers::SERVERS,
+    crate::bootstrap::BOOTSTRAP_KEY,
+];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoreExport {

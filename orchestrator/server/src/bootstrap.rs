@@ -244,28 +244,10 @@ fn install(data_dir: &Path, files: &Files) -> Result<(), BootstrapError> {
         }
     }
     for (path, content, private) in missing {
-        write_atomically(&path, content, private)
+        tugboat_api::write_durable(&path, content, if private { 0o600 } else { 0o644 })
             .map_err(|source| BootstrapError::Io { path, source })?;
     }
     Ok(())
-}
-
-fn write_atomically(path: &Path, content: &[u8], private: bool) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("bootstrap-tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(if private { 0o600 } else { 0o644 })
-        .open(&tmp)?;
-    file.write_all(content)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

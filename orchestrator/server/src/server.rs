@@ -8,9 +8,7 @@ use crate::scheduler::{Scheduler, SchedulerOptions};
 use crate::store::{
     EmbeddedStore, EmbeddedStoreOptions, EtcdOptions, EtcdStore, Store, StoreError,
 };
-use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -181,22 +179,8 @@ fn choose_token(data_dir: &Path, given: Option<&str>) -> Result<(String, bool), 
 /// Writes `<data_dir>/token` (mode 0600) atomically.
 fn save_token(data_dir: &Path, token: &str) -> Result<(), ServerError> {
     let path = data_dir.join(TOKEN_FILE);
-    let err = |source| ServerError::Token {
-        path: path.clone(),
-        source,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
-    file.write_all(format!("{token}\n").as_bytes())
-        .and_then(|_| file.sync_all())
-        .map_err(err)?;
-    std::fs::rename(&tmp, &path).map_err(err)
+    tugboat_api::write_durable(&path, format!("{token}\n").as_bytes(), 0o600)
+        .map_err(|source| ServerError::Token { path, source })
 }
 
 /// Makes the files every server of a cluster shares ([`crate::bootstrap::SHARED_FILES`]) in

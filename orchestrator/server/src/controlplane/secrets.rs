@@ -39,23 +39,12 @@ fn random<const N: usize>() -> [u8; N] {
 impl SecretBox {
     /// Loads `<data_dir>/secret.key`, or makes it (first start).
     pub fn load_or_create(data_dir: &Path) -> std::io::Result<SecretBox> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let path = data_dir.join(KEY_FILE);
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = random::<32>();
-                let tmp = path.with_extension("tmp");
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)?;
-                file.write_all(&key)?;
-                file.sync_all()?;
-                std::fs::rename(&tmp, &path)?;
+                tugboat_api::write_durable(&path, &key, 0o600)?;
                 key.to_vec()
             }
             Err(e) => return Err(e),

@@ -47,18 +47,7 @@ fn one_mode(mode: &str) {
     std::fs::write(&spec, SPEC).unwrap();
     let before = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
     host.start_up_with(&spec, &["--log-mode", mode]);
-    let server_dir = host.dir.join("server");
-    let cli = |args: &[&str]| {
-        host.in_netns(|| {
-            std::process::Command::new(env!("CARGO_BIN_EXE_tugboat"))
-                .arg("--data-dir")
-                .arg(&server_dir)
-                .args(["--addr", host::API])
-                .args(args)
-                .output()
-                .unwrap()
-        })
-    };
+    let cli = |args: &[&str]| host.cli(args);
     let show = |host: &TestHost| {
         format!(
             "{mode}: {:#?}\n{}",

@@ -85,18 +85,7 @@ fn a_service_runs_under_runc_and_a_missing_runtime_says_so() {
         .unwrap_or_default();
     assert_eq!(limit.trim(), (48u64 << 20).to_string(), "{}", show(&host));
 
-    let server_dir = host.dir.join("server");
-    let cli = |args: &[&str]| {
-        host.in_netns(|| {
-            std::process::Command::new(env!("CARGO_BIN_EXE_tugboat"))
-                .arg("--data-dir")
-                .arg(&server_dir)
-                .args(["--addr", host::API])
-                .args(args)
-                .output()
-                .unwrap()
-        })
-    };
+    let cli = |args: &[&str]| host.cli(args);
     // Its output, through the monitor's pipes.
     let logs = cli(&["logs", &first.id]);
     let text = String::from_utf8_lossy(&logs.stdout).to_string();

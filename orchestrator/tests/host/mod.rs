@@ -213,6 +213,21 @@ impl TestHost {
         }
     }
 
+    /// `tugboat --data-dir DIR/server --addr API ARGS...` in the namespace, as a user types
+    /// it on the host `up` runs on.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let server_dir = self.dir.join("server");
+        self.in_netns(|| {
+            Command::new(env!("CARGO_BIN_EXE_tugboat"))
+                .arg("--data-dir")
+                .arg(&server_dir)
+                .args(["--addr", API])
+                .args(args)
+                .output()
+                .unwrap()
+        })
+    }
+
     /// GET `path` from `up`'s server as the admin (TLS with its CA): the status and the
     /// body as text (status 0 and the error when it did not answer).
     pub fn get_api(&self, path: &str) -> (u16, String) {

@@ -263,21 +263,7 @@ pub async fn logs(
 ) -> Result<Response, ApiError> {
     let (node, link) = link_of(state, id).await?;
     let path = format!("/v1/instances/{id}/logs?{}", options.to_query());
-    let request = AgentRequest {
-        method: Method::GET,
-        path,
-        body: None,
-        upgrade: None,
-    };
-    let response = send(state, &node, &link, request).await?;
-    if !response.status().is_success() {
-        return Err(refused(response, "agent_error", format!("agent of node {node}")).await);
-    }
-    Ok((
-        [(axum::http::header::CONTENT_TYPE, "text/plain")],
-        response.into_body(),
-    )
-        .into_response())
+    pass_through(state, &node, &link, path, "text/plain").await
 }
 
 /// A node's container metrics (`GET /metrics` of its agent), passed through as text.
@@ -285,21 +271,31 @@ pub async fn node_metrics(state: &ApiState, node: &str) -> Result<Response, ApiE
     // An unknown node is a 404 that names it, before any link is looked for.
     state.control.get_node(node).await?;
     let (node, link) = link_of_node(state, node.to_string()).await?;
+    let openmetrics = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    pass_through(state, &node, &link, "/metrics".into(), openmetrics).await
+}
+
+/// GET `path` from the agent of `node`: its body streamed back as `content_type`, or its
+/// refusal as an error that names the node.
+async fn pass_through(
+    state: &ApiState,
+    node: &str,
+    link: &Link,
+    path: String,
+    content_type: &'static str,
+) -> Result<Response, ApiError> {
     let request = AgentRequest {
         method: Method::GET,
-        path: "/metrics".into(),
+        path,
         body: None,
         upgrade: None,
     };
-    let response = send(state, &node, &link, request).await?;
+    let response = send(state, node, link, request).await?;
     if !response.status().is_success() {
         return Err(refused(response, "agent_error", format!("agent of node {node}")).await);
     }
     Ok((
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [(axum::http::header::CONTENT_TYPE, content_type)],
         response.into_body(),
     )
         .into_response())

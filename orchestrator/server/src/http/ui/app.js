@@ -13,6 +13,8 @@ const EVENTS_SHOWN = 100;
 const LOG_KEEP_CHARS = 64 * 1024;
 const ARMED_MS = 4000;
 const KINDS = ['services', 'instances', 'nodes', 'events'];
+const NOTICE_MS = 8000;
+const NOTHING = '–';
 
 const $ = (id) => document.getElementById(id);
 
@@ -184,11 +186,16 @@ async function follow(s, kind, from) {
 
 // ---- actions ----
 
+let noticeTimer = null;
+
+/** A line at the top: what an action did (for a while), or what went wrong (until the next). */
 function notice(text, isError) {
   const p = $('notice');
   p.hidden = false;
   p.textContent = text;
   p.className = isError ? 'error' : '';
+  clearTimeout(noticeTimer);
+  if (!isError) noticeTimer = setTimeout(() => (p.hidden = true), NOTICE_MS);
 }
 
 async function act(what, method, url, body) {
@@ -319,6 +326,8 @@ function setCell(td, main, sub, className) {
   const parts = [text('span', main, className)];
   if (sub) parts.push(text('span', sub, 'sub'));
   td.replaceChildren(...parts);
+  // Nothing to say: a phone leaves the line out of the card.
+  td.classList.toggle('nothing', main === NOTHING && !sub);
 }
 
 /** Keeps a table's rows in step with `items`, by key: rows are made once (their inputs and
@@ -442,7 +451,7 @@ function renderServices() {
         const target = Object.entries(auto.target || {}).map(([k, v]) => `${k} ${v}`).join(', ');
         setCell(c[3], `${auto.min}–${auto.max}, target ${target}`, cluster.autoscale.get(s.name) || '');
       } else {
-        setCell(c[3], '–');
+        setCell(c[3], NOTHING);
       }
       setCell(c[4], s.spec.image, `generation ${s.generation}`, 'mono');
       const input = c[5].querySelector('input');
@@ -471,7 +480,10 @@ function renderInstances() {
       const actions = row.cells[6];
       actions.className = 'actions';
       actions.append(
-        actionButton(row, 'Logs', 'logs', (i) => openLogs(i)),
+        // Not awaited: the stream lasts until closed, the button is free at once.
+        actionButton(row, 'Logs', 'logs', (i) => {
+          openLogs(i);
+        }),
         actionButton(row, 'Restart', 'restart', (i) => act(`Restart ${i.id} (replaced by a new instance)`, 'DELETE', `/v1/instances/${path(i.id)}`), 'Restart: sure?'),
       );
       row.cells[2].className = 'restarts';
@@ -484,8 +496,8 @@ function renderInstances() {
       setCell(c[1], state, i.pending_reason || '', stateClass);
       c[2].textContent = String(i.restarts || 0);
       c[2].title = i.carried_restarts ? `and ${i.carried_restarts} of the instances it replaced` : '';
-      setCell(c[3], i.node || '–');
-      setCell(c[4], i.address || '–', '', 'mono');
+      setCell(c[3], i.node || NOTHING);
+      setCell(c[4], i.address || NOTHING, '', 'mono');
       const exit = i.last_exit ? `last exit: ${i.last_exit.message || i.last_exit.reason}` : '';
       setCell(c[5], i.message || '', exit);
     },
@@ -523,7 +535,7 @@ function renderNodes() {
       setCell(c[1], `${n.status}${scheduling}`, '', n.status === 'ready' && !scheduling ? 'state-ok' : n.status === 'ready' ? 'state-warn' : 'state-bad');
       meterCell(c[2], used.cpu, n.capacity.cpu_millis, humanCpu);
       meterCell(c[3], used.memory, n.capacity.memory_bytes, humanBytes);
-      setCell(c[4], n.address || '–', n.subnet || '', 'mono');
+      setCell(c[4], n.address || NOTHING, n.subnet || '', 'mono');
       const toggle = c[5].querySelector('[data-action=cordon]');
       toggle.dataset.label = n.cordoned || n.draining ? 'Uncordon' : 'Cordon';
       if (!toggle.classList.contains('armed')) toggle.textContent = toggle.dataset.label;

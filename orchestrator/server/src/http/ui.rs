@@ -52,7 +52,10 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/", get(|| async { Redirect::to("/ui/") }))
         .route("/ui", get(|| async { Redirect::to("/ui/") }))
         .route("/ui/", get(|| async { asset(INDEX) }))
-        .route("/ui/{name}", get(|Path(name): Path<String>| async move { asset(&name) }))
+        .route(
+            "/ui/{name}",
+            get(|Path(name): Path<String>| async move { asset(&name) }),
+        )
 }
 
 /// The named asset with its type and the dashboard's headers, or a 404.
@@ -82,7 +85,7 @@ fn asset(name: &str) -> Response {
 mod tests {
     use super::*;
 
-    fn header<'a>(response: &'a Response, name: header::HeaderName) -> &'a str {
+    fn header(response: &Response, name: header::HeaderName) -> &str {
         response
             .headers()
             .get(name)
@@ -117,10 +120,16 @@ mod tests {
         let page = std::str::from_utf8(ASSETS[0].body).unwrap();
         // No inline script or style (the policy would block them), nothing from elsewhere.
         assert!(!page.contains("<style"), "inline style in index.html");
-        assert!(!page.contains("style=\""), "inline style attribute in index.html");
+        assert!(
+            !page.contains("style=\""),
+            "inline style attribute in index.html"
+        );
         assert!(!page.contains("http://") && !page.contains("https://"));
         for reference in ["/ui/app.js", "/ui/style.css", "/ui/icon.svg"] {
-            assert!(page.contains(reference), "index.html does not load {reference}");
+            assert!(
+                page.contains(reference),
+                "index.html does not load {reference}"
+            );
         }
         let script = std::str::from_utf8(ASSETS[1].body).unwrap();
         assert!(

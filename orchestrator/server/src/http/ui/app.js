@@ -13,7 +13,6 @@ const EVENTS_SHOWN = 100;
 const LOG_KEEP_CHARS = 64 * 1024;
 const ARMED_MS = 4000;
 const KINDS = ['services', 'instances', 'nodes', 'events'];
-const NOTICE_MS = 8000;
 const NOTHING = '–';
 
 const $ = (id) => document.getElementById(id);
@@ -186,16 +185,13 @@ async function follow(s, kind, from) {
 
 // ---- actions ----
 
-let noticeTimer = null;
-
-/** A line at the top: what an action did (for a while), or what went wrong (until the next). */
+/** A line at the top: what the last action did, or what went wrong. It stays until the
+ * next one: a line that went away by itself would move the page under the pointer. */
 function notice(text, isError) {
   const p = $('notice');
   p.hidden = false;
   p.textContent = text;
   p.className = isError ? 'error' : '';
-  clearTimeout(noticeTimer);
-  if (!isError) noticeTimer = setTimeout(() => (p.hidden = true), NOTICE_MS);
 }
 
 async function act(what, method, url, body) {

@@ -103,41 +103,45 @@ fn watch_console(tab: &Tab) -> Problems {
     let problems: Problems = Arc::default();
     let seen = problems.clone();
     tab.enable_runtime().unwrap();
-    tab.add_event_listener(Arc::new(move |event: &headless_chrome::protocol::cdp::types::Event| {
-        use headless_chrome::protocol::cdp::types::Event;
-        use Runtime::ConsoleAPICalledEventTypeOption as Kind;
-        match event {
-            Event::RuntimeConsoleAPICalled(call)
-                if matches!(call.params.Type, Kind::Error | Kind::Assert | Kind::Warning) =>
-            {
-                let args: Vec<String> = call
-                    .params
-                    .args
-                    .iter()
-                    .map(|a| {
-                        a.value
-                            .as_ref()
-                            .map(|v| v.to_string())
-                            .or_else(|| a.description.clone())
-                            .unwrap_or_default()
-                    })
-                    .collect();
-                seen.lock()
-                    .unwrap()
-                    .push(format!("console.{:?}: {}", call.params.Type, args.join(" ")));
+    tab.add_event_listener(Arc::new(
+        move |event: &headless_chrome::protocol::cdp::types::Event| {
+            use headless_chrome::protocol::cdp::types::Event;
+            use Runtime::ConsoleAPICalledEventTypeOption as Kind;
+            match event {
+                Event::RuntimeConsoleAPICalled(call)
+                    if matches!(call.params.Type, Kind::Error | Kind::Assert | Kind::Warning) =>
+                {
+                    let args: Vec<String> = call
+                        .params
+                        .args
+                        .iter()
+                        .map(|a| {
+                            a.value
+                                .as_ref()
+                                .map(|v| v.to_string())
+                                .or_else(|| a.description.clone())
+                                .unwrap_or_default()
+                        })
+                        .collect();
+                    seen.lock().unwrap().push(format!(
+                        "console.{:?}: {}",
+                        call.params.Type,
+                        args.join(" ")
+                    ));
+                }
+                Event::RuntimeExceptionThrown(thrown) => {
+                    let details = &thrown.params.exception_details;
+                    let what = details
+                        .exception
+                        .as_ref()
+                        .and_then(|e| e.description.clone())
+                        .unwrap_or_else(|| details.text.clone());
+                    seen.lock().unwrap().push(format!("exception: {what}"));
+                }
+                _ => {}
             }
-            Event::RuntimeExceptionThrown(thrown) => {
-                let details = &thrown.params.exception_details;
-                let what = details
-                    .exception
-                    .as_ref()
-                    .and_then(|e| e.description.clone())
-                    .unwrap_or_else(|| details.text.clone());
-                seen.lock().unwrap().push(format!("exception: {what}"));
-            }
-            _ => {}
-        }
-    }))
+        },
+    ))
     .unwrap();
     problems
 }
@@ -158,11 +162,7 @@ fn page_wait(tab: &Tab, what: &str, condition: &str, show: impl Fn() -> String) 
         || js(tab, condition) == serde_json::Value::Bool(true),
         || {
             let page = js(tab, "document.body.innerText");
-            format!(
-                "page:\n{}\n{}",
-                page.as_str().unwrap_or_default(),
-                show()
-            )
+            format!("page:\n{}\n{}", page.as_str().unwrap_or_default(), show())
         },
     );
 }
@@ -195,6 +195,26 @@ fn viewport(tab: &Tab, width: u32, height: u32, mobile: bool) {
     .unwrap();
 }
 
+/// Waits until the page lists the instances the API lists (a live update may still be on
+/// its way), so a click on a row lands on the row meant.
+fn page_settled(tab: &Tab, host: &TestHost, show: impl Fn() -> String) {
+    wait_for(
+        "the page to list the instances the API lists",
+        PAGE,
+        || {
+            let mut ids: Vec<String> = instances(host).into_iter().map(|i| i.id).collect();
+            ids.sort();
+            let shown = js(
+                tab,
+                "JSON.stringify([...document.querySelectorAll('#instances tbody tr')]\
+                 .map(r => r.dataset.key).sort())",
+            );
+            shown.as_str() == Some(serde_json::to_string(&ids).unwrap().as_str())
+        },
+        show,
+    );
+}
+
 /// Clicks the element (a real mouse click at its place on the page).
 fn click(tab: &Tab, selector: &str) {
     tab.wait_for_element(selector)
@@ -206,7 +226,10 @@ fn click(tab: &Tab, selector: &str) {
 /// Replaces the text of an input with `text`, typed.
 fn type_into(tab: &Tab, selector: &str, text: &str) {
     click(tab, selector);
-    js(tab, &format!("document.querySelector('{selector}').select()"));
+    js(
+        tab,
+        &format!("document.querySelector('{selector}').select()"),
+    );
     tab.type_str(text).unwrap();
 }
 
@@ -234,7 +257,10 @@ fn the_dashboard_in_a_browser() {
     let show = || {
         let list = instances(&host);
         let table = tugboat::output::instances_table(&list, tugboat::model::now_ms(), false);
-        format!("{table}\n--- tugboat up said:\n{}", host.output.lock().unwrap())
+        format!(
+            "{table}\n--- tugboat up said:\n{}",
+            host.output.lock().unwrap()
+        )
     };
     let host = &host;
     host.in_netns(|| {
@@ -262,7 +288,7 @@ fn the_dashboard_in_a_browser() {
             .unwrap();
         let url = tab.get_url();
         assert!(url.ends_with("/ui/"), "{url}");
-        page_wait(&tab, "the sign-in form", "!document.getElementById('login').hidden", &show);
+        page_wait(&tab, "the sign-in form", "!document.getElementById('login').hidden", show);
         assert_eq!(js(&tab, "document.getElementById('dashboard').hidden"), true);
 
         // A wrong token: the API answers 401 and the page says so, in the form.
@@ -272,7 +298,7 @@ fn the_dashboard_in_a_browser() {
             &tab,
             "the form to say the token was refused",
             "document.getElementById('login-error').textContent.includes('refused')",
-            &show,
+            show,
         );
         assert_eq!(js(&tab, "document.getElementById('dashboard').hidden"), true);
         assert_eq!(js(&tab, "sessionStorage.length"), 0);
@@ -280,7 +306,7 @@ fn the_dashboard_in_a_browser() {
         // The right one: the shop's services, instances and the node.
         type_into(&tab, "#token", &token);
         click(&tab, "#login button[type=submit]");
-        page_wait(&tab, "the dashboard", "!document.getElementById('dashboard').hidden", &show);
+        page_wait(&tab, "the dashboard", "!document.getElementById('dashboard').hidden", show);
         for service in ["front", "catalog", "cart", "orders", "payments"] {
             page_wait(
                 &tab,
@@ -289,14 +315,14 @@ fn the_dashboard_in_a_browser() {
                     "(r => !!r && /^(\\d+)\\/\\1$/.test(r.cells[1].firstChild.textContent))\
                      (document.querySelector('#services tr[data-key=\"{service}\"]'))"
                 ),
-                &show,
+                show,
             );
         }
         page_wait(
             &tab,
             "the node with its allocation",
             "!!document.querySelector('#nodes tr[data-key=\"local\"] meter')",
-            &show,
+            show,
         );
         assert_eq!(js(&tab, "location.href.includes(sessionStorage.getItem('tugboat.token'))"), false);
         assert_eq!(js(&tab, "document.getElementById('live').textContent"), "live");
@@ -311,15 +337,125 @@ fn the_dashboard_in_a_browser() {
                 host.api(|c| async move { c.describe_service("front").await })
                     .is_ok_and(|d| d.service.spec.replicas == 3)
             },
-            &show,
+            show,
         );
         page_wait(
             &tab,
             "the page to show front 3/3 (live, without a reload)",
             "document.querySelector('#services tr[data-key=\"front\"]').cells[1].firstChild.textContent === '3/3'",
-            &show,
+            show,
         );
-        wait_for("3 ready fronts", START, || ready(&instances(host), "front") == 3, &show);
+        wait_for("3 ready fronts", START, || ready(&instances(host), "front") == 3, show);
+
+        // Cordon and uncordon the node; Drain asks again first, and a single click does
+        // nothing.
+        let node = |what: &str| format!("#nodes tr[data-key=\"local\"] {what}");
+        let cordoned = || {
+            host.api(|c| async move { c.nodes().await })
+                .map(|l| l.items[0].cordoned)
+                .unwrap_or_default()
+        };
+        click(&tab, &node("button[data-action=cordon]"));
+        wait_for("the API to say the node is cordoned", PAGE, cordoned, show);
+        page_wait(
+            &tab,
+            "the page to show the node cordoned",
+            &format!(
+                "document.querySelector('{}').textContent === 'Uncordon' \
+                 && document.querySelector('{}').textContent.includes('cordoned')",
+                node("button[data-action=cordon]"),
+                node("td:nth-child(2)")
+            ),
+            show,
+        );
+        click(&tab, &node("button[data-action=cordon]"));
+        wait_for("the API to say the node is uncordoned", PAGE, || !cordoned(), show);
+        click(&tab, &node("button[data-action=drain]"));
+        assert_eq!(
+            js(&tab, &format!("document.querySelector('{}').textContent", node("button[data-action=drain]"))),
+            "Drain: sure?"
+        );
+        page_wait(
+            &tab,
+            "the armed Drain button to give up",
+            &format!("document.querySelector('{}').textContent === 'Drain'", node("button[data-action=drain]")),
+            show,
+        );
+        let draining = host.api(|c| async move { c.nodes().await }).unwrap().items[0].draining;
+        assert!(!draining, "one click on Drain drained the node");
+
+        // A new template for the front, then Undo rollout on the page brings the old one back.
+        let original = host
+            .api(|c| async move { c.describe_service("front").await })
+            .unwrap()
+            .service;
+        let mut changed = original.spec.clone();
+        changed.env.insert("DASHBOARD_TEST".into(), "1".into());
+        let changed_hash = changed.template_hash();
+        host.api(|c| async move { c.replace_service("front", &changed).await })
+            .unwrap();
+        let template_of = |hash: &str| {
+            let hash = hash.to_string();
+            move || {
+                host.api(|c| async move { c.describe_service("front").await })
+                    .is_ok_and(|d| {
+                        d.service.rollout.template_hash == hash
+                            && d.service.rollout.state == tugboat::model::RolloutState::Complete
+                    })
+            }
+        };
+        wait_for(
+            "the new front template rolled out",
+            START,
+            template_of(&changed_hash),
+            show,
+        );
+        let undo = "#services tr[data-key=\"front\"] button[data-action=undo]";
+        page_wait(
+            &tab,
+            "Undo rollout to be offered",
+            &format!("!document.querySelector('{undo}').disabled"),
+            show,
+        );
+        click(&tab, undo);
+        click(&tab, undo);
+        page_wait(
+            &tab,
+            "the page to say the undo is done",
+            "document.getElementById('notice').textContent === 'Undo the rollout of front: done'",
+            show,
+        );
+        wait_for(
+            "the old front template back",
+            START,
+            template_of(&original.rollout.template_hash),
+            show,
+        );
+
+        // Restart an instance (it is replaced): two clicks, and the page drops it.
+        let old = instances(host)
+            .into_iter()
+            .find(|i| i.service == "orders")
+            .expect("an orders instance");
+        let restart = format!("#instances tr[data-key=\"{}\"] button[data-action=restart]", old.id);
+        page_settled(&tab, host, show);
+        click(&tab, &restart);
+        click(&tab, &restart);
+        wait_for(
+            "the orders instance replaced",
+            START,
+            || {
+                let list = instances(host);
+                ready(&list, "orders") == 1 && list.iter().all(|i| i.id != old.id)
+            },
+            show,
+        );
+        page_wait(
+            &tab,
+            "the replaced instance gone from the page",
+            &format!("!document.querySelector('#instances tr[data-key=\"{}\"]')", old.id),
+            show,
+        );
 
         // A killed container is restarted in place; the page shows the restart.
         let victim = instances(host)
@@ -334,7 +470,7 @@ fn the_dashboard_in_a_browser() {
                 "document.querySelector('#instances tr[data-key=\"{}\"] td.restarts')?.textContent === '1'",
                 victim.id
             ),
-            &show,
+            show,
         );
         page_wait(
             &tab,
@@ -344,7 +480,7 @@ fn the_dashboard_in_a_browser() {
                  .some(li => li.textContent.includes('{}') && li.textContent.includes('restarted'))",
                 victim.id
             ),
-            &show,
+            show,
         );
 
         // The log tail of a front: its web server (busybox httpd -v) logs each answer, and
@@ -353,6 +489,7 @@ fn the_dashboard_in_a_browser() {
             .into_iter()
             .find(|i| i.service == "front" && i.ready)
             .expect("a ready front");
+        page_settled(&tab, host, show);
         click(
             &tab,
             &format!("#instances tr[data-key=\"{}\"] button[data-action=logs]", front.id),
@@ -361,14 +498,14 @@ fn the_dashboard_in_a_browser() {
             &tab,
             "the front's log lines",
             "document.getElementById('logs').textContent.includes('response:200')",
-            &show,
+            show,
         );
         let before = js(&tab, "document.getElementById('logs').textContent.length");
         page_wait(
             &tab,
             "the log to grow (followed)",
             &format!("document.getElementById('logs').textContent.length > {before}"),
-            &show,
+            show,
         );
         // The whole page, as a desktop shows it.
         js(&tab, "window.scrollTo(0, 0)");
@@ -384,14 +521,14 @@ fn the_dashboard_in_a_browser() {
             "the page to fit a phone's width",
             "document.documentElement.scrollWidth <= window.innerWidth + 1 \
              && getComputedStyle(document.querySelector('#services thead')).display === 'none'",
-            &show,
+            show,
         );
         screenshot(&tab, "dashboard-phone.png");
         viewport(&tab, 1280, 900, false);
 
         // Signing out forgets the token; a reload then asks for it again.
         click(&tab, "#logout");
-        page_wait(&tab, "the sign-in form again", "!document.getElementById('login').hidden", &show);
+        page_wait(&tab, "the sign-in form again", "!document.getElementById('login').hidden", show);
         assert_eq!(js(&tab, "sessionStorage.length"), 0);
 
         let problems = problems.lock().unwrap().clone();

@@ -76,6 +76,17 @@ async fn the_files_are_public_and_the_data_needs_the_token() {
 // ---- the page, in a browser ----
 
 const START: Duration = Duration::from_secs(180);
+
+/// Applied beside the shop: a service the autoscaler looks after.
+const AUTOSCALED: &str = "
+services:
+  batch:
+    image: shop/catalog:1
+    resources:
+      requests: {cpu: 50m, memory: 16Mi}
+    autoscale: {min: 1, max: 2, target: {cpu: 80%}}
+    stop: {grace_seconds: 1}
+";
 const PAGE: Duration = Duration::from_secs(60);
 
 /// The system's Chromium (Debian's `chromium`), if there is one.
@@ -307,12 +318,22 @@ fn the_dashboard_in_a_browser() {
         type_into(&tab, "#token", &token);
         click(&tab, "#login button[type=submit]");
         page_wait(&tab, "the dashboard", "!document.getElementById('dashboard').hidden", show);
-        for service in ["front", "catalog", "cart", "orders", "payments"] {
+        // Beside the shop, an autoscaled service: its bounds and target on the page.
+        let file = tugboat::spec::parse_spec_file("batch.yaml", AUTOSCALED, &|_| false).unwrap();
+        host.api(|c| async move { c.apply(&file).await }).unwrap();
+        page_wait(
+            &tab,
+            "the autoscaled service with its bounds and target",
+            "document.querySelector('#services tr[data-key=\"batch\"]')?.cells[3]\
+             .querySelector('span').textContent === '1–2, target cpu 80%'",
+            show,
+        );
+        for service in ["front", "catalog", "cart", "orders", "payments", "batch"] {
             page_wait(
                 &tab,
                 &format!("{service} listed with its instances ready"),
                 &format!(
-                    "(r => !!r && /^(\\d+)\\/\\1$/.test(r.cells[1].firstChild.textContent))\
+                    "(r => !!r && /^(\\d+)\\/\\1$/.test(r.cells[1].querySelector('span').textContent))\
                      (document.querySelector('#services tr[data-key=\"{service}\"]'))"
                 ),
                 show,
@@ -342,7 +363,7 @@ fn the_dashboard_in_a_browser() {
         page_wait(
             &tab,
             "the page to show front 3/3 (live, without a reload)",
-            "document.querySelector('#services tr[data-key=\"front\"]').cells[1].firstChild.textContent === '3/3'",
+            "document.querySelector('#services tr[data-key=\"front\"]').cells[1].querySelector('span').textContent === '3/3'",
             show,
         );
         wait_for("3 ready fronts", START, || ready(&instances(host), "front") == 3, show);
@@ -507,8 +528,10 @@ fn the_dashboard_in_a_browser() {
             &format!("document.getElementById('logs').textContent.length > {before}"),
             show,
         );
-        // The whole page, as a desktop shows it.
+        // The whole page, as a desktop shows it (the pointer out of the way).
         js(&tab, "window.scrollTo(0, 0)");
+        tab.move_mouse_to_point(headless_chrome::browser::tab::point::Point { x: 0.0, y: 0.0 })
+            .unwrap();
         let height = js(&tab, "document.documentElement.scrollHeight").as_u64().unwrap();
         viewport(&tab, 1280, height as u32, false);
         screenshot(&tab, "dashboard-desktop.png");

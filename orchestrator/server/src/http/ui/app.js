@@ -155,6 +155,12 @@ async function follow(s, kind, from) {
     try {
       const batch = await getJson(s, `/v1/watch/${kind}?revision=${from}&timeout_seconds=${WATCH_SECONDS}`);
       from = batch.revision + 1;
+      if (kind === 'services' && batch.changes.length === 0 && cluster.services.some((sv) => sv.spec.autoscale)) {
+        // The autoscaler's decisions live in the server's memory, not the store, so no
+        // watch sees them: asked again whenever the services' watch comes back empty.
+        await loadAutoscale(s, cluster.services);
+        render();
+      }
       if (batch.changes.length > 0) {
         if (kind === 'events') {
           const added = batch.changes.filter((c) => c.type === 'put' && c.object).map((c) => c.object);
@@ -317,11 +323,19 @@ function text(tag, content, className) {
   return el;
 }
 
+/** A cell's content in one box (a phone's card lays out the label beside it). */
+function cellValue(...parts) {
+  const value = document.createElement('div');
+  value.className = 'value';
+  value.append(...parts);
+  return value;
+}
+
 /** Sets a cell to a main line and an optional muted second line. */
 function setCell(td, main, sub, className) {
   const parts = [text('span', main, className)];
   if (sub) parts.push(text('span', sub, 'sub'));
-  td.replaceChildren(...parts);
+  td.replaceChildren(cellValue(...parts));
   // Nothing to say: a phone leaves the line out of the card.
   td.classList.toggle('nothing', main === NOTHING && !sub);
 }
@@ -410,7 +424,7 @@ function meterCell(td, used, capacity, show) {
   meter.max = capacity || 1;
   meter.value = used;
   meter.high = meter.max * 0.9;
-  td.replaceChildren(meter, text('span', ` ${show(used)} / ${show(capacity)}${percent(used, capacity)}`));
+  td.replaceChildren(cellValue(meter, text('span', ` ${show(used)} / ${show(capacity)}${percent(used, capacity)}`)));
 }
 
 const holdsResources = (i) => i.phase !== 'failed' && i.phase !== 'lost';

@@ -68,8 +68,22 @@ async fn the_files_are_public_and_the_data_needs_the_token() {
     let wrong = http.get(&services).bearer_auth("wrong").send();
     assert_eq!(wrong.await.unwrap().status(), 401);
     let token = cluster.server.token.clone().unwrap();
-    let right = http.get(&services).bearer_auth(token).send();
+    let right = http.get(&services).bearer_auth(&token).send();
     assert_eq!(right.await.unwrap().status(), 200);
+    // The page's streams (the watch long poll, the log tail) take the token in the header
+    // that fetch() sends, and refuse a call without it.
+    for path in [
+        "/v1/watch/services?timeout_seconds=1",
+        "/v1/instances/x/logs?follow=true",
+    ] {
+        let without = get(path).await.unwrap();
+        assert_eq!(without.status(), 401, "{path}");
+    }
+    let watch = http
+        .get(format!("{base}/v1/watch/services?timeout_seconds=1"))
+        .bearer_auth(&token)
+        .send();
+    assert_eq!(watch.await.unwrap().status(), 200);
     cluster.stop().await;
 }
 

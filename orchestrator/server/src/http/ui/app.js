@@ -170,6 +170,7 @@ async function follow(s, kind, from) {
           from = Math.max(from, await list(s, kind));
         }
       }
+      if (session !== s) return;
       setLive(true);
     } catch (error) {
       if (session !== s || error.name === 'AbortError') return;

@@ -3,7 +3,7 @@
 #
 #   bash tests/install-deps.sh          the build and the main job (tests/demo.sh)
 #   bash tests/install-deps.sh --tests  also what the test command uses (podman, a registry,
-#                                       skopeo/umoci, script(1), etcd) and the cgroup v2 VM stage
+#                                       skopeo/umoci, script(1), etcd, chromium) and the cgroup v2 VM stage
 #                                       with the Vagrant check (qemu, cpio, shellcheck, vagrant)
 #
 # Every apt call waits for the dpkg lock (a fresh cloud VM's unattended-upgrades holds it for
@@ -121,6 +121,11 @@ if [ ! -x $prom/usr/bin/prometheus ] || [ ! -x $prom/usr/bin/promtool ]; then
     say "WARNING: could not fetch prometheus (optional, for the metrics tests: they skip without it); going on"
   fi
   rm -rf "$debs"
+fi
+
+# The dashboard's browser test (orchestrator/tests/ui.rs): headless Chromium, driven over CDP.
+if ! command -v chromium >/dev/null; then
+  install_optional "the dashboard's browser test" "the test prints SKIP without chromium" chromium
 fi
 
 # The cgroup v2 VM stage (tests/vm/run.sh) and the Vagrant check (tests/vm/vagrant-validate.sh).

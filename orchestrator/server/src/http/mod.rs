@@ -1,5 +1,6 @@
 //! The HTTP API under /v1: JSON in and out, bearer-token auth, bounded bodies. Requests are
-//! parsed into [`ApiRequest`] first; [`handle`] works on that type only.
+//! parsed into [`ApiRequest`] first; [`handle`] works on that type only. The dashboard's
+//! static files ([`ui`]) are served beside it, at /ui.
 
 pub mod auth;
 pub mod error;
@@ -8,6 +9,7 @@ pub mod metrics;
 pub mod request;
 pub mod routes;
 pub mod tunnel;
+pub mod ui;
 
 pub use error::ApiError;
 pub use request::ApiRequest;
@@ -123,6 +125,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         router = router.route(route.path, on(method_filter(&route.method), handler));
     }
     router
+        .merge(ui::router())
         .fallback(|| async {
             ApiError::not_found(
                 "no such endpoint; the API is described in docs/api.yaml (paths under /v1)".into(),

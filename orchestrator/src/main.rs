@@ -134,6 +134,12 @@ enum Command {
         /// about this long (etcd raises values under its minimum, 1.5 s by default).
         #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
         leader_lease_ttl: std::time::Duration,
+        /// With --store etcd: the leader compacts etcd's history every this long, to the
+        /// revision etcd had one interval before (kube-apiserver's way; `5m` as its
+        /// default). Off unless given: compaction is global to an etcd that other users
+        /// may share; then run etcd with --auto-compaction-retention.
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        etcd_compaction_interval: Option<std::time::Duration>,
         /// Serve without authentication. Only for a trusted loopback.
         #[arg(long)]
         insecure_no_auth: bool,
@@ -739,6 +745,7 @@ async fn run(cli: Cli) -> Result<()> {
             listen,
             store,
             leader_lease_ttl,
+            etcd_compaction_interval,
             insecure_no_auth,
             default_deny_ingress,
             profile,
@@ -756,6 +763,17 @@ async fn run(cli: Cli) -> Result<()> {
                 config.node_pools = Some(tugboat::nodepools::PoolsConfig::load(path)?);
             }
             config.backend = store.backend(*leader_lease_ttl)?;
+            if let Some(interval) = etcd_compaction_interval {
+                if matches!(config.backend, tugboat::server::StoreBackend::Embedded) {
+                    bail!("--etcd-compaction-interval is for --store etcd (the embedded store compacts its own log)");
+                }
+                if interval.is_zero() {
+                    bail!(
+                        "--etcd-compaction-interval must be longer than 0 (leave it out for none)"
+                    );
+                }
+            }
+            config.etcd_compaction_interval = *etcd_compaction_interval;
             config.auth = !insecure_no_auth;
             config.cluster_token = cli.token.clone();
             config.default_deny_ingress = *default_deny_ingress;

@@ -43,6 +43,7 @@ pub async fn run(
     cp: Arc<ControlPlane>,
     identity: String,
     ttl: Duration,
+    compaction: Option<Duration>,
     mut shutdown: watch::Receiver<bool>,
     say: fn(&str),
 ) {
@@ -72,7 +73,7 @@ pub async fn run(
                     ttl.as_millis(),
                     store.etcd_key(LEADER_KEY)
                 ));
-                let end = lead(&store, &cp, lease, revision, ttl, &mut shutdown).await;
+                let end = lead(&store, &cp, lease, revision, ttl, compaction, &mut shutdown).await;
                 cp.set_leadership(Role::Follower, None);
                 match end {
                     TermEnd::Shutdown => {
@@ -232,6 +233,28 @@ async fn until_leader_key_changes(store: &EtcdStore, term: Revision) {
     }
 }
 
+/// While leading, `--etcd-compaction-interval`: every `every`, compact etcd's history to the
+/// revision it had one interval before (as kube-apiserver's compactor does), so a watcher
+/// that fell behind has a whole interval to catch up before it is told to list again.
+/// A compaction that fails is said and tried at the next tick.
+pub async fn compact_history(cp: Arc<ControlPlane>, every: Duration) {
+    let mut previous = cp.store().current_revision().await.ok();
+    loop {
+        tokio::time::sleep(every).await;
+        if let Some(revision) = previous {
+            match cp.store().compact(revision).await {
+                Ok(()) => {
+                    eprintln!("tugboat server: compacted etcd's history to revision {revision}")
+                }
+                Err(e) => eprintln!(
+                    "tugboat server: compacting etcd's history to revision {revision}: {e}"
+                ),
+            }
+        }
+        previous = cp.store().current_revision().await.ok();
+    }
+}
+
 /// Run the controllers while the lease is renewed; stop them when it may have lapsed.
 async fn lead(
     store: &EtcdStore,
@@ -239,9 +262,11 @@ async fn lead(
     lease: i64,
     revision: Revision,
     ttl: Duration,
+    compaction: Option<Duration>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> TermEnd {
     let (stop_tx, stop_rx) = watch::channel(false);
+    let compactor = compaction.map(|every| tokio::spawn(compact_history(cp.clone(), every)));
     // What agents tell the followers, merged as it comes; then the controllers.
     let mut relays = tokio::spawn(crate::liveness::merge(Arc::new(store.clone()), cp.clone()));
     let mut controllers = tokio::spawn(run_controllers(cp.clone(), stop_rx));
@@ -257,6 +282,9 @@ async fn lead(
     let _ = stop_tx.send(true);
     controllers.abort();
     relays.abort();
+    if let Some(compactor) = compactor {
+        compactor.abort();
+    }
     let _ = (&mut controllers).await;
     let _ = (&mut relays).await;
     end

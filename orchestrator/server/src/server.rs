@@ -72,6 +72,8 @@ pub struct ServerConfig {
     /// The cluster token given to the server (`--token`): kept as `<data-dir>/token` when
     /// the data dir has none; on etcd, what the cluster's bootstrap data is sealed with.
     pub cluster_token: Option<String>,
+    /// On etcd: the leader compacts etcd's history this often (`election::compact_history`).
+    pub etcd_compaction_interval: Option<std::time::Duration>,
 }
 
 impl ServerConfig {
@@ -88,6 +90,7 @@ impl ServerConfig {
             node_pools: None,
             default_deny_ingress: false,
             cluster_token: None,
+            etcd_compaction_interval: None,
         }
     }
 }
@@ -470,6 +473,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             control.clone(),
             identity,
             ttl,
+            config.etcd_compaction_interval,
             shutdown_rx.clone(),
             |line| eprintln!("tugboat server: {line}"),
         )),

@@ -353,6 +353,17 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn start(dir: &std::path::Path, n: usize, endpoint: &str, prefix: &str) -> ServerProcess {
+        Self::start_with(dir, n, endpoint, prefix, &[])
+    }
+
+    /// As [`ServerProcess::start`], with more flags for `tugboat server`.
+    pub fn start_with(
+        dir: &std::path::Path,
+        n: usize,
+        endpoint: &str,
+        prefix: &str,
+        extra: &[&str],
+    ) -> ServerProcess {
         let data_dir = dir.join(format!("server-{n}"));
         let log = dir.join(format!("server-{n}.log"));
         let file = std::fs::File::create(&log).unwrap();
@@ -363,6 +374,7 @@ impl ServerProcess {
             .args(["--store", "etcd", "--etcd-endpoints", endpoint])
             .args(["--etcd-prefix", prefix])
             .args(["--insecure-plain-http", "--insecure-no-auth"])
+            .args(extra)
             .env("HOME", "/nonexistent")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

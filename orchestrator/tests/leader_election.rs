@@ -11,7 +11,7 @@
 #[path = "common/etcd.rs"]
 mod etcd;
 
-use etcd::{wait_for, ServerProcess};
+use etcd::wait_for;
 use std::time::{Duration, Instant};
 use tugboat::client::ApiClient;
 use tugboat::spec::ServiceSpec;
@@ -26,28 +26,12 @@ async fn instance_count(client: &ApiClient, service: &str) -> Option<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_leader_is_replaced_within_3_seconds() {
-    let etcd = match etcd::Etcd::start() {
-        Ok(etcd) => etcd,
-        Err(reason) => {
-            println!("SKIP a_killed_leader_is_replaced_within_3_seconds: {reason}");
-            return;
-        }
+    let Some((etcd, _dir, mut servers)) =
+        etcd::three_servers("a_killed_leader_is_replaced_within_3_seconds", "election")
+    else {
+        return;
     };
-    let dir = tempfile::Builder::new()
-        .prefix("tugboat-test-election-")
-        .tempdir()
-        .unwrap();
-    let prefix = etcd::unique_prefix("election");
-    let mut servers: Vec<ServerProcess> = (0..3)
-        .map(|n| ServerProcess::start(dir.path(), n, &etcd.endpoint, &prefix))
-        .collect();
-    let dump = |servers: &[ServerProcess]| {
-        servers
-            .iter()
-            .map(|s| s.output())
-            .collect::<Vec<_>>()
-            .join("\n---\n")
-    };
+    let dump = etcd::outputs;
 
     // Exactly one leads; every server says its store and role.
     let leader = tokio::task::block_in_place(|| {

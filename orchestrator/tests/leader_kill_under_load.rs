@@ -11,7 +11,6 @@
 #[path = "common/etcd.rs"]
 mod etcd;
 
-use etcd::{wait_for, ServerProcess};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,41 +36,14 @@ fn duplicates(instances: &[tugboat::model::Instance]) -> Vec<(String, u32)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_killed_under_load_loses_nothing_and_duplicates_nothing() {
-    let etcd = match etcd::Etcd::start() {
-        Ok(etcd) => etcd,
-        Err(reason) => {
-            println!(
-                "SKIP a_leader_killed_under_load_loses_nothing_and_duplicates_nothing: {reason}"
-            );
-            return;
-        }
+    let Some((_etcd, _dir, mut servers)) = etcd::three_servers(
+        "a_leader_killed_under_load_loses_nothing_and_duplicates_nothing",
+        "leader-kill",
+    ) else {
+        return;
     };
-    let dir = tempfile::Builder::new()
-        .prefix("tugboat-test-leader-kill-")
-        .tempdir()
-        .unwrap();
-    let prefix = etcd::unique_prefix("leader-kill");
-    let mut servers: Vec<ServerProcess> = (0..3)
-        .map(|n| ServerProcess::start(dir.path(), n, &etcd.endpoint, &prefix))
-        .collect();
-    let (addrs, leader) = tokio::task::block_in_place(|| {
-        wait_for(
-            "three servers and a leader",
-            Duration::from_secs(20),
-            || {
-                let addrs: Option<Vec<String>> = servers.iter().map(|s| s.addr()).collect();
-                let leader = servers.iter().position(|s| s.role() == Some("leader"))?;
-                addrs.map(|a| (a, leader))
-            },
-        )
-    });
-    let dump = |servers: &[ServerProcess]| {
-        servers
-            .iter()
-            .map(|s| s.output())
-            .collect::<Vec<_>>()
-            .join("\n---\n")
-    };
+    let (addrs, leader) = tokio::task::block_in_place(|| etcd::addrs_and_leader(&servers));
+    let dump = etcd::outputs;
     // The leader first in the client's list: the load starts on the server that dies.
     let mut order = vec![addrs[leader].clone()];
     order.extend((0..3).filter(|i| *i != leader).map(|i| addrs[i].clone()));

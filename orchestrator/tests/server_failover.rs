@@ -10,7 +10,7 @@
 #[path = "common/etcd.rs"]
 mod etcd;
 
-use etcd::{wait_for, ServerProcess};
+use etcd::wait_for;
 use std::time::{Duration, Instant};
 use tugboat::client::ApiClient;
 use tugboat::model::NodeStatus;
@@ -48,21 +48,12 @@ fn keys(changes: &[ObjectChange]) -> Vec<(String, u64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_moves_to_the_next_server_when_its_server_dies() {
-    let etcd = match etcd::Etcd::start() {
-        Ok(etcd) => etcd,
-        Err(reason) => {
-            println!("SKIP a_client_moves_to_the_next_server_when_its_server_dies: {reason}");
-            return;
-        }
+    let Some((_etcd, _dir, mut servers)) = etcd::three_servers(
+        "a_client_moves_to_the_next_server_when_its_server_dies",
+        "server-failover",
+    ) else {
+        return;
     };
-    let dir = tempfile::Builder::new()
-        .prefix("tugboat-test-server-failover-")
-        .tempdir()
-        .unwrap();
-    let prefix = etcd::unique_prefix("server-failover");
-    let mut servers: Vec<ServerProcess> = (0..3)
-        .map(|n| ServerProcess::start(dir.path(), n, &etcd.endpoint, &prefix))
-        .collect();
     let addrs: Vec<String> = tokio::task::block_in_place(|| {
         wait_for(
             "three servers and a leader",
@@ -77,13 +68,7 @@ async fn a_client_moves_to_the_next_server_when_its_server_dies() {
             },
         )
     });
-    let dump = |servers: &[ServerProcess]| {
-        servers
-            .iter()
-            .map(|s| s.output())
-            .collect::<Vec<_>>()
-            .join("\n---\n")
-    };
+    let dump = etcd::outputs;
 
     // The client lists all three; it talks to the first.
     let client = ApiClient::new(&addrs.join(","), None);
@@ -235,32 +220,13 @@ fn get_servers(addrs: &str) -> Vec<(String, String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_servers_lists_every_server_and_the_leader() {
-    let etcd = match etcd::Etcd::start() {
-        Ok(etcd) => etcd,
-        Err(reason) => {
-            println!("SKIP get_servers_lists_every_server_and_the_leader: {reason}");
-            return;
-        }
+    let Some((_etcd, _dir, mut servers)) = etcd::three_servers(
+        "get_servers_lists_every_server_and_the_leader",
+        "get-servers",
+    ) else {
+        return;
     };
-    let dir = tempfile::Builder::new()
-        .prefix("tugboat-test-get-servers-")
-        .tempdir()
-        .unwrap();
-    let prefix = etcd::unique_prefix("get-servers");
-    let mut servers: Vec<ServerProcess> = (0..3)
-        .map(|n| ServerProcess::start(dir.path(), n, &etcd.endpoint, &prefix))
-        .collect();
-    let (addrs, leader) = tokio::task::block_in_place(|| {
-        wait_for(
-            "three servers and a leader",
-            Duration::from_secs(20),
-            || {
-                let addrs: Option<Vec<String>> = servers.iter().map(|s| s.addr()).collect();
-                let leader = servers.iter().position(|s| s.role() == Some("leader"))?;
-                addrs.map(|a| (a, leader))
-            },
-        )
-    });
+    let (addrs, leader) = tokio::task::block_in_place(|| etcd::addrs_and_leader(&servers));
     let all = addrs.join(",");
 
     let rows = tokio::task::block_in_place(|| {

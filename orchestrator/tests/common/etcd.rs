@@ -418,6 +418,53 @@ impl Drop for ServerProcess {
     }
 }
 
+/// An etcd and three `tugboat server`s on it (keys under a prefix named after `name`, data
+/// dirs in a temp dir), for the tests of several servers; `None`, after a `SKIP` line naming
+/// `test`, when there is no etcd. Dropped in reverse: servers, then the dir, then etcd.
+pub fn three_servers(
+    test: &str,
+    name: &str,
+) -> Option<(Etcd, tempfile::TempDir, Vec<ServerProcess>)> {
+    let etcd = match Etcd::start() {
+        Ok(etcd) => etcd,
+        Err(reason) => {
+            println!("SKIP {test}: {reason}");
+            return None;
+        }
+    };
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("tugboat-test-{name}-"))
+        .tempdir()
+        .unwrap();
+    let prefix = unique_prefix(name);
+    let servers = (0..3)
+        .map(|n| ServerProcess::start(dir.path(), n, &etcd.endpoint, &prefix))
+        .collect();
+    Some((etcd, dir, servers))
+}
+
+/// What each server said, separated: for a failure's message.
+pub fn outputs(servers: &[ServerProcess]) -> String {
+    servers
+        .iter()
+        .map(|s| s.output())
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+/// Once every server listens and one leads: their API addresses and the leader's index.
+pub fn addrs_and_leader(servers: &[ServerProcess]) -> (Vec<String>, usize) {
+    wait_for(
+        "three servers and a leader",
+        Duration::from_secs(20),
+        || {
+            let addrs: Option<Vec<String>> = servers.iter().map(|s| s.addr()).collect();
+            let leader = servers.iter().position(|s| s.role() == Some("leader"))?;
+            addrs.map(|a| (a, leader))
+        },
+    )
+}
+
 /// Poll `check` every 20 ms until it says Some, or panic naming `what`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

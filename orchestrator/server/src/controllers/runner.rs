@@ -307,6 +307,8 @@ pub async fn schedule_pending(cp: &ControlPlane) -> Result<()> {
         .iter()
         .filter(|i| i.object.phase == InstancePhase::Pending)
         .collect();
+    cp.scheduling
+        .keep_only(pending.iter().map(|i| i.object.id.as_str()));
     if pending.is_empty() {
         return Ok(());
     }

@@ -367,13 +367,8 @@ pub async fn render(cp: &ControlPlane, api: &ApiMetrics) -> Result<String, Strin
     );
 
     // The scheduler: how long instances waited to be placed, and why the pending ones wait.
-    let pending_ids: std::collections::HashSet<&str> = instances
-        .iter()
-        .filter(|i| i.node.is_none() && i.phase == InstancePhase::Pending)
-        .map(|i| i.id.as_str())
-        .collect();
     let pending = Family::<ReasonLabels, Gauge>::default();
-    for (reason, n) in cp.scheduling.pending_by_reason(&pending_ids) {
+    for (reason, n) in cp.scheduling.pending_by_reason() {
         pending
             .get_or_create(&ReasonLabels {
                 reason: reason.into(),

@@ -98,16 +98,17 @@ impl SchedulingMetrics {
         self.pending().insert(id.to_string(), kind);
     }
 
-    /// The pending instances by the kind of their reason; only those in `pending` count (an
-    /// instance deleted meanwhile is forgotten here).
-    pub fn pending_by_reason(
-        &self,
-        pending: &std::collections::HashSet<&str>,
-    ) -> BTreeMap<&'static str, i64> {
-        let mut known = self.pending();
-        known.retain(|id, _| pending.contains(id.as_str()));
+    /// A scheduling pass starts with these pending instances: the others (placed, or
+    /// deleted) are forgotten, so the map holds no more than what is pending now.
+    pub fn keep_only<'a>(&self, ids: impl Iterator<Item = &'a str>) {
+        let ids: std::collections::HashSet<&str> = ids.collect();
+        self.pending().retain(|id, _| ids.contains(id.as_str()));
+    }
+
+    /// The pending instances by the kind of their reason, as the last pass saw them.
+    pub fn pending_by_reason(&self) -> BTreeMap<&'static str, i64> {
         let mut counts = BTreeMap::new();
-        for kind in known.values() {
+        for kind in self.pending().values() {
             *counts.entry(*kind).or_insert(0) += 1;
         }
         counts

@@ -448,6 +448,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         tugboat_api::tls::serve(listener, app, server_config, stop).await;
     });
     let mut tasks = vec![http];
+    tasks.push(tokio::spawn(
+        control
+            .feed
+            .clone()
+            .run(control.store.clone(), shutdown_rx.clone()),
+    ));
     if etcd.is_some() {
         tasks.push(tokio::spawn(crate::liveness::relay(
             control.store.clone(),

@@ -3,6 +3,7 @@
 
 pub mod addresses;
 pub mod autoscale;
+pub mod cache;
 pub mod node;
 pub mod runner;
 pub mod service;

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tugboat_api::model::{
     node_key, now_ms, Instance, InstancePhase, Node, NodeStatus, ObjectKind, RolloutState, Service,
 };
-use tugboat_api::model::{service_key, INSTANCES, NODES, SERVICES};
+use tugboat_api::model::{service_key, SERVICES};
 
 type Result<T> = std::result::Result<T, ControlPlaneError>;
 
@@ -39,10 +39,7 @@ async fn load(
     Vec<Versioned<Instance>>,
     Vec<Versioned<Node>>,
 )> {
-    let (services, _) = objects::list::<Service>(cp.store(), SERVICES).await?;
-    let (instances, _) = objects::list::<Instance>(cp.store(), INSTANCES).await?;
-    let (nodes, _) = objects::list::<Node>(cp.store(), NODES).await?;
-    Ok((services, instances, nodes))
+    Ok(cp.cache.load(cp.store()).await?)
 }
 
 /// One pass of every controller. Returns how long until a node's status can change if
@@ -372,6 +369,7 @@ pub async fn schedule_pending(cp: &ControlPlane) -> Result<()> {
             ))
         })
         .collect();
+    let mut writes = PlacementWrites::default();
     for (instance, plan) in pending.into_iter().zip(plans) {
         let mut updated = instance.object.clone();
         let mut batch = Batch::default();
@@ -406,6 +404,8 @@ pub async fn schedule_pending(cp: &ControlPlane) -> Result<()> {
                 if let Some(preemption) =
                     choose_preemption(&cp.scheduler, &live, &request, &residents_now)
                 {
+                    // Preemption reads and writes the store itself: placements first.
+                    writes.flush(cp).await?;
                     if preempt_for(cp, &mut live, instance, &request, &preemption, &residents)
                         .await?
                     {
@@ -434,13 +434,71 @@ pub async fn schedule_pending(cp: &ControlPlane) -> Result<()> {
         }
         if updated != instance.object {
             batch.put_if(updated.key(), instance.revision, &updated);
-            // Timed once it is written: a placement that lost a race is made again later.
-            if commit_or_retry_later(cp, batch).await? && updated.node.is_some() {
-                cp.scheduling.placed(&updated.id, updated.created_at_ms);
-            }
+            let placed = updated
+                .node
+                .is_some()
+                .then(|| (updated.id.clone(), updated.created_at_ms));
+            writes.push(cp, batch, placed).await?;
         }
     }
-    Ok(())
+    writes.flush(cp).await
+}
+
+/// The scheduler's writes, committed [`PlacementWrites::CHUNK`] instances at a time: one
+/// store commit (one fsync, one etcd transaction) for many placements instead of one each.
+/// A chunk that conflicts (an instance changed meanwhile) is written again one by one, so
+/// one stale instance does not hold back the others.
+#[derive(Default)]
+struct PlacementWrites {
+    batches: Vec<(Batch, Option<(String, u64)>)>,
+}
+
+impl PlacementWrites {
+    /// Instances per commit: each brings a compare and two puts (the instance, its event),
+    /// within etcd's default limit of 128 operations per transaction.
+    const CHUNK: usize = 32;
+
+    async fn push(
+        &mut self,
+        cp: &ControlPlane,
+        batch: Batch,
+        placed: Option<(String, u64)>,
+    ) -> Result<()> {
+        self.batches.push((batch, placed));
+        if self.batches.len() >= Self::CHUNK {
+            self.flush(cp).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, cp: &ControlPlane) -> Result<()> {
+        let batches = std::mem::take(&mut self.batches);
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let mut all = Batch::default();
+        for (batch, _) in &batches {
+            all.compares.extend(batch.compares.iter().cloned());
+            all.operations.extend(batch.operations.iter().cloned());
+        }
+        if commit_or_retry_later(cp, all).await? {
+            for (_, placed) in &batches {
+                if let Some((id, created_at_ms)) = placed {
+                    // Timed once written: a placement that lost a race is made again later.
+                    cp.scheduling.placed(id, *created_at_ms);
+                }
+            }
+            return Ok(());
+        }
+        for (batch, placed) in batches {
+            if commit_or_retry_later(cp, batch).await? {
+                if let Some((id, created_at_ms)) = placed {
+                    cp.scheduling.placed(&id, created_at_ms);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The pending reason of an instance that is still unplaceable: an instance that was
@@ -582,7 +640,12 @@ pub async fn run_controllers(cp: Arc<ControlPlane>, mut shutdown: watch::Receive
             }
         };
         // A node's grace ends on time, not on the next periodic pass.
-        let wait = match reconcile_once(&cp).await {
+        let began = std::time::Instant::now();
+        let outcome = reconcile_once(&cp).await;
+        // Under a stream of changes, a pass waits as long as the last one took: the
+        // controllers take at most half the server's time, the API the rest.
+        let pace = Duration::from_millis(5).max(began.elapsed()).min(interval);
+        let wait = match outcome {
             Ok(deadline) => deadline.map_or(interval, |d| d.min(interval)),
             Err(e) => {
                 eprintln!("tugboat: controllers: {e}");
@@ -612,7 +675,7 @@ pub async fn run_controllers(cp: Arc<ControlPlane>, mut shutdown: watch::Receive
             }
         };
         tokio::select! {
-            _ = changed => tokio::time::sleep(Duration::from_millis(5).min(interval)).await,
+            _ = changed => tokio::time::sleep(pace).await,
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,
         }

@@ -3,6 +3,7 @@
 
 pub mod access;
 mod agents;
+pub(crate) mod feed;
 pub mod secrets;
 mod volumes;
 pub use agents::NodeScheduling;
@@ -95,6 +96,10 @@ pub struct ControlPlane {
     role: Mutex<Role>,
     /// Host autoscaling (`--node-pools`): the pools and what their autoscaler remembers.
     pub node_pools: Option<Arc<crate::nodepools::NodePools>>,
+    /// The agents' instance watches, fed from one store watch ([`feed`]).
+    pub(crate) feed: Arc<feed::InstanceFeed>,
+    /// What the controllers read: the cluster decoded once, kept current from a watch.
+    pub(crate) cache: Arc<crate::controllers::cache::ObjectCache>,
 }
 
 /// What a server does on its store: the embedded store's server is always the leader; on
@@ -145,6 +150,8 @@ impl ControlPlane {
             leader_fence: Mutex::new(None),
             role: Mutex::new(Role::Leader),
             node_pools: None,
+            feed: Arc::default(),
+            cache: Arc::default(),
         }
     }
 

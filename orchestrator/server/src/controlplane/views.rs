@@ -1,6 +1,6 @@
 //! Reads: lists, descriptions and watches.
 
-use super::{ControlPlane, Result};
+use super::{feed, ControlPlane, Result};
 use crate::objects;
 use crate::store::{EventKind, Revision};
 use std::time::Duration;
@@ -130,6 +130,11 @@ impl ControlPlane {
         node: Option<&str>,
     ) -> Result<WatchBatch> {
         let from = from.max(1);
+        if let (WatchKind::Instances, Some(node)) = (kind, node) {
+            if let feed::Poll::Batch(batch) = self.feed.poll(node, from, timeout).await? {
+                return Ok(batch);
+            }
+        }
         let mut watcher = self.store.watch(kind.prefix(), from).await?;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut seen = from - 1;

@@ -14,6 +14,7 @@ use super::{KeyValue, Operation, Revision, StoreError};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub const MAGIC: &[u8; 8] = b"TUGLOG01";
 /// Largest record accepted when reading: protects against a corrupt length.
@@ -172,7 +173,8 @@ pub struct Recovery {
 
 /// The open log, positioned at its end.
 pub struct LogFile {
-    file: File,
+    /// Shared with the embedded store's syncer, which fsyncs outside the store's lock.
+    file: Arc<File>,
     path: PathBuf,
     len: u64,
 }
@@ -219,7 +221,7 @@ impl LogFile {
                 .map_err(io(path))?;
             return Ok((
                 LogFile {
-                    file,
+                    file: Arc::new(file),
                     path: path.into(),
                     len: MAGIC.len() as u64,
                 },
@@ -253,7 +255,7 @@ impl LogFile {
         }
         Ok((
             LogFile {
-                file,
+                file: Arc::new(file),
                 path: path.into(),
                 len: offset as u64,
             },
@@ -263,16 +265,29 @@ impl LogFile {
 
     /// Append records and fsync: when this returns Ok they survive a crash.
     pub fn append(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        self.write(records)?;
+        self.file.sync_data().map_err(io(&self.path))
+    }
+
+    /// Append records without waiting for the disk: they survive a crash once a later
+    /// `sync_data` on [`LogFile::handle`] returns (the embedded store's group commit).
+    pub fn write(&mut self, records: &[Record]) -> Result<(), StoreError> {
         let mut buf = Vec::new();
         for record in records {
             buf.extend_from_slice(&record.frame());
         }
-        self.file
-            .write_all(&buf)
-            .and_then(|_| self.file.sync_data())
-            .map_err(io(&self.path))?;
+        (&*self.file).write_all(&buf).map_err(io(&self.path))?;
         self.len += buf.len() as u64;
         Ok(())
+    }
+
+    /// The open file, to fsync what was written (a compaction replaces it).
+    pub fn handle(&self) -> Arc<File> {
+        self.file.clone()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     pub fn len(&self) -> u64 {
@@ -296,10 +311,12 @@ impl LogFile {
             .map_err(io(&tmp))?;
         std::fs::rename(&tmp, &self.path).map_err(io(&self.path))?;
         sync_dir(&self.path)?;
-        self.file = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(io(&self.path))?;
+        self.file = Arc::new(
+            OpenOptions::new()
+                .append(true)
+                .open(&self.path)
+                .map_err(io(&self.path))?,
+        );
         self.len = buf.len() as u64;
         Ok(())
     }

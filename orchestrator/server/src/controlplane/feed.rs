@@ -1,0 +1,432 @@
+//! The instance feed: one store watch per server on the instances, each change read once
+//! and handed to the watches of the node it is for.
+//!
+//! Every agent long-polls `GET /v1/watch/instances?node=N`. Served straight from the store,
+//! each of those polls was a store watch of its own that woke on every instance change in
+//! the cluster and decoded each one to look at its node: with 5,000 agents, 5,000 decodes
+//! per change (and on etcd, 5,000 etcd watches each sent every change). The feed is what
+//! Nomad's per-node blocking queries and Kubernetes' watch cache are to their agents: a
+//! single watch, a queue per node, and a wake-up only for the node a change is for.
+//!
+//! - A put goes to the node named in the instance; a delete to the node the instance was
+//!   last seen on (an instance that never had a node concerns no agent).
+//! - A node's queue keeps its changes for [`KEEP`] and at most [`PER_NODE`] of them. A poll
+//!   from a revision the queue no longer covers answers `Compacted` (410): the agent lists
+//!   its instances again, as after any compaction. A poll from before the feed started (the
+//!   server just started or re-listed) is served by the store, as before.
+//! - Values are kept as the store's JSON text, not decoded: the queues cost what the text
+//!   does.
+
+use crate::store::{EventKind, Revision, Store, StoreError, WatchEvent};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tugboat_api::model::INSTANCES;
+use tugboat_api::wire::{ObjectChange, WatchBatch};
+
+/// How long a change stays in its node's queue: longer than an agent takes to poll again,
+/// or to move to another server.
+pub const KEEP: Duration = Duration::from_secs(30);
+/// At most this many changes per node; older ones are dropped (a poll that needed them
+/// lists again).
+pub const PER_NODE: usize = 512;
+
+struct Change {
+    revision: Revision,
+    kind: EventKind,
+    key: String,
+    /// The instance's JSON (None for a delete).
+    object: Option<Box<RawValue>>,
+    at: Instant,
+}
+
+struct NodeQueue {
+    changes: VecDeque<Arc<Change>>,
+    /// Changes with revisions up to this one may have been dropped.
+    floor: Revision,
+    wake: watch::Sender<Revision>,
+}
+
+impl NodeQueue {
+    fn new(floor: Revision) -> NodeQueue {
+        NodeQueue {
+            changes: VecDeque::new(),
+            floor,
+            wake: watch::channel(floor).0,
+        }
+    }
+
+    fn trim(&mut self, now: Instant) {
+        while let Some(front) = self.changes.front() {
+            if self.changes.len() > PER_NODE || now.duration_since(front.at) > KEEP {
+                self.floor = front.revision;
+                self.changes.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// None until the feed has listed the instances: polls go to the store meanwhile.
+    start: Option<Revision>,
+    /// Every change up to this revision has been routed.
+    seen: Revision,
+    nodes: HashMap<String, NodeQueue>,
+    /// Instance key -> the node it was last seen on, to route its delete.
+    homes: HashMap<String, String>,
+}
+
+/// What a poll gets from the feed.
+pub enum Poll {
+    Batch(WatchBatch),
+    /// The feed does not cover this revision yet (or any more, since it re-listed): ask
+    /// the store.
+    NotCovered,
+}
+
+#[derive(Default)]
+pub struct InstanceFeed {
+    state: Mutex<State>,
+}
+
+#[derive(Deserialize)]
+struct Home {
+    #[serde(default)]
+    node: Option<String>,
+}
+
+impl InstanceFeed {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keep the feed current until `shutdown`: list, watch, route; list again after a
+    /// store error (a compacted watch, a lost etcd connection).
+    pub async fn run(self: Arc<Self>, store: Arc<dyn Store>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let outcome = tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => return,
+                r = self.follow(store.as_ref()) => r,
+            };
+            if let Err(e) = outcome {
+                self.lock().start = None;
+                tracing_line(&format!("instance feed: {e}; listing again"));
+            }
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+
+    async fn follow(&self, store: &dyn Store) -> Result<(), StoreError> {
+        let listing = store.list(INSTANCES).await?;
+        {
+            let mut state = self.lock();
+            state.homes = listing
+                .items
+                .iter()
+                .filter_map(|kv| {
+                    let home: Home = serde_json::from_slice(&kv.value).ok()?;
+                    Some((kv.key.clone(), home.node?))
+                })
+                .collect();
+            // Polls from before this listing go to the store: the queues start empty.
+            for queue in state.nodes.values_mut() {
+                queue.changes.clear();
+                queue.floor = listing.revision;
+            }
+            state.start = Some(listing.revision);
+            state.seen = listing.revision;
+        }
+        let mut watcher = store.watch(INSTANCES, listing.revision + 1).await?;
+        let mut sweep = Instant::now();
+        loop {
+            let events = watcher.next().await?;
+            self.route(events);
+            if sweep.elapsed() > KEEP {
+                self.sweep();
+                sweep = Instant::now();
+            }
+        }
+    }
+
+    fn route(&self, events: Vec<WatchEvent>) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let mut touched: Vec<String> = vec![];
+        let mut seen = state.seen;
+        for event in events {
+            seen = seen.max(event.kv.mod_revision);
+            let key = event.kv.key;
+            let (node, object) = match event.kind {
+                EventKind::Put => {
+                    let node = serde_json::from_slice::<Home>(&event.kv.value)
+                        .ok()
+                        .and_then(|h| h.node);
+                    let Some(node) = node else { continue };
+                    let object = String::from_utf8(event.kv.value)
+                        .ok()
+                        .and_then(|text| RawValue::from_string(text).ok());
+                    state.homes.insert(key.clone(), node.clone());
+                    (node, object)
+                }
+                EventKind::Delete => match state.homes.remove(&key) {
+                    Some(node) => (node, None),
+                    None => continue,
+                },
+            };
+            let change = Arc::new(Change {
+                revision: event.kv.mod_revision,
+                kind: event.kind,
+                key,
+                object,
+                at: now,
+            });
+            let floor = state.start.unwrap_or(0);
+            let queue = state
+                .nodes
+                .entry(node.clone())
+                .or_insert_with(|| NodeQueue::new(floor));
+            queue.changes.push_back(change);
+            queue.trim(now);
+            touched.push(node);
+        }
+        state.seen = seen;
+        touched.sort_unstable();
+        touched.dedup();
+        for node in touched {
+            if let Some(queue) = state.nodes.get(&node) {
+                queue.wake.send_replace(seen);
+            }
+        }
+    }
+
+    /// Drop old changes everywhere, and the queues of nodes nobody polls that hold none.
+    fn sweep(&self) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.nodes.retain(|_, queue| {
+            queue.trim(now);
+            !queue.changes.is_empty() || queue.wake.receiver_count() > 0
+        });
+    }
+
+    /// Changes for `node` from revision `from` on, waiting up to `timeout` for one.
+    pub async fn poll(
+        &self,
+        node: &str,
+        from: Revision,
+        timeout: Duration,
+    ) -> Result<Poll, StoreError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut wake = {
+                let mut state = self.lock();
+                let Some(start) = state.start else {
+                    return Ok(Poll::NotCovered);
+                };
+                if from <= start {
+                    return Ok(Poll::NotCovered);
+                }
+                let seen = state.seen;
+                let queue = state
+                    .nodes
+                    .entry(node.to_string())
+                    .or_insert_with(|| NodeQueue::new(start));
+                if from <= queue.floor {
+                    return Err(StoreError::Compacted {
+                        requested: from,
+                        oldest: queue.floor + 1,
+                    });
+                }
+                let first = queue.changes.partition_point(|c| c.revision < from);
+                if first < queue.changes.len() {
+                    let changes = queue.changes.range(first..).map(|c| to_wire(c)).collect();
+                    return Ok(Poll::Batch(WatchBatch {
+                        revision: seen,
+                        changes,
+                    }));
+                }
+                queue.wake.subscribe()
+            };
+            if tokio::time::timeout_at(deadline, wake.changed())
+                .await
+                .is_err()
+            {
+                let seen = self.lock().seen;
+                return Ok(Poll::Batch(WatchBatch {
+                    revision: seen.max(from - 1),
+                    changes: vec![],
+                }));
+            }
+        }
+    }
+}
+
+fn to_wire(change: &Change) -> ObjectChange {
+    ObjectChange {
+        kind: change.kind,
+        key: change.key.clone(),
+        revision: change.revision,
+        object: change
+            .object
+            .as_ref()
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+            .unwrap_or(serde_json::Value::Null),
+    }
+}
+
+fn tracing_line(line: &str) {
+    eprintln!("tugboat server: {line}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{delete, put, EmbeddedStore};
+
+    fn instance(node: Option<&str>) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({"node": node, "spec": {"image": "x"}})).unwrap()
+    }
+
+    async fn started(store: &EmbeddedStore) -> (Arc<InstanceFeed>, watch::Sender<bool>) {
+        let feed = Arc::new(InstanceFeed::default());
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(feed.clone().run(Arc::new(store.clone()), stopped));
+        while feed.lock().start.is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (feed, stop)
+    }
+
+    async fn poll(feed: &InstanceFeed, node: &str, from: Revision) -> WatchBatch {
+        match feed
+            .poll(node, from, Duration::from_millis(300))
+            .await
+            .unwrap()
+        {
+            Poll::Batch(batch) => batch,
+            Poll::NotCovered => panic!("revision {from} not covered"),
+        }
+    }
+
+    fn keys(batch: &WatchBatch) -> Vec<(EventKind, &str)> {
+        batch
+            .changes
+            .iter()
+            .map(|c| (c.kind, c.key.as_str()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn each_node_gets_its_own_changes_and_the_deletes_of_its_instances() {
+        let store = EmbeddedStore::in_memory();
+        let before = put(&store, "/instances/web/old", instance(Some("a")))
+            .await
+            .unwrap();
+        let (feed, _stop) = started(&store).await;
+        // From before the feed's listing: the store answers.
+        assert!(matches!(
+            feed.poll("a", before, Duration::ZERO).await.unwrap(),
+            Poll::NotCovered
+        ));
+        let from = before + 1;
+        put(&store, "/instances/web/1", instance(Some("a")))
+            .await
+            .unwrap();
+        put(&store, "/instances/web/2", instance(Some("b")))
+            .await
+            .unwrap();
+        put(&store, "/instances/web/3", instance(None))
+            .await
+            .unwrap();
+        delete(&store, "/instances/web/old").await.unwrap();
+        let last = delete(&store, "/instances/web/2").await.unwrap();
+        delete(&store, "/instances/web/3").await.unwrap();
+        let a = poll(&feed, "a", from).await;
+        assert_eq!(
+            keys(&a),
+            [
+                (EventKind::Put, "/instances/web/1"),
+                (EventKind::Delete, "/instances/web/old")
+            ]
+        );
+        assert_eq!(a.changes[0].object["node"], "a");
+        let b = poll(&feed, "b", from).await;
+        assert_eq!(
+            keys(&b),
+            [
+                (EventKind::Put, "/instances/web/2"),
+                (EventKind::Delete, "/instances/web/2")
+            ]
+        );
+        assert!(b.revision >= last);
+        // Nothing new for c: the poll times out with the revision moved on, so its next poll
+        // does not look at these changes again.
+        let c = poll(&feed, "c", from).await;
+        assert!(c.changes.is_empty());
+        assert!(c.revision >= last, "{} < {last}", c.revision);
+    }
+
+    #[tokio::test]
+    async fn a_poll_waits_for_its_node_only() {
+        let store = EmbeddedStore::in_memory();
+        let (feed, _stop) = started(&store).await;
+        let from = crate::store::Store::current_revision(&store).await.unwrap() + 1;
+        let waiting = {
+            let feed = feed.clone();
+            tokio::spawn(async move { feed.poll("a", from, Duration::from_secs(10)).await })
+        };
+        put(&store, "/instances/web/1", instance(Some("b")))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "woken by another node's change");
+        put(&store, "/instances/web/2", instance(Some("a")))
+            .await
+            .unwrap();
+        let batch = match tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by its node's change")
+            .unwrap()
+            .unwrap()
+        {
+            Poll::Batch(batch) => batch,
+            Poll::NotCovered => panic!("not covered"),
+        };
+        assert_eq!(keys(&batch), [(EventKind::Put, "/instances/web/2")]);
+    }
+
+    #[tokio::test]
+    async fn a_poll_older_than_its_nodes_queue_is_told_to_list_again() {
+        let store = EmbeddedStore::in_memory();
+        let (feed, _stop) = started(&store).await;
+        let from = crate::store::Store::current_revision(&store).await.unwrap() + 1;
+        for i in 0..PER_NODE + 10 {
+            put(&store, &format!("/instances/web/{i}"), instance(Some("a")))
+                .await
+                .unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match feed.poll("a", from, Duration::ZERO).await {
+                Err(StoreError::Compacted { requested, .. }) => {
+                    assert_eq!(requested, from);
+                    break;
+                }
+                _ => assert!(Instant::now() < deadline, "never compacted"),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The newest changes are still there.
+        let recent = poll(&feed, "a", from + 20).await;
+        assert_eq!(recent.changes.len(), PER_NODE - 10);
+    }
+}

@@ -105,14 +105,17 @@ pub fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// This instance's name, for the services' JSON answers (never shown to customers).
+/// This instance's name (the container's hostname), for the services' JSON answers; never
+/// shown to customers.
 pub fn instance() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "local".into())
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into a buffer we own.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(name) if rc == 0 && !name.is_empty() => name.to_string(),
+        _ => "local".into(),
+    }
 }
 
 #[cfg(test)]

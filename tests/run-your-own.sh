@@ -70,7 +70,7 @@ client=(tugboat --data-dir "$data")
 
 say "4. open the shop"
 get http://127.0.0.1:8080/ | grep -q 'Tug shop' || fail "the front page"
-get "http://127.0.0.1:8080/cgi-bin/buy?user=me&sku=tea" | grep -q 'items=tea' || fail "a purchase"
+in_ns bash examples/shop/buy.sh 127.0.0.1:8080 | grep -q 'Thank you' || fail "a purchase"
 in_ns "${client[@]}" get instances | grep -q '^front-' || fail "get instances"
 
 say "5. change it: three fronts, and 6. a service of your own"

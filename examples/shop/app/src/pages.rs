@@ -23,7 +23,8 @@ font-size:1rem;cursor:pointer;text-decoration:none;display:inline-block}\
 input{font-size:1rem;padding:.5rem;width:100%;border:1px solid #bbb;border-radius:.4rem}\
 label{display:block;margin:.6rem 0}table{width:100%;border-collapse:collapse;background:#fff}\
 td,th{padding:.5rem;border-bottom:1px solid #ddd;text-align:left}.error{border-left:.4rem solid #c0392b}\
-.ok{border-left:.4rem solid #2e8b57}.muted{color:#666;font-size:.9rem}";
+.ok{border-left:.4rem solid #2e8b57}.muted{color:#666;font-size:.9rem}h2 a{color:inherit;text-decoration:none}\
+h1{font-size:1.6rem}";
 
 /// A whole page around `body`.
 pub fn layout(title: &str, body: &str) -> String {
@@ -63,7 +64,7 @@ pub fn add_form(p: &Product, request: &str) -> String {
 pub fn product_card(p: &Product, request: &str) -> String {
     format!(
         "<div class=\"card\"><a href=\"/products/{s}\">{pic}</a><h2><a href=\"/products/{s}\">{n}</a></h2>\
-<p>{d}</p><p><span class=\"price\">{n}: {price} EUR</span> <span class=\"muted\">· {stock} in stock</span></p>{form}</div>",
+<p>{d}</p><p><span class=\"price\">{price} EUR</span> <span class=\"muted\">· {stock} in stock</span></p>{form}</div>",
         s = escape(&p.sku),
         pic = picture(p),
         n = escape(&p.name),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: build tugboat, build the shop's images, run `tugboat up -f examples/shop.yaml`
-# inside a network namespace of its own (the host's network is not touched), buy something
-# through the front, show what runs, then stop it all and leave the host clean.
+# inside a network namespace of its own (the host's network is not touched), buy tea and coffee
+# through the front's pages (examples/shop/buy.sh), put the shop under load for a few seconds
+# (`shop load`), show what runs, then stop it all and leave the host clean.
 # With a terminal, it waits for Enter before stopping (look around meanwhile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,10 +39,14 @@ for _ in $(seq 1 600); do
   sleep 0.2
 done
 cat "$data/up.out"
-echo "--- the front page (inside network namespace $ns):"
-in_ns curl -s http://127.0.0.1:8080/
-echo "--- a purchase through the front reaches catalog, cart, orders and payments:"
-in_ns curl -s "http://127.0.0.1:8080/cgi-bin/buy?user=demo&sku=tea"
+echo "--- the front page (inside network namespace $ns), its products:"
+in_ns curl -s http://127.0.0.1:8080/ | grep -o '<h2><a [^>]*>[^<]*</a></h2>' | sed 's/<[^>]*>//g'
+echo "--- a purchase through the pages: front, catalog, cart, orders and payments:"
+in_ns bash examples/shop/buy.sh 127.0.0.1:8080
+# build.sh built the shop's static binary; `shop load` is its load generator.
+shop=$(ls -t "${CARGO_TARGET_DIR:-$PWD/target}"/shop/*/release/shop | head -n 1)
+echo "--- the shop under load for 5 s: 10 customers a second, each buys tea and coffee:"
+in_ns "$shop" load --addr 127.0.0.1:8080 --rate 10/s --duration 5s
 echo "--- what runs:"
 in_ns "$bin" --addr 127.0.0.1:7480 --data-dir "$data/server" get instances
 in_ns "$bin" --addr 127.0.0.1:7480 --data-dir "$data/server" top

@@ -8,10 +8,10 @@
 # The agent runs with --log-mode LOG_MODE (default ring: the containers' output stays in
 # memory, as an edge device asks; `file` writes it to container.log through the monitors).
 # What the containers write themselves is reported apart: their output through the monitors
-# (file mode), and the commands of exec probes (the cart's liveness probe touches a file in
-# its volume every 5 s), which run as the agent's children: a child's write_bytes is added
-# to its parent's when it is reaped, so the agent's own writes are the sum over its live
-# threads and the rest is its children's.
+# (file mode), and the commands of exec probes (the shop has none since its cart's probe, which
+# touched a file in its volume every 5 s, became an http probe), which run as the agent's
+# children: a child's write_bytes is added to its parent's when it is reaped, so the agent's
+# own writes are the sum over its live threads and the rest is its children's.
 # Runs inside a network namespace it makes and deletes; touches nothing else on the host.
 # Usage: bash bench/edge/run.sh   (DURATION=seconds; LOG_MODE=ring|file; TUGBOAT=path to the
 # binary, default the release build under CARGO_TARGET_DIR or target/)

@@ -71,8 +71,8 @@ fn ready(host: &TestHost) -> usize {
 
 fn catalog_answers(host: &TestHost, vip: &str) -> bool {
     let target = format!("{vip}:80");
-    host.in_netns(move || http_get(&target, "/cgi-bin/products"))
-        .is_ok_and(|t| t.starts_with("catalog: "))
+    host.in_netns(move || http_get(&target, "/products"))
+        .is_ok_and(|t| t.contains(r#""served_by":"catalog-"#))
 }
 
 fn show(host: &TestHost) -> String {

@@ -68,8 +68,8 @@ fn container_pid(host: &TestHost, id: &str) -> Option<i32> {
 /// Does the catalog answer at its service address, from the node's host side?
 fn catalog_answers(host: &TestHost, vip: &str) -> bool {
     let target = format!("{vip}:80");
-    host.in_netns(move || http_get(&target, "/cgi-bin/products"))
-        .is_ok_and(|t| t.starts_with("catalog: "))
+    host.in_netns(move || http_get(&target, "/products"))
+        .is_ok_and(|t| t.contains(r#""served_by":"catalog-"#))
 }
 
 fn show(host: &TestHost) -> String {

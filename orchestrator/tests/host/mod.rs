@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tugboat::client::ApiClient;
 
+pub mod shopper;
+
 pub const API: &str = "127.0.0.1:7480";
 pub const SHOP: &str = "127.0.0.1:8080";
 

@@ -522,6 +522,28 @@ enum VolumeAction {
         #[arg(long)]
         local: bool,
     },
+    /// Write a volume's contents as a tar archive (owners, modes, symlinks, times), read
+    /// through the node that holds it.
+    Snapshot {
+        name: String,
+        /// The archive to write, or `-` for stdout.
+        #[arg(long, short = 'o')]
+        output: PathBuf,
+    },
+    /// Restore a tar archive into a volume: refused while an instance uses it, and into a
+    /// volume that holds data unless --force (which replaces it).
+    Restore {
+        name: String,
+        /// The archive to read, or `-` for stdin.
+        #[arg(long, short = 'i')]
+        input: PathBuf,
+        /// A local volume that is on no node yet: the node to put it on (its users go there).
+        #[arg(long)]
+        node: Option<String>,
+        /// Replace what the volume holds.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1246,6 +1268,25 @@ async fn run(cli: Cli) -> Result<()> {
             VolumeAction::Rm { name, local: false } => {
                 client(&cli)?.delete_volume(name).await?;
                 println!("volume/{name} deleted (its nodes remove its data)");
+            }
+            VolumeAction::Snapshot { name, output } => {
+                commands::volume_snapshot(&client(&cli)?, name, output).await?
+            }
+            VolumeAction::Restore {
+                name,
+                input,
+                node,
+                force,
+            } => {
+                let restored =
+                    commands::volume_restore(&client(&cli)?, name, input, node.as_deref(), *force)
+                        .await?;
+                print_data(&restored, cli.output, || {
+                    format!(
+                        "volume/{name} restored on node {}: {} entries, {} bytes\n",
+                        restored.node, restored.entries, restored.bytes
+                    )
+                });
             }
         },
         Command::Top { service } => {

@@ -526,9 +526,10 @@ enum VolumeAction {
     /// through the node that holds it.
     Snapshot {
         name: String,
-        /// The archive to write, or `-` for stdout.
-        #[arg(long, short = 'o')]
-        output: PathBuf,
+        /// The archive to write, or `-` for stdout (`-f`, as `store export`: `-o` is the
+        /// global output format).
+        #[arg(long, short = 'f')]
+        file: PathBuf,
     },
     /// Restore a tar archive into a volume: refused while an instance uses it, and into a
     /// volume that holds data unless --force (which replaces it).
@@ -1269,8 +1270,8 @@ async fn run(cli: Cli) -> Result<()> {
                 client(&cli)?.delete_volume(name).await?;
                 println!("volume/{name} deleted (its nodes remove its data)");
             }
-            VolumeAction::Snapshot { name, output } => {
-                commands::volume_snapshot(&client(&cli)?, name, output).await?
+            VolumeAction::Snapshot { name, file } => {
+                commands::volume_snapshot(&client(&cli)?, name, file).await?
             }
             VolumeAction::Restore {
                 name,

@@ -86,6 +86,14 @@ fn refused(state: &NodeApiState, headers: &HeaderMap, peer: &Peer) -> Option<Res
     None
 }
 
+/// Reads and drops a request body that is refused, so the answer reaches the caller
+/// (closing the connection under an upload would leave it only a broken pipe).
+pub async fn drain(body: axum::body::Body) {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    while stream.next().await.is_some_and(|c| c.is_ok()) {}
+}
+
 fn access_failed(e: AccessError) -> Response {
     match e {
         AccessError::Unknown(_) => text(StatusCode::NOT_FOUND, e),
@@ -154,7 +162,10 @@ pub(crate) async fn restore(
     let ctx = state.node.clone().expect("checked");
     let access = match open_for_archive(&ctx, &name).await {
         Ok(access) => access,
-        Err(e) => return access_failed(e),
+        Err(e) => {
+            drain(body).await;
+            return access_failed(e);
+        }
     };
     if let Some(user) = access.users.first() {
         let answer = text(
@@ -162,6 +173,7 @@ pub(crate) async fn restore(
             format!("volume {name} is in use by instance {user} on node {}: stop it (scale its service to 0) before a restore", ctx.node),
         );
         let _ = access.finish(&ctx).await;
+        drain(body).await;
         return answer;
     }
     let (tx, rx) = mpsc::channel::<Chunk>(8);
@@ -171,8 +183,16 @@ pub(crate) async fn restore(
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(io::Error::other);
             let stop = chunk.is_err();
-            if tx.send(chunk).await.is_err() || stop {
-                break;
+            if stop {
+                let _ = tx.send(chunk).await;
+                return;
+            }
+            if tx.send(chunk).await.is_err() {
+                // The archive was refused, or ended before the body did (tar's padding):
+                // the rest is read and dropped, so the caller gets the answer instead of
+                // a connection closed under its upload.
+                while stream.next().await.is_some_and(|c| c.is_ok()) {}
+                return;
             }
         }
     });
@@ -183,7 +203,7 @@ pub(crate) async fn restore(
     };
     let unpacked =
         tokio::task::spawn_blocking(move || volume_archive::unpack(&path, reader, force)).await;
-    feed.abort();
+    let _ = feed.await;
     let finished = access.finish(&ctx).await;
     let restored = match unpacked {
         Ok(Ok(restored)) => restored,

@@ -91,15 +91,29 @@ pub async fn restore(
     force: bool,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let volume = state.control.describe_volume(name).await?;
-    if let Some(user) = volume.users.first() {
-        return Err(conflict(format!(
-            "volume {name} is in use by instance {user}: a restore needs it unused (scale the \
-             services that mount it to 0 first)"
-        )));
-    }
-    let node = node_of(state, &volume, asked).await?;
-    let (node, link) = forward::link_of_node(state, node).await?;
+    let target = async {
+        let volume = state.control.describe_volume(name).await?;
+        if let Some(user) = volume.users.first() {
+            return Err(conflict(format!(
+                "volume {name} is in use by instance {user}: a restore needs it unused (scale \
+                 the services that mount it to 0 first)"
+            )));
+        }
+        let node = node_of(state, &volume, asked).await?;
+        let (node, link) = forward::link_of_node(state, node).await?;
+        Ok((volume, node, link))
+    };
+    let (volume, node, link) = match target.await {
+        Ok(target) => target,
+        Err(e) => {
+            // Read the upload to its end, so the client gets this answer rather than a
+            // connection closed under it.
+            use futures_util::StreamExt;
+            let mut stream = body.into_data_stream();
+            while stream.next().await.is_some_and(|c| c.is_ok()) {}
+            return Err(e);
+        }
+    };
     let request = AgentRequest {
         method: Method::PUT,
         path: format!("/v1/volumes/{name}/archive?force={force}"),

@@ -56,10 +56,14 @@ impl AgentResponse {
     fn into_body(self) -> axum::body::Body {
         match self {
             AgentResponse::Direct(r) => {
-                let chunks = futures_util::stream::unfold(r, |mut r| async move {
+                // An agent's stream that breaks off is passed on as an error (the client's
+                // transfer fails), not as a clean end: a short archive must not look whole.
+                let chunks = futures_util::stream::unfold(Some(r), |r| async move {
+                    let mut r = r?;
                     match r.chunk().await {
-                        Ok(Some(bytes)) => Some((Ok::<_, std::io::Error>(bytes), r)),
-                        _ => None,
+                        Ok(Some(bytes)) => Some((Ok::<_, std::io::Error>(bytes), Some(r))),
+                        Ok(None) => None,
+                        Err(e) => Some((Err(std::io::Error::other(e)), None)),
                     }
                 });
                 axum::body::Body::from_stream(chunks)

@@ -6,6 +6,7 @@
 //! volume (`..`, an absolute path, a link pointing out) and device nodes are refused.
 
 use std::io::{self, Read, Write};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Component, Path, PathBuf};
 
 /// Scratch directories of a restore, inside the volume's root (same file system, so the
@@ -82,10 +83,15 @@ pub fn pack(root: &Path, out: impl Write) -> Result<(), ArchiveError> {
             }
             let path = dir.join(&name);
             let entry = relative.join(&name);
+            let meta = std::fs::symlink_metadata(&path).map_err(io_err("reading", &path))?;
+            // A socket is its process's, a device node no restore takes: neither is data.
+            let kind = meta.file_type();
+            if kind.is_socket() || kind.is_block_device() || kind.is_char_device() {
+                continue;
+            }
             builder
                 .append_path_with_name(&path, &entry)
                 .map_err(io_err("archiving", &path))?;
-            let meta = std::fs::symlink_metadata(&path).map_err(io_err("reading", &path))?;
             if meta.is_dir() {
                 stack.push(entry);
             }
@@ -456,6 +462,16 @@ mod tests {
             .filter(|n| n.to_string_lossy().starts_with(SCRATCH_PREFIX))
             .collect();
         assert!(left.is_empty(), "scratch left: {left:?}");
+    }
+
+    #[test]
+    fn sockets_are_left_out_of_a_snapshot() {
+        let (from, to) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::write(from.path().join("data"), b"d").unwrap();
+        let _socket = std::os::unix::net::UnixListener::bind(from.path().join("sock")).unwrap();
+        unpack(to.path(), &archive_of(from.path())[..], false).unwrap();
+        assert!(to.path().join("data").exists());
+        assert!(!to.path().join("sock").exists());
     }
 
     #[test]

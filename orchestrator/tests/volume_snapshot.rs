@@ -4,8 +4,8 @@
 //! snapshot, `volume rm` and a restore into a new volume placed with `--node b`; and each
 //! bad input answers what a user can act on, leaving the volume as it was: an unknown
 //! volume, a volume in use, a volume that holds data, a local volume on no node yet, a
-//! corrupt or truncated archive, an archive bigger than a sized volume (ENOSPC), and a node
-//! that is not ready.
+//! corrupt or truncated archive, an entry that climbs out of the volume, an archive bigger
+//! than a sized volume (ENOSPC), a read-only token, and a node that is not ready.
 
 mod host;
 
@@ -317,6 +317,59 @@ fn a_volume_moves_between_nodes_through_snapshot_and_restore_and_bad_input_says_
         "{said}"
     );
     assert!(said.contains("the volume is as before"), "{said}");
+    // An entry that climbs out of the volume: refused, nothing written anywhere.
+    let evil = s.dir.join("evil.tar");
+    std::fs::write(&evil, escaping_archive("../escaped")).unwrap();
+    let (ok, said) = cli(
+        &s,
+        &[
+            "volume",
+            "restore",
+            "tin",
+            "-i",
+            &evil.display().to_string(),
+        ],
+    );
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("archive entry `../escaped` would be written outside the volume"),
+        "{said}"
+    );
+    let agent_b = hosts[1].dir.join("agent");
+    assert!(!agent_b.join("volumes/escaped").exists());
+
+    // A read-only token cannot read a volume's contents.
+    let read = s
+        .api(|c| async move {
+            c.create_token(&tugboat::wire::TokenRequest {
+                scope: tugboat::wire::TokenScope::Read,
+                ttl_seconds: Some(600),
+                description: "snapshot test, read".into(),
+            })
+            .await
+        })
+        .unwrap()
+        .token;
+    let reader_client = s.client(Some(read));
+    let refused = s.in_netns(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut out = vec![];
+            reader_client
+                .snapshot_volume("larder", &mut out)
+                .await
+                .map(|_| out.len())
+        })
+    });
+    let e = refused.unwrap_err().to_string();
+    assert!(
+        e.contains("a read-only token reads no volume's contents"),
+        "{e}"
+    );
+
     let small = s.dir.join("small.tar");
     std::fs::write(&small, tiny_archive(&s.dir.join("tiny"))).unwrap();
     let (ok, said) = cli(
@@ -388,5 +441,31 @@ fn tiny_archive(dir: &Path) -> Vec<u8> {
     std::fs::write(dir.join("note"), b"small\n").unwrap();
     let mut out = vec![];
     tugboat::agent::volume_archive::pack(dir, &mut out).unwrap();
+    out
+}
+
+/// A ustar archive of one regular file named `name` (written by hand: tar's own builder
+/// refuses such names), with its end-of-archive blocks.
+fn escaping_archive(name: &str) -> Vec<u8> {
+    let mut header = [0u8; 512];
+    header[..name.len()].copy_from_slice(name.as_bytes());
+    let mut field =
+        |at: usize, text: &str| header[at..at + text.len()].copy_from_slice(text.as_bytes());
+    field(100, "0000644\0");
+    field(108, "0000000\0");
+    field(116, "0000000\0");
+    field(124, "00000000004\0");
+    field(136, "00000000000\0");
+    field(156, "0");
+    field(257, "ustar\0");
+    field(263, "00");
+    header[148..156].fill(b' ');
+    let sum: u32 = header.iter().map(|b| *b as u32).sum();
+    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut out = header.to_vec();
+    let mut data = b"evil".to_vec();
+    data.resize(512, 0);
+    out.extend_from_slice(&data);
+    out.extend_from_slice(&[0; 1024]);
     out
 }

@@ -538,7 +538,8 @@ enum VolumeAction {
         /// The archive to read, or `-` for stdin.
         #[arg(long, short = 'i')]
         input: PathBuf,
-        /// A local volume that is on no node yet: the node to put it on (its users go there).
+        /// The node to put a local volume on that is on no node yet, or that does not exist
+        /// (it is made, local, on that node); its users go there.
         #[arg(long)]
         node: Option<String>,
         /// Replace what the volume holds.

@@ -392,6 +392,48 @@ fn a_volume_moves_between_nodes_through_snapshot_and_restore_and_bad_input_says_
         || mountpoint.display().to_string(),
     );
 
+    // No such volume and no node: named, with what to do.
+    let small_arg = small.display().to_string();
+    let (ok, said) = cli(&s, &["volume", "restore", "crate", "-i", &small_arg]);
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("volume `crate` not found") && said.contains("--node"),
+        "{said}"
+    );
+    // With --node a local volume is made there; a failed restore leaves no object behind,
+    // a good one a volume on that node.
+    let corrupt_arg = corrupt.display().to_string();
+    let (ok, said) = cli(
+        &s,
+        &[
+            "volume",
+            "restore",
+            "crate",
+            "-i",
+            &corrupt_arg,
+            "--node",
+            "b",
+        ],
+    );
+    assert!(!ok && said.contains("corrupt or truncated"), "{said}");
+    let e = s
+        .api(|c| async move { c.volume("crate").await })
+        .unwrap_err();
+    assert_eq!(e.status(), Some(404), "{e}");
+    let (ok, said) = cli(
+        &s,
+        &[
+            "volume", "restore", "crate", "-i", &small_arg, "--node", "b",
+        ],
+    );
+    assert!(ok, "{said}");
+    let made = s.api(|c| async move { c.volume("crate").await }).unwrap();
+    assert_eq!(made.node.as_deref(), Some("b"), "{made:#?}");
+    assert_eq!(
+        std::fs::read_to_string(hosts[1].dir.join("agent/volumes/crate/note")).unwrap(),
+        "small\n"
+    );
+
     // Node a is not ready: a snapshot of a volume on it says so.
     let (ok, said) = cli(&s, &["volume", "create", "cellar", "--node", "a"]);
     assert!(ok, "{said}");

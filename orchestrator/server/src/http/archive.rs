@@ -6,10 +6,13 @@
 
 use super::forward::{self, AgentBody, AgentRequest};
 use super::{ApiError, ApiState};
+use crate::controlplane::ControlPlaneError;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tugboat_api::model::{NodeStatus, Volume};
+use tugboat_api::spec::VolumeConfig;
 use tugboat_api::spec::VolumeDriver;
+use tugboat_api::wire::VolumeRequest;
 
 fn conflict(message: String) -> ApiError {
     ApiError::new(StatusCode::CONFLICT, "conflict", message)
@@ -91,8 +94,34 @@ pub async fn restore(
     force: bool,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
+    let mut created = false;
     let target = async {
-        let volume = state.control.describe_volume(name).await?;
+        let volume = match (state.control.describe_volume(name).await, asked) {
+            (Ok(volume), _) => volume,
+            // No such volume and a node named: a local volume is made there (the second
+            // half of moving one: snapshot on a, restore --node b).
+            (Err(ControlPlaneError::NotFound { .. }), Some(node)) => {
+                state.control.get_node(node).await?;
+                let config = VolumeConfig {
+                    node: Some(node.to_string()),
+                    ..Default::default()
+                };
+                let request = VolumeRequest {
+                    name: name.to_string(),
+                    config,
+                };
+                let volume = state.control.create_volume(request).await?;
+                created = true;
+                volume
+            }
+            (Err(ControlPlaneError::NotFound { .. }), None) => {
+                return Err(ApiError::not_found(format!(
+                    "volume `{name}` not found: create it (tugboat volume create), or give \
+                     --node to make a local volume of that name on a node"
+                )))
+            }
+            (Err(e), _) => return Err(e.into()),
+        };
         if let Some(user) = volume.users.first() {
             return Err(conflict(format!(
                 "volume {name} is in use by instance {user}: a restore needs it unused (scale \
@@ -111,9 +140,35 @@ pub async fn restore(
             use futures_util::StreamExt;
             let mut stream = body.into_data_stream();
             while stream.next().await.is_some_and(|c| c.is_ok()) {}
-            return Err(e);
+            return Err(undo(state, name, created, e).await);
         }
     };
+    match unpack_on(state, name, force, &volume, node, link, body).await {
+        Ok(response) => Ok(response),
+        Err(e) => Err(undo(state, name, created, e).await),
+    }
+}
+
+/// A failed restore removes the volume object it made, so nothing half-made is left.
+async fn undo(state: &ApiState, name: &str, created: bool, e: ApiError) -> ApiError {
+    if created {
+        if let Err(undone) = state.control.delete_volume(name).await {
+            eprintln!("tugboat server: removing volume {name} after its failed restore: {undone}");
+        }
+    }
+    e
+}
+
+/// Sends the archive to the agent of `node` and records where a local volume now lives.
+async fn unpack_on(
+    state: &ApiState,
+    name: &str,
+    force: bool,
+    volume: &Volume,
+    node: String,
+    link: forward::Link,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
     let request = AgentRequest {
         method: Method::PUT,
         path: format!("/v1/volumes/{name}/archive?force={force}"),

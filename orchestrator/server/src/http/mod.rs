@@ -117,9 +117,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
             // A restore's archive streams on to the agent; every other body is read whole,
             // up to the limit.
             let body = if id == RouteId::RestoreVolume {
-                Body::Stream(request_body)
+                RequestBody::Stream(request_body)
             } else {
-                Body::Read(axum::body::to_bytes(request_body, MAX_BODY_BYTES).await)
+                RequestBody::Read(axum::body::to_bytes(request_body, MAX_BODY_BYTES).await)
             };
             let response = dispatch(&state, call, &path, &query, upgrade, body).await;
             state.metrics.observe(
@@ -186,7 +186,7 @@ async fn refuse_large_bodies(
 }
 
 /// A request's body: read whole, or left to stream (a volume archive being restored).
-enum Body {
+enum RequestBody {
     Read(Result<Bytes, axum::Error>),
     Stream(axum::body::Body),
 }
@@ -217,7 +217,7 @@ async fn dispatch(
     path: &HashMap<String, String>,
     query: &HashMap<String, String>,
     upgrade: tugboat_api::execstream::Upgrade,
-    body: Body,
+    body: RequestBody,
 ) -> Response {
     let (id, headers) = (call.id, call.headers);
     let caller = if auth::open_route(id) {
@@ -229,9 +229,9 @@ async fn dispatch(
         }
     };
     let (body, stream) = match body {
-        Body::Read(Ok(body)) => (body, None),
-        Body::Read(Err(e)) if over_limit(&e) => return too_large().into_response(),
-        Body::Read(Err(e)) => {
+        RequestBody::Read(Ok(body)) => (body, None),
+        RequestBody::Read(Err(e)) if over_limit(&e) => return too_large().into_response(),
+        RequestBody::Read(Err(e)) => {
             return ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_body",
@@ -239,7 +239,7 @@ async fn dispatch(
             )
             .into_response();
         }
-        Body::Stream(stream) => (Bytes::new(), Some(stream)),
+        RequestBody::Stream(stream) => (Bytes::new(), Some(stream)),
     };
     let request = ApiRequest::parse(id, path, query, &body);
     if let (Some(caller), Ok(request)) = (&caller, &request) {
@@ -590,4 +590,26 @@ async fn list_servers(state: &ApiState) -> Result<Vec<tugboat_api::wire::ServerI
         .list(store)
         .await
         .map_err(crate::controlplane::ControlPlaneError::Store)?)
+}
+
+#[cfg(test)]
+mod body_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_body_read_past_the_limit_is_told_from_other_read_errors() {
+        let big = axum::body::Body::from(vec![0u8; MAX_BODY_BYTES + 1]);
+        let e = axum::body::to_bytes(big, MAX_BODY_BYTES).await.unwrap_err();
+        assert!(over_limit(&e), "{e}");
+        let other = axum::Error::new(std::io::Error::other("reset"));
+        assert!(!over_limit(&other));
+        let fits = axum::body::Body::from(vec![0u8; 10]);
+        assert_eq!(
+            axum::body::to_bytes(fits, MAX_BODY_BYTES)
+                .await
+                .unwrap()
+                .len(),
+            10
+        );
+    }
 }

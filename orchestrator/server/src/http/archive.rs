@@ -52,7 +52,7 @@ async fn node_of(
             ready.sort();
             ready.into_iter().next().ok_or_else(|| {
                 ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
+                    StatusCode::CONFLICT,
                     "no_ready_node",
                     format!("volume {name}: no node is ready to mount it"),
                 )
@@ -61,8 +61,9 @@ async fn node_of(
     };
     let status = state.control.get_node(&node).await?.object.status;
     if status != NodeStatus::Ready {
+        // 409, not 503: a client takes 503 as "this server cannot answer, try another".
         return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::CONFLICT,
             "node_not_ready",
             format!(
                 "volume {name} is on node {node}, which is not ready ({}): its agent must be \

@@ -465,3 +465,73 @@ pub async fn scale(
     }
     Ok(())
 }
+
+/// `volume snapshot NAME -o FILE`: the volume's tar archive into FILE (written beside it
+/// and renamed, so a failed snapshot leaves no partial archive), or stdout with `-`.
+pub async fn volume_snapshot(api: &ApiClient, name: &str, out: &std::path::Path) -> Result<()> {
+    if out == std::path::Path::new("-") {
+        let mut stdout = std::io::stdout();
+        api.snapshot_volume(name, &mut stdout).await?;
+        return Ok(());
+    }
+    let failed = |e: std::io::Error| {
+        CommandError::Refused(format!("writing the archive {}: {e}", out.display()))
+    };
+    let mut partial_name = out.as_os_str().to_owned();
+    partial_name.push(".partial");
+    let partial = std::path::PathBuf::from(partial_name);
+    let mut file = std::fs::File::create(&partial).map_err(failed)?;
+    let written = match api.snapshot_volume(name, &mut file).await {
+        Ok(bytes) => file.sync_all().map(|_| bytes).map_err(failed),
+        Err(e) => Err(e.into()),
+    };
+    let placed = written.and_then(|bytes| {
+        std::fs::rename(&partial, out)
+            .map(|_| bytes)
+            .map_err(failed)
+    });
+    let bytes = match placed {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    eprintln!("volume/{name}: {bytes} bytes archived to {}", out.display());
+    Ok(())
+}
+
+/// `volume restore NAME -i FILE [--node N] [--force]`: a tar archive (a file, or stdin with
+/// `-`, read into memory first) into the volume.
+pub async fn volume_restore(
+    api: &ApiClient,
+    name: &str,
+    input: &std::path::Path,
+    node: Option<&str>,
+    force: bool,
+) -> Result<tugboat_api::wire::VolumeRestored> {
+    let failed = |e: std::io::Error| {
+        CommandError::Refused(format!("reading the archive {}: {e}", input.display()))
+    };
+    let restored = if input == std::path::Path::new("-") {
+        let mut all = vec![];
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut all).map_err(failed)?;
+        api.restore_volume(name, node, force, || reqwest::Body::from(all.clone()))
+            .await?
+    } else {
+        // Opened once here so a missing file is said before any request.
+        let file = std::fs::File::open(input).map_err(failed)?;
+        let reopen = || {
+            let file = file.try_clone().and_then(|mut f| {
+                std::io::Seek::rewind(&mut f)?;
+                Ok(f)
+            });
+            match file {
+                Ok(f) => reqwest::Body::from(tokio::fs::File::from_std(f)),
+                Err(_) => reqwest::Body::from(Vec::new()),
+            }
+        };
+        api.restore_volume(name, node, force, reopen).await?
+    };
+    Ok(restored)
+}

@@ -522,6 +522,30 @@ enum VolumeAction {
         #[arg(long)]
         local: bool,
     },
+    /// Write a volume's contents as a tar archive (owners, modes, symlinks, times), read
+    /// through the node that holds it.
+    Snapshot {
+        name: String,
+        /// The archive to write, or `-` for stdout (`-f`, as `store export`: `-o` is the
+        /// global output format).
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+    },
+    /// Restore a tar archive into a volume: refused while an instance uses it, and into a
+    /// volume that holds data unless --force (which replaces it).
+    Restore {
+        name: String,
+        /// The archive to read, or `-` for stdin.
+        #[arg(long, short = 'i')]
+        input: PathBuf,
+        /// The node to put a local volume on that is on no node yet, or that does not exist
+        /// (it is made, local, on that node); its users go there.
+        #[arg(long)]
+        node: Option<String>,
+        /// Replace what the volume holds.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1246,6 +1270,25 @@ async fn run(cli: Cli) -> Result<()> {
             VolumeAction::Rm { name, local: false } => {
                 client(&cli)?.delete_volume(name).await?;
                 println!("volume/{name} deleted (its nodes remove its data)");
+            }
+            VolumeAction::Snapshot { name, file } => {
+                commands::volume_snapshot(&client(&cli)?, name, file).await?
+            }
+            VolumeAction::Restore {
+                name,
+                input,
+                node,
+                force,
+            } => {
+                let restored =
+                    commands::volume_restore(&client(&cli)?, name, input, node.as_deref(), *force)
+                        .await?;
+                print_data(&restored, cli.output, || {
+                    format!(
+                        "volume/{name} restored on node {}: {} entries, {} bytes\n",
+                        restored.node, restored.entries, restored.bytes
+                    )
+                });
             }
         },
         Command::Top { service } => {

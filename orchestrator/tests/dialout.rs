@@ -6,7 +6,8 @@
 //! connect to e at all.
 //!
 //! Through the agent's tunnel: an instance on e is exec'd into and its log read from a's
-//! client, a changed template rolls out on e; when the server restarts the tunnel is opened
+//! client, a volume on e is restored from an archive and snapshotted back, a changed
+//! template rolls out on e; when the server restarts the tunnel is opened
 //! again and exec works again; while the agent is away exec fails with a message that says
 //! why. Bad input: a read token cannot open a node's tunnel, another node's certificate
 //! cannot either, and an unknown dial id is refused. The machine's root network namespace is
@@ -187,6 +188,40 @@ fn a_dial_out_node_is_exec_d_logged_and_rolled_out_through_its_tunnel_only() {
         cli.status,
         String::from_utf8_lossy(&cli.stdout),
         String::from_utf8_lossy(&cli.stderr)
+    );
+
+    // A volume on e, restored and snapshotted through the tunnel: the same file comes back.
+    let source = a.dir.join("satchel-src");
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(source.join("note"), b"through the tunnel\n").unwrap();
+    let mut archive = vec![];
+    tugboat::agent::volume_archive::pack(&source, &mut archive).unwrap();
+    let (restored, snapshot) = a
+        .api(|c| async move {
+            let config = tugboat::spec::VolumeConfig {
+                node: Some("e".into()),
+                ..Default::default()
+            };
+            let name = "satchel".to_string();
+            c.create_volume(&tugboat::wire::VolumeRequest { name, config })
+                .await?;
+            let restored = c
+                .restore_volume("satchel", None, false, || {
+                    reqwest::Body::from(archive.clone())
+                })
+                .await?;
+            let mut out = vec![];
+            c.snapshot_volume("satchel", &mut out).await?;
+            Ok::<_, tugboat::client::ClientError>((restored, out))
+        })
+        .expect("a volume restored and snapshotted through the tunnel");
+    assert_eq!((restored.node.as_str(), restored.entries), ("e", 1));
+    let back = a.dir.join("satchel-back");
+    std::fs::create_dir_all(&back).unwrap();
+    tugboat::agent::volume_archive::unpack(&back, &snapshot[..], false).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(back.join("note")).unwrap(),
+        "through the tunnel\n"
     );
 
     // A rollout: the changed template runs on e, its log read through the tunnel.

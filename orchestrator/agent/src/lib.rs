@@ -32,6 +32,8 @@ pub mod services;
 pub mod stats;
 pub mod tunnel;
 pub mod userns;
+pub mod volume_api;
+pub mod volume_archive;
 pub mod volume_drivers;
 pub mod volumes;
 
@@ -429,6 +431,7 @@ impl Agent {
             tls: tls.is_some(),
             insecure_no_auth: self.config.insecure_no_auth,
             exe: self.ctx.monitor_exe.clone(),
+            node: Some(self.ctx.clone()),
         });
         let tunnel_state = state.clone();
         let api = self.api.take().map(|(listener, _)| {

@@ -27,6 +27,8 @@ pub struct NodeApiState {
     pub insecure_no_auth: bool,
     /// The `tugboat` binary (for the exec helper).
     pub exe: PathBuf,
+    /// The node's volumes (snapshot and restore); None where only logs and exec are served.
+    pub node: Option<Arc<super::NodeContext>>,
 }
 
 pub fn router(state: Arc<NodeApiState>) -> axum::Router {
@@ -38,6 +40,10 @@ pub fn router(state: Arc<NodeApiState>) -> axum::Router {
         )
         .route("/v1/instances/{id}/exec", axum::routing::post(exec))
         .route("/metrics", axum::routing::get(metrics))
+        .route(
+            "/v1/volumes/{name}/archive",
+            axum::routing::get(super::volume_api::snapshot).put(super::volume_api::restore),
+        )
         .with_state(state)
 }
 
@@ -51,7 +57,7 @@ pub struct ViaTunnel;
 
 /// Who a request's connection is known to come from.
 #[derive(Debug, Clone, Default)]
-struct Peer {
+pub(crate) struct Peer {
     /// The TLS client certificate it showed.
     cert: Option<tugboat_api::tls::PeerCert>,
     /// It came through the agent's own tunnel.
@@ -72,7 +78,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
     }
 }
 
-fn authorized(state: &NodeApiState, headers: &HeaderMap, peer: &Peer) -> bool {
+pub(crate) fn authorized(state: &NodeApiState, headers: &HeaderMap, peer: &Peer) -> bool {
     if peer.tunnel {
         return true;
     }
@@ -277,6 +283,7 @@ mod logs_tests {
             tls: false,
             insecure_no_auth: false,
             exe: "/nonexistent".into(),
+            node: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -322,6 +329,7 @@ mod auth_tests {
             tls,
             insecure_no_auth,
             exe: "/nonexistent".into(),
+            node: None,
         }
     }
 

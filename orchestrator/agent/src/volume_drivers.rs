@@ -68,6 +68,11 @@ static MOUNTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// bind into the container.
 pub async fn prepare(ctx: &NodeContext, name: &str) -> Result<PathBuf, String> {
     let _held = MOUNTS.lock().await;
+    prepare_held(ctx, name).await
+}
+
+/// [`prepare`] with [`MOUNTS`] held by the caller.
+async fn prepare_held(ctx: &NodeContext, name: &str) -> Result<PathBuf, String> {
     let Some(volume) = object(ctx, name).await? else {
         let p = ctx.volumes_dir().join(name);
         std::fs::create_dir_all(&p)
@@ -140,6 +145,54 @@ pub async fn prepare(ctx: &NodeContext, name: &str) -> Result<PathBuf, String> {
                 .map_err(|e| format!("volume {name}: {}: {e}", record.display()))?;
             Ok(path)
         }
+    }
+}
+
+/// A volume object's files, made ready for a snapshot or a restore: mounted when no
+/// instance has it mounted, and held so that the usage loop does not release it (nor an
+/// instance's preparation mount it) until [`ArchiveAccess::finish`].
+pub struct ArchiveAccess {
+    pub volume: Volume,
+    pub path: PathBuf,
+    /// Ids of this node's instances that use the volume.
+    pub users: Vec<String>,
+    _held: tokio::sync::MutexGuard<'static, ()>,
+}
+
+/// Why a volume cannot be archived or restored here, with the HTTP status it answers.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("volume `{0}` not found: the server has no such volume object")]
+    Unknown(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Takes a volume object for a snapshot or a restore (see [`ArchiveAccess`]).
+pub async fn open_for_archive(ctx: &NodeContext, name: &str) -> Result<ArchiveAccess, AccessError> {
+    let held = MOUNTS.lock().await;
+    let Some(volume) = object(ctx, name).await.map_err(AccessError::Failed)? else {
+        return Err(AccessError::Unknown(name.to_string()));
+    };
+    let path = prepare_held(ctx, name).await.map_err(AccessError::Failed)?;
+    let users = super::volumes::in_use(&ctx.data_dir)
+        .remove(name)
+        .unwrap_or_default();
+    Ok(ArchiveAccess {
+        volume,
+        path,
+        users,
+        _held: held,
+    })
+}
+
+impl ArchiveAccess {
+    /// Unmounts the volume again when no instance here uses it.
+    pub async fn finish(self, ctx: &NodeContext) -> Result<(), String> {
+        if super::volumes::in_use(&ctx.data_dir).contains_key(&self.volume.name) {
+            return Ok(());
+        }
+        release(ctx, &self.volume).await
     }
 }
 

@@ -299,6 +299,76 @@ impl ApiClient {
         Ok(())
     }
 
+    /// Streams a volume's tar archive (from the node that holds it) into `out`; the bytes
+    /// written. An archive that stops part-way is an error, not a short archive.
+    pub async fn snapshot_volume(
+        &self,
+        name: &str,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<u64, ClientError> {
+        let (mut response, base) = self
+            .send(|http, base| http.get(format!("{base}/v1/volumes/{name}/archive")))
+            .await?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            let bytes = response.bytes().await.unwrap_or_default();
+            return Err(error_from(status, &bytes));
+        }
+        let broken = |cause: String| ClientError::Unreachable {
+            addr: base.clone(),
+            cause: format!("the archive of volume {name} stopped part-way: {cause}"),
+        };
+        let mut written = 0;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| broken(error_chain(&e)))?
+        {
+            out.write_all(&chunk).map_err(|e| broken(e.to_string()))?;
+            written += chunk.len() as u64;
+        }
+        out.flush().map_err(|e| broken(e.to_string()))?;
+        Ok(written)
+    }
+
+    /// Restores a tar archive into a volume: `archive` makes the body (once per server
+    /// tried); `node` places a local volume that is on no node yet; `force` replaces what
+    /// the volume holds.
+    pub async fn restore_volume(
+        &self,
+        name: &str,
+        node: Option<&str>,
+        force: bool,
+        archive: impl Fn() -> reqwest::Body,
+    ) -> Result<crate::wire::VolumeRestored, ClientError> {
+        let mut query = format!("force={force}");
+        if let Some(node) = node {
+            query.push_str(&format!("&node={node}"));
+        }
+        let (response, base) = self
+            .send(|http, base| {
+                http.put(format!("{base}/v1/volumes/{name}/archive?{query}"))
+                    .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
+                    .body(archive())
+            })
+            .await?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                addr: base,
+                cause: error_chain(&e),
+            })?;
+        if (200..300).contains(&status) {
+            return serde_json::from_slice(&bytes).map_err(|_| ClientError::Decode {
+                status,
+                body: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+        }
+        Err(error_from(status, &bytes))
+    }
+
     /// Runs a command in an instance (through the server and the instance's agent).
     pub async fn exec(
         &self,

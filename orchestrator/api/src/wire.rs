@@ -391,6 +391,17 @@ pub struct VolumeRequest {
     pub config: crate::spec::VolumeConfig,
 }
 
+/// `PUT /v1/volumes/{name}/archive`: what a restore wrote, and where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRestored {
+    pub volume: String,
+    pub node: String,
+    /// Files, directories and links written (the volume's root not counted).
+    pub entries: u64,
+    /// Bytes of file contents written.
+    pub bytes: u64,
+}
+
 /// `PUT /v1/nodes/{name}/volumes`: what an agent measured of the volumes it has mounted
 /// (sent when it changes; kept in the server's memory).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -171,6 +171,34 @@ impl ControlPlane {
         volume
     }
 
+    /// Records the node a local volume's data was restored on, when it had none: its users
+    /// are placed there from now on (`tugboat volume restore --node`).
+    pub async fn pin_volume(&self, name: &str, node: &str) -> Result<()> {
+        let key = volume_key(name);
+        let Some(existing) = objects::get::<Volume>(self.store(), &key).await? else {
+            return Err(ControlPlaneError::NotFound {
+                kind: "volume",
+                name: name.into(),
+            });
+        };
+        if existing.object.node.is_some() {
+            return Ok(());
+        }
+        let mut volume = existing.object;
+        volume.node = Some(node.to_string());
+        let mut batch = Batch::default();
+        batch.put_if(key, existing.revision, &volume);
+        self.event(
+            &mut batch,
+            ObjectKind::Volume,
+            name,
+            "restored",
+            format!("restored from an archive on node {node}, where its users go from now on"),
+        );
+        batch.commit(self.store()).await?;
+        Ok(())
+    }
+
     /// Removes a volume object; refused while a service mounts it. The nodes remove their
     /// data (local) or call the plugin's `remove` (exec) when they see the object gone.
     pub async fn delete_volume(&self, name: &str) -> Result<()> {

@@ -112,6 +112,10 @@ pub async fn permit(
         Caller::Read if matches!(request, ApiRequest::InstanceSecrets { .. }) => Err(forbidden(
             "a read-only token reads no secret: only the node an instance runs on does".into(),
         )),
+        // Nor a volume's files, which may hold as much.
+        Caller::Read if matches!(request, ApiRequest::SnapshotVolume { .. }) => Err(forbidden(
+            "a read-only token reads no volume's contents: snapshots need an admin token".into(),
+        )),
         Caller::Read if method == Method::GET => Ok(()),
         Caller::Read => Err(forbidden(
             "this token is read-only: it lists, describes and watches".into(),

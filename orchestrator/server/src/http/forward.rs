@@ -10,7 +10,7 @@ use axum::Json;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// How the server reaches a node's agent.
-enum Link {
+pub(super) enum Link {
     Tunnel,
     Direct(String),
 }
@@ -20,17 +20,17 @@ pub trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
 
 /// The agent's answer, from either link.
-enum AgentResponse {
+pub(super) enum AgentResponse {
     Direct(reqwest::Response),
     Tunnel(hyper::Response<hyper::body::Incoming>),
 }
 
-fn unreachable(why: String) -> ApiError {
+pub(super) fn unreachable(why: String) -> ApiError {
     ApiError::new(StatusCode::BAD_GATEWAY, "agent_unreachable", why)
 }
 
 impl AgentResponse {
-    fn status(&self) -> StatusCode {
+    pub(super) fn status(&self) -> StatusCode {
         let code = match self {
             AgentResponse::Direct(r) => r.status().as_u16(),
             AgentResponse::Tunnel(r) => r.status().as_u16(),
@@ -38,7 +38,7 @@ impl AgentResponse {
         StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY)
     }
 
-    async fn bytes(self) -> Result<axum::body::Bytes, String> {
+    pub(super) async fn bytes(self) -> Result<axum::body::Bytes, String> {
         match self {
             AgentResponse::Direct(r) => r.bytes().await.map_err(|e| e.to_string()),
             AgentResponse::Tunnel(r) => {
@@ -56,10 +56,14 @@ impl AgentResponse {
     fn into_body(self) -> axum::body::Body {
         match self {
             AgentResponse::Direct(r) => {
-                let chunks = futures_util::stream::unfold(r, |mut r| async move {
+                // An agent's stream that breaks off is passed on as an error (the client's
+                // transfer fails), not as a clean end: a short archive must not look whole.
+                let chunks = futures_util::stream::unfold(Some(r), |r| async move {
+                    let mut r = r?;
                     match r.chunk().await {
-                        Ok(Some(bytes)) => Some((Ok::<_, std::io::Error>(bytes), r)),
-                        _ => None,
+                        Ok(Some(bytes)) => Some((Ok::<_, std::io::Error>(bytes), Some(r))),
+                        Ok(None) => None,
+                        Err(e) => Some((Err(std::io::Error::other(e)), None)),
                     }
                 });
                 axum::body::Body::from_stream(chunks)
@@ -92,7 +96,10 @@ async fn link_of(state: &ApiState, id: &str) -> Result<(String, Link), ApiError>
 }
 
 /// How to reach the agent of `node`: its tunnel, else its API address.
-async fn link_of_node(state: &ApiState, node: String) -> Result<(String, Link), ApiError> {
+pub(super) async fn link_of_node(
+    state: &ApiState,
+    node: String,
+) -> Result<(String, Link), ApiError> {
     if state.tunnels.connected(&node) {
         return Ok((node, Link::Tunnel));
     }
@@ -106,14 +113,22 @@ async fn link_of_node(state: &ApiState, node: String) -> Result<(String, Link), 
 
 /// One request to an agent's API: `path` with its query, a JSON body, and the upgrade to
 /// ask for (exec streams).
-struct AgentRequest<'a> {
-    method: Method,
-    path: String,
-    body: Option<&'a serde_json::Value>,
-    upgrade: Option<&'static str>,
+pub(super) struct AgentRequest<'a> {
+    pub method: Method,
+    pub path: String,
+    pub body: AgentBody<'a>,
+    pub upgrade: Option<&'static str>,
 }
 
-async fn send(
+/// What an agent request carries.
+pub(super) enum AgentBody<'a> {
+    Empty,
+    Json(&'a serde_json::Value),
+    /// A client's upload passed on as it arrives (a volume archive).
+    Stream(axum::body::Body),
+}
+
+pub(super) async fn send(
     state: &ApiState,
     node: &str,
     link: &Link,
@@ -124,8 +139,12 @@ async fn send(
             let mut http = state
                 .agent_client()
                 .request(request.method, format!("{url}{}", request.path));
-            if let Some(body) = request.body {
-                http = http.json(body);
+            match request.body {
+                AgentBody::Empty => {}
+                AgentBody::Json(body) => http = http.json(body),
+                AgentBody::Stream(body) => {
+                    http = http.body(reqwest::Body::wrap_stream(body.into_data_stream()))
+                }
             }
             if let Some(protocol) = request.upgrade {
                 http = http
@@ -155,11 +174,12 @@ async fn send(
                     .header(axum::http::header::UPGRADE, protocol);
             }
             let body = match request.body {
-                Some(value) => {
+                AgentBody::Json(value) => {
                     http = http.header(axum::http::header::CONTENT_TYPE, "application/json");
                     axum::body::Body::from(serde_json::to_vec(value).expect("serializes"))
                 }
-                None => axum::body::Body::empty(),
+                AgentBody::Stream(body) => body,
+                AgentBody::Empty => axum::body::Body::empty(),
             };
             let http = http
                 .body(body)
@@ -174,7 +194,7 @@ async fn send(
 }
 
 /// The agent's refusal as an error naming the instance and node.
-async fn refused(response: AgentResponse, code: &'static str, what: String) -> ApiError {
+pub(super) async fn refused(response: AgentResponse, code: &'static str, what: String) -> ApiError {
     let status = response.status();
     let text = response.bytes().await.unwrap_or_default();
     ApiError::new(
@@ -197,7 +217,7 @@ async fn exec_on_agent(
     let request = AgentRequest {
         method: Method::POST,
         path: format!("/v1/instances/{id}/exec"),
-        body: Some(body),
+        body: AgentBody::Json(body),
         upgrade: stream.then_some(tugboat_api::execstream::PROTOCOL),
     };
     let response = send(state, &node, &link, request).await?;
@@ -277,7 +297,7 @@ pub async fn node_metrics(state: &ApiState, node: &str) -> Result<Response, ApiE
 
 /// GET `path` from the agent of `node`: its body streamed back as `content_type`, or its
 /// refusal as an error that names the node.
-async fn pass_through(
+pub(super) async fn pass_through(
     state: &ApiState,
     node: &str,
     link: &Link,
@@ -287,7 +307,7 @@ async fn pass_through(
     let request = AgentRequest {
         method: Method::GET,
         path,
-        body: None,
+        body: AgentBody::Empty,
         upgrade: None,
     };
     let response = send(state, node, link, request).await?;

@@ -2,6 +2,7 @@
 //! parsed into [`ApiRequest`] first; [`handle`] works on that type only. The dashboard's
 //! static files ([`ui`]) are served beside it, at /ui.
 
+mod archive;
 pub mod auth;
 pub mod error;
 mod forward;
@@ -17,7 +18,7 @@ pub use routes::{routes, Route, RouteId};
 
 use crate::controlplane::ControlPlane;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Query, RawPathParams, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -93,7 +94,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
                             params: RawPathParams,
                             query: Result<Query<HashMap<String, String>>, QueryRejection>,
                             upgrade: tugboat_api::execstream::Upgrade,
-                            body: Result<Bytes, BytesRejection>| async move {
+                            request_body: axum::body::Body| async move {
             let path: HashMap<String, String> = params
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -113,6 +114,13 @@ pub fn router(state: Arc<ApiState>) -> Router {
                 peer: peer.as_ref(),
             };
             let started = std::time::Instant::now();
+            // A restore's archive streams on to the agent; every other body is read whole,
+            // up to the limit.
+            let body = if id == RouteId::RestoreVolume {
+                RequestBody::Stream(request_body)
+            } else {
+                RequestBody::Read(axum::body::to_bytes(request_body, MAX_BODY_BYTES).await)
+            };
             let response = dispatch(&state, call, &path, &query, upgrade, body).await;
             state.metrics.observe(
                 path_template,
@@ -160,6 +168,12 @@ async fn refuse_large_bodies(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let archive = request.method() == axum::http::Method::PUT
+        && request.uri().path().starts_with("/v1/volumes/")
+        && request.uri().path().ends_with("/archive");
+    if archive {
+        return next.run(request).await;
+    }
     let declared = request
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -169,6 +183,24 @@ async fn refuse_large_bodies(
         return too_large().into_response();
     }
     next.run(request).await
+}
+
+/// A request's body: read whole, or left to stream (a volume archive being restored).
+enum RequestBody {
+    Read(Result<Bytes, axum::Error>),
+    Stream(axum::body::Body),
+}
+
+/// Whether reading a body failed because it passed [`MAX_BODY_BYTES`].
+fn over_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// What a request is, apart from its path, query and body.
@@ -185,7 +217,7 @@ async fn dispatch(
     path: &HashMap<String, String>,
     query: &HashMap<String, String>,
     upgrade: tugboat_api::execstream::Upgrade,
-    body: Result<Bytes, BytesRejection>,
+    body: RequestBody,
 ) -> Response {
     let (id, headers) = (call.id, call.headers);
     let caller = if auth::open_route(id) {
@@ -196,20 +228,18 @@ async fn dispatch(
             Err(e) => return e.into_response(),
         }
     };
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            let status = rejection.status();
-            if status == StatusCode::PAYLOAD_TOO_LARGE {
-                return too_large().into_response();
-            }
+    let (body, stream) = match body {
+        RequestBody::Read(Ok(body)) => (body, None),
+        RequestBody::Read(Err(e)) if over_limit(&e) => return too_large().into_response(),
+        RequestBody::Read(Err(e)) => {
             return ApiError::new(
-                status,
+                StatusCode::BAD_REQUEST,
                 "bad_body",
-                format!("cannot read the request body: {rejection}"),
+                format!("cannot read the request body: {e}"),
             )
             .into_response();
         }
+        RequestBody::Stream(stream) => (Bytes::new(), Some(stream)),
     };
     let request = ApiRequest::parse(id, path, query, &body);
     if let (Some(caller), Ok(request)) = (&caller, &request) {
@@ -260,6 +290,17 @@ async fn dispatch(
             Ok(response) => response,
             Err(e) => e.into_response(),
         },
+        Ok(ApiRequest::SnapshotVolume { name }) => match archive::snapshot(state, &name).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        },
+        Ok(ApiRequest::RestoreVolume { name, node, force }) => {
+            let stream = stream.expect("a restore's body streams");
+            match archive::restore(state, &name, node.as_deref(), force, stream).await {
+                Ok(response) => response,
+                Err(e) => e.into_response(),
+            }
+        }
         Ok(ApiRequest::NodeMetrics { name }) => match forward::node_metrics(state, &name).await {
             Ok(response) => response,
             Err(e) => e.into_response(),
@@ -534,6 +575,8 @@ pub async fn handle(
         | ApiRequest::NodeTunnel { .. }
         | ApiRequest::NodeTunnelConnection { .. }
         | ApiRequest::NodeMetrics { .. }
+        | ApiRequest::SnapshotVolume { .. }
+        | ApiRequest::RestoreVolume { .. }
         | ApiRequest::Metrics => Err(ApiError::bad_request(
             "tokens and certificates are served by the HTTP API".into(),
         )),
@@ -547,4 +590,26 @@ async fn list_servers(state: &ApiState) -> Result<Vec<tugboat_api::wire::ServerI
         .list(store)
         .await
         .map_err(crate::controlplane::ControlPlaneError::Store)?)
+}
+
+#[cfg(test)]
+mod body_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_body_read_past_the_limit_is_told_from_other_read_errors() {
+        let big = axum::body::Body::from(vec![0u8; MAX_BODY_BYTES + 1]);
+        let e = axum::body::to_bytes(big, MAX_BODY_BYTES).await.unwrap_err();
+        assert!(over_limit(&e), "{e}");
+        let other = axum::Error::new(std::io::Error::other("reset"));
+        assert!(!over_limit(&other));
+        let fits = axum::body::Body::from(vec![0u8; 10]);
+        assert_eq!(
+            axum::body::to_bytes(fits, MAX_BODY_BYTES)
+                .await
+                .unwrap()
+                .len(),
+            10
+        );
+    }
 }

@@ -120,6 +120,19 @@ pub enum ApiRequest {
     DeleteVolume {
         name: String,
     },
+    /// The volume's contents as a tar archive, streamed from its node's agent.
+    SnapshotVolume {
+        name: String,
+    },
+    /// A tar archive restored into the volume by its node's agent; the archive is the
+    /// request's body, streamed (not read into this enum).
+    RestoreVolume {
+        name: String,
+        /// Where a local volume that is on no node yet is to live.
+        node: Option<String>,
+        /// Replace what the volume holds.
+        force: bool,
+    },
     /// A node's measurements of the volumes it has mounted.
     ReportVolumeUsage {
         name: String,
@@ -345,6 +358,24 @@ impl ApiRequest {
             RouteId::CreateVolume => ApiRequest::CreateVolume(body(bytes)?),
             RouteId::GetVolume => ApiRequest::GetVolume { name: name() },
             RouteId::DeleteVolume => ApiRequest::DeleteVolume { name: name() },
+            RouteId::SnapshotVolume => ApiRequest::SnapshotVolume { name: name() },
+            RouteId::RestoreVolume => {
+                let q = Query::new(query, &["node", "force"])?;
+                let force = match q.text("force").as_deref() {
+                    None | Some("false") => false,
+                    Some("true") => true,
+                    Some(other) => {
+                        return Err(ApiError::bad_request(format!(
+                            "query parameter `force` is true or false, got `{other}`"
+                        )))
+                    }
+                };
+                ApiRequest::RestoreVolume {
+                    name: name(),
+                    node: q.text("node"),
+                    force,
+                }
+            }
             RouteId::ReportVolumeUsage => ApiRequest::ReportVolumeUsage {
                 name: name(),
                 report: body(bytes)?,
@@ -379,7 +410,11 @@ impl ApiRequest {
         }
         if !matches!(
             route,
-            RouteId::ListInstances | RouteId::ListEvents | RouteId::Watch | RouteId::InstanceLogs
+            RouteId::ListInstances
+                | RouteId::ListEvents
+                | RouteId::Watch
+                | RouteId::InstanceLogs
+                | RouteId::RestoreVolume
         ) {
             no_query()?;
         }

@@ -1,0 +1,586 @@
+//! A volume's contents as a tar archive and back (`tugboat volume snapshot|restore`,
+//! docs/volumes.md): [`pack`] writes the tree under a volume's root; [`unpack`] restores
+//! one into a scratch directory inside the volume and swaps it in only once the whole
+//! archive was read, so a corrupt, truncated or too-big archive leaves the volume as it
+//! was. Owners, modes, symlinks and times are kept; an entry that would land outside the
+//! volume (`..`, an absolute path, a link pointing out) and device nodes are refused.
+
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Component, Path, PathBuf};
+
+/// Scratch directories of a restore, inside the volume's root (same file system, so the
+/// swap is renames). Left-overs of an interrupted restore are removed by the next one and
+/// are never part of a snapshot.
+pub const SCRATCH_PREFIX: &str = ".tug-restore-";
+/// ext4's own directory at the root of a sized volume: neither archived nor replaced.
+const LOST_FOUND: &str = "lost+found";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("archive entry `{entry}` would be written outside the volume (absolute path or `..`): refused")]
+    Escapes { entry: String },
+    #[error("archive entry `{entry}` is a symlink to `{target}`, which points outside the volume: refused")]
+    LinkEscapes { entry: String, target: String },
+    #[error("archive entry `{entry}` is a device node: refused (a volume holds no devices)")]
+    Device { entry: String },
+    #[error("archive entry `{entry}` has a type a volume archive does not hold ({kind}): refused")]
+    Unsupported { entry: String, kind: String },
+    #[error("the archive is corrupt or truncated ({cause}); nothing was restored, the volume is as before")]
+    Corrupt { cause: String },
+    #[error("no space left on the volume (ENOSPC) while restoring `{entry}`: the archive is bigger than the volume; nothing was restored, the volume is as before")]
+    NoSpace { entry: String },
+    #[error("the volume is not empty ({first} and maybe more): restore into an empty volume, or give --force to replace its contents")]
+    NotEmpty { first: String },
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+/// What a restore wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Restored {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ArchiveError {
+    let path = path.to_path_buf();
+    move |source| ArchiveError::Io { what, path, source }
+}
+
+/// Whether a name at the volume's root belongs to the volume's machinery, not its data.
+fn is_machinery(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    name == LOST_FOUND || name.starts_with(SCRATCH_PREFIX)
+}
+
+/// Writes the tree under `root` as a tar archive into `out` (ends with the end-of-archive
+/// blocks): `./` with the root's own owner, mode and time first, then every entry below it,
+/// symlinks as symlinks.
+pub fn pack(root: &Path, out: impl Write) -> Result<(), ArchiveError> {
+    let mut builder = tar::Builder::new(out);
+    builder.follow_symlinks(false);
+    builder.mode(tar::HeaderMode::Complete);
+    builder
+        .append_path_with_name(root, ".")
+        .map_err(io_err("archiving", root))?;
+    let mut stack = vec![PathBuf::new()];
+    while let Some(relative) = stack.pop() {
+        let dir = root.join(&relative);
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .map_err(io_err("reading", &dir))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(io_err("reading", &dir))?;
+        names.sort();
+        for name in names {
+            if relative.as_os_str().is_empty() && is_machinery(&name) {
+                continue;
+            }
+            let path = dir.join(&name);
+            let entry = relative.join(&name);
+            let meta = std::fs::symlink_metadata(&path).map_err(io_err("reading", &path))?;
+            // A socket is its process's, a device node no restore takes: neither is data.
+            let kind = meta.file_type();
+            if kind.is_socket() || kind.is_block_device() || kind.is_char_device() {
+                continue;
+            }
+            builder
+                .append_path_with_name(&path, &entry)
+                .map_err(io_err("archiving", &path))?;
+            if meta.is_dir() {
+                stack.push(entry);
+            }
+        }
+    }
+    builder
+        .into_inner()
+        .and_then(|mut out| out.flush())
+        .map_err(io_err("writing the archive of", root))
+}
+
+/// The entries at the root of a volume that hold data (not ext4's lost+found, not a
+/// restore's scratch).
+fn data_entries(root: &Path) -> Result<Vec<std::ffi::OsString>, ArchiveError> {
+    let mut names = vec![];
+    for e in std::fs::read_dir(root).map_err(io_err("reading", root))? {
+        let name = e.map_err(io_err("reading", root))?.file_name();
+        if !is_machinery(&name) {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// The path of an entry below the volume's root, or a refusal when it is absolute or
+/// climbs out with `..`.
+fn inside(entry: &Path) -> Result<PathBuf, ArchiveError> {
+    let mut clean = PathBuf::new();
+    for part in entry.components() {
+        match part {
+            Component::Normal(p) => clean.push(p),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                return Err(ArchiveError::Escapes {
+                    entry: entry.display().to_string(),
+                })
+            }
+        }
+    }
+    Ok(clean)
+}
+
+/// Whether a symlink at `entry` (clean, relative to the root) with `target` stays inside the
+/// volume: a relative target whose `..` never climb above the root.
+fn link_stays_inside(entry: &Path, target: &Path) -> bool {
+    if target.is_absolute() {
+        return false;
+    }
+    let mut depth = entry.components().count() as i64 - 1;
+    for part in target.components() {
+        match part {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    true
+}
+
+fn is_enospc(e: &io::Error) -> bool {
+    if e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == io::ErrorKind::StorageFull {
+        return true;
+    }
+    // tar wraps the cause (`failed to unpack ... : No space left on device`).
+    let mut source: Option<&dyn std::error::Error> = e.get_ref().map(|s| s as _);
+    while let Some(s) = source {
+        if s.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::ENOSPC))
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    e.to_string().contains("No space left on device")
+}
+
+/// An error with its causes (tar's own hides the cause behind "failed to unpack").
+fn chain(e: &io::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.get_ref().and_then(|s| s.source());
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
+/// Remembers the last block the tar reader consumed, so that an archive cut at an entry's
+/// end (which tar reads as a clean end) is told from one that ended with its end blocks.
+struct Tail<R> {
+    inner: R,
+    last: Vec<u8>,
+}
+
+impl<R: Read> Read for Tail<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.last.extend_from_slice(&buf[..n]);
+        if self.last.len() > 512 {
+            self.last.drain(..self.last.len() - 512);
+        }
+        Ok(n)
+    }
+}
+
+impl<R> Tail<R> {
+    fn ended_cleanly(&self) -> bool {
+        self.last.len() == 512 && self.last.iter().all(|b| *b == 0)
+    }
+}
+
+/// Removes a restore's scratch left by an interrupted one.
+fn remove_scratch(root: &Path) {
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(SCRATCH_PREFIX) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// Restores the archive read from `input` into the volume at `root`. Refused when the
+/// volume holds data and `force` is not given; with `force`, its data is replaced. The
+/// archive is unpacked into a scratch directory in the volume first, and swapped in only
+/// when all of it was read: on any error the volume is as it was.
+pub fn unpack(root: &Path, input: impl Read, force: bool) -> Result<Restored, ArchiveError> {
+    remove_scratch(root);
+    let old = data_entries(root)?;
+    if let (Some(first), false) = (old.first(), force) {
+        return Err(ArchiveError::NotEmpty {
+            first: first.to_string_lossy().into_owned(),
+        });
+    }
+    let token = format!("{}{}", std::process::id(), tugboat_api::model::now_ms());
+    let scratch = root.join(format!("{SCRATCH_PREFIX}{token}"));
+    std::fs::create_dir(&scratch).map_err(io_err("making", &scratch))?;
+    let unpacked = unpack_into(&scratch, input);
+    let restored = match unpacked {
+        Ok((restored, root_meta)) => {
+            swap(root, &scratch, &old, &token, root_meta).map(|_| restored)
+        }
+        Err(e) => Err(e),
+    };
+    let _ = std::fs::remove_dir_all(&scratch);
+    restored
+}
+
+/// The archive's `./` entry: the volume root's owner, mode and time.
+#[derive(Debug, Clone, Copy)]
+struct RootMeta {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    mtime: u64,
+}
+
+fn unpack_into(
+    scratch: &Path,
+    input: impl Read,
+) -> Result<(Restored, Option<RootMeta>), ArchiveError> {
+    let mut archive = tar::Archive::new(Tail {
+        inner: input,
+        last: Vec::with_capacity(1024),
+    });
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_preserve_mtime(true);
+    archive.set_unpack_xattrs(false);
+    archive.set_overwrite(true);
+    let corrupt = |e: io::Error| ArchiveError::Corrupt {
+        cause: e.to_string(),
+    };
+    let mut restored = Restored::default();
+    let mut root_meta = None;
+    // Directories get their times last: what is unpacked into them changes them.
+    let mut dirs: Vec<(PathBuf, u64)> = vec![];
+    for entry in archive.entries().map_err(corrupt)? {
+        let mut entry = entry.map_err(corrupt)?;
+        let raw = entry.path().map_err(corrupt)?.into_owned();
+        let name = raw.display().to_string();
+        let path = inside(&raw)?;
+        let kind = entry.header().entry_type();
+        let header = entry.header();
+        let mtime = header.mtime().unwrap_or(0);
+        match kind {
+            tar::EntryType::Block | tar::EntryType::Char => {
+                return Err(ArchiveError::Device { entry: name })
+            }
+            tar::EntryType::Regular
+            | tar::EntryType::Continuous
+            | tar::EntryType::Directory
+            | tar::EntryType::Fifo => {}
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(corrupt)?
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                if !link_stays_inside(&path, &target) {
+                    return Err(ArchiveError::LinkEscapes {
+                        entry: name,
+                        target: target.display().to_string(),
+                    });
+                }
+            }
+            tar::EntryType::Link => {
+                let target = entry
+                    .link_name()
+                    .map_err(corrupt)?
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                inside(&target).map_err(|_| ArchiveError::LinkEscapes {
+                    entry: name.clone(),
+                    target: target.display().to_string(),
+                })?;
+            }
+            other => {
+                return Err(ArchiveError::Unsupported {
+                    entry: name,
+                    kind: format!("{other:?}"),
+                })
+            }
+        }
+        if path.as_os_str().is_empty() {
+            // `./`: the volume root itself, applied after the swap.
+            if kind == tar::EntryType::Directory {
+                root_meta = Some(RootMeta {
+                    uid: header.uid().map_err(corrupt)? as u32,
+                    gid: header.gid().map_err(corrupt)? as u32,
+                    mode: header.mode().map_err(corrupt)?,
+                    mtime,
+                });
+            }
+            continue;
+        }
+        let size = entry.size();
+        match entry.unpack_in(scratch) {
+            Ok(true) => {}
+            Ok(false) => return Err(ArchiveError::Escapes { entry: name }),
+            Err(e) if is_enospc(&e) => return Err(ArchiveError::NoSpace { entry: name }),
+            Err(e) => {
+                return Err(ArchiveError::Corrupt {
+                    cause: format!("`{name}`: {}", chain(&e)),
+                })
+            }
+        }
+        if kind == tar::EntryType::Directory {
+            dirs.push((scratch.join(&path), mtime));
+        }
+        restored.entries += 1;
+        restored.bytes += size;
+    }
+    let tail = archive.into_inner();
+    if !tail.ended_cleanly() {
+        return Err(ArchiveError::Corrupt {
+            cause: "it ends without tar's end-of-archive blocks".into(),
+        });
+    }
+    for (dir, mtime) in dirs.iter().rev() {
+        let t = filetime::FileTime::from_unix_time(*mtime as i64, 0);
+        filetime::set_file_times(dir, t, t).map_err(io_err("setting the times of", dir))?;
+    }
+    Ok((restored, root_meta))
+}
+
+/// Puts the unpacked tree in place: the old data (with `--force`) moves aside into a
+/// second scratch directory, the new moves in, then the old is removed; if a move fails,
+/// what moved goes back.
+fn swap(
+    root: &Path,
+    scratch: &Path,
+    old: &[std::ffi::OsString],
+    token: &str,
+    root_meta: Option<RootMeta>,
+) -> Result<(), ArchiveError> {
+    let aside = root.join(format!("{SCRATCH_PREFIX}old-{token}"));
+    std::fs::create_dir(&aside).map_err(io_err("making", &aside))?;
+    let move_all = |from: &Path, to: &Path, names: &[std::ffi::OsString]| {
+        for (i, name) in names.iter().enumerate() {
+            if let Err(e) = std::fs::rename(from.join(name), to.join(name)) {
+                return Err((i, io_err("moving", &from.join(name))(e)));
+            }
+        }
+        Ok(())
+    };
+    if let Err((moved, e)) = move_all(root, &aside, old) {
+        let _ = move_all(&aside, root, &old[..moved]);
+        let _ = std::fs::remove_dir(&aside);
+        return Err(e);
+    }
+    let new = data_entries(scratch)?;
+    if let Err((moved, e)) = move_all(scratch, root, &new) {
+        let _ = move_all(root, scratch, &new[..moved]);
+        let _ = move_all(&aside, root, old);
+        let _ = std::fs::remove_dir(&aside);
+        return Err(e);
+    }
+    let _ = std::fs::remove_dir_all(&aside);
+    if let Some(meta) = root_meta {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::os::unix::fs::chown(root, Some(meta.uid), Some(meta.gid));
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(meta.mode & 0o7777))
+            .map_err(io_err("setting the mode of", root))?;
+        let t = filetime::FileTime::from_unix_time(meta.mtime as i64, 0);
+        filetime::set_file_times(root, t, t).map_err(io_err("setting the times of", root))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn tree(root: &Path) {
+        std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+        std::fs::write(root.join("sub/deeper/file"), b"hello").unwrap();
+        std::fs::write(root.join("script"), b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(root.join("script"), std::fs::Permissions::from_mode(0o750))
+            .unwrap();
+        std::os::unix::fs::symlink("sub/deeper/file", root.join("link")).unwrap();
+        let t = filetime::FileTime::from_unix_time(1_600_000_000, 0);
+        filetime::set_file_times(root.join("sub/deeper/file"), t, t).unwrap();
+        filetime::set_file_times(root.join("sub"), t, t).unwrap();
+    }
+
+    fn archive_of(root: &Path) -> Vec<u8> {
+        let mut out = vec![];
+        pack(root, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_tree_comes_back_with_modes_links_and_times() {
+        let (from, to) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        tree(from.path());
+        let restored = unpack(to.path(), &archive_of(from.path())[..], false).unwrap();
+        assert_eq!(restored.entries, 5);
+        assert_eq!(
+            std::fs::read(to.path().join("sub/deeper/file")).unwrap(),
+            b"hello"
+        );
+        let mode = std::fs::metadata(to.path().join("script")).unwrap().mode();
+        assert_eq!(mode & 0o7777, 0o750);
+        assert_eq!(
+            std::fs::read_link(to.path().join("link")).unwrap(),
+            Path::new("sub/deeper/file")
+        );
+        for p in ["sub/deeper/file", "sub"] {
+            assert_eq!(
+                std::fs::metadata(to.path().join(p)).unwrap().mtime(),
+                1_600_000_000,
+                "{p}"
+            );
+        }
+        let left: Vec<_> = std::fs::read_dir(to.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| n.to_string_lossy().starts_with(SCRATCH_PREFIX))
+            .collect();
+        assert!(left.is_empty(), "scratch left: {left:?}");
+    }
+
+    #[test]
+    fn sockets_are_left_out_of_a_snapshot() {
+        let (from, to) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::write(from.path().join("data"), b"d").unwrap();
+        let _socket = std::os::unix::net::UnixListener::bind(from.path().join("sock")).unwrap();
+        unpack(to.path(), &archive_of(from.path())[..], false).unwrap();
+        assert!(to.path().join("data").exists());
+        assert!(!to.path().join("sock").exists());
+    }
+
+    #[test]
+    fn a_volume_with_data_is_refused_unless_forced_and_then_replaced() {
+        let (from, to) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        tree(from.path());
+        std::fs::write(to.path().join("old"), b"x").unwrap();
+        let archive = archive_of(from.path());
+        let e = unpack(to.path(), &archive[..], false).unwrap_err();
+        assert!(
+            matches!(e, ArchiveError::NotEmpty { ref first } if first == "old"),
+            "{e}"
+        );
+        assert!(to.path().join("old").exists());
+        unpack(to.path(), &archive[..], true).unwrap();
+        assert!(!to.path().join("old").exists());
+        assert!(to.path().join("script").exists());
+    }
+
+    /// A hand-made archive with one entry (tar's builder refuses some of these names).
+    fn one_entry(path: &str, kind: tar::EntryType, link: Option<&str>) -> Vec<u8> {
+        let mut header = tar::Header::new_gnu();
+        {
+            let name = &mut header.as_old_mut().name;
+            name[..path.len()].copy_from_slice(path.as_bytes());
+        }
+        header.set_entry_type(kind);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_size(if kind == tar::EntryType::Regular {
+            1
+        } else {
+            0
+        });
+        if let Some(link) = link {
+            let target = &mut header.as_old_mut().linkname;
+            target[..link.len()].copy_from_slice(link.as_bytes());
+        }
+        header.set_cksum();
+        let mut out = header.as_bytes().to_vec();
+        if kind == tar::EntryType::Regular {
+            out.extend_from_slice(&[b'x'; 1]);
+            out.resize(1024, 0);
+        }
+        out.extend_from_slice(&[0; 1024]);
+        out
+    }
+
+    #[test]
+    fn escaping_entries_and_devices_are_refused_and_leave_nothing() {
+        let to = tempfile::tempdir().unwrap();
+        let cases = [
+            one_entry("../evil", tar::EntryType::Regular, None),
+            one_entry("/etc/evil", tar::EntryType::Regular, None),
+            one_entry("a/../../evil", tar::EntryType::Regular, None),
+            one_entry("link", tar::EntryType::Symlink, Some("/etc")),
+            one_entry("d/link", tar::EntryType::Symlink, Some("../../etc")),
+            one_entry("hard", tar::EntryType::Link, Some("../x")),
+            one_entry("dev", tar::EntryType::Char, None),
+            one_entry("blk", tar::EntryType::Block, None),
+        ];
+        for (i, archive) in cases.iter().enumerate() {
+            let e = unpack(to.path(), &archive[..], false).unwrap_err();
+            let text = e.to_string();
+            assert!(
+                text.contains("outside the volume") || text.contains("device node"),
+                "case {i}: {text}"
+            );
+            assert_eq!(std::fs::read_dir(to.path()).unwrap().count(), 0, "case {i}");
+        }
+        // A link that stays inside is fine.
+        let ok = one_entry("d/link", tar::EntryType::Symlink, Some("../x"));
+        unpack(to.path(), &ok[..], false).unwrap();
+    }
+
+    #[test]
+    fn a_truncated_or_corrupt_archive_restores_nothing() {
+        let (from, to) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        tree(from.path());
+        std::fs::write(from.path().join("big"), vec![7u8; 100_000]).unwrap();
+        let archive = archive_of(from.path());
+        std::fs::write(to.path().join("keep"), b"mine").unwrap();
+        for cut in [archive.len() / 2, archive.len() - 1024, 700] {
+            let e = unpack(to.path(), &archive[..cut], true).unwrap_err();
+            assert!(
+                e.to_string().contains("corrupt or truncated"),
+                "cut {cut}: {e}"
+            );
+            let names: Vec<_> = std::fs::read_dir(to.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(names, ["keep"], "cut {cut}");
+        }
+        let mut garbage = archive.clone();
+        garbage[100..400].fill(0x41);
+        let e = unpack(to.path(), &garbage[..], true).unwrap_err();
+        assert!(e.to_string().contains("corrupt or truncated"), "{e}");
+        assert_eq!(std::fs::read(to.path().join("keep")).unwrap(), b"mine");
+    }
+
+    #[test]
+    fn links_inside_the_volume_are_told_from_those_that_leave() {
+        assert!(link_stays_inside(Path::new("a/b"), Path::new("../c")));
+        assert!(!link_stays_inside(Path::new("a/b"), Path::new("../../c")));
+        assert!(!link_stays_inside(Path::new("a"), Path::new("/etc")));
+        assert!(link_stays_inside(Path::new("a"), Path::new("./x/../y")));
+    }
+}

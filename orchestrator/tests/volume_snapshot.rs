@@ -1,0 +1,513 @@
+//! Root test of `tugboat volume snapshot|restore` (docs/volumes.md) on a server and two
+//! agents, each in a network namespace of its own: files written through a container on
+//! node a (a symlink, a mode, an owner) come back through a container on node b after a
+//! snapshot, `volume rm` and a restore into a new volume placed with `--node b`; and each
+//! bad input answers what a user can act on, leaving the volume as it was: an unknown
+//! volume, a volume in use, a volume that holds data, a local volume on no node yet, a
+//! corrupt or truncated archive, an entry that climbs out of the volume, an archive bigger
+//! than a sized volume (ENOSPC), a read-only token, and a node that is not ready.
+
+mod host;
+
+use host::{shop_images, wait_for, Lan, TestHost};
+use std::path::Path;
+use std::time::Duration;
+use tugboat::model::Instance;
+
+const START: Duration = Duration::from_secs(120);
+
+fn running(host: &TestHost, service: &'static str) -> Option<Instance> {
+    host.api(|c| async move { c.instances(Some(service)).await })
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|i| i.phase == tugboat::model::InstancePhase::Running && i.ready)
+}
+
+fn exec(host: &TestHost, id: &str, script: &str) -> (i32, String) {
+    let (id, script) = (id.to_string(), script.to_string());
+    let out = host
+        .api(|c| async move {
+            c.exec(&id, &["sh".to_string(), "-c".to_string(), script])
+                .await
+        })
+        .expect("exec");
+    (out.exit_code, format!("{}{}", out.stdout, out.stderr))
+}
+
+/// `tugboat ARGS` as a user runs it: whether it succeeded, and what it printed.
+fn cli(host: &TestHost, args: &[&str]) -> (bool, String) {
+    let out = host.cli(args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn apply(host: &TestHost, text: &str) {
+    let spec = tugboat::spec::parse_spec_file("test.yaml", text, &|_| false).unwrap();
+    host.api(|c| async move { c.apply(&spec).await.map(|_| ()) })
+        .expect("apply");
+}
+
+fn service(name: &str, volume: &str) -> String {
+    format!(
+        r#"
+services:
+  {name}:
+    image: shop/catalog:1
+    volumes:
+      - {{type: volume, source: {volume}, target: /data}}
+    stop: {{grace_seconds: 1}}
+"#
+    )
+}
+
+fn gone(host: &TestHost, service: &'static str) {
+    host.api(|c| async move { c.delete_service(service).await })
+        .unwrap();
+    wait_for(
+        &format!("{service}'s instances gone"),
+        START,
+        || {
+            host.api(|c| async move { c.instances(Some(service)).await })
+                .is_ok_and(|l| l.items.is_empty())
+        },
+        || format!("{:#?}", host::instances(host)),
+    );
+}
+
+fn has_mkfs() -> bool {
+    std::process::Command::new("mkfs.ext4")
+        .arg("-V")
+        .output()
+        .is_ok()
+}
+
+#[test]
+fn a_volume_moves_between_nodes_through_snapshot_and_restore_and_bad_input_says_why() {
+    skip_unless_possible!("a_volume_moves_between_nodes");
+    if !has_mkfs() {
+        println!("SKIP a_volume_moves_between_nodes: no mkfs.ext4 (Debian's e2fsprogs)");
+        return;
+    }
+    let mut s = TestHost::new();
+    let mut hosts = [TestHost::new(), TestHost::new()];
+    let lan = Lan::new(&[
+        ("s", &s, "192.168.217.1/24"),
+        ("a", &hosts[0], "192.168.217.2/24"),
+        ("b", &hosts[1], "192.168.217.3/24"),
+    ]);
+    let server_dir = s.dir.join("server").display().to_string();
+    #[rustfmt::skip]
+    s.spawn("server", &["server", "--listen", "0.0.0.0:7480", "--data-dir", &server_dir,
+                        "--profile", "lan"]);
+    s.wait_for_output("server: tugboat server listening", START);
+    let (token, hash) = host::join_token(&s, "snapshot test");
+    let image = shop_images().join("oci/shop-catalog").display().to_string();
+    for (i, (host, node)) in hosts.iter_mut().zip(["a", "b"]).enumerate() {
+        let n = i + 2;
+        let address = format!("192.168.217.{n}");
+        let data = host.dir.join("agent").display().to_string();
+        #[rustfmt::skip]
+        let args = [
+            "agent", "--addr", "192.168.217.1:7480", "--join-token", &token, "--ca-hash", &hash,
+            "--data-dir", &data, "--node", node, "--subnet", &format!("10.89.{n}.0/24"),
+            "--address", &address, "--api-listen", &format!("{address}:7481"),
+            "--import", &image,
+        ];
+        host.spawn(&format!("agent-{node}"), &args);
+    }
+    let show = |s: &TestHost| format!("{:#?}", host::instances(s));
+    wait_for(
+        "nodes a and b registered",
+        START,
+        || s.api(|c| async move { c.nodes().await.map(|l| l.items.len()).unwrap_or(0) }) == 2,
+        || show(&s),
+    );
+
+    // A local volume on node a, written through a container: a file with a mode and an
+    // owner, a symlink, a directory, and 20 MiB (more than the sized volume below holds).
+    let (ok, said) = cli(&s, &["volume", "create", "pantry", "--node", "a"]);
+    assert!(ok, "{said}");
+    apply(&s, &service("writer", "pantry"));
+    wait_for(
+        "writer running",
+        START,
+        || running(&s, "writer").is_some(),
+        || show(&s),
+    );
+    let writer = running(&s, "writer").unwrap();
+    assert_eq!(writer.node.as_deref(), Some("a"));
+    let (code, said) = exec(
+        &s,
+        &writer.id,
+        "mkdir -p /data/shelf && echo jam > /data/shelf/jar && chmod 0640 /data/shelf/jar \
+         && /bin/busybox chown 123:456 /data/shelf/jar && ln -s shelf/jar /data/link \
+         && /bin/busybox dd if=/dev/zero of=/data/big bs=1M count=20 2>/dev/null && echo done",
+    );
+    assert_eq!((code, said.trim()), (0, "done"), "{said}");
+
+    let archive = s.dir.join("pantry.tar");
+    let archive_arg = archive.display().to_string();
+
+    // In use: a restore is refused, naming the instance.
+    std::fs::write(&archive, b"").unwrap();
+    let (ok, said) = cli(
+        &s,
+        &["volume", "restore", "pantry", "-i", &archive_arg, "--force"],
+    );
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains(&format!(
+            "volume pantry is in use by instance {}",
+            writer.id
+        )),
+        "{said}"
+    );
+
+    // The snapshot, while the writer runs (the volume is mounted; a plain directory here).
+    std::fs::remove_file(&archive).unwrap();
+    let (ok, said) = cli(&s, &["volume", "snapshot", "pantry", "-f", &archive_arg]);
+    assert!(ok, "{said}");
+    let size = std::fs::metadata(&archive).unwrap().len();
+    assert!(size > 20 << 20, "an archive of {size} bytes");
+
+    // An unknown volume, named; no archive left behind.
+    let missing = s.dir.join("missing.tar");
+    let (ok, said) = cli(
+        &s,
+        &[
+            "volume",
+            "snapshot",
+            "nope",
+            "-f",
+            &missing.display().to_string(),
+        ],
+    );
+    assert!(!ok, "{said}");
+    assert!(said.contains("volume `nope` not found"), "{said}");
+    assert!(!missing.exists() && !s.dir.join("missing.tar.partial").exists());
+
+    // The old volume goes.
+    gone(&s, "writer");
+    let (ok, said) = cli(&s, &["volume", "rm", "pantry"]);
+    assert!(ok, "{said}");
+
+    // A new local volume on no node yet: a restore must say where.
+    let (ok, said) = cli(&s, &["volume", "create", "larder"]);
+    assert!(ok, "{said}");
+    let (ok, said) = cli(&s, &["volume", "restore", "larder", "-i", &archive_arg]);
+    assert!(!ok, "{said}");
+    assert!(said.contains("volume larder is on no node yet"), "{said}");
+    assert!(said.contains("--node"), "{said}");
+
+    // Restored on node b, which it then lives on.
+    let (ok, said) = cli(
+        &s,
+        &[
+            "volume",
+            "restore",
+            "larder",
+            "-i",
+            &archive_arg,
+            "--node",
+            "b",
+        ],
+    );
+    assert!(ok, "{said}");
+    assert!(said.contains("volume/larder restored on node b"), "{said}");
+    let larder = s.api(|c| async move { c.volume("larder").await }).unwrap();
+    assert_eq!(larder.node.as_deref(), Some("b"), "{larder:#?}");
+
+    // Again: it holds data now, so without --force it is refused.
+    let (ok, said) = cli(
+        &s,
+        &[
+            "volume",
+            "restore",
+            "larder",
+            "-i",
+            &archive_arg,
+            "--node",
+            "b",
+        ],
+    );
+    assert!(!ok, "{said}");
+    assert!(said.contains("the volume is not empty"), "{said}");
+    assert!(said.contains("--force"), "{said}");
+
+    // A truncated archive and a corrupt one, even with --force: nothing half-restored.
+    let bytes = std::fs::read(&archive).unwrap();
+    let truncated = s.dir.join("truncated.tar");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let corrupt = s.dir.join("corrupt.tar");
+    let mut garbage = bytes[..64 << 10].to_vec();
+    garbage[..512].fill(b'x');
+    std::fs::write(&corrupt, &garbage).unwrap();
+    for bad in [&truncated, &corrupt] {
+        let (ok, said) = cli(
+            &s,
+            &[
+                "volume",
+                "restore",
+                "larder",
+                "-i",
+                &bad.display().to_string(),
+                "--force",
+            ],
+        );
+        assert!(!ok, "{}: {said}", bad.display());
+        assert!(
+            said.contains("corrupt or truncated"),
+            "{}: {said}",
+            bad.display()
+        );
+        assert!(said.contains("the volume is as before"), "{said}");
+    }
+
+    // Read through a container on node b: the same contents, modes, owner and link.
+    apply(&s, &service("reader", "larder"));
+    wait_for(
+        "reader running",
+        START,
+        || running(&s, "reader").is_some(),
+        || show(&s),
+    );
+    let reader = running(&s, "reader").unwrap();
+    assert_eq!(reader.node.as_deref(), Some("b"));
+    let (code, said) = exec(
+        &s,
+        &reader.id,
+        "cat /data/shelf/jar; /bin/busybox stat -c '%a %u %g' /data/shelf/jar; \
+         /bin/busybox readlink /data/link; cat /data/link; wc -c < /data/big; ls -a /data",
+    );
+    assert_eq!(code, 0, "{said}");
+    assert_eq!(
+        said.lines().collect::<Vec<_>>(),
+        [
+            "jam",
+            "640 123 456",
+            "shelf/jar",
+            "jam",
+            "20971520",
+            ".",
+            "..",
+            "big",
+            "link",
+            "shelf"
+        ],
+        "{said}"
+    );
+    gone(&s, "reader");
+
+    // A sized volume smaller than the archive: ENOSPC, and the volume stays empty (a
+    // restore without --force, which only an empty volume takes, then succeeds).
+    let (ok, said) = cli(
+        &s,
+        &["volume", "create", "tin", "--size", "16Mi", "--node", "b"],
+    );
+    assert!(ok, "{said}");
+    let (ok, said) = cli(&s, &["volume", "restore", "tin", "-i", &archive_arg]);
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("ENOSPC") && said.contains("no space"),
+        "{said}"
+    );
+    assert!(said.contains("the volume is as before"), "{said}");
+    // An entry that climbs out of the volume: refused, nothing written anywhere.
+    let evil = s.dir.join("evil.tar");
+    std::fs::write(&evil, escaping_archive("../escaped")).unwrap();
+    let (ok, said) = cli(
+        &s,
+        &[
+            "volume",
+            "restore",
+            "tin",
+            "-i",
+            &evil.display().to_string(),
+        ],
+    );
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("archive entry `../escaped` would be written outside the volume"),
+        "{said}"
+    );
+    let agent_b = hosts[1].dir.join("agent");
+    assert!(!agent_b.join("volumes/escaped").exists());
+
+    // A read-only token cannot read a volume's contents.
+    let read = s
+        .api(|c| async move {
+            c.create_token(&tugboat::wire::TokenRequest {
+                scope: tugboat::wire::TokenScope::Read,
+                ttl_seconds: Some(600),
+                description: "snapshot test, read".into(),
+            })
+            .await
+        })
+        .unwrap()
+        .token;
+    let reader_client = s.client(Some(read));
+    let refused = s.in_netns(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut out = vec![];
+            reader_client
+                .snapshot_volume("larder", &mut out)
+                .await
+                .map(|_| out.len())
+        })
+    });
+    let e = refused.unwrap_err().to_string();
+    assert!(
+        e.contains("a read-only token reads no volume's contents"),
+        "{e}"
+    );
+
+    let small = s.dir.join("small.tar");
+    std::fs::write(&small, tiny_archive(&s.dir.join("tiny"))).unwrap();
+    let (ok, said) = cli(
+        &s,
+        &[
+            "volume",
+            "restore",
+            "tin",
+            "-i",
+            &small.display().to_string(),
+        ],
+    );
+    assert!(ok, "the failed restore left something in tin: {said}");
+    // Not mounted after: no instance uses it.
+    let mountpoint = hosts[1].dir.join("agent/volumes/tin");
+    wait_for(
+        "tin unmounted after its restore",
+        Duration::from_secs(10),
+        || !mounted(&mountpoint),
+        || mountpoint.display().to_string(),
+    );
+
+    // No such volume and no node: named, with what to do.
+    let small_arg = small.display().to_string();
+    let (ok, said) = cli(&s, &["volume", "restore", "crate", "-i", &small_arg]);
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("volume `crate` not found") && said.contains("--node"),
+        "{said}"
+    );
+    // With --node a local volume is made there; a failed restore leaves no object behind,
+    // a good one a volume on that node.
+    let corrupt_arg = corrupt.display().to_string();
+    let (ok, said) = cli(
+        &s,
+        &[
+            "volume",
+            "restore",
+            "crate",
+            "-i",
+            &corrupt_arg,
+            "--node",
+            "b",
+        ],
+    );
+    assert!(!ok && said.contains("corrupt or truncated"), "{said}");
+    let e = s
+        .api(|c| async move { c.volume("crate").await })
+        .unwrap_err();
+    assert_eq!(e.status(), Some(404), "{e}");
+    let (ok, said) = cli(
+        &s,
+        &[
+            "volume", "restore", "crate", "-i", &small_arg, "--node", "b",
+        ],
+    );
+    assert!(ok, "{said}");
+    let made = s.api(|c| async move { c.volume("crate").await }).unwrap();
+    assert_eq!(made.node.as_deref(), Some("b"), "{made:#?}");
+    assert_eq!(
+        std::fs::read_to_string(hosts[1].dir.join("agent/volumes/crate/note")).unwrap(),
+        "small\n"
+    );
+
+    // Node a is not ready: a snapshot of a volume on it says so.
+    let (ok, said) = cli(&s, &["volume", "create", "cellar", "--node", "a"]);
+    assert!(ok, "{said}");
+    lan.set_link("a", false);
+    hosts[0].kill_spawned("agent-a");
+    wait_for(
+        "node a not ready",
+        START,
+        || {
+            s.api(|c| async move { c.nodes().await }).is_ok_and(|l| {
+                l.items
+                    .iter()
+                    .any(|n| n.name == "a" && n.status != tugboat::model::NodeStatus::Ready)
+            })
+        },
+        || show(&s),
+    );
+    let out = s.dir.join("cellar.tar");
+    let (ok, said) = cli(
+        &s,
+        &[
+            "volume",
+            "snapshot",
+            "cellar",
+            "-f",
+            &out.display().to_string(),
+        ],
+    );
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("volume cellar is on node a, which is not ready"),
+        "{said}"
+    );
+    assert!(!out.exists());
+}
+
+fn mounted(path: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(&*path.to_string_lossy()))
+}
+
+/// A valid archive of one small file, made by the snapshot code itself.
+fn tiny_archive(dir: &Path) -> Vec<u8> {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("note"), b"small\n").unwrap();
+    let mut out = vec![];
+    tugboat::agent::volume_archive::pack(dir, &mut out).unwrap();
+    out
+}
+
+/// A ustar archive of one regular file named `name` (written by hand: tar's own builder
+/// refuses such names), with its end-of-archive blocks.
+fn escaping_archive(name: &str) -> Vec<u8> {
+    let mut header = [0u8; 512];
+    header[..name.len()].copy_from_slice(name.as_bytes());
+    let mut field =
+        |at: usize, text: &str| header[at..at + text.len()].copy_from_slice(text.as_bytes());
+    field(100, "0000644\0");
+    field(108, "0000000\0");
+    field(116, "0000000\0");
+    field(124, "00000000004\0");
+    field(136, "00000000000\0");
+    field(156, "0");
+    field(257, "ustar\0");
+    field(263, "00");
+    header[148..156].fill(b' ');
+    let sum: u32 = header.iter().map(|b| *b as u32).sum();
+    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut out = header.to_vec();
+    let mut data = b"evil".to_vec();
+    data.resize(512, 0);
+    out.extend_from_slice(&data);
+    out.extend_from_slice(&[0; 1024]);
+    out
+}

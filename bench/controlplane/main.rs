@@ -170,12 +170,39 @@ fn start_server(tugboat: &Path, dir: &Path, n: usize, store: &[String]) -> (Proc
     )
 }
 
-async fn wait_until_answering(addr: &str, what: &str) {
+async fn wait_until_answering(addr: &str, what: &str, log: &Path) {
     let client = ApiClient::new(addr, None);
     let deadline = Instant::now() + Duration::from_secs(60);
     while client.servers().await.is_err() {
-        assert!(Instant::now() < deadline, "{what} at {addr} never answered");
+        assert!(
+            Instant::now() < deadline,
+            "{what} at {addr} never answered; its log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Wait until every etcd member reports itself healthy (a server started before that
+/// gives up on its store).
+async fn wait_for_etcd(endpoints: &str) {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for endpoint in endpoints.split(',') {
+        loop {
+            let healthy = match http.get(format!("{endpoint}/health")).send().await {
+                Ok(response) => response.text().await.unwrap_or_default().contains("true"),
+                Err(_) => false,
+            };
+            if healthy {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd at {endpoint} never became healthy"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
@@ -313,8 +340,12 @@ async fn run(
     failover: bool,
 ) -> RunResult {
     let addrs: Vec<String> = servers.iter().map(|(_, a)| a.clone()).collect();
-    for (proc, addr) in servers.iter() {
-        wait_until_answering(addr, &proc.name).await;
+    for (n, (proc, addr)) in servers.iter().enumerate() {
+        let log = dir.join(format!(
+            "server{}.log",
+            if servers.len() == 1 { 0 } else { n + 1 }
+        ));
+        wait_until_answering(addr, &proc.name, &log).await;
     }
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -531,6 +562,7 @@ async fn main() {
     let mut etcd = None;
     if which == "etcd" || which == "both" {
         let (members, endpoints) = start_etcd(dir.path());
+        wait_for_etcd(&endpoints).await;
         let store = vec![
             "--store".to_string(),
             "etcd".into(),
@@ -540,7 +572,16 @@ async fn main() {
         let mut servers: Vec<(Proc, String)> = (1..=3)
             .map(|n| start_server(&tugboat, dir.path(), n, &store))
             .collect();
-        let result = run("etcd", &mut servers, nodes, instances, per_service, true).await;
+        let result = run(
+            "etcd",
+            dir.path(),
+            &mut servers,
+            nodes,
+            instances,
+            per_service,
+            true,
+        )
+        .await;
         println!(
             "etcd (3 members), 3 servers: {:.0} placements/s end to end ({instances} in {:.1} s), API p99 {:.1} ms, {} failed calls, servers' RSS {} MiB, leader failover {:.1} s",
             result.placements_per_s,

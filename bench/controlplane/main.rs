@@ -333,6 +333,7 @@ struct RunResult {
 
 async fn run(
     label: &str,
+    dir: &Path,
     servers: &mut [(Proc, String)],
     nodes: u64,
     instances: u64,
@@ -546,6 +547,7 @@ async fn main() {
         let mut servers = vec![start_server(&tugboat, dir.path(), 0, &[])];
         let result = run(
             "embedded",
+            dir.path(),
             &mut servers,
             nodes,
             instances,

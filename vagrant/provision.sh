@@ -84,7 +84,10 @@ install -d -m 0700 "$data_dir"
 # The shop's images as OCI layouts; the agent imports them into its image store
 # (<data-dir>/images) when it starts (--import, below).
 say "building the shop's images into $shop_images"
-TUGBOAT=/usr/local/bin/tugboat bash "$src/examples/shop/build.sh" --data-dir "$shop_images/data" \
+# The shop's static binary comes with the others when they are given (the VM stages).
+shop_bin=()
+[ -x "$bin_dir/shop" ] && shop_bin=(SHOP_BIN="$bin_dir/shop")
+env "${shop_bin[@]}" TUGBOAT=/usr/local/bin/tugboat bash "$src/examples/shop/build.sh" --data-dir "$shop_images/data" \
   --oci "$shop_images/oci" >/dev/null
 if [ "$role" = server ] && [ -n "$token" ]; then
   # The server uses a token file that is there at its first start.

@@ -59,6 +59,8 @@ trap 'exit 130' INT TERM
 vm_kernel
 log "building: cargo build -p tugboat -p tug-runtime -p tugboat-monitor --bins"
 cargo build -q -p tugboat -p tug-runtime -p tugboat-monitor --bins
+# The shop's static binary beside them (provision.sh builds the images with it).
+cp "$(bash "$repo/examples/shop/build.sh" --binary-only)" "$repo/target/debug/shop"
 vm_initramfs "$tmp"
 vm_accel "$tmp"
 

@@ -112,6 +112,8 @@ if [ "$provision" = 1 ]; then
   # provision-check.sh installs these into the VM's /usr/local/bin.
   log "building: cargo build -p tugboat -p tug-runtime -p tugboat-monitor --bins"
   cargo build -q -p tugboat -p tug-runtime -p tugboat-monitor --bins
+  # The shop's static binary beside them (provision.sh builds the images with it).
+  cp "$(bash "$repo/examples/shop/build.sh" --binary-only)" "$repo/target/debug/shop"
 fi
 
 out=$tmp/out

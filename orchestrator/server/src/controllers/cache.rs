@@ -11,6 +11,11 @@
 //! store for its revision, then waits until the cache has caught up with it, so a pass sees
 //! its own earlier writes as a list did. Until the cache has listed (or while it lists again
 //! after a compacted watch), and if it does not catch up in time, reads go to the store.
+//! Catching up relies on every revision having an event under the cluster's prefix: true of
+//! the embedded store (a transaction that changes nothing raises no revision, as in etcd) and
+//! of an etcd of the cluster's own. On an etcd shared with other users, their writes raise
+//! the revision too, and a pass then waits [`CATCH_UP`] and lists (slower, never wrong);
+//! etcd's progress notifications would fix that.
 
 use crate::objects::{self, Versioned};
 use crate::store::{EventKind, Revision, Store, StoreError};
@@ -173,6 +178,10 @@ impl ObjectCache {
                 copy(&objects.nodes),
             ));
         }
+        eprintln!(
+            "tugboat server: controllers' cache at revision {:?} did not reach the store's {target} within {CATCH_UP:?}: listing the store",
+            *self.revision.borrow()
+        );
         list_all(store).await
     }
 }

@@ -227,6 +227,10 @@ impl InstanceFeed {
     ) -> Result<Poll, StoreError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            // The revision this check covered: on a timeout, the poll answers with it, not
+            // with what the feed has seen since (a change routed in between would be
+            // skipped by the agent's next poll).
+            let checked;
             let mut wake = {
                 let mut state = self.lock();
                 let Some(start) = state.start else {
@@ -254,15 +258,15 @@ impl InstanceFeed {
                         changes,
                     }));
                 }
+                checked = seen;
                 queue.wake.subscribe()
             };
             if tokio::time::timeout_at(deadline, wake.changed())
                 .await
                 .is_err()
             {
-                let seen = self.lock().seen;
                 return Ok(Poll::Batch(WatchBatch {
-                    revision: seen.max(from - 1),
+                    revision: checked.max(from - 1),
                     changes: vec![],
                 }));
             }
@@ -428,5 +432,38 @@ mod tests {
         // The newest changes are still there.
         let recent = poll(&feed, "a", from + 20).await;
         assert_eq!(recent.changes.len(), PER_NODE - 10);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn polls_that_time_out_while_changes_arrive_miss_none() {
+        let store = EmbeddedStore::in_memory();
+        let (feed, _stop) = started(&store).await;
+        let mut from = crate::store::Store::current_revision(&store).await.unwrap() + 1;
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..300 {
+                    put(&store, &format!("/instances/web/{i}"), instance(Some("a")))
+                        .await
+                        .unwrap();
+                    if i % 10 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            })
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while seen.len() < 300 {
+            assert!(Instant::now() < deadline, "only {} of 300 seen", seen.len());
+            // A zero timeout, as a client asking for `timeout_seconds=0` gets.
+            let batch = match feed.poll("a", from, Duration::ZERO).await.unwrap() {
+                Poll::Batch(batch) => batch,
+                Poll::NotCovered => panic!("not covered"),
+            };
+            from = batch.revision + 1;
+            seen.extend(batch.changes.into_iter().map(|c| c.key));
+        }
+        writer.await.unwrap();
     }
 }

@@ -320,6 +320,16 @@ impl State {
         operations: Vec<Operation>,
     ) -> Result<Revision, StoreError> {
         self.check(&compares)?;
+        // As in etcd, a transaction that changes nothing (deletes of keys that are not
+        // there) raises no revision: every revision has an event, so a watcher that has
+        // seen revision R has seen everything up to R.
+        let changes = operations.iter().any(|op| match op {
+            Operation::Put { .. } => true,
+            Operation::Delete { key } => self.data.contains_key(key),
+        });
+        if !changes {
+            return Ok(self.revision);
+        }
         let revision = self.revision + 1;
         let record = Record::Commit {
             revision,
@@ -702,5 +712,14 @@ mod tests {
         drop(store);
         let store = EmbeddedStore::open(&path, EmbeddedStoreOptions::default()).unwrap();
         assert_eq!(store.list("/").await.unwrap(), before);
+    }
+
+    #[tokio::test]
+    async fn a_commit_that_changes_nothing_raises_no_revision() {
+        let store = EmbeddedStore::in_memory();
+        let r1 = put(&store, "/k/a", b"1".to_vec()).await.unwrap();
+        assert_eq!(delete(&store, "/k/missing").await.unwrap(), r1);
+        assert_eq!(store.current_revision().await.unwrap(), r1);
+        assert_eq!(delete(&store, "/k/a").await.unwrap(), r1 + 1);
     }
 }

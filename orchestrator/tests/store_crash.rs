@@ -27,9 +27,17 @@ fn operations_for(revision: u64) -> Vec<Operation> {
     let value =
         |n: u64| format!("value-{revision}-{}", "x".repeat((n % 200) as usize)).into_bytes();
     match revision % 5 {
-        0 => vec![Operation::Delete {
-            key: key(revision * 7),
-        }],
+        // Every transaction changes something (a put), so each raises the revision: one
+        // that changes nothing raises none, as in etcd.
+        0 => vec![
+            Operation::Put {
+                key: key(revision * 3),
+                value: value(revision),
+            },
+            Operation::Delete {
+                key: key(revision * 7),
+            },
+        ],
         1 => vec![
             Operation::Put {
                 key: key(revision),

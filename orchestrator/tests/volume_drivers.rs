@@ -7,37 +7,13 @@
 
 mod host;
 
-use host::{shop_images, wait_for, Lan, TestHost};
+use host::{exec_sh as exec, instances_of as of, lacks, running, wait_for, TestHost, TwoNodes};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tugboat::model::Instance;
 
 const START: Duration = Duration::from_secs(120);
 /// The agent measures every 10 s.
 const USAGE: Duration = Duration::from_secs(60);
-
-fn of(host: &TestHost, service: &'static str) -> Vec<Instance> {
-    host.api(|c| async move { c.instances(Some(service)).await })
-        .map(|l| l.items)
-        .unwrap_or_default()
-}
-
-fn running(host: &TestHost, service: &'static str) -> Option<Instance> {
-    of(host, service)
-        .into_iter()
-        .find(|i| i.phase == tugboat::model::InstancePhase::Running && i.ready)
-}
-
-fn exec(host: &TestHost, id: &str, script: &str) -> (i32, String) {
-    let (id, script) = (id.to_string(), script.to_string());
-    let out = host
-        .api(|c| async move {
-            c.exec(&id, &["sh".to_string(), "-c".to_string(), script])
-                .await
-        })
-        .expect("exec");
-    (out.exit_code, format!("{}{}", out.stdout, out.stderr))
-}
 
 /// Loop devices whose backing file is `image`.
 fn loops_of(image: &Path) -> Vec<String> {
@@ -226,18 +202,6 @@ fn a_sized_local_volume_stops_a_writer_at_its_size_reports_usage_and_goes_with_r
     assert!(!agent.join("volume-objects/ledger.json").exists());
 }
 
-/// Whether `program` is missing (then the test says SKIP with why).
-fn lacks(program: &str, test: &str, why: &str) -> bool {
-    let missing = std::process::Command::new(program)
-        .arg("-V")
-        .output()
-        .is_err();
-    if missing {
-        println!("SKIP {test}: no {program} ({why})");
-    }
-    missing
-}
-
 fn plugin() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/volume-plugins/dir.sh")
 }
@@ -421,40 +385,8 @@ fn a_service_on_a_shared_volume_moves_with_its_data_when_its_node_dies() {
     ) {
         return;
     }
-    let mut s = TestHost::new();
-    let mut hosts = [TestHost::new(), TestHost::new()];
-    let lan = Lan::new(&[
-        ("s", &s, "192.168.216.1/24"),
-        ("a", &hosts[0], "192.168.216.2/24"),
-        ("b", &hosts[1], "192.168.216.3/24"),
-    ]);
-    let server_dir = s.dir.join("server").display().to_string();
-    #[rustfmt::skip]
-    s.spawn("server", &["server", "--listen", "0.0.0.0:7480", "--data-dir", &server_dir,
-                        "--profile", "lan"]);
-    s.wait_for_output("server: tugboat server listening", START);
-    let (token, hash) = host::join_token(&s, "volume test");
-    let image = shop_images().join("oci/shop-catalog").display().to_string();
-    for (i, (host, node)) in hosts.iter_mut().zip(["a", "b"]).enumerate() {
-        let n = i + 2;
-        let address = format!("192.168.216.{n}");
-        let data = host.dir.join("agent").display().to_string();
-        #[rustfmt::skip]
-        let args = [
-            "agent", "--addr", "192.168.216.1:7480", "--join-token", &token, "--ca-hash", &hash,
-            "--data-dir", &data, "--node", node, "--subnet", &format!("10.88.{n}.0/24"),
-            "--address", &address, "--api-listen", &format!("{address}:7481"),
-            "--import", &image,
-        ];
-        host.spawn(&format!("agent-{node}"), &args);
-    }
+    let TwoNodes { lan, mut hosts, s } = host::server_and_two_agents("192.168.216", "10.88", START);
     let show = |s: &TestHost| format!("{:#?}", host::instances(s));
-    wait_for(
-        "nodes a and b registered",
-        START,
-        || s.api(|c| async move { c.nodes().await.map(|l| l.items.len()).unwrap_or(0) }) == 2,
-        || show(&s),
-    );
     let base = s.dir.join("shared");
     let text = format!(
         r#"

@@ -9,31 +9,11 @@
 
 mod host;
 
-use host::{shop_images, wait_for, Lan, TestHost};
+use host::{exec_sh as exec, lacks, running, wait_for, TestHost, TwoNodes};
 use std::path::Path;
 use std::time::Duration;
-use tugboat::model::Instance;
 
 const START: Duration = Duration::from_secs(120);
-
-fn running(host: &TestHost, service: &'static str) -> Option<Instance> {
-    host.api(|c| async move { c.instances(Some(service)).await })
-        .map(|l| l.items)
-        .unwrap_or_default()
-        .into_iter()
-        .find(|i| i.phase == tugboat::model::InstancePhase::Running && i.ready)
-}
-
-fn exec(host: &TestHost, id: &str, script: &str) -> (i32, String) {
-    let (id, script) = (id.to_string(), script.to_string());
-    let out = host
-        .api(|c| async move {
-            c.exec(&id, &["sh".to_string(), "-c".to_string(), script])
-                .await
-        })
-        .expect("exec");
-    (out.exit_code, format!("{}{}", out.stdout, out.stderr))
-}
 
 /// `tugboat ARGS` as a user runs it: whether it succeeded, and what it printed.
 fn cli(host: &TestHost, args: &[&str]) -> (bool, String) {
@@ -79,54 +59,18 @@ fn gone(host: &TestHost, service: &'static str) {
     );
 }
 
-fn has_mkfs() -> bool {
-    std::process::Command::new("mkfs.ext4")
-        .arg("-V")
-        .output()
-        .is_ok()
-}
-
 #[test]
 fn a_volume_moves_between_nodes_through_snapshot_and_restore_and_bad_input_says_why() {
     skip_unless_possible!("a_volume_moves_between_nodes");
-    if !has_mkfs() {
-        println!("SKIP a_volume_moves_between_nodes: no mkfs.ext4 (Debian's e2fsprogs)");
+    if lacks(
+        "mkfs.ext4",
+        "a_volume_moves_between_nodes",
+        "Debian's e2fsprogs",
+    ) {
         return;
     }
-    let mut s = TestHost::new();
-    let mut hosts = [TestHost::new(), TestHost::new()];
-    let lan = Lan::new(&[
-        ("s", &s, "192.168.217.1/24"),
-        ("a", &hosts[0], "192.168.217.2/24"),
-        ("b", &hosts[1], "192.168.217.3/24"),
-    ]);
-    let server_dir = s.dir.join("server").display().to_string();
-    #[rustfmt::skip]
-    s.spawn("server", &["server", "--listen", "0.0.0.0:7480", "--data-dir", &server_dir,
-                        "--profile", "lan"]);
-    s.wait_for_output("server: tugboat server listening", START);
-    let (token, hash) = host::join_token(&s, "snapshot test");
-    let image = shop_images().join("oci/shop-catalog").display().to_string();
-    for (i, (host, node)) in hosts.iter_mut().zip(["a", "b"]).enumerate() {
-        let n = i + 2;
-        let address = format!("192.168.217.{n}");
-        let data = host.dir.join("agent").display().to_string();
-        #[rustfmt::skip]
-        let args = [
-            "agent", "--addr", "192.168.217.1:7480", "--join-token", &token, "--ca-hash", &hash,
-            "--data-dir", &data, "--node", node, "--subnet", &format!("10.89.{n}.0/24"),
-            "--address", &address, "--api-listen", &format!("{address}:7481"),
-            "--import", &image,
-        ];
-        host.spawn(&format!("agent-{node}"), &args);
-    }
+    let TwoNodes { lan, mut hosts, s } = host::server_and_two_agents("192.168.217", "10.89", START);
     let show = |s: &TestHost| format!("{:#?}", host::instances(s));
-    wait_for(
-        "nodes a and b registered",
-        START,
-        || s.api(|c| async move { c.nodes().await.map(|l| l.items.len()).unwrap_or(0) }) == 2,
-        || show(&s),
-    );
 
     // A local volume on node a, written through a container: a file with a mode and an
     // owner, a symlink, a directory, and 20 MiB (more than the sized volume below holds).

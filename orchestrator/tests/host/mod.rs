@@ -645,3 +645,88 @@ pub fn join_token(host: &TestHost, description: &str) -> (String, String) {
     let ca = std::fs::read_to_string(host.ca()).expect("the server's CA");
     (token, tugboat::tls::hash_pem(&ca).unwrap())
 }
+
+/// Whether `program` is missing (then the test says SKIP with why).
+pub fn lacks(program: &str, test: &str, why: &str) -> bool {
+    let missing = Command::new(program).arg("-V").output().is_err();
+    if missing {
+        println!("SKIP {test}: no {program} ({why})");
+    }
+    missing
+}
+
+/// The instances of `service`, as the server lists them (none if it does not answer).
+pub fn instances_of(host: &TestHost, service: &'static str) -> Vec<tugboat::model::Instance> {
+    host.api(|c| async move { c.instances(Some(service)).await })
+        .map(|l| l.items)
+        .unwrap_or_default()
+}
+
+/// An instance of `service` that runs and is ready.
+pub fn running(host: &TestHost, service: &'static str) -> Option<tugboat::model::Instance> {
+    instances_of(host, service)
+        .into_iter()
+        .find(|i| i.phase == tugboat::model::InstancePhase::Running && i.ready)
+}
+
+/// `sh -c SCRIPT` in an instance, through the API: its exit code and output.
+pub fn exec_sh(host: &TestHost, id: &str, script: &str) -> (i32, String) {
+    let (id, script) = (id.to_string(), script.to_string());
+    let out = host
+        .api(|c| async move {
+            c.exec(&id, &["sh".to_string(), "-c".to_string(), script])
+                .await
+        })
+        .expect("exec");
+    (out.exit_code, format!("{}{}", out.stdout, out.stderr))
+}
+
+/// A server on a host of its own (`s`) and agents for nodes a and b (`hosts`), on a LAN of
+/// namespaces (`{net}.1` the server, `{net}.2` and `.3` the agents; `{net}.0/24` exists
+/// inside them only), each agent joined with a join token and importing the shop's catalog
+/// image; returned once both nodes are registered. Fields drop in order: LAN, agents, server.
+pub struct TwoNodes {
+    pub lan: Lan,
+    pub hosts: [TestHost; 2],
+    pub s: TestHost,
+}
+
+/// [`TwoNodes`] on `{net}.0/24`, the nodes' container subnets `{pods}.2.0/24` and
+/// `{pods}.3.0/24`.
+pub fn server_and_two_agents(net: &str, pods: &str, limit: Duration) -> TwoNodes {
+    let mut s = TestHost::new();
+    let mut hosts = [TestHost::new(), TestHost::new()];
+    let lan = Lan::new(&[
+        ("s", &s, &format!("{net}.1/24")),
+        ("a", &hosts[0], &format!("{net}.2/24")),
+        ("b", &hosts[1], &format!("{net}.3/24")),
+    ]);
+    let server_dir = s.dir.join("server").display().to_string();
+    #[rustfmt::skip]
+    s.spawn("server", &["server", "--listen", "0.0.0.0:7480", "--data-dir", &server_dir,
+                        "--profile", "lan"]);
+    s.wait_for_output("server: tugboat server listening", limit);
+    let (token, hash) = join_token(&s, "two-node test");
+    let image = shop_images().join("oci/shop-catalog").display().to_string();
+    let server = format!("{net}.1:7480");
+    for (i, (host, node)) in hosts.iter_mut().zip(["a", "b"]).enumerate() {
+        let n = i + 2;
+        let address = format!("{net}.{n}");
+        let data = host.dir.join("agent").display().to_string();
+        #[rustfmt::skip]
+        let args = [
+            "agent", "--addr", &server, "--join-token", &token, "--ca-hash", &hash,
+            "--data-dir", &data, "--node", node, "--subnet", &format!("{pods}.{n}.0/24"),
+            "--address", &address, "--api-listen", &format!("{address}:7481"),
+            "--import", &image,
+        ];
+        host.spawn(&format!("agent-{node}"), &args);
+    }
+    wait_for(
+        "nodes a and b registered",
+        limit,
+        || s.api(|c| async move { c.nodes().await.map(|l| l.items.len()).unwrap_or(0) }) == 2,
+        || format!("{:#?}", instances(&s)),
+    );
+    TwoNodes { lan, hosts, s }
+}

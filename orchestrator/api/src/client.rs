@@ -352,21 +352,7 @@ impl ApiClient {
                     .body(archive())
             })
             .await?;
-        let status = response.status().as_u16();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Unreachable {
-                addr: base,
-                cause: error_chain(&e),
-            })?;
-        if (200..300).contains(&status) {
-            return serde_json::from_slice(&bytes).map_err(|_| ClientError::Decode {
-                status,
-                body: String::from_utf8_lossy(&bytes).into_owned(),
-            });
-        }
-        Err(error_from(status, &bytes))
+        Self::decode(response, base).await
     }
 
     /// Runs a command in an instance (through the server and the instance's agent).
@@ -480,6 +466,14 @@ impl ApiClient {
                 request
             })
             .await?;
+        Self::decode(response, base).await
+    }
+
+    /// A response's JSON as `T` (2xx), or the error it carries.
+    async fn decode<T: DeserializeOwned>(
+        response: reqwest::Response,
+        base: String,
+    ) -> Result<T, ClientError> {
         let status = response.status().as_u16();
         let bytes = response
             .bytes()

@@ -62,6 +62,34 @@ fn send(
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The purchases that went through (customer, order) and the failures.
+type Bought = (Vec<(String, String)>, Vec<String>);
+
+/// Purchases, each by a new customer (`PREFIX-N`), in the shop's namespace, until `stop`,
+/// `max` of them or `limit`. `attempts` counts each.
+fn keep_buying(
+    prefix: &str,
+    stop: &AtomicBool,
+    max: usize,
+    limit: Duration,
+    attempts: &std::sync::atomic::AtomicUsize,
+) -> Bought {
+    let (mut ok, mut failures) = (vec![], vec![]);
+    let deadline = std::time::Instant::now() + limit;
+    while !stop.load(Ordering::SeqCst)
+        && ok.len() + failures.len() < max
+        && std::time::Instant::now() < deadline
+    {
+        let session = format!("{prefix}-{}", ok.len() + failures.len());
+        match Shopper::new(host::SHOP, &session).purchase() {
+            Ok(order) => ok.push((session, order)),
+            Err(e) => failures.push(e),
+        }
+        attempts.fetch_add(1, Ordering::SeqCst);
+    }
+    (ok, failures)
+}
+
 #[test]
 fn the_whole_purchase_flow_through_the_ingress_port() {
     skip_unless_possible!("the_whole_purchase_flow_through_the_ingress_port");
@@ -410,20 +438,13 @@ fn the_shop_answers_while_the_agent_is_dead_and_nothing_runs_twice_after() {
             // SAFETY: setns of this thread only, on a namespace fd we hold open.
             let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            let (mut ok, mut failures) = (vec![], vec![]);
-            // Bounded: at most 300 purchases or 120 s.
-            let deadline = std::time::Instant::now() + Duration::from_secs(120);
-            while !stop.load(Ordering::SeqCst)
-                && ok.len() + failures.len() < 300
-                && std::time::Instant::now() < deadline
-            {
-                let session = format!("restart-{}", ok.len() + failures.len());
-                match Shopper::new(host::SHOP, &session).purchase() {
-                    Ok(order) => ok.push((session, order)),
-                    Err(e) => failures.push(e),
-                }
-            }
-            (ok, failures)
+            keep_buying(
+                "restart",
+                &stop,
+                300,
+                Duration::from_secs(120),
+                &Default::default(),
+            )
         })
     };
     host.start_up(&host::shop_spec());
@@ -483,23 +504,7 @@ fn a_rolling_update_of_each_service_fails_no_purchase() {
     let bought = std::sync::atomic::AtomicUsize::new(0);
     let (ok, failures) = std::thread::scope(|s| {
         let buyer = s.spawn(|| {
-            host.in_netns(|| {
-                let (mut ok, mut failures) = (vec![], vec![]);
-                // Bounded: at most 500 purchases or 300 s.
-                let deadline = std::time::Instant::now() + Duration::from_secs(300);
-                while !stop.load(Ordering::SeqCst)
-                    && ok.len() + failures.len() < 500
-                    && std::time::Instant::now() < deadline
-                {
-                    let session = format!("roll-{}", ok.len() + failures.len());
-                    match Shopper::new(host::SHOP, &session).purchase() {
-                        Ok(order) => ok.push((session, order)),
-                        Err(e) => failures.push(e),
-                    }
-                    bought.fetch_add(1, Ordering::SeqCst);
-                }
-                (ok, failures)
-            })
+            host.in_netns(|| keep_buying("roll", &stop, 500, Duration::from_secs(300), &bought))
         });
         let count = || bought.load(Ordering::SeqCst);
         for service in ["front", "catalog", "cart", "orders", "payments"] {

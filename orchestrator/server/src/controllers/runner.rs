@@ -446,11 +446,14 @@ pub async fn schedule_pending(cp: &ControlPlane) -> Result<()> {
 
 /// The scheduler's writes, committed [`PlacementWrites::CHUNK`] instances at a time: one
 /// store commit (one fsync, one etcd transaction) for many placements instead of one each.
-/// A chunk that conflicts (an instance changed meanwhile) is written again one by one, so
-/// one stale instance does not hold back the others.
+/// A chunk that conflicts (an instance changed meanwhile) is written by none of its
+/// instances: they are still pending, and the next pass, which comes at once after any
+/// change, places them again on fresh state.
 #[derive(Default)]
 struct PlacementWrites {
-    batches: Vec<(Batch, Option<(String, u64)>)>,
+    batch: Batch,
+    placed: Vec<(String, u64)>,
+    instances: usize,
 }
 
 impl PlacementWrites {
@@ -464,37 +467,22 @@ impl PlacementWrites {
         batch: Batch,
         placed: Option<(String, u64)>,
     ) -> Result<()> {
-        self.batches.push((batch, placed));
-        if self.batches.len() >= Self::CHUNK {
+        self.batch.compares.extend(batch.compares);
+        self.batch.operations.extend(batch.operations);
+        self.placed.extend(placed);
+        self.instances += 1;
+        if self.instances >= Self::CHUNK {
             self.flush(cp).await?;
         }
         Ok(())
     }
 
     async fn flush(&mut self, cp: &ControlPlane) -> Result<()> {
-        let batches = std::mem::take(&mut self.batches);
-        if batches.is_empty() {
-            return Ok(());
-        }
-        let mut all = Batch::default();
-        for (batch, _) in &batches {
-            all.compares.extend(batch.compares.iter().cloned());
-            all.operations.extend(batch.operations.iter().cloned());
-        }
-        if commit_or_retry_later(cp, all).await? {
-            for (_, placed) in &batches {
-                if let Some((id, created_at_ms)) = placed {
-                    // Timed once written: a placement that lost a race is made again later.
-                    cp.scheduling.placed(id, *created_at_ms);
-                }
-            }
-            return Ok(());
-        }
-        for (batch, placed) in batches {
-            if commit_or_retry_later(cp, batch).await? {
-                if let Some((id, created_at_ms)) = placed {
-                    cp.scheduling.placed(&id, created_at_ms);
-                }
+        let PlacementWrites { batch, placed, .. } = std::mem::take(self);
+        if commit_or_retry_later(cp, batch).await? {
+            for (id, created_at_ms) in placed {
+                // Timed once written: a placement that lost a race is made again later.
+                cp.scheduling.placed(&id, created_at_ms);
             }
         }
         Ok(())

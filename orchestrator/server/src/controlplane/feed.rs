@@ -116,7 +116,7 @@ impl InstanceFeed {
             };
             if let Err(e) = outcome {
                 self.lock().start = None;
-                tracing_line(&format!("instance feed: {e}; listing again"));
+                eprintln!("tugboat server: instance feed: {e}; listing again");
             }
             tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => return,
@@ -285,10 +285,6 @@ fn to_wire(change: &Change) -> ObjectChange {
             .and_then(|raw| serde_json::from_str(raw.get()).ok())
             .unwrap_or(serde_json::Value::Null),
     }
-}
-
-fn tracing_line(line: &str) {
-    eprintln!("tugboat server: {line}");
 }
 
 #[cfg(test)]

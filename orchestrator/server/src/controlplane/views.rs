@@ -120,8 +120,9 @@ impl ControlPlane {
     }
 
     /// Long-poll: changes of `kind` from revision `from` on, waiting up to `timeout`.
-    /// For instances, `node` keeps puts of instances on that node (deletes always pass: the
-    /// agent ignores ids it does not run).
+    /// For instances, `node` keeps the changes of instances on that node, served by the
+    /// instance feed ([`feed`]) once it covers `from`; before that by the store, where
+    /// deletes of any node pass (the agent ignores ids it does not run).
     pub async fn watch(
         &self,
         kind: WatchKind,

@@ -121,9 +121,16 @@ impl EmbeddedStore {
         if logged {
             let weak = Arc::downgrade(&shared);
             let syncing = shared.syncing.clone();
+            let latency = shared
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .metrics
+                .append_latency
+                .clone();
             std::thread::Builder::new()
                 .name("store-sync".into())
-                .spawn(move || run_syncer(weak, syncing))
+                .spawn(move || run_syncer(weak, syncing, latency))
                 .expect("the store's sync thread starts");
         }
         EmbeddedStore { shared }
@@ -219,7 +226,11 @@ fn sync_failed((path, error): &(PathBuf, String)) -> StoreError {
 
 /// The syncer: while something is written and not yet durable, fsync the log and publish
 /// the revision it covers. Ends when the store is dropped.
-fn run_syncer(store: Weak<Shared>, syncing: Arc<Syncing>) {
+fn run_syncer(
+    store: Weak<Shared>,
+    syncing: Arc<Syncing>,
+    latency: prometheus_client::metrics::histogram::Histogram,
+) {
     loop {
         {
             let mut durability = syncing.lock();
@@ -245,22 +256,16 @@ fn run_syncer(store: Weak<Shared>, syncing: Arc<Syncing>) {
         };
         let started = std::time::Instant::now();
         let result = file.sync_data();
-        {
-            let state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-            state
-                .metrics
-                .append_latency
-                .observe(started.elapsed().as_secs_f64());
-        }
-        {
+        latency.observe(started.elapsed().as_secs_f64());
+        let durable = {
             let mut durability = syncing.lock();
             match &result {
                 Ok(()) => durability.durable = durability.durable.max(target),
                 Err(e) => durability.failed = Some((path, e.to_string())),
             }
             syncing.changed.notify_all();
-        }
-        let durable = syncing.lock().durable;
+            durability.durable
+        };
         // On failure too: the waiters wake and see it.
         shared.revision_tx.send_replace(durable);
     }

@@ -125,7 +125,7 @@ pub trait Store: Send + Sync + 'static {
 /// The embedded store's disk, for `/metrics`. Clones share the counts.
 #[derive(Clone)]
 pub struct StoreMetrics {
-    /// Writing a commit's record and `fdatasync`ing it: what every acknowledged write waits.
+    /// One `fdatasync` of the log (with group commit, one covers many writes).
     pub append_latency: prometheus_client::metrics::histogram::Histogram,
     /// The log file's size now.
     pub log_bytes: prometheus_client::metrics::gauge::Gauge,

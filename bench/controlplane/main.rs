@@ -613,4 +613,8 @@ async fn main() {
         fmt(&embedded),
         fmt(&etcd)
     );
+    if std::env::var_os("TUG_BENCH_KEEP").is_some() {
+        // The servers' and etcd's logs, for what a figure does not say.
+        eprintln!("bench/controlplane: logs kept in {}", dir.keep().display());
+    }
 }

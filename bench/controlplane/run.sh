@@ -7,7 +7,8 @@
 #   controlplane: embedded X placements/s end to end, etcd X placements/s, leader failover X.X s
 # Needs no root and no network namespace: everything is on 127.0.0.1, and everything it
 # starts is killed by pid when it ends.
-# Usage: bash bench/controlplane/run.sh   (NODES=n INSTANCES=n STORE=embedded|etcd|both)
+# Usage: bash bench/controlplane/run.sh   (NODES=n INSTANCES=n STORE=embedded|etcd|both;
+# TUG_BENCH_KEEP=1 keeps the servers' logs)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"

@@ -408,6 +408,7 @@ async fn list_then_watch_over_http_misses_nothing_and_old_revisions_say_410() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = tugboat::server::ServerConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap());
     config.store.history_events = 30;
+    config.store.history_keep = std::time::Duration::ZERO;
     let server = tugboat::server::start(config).await.unwrap();
     let client = ApiClient::new(&server.addr.to_string(), server.token.clone());
     client

@@ -17,7 +17,9 @@ fn options() -> EmbeddedStoreOptions {
     // Compact often, so kills also land during compactions.
     EmbeddedStoreOptions {
         history_events: 1000,
+        history_keep: std::time::Duration::ZERO,
         compact_min_bytes: 8 << 10,
+        ..Default::default()
     }
 }
 

@@ -20,7 +20,7 @@
 use crate::objects::{self, Versioned};
 use crate::store::{EventKind, Revision, Store, StoreError};
 use serde::de::DeserializeOwned;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -36,13 +36,37 @@ struct Objects {
     services: Map<Service>,
     instances: Map<Instance>,
     nodes: Map<Node>,
+    /// Changes not decoded yet, by key (None: deleted): the watch only files them, and a
+    /// read decodes each key once however often it changed in between. A watcher that
+    /// decoded as it went fell behind the store's history in a burst of writes.
+    changed: HashMap<String, Option<crate::store::KeyValue>>,
 }
 
-/// The cluster as the controllers read it.
+impl Objects {
+    fn settle(&mut self) {
+        for (key, kv) in std::mem::take(&mut self.changed) {
+            match kv {
+                Some(kv) if key.starts_with(SERVICES) => upsert(&mut self.services, &kv),
+                Some(kv) if key.starts_with(INSTANCES) => upsert(&mut self.instances, &kv),
+                Some(kv) if key.starts_with(NODES) => upsert(&mut self.nodes, &kv),
+                Some(_) => {}
+                None => {
+                    self.services.remove(&key);
+                    self.instances.remove(&key);
+                    self.nodes.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// The cluster as the controllers read it: shared with the cache, never copied (a pass
+/// that deep-copied 100,000 instances, each with its service's spec, spent most of its time
+/// in malloc and memmove).
 pub type Loaded = (
-    Vec<Versioned<Service>>,
-    Vec<Versioned<Instance>>,
-    Vec<Versioned<Node>>,
+    Vec<Arc<Versioned<Service>>>,
+    Vec<Arc<Versioned<Instance>>>,
+    Vec<Arc<Versioned<Node>>>,
 );
 
 pub struct ObjectCache {
@@ -51,6 +75,9 @@ pub struct ObjectCache {
     revision: watch::Sender<Option<Revision>>,
     /// Whether [`ObjectCache::run`] keeps it (a control plane in a unit test has none).
     running: std::sync::atomic::AtomicBool,
+    /// Which run keeps it: a run that ends after a newer one started (a leader's terms)
+    /// leaves the newer one's state alone.
+    term: std::sync::atomic::AtomicU64,
 }
 
 impl Default for ObjectCache {
@@ -59,12 +86,13 @@ impl Default for ObjectCache {
             objects: Mutex::default(),
             revision: watch::channel(None).0,
             running: Default::default(),
+            term: Default::default(),
         }
     }
 }
 
-fn copy<T: Clone>(map: &Map<T>) -> Vec<Versioned<T>> {
-    map.values().map(|v| (**v).clone()).collect()
+fn shared<T>(map: &Map<T>) -> Vec<Arc<Versioned<T>>> {
+    map.values().cloned().collect()
 }
 
 fn upsert<T: DeserializeOwned>(map: &mut Map<T>, kv: &crate::store::KeyValue) {
@@ -88,11 +116,12 @@ impl ObjectCache {
     /// Keep the cache current until `shutdown`: list, then follow the store's changes; list
     /// again after any error.
     pub async fn run(self: Arc<Self>, store: Arc<dyn Store>, mut shutdown: watch::Receiver<bool>) {
-        self.running
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        use std::sync::atomic::Ordering::SeqCst;
+        let term = self.term.fetch_add(1, SeqCst) + 1;
+        self.running.store(true, SeqCst);
         loop {
             let outcome = tokio::select! {
-                _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = shutdown.wait_for(|stop| *stop) => break,
                 r = self.follow(store.as_ref()) => r,
             };
             if let Err(e) = outcome {
@@ -100,9 +129,17 @@ impl ObjectCache {
                 eprintln!("tugboat server: controllers' cache: {e}; listing again");
             }
             tokio::select! {
-                _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = shutdown.wait_for(|stop| *stop) => break,
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
+        }
+        // Stopped (this server no longer leads): reads go to the store until a new run has
+        // listed, and nothing is kept that a later term could take for current.
+        let mut objects = self.lock();
+        if self.term.load(SeqCst) == term {
+            self.running.store(false, SeqCst);
+            self.revision.send_replace(None);
+            *objects = Objects::default();
         }
     }
 
@@ -129,25 +166,19 @@ impl ObjectCache {
             let mut last = 0;
             {
                 let mut objects = self.lock();
-                for event in &events {
-                    last = last.max(event.kv.mod_revision);
-                    let key = &event.kv.key;
-                    match event.kind {
-                        EventKind::Put => {
-                            if key.starts_with(SERVICES) {
-                                upsert(&mut objects.services, &event.kv);
-                            } else if key.starts_with(INSTANCES) {
-                                upsert(&mut objects.instances, &event.kv);
-                            } else if key.starts_with(NODES) {
-                                upsert(&mut objects.nodes, &event.kv);
-                            }
-                        }
-                        EventKind::Delete => {
-                            objects.services.remove(key);
-                            objects.instances.remove(key);
-                            objects.nodes.remove(key);
-                        }
+                for crate::store::WatchEvent { kind, kv } in events {
+                    last = last.max(kv.mod_revision);
+                    let key = &kv.key;
+                    if !(key.starts_with(SERVICES)
+                        || key.starts_with(INSTANCES)
+                        || key.starts_with(NODES))
+                    {
+                        continue;
                     }
+                    match kind {
+                        EventKind::Put => objects.changed.insert(kv.key.clone(), Some(kv)),
+                        EventKind::Delete => objects.changed.insert(kv.key, None),
+                    };
                 }
             }
             self.revision
@@ -157,7 +188,7 @@ impl ObjectCache {
 
     /// Services, instances and nodes, at least as new as the store is now.
     pub async fn load(&self, store: &dyn Store) -> Result<Loaded, objects::ObjectError> {
-        if !self.running.load(std::sync::atomic::Ordering::Relaxed) {
+        if !self.running.load(std::sync::atomic::Ordering::SeqCst) {
             return list_all(store).await;
         }
         let target = store.current_revision().await?;
@@ -171,11 +202,12 @@ impl ObjectCache {
         .await
         .unwrap_or(false);
         if caught_up {
-            let objects = self.lock();
+            let mut objects = self.lock();
+            objects.settle();
             return Ok((
-                copy(&objects.services),
-                copy(&objects.instances),
-                copy(&objects.nodes),
+                shared(&objects.services),
+                shared(&objects.instances),
+                shared(&objects.nodes),
             ));
         }
         eprintln!(
@@ -187,10 +219,13 @@ impl ObjectCache {
 }
 
 async fn list_all(store: &dyn Store) -> Result<Loaded, objects::ObjectError> {
+    fn arcs<T>(items: Vec<Versioned<T>>) -> Vec<Arc<Versioned<T>>> {
+        items.into_iter().map(Arc::new).collect()
+    }
     let (services, _) = objects::list::<Service>(store, SERVICES).await?;
     let (instances, _) = objects::list::<Instance>(store, INSTANCES).await?;
     let (nodes, _) = objects::list::<Node>(store, NODES).await?;
-    Ok((services, instances, nodes))
+    Ok((arcs(services), arcs(instances), arcs(nodes)))
 }
 
 #[cfg(test)]

@@ -140,10 +140,10 @@ pub fn next_deadline_ms(nodes: &[Node], live: &Liveness, now_ms: u64, timers: No
 /// the lost grace. When no node at all has been heard within the not-ready grace, the
 /// server is the one cut off (or it was stalled): nothing is declared lost, as Kubernetes'
 /// node lifecycle controller stops evicting in a full disruption.
-pub fn reconcile_nodes(
+pub fn reconcile_nodes<I: std::borrow::Borrow<Instance>>(
     nodes: &[Node],
     live: &Liveness,
-    instances: &[Instance],
+    instances: &[I],
     now_ms: u64,
     timers: NodeTimers,
 ) -> Vec<NodeAction> {
@@ -171,7 +171,7 @@ pub fn reconcile_nodes(
             lost.insert(node.name.as_str());
         }
     }
-    for instance in instances {
+    for instance in instances.iter().map(I::borrow) {
         let Some(node) = instance.node.as_deref() else {
             continue;
         };

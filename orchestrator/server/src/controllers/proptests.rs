@@ -318,7 +318,7 @@ fn when_no_node_is_heard_the_server_declares_none_lost() {
         heartbeats: &heartbeats,
         peer_seen: &peer_seen,
     };
-    let actions = reconcile_nodes(&nodes, &live, &[], now, LAN);
+    let actions = reconcile_nodes::<Instance>(&nodes, &live, &[], now, LAN);
     assert!(
         actions.iter().all(|a| matches!(
             a,

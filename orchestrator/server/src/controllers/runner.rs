@@ -32,13 +32,7 @@ async fn commit_or_retry_later(cp: &ControlPlane, batch: Batch) -> Result<bool> 
     }
 }
 
-async fn load(
-    cp: &ControlPlane,
-) -> Result<(
-    Vec<Versioned<Service>>,
-    Vec<Versioned<Instance>>,
-    Vec<Versioned<Node>>,
-)> {
+async fn load(cp: &ControlPlane) -> Result<super::cache::Loaded> {
     Ok(cp.cache.load(cp.store()).await?)
 }
 
@@ -64,12 +58,12 @@ pub async fn reconcile_once(cp: &ControlPlane) -> Result<Option<Duration>> {
 
 async fn reconcile_node_health(
     cp: &ControlPlane,
-    nodes: &[Versioned<Node>],
-    instances: &[Versioned<Instance>],
+    nodes: &[Arc<Versioned<Node>>],
+    instances: &[Arc<Versioned<Instance>>],
     now: u64,
 ) -> Result<Option<Duration>> {
     let plain_nodes: Vec<Node> = nodes.iter().map(|n| n.object.clone()).collect();
-    let plain_instances: Vec<Instance> = instances.iter().map(|i| i.object.clone()).collect();
+    let plain_instances: Vec<&Instance> = instances.iter().map(|i| &i.object).collect();
     let (heartbeats, peer_seen) = (cp.heartbeats(), cp.peer_seen());
     let live = Liveness {
         heartbeats: &heartbeats,
@@ -135,8 +129,8 @@ async fn reconcile_node_health(
 
 async fn reconcile_services(
     cp: &ControlPlane,
-    services: &[Versioned<Service>],
-    instances: &[Versioned<Instance>],
+    services: &[Arc<Versioned<Service>>],
+    instances: &[Arc<Versioned<Instance>>],
     draining: &std::collections::HashSet<String>,
     now: u64,
 ) -> Result<()> {
@@ -161,7 +155,7 @@ async fn reconcile_services(
     for service in services {
         let name = service.object.name.as_str();
         let mine = by_service.get(name).cloned().unwrap_or_default();
-        let plain: Vec<Instance> = mine.iter().map(|v| v.object.clone()).collect();
+        let plain: Vec<&Instance> = mine.iter().map(|v| &v.object).collect();
         let actions = reconcile_service_draining(
             &service.object,
             &plain,
@@ -191,7 +185,7 @@ async fn reconcile_services(
         let carried: HashMap<u32, &Instance> = plain
             .iter()
             .filter(|i| removed.contains(i.id.as_str()) && i.phase == InstancePhase::Failed)
-            .map(|i| (i.slot, i))
+            .map(|i| (i.slot, *i))
             .collect();
         let mut slots = super::service::free_slots(&used);
         for action in actions {
@@ -302,6 +296,7 @@ pub async fn schedule_pending(cp: &ControlPlane) -> Result<()> {
     let (_, instances, nodes) = load(cp).await?;
     let mut pending: Vec<&Versioned<Instance>> = instances
         .iter()
+        .map(|i| i.as_ref())
         .filter(|i| i.object.phase == InstancePhase::Pending)
         .collect();
     cp.scheduling
@@ -317,7 +312,7 @@ pub async fn schedule_pending(cp: &ControlPlane) -> Result<()> {
         )
     });
     let node_list: Vec<Node> = nodes.iter().map(|n| n.object.clone()).collect();
-    let placed: Vec<Instance> = instances.iter().map(|i| i.object.clone()).collect();
+    let placed: Vec<&Instance> = instances.iter().map(|i| &i.object).collect();
     let volumes = cp.volume_configs().await?;
     let mut snapshot = ClusterState::from_store_with_volumes(&node_list, &placed, &volumes);
     let mut requests: HashMap<String, Arc<PlacementRequest>> = HashMap::new();
@@ -341,12 +336,13 @@ pub async fn schedule_pending(cp: &ControlPlane) -> Result<()> {
     // The applier: current state, same fit code.
     let (_, instances_now, nodes_now) = load(cp).await?;
     let node_list: Vec<Node> = nodes_now.iter().map(|n| n.object.clone()).collect();
-    let placed: Vec<Instance> = instances_now.iter().map(|i| i.object.clone()).collect();
+    let placed: Vec<&Instance> = instances_now.iter().map(|i| &i.object).collect();
     let mut live = ClusterState::from_store_with_volumes(&node_list, &placed, &volumes);
     // What preemption may evict: instances holding resources now. Those placed in this pass
     // are never victims (they come first by priority, so none is lower than a later one).
     let mut residents: Vec<(Resident, &Versioned<Instance>)> = instances_now
         .iter()
+        .map(|i| i.as_ref())
         .filter(|i| i.object.holds_resources())
         .filter_map(|i| {
             let node_index = live.node_index(i.object.node.as_deref()?)?;
@@ -616,6 +612,9 @@ async fn preempt_for(
 /// few ms) and at least every `reconcile_interval`.
 pub async fn run_controllers(cp: Arc<ControlPlane>, mut shutdown: watch::Receiver<bool>) {
     let interval = cp.timers.reconcile_interval;
+    // The controllers' copy of the cluster, kept while they run (on a leader, for its term:
+    // the same `shutdown` ends both).
+    tokio::spawn(cp.cache.clone().run(cp.store.clone(), shutdown.clone()));
     if let Err(e) = cp.seed_heartbeats().await {
         eprintln!("tugboat: controllers: cannot read nodes: {e}");
     }
@@ -678,8 +677,8 @@ pub async fn run_controllers(cp: Arc<ControlPlane>, mut shutdown: watch::Receive
 /// numbers, and the service controller makes it so on its next pass.
 async fn autoscale_services(
     cp: &ControlPlane,
-    services: &[Versioned<Service>],
-    instances: &[Versioned<Instance>],
+    services: &[Arc<Versioned<Service>>],
+    instances: &[Arc<Versioned<Instance>>],
     now: u64,
 ) -> Result<()> {
     use super::autoscale::{self, decide};

@@ -78,13 +78,15 @@ pub fn reconcile_service(
 /// As [`reconcile_service`], with instances on `draining` nodes moved away like instances
 /// of an older template: a replacement first (within `update.max_surge`), then the
 /// drained copy, never below `replicas - update.max_unavailable` ready.
-pub fn reconcile_service_draining(
+pub fn reconcile_service_draining<I: std::borrow::Borrow<Instance>>(
     service: &Service,
-    instances: &[Instance],
+    instances: &[I],
     now_ms: u64,
     replace_failed_after_ms: u64,
     draining: &std::collections::HashSet<String>,
 ) -> Vec<ServiceAction> {
+    // Owned instances (tests) or the controllers' shared ones alike, never copied.
+    let instances: Vec<&Instance> = instances.iter().map(I::borrow).collect();
     let drained = |i: &Instance| i.node.as_ref().is_some_and(|n| draining.contains(n));
     let mut actions = vec![];
     let cooling = |i: &Instance| {
@@ -161,6 +163,7 @@ pub fn reconcile_service_draining(
     // not available.
     let alive: Vec<&Instance> = instances
         .iter()
+        .copied()
         .filter(|i| !is_dead(i) || holding(i))
         .collect();
     let mut new: Vec<&Instance> = alive

@@ -20,7 +20,7 @@
 use crate::store::{EventKind, Revision, Store, StoreError, WatchEvent};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -80,6 +80,36 @@ struct State {
     nodes: HashMap<String, NodeQueue>,
     /// Instance key -> the node it was last seen on, to route its delete.
     homes: HashMap<String, String>,
+    /// The other way: node -> the keys of its instances, to answer an agent's list without
+    /// reading every instance of the cluster.
+    on_node: HashMap<String, BTreeSet<String>>,
+}
+
+impl State {
+    /// `key` is on `node` now (None: on none, or deleted).
+    fn rehome(&mut self, key: &str, node: Option<&str>) {
+        let old = match node {
+            Some(node) => self.homes.insert(key.to_string(), node.to_string()),
+            None => self.homes.remove(key),
+        };
+        if old.as_deref() == node {
+            return;
+        }
+        if let Some(old) = old {
+            if let Some(keys) = self.on_node.get_mut(&old) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.on_node.remove(&old);
+                }
+            }
+        }
+        if let Some(node) = node {
+            self.on_node
+                .entry(node.to_string())
+                .or_default()
+                .insert(key.to_string());
+        }
+    }
 }
 
 /// What a poll gets from the feed.
@@ -129,14 +159,14 @@ impl InstanceFeed {
         let listing = store.list(INSTANCES).await?;
         {
             let mut state = self.lock();
-            state.homes = listing
-                .items
-                .iter()
-                .filter_map(|kv| {
-                    let home: Home = serde_json::from_slice(&kv.value).ok()?;
-                    Some((kv.key.clone(), home.node?))
-                })
-                .collect();
+            state.homes.clear();
+            state.on_node.clear();
+            for kv in &listing.items {
+                let home = serde_json::from_slice::<Home>(&kv.value)
+                    .ok()
+                    .and_then(|h| h.node);
+                state.rehome(&kv.key, home.as_deref());
+            }
             // Polls from before this listing go to the store: the queues start empty.
             for queue in state.nodes.values_mut() {
                 queue.changes.clear();
@@ -171,14 +201,17 @@ impl InstanceFeed {
                         .ok()
                         .and_then(|h| h.node);
                     let Some(node) = node else { continue };
+                    state.rehome(&key, Some(&node));
                     let object = String::from_utf8(event.kv.value)
                         .ok()
                         .and_then(|text| RawValue::from_string(text).ok());
-                    state.homes.insert(key.clone(), node.clone());
                     (node, object)
                 }
-                EventKind::Delete => match state.homes.remove(&key) {
-                    Some(node) => (node, None),
+                EventKind::Delete => match state.homes.get(&key).cloned() {
+                    Some(node) => {
+                        state.rehome(&key, None);
+                        (node, None)
+                    }
                     None => continue,
                 },
             };
@@ -216,6 +249,20 @@ impl InstanceFeed {
             queue.trim(now);
             !queue.changes.is_empty() || queue.wake.receiver_count() > 0
         });
+    }
+
+    /// The keys of the instances on `node` as of the revision returned with them (None
+    /// until the feed has listed). An agent that lists, then polls from that revision + 1,
+    /// misses nothing: a change after it is in its node's queue.
+    pub fn instances_on(&self, node: &str) -> Option<(Revision, Vec<String>)> {
+        let state = self.lock();
+        state.start?;
+        let keys = state
+            .on_node
+            .get(node)
+            .map(|keys| keys.iter().cloned().collect())
+            .unwrap_or_default();
+        Some((state.seen, keys))
     }
 
     /// Changes for `node` from revision `from` on, waiting up to `timeout` for one.
@@ -373,6 +420,44 @@ mod tests {
         let c = poll(&feed, "c", from).await;
         assert!(c.changes.is_empty());
         assert!(c.revision >= last, "{} < {last}", c.revision);
+    }
+
+    #[tokio::test]
+    async fn the_index_by_node_follows_puts_moves_and_deletes() {
+        let store = EmbeddedStore::in_memory();
+        put(&store, "/instances/web/1", instance(Some("a")))
+            .await
+            .unwrap();
+        let (feed, _stop) = started(&store).await;
+        put(&store, "/instances/web/2", instance(Some("a")))
+            .await
+            .unwrap();
+        put(&store, "/instances/web/3", instance(Some("b")))
+            .await
+            .unwrap();
+        put(&store, "/instances/web/4", instance(None))
+            .await
+            .unwrap();
+        // 2 moves from a to b; 1 is deleted.
+        put(&store, "/instances/web/2", instance(Some("b")))
+            .await
+            .unwrap();
+        let last = delete(&store, "/instances/web/1").await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while feed.lock().seen < last {
+            assert!(Instant::now() < deadline, "the feed never saw {last}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (revision, a) = feed.instances_on("a").unwrap();
+        assert!(a.is_empty(), "{a:?}");
+        assert!(revision >= last);
+        let (_, b) = feed.instances_on("b").unwrap();
+        assert_eq!(b, ["/instances/web/2", "/instances/web/3"]);
+        assert!(feed.instances_on("c").unwrap().1.is_empty());
+        assert!(
+            !feed.lock().on_node.contains_key("a"),
+            "empty sets are dropped"
+        );
     }
 
     #[tokio::test]

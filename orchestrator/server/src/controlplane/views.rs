@@ -27,6 +27,11 @@ impl ControlPlane {
         service: Option<&str>,
         node: Option<&str>,
     ) -> Result<Listed<Instance>> {
+        if let (None, Some(node)) = (service, node) {
+            if let Some(listed) = self.list_node_instances(node).await? {
+                return Ok(listed);
+            }
+        }
         let prefix = service.map_or_else(|| INSTANCES.to_string(), |s| format!("{INSTANCES}{s}/"));
         let (items, revision) = objects::list::<Instance>(self.store(), &prefix).await?;
         if service.is_none() && node.is_none() {
@@ -38,6 +43,31 @@ impl ControlPlane {
             .filter(|i| node.is_none() || i.node.as_deref() == node)
             .collect();
         Ok(Listed { revision, items })
+    }
+
+    /// An agent's list (at its start, and after a 410): the node's instances by the feed's
+    /// index, each read by its key, instead of decoding every instance of the cluster (at
+    /// 5,000 nodes, 5,000 agents listing at once after a re-list of the feed did that
+    /// 5,000 times). None until the feed has listed. The revision is the index's: a change
+    /// after it is in the node's queue, so the agent's poll from it + 1 misses none; a value
+    /// read here may be newer than that revision, and comes again in the poll (agents apply
+    /// changes idempotently).
+    async fn list_node_instances(&self, node: &str) -> Result<Option<Listed<Instance>>> {
+        let Some((revision, keys)) = self.feed.instances_on(node) else {
+            return Ok(None);
+        };
+        let mut items = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(kv) = self.store().get(&key).await? else {
+                continue;
+            };
+            let instance = objects::decode::<Instance>(&kv)?.object;
+            // Moved to another node since the index's revision: not this node's any more.
+            if instance.node.as_deref() == Some(node) {
+                items.push(self.with_usage(instance));
+            }
+        }
+        Ok(Some(Listed { revision, items }))
     }
 
     pub async fn list_nodes(&self) -> Result<Listed<Node>> {

@@ -133,9 +133,9 @@ impl ClusterState {
 
     /// The same, knowing the volume objects: shared volumes pin nobody, and a local volume
     /// made for a node (`node:`) is on that node before any instance uses it.
-    pub fn from_store_with_volumes(
+    pub fn from_store_with_volumes<I: std::borrow::Borrow<Instance>>(
         nodes: &[Node],
-        instances: &[Instance],
+        instances: &[I],
         volumes: &BTreeMap<String, Volume>,
     ) -> ClusterState {
         let mut cluster = ClusterState::new(nodes.iter().map(NodeState::from_node).collect());
@@ -157,7 +157,11 @@ impl ClusterState {
             }
         }
         let mut requests: HashMap<&str, PlacementRequest> = HashMap::new();
-        for instance in instances.iter().filter(|i| i.holds_resources()) {
+        for instance in instances
+            .iter()
+            .map(I::borrow)
+            .filter(|i| i.holds_resources())
+        {
             let key = instance.template_hash.as_str();
             let request = requests.entry(key).or_insert_with(|| {
                 PlacementRequest::for_service(&instance.service, &instance.spec)

@@ -254,7 +254,7 @@ fn mounting(volume: &str) -> ServiceSpec {
 
 #[test]
 fn a_shared_volume_pins_nobody_and_a_local_one_made_for_a_node_waits_for_it() {
-    use tugboat_api::model::{Node, NodeStatus};
+    use tugboat_api::model::{Instance, Node, NodeStatus};
     use tugboat_api::spec::{VolumeConfig, VolumeDriver};
     let scheduler = all_nodes();
     let stored = |name: &str, ready: bool, volumes: &[&str]| {
@@ -297,7 +297,7 @@ fn a_shared_volume_pins_nobody_and_a_local_one_made_for_a_node_waits_for_it() {
     .collect();
     // "orders" also exists as a directory on a (the node reports it): shared wins.
     let nodes = [stored("a", true, &["orders"]), stored("b", true, &[])];
-    let mut cluster = ClusterState::from_store_with_volumes(&nodes, &[], &volumes);
+    let mut cluster = ClusterState::from_store_with_volumes::<Instance>(&nodes, &[], &volumes);
     let orders = request("orders", &mounting("orders"));
     for i in 0..2 {
         scheduler.commit(&mut cluster, &orders, i).unwrap();
@@ -319,7 +319,7 @@ fn a_shared_volume_pins_nobody_and_a_local_one_made_for_a_node_waits_for_it() {
     );
     // Its node down: the volume's users wait, with the reason.
     let nodes = [stored("a", true, &[]), stored("b", false, &[])];
-    let mut cluster = ClusterState::from_store_with_volumes(&nodes, &[], &volumes);
+    let mut cluster = ClusterState::from_store_with_volumes::<Instance>(&nodes, &[], &volumes);
     let why = scheduler
         .place(&mut cluster, &carts)
         .unwrap_err()

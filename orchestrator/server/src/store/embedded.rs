@@ -22,8 +22,16 @@ use tokio::sync::watch;
 
 #[derive(Debug, Clone)]
 pub struct EmbeddedStoreOptions {
-    /// Events kept for watches that start in the past.
+    /// Events always kept for watches that start in the past (or that fall behind).
     pub history_events: usize,
+    /// Beyond `history_events`, events younger than this are kept too, up to
+    /// `history_max_events`: a burst (100,000 instances applied at once makes ~300,000
+    /// events in a minute) does not outrun the server's own watchers (the controllers'
+    /// cache, the instance feed), which would then list everything again, and make every
+    /// agent list, at the worst moment. etcd keeps all history until it is compacted;
+    /// Kubernetes compacts every 5 minutes.
+    pub history_keep: Duration,
+    pub history_max_events: usize,
     /// Compact when the log is larger than this and than 4x the live data.
     pub compact_min_bytes: u64,
 }
@@ -32,6 +40,8 @@ impl Default for EmbeddedStoreOptions {
     fn default() -> Self {
         EmbeddedStoreOptions {
             history_events: 20_000,
+            history_keep: Duration::from_secs(60),
+            history_max_events: 500_000,
             compact_min_bytes: 16 << 20,
         }
     }
@@ -43,6 +53,8 @@ struct State {
     /// Events with revisions in (history_floor, revision], oldest first.
     history: VecDeque<WatchEvent>,
     history_floor: Revision,
+    /// When each revision in the history was made, oldest first.
+    history_times: VecDeque<(Revision, std::time::Instant)>,
     live_bytes: u64,
     log: Option<LogFile>,
     options: EmbeddedStoreOptions,
@@ -278,6 +290,7 @@ impl State {
             revision: 0,
             history: VecDeque::new(),
             history_floor: 0,
+            history_times: VecDeque::new(),
             live_bytes: 0,
             log,
             options,
@@ -290,6 +303,7 @@ impl State {
             Record::SnapshotStart { revision } => {
                 self.data.clear();
                 self.history.clear();
+                self.history_times.clear();
                 self.live_bytes = 0;
                 self.revision = revision;
                 self.history_floor = revision;
@@ -396,9 +410,25 @@ impl State {
             };
             self.history.push_back(event);
         }
+        let now = std::time::Instant::now();
+        self.history_times.push_back((revision, now));
         while self.history.len() > self.options.history_events {
+            let young = self
+                .history_times
+                .front()
+                .is_some_and(|(_, at)| now.duration_since(*at) < self.options.history_keep);
+            if young && self.history.len() <= self.options.history_max_events {
+                break;
+            }
             let dropped = self.history.pop_front().expect("non-empty");
             self.history_floor = dropped.kv.mod_revision;
+            while self
+                .history_times
+                .front()
+                .is_some_and(|(r, _)| *r <= self.history_floor)
+            {
+                self.history_times.pop_front();
+            }
         }
         // Never split one revision's events: drop the rest of a partly dropped revision.
         while self
@@ -552,6 +582,13 @@ impl Store for EmbeddedStore {
             {
                 state.history.pop_front();
             }
+            while state
+                .history_times
+                .front()
+                .is_some_and(|(r, _)| *r <= floor)
+            {
+                state.history_times.pop_front();
+            }
         }
         Ok(())
     }
@@ -636,6 +673,7 @@ mod tests {
     async fn a_watch_too_far_back_is_told_compacted() {
         let options = EmbeddedStoreOptions {
             history_events: 2,
+            history_keep: Duration::ZERO,
             ..Default::default()
         };
         let store = EmbeddedStore::from_state(State::empty(options, None));
@@ -657,12 +695,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_burst_is_kept_for_watchers_that_fall_behind_up_to_the_cap() {
+        let options = EmbeddedStoreOptions {
+            history_events: 2,
+            history_keep: Duration::from_secs(600),
+            history_max_events: 6,
+            ..Default::default()
+        };
+        let store = EmbeddedStore::from_state(State::empty(options, None));
+        for i in 0..6 {
+            put(&store, &format!("/k/{i}"), vec![]).await.unwrap();
+        }
+        // Six young events: all kept beyond history_events.
+        let mut watcher = store.watch("/k/", 1).await.unwrap();
+        assert_eq!(watcher.next().await.unwrap().len(), 6);
+        // Past the cap, the oldest go, young or not.
+        put(&store, "/k/6", vec![]).await.unwrap();
+        assert!(matches!(
+            store.watch("/k/", 1).await.err(),
+            Some(StoreError::Compacted { oldest: 2, .. })
+        ));
+        assert!(store.watch("/k/", 2).await.is_ok());
+    }
+
+    #[tokio::test]
     async fn reopening_replays_the_log_through_compactions() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.log");
         let options = EmbeddedStoreOptions {
             history_events: 100,
             compact_min_bytes: 512,
+            ..Default::default()
         };
         let store = EmbeddedStore::open(&path, options.clone()).unwrap();
         for i in 0..200u32 {

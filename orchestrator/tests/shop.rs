@@ -334,6 +334,48 @@ fn the_whole_purchase_flow_through_the_ingress_port() {
         products.contains(r#""served_by":"catalog-"#) && products.contains(r#""sku":"tea""#),
         "{products}"
     );
+
+    // Stock: bob's order took one mug (of 40), and his retried checkout took nothing more.
+    let stock = |sku: &str| -> u64 {
+        let body = host
+            .in_netns(|| host::http_get(&catalog, &format!("/products/{sku}")))
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["product"]["stock"].as_u64().unwrap()
+    };
+    assert_eq!(stock("mug"), 39);
+    let again = send(
+        &host,
+        "bob",
+        "POST",
+        "/checkout",
+        Some(&format!("id={bobs}&name=Bob&address=Here")),
+    );
+    assert_eq!(again.status, 303, "{}", text(&again.body));
+    assert_eq!(stock("mug"), 39);
+    // More teapots than the 12 in stock: a 409 page that says how many are left, and
+    // nothing taken.
+    for n in 0..13 {
+        let form = format!("sku=teapot&request=carol-{n}");
+        let added = send(&host, "carol", "POST", "/cart/add", Some(&form));
+        assert_eq!(added.status, 303, "{}", text(&added.body));
+    }
+    let checkout = send(&host, "carol", "GET", "/checkout", None);
+    let carols = host::shopper::value_of(&checkout.body, "id").expect("an order id in the form");
+    let refused = send(
+        &host,
+        "carol",
+        "POST",
+        "/checkout",
+        Some(&format!("id={carols}&name=Carol&address=There")),
+    );
+    assert_eq!(refused.status, 409, "{}", text(&refused.body));
+    assert!(
+        text(&refused.body).contains("only 12 Teapot left"),
+        "{}",
+        text(&refused.body)
+    );
+    assert_eq!(stock("teapot"), 12);
 }
 
 #[test]

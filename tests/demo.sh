@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: build tugboat, build the shop's images, run `tugboat up -f examples/shop.yaml`
 # inside a network namespace of its own (the host's network is not touched), buy tea and coffee
-# through the front's pages (examples/shop/buy.sh), put the shop under load for 40 s (`shop
+# through the front's pages (examples/shop/buy.sh), put the shop under load for 30 s (`shop
 # load`) and watch the front scale out, show what runs, then stop it all and leave the host
 # clean.
 # With a terminal, it waits for Enter before stopping (look around meanwhile).
@@ -50,9 +50,9 @@ in_ns bash examples/shop/buy.sh 127.0.0.1:8080
 shop=$(ls -t "${CARGO_TARGET_DIR:-$PWD/target}"/shop/*/release/shop | head -n 1)
 cli() { in_ns "$bin" --addr 127.0.0.1:7480 --data-dir "$data/server" "$@"; }
 fronts() { cli describe service front | awk '/^Replicas/ {print $2; exit}'; }
-echo "--- the shop under load for 40 s: 20 customers a second, each buys tea and coffee;"
-echo "    the front is autoscaled (examples/shop.yaml: 2 to 4 fronts, 70% of their CPU request):"
-in_ns "$shop" load --addr 127.0.0.1:8080 --rate 20/s --duration 40s > "$data/load.out" &
+echo "--- the shop under load for 30 s: 15 customers a second, each buys tea and coffee;"
+echo "    the front is autoscaled (examples/shop.yaml: 2 to 4 fronts, 50% of their CPU request):"
+in_ns "$shop" load --addr 127.0.0.1:8080 --rate 15/s --duration 30s > "$data/load.out" &
 load_pid=$!
 started=$SECONDS
 while kill -0 "$load_pid" 2>/dev/null; do

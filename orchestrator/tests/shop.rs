@@ -649,7 +649,7 @@ fn the_front_scales_out_under_load_and_every_purchase_goes_through() {
     };
     assert_eq!(replicas(), 2, "{}", show(&host));
     // Four customers at once, buying until the autoscaler has added fronts (its CPU
-    // target is 70% of each front's 50m request) and they serve.
+    // target is 50% of each front's 50m request) and they serve.
     let stop = AtomicBool::new(false);
     let bought = std::sync::atomic::AtomicUsize::new(0);
     let results: Vec<Bought> = std::thread::scope(|s| {

@@ -1,7 +1,8 @@
 //! The catalog: products with prices and stock. `GET /products`, `GET /products/SKU`
 //! (stock as it is now), `POST /reservations` ({order, lines: [{sku, quantity}]}): takes the
-//! order's stock, all lines or none; an order reserves once (a retried checkout takes
-//! nothing more); not enough of something is a 409 that names what is left.
+//! order's stock, all lines or none, and answers the lines with their names and prices; an
+//! order reserves once (a retried checkout takes nothing more); not enough of something is
+//! a 409 that names what is left.
 //!
 //! What was taken is a journal in the data dir (the named volume at /data, shared by the
 //! replicas, [`crate::journal`]), so every replica counts every order.
@@ -114,7 +115,7 @@ impl Catalog {
     }
 
     fn products(&self) -> std::io::Result<Vec<Product>> {
-        self.journal.with(|j| Ok(j.state().products()))
+        self.journal.read(|taken| taken.products())
     }
 
     pub fn handle(&self, req: &Req) -> Reply {
@@ -146,11 +147,25 @@ impl Catalog {
         if !crate::model::valid_id(&r.order) {
             return Reply::error(400, "bad order id");
         }
-        let done = self.journal.with(|j| {
-            if j.state().orders.contains(&r.order) {
-                return Ok(Reply::json(200, &json!({ "reserved": r.order })));
+        let done = self.journal.locked(|j| {
+            let (again, left) = j.read(|t| (t.orders.contains(&r.order), t.products()))?;
+            // The answer carries the lines at the catalog's names and prices: the order is
+            // made from it, with no second call.
+            let priced = |left: &[Product]| -> Vec<serde_json::Value> {
+                r.lines
+                    .iter()
+                    .filter_map(|l| {
+                        let p = left.iter().find(|p| p.sku == l.sku)?;
+                        Some(json!({"sku": p.sku, "name": p.name, "quantity": l.quantity, "price_cents": p.price_cents}))
+                    })
+                    .collect()
+            };
+            if again {
+                return Ok(Reply::json(
+                    200,
+                    &json!({ "reserved": r.order, "lines": priced(&left) }),
+                ));
             }
-            let left = j.state().products();
             let mut wanted: HashMap<&str, u64> = HashMap::new();
             for l in &r.lines {
                 *wanted.entry(l.sku.as_str()).or_default() += u64::from(l.quantity);
@@ -182,11 +197,12 @@ impl Catalog {
                     &json!({ "error": said.join(", "), "short": short }),
                 ));
             }
-            let order = r.order.clone();
+            let answer = json!({ "reserved": r.order, "lines": priced(&left) });
             j.append(r)?;
-            Ok(Reply::json(201, &json!({ "reserved": order })))
+            Ok(Reply::json(201, &answer))
         });
-        done.unwrap_or_else(|e| Reply::error(500, &format!("the stock: {e}")))
+        done.and_then(|r| r)
+            .unwrap_or_else(|e| Reply::error(500, &format!("the stock: {e}")))
     }
 }
 
@@ -229,7 +245,14 @@ mod tests {
         let teapots = stock(&c, "teapot");
         let mugs = stock(&c, "mug");
         let two = r#"[{"sku":"teapot","quantity":2},{"sku":"mug","quantity":1}]"#;
-        assert_eq!(reserve(&c, "o1", two).status, 201);
+        let taken = reserve(&c, "o1", two);
+        assert_eq!(taken.status, 201);
+        assert!(
+            taken.body.contains(r#""name":"Teapot""#)
+                && taken.body.contains(r#""price_cents":3400"#),
+            "{}",
+            taken.body
+        );
         assert_eq!(
             (stock(&c, "teapot"), stock(&c, "mug")),
             (teapots - 2, mugs - 1)

@@ -1,8 +1,9 @@
 //! A JSON-lines journal in the data dir, shared by the instances that mount the volume: one
 //! event a line, appended in one write and fsynced before the answer, under a lock (flock)
-//! that every instance takes. Each instance keeps what it folded in memory and, under the
-//! lock, reads only what was appended since it last looked (by itself or by another
-//! instance during a rolling update): a request never rereads the whole file.
+//! that every writer takes (readers take none: only whole lines are read). Each instance
+//! keeps what it folded in memory and reads only what was appended since it last looked
+//! (by itself or by another instance during a rolling update): a request never rereads the
+//! whole file.
 //!
 //! A torn last line (a crash mid-write) is skipped, and the next append starts on a line of
 //! its own, so the torn bytes never swallow a good event.
@@ -44,7 +45,7 @@ impl<S: Fold> Journal<S> {
                 torn: false,
             }),
         };
-        journal.with(|_| Ok(()))?;
+        journal.read(|_| ())?;
         Ok(journal)
     }
 
@@ -52,13 +53,29 @@ impl<S: Fold> Journal<S> {
         &self.file
     }
 
-    /// Runs `f` on the state, current with every instance's appends, with the lock held;
-    /// `f` appends through the [`Appender`] it is given.
-    pub fn with<T>(
-        &self,
-        f: impl FnOnce(&mut Appender<'_, S>) -> std::io::Result<T>,
-    ) -> std::io::Result<T> {
-        let mut folded = self.folded.lock().unwrap_or_else(|p| p.into_inner());
+    fn open_file(&self) -> std::io::Result<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&self.file)
+    }
+
+    fn folded(&self) -> std::sync::MutexGuard<'_, Folded<S>> {
+        self.folded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `f` on the state, current with every instance's appends. Readers take no lock
+    /// between instances: only whole lines are read, and a line is written in one write.
+    pub fn read<T>(&self, f: impl FnOnce(&S) -> T) -> std::io::Result<T> {
+        let mut folded = self.folded();
+        catch_up(&mut self.open_file()?, &mut folded)?;
+        Ok(f(&folded.state))
+    }
+
+    /// Runs `f` with the journal's lock held (flock, which every instance and thread
+    /// takes to write): what `f` reads stays true until it appends. Readers are not held up.
+    pub fn locked<T>(&self, f: impl FnOnce(&Writer<'_, S>) -> T) -> std::io::Result<T> {
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -67,16 +84,7 @@ impl<S: Fold> Journal<S> {
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&self.file)?;
-        catch_up(&mut file, &mut folded)?;
-        f(&mut Appender {
-            file,
-            folded: &mut folded,
-        })
+        Ok(f(&Writer { journal: self }))
     }
 }
 
@@ -89,6 +97,7 @@ fn catch_up<S: Fold>(file: &mut std::fs::File, folded: &mut Folded<S>) -> std::i
         folded.offset = 0;
     }
     if len == folded.offset {
+        folded.torn = false;
         return Ok(());
     }
     file.seek(SeekFrom::Start(folded.offset))?;
@@ -105,31 +114,34 @@ fn catch_up<S: Fold>(file: &mut std::fs::File, folded: &mut Folded<S>) -> std::i
     Ok(())
 }
 
-/// The state under the journal's lock, and the way to add to it.
-pub struct Appender<'a, S: Fold> {
-    file: std::fs::File,
-    folded: &'a mut Folded<S>,
+/// The journal with its lock held: reads, and appends.
+pub struct Writer<'a, S: Fold> {
+    journal: &'a Journal<S>,
 }
 
-impl<S: Fold> Appender<'_, S> {
-    pub fn state(&self) -> &S {
-        &self.folded.state
+impl<S: Fold> Writer<'_, S> {
+    pub fn read<T>(&self, f: impl FnOnce(&S) -> T) -> std::io::Result<T> {
+        self.journal.read(f)
     }
 
     /// Writes `event` (one write, then fsync) and applies it.
-    pub fn append(&mut self, event: S::Event) -> std::io::Result<()> {
+    pub fn append(&self, event: S::Event) -> std::io::Result<()> {
+        let mut folded = self.journal.folded();
+        let mut file = self.journal.open_file()?;
+        // With the lock held, bytes after the last whole line are a crashed writer's.
+        catch_up(&mut file, &mut folded)?;
         let mut line = Vec::new();
-        if self.folded.torn {
+        if folded.torn {
             line.push(b'\n');
         }
         serde_json::to_writer(&mut line, &event).map_err(std::io::Error::other)?;
         line.push(b'\n');
-        self.file.write_all(&line)?;
-        self.file.sync_all()?;
+        file.write_all(&line)?;
+        file.sync_all()?;
         // Past the torn bytes too: they end with the newline written first.
-        self.folded.offset = self.file.metadata()?.len();
-        self.folded.torn = false;
-        self.folded.state.apply(event);
+        folded.offset = file.metadata()?.len();
+        folded.torn = false;
+        folded.state.apply(event);
         Ok(())
     }
 }
@@ -153,9 +165,9 @@ mod tests {
         let dir = tempfile_dir();
         let a: Journal<Sum> = Journal::open(&dir, "j.jsonl").unwrap();
         let b: Journal<Sum> = Journal::open(&dir, "j.jsonl").unwrap();
-        a.with(|j| j.append(1)).unwrap();
-        b.with(|j| j.append(2)).unwrap();
-        assert_eq!(a.with(|j| Ok(j.state().0.clone())).unwrap(), [1, 2]);
+        a.locked(|j| j.append(1)).unwrap().unwrap();
+        b.locked(|j| j.append(2)).unwrap().unwrap();
+        assert_eq!(a.read(|s| s.0.clone()).unwrap(), [1, 2]);
         // A crash mid-write leaves a torn line; the next event is still read back.
         std::fs::OpenOptions::new()
             .append(true)
@@ -163,11 +175,11 @@ mod tests {
             .unwrap()
             .write_all(b"[4")
             .unwrap();
-        assert_eq!(b.with(|j| Ok(j.state().0.clone())).unwrap(), [1, 2]);
-        b.with(|j| j.append(3)).unwrap();
-        assert_eq!(a.with(|j| Ok(j.state().0.clone())).unwrap(), [1, 2, 3]);
+        assert_eq!(b.read(|s| s.0.clone()).unwrap(), [1, 2]);
+        b.locked(|j| j.append(3)).unwrap().unwrap();
+        assert_eq!(a.read(|s| s.0.clone()).unwrap(), [1, 2, 3]);
         let again: Journal<Sum> = Journal::open(&dir, "j.jsonl").unwrap();
-        assert_eq!(again.with(|j| Ok(j.state().0.clone())).unwrap(), [1, 2, 3]);
+        assert_eq!(again.read(|s| s.0.clone()).unwrap(), [1, 2, 3]);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

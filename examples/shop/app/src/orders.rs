@@ -12,8 +12,8 @@
 //!   (GET /orders/ID) to check the amount; paying a paid order again is answered as paid.
 
 use crate::client::json as call;
-use crate::journal::{Appender, Fold, Journal};
-use crate::model::{now_ms, valid_id, Order, OrderLine, Product};
+use crate::journal::{Fold, Journal, Writer};
+use crate::model::{now_ms, valid_id, Order, OrderLine};
 use crate::serve::{Reply, Req};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -87,22 +87,19 @@ impl OrderStore {
 
     /// The session's orders, newest first.
     fn of_session(&self, session: &str) -> std::io::Result<Vec<Order>> {
-        self.journal.with(|j| {
-            Ok(j.state()
+        self.journal.read(|orders| {
+            orders
                 .list
                 .iter()
                 .rev()
                 .filter(|o| o.session == session)
                 .cloned()
-                .collect())
+                .collect()
         })
     }
 
     pub fn get(&self, id: &str) -> Option<Order> {
-        self.journal
-            .with(|j| Ok(j.state().get(id).cloned()))
-            .ok()
-            .flatten()
+        self.journal.read(|o| o.get(id).cloned()).ok().flatten()
     }
 
     pub fn handle(&self, req: &Req) -> Reply {
@@ -136,8 +133,10 @@ impl OrderStore {
         if c.name.trim().is_empty() || c.address.trim().is_empty() {
             return Reply::error(422, "a name and an address are needed to ship the order");
         }
-        let done = self.journal.with(|j| {
-            if let Some(o) = j.state().get(&c.id).cloned() {
+        // Checkouts one at a time (across instances too): a second form sent for the same
+        // cart finds it empty.
+        let done = self.journal.locked(|j| {
+            if let Some(o) = j.read(|orders| orders.get(&c.id).cloned())? {
                 if o.session != c.session {
                     return Ok(Reply::error(409, "that order id is taken"));
                 }
@@ -147,7 +146,8 @@ impl OrderStore {
             }
             Ok(place(j, &c))
         });
-        done.unwrap_or_else(|e| Reply::error(500, &format!("the orders' store: {e}")))
+        done.and_then(|r| r)
+            .unwrap_or_else(|e| Reply::error(500, &format!("the orders' store: {e}")))
     }
 
     fn pay(&self, id: &str, req: &Req) -> Reply {
@@ -166,15 +166,16 @@ impl OrderStore {
             }
             Err(e) => return Reply::error(503, &format!("payments: {e}")),
         };
-        let paid = self.journal.with(|j| {
-            if j.state().get(id).is_some_and(|o| o.payment.is_none()) {
+        let paid = self.journal.locked(|j| {
+            if j.read(|orders| orders.get(id).is_some_and(|o| o.payment.is_none()))? {
                 j.append(Event::Paid {
                     id: id.into(),
                     payment,
                 })?;
             }
-            Ok(j.state().get(id).cloned())
+            j.read(|orders| orders.get(id).cloned())
         });
+        let paid = paid.and_then(|r| r);
         match paid {
             Ok(Some(o)) => Reply::json(200, &json!({ "order": o })),
             Ok(None) => Reply::error(500, "the order vanished"),
@@ -183,35 +184,36 @@ impl OrderStore {
     }
 }
 
-/// Makes the order from the session's cart at the catalog's prices, has the catalog
-/// reserve its stock, stores it and empties the cart.
-fn place(j: &mut Appender<'_, Orders>, c: &Checkout) -> Reply {
+/// Makes the order from the session's cart: the catalog reserves its stock and prices it;
+/// then it is stored and the cart emptied.
+fn place(j: &Writer<'_, Orders>, c: &Checkout) -> Reply {
     let cart = match call("cart", "GET", &format!("/carts/{}", c.session), None) {
         Ok((200, v)) => v,
         Ok((s, v)) => return Reply::error(502, &format!("cart said {s}: {v}")),
         Err(e) => return Reply::error(503, &format!("cart: {e}")),
     };
-    let products: Vec<Product> = match call("catalog", "GET", "/products", None) {
-        Ok((200, v)) => serde_json::from_value(v["products"].clone()).unwrap_or_default(),
+    let wanted: Vec<serde_json::Value> = cart["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|item| json!({"sku": item["sku"], "quantity": item["quantity"]}))
+        .collect();
+    if wanted.is_empty() {
+        return Reply::error(400, "the cart is empty");
+    }
+    // The catalog takes the lines' stock (by the order's id: a retry after a crash here
+    // takes nothing more) and answers them at its prices; not enough of something is the
+    // customer's 409.
+    let reserve = json!({ "order": c.id, "lines": wanted });
+    let lines: Vec<OrderLine> = match call("catalog", "POST", "/reservations", Some(&reserve)) {
+        Ok((200 | 201, v)) => serde_json::from_value(v["lines"].clone()).unwrap_or_default(),
+        Ok((status @ (409 | 422), v)) => return Reply::json(status, &v),
         Ok((s, v)) => return Reply::error(502, &format!("catalog said {s}: {v}")),
         Err(e) => return Reply::error(503, &format!("catalog: {e}")),
     };
-    let mut lines = vec![];
-    for item in cart["items"].as_array().cloned().unwrap_or_default() {
-        let sku = item["sku"].as_str().unwrap_or("");
-        let quantity = item["quantity"].as_u64().unwrap_or(0) as u32;
-        let Some(p) = products.iter().find(|p| p.sku == sku) else {
-            return Reply::error(422, &format!("{sku} is no longer sold"));
-        };
-        lines.push(OrderLine {
-            sku: sku.into(),
-            name: p.name.clone(),
-            quantity,
-            price_cents: p.price_cents,
-        });
-    }
     if lines.is_empty() {
-        return Reply::error(400, "the cart is empty");
+        return Reply::error(502, "the catalog priced none of the cart's lines");
     }
     let order = Order {
         id: c.id.clone(),
@@ -226,18 +228,6 @@ fn place(j: &mut Appender<'_, Orders>, c: &Checkout) -> Reply {
         created_ms: now_ms(),
         payment: None,
     };
-    // The catalog takes the lines' stock (by the order's id: a retry after a crash here
-    // takes nothing more); not enough of something is the customer's 409.
-    let reserve = json!({
-        "order": order.id,
-        "lines": order.lines.iter().map(|l| json!({"sku": l.sku, "quantity": l.quantity})).collect::<Vec<_>>(),
-    });
-    match call("catalog", "POST", "/reservations", Some(&reserve)) {
-        Ok((200 | 201, _)) => {}
-        Ok((409, v)) => return Reply::json(409, &v),
-        Ok((s, v)) => return Reply::error(502, &format!("catalog said {s}: {v}")),
-        Err(e) => return Reply::error(503, &format!("catalog: {e}")),
-    }
     if let Err(e) = j.append(Event::Created(order.clone())) {
         return Reply::error(500, &format!("store the order: {e}"));
     }
@@ -264,7 +254,7 @@ mod tests {
             created_ms: 1,
             payment: None,
         };
-        let append = |e| store.journal.with(|j| j.append(e)).unwrap();
+        let append = |e| store.journal.locked(|j| j.append(e)).unwrap().unwrap();
         append(Event::Created(order.clone()));
         append(Event::Created(order));
         append(Event::Paid {
@@ -286,7 +276,8 @@ mod tests {
         later.id = "o3".into();
         again
             .journal
-            .with(|j| j.append(Event::Created(later)))
+            .locked(|j| j.append(Event::Created(later)))
+            .unwrap()
             .unwrap();
         assert_eq!(store.get("o3").map(|o| o.id).as_deref(), Some("o3"));
         assert_eq!(

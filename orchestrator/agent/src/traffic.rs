@@ -7,7 +7,10 @@
 //! ([`tug_netns::nft::ConnEvents`]), on a thread of its own, and counts with atomics. A
 //! connection is a service's when it was translated and its destination is one of the
 //! service's frontends (the virtual address and port, or an ingress port). Counting starts
-//! with the agent: connections made before it are not counted.
+//! with the agent: connections made before it are not counted. Limits: when the kernel
+//! drops events (a burst larger than the socket's 8 MB buffer, counted in
+//! `tugboat_service_connection_events_lost_total`), a connection whose end was lost stays
+//! counted as active; a deleted service's series stay until the agent restarts.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job: build tugboat, build the shop's images, run `tugboat up -f examples/shop.yaml`
 # inside a network namespace of its own (the host's network is not touched), buy tea and coffee
-# through the front's pages (examples/shop/buy.sh), put the shop under load for a few seconds
-# (`shop load`), show what runs, then stop it all and leave the host clean.
+# through the front's pages (examples/shop/buy.sh), put the shop under load for 30 s (`shop
+# load`) and watch the front scale out, show what runs, then stop it all and leave the host
+# clean.
 # With a terminal, it waits for Enter before stopping (look around meanwhile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,8 +16,10 @@ bin=$PWD/target/release/tugboat
 ns=tugdemo$$
 data=/tmp/tugdemo$$
 up_pid=
+load_pid=
 cleanup() {
   set +e
+  if [ -n "$load_pid" ]; then kill "$load_pid" 2>/dev/null; wait "$load_pid"; fi
   if [ -n "$up_pid" ] && kill -0 "$up_pid" 2>/dev/null; then
     kill -INT "$up_pid"; wait "$up_pid"
   fi
@@ -45,8 +48,26 @@ echo "--- a purchase through the pages: front, catalog, cart, orders and payment
 in_ns bash examples/shop/buy.sh 127.0.0.1:8080
 # build.sh built the shop's static binary; `shop load` is its load generator.
 shop=$(ls -t "${CARGO_TARGET_DIR:-$PWD/target}"/shop/*/release/shop | head -n 1)
-echo "--- the shop under load for 5 s: 10 customers a second, each buys tea and coffee:"
-in_ns "$shop" load --addr 127.0.0.1:8080 --rate 10/s --duration 5s
+cli() { in_ns "$bin" --addr 127.0.0.1:7480 --data-dir "$data/server" "$@"; }
+fronts() { cli describe service front | awk '/^Replicas/ {print $2; exit}'; }
+echo "--- the shop under load for 30 s: 15 customers a second, each buys tea and coffee;"
+echo "    the front is autoscaled (examples/shop.yaml: 2 to 4 fronts, 50% of their CPU request):"
+in_ns "$shop" load --addr 127.0.0.1:8080 --rate 15/s --duration 30s > "$data/load.out" &
+load_pid=$!
+started=$SECONDS
+while kill -0 "$load_pid" 2>/dev/null; do
+  n=$(fronts)
+  if [ "${n%%/*}" != "${last:-}" ]; then
+    echo "  $((SECONDS - started)) s: front replicas ${n:-?}"
+    last=${n%%/*}
+  fi
+  sleep 1
+done
+wait "$load_pid" && load_ok=1 || load_ok=0
+load_pid=
+cat "$data/load.out"
+cli describe service front | grep -E '^(Replicas|Autoscale)'
+[ "$load_ok" = 1 ] || { echo "shop load had failed requests" >&2; exit 1; }
 echo "--- what runs:"
 in_ns "$bin" --addr 127.0.0.1:7480 --data-dir "$data/server" get instances
 in_ns "$bin" --addr 127.0.0.1:7480 --data-dir "$data/server" top

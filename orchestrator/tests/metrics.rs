@@ -1,8 +1,9 @@
 //! Root test: metrics as an operator collects them. A node's container metrics through the
 //! server (`GET /v1/nodes/{name}/metrics`: cpu, memory, pids, block and network bytes,
-//! restarts, from the real cgroups and network namespaces), both scrapes accepted by
-//! `promtool check metrics`, and a real Prometheus (Debian's, see tests/prometheus) that
-//! scrapes the server and the node over TLS with the API's token and answers queries on them.
+//! restarts, from the real cgroups and network namespaces), the balancing's connections and
+//! the failed probes as a user who sends traffic through a service's port counts them, both
+//! scrapes accepted by `promtool check metrics`, and a real Prometheus (Debian's, see
+//! tests/prometheus) that scrapes the server and the node over TLS with the API's token and answers queries on them.
 
 mod host;
 mod prometheus;
@@ -18,11 +19,30 @@ services:
     image: shop/catalog:1
     replicas: 2
     ports:
-      - {container: 80}
+      - {container: 80, published: 8090, mode: ingress}
     health:
       readiness: {http: {port: 80, path: /healthz}, interval_seconds: 1}
     stop: {grace_seconds: 1}
+  # Ready (its probe asks port 80), but nothing listens on the port it is reached on: each
+  # connection through the balancing is refused by the instance.
+  refusing:
+    image: shop/catalog:1
+    ports:
+      - {container: 81, published: 8091, mode: ingress}
+    health:
+      readiness: {http: {port: 80, path: /healthz}, interval_seconds: 1}
+    stop: {grace_seconds: 1}
+  # Never ready: its readiness probe asks for a page that does not exist.
+  unready:
+    image: shop/catalog:1
+    health:
+      readiness: {http: {port: 80, path: /nowhere}, interval_seconds: 1}
+    stop: {grace_seconds: 1}
 "#;
+
+/// Requests sent through the balancing to web, and connections tried to refusing.
+const SENT: usize = 25;
+const REFUSED: usize = 3;
 
 /// The value of the first sample of `name` with `labels` in the label set.
 fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
@@ -49,13 +69,23 @@ fn node_metrics_go_through_the_server_and_a_real_prometheus_scrapes_them() {
     std::fs::write(&spec, SPEC).unwrap();
     host.start_up(&spec);
     let show = |host: &TestHost| format!("{:#?}", host::instances(host));
+    let ready = |host: &TestHost, service: &str| {
+        host::instances(host)
+            .iter()
+            .filter(|i| i.ready && i.service == service)
+            .count()
+    };
     wait_for(
-        "2 web ready",
+        "2 web and 1 refusing ready",
         START,
-        || host::instances(&host).iter().filter(|i| i.ready).count() == 2,
+        || ready(&host, "web") == 2 && ready(&host, "refusing") == 1,
         || show(&host),
     );
-    let ids: Vec<String> = host::instances(&host).into_iter().map(|i| i.id).collect();
+    let ids: Vec<String> = host::instances(&host)
+        .into_iter()
+        .filter(|i| i.service == "web")
+        .map(|i| i.id)
+        .collect();
 
     // The node's scrape, through the server: each running container with what its cgroup
     // and its network namespace counted (the readiness probes are its traffic).
@@ -99,7 +129,88 @@ fn node_metrics_go_through_the_server_and_a_real_prometheus_scrapes_them() {
     let running = node
         .lines()
         .find_map(|l| l.strip_prefix("tugboat_containers_running "));
-    assert_eq!(running, Some("2"), "{node}");
+    assert_eq!(running, Some("4"), "{node}");
+
+    // The balancing's figures: what a user sends through a service's port is what the
+    // node counts (the probes go to the instances directly, not through the balancing).
+    let service_figure = |text: &str, name: &str, service: &str| {
+        sample(text, name, &format!("service=\"{service}\"")).unwrap_or(0.0)
+    };
+    let programmed = |service: &str| {
+        tugboat::agent::services::programmed_endpoints(&host.dir.join("agent"), "tugboat", service)
+            .map_or(0, |e| e.len())
+    };
+    wait_for(
+        "web's and refusing's balancing programmed",
+        Duration::from_secs(30),
+        || programmed("web") == 2 && programmed("refusing") == 1,
+        || {
+            format!(
+                "web {}, refusing {}",
+                programmed("web"),
+                programmed("refusing")
+            )
+        },
+    );
+    for _ in 0..SENT {
+        host.in_netns(|| host::http_get("127.0.0.1:8090", "/healthz"))
+            .expect("web through its ingress port");
+    }
+    for _ in 0..REFUSED {
+        let refused = host.in_netns(|| std::net::TcpStream::connect("127.0.0.1:8091"));
+        assert!(refused.is_err(), "nothing listens on refusing's port 81");
+    }
+    // A closed connection leaves the active ones at once; a refused one is a failure when
+    // its conntrack entry goes (TCP's close timeout, 10 s).
+    wait_for(
+        "the balancing's connections counted",
+        Duration::from_secs(40),
+        || {
+            let (_, t) = scrape(&host);
+            service_figure(&t, "tugboat_service_connections_total", "web") == SENT as f64
+                && service_figure(&t, "tugboat_service_active_connections", "web") == 0.0
+                && service_figure(&t, "tugboat_service_connections_total", "refusing")
+                    == REFUSED as f64
+                && service_figure(&t, "tugboat_service_upstream_failures_total", "refusing")
+                    == REFUSED as f64
+        },
+        || scrape(&host).1,
+    );
+    // Probe failures: the unready instance's readiness probe fails every time; web's no
+    // longer does.
+    let probe_failures = |t: &str, service: &str, probe: &str| -> f64 {
+        let (service, probe) = (
+            format!("service=\"{service}\""),
+            format!("probe=\"{probe}\""),
+        );
+        t.lines()
+            .filter(|l| l.starts_with("tugboat_instance_probe_failures_total{"))
+            .filter(|l| l.contains(&service) && l.contains(&probe))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    // (web's first probes may fail, before its server listens; once ready, none does.)
+    let (_, now) = scrape(&host);
+    let web_failed = probe_failures(&now, "web", "readiness");
+    let before = probe_failures(&now, "unready", "readiness");
+    assert!(before >= 1.0, "{}", scrape(&host).1);
+    wait_for(
+        "more failed readiness probes counted",
+        Duration::from_secs(10),
+        || probe_failures(&scrape(&host).1, "unready", "readiness") > before,
+        || scrape(&host).1,
+    );
+    let (_, node) = scrape(&host);
+    assert_eq!(
+        service_figure(&node, "tugboat_service_upstream_failures_total", "web"),
+        0.0,
+        "{node}"
+    );
+    assert_eq!(
+        probe_failures(&node, "web", "readiness"),
+        web_failed,
+        "{node}"
+    );
     // A node that does not exist: 404, named.
     let (status, said) = host.get_api("/v1/nodes/nowhere/metrics");
     assert_eq!(status, 404, "{said}");

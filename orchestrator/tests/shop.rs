@@ -334,6 +334,48 @@ fn the_whole_purchase_flow_through_the_ingress_port() {
         products.contains(r#""served_by":"catalog-"#) && products.contains(r#""sku":"tea""#),
         "{products}"
     );
+
+    // Stock: bob's order took one mug (of 40), and his retried checkout took nothing more.
+    let stock = |sku: &str| -> u64 {
+        let body = host
+            .in_netns(|| host::http_get(&catalog, &format!("/products/{sku}")))
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["product"]["stock"].as_u64().unwrap()
+    };
+    assert_eq!(stock("mug"), 39);
+    let again = send(
+        &host,
+        "bob",
+        "POST",
+        "/checkout",
+        Some(&format!("id={bobs}&name=Bob&address=Here")),
+    );
+    assert_eq!(again.status, 303, "{}", text(&again.body));
+    assert_eq!(stock("mug"), 39);
+    // More teapots than the 12 in stock: a 409 page that says how many are left, and
+    // nothing taken.
+    for n in 0..13 {
+        let form = format!("sku=teapot&request=carol-{n}");
+        let added = send(&host, "carol", "POST", "/cart/add", Some(&form));
+        assert_eq!(added.status, 303, "{}", text(&added.body));
+    }
+    let checkout = send(&host, "carol", "GET", "/checkout", None);
+    let carols = host::shopper::value_of(&checkout.body, "id").expect("an order id in the form");
+    let refused = send(
+        &host,
+        "carol",
+        "POST",
+        "/checkout",
+        Some(&format!("id={carols}&name=Carol&address=There")),
+    );
+    assert_eq!(refused.status, 409, "{}", text(&refused.body));
+    assert!(
+        text(&refused.body).contains("only 12 Teapot left"),
+        "{}",
+        text(&refused.body)
+    );
+    assert_eq!(stock("teapot"), 12);
 }
 
 #[test]
@@ -595,4 +637,60 @@ fn an_agent_killed_while_instances_start_runs_each_exactly_once_after() {
     assert_eq!(containers.len(), 9, "one container per instance");
     assert_eq!(instances(&host).len(), 9);
     buy(&host, "once").unwrap();
+}
+
+#[test]
+fn the_front_scales_out_under_load_and_every_purchase_goes_through() {
+    skip_unless_possible!("the_front_scales_out_under_load_and_every_purchase_goes_through");
+    let host = started_shop();
+    let replicas = || {
+        host.api(|c| async move { c.describe_service("front").await })
+            .map_or(0, |d| d.service.spec.replicas)
+    };
+    assert_eq!(replicas(), 2, "{}", show(&host));
+    // Four customers at once, buying until the autoscaler has added fronts (its CPU
+    // target is 50% of each front's 50m request) and they serve.
+    let stop = AtomicBool::new(false);
+    let bought = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<Bought> = std::thread::scope(|s| {
+        let buyers: Vec<_> = (0..4)
+            .map(|n| {
+                let (stop, bought, host) = (&stop, &bought, &host);
+                s.spawn(move || {
+                    host.in_netns(|| {
+                        keep_buying(
+                            &format!("busy{n}"),
+                            stop,
+                            usize::MAX,
+                            Duration::from_secs(180),
+                            bought,
+                        )
+                    })
+                })
+            })
+            .collect();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_for(
+                "more than 2 fronts ready under load",
+                Duration::from_secs(120),
+                || replicas() > 2 && ready(&instances(&host), "front") > 2,
+                || show(&host),
+            )
+        }));
+        stop.store(true, Ordering::SeqCst);
+        let results = buyers.into_iter().map(|b| b.join().unwrap()).collect();
+        if let Err(e) = outcome {
+            std::panic::resume_unwind(e);
+        }
+        results
+    });
+    let ok: usize = results.iter().map(|(ok, _)| ok.len()).sum();
+    let failures: Vec<&String> = results.iter().flat_map(|(_, f)| f).collect();
+    println!(
+        "front scaled to {} replicas after {ok} purchases, {} failed",
+        replicas(),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(replicas() <= 4, "{}", show(&host));
 }

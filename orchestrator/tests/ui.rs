@@ -362,25 +362,26 @@ fn the_dashboard_in_a_browser() {
         assert_eq!(js(&tab, "location.href.includes(sessionStorage.getItem('tugboat.token'))"), false);
         assert_eq!(js(&tab, "document.getElementById('live').textContent"), "live");
 
-        // Scale the front to 3 through the page; the API has it, the page shows 3/3.
-        type_into(&tab, "#services tr[data-key=\"front\"] input", "3");
-        click(&tab, "#services tr[data-key=\"front\"] button[data-action=scale]");
+        // Scale the catalog to 3 through the page (not the front: it is autoscaled, and a
+        // scale of it is refused); the API has it, the page shows 3/3.
+        type_into(&tab, "#services tr[data-key=\"catalog\"] input", "3");
+        click(&tab, "#services tr[data-key=\"catalog\"] button[data-action=scale]");
         wait_for(
-            "the API to say front has 3 replicas",
+            "the API to say catalog has 3 replicas",
             PAGE,
             || {
-                host.api(|c| async move { c.describe_service("front").await })
+                host.api(|c| async move { c.describe_service("catalog").await })
                     .is_ok_and(|d| d.service.spec.replicas == 3)
             },
             show,
         );
         page_wait(
             &tab,
-            "the page to show front 3/3 (live, without a reload)",
-            "document.querySelector('#services tr[data-key=\"front\"]').cells[1].querySelector('span').textContent === '3/3'",
+            "the page to show catalog 3/3 (live, without a reload)",
+            "document.querySelector('#services tr[data-key=\"catalog\"]').cells[1].querySelector('span').textContent === '3/3'",
             show,
         );
-        wait_for("3 ready fronts", START, || ready(&instances(host), "front") == 3, show);
+        wait_for("3 ready catalogs", START, || ready(&instances(host), "catalog") == 3, show);
 
         // Cordon and uncordon the node; Drain asks again first, and a single click does
         // nothing.

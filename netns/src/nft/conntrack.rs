@@ -18,17 +18,17 @@ const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
 
-const CTA_TUPLE_ORIG: u16 = 1;
-const CTA_TUPLE_REPLY: u16 = 2;
-const CTA_STATUS: u16 = 3;
+pub(super) const CTA_TUPLE_ORIG: u16 = 1;
+pub(super) const CTA_TUPLE_REPLY: u16 = 2;
+pub(super) const CTA_STATUS: u16 = 3;
 const CTA_ZONE: u16 = 18;
-const CTA_TUPLE_IP: u16 = 1;
-const CTA_TUPLE_PROTO: u16 = 2;
-const CTA_IP_V4_SRC: u16 = 1;
-const CTA_PROTO_NUM: u16 = 1;
-const CTA_PROTO_SRC_PORT: u16 = 2;
+pub(super) const CTA_TUPLE_IP: u16 = 1;
+pub(super) const CTA_TUPLE_PROTO: u16 = 2;
+pub(super) const CTA_IP_V4_SRC: u16 = 1;
+pub(super) const CTA_PROTO_NUM: u16 = 1;
+pub(super) const CTA_PROTO_SRC_PORT: u16 = 2;
 /// `IPS_SEEN_REPLY`: packets went both ways.
-const IPS_SEEN_REPLY: u32 = 1 << 1;
+pub(super) const IPS_SEEN_REPLY: u32 = 1 << 1;
 
 pub(super) fn ct_type(msg: u16) -> u16 {
     (NFNL_SUBSYS_CTNETLINK << 8) | msg
@@ -48,7 +48,7 @@ pub(super) struct Tracked {
 }
 
 /// Attributes of a netlink payload: (type without flags, value, the whole attribute).
-fn attrs(mut buf: &[u8]) -> Vec<(u16, &[u8], &[u8])> {
+pub(super) fn attrs(mut buf: &[u8]) -> Vec<(u16, &[u8], &[u8])> {
     let mut out = Vec::new();
     while buf.len() >= 4 {
         let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
@@ -62,7 +62,7 @@ fn attrs(mut buf: &[u8]) -> Vec<(u16, &[u8], &[u8])> {
     out
 }
 
-fn find(buf: &[u8], kind: u16) -> Option<&[u8]> {
+pub(super) fn find(buf: &[u8], kind: u16) -> Option<&[u8]> {
     attrs(buf).into_iter().find(|a| a.0 == kind).map(|a| a.1)
 }
 
@@ -143,10 +143,10 @@ impl Socket {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn attr(kind: u16, value: &[u8]) -> Vec<u8> {
+    pub(crate) fn attr(kind: u16, value: &[u8]) -> Vec<u8> {
         let mut v = ((4 + value.len()) as u16).to_ne_bytes().to_vec();
         v.extend(kind.to_ne_bytes());
         v.extend(value);
@@ -156,11 +156,11 @@ mod tests {
         v
     }
 
-    fn nested(kind: u16, parts: &[Vec<u8>]) -> Vec<u8> {
+    pub(crate) fn nested(kind: u16, parts: &[Vec<u8>]) -> Vec<u8> {
         attr(kind | NLA_F_NESTED, &parts.concat())
     }
 
-    fn tuple(kind: u16, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    pub(crate) fn tuple(kind: u16, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
         nested(
             kind,
             &[

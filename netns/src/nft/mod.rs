@@ -16,9 +16,11 @@ use std::io;
 
 pub(crate) mod build;
 mod conntrack;
+mod ct_events;
 mod encode;
 mod socket;
 
+pub use ct_events::{ConnEvent, ConnEvents};
 pub use encode::encode_batch;
 use encode::{describe, nft_type, Msg};
 #[cfg(test)]

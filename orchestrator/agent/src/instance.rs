@@ -623,6 +623,12 @@ impl Supervisor {
         }
     }
 
+    fn probe_failed(&self, probe: &'static str) {
+        self.ctx
+            .traffic
+            .probe_failed(&self.instance.service, self.id(), probe);
+    }
+
     async fn run_probes(&mut self) {
         let Some(address) = self.address else { return };
         let now = Instant::now();
@@ -632,6 +638,9 @@ impl Supervisor {
                 self.next_liveness =
                     now + Duration::from_secs(u64::from(spec.interval_seconds.max(1)));
                 let r = self.probe(spec, address).await;
+                if r.is_err() {
+                    self.probe_failed(super::traffic::LIVENESS);
+                }
                 if !self.liveness.record(spec, r) {
                     // Kill it: the exit path restarts it and says why.
                     let _ =
@@ -654,6 +663,9 @@ impl Supervisor {
                     };
                     self.next_readiness = now + interval;
                     let r = self.probe(spec, address).await;
+                    if r.is_err() {
+                        self.probe_failed(super::traffic::READINESS);
+                    }
                     self.readiness.record(spec, r);
                 }
                 self.readiness.passing
@@ -796,6 +808,9 @@ impl Supervisor {
         self.ctx
             .services
             .set_source(&self.instance.service, &id, None);
+        self.ctx
+            .traffic
+            .forget_instance(&self.instance.service, &id);
         {
             let _net = self.ctx.net_lock.lock().await;
             let _ = self.ctx.network.detach(&id).await;

@@ -30,6 +30,7 @@ pub mod remote;
 pub mod secrets;
 pub mod services;
 pub mod stats;
+pub mod traffic;
 pub mod tunnel;
 pub mod userns;
 pub mod volume_api;
@@ -152,6 +153,8 @@ pub struct NodeContext {
     /// calls waiting on it from one process would block the async runtime's threads.
     pub net_lock: tokio::sync::Mutex<()>,
     pub services: Arc<ServiceTable>,
+    /// The services' connections and the probes' failures, for `/metrics`.
+    pub traffic: traffic::Traffic,
     pub runtime_root: PathBuf,
     pub monitor_exe: PathBuf,
     pub log_max_bytes: u64,
@@ -342,6 +345,7 @@ impl Agent {
             network,
             net_lock: tokio::sync::Mutex::new(()),
             services,
+            traffic: traffic::Traffic::default(),
             runtime_root: config.data_dir.join("runtime"),
             monitor_exe: config.monitor_exe.clone(),
             log_max_bytes: config.log_max_bytes,
@@ -351,6 +355,11 @@ impl Agent {
             allow_host_paths: config.allow_host_paths.clone(),
             block_device: bundle::block_device_of(&config.data_dir),
         });
+        if let Err(e) = traffic::follow_connections(ctx.traffic.clone(), ctx.services.clone()) {
+            eprintln!(
+                "tugboat agent: conntrack's events: {e}; the services' connections are not counted"
+            );
+        }
         let api = match config.api_listen {
             Some(addr) => {
                 let listener =

@@ -9,6 +9,12 @@
 //! Only running containers are listed; a counter starts again with each run of the
 //! container (Prometheus takes a drop as a reset). The cluster's view (desired and ready
 //! replicas, phases, the API, the store) is the server's `/metrics`.
+//!
+//! With them, per service, the connections this node's balancing made
+//! (`tugboat_service_connections_total`, `tugboat_service_active_connections`,
+//! `tugboat_service_upstream_failures_total`) and per instance its failed health probes
+//! (`tugboat_instance_probe_failures_total{probe="liveness|readiness"}`), counted since the
+//! agent started ([`super::traffic`]).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -36,8 +42,9 @@ type FCounter = Counter<f64, AtomicU64>;
 /// The scrape's content type (OpenMetrics text, as the server's `/metrics`).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// The scrape, in the OpenMetrics text format.
-pub fn render(roots: &Roots) -> Result<String, String> {
+/// The scrape, in the OpenMetrics text format; with the node's service connections and
+/// probe failures when given ([`super::traffic`]).
+pub fn render(roots: &Roots, traffic: Option<&super::traffic::Traffic>) -> Result<String, String> {
     let cpu = Family::<ContainerLabels, FCounter>::default();
     let memory = Family::<ContainerLabels, Gauge>::default();
     let pids = Family::<ContainerLabels, Gauge>::default();
@@ -145,6 +152,9 @@ pub fn render(roots: &Roots) -> Result<String, String> {
         "Processes the OOM killer killed in the container's cgroup (this run)",
         oom,
     );
+    if let Some(traffic) = traffic {
+        super::traffic::register(&mut registry, traffic);
+    }
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).map_err(|e| e.to_string())?;
     Ok(text)
@@ -211,11 +221,14 @@ mod tests {
         ended.id = "web-2".into();
         tugboat_monitor::write_json(&gone.join("instance.json"), &ended).unwrap();
 
-        let text = render(&Roots {
-            instances: &instances,
-            cgroup: &cgroup,
-            proc: &proc,
-        })
+        let text = render(
+            &Roots {
+                instances: &instances,
+                cgroup: &cgroup,
+                proc: &proc,
+            },
+            None,
+        )
         .unwrap();
         for line in [
             "tugboat_containers_running 1",

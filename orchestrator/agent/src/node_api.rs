@@ -201,12 +201,16 @@ async fn metrics(
         return (StatusCode::UNAUTHORIZED, "only the server calls a node's API: missing or wrong bearer token, or no server certificate\n").into_response();
     }
     let instances = state.data_dir.join("instances");
+    let traffic = state.node.as_ref().map(|n| n.traffic.clone());
     let text = tokio::task::spawn_blocking(move || {
-        super::metrics::render(&super::metrics::Roots {
-            instances: &instances,
-            cgroup: std::path::Path::new("/sys/fs/cgroup"),
-            proc: std::path::Path::new("/proc"),
-        })
+        super::metrics::render(
+            &super::metrics::Roots {
+                instances: &instances,
+                cgroup: std::path::Path::new("/sys/fs/cgroup"),
+                proc: std::path::Path::new("/proc"),
+            },
+            traffic.as_ref(),
+        )
     })
     .await;
     match text {

@@ -273,6 +273,24 @@ impl ServiceTable {
         Some((specs, problems))
     }
 
+    /// The service whose frontend a connection to `destination` (protocol number) is: its
+    /// virtual address and port, or its ingress port on any address of the node.
+    pub fn service_at(&self, protocol: u8, destination: SocketAddrV4) -> Option<String> {
+        let inner = self.lock();
+        inner
+            .frontends
+            .as_ref()?
+            .iter()
+            .filter(|f| f.protocol.number() == protocol)
+            .find(|f| match f.frontend {
+                tug_netns::Frontend::Virtual { address, port } => {
+                    SocketAddrV4::new(address, port) == destination
+                }
+                tug_netns::Frontend::HostPort { port } => port == destination.port(),
+            })
+            .map(|f| f.service.clone())
+    }
+
     /// The services' labels and network rules (from the server).
     pub fn set_policies(&self, policies: BTreeMap<String, crate::policy::ServicePolicy>) {
         let mut inner = self.lock();

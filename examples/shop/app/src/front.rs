@@ -185,6 +185,16 @@ fn route(req: &Req, session: &str) -> Result<Reply, Reply> {
                         "Add a product to your cart before you check out.",
                     ))
                 }
+                Ok((409, v)) if v["short"].is_array() => {
+                    let said = v["error"].as_str().unwrap_or("not enough stock");
+                    return Err(failure(
+                        409,
+                        "Not enough in stock",
+                        &format!(
+                            "Sorry: {said}. Nothing was charged: change your cart and check out again."
+                        ),
+                    ));
+                }
                 other => return Err(trouble("orders", other)),
             }
         }

@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod client;
 pub mod front;
 pub mod hosts;
+pub mod journal;
 pub mod load;
 pub mod model;
 pub mod orders;

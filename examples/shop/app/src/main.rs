@@ -38,7 +38,9 @@ fn main() {
     let data = PathBuf::from(flag("--data").unwrap_or_else(|| "/data".into()));
     let served = match service.as_str() {
         "front" => tug_shop::serve::run(&listen, tug_shop::front::handle),
-        "catalog" => tug_shop::serve::run(&listen, tug_shop::catalog::handle),
+        "catalog" => tug_shop::catalog::Catalog::new(&data)
+            .map_err(|e| format!("{}: {e}", data.display()))
+            .and_then(|store| tug_shop::serve::run(&listen, move |r| store.handle(r))),
         "payments" => tug_shop::serve::run(&listen, tug_shop::payments::handle),
         "cart" => tug_shop::cart::CartStore::new(&data)
             .map_err(|e| format!("{}: {e}", data.display()))

@@ -198,7 +198,6 @@ ready_on() { # the number of ready web replicas on the nodes named
 }
 spread() { [ "$(ready_on tug1)" = 1 ] && [ "$(ready_on tug2)" = 1 ] && [ "$(ready_on tug3)" = 1 ]; }
 wait_until "web ready on each node" 600 spread
-old=$(tb -o json get instances | jq -r '.items[] | select(.node == "tug3") | .id')
 log "web ready on tug1, tug2 and tug3"
 
 # --- the NFS volume's user, on tug3 (the other nodes cordoned while it is placed) ---

@@ -4,7 +4,8 @@
 #   bash tests/install-deps.sh          the build and the main job (tests/demo.sh)
 #   bash tests/install-deps.sh --tests  also what the test command uses (podman, a registry,
 #                                       skopeo/umoci, script(1), etcd, chromium) and the cgroup v2 VM stage
-#                                       with the Vagrant check (qemu, cpio, shellcheck, vagrant)
+#                                       with the Vagrant check (qemu, cpio, shellcheck, vagrant),
+#                                       the cluster stage's NFS server (nfs-kernel-server)
 #
 # Every apt call waits for the dpkg lock (a fresh cloud VM's unattended-upgrades holds it for
 # minutes) instead of failing at once, and a failure names the packages and the group.
@@ -159,6 +160,14 @@ command -v jq >/dev/null || vm+=(jq)
 command -v mkfs.ext4 >/dev/null || vm+=(e2fsprogs)
 command -v systemd-analyze >/dev/null || vm+=(systemd)
 command -v shellcheck >/dev/null || vm+=(shellcheck)
+# The cluster stage's NFS server (tests/vm/cluster.sh): its VM runs the host's rpc.nfsd,
+# rpc.mountd and exportfs.
+nfs_new=false
+[ -x /usr/sbin/rpc.nfsd ] || { vm+=(nfs-kernel-server); nfs_new=true; }
 # Without recommends: vagrant-libvirt's would bring libguestfs and a kernel package.
 command -v vagrant >/dev/null || vm+=(vagrant vagrant-libvirt)
 install "the VM stage and the Vagrant check of the test command" "${vm[@]}"
+# Only its programs are wanted: a fresh install does not make this machine an NFS server.
+if $nfs_new && [ -d /run/systemd/system ]; then
+  systemctl disable --now nfs-server.service >/dev/null 2>&1 || true
+fi

@@ -6,15 +6,22 @@
 # (tests/vm/cluster-node.sh). Their NICs are tap devices on a bridge in a network namespace
 # of this script's own (192.168.76.0/24 there only); the client runs in that namespace too.
 #
-#   1. a 3-replica service spread over the three nodes, every replica ready;
-#   2. tug3's power is cut (its qemu killed): the replicas are ready again on tug1 and tug2;
+#   1. a 3-replica service spread over the three nodes, every replica ready; and an NFS
+#      volume (driver nfs, docs/volumes.md) served by the kernel's nfsd in tug1's VM
+#      (tests/vm/cluster-node.sh), used by a 1-replica service placed on tug3 (tug1 and tug2
+#      cordoned meanwhile), whose instance writes a file of unique content to it;
+#   2. tug3's power is cut (its qemu killed): the replicas are ready again on tug1 and tug2,
+#      and the NFS volume's user, rescheduled there, reads the same content back;
 #   3. tug3 boots again from its disk: it rejoins, and its old instances are cleaned up
 #      (none of them left on its disk, exactly three replicas in the cluster).
 #
 # Prints `vm cluster: 3/3 replicas ready X.X s after a node's power was cut, old instances
-# gone X.X s after it booted again`. Budget: TUG_VM_CLUSTER_TIMEOUT seconds for the whole
-# stage (default 1200; about 6 minutes under TCG on 2 cores). Nothing of the root network
-# namespace changes; the VMs, the namespace and the temp dir go on exit.
+# gone X.X s after it booted again` and `vm cluster: nfs volume data read back on NODE X.X s
+# after the power cut`. Budget: TUG_VM_CLUSTER_TIMEOUT seconds for the whole stage (default
+# 1200; about 6 minutes under TCG on 2 cores, of which the NFS volume adds about one). The
+# NFS server's programs (rpc.nfsd, rpc.mountd, exportfs) are the host's nfs-kernel-server
+# (tests/install-deps.sh --tests); the VMs' kernel brings nfsd and the nfs client. Nothing
+# of the root network namespace changes; the VMs, the namespace and the temp dir go on exit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$(pwd)
@@ -35,6 +42,10 @@ skip() {
 . "$here/lib.sh"
 vm_check_host
 command -v nsenter >/dev/null || { log "missing nsenter (util-linux)"; exit 1; }
+for tool in rpc.nfsd rpc.mountd exportfs; do
+  PATH=$PATH:/usr/sbin command -v "$tool" >/dev/null ||
+    { log "missing $tool, the NFS server in tug1's VM (nfs-kernel-server: bash tests/install-deps.sh --tests)"; exit 1; }
+done
 [ -c /dev/net/tun ] || skip "no /dev/net/tun for the VMs' tap devices"
 
 start_all=$(date +%s)
@@ -92,6 +103,8 @@ TUG_SERVER_ADDR=$server:7480
 TUG_TOKEN=$token
 TUG_LABELS=host=tug$i
 EOF
+  # tug1 serves the NFS volume (on its disk: /tmp in the VM).
+  [ "$i" != 1 ] || printf '%s\n' TUG_NFS_EXPORT=/tmp/nfs-export TUG_NFS_CLIENTS=192.168.76.0/24 >>"$out/node.env"
   echo "node 1500 $repo /bin/bash $here/cluster-node.sh" >"$out/jobs"
   truncate -s 4G "$tmp/disk$i.img"
   mkfs.ext4 -q -F -E lazy_itable_init=1,lazy_journal_init=1 "$tmp/disk$i.img"
@@ -116,12 +129,14 @@ boot() {
   qpid[$i]=$!
 }
 
+exec 3>&1 # (the stage's output, for fail called by a condition whose output is dropped)
 fail() {
+  exec >&3 2>&1
   log "FAILED: $*"
   for i in 1 2 3; do
     echo "--- tug$i's console (last lines)"
     tail -n 40 "$tmp/vm$i.log" 2>/dev/null || true
-    for f in server agent; do
+    for f in server agent mountd; do
       [ ! -f "$tmp/out$i/$f.log" ] || { echo "--- tug$i's $f (last lines)"; tail -n 40 "$tmp/out$i/$f.log"; }
     done
     [ ! -f "$tmp/out$i/state" ] || { echo "--- tug$i's processes, instances and mounts"; cat "$tmp/out$i/state"; }
@@ -151,7 +166,12 @@ jq_instances() { tb -o json get instances | jq -e "$1"; }
 
 log "booting three VMs ($accel, 1 cpu and ${mem} MiB each); budget ${budget}s"
 for i in 1 2 3; do boot "$i"; done
-for i in 1 2 3; do wait_until "tug$i's units" 600 test -e "$tmp/out$i/up"; done
+units_up() { # tug$1's units run; a VM that powered off meanwhile fails the stage at once
+  [ -e "$tmp/out$1/up" ] && return 0
+  kill -0 "${qpid[$1]}" 2>/dev/null || fail "tug$1's VM stopped before its units ran"
+  return 1
+}
+for i in 1 2 3; do wait_until "tug$i's units" 600 units_up "$i"; done
 nodes_ready() { tb -o json get nodes | jq -e '[.items[] | select(.status == "ready")] | length == 3'; }
 wait_until "the three nodes ready" 300 nodes_ready
 log "three nodes ready after $(($(date +%s) - start_all))s"
@@ -178,18 +198,71 @@ ready_on() { # the number of ready web replicas on the nodes named
 }
 spread() { [ "$(ready_on tug1)" = 1 ] && [ "$(ready_on tug2)" = 1 ] && [ "$(ready_on tug3)" = 1 ]; }
 wait_until "web ready on each node" 600 spread
+log "web ready on tug1, tug2 and tug3"
+
+# --- the NFS volume's user, on tug3 (the other nodes cordoned while it is placed) ---
+cat >"$tmp/keeper.yaml" <<'EOF'
+volumes:
+  kept:
+    driver: nfs
+    options: {server: 192.168.76.11, path: /, timeout_seconds: "30"}
+services:
+  keeper:
+    image: shop/catalog:1
+    volumes: [{type: volume, source: kept, target: /data}]
+    health:
+      readiness: {http: {port: 80, path: /healthz}, interval_seconds: 1, failure_threshold: 1}
+    stop: {grace_seconds: 1}
+EOF
+tb node cordon tug1 >/dev/null
+tb node cordon tug2 >/dev/null
+tb apply -f "$tmp/keeper.yaml" >/dev/null
+keeper_on() { # the id of a ready keeper instance on one of the nodes named
+  local nodes
+  nodes=$(printf '"%s",' "$@")
+  tb -o json get instances | jq -er "[.items[] | select(.service == \"keeper\" and .phase == \"running\"
+    and .ready and (.node | IN(${nodes%,})))][0] | .id"
+}
+wait_until "keeper ready on tug3" 300 keeper_on tug3
+writer=$(keeper_on tug3)
+tb node uncordon tug1 >/dev/null
+tb node uncordon tug2 >/dev/null
+stamp="written on tug3 by $writer: $(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')"
+tb exec "$writer" -- cat /proc/mounts | grep -q ' /data nfs4 ' ||
+  fail "$writer's /data is not an nfs4 mount: $(tb exec "$writer" -- cat /proc/mounts 2>&1 | grep /data)"
+wrote=$(tb exec "$writer" -- sh -c "echo '$stamp' >/data/stamp && sync && cat /data/stamp" 2>&1) ||
+  fail "$writer could not write to the nfs volume: $wrote"
+[ "$wrote" = "$stamp" ] || fail "$writer wrote \`$stamp\` to the nfs volume and read \`$wrote\`"
 old=$(tb -o json get instances | jq -r '.items[] | select(.node == "tug3") | .id')
-log "web ready on tug1, tug2 and tug3 ($old on tug3)"
+log "keeper $writer on tug3 wrote to the nfs volume (${old//$'\n'/, } on tug3)"
 
 # --- 2. tug3's power cut ---
 kill -9 "${qpid[3]}"
 wait "${qpid[3]}" 2>/dev/null || true
 cut=$(date +%s.%N)
 elsewhere() { [ "$(ready_on tug1 tug2)" = 3 ]; }
-wait_until "3 web replicas ready on tug1 and tug2" 300 elsewhere
 since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
-healed=$(since "$cut")
+read_back() { # the rescheduled keeper reads what the one on tug3 wrote; sets reader_node
+  local id got
+  id=$(keeper_on tug1 tug2) || return 1
+  got=$(tb exec "$id" -- cat /data/stamp) || return 1
+  [ "$got" = "$stamp" ] || fail "keeper $id read \`$got\` from the nfs volume, not \`$stamp\`"
+  reader_node=$(tb -o json get instances | jq -r ".items[] | select(.id == \"$id\") | .node")
+}
+# Both at once, each timed from the cut when first seen.
+healed="" read_at="" reader_node="" until=$(($(date +%s) + 300))
+[ "$until" -le "$deadline" ] || until=$deadline
+while [ -z "$healed" ] || [ -z "$read_at" ]; do
+  if [ "$(date +%s)" -ge "$until" ]; then
+    [ -n "$healed" ] || fail "timed out waiting for 3 web replicas ready on tug1 and tug2"
+    fail "timed out waiting for the rescheduled keeper to read the nfs volume"
+  fi
+  [ -n "$healed" ] || ! elsewhere >/dev/null 2>&1 || healed=$(since "$cut")
+  [ -n "$read_at" ] || ! read_back 2>/dev/null || read_at=$(since "$cut")
+  sleep 1
+done
 log "3/3 replicas ready on tug1 and tug2 $healed s after tug3's power was cut"
+log "the keeper on $reader_node read the nfs volume's file $read_at s after the power cut"
 
 # --- 3. tug3 boots again from its disk ---
 boot 3
@@ -209,6 +282,8 @@ cleaned=$(since "$booted")
 three=$(jq_instances '[.items[] | select(.service == "web")] | length')
 [ "$three" = 3 ] || fail "web has $three instances after tug3 came back, not 3"
 [ "$(ready_on tug1 tug2 tug3)" = 3 ] || fail "not every web replica is ready after tug3 came back"
+keepers=$(jq_instances '[.items[] | select(.service == "keeper")] | length')
+[ "$keepers" = 1 ] || fail "keeper has $keepers instances after tug3 came back, not 1"
 
 # --- the end: each node stops its units and powers off ---
 for i in 1 2 3; do touch "$tmp/out$i/stop"; done
@@ -217,3 +292,4 @@ for i in 1 2 3; do
 done
 log "stage took $(($(date +%s) - start_all))s"
 echo "vm cluster: 3/3 replicas ready $healed s after a node's power was cut, old instances gone $cleaned s after it booted again"
+echo "vm cluster: nfs volume data read back on $reader_node $read_at s after the power cut"

@@ -368,22 +368,9 @@ fn nfs_mount(volume: &Volume, target: &Path) -> Result<(), String> {
     if is_mounted(target) {
         return Ok(());
     }
-    let option = |k: &str| volume.config.options.get(k).cloned().unwrap_or_default();
-    let server = option("server");
-    let mut data = format!("vers=4.2,addr={server},clientaddr=0.0.0.0,soft,timeo=50,retrans=2");
-    let extra = option("mount_options");
-    if !extra.is_empty() {
-        data.push(',');
-        data.push_str(&extra);
-    }
-    let source = format!("{server}:{}", option("path"));
-    let supported = std::fs::read_to_string("/proc/filesystems")
-        .is_ok_and(|f| f.lines().any(|l| l.trim_end().ends_with("\tnfs4")));
-    if !supported {
-        return Err(format!(
-            "volume {name}: this kernel has no nfs4 file system (CONFIG_NFS_V4; load the nfs module)"
-        ));
-    }
+    let (source, data) = nfs_source_and_options(&volume.config.options);
+    // No look at /proc/filesystems first: on a stock kernel nfs4 is a module that is not
+    // loaded until the first mount asks for it (the kernel loads `fs-nfs4` itself).
     nix::mount::mount(
         Some(source.as_str()),
         target,
@@ -391,7 +378,31 @@ fn nfs_mount(volume: &Volume, target: &Path) -> Result<(), String> {
         nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
         Some(data.as_str()),
     )
-    .map_err(|e| format!("volume {name}: mounting {source} (nfs4, {data}): {e}"))
+    .map_err(|e| nfs_mount_error(name, &source, &data, e))
+}
+
+/// `SERVER:PATH` and the kernel's text options for an nfs volume's driver options.
+fn nfs_source_and_options(options: &BTreeMap<String, String>) -> (String, String) {
+    let option = |k: &str| options.get(k).cloned().unwrap_or_default();
+    let server = option("server");
+    let mut data = format!("vers=4.2,addr={server},clientaddr=0.0.0.0,soft,timeo=50,retrans=2");
+    let extra = option("mount_options");
+    if !extra.is_empty() {
+        data.push(',');
+        data.push_str(&extra);
+    }
+    (format!("{server}:{}", option("path")), data)
+}
+
+/// What a failed nfs4 mount says: ENODEV is a kernel without the file system (after it
+/// tried to load the module).
+fn nfs_mount_error(name: &str, source: &str, data: &str, e: nix::errno::Errno) -> String {
+    if e == nix::errno::Errno::ENODEV {
+        return format!(
+            "volume {name}: this kernel has no nfs4 file system (CONFIG_NFS_V4; load the nfs module)"
+        );
+    }
+    format!("volume {name}: mounting {source} (nfs4, {data}): {e}")
 }
 
 /// Calls an exec plugin: `PLUGIN ACTION` with the volume as JSON on stdin; its stdout is
@@ -687,5 +698,25 @@ mod tests {
         let (bytes, n) = du(dir.path(), 100);
         assert_eq!(n, 2);
         assert!(bytes >= 10_000, "{bytes}");
+    }
+
+    #[test]
+    fn nfs_options_carry_the_server_address_for_the_kernel() {
+        let mut options = BTreeMap::new();
+        options.insert("server".to_string(), "192.168.76.11".to_string());
+        options.insert("path".to_string(), "/vols".to_string());
+        let (source, data) = nfs_source_and_options(&options);
+        assert_eq!(source, "192.168.76.11:/vols");
+        assert!(data.starts_with("vers=4.2,addr=192.168.76.11,"), "{data}");
+        options.insert("mount_options".to_string(), "noatime".to_string());
+        assert!(nfs_source_and_options(&options).1.ends_with(",noatime"));
+    }
+
+    #[test]
+    fn a_kernel_without_nfs4_is_named_as_such() {
+        let e = nfs_mount_error("v", "a:/p", "vers=4.2", nix::errno::Errno::ENODEV);
+        assert!(e.contains("this kernel has no nfs4 file system"), "{e}");
+        let e = nfs_mount_error("v", "a:/p", "vers=4.2", nix::errno::Errno::EACCES);
+        assert!(e.contains("mounting a:/p (nfs4, vers=4.2)"), "{e}");
     }
 }

@@ -9,7 +9,7 @@
 
 use std::io;
 use std::net::SocketAddrV4;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::conntrack::{
     attrs, ct_type, find, CTA_IP_V4_SRC, CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_STATUS,
@@ -124,51 +124,13 @@ pub struct ConnEvents {
 
 impl ConnEvents {
     pub fn open() -> io::Result<ConnEvents> {
-        // SAFETY: plain socket(2); the fd is owned below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_NETFILTER,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // A large buffer: a burst of connections must not overflow it.
+        let fd = super::socket::open_netfilter(GROUPS)?;
+        // A large buffer: a burst of connections must not overflow it (beyond rmem_max
+        // where the kernel lets us).
         let size: i32 = 8 << 20;
-        // SAFETY: size is an i32 of the size given.
-        unsafe {
-            let p = &size as *const i32 as *const libc::c_void;
-            let len = std::mem::size_of::<i32>() as u32;
-            if libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                p,
-                len,
-            ) < 0
-            {
-                libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, p, len);
-            }
-        }
-        // SAFETY: zeroed sockaddr_nl is valid; family and groups set below.
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as u16;
-        sa.nl_groups = GROUPS;
-        // SAFETY: sa is a valid sockaddr_nl for the size given.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &sa as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        super::socket::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &size).or_else(
+            |_| super::socket::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &size),
+        )?;
         Ok(ConnEvents {
             fd,
             buf: vec![0; 256 * 1024],

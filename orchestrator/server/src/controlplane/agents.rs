@@ -144,8 +144,8 @@ impl ControlPlane {
                 kind: "node",
                 name: name.into(),
             })?;
-        if let Some(at) = self.heartbeats().get(name) {
-            node.object.last_heartbeat_ms = node.object.last_heartbeat_ms.max(*at);
+        if let Some(at) = self.heartbeat_of(name) {
+            node.object.last_heartbeat_ms = node.object.last_heartbeat_ms.max(at);
         }
         Ok(node)
     }

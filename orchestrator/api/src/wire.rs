@@ -135,19 +135,22 @@ impl WatchKind {
 
 /// One change seen by a watch. `object` is null for a delete.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ObjectChange {
+///
+/// `O` is how the object is held: a parsed value for clients; the server sends the stored
+/// JSON text as it is (`Box<RawValue>`), without building a value tree per change per poll.
+pub struct ObjectChange<O = serde_json::Value> {
     #[serde(rename = "type")]
     pub kind: EventKind,
     pub key: String,
     pub revision: Revision,
-    pub object: serde_json::Value,
+    pub object: O,
 }
 
 /// Changes after a revision. Watch again from `revision + 1`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WatchBatch {
+pub struct WatchBatch<O = serde_json::Value> {
     pub revision: Revision,
-    pub changes: Vec<ObjectChange>,
+    pub changes: Vec<ObjectChange<O>>,
 }
 
 /// A service with its instances and recent events: `tugboat describe service NAME`.

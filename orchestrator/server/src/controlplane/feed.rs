@@ -25,7 +25,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tugboat_api::model::INSTANCES;
-use tugboat_api::wire::{ObjectChange, WatchBatch};
+use tugboat_api::wire::ObjectChange;
+
+/// What a watch answers, the objects as their stored JSON text.
+pub type WatchBatch = tugboat_api::wire::WatchBatch<Box<RawValue>>;
+
+/// JSON `null`: a delete's object.
+pub fn null() -> Box<RawValue> {
+    RawValue::from_string("null".into()).expect("null is JSON")
+}
 
 /// How long a change stays in its node's queue: longer than an agent takes to poll again,
 /// or to move to another server.
@@ -321,16 +329,12 @@ impl InstanceFeed {
     }
 }
 
-fn to_wire(change: &Change) -> ObjectChange {
+fn to_wire(change: &Change) -> ObjectChange<Box<RawValue>> {
     ObjectChange {
         kind: change.kind,
         key: change.key.clone(),
         revision: change.revision,
-        object: change
-            .object
-            .as_ref()
-            .and_then(|raw| serde_json::from_str(raw.get()).ok())
-            .unwrap_or(serde_json::Value::Null),
+        object: change.object.clone().unwrap_or_else(null),
     }
 }
 
@@ -405,7 +409,8 @@ mod tests {
                 (EventKind::Delete, "/instances/web/old")
             ]
         );
-        assert_eq!(a.changes[0].object["node"], "a");
+        let object: serde_json::Value = serde_json::from_str(a.changes[0].object.get()).unwrap();
+        assert_eq!(object["node"], "a");
         let b = poll(&feed, "b", from).await;
         assert_eq!(
             keys(&b),

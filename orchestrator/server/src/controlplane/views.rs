@@ -6,8 +6,7 @@ use crate::store::{EventKind, Revision};
 use std::time::Duration;
 use tugboat_api::model::{Event, Instance, Node, Service, EVENTS, INSTANCES, NODES, SERVICES};
 use tugboat_api::wire::{
-    InstanceDescription, Listed, NodeDescription, ObjectChange, ServiceDescription, WatchBatch,
-    WatchKind,
+    InstanceDescription, Listed, NodeDescription, ObjectChange, ServiceDescription, WatchKind,
 };
 
 /// Events shown by describe.
@@ -159,7 +158,7 @@ impl ControlPlane {
         from: Revision,
         timeout: Duration,
         node: Option<&str>,
-    ) -> Result<WatchBatch> {
+    ) -> Result<feed::WatchBatch> {
         let from = from.max(1);
         if let (WatchKind::Instances, Some(node)) = (kind, node) {
             if let feed::Poll::Batch(batch) = self.feed.poll(node, from, timeout).await? {
@@ -173,7 +172,7 @@ impl ControlPlane {
             let events = match tokio::time::timeout_at(deadline, watcher.next()).await {
                 Ok(events) => events?,
                 Err(_) => {
-                    return Ok(WatchBatch {
+                    return Ok(feed::WatchBatch {
                         revision: seen,
                         changes: vec![],
                     })
@@ -182,13 +181,22 @@ impl ControlPlane {
             let mut changes = vec![];
             for event in events {
                 seen = seen.max(event.kv.mod_revision);
-                let object: serde_json::Value = if event.kind == EventKind::Put {
-                    serde_json::from_slice(&event.kv.value).unwrap_or(serde_json::Value::Null)
-                } else {
-                    serde_json::Value::Null
+                // The stored JSON text as it is (a value that is not JSON goes as null).
+                let object = match event.kind {
+                    EventKind::Put => String::from_utf8(event.kv.value)
+                        .ok()
+                        .and_then(|text| serde_json::value::RawValue::from_string(text).ok())
+                        .unwrap_or_else(feed::null),
+                    EventKind::Delete => feed::null(),
                 };
                 if let (Some(node), EventKind::Put) = (node, event.kind) {
-                    if object.get("node").and_then(|n| n.as_str()) != Some(node) {
+                    #[derive(serde::Deserialize)]
+                    struct Home<'a> {
+                        #[serde(borrow, default)]
+                        node: Option<&'a str>,
+                    }
+                    let home = serde_json::from_str::<Home>(object.get()).ok();
+                    if home.and_then(|h| h.node) != Some(node) {
                         continue;
                     }
                 }
@@ -200,7 +208,7 @@ impl ControlPlane {
                 });
             }
             if !changes.is_empty() {
-                return Ok(WatchBatch {
+                return Ok(feed::WatchBatch {
                     revision: seen,
                     changes,
                 });

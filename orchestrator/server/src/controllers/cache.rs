@@ -28,6 +28,8 @@ use tugboat_api::model::{Instance, Node, Service, INSTANCES, NODES, SERVICES};
 
 /// How long a read waits for the cache to catch up before it lists the store itself.
 const CATCH_UP: Duration = Duration::from_secs(2);
+/// How long a read waits for the cache's first listing.
+const LISTING: Duration = Duration::from_secs(60);
 
 type Map<T> = BTreeMap<String, Arc<Versioned<T>>>;
 
@@ -193,7 +195,12 @@ impl ObjectCache {
         }
         let target = store.current_revision().await?;
         let mut revision = self.revision.subscribe();
-        let caught_up = tokio::time::timeout(CATCH_UP, async {
+        // Still listing (a new leader's first pass, at 100,000 instances several seconds on
+        // etcd): listing again beside it is never faster, and three such lists at once made
+        // a failover take 17 s. Wait for it.
+        let listing = revision.borrow().is_none();
+        let wait = if listing { LISTING } else { CATCH_UP };
+        let caught_up = tokio::time::timeout(wait, async {
             revision
                 .wait_for(|r| r.is_some_and(|r| r >= target))
                 .await
@@ -211,7 +218,7 @@ impl ObjectCache {
             ));
         }
         eprintln!(
-            "tugboat server: controllers' cache at revision {:?} did not reach the store's {target} within {CATCH_UP:?}: listing the store",
+            "tugboat server: controllers' cache at revision {:?} did not reach the store's {target} within {wait:?}: listing the store",
             *self.revision.borrow()
         );
         list_all(store).await

@@ -44,6 +44,9 @@ impl Default for Timers {
 
 /// Events kept in the store; older ones are pruned.
 pub const EVENTS_KEPT: usize = 2000;
+/// Deletes per transaction when events are pruned: within etcd's default `--max-txn-ops`
+/// (128), less the leader fence's compare.
+pub const PRUNE_CHUNK: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlPlaneError {
@@ -386,17 +389,22 @@ impl ControlPlane {
         batch.put(format!("{EVENTS}{time_ms:013}-{seq:08}"), &event);
     }
 
-    /// Delete the oldest events beyond [`EVENTS_KEPT`].
+    /// Delete the oldest events beyond [`EVENTS_KEPT`], [`PRUNE_CHUNK`] to a transaction.
     pub async fn prune_events(&self) -> Result<()> {
         let listing = self.store.list(EVENTS).await?;
         if listing.items.len() <= EVENTS_KEPT {
             return Ok(());
         }
-        let mut batch = Batch::default();
-        for kv in &listing.items[..listing.items.len() - EVENTS_KEPT] {
-            batch.delete(kv.key.clone());
+        // A few hundred operations per transaction: a burst of placements leaves tens of
+        // thousands of events, and one transaction of them all is refused by etcd
+        // (`--max-txn-ops`, "invalid argument"), so the events were never pruned.
+        for chunk in listing.items[..listing.items.len() - EVENTS_KEPT].chunks(PRUNE_CHUNK) {
+            let mut batch = Batch::default();
+            for kv in chunk {
+                batch.delete(kv.key.clone());
+            }
+            self.commit_as(Writer::Controller, batch).await?;
         }
-        self.commit_as(Writer::Controller, batch).await?;
         Ok(())
     }
 }
@@ -423,6 +431,38 @@ mod tests {
         assert!(a.starts_with("web-api-01234-"), "{a}");
         assert_eq!(super::service_of_instance(&a), Some("web-api"));
         assert_eq!(super::service_of_instance("nodash"), None);
+    }
+
+    #[tokio::test]
+    async fn old_events_are_pruned_a_chunk_at_a_time() {
+        use super::{EVENTS_KEPT, PRUNE_CHUNK};
+        use crate::store::Store;
+        let store = std::sync::Arc::new(crate::store::EmbeddedStore::in_memory());
+        let cp = super::ControlPlane::new(store.clone(), Default::default(), Default::default());
+        let mut batch = crate::objects::Batch::default();
+        let extra = 2 * PRUNE_CHUNK + 7;
+        for i in 0..EVENTS_KEPT + extra {
+            cp.event(
+                &mut batch,
+                tugboat_api::model::ObjectKind::Node,
+                "n1",
+                "test",
+                format!("event {i}"),
+            );
+        }
+        batch.commit(store.as_ref()).await.unwrap();
+        let before = store.current_revision().await.unwrap();
+        cp.prune_events().await.unwrap();
+        let left = store.list(tugboat_api::model::EVENTS).await.unwrap();
+        assert_eq!(left.items.len(), EVENTS_KEPT);
+        assert_eq!(
+            left.revision - before,
+            3,
+            "{extra} deletes in 3 transactions"
+        );
+        let first: tugboat_api::model::Event =
+            serde_json::from_slice(&left.items[0].value).unwrap();
+        assert_eq!(first.message, format!("event {extra}"), "the oldest went");
     }
 
     #[tokio::test]

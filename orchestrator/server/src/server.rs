@@ -454,6 +454,15 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             .clone()
             .run(control.store.clone(), shutdown_rx.clone()),
     ));
+    // The controllers' copy of the cluster, kept on every server, followers too: a new
+    // leader's first pass then finds it current instead of listing the whole cluster from
+    // etcd first (at 100,000 instances, seconds of a failover).
+    tasks.push(tokio::spawn(
+        control
+            .cache
+            .clone()
+            .run(control.store.clone(), shutdown_rx.clone()),
+    ));
     if etcd.is_some() {
         tasks.push(tokio::spawn(crate::liveness::relay(
             control.store.clone(),

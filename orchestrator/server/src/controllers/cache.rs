@@ -135,8 +135,8 @@ impl ObjectCache {
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
-        // Stopped (this server no longer leads): reads go to the store until a new run has
-        // listed, and nothing is kept that a later term could take for current.
+        // Stopped: reads go to the store until a new run has listed, and nothing is kept
+        // that a later run could take for current.
         let mut objects = self.lock();
         if self.term.load(SeqCst) == term {
             self.running.store(false, SeqCst);

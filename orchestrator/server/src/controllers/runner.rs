@@ -612,9 +612,6 @@ async fn preempt_for(
 /// few ms) and at least every `reconcile_interval`.
 pub async fn run_controllers(cp: Arc<ControlPlane>, mut shutdown: watch::Receiver<bool>) {
     let interval = cp.timers.reconcile_interval;
-    // The controllers' copy of the cluster, kept while they run (on a leader, for its term:
-    // the same `shutdown` ends both).
-    tokio::spawn(cp.cache.clone().run(cp.store.clone(), shutdown.clone()));
     if let Err(e) = cp.seed_heartbeats().await {
         eprintln!("tugboat: controllers: cannot read nodes: {e}");
     }

@@ -186,8 +186,9 @@ enum KeyWatch {
 async fn leader_key_changes(store: &EtcdStore, from: Revision) -> KeyWatch {
     let key = store.etcd_key(LEADER_KEY);
     let options = WatchOptions::new().with_start_revision(from as i64);
-    let Ok(mut stream) = store.client().watch(key, Some(options)).await else {
-        store.skip();
+    let (member, mut client) = store.stream_client();
+    let Ok(mut stream) = client.watch(key, Some(options)).await else {
+        store.skip(member);
         return KeyWatch::Failed;
     };
     while let Ok(Some(response)) = stream.message().await {
@@ -198,7 +199,7 @@ async fn leader_key_changes(store: &EtcdStore, from: Revision) -> KeyWatch {
             return KeyWatch::Failed;
         }
     }
-    store.skip();
+    store.skip(member);
     KeyWatch::Failed
 }
 
@@ -300,12 +301,15 @@ async fn keep_lease(
     let mut renewed_at = Instant::now();
     let give_up_after = ttl / 2;
     let mut stream = None;
+    let mut member = 0;
     loop {
         if stream.is_none() {
             // (Again) on the current member; a member that went away is skipped.
-            match store.client().lease_keep_alive(lease).await {
+            let mut client;
+            (member, client) = store.stream_client();
+            match client.lease_keep_alive(lease).await {
                 Ok(pair) => stream = Some(pair),
-                Err(_) => store.skip(),
+                Err(_) => store.skip(member),
             }
         }
         if let Some((keeper, responses)) = stream.as_mut() {
@@ -323,7 +327,7 @@ async fn keep_lease(
                     // The member went away, or did not answer in time: try the next one.
                     Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
                         stream = None;
-                        store.skip();
+                        store.skip(member);
                     }
                 },
             }

@@ -129,8 +129,9 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 
 /// Renews `lease` every `ttl / 4`; returns when it has lapsed or etcd stops answering.
 async fn renew(store: &EtcdStore, lease: i64, ttl: Duration) {
-    let Ok((mut keeper, mut responses)) = store.client().lease_keep_alive(lease).await else {
-        store.skip();
+    let (member, mut client) = store.stream_client();
+    let Ok((mut keeper, mut responses)) = client.lease_keep_alive(lease).await else {
+        store.skip(member);
         return;
     };
     loop {
@@ -142,7 +143,7 @@ async fn renew(store: &EtcdStore, lease: i64, ttl: Duration) {
             Ok(Ok(Some(answer))) if answer.ttl() > 0 => {}
             Ok(Ok(Some(_))) => return,
             _ => {
-                store.skip();
+                store.skip(member);
                 return;
             }
         }

@@ -117,17 +117,27 @@ impl EtcdStore {
         &self.prefix
     }
 
-    /// The current member's client, for streams (watches, lease renewals) that outlive
-    /// one call; after [`EtcdStore::call`] or [`EtcdStore::skip`] moved on, the next one.
-    pub(crate) fn client(&self) -> Client {
+    /// The current member and its client, for streams (watches, lease renewals) that
+    /// outlive one call (after [`EtcdStore::call`] or [`EtcdStore::skip`] moved on, the
+    /// next one): a stream's failure is reported with [`EtcdStore::skip`] and this member.
+    pub(crate) fn stream_client(&self) -> (usize, Client) {
         let n = self.clients.len();
-        self.clients[self.current.load(std::sync::atomic::Ordering::Relaxed) % n].clone()
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % n;
+        (i, self.clients[i].clone())
     }
 
-    /// A stream on the current member failed: use the next member from now on.
-    pub(crate) fn skip(&self) {
-        self.current
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    /// A stream on `member` failed: use the next member from now on, unless another
+    /// caller has moved on already. (Moving blindly, two streams failing on one dead
+    /// member moved two steps, and a third back onto the dead one: the leader's lease then
+    /// lapsed when one member of three went.)
+    pub(crate) fn skip(&self, member: usize) {
+        use std::sync::atomic::Ordering;
+        let n = self.clients.len();
+        let _ = self
+            .current
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
+                (now % n == member).then_some((member + 1) % n)
+            });
     }
 
     /// The etcd key of a store key.

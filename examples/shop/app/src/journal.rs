@@ -67,9 +67,21 @@ impl<S: Fold> Journal<S> {
 
     /// `f` on the state, current with every instance's appends. Readers take no lock
     /// between instances: only whole lines are read, and a line is written in one write.
+    ///
+    /// A read never creates the file: a service that only reads leaves its volume as it
+    /// found it (a catalog started on a volume wrote an empty journal into it).
     pub fn read<T>(&self, f: impl FnOnce(&S) -> T) -> std::io::Result<T> {
         let mut folded = self.folded();
-        catch_up(&mut self.open_file()?, &mut folded)?;
+        match std::fs::File::open(&self.file) {
+            Ok(mut file) => catch_up(&mut file, &mut folded)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Nothing written yet, or removed (a volume restored without it).
+                folded.state = S::default();
+                folded.offset = 0;
+                folded.torn = false;
+            }
+            Err(e) => return Err(e),
+        }
         Ok(f(&folded.state))
     }
 
@@ -180,6 +192,17 @@ mod tests {
         assert_eq!(a.read(|s| s.0.clone()).unwrap(), [1, 2, 3]);
         let again: Journal<Sum> = Journal::open(&dir, "j.jsonl").unwrap();
         assert_eq!(again.read(|s| s.0.clone()).unwrap(), [1, 2, 3]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn reading_leaves_the_volume_as_it_was_until_the_first_append() {
+        let dir = tempfile_dir();
+        let j: Journal<Sum> = Journal::open(&dir, "j.jsonl").unwrap();
+        assert!(j.read(|s| s.0.is_empty()).unwrap());
+        assert!(!j.path().exists(), "a read created {}", j.path().display());
+        j.locked(|w| w.append(7)).unwrap().unwrap();
+        assert_eq!(j.read(|s| s.0.clone()).unwrap(), [7]);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

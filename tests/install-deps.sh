@@ -111,6 +111,8 @@ install "the root tests (required by the test command)" "${t[@]}"
 prom=/opt/tug-test/prometheus
 if [ ! -x $prom/usr/bin/prometheus ] || [ ! -x $prom/usr/bin/promtool ]; then
   say "unpacking Debian's prometheus (promtool and prometheus) into $prom"
+  # dpkg-deb -x makes the last directory only: on a fresh machine /opt/tug-test is not there.
+  mkdir -p "$(dirname "$prom")"
   debs=$(mktemp -d)
   chmod 755 "$debs"
   chown _apt "$debs" 2>/dev/null || true

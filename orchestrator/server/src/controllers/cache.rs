@@ -77,9 +77,6 @@ pub struct ObjectCache {
     revision: watch::Sender<Option<Revision>>,
     /// Whether [`ObjectCache::run`] keeps it (a control plane in a unit test has none).
     running: std::sync::atomic::AtomicBool,
-    /// Which run keeps it: a run that ends after a newer one started (a leader's terms)
-    /// leaves the newer one's state alone.
-    term: std::sync::atomic::AtomicU64,
 }
 
 impl Default for ObjectCache {
@@ -88,7 +85,6 @@ impl Default for ObjectCache {
             objects: Mutex::default(),
             revision: watch::channel(None).0,
             running: Default::default(),
-            term: Default::default(),
         }
     }
 }
@@ -119,7 +115,6 @@ impl ObjectCache {
     /// again after any error.
     pub async fn run(self: Arc<Self>, store: Arc<dyn Store>, mut shutdown: watch::Receiver<bool>) {
         use std::sync::atomic::Ordering::SeqCst;
-        let term = self.term.fetch_add(1, SeqCst) + 1;
         self.running.store(true, SeqCst);
         loop {
             let outcome = tokio::select! {
@@ -135,14 +130,10 @@ impl ObjectCache {
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
-        // Stopped: reads go to the store until a new run has listed, and nothing is kept
-        // that a later run could take for current.
-        let mut objects = self.lock();
-        if self.term.load(SeqCst) == term {
-            self.running.store(false, SeqCst);
-            self.revision.send_replace(None);
-            *objects = Objects::default();
-        }
+        // Stopped (the server is shutting down): reads go to the store.
+        self.running.store(false, SeqCst);
+        self.revision.send_replace(None);
+        *self.lock() = Objects::default();
     }
 
     async fn follow(&self, store: &dyn Store) -> Result<(), StoreError> {

@@ -94,20 +94,20 @@ struct State {
 }
 
 impl State {
-    /// `key` is on `node` now (None: on none, or deleted).
-    fn rehome(&mut self, key: &str, node: Option<&str>) {
+    /// `key` is on `node` now (None: deleted); returns the node it was on.
+    fn rehome(&mut self, key: &str, node: Option<&str>) -> Option<String> {
         let old = match node {
             Some(node) => self.homes.insert(key.to_string(), node.to_string()),
             None => self.homes.remove(key),
         };
         if old.as_deref() == node {
-            return;
+            return old;
         }
-        if let Some(old) = old {
-            if let Some(keys) = self.on_node.get_mut(&old) {
+        if let Some(old) = &old {
+            if let Some(keys) = self.on_node.get_mut(old) {
                 keys.remove(key);
                 if keys.is_empty() {
-                    self.on_node.remove(&old);
+                    self.on_node.remove(old);
                 }
             }
         }
@@ -117,6 +117,7 @@ impl State {
                 .or_default()
                 .insert(key.to_string());
         }
+        old
     }
 }
 
@@ -133,10 +134,14 @@ pub struct InstanceFeed {
     state: Mutex<State>,
 }
 
-#[derive(Deserialize)]
-struct Home {
-    #[serde(default)]
-    node: Option<String>,
+/// The node an instance's stored JSON names, read without decoding the rest of it.
+pub fn node_of(json: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Home {
+        #[serde(default)]
+        node: Option<String>,
+    }
+    serde_json::from_slice::<Home>(json).ok()?.node
 }
 
 impl InstanceFeed {
@@ -170,10 +175,7 @@ impl InstanceFeed {
             state.homes.clear();
             state.on_node.clear();
             for kv in &listing.items {
-                let home = serde_json::from_slice::<Home>(&kv.value)
-                    .ok()
-                    .and_then(|h| h.node);
-                state.rehome(&kv.key, home.as_deref());
+                state.rehome(&kv.key, node_of(&kv.value).as_deref());
             }
             // Polls from before this listing go to the store: the queues start empty.
             for queue in state.nodes.values_mut() {
@@ -205,21 +207,17 @@ impl InstanceFeed {
             let key = event.kv.key;
             let (node, object) = match event.kind {
                 EventKind::Put => {
-                    let node = serde_json::from_slice::<Home>(&event.kv.value)
-                        .ok()
-                        .and_then(|h| h.node);
-                    let Some(node) = node else { continue };
+                    let Some(node) = node_of(&event.kv.value) else {
+                        continue;
+                    };
                     state.rehome(&key, Some(&node));
                     let object = String::from_utf8(event.kv.value)
                         .ok()
                         .and_then(|text| RawValue::from_string(text).ok());
                     (node, object)
                 }
-                EventKind::Delete => match state.homes.get(&key).cloned() {
-                    Some(node) => {
-                        state.rehome(&key, None);
-                        (node, None)
-                    }
+                EventKind::Delete => match state.rehome(&key, None) {
+                    Some(node) => (node, None),
                     None => continue,
                 },
             };

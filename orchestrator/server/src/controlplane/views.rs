@@ -190,13 +190,7 @@ impl ControlPlane {
                     EventKind::Delete => feed::null(),
                 };
                 if let (Some(node), EventKind::Put) = (node, event.kind) {
-                    #[derive(serde::Deserialize)]
-                    struct Home<'a> {
-                        #[serde(borrow, default)]
-                        node: Option<&'a str>,
-                    }
-                    let home = serde_json::from_str::<Home>(object.get()).ok();
-                    if home.and_then(|h| h.node) != Some(node) {
+                    if feed::node_of(object.get().as_bytes()).as_deref() != Some(node) {
                         continue;
                     }
                 }

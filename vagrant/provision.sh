@@ -6,7 +6,14 @@
 #   TUG_ROLE         server (tugboat server + an agent) or agent
 #   TUG_NODE         this node's name (default: the hostname)
 #   TUG_SERVER_ADDR  the server's address, e.g. 192.168.56.10:7480 (a scheme is dropped: the
-#                    API speaks TLS)
+#                    API speaks TLS), or the servers' addresses, comma-separated (the first
+#                    answers the provisioning; agents and clients are given them all)
+#   TUG_ETCD_CLUSTER a server node's control plane on etcd, three servers on a three-member
+#                    etcd (docs/etcd.md "Three servers, three etcd members"): etcd's initial
+#                    cluster, name=peer URL, e.g. tug1=http://192.168.56.10:2380,tug2=...;
+#                    this node runs the member named TUG_NODE (Debian's etcd-server, its
+#                    etcd.service) and its server uses --store etcd on every member. Unset:
+#                    the server keeps its store in its data dir (the embedded store)
 #   TUG_TOKEN        the cluster's admin token (the server uses it; clients send it). Agents
 #                    on other hosts do not keep it: they join with a join token made with it,
 #                    trusting the CA the server shows at first contact (TOFU, on the private
@@ -27,7 +34,10 @@ set -euo pipefail
 role=${TUG_ROLE:?TUG_ROLE must be server or agent}
 node=${TUG_NODE:-$(hostname)}
 server_addr=${TUG_SERVER_ADDR:-127.0.0.1:7480}
-server_addr=${server_addr#*://}
+server_addr=${server_addr//https:\/\//}
+server_addr=${server_addr//http:\/\//}
+first_server=${server_addr%%,*}
+etcd_cluster=${TUG_ETCD_CLUSTER:-}
 token=${TUG_TOKEN:-}
 subnet=${TUG_SUBNET:-10.88.0.0/24}
 address=${TUG_ADDRESS:-}
@@ -41,6 +51,17 @@ shop_images=/var/lib/tug-shop-images
 
 say() { echo "provision[$node]: $*"; }
 case $role in server | agent) ;; *) say "TUG_ROLE must be server or agent, not '$role'"; exit 1 ;; esac
+if [ -n "$etcd_cluster" ]; then
+  [ "$role" = server ] || { say "TUG_ETCD_CLUSTER is for server nodes (TUG_ROLE=server), not '$role'"; exit 1; }
+  # This node's member, and the client URLs of all (peer port 2380 -> client port 2379).
+  etcd_peer=$(echo "$etcd_cluster" | tr ',' '\n' | sed -n "s|^$node=||p")
+  [ -n "$etcd_peer" ] || { say "TUG_ETCD_CLUSTER names no member '$node' (TUG_NODE): $etcd_cluster"; exit 1; }
+  case $etcd_peer in
+    http://*:2380) ;;
+    *) say "TUG_ETCD_CLUSTER: member $node's peer URL must be http://ADDRESS:2380, not '$etcd_peer'"; exit 1 ;;
+  esac
+  etcd_endpoints=$(echo "$etcd_cluster" | tr ',' '\n' | sed 's|^[^=]*=||; s|:2380$|:2379|' | paste -sd, -)
+fi
 [ -f "$src/Cargo.toml" ] || { say "no Tug source tree at $src (TUG_SRC)"; exit 1; }
 
 # --- packages ---
@@ -50,6 +71,15 @@ if [ "$offline" != 1 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends ca-certificates curl gcc libc6-dev pkg-config \
     busybox-static iproute2 nftables file rsync python3 >/dev/null
+  if [ -n "$etcd_cluster" ] && ! command -v etcd >/dev/null; then
+    # Debian starts the package's own single-member etcd: stopped until configured below.
+    apt-get install -y -qq --no-install-recommends etcd-server >/dev/null
+    systemctl stop etcd.service 2>/dev/null || true
+  fi
+fi
+if [ -n "$etcd_cluster" ] && ! command -v etcd >/dev/null; then
+  say "TUG_ETCD_CLUSTER needs etcd (Debian's etcd-server)"
+  exit 1
 fi
 
 # --- binaries: given, synced in, or built here ---
@@ -96,11 +126,28 @@ fi
 
 # --- settings and units ---
 install -d -m 0755 /etc/default /etc/systemd/system
+if [ -n "$etcd_cluster" ]; then
+  # deploy/ha/etcd.default with this node's name and addresses.
+  etcd_host=${etcd_peer#http://}
+  etcd_host=${etcd_host%:2380}
+  sed -e "s|^ETCD_NAME=.*|ETCD_NAME=\"$node\"|" \
+    -e "s|^ETCD_LISTEN_PEER_URLS=.*|ETCD_LISTEN_PEER_URLS=\"http://$etcd_host:2380\"|" \
+    -e "s|^ETCD_LISTEN_CLIENT_URLS=.*|ETCD_LISTEN_CLIENT_URLS=\"http://$etcd_host:2379,http://127.0.0.1:2379\"|" \
+    -e "s|^ETCD_INITIAL_ADVERTISE_PEER_URLS=.*|ETCD_INITIAL_ADVERTISE_PEER_URLS=\"http://$etcd_host:2380\"|" \
+    -e "s|^ETCD_ADVERTISE_CLIENT_URLS=.*|ETCD_ADVERTISE_CLIENT_URLS=\"http://$etcd_host:2379\"|" \
+    -e "s|^ETCD_INITIAL_CLUSTER=.*|ETCD_INITIAL_CLUSTER=\"$etcd_cluster\"|" \
+    -e "1s|^# .*|# Written by vagrant/provision.sh from deploy/ha/etcd.default, for member $node.|" \
+    "$src/deploy/ha/etcd.default" >/etc/default/etcd
+  install -d -m 0700 /var/lib/etcd
+fi
 if [ "$role" = server ]; then
+  server_args=
+  [ -z "$etcd_cluster" ] || server_args="--store etcd --etcd-endpoints $etcd_endpoints"
   cat >/etc/default/tugboat-server <<EOF
 # Written by vagrant/provision.sh.
 TUGBOAT_LISTEN=0.0.0.0:7480
 TUGBOAT_DATA_DIR=$data_dir
+TUGBOAT_SERVER_ARGS=$server_args
 EOF
   install -m 0644 "$src/deploy/systemd/tugboat-server.service" /etc/systemd/system/
 fi
@@ -112,16 +159,16 @@ if [ "$role" = agent ]; then
   # admin token, which this host then forgets.
   ca_file=${TUG_CA_FILE:-/etc/tugboat/ca.pem}
   install -d -m 0755 "$(dirname "$ca_file")"
-  say "waiting for the server's CA at https://$server_addr"
+  say "waiting for the server's CA at https://$first_server"
   for _ in $(seq 1 600); do
-    curl -skf "https://$server_addr/v1/cluster/ca" -o /tmp/tug-ca.json && break
+    curl -skf "https://$first_server/v1/cluster/ca" -o /tmp/tug-ca.json && break
     sleep 1
   done
   python3 -c 'import json,sys; print(json.load(open("/tmp/tug-ca.json"))["ca"], end="")' >"$ca_file"
   ca_hash=$(python3 -c 'import json; print(json.load(open("/tmp/tug-ca.json"))["hash"])')
   join=$(curl -sf --cacert "$ca_file" -H "Authorization: Bearer $token" \
     -d '{"scope": "join", "ttl_seconds": 3600, "description": "vagrant '"$node"'"}' \
-    "https://$server_addr/v1/tokens" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+    "https://$first_server/v1/tokens" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
   agent_args+=" --ca-hash $ca_hash"
   agent_token=
 fi
@@ -155,6 +202,13 @@ if [ "$start" = 1 ]; then
   systemctl daemon-reload
   units=(tugboat-agent.service)
   [ "$role" = server ] && units=(tugboat-server.service tugboat-agent.service)
+  if [ -n "$etcd_cluster" ]; then
+    # Not waited for: a new member is ready only once a quorum of the three has started,
+    # and the VMs are provisioned one after the other. The server retries until etcd
+    # answers (Restart=on-failure), as the agents retry the servers.
+    systemctl enable -q etcd.service
+    systemctl restart --no-block etcd.service
+  fi
   systemctl enable -q "${units[@]}"
   # restart, not start: a second provision brings new binaries and settings into effect.
   systemctl restart "${units[@]}"

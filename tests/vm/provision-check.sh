@@ -91,8 +91,39 @@ else
   echo "SKIP the agent: this tugboat has no 'agent' subcommand yet"
 fi
 stop_all
+
+# The Vagrant cluster's default control plane (TUG_ETCD_CLUSTER): here one member of one, as
+# each VM of three runs it. Fresh /etc and /var; the same binaries.
+echo "--- vagrant/provision.sh (server role on etcd, offline, no systemctl)"
+for d in /etc/default /etc/systemd/system /root /var; do
+  umount "$d"
+  mount -t tmpfs -o mode=0755 tmpfs "$d"
+done
+chmod 0700 /root
+TUG_ROLE=server TUG_NODE=vmnode TUG_SERVER_ADDR=127.0.0.1:7480 TUG_TOKEN=$token \
+  TUG_ETCD_CLUSTER=vmnode=http://127.0.0.1:2380 TUG_SUBNET=10.88.1.0/24 TUG_SRC=$repo \
+  TUG_BIN_DIR=$repo/target/debug TUG_PROVISION_OFFLINE=1 TUG_PROVISION_START=0 \
+  bash "$repo/vagrant/provision.sh"
+check "etcd's settings name this member" grep -qx 'ETCD_NAME="vmnode"' /etc/default/etcd
+check "etcd's settings hold the initial cluster" \
+  grep -qx 'ETCD_INITIAL_CLUSTER="vmnode=http://127.0.0.1:2380"' /etc/default/etcd
+check "the server's settings use etcd" \
+  grep -qx 'TUGBOAT_SERVER_ARGS=--store etcd --etcd-endpoints http://127.0.0.1:2379' /etc/default/tugboat-server
+if [ -f /lib/systemd/system/etcd.service ]; then
+  start_unit etcd.service /tmp/etcd.log
+  pids+=($!)
+  start_unit tugboat-server.service /tmp/server-etcd.log
+  pids+=($!)
+  leads_on_etcd() { tb -o json get servers | jq -e '(if type == "array" then . else .items end) | any(.[]; .role == "leader")' >/dev/null; }
+  check "the server leads on the provisioned etcd" wait_for "a leader on etcd" 180 leads_on_etcd
+  tb get servers || true
+  stop_all
+else
+  echo "SKIP etcd from its unit: no etcd-server on the host (bash tests/install-deps.sh --tests)"
+fi
+
 if [ "$fails" != 0 ]; then
-  for f in /tmp/server.log /tmp/agent.log; do
+  for f in /tmp/server.log /tmp/agent.log /tmp/etcd.log /tmp/server-etcd.log; do
     [ -f "$f" ] && { echo "--- $f"; tail -n 40 "$f"; }
   done
   echo "provision-check: $fails check(s) failed"

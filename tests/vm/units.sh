@@ -4,9 +4,12 @@
 # shellcheck shell=bash
 
 # Starts a unit's ExecStart the way systemd would: Environment= lines, then EnvironmentFile=
-# (KEY=VALUE lines), %H, ${VAR} as one word and $VAR split on whitespace. Enough for our units.
+# (KEY=VALUE lines), %H, %p, ${VAR} as one word and $VAR split on whitespace. Enough for our
+# units and Debian's etcd.service.
 start_unit() {
   local unit=/etc/systemd/system/$1 log=$2 line file exec word
+  # A package's own unit (Debian's etcd.service) when none is installed over it.
+  [ -f "$unit" ] || unit=/lib/systemd/system/$1
   local -a argv=()
   exec=$(sed -n 's/^ExecStart=//p' "$unit")
   (
@@ -22,7 +25,7 @@ start_unit() {
           done <"$file"
           ;;
       esac
-    done < <(grep -E '^(Environment|EnvironmentFile)=' "$unit" | sed "s/%H/$(hostname)/g")
+    done < <(grep -E '^(Environment|EnvironmentFile)=' "$unit" | sed "s/%H/$(hostname)/g; s/%p/${1%.service}/g")
     for word in $exec; do
       if [[ $word =~ ^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$ ]]; then
         argv+=("${!BASH_REMATCH[1]}")

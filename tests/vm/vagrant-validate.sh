@@ -16,6 +16,13 @@ else
   echo "vagrant validate --ignore-provider (no vagrant-libvirt plugin here)"
   vagrant validate --ignore-provider
 fi
+# Both control planes: three servers on etcd (the default) and one server.
+echo "vagrant validate --ignore-provider, TUG_CONTROL_PLANE=single"
+TUG_CONTROL_PLANE=single vagrant validate --ignore-provider
+if TUG_CONTROL_PLANE=two vagrant validate --ignore-provider >"$tmp/bad" 2>&1 ||
+  ! grep -q "TUG_CONTROL_PLANE must be ha or single" "$tmp/bad"; then
+  echo "vagrant/Vagrantfile: TUG_CONTROL_PLANE=two was not refused by name:"; cat "$tmp/bad"; exit 1
+fi
 if command -v shellcheck >/dev/null; then
   shellcheck provision.sh
   (cd .. && shellcheck -x tests/vm/*.sh)

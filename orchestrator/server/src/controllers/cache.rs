@@ -30,6 +30,11 @@ use tugboat_api::model::{Instance, Node, Service, INSTANCES, NODES, SERVICES};
 const CATCH_UP: Duration = Duration::from_secs(2);
 /// How long a read waits for the cache's first listing.
 const LISTING: Duration = Duration::from_secs(60);
+/// How often changes nobody has read yet are decoded anyway: a follower's controllers read
+/// nothing, and a new leader's first pass would otherwise decode everything that changed
+/// since the server started (at 100,000 instances, about a second of a failover). Changes
+/// to one key in between are decoded once.
+const SETTLE_EVERY: Duration = Duration::from_millis(500);
 
 type Map<T> = BTreeMap<String, Arc<Versioned<T>>>;
 
@@ -116,9 +121,25 @@ impl ObjectCache {
     pub async fn run(self: Arc<Self>, store: Arc<dyn Store>, mut shutdown: watch::Receiver<bool>) {
         use std::sync::atomic::Ordering::SeqCst;
         self.running.store(true, SeqCst);
+        let settler = {
+            let cache = self.clone();
+            async move {
+                let mut tick = tokio::time::interval(SETTLE_EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let mut objects = cache.lock();
+                    if !objects.changed.is_empty() {
+                        objects.settle();
+                    }
+                }
+            }
+        };
+        tokio::pin!(settler);
         loop {
             let outcome = tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => break,
+                _ = &mut settler => unreachable!("the settler never ends"),
                 r = self.follow(store.as_ref()) => r,
             };
             if let Err(e) = outcome {

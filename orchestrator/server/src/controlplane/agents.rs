@@ -129,7 +129,9 @@ impl ControlPlane {
     /// At start, give every known node a fresh grace period: heartbeats live in memory, and a
     /// restarted server must not declare its whole cluster lost.
     pub async fn seed_heartbeats(&self) -> Result<()> {
-        let (nodes, _) = objects::list::<Node>(self.store(), tugboat_api::model::NODES).await?;
+        // From the controllers' cache (a new leader's is current: it ran as a follower), not
+        // a listing of every node from the store in the middle of a failover.
+        let (_, _, nodes) = self.cache.load(self.store()).await?;
         let now = now_ms();
         for node in nodes {
             self.record_heartbeat(&node.object.name, now);

@@ -503,8 +503,7 @@ pub async fn volume_snapshot(
         Ok(s) => file.sync_all().map(|_| s).map_err(failed),
         Err(e) => Err(e.into()),
     };
-    let placed =
-        written.and_then(|s| std::fs::rename(&partial, out).map(|_| s).map_err(failed));
+    let placed = written.and_then(|s| std::fs::rename(&partial, out).map(|_| s).map_err(failed));
     let s = match placed {
         Ok(s) => s,
         Err(e) => {

@@ -1279,9 +1279,7 @@ async fn run(cli: Cli) -> Result<()> {
                 name,
                 file,
                 no_freeze,
-            } => {
-                commands::volume_snapshot(&client(&cli)?, name, file, !*no_freeze).await?
-            }
+            } => commands::volume_snapshot(&client(&cli)?, name, file, !*no_freeze).await?,
             VolumeAction::Restore {
                 name,
                 input,

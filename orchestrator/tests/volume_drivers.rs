@@ -301,8 +301,16 @@ services:
         said.contains("paused while archived") && said.contains(&id),
         "{said}"
     );
-    let (code, said) = exec(&host, &id, "echo after > /data/order-2 && cat /data/order-1");
-    assert_eq!((code, said.trim()), (0, "paid"), "ledger runs after the snapshot");
+    let (code, said) = exec(
+        &host,
+        &id,
+        "echo after > /data/order-2 && cat /data/order-1",
+    );
+    assert_eq!(
+        (code, said.trim()),
+        (0, "paid"),
+        "ledger runs after the snapshot"
+    );
 
     // The NFS volume cannot be mounted here (no such server, or no NFS in this kernel): the
     // instance says why, naming the volume, and nothing is left mounted.
@@ -332,7 +340,14 @@ services:
     assert!(!nfs_tar.exists() && !host.dir.join("archive.tar.partial").exists());
     let (ok, said) = cli(
         &host,
-        &["volume", "restore", "archive", "-i", &archive_arg, "--force"],
+        &[
+            "volume",
+            "restore",
+            "archive",
+            "-i",
+            &archive_arg,
+            "--force",
+        ],
     );
     assert!(!ok, "{said}");
     assert!(said.contains("volume archive"), "{said}");

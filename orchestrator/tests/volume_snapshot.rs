@@ -483,7 +483,11 @@ fn counted(files: &std::collections::HashMap<String, Vec<u8>>, name: &str) -> u6
     let mut n = 0;
     for line in text.lines() {
         n += 1;
-        assert_eq!(line.parse::<u64>().ok(), Some(n), "{name}: line {n} is {line:?}");
+        assert_eq!(
+            line.parse::<u64>().ok(),
+            Some(n),
+            "{name}: line {n} is {line:?}"
+        );
     }
     n
 }
@@ -567,7 +571,10 @@ fn a_snapshot_is_point_in_time_its_writer_paused_and_running_again_after() {
         "not a point in time: a-first has {a} turns, z-last {z}"
     );
     assert_eq!(files["m-middle"].len(), 8 << 20);
-    println!("a point-in-time snapshot: a-first {a} lines, z-last {z}; {}", said.trim());
+    println!(
+        "a point-in-time snapshot: a-first {a} lines, z-last {z}; {}",
+        said.trim()
+    );
 
     // The writer runs again: its files grow past what was archived.
     wait_for(

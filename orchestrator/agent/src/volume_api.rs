@@ -103,7 +103,6 @@ fn access_failed(e: AccessError) -> Response {
     }
 }
 
-
 /// The volume's contents as a tar stream: point-in-time by default, the instances on this
 /// node that mount the volume paused until the archive is written ([`volume_freeze`]);
 /// `?freeze=false` archives while they run.
@@ -177,7 +176,9 @@ pub(crate) async fn snapshot(
                     );
                 }
                 for f in &thawed.failures {
-                    eprintln!("tugboat agent: after the snapshot of volume {name}: could not resume {f}");
+                    eprintln!(
+                        "tugboat agent: after the snapshot of volume {name}: could not resume {f}"
+                    );
                 }
                 packed.err().map(|e| e.to_string())
             }
@@ -195,7 +196,10 @@ pub(crate) async fn snapshot(
     let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
     (
         [
-            (axum::http::header::CONTENT_TYPE, "application/x-tar".to_string()),
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/x-tar".to_string(),
+            ),
             (
                 axum::http::HeaderName::from_static(tugboat_api::wire::PAUSED_INSTANCES_HEADER),
                 paused,

@@ -724,7 +724,10 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         committed(root.path());
         let done = recover(root.path()).unwrap();
-        assert_eq!(done, ["rolled forward the restore 4242 (.tug-restore-ready-4242)"]);
+        assert_eq!(
+            done,
+            ["rolled forward the restore 4242 (.tug-restore-ready-4242)"]
+        );
         assert_restored(root.path());
     }
 
@@ -782,7 +785,10 @@ mod tests {
         let from = tempfile::tempdir().unwrap();
         std::fs::write(from.path().join("other"), b"o").unwrap();
         let e = unpack(root.path(), &archive_of(from.path())[..], false).unwrap_err();
-        assert!(matches!(e, ArchiveError::NotEmpty { ref first } if first == "new"), "{e}");
+        assert!(
+            matches!(e, ArchiveError::NotEmpty { ref first } if first == "new"),
+            "{e}"
+        );
         assert_restored(root.path());
     }
 

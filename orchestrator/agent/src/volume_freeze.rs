@@ -209,7 +209,9 @@ mod tests {
             stopped: Some("b"),
             ..Default::default()
         };
-        let thawed = freeze(r.clone(), "orders", &ids(&["a", "b"])).unwrap().thaw();
+        let thawed = freeze(r.clone(), "orders", &ids(&["a", "b"]))
+            .unwrap()
+            .thaw();
         assert_eq!(thawed.instances, ["a"]);
         assert_eq!(*r.calls.lock().unwrap(), ["pause a", "pause b", "resume a"]);
     }
@@ -245,9 +247,7 @@ mod tests {
         }
         assert_eq!(
             *r.calls.lock().unwrap(),
-            [
-                "pause a", "pause b", "pause c", "resume c", "resume b", "resume a"
-            ]
+            ["pause a", "pause b", "pause c", "resume c", "resume b", "resume a"]
         );
         let r2 = Recorder {
             fail_resume: Some("a"),

@@ -78,7 +78,6 @@ async fn node_of(
     Ok(node)
 }
 
-
 /// The volume's contents as a tar stream from its node: with `freeze`, the volume's users
 /// on that node are paused while it is written (a point-in-time archive).
 pub async fn snapshot(state: &ApiState, name: &str, freeze: bool) -> Result<Response, ApiError> {
@@ -99,11 +98,19 @@ pub async fn snapshot(state: &ApiState, name: &str, freeze: bool) -> Result<Resp
         };
         return Err(forward::refused(response, code, format!("snapshot of volume {name}")).await);
     }
-    let paused = response.header(tugboat_api::wire::PAUSED_INSTANCES_HEADER).unwrap_or_default();
+    let paused = response
+        .header(tugboat_api::wire::PAUSED_INSTANCES_HEADER)
+        .unwrap_or_default();
     Ok((
         [
-            (axum::http::header::CONTENT_TYPE, "application/x-tar".to_string()),
-            (axum::http::HeaderName::from_static(tugboat_api::wire::PAUSED_INSTANCES_HEADER), paused),
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/x-tar".to_string(),
+            ),
+            (
+                axum::http::HeaderName::from_static(tugboat_api::wire::PAUSED_INSTANCES_HEADER),
+                paused,
+            ),
         ],
         response.into_body(),
     )

@@ -111,9 +111,13 @@ pub fn pack(root: &Path, out: impl Write) -> Result<(), ArchiveError> {
             if kind.is_socket() || kind.is_block_device() || kind.is_char_device() {
                 continue;
             }
-            builder
-                .append_path_with_name(&path, &entry)
-                .map_err(io_err("archiving", &path))?;
+            if meta.is_file() {
+                append_file(&mut builder, &path, &entry)?;
+            } else {
+                builder
+                    .append_path_with_name(&path, &entry)
+                    .map_err(io_err("archiving", &path))?;
+            }
             if meta.is_dir() {
                 stack.push(entry);
             }
@@ -123,6 +127,36 @@ pub fn pack(root: &Path, out: impl Write) -> Result<(), ArchiveError> {
         .into_inner()
         .and_then(|mut out| out.flush())
         .map_err(io_err("writing the archive of", root))
+}
+
+/// Archives the regular file at `path` as `entry` with exactly the size its header says:
+/// tar's own `append_path` copies the file to its end, so a file that grew between its
+/// stat and its copy (a writer that was not paused: `--no-freeze`, or a shared volume's
+/// user on another node) made the entry longer than its header and the rest of the
+/// archive unreadable. Bytes appended after the stat are left out; a file that shrank is
+/// padded with zeros.
+fn append_file<W: Write>(
+    builder: &mut tar::Builder<W>,
+    path: &Path,
+    entry: &Path,
+) -> Result<(), ArchiveError> {
+    let file = std::fs::File::open(path).map_err(io_err("opening", path))?;
+    let meta = file.metadata().map_err(io_err("reading", path))?;
+    append_sized(builder, entry, &meta, file).map_err(io_err("archiving", path))
+}
+
+/// An entry of `meta`'s size from `data`: cut there, or padded with zeros up to it.
+fn append_sized<W: Write>(
+    builder: &mut tar::Builder<W>,
+    entry: &Path,
+    meta: &std::fs::Metadata,
+    data: impl Read,
+) -> io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata_in_mode(meta, tar::HeaderMode::Complete);
+    let size = meta.len();
+    let data = data.take(size).chain(io::repeat(0)).take(size);
+    builder.append_data(&mut header, entry, data)
 }
 
 /// The entries at the root of a volume that hold data (not ext4's lost+found, not a
@@ -547,6 +581,63 @@ mod tests {
             .filter(|n| n.to_string_lossy().starts_with(SCRATCH_PREFIX))
             .collect();
         assert!(left.is_empty(), "scratch left: {left:?}");
+    }
+
+    #[test]
+    fn a_file_that_grows_or_shrinks_while_archived_keeps_the_archive_readable() {
+        // A writer that is not paused changes the file between its stat and its copy.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("grows");
+        std::fs::write(&file, vec![b'a'; 1000]).unwrap();
+        let stat = std::fs::metadata(&file).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap()
+            .write_all(&[b'b'; 700])
+            .unwrap();
+        let shrinks = dir.path().join("shrinks");
+        std::fs::write(&shrinks, vec![b'c'; 600]).unwrap();
+        let shrinks_stat = std::fs::metadata(&shrinks).unwrap();
+        std::fs::write(&shrinks, b"cc").unwrap();
+        std::fs::write(dir.path().join("next"), b"next").unwrap();
+        let mut out = vec![];
+        {
+            let mut builder = tar::Builder::new(&mut out);
+            let open = |p: &Path| std::fs::File::open(p).unwrap();
+            append_sized(&mut builder, Path::new("grows"), &stat, open(&file)).unwrap();
+            append_sized(
+                &mut builder,
+                Path::new("shrinks"),
+                &shrinks_stat,
+                open(&shrinks),
+            )
+            .unwrap();
+            append_file(&mut builder, &dir.path().join("next"), Path::new("next")).unwrap();
+            builder.finish().unwrap();
+        }
+        let mut archive = tar::Archive::new(&out[..]);
+        let read: Vec<(String, Vec<u8>)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let name = e.path().unwrap().display().to_string();
+                let mut data = vec![];
+                e.read_to_end(&mut data).unwrap();
+                (name, data)
+            })
+            .collect();
+        let mut shrunk = b"cc".to_vec();
+        shrunk.resize(600, 0);
+        assert_eq!(
+            read,
+            [
+                ("grows".to_string(), vec![b'a'; 1000]),
+                ("shrinks".to_string(), shrunk),
+                ("next".to_string(), b"next".to_vec())
+            ]
+        );
     }
 
     #[test]

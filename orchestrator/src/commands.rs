@@ -466,12 +466,30 @@ pub async fn scale(
     Ok(())
 }
 
-/// `volume snapshot NAME -o FILE`: the volume's tar archive into FILE (written beside it
-/// and renamed, so a failed snapshot leaves no partial archive), or stdout with `-`.
-pub async fn volume_snapshot(api: &ApiClient, name: &str, out: &std::path::Path) -> Result<()> {
+/// `volume snapshot NAME -f FILE [--no-freeze]`: the volume's tar archive into FILE
+/// (written beside it and renamed, so a failed snapshot leaves no partial archive), or
+/// stdout with `-`. With `freeze`, the volume's users on its node are paused while it is
+/// written; which were, and for how long, goes to stderr.
+pub async fn volume_snapshot(
+    api: &ApiClient,
+    name: &str,
+    out: &std::path::Path,
+    freeze: bool,
+) -> Result<()> {
+    let said = |s: &crate::wire::VolumeSnapshot| {
+        if s.paused.is_empty() {
+            return String::new();
+        }
+        format!(
+            "; paused while archived ({:.2} s): instance {}",
+            s.paused_about.as_secs_f64(),
+            s.paused.join(", ")
+        )
+    };
     if out == std::path::Path::new("-") {
         let mut stdout = std::io::stdout();
-        api.snapshot_volume(name, &mut stdout).await?;
+        let s = api.snapshot_volume_with(name, freeze, &mut stdout).await?;
+        eprintln!("volume/{name}: {} bytes archived{}", s.bytes, said(&s));
         return Ok(());
     }
     let failed = |e: std::io::Error| {
@@ -481,23 +499,24 @@ pub async fn volume_snapshot(api: &ApiClient, name: &str, out: &std::path::Path)
     partial_name.push(".partial");
     let partial = std::path::PathBuf::from(partial_name);
     let mut file = std::fs::File::create(&partial).map_err(failed)?;
-    let written = match api.snapshot_volume(name, &mut file).await {
-        Ok(bytes) => file.sync_all().map(|_| bytes).map_err(failed),
+    let written = match api.snapshot_volume_with(name, freeze, &mut file).await {
+        Ok(s) => file.sync_all().map(|_| s).map_err(failed),
         Err(e) => Err(e.into()),
     };
-    let placed = written.and_then(|bytes| {
-        std::fs::rename(&partial, out)
-            .map(|_| bytes)
-            .map_err(failed)
-    });
-    let bytes = match placed {
-        Ok(bytes) => bytes,
+    let placed = written.and_then(|s| std::fs::rename(&partial, out).map(|_| s).map_err(failed));
+    let s = match placed {
+        Ok(s) => s,
         Err(e) => {
             let _ = std::fs::remove_file(&partial);
             return Err(e);
         }
     };
-    eprintln!("volume/{name}: {bytes} bytes archived to {}", out.display());
+    eprintln!(
+        "volume/{name}: {} bytes archived to {}{}",
+        s.bytes,
+        out.display(),
+        said(&s)
+    );
     Ok(())
 }
 

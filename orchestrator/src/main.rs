@@ -530,6 +530,10 @@ enum VolumeAction {
         /// global output format).
         #[arg(long, short = 'f')]
         file: PathBuf,
+        /// Archive while the instances that mount the volume keep running (by default they
+        /// are paused on its node until the archive is written: a point-in-time copy).
+        #[arg(long)]
+        no_freeze: bool,
     },
     /// Restore a tar archive into a volume: refused while an instance uses it, and into a
     /// volume that holds data unless --force (which replaces it).
@@ -1271,9 +1275,11 @@ async fn run(cli: Cli) -> Result<()> {
                 client(&cli)?.delete_volume(name).await?;
                 println!("volume/{name} deleted (its nodes remove its data)");
             }
-            VolumeAction::Snapshot { name, file } => {
-                commands::volume_snapshot(&client(&cli)?, name, file).await?
-            }
+            VolumeAction::Snapshot {
+                name,
+                file,
+                no_freeze,
+            } => commands::volume_snapshot(&client(&cli)?, name, file, !*no_freeze).await?,
             VolumeAction::Restore {
                 name,
                 input,

@@ -1,8 +1,9 @@
 //! Root tests of volume objects on a real agent (docs/volumes.md): a sized local volume is
 //! an ext4 image whose writers meet ENOSPC at its size, whose usage reaches the server (and
 //! an event past 80%), and that leaves nothing behind after `volume rm`; an exec plugin's
-//! lifecycle; an NFS volume that cannot be mounted is a clear status with nothing
-//! half-mounted; bad volumes are refused naming the field; a service on a shared
+//! lifecycle, with a snapshot (its user paused) and a restore through it; an NFS volume
+//! that cannot be mounted is a clear status with nothing half-mounted, and so are its
+//! snapshot and restore; bad volumes are refused naming the field; a service on a shared
 //! (multi-node-writer) volume is rescheduled with its data when its node dies.
 
 mod host;
@@ -202,6 +203,17 @@ fn a_sized_local_volume_stops_a_writer_at_its_size_reports_usage_and_goes_with_r
     assert!(!agent.join("volume-objects/ledger.json").exists());
 }
 
+/// `tugboat ARGS` as a user runs it: whether it succeeded, and what it printed.
+fn cli(host: &TestHost, args: &[&str]) -> (bool, String) {
+    let out = host.cli(args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 fn plugin() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/volume-plugins/dir.sh")
 }
@@ -279,6 +291,27 @@ services:
         || show(&host),
     );
 
+    // A snapshot of the plugin's volume, while ledger uses it: ledger is paused for it
+    // (named in what the command says) and runs again after.
+    let archive = host.dir.join("orders.tar");
+    let archive_arg = archive.display().to_string();
+    let (ok, said) = cli(&host, &["volume", "snapshot", "orders", "-f", &archive_arg]);
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("paused while archived") && said.contains(&id),
+        "{said}"
+    );
+    let (code, said) = exec(
+        &host,
+        &id,
+        "echo after > /data/order-2 && cat /data/order-1",
+    );
+    assert_eq!(
+        (code, said.trim()),
+        (0, "paid"),
+        "ledger runs after the snapshot"
+    );
+
     // The NFS volume cannot be mounted here (no such server, or no NFS in this kernel): the
     // instance says why, naming the volume, and nothing is left mounted.
     wait_for(
@@ -292,6 +325,32 @@ services:
         why.contains("did not answer in 3 s") || why.contains("no nfs4 file system"),
         "{why}"
     );
+    assert!(!mounted(&host.dir.join("agent/volume-mounts/archive")));
+    // Its snapshot and restore say the same, naming the volume; no archive is left, nothing
+    // is mounted.
+    let nfs_tar = host.dir.join("archive.tar");
+    let nfs_arg = nfs_tar.display().to_string();
+    let (ok, said) = cli(&host, &["volume", "snapshot", "archive", "-f", &nfs_arg]);
+    assert!(!ok, "{said}");
+    assert!(said.contains("volume archive:"), "{said}");
+    assert!(
+        said.contains("did not answer in 3 s") || said.contains("no nfs4 file system"),
+        "{said}"
+    );
+    assert!(!nfs_tar.exists() && !host.dir.join("archive.tar.partial").exists());
+    let (ok, said) = cli(
+        &host,
+        &[
+            "volume",
+            "restore",
+            "archive",
+            "-i",
+            &archive_arg,
+            "--force",
+        ],
+    );
+    assert!(!ok, "{said}");
+    assert!(said.contains("volume archive"), "{said}");
     assert!(!mounted(&host.dir.join("agent/volume-mounts/archive")));
 
     // Bad volumes are refused, naming the field, and make nothing.
@@ -344,6 +403,20 @@ services:
         || host.instance_dirs().is_empty(),
         || show(&host),
     );
+    // No instance uses the plugin's volume now: a restore with --force puts the snapshot
+    // back through the plugin's mount (order-2, written after it, goes; order-1 is back).
+    std::fs::write(base.join("orders/order-1"), b"changed\n").unwrap();
+    let (ok, said) = cli(
+        &host,
+        &["volume", "restore", "orders", "-i", &archive_arg, "--force"],
+    );
+    assert!(ok, "{said}");
+    assert_eq!(
+        std::fs::read_to_string(base.join("orders/order-1")).unwrap(),
+        "paid\n",
+        "{said}"
+    );
+    assert!(!base.join("orders/order-2").exists(), "{said}");
     for v in ["orders", "archive"] {
         host.api(|c| async move { c.delete_volume(v).await })
             .unwrap();

@@ -455,3 +455,143 @@ fn escaping_archive(name: &str) -> Vec<u8> {
     out.extend_from_slice(&[0; 1024]);
     out
 }
+
+/// A writer that never stops: each turn appends its counter to `a-first`, then to
+/// `z-last`; between the two in the archive's order lies 8 MiB (`m-middle`), so an archive
+/// written while it runs finds `z-last` well ahead of `a-first`.
+const COUNTER: &str = r#"
+volumes:
+  tally: {driver: local}
+services:
+  counter:
+    image: shop/catalog:1
+    command: [sh, -c, "dd if=/dev/zero of=/data/m-middle bs=1M count=8 2>/dev/null; i=0; while :; do i=$((i+1)); echo $i >> /data/a-first; echo $i >> /data/z-last; done"]
+    volumes:
+      - {type: volume, source: tally, target: /data}
+    stop: {grace_seconds: 1}
+"#;
+
+/// The counters of a file of the archive at `path`: every line whole and a number, and
+/// they count 1, 2, 3... (a torn or missing line fails).
+fn counted(files: &std::collections::HashMap<String, Vec<u8>>, name: &str) -> u64 {
+    let text = String::from_utf8(files[name].clone()).unwrap();
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "{name} ends with a torn line: {:?}",
+        &text[text.len().saturating_sub(20)..]
+    );
+    let mut n = 0;
+    for line in text.lines() {
+        n += 1;
+        assert_eq!(
+            line.parse::<u64>().ok(),
+            Some(n),
+            "{name}: line {n} is {line:?}"
+        );
+    }
+    n
+}
+
+fn archived_files(archive: &Path) -> std::collections::HashMap<String, Vec<u8>> {
+    let mut files = std::collections::HashMap::new();
+    let mut tar = tar::Archive::new(std::fs::File::open(archive).unwrap());
+    for entry in tar.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().display().to_string();
+        let mut data = vec![];
+        std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+        files.insert(name, data);
+    }
+    files
+}
+
+#[test]
+fn a_snapshot_is_point_in_time_its_writer_paused_and_running_again_after() {
+    skip_unless_possible!("a_snapshot_is_point_in_time");
+    let mut host = TestHost::new();
+    let spec = host.dir.join("counter.yaml");
+    std::fs::write(&spec, COUNTER).unwrap();
+    host.start_up(&spec);
+    let show = |h: &TestHost| format!("{:#?}", host::instances(h));
+    let lines = |name: &str| {
+        std::fs::read(host.dir.join("agent/volumes/tally").join(name))
+            .map(|b| b.iter().filter(|c| **c == b'\n').count())
+            .unwrap_or(0)
+    };
+    // (Its files may grow before the agent reports it running: both are waited for.)
+    wait_for(
+        "the counter running and writing",
+        START,
+        || running(&host, "counter").is_some() && lines("z-last") > 2000,
+        || show(&host),
+    );
+    let writer = running(&host, "counter").unwrap();
+
+    // Without the pause: the archive is not a point in time (z-last is read well after
+    // a-first). Shown, not asserted: how far apart depends on the machine.
+    let loose = host.dir.join("loose.tar");
+    let (ok, said) = cli(
+        &host,
+        &[
+            "volume",
+            "snapshot",
+            "tally",
+            "-f",
+            &loose.display().to_string(),
+            "--no-freeze",
+        ],
+    );
+    assert!(ok, "{said}");
+    assert!(!said.contains("paused"), "{said}");
+    // (Every entry readable: a file that grew while it was archived is cut at its size.)
+    let files = archived_files(&loose);
+    let newlines = |name: &str| files[name].iter().filter(|c| **c == b'\n').count();
+    let (a, z) = (newlines("a-first"), newlines("z-last"));
+    println!("a snapshot with --no-freeze: a-first {a} lines, z-last {z}");
+
+    // By default the writer is paused while the archive is written: both files hold the
+    // same turns (z-last at most one behind a-first, never ahead), each line whole.
+    let archive = host.dir.join("tally.tar");
+    let (ok, said) = cli(
+        &host,
+        &[
+            "volume",
+            "snapshot",
+            "tally",
+            "-f",
+            &archive.display().to_string(),
+        ],
+    );
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("paused while archived") && said.contains(&writer.id),
+        "{said}"
+    );
+    let files = archived_files(&archive);
+    let (a, z) = (counted(&files, "a-first"), counted(&files, "z-last"));
+    assert!(
+        a == z || a == z + 1,
+        "not a point in time: a-first has {a} turns, z-last {z}"
+    );
+    assert_eq!(files["m-middle"].len(), 8 << 20);
+    println!(
+        "a point-in-time snapshot: a-first {a} lines, z-last {z}; {}",
+        said.trim()
+    );
+
+    // A freeze that is neither true nor false is refused, naming the parameter; nothing is
+    // paused (the writer keeps writing, below).
+    let (status, said) = host.get_api("/v1/volumes/tally/archive?freeze=maybe");
+    assert_eq!(status, 400, "{said}");
+    assert!(said.contains("`freeze` is true or false"), "{said}");
+
+    // The writer runs again: its files grow past what was archived.
+    wait_for(
+        "the counter writing again after the snapshot",
+        START,
+        || lines("z-last") as u64 > z + 1000,
+        || show(&host),
+    );
+    let after = running(&host, "counter").expect("the counter is running");
+    assert_eq!(after.id, writer.id, "the same instance, not a restart");
+}

@@ -63,7 +63,7 @@ if [ -n "${TUG_NFS_EXPORT:-}" ]; then
 fi
 
 say "provisioning ($TUG_ROLE)"
-TUG_SRC=$repo TUG_BIN_DIR=$repo/target/debug TUG_PROVISION_OFFLINE=1 TUG_PROVISION_START=0 \
+TUG_SRC=$repo TUG_BIN_DIR=${TUG_BIN_DIR:-$repo/target/debug} TUG_PROVISION_OFFLINE=1 TUG_PROVISION_START=0 \
   TUG_CA_FILE=/etc/default/tugboat-ca.pem bash "$repo/vagrant/provision.sh"
 
 if [ "$TUG_ROLE" = server ]; then

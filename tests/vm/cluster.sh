@@ -6,22 +6,30 @@
 # (tests/vm/cluster-node.sh). Their NICs are tap devices on a bridge in a network namespace
 # of this script's own (192.168.76.0/24 there only); the client runs in that namespace too.
 #
-#   1. a 3-replica service spread over the three nodes, every replica ready; and an NFS
-#      volume (driver nfs, docs/volumes.md) served by the kernel's nfsd in tug1's VM
-#      (tests/vm/cluster-node.sh), used by a 1-replica service placed on tug3 (tug1 and tug2
-#      cordoned meanwhile), whose instance writes a file of unique content to it;
+#   1. a 3-replica service spread over the three nodes, every replica ready; and the shop's
+#      real `orders` service (examples/shop/app) with its journal on an NFS volume (driver
+#      nfs, docs/volumes.md) served by the kernel's nfsd in tug1's VM
+#      (tests/vm/cluster-node.sh), placed on tug3 (tug1 and tug2 cordoned meanwhile); the
+#      shop's catalog and cart, which it calls to total an order, run on tug1. A customer's
+#      order (two teas, 800 cents at the catalog's prices) is placed through orders on tug3;
 #   2. tug3's power is cut (its qemu killed): the replicas are ready again on tug1 and tug2,
-#      and the NFS volume's user, rescheduled there, reads the same content back;
+#      and the orders instance rescheduled there lists that order (from the NFS journal);
+#      a snapshot of the NFS volume (tugboat volume snapshot) holds it too;
 #   3. tug3 boots again from its disk: it rejoins, and its old instances are cleaned up
 #      (none of them left on its disk, exactly three replicas in the cluster).
 #
 # Prints `vm cluster: 3/3 replicas ready X.X s after a node's power was cut, old instances
 # gone X.X s after it booted again` and `vm cluster: nfs volume data read back on NODE X.X s
-# after the power cut`. Budget: TUG_VM_CLUSTER_TIMEOUT seconds for the whole stage (default
-# 1200; about 6 minutes under TCG on 2 cores, of which the NFS volume adds about one). The
+# after the power cut (the shop's order ORDER, 800 cents, listed by the rescheduled
+# orders)`. Budget: TUG_VM_CLUSTER_TIMEOUT seconds for the whole stage (default 1200; about
+# 6 minutes under TCG on 2 cores, of which the NFS volume adds about one and the shop's
+# catalog and cart beside orders about one more: two more containers to start on tug1, and
+# the NFS volume's snapshot a few seconds; 408 s on a 2-core machine shared with builds). The
 # NFS server's programs (rpc.nfsd, rpc.mountd, exportfs) are the host's nfs-kernel-server
 # (tests/install-deps.sh --tests); the VMs' kernel brings nfsd and the nfs client. Nothing
 # of the root network namespace changes; the VMs, the namespace and the temp dir go on exit.
+# The binaries are cargo's debug build in CARGO_TARGET_DIR (default target/), which the VMs
+# see through the host's / (read-only).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$(pwd)
@@ -70,8 +78,9 @@ trap 'exit 130' INT TERM
 vm_kernel
 log "building: cargo build -p tugboat -p tug-runtime -p tugboat-monitor --bins"
 cargo build -q -p tugboat -p tug-runtime -p tugboat-monitor --bins
+bin=$(realpath "${CARGO_TARGET_DIR:-$repo/target}")/debug
 # The shop's static binary beside them (provision.sh builds the images with it).
-cp "$(bash "$repo/examples/shop/build.sh" --binary-only)" "$repo/target/debug/shop"
+cp "$(bash "$repo/examples/shop/build.sh" --binary-only)" "$bin/shop"
 vm_initramfs "$tmp"
 vm_accel "$tmp"
 
@@ -102,6 +111,7 @@ TUG_SUBNET=10.88.$i.0/24
 TUG_SERVER_ADDR=$server:7480
 TUG_TOKEN=$token
 TUG_LABELS=host=tug$i
+TUG_BIN_DIR=$bin
 EOF
   # tug1 serves the NFS volume (on its disk: /tmp in the VM).
   [ "$i" != 1 ] || printf '%s\n' TUG_NFS_EXPORT=/tmp/nfs-export TUG_NFS_CLIENTS=192.168.76.0/24 >>"$out/node.env"
@@ -159,7 +169,7 @@ wait_until() {
 
 # The client, in the stage's namespace, bounded.
 tb() {
-  timeout 20 nsenter --net="/run/netns/$ns" "$repo/target/debug/tugboat" \
+  timeout 20 nsenter --net="/run/netns/$ns" "$bin/tugboat" \
     --addr "$server:7480" --token "$token" --ca "$tmp/out1/ca.pem" "$@"
 }
 jq_instances() { tb -o json get instances | jq -e "$1"; }
@@ -200,41 +210,71 @@ spread() { [ "$(ready_on tug1)" = 1 ] && [ "$(ready_on tug2)" = 1 ] && [ "$(read
 wait_until "web ready on each node" 600 spread
 log "web ready on tug1, tug2 and tug3"
 
-# --- the NFS volume's user, on tug3 (the other nodes cordoned while it is placed) ---
-cat >"$tmp/keeper.yaml" <<'EOF'
+# --- the shop's orders on an NFS volume, on tug3 (the other nodes cordoned while it is
+# placed); the catalog (prices, stock) and the cart that it calls, on tug1 ---
+cat >"$tmp/shop.yaml" <<'EOF'
 volumes:
-  kept:
+  orders:
     driver: nfs
     options: {server: 192.168.76.11, path: /, timeout_seconds: "30"}
 services:
-  keeper:
+  catalog:
     image: shop/catalog:1
-    volumes: [{type: volume, source: kept, target: /data}]
+    ports: [{container: 80}]
+    placement: {node_labels: {host: tug1}}
+    health:
+      readiness: {http: {port: 80, path: /healthz}, interval_seconds: 1, failure_threshold: 1}
+    stop: {grace_seconds: 1}
+  cart:
+    image: shop/cart:1
+    ports: [{container: 80}]
+    placement: {node_labels: {host: tug1}}
     health:
       readiness: {http: {port: 80, path: /healthz}, interval_seconds: 1, failure_threshold: 1}
     stop: {grace_seconds: 1}
 EOF
-tb node cordon tug1 >/dev/null
-tb node cordon tug2 >/dev/null
-tb apply -f "$tmp/keeper.yaml" >/dev/null
-keeper_on() { # the id of a ready keeper instance on one of the nodes named
-  local nodes
+cat >"$tmp/orders.yaml" <<'EOF'
+services:
+  orders:
+    image: shop/orders:1
+    ports: [{container: 80}]
+    volumes: [{type: volume, source: orders, target: /data}]
+    health:
+      readiness: {http: {port: 80, path: /healthz}, interval_seconds: 1, failure_threshold: 1}
+    stop: {grace_seconds: 1}
+EOF
+tb apply -f "$tmp/shop.yaml" >/dev/null
+ready_of() { # the id of a ready instance of service $1 on one of the nodes named after it
+  local service=$1 nodes
+  shift
   nodes=$(printf '"%s",' "$@")
-  tb -o json get instances | jq -er "[.items[] | select(.service == \"keeper\" and .phase == \"running\"
+  tb -o json get instances | jq -er "[.items[] | select(.service == \"$service\" and .phase == \"running\"
     and .ready and (.node | IN(${nodes%,})))][0] | .id"
 }
-wait_until "keeper ready on tug3" 300 keeper_on tug3
-writer=$(keeper_on tug3)
+wait_until "catalog ready on tug1" 300 ready_of catalog tug1
+wait_until "cart ready on tug1" 300 ready_of cart tug1
+tb node cordon tug1 >/dev/null
+tb node cordon tug2 >/dev/null
+tb apply -f "$tmp/orders.yaml" >/dev/null
+wait_until "orders ready on tug3" 300 ready_of orders tug3
+writer=$(ready_of orders tug3)
 tb node uncordon tug1 >/dev/null
 tb node uncordon tug2 >/dev/null
-stamp="written on tug3 by $writer: $(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')"
 tb exec "$writer" -- cat /proc/mounts | grep -q ' /data nfs4 ' ||
   fail "$writer's /data is not an nfs4 mount: $(tb exec "$writer" -- cat /proc/mounts 2>&1 | grep /data)"
-wrote=$(tb exec "$writer" -- sh -c "echo '$stamp' >/data/stamp && sync && cat /data/stamp" 2>&1) ||
-  fail "$writer could not write to the nfs volume: $wrote"
-[ "$wrote" = "$stamp" ] || fail "$writer wrote \`$stamp\` to the nfs volume and read \`$wrote\`"
+# A customer's checkout as the front makes it: two teas into the cart, then the order
+# (orders asks the cart for the lines and the catalog for their prices and stock).
+suffix=$(od -An -tx1 -N4 /dev/urandom | tr -d ' \n')
+session=vmc$suffix order=order$suffix
+placed=$(tb exec "$writer" -- sh -c "wget -qO- --post-data '{\"sku\":\"tea\",\"quantity\":2}' \
+    http://cart/carts/$session/items >/dev/null && wget -qO- --post-data \
+    '{\"id\":\"$order\",\"session\":\"$session\",\"name\":\"Ada\",\"address\":\"1 Lane\"}' \
+    http://127.0.0.1/orders" 2>&1) || fail "orders on tug3 ($writer) could not place an order: $placed"
+# Orders totals at the catalog's prices: a tea is 400 cents.
+echo "$placed" | jq -e ".order.id == \"$order\" and .order.total_cents == 800" >/dev/null ||
+  fail "orders on tug3 answered the checkout with $placed, not order $order of 800 cents"
 old=$(tb -o json get instances | jq -r '.items[] | select(.node == "tug3") | .id')
-log "keeper $writer on tug3 wrote to the nfs volume (${old//$'\n'/, } on tug3)"
+log "orders $writer on tug3 stored order $order on the nfs volume (${old//$'\n'/, } on tug3)"
 
 # --- 2. tug3's power cut ---
 kill -9 "${qpid[3]}"
@@ -242,11 +282,12 @@ wait "${qpid[3]}" 2>/dev/null || true
 cut=$(date +%s.%N)
 elsewhere() { [ "$(ready_on tug1 tug2)" = 3 ]; }
 since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
-read_back() { # the rescheduled keeper reads what the one on tug3 wrote; sets reader_node
+read_back() { # the rescheduled orders lists the order placed on tug3; sets reader_node
   local id got
-  id=$(keeper_on tug1 tug2) || return 1
-  got=$(tb exec "$id" -- cat /data/stamp) || return 1
-  [ "$got" = "$stamp" ] || fail "keeper $id read \`$got\` from the nfs volume, not \`$stamp\`"
+  id=$(ready_of orders tug1 tug2) || return 1
+  got=$(tb exec "$id" -- wget -qO- "http://127.0.0.1/orders?session=$session") || return 1
+  echo "$got" | jq -e ".orders | map(select(.id == \"$order\" and .total_cents == 800)) | length == 1" >/dev/null ||
+    fail "orders $id on the nfs volume lists \`$got\` for session $session, not order $order of 800 cents"
   reader_node=$(tb -o json get instances | jq -r ".items[] | select(.id == \"$id\") | .node")
 }
 # Both at once, each timed from the cut when first seen.
@@ -255,14 +296,21 @@ healed="" read_at="" reader_node="" until=$(($(date +%s) + 300))
 while [ -z "$healed" ] || [ -z "$read_at" ]; do
   if [ "$(date +%s)" -ge "$until" ]; then
     [ -n "$healed" ] || fail "timed out waiting for 3 web replicas ready on tug1 and tug2"
-    fail "timed out waiting for the rescheduled keeper to read the nfs volume"
+    fail "timed out waiting for the rescheduled orders to list the order from the nfs volume"
   fi
   [ -n "$healed" ] || ! elsewhere >/dev/null 2>&1 || healed=$(since "$cut")
   [ -n "$read_at" ] || ! read_back 2>/dev/null || read_at=$(since "$cut")
   sleep 1
 done
 log "3/3 replicas ready on tug1 and tug2 $healed s after tug3's power was cut"
-log "the keeper on $reader_node read the nfs volume's file $read_at s after the power cut"
+log "orders on $reader_node listed order $order from the nfs volume $read_at s after the power cut"
+
+# A snapshot of the NFS volume (made by the first ready node's agent) holds the order.
+tb volume snapshot orders -f "$tmp/orders.tar" >"$tmp/snapshot.out" 2>&1 ||
+  fail "snapshot of the nfs volume: $(cat "$tmp/snapshot.out")"
+tar -xOf "$tmp/orders.tar" orders.jsonl | grep -q "\"$order\"" ||
+  fail "the nfs volume's snapshot has no order $order: $(tar -tvf "$tmp/orders.tar" 2>&1)"
+log "$(cat "$tmp/snapshot.out")"
 
 # --- 3. tug3 boots again from its disk ---
 boot 3
@@ -282,8 +330,8 @@ cleaned=$(since "$booted")
 three=$(jq_instances '[.items[] | select(.service == "web")] | length')
 [ "$three" = 3 ] || fail "web has $three instances after tug3 came back, not 3"
 [ "$(ready_on tug1 tug2 tug3)" = 3 ] || fail "not every web replica is ready after tug3 came back"
-keepers=$(jq_instances '[.items[] | select(.service == "keeper")] | length')
-[ "$keepers" = 1 ] || fail "keeper has $keepers instances after tug3 came back, not 1"
+orders=$(jq_instances '[.items[] | select(.service == "orders")] | length')
+[ "$orders" = 1 ] || fail "orders has $orders instances after tug3 came back, not 1"
 
 # --- the end: each node stops its units and powers off ---
 for i in 1 2 3; do touch "$tmp/out$i/stop"; done
@@ -292,4 +340,4 @@ for i in 1 2 3; do
 done
 log "stage took $(($(date +%s) - start_all))s"
 echo "vm cluster: 3/3 replicas ready $healed s after a node's power was cut, old instances gone $cleaned s after it booted again"
-echo "vm cluster: nfs volume data read back on $reader_node $read_at s after the power cut"
+echo "vm cluster: nfs volume data read back on $reader_node $read_at s after the power cut (the shop's order $order, 800 cents, listed by the rescheduled orders)"

@@ -36,6 +36,7 @@ pub mod userns;
 pub mod volume_api;
 pub mod volume_archive;
 pub mod volume_drivers;
+pub mod volume_freeze;
 pub mod volumes;
 
 use images::ImageSource;
@@ -527,6 +528,7 @@ impl Agent {
         ));
         let remote = tokio::spawn(remote_loop(self.ctx.clone(), others.clone()));
         let peers = tokio::spawn(peer_loop(self.ctx.clone(), others));
+        volume_drivers::recover_restores(&self.ctx);
         let volume_usage = tokio::spawn(volume_drivers::usage_loop(self.ctx.clone()));
         let mut from = 0;
         loop {

@@ -120,6 +120,48 @@ impl Oci {
         }
     }
 
+    /// Freezes container `id` (the cgroup freezer): `Ok(true)` when this call froze it,
+    /// `Ok(false)` when it was not running (stopped, or paused already), so not ours to
+    /// resume.
+    pub fn pause(&self, id: &str) -> Result<bool, String> {
+        let state = match self {
+            Oci::Tug { root } => tug_runtime::Runtime::new(root)
+                .state(id)
+                .map_err(|e| e.to_string())?,
+            Oci::External { exe, root } => {
+                let out = tugboat_monitor::external::command(exe, root)
+                    .args(["state", id])
+                    .output()
+                    .map_err(|e| format!("{}: {e}", exe.display()))?;
+                if !out.status.success() {
+                    return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+                }
+                serde_json::from_slice(&out.stdout)
+                    .map_err(|e| format!("{} state {id}: {e}", exe.display()))?
+            }
+        };
+        if state.get("status").and_then(|s| s.as_str()) != Some("running") {
+            return Ok(false);
+        }
+        match self {
+            Oci::Tug { root } => tug_runtime::Runtime::new(root)
+                .pause(id)
+                .map_err(|e| e.to_string())?,
+            Oci::External { exe, root } => Self::run(exe, root, &["pause", id])?,
+        }
+        Ok(true)
+    }
+
+    /// Thaws a container [`Oci::pause`] froze.
+    pub fn resume(&self, id: &str) -> Result<(), String> {
+        match self {
+            Oci::Tug { root } => tug_runtime::Runtime::new(root)
+                .resume(id)
+                .map_err(|e| e.to_string()),
+            Oci::External { exe, root } => Self::run(exe, root, &["resume", id]),
+        }
+    }
+
     /// Arguments for running `command` in container `id` with an external runtime (no
     /// terminal: its stdio are the caller's).
     pub fn exec_command(exe: &Path, root: &Path, id: &str, command: &[String]) -> Command {

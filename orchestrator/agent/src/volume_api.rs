@@ -2,11 +2,13 @@
 //! forwards `tugboat volume snapshot|restore` here, to the node that holds the volume. The
 //! volume is mounted for the call if no instance has it mounted ([`super::volume_drivers::
 //! open_for_archive`]) and the tar stream is made or read by [`super::volume_archive`] on
-//! a blocking thread, fed through a channel.
+//! a blocking thread, fed through a channel. A snapshot pauses the volume's users on this
+//! node while it is written ([`super::volume_freeze`]).
 
 use super::node_api::{authorized, NodeApiState, Peer};
 use super::volume_archive::{self, ArchiveError};
 use super::volume_drivers::{open_for_archive, AccessError};
+use super::volume_freeze;
 use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -101,21 +103,55 @@ fn access_failed(e: AccessError) -> Response {
     }
 }
 
-/// The volume's contents as a tar stream.
+/// The volume's contents as a tar stream: point-in-time by default, the instances on this
+/// node that mount the volume paused until the archive is written ([`volume_freeze`]);
+/// `?freeze=false` archives while they run.
 pub(crate) async fn snapshot(
     State(state): State<Arc<NodeApiState>>,
     peer: Peer,
     headers: HeaderMap,
     UrlPath(name): UrlPath<String>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     if let Some(answer) = refused(&state, &headers, &peer) {
         return answer;
     }
+    let freeze = match query.get("freeze").map(String::as_str) {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(other) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("query parameter `freeze` is true or false, got `{other}`"),
+            )
+        }
+    };
     let ctx = state.node.clone().expect("checked");
     let access = match open_for_archive(&ctx, &name).await {
         Ok(access) => access,
         Err(e) => return access_failed(e),
     };
+    let users = if freeze { access.users.clone() } else { vec![] };
+    let freezer = volume_freeze::InstanceFreezer {
+        data_dir: ctx.data_dir.clone(),
+        runtime_root: ctx.runtime_root.clone(),
+        node: ctx.node.clone(),
+    };
+    let volume = name.clone();
+    let frozen =
+        tokio::task::spawn_blocking(move || volume_freeze::freeze(freezer, &volume, &users)).await;
+    let frozen = match frozen {
+        Ok(Ok(frozen)) => frozen,
+        Ok(Err(e)) => {
+            let _ = access.finish(&ctx).await;
+            return text(StatusCode::CONFLICT, e);
+        }
+        Err(e) => {
+            let _ = access.finish(&ctx).await;
+            return text(StatusCode::INTERNAL_SERVER_ERROR, e);
+        }
+    };
+    let paused = frozen.instances().join(",");
     let (tx, mut rx) = mpsc::channel::<Chunk>(8);
     tokio::spawn(async move {
         let path = access.path.clone();
@@ -123,10 +159,29 @@ pub(crate) async fn snapshot(
             tx: tx.clone(),
             buf: Vec::with_capacity(CHUNK),
         };
-        let packed = tokio::task::spawn_blocking(move || volume_archive::pack(&path, writer)).await;
+        // The freeze ends with the archive, written or failed (the guard resumes on drop
+        // too, should the blocking task panic).
+        let packed = tokio::task::spawn_blocking(move || {
+            let packed = volume_archive::pack(&path, writer);
+            (packed, frozen.thaw())
+        })
+        .await;
         let failed = match packed {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
+            Ok((packed, thawed)) => {
+                if !thawed.instances.is_empty() {
+                    eprintln!(
+                        "tugboat agent: snapshot of volume {name}: instances {} paused for {} ms",
+                        thawed.instances.join(", "),
+                        thawed.paused_for.as_millis()
+                    );
+                }
+                for f in &thawed.failures {
+                    eprintln!(
+                        "tugboat agent: after the snapshot of volume {name}: could not resume {f}"
+                    );
+                }
+                packed.err().map(|e| e.to_string())
+            }
             Err(e) => Some(e.to_string()),
         };
         if let Some(e) = failed {
@@ -140,7 +195,16 @@ pub(crate) async fn snapshot(
     });
     let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
     (
-        [(axum::http::header::CONTENT_TYPE, "application/x-tar")],
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/x-tar".to_string(),
+            ),
+            (
+                axum::http::HeaderName::from_static(tugboat_api::wire::PAUSED_INSTANCES_HEADER),
+                paused,
+            ),
+        ],
         axum::body::Body::from_stream(stream),
     )
         .into_response()

@@ -4,6 +4,21 @@
 //! archive was read, so a corrupt, truncated or too-big archive leaves the volume as it
 //! was. Owners, modes, symlinks and times are kept; an entry that would land outside the
 //! volume (`..`, an absolute path, a link pointing out) and device nodes are refused.
+//!
+//! The swap is crash-safe: its state is in the scratch directories' names, each changed by
+//! one rename, so a restore cut by a crash or a power loss is finished or undone by
+//! [`recover`] (called by the next restore and before the agent hands the volume to an
+//! instance):
+//!
+//! | left in the volume's root | meaning | recovery |
+//! |---|---|---|
+//! | `.tug-restore-T` | the archive was being unpacked | removed: the volume is as before |
+//! | `.tug-restore-ready-T` | unpacked whole (synced); old data moving aside | rolled forward |
+//! | `.tug-restore-swap-T` | old data aside; new data moving in | rolled forward |
+//! | `.tug-restore-old-T` alone | the swap was done; the old data was being removed | removed |
+//!
+//! (Not one rename of the whole tree, `renameat2(RENAME_EXCHANGE)` with a sibling: the
+//! root of a sized, nfs or exec volume is a mount point, which cannot be renamed.)
 
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileTypeExt;
@@ -13,6 +28,13 @@ use std::path::{Component, Path, PathBuf};
 /// swap is renames). Left-overs of an interrupted restore are removed by the next one and
 /// are never part of a snapshot.
 pub const SCRATCH_PREFIX: &str = ".tug-restore-";
+/// The swap's stages, after [`SCRATCH_PREFIX`] (see the module's table).
+const READY: &str = "ready-";
+const SWAP: &str = "swap-";
+const OLD: &str = "old-";
+/// Inside the new tree: the archive's `./` entry (the root's owner, mode and time), applied
+/// to the root when the swap ends, also by a recovery.
+const ROOT_META: &str = ".tug-restore-root";
 /// ext4's own directory at the root of a sized volume: neither archived nor replaced.
 const LOST_FOUND: &str = "lost+found";
 
@@ -89,9 +111,13 @@ pub fn pack(root: &Path, out: impl Write) -> Result<(), ArchiveError> {
             if kind.is_socket() || kind.is_block_device() || kind.is_char_device() {
                 continue;
             }
-            builder
-                .append_path_with_name(&path, &entry)
-                .map_err(io_err("archiving", &path))?;
+            if meta.is_file() {
+                append_file(&mut builder, &path, &entry)?;
+            } else {
+                builder
+                    .append_path_with_name(&path, &entry)
+                    .map_err(io_err("archiving", &path))?;
+            }
             if meta.is_dir() {
                 stack.push(entry);
             }
@@ -101,6 +127,36 @@ pub fn pack(root: &Path, out: impl Write) -> Result<(), ArchiveError> {
         .into_inner()
         .and_then(|mut out| out.flush())
         .map_err(io_err("writing the archive of", root))
+}
+
+/// Archives the regular file at `path` as `entry` with exactly the size its header says:
+/// tar's own `append_path` copies the file to its end, so a file that grew between its
+/// stat and its copy (a writer that was not paused: `--no-freeze`, or a shared volume's
+/// user on another node) made the entry longer than its header and the rest of the
+/// archive unreadable. Bytes appended after the stat are left out; a file that shrank is
+/// padded with zeros.
+fn append_file<W: Write>(
+    builder: &mut tar::Builder<W>,
+    path: &Path,
+    entry: &Path,
+) -> Result<(), ArchiveError> {
+    let file = std::fs::File::open(path).map_err(io_err("opening", path))?;
+    let meta = file.metadata().map_err(io_err("reading", path))?;
+    append_sized(builder, entry, &meta, file).map_err(io_err("archiving", path))
+}
+
+/// An entry of `meta`'s size from `data`: cut there, or padded with zeros up to it.
+fn append_sized<W: Write>(
+    builder: &mut tar::Builder<W>,
+    entry: &Path,
+    meta: &std::fs::Metadata,
+    data: impl Read,
+) -> io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata_in_mode(meta, tar::HeaderMode::Complete);
+    let size = meta.len();
+    let data = data.take(size).chain(io::repeat(0)).take(size);
+    builder.append_data(&mut header, entry, data)
 }
 
 /// The entries at the root of a volume that hold data (not ext4's lost+found, not a
@@ -210,15 +266,37 @@ impl<R> Tail<R> {
     }
 }
 
-/// Removes a restore's scratch left by an interrupted one.
-fn remove_scratch(root: &Path) {
-    if let Ok(entries) = std::fs::read_dir(root) {
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(SCRATCH_PREFIX) {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
+/// Finishes or undoes a restore that a crash (or an error after its commit) left in the
+/// volume at `root` (the module's table); what it did, one line each (empty: nothing was
+/// left).
+pub fn recover(root: &Path) -> Result<Vec<String>, ArchiveError> {
+    let mut done = vec![];
+    let mut left: Vec<String> = std::fs::read_dir(root)
+        .map_err(io_err("reading", root))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(SCRATCH_PREFIX))
+        .collect();
+    left.sort();
+    // Roll forward first: an old-T beside ready-T or swap-T is part of that swap.
+    for name in &left {
+        let stage = &name[SCRATCH_PREFIX.len()..];
+        if let Some(token) = stage
+            .strip_prefix(READY)
+            .or_else(|| stage.strip_prefix(SWAP))
+        {
+            finish_swap(root, token)?;
+            done.push(format!("rolled forward the restore {token} ({name})"));
         }
     }
+    for name in &left {
+        let path = root.join(name);
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(io_err("removing", &path))?;
+            done.push(format!("removed {name}"));
+        }
+    }
+    Ok(done)
 }
 
 /// Restores the archive read from `input` into the volume at `root`. Refused when the
@@ -226,7 +304,7 @@ fn remove_scratch(root: &Path) {
 /// archive is unpacked into a scratch directory in the volume first, and swapped in only
 /// when all of it was read: on any error the volume is as it was.
 pub fn unpack(root: &Path, input: impl Read, force: bool) -> Result<Restored, ArchiveError> {
-    remove_scratch(root);
+    recover(root)?;
     let old = data_entries(root)?;
     if let (Some(first), false) = (old.first(), force) {
         return Err(ArchiveError::NotEmpty {
@@ -236,24 +314,109 @@ pub fn unpack(root: &Path, input: impl Read, force: bool) -> Result<Restored, Ar
     let token = format!("{}{}", std::process::id(), tugboat_api::model::now_ms());
     let scratch = root.join(format!("{SCRATCH_PREFIX}{token}"));
     std::fs::create_dir(&scratch).map_err(io_err("making", &scratch))?;
-    let unpacked = unpack_into(&scratch, input);
-    let restored = match unpacked {
-        Ok((restored, root_meta)) => {
-            swap(root, &scratch, &old, &token, root_meta).map(|_| restored)
+    let restored = unpack_into(&scratch, input).and_then(|(restored, root_meta)| {
+        commit(root, &scratch, &token, root_meta)?;
+        Ok(restored)
+    });
+    let restored = match restored {
+        Ok(restored) => restored,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&scratch);
+            return Err(e);
         }
-        Err(e) => Err(e),
     };
-    let _ = std::fs::remove_dir_all(&scratch);
-    restored
+    finish_swap(root, &token)?;
+    Ok(restored)
 }
 
 /// The archive's `./` entry: the volume root's owner, mode and time.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct RootMeta {
     uid: u32,
     gid: u32,
     mode: u32,
     mtime: u64,
+}
+
+/// The commit point: the unpacked tree (with the root's metadata beside it) is synced to
+/// disk, then renamed ready. From here on a crash rolls the restore forward.
+fn commit(
+    root: &Path,
+    scratch: &Path,
+    token: &str,
+    root_meta: Option<RootMeta>,
+) -> Result<(), ArchiveError> {
+    if let Some(meta) = root_meta {
+        let file = scratch.join(ROOT_META);
+        let text = serde_json::to_vec(&meta).expect("plain numbers");
+        std::fs::write(&file, text).map_err(io_err("writing", &file))?;
+    }
+    sync_fs(root)?;
+    let ready = root.join(format!("{SCRATCH_PREFIX}{READY}{token}"));
+    std::fs::rename(scratch, &ready).map_err(io_err("renaming", scratch))?;
+    sync_dir(root)
+}
+
+/// Every file of the volume's file system on disk (one syncfs, not one fsync a file).
+fn sync_fs(root: &Path) -> Result<(), ArchiveError> {
+    let dir = std::fs::File::open(root).map_err(io_err("opening", root))?;
+    nix::unistd::syncfs(&dir)
+        .map_err(|e| io_err("syncing the file system of", root)(io::Error::from(e)))
+}
+
+/// The directory's entries (renames in it) on disk.
+fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("syncing", dir))
+}
+
+/// Swaps the committed tree of restore `token` in, from wherever a crash left it: the old
+/// data moves aside into old-T (ready-T), then ready-T becomes swap-T and the new data
+/// moves in, the root takes the archive's owner, mode and time, and old-T and swap-T go.
+/// Each step is a rename, so running it again after a crash in the middle finishes it.
+fn finish_swap(root: &Path, token: &str) -> Result<(), ArchiveError> {
+    let ready = root.join(format!("{SCRATCH_PREFIX}{READY}{token}"));
+    let swap = root.join(format!("{SCRATCH_PREFIX}{SWAP}{token}"));
+    let aside = root.join(format!("{SCRATCH_PREFIX}{OLD}{token}"));
+    if ready.exists() {
+        if !aside.exists() {
+            std::fs::create_dir(&aside).map_err(io_err("making", &aside))?;
+        }
+        // Every data entry at the root is old while ready-T exists.
+        for name in data_entries(root)? {
+            let from = root.join(&name);
+            std::fs::rename(&from, aside.join(&name)).map_err(io_err("moving aside", &from))?;
+        }
+        sync_dir(root)?;
+        std::fs::rename(&ready, &swap).map_err(io_err("renaming", &ready))?;
+        sync_dir(root)?;
+    }
+    if swap.exists() {
+        for name in data_entries(&swap)? {
+            let from = swap.join(&name);
+            std::fs::rename(&from, root.join(&name)).map_err(io_err("moving in", &from))?;
+        }
+        let meta = std::fs::read(swap.join(ROOT_META))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<RootMeta>(&b).ok());
+        if let Some(meta) = meta {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::os::unix::fs::chown(root, Some(meta.uid), Some(meta.gid));
+            std::fs::set_permissions(root, std::fs::Permissions::from_mode(meta.mode & 0o7777))
+                .map_err(io_err("setting the mode of", root))?;
+        }
+        sync_dir(root)?;
+        std::fs::remove_dir_all(&swap).map_err(io_err("removing", &swap))?;
+        if let Some(meta) = meta {
+            let t = filetime::FileTime::from_unix_time(meta.mtime as i64, 0);
+            filetime::set_file_times(root, t, t).map_err(io_err("setting the times of", root))?;
+        }
+    }
+    if aside.exists() {
+        std::fs::remove_dir_all(&aside).map_err(io_err("removing", &aside))?;
+    }
+    Ok(())
 }
 
 fn unpack_into(
@@ -365,50 +528,6 @@ fn unpack_into(
     Ok((restored, root_meta))
 }
 
-/// Puts the unpacked tree in place: the old data (with `--force`) moves aside into a
-/// second scratch directory, the new moves in, then the old is removed; if a move fails,
-/// what moved goes back.
-fn swap(
-    root: &Path,
-    scratch: &Path,
-    old: &[std::ffi::OsString],
-    token: &str,
-    root_meta: Option<RootMeta>,
-) -> Result<(), ArchiveError> {
-    let aside = root.join(format!("{SCRATCH_PREFIX}old-{token}"));
-    std::fs::create_dir(&aside).map_err(io_err("making", &aside))?;
-    let move_all = |from: &Path, to: &Path, names: &[std::ffi::OsString]| {
-        for (i, name) in names.iter().enumerate() {
-            if let Err(e) = std::fs::rename(from.join(name), to.join(name)) {
-                return Err((i, io_err("moving", &from.join(name))(e)));
-            }
-        }
-        Ok(())
-    };
-    if let Err((moved, e)) = move_all(root, &aside, old) {
-        let _ = move_all(&aside, root, &old[..moved]);
-        let _ = std::fs::remove_dir(&aside);
-        return Err(e);
-    }
-    let new = data_entries(scratch)?;
-    if let Err((moved, e)) = move_all(scratch, root, &new) {
-        let _ = move_all(root, scratch, &new[..moved]);
-        let _ = move_all(&aside, root, old);
-        let _ = std::fs::remove_dir(&aside);
-        return Err(e);
-    }
-    let _ = std::fs::remove_dir_all(&aside);
-    if let Some(meta) = root_meta {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::os::unix::fs::chown(root, Some(meta.uid), Some(meta.gid));
-        std::fs::set_permissions(root, std::fs::Permissions::from_mode(meta.mode & 0o7777))
-            .map_err(io_err("setting the mode of", root))?;
-        let t = filetime::FileTime::from_unix_time(meta.mtime as i64, 0);
-        filetime::set_file_times(root, t, t).map_err(io_err("setting the times of", root))?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,6 +581,63 @@ mod tests {
             .filter(|n| n.to_string_lossy().starts_with(SCRATCH_PREFIX))
             .collect();
         assert!(left.is_empty(), "scratch left: {left:?}");
+    }
+
+    #[test]
+    fn a_file_that_grows_or_shrinks_while_archived_keeps_the_archive_readable() {
+        // A writer that is not paused changes the file between its stat and its copy.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("grows");
+        std::fs::write(&file, vec![b'a'; 1000]).unwrap();
+        let stat = std::fs::metadata(&file).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap()
+            .write_all(&[b'b'; 700])
+            .unwrap();
+        let shrinks = dir.path().join("shrinks");
+        std::fs::write(&shrinks, vec![b'c'; 600]).unwrap();
+        let shrinks_stat = std::fs::metadata(&shrinks).unwrap();
+        std::fs::write(&shrinks, b"cc").unwrap();
+        std::fs::write(dir.path().join("next"), b"next").unwrap();
+        let mut out = vec![];
+        {
+            let mut builder = tar::Builder::new(&mut out);
+            let open = |p: &Path| std::fs::File::open(p).unwrap();
+            append_sized(&mut builder, Path::new("grows"), &stat, open(&file)).unwrap();
+            append_sized(
+                &mut builder,
+                Path::new("shrinks"),
+                &shrinks_stat,
+                open(&shrinks),
+            )
+            .unwrap();
+            append_file(&mut builder, &dir.path().join("next"), Path::new("next")).unwrap();
+            builder.finish().unwrap();
+        }
+        let mut archive = tar::Archive::new(&out[..]);
+        let read: Vec<(String, Vec<u8>)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let name = e.path().unwrap().display().to_string();
+                let mut data = vec![];
+                e.read_to_end(&mut data).unwrap();
+                (name, data)
+            })
+            .collect();
+        let mut shrunk = b"cc".to_vec();
+        shrunk.resize(600, 0);
+        assert_eq!(
+            read,
+            [
+                ("grows".to_string(), vec![b'a'; 1000]),
+                ("shrinks".to_string(), shrunk),
+                ("next".to_string(), b"next".to_vec())
+            ]
+        );
     }
 
     #[test]
@@ -574,6 +750,137 @@ mod tests {
         let e = unpack(to.path(), &garbage[..], true).unwrap_err();
         assert!(e.to_string().contains("corrupt or truncated"), "{e}");
         assert_eq!(std::fs::read(to.path().join("keep")).unwrap(), b"mine");
+    }
+
+    /// The names at a volume's root, sorted.
+    fn names(root: &Path) -> Vec<String> {
+        let mut names: Vec<_> = std::fs::read_dir(root)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A volume holding `old` and `older`, and a restore of an archive of `new` (a file)
+    /// and `newdir/inner` committed (unpacked, synced, renamed ready) but not swapped: what
+    /// a crash right after the commit leaves. Returns the token.
+    fn committed(root: &Path) -> String {
+        let from = tempfile::tempdir().unwrap();
+        std::fs::write(from.path().join("new"), b"new data").unwrap();
+        std::fs::create_dir(from.path().join("newdir")).unwrap();
+        std::fs::write(from.path().join("newdir/inner"), b"inner").unwrap();
+        std::fs::set_permissions(from.path(), std::fs::Permissions::from_mode(0o751)).unwrap();
+        std::fs::write(root.join("old"), b"old data").unwrap();
+        std::fs::write(root.join("older"), b"older data").unwrap();
+        let token = "4242".to_string();
+        let scratch = root.join(format!("{SCRATCH_PREFIX}{token}"));
+        std::fs::create_dir(&scratch).unwrap();
+        let (_, meta) = unpack_into(&scratch, &archive_of(from.path())[..]).unwrap();
+        commit(root, &scratch, &token, meta).unwrap();
+        assert_eq!(
+            names(root),
+            [".tug-restore-ready-4242", "old", "older"],
+            "the commit"
+        );
+        token
+    }
+
+    fn assert_restored(root: &Path) {
+        assert_eq!(names(root), ["new", "newdir"]);
+        assert_eq!(std::fs::read(root.join("new")).unwrap(), b"new data");
+        assert_eq!(std::fs::read(root.join("newdir/inner")).unwrap(), b"inner");
+        let mode = std::fs::metadata(root).unwrap().mode();
+        assert_eq!(mode & 0o7777, 0o751, "the archive's ./ mode on the root");
+    }
+
+    #[test]
+    fn a_crash_while_unpacking_leaves_the_volume_as_it_was_after_recovery() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("keep"), b"mine").unwrap();
+        let scratch = root.path().join(format!("{SCRATCH_PREFIX}77"));
+        std::fs::create_dir_all(scratch.join("half")).unwrap();
+        std::fs::write(scratch.join("half/file"), b"par").unwrap();
+        let done = recover(root.path()).unwrap();
+        assert_eq!(done, ["removed .tug-restore-77"]);
+        assert_eq!(names(root.path()), ["keep"]);
+        assert_eq!(std::fs::read(root.path().join("keep")).unwrap(), b"mine");
+        // Nothing left: nothing to do.
+        assert!(recover(root.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_crash_right_after_the_commit_is_rolled_forward() {
+        let root = tempfile::tempdir().unwrap();
+        committed(root.path());
+        let done = recover(root.path()).unwrap();
+        assert_eq!(
+            done,
+            ["rolled forward the restore 4242 (.tug-restore-ready-4242)"]
+        );
+        assert_restored(root.path());
+    }
+
+    #[test]
+    fn a_crash_while_the_old_data_moves_aside_is_rolled_forward() {
+        let root = tempfile::tempdir().unwrap();
+        let token = committed(root.path());
+        // One old entry moved aside, the other not yet.
+        let aside = root.path().join(format!("{SCRATCH_PREFIX}{OLD}{token}"));
+        std::fs::create_dir(&aside).unwrap();
+        std::fs::rename(root.path().join("old"), aside.join("old")).unwrap();
+        recover(root.path()).unwrap();
+        assert_restored(root.path());
+    }
+
+    #[test]
+    fn a_crash_while_the_new_data_moves_in_is_rolled_forward() {
+        let root = tempfile::tempdir().unwrap();
+        let token = committed(root.path());
+        let aside = root.path().join(format!("{SCRATCH_PREFIX}{OLD}{token}"));
+        std::fs::create_dir(&aside).unwrap();
+        for name in ["old", "older"] {
+            std::fs::rename(root.path().join(name), aside.join(name)).unwrap();
+        }
+        let ready = root.path().join(format!("{SCRATCH_PREFIX}{READY}{token}"));
+        let swap = root.path().join(format!("{SCRATCH_PREFIX}{SWAP}{token}"));
+        std::fs::rename(&ready, &swap).unwrap();
+        // One new entry moved in, the other not yet.
+        std::fs::rename(swap.join("new"), root.path().join("new")).unwrap();
+        let done = recover(root.path()).unwrap();
+        assert_eq!(
+            done,
+            ["rolled forward the restore 4242 (.tug-restore-swap-4242)"]
+        );
+        assert_restored(root.path());
+    }
+
+    #[test]
+    fn a_crash_while_the_old_data_is_removed_is_cleaned() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("new"), b"new data").unwrap();
+        let aside = root.path().join(format!("{SCRATCH_PREFIX}{OLD}99"));
+        std::fs::create_dir_all(aside.join("d")).unwrap();
+        std::fs::write(aside.join("d/old"), b"x").unwrap();
+        recover(root.path()).unwrap();
+        assert_eq!(names(root.path()), ["new"]);
+    }
+
+    #[test]
+    fn a_restore_after_a_crash_finishes_the_interrupted_one_first() {
+        // The next restore finds ready-T: it rolls it forward, then sees the volume holds
+        // data (the interrupted restore's) and refuses without --force.
+        let root = tempfile::tempdir().unwrap();
+        committed(root.path());
+        let from = tempfile::tempdir().unwrap();
+        std::fs::write(from.path().join("other"), b"o").unwrap();
+        let e = unpack(root.path(), &archive_of(from.path())[..], false).unwrap_err();
+        assert!(
+            matches!(e, ArchiveError::NotEmpty { ref first } if first == "new"),
+            "{e}"
+        );
+        assert_restored(root.path());
     }
 
     #[test]

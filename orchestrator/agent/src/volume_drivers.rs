@@ -71,13 +71,44 @@ pub async fn prepare(ctx: &NodeContext, name: &str) -> Result<PathBuf, String> {
     prepare_held(ctx, name).await
 }
 
+/// Finishes or undoes a restore that a crash left in a local volume
+/// ([`super::volume_archive::recover`]), before anyone uses it. (A shared volume, nfs or
+/// exec, is recovered only by its next restore: another node may be restoring it now.)
+fn recovered(name: &str, root: PathBuf) -> Result<PathBuf, String> {
+    match super::volume_archive::recover(&root) {
+        Ok(done) => {
+            for line in done {
+                eprintln!("tugboat agent: volume {name}: an interrupted restore: {line}");
+            }
+            Ok(root)
+        }
+        Err(e) => Err(format!(
+            "volume {name}: finishing a restore interrupted by a crash: {e}"
+        )),
+    }
+}
+
+/// At the agent's start: every local volume's directory is checked for a restore a crash
+/// interrupted (a sized volume that is not mounted now is checked when it is).
+pub fn recover_restores(ctx: &NodeContext) {
+    let Ok(entries) = std::fs::read_dir(ctx.volumes_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Err(e) = recovered(&name, e.path()) {
+            eprintln!("tugboat agent: {e}");
+        }
+    }
+}
+
 /// [`prepare`] with [`MOUNTS`] held by the caller.
 async fn prepare_held(ctx: &NodeContext, name: &str) -> Result<PathBuf, String> {
     let Some(volume) = object(ctx, name).await? else {
         let p = ctx.volumes_dir().join(name);
         std::fs::create_dir_all(&p)
             .map_err(|e| format!("named volume {name}: {}: {e}", p.display()))?;
-        return Ok(p);
+        return recovered(name, p);
     };
     let target = mountpoint(ctx, &volume);
     match volume.config.driver {
@@ -85,7 +116,7 @@ async fn prepare_held(ctx: &NodeContext, name: &str) -> Result<PathBuf, String> 
             None => {
                 std::fs::create_dir_all(&target)
                     .map_err(|e| format!("volume {name}: {}: {e}", target.display()))?;
-                Ok(target)
+                recovered(name, target)
             }
             Some(size) => {
                 let image = images_dir(ctx).join(format!("{name}.ext4"));
@@ -94,7 +125,7 @@ async fn prepare_held(ctx: &NodeContext, name: &str) -> Result<PathBuf, String> 
                 tokio::task::spawn_blocking(move || sized_local(&n, &image, size, &t))
                     .await
                     .map_err(|e| format!("volume {name}: {e}"))??;
-                Ok(target)
+                recovered(name, target)
             }
         },
         VolumeDriver::Nfs => {

@@ -300,20 +300,46 @@ impl ApiClient {
     }
 
     /// Streams a volume's tar archive (from the node that holds it) into `out`; the bytes
-    /// written. An archive that stops part-way is an error, not a short archive.
+    /// written. An archive that stops part-way is an error, not a short archive. The
+    /// volume's users on its node are paused while it is written ([`Self::snapshot_volume_with`]).
     pub async fn snapshot_volume(
         &self,
         name: &str,
         out: &mut (dyn std::io::Write + Send),
     ) -> Result<u64, ClientError> {
+        self.snapshot_volume_with(name, true, out)
+            .await
+            .map(|s| s.bytes)
+    }
+
+    /// [`Self::snapshot_volume`], saying whether the volume's users on its node are paused
+    /// while the archive is written (`freeze`: a point-in-time archive), and which were.
+    pub async fn snapshot_volume_with(
+        &self,
+        name: &str,
+        freeze: bool,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<crate::wire::VolumeSnapshot, ClientError> {
         let (mut response, base) = self
-            .send(|http, base| http.get(format!("{base}/v1/volumes/{name}/archive")))
+            .send(|http, base| {
+                http.get(format!("{base}/v1/volumes/{name}/archive?freeze={freeze}"))
+            })
             .await?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
             let bytes = response.bytes().await.unwrap_or_default();
             return Err(error_from(status, &bytes));
         }
+        let paused: Vec<String> = response
+            .headers()
+            .get(crate::wire::PAUSED_INSTANCES_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        let started = std::time::Instant::now();
         let broken = |cause: String| ClientError::Unreachable {
             addr: base.clone(),
             cause: format!("the archive of volume {name} stopped part-way: {cause}"),
@@ -328,7 +354,11 @@ impl ApiClient {
             written += chunk.len() as u64;
         }
         out.flush().map_err(|e| broken(e.to_string()))?;
-        Ok(written)
+        Ok(crate::wire::VolumeSnapshot {
+            bytes: written,
+            paused,
+            paused_about: started.elapsed(),
+        })
     }
 
     /// Restores a tar archive into a volume: `archive` makes the body (once per server

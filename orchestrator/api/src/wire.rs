@@ -405,6 +405,22 @@ pub struct VolumeRestored {
     pub bytes: u64,
 }
 
+/// `GET /v1/volumes/{name}/archive`: the answer's header that names the instances paused
+/// while the archive was written (comma-separated, empty when none was).
+pub const PAUSED_INSTANCES_HEADER: &str = "tug-paused-instances";
+
+/// What a snapshot wrote, as the client saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeSnapshot {
+    /// Bytes of the archive.
+    pub bytes: u64,
+    /// The instances on the volume's node paused while it was written.
+    pub paused: Vec<String>,
+    /// From the answer's first byte (sent once they were paused) to its last (they are
+    /// resumed as the archive's end leaves the node): about how long they were paused.
+    pub paused_about: std::time::Duration,
+}
+
 /// `PUT /v1/nodes/{name}/volumes`: what an agent measured of the volumes it has mounted
 /// (sent when it changes; kept in the server's memory).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

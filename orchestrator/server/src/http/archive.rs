@@ -78,13 +78,43 @@ async fn node_of(
     Ok(node)
 }
 
-/// The volume's contents as a tar stream from its node.
-pub async fn snapshot(state: &ApiState, name: &str) -> Result<Response, ApiError> {
+/// The volume's contents as a tar stream from its node: with `freeze`, the volume's users
+/// on that node are paused while it is written (a point-in-time archive).
+pub async fn snapshot(state: &ApiState, name: &str, freeze: bool) -> Result<Response, ApiError> {
     let volume = state.control.describe_volume(name).await?;
     let node = node_of(state, &volume, None).await?;
     let (node, link) = forward::link_of_node(state, node).await?;
-    let path = format!("/v1/volumes/{name}/archive");
-    forward::pass_through(state, &node, &link, path, "application/x-tar").await
+    let request = AgentRequest {
+        method: Method::GET,
+        path: format!("/v1/volumes/{name}/archive?freeze={freeze}"),
+        body: AgentBody::Empty,
+        upgrade: None,
+    };
+    let response = forward::send(state, &node, &link, request).await?;
+    if !response.status().is_success() {
+        let code = match response.status() {
+            StatusCode::CONFLICT => "conflict",
+            _ => "agent_error",
+        };
+        return Err(forward::refused(response, code, format!("snapshot of volume {name}")).await);
+    }
+    let paused = response
+        .header(tugboat_api::wire::PAUSED_INSTANCES_HEADER)
+        .unwrap_or_default();
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/x-tar".to_string(),
+            ),
+            (
+                axum::http::HeaderName::from_static(tugboat_api::wire::PAUSED_INSTANCES_HEADER),
+                paused,
+            ),
+        ],
+        response.into_body(),
+    )
+        .into_response())
 }
 
 /// Restores the tar stream `body` into the volume on its node.

@@ -52,8 +52,17 @@ impl AgentResponse {
         }
     }
 
+    /// A header's value, as text.
+    pub(super) fn header(&self, name: &str) -> Option<String> {
+        let value = match self {
+            AgentResponse::Direct(r) => r.headers().get(name),
+            AgentResponse::Tunnel(r) => r.headers().get(name),
+        };
+        value.and_then(|v| v.to_str().ok()).map(str::to_string)
+    }
+
     /// The body as it streams in.
-    fn into_body(self) -> axum::body::Body {
+    pub(super) fn into_body(self) -> axum::body::Body {
         match self {
             AgentResponse::Direct(r) => {
                 // An agent's stream that breaks off is passed on as an error (the client's

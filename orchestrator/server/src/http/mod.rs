@@ -290,10 +290,12 @@ async fn dispatch(
             Ok(response) => response,
             Err(e) => e.into_response(),
         },
-        Ok(ApiRequest::SnapshotVolume { name }) => match archive::snapshot(state, &name).await {
-            Ok(response) => response,
-            Err(e) => e.into_response(),
-        },
+        Ok(ApiRequest::SnapshotVolume { name, freeze }) => {
+            match archive::snapshot(state, &name, freeze).await {
+                Ok(response) => response,
+                Err(e) => e.into_response(),
+            }
+        }
         Ok(ApiRequest::RestoreVolume { name, node, force }) => {
             let stream = stream.expect("a restore's body streams");
             match archive::restore(state, &name, node.as_deref(), force, stream).await {

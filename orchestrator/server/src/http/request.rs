@@ -123,6 +123,8 @@ pub enum ApiRequest {
     /// The volume's contents as a tar archive, streamed from its node's agent.
     SnapshotVolume {
         name: String,
+        /// Pause the volume's users on its node while the archive is written (the default).
+        freeze: bool,
     },
     /// A tar archive restored into the volume by its node's agent; the archive is the
     /// request's body, streamed (not read into this enum).
@@ -358,7 +360,22 @@ impl ApiRequest {
             RouteId::CreateVolume => ApiRequest::CreateVolume(body(bytes)?),
             RouteId::GetVolume => ApiRequest::GetVolume { name: name() },
             RouteId::DeleteVolume => ApiRequest::DeleteVolume { name: name() },
-            RouteId::SnapshotVolume => ApiRequest::SnapshotVolume { name: name() },
+            RouteId::SnapshotVolume => {
+                let q = Query::new(query, &["freeze"])?;
+                let freeze = match q.text("freeze").as_deref() {
+                    None | Some("true") => true,
+                    Some("false") => false,
+                    Some(other) => {
+                        return Err(ApiError::bad_request(format!(
+                            "query parameter `freeze` is true or false, got `{other}`"
+                        )))
+                    }
+                };
+                ApiRequest::SnapshotVolume {
+                    name: name(),
+                    freeze,
+                }
+            }
             RouteId::RestoreVolume => {
                 let q = Query::new(query, &["node", "force"])?;
                 let force = match q.text("force").as_deref() {
@@ -415,6 +432,7 @@ impl ApiRequest {
                 | RouteId::Watch
                 | RouteId::InstanceLogs
                 | RouteId::RestoreVolume
+                | RouteId::SnapshotVolume
         ) {
             no_query()?;
         }

@@ -633,6 +633,7 @@ impl Agent {
                     services::Endpoint {
                         address,
                         ready: state.ready,
+                        last_resort: state.served,
                     },
                 );
             }

@@ -607,8 +607,12 @@ fn conntrack_lists_the_connections_its_events_told_of() {
     need_root!();
     let w = World::new();
     let _s1 = Server::start(&w.c1, "c1", 8080);
-    w.set(ServiceSpec::new(vip(80), Protocol::Tcp, eps(&["10.88.0.2:8080"])))
-        .unwrap();
+    w.set(ServiceSpec::new(
+        vip(80),
+        Protocol::Tcp,
+        eps(&["10.88.0.2:8080"]),
+    ))
+    .unwrap();
     // The agent's reader of events, and its dump after a loss, in the node's namespace.
     let mut events = w.host.run(|| tug_netns::nft::ConnEvents::open().unwrap());
     let target = SocketAddrV4::new(VIP, 80);
@@ -627,9 +631,12 @@ fn conntrack_lists_the_connections_its_events_told_of() {
     }
     let id = told.expect("conntrack told of the connection to the service");
     // Closed by now, but its entry lives on (TCP's close timeouts): listed.
-    let ids = w
-        .host
-        .run(|| tug_netns::nft::Socket::open().unwrap().connection_ids().unwrap());
+    let ids = w.host.run(|| {
+        tug_netns::nft::Socket::open()
+            .unwrap()
+            .connection_ids()
+            .unwrap()
+    });
     assert!(ids.contains(&id), "{id} not in {ids:?}");
     w.teardown();
 }

@@ -699,7 +699,13 @@ fn the_front_scales_out_under_load_and_every_purchase_goes_through() {
 /// time slice, as a server does whose every worker waits on a disk flush.
 fn freeze(host: &TestHost, id: &str, stopped: bool) {
     let record: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(host.dir.join("agent/instances").join(id).join("monitor.json")).unwrap(),
+        &std::fs::read(
+            host.dir
+                .join("agent/instances")
+                .join(id)
+                .join("monitor.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
     let pid = record["container_pid"].as_i64().unwrap() as i32;
@@ -778,12 +784,10 @@ fn a_service_whose_every_instance_stalls_fails_no_purchase() {
         // whose requests were in flight; and one request each, not retried, through the
         // ingress port and to orders' service address: neither is refused, both wait for
         // an answer.
-        let during = s.spawn(|| {
-            host.in_netns(|| Shopper::new(host::SHOP, "while-stalled").purchase())
-        });
-        let front_once = s.spawn(|| {
-            host.in_netns(|| Shopper::new(host::SHOP, "once").send("GET", "/", None))
-        });
+        let during =
+            s.spawn(|| host.in_netns(|| Shopper::new(host::SHOP, "while-stalled").purchase()));
+        let front_once =
+            s.spawn(|| host.in_netns(|| Shopper::new(host::SHOP, "once").send("GET", "/", None)));
         let orders_once = s.spawn(|| {
             host.in_netns(|| -> Result<String, String> {
                 let mut c = std::net::TcpStream::connect(&orders).map_err(|e| e.to_string())?;

@@ -709,11 +709,7 @@ mod tests {
         table.restore(std::slice::from_ref(&programmed), |a| own.contains(a));
         // Until this node's instance is re-attached, only the other node's is balanced to.
         assert_eq!(endpoints(&table), [SocketAddrV4::new(remote, 80)]);
-        table.set_endpoint(
-            "web",
-            "w1",
-            Endpoint::ready(local),
-        );
+        table.set_endpoint("web", "w1", Endpoint::ready(local));
         assert_eq!(table.wanted(&[]).unwrap().0, [programmed]);
     }
 
@@ -792,11 +788,7 @@ mod tests {
         let remote: Ipv4Addr = "10.88.2.2".parse().unwrap();
         let ep = |a| SocketAddrV4::new(a, 80);
         table.set_frontends(vec![web(80)]).unwrap();
-        table.set_endpoint(
-            "web",
-            "w1",
-            Endpoint::ready(local),
-        );
+        table.set_endpoint("web", "w1", Endpoint::ready(local));
         let one = |id: &str, a| BTreeMap::from([(id.to_string(), a)]);
         table.set_remote_endpoints(BTreeMap::from([("web".to_string(), one("w2", remote))]));
         assert_eq!(endpoints(&table), [ep(local), ep(remote)]);

@@ -445,7 +445,11 @@ mod tests {
         assert_eq!(book.len(), 10);
         let text = scrape(&traffic);
         assert_eq!(
-            value(&text, r#"tugboat_service_active_connections{service="web"}"#).as_deref(),
+            value(
+                &text,
+                r#"tugboat_service_active_connections{service="web"}"#
+            )
+            .as_deref(),
             Some("10"),
             "{text}"
         );
@@ -470,8 +474,11 @@ mod tests {
         }
         assert!(book.is_empty());
         assert_eq!(
-            value(&scrape(&traffic), r#"tugboat_service_active_connections{service="web"}"#)
-                .as_deref(),
+            value(
+                &scrape(&traffic),
+                r#"tugboat_service_active_connections{service="web"}"#
+            )
+            .as_deref(),
             Some("0")
         );
     }
@@ -512,7 +519,11 @@ mod tests {
         );
         let text = scrape(&traffic);
         assert_eq!(
-            value(&text, r#"tugboat_service_active_connections{service="api"}"#).as_deref(),
+            value(
+                &text,
+                r#"tugboat_service_active_connections{service="api"}"#
+            )
+            .as_deref(),
             Some("1"),
             "{text}"
         );

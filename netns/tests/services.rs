@@ -601,3 +601,42 @@ fn opening_the_network_again_leaves_a_matching_services_table_alone() {
     assert_eq!(tcp_names(&w.client, target, 3).unwrap().len(), 3);
     w.teardown();
 }
+
+#[test]
+fn conntrack_lists_the_connections_its_events_told_of() {
+    need_root!();
+    let w = World::new();
+    let _s1 = Server::start(&w.c1, "c1", 8080);
+    w.set(ServiceSpec::new(
+        vip(80),
+        Protocol::Tcp,
+        eps(&["10.88.0.2:8080"]),
+    ))
+    .unwrap();
+    // The agent's reader of events, and its dump after a loss, in the node's namespace.
+    let mut events = w.host.run(|| tug_netns::nft::ConnEvents::open().unwrap());
+    let target = SocketAddrV4::new(VIP, 80);
+    assert_eq!(tcp_names(&w.client, target, 1).unwrap(), ["c1"]);
+    let mut told = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while told.is_none() && Instant::now() < deadline {
+        let mut batch = vec![];
+        events.read(&mut batch).unwrap();
+        told = batch.into_iter().find_map(|e| match e {
+            tug_netns::nft::ConnEvent::New {
+                id, destination, ..
+            } if destination == target => Some(id),
+            _ => None,
+        });
+    }
+    let id = told.expect("conntrack told of the connection to the service");
+    // Closed by now, but its entry lives on (TCP's close timeouts): listed.
+    let ids = w.host.run(|| {
+        tug_netns::nft::Socket::open()
+            .unwrap()
+            .connection_ids()
+            .unwrap()
+    });
+    assert!(ids.contains(&id), "{id} not in {ids:?}");
+    w.teardown();
+}

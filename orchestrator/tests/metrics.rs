@@ -1,7 +1,8 @@
 //! Root test: metrics as an operator collects them. A node's container metrics through the
 //! server (`GET /v1/nodes/{name}/metrics`: cpu, memory, pids, block and network bytes,
 //! restarts, from the real cgroups and network namespaces), the balancing's connections and
-//! the failed probes as a user who sends traffic through a service's port counts them, both
+//! the failed probes as a user who sends traffic through a service's port counts them (and
+//! a deleted service's figures gone), both
 //! scrapes accepted by `promtool check metrics`, and a real Prometheus (Debian's, see
 //! tests/prometheus) that scrapes the server and the node over TLS with the API's token and answers queries on them.
 
@@ -211,6 +212,26 @@ fn node_metrics_go_through_the_server_and_a_real_prometheus_scrapes_them() {
         web_failed,
         "{node}"
     );
+    // A deleted service's series go from the node's scrape, without an agent restart
+    // (web's stay).
+    host.api(|c| async move { c.delete_service("refusing").await.unwrap() });
+    wait_for(
+        "refusing's connection series gone",
+        Duration::from_secs(30),
+        || {
+            let (_, t) = scrape(&host);
+            !t.lines()
+                .any(|l| l.starts_with("tugboat_service_") && l.contains("service=\"refusing\""))
+        },
+        || scrape(&host).1,
+    );
+    let (_, node) = scrape(&host);
+    assert_eq!(
+        service_figure(&node, "tugboat_service_connections_total", "web"),
+        SENT as f64,
+        "{node}"
+    );
+
     // A node that does not exist: 404, named.
     let (status, said) = host.get_api("/v1/nodes/nowhere/metrics");
     assert_eq!(status, 404, "{said}");

@@ -694,3 +694,172 @@ fn the_front_scales_out_under_load_and_every_purchase_goes_through() {
     assert!(failures.is_empty(), "{failures:#?}");
     assert!(replicas() <= 4, "{}", show(&host));
 }
+
+/// Stops (SIGSTOP) or resumes (SIGCONT) an instance's container: a process that takes no
+/// time slice, as a server does whose every worker waits on a disk flush.
+fn freeze(host: &TestHost, id: &str, stopped: bool) {
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            host.dir
+                .join("agent/instances")
+                .join(id)
+                .join("monitor.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let pid = record["container_pid"].as_i64().unwrap() as i32;
+    let signal = if stopped {
+        libc::SIGSTOP
+    } else {
+        libc::SIGCONT
+    };
+    // SAFETY: the container's init, started by this test's tugboat.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+}
+
+#[test]
+fn a_service_whose_every_instance_stalls_fails_no_purchase() {
+    skip_unless_possible!("a_service_whose_every_instance_stalls_fails_no_purchase");
+    // The shop under load on a busy machine: orders (one instance) and both fronts stop
+    // answering for a while, their readiness probes time out, and the balancer would have
+    // no instance left (connections refused: failed checkouts, a shop that refuses its
+    // customers). It fails open instead: the stalled instances still get the connections,
+    // which wait and are answered once they run again.
+    let host = started_shop();
+    let stop = AtomicBool::new(false);
+    let bought = std::sync::atomic::AtomicUsize::new(0);
+    let stalled: Vec<String> = instances(&host)
+        .into_iter()
+        .filter(|i| i.service == "orders" || i.service == "front")
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(stalled.len(), 3, "{}", show(&host));
+    let vips: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&std::fs::read(host.dir.join("agent/services.json")).unwrap())
+            .unwrap();
+    let orders = format!("{}:80", vips["orders"]);
+    let (ok, failures, front_once, orders_once) = std::thread::scope(|s| {
+        let buyers: Vec<_> = (0..2)
+            .map(|n| {
+                let (stop, bought, host) = (&stop, &bought, &host);
+                s.spawn(move || {
+                    host.in_netns(|| {
+                        keep_buying(
+                            &format!("stall{n}"),
+                            stop,
+                            usize::MAX,
+                            Duration::from_secs(180),
+                            bought,
+                        )
+                    })
+                })
+            })
+            .collect();
+        let count = || bought.load(Ordering::SeqCst);
+        wait_for(
+            "purchases before the stall",
+            START,
+            || count() >= 2,
+            || show(&host),
+        );
+        for id in &stalled {
+            freeze(&host, id, true);
+        }
+        let unready = || {
+            instances(&host)
+                .iter()
+                .filter(|i| stalled.contains(&i.id) && !i.ready)
+                .count()
+        };
+        let seen = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_for(
+                "every stalled instance not ready",
+                Duration::from_secs(30),
+                || unready() == stalled.len(),
+                || show(&host),
+            )
+        }));
+        // Customers keep coming while nothing is ready: a new one now, not only those
+        // whose requests were in flight; and one request each, not retried, through the
+        // ingress port and to orders' service address: neither is refused, both wait for
+        // an answer.
+        let during =
+            s.spawn(|| host.in_netns(|| Shopper::new(host::SHOP, "while-stalled").purchase()));
+        let front_once =
+            s.spawn(|| host.in_netns(|| Shopper::new(host::SHOP, "once").send("GET", "/", None)));
+        let orders_once = s.spawn(|| {
+            host.in_netns(|| -> Result<String, String> {
+                let mut c = std::net::TcpStream::connect(&orders).map_err(|e| e.to_string())?;
+                c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                c.write_all(b"GET /healthz HTTP/1.0\r\n\r\n")
+                    .map_err(|e| e.to_string())?;
+                let mut answer = String::new();
+                c.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+                Ok(answer)
+            })
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        for id in &stalled {
+            freeze(&host, id, false);
+        }
+        if let Err(e) = seen {
+            std::panic::resume_unwind(e);
+        }
+        let front_once = front_once.join().unwrap().map(|a| a.status);
+        let orders_once = orders_once.join().unwrap();
+        let during = during.join().unwrap();
+        let after = count() + 4;
+        let resumed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_for(
+                "purchases after the stall",
+                START,
+                || count() >= after,
+                || show(&host),
+            )
+        }));
+        stop.store(true, Ordering::SeqCst);
+        if let Err(e) = resumed {
+            std::panic::resume_unwind(e);
+        }
+        let mut ok = vec![];
+        let mut failures = vec![];
+        match during {
+            Ok(order) => ok.push(("while-stalled".to_string(), order)),
+            Err(e) => failures.push(format!("while stalled: {e}")),
+        }
+        for b in buyers {
+            let (o, f) = b.join().unwrap();
+            ok.extend(o);
+            failures.extend(f);
+        }
+        (ok, failures, front_once, orders_once)
+    });
+    assert_eq!(
+        front_once,
+        Ok(200),
+        "the front page, asked once while every front stalled"
+    );
+    assert!(
+        orders_once
+            .as_ref()
+            .is_ok_and(|a| a.split_whitespace().nth(1) == Some("200")),
+        "orders' address, asked once while its one instance stalled: {orders_once:?}"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} purchases failed while every front and orders stalled: {:?}\n{}",
+        failures.len(),
+        ok.len() + failures.len(),
+        &failures[..failures.len().min(5)],
+        show(&host)
+    );
+    for (session, order) in &ok {
+        let history = send(&host, session, "GET", "/orders", None);
+        assert!(
+            history.body.contains(order) && history.body.contains(">paid<"),
+            "{session}'s order {order} is not in its history: {}",
+            text(&history.body)
+        );
+    }
+}

@@ -9,6 +9,10 @@
 //! that are left: the client waits one retransmission instead of failing. Only entries that
 //! never saw a reply are deleted: an established connection to an endpoint taken out of its
 //! service (scale-in, a rolling update, a failed readiness probe) finishes undisturbed.
+//!
+//! Also: the ids of the connections tracked now ([`Socket::connection_ids`]), with which a
+//! reader of conntrack's events that lost some (`ENOBUFS`) forgets the connections whose
+//! end it missed.
 
 use std::net::SocketAddrV4;
 
@@ -19,6 +23,7 @@ const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
 
 pub(super) const CTA_TUPLE_ORIG: u16 = 1;
+pub(super) const CTA_ID: u16 = 12;
 pub(super) const CTA_TUPLE_REPLY: u16 = 2;
 pub(super) const CTA_STATUS: u16 = 3;
 const CTA_ZONE: u16 = 18;
@@ -100,7 +105,20 @@ pub(super) fn parse(payload: &[u8]) -> Option<Tracked> {
     })
 }
 
+/// The conntrack id of one entry of a dump (its payload after the netlink header).
+pub(super) fn entry_id(payload: &[u8]) -> Option<u32> {
+    let id = find(payload.get(4..)?, CTA_ID)?;
+    Some(u32::from_be_bytes(id.get(..4)?.try_into().ok()?))
+}
+
 impl Socket {
+    /// The ids of the IPv4 connections conntrack tracks now, in this socket's namespace
+    /// (the ids [`super::ConnEvent`]s carry).
+    pub fn connection_ids(&mut self) -> Result<std::collections::HashSet<u32>, NftError> {
+        let entries = self.dump_raw(ct_type(IPCTNL_MSG_CT_GET), libc::AF_INET as u8)?;
+        Ok(entries.iter().filter_map(|p| entry_id(p)).collect())
+    }
+
     /// Deletes the IPv4 connections translated to one of `endpoints` (protocol number,
     /// address and port) that never saw a reply. Returns how many were deleted.
     pub fn drop_unreplied(&mut self, endpoints: &[(u8, SocketAddrV4)]) -> Result<usize, NftError> {
@@ -193,7 +211,10 @@ pub(super) mod tests {
             assert_eq!(t.reply_source, "10.88.1.5:8080".parse().unwrap());
             assert_eq!(t.replied, replied);
             assert_eq!(t.key, [orig.clone(), zone.clone()].concat());
+            payload.extend(attr(CTA_ID, &77u32.to_be_bytes()));
+            assert_eq!(entry_id(&payload), Some(77));
         }
         assert_eq!(parse(&[2, 0, 0, 0]), None);
+        assert_eq!(entry_id(&[2, 0, 0, 0]), None);
     }
 }

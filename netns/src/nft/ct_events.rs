@@ -12,14 +12,13 @@ use std::net::SocketAddrV4;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::conntrack::{
-    attrs, ct_type, find, CTA_IP_V4_SRC, CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_STATUS,
+    attrs, ct_type, find, CTA_ID, CTA_IP_V4_SRC, CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_STATUS,
     CTA_TUPLE_IP, CTA_TUPLE_ORIG, CTA_TUPLE_PROTO, CTA_TUPLE_REPLY, IPS_SEEN_REPLY,
 };
 
 const IPCTNL_MSG_CT_NEW: u16 = 0;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
 const CTA_PROTOINFO: u16 = 4;
-const CTA_ID: u16 = 12;
 const CTA_PROTOINFO_TCP: u16 = 1;
 const CTA_PROTOINFO_TCP_STATE: u16 = 1;
 const CTA_IP_V4_DST: u16 = 2;

@@ -69,6 +69,10 @@ pub struct LocalState {
     /// instead of taking it out of its service until the next probe passes.
     #[serde(default)]
     pub ready: bool,
+    /// Whether it has been ready since its container last started: while its container
+    /// runs it stays a last resort of its service (see [`super::services::Endpoint`]).
+    #[serde(default)]
+    pub served: bool,
     /// Exits since it last ran for [`RAN_LONG_ENOUGH`]: the back-off and the crash loop
     /// count these; `restarts` only grows.
     #[serde(default)]
@@ -500,22 +504,38 @@ impl Supervisor {
 
     fn fail(&mut self, message: String) -> Phase {
         self.message = message;
-        self.set_endpoint(false);
+        self.take_out();
         Phase::Failed
     }
 
+    /// Its place in its service: ready or not; once ready, a last resort until its
+    /// container ends ([`Supervisor::take_out`]).
     fn set_endpoint(&mut self, ready: bool) {
-        if self.state.ready != ready {
+        let served = ready || self.state.served;
+        if self.state.ready != ready || self.state.served != served {
             self.state.ready = ready;
+            self.state.served = served;
             self.save_state();
         }
         if let Some(address) = self.address {
             self.ctx.services.set_endpoint(
                 &self.instance.service,
                 self.id(),
-                Endpoint { address, ready },
+                Endpoint {
+                    address,
+                    ready,
+                    last_resort: served,
+                },
             );
         }
+    }
+
+    /// Its container ended or will not run: no connection goes to it, not even as a last
+    /// resort.
+    fn take_out(&mut self) {
+        self.state.served = false;
+        self.set_endpoint(false);
+        self.save_state();
     }
 
     /// The container ended (or its monitor is gone): restart policy and back-off.
@@ -531,7 +551,7 @@ impl Supervisor {
         let _ = std::fs::remove_file(self.paths.monitor());
         // A container whose monitor died is still there: remove it so none runs twice.
         delete_container(self.oci_or_tug(), self.id()).await;
-        self.set_endpoint(false);
+        self.take_out();
         self.exit_code = exit.code;
         let liveness_error = match self.liveness.last_error.take() {
             Some(e) if !self.liveness.passing => Some(e),

@@ -635,6 +635,7 @@ impl Agent {
                     services::Endpoint {
                         address,
                         ready: state.ready,
+                        last_resort: state.served,
                     },
                 );
             }
@@ -901,6 +902,9 @@ async fn fetch_services(ctx: &NodeContext) {
             {
                 eprintln!("tugboat agent: {}: {e}", ctx.node);
             }
+            // A deleted service's connection figures go with it.
+            ctx.traffic
+                .keep_services(list.items.iter().map(|s| s.name.as_str()));
             ctx.services.set_policies(
                 list.items
                     .iter()

@@ -32,6 +32,23 @@ pub const FRONTENDS_FILE: &str = "frontends.json";
 pub struct Endpoint {
     pub address: Ipv4Addr,
     pub ready: bool,
+    /// Its container runs and it has been ready since it last started: when none of the
+    /// service's instances is ready, the balancer sends to these rather than refuse every
+    /// connection (failing open, as cloud load balancers do when all targets are unhealthy):
+    /// a readiness probe that times out because every instance is busy must not take the
+    /// whole service away.
+    pub last_resort: bool,
+}
+
+impl Endpoint {
+    /// A ready instance (which is also a last resort).
+    pub fn ready(address: Ipv4Addr) -> Endpoint {
+        Endpoint {
+            address,
+            ready: true,
+            last_resort: true,
+        }
+    }
 }
 
 /// One way a service is reached, and the instances' port behind it.
@@ -98,6 +115,24 @@ impl Inner {
             }
         }
         out
+    }
+
+    /// Where the service's connections go: its ready endpoints, or, when it has none
+    /// anywhere, this node's last-resort ones (see [`Endpoint::last_resort`]).
+    fn balanced(&self, service: &str) -> Vec<Ipv4Addr> {
+        let ready = self.ready(service);
+        if !ready.is_empty() {
+            return ready;
+        }
+        self.endpoints
+            .get(service)
+            .map(|m| {
+                m.values()
+                    .filter(|e| e.last_resort)
+                    .map(|e| e.address)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -262,7 +297,7 @@ impl ServiceTable {
             }
             owners.insert(key, f.service.as_str());
             let endpoints = inner
-                .ready(&f.service)
+                .balanced(&f.service)
                 .into_iter()
                 .map(|a| SocketAddrV4::new(a, f.target_port))
                 .collect();
@@ -674,14 +709,7 @@ mod tests {
         table.restore(std::slice::from_ref(&programmed), |a| own.contains(a));
         // Until this node's instance is re-attached, only the other node's is balanced to.
         assert_eq!(endpoints(&table), [SocketAddrV4::new(remote, 80)]);
-        table.set_endpoint(
-            "web",
-            "w1",
-            Endpoint {
-                address: local,
-                ready: true,
-            },
-        );
+        table.set_endpoint("web", "w1", Endpoint::ready(local));
         assert_eq!(table.wanted(&[]).unwrap().0, [programmed]);
     }
 
@@ -719,7 +747,11 @@ mod tests {
         let a: Ipv4Addr = "10.88.0.2".parse().unwrap();
         let b: Ipv4Addr = "10.88.0.3".parse().unwrap();
         table.set_frontends(vec![web(80)]).unwrap();
-        let at = |address, ready| Endpoint { address, ready };
+        let at = |address, ready| Endpoint {
+            address,
+            ready,
+            last_resort: false,
+        };
         let ep = |a| SocketAddrV4::new(a, 80);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -756,14 +788,7 @@ mod tests {
         let remote: Ipv4Addr = "10.88.2.2".parse().unwrap();
         let ep = |a| SocketAddrV4::new(a, 80);
         table.set_frontends(vec![web(80)]).unwrap();
-        table.set_endpoint(
-            "web",
-            "w1",
-            Endpoint {
-                address: local,
-                ready: true,
-            },
-        );
+        table.set_endpoint("web", "w1", Endpoint::ready(local));
         let one = |id: &str, a| BTreeMap::from([(id.to_string(), a)]);
         table.set_remote_endpoints(BTreeMap::from([("web".to_string(), one("w2", remote))]));
         assert_eq!(endpoints(&table), [ep(local), ep(remote)]);
@@ -774,10 +799,64 @@ mod tests {
             Endpoint {
                 address: local,
                 ready: false,
+                last_resort: true,
             },
         );
         assert_eq!(endpoints(&table), [ep(remote)]);
+        // None ready anywhere: the local one that served is the last resort.
         table.set_remote_endpoints(BTreeMap::new());
+        assert_eq!(endpoints(&table), [ep(local)]);
+    }
+
+    #[test]
+    fn a_service_whose_every_instance_fails_readiness_fails_open_to_those_that_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = ServiceTable::open(&dir.path().join("s"));
+        table.set_frontends(vec![web(80)]).unwrap();
+        let (a, b, c): (Ipv4Addr, Ipv4Addr, Ipv4Addr) = (
+            "10.88.0.2".parse().unwrap(),
+            "10.88.0.3".parse().unwrap(),
+            "10.88.0.4".parse().unwrap(),
+        );
+        let ep = |a| SocketAddrV4::new(a, 80);
+        let busy = |address| Endpoint {
+            address,
+            ready: false,
+            last_resort: true,
+        };
+        table.set_endpoint("web", "w1", Endpoint::ready(a));
+        table.set_endpoint("web", "w2", busy(b));
+        // Starting, never ready yet: no traffic, last resort or not.
+        let starting = Endpoint {
+            address: c,
+            ready: false,
+            last_resort: false,
+        };
+        table.set_endpoint("web", "w3", starting);
+        assert_eq!(endpoints(&table), [ep(a)], "one ready: only it");
+        table.set_endpoint("web", "w1", busy(a));
+        assert_eq!(
+            endpoints(&table),
+            [ep(a), ep(b)],
+            "none ready: those that served, not the one starting"
+        );
+        // One ready on another node: the busy ones here are out again.
+        let remote: Ipv4Addr = "10.88.2.2".parse().unwrap();
+        table.set_remote_endpoints(BTreeMap::from([(
+            "web".to_string(),
+            BTreeMap::from([("w9".to_string(), remote)]),
+        )]));
+        assert_eq!(endpoints(&table), [ep(remote)]);
+        table.set_remote_endpoints(BTreeMap::new());
+        // Containers that ended are no last resort: nothing is balanced.
+        for (id, address) in [("w1", a), ("w2", b)] {
+            let gone = Endpoint {
+                address,
+                ready: false,
+                last_resort: false,
+            };
+            table.set_endpoint("web", id, gone);
+        }
         assert!(endpoints(&table).is_empty());
     }
 }

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The main job: build tugboat, build the shop's images, run `tugboat up -f examples/shop.yaml`
 # inside a network namespace of its own (the host's network is not touched), buy tea and coffee
-# through the front's pages (examples/shop/buy.sh), put the shop under load for 30 s (`shop
-# load`) and watch the front scale out, show what runs, then stop it all and leave the host
-# clean.
+# through the front's pages (examples/shop/buy.sh), put the shop under load for 40 s (`shop
+# load`): meanwhile a catalog container is killed (SIGKILL, as a crash) and the catalog is
+# rolled out to a new template, and the front scales out; every purchase must go through.
+# Then show what runs, stop it all and leave the host clean.
 # With a terminal, it waits for Enter before stopping (look around meanwhile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,16 +51,46 @@ in_ns bash examples/shop/buy.sh 127.0.0.1:8080
 shop=$(ls -t "${CARGO_TARGET_DIR:-$PWD/target}"/shop/*/release/shop | head -n 1)
 cli() { in_ns "$bin" --addr 127.0.0.1:7480 --data-dir "$data/server" "$@"; }
 fronts() { cli describe service front | awk '/^Replicas/ {print $2; exit}'; }
-echo "--- the shop under load for 30 s: 15 customers a second, each buys tea and coffee;"
-echo "    the front is autoscaled (examples/shop.yaml: 2 to 4 fronts, 50% of their CPU request):"
-in_ns "$shop" load --addr 127.0.0.1:8080 --rate 15/s --duration 30s > "$data/load.out" &
+# The catalog's next template: its spec with one more environment variable (a new version
+# would change its image), applied alone so that nothing else changes.
+{
+  echo "services:"
+  awk '/^  catalog:$/ { on = 1; print; print "    env: {VERSION: \"2\"}"; next }
+       /^  [a-z]+:$/ { on = 0 }
+       on' examples/shop.yaml
+} >"$data/catalog-v2.yaml"
+# A crash: SIGKILL to the container's init, from this host (its monitor records the pid).
+kill_one() {
+  local id pid
+  id=$(cli get instances --service "$1" | awk 'NR==2 {print $1}')
+  pid=$(sed -n 's/.*"container_pid": *\([0-9]*\).*/\1/p' "$data/agent/instances/$id/monitor.json" 2>/dev/null)
+  if [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null; then
+    echo "  $((SECONDS - started)) s: killed $1 instance $id (its container's pid $pid)"
+  else
+    echo "  $((SECONDS - started)) s: no $1 container to kill (instance ${id:-none})"
+  fi
+}
+echo "--- the shop under load for 40 s: 15 customers a second, each buys tea and coffee;"
+echo "    the front is autoscaled (examples/shop.yaml: 2 to 4 fronts, 50% of their CPU request);"
+echo "    at 8 s a catalog container is killed, at 16 s the catalog is rolled out (max_surge 1):"
+in_ns "$shop" load --addr 127.0.0.1:8080 --rate 15/s --duration 40s > "$data/load.out" &
 load_pid=$!
 started=$SECONDS
+killed=0 rolled=0
 while kill -0 "$load_pid" 2>/dev/null; do
   n=$(fronts)
   if [ "${n%%/*}" != "${last:-}" ]; then
     echo "  $((SECONDS - started)) s: front replicas ${n:-?}"
     last=${n%%/*}
+  fi
+  if [ "$killed" = 0 ] && [ $((SECONDS - started)) -ge 8 ]; then
+    kill_one catalog
+    killed=1
+  fi
+  if [ "$rolled" = 0 ] && [ $((SECONDS - started)) -ge 16 ]; then
+    echo "  $((SECONDS - started)) s: tugboat apply -f catalog-v2.yaml (env VERSION=2)"
+    cli apply -f "$data/catalog-v2.yaml" | sed 's/^/    /'
+    rolled=1
   fi
   sleep 1
 done
@@ -67,6 +98,8 @@ wait "$load_pid" && load_ok=1 || load_ok=0
 load_pid=
 cat "$data/load.out"
 cli describe service front | grep -E '^(Replicas|Autoscale)'
+echo "--- tugboat rollout status catalog:"
+cli rollout status catalog
 [ "$load_ok" = 1 ] || { echo "shop load had failed requests" >&2; exit 1; }
 echo "--- what runs:"
 in_ns "$bin" --addr 127.0.0.1:7480 --data-dir "$data/server" get instances

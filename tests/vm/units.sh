@@ -7,7 +7,7 @@
 # (KEY=VALUE lines), %H, %p, ${VAR} as one word and $VAR split on whitespace. Enough for our
 # units and Debian's etcd.service.
 start_unit() {
-  local unit=/etc/systemd/system/$1 log=$2 line file exec word
+  local unit=/etc/systemd/system/$1 log=$2 line file exec word kv value
   # A package's own unit (Debian's etcd.service) when none is installed over it.
   [ -f "$unit" ] || unit=/lib/systemd/system/$1
   local -a argv=()
@@ -21,7 +21,14 @@ start_unit() {
           file=${file#-}
           [ -f "$file" ] || continue
           while IFS= read -r kv; do
-            case $kv in '' | '#'*) ;; *) export "${kv?}" ;; esac
+            case $kv in '' | '#'*) continue ;; esac
+            # systemd takes the quotes off a quoted value (KEY="a b" is a b).
+            value=${kv#*=}
+            case $value in
+              \"*\") value=${value#\"} value=${value%\"} ;;
+              \'*\') value=${value#\'} value=${value%\'} ;;
+            esac
+            export "${kv%%=*}=$value"
           done <"$file"
           ;;
       esac

@@ -698,17 +698,7 @@ fn the_front_scales_out_under_load_and_every_purchase_goes_through() {
 /// Stops (SIGSTOP) or resumes (SIGCONT) an instance's container: a process that takes no
 /// time slice, as a server does whose every worker waits on a disk flush.
 fn freeze(host: &TestHost, id: &str, stopped: bool) {
-    let record: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            host.dir
-                .join("agent/instances")
-                .join(id)
-                .join("monitor.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let pid = record["container_pid"].as_i64().unwrap() as i32;
+    let pid = host.container_pid(id);
     let signal = if stopped {
         libc::SIGSTOP
     } else {

@@ -205,13 +205,7 @@ fn a_sized_local_volume_stops_a_writer_at_its_size_reports_usage_and_goes_with_r
 
 /// `tugboat ARGS` as a user runs it: whether it succeeded, and what it printed.
 fn cli(host: &TestHost, args: &[&str]) -> (bool, String) {
-    let out = host.cli(args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    host.cli_says(args)
 }
 
 fn plugin() -> PathBuf {

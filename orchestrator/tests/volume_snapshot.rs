@@ -17,13 +17,7 @@ const START: Duration = Duration::from_secs(120);
 
 /// `tugboat ARGS` as a user runs it: whether it succeeded, and what it printed.
 fn cli(host: &TestHost, args: &[&str]) -> (bool, String) {
-    let out = host.cli(args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    host.cli_says(args)
 }
 
 fn apply(host: &TestHost, text: &str) {

@@ -217,6 +217,18 @@ impl TestHost {
 
     /// `tugboat --data-dir DIR/server --addr API ARGS...` in the namespace, as a user types
     /// it on the host `up` runs on.
+    /// `tugboat ARGS` as a user runs it: whether it succeeded, and what it printed (stdout,
+    /// then stderr).
+    pub fn cli_says(&self, args: &[&str]) -> (bool, String) {
+        let out = self.cli(args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         let server_dir = self.dir.join("server");
         self.in_netns(|| {
@@ -424,6 +436,12 @@ impl TestHost {
     /// kill -9 of an instance's container (its init, from its monitor's record), as
     /// something outside tugboat would.
     pub fn kill_container(&self, id: &str) {
+        // SAFETY: the container's init, started by this test's tugboat.
+        unsafe { libc::kill(self.container_pid(id), libc::SIGKILL) };
+    }
+
+    /// The pid of an instance's container init, from its monitor's record.
+    pub fn container_pid(&self, id: &str) -> i32 {
         let record: serde_json::Value = serde_json::from_slice(
             &std::fs::read(
                 self.dir
@@ -434,9 +452,7 @@ impl TestHost {
             .unwrap(),
         )
         .unwrap();
-        let pid = record["container_pid"].as_i64().unwrap() as i32;
-        // SAFETY: the container's init, started by this test's tugboat.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        record["container_pid"].as_i64().unwrap() as i32
     }
 
     pub fn instance_dirs(&self) -> Vec<PathBuf> {

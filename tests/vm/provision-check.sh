@@ -112,6 +112,10 @@ check "the server's settings use etcd" \
 if [ -f /lib/systemd/system/etcd.service ]; then
   start_unit etcd.service /tmp/etcd.log
   pids+=($!)
+  # A server that finds no etcd exits, and systemd starts it again (Restart=on-failure);
+  # nothing restarts it here, so it starts once etcd answers.
+  etcd_up() { curl -sf http://127.0.0.1:2379/health | grep -q '"health":"true"'; }
+  check "etcd answers, started from Debian's etcd.service" wait_for "etcd" 120 etcd_up
   start_unit tugboat-server.service /tmp/server-etcd.log
   pids+=($!)
   leads_on_etcd() { tb -o json get servers | jq -e '(if type == "array" then . else .items end) | any(.[]; .role == "leader")' >/dev/null; }

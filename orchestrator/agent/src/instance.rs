@@ -511,7 +511,16 @@ impl Supervisor {
     /// Its place in its service: ready or not; once ready, a last resort until its
     /// container ends ([`Supervisor::take_out`]).
     fn set_endpoint(&mut self, ready: bool) {
-        let served = ready || self.state.served;
+        self.place(ready, ready || self.state.served);
+    }
+
+    /// Its container ended or will not run: no connection goes to it, not even as a last
+    /// resort.
+    fn take_out(&mut self) {
+        self.place(false, false);
+    }
+
+    fn place(&mut self, ready: bool, served: bool) {
         if self.state.ready != ready || self.state.served != served {
             self.state.ready = ready;
             self.state.served = served;
@@ -528,14 +537,6 @@ impl Supervisor {
                 },
             );
         }
-    }
-
-    /// Its container ended or will not run: no connection goes to it, not even as a last
-    /// resort.
-    fn take_out(&mut self) {
-        self.state.served = false;
-        self.set_endpoint(false);
-        self.save_state();
     }
 
     /// The container ended (or its monitor is gone): restart policy and back-off.

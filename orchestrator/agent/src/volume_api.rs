@@ -116,15 +116,13 @@ pub(crate) async fn snapshot(
     if let Some(answer) = refused(&state, &headers, &peer) {
         return answer;
     }
-    let freeze = match query.get("freeze").map(String::as_str) {
-        None | Some("true") => true,
-        Some("false") => false,
-        Some(other) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("query parameter `freeze` is true or false, got `{other}`"),
-            )
-        }
+    let freeze = match tugboat_api::wire::query_flag(
+        "freeze",
+        query.get("freeze").map(String::as_str),
+        true,
+    ) {
+        Ok(freeze) => freeze,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
     };
     let ctx = state.node.clone().expect("checked");
     let access = match open_for_archive(&ctx, &name).await {

@@ -405,6 +405,19 @@ pub struct VolumeRestored {
     pub bytes: u64,
 }
 
+/// A true-or-false query parameter (`true`/`1`/empty, `false`/`0`), `default` when it is
+/// absent; the error names it.
+pub fn query_flag(name: &str, value: Option<&str>, default: bool) -> Result<bool, String> {
+    match value {
+        None => Ok(default),
+        Some("false" | "0") => Ok(false),
+        Some("true" | "1" | "") => Ok(true),
+        Some(other) => Err(format!(
+            "query parameter `{name}` is true or false, got `{other}`"
+        )),
+    }
+}
+
 /// `GET /v1/volumes/{name}/archive`: the answer's header that names the instances paused
 /// while the archive was written (comma-separated, empty when none was).
 pub const PAUSED_INSTANCES_HEADER: &str = "tug-paused-instances";
@@ -463,13 +476,7 @@ impl LogOptions {
     /// From query parameters (`follow`, `tail`, `timestamps`, `previous`); an error names
     /// the parameter. Others are refused by the caller.
     pub fn from_query(get: impl Fn(&str) -> Option<String>) -> Result<LogOptions, String> {
-        let flag = |name: &str| match get(name).as_deref() {
-            None | Some("false" | "0") => Ok(false),
-            Some("true" | "1" | "") => Ok(true),
-            Some(other) => Err(format!(
-                "query parameter `{name}` is true or false, got `{other}`"
-            )),
-        };
+        let flag = |name: &str| query_flag(name, get(name).as_deref(), false);
         let tail = match get("tail") {
             None => None,
             Some(t) => Some(t.parse().map_err(|_| {
@@ -516,5 +523,15 @@ mod log_options_tests {
         );
         assert!(parse("previous=maybe").unwrap_err().contains("`previous`"));
         assert!(parse("tail=-1").unwrap_err().contains("`tail`"));
+    }
+
+    #[test]
+    fn a_flag_takes_its_default_when_absent_and_names_itself_when_bad() {
+        assert_eq!(query_flag("freeze", None, true), Ok(true));
+        assert_eq!(query_flag("force", None, false), Ok(false));
+        assert_eq!(query_flag("freeze", Some("false"), true), Ok(false));
+        assert_eq!(query_flag("force", Some("true"), false), Ok(true));
+        let bad = query_flag("freeze", Some("yes"), true).unwrap_err();
+        assert!(bad.contains("`freeze`") && bad.contains("`yes`"), "{bad}");
     }
 }

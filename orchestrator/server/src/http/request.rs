@@ -207,6 +207,10 @@ impl<'a> Query<'a> {
         debug_assert!(self.allowed.contains(&name));
         self.params.get(name).cloned()
     }
+    fn flag(&self, name: &str, default: bool) -> Result<bool, ApiError> {
+        tugboat_api::wire::query_flag(name, self.text(name).as_deref(), default)
+            .map_err(ApiError::bad_request)
+    }
     fn number(&self, name: &str) -> Result<Option<u64>, ApiError> {
         self.params
             .get(name)
@@ -362,35 +366,17 @@ impl ApiRequest {
             RouteId::DeleteVolume => ApiRequest::DeleteVolume { name: name() },
             RouteId::SnapshotVolume => {
                 let q = Query::new(query, &["freeze"])?;
-                let freeze = match q.text("freeze").as_deref() {
-                    None | Some("true") => true,
-                    Some("false") => false,
-                    Some(other) => {
-                        return Err(ApiError::bad_request(format!(
-                            "query parameter `freeze` is true or false, got `{other}`"
-                        )))
-                    }
-                };
                 ApiRequest::SnapshotVolume {
                     name: name(),
-                    freeze,
+                    freeze: q.flag("freeze", true)?,
                 }
             }
             RouteId::RestoreVolume => {
                 let q = Query::new(query, &["node", "force"])?;
-                let force = match q.text("force").as_deref() {
-                    None | Some("false") => false,
-                    Some("true") => true,
-                    Some(other) => {
-                        return Err(ApiError::bad_request(format!(
-                            "query parameter `force` is true or false, got `{other}`"
-                        )))
-                    }
-                };
                 ApiRequest::RestoreVolume {
                     name: name(),
                     node: q.text("node"),
-                    force,
+                    force: q.flag("force", false)?,
                 }
             }
             RouteId::ReportVolumeUsage => ApiRequest::ReportVolumeUsage {
